@@ -1,0 +1,78 @@
+/*
+ * db.h — strata's store: models, clusters, plans, and (for later stages)
+ * profiles, cost models, searches, search events and runs, in SQLite.
+ *
+ * WAL journal, foreign keys on, schema versioned by PRAGMA user_version with
+ * one migration per version, prepared statements only. Every write that
+ * touches several rows runs in one transaction, so a failure stores nothing.
+ */
+#ifndef STRATA_DB_H
+#define STRATA_DB_H
+
+#include <stdint.h>
+#include "../ir/err.h"
+
+typedef struct Db Db;
+
+/* Opens (creating if needed) and migrates to the latest schema. A file that
+ * is not a database, or a schema newer than this build knows, is an error.
+ * Caller closes with db_close. */
+Db *db_open(const char *path, Err *err);
+void db_close(Db *db);
+int db_schema_version(Db *db);             /* PRAGMA user_version */
+
+/* Rows. Strings are owned by the row; free rows with the matching _free. */
+typedef struct {
+    char id[17];
+    char *name;
+    char *json;            /* canonical JSON text */
+    double params;
+    double train_flops;
+    char *created;         /* UTC, ISO 8601 */
+} DbModel;
+
+typedef struct {
+    char id[17];
+    char *name;
+    char *json;
+    int ndevices;
+    char *created;
+} DbCluster;
+
+typedef struct {
+    char id[17];           /* hash of (model id, cluster id, strategy id) */
+    char model_id[17];
+    char cluster_id[17];
+    char strategy_id[17];
+    char *model_name;      /* filled by get/list */
+    char *cluster_name;
+    char *strategy_json;   /* canonical */
+    char *summary_json;    /* plan_summary_json text */
+    int world;
+    char *created;
+} DbPlan;
+
+/* Inserts or, when the id exists, leaves the stored row as it is (ids are
+ * content hashes: same id, same content). */
+int db_model_put(Db *db, const DbModel *m, Err *err);
+int db_cluster_put(Db *db, const DbCluster *c, Err *err);
+/* The plan's model and cluster must be stored first (foreign keys). */
+int db_plan_put(Db *db, const DbPlan *p, Err *err);
+
+/* Gets by id or by a unique id prefix (at least 4 hex digits). Returns 0,
+ * 1 when not found (err says so), -1 on error (an ambiguous prefix too). */
+int db_model_get(Db *db, const char *id, DbModel *out, Err *err);
+int db_cluster_get(Db *db, const char *id, DbCluster *out, Err *err);
+int db_plan_get(Db *db, const char *id, DbPlan *out, Err *err);
+
+/* Newest first. *rows is an array of *n rows; free with db_*_list_free. */
+int db_model_list(Db *db, DbModel **rows, int *n, Err *err);
+int db_plan_list(Db *db, DbPlan **rows, int *n, Err *err);
+
+void db_model_free(DbModel *m);            /* frees the strings, not m */
+void db_cluster_free(DbCluster *c);
+void db_plan_free(DbPlan *p);
+void db_model_list_free(DbModel *rows, int n);
+void db_plan_list_free(DbPlan *rows, int n);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * lower.h — a strategy lowered to per-rank programs.
+ *
+ * A program is an ordered list of instructions with explicit dependencies on
+ * two streams (compute, comm). The simulator and the executor both consume it,
+ * so a prediction and a measurement always describe the same work.
+ *
+ * Collectives come from layouts, mechanically. The layout of a tensor on the
+ * mesh gives, per dim, the axes it is split over, plus the axes over which the
+ * local value is only one addend of a sum (partial). Between a producer's
+ * layout and the one a consumer needs, the lowering inserts the cheapest exact
+ * conversion: partial -> all_reduce (or reduce_scatter when the consumer wants
+ * a dim split on that axis); split but wanted whole -> all_gather; split on the
+ * wrong dim -> all_to_all; wanted split but held whole -> a free local slice.
+ * Backward mirrors forward; a weight gradient left partial over data axes is
+ * synchronised as its `sync` and `shard` say.
+ *
+ * Ranks that do the same work form a class; one program is lowered per class.
+ * Peers and groups are written relative to the mesh (an axis set and an index
+ * along it), so one program serves every rank of its class.
+ */
+#ifndef STRATA_LOWER_H
+#define STRATA_LOWER_H
+
+#include <stdint.h>
+#include "cluster.h"
+#include "err.h"
+#include "graph.h"
+#include "strategy.h"
+
+typedef enum {
+    I_COMPUTE, I_ALLREDUCE, I_ALLGATHER, I_REDUCE_SCATTER, I_ALL_TO_ALL,
+    I_BROADCAST, I_SEND, I_RECV, I_ALLOC, I_FREE, I_KIND_COUNT
+} InstrKind;
+
+typedef enum { PH_FWD, PH_BWD_DATA, PH_BWD_WEIGHT, PH_UPDATE, PH_COUNT } Phase;
+typedef enum { STREAM_COMPUTE, STREAM_COMM } Stream;
+
+/* Why a communication instruction exists (for summaries and the executor). */
+typedef enum {
+    WHY_NONE,          /* compute, memory */
+    WHY_RESHARD,       /* layout conversion of an activation or its gradient */
+    WHY_STATS,         /* statistics of a split reduction (vocab-parallel loss) */
+    WHY_GRAD_SYNC,     /* gradient synchronisation of a parameter */
+    WHY_PARAM_GATHER,  /* ZeRO: all_gather a sharded parameter */
+    WHY_PIPELINE,      /* activation or gradient between stages */
+    WHY_PS,            /* parameter server push/pull */
+    WHY_TIED,          /* gradient of a parameter used on several stages */
+    WHY_COUNT
+} Why;
+
+typedef struct {
+    uint8_t kind;          /* InstrKind */
+    uint8_t stream;        /* Stream */
+    uint8_t phase;         /* Phase (compute; the phase a comm serves otherwise) */
+    uint8_t why;           /* Why */
+    uint8_t recompute;     /* compute: forward rerun in backward */
+    uint8_t compress;      /* Compress of a gradient sync */
+    AxisMask axes;         /* collective group / peer axis */
+    int32_t op;            /* compute: op index; comm: op that needs it or -1 */
+    int32_t tensor;        /* tensor moved, allocated or freed; -1 if none */
+    int32_t micro;         /* micro-batch, -1 for once-per-step work */
+    int32_t peer;          /* send/recv: index of the peer along `axes` */
+    int32_t stage_mask;    /* WHY_TIED all_reduce: the pp indices in the group */
+    int64_t bytes;         /* payload (nccl-tests "size"): all_reduce the buffer,
+                              all_gather the output, reduce_scatter the input,
+                              all_to_all/send/recv the local buffer, alloc/free */
+    double flops;          /* compute */
+    double mem_bytes;      /* compute: bytes read + written */
+    int32_t dep0, ndeps;   /* dependencies: Program.deps[dep0 .. dep0+ndeps) */
+} Instr;
+
+typedef struct {
+    int stage;
+    int nranks;
+    int *ranks;                    /* ranks of this class, ascending */
+    int ninstrs, cap_instrs;
+    Instr *instrs;
+    int ndeps, cap_deps;
+    int32_t *deps;                 /* instruction indices */
+    int64_t (*local)[IR_LETTERS];  /* per op: local letter sizes of one micro-batch */
+    int64_t peak_mem;              /* bytes: resident state plus the alloc/free walk */
+    int64_t static_mem;            /* params, grads, optimizer state */
+} Program;
+
+typedef struct {
+    int world;
+    int nclasses;
+    Program *classes;
+    int *rank_class;               /* per rank: index into classes */
+} Plan;
+
+/* Lowers every class of the plan. Caller frees with plan_free. */
+Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
+void plan_free(Plan *p);
+
+/* Per-class summary as JSON: {"ranks":N,"classes":[{"ranks":[...],"stage":..,
+ * "instrs":{kind:count},"comm_bytes":{kind:bytes},"comm_bytes_by_axis":{axes:bytes},
+ * "peak_mem_bytes":..}]}. Caller deletes. */
+cJSON *plan_summary_json(const Plan *p, const Strategy *s);
+/* The same as text, for people. */
+void plan_summary_print(const Plan *p, const Strategy *s, FILE *f);
+
+/* Total payload bytes of one class by instruction kind (I_ALLREDUCE..I_RECV),
+ * optionally restricted to one reason (WHY_COUNT = all). */
+int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why);
+
+const char *instr_kind_name(InstrKind k);
+const char *phase_name(Phase p);
+
+#endif

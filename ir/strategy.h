@@ -1,0 +1,139 @@
+/*
+ * strategy.h — the unified representation of a parallelisation strategy.
+ *
+ * One JSON object; every classic strategy is a value of it:
+ *   mesh      named axes and sizes, outermost first: {"pp":2,"dp":4,"tp":8}.
+ *             Rank r has row-major coordinates (last axis fastest, on the
+ *             innermost topology level). "pp" is the pipeline axis; axes whose
+ *             name starts with "dp" are data axes (the batch letter's default).
+ *   pipeline  {"cuts":[12], "microbatches":8, "schedule":"1f1b"|"gpipe"}:
+ *             stage i+1 starts at block cuts[i]; ops outside blocks go to the
+ *             first stage (before the blocks) or the last (after them).
+ *   ops       {"name or pattern": {"split": {"f":"tp", "b":["dp"]}, "recompute": true}}
+ *   params    {"name or pattern": {"sync": {...}, "shard": "none|zero1|zero2|zero3"}}
+ *             sync: {"method":"allreduce","algo":"ring|tree|hierarchical",
+ *                    "compress":"none|fp16|int8|powersgd:R","bucket_mb":25}
+ *                   {"method":"ps","shards":S,"placement":"spread"|[group indices],"staleness":K}
+ *                   {"method":"sfb"}
+ *   optimizer "adam" (default) or "sgd" (momentum)
+ * Entries of ops/params apply in the order written; a later entry overrides
+ * the fields (and split letters) it names. A pattern is a name with `*`
+ * wildcards; a pattern skips split letters a matched op lacks, an exact name
+ * does not. Whatever no entry names takes the defaults: the batch letter split
+ * over the data axes, no recompute, ring all-reduce without compression, no
+ * sharding.
+ *
+ * Legend: D/T/P = data/tensor/pipeline degree.
+ */
+#ifndef STRATA_STRATEGY_H
+#define STRATA_STRATEGY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+#include "cluster.h"
+#include "err.h"
+#include "graph.h"
+
+#define MESH_MAX_AXES 8
+#define PS_MAX_SHARDS 64
+
+typedef uint16_t AxisMask;           /* bit a: mesh axis a */
+
+typedef enum { SYNC_ALLREDUCE, SYNC_PS, SYNC_SFB } SyncMethod;
+typedef enum { ALGO_RING, ALGO_TREE, ALGO_HIERARCHICAL } SyncAlgo;
+typedef enum { COMPRESS_NONE, COMPRESS_FP16, COMPRESS_INT8, COMPRESS_POWERSGD } Compress;
+typedef enum { SHARD_NONE, SHARD_ZERO1, SHARD_ZERO2, SHARD_ZERO3 } Shard;
+typedef enum { SCHED_GPIPE, SCHED_1F1B } Schedule;
+typedef enum { OPT_ADAM, OPT_SGD } Optimizer;
+
+typedef struct {
+    AxisMask split[IR_LETTERS];      /* letter -> axes it is split over (0: whole) */
+    bool recompute;
+} OpPolicy;
+
+typedef struct {
+    SyncMethod method;
+    SyncAlgo algo;
+    Compress compress;
+    int powersgd_rank;               /* R of powersgd:R */
+    double bucket_bytes;
+    int ps_shards;
+    int ps_placement[PS_MAX_SHARDS]; /* index in the data group of each shard's server */
+    int staleness;
+    Shard shard;
+} ParamPolicy;
+
+typedef struct {
+    int naxes;
+    char *axis_name[MESH_MAX_AXES];
+    int axis_size[MESH_MAX_AXES];
+    int axis_stride[MESH_MAX_AXES];  /* rank stride of one step along the axis */
+    AxisMask data_axes;              /* axes named dp* */
+    int pp_axis;                     /* -1 without a pipeline */
+    int world;                       /* product of the axis sizes */
+
+    int nstages;                     /* size of pp, or 1 */
+    int *cuts;                       /* nstages-1 block indices */
+    int microbatches;
+    Schedule schedule;
+    Optimizer optimizer;
+
+    int nops;                        /* == graph->nops */
+    OpPolicy *ops;                   /* per op, indexed like graph->ops */
+    int ntensors;
+    ParamPolicy *params;             /* per tensor, meaningful for params */
+    int *op_stage;                   /* per op: its pipeline stage */
+
+    cJSON *canonical;                /* owned: defaults filled, patterns expanded, keys sorted */
+    char id[17];                     /* stable hash of the canonical form */
+} Strategy;
+
+/* Parses, resolves against the graph and cluster, and validates. Errors name
+ * the JSON path and the reason (a split letter the op lacks, an axis size that
+ * does not divide the dim, stages that do not cover the blocks in order, a
+ * mesh larger than the cluster, ...). cluster may be NULL (no size check).
+ * Caller frees with strategy_free. */
+Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, Err *err);
+Strategy *strategy_load(const char *path, const Graph *g, const Cluster *c, Err *err);
+void strategy_free(Strategy *s);
+
+int strategy_axis(const Strategy *s, const char *name);     /* -1 if absent */
+/* Rank <-> mesh coordinates (row-major, last axis fastest). */
+void strategy_coords(const Strategy *s, int rank, int coord[MESH_MAX_AXES]);
+int strategy_rank(const Strategy *s, const int coord[MESH_MAX_AXES]);
+/* Product of the sizes of the axes in mask. */
+int strategy_group_size(const Strategy *s, AxisMask mask);
+/* "dp", "dp+tp", "" for an empty mask; into buf. */
+const char *strategy_axes_name(const Strategy *s, AxisMask mask, char *buf, int n);
+
+/* Builders for the classic strategies. Each returns a strategy JSON (caller
+ * deletes) that strategy_from_json accepts for this graph, or NULL with err.
+ *   dp        D = world                     plain data parallel
+ *   zero3     D = world, every param zero3 (opts->zero picks 1/2/3)
+ *   megatron  mesh pp x dp x tp; letters n,f,v (heads, ffn, vocabulary) and
+ *             e (experts) split on tp, blocks cut evenly, 1F1B
+ *   gpipe     mesh pp x dp, blocks cut evenly, GPipe schedule
+ *   ps        data parallel, every param through a parameter server
+ *   parallax  ps for gathered (embedding) params, all-reduce for dense ones
+ *   sfb       sufficient-factor broadcast for matmul weights, all-reduce else */
+typedef struct {
+    int world;          /* devices to use; 0 = cluster size (or 1 without one) */
+    int tp, pp, dp;     /* 0 = derived */
+    int microbatches;   /* 0 = pp (or 1) */
+    int zero;           /* 1, 2, 3 for zero; 0 = default */
+    int ps_shards;      /* 0 = min(dp, 4) */
+    int staleness;
+    const char *compress;     /* NULL = none */
+    bool recompute;
+    bool sequence_parallel;   /* megatron: split s on tp outside attention/MLP */
+} StrategyOpts;
+
+cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
+                      const StrategyOpts *o, Err *err);
+
+const char *shard_name(Shard s);
+const char *sync_method_name(SyncMethod m);
+const char *compress_name(Compress c);
+
+#endif

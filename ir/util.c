@@ -1,0 +1,315 @@
+/*
+ * util.c — JSON with paths, hashing, globs and checked allocation.
+ */
+#include "util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ----------------------------------------------------------------------------
+ * JSON getters */
+
+static const char *type_name(const cJSON *v)
+{
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    return "invalid";
+}
+
+/* Finds key in obj; 1 if absent and optional, -1 if absent and required. */
+static int find(const cJSON *obj, const char *path, const char *key, bool required,
+                const cJSON **v, Err *err)
+{
+    *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (*v && !cJSON_IsNull(*v)) return 0;
+    if (!required) return 1;
+    return err_set(err, "%s.%s: missing (required)", path, key);
+}
+
+int json_get_string(const cJSON *obj, const char *path, const char *key,
+                    bool required, const char **out, Err *err)
+{
+    const cJSON *v;
+    int rc = find(obj, path, key, required, &v, err);
+    if (rc) return rc;
+    if (!cJSON_IsString(v))
+        return err_set(err, "%s.%s: expected a string, got %s", path, key, type_name(v));
+    if (!v->valuestring[0])
+        return err_set(err, "%s.%s: must not be empty", path, key);
+    *out = v->valuestring;
+    return 0;
+}
+
+int json_get_int(const cJSON *obj, const char *path, const char *key,
+                 bool required, int64_t lo, int64_t hi, int64_t *out, Err *err)
+{
+    const cJSON *v;
+    int rc = find(obj, path, key, required, &v, err);
+    if (rc) return rc;
+    if (!cJSON_IsNumber(v))
+        return err_set(err, "%s.%s: expected an integer, got %s", path, key, type_name(v));
+    double d = v->valuedouble;
+    if (!isfinite(d) || d != floor(d))
+        return err_set(err, "%s.%s: expected an integer, got %g", path, key, d);
+    if (d < (double)lo || d > (double)hi)
+        return err_set(err, "%s.%s: %.0f is out of range [%lld, %lld]", path, key, d,
+                       (long long)lo, (long long)hi);
+    *out = (int64_t)d;
+    return 0;
+}
+
+int json_get_number(const cJSON *obj, const char *path, const char *key,
+                    bool required, double lo, double hi, double *out, Err *err)
+{
+    const cJSON *v;
+    int rc = find(obj, path, key, required, &v, err);
+    if (rc) return rc;
+    if (!cJSON_IsNumber(v))
+        return err_set(err, "%s.%s: expected a number, got %s", path, key, type_name(v));
+    double d = v->valuedouble;
+    if (!isfinite(d) || d < lo || d > hi)
+        return err_set(err, "%s.%s: %g is out of range [%g, %g]", path, key, d, lo, hi);
+    *out = d;
+    return 0;
+}
+
+int json_get_bool(const cJSON *obj, const char *path, const char *key,
+                  bool required, bool *out, Err *err)
+{
+    const cJSON *v;
+    int rc = find(obj, path, key, required, &v, err);
+    if (rc) return rc;
+    if (!cJSON_IsBool(v))
+        return err_set(err, "%s.%s: expected true or false, got %s", path, key, type_name(v));
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+int json_check_keys(const cJSON *obj, const char *path, const char *const *allowed, Err *err)
+{
+    if (!cJSON_IsObject(obj))
+        return err_set(err, "%s: expected an object, got %s", path, type_name(obj));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, obj) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++) ok = strcmp(*a, it->string) == 0;
+        if (!ok) {
+            char list[512] = "";
+            for (const char *const *a = allowed; *a; a++) {
+                strncat(list, *a, sizeof list - strlen(list) - 3);
+                if (a[1]) strncat(list, ", ", sizeof list - strlen(list) - 1);
+            }
+            return err_set(err, "%s: unknown field \"%s\" (allowed: %s)", path, it->string, list);
+        }
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Files */
+
+char *file_read(const char *path, size_t *len, Err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        err_set(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        err_set(err, "%s: read error", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+cJSON *json_load(const char *path, Err *err)
+{
+    size_t n;
+    char *text = file_read(path, &n, err);
+    if (!text) return NULL;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
+    if (!j) {
+        size_t at = end ? (size_t)(end - text) : 0;
+        if (at > n) at = n;
+        int line = 1, col = 1;
+        for (size_t i = 0; i < at; i++) {
+            if (text[i] == '\n') { line++; col = 1; } else col++;
+        }
+        err_set(err, "%s:%d:%d: invalid JSON", path, line, col);
+    }
+    free(text);
+    return j;
+}
+
+int json_save(const cJSON *j, const char *path, Err *err)
+{
+    char *text = cJSON_Print(j);
+    if (!text) return err_set(err, "out of memory printing JSON");
+    int rc = 0;
+    if (!path || strcmp(path, "-") == 0) {
+        fputs(text, stdout);
+        fputc('\n', stdout);
+    } else {
+        /* write beside, then rename: a failed write never leaves half a file */
+        size_t n = strlen(path) + 8;
+        char *tmp = xmalloc(n);
+        snprintf(tmp, n, "%s.tmp", path);
+        FILE *f = fopen(tmp, "wb");
+        if (!f) {
+            rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
+        } else {
+            bool ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+            ok = (fclose(f) == 0) && ok;
+            if (!ok || rename(tmp, path) != 0) {
+                rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
+                remove(tmp);
+            }
+        }
+        free(tmp);
+    }
+    cJSON_free(text);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Canonical JSON and hashing */
+
+static int cmp_items(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    return strcmp(x->string, y->string);
+}
+
+static bool in_list(const char *s, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(*list, s) == 0) return true;
+    return false;
+}
+
+static cJSON *sorted(const cJSON *j, const char *const *keep, bool keep_this)
+{
+    if (cJSON_IsArray(j)) {
+        cJSON *a = cJSON_CreateArray();
+        const cJSON *it;
+        cJSON_ArrayForEach(it, j) cJSON_AddItemToArray(a, sorted(it, keep, false));
+        return a;
+    }
+    if (!cJSON_IsObject(j)) return cJSON_Duplicate(j, 1);
+    int n = cJSON_GetArraySize(j), i = 0;
+    const cJSON **items = xmalloc(sizeof *items * (n ? n : 1));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, j) items[i++] = it;
+    if (!keep_this) qsort(items, n, sizeof *items, cmp_items);
+    cJSON *o = cJSON_CreateObject();
+    for (i = 0; i < n; i++)
+        cJSON_AddItemToObject(o, items[i]->string,
+                              sorted(items[i], keep, in_list(items[i]->string, keep)));
+    free(items);
+    return o;
+}
+
+cJSON *json_sorted(const cJSON *j, const char *const *keep_order)
+{
+    return sorted(j, keep_order, false);
+}
+
+void hash_hex(const void *data, size_t n, char out[17])
+{
+    uint64_t h = 1469598103934665603ULL;
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+void json_hash(const cJSON *j, char out[17])
+{
+    char *text = cJSON_PrintUnformatted(j);
+    hash_hex(text, strlen(text), out);
+    cJSON_free(text);
+}
+
+/* ----------------------------------------------------------------------------
+ * Globs */
+
+bool glob_match(const char *p, const char *s)
+{
+    const char *star = NULL, *resume = NULL;
+    while (*s) {
+        if (*p == '*') {
+            star = p++;
+            resume = s;
+        } else if (*p == *s) {
+            p++;
+            s++;
+        } else if (star) {
+            p = star + 1;
+            s = ++resume;
+        } else {
+            return false;
+        }
+    }
+    while (*p == '*') p++;
+    return *p == 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Allocation */
+
+static void oom(size_t n, const char *file, int line)
+{
+    fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, n);
+    abort();
+}
+
+void *xmalloc_(size_t n, const char *file, int line)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n, file, line);
+    return p;
+}
+
+void *xcalloc_(size_t n, size_t m, const char *file, int line)
+{
+    void *p = calloc(n ? n : 1, m ? m : 1);
+    if (!p) oom(n * m, file, line);
+    return p;
+}
+
+void *xrealloc_(void *q, size_t n, const char *file, int line)
+{
+    void *p = realloc(q, n ? n : 1);
+    if (!p) oom(n, file, line);
+    return p;
+}
+
+char *xstrdup_(const char *s, const char *file, int line)
+{
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc_(n, file, line);
+    memcpy(p, s, n);
+    return p;
+}
