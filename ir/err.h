@@ -10,6 +10,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 typedef struct {
     char msg[1024];
@@ -39,8 +40,12 @@ static inline int err_prefix(Err *err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    snprintf(old, sizeof old, "%s", err->msg);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+    memcpy(old, err->msg, sizeof old);
+    old[sizeof old - 1] = 0;
+    /* a message too long for the buffer is cut, never overflowed */
+    int n = snprintf(err->msg, sizeof err->msg, "%s: ", head);
+    if (n >= 0 && (size_t)n < sizeof err->msg)
+        strncat(err->msg, old, sizeof err->msg - (size_t)n - 1);
     return -1;
 }
 

@@ -76,6 +76,7 @@ typedef struct {
     uint32_t gather_mask;                      /* embedding's `gather` letter */
     int stride, pad, window;                   /* conv2d (stride, pad), pool2d (all) */
     bool causal;                               /* softmax */
+    double scale;                              /* softmax: logits are multiplied by it first; 1 on every other op */
     bool pool_avg;                             /* pool2d: average instead of max */
     /* derived on load */
     uint32_t letters_mask;                     /* every letter of the spec */

@@ -60,14 +60,15 @@ typedef struct {
     int32_t op;            /* compute: op index; comm: op that needs it or -1 */
     int32_t tensor;        /* tensor moved, allocated or freed; -1 if none */
     int32_t micro;         /* micro-batch, -1 for once-per-step work */
-    int32_t peer;          /* send/recv: index of the peer along `axes` */
-    int32_t stage_mask;    /* WHY_TIED all_reduce: the pp indices in the group */
+    int32_t peer;          /* send/recv: index of the peer along `axes`;
+                              WHY_TIED all_reduce: bit s set for each pp index s in the group */
     int64_t bytes;         /* payload (nccl-tests "size"): all_reduce the buffer,
                               all_gather the output, reduce_scatter the input,
                               all_to_all/send/recv the local buffer, alloc/free */
-    double flops;          /* compute */
-    double mem_bytes;      /* compute: bytes read + written */
-    int32_t dep0, ndeps;   /* dependencies: Program.deps[dep0 .. dep0+ndeps) */
+    float flops;           /* compute */
+    float mem_bytes;       /* compute: bytes read + written */
+    int32_t dep0;          /* dependencies: Program.deps[dep0 .. dep0+ndeps) */
+    int32_t ndeps;
 } Instr;
 
 typedef struct {
@@ -78,9 +79,9 @@ typedef struct {
     Instr *instrs;
     int ndeps, cap_deps;
     int32_t *deps;                 /* instruction indices */
-    int64_t (*local)[IR_LETTERS];  /* per op: local letter sizes of one micro-batch */
     int64_t peak_mem;              /* bytes: resident state plus the alloc/free walk */
     int64_t static_mem;            /* params, grads, optimizer state */
+    double device_mem;             /* memory of this class's devices (0: unknown) */
 } Program;
 
 typedef struct {
@@ -88,6 +89,8 @@ typedef struct {
     int nclasses;
     Program *classes;
     int *rank_class;               /* per rank: index into classes */
+    int nops;
+    int64_t (*local)[IR_LETTERS];  /* per op: local letter sizes of one micro-batch */
 } Plan;
 
 /* Lowers every class of the plan. Caller frees with plan_free. */

@@ -132,6 +132,11 @@ typedef struct {
 cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
                       const StrategyOpts *o, Err *err);
 
+/* Why param `tensor` cannot use sufficient-factor broadcast, into buf; NULL
+ * when it can (a 2-D weight used only by matmuls whose gradient sums over the
+ * batch letter). */
+const char *strategy_sfb_unfit(const Graph *g, int tensor, char *buf, int n);
+
 const char *shard_name(Shard s);
 const char *sync_method_name(SyncMethod m);
 const char *compress_name(Compress c);

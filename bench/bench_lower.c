@@ -1,0 +1,94 @@
+/*
+ * bench_lower.c — how long lowering takes for large plans.
+ *
+ * GPT-3 175B under Megatron-LM's 1024-GPU layout (t=8, p=16, d=8, 192
+ * micro-batches) and two smaller layouts; prints the median of a few runs,
+ * the classes and the instructions lowered. Figures, not pass/fail.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ir/cluster.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/zoo.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int bench(const char *label, const Graph *g, const Cluster *c, StrategyOpts o, int reps)
+{
+    Err err = {0};
+    cJSON *j = strategy_build("megatron", g, c, &o, &err);
+    Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
+    cJSON_Delete(j);
+    if (!s) {
+        fprintf(stderr, "bench_lower: %s: %s\n", label, err.msg);
+        return 1;
+    }
+    double t[16];
+    long instrs = 0;
+    int classes = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        Plan *p = ir_lower(g, c, s, &err);
+        t[r] = now_s() - t0;
+        if (!p) {
+            fprintf(stderr, "bench_lower: %s: %s\n", label, err.msg);
+            strategy_free(s);
+            return 1;
+        }
+        instrs = 0;
+        for (int k = 0; k < p->nclasses; k++) instrs += p->classes[k].ninstrs;
+        classes = p->nclasses;
+        plan_free(p);
+    }
+    qsort(t, reps, sizeof t[0], cmp);
+    printf("  %-44s %5d ranks %3d classes %9ld instrs  %8.1f ms (median of %d)\n", label, s->world,
+           classes, instrs, t[reps / 2] * 1e3, reps);
+    strategy_free(s);
+    return 0;
+}
+
+int main(void)
+{
+    Err err = {0};
+    const char *k[] = { "preset" }, *v[] = { "gpt3-175b" };
+    double t0 = now_s();
+    Graph *g = zoo_build("gpt", 1, k, v, &err);
+    if (!g) {
+        fprintf(stderr, "bench_lower: %s\n", err.msg);
+        return 1;
+    }
+    double tb = now_s() - t0;
+    Cluster *c = cluster_load("clusters/dgx-a100-80gb.json", 128, &err);
+    if (!c) {
+        fprintf(stderr, "bench_lower: %s\n", err.msg);
+        graph_free(g);
+        return 1;
+    }
+    printf("lowering (GPT-3 175B, %d ops; built in %.1f ms):\n", g->nops, tb * 1e3);
+    int rc = 0;
+    rc |= bench("megatron t8 p16 d8, 192 micro-batches", g, c,
+                (StrategyOpts){ .world = 1024, .tp = 8, .pp = 16, .microbatches = 192 }, 5);
+    rc |= bench("megatron t8 p8 d16, 96 micro-batches", g, c,
+                (StrategyOpts){ .world = 1024, .tp = 8, .pp = 8, .microbatches = 96 }, 5);
+    rc |= bench("megatron t8 p16 d8, 16 micro-batches", g, c,
+                (StrategyOpts){ .world = 1024, .tp = 8, .pp = 16, .microbatches = 16 }, 5);
+    cluster_free(c);
+    graph_free(g);
+    return rc;
+}

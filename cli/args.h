@@ -1,0 +1,43 @@
+/*
+ * args.h — command-line options for the strata subcommands.
+ *
+ * Each subcommand declares its options in a table; anything else is an error
+ * naming the option. Values are checked where they are read (args_int names
+ * the option and the reason).
+ */
+#ifndef STRATA_ARGS_H
+#define STRATA_ARGS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "ir/err.h"
+
+typedef struct {
+    const char *name;      /* long name without dashes: "tp" for --tp */
+    char short_name;       /* 'o' for -o, or 0 */
+    bool takes_value;
+    const char *help;      /* "T  tensor-parallel degree" */
+} OptSpec;
+
+#define ARGS_MAX 64
+
+typedef struct {
+    int n;
+    const char *key[ARGS_MAX];
+    const char *val[ARGS_MAX];     /* NULL for flags */
+    int npos;
+    const char *pos[ARGS_MAX];
+    char keybuf[ARGS_MAX][64];     /* names given as --key=value */
+} Args;
+
+/* Parses argv[0..argc) against spec (NULL-name terminated). With `open` set,
+ * unknown --key value pairs are accepted too (model builder options). */
+int args_parse(int argc, char **argv, const OptSpec *spec, bool open, Args *a, Err *err);
+const char *args_get(const Args *a, const char *key);   /* last value, or NULL */
+bool args_has(const Args *a, const char *key);
+/* An integer option in [lo, hi]; absent leaves *out as it is. */
+int args_int(const Args *a, const char *key, int64_t lo, int64_t hi, int64_t *out, Err *err);
+void args_usage(FILE *f, const OptSpec *spec);
+
+#endif

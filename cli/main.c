@@ -1,0 +1,772 @@
+/*
+ * main.c — the `strata` command line.
+ *
+ * Thin: every subcommand parses its options, calls the library (ir/, db/)
+ * and prints. Exit status: 0 success, 1 failure, 2 bad usage.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "args.h"
+#include "db/db.h"
+#include "ir/cluster.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/util.h"
+#include "ir/zoo.h"
+
+#define EXIT_USAGE 2
+#define DEFAULT_DB "strata.db"
+
+static int fail(const Err *err)
+{
+    fprintf(stderr, "strata: %s\n", err->msg);
+    return EXIT_FAILURE;
+}
+
+static int usage_error(const char *cmd, const Err *err)
+{
+    fprintf(stderr, "strata %s: %s\n", cmd, err->msg);
+    return EXIT_USAGE;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* 1234567 -> "1.23 M" */
+static const char *si(double x, char *buf, int n)
+{
+    const char *u[] = { "", " K", " M", " B", " T", " P", " E" };
+    int i = 0;
+    while (x >= 1000 && i < 6) { x /= 1000; i++; }
+    snprintf(buf, n, i ? "%.2f%s" : "%.0f%s", x, u[i]);
+    return buf;
+}
+
+static const char *bytes_h(double b, char *buf, int n)
+{
+    const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    int i = 0;
+    while (b >= 1024 && i < 5) { b /= 1024; i++; }
+    snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
+    return buf;
+}
+
+static void print_json(cJSON *j)
+{
+    char *s = cJSON_Print(j);
+    puts(s);
+    cJSON_free(s);
+}
+
+/* ----------------------------------------------------------------------------
+ * model */
+
+static const OptSpec MODEL_BUILD_OPTS[] = {
+    { "output", 'o', true, "FILE  write the model JSON here (default: stdout)" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static const OptSpec MODEL_SHOW_OPTS[] = {
+    { "json", 0, false, "print JSON (params, train_flops, per block)" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static const OptSpec DB_OPTS[] = {
+    { "db", 0, true, "PATH  database (default strata.db)" },
+    { "json", 0, false, "print JSON" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static int cmd_model_build(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, MODEL_BUILD_OPTS, true, &a, &err))
+        return usage_error("model build", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(a.npos == 1 ? stdout : stderr,
+                "usage: strata model build KIND [--option value ...] [-o FILE]\n\n");
+        zoo_usage(a.npos == 1 ? stdout : stderr);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *keys[ARGS_MAX], *vals[ARGS_MAX];
+    int n = 0;
+    for (int i = 0; i < a.n; i++) {
+        if (strcmp(a.key[i], "output") == 0) continue;
+        keys[n] = a.key[i];
+        vals[n++] = a.val[i];
+    }
+    Graph *g = zoo_build(a.pos[0], n, keys, vals, &err);
+    if (!g) return usage_error("model build", &err);
+    const char *out = args_get(&a, "output");
+    cJSON *j = graph_to_json(g);
+    int rc = json_save(j, out, &err);
+    cJSON_Delete(j);
+    if (!rc && out) {
+        GraphStats st;
+        char b[32];
+        if (graph_stats(g, &st, &err) == 0) {
+            fprintf(stderr, "wrote %s: %d ops, %s params to %s\n", g->name, g->nops,
+                    si(st.params, b, sizeof b), out);
+            graph_stats_free(&st);
+        }
+    }
+    graph_free(g);
+    return rc ? fail(&err) : 0;
+}
+
+/* Prints blocks with identical figures as one row ("0-95"). */
+static void print_blocks(const GraphStats *st)
+{
+    char a[32], b[32], c[32];
+    printf("\n  %-14s %14s %16s %14s\n", "block", "params", "train FLOPs", "activations");
+    for (int i = 0; i < st->nblocks;) {
+        int j = i;
+        while (j + 1 < st->nblocks && st->block_params[j + 1] == st->block_params[i] &&
+               st->block_flops[j + 1] == st->block_flops[i] &&
+               st->block_act_bytes[j + 1] == st->block_act_bytes[i])
+            j++;
+        char name[32];
+        if (j > i) snprintf(name, sizeof name, "%d-%d (each)", i, j);
+        else snprintf(name, sizeof name, "%d", i);
+        printf("  %-14s %14s %16.4g %14s\n", name, si(st->block_params[i], a, sizeof a),
+               st->block_flops[i], bytes_h(st->block_act_bytes[i], c, sizeof c));
+        (void)b;
+        i = j + 1;
+    }
+    int o = st->nblocks;
+    printf("  %-14s %14s %16.4g %14s\n", "outside", si(st->block_params[o], a, sizeof a),
+           st->block_flops[o], bytes_h(st->block_act_bytes[o], c, sizeof c));
+}
+
+static int cmd_model_show(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, MODEL_SHOW_OPTS, false, &a, &err))
+        return usage_error("model show", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(stderr, "usage: strata model show FILE [--json]\n");
+        args_usage(stderr, MODEL_SHOW_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    Graph *g = graph_load(a.pos[0], &err);
+    if (!g) return fail(&err);
+    GraphStats st;
+    if (graph_stats(g, &st, &err)) {
+        graph_free(g);
+        return fail(&err);
+    }
+    char id[17];
+    graph_id(g, id);
+    if (args_has(&a, "json")) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", g->name);
+        cJSON_AddStringToObject(j, "id", id);
+        cJSON_AddNumberToObject(j, "ops", g->nops);
+        cJSON_AddNumberToObject(j, "tensors", g->ntensors);
+        cJSON_AddNumberToObject(j, "blocks", g->nblocks);
+        cJSON_AddNumberToObject(j, "params", st.params);
+        cJSON_AddNumberToObject(j, "param_bytes", st.param_bytes);
+        cJSON_AddNumberToObject(j, "train_flops", st.train_flops);
+        cJSON_AddNumberToObject(j, "fwd_flops", st.fwd_flops);
+        cJSON_AddNumberToObject(j, "act_bytes", st.act_bytes);
+        cJSON *pb = cJSON_AddArrayToObject(j, "per_block");
+        for (int i = 0; i <= st.nblocks; i++) {
+            cJSON *o = cJSON_CreateObject();
+            if (i < st.nblocks) cJSON_AddNumberToObject(o, "block", i);
+            else cJSON_AddNullToObject(o, "block");
+            cJSON_AddNumberToObject(o, "params", st.block_params[i]);
+            cJSON_AddNumberToObject(o, "train_flops", st.block_flops[i]);
+            cJSON_AddNumberToObject(o, "act_bytes", st.block_act_bytes[i]);
+            cJSON_AddItemToArray(pb, o);
+        }
+        print_json(j);
+        cJSON_Delete(j);
+    } else {
+        char p[32], b[32], act[32];
+        printf("model %s (id %s): %d ops, %d tensors, %d blocks\n", g->name, id, g->nops,
+               g->ntensors, g->nblocks);
+        printf("  parameters         %s (%s)\n", si(st.params, p, sizeof p),
+               bytes_h(st.param_bytes, b, sizeof b));
+        printf("  FLOPs per step     %.4g training (forward + backward, no recompute), "
+               "%.4g forward\n", st.train_flops, st.fwd_flops);
+        printf("  activations        %s per step\n", bytes_h(st.act_bytes, act, sizeof act));
+        print_blocks(&st);
+    }
+    graph_stats_free(&st);
+    graph_free(g);
+    return 0;
+}
+
+static int cmd_model_list(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("model list", &err);
+    if (args_has(&a, "help") || a.npos) {
+        fprintf(stderr, "usage: strata model list [--db PATH] [--json]\n");
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+    Db *db = db_open(path, &err);
+    if (!db) return fail(&err);
+    DbModel *rows;
+    int n;
+    if (db_model_list(db, &rows, &n, &err)) {
+        db_close(db);
+        return fail(&err);
+    }
+    if (args_has(&a, "json")) {
+        cJSON *arr = cJSON_CreateArray();
+        for (int i = 0; i < n; i++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", rows[i].id);
+            cJSON_AddStringToObject(o, "name", rows[i].name);
+            cJSON_AddNumberToObject(o, "params", rows[i].params);
+            cJSON_AddNumberToObject(o, "train_flops", rows[i].train_flops);
+            cJSON_AddStringToObject(o, "created", rows[i].created);
+            cJSON_AddItemToArray(arr, o);
+        }
+        print_json(arr);
+        cJSON_Delete(arr);
+    } else {
+        printf("%-16s  %-20s  %12s  %12s  %s\n", "id", "name", "params", "train FLOPs", "created");
+        for (int i = 0; i < n; i++) {
+            char p[32];
+            printf("%-16s  %-20s  %12s  %12.4g  %s\n", rows[i].id, rows[i].name,
+                   si(rows[i].params, p, sizeof p), rows[i].train_flops, rows[i].created);
+        }
+    }
+    db_model_list_free(rows, n);
+    db_close(db);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * cluster */
+
+static const OptSpec CLUSTER_SHOW_OPTS[] = {
+    { "nodes", 0, true, "N  number of nodes (replaces the outermost level's count)" },
+    { "json", 0, false, "print JSON" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static int cmd_cluster_show(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, CLUSTER_SHOW_OPTS, false, &a, &err))
+        return usage_error("cluster show", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(stderr, "usage: strata cluster show FILE [--nodes N] [--json]\n");
+        args_usage(stderr, CLUSTER_SHOW_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    int64_t nodes = 0;
+    if (args_int(&a, "nodes", 1, 1 << 20, &nodes, &err)) return usage_error("cluster show", &err);
+    Cluster *c = cluster_load(a.pos[0], (int)nodes, &err);
+    if (!c) return fail(&err);
+    if (args_has(&a, "json")) {
+        cJSON *j = cluster_to_json(c);
+        cJSON_AddNumberToObject(j, "ndevices", c->ndevices);
+        print_json(j);
+        cJSON_Delete(j);
+    } else {
+        char id[17], m[32];
+        cluster_id(c, id);
+        printf("cluster %s (id %s): %d devices\n", c->name, id, c->ndevices);
+        for (int i = 0; i < c->ngroups; i++) {
+            const DeviceGroup *d = &c->groups[i];
+            printf("  %d x %s (%s): %s memory at %.0f GB/s; peak", d->count, d->name, d->kind,
+                   bytes_h(d->mem_bytes, m, sizeof m), d->mem_bw / 1e9);
+            for (int t = 0; t < DT_I32; t++)
+                if (d->peak_flops[t] > 0)
+                    printf(" %s %.4g TFLOP/s", dtype_name((DType)t), d->peak_flops[t] / 1e12);
+            printf("\n");
+        }
+        printf("  topology, innermost first:\n");
+        for (int l = 0; l < c->nlevels; l++) {
+            const Level *v = &c->levels[l];
+            printf("    %-8s x%-5d over %-12s %8.1f GB/s per device, %6.1f us\n", v->name,
+                   v->count, v->link, v->bw / 1e9, v->latency * 1e6);
+        }
+    }
+    cluster_free(c);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * strategy */
+
+static const OptSpec STRATEGY_BUILD_OPTS[] = {
+    { "model", 0, true, "FILE  model JSON (required)" },
+    { "cluster", 0, true, "FILE  cluster JSON (sets the world size)" },
+    { "nodes", 0, true, "N  nodes of the cluster template" },
+    { "world", 0, true, "W  devices to use (default: the cluster's)" },
+    { "tp", 0, true, "T  tensor-parallel degree (megatron)" },
+    { "pp", 0, true, "P  pipeline stages (megatron, gpipe)" },
+    { "dp", 0, true, "D  data-parallel degree (default: world / (tp*pp))" },
+    { "microbatches", 0, true, "M  micro-batches per step (default: P)" },
+    { "zero", 0, true, "1|2|3  ZeRO stage (zero; default 3)" },
+    { "ps-shards", 0, true, "S  parameter-server shards (ps, parallax)" },
+    { "staleness", 0, true, "K  parameter-server staleness bound (0 = synchronous)" },
+    { "compress", 0, true, "none|fp16|int8|powersgd:R  gradient compression" },
+    { "recompute", 0, false, "recompute block activations in backward" },
+    { "sequence-parallel", 0, false, "megatron: split the sequence outside attention/MLP" },
+    { "output", 'o', true, "FILE  write the strategy JSON here (default: stdout)" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static const OptSpec STRATEGY_SHOW_OPTS[] = {
+    { "model", 0, true, "FILE  model JSON (required)" },
+    { "cluster", 0, true, "FILE  cluster JSON" },
+    { "nodes", 0, true, "N  nodes of the cluster template" },
+    { "json", 0, false, "print the canonical form" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+/* Loads --model and, when given, --cluster [--nodes]. */
+static int load_model_cluster(const Args *a, Graph **g, Cluster **c, bool need_cluster, Err *err)
+{
+    *g = NULL;
+    *c = NULL;
+    const char *mp = args_get(a, "model"), *cp = args_get(a, "cluster");
+    if (!mp) return err_set(err, "--model FILE is required");
+    if (need_cluster && !cp) return err_set(err, "--cluster FILE is required");
+    int64_t nodes = 0;
+    if (args_int(a, "nodes", 1, 1 << 20, &nodes, err)) return -1;
+    if (nodes && !cp) return err_set(err, "--nodes needs --cluster");
+    *g = graph_load(mp, err);
+    if (!*g) return -1;
+    if (cp) {
+        *c = cluster_load(cp, (int)nodes, err);
+        if (!*c) {
+            graph_free(*g);
+            *g = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cmd_strategy_build(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, STRATEGY_BUILD_OPTS, false, &a, &err))
+        return usage_error("strategy build", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(stderr, "usage: strata strategy build dp|zero|zero3|megatron|gpipe|ps|parallax|sfb "
+                        "--model FILE [options] [-o FILE]\n");
+        args_usage(stderr, STRATEGY_BUILD_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    StrategyOpts o = {0};
+    int64_t v;
+    struct { const char *k; int *dst; int64_t lo, hi; } ints[] = {
+        { "world", &o.world, 1, 1 << 24 }, { "tp", &o.tp, 1, 1 << 16 }, { "pp", &o.pp, 1, 1 << 16 },
+        { "dp", &o.dp, 1, 1 << 24 }, { "microbatches", &o.microbatches, 1, 1 << 20 },
+        { "zero", &o.zero, 1, 3 }, { "ps-shards", &o.ps_shards, 1, PS_MAX_SHARDS },
+        { "staleness", &o.staleness, 0, 1000 },
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        v = 0;
+        if (args_int(&a, ints[i].k, ints[i].lo, ints[i].hi, &v, &err))
+            return usage_error("strategy build", &err);
+        *ints[i].dst = (int)v;
+    }
+    o.compress = args_get(&a, "compress");
+    o.recompute = args_has(&a, "recompute");
+    o.sequence_parallel = args_has(&a, "sequence-parallel");
+    const char *kind = a.pos[0];
+    if (strcmp(kind, "zero3") == 0) {
+        kind = "zero";
+        if (!o.zero) o.zero = 3;
+    }
+    Graph *g;
+    Cluster *c;
+    if (load_model_cluster(&a, &g, &c, false, &err)) return fail(&err);
+    int rc = 0;
+    cJSON *j = strategy_build(kind, g, c, &o, &err);
+    Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
+    if (!s) {
+        rc = fail(&err);
+    } else {
+        const char *out = args_get(&a, "output");
+        if (json_save(j, out, &err)) rc = fail(&err);
+        else if (out) fprintf(stderr, "wrote %s strategy (id %s, %d devices) to %s\n", a.pos[0],
+                              s->id, s->world, out);
+    }
+    strategy_free(s);
+    cJSON_Delete(j);
+    cluster_free(c);
+    graph_free(g);
+    return rc;
+}
+
+static void print_strategy(const Strategy *s, const Graph *g)
+{
+    printf("strategy %s: %d devices, mesh", s->id, s->world);
+    for (int a = 0; a < s->naxes; a++)
+        printf(" %s%s=%d", a ? "x " : "", s->axis_name[a], s->axis_size[a]);
+    printf("\n  pipeline: %d stage%s, %d micro-batch%s, %s", s->nstages, s->nstages == 1 ? "" : "s",
+           s->microbatches, s->microbatches == 1 ? "" : "es",
+           s->schedule == SCHED_GPIPE ? "gpipe" : "1f1b");
+    if (s->nstages > 1) {
+        printf(", cuts at blocks");
+        for (int i = 0; i < s->nstages - 1; i++) printf(" %d", s->cuts[i]);
+    }
+    printf("\n  optimizer: %s\n", s->optimizer == OPT_ADAM ? "adam" : "sgd");
+    int nrecompute = 0, nsplit = 0;
+    for (int i = 0; i < g->nops; i++) {
+        nrecompute += s->ops[i].recompute;
+        for (int l = 0; l < IR_LETTERS; l++)
+            if (l != g->ops[i].batch_letter && s->ops[i].split[l]) { nsplit++; break; }
+    }
+    printf("  ops: %d of %d split beyond the batch, %d recomputed\n", nsplit, g->nops, nrecompute);
+    /* params grouped by policy */
+    int counts[3][4] = {{0}};
+    for (int t = 0; t < g->ntensors; t++)
+        if (g->tensors[t].role == ROLE_PARAM)
+            counts[s->params[t].method][s->params[t].shard]++;
+    for (int m = 0; m < 3; m++)
+        for (int sh = 0; sh < 4; sh++)
+            if (counts[m][sh])
+                printf("  params: %d synced by %s, shard %s\n", counts[m][sh],
+                       sync_method_name((SyncMethod)m), shard_name((Shard)sh));
+}
+
+static int cmd_strategy_show(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, STRATEGY_SHOW_OPTS, false, &a, &err))
+        return usage_error("strategy show", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(stderr, "usage: strata strategy show FILE --model FILE [--cluster FILE] [--json]\n");
+        args_usage(stderr, STRATEGY_SHOW_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    Graph *g;
+    Cluster *c;
+    if (load_model_cluster(&a, &g, &c, false, &err)) return fail(&err);
+    Strategy *s = strategy_load(a.pos[0], g, c, &err);
+    int rc = 0;
+    if (!s) rc = fail(&err);
+    else if (args_has(&a, "json")) print_json(s->canonical);
+    else print_strategy(s, g);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * lower */
+
+static const OptSpec LOWER_OPTS[] = {
+    { "model", 0, true, "FILE  model JSON (required)" },
+    { "cluster", 0, true, "FILE  cluster JSON (required)" },
+    { "nodes", 0, true, "N  nodes of the cluster template" },
+    { "strategy", 0, true, "FILE  strategy JSON (required)" },
+    { "json", 0, false, "print the summary as JSON" },
+    { "db", 0, true, "PATH  store model, cluster and plan here (default strata.db)" },
+    { "no-store", 0, false, "do not store anything" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static int store_plan(const char *path, const Graph *g, const Cluster *c, const Strategy *s,
+                      const Plan *p, cJSON *summary, char plan_id[17], Err *err)
+{
+    Db *db = db_open(path, err);
+    if (!db) return -1;
+    GraphStats st;
+    if (graph_stats(g, &st, err)) {
+        db_close(db);
+        return -1;
+    }
+    cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
+    char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
+    char *stext = cJSON_PrintUnformatted(s->canonical), *sumtext = cJSON_PrintUnformatted(summary);
+    DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
+    graph_id(g, m.id);
+    DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
+    cluster_id(c, dc.id);
+    DbPlan dp = { .strategy_json = stext, .summary_json = sumtext, .world = p->world };
+    memcpy(dp.model_id, m.id, 17);
+    memcpy(dp.cluster_id, dc.id, 17);
+    memcpy(dp.strategy_id, s->id, 17);
+    char key[64];
+    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, s->id);
+    hash_hex(key, strlen(key), dp.id);
+    memcpy(plan_id, dp.id, 17);
+    int rc = db_model_put(db, &m, err);
+    if (!rc) rc = db_cluster_put(db, &dc, err);
+    if (!rc) rc = db_plan_put(db, &dp, err);
+    cJSON_free(gtext);
+    cJSON_free(ctext);
+    cJSON_free(stext);
+    cJSON_free(sumtext);
+    cJSON_Delete(gj);
+    cJSON_Delete(cj);
+    graph_stats_free(&st);
+    db_close(db);
+    return rc;
+}
+
+static int cmd_lower(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, LOWER_OPTS, false, &a, &err)) return usage_error("lower", &err);
+    if (args_has(&a, "help") || a.npos) {
+        fprintf(stderr, "usage: strata lower --model FILE --cluster FILE [--nodes N] "
+                        "--strategy FILE [--json] [--db PATH] [--no-store]\n");
+        args_usage(stderr, LOWER_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    if (!args_get(&a, "strategy")) {
+        err_set(&err, "--strategy FILE is required");
+        return usage_error("lower", &err);
+    }
+    if (!args_get(&a, "model") || !args_get(&a, "cluster")) {
+        err_set(&err, "--model FILE and --cluster FILE are required");
+        return usage_error("lower", &err);
+    }
+    Graph *g;
+    Cluster *c;
+    if (load_model_cluster(&a, &g, &c, true, &err)) return fail(&err);
+    int rc = 0;
+    Plan *p = NULL;
+    cJSON *sum = NULL;
+    Strategy *s = strategy_load(args_get(&a, "strategy"), g, c, &err);
+    if (!s) {
+        rc = fail(&err);
+        goto out;
+    }
+    double t0 = now_s();
+    p = ir_lower(g, c, s, &err);
+    double dt = now_s() - t0;
+    if (!p) {
+        rc = fail(&err);
+        goto out;
+    }
+    sum = plan_summary_json(p, s);
+    cJSON_AddNumberToObject(sum, "lower_seconds", dt);
+    char plan_id[17] = "";
+    if (!args_has(&a, "no-store")) {
+        const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+        if (store_plan(path, g, c, s, p, sum, plan_id, &err)) {
+            rc = fail(&err);
+            goto out;
+        }
+        cJSON_AddStringToObject(sum, "plan_id", plan_id);
+    }
+    if (args_has(&a, "json")) {
+        print_json(sum);
+    } else {
+        plan_summary_print(p, s, stdout);
+        printf("\nlowered %d ranks as %d class%s in %.1f ms", p->world, p->nclasses,
+               p->nclasses == 1 ? "" : "es", dt * 1e3);
+        if (plan_id[0]) printf("; stored as plan %s", plan_id);
+        printf("\n");
+    }
+out:
+    cJSON_Delete(sum);
+    plan_free(p);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * plans */
+
+static int cmd_plans_list(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans list", &err);
+    if (args_has(&a, "help") || a.npos) {
+        fprintf(stderr, "usage: strata plans list [--db PATH] [--json]\n");
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+    Db *db = db_open(path, &err);
+    if (!db) return fail(&err);
+    DbPlan *rows;
+    int n;
+    if (db_plan_list(db, &rows, &n, &err)) {
+        db_close(db);
+        return fail(&err);
+    }
+    if (args_has(&a, "json")) {
+        cJSON *arr = cJSON_CreateArray();
+        for (int i = 0; i < n; i++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", rows[i].id);
+            cJSON_AddStringToObject(o, "model", rows[i].model_name);
+            cJSON_AddStringToObject(o, "cluster", rows[i].cluster_name);
+            cJSON_AddStringToObject(o, "strategy_id", rows[i].strategy_id);
+            cJSON_AddNumberToObject(o, "world", rows[i].world);
+            cJSON_AddStringToObject(o, "created", rows[i].created);
+            cJSON_AddItemToArray(arr, o);
+        }
+        print_json(arr);
+        cJSON_Delete(arr);
+    } else {
+        printf("%-16s  %-18s  %-18s  %6s  %-16s  %s\n", "plan", "model", "cluster", "ranks",
+               "strategy", "created");
+        for (int i = 0; i < n; i++)
+            printf("%-16s  %-18s  %-18s  %6d  %-16s  %s\n", rows[i].id, rows[i].model_name,
+                   rows[i].cluster_name, rows[i].world, rows[i].strategy_id, rows[i].created);
+        if (!n) printf("(no plans in %s; `strata lower` stores one)\n", path);
+    }
+    db_plan_list_free(rows, n);
+    db_close(db);
+    return 0;
+}
+
+static int cmd_plans_show(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans show", &err);
+    if (args_has(&a, "help") || a.npos != 1) {
+        fprintf(stderr, "usage: strata plans show ID [--db PATH] [--json]\n");
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+    Db *db = db_open(path, &err);
+    if (!db) return fail(&err);
+    DbPlan p;
+    int rc = db_plan_get(db, a.pos[0], &p, &err);
+    db_close(db);
+    if (rc) return fail(&err);
+    cJSON *strategy = cJSON_Parse(p.strategy_json), *summary = cJSON_Parse(p.summary_json);
+    if (args_has(&a, "json")) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "id", p.id);
+        cJSON_AddStringToObject(j, "model_id", p.model_id);
+        cJSON_AddStringToObject(j, "model", p.model_name);
+        cJSON_AddStringToObject(j, "cluster_id", p.cluster_id);
+        cJSON_AddStringToObject(j, "cluster", p.cluster_name);
+        cJSON_AddStringToObject(j, "strategy_id", p.strategy_id);
+        cJSON_AddNumberToObject(j, "world", p.world);
+        cJSON_AddStringToObject(j, "created", p.created);
+        if (strategy) cJSON_AddItemToObject(j, "strategy", cJSON_Duplicate(strategy, 1));
+        if (summary) cJSON_AddItemToObject(j, "summary", cJSON_Duplicate(summary, 1));
+        print_json(j);
+        cJSON_Delete(j);
+    } else {
+        printf("plan %s: model %s (%s) on cluster %s (%s), %d ranks, strategy %s, stored %s\n",
+               p.id, p.model_name, p.model_id, p.cluster_name, p.cluster_id, p.world,
+               p.strategy_id, p.created);
+        const cJSON *mesh = cJSON_GetObjectItemCaseSensitive(strategy, "mesh");
+        const cJSON *it;
+        printf("  mesh:");
+        cJSON_ArrayForEach(it, mesh) printf(" %s=%d", it->string, it->valueint);
+        printf("\n");
+        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(summary, "classes");
+        int k = 0;
+        cJSON_ArrayForEach(it, cls) {
+            const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(it, "ranks");
+            const cJSON *cb = cJSON_GetObjectItemCaseSensitive(it, "comm_bytes");
+            const cJSON *pk = cJSON_GetObjectItemCaseSensitive(it, "peak_mem_bytes");
+            const cJSON *ins = cJSON_GetObjectItemCaseSensitive(it, "instrs");
+            printf("  class %d: stage %d, %d ranks, %d instructions, peak memory %s\n", k++,
+                   cJSON_GetObjectItemCaseSensitive(it, "stage")->valueint,
+                   cJSON_GetArraySize(ranks),
+                   cJSON_GetObjectItemCaseSensitive(ins, "total")->valueint,
+                   bytes_h(pk ? pk->valuedouble : 0, (char[32]){0}, 32));
+            const cJSON *b;
+            printf("    bytes per step:");
+            cJSON_ArrayForEach(b, cb)
+                if (b->valuedouble > 0) printf(" %s %s", b->string, bytes_h(b->valuedouble, (char[32]){0}, 32));
+            printf("\n");
+        }
+    }
+    cJSON_Delete(strategy);
+    cJSON_Delete(summary);
+    db_plan_free(&p);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * dispatch */
+
+typedef struct {
+    const char *group, *verb;
+    int (*fn)(int, char **);
+    const char *help;
+} Command;
+
+static const Command COMMANDS[] = {
+    { "model", "build", cmd_model_build, "KIND [--opt v ...] [-o FILE]   build a zoo model" },
+    { "model", "show", cmd_model_show, "FILE [--json]                  params, FLOPs, memory" },
+    { "model", "list", cmd_model_list, "[--db PATH]                    stored models" },
+    { "cluster", "show", cmd_cluster_show, "FILE [--nodes N] [--json]    devices and links" },
+    { "strategy", "build", cmd_strategy_build, "KIND --model FILE [...]    classic strategies" },
+    { "strategy", "show", cmd_strategy_show, "FILE --model FILE [--json]  validate, canonical id" },
+    { "lower", NULL, cmd_lower, "--model --cluster --strategy       per-rank programs" },
+    { "plans", "list", cmd_plans_list, "[--db PATH]                    stored plans" },
+    { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]        one stored plan" },
+};
+#define NCOMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f, "strata — find how to parallelise a model's training, and prove it\n\n"
+               "usage: strata COMMAND [options]   (COMMAND --help for its options)\n\n");
+    for (int i = 0; i < NCOMMANDS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%s%s%s", COMMANDS[i].group, COMMANDS[i].verb ? " " : "",
+                 COMMANDS[i].verb ? COMMANDS[i].verb : "");
+        fprintf(f, "  %-16s %s\n", name, COMMANDS[i].help);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    bool group_known = false;
+    for (int i = 0; i < NCOMMANDS; i++) {
+        if (strcmp(argv[1], COMMANDS[i].group) != 0) continue;
+        group_known = true;
+        if (!COMMANDS[i].verb) return COMMANDS[i].fn(argc - 2, argv + 2);
+        if (argc >= 3 && strcmp(argv[2], COMMANDS[i].verb) == 0)
+            return COMMANDS[i].fn(argc - 3, argv + 3);
+    }
+    if (group_known) {
+        fprintf(stderr, "strata %s: unknown or missing subcommand%s%s; one of:", argv[1],
+                argc >= 3 ? " " : "", argc >= 3 ? argv[2] : "");
+        for (int i = 0; i < NCOMMANDS; i++)
+            if (strcmp(argv[1], COMMANDS[i].group) == 0) fprintf(stderr, " %s", COMMANDS[i].verb);
+        fprintf(stderr, "\n");
+    } else {
+        fprintf(stderr, "strata: unknown command '%s'\n\n", argv[1]);
+        usage(stderr);
+    }
+    return EXIT_USAGE;
+}

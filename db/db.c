@@ -1,0 +1,803 @@
+/*
+ * db.c — strata's SQLite store: schema, migrations and the queries of db.h.
+ *
+ * The schema lives here as an array of migrations: migration k (1-based)
+ * brings PRAGMA user_version from k-1 to k and runs in one transaction with
+ * the version bump, so a database is always at a version the code knows.
+ * Never edit a migration that has shipped; append a new one.
+ *
+ * Every function follows SQLite's own pattern: prepare, bind with ?, step
+ * until SQLITE_DONE, finalize on every path, one `err:` label for cleanup.
+ *
+ * Ids of models, clusters, strategies and plans are content hashes: exactly
+ * 16 lowercase hex digits (checked here and by the schema). Because of that a
+ * prefix lookup is the range `id >= 'ab12' AND id < 'ab12g'` ('g' sorts after
+ * every hex digit), which uses the primary-key index and needs no LIKE/GLOB,
+ * so user input can never act as a wildcard.
+ *
+ * A Db is one connection: use it from one thread at a time (the API opens
+ * one per worker). A row's `created`, when the caller sets it, is stored as
+ * given, so it must be in the same UTC ISO 8601 form for lists to sort.
+ */
+#include "db.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../ir/util.h"
+
+struct Db {
+    sqlite3 *h;
+    char *path;
+    int rc;             /* extended code of the last failed call (for diagnosis) */
+};
+
+/* ----------------------------------------------------------------------------
+ * Schema. Timestamps are UTC ISO 8601 with milliseconds, so text order is
+ * time order. Child rows (samples, events, steps) go with their parent
+ * (ON DELETE CASCADE); a plan goes with its model or cluster; strategies are
+ * shared between plans, so deleting one that a plan uses is refused. */
+
+#define NOW "(strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+#define HEX_ID "TEXT PRIMARY KEY CHECK (length(id) = 16 AND id NOT GLOB '*[^0-9a-f]*')"
+
+static const char *const migrations[] = {
+    /* 1: models, clusters, strategies, plans, and the tables later stages fill */
+    "CREATE TABLE models ("
+    "  id          " HEX_ID ","
+    "  name        TEXT NOT NULL,"
+    "  json        TEXT NOT NULL,"
+    "  params      REAL NOT NULL DEFAULT 0,"
+    "  train_flops REAL NOT NULL DEFAULT 0,"
+    "  created     TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX models_created ON models(created);"
+
+    "CREATE TABLE clusters ("
+    "  id       " HEX_ID ","
+    "  name     TEXT NOT NULL,"
+    "  json     TEXT NOT NULL,"
+    "  ndevices INTEGER NOT NULL,"
+    "  created  TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX clusters_created ON clusters(created);"
+
+    "CREATE TABLE strategies ("
+    "  id      " HEX_ID ","
+    "  json    TEXT NOT NULL,"
+    "  created TEXT NOT NULL DEFAULT " NOW ");"
+
+    "CREATE TABLE plans ("
+    "  id           " HEX_ID ","
+    "  model_id     TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+    "  cluster_id   TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,"
+    "  strategy_id  TEXT NOT NULL REFERENCES strategies(id),"
+    "  world        INTEGER NOT NULL CHECK (world >= 1),"
+    "  summary_json TEXT,"
+    "  created      TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX plans_model ON plans(model_id);"
+    "CREATE INDEX plans_cluster ON plans(cluster_id);"
+    "CREATE INDEX plans_strategy ON plans(strategy_id);"
+    "CREATE INDEX plans_created ON plans(created);"
+
+    "CREATE TABLE profiles ("
+    "  id           INTEGER PRIMARY KEY,"
+    "  host         TEXT NOT NULL,"
+    "  device       TEXT NOT NULL,"
+    "  backend      TEXT NOT NULL,"
+    "  started      TEXT NOT NULL DEFAULT " NOW ","
+    "  finished     TEXT,"
+    "  complete     INTEGER NOT NULL DEFAULT 0 CHECK (complete IN (0, 1)),"
+    "  cluster_json TEXT);"
+
+    "CREATE TABLE profile_ops ("
+    "  profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,"
+    "  device     TEXT NOT NULL,"
+    "  kind       TEXT NOT NULL,"
+    "  phase      TEXT NOT NULL,"
+    "  shape_json TEXT NOT NULL,"
+    "  dtype      TEXT NOT NULL,"
+    "  median_s   REAL NOT NULL,"
+    "  p10_s      REAL,"
+    "  p90_s      REAL,"
+    "  reps       INTEGER NOT NULL);"
+    "CREATE INDEX profile_ops_lookup ON profile_ops(profile_id, kind, phase);"
+
+    "CREATE TABLE profile_links ("
+    "  profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,"
+    "  collective TEXT NOT NULL,"
+    "  group_size INTEGER NOT NULL,"
+    "  level      TEXT NOT NULL,"
+    "  bytes      INTEGER NOT NULL,"
+    "  time_s     REAL NOT NULL,"
+    "  algbw      REAL,"
+    "  busbw      REAL);"
+    "CREATE INDEX profile_links_lookup ON profile_links(profile_id, collective, level);"
+
+    /* A trained cost model outlives the samples it was fitted on. */
+    "CREATE TABLE cost_models ("
+    "  id            TEXT PRIMARY KEY,"
+    "  profile_id    INTEGER REFERENCES profiles(id) ON DELETE SET NULL,"
+    "  kind          TEXT NOT NULL,"
+    "  weights       BLOB NOT NULL,"
+    "  heldout_error REAL,"
+    "  created       TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX cost_models_profile ON cost_models(profile_id);"
+
+    "CREATE TABLE searches ("
+    "  id           TEXT PRIMARY KEY,"
+    "  model_id     TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,"
+    "  cluster_id   TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,"
+    "  method       TEXT NOT NULL,"
+    "  status       TEXT NOT NULL DEFAULT 'queued',"
+    "  budget_json  TEXT,"
+    "  best_plan_id TEXT REFERENCES plans(id) ON DELETE SET NULL,"
+    "  created      TEXT NOT NULL DEFAULT " NOW ","
+    "  finished     TEXT);"
+    "CREATE INDEX searches_model ON searches(model_id);"
+    "CREATE INDEX searches_cluster ON searches(cluster_id);"
+    "CREATE INDEX searches_best_plan ON searches(best_plan_id);"
+    "CREATE INDEX searches_created ON searches(created);"
+
+    "CREATE TABLE search_events ("
+    "  search_id TEXT NOT NULL REFERENCES searches(id) ON DELETE CASCADE,"
+    "  seq       INTEGER NOT NULL,"
+    "  at        TEXT NOT NULL DEFAULT " NOW ","
+    "  json      TEXT NOT NULL,"
+    "  PRIMARY KEY (search_id, seq));"
+
+    "CREATE TABLE runs ("
+    "  id          TEXT PRIMARY KEY,"
+    "  plan_id     TEXT NOT NULL REFERENCES plans(id) ON DELETE CASCADE,"
+    "  backend     TEXT NOT NULL,"
+    "  world       INTEGER NOT NULL CHECK (world >= 1),"
+    "  steps       INTEGER NOT NULL CHECK (steps >= 0),"
+    "  status      TEXT NOT NULL DEFAULT 'queued',"
+    "  started     TEXT,"
+    "  finished    TEXT,"
+    "  verify_json TEXT);"
+    "CREATE INDEX runs_plan ON runs(plan_id);"
+
+    "CREATE TABLE run_steps ("
+    "  run_id    TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  step      INTEGER NOT NULL,"
+    "  rank      INTEGER NOT NULL,"
+    "  loss      REAL,"
+    "  step_s    REAL,"
+    "  compute_s REAL,"
+    "  comm_s    REAL,"
+    "  idle_s    REAL,"
+    "  PRIMARY KEY (run_id, step, rank));",
+};
+
+#define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* ----------------------------------------------------------------------------
+ * Error checks. Both macros need `Db *db`, `Err *err` and an `err:` label in
+ * scope; they record the failing code and turn it into "FILE:LINE: message". */
+
+static void sql_fail(Db *db, int rc, Err *err, const char *file, int line)
+{
+    db->rc = rc;
+    const char *msg = db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc);
+    err_set(err, "%s:%d: %s", file, line, msg);
+}
+
+#define SQL_CHECK(call)                                                  \
+    do {                                                                 \
+        int rc_ = (call);                                                \
+        if (rc_ != SQLITE_OK) {                                          \
+            sql_fail(db, rc_, err, __FILE__, __LINE__);                  \
+            goto err;                                                    \
+        }                                                                \
+    } while (0)
+
+/* Steps a statement that must finish without returning rows. */
+#define SQL_STEP_DONE(st)                                                \
+    do {                                                                 \
+        int rc_ = sqlite3_step(st);                                      \
+        if (rc_ != SQLITE_DONE) {                                        \
+            sql_fail(db, rc_, err, __FILE__, __LINE__);                  \
+            goto err;                                                    \
+        }                                                                \
+    } while (0)
+
+/* Undoes an open transaction, if any; keeps err as the first failure set it. */
+static void tx_rollback(Db *db)
+{
+    if (!sqlite3_get_autocommit(db->h))
+        sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static char *col_str(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? xstrdup((const char *)t) : NULL;
+}
+
+static void col_id(sqlite3_stmt *st, int i, char out[17])
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(out, 17, "%s", t ? (const char *)t : "");
+}
+
+/* Reads the single integer that a statement like "PRAGMA user_version" returns. */
+static int query_int(Db *db, const char *sql, int *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {      /* a pragma the build omits answers no row */
+        err_set(err, "%s:%d: '%s' returned nothing", __FILE__, __LINE__, sql);
+        goto err;
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return -1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Opening and migrating */
+
+/* Says why sqlite3_open_v2 could not open `path`, in the user's terms. */
+static void explain_open_failure(const char *path, int rc, sqlite3 *h, Err *err)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+
+    struct stat sb;
+    if (stat(dir, &sb) != 0)
+        err_set(err, "%s: cannot create the database: directory '%s' is not there (%s); "
+                "create it first", path, dir, strerror(errno));
+    else if (!S_ISDIR(sb.st_mode))
+        err_set(err, "%s: cannot create the database: '%s' is not a directory", path, dir);
+    else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        err_set(err, "%s: is a directory; give the path of a database file", path);
+    else if (access(dir, W_OK) != 0)
+        err_set(err, "%s: cannot create the database: directory '%s' is not writable (%s)",
+                path, dir, strerror(errno));
+    else
+        err_set(err, "%s: cannot open the database (%s)", path,
+                h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));
+}
+
+static bool is_memory_path(const char *path)
+{
+    return !path[0] || !strcmp(path, ":memory:");
+}
+
+/* Applies migrations until the schema is at DB_LATEST. Each runs in its own
+ * IMMEDIATE transaction and re-reads the version under the write lock, so two
+ * processes opening a new database at once do not both apply migration 1. */
+static int migrate(Db *db, Err *err)
+{
+    int v;
+    if (query_int(db, "PRAGMA user_version", &v, err)) goto err;
+    for (;;) {
+        if (v > DB_LATEST) {
+            err_set(err, "schema version %d is newer than this strata (knows %d); "
+                    "upgrade strata", v, DB_LATEST);
+            goto err;
+        }
+        if (v == DB_LATEST) break;
+        SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+        if (query_int(db, "PRAGMA user_version", &v, err)) goto err;
+        if (v >= DB_LATEST) {                /* someone else migrated meanwhile */
+            SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+            continue;
+        }
+        char bump[64];
+        snprintf(bump, sizeof bump, "PRAGMA user_version = %d", v + 1);
+        if (sqlite3_exec(db->h, migrations[v], NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db->h, bump, NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            db->rc = sqlite3_extended_errcode(db->h);
+            err_set(err, "%s:%d: migrating the schema to version %d: %s", __FILE__, __LINE__,
+                    v + 1, sqlite3_errmsg(db->h));
+            goto err;
+        }
+        v++;
+    }
+    return 0;
+err:
+    tx_rollback(db);
+    return -1;
+}
+
+Db *db_open(const char *path, Err *err)
+{
+    if (!path) {
+        err_set(err, "no database path given");
+        return NULL;
+    }
+    Db *db = xcalloc(1, sizeof *db);
+    db->path = xstrdup(path);
+
+    int rc = sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        explain_open_failure(path, rc, db->h, err);
+        goto fail;
+    }
+    sqlite3_extended_result_codes(db->h, 1);
+    /* READWRITE quietly falls back to read-only on a write-protected file. */
+    if (sqlite3_db_readonly(db->h, "main") == 1) {
+        err_set(err, "%s: the database file is read-only; strata needs to write it", path);
+        goto fail;
+    }
+    SQL_CHECK(sqlite3_busy_timeout(db->h, 5000));
+
+    /* The first statement that reads the file: a non-database fails here. */
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "PRAGMA journal_mode = WAL", -1, &st, NULL));
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        sqlite3_finalize(st);
+        goto err;
+    }
+    char mode[17];
+    col_id(st, 0, mode);
+    sqlite3_finalize(st);
+    if (!is_memory_path(path) && strcmp(mode, "wal") != 0) {
+        err_set(err, "%s: could not switch to WAL journal mode (got '%s'); "
+                "is it on a network file system?", path, mode);
+        goto fail;
+    }
+    /* WAL keeps the database consistent with NORMAL; only the last commits
+     * before a power cut can be lost. */
+    SQL_CHECK(sqlite3_exec(db->h, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_exec(db->h, "PRAGMA foreign_keys = ON", NULL, NULL, NULL));
+    int fk = 0;
+    if (query_int(db, "PRAGMA foreign_keys", &fk, err)) goto err;
+    if (fk != 1) {
+        err_set(err, "%s: this SQLite cannot enforce foreign keys", path);
+        goto fail;
+    }
+    if (migrate(db, err)) goto err;
+    return db;
+
+err:
+    if ((db->rc & 0xff) == SQLITE_NOTADB)
+        err_set(err, "%s: is not a SQLite database; give the path of a strata "
+                "database or of a file to create", path);
+    else if ((db->rc & 0xff) == SQLITE_READONLY || (db->rc & 0xff) == SQLITE_CANTOPEN)
+        err_set(err, "%s: cannot write the database or its -wal and -shm files beside it "
+                "(%s); the file and its directory must be writable", path,
+                sqlite3_errstr(db->rc));
+    else
+        err_prefix(err, "%s", path);
+fail:
+    db_close(db);
+    return NULL;
+}
+
+void db_close(Db *db)
+{
+    if (!db) return;
+    sqlite3_close(db->h);     /* every statement is finalized, so this succeeds */
+    free(db->path);
+    free(db);
+}
+
+int db_schema_version(Db *db)
+{
+    int v;
+    Err err;
+    return query_int(db, "PRAGMA user_version", &v, &err) ? -1 : v;
+}
+
+/* ----------------------------------------------------------------------------
+ * Ids */
+
+static bool is_hex(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* Checks an id about to be stored: exactly 16 lowercase hex digits. */
+static int check_id(const char *id, const char *what, Err *err)
+{
+    size_t n = strnlen(id, 17);
+    bool ok = n == 16;
+    for (size_t i = 0; ok && i < n; i++) ok = is_hex((unsigned char)id[i]);
+    if (!ok)
+        return err_set(err, "%s id '%.16s' is not 16 lowercase hex digits "
+                       "(ids are content hashes)", what, id);
+    return 0;
+}
+
+/* Turns a full id or a unique prefix of at least 4 hex digits into the full
+ * id of a row of `table`. Returns 0, 1 when nothing matches, -1 on bad input,
+ * an ambiguous prefix or an SQL error. `table` is one of ours, never input. */
+static int resolve_id(Db *db, const char *table, const char *noun, const char *in,
+                      char out[17], Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (!in || !in[0]) return err_set(err, "no %s id given", noun);
+    size_t n = strlen(in);
+    if (n > 16)
+        return err_set(err, "%s id '%.40s%s' is too long (ids are 16 hex digits)",
+                       noun, in, n > 40 ? "..." : "");
+    char lo[17], hi[18];
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)in[i];
+        if (c >= 'A' && c <= 'F') c += 'a' - 'A';
+        if (!is_hex(c))
+            return err_set(err, "%s id '%s' has a character that is not a hex digit; "
+                           "ids are made of 0-9 and a-f", noun, in);
+        lo[i] = (char)c;
+    }
+    lo[n] = '\0';
+    if (n < 4)
+        return err_set(err, "%s id prefix '%s' is too short; give at least 4 hex digits",
+                       noun, in);
+    snprintf(hi, sizeof hi, "%sg", lo);
+
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*), min(id) FROM %s WHERE id >= ? AND id < ?", table);
+    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    int64_t count = sqlite3_column_int64(st, 0);
+    col_id(st, 1, out);
+    sqlite3_finalize(st);
+    if (count == 0) {
+        err_set(err, "no %s with id '%s'", noun, in);
+        return 1;
+    }
+    if (count > 1)
+        return err_set(err, "id prefix '%s' matches %lld %ss; give more digits",
+                       in, (long long)count, noun);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return -1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Models */
+
+#define MODEL_COLS "id, name, json, params, train_flops, created"
+
+static void read_model(sqlite3_stmt *st, DbModel *m)
+{
+    col_id(st, 0, m->id);
+    m->name = col_str(st, 1);
+    m->json = col_str(st, 2);
+    m->params = sqlite3_column_double(st, 3);
+    m->train_flops = sqlite3_column_double(st, 4);
+    m->created = col_str(st, 5);
+}
+
+/* ON CONFLICT(id) DO NOTHING rather than INSERT OR IGNORE: OR IGNORE would
+ * also skip a row that breaks NOT NULL or CHECK, silently storing nothing. */
+int db_model_put(Db *db, const DbModel *m, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(m->id, "model", err)) return -1;
+    if (!m->name || !m->json)
+        return err_set(err, "model %s: name and json are required", m->id);
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO models (" MODEL_COLS ") VALUES (?, ?, ?, ?, ?, coalesce(?, " NOW "))"
+        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, m->name, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, m->json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_double(st, 4, m->params));
+    SQL_CHECK(sqlite3_bind_double(st, 5, m->train_flops));
+    SQL_CHECK(sqlite3_bind_text(st, 6, m->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "storing model %s", m->id);
+}
+
+int db_model_get(Db *db, const char *id, DbModel *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char full[17];
+    memset(out, 0, sizeof *out);
+    int r = resolve_id(db, "models", "model", id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT " MODEL_COLS " FROM models WHERE id = ?",
+                                 -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {                  /* deleted since resolve_id */
+        sqlite3_finalize(st);
+        err_set(err, "no model with id '%s'", id);
+        return 1;
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    read_model(st, out);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading model %s", id);
+}
+
+int db_model_list(Db *db, DbModel **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    DbModel *a = NULL;
+    int cnt = 0, cap = 0, rc;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "SELECT " MODEL_COLS " FROM models ORDER BY created DESC, rowid DESC", -1, &st, NULL));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            a = xrealloc(a, (size_t)cap * sizeof *a);
+        }
+        memset(&a[cnt], 0, sizeof a[cnt]);
+        read_model(st, &a[cnt++]);
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    sqlite3_finalize(st);
+    *rows = a;
+    *n = cnt;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    db_model_list_free(a, cnt);
+    return err_prefix(err, "listing models");
+}
+
+void db_model_free(DbModel *m)
+{
+    if (!m) return;
+    free(m->name);
+    free(m->json);
+    free(m->created);
+    m->name = m->json = m->created = NULL;
+}
+
+void db_model_list_free(DbModel *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_model_free(&rows[i]);
+    free(rows);
+}
+
+/* ----------------------------------------------------------------------------
+ * Clusters */
+
+#define CLUSTER_COLS "id, name, json, ndevices, created"
+
+int db_cluster_put(Db *db, const DbCluster *c, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(c->id, "cluster", err)) return -1;
+    if (!c->name || !c->json)
+        return err_set(err, "cluster %s: name and json are required", c->id);
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO clusters (" CLUSTER_COLS ") VALUES (?, ?, ?, ?, coalesce(?, " NOW "))"
+        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, c->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, c->name, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, c->json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 4, c->ndevices));
+    SQL_CHECK(sqlite3_bind_text(st, 5, c->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "storing cluster %s", c->id);
+}
+
+int db_cluster_get(Db *db, const char *id, DbCluster *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char full[17];
+    memset(out, 0, sizeof *out);
+    int r = resolve_id(db, "clusters", "cluster", id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT " CLUSTER_COLS " FROM clusters WHERE id = ?",
+                                 -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        err_set(err, "no cluster with id '%s'", id);
+        return 1;
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    col_id(st, 0, out->id);
+    out->name = col_str(st, 1);
+    out->json = col_str(st, 2);
+    out->ndevices = sqlite3_column_int(st, 3);
+    out->created = col_str(st, 4);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading cluster %s", id);
+}
+
+void db_cluster_free(DbCluster *c)
+{
+    if (!c) return;
+    free(c->name);
+    free(c->json);
+    free(c->created);
+    c->name = c->json = c->created = NULL;
+}
+
+/* ----------------------------------------------------------------------------
+ * Plans (and their strategies) */
+
+#define PLAN_SELECT                                                            \
+    "SELECT p.id, p.model_id, p.cluster_id, p.strategy_id, m.name, c.name,"    \
+    "       s.json, p.summary_json, p.world, p.created"                        \
+    "  FROM plans p"                                                           \
+    "  JOIN models m ON m.id = p.model_id"                                     \
+    "  JOIN clusters c ON c.id = p.cluster_id"                                 \
+    "  JOIN strategies s ON s.id = p.strategy_id"
+
+static void read_plan(sqlite3_stmt *st, DbPlan *p)
+{
+    col_id(st, 0, p->id);
+    col_id(st, 1, p->model_id);
+    col_id(st, 2, p->cluster_id);
+    col_id(st, 3, p->strategy_id);
+    p->model_name = col_str(st, 4);
+    p->cluster_name = col_str(st, 5);
+    p->strategy_json = col_str(st, 6);
+    p->summary_json = col_str(st, 7);
+    p->world = sqlite3_column_int(st, 8);
+    p->created = col_str(st, 9);
+}
+
+/* The strategy row and the plan row go in one transaction: if the plan
+ * cannot be stored (its model is missing, say), neither is the strategy. */
+int db_plan_put(Db *db, const DbPlan *p, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(p->id, "plan", err) || check_id(p->model_id, "model", err) ||
+        check_id(p->cluster_id, "cluster", err) || check_id(p->strategy_id, "strategy", err))
+        return err_prefix(err, "storing plan %.16s", p->id);
+    if (!p->strategy_json)
+        return err_set(err, "storing plan %s: strategy_json is required", p->id);
+    db->rc = 0;
+
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO strategies (id, json, created) VALUES (?, ?, coalesce(?, " NOW "))"
+        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, p->strategy_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, p->strategy_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, p->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO plans (id, model_id, cluster_id, strategy_id, world, summary_json, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))"
+        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, p->model_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, p->cluster_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 4, p->strategy_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 5, p->world));
+    SQL_CHECK(sqlite3_bind_text(st, 6, p->summary_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 7, p->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "model %s or cluster %s is not stored; store them before the plan",
+                   p->model_id, p->cluster_id);
+    return err_prefix(err, "storing plan %s", p->id);
+}
+
+int db_plan_get(Db *db, const char *id, DbPlan *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char full[17];
+    memset(out, 0, sizeof *out);
+    int r = resolve_id(db, "plans", "plan", id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, PLAN_SELECT " WHERE p.id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        err_set(err, "no plan with id '%s'", id);
+        return 1;
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    read_plan(st, out);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading plan %s", id);
+}
+
+int db_plan_list(Db *db, DbPlan **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    DbPlan *a = NULL;
+    int cnt = 0, cap = 0, rc;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, PLAN_SELECT " ORDER BY p.created DESC, p.rowid DESC",
+                                 -1, &st, NULL));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            a = xrealloc(a, (size_t)cap * sizeof *a);
+        }
+        memset(&a[cnt], 0, sizeof a[cnt]);
+        read_plan(st, &a[cnt++]);
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    sqlite3_finalize(st);
+    *rows = a;
+    *n = cnt;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    db_plan_list_free(a, cnt);
+    return err_prefix(err, "listing plans");
+}
+
+void db_plan_free(DbPlan *p)
+{
+    if (!p) return;
+    free(p->model_name);
+    free(p->cluster_name);
+    free(p->strategy_json);
+    free(p->summary_json);
+    free(p->created);
+    p->model_name = p->cluster_name = p->strategy_json = p->summary_json = p->created = NULL;
+}
+
+void db_plan_list_free(DbPlan *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_plan_free(&rows[i]);
+    free(rows);
+}

@@ -1,0 +1,1365 @@
+/*
+ * lower.c — a strategy lowered to per-rank programs.
+ *
+ * One mechanism serves every parallelism: each op's split gives its operands
+ * and its output a layout on the mesh; between the layout a value is held in
+ * and the layout its consumer needs, convert() emits the cheapest exact
+ * conversion. Backward runs the same conversion on gradients, and a parameter
+ * gradient left partial over some axes is synchronised as its policy says.
+ *
+ * Legend: t = tensor index, mb = micro-batch, P = partial axes (a mask),
+ * D = size of a parameter's synchronisation group.
+ */
+#include "lower.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+/* ----------------------------------------------------------------------------
+ * Layouts */
+
+typedef struct {
+    AxisMask dim[IR_MAX_DIMS];   /* axes each dim is split over */
+    AxisMask partial;            /* the local value is one addend over these */
+} Layout;
+
+static bool layout_eq(const Layout *a, const Layout *b, int ndim)
+{
+    if (a->partial != b->partial) return false;
+    for (int d = 0; d < ndim; d++)
+        if (a->dim[d] != b->dim[d]) return false;
+    return true;
+}
+
+static AxisMask layout_axes(const Layout *l, int ndim)
+{
+    AxisMask m = 0;
+    for (int d = 0; d < ndim; d++) m |= l->dim[d];
+    return m;
+}
+
+/* ----------------------------------------------------------------------------
+ * Facts shared by every class */
+
+typedef struct {
+    Layout in[IR_MAX_INPUTS];              /* layout each operand must arrive in */
+    Layout out;                            /* layout of the output as computed */
+    AxisMask grad_partial[IR_MAX_INPUTS];  /* d(operand k) is partial over these */
+    AxisMask stat_axes;                    /* split reduce letters: statistics all-reduced */
+    int64_t stat_elems;                    /* elements of one statistic */
+    OpCost cost;                           /* local shard, one micro-batch */
+    bool has_bwd;                          /* some input needs a gradient */
+    bool has_param;                        /* some input is a param */
+} OpFacts;
+
+typedef struct {
+    const Graph *g;
+    const Cluster *c;
+    const Strategy *s;
+    int m;                                 /* micro-batches */
+    int gsize[1 << MESH_MAX_AXES];         /* group size of each axis mask */
+    int64_t (*local)[IR_LETTERS];
+    OpFacts *of;
+    int *cons_off, *cons;                  /* consumers of each tensor, ascending (CSR) */
+    /* params */
+    Layout *home;                          /* layout the param is stored in */
+    AxisMask *sync_axes;                   /* its gradient is partial over these */
+    uint64_t *stages_using;                /* bit s: stage s consumes it */
+    double *dt_bytes;                      /* per tensor: bytes of one element */
+} Shared;
+
+static int64_t local_bytes(const Shared *S, int t, const Layout *l)
+{
+    const Tensor *T = &S->g->tensors[t];
+    int64_t n = dtype_bytes(T->dtype);
+    for (int d = 0; d < T->ndim; d++) {
+        int64_t e = T->shape[d];
+        if (d == T->batch_dim) e /= S->m;
+        e /= S->gsize[l->dim[d]];
+        n *= e > 0 ? e : 1;
+    }
+    return n;
+}
+
+static Layout operand_layout(const Strategy *s, int op, const char *letters)
+{
+    Layout l = {0};
+    for (int d = 0; letters[d]; d++) l.dim[d] = s->ops[op].split[letters[d] - 'a'];
+    return l;
+}
+
+static uint32_t letters_of(const char *letters)
+{
+    uint32_t m = 0;
+    for (; *letters; letters++) m |= 1u << (*letters - 'a');
+    return m;
+}
+
+static AxisMask axes_of_letters(const Strategy *s, int op, uint32_t letters)
+{
+    AxisMask m = 0;
+    for (int l = 0; l < IR_LETTERS; l++)
+        if (letters & (1u << l)) m |= s->ops[op].split[l];
+    return m;
+}
+
+/* Statistics of a split reduction: how many small all-reduces, per phase.
+ * Vocabulary-parallel cross-entropy (Megatron): max, target logit and sum of
+ * exponentials in forward, none in backward. Synchronised batch norm: one
+ * all-reduce of (sum, sum of squares) forward, one of (sum dy, sum dy*x) back. */
+static void stat_counts(OpKind k, int *fwd, int *bwd, int *per)
+{
+    *fwd = *bwd = 0;
+    *per = 1;
+    if (k == OP_CROSS_ENTROPY) *fwd = 3;
+    if (k == OP_BATCHNORM) { *fwd = 1; *bwd = 1; *per = 2; }
+}
+
+static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+{
+    memset(S, 0, sizeof *S);
+    S->g = g;
+    S->c = c;
+    S->s = s;
+    S->m = s->microbatches;
+    for (int mask = 0; mask < (1 << MESH_MAX_AXES); mask++) {
+        int n = 1;
+        for (int a = 0; a < s->naxes; a++)
+            if (mask & (1 << a)) n *= s->axis_size[a];
+        S->gsize[mask] = n;
+    }
+
+    /* consumers, ascending; an op reading a tensor twice ("bth,buh") counts once */
+    S->cons_off = xcalloc(g->ntensors + 1, sizeof *S->cons_off);
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++) S->cons_off[g->ops[i].in[k] + 1]++;
+    for (int t = 0; t < g->ntensors; t++) S->cons_off[t + 1] += S->cons_off[t];
+    S->cons = xmalloc(sizeof *S->cons * (S->cons_off[g->ntensors] + 1));
+    int *fill = xcalloc(g->ntensors, sizeof *fill);
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++) {
+            int t = g->ops[i].in[k];
+            S->cons[S->cons_off[t] + fill[t]++] = i;
+        }
+    int w = 0;
+    for (int t = 0; t < g->ntensors; t++) {
+        int lo = S->cons_off[t], hi = lo + fill[t];
+        S->cons_off[t] = w;
+        for (int x = lo; x < hi; x++)
+            if (x == lo || S->cons[x] != S->cons[x - 1]) S->cons[w++] = S->cons[x];
+    }
+    S->cons_off[g->ntensors] = w;
+    free(fill);
+
+    /* per-op facts */
+    S->local = xcalloc(g->nops, sizeof *S->local);
+    S->of = xcalloc(g->nops, sizeof *S->of);
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        OpFacts *f = &S->of[i];
+        for (int l = 0; l < IR_LETTERS; l++) {
+            int64_t n = op->size[l];
+            if (!n) continue;
+            if (l == op->batch_letter) n /= S->m;
+            n /= S->gsize[s->ops[i].split[l]];
+            S->local[i][l] = n > 0 ? n : 1;
+        }
+        for (int k = 0; k < op->nin; k++) {
+            f->in[k] = operand_layout(s, i, op->in_letters[k]);
+            const Tensor *T = &g->tensors[op->in[k]];
+            if (T->role == ROLE_PARAM) f->has_param = true;
+            f->grad_partial[k] =
+                axes_of_letters(s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
+        }
+        f->has_bwd = g->tensors[op->out].needs_grad;
+        f->out = operand_layout(s, i, op->out_letters);
+        uint32_t summed = op->letters_mask & ~letters_of(op->out_letters) & ~op->reduce_mask;
+        f->out.partial = axes_of_letters(s, i, summed);
+        f->stat_axes = axes_of_letters(s, i, op->reduce_mask);
+        f->stat_elems = 1;
+        for (const char *p = op->in_letters[0]; *p; p++)
+            if (!(op->reduce_mask & (1u << (*p - 'a')))) f->stat_elems *= S->local[i][*p - 'a'];
+        graph_op_cost(g, i, S->local[i], &f->cost);
+    }
+
+    /* params: home layout = first consumer's; sync axes = its gradient's partial axes */
+    S->home = xcalloc(g->ntensors, sizeof *S->home);
+    S->sync_axes = xcalloc(g->ntensors, sizeof *S->sync_axes);
+    S->stages_using = xcalloc(g->ntensors, sizeof *S->stages_using);
+    for (int t = 0; t < g->ntensors; t++) {
+        if (g->tensors[t].role != ROLE_PARAM) continue;
+        bool first = true;
+        for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1]; ci++) {
+            int i = S->cons[ci];
+            if (s->op_stage[i] < 64) S->stages_using[t] |= 1ull << s->op_stage[i];
+            for (int k = 0; k < g->ops[i].nin; k++) {
+                if (g->ops[i].in[k] != t) continue;
+                AxisMask p = S->of[i].grad_partial[k];
+                if (first) {
+                    S->home[t] = S->of[i].in[k];
+                    S->sync_axes[t] = p;
+                    first = false;
+                } else if (p != S->sync_axes[t]) {
+                    char a[64], b[64];
+                    return err_set(err,
+                        "param %s: its uses by ops %s and %s leave gradients partial over "
+                        "different axes (%s vs %s); give both ops the same split",
+                        g->tensors[t].name, g->ops[S->cons[S->cons_off[t]]].name, g->ops[i].name,
+                        strategy_axes_name(s, S->sync_axes[t], a, sizeof a),
+                        strategy_axes_name(s, p, b, sizeof b));
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static void shared_free(Shared *S)
+{
+    free(S->cons_off);
+    free(S->cons);
+    free(S->of);
+    free(S->home);
+    free(S->sync_axes);
+    free(S->stages_using);
+    /* S->local moves into the plan */
+}
+
+/* Index of a rank (by its coordinates) within its group along the axes in mask. */
+static int group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask mask)
+{
+    int idx = 0;
+    for (int a = 0; a < s->naxes; a++)
+        if (mask & (1 << a)) idx = idx * s->axis_size[a] + coord[a];
+    return idx;
+}
+
+/* ----------------------------------------------------------------------------
+ * Emitting one class's program */
+
+typedef struct {
+    int32_t instr;
+    Layout layout;
+} Conv;
+
+#define CONV_MAX 4
+
+typedef struct {
+    int32_t instr;
+    Layout layout;           /* includes the partial axes */
+    int64_t bytes;
+    int next;
+} Contrib;
+
+typedef struct {
+    const Shared *S;
+    Program *pr;
+    int stage;
+    int last_micro;          /* micro-batch whose backward runs last */
+    /* per tensor on this stage */
+    int32_t *fwd_val;        /* [t * m + mb]: instruction that made the value */
+    Layout *val_layout;      /* layout of the value as held here */
+    bool *held;              /* produced or received on this stage */
+    /* per pass (one forward or backward of one micro-batch) */
+    int pass;
+    int *conv_pass, *conv_n;
+    Conv *conv;              /* [t * CONV_MAX] */
+    int *contrib_pass, *contrib_head;
+    Contrib *contribs;
+    int ncontribs, cap_contribs;
+    int32_t *pgrad;          /* params: last bwd_weight instr of this micro-batch */
+    int *pgrad_pass;
+    int64_t *copy_bytes;     /* per op: converted input copies its forward made */
+    int coord[MESH_MAX_AXES];
+} Low;
+
+static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, int op, int t,
+                    int mb, int64_t bytes, const int32_t *deps, int ndeps)
+{
+    Program *pr = L->pr;
+    if (pr->ninstrs == pr->cap_instrs) {
+        pr->cap_instrs = pr->cap_instrs ? pr->cap_instrs * 2 : 1024;
+        pr->instrs = xrealloc(pr->instrs, sizeof *pr->instrs * pr->cap_instrs);
+    }
+    while (pr->ndeps + ndeps > pr->cap_deps) {
+        pr->cap_deps = pr->cap_deps ? pr->cap_deps * 2 : 1024;
+        pr->deps = xrealloc(pr->deps, sizeof *pr->deps * pr->cap_deps);
+    }
+    Instr *in = &pr->instrs[pr->ninstrs];
+    memset(in, 0, sizeof *in);
+    in->kind = kind;
+    in->stream = (kind == I_COMPUTE || kind == I_ALLOC || kind == I_FREE) ? STREAM_COMPUTE
+                                                                         : STREAM_COMM;
+    in->phase = ph;
+    in->why = why;
+    in->axes = axes;
+    in->op = op;
+    in->tensor = t;
+    in->micro = mb;
+    in->peer = -1;
+    in->bytes = bytes;
+    in->dep0 = pr->ndeps;
+    for (int i = 0; i < ndeps; i++)
+        if (deps[i] >= 0) pr->deps[pr->ndeps++] = deps[i];
+    in->ndeps = pr->ndeps - in->dep0;
+    return pr->ninstrs++;
+}
+
+/* A compute instruction; op -1 with a tensor for work outside ops (sums, updates). */
+static int32_t emit_compute(Low *L, int op, int t, Phase ph, int mb, double flops, double bytes,
+                            bool recompute, const int32_t *deps, int ndeps)
+{
+    int32_t i = emit(L, I_COMPUTE, ph, WHY_NONE, 0, op, t, mb, 0, deps, ndeps);
+    L->pr->instrs[i].flops = flops;
+    L->pr->instrs[i].mem_bytes = bytes;
+    L->pr->instrs[i].recompute = recompute;
+    return i;
+}
+
+static void emit_mem(Low *L, InstrKind kind, int t, int mb, int64_t bytes, int32_t dep)
+{
+    emit(L, kind, PH_FWD, WHY_NONE, 0, -1, t, mb, bytes, &dep, 1);
+}
+
+/* Converts a value of tensor t held in layout `from` (made by instruction src)
+ * into `to`. Partial axes of `to` are left partial (a parameter gradient
+ * waiting for its sync); every other partial axis is summed. Returns the
+ * instruction that makes the converted value, src when nothing moved. */
+static int32_t convert(Low *L, int t, int mb, Layout from, const Layout *to, int32_t src,
+                       int op, Phase ph, Why why)
+{
+    const Shared *S = L->S;
+    int nd = S->g->tensors[t].ndim;
+    Layout cur = from;
+    int32_t last = src;
+
+    /* 1. partial sums: reduce_scatter onto a dim the target splits, else all_reduce */
+    AxisMask sum = cur.partial & ~to->partial;
+    AxisMask held = layout_axes(&cur, nd);
+    AxisMask ar = 0, rs[IR_MAX_DIMS] = {0};
+    for (int a = 0; a < S->s->naxes; a++) {
+        AxisMask bit = 1 << a;
+        if (!(sum & bit)) continue;
+        int d = -1;
+        for (int e = 0; e < nd && !(held & bit); e++)
+            if (to->dim[e] & bit) d = e;
+        if (d >= 0) rs[d] |= bit;
+        else ar |= bit;
+    }
+    if (ar) {
+        last = emit(L, I_ALLREDUCE, ph, why, ar, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+        cur.partial &= ~ar;
+    }
+    for (int d = 0; d < nd; d++) {
+        if (!rs[d]) continue;
+        last = emit(L, I_REDUCE_SCATTER, ph, why, rs[d], op, t, mb, local_bytes(S, t, &cur),
+                    &last, 1);
+        cur.dim[d] |= rs[d];
+        cur.partial &= ~rs[d];
+    }
+
+    /* 2. split on the wrong dim: all_to_all */
+    for (int a = 0; a < S->s->naxes; a++) {
+        AxisMask bit = 1 << a;
+        int from_d = -1, to_d = -1;
+        for (int d = 0; d < nd; d++) {
+            if (cur.dim[d] & bit) from_d = d;
+            if (to->dim[d] & bit) to_d = d;
+        }
+        if (from_d < 0 || to_d < 0 || from_d == to_d) continue;
+        last = emit(L, I_ALL_TO_ALL, ph, why, bit, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+        cur.dim[from_d] &= ~bit;
+        cur.dim[to_d] |= bit;
+    }
+
+    /* 3. split but wanted whole: all_gather (bytes of the gathered output) */
+    AxisMask want = layout_axes(to, nd), ag = 0;
+    for (int d = 0; d < nd; d++) {
+        ag |= cur.dim[d] & ~want;
+        cur.dim[d] &= want;
+    }
+    if (ag) last = emit(L, I_ALLGATHER, ph, why, ag, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+
+    /* 4. wanted split but held whole: a local slice, free */
+    return last;
+}
+
+/* ----------------------------------------------------------------------------
+ * Forward */
+
+/* Is tensor t's value consumed by the backward of op i (kept until then)? The
+ * lowering keeps every input an op consumed until that op's backward. */
+
+/* The value of input k of op i in the layout the op needs, for micro-batch mb. */
+static int32_t input_value(Low *L, int i, int k, int mb)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    int t = g->ops[i].in[k];
+    const Tensor *T = &g->tensors[t];
+    const Layout *need = &S->of[i].in[k];
+
+    if (T->role == ROLE_PARAM) {
+        const ParamPolicy *pp = &S->s->params[t];
+        int32_t v = -1;
+        if (pp->shard == SHARD_ZERO3 && S->sync_axes[t]) {
+            int64_t b = local_bytes(S, t, &S->home[t]);
+            v = emit(L, I_ALLGATHER, PH_FWD, WHY_PARAM_GATHER, S->sync_axes[t], i, t, mb, b, NULL, 0);
+            emit_mem(L, I_ALLOC, t, mb, b, v);
+        }
+        if (!layout_eq(&S->home[t], need, T->ndim))
+            v = convert(L, t, mb, S->home[t], need, v, i, PH_FWD, WHY_RESHARD);
+        return v;
+    }
+    if (T->role == ROLE_INPUT || T->role == ROLE_LABEL) return -1;  /* loaded locally */
+
+    /* an activation: produced here or received; converted once per pass and layout */
+    if (L->conv_pass[t] != L->pass) {
+        L->conv_pass[t] = L->pass;
+        L->conv_n[t] = 0;
+    }
+    Conv *cv = &L->conv[t * CONV_MAX];
+    for (int c = 0; c < L->conv_n[t]; c++)
+        if (layout_eq(&cv[c].layout, need, T->ndim)) return cv[c].instr;
+    int32_t src = L->fwd_val[t * S->m + mb];
+    int32_t v = convert(L, t, mb, L->val_layout[t], need, src, i, PH_FWD, WHY_RESHARD);
+    if (v != src) {
+        int64_t b = local_bytes(S, t, need);
+        emit_mem(L, I_ALLOC, t, mb, b, v);
+        L->copy_bytes[i] += b;    /* the converted copy lives until op i's backward */
+        if (L->conv_n[t] < CONV_MAX) cv[L->conv_n[t]++] = (Conv){ v, *need };
+    }
+    return v;
+}
+
+/* Releases what the forward of op i held only for its own use (ZeRO-3 gathers). */
+static void release_params(Low *L, int i, int mb, int32_t after)
+{
+    const Shared *S = L->S;
+    const Op *op = &S->g->ops[i];
+    for (int k = 0; k < op->nin; k++) {
+        int t = op->in[k];
+        if (S->g->tensors[t].role == ROLE_PARAM && S->s->params[t].shard == SHARD_ZERO3 &&
+            S->sync_axes[t])
+            emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->home[t]), after);
+    }
+}
+
+static void forward_op(Low *L, int i, int mb, bool recompute)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    const Op *op = &g->ops[i];
+    const OpFacts *f = &S->of[i];
+    int32_t deps[IR_MAX_INPUTS];
+    L->copy_bytes[i] = 0;
+    for (int k = 0; k < op->nin; k++) deps[k] = input_value(L, i, k, mb);
+
+    int64_t ob = local_bytes(S, op->out, &f->out);
+    int32_t c = emit_compute(L, i, op->out, PH_FWD, mb, f->cost.flops[COST_FWD],
+                             f->cost.bytes[COST_FWD], recompute, deps, op->nin);
+    emit_mem(L, I_ALLOC, op->out, mb, ob, c);
+    int nf, nb, per;
+    stat_counts(op->kind, &nf, &nb, &per);
+    if (f->stat_axes)
+        for (int r = 0; r < nf; r++)
+            c = emit(L, I_ALLREDUCE, PH_FWD, WHY_STATS, f->stat_axes, i, op->out, mb,
+                     f->stat_elems * per * 4, &c, 1);
+    release_params(L, i, mb, c);
+    L->fwd_val[op->out * S->m + mb] = c;
+    L->val_layout[op->out] = f->out;
+    L->held[op->out] = true;
+}
+
+/* Sends the activations this stage made that later stages consume. */
+static void send_forward(Low *L, int i, int mb)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    int t = g->ops[i].out;
+    uint64_t done = 0;
+    for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1]; ci++) {
+        int j = S->cons[ci], st = S->s->op_stage[j];
+        if (st <= L->stage || (st < 64 && (done >> st) & 1)) continue;
+        if (st < 64) done |= 1ull << st;
+        int k = 0;
+        while (g->ops[j].in[k] != t) k++;
+        const Layout *need = &S->of[j].in[k];
+        int32_t v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * S->m + mb], j,
+                            PH_FWD, WHY_RESHARD);
+        int32_t sd = emit(L, I_SEND, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
+                          local_bytes(S, t, need), &v, 1);
+        L->pr->instrs[sd].peer = st;
+    }
+}
+
+/* Receives, before op i needs them, activations made on earlier stages. */
+static void recv_forward(Low *L, int i, int mb)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    const Op *op = &g->ops[i];
+    for (int k = 0; k < op->nin; k++) {
+        int t = op->in[k];
+        const Tensor *T = &g->tensors[t];
+        if (T->role != ROLE_ACT || T->producer < 0) continue;
+        int ps = S->s->op_stage[T->producer];
+        if (ps == L->stage || L->fwd_val[t * S->m + mb] >= 0) continue;
+        /* the first consumer on this stage fixes the layout it travels in */
+        int first = -1, fk = 0;
+        for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
+            if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
+        while (g->ops[first].in[fk] != t) fk++;
+        const Layout *l = &S->of[first].in[fk];
+        int64_t b = local_bytes(S, t, l);
+        int32_t r = emit(L, I_RECV, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb, b, NULL, 0);
+        L->pr->instrs[r].peer = ps;
+        emit_mem(L, I_ALLOC, t, mb, b, r);
+        L->fwd_val[t * S->m + mb] = r;
+        L->val_layout[t] = *l;
+        L->held[t] = true;
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Backward */
+
+static void add_contrib(Low *L, int t, int32_t instr, const Layout *l, int64_t bytes)
+{
+    if (L->contrib_pass[t] != L->pass) {
+        L->contrib_pass[t] = L->pass;
+        L->contrib_head[t] = -1;
+    }
+    if (L->ncontribs == L->cap_contribs) {
+        L->cap_contribs = L->cap_contribs ? L->cap_contribs * 2 : 256;
+        L->contribs = xrealloc(L->contribs, sizeof *L->contribs * L->cap_contribs);
+    }
+    L->contribs[L->ncontribs] = (Contrib){ instr, *l, bytes, L->contrib_head[t] };
+    L->contrib_head[t] = L->ncontribs++;
+}
+
+/* Sums the gradient contributions of activation t (local ones and those
+ * received from later stages) and converts them to `want`. Returns the
+ * instruction that makes the gradient, or -1 for the loss (seeded, free). */
+static int32_t gradient_value(Low *L, int t, int mb, const Layout *want)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    int nd = g->tensors[t].ndim;
+
+    /* gradients from later stages arrive by recv, in the layout t was sent in */
+    uint64_t done = 0;
+    for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1]; ci++) {
+        int j = S->cons[ci], st = S->s->op_stage[j];
+        if (st <= L->stage || (st < 64 && (done >> st) & 1)) continue;
+        if (st < 64) done |= 1ull << st;
+        int k = 0;
+        while (g->ops[j].in[k] != t) k++;
+        int64_t b = local_bytes(S, t, &S->of[j].in[k]);
+        int32_t r = emit(L, I_RECV, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb, b,
+                         NULL, 0);
+        L->pr->instrs[r].peer = st;
+        emit_mem(L, I_ALLOC, t, mb, b, r);
+        add_contrib(L, t, r, &S->of[j].in[k], b);
+    }
+    if (L->contrib_pass[t] != L->pass) return -1;
+
+    /* sum contributions that share a layout locally, convert each group, then sum */
+    int32_t outs[16];
+    int64_t conv_bytes[16];
+    int nouts = 0, nconv = 0;
+    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next) {
+        Contrib *a = &L->contribs[c];
+        if (a->instr == -2) continue;           /* already folded into a group */
+        int32_t deps[16];
+        int nd_ = 0;
+        deps[nd_++] = a->instr;
+        for (int e = a->next; e >= 0; e = L->contribs[e].next) {
+            Contrib *b = &L->contribs[e];
+            if (b->instr != -2 && layout_eq(&a->layout, &b->layout, nd) && nd_ < 16) {
+                deps[nd_++] = b->instr;
+                b->instr = -2;
+            }
+        }
+        int32_t src = deps[0];
+        if (nd_ > 1)   /* the local sum rides on the compute stream */
+            src = emit_compute(L, -1, t, PH_BWD_DATA, mb,
+                               (double)(nd_ - 1) * a->bytes / dtype_bytes(g->tensors[t].dtype),
+                               (double)(nd_ + 1) * a->bytes, false, deps, nd_);
+        int32_t v = convert(L, t, mb, a->layout, want, src, g->tensors[t].producer, PH_BWD_DATA,
+                            WHY_RESHARD);
+        if (v != src) {
+            conv_bytes[nconv] = local_bytes(S, t, want);
+            emit_mem(L, I_ALLOC, t, mb, conv_bytes[nconv++], v);
+        }
+        if (nouts < 16) outs[nouts++] = v;
+    }
+    /* converted buffers are freed with the contributions */
+    for (int c = 0; c < nconv; c++) add_contrib(L, t, -2, want, conv_bytes[c]);
+    if (nouts == 1) return outs[0];
+    int64_t b = local_bytes(S, t, want);
+    return emit_compute(L, -1, t, PH_BWD_DATA, mb, (double)(nouts - 1) * b / dtype_bytes(g->tensors[t].dtype),
+                        (double)(nouts + 1) * b, false, outs, nouts);
+}
+
+/* Frees every gradient contribution buffer of t held in this pass. */
+static void free_contribs(Low *L, int t, int mb, int32_t after)
+{
+    if (L->contrib_pass[t] != L->pass) return;
+    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next)
+        emit_mem(L, I_FREE, t, mb, L->contribs[c].bytes, after);
+    L->contrib_pass[t] = -1;
+}
+
+static double update_flops(const Strategy *s)
+{
+    return s->optimizer == OPT_ADAM ? 12.0 : 4.0;   /* per element: Adam, SGD with momentum */
+}
+
+/* The compressed size of a gradient sync payload of `bytes` for param t. */
+static int64_t compressed(const Shared *S, int t, int64_t bytes)
+{
+    const Tensor *T = &S->g->tensors[t];
+    const ParamPolicy *pp = &S->s->params[t];
+    int64_t elems = bytes / dtype_bytes(T->dtype);
+    switch ((Compress)pp->compress) {
+    case COMPRESS_FP16: return elems * 2;
+    case COMPRESS_INT8: return elems + 4;              /* codes plus one scale */
+    case COMPRESS_POWERSGD: {
+        /* the gradient as a matrix: first dim by the rest; P (rows x r) and Q (cols x r) */
+        int64_t rows = T->ndim ? T->shape[0] : 1, n = 1;
+        for (int d = 0; d < T->ndim; d++) n *= T->shape[d];
+        int64_t frac = elems > 0 ? n / elems : 1;       /* local shard of the whole */
+        rows = rows / (frac > 0 ? frac : 1);
+        if (rows < 1) rows = 1;
+        int64_t cols = elems / rows;
+        return (int64_t)pp->powersgd_rank * (rows + cols) * 4;
+    }
+    default: return bytes;
+    }
+}
+
+/* Synchronises param t's gradient (made by instruction `grad`). `final` is
+ * the last micro-batch of the step: accumulate-then-sync methods run then;
+ * ZeRO-2/3 reduce-scatter every micro-batch. */
+static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
+{
+    const Shared *S = L->S;
+    const Strategy *s = S->s;
+    const ParamPolicy *pp = &s->params[t];
+    AxisMask ax = S->sync_axes[t];
+    int64_t b = local_bytes(S, t, &S->home[t]);
+    int D = S->gsize[ax];
+    int64_t elems = b / dtype_bytes(S->g->tensors[t].dtype);
+    int32_t last = grad;
+    bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
+
+    if (pp->method == SYNC_SFB) {
+        /* sfb replaced the all-reduce by factor all-gathers in backward_op */
+    } else if (ax && pp->method == SYNC_PS) {
+        if (!final) return;
+        /* push each shard to its server, servers reduce, update and send it back */
+        int S_ = pp->ps_shards;
+        int64_t shard_b[PS_MAX_SHARDS];
+        for (int k = 0; k < S_; k++) shard_b[k] = b / S_ + (k < b % S_ ? 1 : 0);
+        int32_t pulls[PS_MAX_SHARDS];
+        int np = 0;
+        int me = group_index(s, L->coord, ax);
+        for (int k = 0; k < S_; k++) {
+            int srv = pp->ps_placement[k];
+            if (srv == me) {
+                int32_t deps[1024];
+                int nd = 0;
+                deps[nd++] = last;
+                for (int w = 0; w < D; w++) {
+                    if (w == srv) continue;
+                    int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], NULL, 0);
+                    L->pr->instrs[r].peer = w;
+                    if (nd < 1024) deps[nd++] = r;
+                }
+                /* sum D-1 pushed shards, then the optimizer step */
+                int32_t u = emit_compute(L, -1, t, PH_UPDATE, -1,
+                                         (double)(shard_b[k] / dtype_bytes(S->g->tensors[t].dtype)) *
+                                             (update_flops(s) + D - 1),
+                                         (double)shard_b[k] * (D + 3), false, deps, nd);
+                for (int w = 0; w < D; w++) {
+                    if (w == srv) continue;
+                    int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &u, 1);
+                    L->pr->instrs[sd].peer = w;
+                }
+                pulls[np++] = u;
+            } else {
+                int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &last, 1);
+                L->pr->instrs[sd].peer = srv;
+                int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &sd, 1);
+                L->pr->instrs[r].peer = srv;
+                pulls[np++] = r;
+            }
+        }
+        (void)pulls;
+        return;   /* servers updated; workers hold the pulled parameter */
+    } else if (ax && (per_micro || pp->shard == SHARD_ZERO1)) {
+        if (pp->shard == SHARD_ZERO1 && !final) return;
+        last = emit(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                    compressed(S, t, b), &last, 1);
+        L->pr->instrs[last].compress = pp->compress;
+        if (!final) return;
+    } else if (ax) {
+        if (!final) return;
+        if (pp->compress == COMPRESS_POWERSGD) {
+            /* two small all-reduces: P = M Q, then Q = M^T P */
+            int64_t full = compressed(S, t, b);
+            int64_t rows_part = full / 2;
+            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb, rows_part, &last, 1);
+            L->pr->instrs[last].compress = pp->compress;
+            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb, full - rows_part,
+                        &last, 1);
+        } else {
+            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                        compressed(S, t, b), &last, 1);
+        }
+        L->pr->instrs[last].compress = pp->compress;
+    } else if (!final) {
+        return;
+    }
+
+    /* a param used on several pipeline stages (tied embeddings): sum across them */
+    uint64_t st = S->stages_using[t];
+    if (st & (st - 1)) {
+        last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_TIED, 1 << s->pp_axis, -1, t, mb, b, &last, 1);
+        L->pr->instrs[last].peer = (int32_t)st;
+    }
+
+    /* optimizer step on what this rank owns, then re-assemble ZeRO-1/2 params */
+    bool sharded = ax && pp->shard != SHARD_NONE;
+    int64_t own = sharded ? elems / D : elems;
+    int32_t u = emit_compute(L, -1, t, PH_UPDATE, -1, (double)own * update_flops(s),
+                             (double)own * dtype_bytes(S->g->tensors[t].dtype) * 4, false, &last, 1);
+    if (sharded && (pp->shard == SHARD_ZERO1 || pp->shard == SHARD_ZERO2))
+        emit(L, I_ALLGATHER, PH_UPDATE, WHY_PARAM_GATHER, ax, -1, t, -1, b, &u, 1);
+}
+
+/* Runs after the backward of op i: a param whose first use on this stage is
+ * op i has all of this micro-batch's gradient now. */
+static void params_ready(Low *L, int i, int mb)
+{
+    const Shared *S = L->S;
+    const Op *op = &S->g->ops[i];
+    for (int k = 0; k < op->nin; k++) {
+        int t = op->in[k];
+        if (S->g->tensors[t].role != ROLE_PARAM) continue;
+        int first = -1;
+        for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
+            if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
+        if (first != i) continue;
+        bool dup = false;     /* a param read twice by this op is synced once */
+        for (int e = 0; e < k; e++) dup |= op->in[e] == t;
+        if (dup) continue;
+        sync_param(L, t, mb, L->pgrad_pass[t] == L->pass ? L->pgrad[t] : -1, mb == L->last_micro);
+    }
+}
+
+static void backward_op(Low *L, int i, int mb)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    const Op *op = &g->ops[i];
+    const OpFacts *f = &S->of[i];
+    int t_out = op->out;
+
+    if (!f->has_bwd) {
+        if (L->copy_bytes[i]) emit_mem(L, I_FREE, t_out, mb, L->copy_bytes[i], -1);
+        emit_mem(L, I_FREE, t_out, mb, local_bytes(S, t_out, &f->out), -1);
+        return;
+    }
+    Layout want = f->out;
+    want.partial = 0;           /* the gradient of a partial sum is the whole gradient */
+    int32_t dy = gradient_value(L, t_out, mb, &want);
+
+    /* ZeRO-3: gather the params again for the backward */
+    int32_t pv[IR_MAX_INPUTS];
+    int npv = 0;
+    for (int k = 0; k < op->nin; k++) {
+        int t = op->in[k];
+        if (g->tensors[t].role == ROLE_PARAM && S->s->params[t].shard == SHARD_ZERO3 &&
+            S->sync_axes[t]) {
+            int64_t b = local_bytes(S, t, &S->home[t]);
+            pv[npv] = emit(L, I_ALLGATHER, PH_BWD_DATA, WHY_PARAM_GATHER, S->sync_axes[t], i, t, mb,
+                           b, NULL, 0);
+            emit_mem(L, I_ALLOC, t, mb, b, pv[npv]);
+            npv++;
+        }
+    }
+    int32_t deps[IR_MAX_INPUTS + 1];
+    int nd = 0;
+    deps[nd++] = dy;
+    for (int k = 0; k < npv; k++) deps[nd++] = pv[k];
+
+    int32_t last = dy;
+    /* input gradients */
+    if (f->cost.flops[COST_BWD_DATA] > 0 || f->cost.bytes[COST_BWD_DATA] > 0) {
+        int32_t c = emit_compute(L, i, t_out, PH_BWD_DATA, mb, f->cost.flops[COST_BWD_DATA],
+                                 f->cost.bytes[COST_BWD_DATA], false, deps, nd);
+        int nf, nb, per;
+        stat_counts(op->kind, &nf, &nb, &per);
+        if (f->stat_axes)
+            for (int r = 0; r < nb; r++)
+                c = emit(L, I_ALLREDUCE, PH_BWD_DATA, WHY_STATS, f->stat_axes, i, t_out, mb,
+                         f->stat_elems * per * 4, &c, 1);
+        last = c;
+        for (int k = 0; k < op->nin; k++) {
+            int t = op->in[k];
+            const Tensor *T = &g->tensors[t];
+            if (!T->needs_grad || T->role == ROLE_PARAM) continue;
+            bool dup = false;
+            for (int e = 0; e < k; e++) dup |= op->in[e] == t;
+            if (dup) continue;
+            Layout l = f->in[k];
+            l.partial = f->grad_partial[k];
+            int64_t b = local_bytes(S, t, &l);
+            emit_mem(L, I_ALLOC, t, mb, b, c);
+            add_contrib(L, t, c, &l, b);
+        }
+    }
+    /* weight gradients */
+    if (f->has_param && f->cost.flops[COST_BWD_WEIGHT] + f->cost.bytes[COST_BWD_WEIGHT] > 0) {
+        double flops = f->cost.flops[COST_BWD_WEIGHT];
+        int32_t wdeps[2 * IR_MAX_INPUTS + 1];
+        int nw = 0;
+        for (int e = 0; e < nd; e++) wdeps[nw++] = deps[e];
+        for (int k = 0; k < op->nin; k++) {
+            int t = op->in[k];
+            if (g->tensors[t].role != ROLE_PARAM || S->s->params[t].method != SYNC_SFB ||
+                !S->sync_axes[t])
+                continue;
+            /* sufficient factors: all-gather the input and the output gradient over
+             * the data group, then rebuild the whole weight gradient locally */
+            int D = S->gsize[S->sync_axes[t]];
+            int other = op->in[k == 0 ? 1 : 0];
+            Layout xl = f->in[k == 0 ? 1 : 0];
+            int32_t gx = emit(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, S->sync_axes[t], i,
+                              other, mb, local_bytes(S, other, &xl) * D, &last, 1);
+            int32_t gy = emit(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, S->sync_axes[t], i,
+                              t_out, mb, local_bytes(S, t_out, &want) * D, &dy, 1);
+            wdeps[nw++] = gx;
+            wdeps[nw++] = gy;
+            flops *= D;
+        }
+        int32_t w = emit_compute(L, i, t_out, PH_BWD_WEIGHT, mb, flops, f->cost.bytes[COST_BWD_WEIGHT],
+                                 false, wdeps, nw);
+        for (int k = 0; k < op->nin; k++) {
+            int t = op->in[k];
+            if (g->tensors[t].role != ROLE_PARAM) continue;
+            L->pgrad[t] = w;
+            L->pgrad_pass[t] = L->pass;
+        }
+        last = w;
+    }
+    release_params(L, i, mb, last);
+    if (L->copy_bytes[i]) emit_mem(L, I_FREE, t_out, mb, L->copy_bytes[i], last);
+
+    /* the output and its gradient are no longer needed */
+    free_contribs(L, t_out, mb, last);
+    emit_mem(L, I_FREE, t_out, mb, local_bytes(S, t_out, &f->out), last);
+    params_ready(L, i, mb);
+}
+
+/* After the backward of op i: activations received from an earlier stage
+ * whose last local use was op i send their gradient back. */
+static void send_backward(Low *L, int i, int mb)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
+    const Op *op = &g->ops[i];
+    for (int k = 0; k < op->nin; k++) {
+        int t = op->in[k];
+        const Tensor *T = &g->tensors[t];
+        if (T->role != ROLE_ACT || T->producer < 0) continue;
+        int ps = S->s->op_stage[T->producer];
+        if (ps == L->stage) continue;
+        int first = -1;
+        for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
+            if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
+        if (first != i) continue;
+        int32_t dv = T->needs_grad ? gradient_value(L, t, mb, &L->val_layout[t]) : -1;
+        if (T->needs_grad) {
+            int64_t b = local_bytes(S, t, &L->val_layout[t]);
+            int32_t sd = emit(L, I_SEND, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
+                              b, &dv, 1);
+            L->pr->instrs[sd].peer = ps;
+            free_contribs(L, t, mb, sd);
+        }
+        emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &L->val_layout[t]), dv);
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Schedules */
+
+/* Activation checkpointing works per block: a recomputed op's output is kept
+ * (a checkpoint) when something outside its block, or not recomputed, reads
+ * it; everything else inside the block is recomputed in backward. Ops outside
+ * blocks keep their outputs. */
+static bool checkpoint(const Shared *S, int i)
+{
+    const Op *op = &S->g->ops[i];
+    if (op->block < 0) return true;
+    for (int ci = S->cons_off[op->out]; ci < S->cons_off[op->out + 1]; ci++) {
+        int j = S->cons[ci];
+        if (!S->s->ops[j].recompute || S->g->ops[j].block != op->block) return true;
+    }
+    return S->cons_off[op->out] == S->cons_off[op->out + 1];
+}
+
+static void forward_pass(Low *L, const int *ops, int nops, int mb)
+{
+    L->pass++;
+    for (int x = 0; x < nops; x++) {
+        int i = ops[x];
+        recv_forward(L, i, mb);
+        forward_op(L, i, mb, false);
+        send_forward(L, i, mb);
+    }
+    /* recomputed ops keep only their checkpoints; other outputs and copies go
+     * now and come back in backward */
+    const Shared *S = L->S;
+    for (int x = 0; x < nops; x++) {
+        int i = ops[x];
+        if (!S->s->ops[i].recompute) continue;
+        int t = S->g->ops[i].out;
+        if (L->copy_bytes[i]) emit_mem(L, I_FREE, t, mb, L->copy_bytes[i], -1);
+        if (!checkpoint(S, i)) emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->of[i].out), -1);
+    }
+}
+
+static void backward_pass(Low *L, const int *ops, int nops, int mb)
+{
+    const Shared *S = L->S;
+    L->pass++;
+    int seg_block = -2;
+    for (int x = nops - 1; x >= 0; x--) {
+        int i = ops[x];
+        const Op *op = &S->g->ops[i];
+        /* entering a recomputed segment (a block, or a lone op outside blocks):
+         * rerun its forward first, as activation checkpointing does */
+        if (S->s->ops[i].recompute && (op->block < 0 || op->block != seg_block)) {
+            int lo = x;
+            if (op->block >= 0)
+                while (lo > 0 && S->g->ops[ops[lo - 1]].block == op->block) lo--;
+            for (int y = lo; y <= x; y++)
+                if (S->s->ops[ops[y]].recompute && !checkpoint(S, ops[y]))
+                    forward_op(L, ops[y], mb, true);
+            seg_block = op->block;
+        }
+        backward_op(L, i, mb);
+        send_backward(L, i, mb);
+    }
+}
+
+/* Micro-batch order of one stage: GPipe runs every forward, then every
+ * backward; 1F1B (PipeDream-Flush, as in Megatron-LM) warms up with P-s-1
+ * forwards, then alternates one forward and one backward, then cools down. */
+static void run_schedule(Low *L, const int *ops, int nops)
+{
+    const Strategy *s = L->S->s;
+    int m = s->microbatches, P = s->nstages, st = L->stage;
+    if (s->schedule == SCHED_GPIPE) {
+        for (int mb = 0; mb < m; mb++) forward_pass(L, ops, nops, mb);
+        for (int mb = 0; mb < m; mb++) backward_pass(L, ops, nops, mb);
+        return;
+    }
+    int warm = P - st - 1 < m ? P - st - 1 : m;
+    for (int mb = 0; mb < warm; mb++) forward_pass(L, ops, nops, mb);
+    for (int k = 0; k < m - warm; k++) {
+        forward_pass(L, ops, nops, warm + k);
+        backward_pass(L, ops, nops, k);
+    }
+    for (int mb = m - warm; mb < m; mb++) backward_pass(L, ops, nops, mb);
+}
+
+/* ----------------------------------------------------------------------------
+ * Memory */
+
+static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
+{
+    const Tensor *T = &S->g->tensors[t];
+    const ParamPolicy *pp = &S->s->params[t];
+    int64_t b = local_bytes(S, t, &S->home[t]);
+    int64_t elems = b / dtype_bytes(T->dtype);
+    int D = S->gsize[S->sync_axes[t]];
+    bool half = T->dtype != DT_F32;
+    /* optimizer state per element: Adam m, v (+ fp32 master for half params);
+     * SGD momentum (+ master) */
+    int64_t opt = S->s->optimizer == OPT_ADAM ? (half ? 12 : 8) : (half ? 8 : 4);
+    int64_t p = b, g = b, o = elems * opt;
+    if (pp->method == SYNC_PS && S->sync_axes[t]) {
+        /* workers keep no optimizer state; a server keeps its shards' */
+        o = 0;
+        int me = group_index(S->s, L->coord, S->sync_axes[t]);
+        for (int k = 0; k < pp->ps_shards; k++)
+            if (pp->ps_placement[k] == me) o += elems * opt / pp->ps_shards;
+        return p + g + o;
+    }
+    if (pp->shard >= SHARD_ZERO1) o /= D;
+    if (pp->shard >= SHARD_ZERO2) g /= D;
+    if (pp->shard >= SHARD_ZERO3) p /= D;
+    return p + g + o;
+}
+
+static void account_memory(Low *L)
+{
+    const Shared *S = L->S;
+    Program *pr = L->pr;
+    int64_t st = 0;
+    for (int t = 0; t < S->g->ntensors; t++) {
+        if (S->g->tensors[t].role != ROLE_PARAM) continue;
+        if (!(S->stages_using[t] & (1ull << L->stage))) continue;
+        st += param_state_bytes(S, t, L);
+    }
+    int64_t cur = 0, peak = 0;
+    for (int i = 0; i < pr->ninstrs; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == I_ALLOC) cur += in->bytes;
+        else if (in->kind == I_FREE) cur -= in->bytes;
+        if (cur > peak) peak = cur;
+    }
+    pr->static_mem = st;
+    pr->peak_mem = st + peak;
+}
+
+/* ----------------------------------------------------------------------------
+ * Classes */
+
+/* The parameter-server shards a rank serves: ranks of one stage that serve
+ * the same shards run the same program. */
+static uint64_t ps_role(const Shared *S, const int coord[MESH_MAX_AXES])
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int t = 0; t < S->g->ntensors; t++) {
+        const ParamPolicy *pp = &S->s->params[t];
+        if (S->g->tensors[t].role != ROLE_PARAM || pp->method != SYNC_PS || !S->sync_axes[t])
+            continue;
+        int me = group_index(S->s, coord, S->sync_axes[t]);
+        for (int k = 0; k < pp->ps_shards; k++)
+            if (pp->ps_placement[k] == me)
+                h = (h ^ ((uint64_t)t * PS_MAX_SHARDS + k)) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static void lower_class(const Shared *S, Program *pr, int rank)
+{
+    const Graph *g = S->g;
+    const Strategy *s = S->s;
+    int coord[MESH_MAX_AXES];
+    strategy_coords(s, rank, coord);
+    Low L = {0};
+    L.S = S;
+    L.pr = pr;
+    L.stage = s->pp_axis >= 0 ? coord[s->pp_axis] : 0;
+    L.last_micro = s->microbatches - 1;
+    pr->stage = L.stage;
+    if (S->c) pr->device_mem = cluster_device(S->c, rank)->mem_bytes;
+
+    int nt = g->ntensors;
+    L.fwd_val = xmalloc(sizeof *L.fwd_val * (size_t)nt * S->m);
+    for (size_t i = 0; i < (size_t)nt * S->m; i++) L.fwd_val[i] = -1;
+    L.val_layout = xcalloc(nt, sizeof *L.val_layout);
+    L.held = xcalloc(nt, sizeof *L.held);
+    L.conv_pass = xmalloc(sizeof *L.conv_pass * nt);
+    L.contrib_pass = xmalloc(sizeof *L.contrib_pass * nt);
+    L.pgrad_pass = xmalloc(sizeof *L.pgrad_pass * nt);
+    for (int t = 0; t < nt; t++) L.conv_pass[t] = L.contrib_pass[t] = L.pgrad_pass[t] = -1;
+    L.conv_n = xcalloc(nt, sizeof *L.conv_n);
+    L.conv = xmalloc(sizeof *L.conv * nt * CONV_MAX);
+    L.contrib_head = xmalloc(sizeof *L.contrib_head * nt);
+    L.pgrad = xmalloc(sizeof *L.pgrad * nt);
+    L.copy_bytes = xcalloc(g->nops, sizeof *L.copy_bytes);
+    memcpy(L.coord, coord, sizeof coord);
+
+    int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
+    for (int i = 0; i < g->nops; i++)
+        if (s->op_stage[i] == L.stage) ops[nops++] = i;
+    run_schedule(&L, ops, nops);
+    account_memory(&L);
+
+    free(ops);
+    free(L.fwd_val);
+    free(L.val_layout);
+    free(L.held);
+    free(L.conv_pass);
+    free(L.contrib_pass);
+    free(L.pgrad_pass);
+    free(L.conv_n);
+    free(L.conv);
+    free(L.contrib_head);
+    free(L.contribs);
+    free(L.pgrad);
+    free(L.copy_bytes);
+}
+
+Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+{
+    if (s->nops != g->nops || s->ntensors != g->ntensors) {
+        err_set(err, "strategy was resolved against another model (%d ops, model has %d)",
+                s->nops, g->nops);
+        return NULL;
+    }
+    if (c && s->world > c->ndevices) {
+        err_set(err, "mesh needs %d devices, cluster %s has %d", s->world, c->name, c->ndevices);
+        return NULL;
+    }
+    Shared S;
+    if (shared_init(&S, g, c, s, err)) {
+        shared_free(&S);
+        free(S.local);
+        return NULL;
+    }
+    Plan *p = xcalloc(1, sizeof *p);
+    p->world = s->world;
+    p->nops = g->nops;
+    p->local = S.local;
+    p->rank_class = xmalloc(sizeof *p->rank_class * s->world);
+
+    /* class key: (stage, parameter-server role) */
+    bool any_ps = false;
+    for (int t = 0; t < g->ntensors; t++)
+        any_ps |= g->tensors[t].role == ROLE_PARAM && s->params[t].method == SYNC_PS;
+    int *first_rank = xmalloc(sizeof *first_rank * s->world);
+    int *class_stage = xmalloc(sizeof *class_stage * s->world);
+    uint64_t *class_role = xmalloc(sizeof *class_role * s->world);
+    int coord[MESH_MAX_AXES];
+    for (int r = 0; r < s->world; r++) {
+        strategy_coords(s, r, coord);
+        int st = s->pp_axis >= 0 ? coord[s->pp_axis] : 0;
+        uint64_t role = any_ps ? ps_role(&S, coord) : 0;
+        int k = 0;
+        while (k < p->nclasses && (class_stage[k] != st || class_role[k] != role)) k++;
+        if (k == p->nclasses) {
+            class_stage[k] = st;
+            class_role[k] = role;
+            first_rank[p->nclasses++] = r;
+        }
+        p->rank_class[r] = k;
+    }
+    p->classes = xcalloc(p->nclasses, sizeof *p->classes);
+    for (int k = 0; k < p->nclasses; k++) {
+        Program *pr = &p->classes[k];
+        pr->ranks = xmalloc(sizeof *pr->ranks * s->world);
+    }
+    for (int r = 0; r < s->world; r++) {
+        Program *pr = &p->classes[p->rank_class[r]];
+        pr->ranks[pr->nranks++] = r;
+    }
+    for (int k = 0; k < p->nclasses; k++) {
+        /* classes of one plan are alike in size: reserve what the last one took */
+        Program *pr = &p->classes[k];
+        if (k > 0) {
+            pr->cap_instrs = p->classes[k - 1].ninstrs + p->classes[k - 1].ninstrs / 16 + 64;
+            pr->cap_deps = p->classes[k - 1].ndeps + p->classes[k - 1].ndeps / 16 + 64;
+            pr->instrs = xmalloc(sizeof *pr->instrs * pr->cap_instrs);
+            pr->deps = xmalloc(sizeof *pr->deps * pr->cap_deps);
+        }
+        lower_class(&S, pr, first_rank[k]);
+    }
+
+    free(first_rank);
+    free(class_stage);
+    free(class_role);
+    shared_free(&S);
+    return p;
+}
+
+void plan_free(Plan *p)
+{
+    if (!p) return;
+    for (int k = 0; k < p->nclasses; k++) {
+        free(p->classes[k].ranks);
+        free(p->classes[k].instrs);
+        free(p->classes[k].deps);
+    }
+    free(p->classes);
+    free(p->rank_class);
+    free(p->local);
+    free(p);
+}
+
+/* ----------------------------------------------------------------------------
+ * Summaries */
+
+static const char *KIND_NAMES[I_KIND_COUNT] = {
+    "compute", "allreduce", "allgather", "reduce_scatter", "all_to_all",
+    "broadcast", "send", "recv", "alloc", "free",
+};
+
+const char *instr_kind_name(InstrKind k)
+{
+    return k < I_KIND_COUNT ? KIND_NAMES[k] : "?";
+}
+
+const char *phase_name(Phase p)
+{
+    static const char *n[PH_COUNT] = { "fwd", "bwd_data", "bwd_weight", "update" };
+    return p < PH_COUNT ? n[p] : "?";
+}
+
+static bool is_comm(InstrKind k)
+{
+    return k >= I_ALLREDUCE && k <= I_RECV;
+}
+
+int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why)
+{
+    int64_t b = 0;
+    for (int i = 0; i < pr->ninstrs; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == kind && (why == WHY_COUNT || in->why == why)) b += in->bytes;
+    }
+    return b;
+}
+
+cJSON *plan_summary_json(const Plan *p, const Strategy *s)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "ranks", p->world);
+    cJSON *cls = cJSON_AddArrayToObject(j, "classes");
+    for (int k = 0; k < p->nclasses; k++) {
+        const Program *pr = &p->classes[k];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(cls, o);
+        cJSON_AddItemToObject(o, "ranks", cJSON_CreateIntArray(pr->ranks, pr->nranks));
+        cJSON_AddNumberToObject(o, "stage", pr->stage);
+        int64_t count[I_KIND_COUNT] = {0}, bytes[I_KIND_COUNT] = {0};
+        double flops = 0;
+        /* bytes per axis set, in first-seen order */
+        AxisMask axes[64];
+        int64_t axb[64];
+        int nax = 0;
+        for (int i = 0; i < pr->ninstrs; i++) {
+            const Instr *in = &pr->instrs[i];
+            count[in->kind]++;
+            if (in->kind == I_COMPUTE) flops += in->flops;
+            if (!is_comm(in->kind)) continue;
+            bytes[in->kind] += in->bytes;
+            int a = 0;
+            while (a < nax && axes[a] != in->axes) a++;
+            if (a == nax && nax < 64) { axes[nax] = in->axes; axb[nax++] = 0; }
+            if (a < nax) axb[a] += in->bytes;
+        }
+        cJSON *ic = cJSON_AddObjectToObject(o, "instrs");
+        for (int kk = 0; kk < I_KIND_COUNT; kk++)
+            cJSON_AddNumberToObject(ic, KIND_NAMES[kk], (double)count[kk]);
+        cJSON_AddNumberToObject(ic, "total", pr->ninstrs);
+        cJSON *cb = cJSON_AddObjectToObject(o, "comm_bytes");
+        for (int kk = I_ALLREDUCE; kk <= I_RECV; kk++)
+            cJSON_AddNumberToObject(cb, KIND_NAMES[kk], (double)bytes[kk]);
+        cJSON *ca = cJSON_AddObjectToObject(o, "comm_bytes_by_axis");
+        for (int a = 0; a < nax; a++) {
+            char name[96];
+            cJSON_AddNumberToObject(ca, strategy_axes_name(s, axes[a], name, sizeof name),
+                                    (double)axb[a]);
+        }
+        cJSON_AddNumberToObject(o, "flops", flops);
+        cJSON_AddNumberToObject(o, "static_mem_bytes", (double)pr->static_mem);
+        cJSON_AddNumberToObject(o, "peak_mem_bytes", (double)pr->peak_mem);
+        if (pr->device_mem > 0) {
+            cJSON_AddNumberToObject(o, "device_mem_bytes", pr->device_mem);
+            cJSON_AddBoolToObject(o, "fits", pr->peak_mem <= pr->device_mem);
+        }
+    }
+    return j;
+}
+
+static void human_bytes(double b, char *out, int n)
+{
+    const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    int i = 0;
+    while (fabs(b) >= 1024 && i < 5) { b /= 1024; i++; }
+    snprintf(out, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
+}
+
+static void rank_ranges(const int *r, int n, char *out, int cap)
+{
+    int at = 0;
+    out[0] = 0;
+    for (int i = 0; i < n && at < cap - 24; ) {
+        int j = i;
+        while (j + 1 < n && r[j + 1] == r[j] + 1) j++;
+        at += snprintf(out + at, cap - at, j > i ? "%s%d-%d" : "%s%d", i ? "," : "", r[i], r[j]);
+        i = j + 1;
+        if (i < n && at >= cap - 24) { snprintf(out + at, cap - at, ",..."); break; }
+    }
+}
+
+void plan_summary_print(const Plan *p, const Strategy *s, FILE *f)
+{
+    char mesh[256] = "";
+    for (int a = 0; a < s->naxes; a++) {
+        char x[48];
+        snprintf(x, sizeof x, "%s%s=%d", a ? " x " : "", s->axis_name[a], s->axis_size[a]);
+        strncat(mesh, x, sizeof mesh - strlen(mesh) - 1);
+    }
+    fprintf(f, "plan: %d ranks, mesh %s, %d stage%s, %d micro-batch%s (%s), %d class%s\n",
+            p->world, mesh, s->nstages, s->nstages == 1 ? "" : "s", s->microbatches,
+            s->microbatches == 1 ? "" : "es", s->schedule == SCHED_GPIPE ? "gpipe" : "1f1b",
+            p->nclasses, p->nclasses == 1 ? "" : "es");
+    for (int k = 0; k < p->nclasses; k++) {
+        const Program *pr = &p->classes[k];
+        char ranks[160], a[32], b[32], c[32];
+        rank_ranges(pr->ranks, pr->nranks, ranks, sizeof ranks);
+        int64_t count[I_KIND_COUNT] = {0}, bytes[I_KIND_COUNT] = {0};
+        double flops = 0;
+        for (int i = 0; i < pr->ninstrs; i++) {
+            count[pr->instrs[i].kind]++;
+            bytes[pr->instrs[i].kind] += pr->instrs[i].bytes;
+            if (pr->instrs[i].kind == I_COMPUTE) flops += pr->instrs[i].flops;
+        }
+        fprintf(f, "\nclass %d: stage %d, %d rank%s [%s]\n", k, pr->stage, pr->nranks,
+                pr->nranks == 1 ? "" : "s", ranks);
+        fprintf(f, "  instructions %d:", pr->ninstrs);
+        for (int kk = 0; kk < I_KIND_COUNT; kk++)
+            if (count[kk]) fprintf(f, " %s %lld", KIND_NAMES[kk], (long long)count[kk]);
+        fprintf(f, "\n  compute %.3g FLOP per step\n", flops);
+        fprintf(f, "  bytes moved per step:");
+        bool any = false;
+        for (int kk = I_ALLREDUCE; kk <= I_RECV; kk++) {
+            if (!bytes[kk]) continue;
+            human_bytes((double)bytes[kk], a, sizeof a);
+            fprintf(f, " %s %s", KIND_NAMES[kk], a);
+            any = true;
+        }
+        fprintf(f, any ? "\n" : " none\n");
+        /* by axis */
+        AxisMask axes[64];
+        int64_t axb[64];
+        int nax = 0;
+        for (int i = 0; i < pr->ninstrs; i++) {
+            const Instr *in = &pr->instrs[i];
+            if (!is_comm(in->kind)) continue;
+            int x = 0;
+            while (x < nax && axes[x] != in->axes) x++;
+            if (x == nax && nax < 64) { axes[nax] = in->axes; axb[nax++] = 0; }
+            if (x < nax) axb[x] += in->bytes;
+        }
+        if (nax) {
+            fprintf(f, "  by mesh axis:");
+            for (int x = 0; x < nax; x++) {
+                char name[96];
+                human_bytes((double)axb[x], a, sizeof a);
+                fprintf(f, " %s %s", strategy_axes_name(s, axes[x], name, sizeof name), a);
+            }
+            fprintf(f, "\n");
+        }
+        human_bytes((double)pr->static_mem, a, sizeof a);
+        human_bytes((double)pr->peak_mem, b, sizeof b);
+        fprintf(f, "  memory: params+grads+optimizer %s, peak %s", a, b);
+        if (pr->device_mem > 0) {
+            human_bytes(pr->device_mem, c, sizeof c);
+            fprintf(f, " of %s%s", c, pr->peak_mem <= pr->device_mem ? "" : "  DOES NOT FIT");
+        }
+        fprintf(f, "\n");
+    }
+}

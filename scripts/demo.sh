@@ -1,0 +1,21 @@
+#!/bin/sh
+# The demo: GPT-3 175B on 128 DGX A100 nodes (1024 GPUs) under Megatron-LM's 1024-GPU
+# configuration (t=8, p=16, d=8; Narayanan et al., 2021), lowered to per-rank
+# programs and stored. Files land in build/demo/.
+set -eu
+strata=${1:-build/strata}
+out=build/demo
+mkdir -p "$out"
+db="$out/strata.db"
+run() { echo; echo "\$ $*"; "$@"; }
+
+run "$strata" model build gpt --preset gpt3-175b -o "$out/gpt3-175b.json"
+run "$strata" model show "$out/gpt3-175b.json"
+run "$strata" cluster show clusters/dgx-a100-80gb.json --nodes 128
+run "$strata" strategy build megatron --model "$out/gpt3-175b.json" \
+    --cluster clusters/dgx-a100-80gb.json --nodes 128 --tp 8 --pp 16 --microbatches 192 --recompute \
+    -o "$out/megatron.json"
+run "$strata" strategy show "$out/megatron.json" --model "$out/gpt3-175b.json"
+run "$strata" lower --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
+    --nodes 128 --strategy "$out/megatron.json" --db "$db"
+run "$strata" plans list --db "$db"

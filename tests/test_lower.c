@@ -1,0 +1,470 @@
+/*
+ * test_lower.c — the lowering against the closed forms of the literature.
+ *
+ * Legend: B = global batch, s = sequence, h = hidden, l = layers, V = vocab,
+ * D/T/P = data/tensor/pipeline degree, m = micro-batches, Psi = parameter
+ * bytes (the "2 Psi" of the ZeRO paper counts elements; bytes here are fp32).
+ * Volumes are payload bytes per rank per step as nccl-tests counts them
+ * ("size": the all-reduce buffer, the all-gather output, the reduce-scatter
+ * input, the send/recv buffer).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/util.h"
+#include "ir/zoo.h"
+
+typedef struct { int l, h, n, s, V, B; bool tied; } GptShape;
+
+static Graph *gpt(GptShape x)
+{
+    char l[16], h[16], n[16], s[16], V[16], B[16];
+    snprintf(l, sizeof l, "%d", x.l);
+    snprintf(h, sizeof h, "%d", x.h);
+    snprintf(n, sizeof n, "%d", x.n);
+    snprintf(s, sizeof s, "%d", x.s);
+    snprintf(V, sizeof V, "%d", x.V);
+    snprintf(B, sizeof B, "%d", x.B);
+    const char *keys[] = { "layers", "hidden", "heads", "seq", "vocab", "batch", "tied" };
+    const char *vals[] = { l, h, n, s, V, B, x.tied ? "1" : "0" };
+    Err err = {0};
+    Graph *g = zoo_build("gpt", 7, keys, vals, &err);
+    if (!g) fail_msg("gpt: %s", err.msg);
+    return g;
+}
+
+static Strategy *strat(const Graph *g, const char *json)
+{
+    Err err = {0};
+    cJSON *j = cJSON_Parse(json);
+    if (!j) fail_msg("bad test JSON: %s", json);
+    Strategy *s = strategy_from_json(j, g, NULL, &err);
+    cJSON_Delete(j);
+    if (!s) fail_msg("strategy: %s", err.msg);
+    return s;
+}
+
+static Plan *lower(const Graph *g, const Strategy *s)
+{
+    Err err = {0};
+    Plan *p = ir_lower(g, NULL, s, &err);
+    if (!p) fail_msg("lower: %s", err.msg);
+    return p;
+}
+
+static int64_t param_bytes(const Graph *g)
+{
+    int64_t b = 0;
+    for (int t = 0; t < g->ntensors; t++)
+        if (g->tensors[t].role == ROLE_PARAM)
+            b += tensor_numel(&g->tensors[t]) * dtype_bytes(g->tensors[t].dtype);
+    return b;
+}
+
+static int nparams(const Graph *g)
+{
+    int n = 0;
+    for (int t = 0; t < g->ntensors; t++) n += g->tensors[t].role == ROLE_PARAM;
+    return n;
+}
+
+static int count(const Program *pr, InstrKind k, Why why)
+{
+    int n = 0;
+    for (int i = 0; i < pr->ninstrs; i++)
+        n += pr->instrs[i].kind == k && (why == WHY_COUNT || pr->instrs[i].why == why);
+    return n;
+}
+
+static int64_t comm_total(const Program *pr)
+{
+    int64_t b = 0;
+    for (int k = I_ALLREDUCE; k <= I_RECV; k++) b += program_comm_bytes(pr, (InstrKind)k, WHY_COUNT);
+    return b;
+}
+
+/* Invariants every program keeps: dependencies point backwards, memory
+ * events balance, compute is on the compute stream and comm on comm. */
+static void check_program(const Program *pr)
+{
+    int64_t mem = 0;
+    for (int i = 0; i < pr->ninstrs; i++) {
+        const Instr *in = &pr->instrs[i];
+        for (int d = 0; d < in->ndeps; d++) {
+            int32_t dep = pr->deps[in->dep0 + d];
+            assert_true(dep >= 0 && dep < i);
+        }
+        if (in->kind == I_ALLOC) mem += in->bytes;
+        if (in->kind == I_FREE) mem -= in->bytes;
+        if (in->kind == I_COMPUTE) assert_int_equal(in->stream, STREAM_COMPUTE);
+        if (in->kind >= I_ALLREDUCE && in->kind <= I_RECV) assert_int_equal(in->stream, STREAM_COMM);
+    }
+    assert_int_equal(mem, 0);
+    assert_true(pr->peak_mem >= pr->static_mem);
+}
+
+static void check_plan(const Plan *p)
+{
+    int total = 0;
+    for (int k = 0; k < p->nclasses; k++) {
+        check_program(&p->classes[k]);
+        total += p->classes[k].nranks;
+    }
+    assert_int_equal(total, p->world);
+}
+
+/* --- data parallel: one all-reduce of every gradient, Psi bytes ---------- */
+static void test_data_parallel(void **state)
+{
+    (void)state;
+    GptShape shapes[] = { { 2, 64, 4, 16, 128, 8, true }, { 3, 96, 6, 32, 256, 16, false } };
+    int degrees[] = { 2, 4, 8 };
+    for (int a = 0; a < 2; a++)
+        for (int d = 0; d < 3; d++) {
+            Graph *g = gpt(shapes[a]);
+            char js[128];
+            snprintf(js, sizeof js, "{\"mesh\":{\"dp\":%d}}", degrees[d]);
+            Strategy *s = strat(g, js);
+            Plan *p = lower(g, s);
+            check_plan(p);
+            assert_int_equal(p->nclasses, 1);
+            const Program *pr = &p->classes[0];
+            assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g));
+            assert_int_equal(comm_total(pr), param_bytes(g));
+            assert_int_equal(count(pr, I_ALLREDUCE, WHY_GRAD_SYNC), nparams(g));
+            /* Adam in fp32: params 4 + grads 4 + moments 8 bytes per element */
+            assert_int_equal(pr->static_mem, param_bytes(g) * 4);
+            plan_free(p);
+            strategy_free(s);
+            graph_free(g);
+        }
+}
+
+/* --- Megatron tensor parallelism: per layer two all-reduces of b*s*h in
+ * forward and two in backward; plus the vocab-parallel embedding (forward),
+ * the logits' input gradient (backward) and three statistics of the
+ * vocab-parallel loss (b*s fp32 each). No gradient sync without a data axis. */
+static void test_megatron_tp(void **state)
+{
+    (void)state;
+    GptShape shapes[] = { { 2, 64, 4, 16, 128, 8, true }, { 4, 128, 8, 32, 512, 4, true } };
+    int degrees[] = { 2, 4 };
+    for (int a = 0; a < 2; a++)
+        for (int d = 0; d < 2; d++) {
+            GptShape x = shapes[a];
+            Graph *g = gpt(x);
+            char js[256];
+            snprintf(js, sizeof js,
+                     "{\"mesh\":{\"tp\":%d},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\","
+                     "\"v\":\"tp\"}}}}", degrees[d]);
+            Strategy *s = strat(g, js);
+            Plan *p = lower(g, s);
+            check_plan(p);
+            assert_int_equal(p->nclasses, 1);
+            const Program *pr = &p->classes[0];
+            int64_t bsh = (int64_t)x.B * x.s * x.h * 4;
+            assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_RESHARD), (4 * x.l + 2) * bsh);
+            assert_int_equal(count(pr, I_ALLREDUCE, WHY_RESHARD), 4 * x.l + 2);
+            assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_STATS), 3LL * x.B * x.s * 4);
+            assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), 0);
+            assert_int_equal(comm_total(pr), (4 * x.l + 2) * bsh + 3LL * x.B * x.s * 4);
+            plan_free(p);
+            strategy_free(s);
+            graph_free(g);
+        }
+}
+
+/* --- dp x tp: tensor-parallel volumes on the local batch, and a gradient
+ * all-reduce over dp of the params each tp rank holds. */
+static void test_megatron_dp_tp(void **state)
+{
+    (void)state;
+    GptShape x = { 2, 64, 4, 16, 128, 8, true };
+    Graph *g = gpt(x);
+    int D = 2, T = 2;
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2,\"tp\":2},\"ops\":{\"*\":{\"split\":"
+                           "{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    const Program *pr = &p->classes[0];
+    int64_t bsh = (int64_t)x.B / D * x.s * x.h * 4;
+    assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_RESHARD), (4 * x.l + 2) * bsh);
+    /* params split over tp: every matrix and bias with n, f or v; the rest replicated */
+    int64_t h = x.h, V = x.V, sq = x.s;
+    int64_t split = x.l * (12 * h * h + 3 * h + 4 * h) + V * h;       /* qkv,proj w; qkv b; fc1 b */
+    int64_t repl = x.l * (h + h + 4 * h) + sq * h + 2 * h;           /* proj b, fc2 b, 2 LN; wpe; ln_f */
+    assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), (split / T + repl) * 4);
+    assert_int_equal(param_bytes(g), (split + repl) * 4);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+/* --- pipeline: each boundary carries B*s*h forward and its gradient back;
+ * 1F1B and GPipe order the micro-batches as the literature draws them. */
+static void micro_order(const Program *pr, char *out, int cap)
+{
+    /* one letter pair per pass: F0, B0 ... taken from the first compute of a new pass */
+    int at = 0, last_mb = -2, last_ph = -1;
+    out[0] = 0;
+    for (int i = 0; i < pr->ninstrs && at < cap - 8; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind != I_COMPUTE || in->phase == PH_UPDATE || in->micro < 0) continue;
+        int ph = in->phase == PH_FWD && !in->recompute ? 0 : 1;
+        if (in->micro == last_mb && ph == last_ph) continue;
+        at += snprintf(out + at, cap - at, "%s%c%d", at ? " " : "", ph ? 'B' : 'F', in->micro);
+        last_mb = in->micro;
+        last_ph = ph;
+    }
+}
+
+static void test_pipeline(void **state)
+{
+    (void)state;
+    GptShape x = { 4, 64, 4, 16, 128, 8, false };
+    int Ps[] = { 2, 4 };
+    const char *scheds[] = { "gpipe", "1f1b" };
+    for (int a = 0; a < 2; a++)
+        for (int sc = 0; sc < 2; sc++) {
+            int P = Ps[a], m = 4;
+            Graph *g = gpt(x);
+            char js[256];
+            snprintf(js, sizeof js, "{\"mesh\":{\"pp\":%d},\"pipeline\":{\"microbatches\":%d,"
+                                    "\"schedule\":\"%s\"}}", P, m, scheds[sc]);
+            Strategy *s = strat(g, js);
+            Plan *p = lower(g, s);
+            check_plan(p);
+            assert_int_equal(p->nclasses, P);
+            int64_t bsh = (int64_t)x.B * x.s * x.h * 4;
+            for (int k = 0; k < p->nclasses; k++) {
+                const Program *pr = &p->classes[k];
+                int st = pr->stage;
+                int edges = (st > 0) + (st < P - 1);
+                assert_int_equal(program_comm_bytes(pr, I_SEND, WHY_PIPELINE), edges * bsh);
+                assert_int_equal(program_comm_bytes(pr, I_RECV, WHY_PIPELINE), edges * bsh);
+                assert_int_equal(count(pr, I_SEND, WHY_PIPELINE), edges * m);
+                char order[256];
+                micro_order(pr, order, sizeof order);
+                if (sc == 0) {
+                    assert_string_equal(order, "F0 F1 F2 F3 B0 B1 B2 B3");
+                } else if (P == 2 && st == 0) {
+                    assert_string_equal(order, "F0 F1 B0 F2 B1 F3 B2 B3");
+                } else if (st == P - 1) {
+                    assert_string_equal(order, "F0 B0 F1 B1 F2 B2 F3 B3");
+                } else if (P == 4 && st == 0) {
+                    assert_string_equal(order, "F0 F1 F2 F3 B0 B1 B2 B3");
+                } else if (P == 4 && st == 1) {
+                    assert_string_equal(order, "F0 F1 F2 B0 F3 B1 B2 B3");
+                }
+            }
+            plan_free(p);
+            strategy_free(s);
+            graph_free(g);
+        }
+}
+
+/* --- a tied embedding on the first and last stage: its gradient is summed
+ * across those two stages (Megatron's embedding group). */
+static void test_pipeline_tied(void **state)
+{
+    (void)state;
+    GptShape x = { 4, 64, 4, 16, 128, 8, true };
+    Graph *g = gpt(x);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"microbatches\":2}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    for (int k = 0; k < p->nclasses; k++)
+        assert_int_equal(program_comm_bytes(&p->classes[k], I_ALLREDUCE, WHY_TIED),
+                         (int64_t)x.V * x.h * 4);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+/* --- ZeRO (Rajbhandari et al.): stage 1 and 2 move 2 Psi (reduce-scatter of
+ * gradients, all-gather of parameters), stage 3 moves 3 Psi (an all-gather
+ * before forward and before backward). Stages 2 and 3 reduce-scatter every
+ * micro-batch; stage 3 gathers every micro-batch. */
+static void test_zero(void **state)
+{
+    (void)state;
+    /* untied: a tied table is gathered at each of its two uses */
+    GptShape x = { 2, 64, 4, 16, 128, 8, false };
+    for (int stage = 1; stage <= 3; stage++)
+        for (int m = 1; m <= 2; m++)
+            for (int D = 2; D <= 4; D += 2) {
+                Graph *g = gpt(x);
+                char js[256];
+                snprintf(js, sizeof js, "{\"mesh\":{\"dp\":%d},\"pipeline\":{\"microbatches\":%d},"
+                                        "\"params\":{\"*\":{\"shard\":\"zero%d\"}}}", D, m, stage);
+                Strategy *s = strat(g, js);
+                Plan *p = lower(g, s);
+                check_plan(p);
+                const Program *pr = &p->classes[0];
+                int64_t psi = param_bytes(g);
+                int64_t rs = stage == 1 ? psi : m * psi;
+                int64_t ag = stage == 3 ? 2 * m * psi : psi;
+                assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_COUNT), 0);
+                assert_int_equal(program_comm_bytes(pr, I_REDUCE_SCATTER, WHY_GRAD_SYNC), rs);
+                assert_int_equal(program_comm_bytes(pr, I_ALLGATHER, WHY_COUNT), ag);
+                /* memory: (2 + 2 + K) Psi sharded as the paper's table says */
+                int64_t e = psi / 4;
+                int64_t want = stage == 1 ? 4 * e + 4 * e + 8 * e / D
+                             : stage == 2 ? 4 * e + (4 * e + 8 * e) / D
+                                          : (16 * e) / D;
+                assert_true(llabs(pr->static_mem - want) <= 64 * nparams(g));
+                plan_free(p);
+                strategy_free(s);
+                graph_free(g);
+            }
+}
+
+/* --- parameter server: a worker pushes Psi and pulls Psi; a server of
+ * shard k also receives that shard from the D-1 other workers and sends it
+ * back to them. */
+static void test_parameter_server(void **state)
+{
+    (void)state;
+    GptShape x = { 2, 64, 4, 16, 128, 8, true };
+    Graph *g = gpt(x);
+    int D = 4;
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\","
+                           "\"shards\":2,\"placement\":[0,2],\"staleness\":0}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    assert_int_equal(p->nclasses, 3);     /* server 0, server 2, plain workers 1 and 3 */
+    for (int k = 0; k < p->nclasses; k++) {
+        const Program *pr = &p->classes[k];
+        int r = pr->ranks[0];
+        int64_t own = 0, all = 0;
+        for (int t = 0; t < g->ntensors; t++) {
+            if (g->tensors[t].role != ROLE_PARAM) continue;
+            int64_t b = tensor_numel(&g->tensors[t]) * 4;
+            int64_t shard0 = b / 2 + (b % 2 ? 1 : 0), shard1 = b / 2;
+            all += b;
+            if (r == 0) own += shard0;
+            if (r == 2) own += shard1;
+        }
+        int64_t want = all - own + (D - 1) * own;
+        assert_int_equal(program_comm_bytes(pr, I_SEND, WHY_PS), want);
+        assert_int_equal(program_comm_bytes(pr, I_RECV, WHY_PS), want);
+        assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_COUNT), 0);
+    }
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+/* --- compression shrinks the all-reduce payload exactly */
+static void test_compression(void **state)
+{
+    (void)state;
+    GptShape x = { 2, 64, 4, 16, 128, 8, true };
+    Graph *g = gpt(x);
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2},\"params\":{\"*\":{\"sync\":"
+                           "{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    assert_int_equal(program_comm_bytes(&p->classes[0], I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g) / 2);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+/* --- recompute reruns block forwards (and their tensor-parallel all-reduces)
+ * and lowers the activation peak */
+static void test_recompute(void **state)
+{
+    (void)state;
+    GptShape x = { 4, 64, 4, 32, 128, 8, true };
+    Graph *g = gpt(x);
+    Strategy *a = strat(g, "{\"mesh\":{\"tp\":2},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\","
+                           "\"f\":\"tp\",\"v\":\"tp\"}}}}");
+    Strategy *b = strat(g, "{\"mesh\":{\"tp\":2},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\","
+                           "\"f\":\"tp\",\"v\":\"tp\"}},\"blocks.*\":{\"recompute\":true}}}");
+    Plan *pa = lower(g, a), *pb = lower(g, b);
+    check_plan(pa);
+    check_plan(pb);
+    int64_t bsh = (int64_t)x.B * x.s * x.h * 4;
+    /* both forward all-reduces of every block are rerun (the whole block
+     * forward is, up to its checkpointed output) */
+    assert_true(program_comm_bytes(&pb->classes[0], I_ALLREDUCE, WHY_RESHARD) >
+                program_comm_bytes(&pa->classes[0], I_ALLREDUCE, WHY_RESHARD));
+    assert_int_equal(program_comm_bytes(&pb->classes[0], I_ALLREDUCE, WHY_RESHARD) -
+                         program_comm_bytes(&pa->classes[0], I_ALLREDUCE, WHY_RESHARD),
+                     2 * (int64_t)x.l * bsh);
+    assert_true(pb->classes[0].peak_mem < pa->classes[0].peak_mem);
+    plan_free(pa);
+    plan_free(pb);
+    strategy_free(a);
+    strategy_free(b);
+    graph_free(g);
+}
+
+/* --- 1024 ranks of t8 x p16 x d8 lower as 16 classes (one per stage) */
+static void test_classes_gpt3_shape(void **state)
+{
+    (void)state;
+    GptShape x = { 32, 256, 8, 64, 512, 64, true };
+    Graph *g = gpt(x);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":16,\"dp\":8,\"tp\":8},\"pipeline\":{\"microbatches\":8},"
+                           "\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    assert_int_equal(p->world, 1024);
+    assert_int_equal(p->nclasses, 16);
+    for (int k = 0; k < 16; k++) assert_int_equal(p->classes[k].nranks, 64);
+    /* rank r's stage is r / 64 (pp outermost) */
+    for (int r = 0; r < 1024; r++) assert_int_equal(p->classes[p->rank_class[r]].stage, r / 64);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+/* --- expert parallelism: tokens travel to their experts by all_to_all */
+static void test_moe_all_to_all(void **state)
+{
+    (void)state;
+    const char *keys[] = { "layers", "hidden", "heads", "seq", "vocab", "batch", "experts", "every" };
+    const char *vals[] = { "2", "64", "4", "16", "128", "8", "4", "1" };
+    Err err = {0};
+    Graph *g = zoo_build("moe", 8, keys, vals, &err);
+    if (!g) fail_msg("moe: %s", err.msg);
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2},\"ops\":{\"blocks.*.moe.fc1\":{\"split\":{\"b\":null,"
+                           "\"e\":\"dp\"}},\"blocks.*.moe.gelu\":{\"split\":{\"b\":null,\"e\":\"dp\"}},"
+                           "\"blocks.*.moe.fc2\":{\"split\":{\"b\":null,\"e\":\"dp\"}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    const Program *pr = &p->classes[0];
+    /* per MoE layer: dispatch out and combine in, forward and backward */
+    assert_int_equal(count(pr, I_ALL_TO_ALL, WHY_RESHARD), 4 * 2);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_data_parallel),
+        cmocka_unit_test(test_megatron_tp),
+        cmocka_unit_test(test_megatron_dp_tp),
+        cmocka_unit_test(test_pipeline),
+        cmocka_unit_test(test_pipeline_tied),
+        cmocka_unit_test(test_zero),
+        cmocka_unit_test(test_parameter_server),
+        cmocka_unit_test(test_compression),
+        cmocka_unit_test(test_recompute),
+        cmocka_unit_test(test_classes_gpt3_shape),
+        cmocka_unit_test(test_moe_all_to_all),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
