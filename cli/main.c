@@ -434,11 +434,12 @@ static void print_strategy(const Strategy *s, const Graph *g)
     printf("\n  optimizer: %s\n", s->optimizer == OPT_ADAM ? "adam" : "sgd");
     int nrecompute = 0, nsplit = 0;
     for (int i = 0; i < g->nops; i++) {
-        nrecompute += s->ops[i].recompute;
+        nrecompute += s->ops[i].recompute && g->ops[i].block >= 0;   /* checkpointing is per block */
         for (int l = 0; l < IR_LETTERS; l++)
             if (l != g->ops[i].batch_letter && s->ops[i].split[l]) { nsplit++; break; }
     }
-    printf("  ops: %d of %d split beyond the batch, %d recomputed\n", nsplit, g->nops, nrecompute);
+    printf("  ops: %d of %d split beyond the batch, %d recomputed in backward\n", nsplit, g->nops,
+           nrecompute);
     /* params grouped by policy */
     int counts[3][4] = {{0}};
     for (int t = 0; t < g->ntensors; t++)
@@ -715,31 +716,32 @@ static int cmd_plans_show(int argc, char **argv)
 typedef struct {
     const char *group, *verb;
     int (*fn)(int, char **);
-    const char *help;
+    const char *args, *help;
 } Command;
 
 static const Command COMMANDS[] = {
-    { "model", "build", cmd_model_build, "KIND [--opt v ...] [-o FILE]   build a zoo model" },
-    { "model", "show", cmd_model_show, "FILE [--json]                  params, FLOPs, memory" },
-    { "model", "list", cmd_model_list, "[--db PATH]                    stored models" },
-    { "cluster", "show", cmd_cluster_show, "FILE [--nodes N] [--json]    devices and links" },
-    { "strategy", "build", cmd_strategy_build, "KIND --model FILE [...]    classic strategies" },
-    { "strategy", "show", cmd_strategy_show, "FILE --model FILE [--json]  validate, canonical id" },
-    { "lower", NULL, cmd_lower, "--model --cluster --strategy       per-rank programs" },
-    { "plans", "list", cmd_plans_list, "[--db PATH]                    stored plans" },
-    { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]        one stored plan" },
+    { "model", "build", cmd_model_build, "KIND [--opt V ...] [-o FILE]", "build a zoo model" },
+    { "model", "show", cmd_model_show, "FILE [--json]", "parameters, FLOPs, activations" },
+    { "model", "list", cmd_model_list, "[--db PATH] [--json]", "stored models" },
+    { "cluster", "show", cmd_cluster_show, "FILE [--nodes N] [--json]", "devices and links" },
+    { "strategy", "build", cmd_strategy_build, "KIND --model FILE [...]", "a classic strategy" },
+    { "strategy", "show", cmd_strategy_show, "FILE --model FILE [--json]",
+      "validate; canonical form and id" },
+    { "lower", NULL, cmd_lower, "--model F --cluster F --strategy F", "per-rank programs" },
+    { "plans", "list", cmd_plans_list, "[--db PATH] [--json]", "stored plans" },
+    { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]", "one stored plan" },
 };
 #define NCOMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
 static void usage(FILE *f)
 {
-    fprintf(f, "strata — find how to parallelise a model's training, and prove it\n\n"
+    fprintf(f, "strata: find how to parallelise a model's training, and prove it\n\n"
                "usage: strata COMMAND [options]   (COMMAND --help for its options)\n\n");
     for (int i = 0; i < NCOMMANDS; i++) {
         char name[32];
         snprintf(name, sizeof name, "%s%s%s", COMMANDS[i].group, COMMANDS[i].verb ? " " : "",
                  COMMANDS[i].verb ? COMMANDS[i].verb : "");
-        fprintf(f, "  %-16s %s\n", name, COMMANDS[i].help);
+        fprintf(f, "  %-15s %-36s %s\n", name, COMMANDS[i].args, COMMANDS[i].help);
     }
 }
 

@@ -704,7 +704,9 @@ int db_plan_put(Db *db, const DbPlan *p, Err *err)
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "INSERT INTO plans (id, model_id, cluster_id, strategy_id, world, summary_json, created)"
         " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))"
-        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+        /* the plan is content-addressed, its summary is what this strata's
+         * lowering makes of it: lowering again refreshes the summary */
+        " ON CONFLICT (id) DO UPDATE SET summary_json = excluded.summary_json", -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->model_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, p->cluster_id, -1, SQLITE_STATIC));

@@ -53,7 +53,8 @@ typedef struct {
 } DbPlan;
 
 /* Inserts or, when the id exists, leaves the stored row as it is (ids are
- * content hashes: same id, same content). */
+ * content hashes: same id, same content). A plan's summary, which depends on
+ * the lowering rather than the content, is replaced. */
 int db_model_put(Db *db, const DbModel *m, Err *err);
 int db_cluster_put(Db *db, const DbCluster *c, Err *err);
 /* The plan's model and cluster must be stored first (foreign keys). */

@@ -928,10 +928,10 @@ static void forward_pass(Low *L, const int *ops, int nops, int mb)
     const Shared *S = L->S;
     for (int x = 0; x < nops; x++) {
         int i = ops[x];
-        if (!S->s->ops[i].recompute) continue;
+        if (!S->s->ops[i].recompute || checkpoint(S, i)) continue;
         int t = S->g->ops[i].out;
         if (L->copy_bytes[i]) emit_mem(L, I_FREE, t, mb, L->copy_bytes[i], -1);
-        if (!checkpoint(S, i)) emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->of[i].out), -1);
+        emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->of[i].out), -1);
     }
 }
 

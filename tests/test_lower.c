@@ -402,6 +402,14 @@ static void test_recompute(void **state)
                          program_comm_bytes(&pa->classes[0], I_ALLREDUCE, WHY_RESHARD),
                      2 * (int64_t)x.l * bsh);
     assert_true(pb->classes[0].peak_mem < pa->classes[0].peak_mem);
+    /* recompute asked of every op: outside blocks it keeps outputs and copies
+     * (the embedding's all-reduced output here) until backward, once */
+    Strategy *c = strat(g, "{\"mesh\":{\"pp\":2,\"tp\":2},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\","
+                           "\"f\":\"tp\",\"v\":\"tp\"},\"recompute\":true}}}");
+    Plan *pc = lower(g, c);
+    check_plan(pc);
+    plan_free(pc);
+    strategy_free(c);
     plan_free(pa);
     plan_free(pb);
     strategy_free(a);
