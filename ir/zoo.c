@@ -412,10 +412,12 @@ static int build_mlp(Builder *b, const Opts *o, Err *err)
  * Transformers: gpt (pre-LN decoder), bert (post-LN encoder + MLM head),
  * moe (gpt with switch-style experts in every k-th block) */
 
+/* GPT-2's 50257-token vocabulary padded to 50304 (a multiple of 128), as
+ * Megatron-LM and nanoGPT do, so the vocabulary splits over tensor ranks. */
 static const char *const gpt_presets[] = {
     "small layers=2 hidden=64 heads=4 seq=32 vocab=256 batch=4",
-    "gpt2-small layers=12 hidden=768 heads=12 seq=1024 vocab=50257 batch=8",
-    "gpt2-medium layers=24 hidden=1024 heads=16 seq=1024 vocab=50257 batch=8",
+    "gpt2-small layers=12 hidden=768 heads=12 seq=1024 vocab=50304 batch=8",
+    "gpt2-medium layers=24 hidden=1024 heads=16 seq=1024 vocab=50304 batch=8",
     "gpt3-1.3b layers=24 hidden=2048 heads=16 seq=2048 vocab=51200 batch=512 dtype=bf16",
     "gpt3-175b layers=96 hidden=12288 heads=96 seq=2048 vocab=51200 batch=1536 dtype=bf16",
     NULL,

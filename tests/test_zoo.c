@@ -134,7 +134,7 @@ static void test_gpt_megatron(void **state)
     (void)state;
     check_megatron("--preset gpt3-175b", 96, 12288, 2048, 51200, 1536);
     check_megatron("--preset gpt3-1.3b", 24, 2048, 2048, 51200, 512);
-    check_megatron("--preset gpt2-medium", 24, 1024, 1024, 50257, 8);
+    check_megatron("--preset gpt2-medium", 24, 1024, 1024, 50304, 8);
     check_megatron("--layers 8 --hidden 4096 --heads 32 --seq 1024 --vocab 32000 --batch 4", 8, 4096,
                    1024, 32000, 4);
 }
@@ -493,7 +493,7 @@ static void test_option_errors(void **state)
     assert_string_equal(g->name, "gpt2-small,layers=2,batch=3");
     assert_int_equal(g->nblocks, 2);
     assert_int_equal(tensor(g, "tokens")->shape[0], 3);
-    assert_int_equal(tensor(g, "embed.wte")->shape[0], 50257);
+    assert_int_equal(tensor(g, "embed.wte")->shape[0], 50304);
     graph_free(g);
 }
 
