@@ -7,7 +7,7 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -Wall -Wextra -std=c11 -D_GNU_SOURCE -I. -MMD -MP
-LDLIBS  := -lcjson -lsqlite3 -lm -lpthread
+LDLIBS  := -lcjson -lsqlite3 -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
   BUILD   := build/san
@@ -23,9 +23,13 @@ HAVE_CUDA := $(shell test -x $(CUDA_HOME)/bin/nvcc && echo 1 || echo 0)
 HAVE_NCCL := $(shell test -f $(CUDA_HOME)/include/nccl.h && echo 1 || echo 0)
 HAVE_MPI  := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
 FEATURES  := HAVE_CUDA=$(HAVE_CUDA) HAVE_NCCL=$(HAVE_NCCL) HAVE_MPI=$(HAVE_MPI)
+ifeq ($(HAVE_MPI),1)
+  CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile)
+  LDLIBS  += $(shell mpicc --showme:link)
+endif
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c)
+LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
