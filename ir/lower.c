@@ -21,11 +21,6 @@
 /* ----------------------------------------------------------------------------
  * Layouts */
 
-typedef struct {
-    AxisMask dim[IR_MAX_DIMS];   /* axes each dim is split over */
-    AxisMask partial;            /* the local value is one addend over these */
-} Layout;
-
 static bool layout_eq(const Layout *a, const Layout *b, int ndim)
 {
     if (a->partial != b->partial) return false;
@@ -238,19 +233,31 @@ static int group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMa
 }
 
 /* ----------------------------------------------------------------------------
- * Emitting one class's program */
+ * Emitting one class's program
+ *
+ * A Ref names a value and the instruction that made it (-1: ready at the
+ * start of the step, as params and loaded data are). */
 
 typedef struct {
     int32_t instr;
+    int32_t val;
+} Ref;
+
+#define NOREF ((Ref){ -1, -1 })
+
+typedef struct {
+    Ref ref;
     Layout layout;
 } Conv;
 
 #define CONV_MAX 4
 
 typedef struct {
-    int32_t instr;
+    Ref ref;
     Layout layout;           /* includes the partial axes */
     int64_t bytes;
+    bool folded;             /* summed into another contribution already */
+    bool spent;              /* only to be freed (a converted sum) */
     int next;
 } Contrib;
 
@@ -259,10 +266,15 @@ typedef struct {
     Program *pr;
     int stage;
     int last_micro;          /* micro-batch whose backward runs last */
+    int coord[MESH_MAX_AXES];
     /* per tensor on this stage */
-    int32_t *fwd_val;        /* [t * m + mb]: instruction that made the value */
-    Layout *val_layout;      /* layout of the value as held here */
-    bool *held;              /* produced or received on this stage */
+    Ref *fwd_val;            /* [t * m + mb]: the value of t as held here */
+    Layout *val_layout;      /* layout of that value */
+    int32_t *param_val;      /* params: VAL_PARAM value */
+    int32_t *pgrad_val;      /* params: VAL_PARAM_GRAD value (the rank's whole local gradient) */
+    int32_t *pshard_val;     /* params: its ZeRO shard (-1 until the first reduce-scatter) */
+    /* per op and micro-batch: the values the forward read and wrote */
+    int32_t *fwd_args;       /* [(i * m + mb) * (IR_MAX_INPUTS + 1) + k], k == nin: out */
     /* per pass (one forward or backward of one micro-batch) */
     int pass;
     int *conv_pass, *conv_n;
@@ -272,12 +284,36 @@ typedef struct {
     int ncontribs, cap_contribs;
     int32_t *pgrad;          /* params: last bwd_weight instr of this micro-batch */
     int *pgrad_pass;
-    int64_t *copy_bytes;     /* per op: converted input copies its forward made */
-    int coord[MESH_MAX_AXES];
+    int32_t *copy_vals;      /* [i * IR_MAX_INPUTS + c]: those copies (freed in its backward) */
+    int *ncopy;
 } Low;
 
+static int32_t new_value(Low *L, ValueKind kind, int t, int mb, const Layout *l, AxisMask shard)
+{
+    Program *pr = L->pr;
+    if (pr->nvalues == pr->cap_values) {
+        pr->cap_values = pr->cap_values ? pr->cap_values * 2 : 1024;
+        pr->values = xrealloc(pr->values, sizeof *pr->values * pr->cap_values);
+    }
+    Value *v = &pr->values[pr->nvalues];
+    memset(v, 0, sizeof *v);
+    v->tensor = t;
+    v->micro = mb;
+    v->kind = kind;
+    v->shard = shard;
+    if (l) v->layout = *l;
+    int64_t b = l ? local_bytes(L->S, t, l) : 0;
+    if (shard) {
+        int64_t e = b / dtype_bytes(L->S->g->tensors[t].dtype), D = L->S->gsize[shard];
+        b = (e + D - 1) / D * dtype_bytes(L->S->g->tensors[t].dtype);
+    }
+    v->bytes = b;
+    return pr->nvalues++;
+}
+
 static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, int op, int t,
-                    int mb, int64_t bytes, const int32_t *deps, int ndeps)
+                    int mb, int64_t bytes, const int32_t *deps, int ndeps, const int32_t *args,
+                    int nargs)
 {
     Program *pr = L->pr;
     if (pr->ninstrs == pr->cap_instrs) {
@@ -287,6 +323,10 @@ static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, in
     while (pr->ndeps + ndeps > pr->cap_deps) {
         pr->cap_deps = pr->cap_deps ? pr->cap_deps * 2 : 1024;
         pr->deps = xrealloc(pr->deps, sizeof *pr->deps * pr->cap_deps);
+    }
+    while (pr->nargs + nargs > pr->cap_args) {
+        pr->cap_args = pr->cap_args ? pr->cap_args * 2 : 1024;
+        pr->args = xrealloc(pr->args, sizeof *pr->args * pr->cap_args);
     }
     Instr *in = &pr->instrs[pr->ninstrs];
     memset(in, 0, sizeof *in);
@@ -302,39 +342,55 @@ static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, in
     in->peer = -1;
     in->bytes = bytes;
     in->dep0 = pr->ndeps;
-    for (int i = 0; i < ndeps; i++)
-        if (deps[i] >= 0) pr->deps[pr->ndeps++] = deps[i];
+    for (int i = 0; i < ndeps; i++) {
+        bool dup = deps[i] < 0;
+        for (int j = in->dep0; j < pr->ndeps && !dup; j++) dup = pr->deps[j] == deps[i];
+        if (!dup) pr->deps[pr->ndeps++] = deps[i];
+    }
     in->ndeps = pr->ndeps - in->dep0;
+    in->arg0 = pr->nargs;
+    for (int i = 0; i < nargs; i++) pr->args[pr->nargs++] = args[i];
+    in->nargs = (uint8_t)nargs;
     return pr->ninstrs++;
 }
 
 /* A compute instruction; op -1 with a tensor for work outside ops (sums, updates). */
 static int32_t emit_compute(Low *L, int op, int t, Phase ph, int mb, double flops, double bytes,
-                            bool recompute, const int32_t *deps, int ndeps)
+                            bool recompute, const int32_t *deps, int ndeps, const int32_t *args,
+                            int nargs)
 {
-    int32_t i = emit(L, I_COMPUTE, ph, WHY_NONE, 0, op, t, mb, 0, deps, ndeps);
-    L->pr->instrs[i].flops = flops;
-    L->pr->instrs[i].mem_bytes = bytes;
+    int32_t i = emit(L, I_COMPUTE, ph, WHY_NONE, 0, op, t, mb, 0, deps, ndeps, args, nargs);
+    L->pr->instrs[i].flops = (float)flops;
+    L->pr->instrs[i].mem_bytes = (float)bytes;
     L->pr->instrs[i].recompute = recompute;
     return i;
 }
 
-static void emit_mem(Low *L, InstrKind kind, int t, int mb, int64_t bytes, int32_t dep)
+/* A collective from value src into a new value (or in place when dst >= 0). */
+static Ref emit_coll(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, int op, int t,
+                     int mb, int64_t bytes, Ref src, int32_t dst)
 {
-    emit(L, kind, PH_FWD, WHY_NONE, 0, -1, t, mb, bytes, &dep, 1);
+    int32_t args[2] = { dst, src.val };
+    int32_t i = emit(L, kind, ph, why, axes, op, t, mb, bytes, &src.instr, 1, args, 2);
+    return (Ref){ i, dst };
 }
 
-/* Converts a value of tensor t held in layout `from` (made by instruction src)
- * into `to`. Partial axes of `to` are left partial (a parameter gradient
- * waiting for its sync); every other partial axis is summed. Returns the
- * instruction that makes the converted value, src when nothing moved. */
-static int32_t convert(Low *L, int t, int mb, Layout from, const Layout *to, int32_t src,
-                       int op, Phase ph, Why why)
+static void emit_mem(Low *L, InstrKind kind, int32_t val, int32_t dep)
+{
+    const Value *v = &L->pr->values[val];
+    emit(L, kind, PH_FWD, WHY_NONE, 0, -1, v->tensor, v->micro, v->bytes, &dep, 1, &val, 1);
+}
+
+/* Converts value src of tensor t, held in layout `from`, into `to`. Partial
+ * axes of `to` are left partial (a parameter gradient waiting for its sync);
+ * every other partial axis is summed. Returns src when nothing moved. */
+static Ref convert(Low *L, int t, int mb, Layout from, const Layout *to, Ref src, ValueKind vk,
+                   int op, Phase ph, Why why)
 {
     const Shared *S = L->S;
     int nd = S->g->tensors[t].ndim;
     Layout cur = from;
-    int32_t last = src;
+    Ref last = src;
 
     /* 1. partial sums: reduce_scatter onto a dim the target splits, else all_reduce */
     AxisMask sum = cur.partial & ~to->partial;
@@ -350,15 +406,18 @@ static int32_t convert(Low *L, int t, int mb, Layout from, const Layout *to, int
         else ar |= bit;
     }
     if (ar) {
-        last = emit(L, I_ALLREDUCE, ph, why, ar, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+        int64_t b = local_bytes(S, t, &cur);
         cur.partial &= ~ar;
+        last = emit_coll(L, I_ALLREDUCE, ph, why, ar, op, t, mb, b, last,
+                         new_value(L, vk, t, mb, &cur, 0));
     }
     for (int d = 0; d < nd; d++) {
         if (!rs[d]) continue;
-        last = emit(L, I_REDUCE_SCATTER, ph, why, rs[d], op, t, mb, local_bytes(S, t, &cur),
-                    &last, 1);
+        int64_t b = local_bytes(S, t, &cur);
         cur.dim[d] |= rs[d];
         cur.partial &= ~rs[d];
+        last = emit_coll(L, I_REDUCE_SCATTER, ph, why, rs[d], op, t, mb, b, last,
+                         new_value(L, vk, t, mb, &cur, 0));
     }
 
     /* 2. split on the wrong dim: all_to_all */
@@ -370,9 +429,11 @@ static int32_t convert(Low *L, int t, int mb, Layout from, const Layout *to, int
             if (to->dim[d] & bit) to_d = d;
         }
         if (from_d < 0 || to_d < 0 || from_d == to_d) continue;
-        last = emit(L, I_ALL_TO_ALL, ph, why, bit, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+        int64_t b = local_bytes(S, t, &cur);
         cur.dim[from_d] &= ~bit;
         cur.dim[to_d] |= bit;
+        last = emit_coll(L, I_ALL_TO_ALL, ph, why, bit, op, t, mb, b, last,
+                         new_value(L, vk, t, mb, &cur, 0));
     }
 
     /* 3. split but wanted whole: all_gather (bytes of the gathered output) */
@@ -381,20 +442,47 @@ static int32_t convert(Low *L, int t, int mb, Layout from, const Layout *to, int
         ag |= cur.dim[d] & ~want;
         cur.dim[d] &= want;
     }
-    if (ag) last = emit(L, I_ALLGATHER, ph, why, ag, op, t, mb, local_bytes(S, t, &cur), &last, 1);
+    if (ag)
+        last = emit_coll(L, I_ALLGATHER, ph, why, ag, op, t, mb, local_bytes(S, t, &cur), last,
+                         new_value(L, vk, t, mb, &cur, 0));
 
-    /* 4. wanted split but held whole: a local slice, free */
+    /* 4. wanted split but held whole: a local slice, free; the consumer reads
+     * its part of the value (the layouts say which part) */
     return last;
 }
 
 /* ----------------------------------------------------------------------------
  * Forward */
 
-/* Is tensor t's value consumed by the backward of op i (kept until then)? The
- * lowering keeps every input an op consumed until that op's backward. */
+static bool zero3(const Shared *S, int t)
+{
+    return S->g->tensors[t].role == ROLE_PARAM && S->s->params[t].shard == SHARD_ZERO3 &&
+           S->sync_axes[t];
+}
+
+/* A param as op i needs it: ZeRO-3 gathers it for this use (the copy is
+ * freed after the use); a use in another layout converts it. */
+static Ref param_use(Low *L, int i, int k, int mb, Phase ph, bool *gathered)
+{
+    const Shared *S = L->S;
+    int t = S->g->ops[i].in[k];
+    const Layout *need = &S->of[i].in[k];
+    Ref v = { -1, L->param_val[t] };
+    *gathered = false;
+    if (zero3(S, t)) {
+        v = emit_coll(L, I_ALLGATHER, ph, WHY_PARAM_GATHER, S->sync_axes[t], i, t, mb,
+                      local_bytes(S, t, &S->home[t]), v,
+                      new_value(L, VAL_PARAM_USE, t, mb, &S->home[t], 0));
+        emit_mem(L, I_ALLOC, v.val, v.instr);
+        *gathered = true;
+    }
+    if (!layout_eq(&S->home[t], need, S->g->tensors[t].ndim))
+        v = convert(L, t, mb, S->home[t], need, v, VAL_PARAM_USE, i, ph, WHY_RESHARD);
+    return v;
+}
 
 /* The value of input k of op i in the layout the op needs, for micro-batch mb. */
-static int32_t input_value(Low *L, int i, int k, int mb)
+static Ref input_value(Low *L, int i, int k, int mb)
 {
     const Shared *S = L->S;
     const Graph *g = S->g;
@@ -403,18 +491,16 @@ static int32_t input_value(Low *L, int i, int k, int mb)
     const Layout *need = &S->of[i].in[k];
 
     if (T->role == ROLE_PARAM) {
-        const ParamPolicy *pp = &S->s->params[t];
-        int32_t v = -1;
-        if (pp->shard == SHARD_ZERO3 && S->sync_axes[t]) {
-            int64_t b = local_bytes(S, t, &S->home[t]);
-            v = emit(L, I_ALLGATHER, PH_FWD, WHY_PARAM_GATHER, S->sync_axes[t], i, t, mb, b, NULL, 0);
-            emit_mem(L, I_ALLOC, t, mb, b, v);
-        }
-        if (!layout_eq(&S->home[t], need, T->ndim))
-            v = convert(L, t, mb, S->home[t], need, v, i, PH_FWD, WHY_RESHARD);
-        return v;
+        bool gathered;
+        return param_use(L, i, k, mb, PH_FWD, &gathered);
     }
-    if (T->role == ROLE_INPUT || T->role == ROLE_LABEL) return -1;  /* loaded locally */
+    if (T->role == ROLE_INPUT || T->role == ROLE_LABEL) {
+        /* loaded per micro-batch in the layout its consumer needs */
+        Ref *d = &L->fwd_val[t * S->m + mb];
+        if (d->val >= 0 && layout_eq(&L->pr->values[d->val].layout, need, T->ndim)) return *d;
+        d->val = new_value(L, VAL_DATA, t, mb, need, 0);
+        return *d;
+    }
 
     /* an activation: produced here or received; converted once per pass and layout */
     if (L->conv_pass[t] != L->pass) {
@@ -423,29 +509,22 @@ static int32_t input_value(Low *L, int i, int k, int mb)
     }
     Conv *cv = &L->conv[t * CONV_MAX];
     for (int c = 0; c < L->conv_n[t]; c++)
-        if (layout_eq(&cv[c].layout, need, T->ndim)) return cv[c].instr;
-    int32_t src = L->fwd_val[t * S->m + mb];
-    int32_t v = convert(L, t, mb, L->val_layout[t], need, src, i, PH_FWD, WHY_RESHARD);
-    if (v != src) {
-        int64_t b = local_bytes(S, t, need);
-        emit_mem(L, I_ALLOC, t, mb, b, v);
-        L->copy_bytes[i] += b;    /* the converted copy lives until op i's backward */
+        if (layout_eq(&cv[c].layout, need, T->ndim)) return cv[c].ref;
+    Ref src = L->fwd_val[t * S->m + mb];
+    Ref v = convert(L, t, mb, L->val_layout[t], need, src, VAL_ACT, i, PH_FWD, WHY_RESHARD);
+    if (v.val != src.val) {
+        emit_mem(L, I_ALLOC, v.val, v.instr);
+        /* the copy lives until op i's backward */
+        if (L->ncopy[i] < IR_MAX_INPUTS) L->copy_vals[i * IR_MAX_INPUTS + L->ncopy[i]++] = v.val;
         if (L->conv_n[t] < CONV_MAX) cv[L->conv_n[t]++] = (Conv){ v, *need };
     }
     return v;
 }
 
-/* Releases what the forward of op i held only for its own use (ZeRO-3 gathers). */
-static void release_params(Low *L, int i, int mb, int32_t after)
+/* Frees the ZeRO-3 gathers op i made for one use. */
+static void release_gathers(Low *L, const int32_t *vals, int n, int32_t after)
 {
-    const Shared *S = L->S;
-    const Op *op = &S->g->ops[i];
-    for (int k = 0; k < op->nin; k++) {
-        int t = op->in[k];
-        if (S->g->tensors[t].role == ROLE_PARAM && S->s->params[t].shard == SHARD_ZERO3 &&
-            S->sync_axes[t])
-            emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->home[t]), after);
-    }
+    for (int k = 0; k < n; k++) emit_mem(L, I_FREE, vals[k], after);
 }
 
 static void forward_op(Low *L, int i, int mb, bool recompute)
@@ -454,24 +533,33 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     const Graph *g = S->g;
     const Op *op = &g->ops[i];
     const OpFacts *f = &S->of[i];
-    int32_t deps[IR_MAX_INPUTS];
-    L->copy_bytes[i] = 0;
-    for (int k = 0; k < op->nin; k++) deps[k] = input_value(L, i, k, mb);
-
-    int64_t ob = local_bytes(S, op->out, &f->out);
+    int32_t deps[IR_MAX_INPUTS], args[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
+    int ng = 0;
+    L->ncopy[i] = 0;
+    for (int k = 0; k < op->nin; k++) {
+        Ref r = input_value(L, i, k, mb);
+        deps[k] = r.instr;
+        args[k + 1] = r.val;
+        if (zero3(S, op->in[k])) gathered[ng++] = r.val;
+    }
+    args[0] = new_value(L, VAL_ACT, op->out, mb, &f->out, 0);
     int32_t c = emit_compute(L, i, op->out, PH_FWD, mb, f->cost.flops[COST_FWD],
-                             f->cost.bytes[COST_FWD], recompute, deps, op->nin);
-    emit_mem(L, I_ALLOC, op->out, mb, ob, c);
+                             f->cost.bytes[COST_FWD], recompute, deps, op->nin, args, op->nin + 1);
+    emit_mem(L, I_ALLOC, args[0], c);
     int nf, nb, per;
     stat_counts(op->kind, &nf, &nb, &per);
     if (f->stat_axes)
         for (int r = 0; r < nf; r++)
             c = emit(L, I_ALLREDUCE, PH_FWD, WHY_STATS, f->stat_axes, i, op->out, mb,
-                     f->stat_elems * per * 4, &c, 1);
-    release_params(L, i, mb, c);
-    L->fwd_val[op->out * S->m + mb] = c;
+                     f->stat_elems * per * 4, &c, 1, args, 1);
+    release_gathers(L, gathered, ng, c);
+
+    /* the backward reads what the forward read and wrote */
+    int32_t *fa = &L->fwd_args[((size_t)i * S->m + mb) * (IR_MAX_INPUTS + 1)];
+    for (int k = 0; k < op->nin; k++) fa[k] = zero3(S, op->in[k]) ? -1 : args[k + 1];
+    fa[op->nin] = args[0];
+    L->fwd_val[op->out * S->m + mb] = (Ref){ c, args[0] };
     L->val_layout[op->out] = f->out;
-    L->held[op->out] = true;
 }
 
 /* Sends the activations this stage made that later stages consume. */
@@ -488,10 +576,10 @@ static void send_forward(Low *L, int i, int mb)
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
         const Layout *need = &S->of[j].in[k];
-        int32_t v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * S->m + mb], j,
-                            PH_FWD, WHY_RESHARD);
+        Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * S->m + mb], VAL_ACT, j,
+                        PH_FWD, WHY_RESHARD);
         int32_t sd = emit(L, I_SEND, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
-                          local_bytes(S, t, need), &v, 1);
+                          local_bytes(S, t, need), &v.instr, 1, &v.val, 1);
         L->pr->instrs[sd].peer = st;
     }
 }
@@ -507,27 +595,23 @@ static void recv_forward(Low *L, int i, int mb)
         const Tensor *T = &g->tensors[t];
         if (T->role != ROLE_ACT || T->producer < 0) continue;
         int ps = S->s->op_stage[T->producer];
-        if (ps == L->stage || L->fwd_val[t * S->m + mb] >= 0) continue;
+        if (ps == L->stage || L->fwd_val[t * S->m + mb].val >= 0) continue;
         /* the first consumer on this stage fixes the layout it travels in */
-        int first = -1, fk = 0;
-        for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
-            if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
-        while (g->ops[first].in[fk] != t) fk++;
-        const Layout *l = &S->of[first].in[fk];
-        int64_t b = local_bytes(S, t, l);
-        int32_t r = emit(L, I_RECV, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb, b, NULL, 0);
+        const Layout *l = &S->of[i].in[k];
+        int32_t v = new_value(L, VAL_ACT, t, mb, l, 0);
+        int32_t r = emit(L, I_RECV, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
+                         local_bytes(S, t, l), NULL, 0, &v, 1);
         L->pr->instrs[r].peer = ps;
-        emit_mem(L, I_ALLOC, t, mb, b, r);
-        L->fwd_val[t * S->m + mb] = r;
+        emit_mem(L, I_ALLOC, v, r);
+        L->fwd_val[t * S->m + mb] = (Ref){ r, v };
         L->val_layout[t] = *l;
-        L->held[t] = true;
     }
 }
 
 /* ----------------------------------------------------------------------------
  * Backward */
 
-static void add_contrib(Low *L, int t, int32_t instr, const Layout *l, int64_t bytes)
+static void add_contrib(Low *L, int t, Ref ref, const Layout *l, bool spent)
 {
     if (L->contrib_pass[t] != L->pass) {
         L->contrib_pass[t] = L->pass;
@@ -537,18 +621,20 @@ static void add_contrib(Low *L, int t, int32_t instr, const Layout *l, int64_t b
         L->cap_contribs = L->cap_contribs ? L->cap_contribs * 2 : 256;
         L->contribs = xrealloc(L->contribs, sizeof *L->contribs * L->cap_contribs);
     }
-    L->contribs[L->ncontribs] = (Contrib){ instr, *l, bytes, L->contrib_head[t] };
+    L->contribs[L->ncontribs] = (Contrib){ ref, *l, L->pr->values[ref.val].bytes, false, spent,
+                                           L->contrib_head[t] };
     L->contrib_head[t] = L->ncontribs++;
 }
 
 /* Sums the gradient contributions of activation t (local ones and those
- * received from later stages) and converts them to `want`. Returns the
- * instruction that makes the gradient, or -1 for the loss (seeded, free). */
-static int32_t gradient_value(Low *L, int t, int mb, const Layout *want)
+ * received from later stages) and converts them to `want`. Returns NOREF for
+ * the loss, whose gradient is seeded (the kernel starts from 1). */
+static Ref gradient_value(Low *L, int t, int mb, const Layout *want)
 {
     const Shared *S = L->S;
     const Graph *g = S->g;
     int nd = g->tensors[t].ndim;
+    double eb = dtype_bytes(g->tensors[t].dtype);
 
     /* gradients from later stages arrive by recv, in the layout t was sent in */
     uint64_t done = 0;
@@ -558,59 +644,74 @@ static int32_t gradient_value(Low *L, int t, int mb, const Layout *want)
         if (st < 64) done |= 1ull << st;
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
-        int64_t b = local_bytes(S, t, &S->of[j].in[k]);
-        int32_t r = emit(L, I_RECV, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb, b,
-                         NULL, 0);
+        int32_t v = new_value(L, VAL_GRAD, t, mb, &S->of[j].in[k], 0);
+        int32_t r = emit(L, I_RECV, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
+                         L->pr->values[v].bytes, NULL, 0, &v, 1);
         L->pr->instrs[r].peer = st;
-        emit_mem(L, I_ALLOC, t, mb, b, r);
-        add_contrib(L, t, r, &S->of[j].in[k], b);
+        emit_mem(L, I_ALLOC, v, r);
+        add_contrib(L, t, (Ref){ r, v }, &S->of[j].in[k], false);
     }
-    if (L->contrib_pass[t] != L->pass) return -1;
+    if (L->contrib_pass[t] != L->pass) return NOREF;
 
     /* sum contributions that share a layout locally, convert each group, then sum */
-    int32_t outs[16];
-    int64_t conv_bytes[16];
-    int nouts = 0, nconv = 0;
+    Ref outs[16];
+    int32_t spent[16];
+    int nouts = 0, nspent = 0;
     for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next) {
         Contrib *a = &L->contribs[c];
-        if (a->instr == -2) continue;           /* already folded into a group */
-        int32_t deps[16];
-        int nd_ = 0;
-        deps[nd_++] = a->instr;
+        if (a->folded || a->spent) continue;
+        int32_t deps[16], args[17];
+        int n = 0;
+        deps[n] = a->ref.instr;
+        args[++n] = a->ref.val;
         for (int e = a->next; e >= 0; e = L->contribs[e].next) {
             Contrib *b = &L->contribs[e];
-            if (b->instr != -2 && layout_eq(&a->layout, &b->layout, nd) && nd_ < 16) {
-                deps[nd_++] = b->instr;
-                b->instr = -2;
+            if (!b->folded && !b->spent && layout_eq(&a->layout, &b->layout, nd) && n < 16) {
+                deps[n] = b->ref.instr;
+                args[++n] = b->ref.val;
+                b->folded = true;
             }
         }
-        int32_t src = deps[0];
-        if (nd_ > 1)   /* the local sum rides on the compute stream */
-            src = emit_compute(L, -1, t, PH_BWD_DATA, mb,
-                               (double)(nd_ - 1) * a->bytes / dtype_bytes(g->tensors[t].dtype),
-                               (double)(nd_ + 1) * a->bytes, false, deps, nd_);
-        int32_t v = convert(L, t, mb, a->layout, want, src, g->tensors[t].producer, PH_BWD_DATA,
-                            WHY_RESHARD);
-        if (v != src) {
-            conv_bytes[nconv] = local_bytes(S, t, want);
-            emit_mem(L, I_ALLOC, t, mb, conv_bytes[nconv++], v);
+        Ref src = a->ref;
+        if (n > 1) {   /* the local sum rides on the compute stream */
+            args[0] = new_value(L, VAL_GRAD, t, mb, &a->layout, 0);
+            int32_t c2 = emit_compute(L, -1, t, PH_BWD_DATA, mb, (n - 1) * a->bytes / eb,
+                                      (n + 1) * (double)a->bytes, false, deps, n, args, n + 1);
+            emit_mem(L, I_ALLOC, args[0], c2);
+            src = (Ref){ c2, args[0] };
+            if (nspent < 16) spent[nspent++] = args[0];
+        }
+        Ref v = convert(L, t, mb, a->layout, want, src, VAL_GRAD, g->tensors[t].producer,
+                        PH_BWD_DATA, WHY_RESHARD);
+        if (v.val != src.val) {
+            emit_mem(L, I_ALLOC, v.val, v.instr);
+            if (nspent < 16) spent[nspent++] = v.val;
         }
         if (nouts < 16) outs[nouts++] = v;
     }
-    /* converted buffers are freed with the contributions */
-    for (int c = 0; c < nconv; c++) add_contrib(L, t, -2, want, conv_bytes[c]);
+    /* sums and converted buffers are freed with the contributions */
+    for (int c = 0; c < nspent; c++) add_contrib(L, t, (Ref){ -1, spent[c] }, want, true);
     if (nouts == 1) return outs[0];
-    int64_t b = local_bytes(S, t, want);
-    return emit_compute(L, -1, t, PH_BWD_DATA, mb, (double)(nouts - 1) * b / dtype_bytes(g->tensors[t].dtype),
-                        (double)(nouts + 1) * b, false, outs, nouts);
+    int32_t deps[16], args[17];
+    args[0] = new_value(L, VAL_GRAD, t, mb, want, 0);
+    for (int c = 0; c < nouts; c++) {
+        deps[c] = outs[c].instr;
+        args[c + 1] = outs[c].val;
+    }
+    double b = (double)L->pr->values[args[0]].bytes;
+    int32_t c = emit_compute(L, -1, t, PH_BWD_DATA, mb, (nouts - 1) * b / eb, (nouts + 1) * b,
+                             false, deps, nouts, args, nouts + 1);
+    emit_mem(L, I_ALLOC, args[0], c);
+    add_contrib(L, t, (Ref){ c, args[0] }, want, true);
+    return (Ref){ c, args[0] };
 }
 
-/* Frees every gradient contribution buffer of t held in this pass. */
-static void free_contribs(Low *L, int t, int mb, int32_t after)
+/* Frees every gradient buffer of t held in this pass. */
+static void free_contribs(Low *L, int t, int32_t after)
 {
     if (L->contrib_pass[t] != L->pass) return;
     for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next)
-        emit_mem(L, I_FREE, t, mb, L->contribs[c].bytes, after);
+        emit_mem(L, I_FREE, L->contribs[c].ref.val, after);
     L->contrib_pass[t] = -1;
 }
 
@@ -642,6 +743,66 @@ static int64_t compressed(const Shared *S, int t, int64_t bytes)
     }
 }
 
+/* Bytes of flat part k of n parts of a buffer of `elems` elements. */
+static int64_t part_bytes(int64_t elems, int k, int n, int eb)
+{
+    return (elems / n + (k < elems % n ? 1 : 0)) * eb;
+}
+
+/* Parameter server: every worker pushes each shard of the gradient to the
+ * shard's server; a server sums what D-1 workers pushed into its own
+ * gradient, steps the optimizer on its shard and sends it back. */
+static void sync_ps(Low *L, int t, Ref grad)
+{
+    const Shared *S = L->S;
+    const Strategy *s = S->s;
+    const ParamPolicy *pp = &s->params[t];
+    AxisMask ax = S->sync_axes[t];
+    int D = S->gsize[ax], eb = dtype_bytes(S->g->tensors[t].dtype);
+    int64_t elems = local_bytes(S, t, &S->home[t]) / eb;
+    int me = group_index(s, L->coord, ax);
+    int32_t param = L->param_val[t], pg = grad.val;
+    for (int k = 0; k < pp->ps_shards; k++) {
+        int srv = pp->ps_placement[k];
+        int64_t b = part_bytes(elems, k, pp->ps_shards, eb);
+        if (srv == me) {
+            int32_t deps[PS_MAX_SHARDS + 1024], args[1024 + 2];
+            int nd = 0, na = 0;
+            deps[nd++] = grad.instr;
+            args[na++] = param;
+            args[na++] = pg;
+            for (int w = 0; w < D; w++) {
+                if (w == srv) continue;
+                int32_t v = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
+                int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, b, NULL, 0, &v, 1);
+                L->pr->instrs[r].peer = w;
+                L->pr->instrs[r].part = (int16_t)k;
+                L->pr->instrs[r].nparts = (int16_t)pp->ps_shards;
+                if (nd < 1024) deps[nd++] = r;
+                if (na < 1024) args[na++] = v;
+            }
+            int32_t u = emit_compute(L, -1, t, PH_UPDATE, -1, (double)(b / eb) * (update_flops(s) + D - 1),
+                                     (double)b * (D + 3), false, deps, nd, args, na);
+            L->pr->instrs[u].part = (int16_t)k;
+            L->pr->instrs[u].nparts = (int16_t)pp->ps_shards;
+            for (int w = 0; w < D; w++) {
+                if (w == srv) continue;
+                int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, b, &u, 1, &param, 1);
+                L->pr->instrs[sd].peer = w;
+                L->pr->instrs[sd].part = (int16_t)k;
+                L->pr->instrs[sd].nparts = (int16_t)pp->ps_shards;
+            }
+        } else {
+            int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, b, &grad.instr, 1, &pg, 1);
+            int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, b, &sd, 1, &param, 1);
+            Instr *x = &L->pr->instrs[sd], *y = &L->pr->instrs[r];
+            x->peer = y->peer = srv;
+            x->part = y->part = (int16_t)k;
+            x->nparts = y->nparts = (int16_t)pp->ps_shards;
+        }
+    }
+}
+
 /* Synchronises param t's gradient (made by instruction `grad`). `final` is
  * the last micro-batch of the step: accumulate-then-sync methods run then;
  * ZeRO-2/3 reduce-scatter every micro-batch. */
@@ -654,74 +815,41 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     int64_t b = local_bytes(S, t, &S->home[t]);
     int D = S->gsize[ax];
     int64_t elems = b / dtype_bytes(S->g->tensors[t].dtype);
-    int32_t last = grad;
+    Ref last = { grad, L->pgrad_val[t] };
+    int32_t upd_grad = L->pgrad_val[t];
     bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
 
     if (pp->method == SYNC_SFB) {
-        /* sfb replaced the all-reduce by factor all-gathers in backward_op */
+        if (!final) return;     /* factor all-gathers in backward made the whole gradient */
     } else if (ax && pp->method == SYNC_PS) {
-        if (!final) return;
-        /* push each shard to its server, servers reduce, update and send it back */
-        int S_ = pp->ps_shards;
-        int64_t shard_b[PS_MAX_SHARDS];
-        for (int k = 0; k < S_; k++) shard_b[k] = b / S_ + (k < b % S_ ? 1 : 0);
-        int32_t pulls[PS_MAX_SHARDS];
-        int np = 0;
-        int me = group_index(s, L->coord, ax);
-        for (int k = 0; k < S_; k++) {
-            int srv = pp->ps_placement[k];
-            if (srv == me) {
-                int32_t deps[1024];
-                int nd = 0;
-                deps[nd++] = last;
-                for (int w = 0; w < D; w++) {
-                    if (w == srv) continue;
-                    int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], NULL, 0);
-                    L->pr->instrs[r].peer = w;
-                    if (nd < 1024) deps[nd++] = r;
-                }
-                /* sum D-1 pushed shards, then the optimizer step */
-                int32_t u = emit_compute(L, -1, t, PH_UPDATE, -1,
-                                         (double)(shard_b[k] / dtype_bytes(S->g->tensors[t].dtype)) *
-                                             (update_flops(s) + D - 1),
-                                         (double)shard_b[k] * (D + 3), false, deps, nd);
-                for (int w = 0; w < D; w++) {
-                    if (w == srv) continue;
-                    int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &u, 1);
-                    L->pr->instrs[sd].peer = w;
-                }
-                pulls[np++] = u;
-            } else {
-                int32_t sd = emit(L, I_SEND, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &last, 1);
-                L->pr->instrs[sd].peer = srv;
-                int32_t r = emit(L, I_RECV, PH_UPDATE, WHY_PS, ax, -1, t, -1, shard_b[k], &sd, 1);
-                L->pr->instrs[r].peer = srv;
-                pulls[np++] = r;
-            }
-        }
-        (void)pulls;
-        return;   /* servers updated; workers hold the pulled parameter */
+        if (final) sync_ps(L, t, last);
+        return;
     } else if (ax && (per_micro || pp->shard == SHARD_ZERO1)) {
         if (pp->shard == SHARD_ZERO1 && !final) return;
-        last = emit(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
-                    compressed(S, t, b), &last, 1);
-        L->pr->instrs[last].compress = pp->compress;
+        /* each micro-batch's reduce-scatter adds into the rank's gradient
+         * shard and clears the whole gradient for the next micro-batch */
+        if (L->pshard_val[t] < 0)
+            L->pshard_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], ax);
+        last = emit_coll(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                         compressed(S, t, b), last, L->pshard_val[t]);
+        L->pr->instrs[last.instr].compress = pp->compress;
+        upd_grad = L->pshard_val[t];
         if (!final) return;
     } else if (ax) {
         if (!final) return;
         if (pp->compress == COMPRESS_POWERSGD) {
             /* two small all-reduces: P = M Q, then Q = M^T P */
-            int64_t full = compressed(S, t, b);
-            int64_t rows_part = full / 2;
-            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb, rows_part, &last, 1);
-            L->pr->instrs[last].compress = pp->compress;
-            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb, full - rows_part,
-                        &last, 1);
+            int64_t full = compressed(S, t, b), rows_part = full / 2;
+            last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                             rows_part, last, last.val);
+            L->pr->instrs[last.instr].compress = pp->compress;
+            last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                             full - rows_part, last, last.val);
         } else {
-            last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
-                        compressed(S, t, b), &last, 1);
+            last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
+                             compressed(S, t, b), last, last.val);
         }
-        L->pr->instrs[last].compress = pp->compress;
+        L->pr->instrs[last.instr].compress = pp->compress;
     } else if (!final) {
         return;
     }
@@ -729,17 +857,21 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     /* a param used on several pipeline stages (tied embeddings): sum across them */
     uint64_t st = S->stages_using[t];
     if (st & (st - 1)) {
-        last = emit(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_TIED, 1 << s->pp_axis, -1, t, mb, b, &last, 1);
-        L->pr->instrs[last].peer = (int32_t)st;
+        last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_TIED, 1 << s->pp_axis, -1, t, mb, b,
+                         last, last.val);
+        L->pr->instrs[last.instr].peer = (int32_t)st;
     }
 
     /* optimizer step on what this rank owns, then re-assemble ZeRO-1/2 params */
     bool sharded = ax && pp->shard != SHARD_NONE;
-    int64_t own = sharded ? elems / D : elems;
+    int64_t own = sharded ? (elems + D - 1) / D : elems;
+    int32_t args[2] = { L->param_val[t], upd_grad };
     int32_t u = emit_compute(L, -1, t, PH_UPDATE, -1, (double)own * update_flops(s),
-                             (double)own * dtype_bytes(S->g->tensors[t].dtype) * 4, false, &last, 1);
+                             (double)own * dtype_bytes(S->g->tensors[t].dtype) * 4, false,
+                             &last.instr, 1, args, 2);
     if (sharded && (pp->shard == SHARD_ZERO1 || pp->shard == SHARD_ZERO2))
-        emit(L, I_ALLGATHER, PH_UPDATE, WHY_PARAM_GATHER, ax, -1, t, -1, b, &u, 1);
+        emit_coll(L, I_ALLGATHER, PH_UPDATE, WHY_PARAM_GATHER, ax, -1, t, -1, b,
+                  (Ref){ u, L->param_val[t] }, L->param_val[t]);
 }
 
 /* Runs after the backward of op i: a param whose first use on this stage is
@@ -768,102 +900,127 @@ static void backward_op(Low *L, int i, int mb)
     const Graph *g = S->g;
     const Op *op = &g->ops[i];
     const OpFacts *f = &S->of[i];
-    int t_out = op->out;
+    int t_out = op->out, nin = op->nin;
+    const int32_t *fa = &L->fwd_args[((size_t)i * S->m + mb) * (IR_MAX_INPUTS + 1)];
 
     if (!f->has_bwd) {
-        if (L->copy_bytes[i]) emit_mem(L, I_FREE, t_out, mb, L->copy_bytes[i], -1);
-        emit_mem(L, I_FREE, t_out, mb, local_bytes(S, t_out, &f->out), -1);
+        for (int c = 0; c < L->ncopy[i]; c++) emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], -1);
+        emit_mem(L, I_FREE, fa[nin], -1);
         return;
     }
     Layout want = f->out;
     want.partial = 0;           /* the gradient of a partial sum is the whole gradient */
-    int32_t dy = gradient_value(L, t_out, mb, &want);
+    Ref dy = gradient_value(L, t_out, mb, &want);
 
-    /* ZeRO-3: gather the params again for the backward */
-    int32_t pv[IR_MAX_INPUTS];
-    int npv = 0;
-    for (int k = 0; k < op->nin; k++) {
-        int t = op->in[k];
-        if (g->tensors[t].role == ROLE_PARAM && S->s->params[t].shard == SHARD_ZERO3 &&
-            S->sync_axes[t]) {
-            int64_t b = local_bytes(S, t, &S->home[t]);
-            pv[npv] = emit(L, I_ALLGATHER, PH_BWD_DATA, WHY_PARAM_GATHER, S->sync_axes[t], i, t, mb,
-                           b, NULL, 0);
-            emit_mem(L, I_ALLOC, t, mb, b, pv[npv]);
-            npv++;
+    /* args: dout, out, inputs (ZeRO-3 params gathered again), then gradients */
+    int32_t args[2 + 2 * IR_MAX_INPUTS], deps[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
+    int nd = 0, ng = 0;
+    args[0] = dy.val;
+    args[1] = fa[nin];
+    deps[nd++] = dy.instr;
+    for (int k = 0; k < nin; k++) {
+        args[2 + k] = fa[k];
+        if (zero3(S, op->in[k])) {
+            bool gd;
+            Ref p = param_use(L, i, k, mb, PH_BWD_DATA, &gd);
+            args[2 + k] = p.val;
+            deps[nd++] = p.instr;
+            if (gd) gathered[ng++] = p.val;
         }
+        args[2 + nin + k] = -1;
     }
-    int32_t deps[IR_MAX_INPUTS + 1];
-    int nd = 0;
-    deps[nd++] = dy;
-    for (int k = 0; k < npv; k++) deps[nd++] = pv[k];
 
-    int32_t last = dy;
+    Ref last = dy;
     /* input gradients */
     if (f->cost.flops[COST_BWD_DATA] > 0 || f->cost.bytes[COST_BWD_DATA] > 0) {
+        int32_t grads[IR_MAX_INPUTS];
+        Layout gl[IR_MAX_INPUTS];
+        for (int k = 0; k < nin; k++) {
+            int t = op->in[k];
+            const Tensor *T = &g->tensors[t];
+            grads[k] = -1;
+            if (!T->needs_grad || T->role == ROLE_PARAM) continue;
+            bool dup = false;
+            for (int e = 0; e < k; e++) dup |= op->in[e] == t;
+            if (dup) {        /* read twice: both reads' gradients add into one buffer */
+                for (int e = 0; e < k; e++)
+                    if (op->in[e] == t) args[2 + nin + k] = args[2 + nin + e];
+                continue;
+            }
+            gl[k] = f->in[k];
+            gl[k].partial = f->grad_partial[k];
+            grads[k] = new_value(L, VAL_GRAD, t, mb, &gl[k], 0);
+            args[2 + nin + k] = grads[k];
+        }
         int32_t c = emit_compute(L, i, t_out, PH_BWD_DATA, mb, f->cost.flops[COST_BWD_DATA],
-                                 f->cost.bytes[COST_BWD_DATA], false, deps, nd);
+                                 f->cost.bytes[COST_BWD_DATA], false, deps, nd, args, 2 + 2 * nin);
         int nf, nb, per;
         stat_counts(op->kind, &nf, &nb, &per);
         if (f->stat_axes)
             for (int r = 0; r < nb; r++)
                 c = emit(L, I_ALLREDUCE, PH_BWD_DATA, WHY_STATS, f->stat_axes, i, t_out, mb,
-                         f->stat_elems * per * 4, &c, 1);
-        last = c;
-        for (int k = 0; k < op->nin; k++) {
-            int t = op->in[k];
-            const Tensor *T = &g->tensors[t];
-            if (!T->needs_grad || T->role == ROLE_PARAM) continue;
-            bool dup = false;
-            for (int e = 0; e < k; e++) dup |= op->in[e] == t;
-            if (dup) continue;
-            Layout l = f->in[k];
-            l.partial = f->grad_partial[k];
-            int64_t b = local_bytes(S, t, &l);
-            emit_mem(L, I_ALLOC, t, mb, b, c);
-            add_contrib(L, t, c, &l, b);
+                         f->stat_elems * per * 4, &c, 1, args + 1, 1);
+        last = (Ref){ c, -1 };
+        for (int k = 0; k < nin; k++) {
+            if (grads[k] < 0) continue;
+            emit_mem(L, I_ALLOC, grads[k], c);
+            add_contrib(L, op->in[k], (Ref){ c, grads[k] }, &gl[k], false);
         }
     }
     /* weight gradients */
     if (f->has_param && f->cost.flops[COST_BWD_WEIGHT] + f->cost.bytes[COST_BWD_WEIGHT] > 0) {
         double flops = f->cost.flops[COST_BWD_WEIGHT];
-        int32_t wdeps[2 * IR_MAX_INPUTS + 1];
-        int nw = 0;
+        int32_t wargs[2 + 2 * IR_MAX_INPUTS], wdeps[2 * IR_MAX_INPUTS + 2], sfb_vals[4];
+        int nw = 0, nsfb = 0;
+        memcpy(wargs, args, sizeof wargs);
+        for (int k = 0; k < nin; k++) wargs[2 + nin + k] = -1;
         for (int e = 0; e < nd; e++) wdeps[nw++] = deps[e];
-        for (int k = 0; k < op->nin; k++) {
+        for (int k = 0; k < nin; k++) {
             int t = op->in[k];
-            if (g->tensors[t].role != ROLE_PARAM || S->s->params[t].method != SYNC_SFB ||
-                !S->sync_axes[t])
-                continue;
+            if (g->tensors[t].role != ROLE_PARAM) continue;
+            wargs[2 + nin + k] = L->pgrad_val[t];
+            if (S->s->params[t].method != SYNC_SFB || !S->sync_axes[t]) continue;
             /* sufficient factors: all-gather the input and the output gradient over
              * the data group, then rebuild the whole weight gradient locally */
-            int D = S->gsize[S->sync_axes[t]];
-            int other = op->in[k == 0 ? 1 : 0];
-            Layout xl = f->in[k == 0 ? 1 : 0];
-            int32_t gx = emit(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, S->sync_axes[t], i,
-                              other, mb, local_bytes(S, other, &xl) * D, &last, 1);
-            int32_t gy = emit(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, S->sync_axes[t], i,
-                              t_out, mb, local_bytes(S, t_out, &want) * D, &dy, 1);
-            wdeps[nw++] = gx;
-            wdeps[nw++] = gy;
+            AxisMask ax = S->sync_axes[t];
+            int D = S->gsize[ax], ox = k == 0 ? 1 : 0, other = op->in[ox];
+            Layout xl = f->in[ox], yl = want;
+            int bd = g->tensors[other].batch_dim, yd = g->tensors[t_out].batch_dim;
+            if (bd >= 0) xl.dim[bd] &= ~ax;
+            if (yd >= 0) yl.dim[yd] &= ~ax;
+            Ref gx = emit_coll(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, i, other, mb,
+                               local_bytes(S, other, &f->in[ox]) * D, (Ref){ last.instr, args[2 + ox] },
+                               new_value(L, VAL_ACT, other, mb, &xl, 0));
+            Ref gy = emit_coll(L, I_ALLGATHER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, i, t_out, mb,
+                               local_bytes(S, t_out, &want) * D, dy,
+                               new_value(L, VAL_GRAD, t_out, mb, &yl, 0));
+            emit_mem(L, I_ALLOC, gx.val, gx.instr);
+            emit_mem(L, I_ALLOC, gy.val, gy.instr);
+            sfb_vals[nsfb++] = gx.val;
+            sfb_vals[nsfb++] = gy.val;
+            wargs[2 + ox] = gx.val;
+            wargs[0] = gy.val;
+            wdeps[nw++] = gx.instr;
+            wdeps[nw++] = gy.instr;
             flops *= D;
         }
-        int32_t w = emit_compute(L, i, t_out, PH_BWD_WEIGHT, mb, flops, f->cost.bytes[COST_BWD_WEIGHT],
-                                 false, wdeps, nw);
-        for (int k = 0; k < op->nin; k++) {
+        int32_t w = emit_compute(L, i, t_out, PH_BWD_WEIGHT, mb, flops,
+                                 f->cost.bytes[COST_BWD_WEIGHT], false, wdeps, nw, wargs, 2 + 2 * nin);
+        for (int k = 0; k < nsfb; k++) emit_mem(L, I_FREE, sfb_vals[k], w);
+        for (int k = 0; k < nin; k++) {
             int t = op->in[k];
             if (g->tensors[t].role != ROLE_PARAM) continue;
             L->pgrad[t] = w;
             L->pgrad_pass[t] = L->pass;
         }
-        last = w;
+        last = (Ref){ w, -1 };
     }
-    release_params(L, i, mb, last);
-    if (L->copy_bytes[i]) emit_mem(L, I_FREE, t_out, mb, L->copy_bytes[i], last);
+    release_gathers(L, gathered, ng, last.instr);
+    for (int c = 0; c < L->ncopy[i]; c++) emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], last.instr);
 
     /* the output and its gradient are no longer needed */
-    free_contribs(L, t_out, mb, last);
-    emit_mem(L, I_FREE, t_out, mb, local_bytes(S, t_out, &f->out), last);
+    free_contribs(L, t_out, last.instr);
+    emit_mem(L, I_FREE, fa[nin], last.instr);
     params_ready(L, i, mb);
 }
 
@@ -884,15 +1041,18 @@ static void send_backward(Low *L, int i, int mb)
         for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
             if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
         if (first != i) continue;
-        int32_t dv = T->needs_grad ? gradient_value(L, t, mb, &L->val_layout[t]) : -1;
+        bool dup = false;
+        for (int e = 0; e < k; e++) dup |= op->in[e] == t;
+        if (dup) continue;
+        Ref dv = NOREF;
         if (T->needs_grad) {
-            int64_t b = local_bytes(S, t, &L->val_layout[t]);
+            dv = gradient_value(L, t, mb, &L->val_layout[t]);
             int32_t sd = emit(L, I_SEND, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
-                              b, &dv, 1);
+                              local_bytes(S, t, &L->val_layout[t]), &dv.instr, 1, &dv.val, 1);
             L->pr->instrs[sd].peer = ps;
-            free_contribs(L, t, mb, sd);
+            free_contribs(L, t, sd);
         }
-        emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &L->val_layout[t]), dv);
+        emit_mem(L, I_FREE, L->fwd_val[t * S->m + mb].val, dv.instr);
     }
 }
 
@@ -929,9 +1089,9 @@ static void forward_pass(Low *L, const int *ops, int nops, int mb)
     for (int x = 0; x < nops; x++) {
         int i = ops[x];
         if (!S->s->ops[i].recompute || checkpoint(S, i)) continue;
-        int t = S->g->ops[i].out;
-        if (L->copy_bytes[i]) emit_mem(L, I_FREE, t, mb, L->copy_bytes[i], -1);
-        emit_mem(L, I_FREE, t, mb, local_bytes(S, t, &S->of[i].out), -1);
+        for (int c = 0; c < L->ncopy[i]; c++)
+            emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], -1);
+        emit_mem(L, I_FREE, L->fwd_val[S->g->ops[i].out * S->m + mb].val, -1);
     }
 }
 
@@ -1066,9 +1226,24 @@ static void lower_class(const Shared *S, Program *pr, int rank)
 
     int nt = g->ntensors;
     L.fwd_val = xmalloc(sizeof *L.fwd_val * (size_t)nt * S->m);
-    for (size_t i = 0; i < (size_t)nt * S->m; i++) L.fwd_val[i] = -1;
+    for (size_t i = 0; i < (size_t)nt * S->m; i++) L.fwd_val[i] = NOREF;
     L.val_layout = xcalloc(nt, sizeof *L.val_layout);
-    L.held = xcalloc(nt, sizeof *L.held);
+    size_t nfa = (size_t)g->nops * S->m * (IR_MAX_INPUTS + 1);
+    L.fwd_args = xmalloc(sizeof *L.fwd_args * nfa);
+    for (size_t i = 0; i < nfa; i++) L.fwd_args[i] = -1;
+    L.param_val = xmalloc(sizeof *L.param_val * nt);
+    L.pgrad_val = xmalloc(sizeof *L.pgrad_val * nt);
+    L.pshard_val = xmalloc(sizeof *L.pshard_val * nt);
+    for (int t = 0; t < nt; t++) {
+        L.param_val[t] = L.pgrad_val[t] = L.pshard_val[t] = -1;
+        if (g->tensors[t].role != ROLE_PARAM || !(S->stages_using[t] & (1ull << L.stage)))
+            continue;
+        /* values that live for the whole step: the param as stored (ZeRO-3: its
+         * shard) and its gradient */
+        L.param_val[t] = new_value(&L, VAL_PARAM, t, -1, &S->home[t],
+                                   zero3(S, t) ? S->sync_axes[t] : 0);
+        L.pgrad_val[t] = new_value(&L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
+    }
     L.conv_pass = xmalloc(sizeof *L.conv_pass * nt);
     L.contrib_pass = xmalloc(sizeof *L.contrib_pass * nt);
     L.pgrad_pass = xmalloc(sizeof *L.pgrad_pass * nt);
@@ -1077,7 +1252,8 @@ static void lower_class(const Shared *S, Program *pr, int rank)
     L.conv = xmalloc(sizeof *L.conv * nt * CONV_MAX);
     L.contrib_head = xmalloc(sizeof *L.contrib_head * nt);
     L.pgrad = xmalloc(sizeof *L.pgrad * nt);
-    L.copy_bytes = xcalloc(g->nops, sizeof *L.copy_bytes);
+    L.copy_vals = xmalloc(sizeof *L.copy_vals * g->nops * IR_MAX_INPUTS);
+    L.ncopy = xcalloc(g->nops, sizeof *L.ncopy);
     memcpy(L.coord, coord, sizeof coord);
 
     int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
@@ -1089,7 +1265,12 @@ static void lower_class(const Shared *S, Program *pr, int rank)
     free(ops);
     free(L.fwd_val);
     free(L.val_layout);
-    free(L.held);
+    free(L.fwd_args);
+    free(L.param_val);
+    free(L.pgrad_val);
+    free(L.pshard_val);
+    free(L.copy_vals);
+    free(L.ncopy);
     free(L.conv_pass);
     free(L.contrib_pass);
     free(L.pgrad_pass);
@@ -1098,7 +1279,6 @@ static void lower_class(const Shared *S, Program *pr, int rank)
     free(L.contrib_head);
     free(L.contribs);
     free(L.pgrad);
-    free(L.copy_bytes);
 }
 
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -1160,8 +1340,12 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
         if (k > 0) {
             pr->cap_instrs = p->classes[k - 1].ninstrs + p->classes[k - 1].ninstrs / 16 + 64;
             pr->cap_deps = p->classes[k - 1].ndeps + p->classes[k - 1].ndeps / 16 + 64;
+            pr->cap_args = p->classes[k - 1].nargs + p->classes[k - 1].nargs / 16 + 64;
+            pr->cap_values = p->classes[k - 1].nvalues + p->classes[k - 1].nvalues / 16 + 64;
             pr->instrs = xmalloc(sizeof *pr->instrs * pr->cap_instrs);
             pr->deps = xmalloc(sizeof *pr->deps * pr->cap_deps);
+            pr->args = xmalloc(sizeof *pr->args * pr->cap_args);
+            pr->values = xmalloc(sizeof *pr->values * pr->cap_values);
         }
         lower_class(&S, pr, first_rank[k]);
     }
@@ -1180,6 +1364,8 @@ void plan_free(Plan *p)
         free(p->classes[k].ranks);
         free(p->classes[k].instrs);
         free(p->classes[k].deps);
+        free(p->classes[k].args);
+        free(p->classes[k].values);
     }
     free(p->classes);
     free(p->rank_class);
@@ -1198,6 +1384,13 @@ static const char *KIND_NAMES[I_KIND_COUNT] = {
 const char *instr_kind_name(InstrKind k)
 {
     return k < I_KIND_COUNT ? KIND_NAMES[k] : "?";
+}
+
+const char *value_kind_name(ValueKind k)
+{
+    static const char *n[VAL_KIND_COUNT] = { "data", "act", "grad", "param", "param_use",
+                                             "param_grad" };
+    return k < VAL_KIND_COUNT ? n[k] : "?";
 }
 
 const char *phase_name(Phase p)

@@ -56,7 +56,11 @@ typedef struct {
     uint8_t why;           /* Why */
     uint8_t recompute;     /* compute: forward rerun in backward */
     uint8_t compress;      /* Compress of a gradient sync */
+    uint8_t nargs;         /* values it touches: Program.args[arg0 .. arg0+nargs) */
+    uint8_t pad_;
     AxisMask axes;         /* collective group / peer axis */
+    int16_t part, nparts;  /* a flat part of the value (PS shards): part k of nparts; 0, 0: whole */
+    int16_t pad2_;
     int32_t op;            /* compute: op index; comm: op that needs it or -1 */
     int32_t tensor;        /* tensor moved, allocated or freed; -1 if none */
     int32_t micro;         /* micro-batch, -1 for once-per-step work */
@@ -69,7 +73,46 @@ typedef struct {
     float mem_bytes;       /* compute: bytes read + written */
     int32_t dep0;          /* dependencies: Program.deps[dep0 .. dep0+ndeps) */
     int32_t ndeps;
+    int32_t arg0;
 } Instr;
+
+/*
+ * Values: the buffers a program reads and writes. Instruction arguments
+ * (Program.args) are value ids, by kind:
+ *   compute fwd        [out, in_0 .. in_{n-1}]
+ *   compute bwd_data   [dout, out, in_0 .. in_{n-1}, din_0 .. din_{n-1}]  (din -1: none)
+ *   compute bwd_weight the same, din_k the param's gradient (accumulated into)
+ *   compute, op -1     [dst, src...]: dst = sum of srcs (gradient sums), or
+ *                      PH_UPDATE [param, grad, pushed...]: optimizer step
+ *   collectives        [dst, src] (dst == src: in place)
+ *   WHY_STATS          [out]: the statistics all-reduces inside the op's kernel
+ *   send               [src]        recv   [dst]
+ *   alloc, free        [value]
+ */
+typedef enum {
+    VAL_DATA,          /* an input or label of one micro-batch, loaded deterministically */
+    VAL_ACT,           /* an activation in some layout (produced, converted, received) */
+    VAL_GRAD,          /* a gradient of an activation */
+    VAL_PARAM,         /* a param as stored: home layout, or its ZeRO-3 flat shard */
+    VAL_PARAM_USE,     /* a param as one use needs it (gathered, resharded) */
+    VAL_PARAM_GRAD,    /* a param's gradient, accumulated over the step */
+    VAL_KIND_COUNT
+} ValueKind;
+
+typedef struct {
+    AxisMask dim[IR_MAX_DIMS];     /* mesh axes each dim is split over */
+    AxisMask partial;              /* the local value is one addend over these axes */
+} Layout;
+
+typedef struct {
+    int32_t tensor;
+    int32_t micro;                 /* -1: lives for the whole step */
+    uint8_t kind;                  /* ValueKind */
+    uint8_t pad_;
+    AxisMask shard;                /* ZeRO: a flat 1/|group| shard over these axes */
+    Layout layout;
+    int64_t bytes;                 /* local bytes (of the shard when sharded) */
+} Value;
 
 typedef struct {
     int stage;
@@ -79,6 +122,10 @@ typedef struct {
     Instr *instrs;
     int ndeps, cap_deps;
     int32_t *deps;                 /* instruction indices */
+    int nargs, cap_args;
+    int32_t *args;                 /* value ids */
+    int nvalues, cap_values;
+    Value *values;
     int64_t peak_mem;              /* bytes: resident state plus the alloc/free walk */
     int64_t static_mem;            /* params, grads, optimizer state */
     double device_mem;             /* memory of this class's devices (0: unknown) */
@@ -109,6 +156,7 @@ void plan_summary_print(const Plan *p, const Strategy *s, FILE *f);
 int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why);
 
 const char *instr_kind_name(InstrKind k);
+const char *value_kind_name(ValueKind k);
 const char *phase_name(Phase p);
 
 #endif

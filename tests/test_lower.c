@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -109,6 +110,39 @@ static void check_program(const Program *pr)
     }
     assert_int_equal(mem, 0);
     assert_true(pr->peak_mem >= pr->static_mem);
+
+    /* every value an instruction reads was written before (or lives for the
+     * whole step: params, their gradients, loaded data) */
+    bool *written = calloc(pr->nvalues + 1, 1);
+    for (int v = 0; v < pr->nvalues; v++) {
+        int k = pr->values[v].kind;
+        written[v] = k == VAL_PARAM || k == VAL_PARAM_GRAD || k == VAL_DATA;
+    }
+    for (int i = 0; i < pr->ninstrs; i++) {
+        const Instr *in = &pr->instrs[i];
+        const int32_t *a = &pr->args[in->arg0];
+        int first_read = 1, last_read = in->nargs, w0 = 0, w1 = 1;
+        if (in->kind == I_SEND || in->kind == I_ALLOC || in->kind == I_FREE || in->why == WHY_STATS) {
+            first_read = 0;
+            w1 = 0;
+        } else if (in->kind == I_COMPUTE && in->op >= 0 && in->phase != PH_FWD) {
+            int nin = (in->nargs - 2) / 2;
+            first_read = 0;
+            last_read = 2 + nin;
+            w0 = 2 + nin;
+            w1 = in->nargs;
+        }
+        for (int x = first_read; x < last_read; x++) {
+            assert_true(a[x] >= -1 && a[x] < pr->nvalues);
+            if (a[x] >= 0 && !written[a[x]])
+                fail_msg("instr %d (%s, op %d) reads value %d (%s of %d) before it is written", i,
+                         instr_kind_name((InstrKind)in->kind), in->op, a[x],
+                         value_kind_name((ValueKind)pr->values[a[x]].kind), pr->values[a[x]].tensor);
+        }
+        for (int x = w0; x < w1; x++)
+            if (a[x] >= 0) written[a[x]] = true;
+    }
+    free(written);
 }
 
 static void check_plan(const Plan *p)
@@ -348,7 +382,7 @@ static void test_parameter_server(void **state)
         for (int t = 0; t < g->ntensors; t++) {
             if (g->tensors[t].role != ROLE_PARAM) continue;
             int64_t b = tensor_numel(&g->tensors[t]) * 4;
-            int64_t shard0 = b / 2 + (b % 2 ? 1 : 0), shard1 = b / 2;
+            int64_t e = b / 4, shard0 = (e / 2 + e % 2) * 4, shard1 = e / 2 * 4;
             all += b;
             if (r == 0) own += shard0;
             if (r == 2) own += shard1;
