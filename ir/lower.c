@@ -262,6 +262,12 @@ typedef struct {
 } Contrib;
 
 typedef struct {
+    int tensor;
+    Ref grad;
+    int32_t upd_grad;
+} Deferred;
+
+typedef struct {
     const Shared *S;
     Program *pr;
     int stage;
@@ -285,6 +291,8 @@ typedef struct {
     int32_t *pgrad;          /* params: last bwd_weight instr of this micro-batch */
     int *pgrad_pass;
     int32_t *copy_vals;      /* [i * IR_MAX_INPUTS + c]: those copies (freed in its backward) */
+    Deferred *tied;          /* params whose sync waits for the end of the step */
+    int ntied, cap_tied;
     int *ncopy;
 } Low;
 
@@ -803,6 +811,8 @@ static void sync_ps(Low *L, int t, Ref grad)
     }
 }
 
+static void param_update(Low *L, int t, Ref last, int32_t upd_grad);
+
 /* Synchronises param t's gradient (made by instruction `grad`). `final` is
  * the last micro-batch of the step: accumulate-then-sync methods run then;
  * ZeRO-2/3 reduce-scatter every micro-batch. */
@@ -813,8 +823,6 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     const ParamPolicy *pp = &s->params[t];
     AxisMask ax = S->sync_axes[t];
     int64_t b = local_bytes(S, t, &S->home[t]);
-    int D = S->gsize[ax];
-    int64_t elems = b / dtype_bytes(S->g->tensors[t].dtype);
     Ref last = { grad, L->pgrad_val[t] };
     int32_t upd_grad = L->pgrad_val[t];
     bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
@@ -854,15 +862,43 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
         return;
     }
 
-    /* a param used on several pipeline stages (tied embeddings): sum across them */
+    /* a param used on several pipeline stages (tied embeddings) is summed
+     * across them after the pipeline has drained, as Megatron-LM does: inline,
+     * the last stage would wait in it for a first stage that still waits for
+     * the last stage's gradients */
     uint64_t st = S->stages_using[t];
     if (st & (st - 1)) {
-        last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_TIED, 1 << s->pp_axis, -1, t, mb, b,
-                         last, last.val);
-        L->pr->instrs[last.instr].peer = (int32_t)st;
+        if (L->ntied < L->cap_tied)
+            L->tied[L->ntied++] = (Deferred){ t, last, upd_grad };
+        return;
     }
+    param_update(L, t, last, upd_grad);
+}
 
-    /* optimizer step on what this rank owns, then re-assemble ZeRO-1/2 params */
+/* The tied-parameter sums and updates deferred to the end of the step. */
+static void sync_tied(Low *L)
+{
+    const Strategy *s = L->S->s;
+    for (int k = 0; k < L->ntied; k++) {
+        Deferred *d = &L->tied[k];
+        int t = d->tensor;
+        Ref last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_TIED, 1 << s->pp_axis, -1, t, -1,
+                             local_bytes(L->S, t, &L->S->home[t]), d->grad, d->grad.val);
+        L->pr->instrs[last.instr].peer = (int32_t)L->S->stages_using[t];
+        param_update(L, t, last, d->upd_grad);
+    }
+}
+
+/* Optimizer step on what this rank owns, then re-assembly of ZeRO-1/2 params. */
+static void param_update(Low *L, int t, Ref last, int32_t upd_grad)
+{
+    const Shared *S = L->S;
+    const Strategy *s = S->s;
+    const ParamPolicy *pp = &s->params[t];
+    AxisMask ax = S->sync_axes[t];
+    int64_t b = local_bytes(S, t, &S->home[t]);
+    int D = S->gsize[ax];
+    int64_t elems = b / dtype_bytes(S->g->tensors[t].dtype);
     bool sharded = ax && pp->shard != SHARD_NONE;
     int64_t own = sharded ? (elems + D - 1) / D : elems;
     int32_t args[2] = { L->param_val[t], upd_grad };
@@ -1259,7 +1295,10 @@ static void lower_class(const Shared *S, Program *pr, int rank)
     int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
     for (int i = 0; i < g->nops; i++)
         if (s->op_stage[i] == L.stage) ops[nops++] = i;
+    L.cap_tied = nt;
+    L.tied = xmalloc(sizeof *L.tied * (nt ? nt : 1));
     run_schedule(&L, ops, nops);
+    sync_tied(&L);
     account_memory(&L);
 
     free(ops);
@@ -1270,6 +1309,7 @@ static void lower_class(const Shared *S, Program *pr, int rank)
     free(L.pgrad_val);
     free(L.pshard_val);
     free(L.copy_vals);
+    free(L.tied);
     free(L.ncopy);
     free(L.conv_pass);
     free(L.contrib_pass);
