@@ -59,6 +59,32 @@ static const char *bytes_h(double b, char *buf, int n)
     return buf;
 }
 
+/* --help prints to stdout and succeeds; a usage mistake prints to stderr. */
+static int usage_for(const Args *a, const char *line, const OptSpec *spec)
+{
+    bool help = args_has(a, "help");
+    FILE *f = help ? stdout : stderr;
+    fprintf(f, "usage: %s\n", line);
+    if (spec) {
+        fprintf(f, "\noptions:\n");
+        args_usage(f, spec);
+    }
+    return help ? 0 : EXIT_USAGE;
+}
+
+static const char *plural(int n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+/* A number field of a stored JSON object, 0 when absent (the store is not trusted
+ * to hold what this strata wrote). */
+static double num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
 static void print_json(cJSON *j)
 {
     char *s = cJSON_Print(j);
@@ -95,9 +121,9 @@ static int cmd_model_build(int argc, char **argv)
     if (args_parse(argc, argv, MODEL_BUILD_OPTS, true, &a, &err))
         return usage_error("model build", &err);
     if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(a.npos == 1 ? stdout : stderr,
-                "usage: strata model build KIND [--option value ...] [-o FILE]\n\n");
-        zoo_usage(a.npos == 1 ? stdout : stderr);
+        FILE *f = args_has(&a, "help") ? stdout : stderr;
+        fprintf(f, "usage: strata model build KIND [--option value ...] [-o FILE]\n\n");
+        zoo_usage(f);
         return args_has(&a, "help") ? 0 : EXIT_USAGE;
     }
     const char *keys[ARGS_MAX], *vals[ARGS_MAX];
@@ -113,7 +139,7 @@ static int cmd_model_build(int argc, char **argv)
     cJSON *j = graph_to_json(g);
     int rc = json_save(j, out, &err);
     cJSON_Delete(j);
-    if (!rc && out) {
+    if (!rc && out && strcmp(out, "-") != 0) {
         GraphStats st;
         char b[32];
         if (graph_stats(g, &st, &err) == 0) {
@@ -156,11 +182,8 @@ static int cmd_model_show(int argc, char **argv)
     Err err = {0};
     if (args_parse(argc, argv, MODEL_SHOW_OPTS, false, &a, &err))
         return usage_error("model show", &err);
-    if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(stderr, "usage: strata model show FILE [--json]\n");
-        args_usage(stderr, MODEL_SHOW_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata model show FILE [--json]", MODEL_SHOW_OPTS);
     Graph *g = graph_load(a.pos[0], &err);
     if (!g) return fail(&err);
     GraphStats st;
@@ -215,12 +238,10 @@ static int cmd_model_list(int argc, char **argv)
     Args a;
     Err err = {0};
     if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("model list", &err);
-    if (args_has(&a, "help") || a.npos) {
-        fprintf(stderr, "usage: strata model list [--db PATH] [--json]\n");
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos)
+        return usage_for(&a, "strata model list [--db PATH] [--json]", DB_OPTS);
     const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open(path, &err);
+    Db *db = db_open_existing(path, &err);
     if (!db) return fail(&err);
     DbModel *rows;
     int n;
@@ -242,10 +263,13 @@ static int cmd_model_list(int argc, char **argv)
         print_json(arr);
         cJSON_Delete(arr);
     } else {
-        printf("%-16s  %-20s  %12s  %12s  %s\n", "id", "name", "params", "train FLOPs", "created");
+        int wn = 4;
+        for (int i = 0; i < n; i++)
+            if ((int)strlen(rows[i].name) > wn) wn = (int)strlen(rows[i].name);
+        printf("%-16s  %-*s  %12s  %12s  %s\n", "id", wn, "name", "params", "train FLOPs", "created");
         for (int i = 0; i < n; i++) {
             char p[32];
-            printf("%-16s  %-20s  %12s  %12.4g  %s\n", rows[i].id, rows[i].name,
+            printf("%-16s  %-*s  %12s  %12.4g  %s\n", rows[i].id, wn, rows[i].name,
                    si(rows[i].params, p, sizeof p), rows[i].train_flops, rows[i].created);
         }
     }
@@ -270,11 +294,8 @@ static int cmd_cluster_show(int argc, char **argv)
     Err err = {0};
     if (args_parse(argc, argv, CLUSTER_SHOW_OPTS, false, &a, &err))
         return usage_error("cluster show", &err);
-    if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(stderr, "usage: strata cluster show FILE [--nodes N] [--json]\n");
-        args_usage(stderr, CLUSTER_SHOW_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata cluster show FILE [--nodes N] [--json]", CLUSTER_SHOW_OPTS);
     int64_t nodes = 0;
     if (args_int(&a, "nodes", 1, 1 << 20, &nodes, &err)) return usage_error("cluster show", &err);
     Cluster *c = cluster_load(a.pos[0], (int)nodes, &err);
@@ -340,17 +361,29 @@ static const OptSpec STRATEGY_SHOW_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
-/* Loads --model and, when given, --cluster [--nodes]. */
-static int load_model_cluster(const Args *a, Graph **g, Cluster **c, bool need_cluster, Err *err)
+/* Usage checks of --model, --cluster, --nodes (and `also`, another required
+ * option, or NULL): every missing option is named at once. */
+static int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err *err)
+{
+    char missing[128] = "";
+    if (also && !args_get(a, also)) snprintf(missing + strlen(missing), 40, " --%s", also);
+    if (!args_get(a, "model")) strcat(missing, " --model");
+    if (need_cluster && !args_get(a, "cluster")) strcat(missing, " --cluster");
+    if (missing[0]) return err_set(err, "missing required option%s:%s", strchr(missing + 1, ' ') ? "s" : "", missing);
+    int64_t nodes = 0;
+    if (args_int(a, "nodes", 1, 1 << 20, &nodes, err)) return -1;
+    if (args_get(a, "nodes") && !args_get(a, "cluster")) return err_set(err, "--nodes needs --cluster");
+    return 0;
+}
+
+/* Loads --model and, when given, --cluster [--nodes] (checked already). */
+static int load_model_cluster(const Args *a, Graph **g, Cluster **c, Err *err)
 {
     *g = NULL;
     *c = NULL;
     const char *mp = args_get(a, "model"), *cp = args_get(a, "cluster");
-    if (!mp) return err_set(err, "--model FILE is required");
-    if (need_cluster && !cp) return err_set(err, "--cluster FILE is required");
     int64_t nodes = 0;
     if (args_int(a, "nodes", 1, 1 << 20, &nodes, err)) return -1;
-    if (nodes && !cp) return err_set(err, "--nodes needs --cluster");
     *g = graph_load(mp, err);
     if (!*g) return -1;
     if (cp) {
@@ -370,12 +403,20 @@ static int cmd_strategy_build(int argc, char **argv)
     Err err = {0};
     if (args_parse(argc, argv, STRATEGY_BUILD_OPTS, false, &a, &err))
         return usage_error("strategy build", &err);
-    if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(stderr, "usage: strata strategy build dp|zero|zero3|megatron|gpipe|ps|parallax|sfb "
-                        "--model FILE [options] [-o FILE]\n");
-        args_usage(stderr, STRATEGY_BUILD_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata strategy build KIND --model FILE [options] [-o FILE]\n"
+                             "  KIND: dp, zero (zero1, zero2, zero3), megatron, gpipe, ps, "
+                             "parallax, sfb", STRATEGY_BUILD_OPTS);
+    static const char *const kinds[] = { "dp", "zero", "zero1", "zero2", "zero3", "megatron",
+                                         "gpipe", "ps", "parallax", "sfb", NULL };
+    bool known = false;
+    for (const char *const *k = kinds; *k; k++) known |= strcmp(*k, a.pos[0]) == 0;
+    if (!known) {
+        err_set(&err, "unknown strategy kind \"%s\" (one of: dp, zero, zero1, zero2, zero3, "
+                      "megatron, gpipe, ps, parallax, sfb)", a.pos[0]);
+        return usage_error("strategy build", &err);
     }
+    if (check_model_cluster(&a, false, NULL, &err)) return usage_error("strategy build", &err);
     StrategyOpts o = {0};
     int64_t v;
     struct { const char *k; int *dst; int64_t lo, hi; } ints[] = {
@@ -391,16 +432,25 @@ static int cmd_strategy_build(int argc, char **argv)
         *ints[i].dst = (int)v;
     }
     o.compress = args_get(&a, "compress");
+    if (o.compress) {
+        int r = 0;
+        char tail;
+        bool ok = strcmp(o.compress, "none") == 0 || strcmp(o.compress, "fp16") == 0 ||
+                  strcmp(o.compress, "int8") == 0 ||
+                  (sscanf(o.compress, "powersgd:%d%c", &r, &tail) == 1 && r >= 1);
+        if (!ok) {
+            err_set(&err, "--compress: \"%s\" is not none, fp16, int8 or powersgd:R (R >= 1)",
+                    o.compress);
+            return usage_error("strategy build", &err);
+        }
+        if (strcmp(o.compress, "none") == 0) o.compress = NULL;
+    }
     o.recompute = args_has(&a, "recompute");
     o.sequence_parallel = args_has(&a, "sequence-parallel");
     const char *kind = a.pos[0];
-    if (strcmp(kind, "zero3") == 0) {
-        kind = "zero";
-        if (!o.zero) o.zero = 3;
-    }
     Graph *g;
     Cluster *c;
-    if (load_model_cluster(&a, &g, &c, false, &err)) return fail(&err);
+    if (load_model_cluster(&a, &g, &c, &err)) return fail(&err);
     int rc = 0;
     cJSON *j = strategy_build(kind, g, c, &o, &err);
     Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
@@ -409,8 +459,9 @@ static int cmd_strategy_build(int argc, char **argv)
     } else {
         const char *out = args_get(&a, "output");
         if (json_save(j, out, &err)) rc = fail(&err);
-        else if (out) fprintf(stderr, "wrote %s strategy (id %s, %d devices) to %s\n", a.pos[0],
-                              s->id, s->world, out);
+        else if (out && strcmp(out, "-") != 0)
+            fprintf(stderr, "wrote %s strategy (id %s, %d %s) to %s\n", a.pos[0], s->id,
+                    s->world, plural(s->world, "device", "devices"), out);
     }
     strategy_free(s);
     cJSON_Delete(j);
@@ -421,7 +472,7 @@ static int cmd_strategy_build(int argc, char **argv)
 
 static void print_strategy(const Strategy *s, const Graph *g)
 {
-    printf("strategy %s: %d devices, mesh", s->id, s->world);
+    printf("strategy %s: %d %s, mesh", s->id, s->world, plural(s->world, "device", "devices"));
     for (int a = 0; a < s->naxes; a++)
         printf(" %s%s=%d", a ? "x " : "", s->axis_name[a], s->axis_size[a]);
     printf("\n  pipeline: %d stage%s, %d micro-batch%s, %s", s->nstages, s->nstages == 1 ? "" : "s",
@@ -458,14 +509,13 @@ static int cmd_strategy_show(int argc, char **argv)
     Err err = {0};
     if (args_parse(argc, argv, STRATEGY_SHOW_OPTS, false, &a, &err))
         return usage_error("strategy show", &err);
-    if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(stderr, "usage: strata strategy show FILE --model FILE [--cluster FILE] [--json]\n");
-        args_usage(stderr, STRATEGY_SHOW_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata strategy show FILE --model FILE [--cluster FILE] [--json]",
+                         STRATEGY_SHOW_OPTS);
+    if (check_model_cluster(&a, false, NULL, &err)) return usage_error("strategy show", &err);
     Graph *g;
     Cluster *c;
-    if (load_model_cluster(&a, &g, &c, false, &err)) return fail(&err);
+    if (load_model_cluster(&a, &g, &c, &err)) return fail(&err);
     Strategy *s = strategy_load(a.pos[0], g, c, &err);
     int rc = 0;
     if (!s) rc = fail(&err);
@@ -536,23 +586,13 @@ static int cmd_lower(int argc, char **argv)
     Args a;
     Err err = {0};
     if (args_parse(argc, argv, LOWER_OPTS, false, &a, &err)) return usage_error("lower", &err);
-    if (args_has(&a, "help") || a.npos) {
-        fprintf(stderr, "usage: strata lower --model FILE --cluster FILE [--nodes N] "
-                        "--strategy FILE [--json] [--db PATH] [--no-store]\n");
-        args_usage(stderr, LOWER_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
-    if (!args_get(&a, "strategy")) {
-        err_set(&err, "--strategy FILE is required");
-        return usage_error("lower", &err);
-    }
-    if (!args_get(&a, "model") || !args_get(&a, "cluster")) {
-        err_set(&err, "--model FILE and --cluster FILE are required");
-        return usage_error("lower", &err);
-    }
+    if (args_has(&a, "help") || a.npos)
+        return usage_for(&a, "strata lower --model FILE --cluster FILE [--nodes N] "
+                             "--strategy FILE [--json] [--db PATH] [--no-store]", LOWER_OPTS);
+    if (check_model_cluster(&a, true, "strategy", &err)) return usage_error("lower", &err);
     Graph *g;
     Cluster *c;
-    if (load_model_cluster(&a, &g, &c, true, &err)) return fail(&err);
+    if (load_model_cluster(&a, &g, &c, &err)) return fail(&err);
     int rc = 0;
     Plan *p = NULL;
     cJSON *sum = NULL;
@@ -605,12 +645,10 @@ static int cmd_plans_list(int argc, char **argv)
     Args a;
     Err err = {0};
     if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans list", &err);
-    if (args_has(&a, "help") || a.npos) {
-        fprintf(stderr, "usage: strata plans list [--db PATH] [--json]\n");
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos)
+        return usage_for(&a, "strata plans list [--db PATH] [--json]", DB_OPTS);
     const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open(path, &err);
+    Db *db = db_open_existing(path, &err);
     if (!db) return fail(&err);
     DbPlan *rows;
     int n;
@@ -633,10 +671,15 @@ static int cmd_plans_list(int argc, char **argv)
         print_json(arr);
         cJSON_Delete(arr);
     } else {
-        printf("%-16s  %-18s  %-18s  %6s  %-16s  %s\n", "plan", "model", "cluster", "ranks",
+        int wm = 5, wc = 7;
+        for (int i = 0; i < n; i++) {
+            if ((int)strlen(rows[i].model_name) > wm) wm = (int)strlen(rows[i].model_name);
+            if ((int)strlen(rows[i].cluster_name) > wc) wc = (int)strlen(rows[i].cluster_name);
+        }
+        printf("%-16s  %-*s  %-*s  %6s  %-16s  %s\n", "plan", wm, "model", wc, "cluster", "ranks",
                "strategy", "created");
         for (int i = 0; i < n; i++)
-            printf("%-16s  %-18s  %-18s  %6d  %-16s  %s\n", rows[i].id, rows[i].model_name,
+            printf("%-16s  %-*s  %-*s  %6d  %-16s  %s\n", rows[i].id, wm, rows[i].model_name, wc,
                    rows[i].cluster_name, rows[i].world, rows[i].strategy_id, rows[i].created);
         if (!n) printf("(no plans in %s; `strata lower` stores one)\n", path);
     }
@@ -650,12 +693,10 @@ static int cmd_plans_show(int argc, char **argv)
     Args a;
     Err err = {0};
     if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans show", &err);
-    if (args_has(&a, "help") || a.npos != 1) {
-        fprintf(stderr, "usage: strata plans show ID [--db PATH] [--json]\n");
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata plans show ID [--db PATH] [--json]", DB_OPTS);
     const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open(path, &err);
+    Db *db = db_open_existing(path, &err);
     if (!db) return fail(&err);
     DbPlan p;
     int rc = db_plan_get(db, a.pos[0], &p, &err);
@@ -677,9 +718,9 @@ static int cmd_plans_show(int argc, char **argv)
         print_json(j);
         cJSON_Delete(j);
     } else {
-        printf("plan %s: model %s (%s) on cluster %s (%s), %d ranks, strategy %s, stored %s\n",
+        printf("plan %s: model %s (%s) on cluster %s (%s), %d %s, strategy %s, stored %s\n",
                p.id, p.model_name, p.model_id, p.cluster_name, p.cluster_id, p.world,
-               p.strategy_id, p.created);
+               plural(p.world, "rank", "ranks"), p.strategy_id, p.created);
         const cJSON *mesh = cJSON_GetObjectItemCaseSensitive(strategy, "mesh");
         const cJSON *it;
         printf("  mesh:");
@@ -688,15 +729,12 @@ static int cmd_plans_show(int argc, char **argv)
         const cJSON *cls = cJSON_GetObjectItemCaseSensitive(summary, "classes");
         int k = 0;
         cJSON_ArrayForEach(it, cls) {
-            const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(it, "ranks");
+            int nr = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(it, "ranks"));
             const cJSON *cb = cJSON_GetObjectItemCaseSensitive(it, "comm_bytes");
-            const cJSON *pk = cJSON_GetObjectItemCaseSensitive(it, "peak_mem_bytes");
-            const cJSON *ins = cJSON_GetObjectItemCaseSensitive(it, "instrs");
-            printf("  class %d: stage %d, %d ranks, %d instructions, peak memory %s\n", k++,
-                   cJSON_GetObjectItemCaseSensitive(it, "stage")->valueint,
-                   cJSON_GetArraySize(ranks),
-                   cJSON_GetObjectItemCaseSensitive(ins, "total")->valueint,
-                   bytes_h(pk ? pk->valuedouble : 0, (char[32]){0}, 32));
+            printf("  class %d: stage %.0f, %d %s, %.0f instructions, peak memory %s\n", k++,
+                   num(it, "stage"), nr, plural(nr, "rank", "ranks"),
+                   num(cJSON_GetObjectItemCaseSensitive(it, "instrs"), "total"),
+                   bytes_h(num(it, "peak_mem_bytes"), (char[32]){0}, 32));
             const cJSON *b;
             printf("    bytes per step:");
             cJSON_ArrayForEach(b, cb)
@@ -759,6 +797,13 @@ int main(int argc, char **argv)
         if (!COMMANDS[i].verb) return COMMANDS[i].fn(argc - 2, argv + 2);
         if (argc >= 3 && strcmp(argv[2], COMMANDS[i].verb) == 0)
             return COMMANDS[i].fn(argc - 3, argv + 3);
+    }
+    if (group_known && argc >= 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+        for (int i = 0; i < NCOMMANDS; i++)
+            if (strcmp(argv[1], COMMANDS[i].group) == 0)
+                printf("  strata %s %-8s %-36s %s\n", COMMANDS[i].group, COMMANDS[i].verb,
+                       COMMANDS[i].args, COMMANDS[i].help);
+        return 0;
     }
     if (group_known) {
         fprintf(stderr, "strata %s: unknown or missing subcommand%s%s; one of:", argv[1],

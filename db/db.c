@@ -316,16 +316,21 @@ err:
     return -1;
 }
 
-Db *db_open(const char *path, Err *err)
+static Db *open_db(const char *path, bool create, Err *err)
 {
     if (!path) {
         err_set(err, "no database path given");
         return NULL;
     }
+    if (!create && !is_memory_path(path) && access(path, F_OK) != 0) {
+        err_set(err, "%s: no strata database here (`strata lower` creates one)", path);
+        return NULL;
+    }
     Db *db = xcalloc(1, sizeof *db);
     db->path = xstrdup(path);
 
-    int rc = sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int rc = sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0),
+                             NULL);
     if (rc != SQLITE_OK) {
         explain_open_failure(path, rc, db->h, err);
         goto fail;
@@ -338,7 +343,19 @@ Db *db_open(const char *path, Err *err)
     }
     SQL_CHECK(sqlite3_busy_timeout(db->h, 5000));
 
-    /* The first statement that reads the file: a non-database fails here. */
+    /* The first statements read the file: a non-database fails here, and a
+     * database of something else (tables, but no strata schema version) is
+     * left exactly as it is. */
+    int version = 0, tables = 0;
+    if (query_int(db, "PRAGMA user_version", &version, err)) goto err;
+    if (query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", &tables, err))
+        goto err;
+    if (version == 0 && tables > 0) {
+        err_set(err, "%s: is a SQLite database of something else (it has %d table%s and no "
+                "strata schema); give strata a file of its own", path, tables,
+                tables == 1 ? "" : "s");
+        goto fail;
+    }
     sqlite3_stmt *st = NULL;
     SQL_CHECK(sqlite3_prepare_v2(db->h, "PRAGMA journal_mode = WAL", -1, &st, NULL));
     rc = sqlite3_step(st);
@@ -381,6 +398,16 @@ err:
 fail:
     db_close(db);
     return NULL;
+}
+
+Db *db_open(const char *path, Err *err)
+{
+    return open_db(path, true, err);
+}
+
+Db *db_open_existing(const char *path, Err *err)
+{
+    return open_db(path, false, err);
 }
 
 void db_close(Db *db)

@@ -18,6 +18,9 @@ typedef struct Db Db;
  * is not a database, or a schema newer than this build knows, is an error.
  * Caller closes with db_close. */
 Db *db_open(const char *path, Err *err);
+/* The same for commands that only read: a missing file is an error, not a
+ * new database. */
+Db *db_open_existing(const char *path, Err *err);
 void db_close(Db *db);
 int db_schema_version(Db *db);             /* PRAGMA user_version */
 

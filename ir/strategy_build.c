@@ -294,7 +294,18 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
 
     cJSON *params = cJSON_CreateObject();
     int shards = o.ps_shards ? o.ps_shards : (D < 4 ? D : 4);
-    if (o.compress || k == K_ZERO || k == K_PS) {
+    /* PowerSGD compresses matrices: 1-D params (biases, norms) stay uncompressed */
+    bool lowrank = o.compress && strncmp(o.compress, "powersgd", 8) == 0;
+    if (lowrank && k != K_PS) {
+        for (int t = 0; t < g->ntensors; t++) {
+            if (g->tensors[t].role != ROLE_PARAM || g->tensors[t].ndim < 2) continue;
+            cJSON *sy = cJSON_CreateObject();
+            cJSON_AddStringToObject(sy, "method", "allreduce");
+            cJSON_AddStringToObject(sy, "compress", o.compress);
+            add_param_sync(params, g->tensors[t].name, sy);
+        }
+    }
+    if ((o.compress && !lowrank) || k == K_ZERO || k == K_PS) {
         cJSON *e = cJSON_AddObjectToObject(params, "*");
         if (k == K_ZERO) {
             char name[8];
@@ -303,7 +314,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
         }
         if (k == K_PS) {
             cJSON_AddItemToObject(e, "sync", ps_sync(shards, o.staleness));
-        } else if (o.compress) {
+        } else if (o.compress && !lowrank) {
             cJSON *sy = cJSON_AddObjectToObject(e, "sync");
             cJSON_AddStringToObject(sy, "method", "allreduce");
             cJSON_AddStringToObject(sy, "compress", o.compress);

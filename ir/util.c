@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ----------------------------------------------------------------------------
  * JSON getters */
@@ -119,6 +120,12 @@ char *file_read(const char *path, size_t *len, Err *err)
     FILE *f = fopen(path, "rb");
     if (!f) {
         err_set(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat stt;
+    if (fstat(fileno(f), &stt) == 0 && S_ISDIR(stt.st_mode)) {
+        fclose(f);
+        err_set(err, "%s: is a directory, not a file", path);
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
