@@ -79,10 +79,21 @@ static int64_t local_bytes(const Shared *S, int t, const Layout *l)
     return n;
 }
 
+/* Axes of size 1 split nothing: they never appear in a layout, so no
+ * collective is lowered over a group of one rank. */
+static AxisMask live_axes(const Strategy *s)
+{
+    AxisMask m = 0;
+    for (int a = 0; a < s->naxes; a++)
+        if (s->axis_size[a] > 1) m |= 1 << a;
+    return m;
+}
+
 static Layout operand_layout(const Strategy *s, int op, const char *letters)
 {
     Layout l = {0};
-    for (int d = 0; letters[d]; d++) l.dim[d] = s->ops[op].split[letters[d] - 'a'];
+    AxisMask live = live_axes(s);
+    for (int d = 0; letters[d]; d++) l.dim[d] = s->ops[op].split[letters[d] - 'a'] & live;
     return l;
 }
 
@@ -98,7 +109,7 @@ static AxisMask axes_of_letters(const Strategy *s, int op, uint32_t letters)
     AxisMask m = 0;
     for (int l = 0; l < IR_LETTERS; l++)
         if (letters & (1u << l)) m |= s->ops[op].split[l];
-    return m;
+    return m & live_axes(s);
 }
 
 /* Statistics of a split reduction: how many small all-reduces, per phase.
@@ -197,17 +208,27 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
                     S->home[t] = S->of[i].in[k];
                     S->sync_axes[t] = p;
                     first = false;
-                } else if (p != S->sync_axes[t]) {
+                } else if (p != S->sync_axes[t] ||
+                           !layout_eq(&S->home[t], &S->of[i].in[k], g->tensors[t].ndim)) {
                     char a[64], b[64];
                     return err_set(err,
-                        "param %s: its uses by ops %s and %s leave gradients partial over "
-                        "different axes (%s vs %s); give both ops the same split",
+                        "param %s: ops %s and %s split it differently (its gradient would be "
+                        "partial over \"%s\" from one and \"%s\" from the other, or held in "
+                        "other shards); give both ops the same split of it",
                         g->tensors[t].name, g->ops[S->cons[S->cons_off[t]]].name, g->ops[i].name,
                         strategy_axes_name(s, S->sync_axes[t], a, sizeof a),
                         strategy_axes_name(s, p, b, sizeof b));
                 }
             }
         }
+        uint64_t st = S->stages_using[t];
+        const ParamPolicy *pp = &s->params[t];
+        if ((st & (st - 1)) && (pp->method == SYNC_PS || pp->shard != SHARD_NONE))
+            return err_set(err,
+                "param %s: used on several pipeline stages (a tied embedding), it is summed "
+                "across them with an all-reduce; %s is not supported for it yet: give it "
+                "{\"sync\": {\"method\": \"allreduce\"}, \"shard\": \"none\"}",
+                g->tensors[t].name, pp->method == SYNC_PS ? "a parameter server" : "ZeRO sharding");
     }
     return 0;
 }
@@ -728,6 +749,16 @@ static double update_flops(const Strategy *s)
     return s->optimizer == OPT_ADAM ? 12.0 : 4.0;   /* per element: Adam, SGD with momentum */
 }
 
+/* PowerSGD sees the local gradient as a matrix: its first dim by the rest. */
+static void powersgd_dims(const Shared *S, int t, int64_t *rows, int64_t *cols)
+{
+    const Tensor *T = &S->g->tensors[t];
+    const Layout *h = &S->home[t];
+    *rows = T->ndim ? T->shape[0] / S->gsize[h->dim[0]] : 1;
+    *cols = 1;
+    for (int d = 1; d < T->ndim; d++) *cols *= T->shape[d] / S->gsize[h->dim[d]];
+}
+
 /* The compressed size of a gradient sync payload of `bytes` for param t. */
 static int64_t compressed(const Shared *S, int t, int64_t bytes)
 {
@@ -738,13 +769,8 @@ static int64_t compressed(const Shared *S, int t, int64_t bytes)
     case COMPRESS_FP16: return elems * 2;
     case COMPRESS_INT8: return elems + 4;              /* codes plus one scale */
     case COMPRESS_POWERSGD: {
-        /* the gradient as a matrix: first dim by the rest; P (rows x r) and Q (cols x r) */
-        int64_t rows = T->ndim ? T->shape[0] : 1, n = 1;
-        for (int d = 0; d < T->ndim; d++) n *= T->shape[d];
-        int64_t frac = elems > 0 ? n / elems : 1;       /* local shard of the whole */
-        rows = rows / (frac > 0 ? frac : 1);
-        if (rows < 1) rows = 1;
-        int64_t cols = elems / rows;
+        int64_t rows, cols;
+        powersgd_dims(S, t, &rows, &cols);
         return (int64_t)pp->powersgd_rank * (rows + cols) * 4;
     }
     default: return bytes;
@@ -846,13 +872,14 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     } else if (ax) {
         if (!final) return;
         if (pp->compress == COMPRESS_POWERSGD) {
-            /* two small all-reduces: P = M Q, then Q = M^T P */
-            int64_t full = compressed(S, t, b), rows_part = full / 2;
+            /* two small all-reduces: P = M Q (rows x r), then Q = M^T P (cols x r) */
+            int64_t rows, cols;
+            powersgd_dims(S, t, &rows, &cols);
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
-                             rows_part, last, last.val);
+                             (int64_t)pp->powersgd_rank * rows * 4, last, last.val);
             L->pr->instrs[last.instr].compress = pp->compress;
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
-                             full - rows_part, last, last.val);
+                             (int64_t)pp->powersgd_rank * cols * 4, last, last.val);
         } else {
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                              compressed(S, t, b), last, last.val);
