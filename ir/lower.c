@@ -112,16 +112,18 @@ static AxisMask axes_of_letters(const Strategy *s, int op, uint32_t letters)
     return m & live_axes(s);
 }
 
-/* Statistics of a split reduction: how many small all-reduces, per phase.
- * Vocabulary-parallel cross-entropy (Megatron): max, target logit and sum of
- * exponentials in forward, none in backward. Synchronised batch norm: one
- * all-reduce of (sum, sum of squares) forward, one of (sum dy, sum dy*x) back. */
-static void stat_counts(OpKind k, int *fwd, int *bwd, int *per)
+/* Statistics of a split reduction: how many small all-reduces per phase, and
+ * their elements per statistic row, as the kernels make them. Vocabulary-
+ * parallel cross-entropy (Megatron): max, sum of exponentials and target
+ * logit in forward; the backward keeps no state, so it all-reduces max and
+ * sum again. Synchronised batch norm: one all-reduce of (sum, sum of squares)
+ * per channel forward, one of (sum x, sum x^2, sum dy, sum dy*x) backward. */
+static void stat_counts(OpKind k, int *fwd, int *bwd, int *per_fwd, int *per_bwd)
 {
     *fwd = *bwd = 0;
-    *per = 1;
-    if (k == OP_CROSS_ENTROPY) *fwd = 3;
-    if (k == OP_BATCHNORM) { *fwd = 1; *bwd = 1; *per = 2; }
+    *per_fwd = *per_bwd = 1;
+    if (k == OP_CROSS_ENTROPY) { *fwd = 3; *bwd = 2; }
+    if (k == OP_BATCHNORM) { *fwd = 1; *bwd = 1; *per_fwd = 2; *per_bwd = 4; }
 }
 
 static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -242,6 +244,23 @@ static void shared_free(Shared *S)
     free(S->sync_axes);
     free(S->stages_using);
     /* S->local moves into the plan */
+}
+
+static int group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask mask);
+
+Layout ir_operand_layout(const Graph *g, const Strategy *s, int op, int k)
+{
+    const Op *o = &g->ops[op];
+    if (k < o->nin) return operand_layout(s, op, o->in_letters[k]);
+    Layout l = operand_layout(s, op, o->out_letters);
+    uint32_t summed = o->letters_mask & ~letters_of(o->out_letters) & ~o->reduce_mask;
+    l.partial = axes_of_letters(s, op, summed);
+    return l;
+}
+
+int ir_group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask mask)
+{
+    return group_index(s, coord, mask);
 }
 
 /* Index of a rank (by its coordinates) within its group along the axes in mask. */
@@ -575,12 +594,12 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     int32_t c = emit_compute(L, i, op->out, PH_FWD, mb, f->cost.flops[COST_FWD],
                              f->cost.bytes[COST_FWD], recompute, deps, op->nin, args, op->nin + 1);
     emit_mem(L, I_ALLOC, args[0], c);
-    int nf, nb, per;
-    stat_counts(op->kind, &nf, &nb, &per);
+    int nf, nb, pf, pb;
+    stat_counts(op->kind, &nf, &nb, &pf, &pb);
     if (f->stat_axes)
         for (int r = 0; r < nf; r++)
             c = emit(L, I_ALLREDUCE, PH_FWD, WHY_STATS, f->stat_axes, i, op->out, mb,
-                     f->stat_elems * per * 4, &c, 1, args, 1);
+                     f->stat_elems * pf * 4, &c, 1, args, 1);
     release_gathers(L, gathered, ng, c);
 
     /* the backward reads what the forward read and wrote */
@@ -1017,12 +1036,12 @@ static void backward_op(Low *L, int i, int mb)
         }
         int32_t c = emit_compute(L, i, t_out, PH_BWD_DATA, mb, f->cost.flops[COST_BWD_DATA],
                                  f->cost.bytes[COST_BWD_DATA], false, deps, nd, args, 2 + 2 * nin);
-        int nf, nb, per;
-        stat_counts(op->kind, &nf, &nb, &per);
+        int nf, nb, pf, pb;
+        stat_counts(op->kind, &nf, &nb, &pf, &pb);
         if (f->stat_axes)
             for (int r = 0; r < nb; r++)
                 c = emit(L, I_ALLREDUCE, PH_BWD_DATA, WHY_STATS, f->stat_axes, i, t_out, mb,
-                         f->stat_elems * per * 4, &c, 1, args + 1, 1);
+                         f->stat_elems * pb * 4, &c, 1, args + 1, 1);
         last = (Ref){ c, -1 };
         for (int k = 0; k < nin; k++) {
             if (grads[k] < 0) continue;

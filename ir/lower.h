@@ -140,6 +140,13 @@ typedef struct {
     int64_t (*local)[IR_LETTERS];  /* per op: local letter sizes of one micro-batch */
 } Plan;
 
+/* The layout operand k of op i must arrive in (k == nin: the output's layout
+ * as the op computes it, partial axes included). Axes of size 1 never appear. */
+Layout ir_operand_layout(const Graph *g, const Strategy *s, int op, int k);
+/* Index of a rank (by its mesh coordinates) in its group along the axes in
+ * mask: row-major over those axes in mesh order. */
+int ir_group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask mask);
+
 /* Lowers every class of the plan. Caller frees with plan_free. */
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
 void plan_free(Plan *p);

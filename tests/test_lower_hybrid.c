@@ -512,7 +512,7 @@ static void check_sp(const Graph *g, const Strategy *s, const Plan *p, GptShape 
     assert_int_equal(gcount(pr, s, I_REDUCE_SCATTER, WHY_RESHARD), 4 * x.l + 2);
     assert_int_equal(gbytes(pr, s, I_ALLREDUCE, WHY_RESHARD), 0);
     assert_int_equal(gbytes(pr, s, I_ALL_TO_ALL, WHY_COUNT), 0);
-    assert_int_equal(gbytes(pr, s, I_ALLREDUCE, WHY_STATS), 3LL * x.B * x.s * 4);
+    assert_int_equal(gbytes(pr, s, I_ALLREDUCE, WHY_STATS), 5LL * x.B * x.s * 4);
     /* per layer ln1, ln2 (g, b), attn.bo, mlp.b2; plus ln_f */
     int64_t h = x.h;
     assert_int_equal(gbytes(pr, s, I_ALLREDUCE, WHY_GRAD_SYNC), (6 * x.l * h + 2 * h) * 4);
@@ -712,7 +712,7 @@ static void test_dp_tp_pp(void **state)
         assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), sync);
         assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_RESHARD), m * (4 * L2 + 1) * bsh);
         assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_STATS),
-                         st == P - 1 ? 3LL * m * (x.B / (D * m)) * x.s * 4 : 0);
+                         st == P - 1 ? 5LL * m * (x.B / (D * m)) * x.s * 4 : 0);
         assert_int_equal(program_comm_bytes(pr, I_SEND, WHY_PIPELINE), m * bsh);
         for (int i = 0; i < pr->ninstrs; i++) {
             const Instr *in = &pr->instrs[i];
@@ -1199,7 +1199,7 @@ static void test_resnet_dp_syncbn(void **state)
     for (int i = 0; i < g->nops; i++)
         if (g->ops[i].kind == OP_BATCHNORM) {
             nbn++;
-            stats += 2 * 2 * g->ops[i].size['c' - 'a'] * 4;
+            stats += (2 + 4) * g->ops[i].size['c' - 'a'] * 4;   /* sum, sumsq forward; 4 sums backward */
         }
     assert_int_equal(nbn, 53);
     assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g));
