@@ -20,23 +20,42 @@ endif
 # --- optional features, detected and reported -------------------------------
 CUDA_HOME ?= /usr/local/cuda
 HAVE_CUDA := $(shell test -x $(CUDA_HOME)/bin/nvcc && echo 1 || echo 0)
-HAVE_NCCL := $(shell test -f $(CUDA_HOME)/include/nccl.h && echo 1 || echo 0)
+# NCCL counts only with CUDA: its backend needs the runtime too
+HAVE_NCCL := $(shell test $(HAVE_CUDA) = 1 && test -f $(CUDA_HOME)/include/nccl.h && \
+               ls $(CUDA_HOME)/lib64/libnccl.so* >/dev/null 2>&1 && echo 1 || echo 0)
 HAVE_MPI  := $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
 FEATURES  := HAVE_CUDA=$(HAVE_CUDA) HAVE_NCCL=$(HAVE_NCCL) HAVE_MPI=$(HAVE_MPI)
 ifeq ($(HAVE_MPI),1)
   CFLAGS  += -DHAVE_MPI $(shell mpicc --showme:compile)
   LDLIBS  += $(shell mpicc --showme:link)
 endif
+# rpath: the CUDA libraries are found at run time without LD_LIBRARY_PATH
+ifeq ($(HAVE_CUDA),1)
+  CFLAGS  += -DHAVE_CUDA -I$(CUDA_HOME)/include
+  CUDA_LIBS := -lcudart
+  ifeq ($(HAVE_NCCL),1)
+    CFLAGS  += -DHAVE_NCCL
+    CUDA_LIBS := -lnccl $(CUDA_LIBS)
+  endif
+  LDLIBS  += -L$(CUDA_HOME)/lib64 $(CUDA_LIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
 
 # --- sources ----------------------------------------------------------------
 LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
+# tests/mpi_*.c: built like the others, run under mpirun by scripts/run-tests.sh
+MPI_TEST_SRC := $(wildcard tests/mpi_*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+MPI_TESTS:= $(MPI_TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# without mpicc they are not built, and run-tests.sh says they are skipped
+ifeq ($(HAVE_MPI),1)
+  MPI_BUILD := $(MPI_TESTS)
+endif
 BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libstrata.a
 STRATA   := $(BUILD)/strata
@@ -72,8 +91,8 @@ export STRATA_BIN := $(abspath $(STRATA))
 export STRATA_ROOT := $(abspath .)
 
 test: setup
-	@$(MAKE) --no-print-directory all $(TESTS)
-	@sh scripts/run-tests.sh $(TESTS)
+	@$(MAKE) --no-print-directory all $(TESTS) $(MPI_BUILD)
+	@sh scripts/run-tests.sh $(TESTS) $(MPI_TESTS)
 
 demo: setup
 	@$(MAKE) --no-print-directory all

@@ -10,7 +10,9 @@
 #include <time.h>
 
 #include "args.h"
+#include "commands.h"
 #include "db/db.h"
+#include "executor/blas.h"
 #include "ir/cluster.h"
 #include "ir/graph.h"
 #include "ir/lower.h"
@@ -768,6 +770,9 @@ static const Command COMMANDS[] = {
     { "lower", NULL, cmd_lower, "--model F --cluster F --strategy F", "per-rank programs" },
     { "plans", "list", cmd_plans_list, "[--db PATH] [--json]", "stored plans" },
     { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]", "one stored plan" },
+    { "run", NULL, cmd_run, "--model F --strategy F [--verify]", "train the plan for real" },
+    { "runs", "list", cmd_runs_list, "[--db PATH] [--json]", "stored runs" },
+    { "runs", "show", cmd_runs_show, "ID [--db PATH] [--json]", "one run's measurements" },
 };
 #define NCOMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -785,6 +790,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    blas_fix_coretype(argv);
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);

@@ -830,3 +830,174 @@ void db_plan_list_free(DbPlan *rows, int n)
     for (int i = 0; i < n; i++) db_plan_free(&rows[i]);
     free(rows);
 }
+
+/* ----------------------------------------------------------------------------
+ * Runs */
+
+int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(r->id, "run", err) || check_id(r->plan_id, "plan", err))
+        return err_prefix(err, "storing run %.16s", r->id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO runs (id, plan_id, backend, world, steps, status, started, finished,"
+        " verify_json) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "), ?)", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 4, r->world));
+    SQL_CHECK(sqlite3_bind_int(st, 5, r->steps));
+    SQL_CHECK(sqlite3_bind_text(st, 6, r->status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 7, r->started, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 8, r->finished, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 9, r->verify_json, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO run_steps (run_id, step, rank, loss, step_s, compute_s, comm_s, idle_s)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+    for (int i = 0; i < nsteps; i++) {
+        const DbRunStep *x = &steps[i];
+        SQL_CHECK(sqlite3_reset(st));
+        SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_int(st, 2, x->step));
+        SQL_CHECK(sqlite3_bind_int(st, 3, x->rank));
+        SQL_CHECK(sqlite3_bind_double(st, 4, x->loss));
+        SQL_CHECK(sqlite3_bind_double(st, 5, x->step_s));
+        SQL_CHECK(sqlite3_bind_double(st, 6, x->compute_s));
+        SQL_CHECK(sqlite3_bind_double(st, 7, x->comm_s));
+        SQL_CHECK(sqlite3_bind_double(st, 8, x->idle_s));
+        SQL_STEP_DONE(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "plan %s is not stored; store it before its runs", r->plan_id);
+    return err_prefix(err, "storing run %s", r->id);
+}
+
+#define RUN_SELECT                                                                  \
+    "SELECT r.id, r.plan_id, r.backend, r.world, r.steps, r.status, r.started,"     \
+    " r.finished, r.verify_json, m.name FROM runs r JOIN plans p ON p.id = r.plan_id" \
+    " JOIN models m ON m.id = p.model_id"
+
+static void read_run(sqlite3_stmt *st, DbRun *r)
+{
+    memset(r, 0, sizeof *r);
+    col_id(st, 0, r->id);
+    col_id(st, 1, r->plan_id);
+    r->backend = col_str(st, 2);
+    r->world = sqlite3_column_int(st, 3);
+    r->steps = sqlite3_column_int(st, 4);
+    r->status = col_str(st, 5);
+    r->started = col_str(st, 6);
+    r->finished = col_str(st, 7);
+    r->verify_json = col_str(st, 8);
+    r->model_name = col_str(st, 9);
+}
+
+int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nsteps, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char full[17];
+    memset(out, 0, sizeof *out);
+    *steps = NULL;
+    *nsteps = 0;
+    DbRunStep *a = NULL;
+    int cnt = 0, cap = 0;
+    int r = resolve_id(db, "runs", "run", id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, RUN_SELECT " WHERE r.id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc == SQLITE_DONE ? SQLITE_ERROR : rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    read_run(st, out);
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "SELECT step, rank, loss, step_s, compute_s, comm_s, idle_s FROM run_steps"
+        " WHERE run_id = ? ORDER BY step, rank", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 64;
+            a = xrealloc(a, (size_t)cap * sizeof *a);
+        }
+        a[cnt++] = (DbRunStep){ sqlite3_column_int(st, 0), sqlite3_column_int(st, 1),
+                                sqlite3_column_double(st, 2), sqlite3_column_double(st, 3),
+                                sqlite3_column_double(st, 4), sqlite3_column_double(st, 5),
+                                sqlite3_column_double(st, 6) };
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    sqlite3_finalize(st);
+    *steps = a;
+    *nsteps = cnt;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    free(a);
+    db_run_free(out);
+    return err_prefix(err, "reading run %s", id);
+}
+
+int db_run_list(Db *db, DbRun **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    DbRun *a = NULL;
+    int cnt = 0, cap = 0, rc;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, RUN_SELECT " ORDER BY r.finished DESC, r.rowid DESC", -1,
+                                 &st, NULL));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            a = xrealloc(a, (size_t)cap * sizeof *a);
+        }
+        read_run(st, &a[cnt++]);
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    sqlite3_finalize(st);
+    *rows = a;
+    *n = cnt;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    db_run_list_free(a, cnt);
+    return err_prefix(err, "listing runs");
+}
+
+void db_run_free(DbRun *r)
+{
+    if (!r) return;
+    free(r->backend);
+    free(r->status);
+    free(r->started);
+    free(r->finished);
+    free(r->verify_json);
+    free(r->model_name);
+    r->backend = r->status = r->started = r->finished = r->verify_json = r->model_name = NULL;
+}
+
+void db_run_list_free(DbRun *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_run_free(&rows[i]);
+    free(rows);
+}

@@ -55,6 +55,32 @@ typedef struct {
     char *created;
 } DbPlan;
 
+typedef struct {
+    int step, rank;
+    double loss, step_s, compute_s, comm_s, idle_s;
+} DbRunStep;
+
+typedef struct {
+    char id[17];           /* random per run */
+    char plan_id[17];
+    char *backend;         /* "cpu", "cuda" */
+    int world, steps;
+    char *status;          /* "ok", "verify failed", "failed" */
+    char *started, *finished;
+    char *verify_json;     /* NULL without --verify */
+    char *model_name;      /* filled by get/list */
+} DbRun;
+
+/* Stores a run and its per-step, per-rank measurements in one transaction.
+ * The plan must be stored first. */
+int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err);
+/* Gets a run by id or unique prefix, with its steps (*steps: *nsteps rows,
+ * caller frees with free). Returns 1 when not found. */
+int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nsteps, Err *err);
+int db_run_list(Db *db, DbRun **rows, int *n, Err *err);
+void db_run_free(DbRun *r);
+void db_run_list_free(DbRun *rows, int n);
+
 /* Inserts or, when the id exists, leaves the stored row as it is (ids are
  * content hashes: same id, same content). A plan's summary, which depends on
  * the lowering rather than the content, is replaced. */

@@ -21,6 +21,7 @@ typedef enum { RED_SUM, RED_MAX } RedOp;
 typedef enum { CT_F32, CT_F16, CT_BF16, CT_I32, CT_BYTE } CommType;
 
 typedef struct CommGroup CommGroup;     /* backend-defined */
+typedef struct CommReq CommReq;         /* a send in flight (backend-defined) */
 typedef struct Comm Comm;               /* one process's communication state */
 
 typedef struct {
@@ -39,9 +40,19 @@ typedef struct {
     /* block j of send (count each) goes to member j; block i of recv came from member i */
     int (*all_to_all)(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt, Err *err);
     int (*broadcast)(CommGroup *g, void *buf, int64_t count, CommType dt, int root, Err *err);
-    /* point to point with the member at group index `peer`; tag orders them */
+    /* point to point with the member at group index `peer`; tag orders them.
+     * send returns when buf may be reused and may wait for the matching recv. */
     int (*send)(CommGroup *g, const void *buf, int64_t count, CommType dt, int peer, int tag, Err *err);
     int (*recv)(CommGroup *g, void *buf, int64_t count, CommType dt, int peer, int tag, Err *err);
+    /* Starts the same send as `send` and returns at once: buf must stay
+     * unchanged until wait(*req), which every isend needs before its group is
+     * freed. *req may be NULL (the send completed already). */
+    int (*isend)(CommGroup *g, const void *buf, int64_t count, CommType dt, int peer, int tag,
+                 CommReq **req, Err *err);
+    /* Completes the send of req and frees req (NULL: nothing to do). */
+    int (*wait)(CommReq *req, Err *err);
+    /* Releases the backend state and c itself; comm_free calls it. */
+    void (*destroy)(Comm *c);
 } CommOps;
 
 struct Comm {
@@ -55,6 +66,7 @@ struct Comm {
 Comm *comm_mpi_new(Err *err);
 /* NCCL on the current CUDA device; bootstraps over MPI. */
 Comm *comm_nccl_new(Err *err);
+/* Frees c (NULL is fine). Free its groups first; call it before MPI_Finalize. */
 void comm_free(Comm *c);
 
 #endif

@@ -51,4 +51,60 @@ int k_route_fwd(const KernelShape *ks, const void *const *in, float *out, Err *e
 int k_route_bwd(const KernelShape *ks, const void *const *in, const float *out,
                 const float *dout, float *const *din, Err *err);
 
+/* --- helpers shared by the kernel files (kernels.c; k_contract* in k_contract.c)
+ * Buffers are row-major over their letters; a letter's stride array holds 0
+ * for letters the buffer lacks, so broadcasting and summing fall out of the
+ * same loops. Letters of size 1 take no part in any loop. */
+
+/* Elements of a buffer with these letters at these sizes. */
+int64_t k_numel(const char *letters, const int64_t size[IR_LETTERS]);
+/* Row-major strides of `letters` into st (0 for every other letter). */
+void k_strides(const char *letters, const int64_t size[IR_LETTERS], int64_t st[IR_LETTERS]);
+
+/* A nest of loops over letters, for up to K_MAXOPS buffers at once. Adjacent
+ * letters merge into one loop wherever every buffer's strides allow, and the
+ * innermost loop is left to the caller (count `inner`, strides `ist`):
+ *     KLoop lp;
+ *     kloop_init(&lp, "bsh", size, 2, (const int64_t *const[]){sd, ss});
+ *     do { for (i < lp.inner) d[lp.off[0] + i*lp.ist[0]] ...; } while (kloop_next(&lp));
+ * The body runs once even when no letter is left (inner == 1). */
+#define K_MAXOPS 3
+typedef struct {
+    int n, nops;                         /* outer loops; buffers */
+    int64_t cnt[IR_LETTERS], idx[IR_LETTERS];
+    int64_t st[K_MAXOPS][IR_LETTERS];
+    int64_t off[K_MAXOPS];               /* offset of each buffer in this iteration */
+    int64_t inner;                       /* innermost count and strides */
+    int64_t ist[K_MAXOPS];
+} KLoop;
+void kloop_init(KLoop *lp, const char *order, const int64_t size[IR_LETTERS], int nops,
+                const int64_t *const st[]);
+bool kloop_next(KLoop *lp);
+
+/* dst = (acc ? dst : 0) + alpha * src, where src's letters missing from dst
+ * are summed and dst's letters missing from src are broadcast. Any letter
+ * order on either side (a permutation copy is the case of equal letters). */
+void k_map(float *dst, const char *dl, const float *src, const char *sl,
+           const int64_t size[IR_LETTERS], float alpha, bool acc);
+
+/* c = (acc ? c : 0) + einsum(a, b): the product summed over the letters of a
+ * and b missing from c; letters of c in neither are broadcast. k_contract3 is
+ * the same for three operands (it contracts the cheapest pair first). Returns
+ * -1 only when scratch memory cannot be had or a size exceeds BLAS ints. */
+int k_contract2(float *c, const char *lc, const float *a, const char *la, const float *b,
+                const char *lb, const int64_t size[IR_LETTERS], bool acc, Err *err);
+int k_contract3(float *c, const char *lc, const float *const x[3], const char *const lx[3],
+                const int64_t size[IR_LETTERS], bool acc, Err *err);
+
+/* Tuning of k_contract2, global so tests can force each path:
+ * contractions with fewer than k_gemm_min_work multiply-adds per GEMM call
+ * (M*N*K) run as plain loops; a role (M, N or K) whose letters merge into a
+ * GEMM dimension only in pieces keeps its largest piece in the GEMM and loops
+ * over the rest when that piece has k_gemm_min_run elements or more, and
+ * otherwise copies the operand into GEMM order. */
+extern int64_t k_gemm_min_work, k_gemm_min_run;
+
+/* Scratch from malloc, or NULL with err naming the op and the size. */
+float *k_scratch(int64_t n, const char *what, Err *err);
+
 #endif

@@ -646,15 +646,21 @@ static const OptDef vgg_opts[] = {
     {"batch", 'i', "32", 1, 1 << 24, NULL, "global batch size"},
     {"image", 'i', "224", 32, 1 << 16, NULL, "image height and width"},
     {"classes", 'i', "1000", 1, 1 << 24, NULL, "output classes"},
+    {"width", 'i', "64", 1, 1 << 16, NULL, "channels of the first stage (then 2x, 4x, 8x, 8x)"},
+    {"fc", 'i', "4096", 1, 1 << 24, NULL, "width of the two hidden fully-connected layers"},
     {"dtype", 'c', "f32", 0, 0, "f32|bf16|f16", "dtype of params and activations"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 
+/* VGG-16; --width and --fc shrink it to a VGG-style network of the same shape. */
 static int build_vgg16(Builder *b, const Opts *o, Err *err)
 {
     (void)err;
-    static const int convs[5] = {2, 2, 3, 3, 3}, width[5] = {64, 128, 256, 512, 512};
+    static const int convs[5] = {2, 2, 3, 3, 3}, scale[5] = {1, 2, 4, 8, 8};
     int64_t B = opt_i(o, "batch"), S = opt_i(o, "image"), K = opt_i(o, "classes");
+    int64_t W = opt_i(o, "width"), F = opt_i(o, "fc");
+    int64_t width[5];
+    for (int st = 0; st < 5; st++) width[st] = W * scale[st];
     int x = b_tensor_abs(b, "image", ROLE_INPUT, b->dt, SHAPE(B, 3, S, S));
     int y = b_tensor_abs(b, "labels", ROLE_LABEL, DT_I32, SHAPE(B));
     for (int st = 0; st < 5; st++) {
@@ -676,19 +682,19 @@ static int build_vgg16(Builder *b, const Opts *o, Err *err)
     }
     /* the classifier reads the feature map directly: no reshape */
     b_scope(b, 5, "blocks.%d.");
-    int w = b_param(b, "fc.w", SHAPE(dim(b, x, 1), dim(b, x, 2), dim(b, x, 3), 4096));
+    int w = b_param(b, "fc.w", SHAPE(dim(b, x, 1), dim(b, x, 2), dim(b, x, 3), F));
     x = b_op(b, "fc", OP_MATMUL, "nchw,chwf->nf", NOATTR, IN(x, w));
-    int pb = b_param(b, "fc.b", SHAPE(4096));
+    int pb = b_param(b, "fc.b", SHAPE(F));
     x = b_op(b, "fc_bias", OP_BIAS, "nf,f->nf", NOATTR, IN(x, pb));
     x = b_op(b, "relu", OP_RELU, "nf->nf", NOATTR, IN(x));
     b_scope(b, 6, "blocks.%d.");
-    w = b_param(b, "fc.w", SHAPE(4096, 4096));
+    w = b_param(b, "fc.w", SHAPE(F, F));
     x = b_op(b, "fc", OP_MATMUL, "nf,fg->ng", NOATTR, IN(x, w));
-    pb = b_param(b, "fc.b", SHAPE(4096));
+    pb = b_param(b, "fc.b", SHAPE(F));
     x = b_op(b, "fc_bias", OP_BIAS, "nf,f->nf", NOATTR, IN(x, pb));
     x = b_op(b, "relu", OP_RELU, "nf->nf", NOATTR, IN(x));
     b_scope(b, 7, "blocks.%d.");
-    w = b_param(b, "fc.w", SHAPE(4096, K));
+    w = b_param(b, "fc.w", SHAPE(F, K));
     x = b_op(b, "fc", OP_MATMUL, "nf,fk->nk", NOATTR, IN(x, w));
     pb = b_param(b, "fc.b", SHAPE(K));
     x = b_op(b, "fc_bias", OP_BIAS, "nk,k->nk", NOATTR, IN(x, pb));

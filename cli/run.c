@@ -1,0 +1,678 @@
+/*
+ * run.c — `strata run`: train a plan for real, on every rank of an MPI job,
+ * and `strata runs list|show`.
+ *
+ * Without mpirun around it, `strata run` starts `mpirun -np W` on itself for
+ * the plan's world size (arguments passed as an argv list, never through a
+ * shell). Every rank lowers the same plan, runs its class's program, and
+ * rank 0 prints, checks (--verify) and stores the run.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "commands.h"
+#include "db/db.h"
+#include "executor/comm.h"
+#include "executor/runtime.h"
+#include "ir/cluster.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/util.h"
+
+#ifdef HAVE_MPI
+#include <mpi.h>
+#endif
+
+#define EXIT_USAGE 2
+
+static const OptSpec RUN_OPTS[] = {
+    { "model", 0, true, "FILE  model JSON (required)" },
+    { "strategy", 0, true, "FILE  strategy JSON (required)" },
+    { "cluster", 0, true, "FILE  cluster JSON (default: this machine, one device per rank)" },
+    { "nodes", 0, true, "N  nodes of the cluster template" },
+    { "steps", 0, true, "N  training steps (default 5)" },
+    { "backend", 0, true, "cpu|cuda  kernels and communication (default cpu)" },
+    { "verify", 0, false, "also run on one rank and compare losses and final params" },
+    { "seed", 0, true, "S  seed of params and data (default 1)" },
+    { "lr", 0, true, "X  learning rate (default 1e-3)" },
+    { "db", 0, true, "PATH  store the run here (default strata.db)" },
+    { "no-store", 0, false, "do not store the run" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+static const char *USAGE = "strata run --model FILE --strategy FILE [--cluster FILE] [--steps N] "
+                           "[--backend cpu|cuda] [--verify] [--db PATH]";
+
+static bool under_mpirun(void)
+{
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+/* Starts `mpirun -np W` on this same binary with the same arguments. */
+static int relaunch(int world, int argc, char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "strata run: cannot find my own executable: %s\n", strerror(errno));
+        return 1;
+    }
+    self[n] = 0;
+    char np[16];
+    snprintf(np, sizeof np, "%d", world);
+    char **av = xcalloc((size_t)argc + 8, sizeof *av);
+    int k = 0;
+    av[k++] = "mpirun";
+    av[k++] = "-np";
+    av[k++] = np;
+    /* more ranks than cores is fine for correctness runs on a small machine */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && world > cores) av[k++] = "--oversubscribe";
+    av[k++] = self;
+    av[k++] = "run";
+    for (int i = 0; i < argc; i++) av[k++] = argv[i];
+    av[k] = NULL;
+    if (geteuid() == 0) {   /* Open MPI refuses root unless told twice */
+        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    }
+    fflush(NULL);
+    execvp("mpirun", av);
+    fprintf(stderr, "strata run: cannot start mpirun (%s); install openmpi-bin, or start "
+                    "`mpirun -np %d strata run ...` yourself\n", strerror(errno), world);
+    free(av);
+    return 1;
+}
+
+/* A cluster of this machine: one CPU device per rank. */
+static Cluster *local_cluster(int world, Err *err)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGE_SIZE);
+    double mem = pages > 0 && psize > 0 ? (double)pages * psize : 8e9;
+    char js[1024];
+    snprintf(js, sizeof js,
+             "{\"name\":\"localhost\",\"devices\":[{\"name\":\"cpu-core\",\"kind\":\"cpu\","
+             "\"peak_tflops\":{\"f32\":0.1},\"memory_gib\":%.3f,\"memory_bw_gbps\":10}],"
+             "\"levels\":[{\"name\":\"rank\",\"count\":%d,\"link\":\"shm\",\"bw_gbps\":10,"
+             "\"latency_us\":1}]}", mem / world / (1 << 30), world);
+    cJSON *j = cJSON_Parse(js);
+    Cluster *c = cluster_from_json(j, 0, err);
+    cJSON_Delete(j);
+    return c;
+}
+
+static double rel_diff(double a, double b)
+{
+    double d = fabs(a - b), m = fmax(fabs(a), fabs(b));
+    return m > 0 ? d / m : 0;
+}
+
+/* The tolerance --verify holds a plan to: exact-order fp32 plans agree to
+ * rounding; compressed or stale ones only approximately. */
+static double verify_tolerance(const Graph *g, const Strategy *s, const char **why)
+{
+    double tol = 1e-5;
+    *why = "fp32, exact order up to summation";
+    for (int t = 0; t < g->ntensors; t++) {
+        if (g->tensors[t].role != ROLE_PARAM) continue;
+        const ParamPolicy *pp = &s->params[t];
+        if (pp->compress == COMPRESS_FP16 && tol < 1e-2) { tol = 1e-2; *why = "fp16-compressed gradients"; }
+        if (pp->compress == COMPRESS_INT8 && tol < 5e-2) { tol = 5e-2; *why = "int8-compressed gradients"; }
+        if (pp->compress == COMPRESS_POWERSGD && tol < 0.2) { tol = 0.2; *why = "low-rank (PowerSGD) gradients"; }
+        if (pp->method == SYNC_PS && pp->staleness > 0 && tol < 0.2) { tol = 0.2; *why = "stale parameter-server pulls"; }
+    }
+    return tol;
+}
+
+#ifdef HAVE_MPI
+
+typedef struct {
+    Graph *g;
+    Cluster *c;
+    Strategy *s;
+    Plan *p;
+} Loaded;
+
+static void loaded_free(Loaded *l)
+{
+    plan_free(l->p);
+    strategy_free(l->s);
+    cluster_free(l->c);
+    graph_free(l->g);
+}
+
+/* The one-rank reference: the same model and data on a single device. */
+static int reference_run(const Loaded *par, Comm *world, const RunConfig *cfg, int steps,
+                         double *losses, float **params, Err *err)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddItemToObject(cJSON_AddObjectToObject(j, "mesh"), "dp", cJSON_CreateNumber(1));
+    cJSON_AddStringToObject(j, "optimizer", par->s->optimizer == OPT_ADAM ? "adam" : "sgd");
+    Strategy *s = strategy_from_json(j, par->g, NULL, err);
+    cJSON_Delete(j);
+    if (!s) return -1;
+    Plan *p = ir_lower(par->g, NULL, s, err);
+    int rc = p ? 0 : -1;
+    /* a world of one: the backend's ops, no group is ever made */
+    Comm self = { 0 };
+    Runtime *rt = NULL;
+    if (!rc) {
+        self.ops = world->ops;
+        self.rank = 0;
+        self.world = 1;
+        self.impl = world->impl;
+        rt = rt_new(par->g, s, p, &self, cfg, err);
+        if (!rt) rc = -1;
+    }
+    for (int st = 0; st < steps && !rc; st++) {
+        StepStat ss;
+        rc = rt_step(rt, st, &ss, err);
+        losses[st] = ss.loss;
+    }
+    for (int t = 0; t < par->g->ntensors && !rc; t++)
+        if (params[t]) rc = rt_gather_param(rt, t, params[t], err);
+    rt_free(rt);
+    plan_free(p);
+    strategy_free(s);
+    if (rc) err_prefix(err, "the one-rank reference run");
+    return rc;
+}
+
+static void random_id(char out[17])
+{
+    uint64_t x = (uint64_t)time(NULL) * 6364136223846793005ULL ^ (uint64_t)getpid() * 1442695040888963407ULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL;
+    snprintf(out, 17, "%016llx", (unsigned long long)x);
+}
+
+static void iso_now(char *buf, int n)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int store_run(const char *path, const Loaded *L, const char *backend, int steps,
+                     const StepStat *all, const char *status, const char *started,
+                     cJSON *verify, Err *err)
+{
+    Db *db = db_open(path, err);
+    if (!db) return -1;
+    GraphStats gs;
+    int rc = graph_stats(L->g, &gs, err);
+    if (rc) {
+        db_close(db);
+        return -1;
+    }
+    cJSON *gj = graph_to_json(L->g), *cj = cluster_to_json(L->c);
+    Err e2;
+    cJSON *sum = plan_summary_json(L->p, L->s);
+    char *gt = cJSON_PrintUnformatted(gj), *ct = cJSON_PrintUnformatted(cj);
+    char *stxt = cJSON_PrintUnformatted(L->s->canonical), *sumt = cJSON_PrintUnformatted(sum);
+    char *vt = verify ? cJSON_PrintUnformatted(verify) : NULL;
+    DbModel m = { .name = L->g->name, .json = gt, .params = gs.params, .train_flops = gs.train_flops };
+    graph_id(L->g, m.id);
+    DbCluster dc = { .name = L->c->name, .json = ct, .ndevices = L->c->ndevices };
+    cluster_id(L->c, dc.id);
+    DbPlan dp = { .strategy_json = stxt, .summary_json = sumt, .world = L->p->world };
+    memcpy(dp.model_id, m.id, 17);
+    memcpy(dp.cluster_id, dc.id, 17);
+    memcpy(dp.strategy_id, L->s->id, 17);
+    char key[64];
+    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, L->s->id);
+    hash_hex(key, strlen(key), dp.id);
+    DbRun r = { .backend = (char *)backend, .world = L->p->world, .steps = steps,
+                .status = (char *)status, .started = (char *)started, .verify_json = vt };
+    random_id(r.id);
+    memcpy(r.plan_id, dp.id, 17);
+    int n = steps * L->p->world;
+    DbRunStep *rows = xmalloc(sizeof *rows * (size_t)(n ? n : 1));
+    for (int st = 0; st < steps; st++)
+        for (int k = 0; k < L->p->world; k++) {
+            const StepStat *x = &all[(size_t)st * L->p->world + k];
+            rows[st * L->p->world + k] = (DbRunStep){ st, k, x->loss, x->step_s, x->compute_s,
+                                                      x->comm_s, x->idle_s };
+        }
+    rc = db_model_put(db, &m, err);
+    if (!rc) rc = db_cluster_put(db, &dc, err);
+    if (!rc) rc = db_plan_put(db, &dp, err);
+    if (!rc) rc = db_run_put(db, &r, rows, n, err);
+    if (!rc) printf("stored as run %s (plan %s) in %s\n", r.id, dp.id, path);
+    free(rows);
+    cJSON_free(gt);
+    cJSON_free(ct);
+    cJSON_free(stxt);
+    cJSON_free(sumt);
+    cJSON_free(vt);
+    cJSON_Delete(gj);
+    cJSON_Delete(cj);
+    cJSON_Delete(sum);
+    graph_stats_free(&gs);
+    db_close(db);
+    (void)e2;
+    return rc;
+}
+
+/* Everything after MPI_Init; returns the exit status (the same on every rank). */
+static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool verify)
+{
+    Err err = {0};
+    int rank = 0, world = 1, rc = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    Loaded L = {0};
+    Comm *comm = NULL;
+    Runtime *rt = NULL;
+    StepStat *mine = NULL, *all = NULL;
+    double *ref_loss = NULL;
+    float **ref_params = NULL, **par_params = NULL;
+    cJSON *vj = NULL;
+    char started[32];
+    iso_now(started, sizeof started);
+
+    int64_t nodes = 0;
+    args_int(a, "nodes", 1, 1 << 20, &nodes, &err);
+    L.g = graph_load(args_get(a, "model"), &err);
+    if (L.g && args_get(a, "cluster")) L.c = cluster_load(args_get(a, "cluster"), (int)nodes, &err);
+    if (L.g && (L.c || !args_get(a, "cluster"))) L.s = strategy_load(args_get(a, "strategy"), L.g, L.c, &err);
+    if (L.s && !L.c) L.c = local_cluster(L.s->world, &err);
+    if (L.s && L.c && L.s->world != world)
+        err_set(&err, "the strategy needs %d ranks, but this run has %d (mpirun -np %d)", L.s->world,
+                world, world);
+    else if (L.s && L.c)
+        L.p = ir_lower(L.g, L.c, L.s, &err);
+    if (L.p) {
+        /* fail before allocating: what the plan needs against what there is */
+        const Program *pr = &L.p->classes[L.p->rank_class[rank]];
+        if (pr->device_mem > 0 && pr->peak_mem > pr->device_mem)
+            err_set(&err, "the plan does not fit: rank %d needs %.3f GiB at its peak, its device "
+                    "has %.3f GiB", rank, pr->peak_mem / 1073741824.0, pr->device_mem / 1073741824.0);
+        else if (!(comm = comm_mpi_new(&err))) {
+        } else {
+            RunConfig cfg = { .seed = seed };
+            rt_default_hyper(&cfg.hyper);
+            cfg.hyper.lr = lr;
+            rt = rt_new(L.g, L.s, L.p, comm, &cfg, &err);
+        }
+    }
+    /* every rank learns whether every rank is ready */
+    int ok = rt != NULL, all_ok = 0;
+    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!all_ok) {
+        if (!ok) fprintf(stderr, "strata run: rank %d: %s\n", rank, err.msg);
+        rc = 1;
+        goto out;
+    }
+
+    mine = xcalloc((size_t)steps, sizeof *mine);
+    all = rank == 0 ? xcalloc((size_t)steps * world, sizeof *all) : NULL;
+    if (rank == 0)
+        printf("run: %s on %d rank%s (cpu), %d step%s\n", L.g->name, world, world == 1 ? "" : "s",
+               steps, steps == 1 ? "" : "s");
+    /* fault injection for the tests: STRATA_FAULT=RANK:STEP kills that rank
+     * at the start of that step, as a crash would */
+    int fault_rank = -1, fault_step = -1;
+    if (getenv("STRATA_FAULT")) sscanf(getenv("STRATA_FAULT"), "%d:%d", &fault_rank, &fault_step);
+    for (int st = 0; st < steps; st++) {
+        if (rank == fault_rank && st == fault_step) raise(SIGKILL);
+        int bad = rt_step(rt, st, &mine[st], &err) != 0, any = 0;
+        MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (any) {
+            if (bad) fprintf(stderr, "strata run: rank %d: %s\n", rank, err.msg);
+            rc = 1;
+            goto out;
+        }
+        MPI_Gather(&mine[st], sizeof(StepStat), MPI_BYTE, all ? &all[(size_t)st * world] : NULL,
+                   sizeof(StepStat), MPI_BYTE, 0, MPI_COMM_WORLD);
+        if (rank == 0) {
+            const StepStat *r = &all[(size_t)st * world];
+            double slowest = 0;
+            for (int k = 0; k < world; k++) slowest = fmax(slowest, r[k].step_s);
+            printf("step %3d  loss %.6f  step %8.2f ms |", st, r[0].loss, slowest * 1e3);
+            for (int k = 0; k < world; k++)
+                printf(" r%d %.1f/%.1f/%.1f", k, r[k].compute_s * 1e3, r[k].comm_s * 1e3,
+                       r[k].idle_s * 1e3);
+            printf("  (compute/comm/idle ms)\n");
+            fflush(stdout);
+        }
+    }
+
+    const char *status = "ok";
+    if (verify) {
+        const char *why;
+        double tol = verify_tolerance(L.g, L.s, &why);
+        int nt = L.g->ntensors;
+        par_params = xcalloc(nt, sizeof *par_params);
+        ref_params = xcalloc(nt, sizeof *ref_params);
+        for (int t = 0; t < nt && !rc; t++) {
+            if (L.g->tensors[t].role != ROLE_PARAM) continue;
+            int64_t n = tensor_numel(&L.g->tensors[t]);
+            if (rank == 0) {
+                par_params[t] = xmalloc(sizeof(float) * (size_t)n);
+                ref_params[t] = xmalloc(sizeof(float) * (size_t)n);
+            }
+            if (rt_gather_param(rt, t, par_params[t], &err)) rc = 1;
+        }
+        int vrc = 0;
+        if (rank == 0 && !rc) {
+            ref_loss = xcalloc((size_t)steps, sizeof *ref_loss);
+            RunConfig cfg = { .seed = seed };
+            rt_default_hyper(&cfg.hyper);
+            cfg.hyper.lr = lr;
+            vrc = reference_run(&L, comm, &cfg, steps, ref_loss, ref_params, &err);
+            vj = cJSON_CreateObject();
+            cJSON_AddNumberToObject(vj, "tolerance", tol);
+            cJSON_AddStringToObject(vj, "why", why);
+            if (vrc) {
+                fprintf(stderr, "strata run: verify: %s\n", err.msg);
+            } else {
+                printf("verify against one rank (tolerance %.0e relative: %s):\n", tol, why);
+                double worst = 0;
+                int bad_step = -1;
+                cJSON *ls = cJSON_AddArrayToObject(vj, "loss_rel_diff");
+                for (int st = 0; st < steps; st++) {
+                    double d = rel_diff(all[(size_t)st * world].loss, ref_loss[st]);
+                    cJSON_AddItemToArray(ls, cJSON_CreateNumber(d));
+                    printf("  step %3d  loss %.6f vs %.6f  rel %.1e\n", st,
+                           all[(size_t)st * world].loss, ref_loss[st], d);
+                    if (d > tol && bad_step < 0) bad_step = st;
+                    worst = fmax(worst, d);
+                }
+                /* params: the largest difference against the tensor's scale */
+                double pworst = 0;
+                const char *pname = NULL;
+                for (int t = 0; t < nt; t++) {
+                    if (!par_params[t]) continue;
+                    int64_t n = tensor_numel(&L.g->tensors[t]);
+                    double dmax = 0, scale = 1e-3;
+                    for (int64_t e = 0; e < n; e++) {
+                        dmax = fmax(dmax, fabs((double)par_params[t][e] - ref_params[t][e]));
+                        scale = fmax(scale, fabs((double)ref_params[t][e]));
+                    }
+                    if (dmax / scale > pworst) {
+                        pworst = dmax / scale;
+                        pname = L.g->tensors[t].name;
+                    }
+                }
+                cJSON_AddNumberToObject(vj, "param_rel_diff", pworst);
+                if (pname) cJSON_AddStringToObject(vj, "param_worst", pname);
+                printf("  final params: largest difference %.1e of the tensor's scale (%s; "
+                       "bound %.0e)\n", pworst, pname ? pname : "-", fmax(tol * 10, 1e-3));
+                /* Adam normalises tiny gradients: a weight whose gradient is zero up
+                 * to rounding (an attention key bias) moves by up to the learning
+                 * rate on rounding noise alone, hence the looser bound on params */
+                double ptol = fmax(tol * 10, 1e-3);
+                cJSON_AddNumberToObject(vj, "param_tolerance", ptol);
+                bool pass = bad_step < 0 && pworst <= ptol;
+                cJSON_AddBoolToObject(vj, "pass", pass);
+                if (!pass) {
+                    if (bad_step >= 0)
+                        fprintf(stderr, "strata run: verify FAILED: step %d: loss %.6f vs %.6f on one "
+                                "rank (rel %.1e > %.0e)\n", bad_step,
+                                all[(size_t)bad_step * world].loss, ref_loss[bad_step],
+                                rel_diff(all[(size_t)bad_step * world].loss, ref_loss[bad_step]), tol);
+                    else
+                        fprintf(stderr, "strata run: verify FAILED: param %s differs by %.1e of its "
+                                "scale (> %.0e)\n", pname, pworst, ptol);
+                    vrc = 1;
+                } else {
+                    printf("verify: OK\n");
+                }
+            }
+            if (vrc) status = "verify failed";
+        }
+        MPI_Bcast(&vrc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        if (vrc) rc = 1;
+    }
+
+    if (rank == 0 && !args_has(a, "no-store")) {
+        const char *path = args_get(a, "db") ? args_get(a, "db") : "strata.db";
+        if (store_run(path, &L, "cpu", steps, all, status, started, vj, &err)) {
+            fprintf(stderr, "strata run: %s\n", err.msg);
+            rc = 1;
+        }
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+
+out:
+    if (par_params)
+        for (int t = 0; t < L.g->ntensors; t++) {
+            free(par_params[t]);
+            free(ref_params[t]);
+        }
+    free(par_params);
+    free(ref_params);
+    free(ref_loss);
+    cJSON_Delete(vj);
+    free(mine);
+    free(all);
+    rt_free(rt);
+    comm_free(comm);
+    loaded_free(&L);
+    return rc;
+}
+#endif
+
+int cmd_run(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, RUN_OPTS, false, &a, &err)) {
+        fprintf(stderr, "strata run: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    if (args_has(&a, "help") || a.npos) {
+        FILE *f = args_has(&a, "help") ? stdout : stderr;
+        fprintf(f, "usage: %s\n\noptions:\n", USAGE);
+        args_usage(f, RUN_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    char missing[64] = "";
+    if (!args_get(&a, "model")) strcat(missing, " --model");
+    if (!args_get(&a, "strategy")) strcat(missing, " --strategy");
+    if (missing[0]) {
+        fprintf(stderr, "strata run: missing required option%s:%s\n",
+                strchr(missing + 1, ' ') ? "s" : "", missing);
+        return EXIT_USAGE;
+    }
+    int64_t steps = 5, seed = 1, nodes = 0;
+    if (args_int(&a, "steps", 1, 1000000, &steps, &err) ||
+        args_int(&a, "seed", 0, INT64_MAX, &seed, &err) ||
+        args_int(&a, "nodes", 1, 1 << 20, &nodes, &err)) {
+        fprintf(stderr, "strata run: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    if (nodes && !args_get(&a, "cluster")) {
+        fprintf(stderr, "strata run: --nodes needs --cluster\n");
+        return EXIT_USAGE;
+    }
+    float lr = 1e-3f;
+    if (args_get(&a, "lr")) {
+        char *end;
+        lr = strtof(args_get(&a, "lr"), &end);
+        if (*end || !(lr > 0) || !isfinite(lr)) {
+            fprintf(stderr, "strata run: --lr: '%s' is not a positive number\n", args_get(&a, "lr"));
+            return EXIT_USAGE;
+        }
+    }
+    const char *backend = args_get(&a, "backend") ? args_get(&a, "backend") : "cpu";
+    if (strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0) {
+        fprintf(stderr, "strata run: --backend: unknown backend \"%s\" (cpu or cuda)\n", backend);
+        return EXIT_USAGE;
+    }
+    if (strcmp(backend, "cuda") == 0) {
+        fprintf(stderr, "strata run: --backend cuda: the CUDA kernels of the executor are not "
+                        "built yet; use --backend cpu\n");
+        return 1;
+    }
+#ifndef HAVE_MPI
+    fprintf(stderr, "strata run: strata was built without MPI; install openmpi-bin and "
+                    "libopenmpi-dev, then rebuild\n");
+    return 1;
+#else
+    if (!under_mpirun()) {
+        /* read the plan's world size here, then start mpirun for it */
+        Graph *g = graph_load(args_get(&a, "model"), &err);
+        Cluster *c = g && args_get(&a, "cluster") ? cluster_load(args_get(&a, "cluster"), (int)nodes, &err) : NULL;
+        Strategy *s = g && (c || !args_get(&a, "cluster")) ? strategy_load(args_get(&a, "strategy"), g, c, &err) : NULL;
+        int world = s ? s->world : 0;
+        strategy_free(s);
+        cluster_free(c);
+        graph_free(g);
+        if (!world) {
+            fprintf(stderr, "strata run: %s\n", err.msg);
+            return 1;
+        }
+        if (world > 1) return relaunch(world, argc, argv);
+    }
+    int provided = 0;
+    MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+    int rc = run_ranks(&a, (int)steps, (uint64_t)seed, lr, args_has(&a, "verify"));
+    MPI_Finalize();
+    return rc;
+#endif
+}
+
+/* ----------------------------------------------------------------------------
+ * runs list / show */
+
+static const OptSpec RUNS_OPTS[] = {
+    { "db", 0, true, "PATH  database (default strata.db)" },
+    { "json", 0, false, "print JSON" },
+    { "help", 'h', false, "show this help" },
+    { NULL, 0, false, NULL },
+};
+
+int cmd_runs_list(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, RUNS_OPTS, false, &a, &err)) {
+        fprintf(stderr, "strata runs list: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    if (args_has(&a, "help") || a.npos) {
+        FILE *f = args_has(&a, "help") ? stdout : stderr;
+        fprintf(f, "usage: strata runs list [--db PATH] [--json]\n\noptions:\n");
+        args_usage(f, RUNS_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : "strata.db";
+    Db *db = db_open_existing(path, &err);
+    DbRun *rows = NULL;
+    int n = 0;
+    if (!db || db_run_list(db, &rows, &n, &err)) {
+        fprintf(stderr, "strata: %s\n", err.msg);
+        db_close(db);
+        return 1;
+    }
+    if (args_has(&a, "json")) {
+        cJSON *arr = cJSON_CreateArray();
+        for (int i = 0; i < n; i++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", rows[i].id);
+            cJSON_AddStringToObject(o, "plan_id", rows[i].plan_id);
+            cJSON_AddStringToObject(o, "model", rows[i].model_name);
+            cJSON_AddStringToObject(o, "backend", rows[i].backend);
+            cJSON_AddNumberToObject(o, "world", rows[i].world);
+            cJSON_AddNumberToObject(o, "steps", rows[i].steps);
+            cJSON_AddStringToObject(o, "status", rows[i].status);
+            cJSON_AddStringToObject(o, "finished", rows[i].finished ? rows[i].finished : "");
+            cJSON_AddItemToArray(arr, o);
+        }
+        char *s = cJSON_Print(arr);
+        puts(s);
+        cJSON_free(s);
+        cJSON_Delete(arr);
+    } else {
+        printf("%-16s  %-16s  %-20s  %-7s  %5s  %5s  %-13s  %s\n", "run", "plan", "model", "backend",
+               "ranks", "steps", "status", "finished");
+        for (int i = 0; i < n; i++)
+            printf("%-16s  %-16s  %-20s  %-7s  %5d  %5d  %-13s  %s\n", rows[i].id, rows[i].plan_id,
+                   rows[i].model_name, rows[i].backend, rows[i].world, rows[i].steps,
+                   rows[i].status, rows[i].finished ? rows[i].finished : "");
+    }
+    db_run_list_free(rows, n);
+    db_close(db);
+    return 0;
+}
+
+int cmd_runs_show(int argc, char **argv)
+{
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, RUNS_OPTS, false, &a, &err)) {
+        fprintf(stderr, "strata runs show: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    if (args_has(&a, "help") || a.npos != 1) {
+        FILE *f = args_has(&a, "help") ? stdout : stderr;
+        fprintf(f, "usage: strata runs show ID [--db PATH] [--json]\n\noptions:\n");
+        args_usage(f, RUNS_OPTS);
+        return args_has(&a, "help") ? 0 : EXIT_USAGE;
+    }
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : "strata.db";
+    Db *db = db_open_existing(path, &err);
+    DbRun r;
+    DbRunStep *st = NULL;
+    int n = 0;
+    int rc = db ? db_run_get(db, a.pos[0], &r, &st, &n, &err) : -1;
+    db_close(db);
+    if (rc) {
+        fprintf(stderr, "strata: %s\n", err.msg);
+        return 1;
+    }
+    if (args_has(&a, "json")) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", r.id);
+        cJSON_AddStringToObject(o, "plan_id", r.plan_id);
+        cJSON_AddStringToObject(o, "model", r.model_name);
+        cJSON_AddStringToObject(o, "backend", r.backend);
+        cJSON_AddNumberToObject(o, "world", r.world);
+        cJSON_AddNumberToObject(o, "steps", r.steps);
+        cJSON_AddStringToObject(o, "status", r.status);
+        if (r.verify_json) cJSON_AddItemToObject(o, "verify", cJSON_Parse(r.verify_json));
+        cJSON *arr = cJSON_AddArrayToObject(o, "measurements");
+        for (int i = 0; i < n; i++) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "step", st[i].step);
+            cJSON_AddNumberToObject(x, "rank", st[i].rank);
+            cJSON_AddNumberToObject(x, "loss", st[i].loss);
+            cJSON_AddNumberToObject(x, "step_s", st[i].step_s);
+            cJSON_AddNumberToObject(x, "compute_s", st[i].compute_s);
+            cJSON_AddNumberToObject(x, "comm_s", st[i].comm_s);
+            cJSON_AddNumberToObject(x, "idle_s", st[i].idle_s);
+            cJSON_AddItemToArray(arr, x);
+        }
+        char *s = cJSON_Print(o);
+        puts(s);
+        cJSON_free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("run %s: %s, plan %s, %d rank%s on %s, %d step%s, %s (finished %s)\n", r.id,
+               r.model_name, r.plan_id, r.world, r.world == 1 ? "" : "s", r.backend, r.steps,
+               r.steps == 1 ? "" : "s", r.status, r.finished ? r.finished : "-");
+        printf("  %4s  %4s  %10s  %10s  %10s  %10s  %10s\n", "step", "rank", "loss", "step ms",
+               "compute", "comm", "idle");
+        for (int i = 0; i < n; i++)
+            printf("  %4d  %4d  %10.6f  %10.2f  %10.2f  %10.2f  %10.2f\n", st[i].step, st[i].rank,
+                   st[i].loss, st[i].step_s * 1e3, st[i].compute_s * 1e3, st[i].comm_s * 1e3,
+                   st[i].idle_s * 1e3);
+        if (r.verify_json) printf("  verify: %s\n", r.verify_json);
+    }
+    free(st);
+    db_run_free(&r);
+    return 0;
+}

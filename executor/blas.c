@@ -1,0 +1,52 @@
+/*
+ * blas.c — OpenBLAS's kernel choice, checked against what the CPU can do.
+ */
+#include "executor/blas.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+char *openblas_get_corename(void);
+
+const char *blas_corename(void)
+{
+    return openblas_get_corename();
+}
+
+/* Cores OpenBLAS falls back to when it does not know the CPU: none of them
+ * uses AVX2. */
+static bool generic(const char *core)
+{
+    static const char *const names[] = { "Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                         "Katmai", "Coppermine", "Northwood", "Banias", "Atom",
+                                         "Nano", "Sandybridge", NULL };
+    for (const char *const *n = names; *n; n++)
+        if (strcasecmp(core, *n) == 0) return true;
+    return false;
+}
+
+void blas_fix_coretype(char **argv)
+{
+    if (getenv("OPENBLAS_CORETYPE") || getenv("STRATA_BLAS_CHECKED")) return;
+    setenv("STRATA_BLAS_CHECKED", "1", 1);
+    const char *core = openblas_get_corename();
+    if (!core || !generic(core)) return;
+    __builtin_cpu_init();
+    const char *want = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        want = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+    if (!want) return;
+    fprintf(stderr, "strata: OpenBLAS chose its generic %s kernel on a CPU with %s; using %s "
+                    "(set OPENBLAS_CORETYPE to choose yourself)\n",
+            core, strcmp(want, "SkylakeX") == 0 ? "AVX-512" : "AVX2", want);
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    fflush(NULL);
+    execv("/proc/self/exe", argv);
+    /* could not restart: carry on with the slow kernel rather than fail */
+}

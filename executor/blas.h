@@ -1,0 +1,21 @@
+/*
+ * blas.h — making sure OpenBLAS runs the kernels this CPU deserves.
+ *
+ * Debian's OpenBLAS 0.3.21 does not recognise recent cores (AVX-512 Xeons,
+ * for one) and falls back to a generic SSE3 kernel, about 5x slower. The
+ * kernel is chosen when the library loads, from OPENBLAS_CORETYPE, so the fix
+ * is to set it and start the program again.
+ */
+#ifndef STRATA_BLAS_H
+#define STRATA_BLAS_H
+
+/* When OpenBLAS runs a generic kernel on a CPU with AVX-512 or AVX2 and the
+ * user set no OPENBLAS_CORETYPE, sets it (SkylakeX or Haswell), says so on
+ * stderr and re-executes argv; returns when there is nothing to do or the
+ * re-execution failed. Call it first thing in main(). */
+void blas_fix_coretype(char **argv);
+
+/* The kernel OpenBLAS runs ("SkylakeX", "Prescott", ...). */
+const char *blas_corename(void);
+
+#endif

@@ -1,0 +1,202 @@
+/*
+ * k_optim.c — optimizer updates and gradient compression on the CPU:
+ * SGD with momentum, AdamW, IEEE half precision, int8 with error feedback
+ * and the Gram-Schmidt step of PowerSGD.
+ *
+ * Legend: w = weights, g = gradient, m, v = Adam's first and second moments,
+ * t = step (from 1), lr = learning rate, wd = weight decay.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "executor/kernels.h"
+
+/* ----------------------------------------------------------------------------
+ * Optimizers */
+
+/* PyTorch's SGD: g' = g + wd * w; mom = momentum * mom + g'; w -= lr * mom.
+ * With mom NULL (or momentum 0) the step is plain w -= lr * g'. */
+void kernel_sgd(float *w, const float *g, float *mom, int64_t n, const OptimHyper *h)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] + h->weight_decay * w[i];
+        if (mom) {
+            mom[i] = h->momentum * mom[i] + d;
+            d = mom[i];
+        }
+        w[i] -= h->lr * d;
+    }
+}
+
+/* AdamW (Loshchilov and Hutter): the decay acts on the weights directly,
+ * w -= lr * wd * w, outside the adaptive step
+ * w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). */
+void kernel_adam(float *w, const float *g, float *m, float *v, int64_t n, int64_t step,
+                 const OptimHyper *h)
+{
+    double t = (double)(step > 0 ? step : 1);
+    float c1 = (float)(1 / (1 - pow(h->beta1, t))), c2 = (float)(1 / (1 - pow(h->beta2, t)));
+    for (int64_t i = 0; i < n; i++) {
+        m[i] = h->beta1 * m[i] + (1 - h->beta1) * g[i];
+        v[i] = h->beta2 * v[i] + (1 - h->beta2) * g[i] * g[i];
+        float mh = m[i] * c1, vh = v[i] * c2;
+        w[i] -= h->lr * (h->weight_decay * w[i] + mh / (sqrtf(vh) + h->eps));
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * IEEE binary16, by integer arithmetic so that the rounding does not depend
+ * on the FPU's mode or on flush-to-zero flags. */
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Round-to-nearest-even of mant >> shift (shift >= 1). */
+static uint32_t shift_rne(uint32_t mant, int shift)
+{
+    if (shift > 31) return 0;
+    uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    return q + (rem > half || (rem == half && (q & 1)));
+}
+
+static uint16_t half_from_float(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)(u >> 16 & 0x8000);
+    uint32_t a = u & 0x7fffffff;
+    if (a >= 0x7f800000) /* inf, nan (kept quiet, top payload bits kept) */
+        return sign | (a == 0x7f800000 ? 0x7c00 : (uint16_t)(0x7e00 | (a >> 13 & 0x3ff)));
+    int e = (int)(a >> 23);                 /* biased fp32 exponent */
+    if (e < 113) {                          /* below 2^-14: a half subnormal or zero */
+        if (e == 0) return sign;            /* fp32 subnormals are far below 2^-25 */
+        /* value = mant * 2^(e - 150); in units of 2^-24: mant >> (126 - e) */
+        return sign | (uint16_t)shift_rne((a & 0x7fffff) | 0x800000, 126 - e);
+    }
+    /* rebias and round the 13 dropped bits; a carry into the exponent is
+     * right, and past 65504 it lands on infinity (0x7c00) */
+    uint32_t r = shift_rne(a - (112u << 23), 13);
+    return sign | (uint16_t)(r > 0x7c00 ? 0x7c00 : r);
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = h >> 10 & 0x1f, mant = h & 0x3ff;
+    if (e == 0) {
+        float v = ldexpf((float)mant, -24);  /* exact */
+        return sign ? -v : v;
+    }
+    if (e == 31) return f32_from_bits(sign | 0x7f800000 | mant << 13);
+    return f32_from_bits(sign | (e + 112) << 23 | mant << 13);
+}
+
+void kernel_to_fp16(const float *x, uint16_t *h, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) h[i] = half_from_float(x[i]);
+}
+
+void kernel_from_fp16(const uint16_t *h, float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = half_to_float(h[i]);
+}
+
+/* ----------------------------------------------------------------------------
+ * int8 with error feedback (1-bit/8-bit SGD, Seide et al.; Karimireddy et
+ * al.): what rounding loses this step is added to the next step's input, so
+ * the sum of the decoded values tracks the sum of the inputs within one
+ * quantum. e may be NULL (no feedback). */
+
+float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n)
+{
+    float amax = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float a = fabsf(x[i] + (e ? e[i] : 0));
+        if (a > amax) amax = a;
+    }
+    float scale = amax / 127;
+    for (int64_t i = 0; i < n; i++) {
+        float y = x[i] + (e ? e[i] : 0);
+        long r = scale > 0 ? lrintf(y / scale) : 0;
+        if (r > 127) r = 127;
+        if (r < -127) r = -127;
+        q[i] = (int8_t)r;
+        if (e) e[i] = y - (float)r * scale;
+    }
+    return scale;
+}
+
+void kernel_int8_decode(const int8_t *q, float scale, float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = (float)q[i] * scale;
+}
+
+/* ----------------------------------------------------------------------------
+ * Orthonormal columns: modified Gram-Schmidt, each column projected out
+ * twice ("twice is enough", Giraud et al.) with dot products in double. A
+ * column that vanishes (zero, or dependent on the earlier ones) becomes the
+ * first unit vector e_k that the earlier columns leave a clear residue of,
+ * so the result is deterministic and P^T P = I whenever r <= rows. */
+
+static double col_dot(const float *p, int64_t rows, int r, int a, int b)
+{
+    double s = 0;
+    for (int64_t i = 0; i < rows; i++) s += (double)p[i * r + a] * p[i * r + b];
+    return s;
+}
+
+static void col_project_out(float *p, int64_t rows, int r, int j)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < j; k++) {
+            double d = col_dot(p, rows, r, k, j);
+            for (int64_t i = 0; i < rows; i++) p[i * r + j] -= (float)(d * p[i * r + k]);
+        }
+}
+
+/* Column j := e_k minus its projection on columns 0..j-1; returns its norm. */
+static double col_set_unit(float *p, int64_t rows, int r, int j, int64_t k)
+{
+    for (int64_t i = 0; i < rows; i++) p[i * r + j] = i == k;
+    col_project_out(p, rows, r, j);
+    return sqrt(col_dot(p, rows, r, j, j));
+}
+
+void kernel_orthonormalize(float *p, int64_t rows, int r)
+{
+    for (int j = 0; j < r; j++) {
+        double before = sqrt(col_dot(p, rows, r, j, j));
+        col_project_out(p, rows, r, j);
+        double nrm = sqrt(col_dot(p, rows, r, j, j));
+        /* a residue at rounding level of the input carries no direction */
+        if (!(nrm > 1e-4 * before && nrm > 1e-30)) {
+            /* some e_k keeps at least sqrt((rows - j) / rows) of its length:
+             * take the first that keeps half, else the one that keeps most */
+            int64_t best = -1;
+            double best_nrm = 0;
+            for (int64_t k = 0; k < rows; k++) {
+                nrm = col_set_unit(p, rows, r, j, k);
+                if (nrm > 0.5) {
+                    best = -1;
+                    break;
+                }
+                if (nrm > best_nrm) best = k, best_nrm = nrm;
+            }
+            if (best >= 0) nrm = col_set_unit(p, rows, r, j, best);
+        }
+        if (!(nrm > 1e-30)) { /* r > rows: no direction is left */
+            for (int64_t i = 0; i < rows; i++) p[i * r + j] = 0;
+            continue;
+        }
+        for (int64_t i = 0; i < rows; i++) p[i * r + j] = (float)(p[i * r + j] / nrm);
+    }
+}

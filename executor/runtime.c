@@ -1,0 +1,1025 @@
+/*
+ * runtime.c — interprets one rank's lowered program.
+ *
+ * Every instruction names its values (lower.h); a value's buffer is its local
+ * block of the tensor, row-major, with extents and global offsets that follow
+ * from its layout and this rank's mesh coordinates. ZeRO shards are flat
+ * 1/D parts of the rank's local block (the last part padded).
+ *
+ * Legend: t = tensor, v = value, d = dim, G = group size, n = elements.
+ */
+#include "executor/runtime.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "ir/util.h"
+
+typedef struct {
+    CommReq *req;
+    int32_t val;
+    float *stage;            /* a copy sent in place of a buffer that changes later */
+} Pending;
+
+typedef struct {
+    int32_t instr;           /* a parameter-server pull */
+    int step;                /* the step that issued it */
+} Deferred;
+
+struct Runtime {
+    const Graph *g;
+    const Strategy *s;
+    const Plan *p;
+    Comm *comm;
+    RunConfig cfg;
+    const Program *pr;
+    int coord[MESH_MAX_AXES];
+    AxisMask live;
+    int gsize[1 << MESH_MAX_AXES];
+    CommGroup *groups[1 << MESH_MAX_AXES];   /* this rank's group along each axis mask */
+    CommGroup *tied;                         /* the stages sharing tied params */
+    float **buf;                             /* per value (int32 data shares the storage) */
+    int64_t *numel;                          /* per value */
+    float **opt_a, **opt_b;                  /* per tensor: Adam m, v / SGD momentum */
+    float **ef;                              /* per tensor: int8 / PowerSGD error feedback */
+    float **psgd_q, **psgd_p, **psgd_m;      /* per tensor: PowerSGD factors and matrix */
+    uint8_t *psgd_phase;                     /* per tensor: 0 before P, 1 before Q */
+    int32_t *data_hi;                        /* per tensor: int data range, 0 for floats */
+    Pending *pend;
+    int npend, cap_pend;
+    Deferred *defer;         /* stale pulls, received k steps late */
+    int ndefer, cap_defer;
+    int loss_op;
+    double loss_acc;
+    int step;
+    bool draining;           /* receiving deferred pulls now */
+    int staleness;           /* the largest of the params' */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void rt_default_hyper(OptimHyper *h)
+{
+    *h = (OptimHyper){ .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
+                       .eps = 1e-8f, .weight_decay = 0.0f };
+}
+
+/* ----------------------------------------------------------------------------
+ * Geometry of values */
+
+/* Local extents and global offsets (within the micro-batch) of a value that
+ * is not a flat shard. Returns the element count. */
+static int64_t value_geom(const Runtime *rt, const Layout *l, int t, int64_t *ext, int64_t *off)
+{
+    const Tensor *T = &rt->g->tensors[t];
+    int64_t n = 1;
+    for (int d = 0; d < T->ndim; d++) {
+        int64_t e = T->shape[d];
+        if (d == T->batch_dim) e /= rt->s->microbatches;
+        AxisMask m = l->dim[d];
+        int G = rt->gsize[m];
+        ext[d] = e / G;
+        off[d] = (int64_t)ir_group_index(rt->s, rt->coord, m) * ext[d];
+        n *= ext[d];
+    }
+    return n;
+}
+
+static int64_t value_numel(const Runtime *rt, int32_t v)
+{
+    const Value *V = &rt->pr->values[v];
+    int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
+    int64_t n = value_geom(rt, &V->layout, V->tensor, ext, off);
+    if (V->shard) {
+        int D = rt->gsize[V->shard];
+        n = (n + D - 1) / D;
+    }
+    return n;
+}
+
+static float *val(Runtime *rt, int32_t v)
+{
+    if (!rt->buf[v]) rt->buf[v] = xcalloc((size_t)rt->numel[v], sizeof(float));
+    return rt->buf[v];
+}
+
+/* Copies the block of `len` (per dim) at `soff` in src (extents sd) to `doff`
+ * in dst (extents dd); row-major. */
+static void block_copy(float *dst, const int64_t *dd, const int64_t *doff, const float *src,
+                       const int64_t *sd, const int64_t *soff, const int64_t *len, int nd)
+{
+    if (nd == 0) {
+        dst[0] = src[0];
+        return;
+    }
+    int64_t dstr[IR_MAX_DIMS], sstr[IR_MAX_DIMS];
+    dstr[nd - 1] = sstr[nd - 1] = 1;
+    for (int d = nd - 2; d >= 0; d--) {
+        dstr[d] = dstr[d + 1] * dd[d + 1];
+        sstr[d] = sstr[d + 1] * sd[d + 1];
+    }
+    int64_t rows = 1;
+    for (int d = 0; d < nd - 1; d++) rows *= len[d];
+    int64_t idx[IR_MAX_DIMS] = {0};
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t so = 0, dof = 0;
+        for (int d = 0; d < nd - 1; d++) {
+            so += (soff[d] + idx[d]) * sstr[d];
+            dof += (doff[d] + idx[d]) * dstr[d];
+        }
+        so += soff[nd - 1];
+        dof += doff[nd - 1];
+        memcpy(dst + dof, src + so, sizeof(float) * (size_t)len[nd - 1]);
+        for (int d = nd - 2; d >= 0; d--) {
+            if (++idx[d] < len[d]) break;
+            idx[d] = 0;
+        }
+    }
+}
+
+/* Operand k of op i from value v: the value itself when it holds exactly the
+ * block the op needs, else the op's block sliced out of it into *scratch. */
+static const float *operand(Runtime *rt, int i, int k, int32_t v, float **scratch, Err *err,
+                            int *rc)
+{
+    const Op *op = &rt->g->ops[i];
+    const Value *V = &rt->pr->values[v];
+    Layout need = ir_operand_layout(rt->g, rt->s, i, k);
+    need.partial = 0;
+    int t = V->tensor, nd = rt->g->tensors[t].ndim;
+    bool same = true;
+    for (int d = 0; d < nd; d++) same &= V->layout.dim[d] == need.dim[d];
+    if (same || V->shard) return val(rt, v);
+    int64_t ve[IR_MAX_DIMS], vo[IR_MAX_DIMS], ne[IR_MAX_DIMS], no[IR_MAX_DIMS], rel[IR_MAX_DIMS];
+    value_geom(rt, &V->layout, t, ve, vo);
+    int64_t n = value_geom(rt, &need, t, ne, no);
+    for (int d = 0; d < nd; d++) {
+        rel[d] = no[d] - vo[d];
+        if (rel[d] < 0 || rel[d] + ne[d] > ve[d]) {
+            *rc = err_set(err, "op %s: operand %d (%s) is not held where the op needs it",
+                          op->name, k, rt->g->tensors[t].name);
+            return NULL;
+        }
+    }
+    *scratch = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+    int64_t zero[IR_MAX_DIMS] = {0};
+    block_copy(*scratch, ne, zero, val(rt, v), ve, rel, ne, nd);
+    return *scratch;
+}
+
+/* ----------------------------------------------------------------------------
+ * Statistics of split reductions */
+
+typedef struct {
+    Runtime *rt;
+    CommGroup *grp;
+} StatCtx;
+
+static int stat_sum(void *ctx, float *b, int64_t n, Err *err)
+{
+    StatCtx *c = ctx;
+    return c->rt->comm->ops->allreduce(c->grp, b, n, CT_F32, RED_SUM, err);
+}
+
+static int stat_max(void *ctx, float *b, int64_t n, Err *err)
+{
+    StatCtx *c = ctx;
+    return c->rt->comm->ops->allreduce(c->grp, b, n, CT_F32, RED_MAX, err);
+}
+
+/* ----------------------------------------------------------------------------
+ * Compute */
+
+static void kernel_shape(Runtime *rt, const Instr *in, KernelShape *ks)
+{
+    const Op *op = &rt->g->ops[in->op];
+    const OpPolicy *pol = &rt->s->ops[in->op];
+    memset(ks, 0, sizeof *ks);
+    ks->op = op;
+    for (int l = 0; l < IR_LETTERS; l++) {
+        if (!op->size[l]) continue;
+        ks->size[l] = rt->p->local[in->op][l];
+        ks->total[l] = op->size[l];
+        AxisMask m = pol->split[l] & rt->live;
+        ks->off[l] = (int64_t)ir_group_index(rt->s, rt->coord, m) * ks->size[l];
+    }
+    if (op->kind == OP_CONV2D || op->kind == OP_POOL2D) {
+        const Tensor *x = &rt->g->tensors[op->in[0]];
+        ks->in_hw[0] = x->shape[2];
+        ks->in_hw[1] = x->shape[3];
+    }
+    /* sufficient factors: the weight gradient is rebuilt from the factors of
+     * the whole data group, so the batch letter spans it */
+    if (in->phase == PH_BWD_WEIGHT && op->batch_letter >= 0) {
+        for (int k = 0; k < op->nin; k++) {
+            int t = op->in[k];
+            const ParamPolicy *pp = &rt->s->params[t];
+            if (rt->g->tensors[t].role != ROLE_PARAM || pp->method != SYNC_SFB) continue;
+            AxisMask ax = pol->split[op->batch_letter] & rt->live;
+            ks->size[op->batch_letter] *= rt->gsize[ax];
+            ks->off[op->batch_letter] = 0;
+        }
+    }
+}
+
+static int exec_op(Runtime *rt, const Instr *in, Err *err)
+{
+    const Op *op = &rt->g->ops[in->op];
+    const int32_t *a = &rt->pr->args[in->arg0];
+    int nin = op->nin, rc = 0;
+    KernelShape ks;
+    kernel_shape(rt, in, &ks);
+    StatCtx sc = { rt, NULL };
+    KernelStats stats = { stat_sum, stat_max, &sc };
+    Layout lo = ir_operand_layout(rt->g, rt->s, in->op, nin);
+    AxisMask sax = 0;
+    for (int l = 0; l < IR_LETTERS; l++)
+        if (op->reduce_mask & (1u << l)) sax |= rt->s->ops[in->op].split[l] & rt->live;
+    if (sax) {
+        sc.grp = rt->groups[sax];
+        ks.stats = &stats;
+    }
+    (void)lo;
+
+    const void *ins[IR_MAX_INPUTS];
+    float *scratch[IR_MAX_INPUTS + 1] = {0};
+    bool sfb = in->phase == PH_BWD_WEIGHT && ks.size[op->batch_letter >= 0 ? op->batch_letter : 0] !=
+                                                 rt->p->local[in->op][op->batch_letter >= 0 ? op->batch_letter : 0];
+    int base = in->phase == PH_FWD ? 1 : 2;
+    for (int k = 0; k < nin; k++) {
+        int32_t v = a[base + k];
+        if (v < 0) {
+            rc = err_set(err, "op %s: operand %d has no value", op->name, k);
+            goto out;
+        }
+        ins[k] = sfb ? val(rt, v) : operand(rt, in->op, k, v, &scratch[k], err, &rc);
+        if (!ins[k]) goto out;
+    }
+    if (in->phase == PH_FWD) {
+        float *out = val(rt, a[0]);
+        memset(out, 0, sizeof(float) * (size_t)rt->numel[a[0]]);
+        rc = kernel_forward(&ks, ins, out, err);
+        if (!rc && in->op == rt->loss_op && !in->recompute) rt->loss_acc += out[0];
+    } else {
+        float one = 1.0f;
+        const float *dout = &one;
+        if (a[0] >= 0)
+            dout = sfb ? val(rt, a[0]) : operand(rt, in->op, nin, a[0], &scratch[nin], err, &rc);
+        if (!dout) goto out;
+        float *din[IR_MAX_INPUTS];
+        for (int k = 0; k < nin; k++) {
+            int32_t v = a[2 + nin + k];
+            din[k] = v >= 0 ? val(rt, v) : NULL;
+            for (int e = 0; e < k; e++)      /* one buffer for an operand read twice */
+                if (din[e] == din[k]) din[k] = NULL;
+        }
+        rc = kernel_backward(&ks, ins, val(rt, a[1]), dout, din, err);
+    }
+out:
+    for (int k = 0; k <= nin; k++) free(scratch[k]);
+    if (rc) err_prefix(err, "op %s (%s)", op->name, phase_name((Phase)in->phase));
+    return rc;
+}
+
+/* dst = sum of srcs (gradient contributions in one layout). */
+static void exec_sum(Runtime *rt, const Instr *in)
+{
+    const int32_t *a = &rt->pr->args[in->arg0];
+    float *dst = val(rt, a[0]);
+    int64_t n = rt->numel[a[0]];
+    memset(dst, 0, sizeof(float) * (size_t)n);
+    for (int k = 1; k < in->nargs; k++) {
+        const float *src = val(rt, a[k]);
+        for (int64_t e = 0; e < n; e++) dst[e] += src[e];
+    }
+}
+
+/* Flat part k of n parts of `elems` elements: [lo, lo + len). */
+static void part_range(int64_t elems, int k, int n, int64_t *lo, int64_t *len)
+{
+    int64_t q = elems / n, r = elems % n;
+    *lo = k * q + (k < r ? k : r);
+    *len = q + (k < r ? 1 : 0);
+}
+
+/* Optimizer step. args [param, grad, pushed...]: a PS server first adds the
+ * pushed parts; ZeRO steps only this rank's shard. */
+static void exec_update(Runtime *rt, const Instr *in)
+{
+    const int32_t *a = &rt->pr->args[in->arg0];
+    const Value *P = &rt->pr->values[a[0]], *Gv = &rt->pr->values[a[1]];
+    int t = P->tensor;
+    float *w = val(rt, a[0]), *gr = val(rt, a[1]);
+    int64_t np = rt->numel[a[0]];
+    int64_t wlo = 0, glo = 0, len = np;
+    if (in->nparts > 0) {
+        part_range(np, in->part, in->nparts, &wlo, &len);
+        glo = wlo;
+        for (int k = 2; k < in->nargs; k++) {
+            const float *push = val(rt, a[k]);
+            for (int64_t e = 0; e < len; e++) gr[glo + e] += push[glo + e];
+        }
+    } else if (Gv->shard && !P->shard) {
+        /* ZeRO-1/2: the full param, this rank's shard of the gradient */
+        int D = rt->gsize[Gv->shard];
+        int64_t chunk = rt->numel[a[1]];
+        int idx = ir_group_index(rt->s, rt->coord, Gv->shard);
+        wlo = (int64_t)idx * chunk;
+        len = wlo >= np ? 0 : (wlo + chunk > np ? np - wlo : chunk);
+        (void)D;
+    }
+    if (!rt->opt_a[t]) {
+        rt->opt_a[t] = xcalloc((size_t)np, sizeof(float));
+        rt->opt_b[t] = xcalloc((size_t)np, sizeof(float));
+    }
+    if (rt->s->optimizer == OPT_ADAM)
+        kernel_adam(w + wlo, gr + glo, rt->opt_a[t] + wlo, rt->opt_b[t] + wlo, len, rt->step + 1,
+                    &rt->cfg.hyper);
+    else
+        kernel_sgd(w + wlo, gr + glo, rt->opt_a[t] + wlo, len, &rt->cfg.hyper);
+}
+
+/* ----------------------------------------------------------------------------
+ * Communication */
+
+static CommGroup *group_of(Runtime *rt, const Instr *in, Err *err)
+{
+    CommGroup *gr = in->why == WHY_TIED ? rt->tied : rt->groups[in->axes & rt->live];
+    if (!gr) err_set(err, "no group for axes %d (why %d)", in->axes, in->why);
+    return gr;
+}
+
+/* PowerSGD (Vogels et al., 2019), rank r, with error feedback, in the two
+ * all-reduces the lowering emits: P = M Q summed and orthonormalised, then
+ * Q = M^T P summed; the gradient becomes P Q^T (a sum over the group, as an
+ * uncompressed all-reduce's is). M is the local gradient plus the error. */
+static int powersgd(Runtime *rt, CommGroup *gr, float *b, int64_t n, int t, int64_t rows, Err *err)
+{
+    const CommOps *o = rt->comm->ops;
+    int r = rt->s->params[t].powersgd_rank;
+    int64_t cols = n / rows;
+    if (r > rows) r = (int)rows;
+    if (r > cols) r = (int)cols;
+    if (!rt->psgd_q[t]) {
+        rt->psgd_q[t] = xmalloc(sizeof(float) * (size_t)(cols * r));
+        int64_t shape[2] = { cols, r }, zero[2] = { 0, 0 };
+        char name[300];
+        snprintf(name, sizeof name, "%s.powersgd_q", rt->g->tensors[t].name);
+        kernel_init_fill(rt->psgd_q[t], rt->cfg.seed, name, 2, shape, zero, shape, 1.0f);
+        rt->psgd_p[t] = xmalloc(sizeof(float) * (size_t)(rows * r));
+        rt->psgd_m[t] = xmalloc(sizeof(float) * (size_t)n);
+        rt->ef[t] = xcalloc((size_t)n, sizeof(float));
+    }
+    float *Q = rt->psgd_q[t], *P = rt->psgd_p[t], *M = rt->psgd_m[t], *e = rt->ef[t];
+    if (rt->psgd_phase[t] == 0) {
+        for (int64_t i = 0; i < n; i++) M[i] = b[i] + e[i];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, r, (int)cols, 1.0f, M,
+                    (int)cols, Q, r, 0.0f, P, r);
+        int rc = o->allreduce(gr, P, rows * r, CT_F32, RED_SUM, err);
+        if (!rc) kernel_orthonormalize(P, rows, r);
+        rt->psgd_phase[t] = 1;
+        return rc;
+    }
+    rt->psgd_phase[t] = 0;
+    /* local Q = M^T P; the error is what P Q^T leaves of M */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cols, r, (int)rows, 1.0f, M,
+                (int)cols, P, r, 0.0f, Q, r);
+    memcpy(e, M, sizeof(float) * (size_t)n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)cols, r, -1.0f, P, r,
+                Q, r, 1.0f, e, (int)cols);
+    int rc = o->allreduce(gr, Q, cols * r, CT_F32, RED_SUM, err);
+    if (!rc)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)cols, r, 1.0f, P, r,
+                    Q, r, 0.0f, b, (int)cols);
+    return rc;
+}
+
+static int allreduce_sum(Runtime *rt, CommGroup *gr, float *b, int64_t n, Compress c, int t,
+                         int64_t rows, Err *err)
+{
+    const CommOps *o = rt->comm->ops;
+    if (c == COMPRESS_POWERSGD) return powersgd(rt, gr, b, n, t, rows, err);
+    if (c == COMPRESS_FP16 || c == COMPRESS_INT8) {
+        if (c == COMPRESS_FP16) {
+            uint16_t *h = xmalloc(sizeof *h * (size_t)(n ? n : 1));
+            kernel_to_fp16(b, h, n);
+            int rc = o->allreduce(gr, h, n, CT_F16, RED_SUM, err);
+            if (!rc) kernel_from_fp16(h, b, n);
+            free(h);
+            return rc;
+        }
+        /* int8 codes do not add up: gather every member's codes and scale,
+         * decode and sum them here */
+        if (!rt->ef[t]) rt->ef[t] = xcalloc((size_t)(n ? n : 1), sizeof(float));
+        int G = 1;
+        for (int m = 0; m < (1 << rt->s->naxes); m++)
+            if (rt->groups[m] == gr) G = rt->gsize[m];
+        int8_t *q = xmalloc((size_t)(n ? n : 1)), *all = xmalloc((size_t)(n ? n : 1) * G);
+        float scale = kernel_int8_encode(b, rt->ef[t], q, n), *scales = xmalloc(sizeof(float) * G);
+        float *tmp = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+        int rc = o->allgather(gr, q, all, n, CT_BYTE, err);
+        if (!rc) rc = o->allgather(gr, &scale, scales, 1, CT_F32, err);
+        if (!rc) {
+            memset(b, 0, sizeof(float) * (size_t)n);
+            for (int j = 0; j < G; j++) {
+                kernel_int8_decode(all + (int64_t)j * n, scales[j], tmp, n);
+                for (int64_t e = 0; e < n; e++) b[e] += tmp[e];
+            }
+        }
+        free(q);
+        free(all);
+        free(scales);
+        free(tmp);
+        return rc;
+    }
+    return o->allreduce(gr, b, n, CT_F32, RED_SUM, err);
+}
+
+/* The dim of the layouts where `axes` split one and not the other. */
+static int moved_dim(const Layout *with, const Layout *without, AxisMask axes, int nd)
+{
+    for (int d = 0; d < nd; d++)
+        if ((with->dim[d] & axes) && !(without->dim[d] & axes)) return d;
+    return -1;
+}
+
+static int exec_coll(Runtime *rt, const Instr *in, Err *err)
+{
+    if (in->why == WHY_STATS) return 0;          /* done inside the op's kernel */
+    const CommOps *o = rt->comm->ops;
+    const int32_t *a = &rt->pr->args[in->arg0];
+    int32_t dv = a[0], sv = a[1];
+    const Value *D = &rt->pr->values[dv], *S = &rt->pr->values[sv];
+    int t = S->tensor, nd = rt->g->tensors[t].ndim;
+    CommGroup *gr = group_of(rt, in, err);
+    if (!gr) return -1;
+    AxisMask ax = in->why == WHY_TIED ? 0 : in->axes & rt->live;
+    int G = in->why == WHY_TIED ? 0 : rt->gsize[ax];
+    float *src = val(rt, sv);
+    int64_t ns = rt->numel[sv];
+
+    if (in->kind == I_ALLREDUCE) {
+        float *dst = val(rt, dv);
+        if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)ns);
+        int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
+        value_geom(rt, &S->layout, t, ext, off);
+        return allreduce_sum(rt, gr, dst, ns, (Compress)in->compress, t, nd ? ext[0] : 1, err);
+    }
+
+    if (in->kind == I_REDUCE_SCATTER && D->shard) {
+        /* ZeRO: the flat gradient, padded to G parts, summed part-wise into
+         * this rank's shard; the whole gradient restarts from zero */
+        int64_t chunk = rt->numel[dv];
+        float *send = xcalloc((size_t)(chunk * G), sizeof(float)), *r = xmalloc(sizeof(float) * (size_t)chunk);
+        memcpy(send, src, sizeof(float) * (size_t)ns);
+        int rc = o->reduce_scatter(gr, send, r, chunk, CT_F32, err);
+        float *dst = val(rt, dv);
+        for (int64_t e = 0; e < chunk && !rc; e++) dst[e] += r[e];
+        memset(src, 0, sizeof(float) * (size_t)ns);
+        free(send);
+        free(r);
+        return rc;
+    }
+    if (in->kind == I_ALLGATHER && (S->shard || (dv == sv && D->kind == VAL_PARAM))) {
+        /* ZeRO: flat shards of the param gathered into the whole */
+        int64_t n = dv == sv ? ns : rt->numel[dv];
+        AxisMask sh = S->shard ? S->shard : ax;
+        int Gs = rt->gsize[sh];
+        int64_t chunk = (n + Gs - 1) / Gs;
+        int idx = ir_group_index(rt->s, rt->coord, sh);
+        float *mine = xcalloc((size_t)chunk, sizeof(float)), *all = xmalloc(sizeof(float) * (size_t)(chunk * Gs));
+        if (S->shard) memcpy(mine, src, sizeof(float) * (size_t)chunk);
+        else {
+            int64_t lo = (int64_t)idx * chunk, len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
+            memcpy(mine, src + lo, sizeof(float) * (size_t)len);
+        }
+        int rc = o->allgather(rt->groups[sh], mine, all, chunk, CT_F32, err);
+        if (!rc) memcpy(val(rt, dv), all, sizeof(float) * (size_t)n);
+        free(mine);
+        free(all);
+        return rc;
+    }
+
+    int64_t se[IR_MAX_DIMS], so[IR_MAX_DIMS], de[IR_MAX_DIMS], dof[IR_MAX_DIMS];
+    value_geom(rt, &S->layout, t, se, so);
+    int64_t nd_ = value_geom(rt, &D->layout, t, de, dof);
+    float *dst = val(rt, dv);
+    int64_t zero[IR_MAX_DIMS] = {0};
+    int rc = 0;
+
+    if (in->kind == I_REDUCE_SCATTER) {
+        /* blocks along the scattered dim, one per member, then summed */
+        int d = moved_dim(&D->layout, &S->layout, ax, nd);
+        if (d < 0) return err_set(err, "reduce_scatter of %s: no dim to scatter", rt->g->tensors[t].name);
+        float *send = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
+        int64_t len[IR_MAX_DIMS], soff[IR_MAX_DIMS] = {0};
+        memcpy(len, se, sizeof len);
+        len[d] = se[d] / G;
+        for (int j = 0; j < G; j++) {
+            soff[d] = j * len[d];
+            block_copy(send + (int64_t)j * nd_, len, zero, src, se, soff, len, nd);
+        }
+        rc = o->reduce_scatter(gr, send, dst, nd_, CT_F32, err);
+        free(send);
+        return rc;
+    }
+    if (in->kind == I_ALLGATHER) {
+        /* one axis at a time, innermost first, each along the dim it splits */
+        Layout cur = S->layout;
+        float *cb = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
+        memcpy(cb, src, sizeof(float) * (size_t)ns);
+        for (int x = rt->s->naxes - 1; x >= 0 && !rc; x--) {
+            AxisMask bit = 1 << x;
+            if (!(ax & bit)) continue;
+            int d = -1;
+            for (int e = 0; e < nd; e++)
+                if (cur.dim[e] & bit) d = e;
+            if (d < 0) continue;
+            int64_t ce[IR_MAX_DIMS], co[IR_MAX_DIMS];
+            int64_t n = value_geom(rt, &cur, t, ce, co);
+            int Gx = rt->gsize[bit];
+            float *all = xmalloc(sizeof(float) * (size_t)(n * Gx + 1));
+            rc = o->allgather(rt->groups[bit], cb, all, n, CT_F32, err);
+            int64_t ne[IR_MAX_DIMS], doff[IR_MAX_DIMS] = {0};
+            memcpy(ne, ce, sizeof ne);
+            ne[d] *= Gx;
+            float *nb = xmalloc(sizeof(float) * (size_t)(n * Gx + 1));
+            for (int j = 0; j < Gx && !rc; j++) {
+                doff[d] = j * ce[d];
+                block_copy(nb, ne, doff, all + (int64_t)j * n, ce, zero, ce, nd);
+            }
+            free(all);
+            free(cb);
+            cb = nb;
+            cur.dim[d] &= ~bit;
+        }
+        if (!rc) memcpy(dst, cb, sizeof(float) * (size_t)nd_);
+        free(cb);
+        return rc;
+    }
+    if (in->kind == I_ALL_TO_ALL) {
+        int d1 = moved_dim(&S->layout, &D->layout, ax, nd);   /* split before */
+        int d2 = moved_dim(&D->layout, &S->layout, ax, nd);   /* split after */
+        if (d1 < 0 || d2 < 0) return err_set(err, "all_to_all of %s: dims not found", rt->g->tensors[t].name);
+        int64_t blk = ns / G;
+        float *send = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1)), *recv = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
+        int64_t len[IR_MAX_DIMS], off[IR_MAX_DIMS] = {0};
+        memcpy(len, se, sizeof len);
+        len[d2] = se[d2] / G;
+        for (int j = 0; j < G; j++) {
+            off[d2] = j * len[d2];
+            block_copy(send + j * blk, len, zero, src, se, off, len, nd);
+        }
+        rc = o->all_to_all(gr, send, recv, blk, CT_F32, err);
+        int64_t doff[IR_MAX_DIMS] = {0};
+        for (int i = 0; i < G && !rc; i++) {
+            doff[d1] = i * len[d1];
+            block_copy(dst, de, doff, recv + i * blk, len, zero, len, nd);
+        }
+        free(send);
+        free(recv);
+        return rc;
+    }
+    return err_set(err, "unknown collective %d", in->kind);
+}
+
+static int tag_of(const Instr *in)
+{
+    if (in->why == WHY_PS) return (in->tensor % 4096) * 8 + (in->part % 8);
+    return (in->tensor % 8192) * 2 + (in->phase == PH_FWD ? 0 : 1);
+}
+
+static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
+{
+    const CommOps *o = rt->comm->ops;
+    int32_t v = rt->pr->args[in->arg0];
+    CommGroup *gr = rt->groups[in->axes & rt->live];
+    if (!gr) return err_set(err, "no group for a %s", instr_kind_name((InstrKind)in->kind));
+    int64_t lo = 0, len = rt->numel[v];
+    if (in->nparts > 0) part_range(rt->numel[v], in->part, in->nparts, &lo, &len);
+    float *b = val(rt, v) + lo;
+    const Value *V = &rt->pr->values[v];
+    if (in->kind == I_RECV) {
+        /* a stale pull (staleness k) is received k steps later, before the
+         * forward that may first use it */
+        if (in->why == WHY_PS && V->kind == VAL_PARAM && rt->s->params[V->tensor].staleness > 0 &&
+            !rt->draining) {
+            if (rt->ndefer == rt->cap_defer) {
+                rt->cap_defer = rt->cap_defer ? rt->cap_defer * 2 : 64;
+                rt->defer = xrealloc(rt->defer, sizeof *rt->defer * rt->cap_defer);
+            }
+            rt->defer[rt->ndefer++] = (Deferred){ (int32_t)(in - rt->pr->instrs), rt->step };
+            return 0;
+        }
+        return o->recv(gr, b, len, CT_F32, in->peer, tag_of(in), err);
+    }
+    /* params and their gradients change before a slow receiver takes them:
+     * send a copy */
+    float *stage = NULL;
+    if (V->kind == VAL_PARAM || V->kind == VAL_PARAM_GRAD) {
+        stage = xmalloc(sizeof(float) * (size_t)(len ? len : 1));
+        memcpy(stage, b, sizeof(float) * (size_t)len);
+        b = stage;
+    }
+    CommReq *req = NULL;
+    if (o->isend(gr, b, len, CT_F32, in->peer, tag_of(in), &req, err)) {
+        free(stage);
+        return -1;
+    }
+    if (rt->npend == rt->cap_pend) {
+        rt->cap_pend = rt->cap_pend ? rt->cap_pend * 2 : 64;
+        rt->pend = xrealloc(rt->pend, sizeof *rt->pend * rt->cap_pend);
+    }
+    rt->pend[rt->npend++] = (Pending){ req, v, stage };
+    return 0;
+}
+
+/* Waits for the sends of value v (v >= 0), of every unstaged value (v == -1:
+ * the end of a step) or of everything (v == -2). Staged copies may stay in
+ * flight across steps: a stale receiver takes them late. */
+static int wait_sends(Runtime *rt, int32_t v, Err *err)
+{
+    int rc = 0, w = 0;
+    for (int i = 0; i < rt->npend; i++) {
+        Pending *q = &rt->pend[i];
+        bool now = v == -2 || (v == -1 && !q->stage) || q->val == v;
+        if (!now) {
+            rt->pend[w++] = *q;
+            continue;
+        }
+        if (rt->comm->ops->wait(q->req, err)) rc = -1;
+        free(q->stage);
+    }
+    rt->npend = w;
+    return rc;
+}
+
+/* Receives the stale pulls issued at or before step `upto` (all: INT_MAX). */
+static int take_pulls(Runtime *rt, int upto, Err *err)
+{
+    int rc = 0, w = 0;
+    rt->draining = true;
+    for (int i = 0; i < rt->ndefer; i++) {
+        if (rt->defer[i].step > upto || rc) {
+            rt->defer[w++] = rt->defer[i];
+            continue;
+        }
+        rc = exec_p2p(rt, &rt->pr->instrs[rt->defer[i].instr], err);
+    }
+    rt->draining = false;
+    rt->ndefer = w;
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Data and parameters */
+
+static uint64_t data_seed(const Runtime *rt, int step)
+{
+    return rt->cfg.seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(step + 1));
+}
+
+static void load_data(Runtime *rt, int32_t v)
+{
+    const Value *V = &rt->pr->values[v];
+    const Tensor *T = &rt->g->tensors[V->tensor];
+    int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
+    value_geom(rt, &V->layout, V->tensor, ext, off);
+    if (T->batch_dim >= 0) off[T->batch_dim] += (int64_t)V->micro * (T->shape[T->batch_dim] / rt->s->microbatches);
+    float *b = val(rt, v);
+    if (rt->data_hi[V->tensor] > 0)
+        kernel_init_fill_int((int32_t *)b, data_seed(rt, rt->step), T->name, T->ndim, T->shape,
+                             off, ext, rt->data_hi[V->tensor]);
+    else
+        kernel_init_fill(b, data_seed(rt, rt->step), T->name, T->ndim, T->shape, off, ext, 1.0f);
+}
+
+/* Initial value of param t: norm scales 1, norm shifts 0, the rest uniform
+ * with scale 1/sqrt(fan-in) (fan-in: every dim but the last). */
+static float param_scale(const Runtime *rt, int t, float *constant)
+{
+    const Graph *g = rt->g;
+    *constant = NAN;
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        if (op->kind != OP_LAYERNORM && op->kind != OP_BATCHNORM) continue;
+        if (op->nin > 1 && op->in[1] == t) *constant = 1.0f;
+        if (op->nin > 2 && op->in[2] == t) *constant = 0.0f;
+    }
+    const Tensor *T = &g->tensors[t];
+    int64_t fan = T->ndim > 1 ? tensor_numel(T) / T->shape[T->ndim - 1] : T->shape[0];
+    return 1.0f / sqrtf((float)(fan > 0 ? fan : 1));
+}
+
+static void init_param(Runtime *rt, int32_t v)
+{
+    const Value *V = &rt->pr->values[v];
+    const Tensor *T = &rt->g->tensors[V->tensor];
+    int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
+    int64_t n = value_geom(rt, &V->layout, V->tensor, ext, off);
+    float c, scale = param_scale(rt, V->tensor, &c);
+    float *full = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+    if (!isnan(c))
+        for (int64_t e = 0; e < n; e++) full[e] = c;
+    else
+        kernel_init_fill(full, rt->cfg.seed, T->name, T->ndim, T->shape, off, ext, scale);
+    float *b = val(rt, v);
+    if (V->shard) {
+        int64_t chunk = rt->numel[v];
+        int64_t lo = (int64_t)ir_group_index(rt->s, rt->coord, V->shard) * chunk;
+        int64_t len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
+        memcpy(b, full + lo, sizeof(float) * (size_t)len);
+    } else {
+        memcpy(b, full, sizeof(float) * (size_t)n);
+    }
+    free(full);
+}
+
+/* ----------------------------------------------------------------------------
+ * Life cycle */
+
+/* The ranks of this rank's group along mask (ordered by group index). */
+static int group_ranks(const Runtime *rt, AxisMask mask, int *ranks, int *me)
+{
+    const Strategy *s = rt->s;
+    int n = 0;
+    int c[MESH_MAX_AXES];
+    for (int r = 0; r < s->world; r++) {
+        strategy_coords(s, r, c);
+        bool same = true;
+        for (int a = 0; a < s->naxes; a++)
+            if (!(mask & (1 << a)) && c[a] != rt->coord[a]) same = false;
+        if (!same) continue;
+        ranks[ir_group_index(s, c, mask)] = r;
+        n++;
+    }
+    *me = ir_group_index(s, rt->coord, mask);
+    return n;
+}
+
+Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
+                const RunConfig *cfg, Err *err)
+{
+    if (comm->world != s->world) {
+        err_set(err, "the strategy needs %d ranks, this run has %d", s->world, comm->world);
+        return NULL;
+    }
+    Runtime *rt = xcalloc(1, sizeof *rt);
+    rt->g = g;
+    rt->s = s;
+    rt->p = p;
+    rt->comm = comm;
+    rt->cfg = *cfg;
+    rt->pr = &p->classes[p->rank_class[comm->rank]];
+    strategy_coords(s, comm->rank, rt->coord);
+    for (int a = 0; a < s->naxes; a++)
+        if (s->axis_size[a] > 1) rt->live |= 1 << a;
+    for (int m = 0; m < (1 << MESH_MAX_AXES); m++) rt->gsize[m] = strategy_group_size(s, m & ((1 << s->naxes) - 1));
+
+    /* groups: every rank walks the same list in the same order */
+    int *ranks = xmalloc(sizeof *ranks * s->world);
+    for (int m = 1; m < (1 << s->naxes); m++) {
+        if ((m & rt->live) != m) continue;
+        int me, n = group_ranks(rt, (AxisMask)m, ranks, &me);
+        rt->groups[m] = comm->ops->group_new(comm, ranks, n, me, err);
+        if (!rt->groups[m]) goto fail;
+    }
+    /* the stages that share tied params: one set, made last */
+    uint64_t tied = 0;
+    for (int t = 0; t < g->ntensors; t++) {
+        if (g->tensors[t].role != ROLE_PARAM) continue;
+        uint64_t st = 0;
+        for (int i = 0; i < g->nops; i++)
+            for (int k = 0; k < g->ops[i].nin; k++)
+                if (g->ops[i].in[k] == t) st |= 1ull << s->op_stage[i];
+        if (!(st & (st - 1))) continue;
+        if (tied && tied != st) {
+            err_set(err, "params tied across different sets of pipeline stages are not supported");
+            goto fail;
+        }
+        tied = st;
+    }
+    if (tied && s->pp_axis >= 0 && ((tied >> rt->coord[s->pp_axis]) & 1)) {
+        int n = 0, me = 0, c[MESH_MAX_AXES];
+        memcpy(c, rt->coord, sizeof c);
+        for (int st = 0; st < s->nstages; st++) {
+            if (!((tied >> st) & 1)) continue;
+            c[s->pp_axis] = st;
+            if (st == rt->coord[s->pp_axis]) me = n;
+            ranks[n++] = strategy_rank(s, c);
+        }
+        rt->tied = comm->ops->group_new(comm, ranks, n, me, err);
+        if (!rt->tied) goto fail;
+    }
+    free(ranks);
+    ranks = NULL;
+
+    int nv = rt->pr->nvalues;
+    rt->buf = xcalloc(nv ? nv : 1, sizeof *rt->buf);
+    rt->numel = xmalloc(sizeof *rt->numel * (nv ? nv : 1));
+    for (int v = 0; v < nv; v++) rt->numel[v] = value_numel(rt, v);
+    rt->opt_a = xcalloc(g->ntensors, sizeof *rt->opt_a);
+    rt->opt_b = xcalloc(g->ntensors, sizeof *rt->opt_b);
+    rt->ef = xcalloc(g->ntensors, sizeof *rt->ef);
+    rt->psgd_q = xcalloc(g->ntensors, sizeof *rt->psgd_q);
+    rt->psgd_p = xcalloc(g->ntensors, sizeof *rt->psgd_p);
+    rt->psgd_m = xcalloc(g->ntensors, sizeof *rt->psgd_m);
+    rt->psgd_phase = xcalloc(g->ntensors, 1);
+    rt->data_hi = xcalloc(g->ntensors, sizeof *rt->data_hi);
+    rt->loss_op = -1;
+    for (int t = 0; t < g->ntensors; t++)
+        if (g->tensors[t].role == ROLE_PARAM && s->params[t].method == SYNC_PS &&
+            s->params[t].staleness > rt->staleness)
+            rt->staleness = s->params[t].staleness;
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        if (op->kind == OP_EMBEDDING)
+            for (int l = 0; l < IR_LETTERS; l++)
+                if (op->gather_mask & (1u << l)) rt->data_hi[op->in[0]] = (int32_t)op->size[l];
+        if (op->kind == OP_CROSS_ENTROPY) {
+            for (int l = 0; l < IR_LETTERS; l++)
+                if (op->reduce_mask & (1u << l)) rt->data_hi[op->in[1]] = (int32_t)op->size[l];
+            rt->loss_op = i;
+        }
+    }
+    for (int v = 0; v < nv; v++)
+        if (rt->pr->values[v].kind == VAL_PARAM) init_param(rt, v);
+    return rt;
+
+fail:
+    free(ranks);
+    rt_free(rt);
+    return NULL;
+}
+
+int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
+{
+    const Program *pr = rt->pr;
+    rt->step = step;
+    rt->loss_acc = 0;
+    memset(st, 0, sizeof *st);
+    double t0 = now_s();
+    for (int v = 0; v < pr->nvalues; v++) {
+        const Value *V = &pr->values[v];
+        if (V->kind == VAL_PARAM_GRAD && rt->buf[v])
+            memset(rt->buf[v], 0, sizeof(float) * (size_t)rt->numel[v]);
+        if (V->kind == VAL_DATA) load_data(rt, v);
+    }
+    /* pulls a stale worker may no longer skip: issued k+1 or more steps ago */
+    int rc = take_pulls(rt, step - 1 - rt->staleness, err);
+    for (int i = 0; i < pr->ninstrs && !rc; i++) {
+        const Instr *in = &pr->instrs[i];
+        double a = now_s();
+        switch ((InstrKind)in->kind) {
+        case I_COMPUTE:
+            if (in->op >= 0) rc = exec_op(rt, in, err);
+            else if (in->phase == PH_UPDATE) exec_update(rt, in);
+            else exec_sum(rt, in);
+            st->compute_s += now_s() - a;
+            break;
+        case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
+        case I_BROADCAST:
+            rc = exec_coll(rt, in, err);
+            st->comm_s += now_s() - a;
+            break;
+        case I_SEND: case I_RECV:
+            rc = exec_p2p(rt, in, err);
+            st->comm_s += now_s() - a;
+            break;
+        case I_ALLOC:
+            val(rt, pr->args[in->arg0]);
+            break;
+        case I_FREE: {
+            int32_t v = pr->args[in->arg0];
+            rc = wait_sends(rt, v, err);
+            if (pr->values[v].kind != VAL_PARAM && pr->values[v].kind != VAL_PARAM_GRAD) {
+                free(rt->buf[v]);
+                rt->buf[v] = NULL;
+            }
+            st->comm_s += now_s() - a;
+            break;
+        }
+        default:
+            rc = err_set(err, "instruction %d: unknown kind %d", i, in->kind);
+        }
+        if (rc) err_prefix(err, "rank %d, step %d, instruction %d (%s)", rt->comm->rank, step, i,
+                           instr_kind_name((InstrKind)in->kind));
+    }
+    if (!rc) rc = wait_sends(rt, -1, err);
+
+    /* the loss: summed over micro-batches on the ranks holding it, counted
+     * once per replica, then over the world */
+    double loss = 0;
+    if (!rc && rt->loss_op >= 0 && rt->s->op_stage[rt->loss_op] == pr->stage) {
+        Layout lo = ir_operand_layout(rt->g, rt->s, rt->loss_op, rt->g->ops[rt->loss_op].nin);
+        AxisMask repl = rt->live & ~lo.partial;
+        if (rt->s->pp_axis >= 0) repl &= ~(1 << rt->s->pp_axis);
+        loss = rt->loss_acc / rt->gsize[repl];
+    }
+    float lf = (float)loss;
+    AxisMask all = rt->live;
+    if (!rc && all) rc = rt->comm->ops->allreduce(rt->groups[all], &lf, 1, CT_F32, RED_SUM, err);
+    st->loss = lf;
+    st->step_s = now_s() - t0;
+    st->idle_s = st->step_s - st->compute_s - st->comm_s;
+    if (st->idle_s < 0) st->idle_s = 0;
+    return rc;
+}
+
+int rt_gather_param(Runtime *rt, int t, float *out, Err *err)
+{
+    const Tensor *T = &rt->g->tensors[t];
+    int64_t n = tensor_numel(T);
+    /* the training is over: every pull and send completes first */
+    int rc = take_pulls(rt, 1 << 30, err);
+    if (!rc) rc = wait_sends(rt, -2, err);
+    float *whole = xcalloc((size_t)n, sizeof(float));
+    for (int v = 0; v < rt->pr->nvalues; v++) {
+        const Value *V = &rt->pr->values[v];
+        if (V->kind != VAL_PARAM || V->tensor != t) continue;
+        int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
+        int64_t ln = value_geom(rt, &V->layout, t, ext, off);
+        float *local = val(rt, v), *tmp = NULL;
+        if (V->shard) {      /* ZeRO-3: the shards of the local block first */
+            int D = rt->gsize[V->shard];
+            int64_t chunk = rt->numel[v];
+            tmp = xmalloc(sizeof(float) * (size_t)(chunk * D));
+            rc = rt->comm->ops->allgather(rt->groups[V->shard], local, tmp, chunk, CT_F32, err);
+            local = tmp;
+        }
+        /* one replica of each block writes it: index 0 along the axes that
+         * replicate it, and the first stage that holds it */
+        AxisMask held = 0;
+        for (int d = 0; d < T->ndim; d++) held |= V->layout.dim[d];
+        bool primary = true;
+        for (int a = 0; a < rt->s->naxes; a++)
+            if (!(held & (1 << a)) && a != rt->s->pp_axis && rt->coord[a] != 0) primary = false;
+        if (rt->s->pp_axis >= 0)
+            for (int i = 0; i < rt->g->nops; i++) {
+                bool uses = false;
+                for (int k = 0; k < rt->g->ops[i].nin; k++) uses |= rt->g->ops[i].in[k] == t;
+                if (uses) {
+                    primary &= rt->s->op_stage[i] == rt->pr->stage;
+                    break;
+                }
+            }
+        if (primary && !rc) {
+            int64_t zero[IR_MAX_DIMS] = {0};
+            block_copy(whole, T->shape, off, local, ext, zero, ext, T->ndim);
+        }
+        (void)ln;
+        free(tmp);
+        break;
+    }
+    if (!rc && rt->live) rc = rt->comm->ops->allreduce(rt->groups[rt->live], whole, n, CT_F32, RED_SUM, err);
+    if (!rc && out) memcpy(out, whole, sizeof(float) * (size_t)n);
+    free(whole);
+    return rc;
+}
+
+void rt_free(Runtime *rt)
+{
+    if (!rt) return;
+    Err err;
+    if (rt->pr) {
+        take_pulls(rt, 1 << 30, &err);
+        wait_sends(rt, -2, &err);
+    }
+    free(rt->pend);
+    free(rt->defer);
+    if (rt->buf)
+        for (int v = 0; v < rt->pr->nvalues; v++) free(rt->buf[v]);
+    free(rt->buf);
+    free(rt->numel);
+    if (rt->opt_a)
+        for (int t = 0; t < rt->g->ntensors; t++) {
+            free(rt->opt_a[t]);
+            free(rt->opt_b[t]);
+            free(rt->ef[t]);
+            free(rt->psgd_q[t]);
+            free(rt->psgd_p[t]);
+            free(rt->psgd_m[t]);
+        }
+    free(rt->opt_a);
+    free(rt->opt_b);
+    free(rt->ef);
+    free(rt->psgd_q);
+    free(rt->psgd_p);
+    free(rt->psgd_m);
+    free(rt->psgd_phase);
+    free(rt->data_hi);
+    for (int m = 0; m < (1 << MESH_MAX_AXES); m++)
+        if (rt->groups[m]) rt->comm->ops->group_free(rt->groups[m]);
+    if (rt->tied) rt->comm->ops->group_free(rt->tied);
+    free(rt);
+}

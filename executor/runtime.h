@@ -1,0 +1,56 @@
+/*
+ * runtime.h — interprets one rank's lowered program, for real.
+ *
+ * The rank runs its class's program instruction by instruction: compute on
+ * the CPU kernels, communication through a Comm backend, every buffer a value
+ * of the program. Parameters and data are a pure function of (seed, tensor
+ * name, global element index), so a shard holds exactly what the whole tensor
+ * would hold there and a parallel run can be compared with a one-rank run.
+ *
+ * Sends are posted without waiting (a send's buffer is kept until it is
+ * delivered), receives and collectives wait: that is what lets 1F1B's crossed
+ * sends and receives between neighbouring stages make progress.
+ */
+#ifndef STRATA_RUNTIME_H
+#define STRATA_RUNTIME_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "executor/comm.h"
+#include "executor/kernels.h"
+#include "ir/err.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+
+typedef struct {
+    uint64_t seed;          /* params and data */
+    OptimHyper hyper;       /* learning rate, momentum, Adam betas, ... */
+} RunConfig;
+
+typedef struct {
+    double loss;            /* the step's loss over the global batch (same on every rank) */
+    double step_s;          /* this rank's wall time of the step */
+    double compute_s;       /* time in compute instructions */
+    double comm_s;          /* time in communication, waiting for peers included */
+    double idle_s;          /* the rest: interpretation, memory, bookkeeping */
+} StepStat;
+
+typedef struct Runtime Runtime;
+
+/* Prepares this process's rank (comm->rank) of plan p: its groups (every rank
+ * of the world must call this, in step), its params initialised from the seed.
+ * g, s, p and comm must outlive the runtime. Caller frees with rt_free. */
+Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
+                const RunConfig *cfg, Err *err);
+/* One training step (numbered from 0: the step number picks the data). */
+int rt_step(Runtime *rt, int step, StepStat *st, Err *err);
+/* The whole of param t, assembled on world rank 0 into `out` (numel floats;
+ * other ranks pass NULL). Every rank must call it, in step. */
+int rt_gather_param(Runtime *rt, int t, float *out, Err *err);
+void rt_free(Runtime *rt);
+
+/* Default hyper-parameters: Adam (lr 1e-3, 0.9, 0.999, 1e-8), SGD momentum 0.9. */
+void rt_default_hyper(OptimHyper *h);
+
+#endif
