@@ -47,6 +47,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 # tests/mpi_*.c: built like the others, run under mpirun by scripts/run-tests.sh
 MPI_TEST_SRC := $(wildcard tests/mpi_*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
+MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -57,6 +58,7 @@ ifeq ($(HAVE_MPI),1)
   MPI_BUILD := $(MPI_TESTS)
 endif
 BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+MPI_BENCHES := $(MPI_BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libstrata.a
 STRATA   := $(BUILD)/strata
 
@@ -99,8 +101,10 @@ demo: setup
 	@sh scripts/demo.sh $(STRATA)
 
 bench: setup
-	@$(MAKE) --no-print-directory all $(BENCHES)
+	@$(MAKE) --no-print-directory all $(BENCHES) $(MPI_BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
+	@for b in $(MPI_BENCHES); do \
+	    mpirun --allow-run-as-root --oversubscribe -np 2 $$b || exit 1; done
 
 clean:
 	rm -rf build

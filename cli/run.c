@@ -19,6 +19,7 @@
 #include "args.h"
 #include "commands.h"
 #include "db/db.h"
+#include "executor/blas.h"
 #include "executor/comm.h"
 #include "executor/runtime.h"
 #include "ir/cluster.h"
@@ -272,6 +273,9 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     int rank = 0, world = 1, rc = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
+    /* ranks on one machine share its cores */
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    blas_threads(local ? atoi(local) : world);
     Loaded L = {0};
     Comm *comm = NULL;
     Runtime *rt = NULL;
@@ -318,9 +322,11 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
 
     mine = xcalloc((size_t)steps, sizeof *mine);
     all = rank == 0 ? xcalloc((size_t)steps * world, sizeof *all) : NULL;
-    if (rank == 0)
-        printf("run: %s on %d rank%s (cpu), %d step%s\n", L.g->name, world, world == 1 ? "" : "s",
-               steps, steps == 1 ? "" : "s");
+    if (rank == 0) {
+        char blas[256];
+        printf("run: %s on %d rank%s (cpu, %s), %d step%s\n", L.g->name, world,
+               world == 1 ? "" : "s", blas_describe(blas, sizeof blas), steps, steps == 1 ? "" : "s");
+    }
     /* fault injection for the tests: STRATA_FAULT=RANK:STEP kills that rank
      * at the start of that step, as a crash would */
     int fault_rank = -1, fault_step = -1;
@@ -597,11 +603,14 @@ int cmd_runs_list(int argc, char **argv)
         cJSON_free(s);
         cJSON_Delete(arr);
     } else {
-        printf("%-16s  %-16s  %-20s  %-7s  %5s  %5s  %-13s  %s\n", "run", "plan", "model", "backend",
-               "ranks", "steps", "status", "finished");
+        int wm = 5;
         for (int i = 0; i < n; i++)
-            printf("%-16s  %-16s  %-20s  %-7s  %5d  %5d  %-13s  %s\n", rows[i].id, rows[i].plan_id,
-                   rows[i].model_name, rows[i].backend, rows[i].world, rows[i].steps,
+            if ((int)strlen(rows[i].model_name) > wm) wm = (int)strlen(rows[i].model_name);
+        printf("%-16s  %-16s  %-*s  %-7s  %5s  %5s  %-13s  %s\n", "run", "plan", wm, "model",
+               "backend", "ranks", "steps", "status", "finished");
+        for (int i = 0; i < n; i++)
+            printf("%-16s  %-16s  %-*s  %-7s  %5d  %5d  %-13s  %s\n", rows[i].id, rows[i].plan_id,
+                   wm, rows[i].model_name, rows[i].backend, rows[i].world, rows[i].steps,
                    rows[i].status, rows[i].finished ? rows[i].finished : "");
     }
     db_run_list_free(rows, n);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 char *openblas_get_corename(void);
+void openblas_set_num_threads(int n);
 
 const char *blas_corename(void)
 {
@@ -42,11 +43,27 @@ void blas_fix_coretype(char **argv)
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         want = "Haswell";
     if (!want) return;
-    fprintf(stderr, "strata: OpenBLAS chose its generic %s kernel on a CPU with %s; using %s "
-                    "(set OPENBLAS_CORETYPE to choose yourself)\n",
-            core, strcmp(want, "SkylakeX") == 0 ? "AVX-512" : "AVX2", want);
     setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("STRATA_BLAS_REPLACED", core, 1);   /* for blas_describe */
     fflush(NULL);
     execv("/proc/self/exe", argv);
     /* could not restart: carry on with the slow kernel rather than fail */
+}
+
+const char *blas_describe(char *buf, int n)
+{
+    const char *was = getenv("STRATA_BLAS_REPLACED");
+    if (was)
+        snprintf(buf, n, "OpenBLAS kernel %s (its generic %s kernel replaced: set OPENBLAS_CORETYPE "
+                 "to choose)", openblas_get_corename(), was);
+    else
+        snprintf(buf, n, "OpenBLAS kernel %s", openblas_get_corename());
+    return buf;
+}
+
+void blas_threads(int ranks_per_node)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int t = ranks_per_node > 0 && cores > 0 ? (int)(cores / ranks_per_node) : 1;
+    openblas_set_num_threads(t > 0 ? t : 1);
 }

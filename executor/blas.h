@@ -10,12 +10,17 @@
 #define STRATA_BLAS_H
 
 /* When OpenBLAS runs a generic kernel on a CPU with AVX-512 or AVX2 and the
- * user set no OPENBLAS_CORETYPE, sets it (SkylakeX or Haswell), says so on
- * stderr and re-executes argv; returns when there is nothing to do or the
- * re-execution failed. Call it first thing in main(). */
+ * user set no OPENBLAS_CORETYPE, sets it (SkylakeX or Haswell) and
+ * re-executes argv; returns when there is nothing to do or the re-execution
+ * failed. Call it first thing in main(); blas_describe says what happened. */
 void blas_fix_coretype(char **argv);
 
 /* The kernel OpenBLAS runs ("SkylakeX", "Prescott", ...). */
 const char *blas_corename(void);
+/* "OpenBLAS kernel SkylakeX (its generic Prescott kernel replaced ...)", into buf. */
+const char *blas_describe(char *buf, int n);
+/* Shares the cores among the ranks of one machine: cores / ranks_per_node
+ * OpenBLAS threads each (at least one), so ranks do not fight for cores. */
+void blas_threads(int ranks_per_node);
 
 #endif

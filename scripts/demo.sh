@@ -19,3 +19,15 @@ run "$strata" strategy show "$out/megatron.json" --model "$out/gpt3-175b.json"
 run "$strata" lower --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
     --nodes 128 --strategy "$out/megatron.json" --db "$db"
 run "$strata" plans list --db "$db"
+
+# Then a small plan for real: a GPT on 2 CPU ranks with Megatron tensor
+# parallelism, checked step by step against one rank, and the stored run.
+run "$strata" model build gpt --layers 2 --hidden 64 --heads 4 --seq 32 --vocab 256 --batch 8 \
+    -o "$out/gpt-small.json"
+run "$strata" strategy build megatron --model "$out/gpt-small.json" --world 2 --tp 2 \
+    -o "$out/tp2.json"
+run "$strata" run --model "$out/gpt-small.json" --strategy "$out/tp2.json" --steps 5 --verify \
+    --db "$db"
+run "$strata" runs list --db "$db"
+id=$("$strata" runs list --db "$db" | awk 'NR == 2 { print $1 }')
+run "$strata" runs show "$id" --db "$db"
