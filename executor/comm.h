@@ -49,7 +49,16 @@ typedef struct {
      * freed. *req may be NULL (the send completed already). */
     int (*isend)(CommGroup *g, const void *buf, int64_t count, CommType dt, int peer, int tag,
                  CommReq **req, Err *err);
-    /* Completes the send of req and frees req (NULL: nothing to do). */
+    /* Starts the same all-reduce as `allreduce` and returns at once: buf is
+     * the backend's until wait(*req). Members start their non-blocking and
+     * blocking collectives of one group in the same order. *req may be NULL
+     * (it completed already). */
+    int (*iallreduce)(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
+                      CommReq **req, Err *err);
+    /* Lets req progress without waiting; *done says whether it completed
+     * (req still needs its wait). */
+    int (*test)(CommReq *req, int *done, Err *err);
+    /* Completes req (a send or an all-reduce) and frees it (NULL: nothing to do). */
     int (*wait)(CommReq *req, Err *err);
     /* Releases the backend state and c itself; comm_free calls it. */
     void (*destroy)(Comm *c);

@@ -468,7 +468,46 @@ static int mpi_wait(CommReq *q, Err *err)
         if (r != MPI_SUCCESS && rc == MPI_SUCCESS) rc = r;
     }
     free(q);
-    if (rc != MPI_SUCCESS) return mpi_fail(err, rc, "MPI_Wait (of a send)", __FILE__, __LINE__);
+    if (rc != MPI_SUCCESS) return mpi_fail(err, rc, "MPI_Wait", __FILE__, __LINE__);
+    return 0;
+}
+
+static int mpi_test(CommReq *q, int *done, Err *err)
+{
+    *done = 1;
+    if (!q) return 0;
+    int rc = MPI_Testall(q->n, q->r, done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) return mpi_fail(err, rc, "MPI_Testall", __FILE__, __LINE__);
+    return 0;
+}
+
+static int mpi_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
+                          CommReq **req, Err *err)
+{
+    MPI_Datatype t = MPI_DATATYPE_NULL;
+    MPI_Op mop = MPI_OP_NULL;
+    size_t es = 0;
+    *req = NULL;
+    if (check_count(count, "allreduce", err) || mpi_type(dt, &t, &es, err) ||
+        mpi_redop(g->impl, dt, op, &mop, err))
+        return -1;
+    int64_t max = g->impl->max_count, pieces = count ? (count + max - 1) / max : 0;
+    if (!pieces) return 0;
+    CommReq *q = malloc(sizeof *q + (size_t)pieces * sizeof q->r[0]);
+    if (!q) return err_set(err, "comm mpi: out of memory for an all-reduce of %lld pieces",
+                           (long long)pieces);
+    q->n = 0;
+    for (int64_t off = 0; off < count; off += max) {
+        int c = (int)(count - off < max ? count - off : max);
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * es, c, t, mop, g->comm, &q->r[q->n]);
+        if (rc != MPI_SUCCESS) {
+            for (int i = 0; i < q->n; i++) MPI_Wait(&q->r[i], MPI_STATUS_IGNORE);
+            free(q);
+            return mpi_fail(err, rc, "MPI_Iallreduce", __FILE__, __LINE__);
+        }
+        q->n++;
+    }
+    *req = q;
     return 0;
 }
 
@@ -579,6 +618,8 @@ static const CommOps mpi_ops = {
     .send = mpi_send,
     .recv = mpi_recv,
     .isend = mpi_isend,
+    .iallreduce = mpi_iallreduce,
+    .test = mpi_test,
     .wait = mpi_wait,
     .destroy = mpi_destroy,
 };

@@ -559,6 +559,24 @@ static int nccl_recv(CommGroup *g, void *buf, int64_t count, CommType dt, int pe
     return launch(g, buf, (size_t)count, t, peer, err);
 }
 
+/* The all-reduce runs on the group's stream and is synchronised before this
+ * returns, so it is complete at once (*req NULL): overlap on a GPU comes from
+ * streams, not from this call. */
+static int nccl_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
+                           CommReq **req, Err *err)
+{
+    *req = NULL;
+    return nccl_allreduce(g, buf, count, dt, op, err);
+}
+
+/* Queued sends start at their wait (see the top of this file). */
+static int nccl_test(CommReq *q, int *done, Err *err)
+{
+    (void)err;
+    *done = q == NULL;
+    return 0;
+}
+
 static void nccl_destroy(Comm *c);
 
 static const CommOps nccl_ops = {
@@ -573,6 +591,8 @@ static const CommOps nccl_ops = {
     .send = nccl_send,
     .recv = nccl_recv,
     .isend = nccl_isend,
+    .iallreduce = nccl_iallreduce,
+    .test = nccl_test,
     .wait = nccl_wait,
     .destroy = nccl_destroy,
 };

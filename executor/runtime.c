@@ -31,6 +31,11 @@ typedef struct {
     int step;                /* the step that issued it */
 } Deferred;
 
+typedef struct {
+    int32_t instr;           /* a gradient all-reduce in flight */
+    CommReq *req;
+} Inflight;
+
 struct Runtime {
     const Graph *g;
     const Strategy *s;
@@ -54,6 +59,8 @@ struct Runtime {
     int npend, cap_pend;
     Deferred *defer;         /* stale pulls, received k steps late */
     int ndefer, cap_defer;
+    Inflight *fly;           /* gradient all-reduces overlapping the backward */
+    int nfly, cap_fly;
     int loss_op;
     double loss_acc;
     int step;
@@ -468,6 +475,21 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
     float *src = val(rt, sv);
     int64_t ns = rt->numel[sv];
 
+    if (in->kind == I_ALLREDUCE && dv == sv && in->compress == COMPRESS_NONE &&
+        (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED)) {
+        /* a gradient sync runs behind the rest of the backward: started here,
+         * waited for by the first instruction that depends on it */
+        CommReq *req = NULL;
+        if (o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
+        if (req) {
+            if (rt->nfly == rt->cap_fly) {
+                rt->cap_fly = rt->cap_fly ? rt->cap_fly * 2 : 64;
+                rt->fly = xrealloc(rt->fly, sizeof *rt->fly * rt->cap_fly);
+            }
+            rt->fly[rt->nfly++] = (Inflight){ (int32_t)(in - rt->pr->instrs), req };
+        }
+        return 0;
+    }
     if (in->kind == I_ALLREDUCE) {
         float *dst = val(rt, dv);
         if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)ns);
@@ -662,6 +684,36 @@ static int wait_sends(Runtime *rt, int32_t v, Err *err)
     }
     rt->npend = w;
     return rc;
+}
+
+/* Waits for the all-reduces in flight that instruction i depends on (every
+ * one: i < 0). */
+static int wait_inflight(Runtime *rt, int32_t i, Err *err)
+{
+    const Program *pr = rt->pr;
+    int rc = 0, w = 0;
+    for (int k = 0; k < rt->nfly; k++) {
+        bool dep = i < 0;
+        if (!dep) {
+            const Instr *in = &pr->instrs[i];
+            for (int d = 0; d < in->ndeps && !dep; d++) dep = pr->deps[in->dep0 + d] == rt->fly[k].instr;
+        }
+        if (!dep) {
+            rt->fly[w++] = rt->fly[k];
+            continue;
+        }
+        if (rt->comm->ops->wait(rt->fly[k].req, err)) rc = -1;
+    }
+    rt->nfly = w;
+    return rc;
+}
+
+/* Lets the all-reduces in flight progress (MPI moves them only inside its calls). */
+static void progress(Runtime *rt)
+{
+    Err err;
+    int done;
+    for (int k = 0; k < rt->nfly; k++) rt->comm->ops->test(rt->fly[k].req, &done, &err);
 }
 
 /* Receives the stale pulls issued at or before step `upto` (all: INT_MAX). */
@@ -880,12 +932,19 @@ int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
         const Instr *in = &pr->instrs[i];
         double a = now_s();
+        if (rt->nfly) {
+            rc = wait_inflight(rt, i, err);
+            st->comm_s += now_s() - a;
+            a = now_s();
+            if (rc) break;
+        }
         switch ((InstrKind)in->kind) {
         case I_COMPUTE:
             if (in->op >= 0) rc = exec_op(rt, in, err);
             else if (in->phase == PH_UPDATE) exec_update(rt, in);
             else exec_sum(rt, in);
             st->compute_s += now_s() - a;
+            if (rt->nfly) progress(rt);
             break;
         case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
         case I_BROADCAST:
@@ -914,6 +973,11 @@ int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
         }
         if (rc) err_prefix(err, "rank %d, step %d, instruction %d (%s)", rt->comm->rank, step, i,
                            instr_kind_name((InstrKind)in->kind));
+    }
+    if (!rc) {
+        double a = now_s();
+        rc = wait_inflight(rt, -1, err);
+        st->comm_s += now_s() - a;
     }
     if (!rc) rc = wait_sends(rt, -1, err);
 
@@ -997,6 +1061,8 @@ void rt_free(Runtime *rt)
     }
     free(rt->pend);
     free(rt->defer);
+    if (rt->pr) wait_inflight(rt, -1, &err);
+    free(rt->fly);
     if (rt->buf)
         for (int v = 0; v < rt->pr->nvalues; v++) free(rt->buf[v]);
     free(rt->buf);
