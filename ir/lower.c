@@ -1292,79 +1292,100 @@ static uint64_t ps_role(const Shared *S, const int coord[MESH_MAX_AXES])
     return h;
 }
 
-static void lower_class(const Shared *S, Program *pr, int rank)
+/* Scratch of the lowering, allocated once per plan and reset per class: a
+ * 1024-device plan lowers 16 classes through the same pages. */
+static void low_alloc(Low *L, const Shared *S)
 {
     const Graph *g = S->g;
+    int nt = g->ntensors;
+    memset(L, 0, sizeof *L);
+    L->S = S;
+    L->fwd_val = xmalloc(sizeof *L->fwd_val * (size_t)nt * S->m);
+    L->val_layout = xcalloc(nt, sizeof *L->val_layout);
+    L->fwd_args = xmalloc(sizeof *L->fwd_args * (size_t)g->nops * S->m * (IR_MAX_INPUTS + 1));
+    L->param_val = xmalloc(sizeof *L->param_val * nt);
+    L->pgrad_val = xmalloc(sizeof *L->pgrad_val * nt);
+    L->pshard_val = xmalloc(sizeof *L->pshard_val * nt);
+    L->conv_pass = xmalloc(sizeof *L->conv_pass * nt);
+    L->contrib_pass = xmalloc(sizeof *L->contrib_pass * nt);
+    L->pgrad_pass = xmalloc(sizeof *L->pgrad_pass * nt);
+    L->conv_n = xcalloc(nt, sizeof *L->conv_n);
+    L->conv = xmalloc(sizeof *L->conv * nt * CONV_MAX);
+    L->contrib_head = xmalloc(sizeof *L->contrib_head * nt);
+    L->pgrad = xmalloc(sizeof *L->pgrad * nt);
+    L->copy_vals = xmalloc(sizeof *L->copy_vals * g->nops * IR_MAX_INPUTS);
+    L->ncopy = xcalloc(g->nops, sizeof *L->ncopy);
+    L->cap_tied = nt;
+    L->tied = xmalloc(sizeof *L->tied * (nt ? nt : 1));
+}
+
+static void low_free(Low *L)
+{
+    free(L->fwd_val);
+    free(L->val_layout);
+    free(L->fwd_args);
+    free(L->param_val);
+    free(L->pgrad_val);
+    free(L->pshard_val);
+    free(L->copy_vals);
+    free(L->tied);
+    free(L->ncopy);
+    free(L->conv_pass);
+    free(L->contrib_pass);
+    free(L->pgrad_pass);
+    free(L->conv_n);
+    free(L->conv);
+    free(L->contrib_head);
+    free(L->contribs);
+    free(L->pgrad);
+}
+
+static void lower_class(Low *L, Program *pr, int rank)
+{
+    const Shared *S = L->S;
+    const Graph *g = S->g;
     const Strategy *s = S->s;
-    int coord[MESH_MAX_AXES];
-    strategy_coords(s, rank, coord);
-    Low L = {0};
-    L.S = S;
-    L.pr = pr;
-    L.stage = s->pp_axis >= 0 ? coord[s->pp_axis] : 0;
-    L.last_micro = s->microbatches - 1;
-    pr->stage = L.stage;
+    int nt = g->ntensors;
+    strategy_coords(s, rank, L->coord);
+    L->pr = pr;
+    L->stage = s->pp_axis >= 0 ? L->coord[s->pp_axis] : 0;
+    L->last_micro = s->microbatches - 1;
+    L->pass = 0;
+    L->ncontribs = 0;
+    L->ntied = 0;
+    pr->stage = L->stage;
     if (S->c) pr->device_mem = cluster_device(S->c, rank)->mem_bytes;
 
-    int nt = g->ntensors;
-    L.fwd_val = xmalloc(sizeof *L.fwd_val * (size_t)nt * S->m);
-    for (size_t i = 0; i < (size_t)nt * S->m; i++) L.fwd_val[i] = NOREF;
-    L.val_layout = xcalloc(nt, sizeof *L.val_layout);
-    size_t nfa = (size_t)g->nops * S->m * (IR_MAX_INPUTS + 1);
-    L.fwd_args = xmalloc(sizeof *L.fwd_args * nfa);
-    for (size_t i = 0; i < nfa; i++) L.fwd_args[i] = -1;
-    L.param_val = xmalloc(sizeof *L.param_val * nt);
-    L.pgrad_val = xmalloc(sizeof *L.pgrad_val * nt);
-    L.pshard_val = xmalloc(sizeof *L.pshard_val * nt);
+    /* only this stage's tensors and ops are ever touched */
+    int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
+    for (int i = 0; i < g->nops; i++)
+        if (s->op_stage[i] == L->stage) ops[nops++] = i;
+    for (int x = 0; x < nops; x++) {
+        const Op *op = &g->ops[ops[x]];
+        int32_t *fa = &L->fwd_args[(size_t)ops[x] * S->m * (IR_MAX_INPUTS + 1)];
+        for (size_t k = 0; k < (size_t)S->m * (IR_MAX_INPUTS + 1); k++) fa[k] = -1;
+        for (int k = 0; k <= op->nin; k++) {
+            int t = k < op->nin ? op->in[k] : op->out;
+            for (int mb = 0; mb < S->m; mb++) L->fwd_val[(size_t)t * S->m + mb] = NOREF;
+        }
+        L->ncopy[ops[x]] = 0;
+    }
     for (int t = 0; t < nt; t++) {
-        L.param_val[t] = L.pgrad_val[t] = L.pshard_val[t] = -1;
-        if (g->tensors[t].role != ROLE_PARAM || !(S->stages_using[t] & (1ull << L.stage)))
+        L->conv_pass[t] = L->contrib_pass[t] = L->pgrad_pass[t] = -1;
+        L->conv_n[t] = 0;
+        L->param_val[t] = L->pgrad_val[t] = L->pshard_val[t] = -1;
+        if (g->tensors[t].role != ROLE_PARAM || !(S->stages_using[t] & (1ull << L->stage)))
             continue;
         /* values that live for the whole step: the param as stored (ZeRO-3: its
          * shard) and its gradient */
-        L.param_val[t] = new_value(&L, VAL_PARAM, t, -1, &S->home[t],
-                                   zero3(S, t) ? S->sync_axes[t] : 0);
-        L.pgrad_val[t] = new_value(&L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
+        L->param_val[t] = new_value(L, VAL_PARAM, t, -1, &S->home[t],
+                                    zero3(S, t) ? S->sync_axes[t] : 0);
+        L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
     }
-    L.conv_pass = xmalloc(sizeof *L.conv_pass * nt);
-    L.contrib_pass = xmalloc(sizeof *L.contrib_pass * nt);
-    L.pgrad_pass = xmalloc(sizeof *L.pgrad_pass * nt);
-    for (int t = 0; t < nt; t++) L.conv_pass[t] = L.contrib_pass[t] = L.pgrad_pass[t] = -1;
-    L.conv_n = xcalloc(nt, sizeof *L.conv_n);
-    L.conv = xmalloc(sizeof *L.conv * nt * CONV_MAX);
-    L.contrib_head = xmalloc(sizeof *L.contrib_head * nt);
-    L.pgrad = xmalloc(sizeof *L.pgrad * nt);
-    L.copy_vals = xmalloc(sizeof *L.copy_vals * g->nops * IR_MAX_INPUTS);
-    L.ncopy = xcalloc(g->nops, sizeof *L.ncopy);
-    memcpy(L.coord, coord, sizeof coord);
-
-    int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
-    for (int i = 0; i < g->nops; i++)
-        if (s->op_stage[i] == L.stage) ops[nops++] = i;
-    L.cap_tied = nt;
-    L.tied = xmalloc(sizeof *L.tied * (nt ? nt : 1));
-    run_schedule(&L, ops, nops);
-    sync_tied(&L);
-    account_memory(&L);
-
+    run_schedule(L, ops, nops);
+    sync_tied(L);
+    account_memory(L);
     free(ops);
-    free(L.fwd_val);
-    free(L.val_layout);
-    free(L.fwd_args);
-    free(L.param_val);
-    free(L.pgrad_val);
-    free(L.pshard_val);
-    free(L.copy_vals);
-    free(L.tied);
-    free(L.ncopy);
-    free(L.conv_pass);
-    free(L.contrib_pass);
-    free(L.pgrad_pass);
-    free(L.conv_n);
-    free(L.conv);
-    free(L.contrib_head);
-    free(L.contribs);
-    free(L.pgrad);
 }
 
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -1420,6 +1441,8 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
         Program *pr = &p->classes[p->rank_class[r]];
         pr->ranks[pr->nranks++] = r;
     }
+    Low L;
+    low_alloc(&L, &S);
     for (int k = 0; k < p->nclasses; k++) {
         /* classes of one plan are alike in size: reserve what the last one took */
         Program *pr = &p->classes[k];
@@ -1433,8 +1456,9 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
             pr->args = xmalloc(sizeof *pr->args * pr->cap_args);
             pr->values = xmalloc(sizeof *pr->values * pr->cap_values);
         }
-        lower_class(&S, pr, first_rank[k]);
+        lower_class(&L, pr, first_rank[k]);
     }
+    low_free(&L);
 
     free(first_rank);
     free(class_stage);
