@@ -77,5 +77,8 @@ Comm *comm_mpi_new(Err *err);
 Comm *comm_nccl_new(Err *err);
 /* Frees c (NULL is fine). Free its groups first; call it before MPI_Finalize. */
 void comm_free(Comm *c);
+/* For backends: checks group_new's arguments (ranks inside the world, no rank
+ * twice, this process at index me); the message names the backend. */
+int comm_check_group(const Comm *c, const char *backend, const int *ranks, int n, int me, Err *err);
 
 #endif

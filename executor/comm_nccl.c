@@ -259,32 +259,7 @@ static CommGroup *nccl_group_new(Comm *c, const int *ranks, int n, int me, Err *
     MPI_Comm sub = MPI_COMM_NULL;
     CommGroup *g = NULL;
 
-    if (n < 1 || !ranks) {
-        err_set(err, "comm nccl: a group needs at least one rank (got %d)", n);
-        return NULL;
-    }
-    if (me < 0 || me >= n) {
-        err_set(err, "comm nccl: group index %d is outside a group of %d", me, n);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) {
-        if (ranks[i] < 0 || ranks[i] >= c->world) {
-            err_set(err, "comm nccl: group member %d is world rank %d, outside a world of %d",
-                    i, ranks[i], c->world);
-            return NULL;
-        }
-        for (int j = 0; j < i; j++)
-            if (ranks[j] == ranks[i]) {
-                err_set(err, "comm nccl: world rank %d appears twice in a group (members %d and %d)",
-                        ranks[i], j, i);
-                return NULL;
-            }
-    }
-    if (ranks[me] != c->rank) {
-        err_set(err, "comm nccl: group member %d is world rank %d, but this process is rank %d",
-                me, ranks[me], c->rank);
-        return NULL;
-    }
+    if (comm_check_group(c, "nccl", ranks, n, me, err)) return NULL;
 
     g = calloc(1, sizeof *g);
     if (!g) {
