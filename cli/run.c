@@ -111,6 +111,15 @@ static Cluster *local_cluster(int world, Err *err)
     return c;
 }
 
+static const char *human_bytes(double b, char *out, int n)
+{
+    const char *u[] = { "bytes", "KiB", "MiB", "GiB", "TiB" };
+    int i = 0;
+    while (b >= 1024 && i < 4) { b /= 1024; i++; }
+    snprintf(out, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
+    return out;
+}
+
 static double rel_diff(double a, double b)
 {
     double d = fabs(a - b), m = fmax(fabs(a), fabs(b));
@@ -300,9 +309,11 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     if (L.p) {
         /* fail before allocating: what the plan needs against what there is */
         const Program *pr = &L.p->classes[L.p->rank_class[rank]];
+        char need[32], have[32];
         if (pr->device_mem > 0 && pr->peak_mem > pr->device_mem)
-            err_set(&err, "the plan does not fit: rank %d needs %.3f GiB at its peak, its device "
-                    "has %.3f GiB", rank, pr->peak_mem / 1073741824.0, pr->device_mem / 1073741824.0);
+            err_set(&err, "the plan does not fit: rank %d needs %s at its peak, its device has %s",
+                    rank, human_bytes((double)pr->peak_mem, need, sizeof need),
+                    human_bytes(pr->device_mem, have, sizeof have));
         else if (!(comm = comm_mpi_new(&err))) {
         } else {
             RunConfig cfg = { .seed = seed };

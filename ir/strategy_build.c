@@ -253,6 +253,15 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
             char l = tp_letter(&g->ops[i]);
             if (l) present |= 1u << (l - 'a');
         }
+        if (!present && T > 1) {
+            cJSON_Delete(j);
+            cJSON_Delete(ops);
+            cJSON_Delete(all);
+            err_set(err, "megatron: tp %d would split nothing: the model has none of the letters "
+                    "n, f, v, e (heads, ffn, vocabulary, experts) that Megatron splits; write the "
+                    "ops' splits yourself, or use --tp 1", T);
+            return NULL;
+        }
         if (present) {
             cJSON *split = cJSON_AddObjectToObject(all, "split");
             for (const char *l = tp_letters; *l; l++)

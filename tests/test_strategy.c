@@ -1067,13 +1067,14 @@ static void test_build_parallel(void **state)
     strategy_free(s);
     cluster_free(four);
 
-    /* mlp: megatron splits its f letter, if it has one */
+    /* mlp: megatron splits its f letter if it has one; a tp axis that would
+     * split nothing (every rank doing the same work) is refused */
     graph_free(g);
     g = zoo("mlp");
     StrategyOpts o7 = {.tp = 2};
-    s = build("megatron", g, dgx, &o7);
-    mesh_is(s, "pp=1,dp=4,tp=2");
     if (with_letter(g, 'f')) {
+        s = build("megatron", g, dgx, &o7);
+        mesh_is(s, "pp=1,dp=4,tp=2");
         int nf = 0;
         for (int i = 0; i < g->nops; i++)
             if (g->ops[i].letters_mask >> ('f' - 'a') & 1u) {
@@ -1081,8 +1082,10 @@ static void test_build_parallel(void **state)
                 nf++;
             }
         assert_true(nf > 0);
+        strategy_free(s);
+    } else {
+        build_bad("megatron", g, dgx, &o7, "tp 2 would split nothing");
     }
-    strategy_free(s);
     if (g->nblocks >= 2) {
         StrategyOpts o8 = {.pp = 2};
         s = build("gpipe", g, dgx, &o8);
@@ -1121,11 +1124,13 @@ static void test_build_hand_graphs(void **state)
     strategy_free(s);
     graph_free(g);
 
-    /* an image batch is also called n: megatron must leave it to dp */
+    /* an image batch is also called n: megatron must leave it to dp, and
+     * with nothing else to split, tp is refused rather than idle */
     g = conv_graph();
     StrategyOpts o3 = {.tp = 2, .world = 4};
-    s = build("megatron", g, NULL, &o3);
-    mesh_is(s, "pp=1,dp=2,tp=2");
+    build_bad("megatron", g, NULL, &o3, "tp 2 would split nothing");
+    StrategyOpts o3b = {.tp = 1, .world = 4};
+    s = build("megatron", g, NULL, &o3b);
     check_data_parallel(g, s);
     strategy_free(s);
     StrategyOpts o4 = {.world = 2};
