@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "util.h"
 
@@ -336,12 +337,29 @@ typedef struct {
     int *ncopy;
 } Low;
 
+/* Grows one of a program's arrays. A plan of a thousand devices holds
+ * hundreds of megabytes of instructions; asking for transparent huge pages
+ * turns most of the page faults of filling them into a few. */
+static void *grow(void *p, size_t bytes)
+{
+    p = xrealloc(p, bytes);
+#ifdef MADV_HUGEPAGE
+    const size_t huge = 2u << 20;
+    if (bytes >= 2 * huge) {
+        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(uintptr_t)(huge - 1);
+        uintptr_t e = ((uintptr_t)p + bytes) & ~(uintptr_t)(huge - 1);
+        if (e > a) madvise((void *)a, e - a, MADV_HUGEPAGE);
+    }
+#endif
+    return p;
+}
+
 static int32_t new_value(Low *L, ValueKind kind, int t, int mb, const Layout *l, AxisMask shard)
 {
     Program *pr = L->pr;
     if (pr->nvalues == pr->cap_values) {
         pr->cap_values = pr->cap_values ? pr->cap_values * 2 : 1024;
-        pr->values = xrealloc(pr->values, sizeof *pr->values * pr->cap_values);
+        pr->values = grow(pr->values, sizeof *pr->values * pr->cap_values);
     }
     Value *v = &pr->values[pr->nvalues];
     memset(v, 0, sizeof *v);
@@ -366,15 +384,15 @@ static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, in
     Program *pr = L->pr;
     if (pr->ninstrs == pr->cap_instrs) {
         pr->cap_instrs = pr->cap_instrs ? pr->cap_instrs * 2 : 1024;
-        pr->instrs = xrealloc(pr->instrs, sizeof *pr->instrs * pr->cap_instrs);
+        pr->instrs = grow(pr->instrs, sizeof *pr->instrs * pr->cap_instrs);
     }
     while (pr->ndeps + ndeps > pr->cap_deps) {
         pr->cap_deps = pr->cap_deps ? pr->cap_deps * 2 : 1024;
-        pr->deps = xrealloc(pr->deps, sizeof *pr->deps * pr->cap_deps);
+        pr->deps = grow(pr->deps, sizeof *pr->deps * pr->cap_deps);
     }
     while (pr->nargs + nargs > pr->cap_args) {
         pr->cap_args = pr->cap_args ? pr->cap_args * 2 : 1024;
-        pr->args = xrealloc(pr->args, sizeof *pr->args * pr->cap_args);
+        pr->args = grow(pr->args, sizeof *pr->args * pr->cap_args);
     }
     Instr *in = &pr->instrs[pr->ninstrs];
     memset(in, 0, sizeof *in);
@@ -1451,10 +1469,10 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
             pr->cap_deps = p->classes[k - 1].ndeps + p->classes[k - 1].ndeps / 16 + 64;
             pr->cap_args = p->classes[k - 1].nargs + p->classes[k - 1].nargs / 16 + 64;
             pr->cap_values = p->classes[k - 1].nvalues + p->classes[k - 1].nvalues / 16 + 64;
-            pr->instrs = xmalloc(sizeof *pr->instrs * pr->cap_instrs);
-            pr->deps = xmalloc(sizeof *pr->deps * pr->cap_deps);
-            pr->args = xmalloc(sizeof *pr->args * pr->cap_args);
-            pr->values = xmalloc(sizeof *pr->values * pr->cap_values);
+            pr->instrs = grow(NULL, sizeof *pr->instrs * pr->cap_instrs);
+            pr->deps = grow(NULL, sizeof *pr->deps * pr->cap_deps);
+            pr->args = grow(NULL, sizeof *pr->args * pr->cap_args);
+            pr->values = grow(NULL, sizeof *pr->values * pr->cap_values);
         }
         lower_class(&L, pr, first_rank[k]);
     }
