@@ -36,20 +36,6 @@ static int cmp(const void *a, const void *b)
 
 #define REPS 7
 
-/* Median seconds of fn over REPS runs after one warm-up. */
-#define TIME_MEDIAN(out, body)                                            \
-    do {                                                                  \
-        double t_[REPS];                                                  \
-        body;                                                             \
-        for (int r_ = 0; r_ < REPS; r_++) {                               \
-            double a_ = now_s();                                          \
-            body;                                                         \
-            t_[r_] = now_s() - a_;                                        \
-        }                                                                 \
-        qsort(t_, REPS, sizeof t_[0], cmp);                               \
-        out = t_[REPS / 2];                                               \
-    } while (0)
-
 /* One matmul op of the given spec and sizes (b,s,h,f or as named). */
 static int bench_matmul(const char *label, const char *spec, const char *a_letters,
                         const int64_t *a_shape, int an, const char *b_letters,
@@ -84,12 +70,24 @@ static int bench_matmul(const char *label, const char *spec, const char *a_lette
     for (int64_t i = 0; i < M * K; i++) A[i] = (float)((i * 7) % 13) / 13.0f;
     for (int64_t i = 0; i < K * N; i++) B[i] = (float)((i * 5) % 11) / 11.0f;
     const void *in[2] = { A, B };
-    double tk, tb;
-    int rc = 0;
-    TIME_MEDIAN(tk, rc |= kernel_forward(&ks, in, C, &err));
-    /* OpenBLAS on the equivalent plain GEMM */
-    TIME_MEDIAN(tb, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K,
-                                1.0f, A, (int)K, B, (int)N, 0.0f, C, (int)N));
+    /* the kernel and OpenBLAS on the equivalent plain GEMM, alternated so
+     * that both see the same machine */
+    double a[REPS], b[REPS];
+    int rc = kernel_forward(&ks, in, C, &err);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
+                (int)K, B, (int)N, 0.0f, C, (int)N);
+    for (int r = 0; r < REPS; r++) {
+        double t0 = now_s();
+        rc |= kernel_forward(&ks, in, C, &err);
+        double t1 = now_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
+                    (int)K, B, (int)N, 0.0f, C, (int)N);
+        a[r] = t1 - t0;
+        b[r] = now_s() - t1;
+    }
+    qsort(a, REPS, sizeof a[0], cmp);
+    qsort(b, REPS, sizeof b[0], cmp);
+    double tk = a[REPS / 2], tb = b[REPS / 2];
     double fl = 2.0 * M * N * K;
     printf("  %-26s %-16s M %5lld N %5lld K %5lld  kernel %7.1f GFLOP/s  sgemm %7.1f GFLOP/s  "
            "ratio %.2f\n", label, spec, (long long)M, (long long)N, (long long)K, fl / tk / 1e9,
