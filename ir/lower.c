@@ -1372,7 +1372,12 @@ static void lower_class(Low *L, Program *pr, int rank)
     L->ncontribs = 0;
     L->ntied = 0;
     pr->stage = L->stage;
-    if (S->c) pr->device_mem = cluster_device(S->c, rank)->mem_bytes;
+    /* on a heterogeneous cluster the class must fit its smallest device */
+    pr->device_mem = 0;
+    for (int k = 0; S->c && k < pr->nranks; k++) {
+        double m = cluster_device(S->c, pr->ranks[k])->mem_bytes;
+        if (k == 0 || m < pr->device_mem) pr->device_mem = m;
+    }
 
     /* only this stage's tensors and ops are ever touched */
     int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
