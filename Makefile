@@ -46,11 +46,14 @@ CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 # tests/mpi_*.c: built like the others, run under mpirun by scripts/run-tests.sh
 MPI_TEST_SRC := $(wildcard tests/mpi_*.c)
+# tests/support/*.c: helpers linked into every test program, never run alone
+SUPPORT_SRC := $(wildcard tests/support/*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
 MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 MPI_TESTS:= $(MPI_TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # without mpicc they are not built, and run-tests.sh says they are skipped
@@ -82,8 +85,9 @@ $(LIB): $(LIB_OBJ)
 $(STRATA): $(CLI_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
+# a static pattern: only the test programs, never build/tests/support/*.o
+$(TESTS) $(MPI_TESTS): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(SUPPORT_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS) -lcmocka
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)

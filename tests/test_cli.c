@@ -4,21 +4,19 @@
  * store plans and read them back, and every way of getting the input wrong.
  *
  * Runs the binary named by STRATA_BIN (the Makefile exports it: build/strata,
- * or build/san/strata under SAN=1) and reads data under STRATA_ROOT. Each run
- * is fork + execv with an argv array (no shell), stdout and stderr captured in
- * files of one temporary directory (mkdtemp), which is also the child's cwd, so
- * a default strata.db can only land there. Every model, strategy and database
- * the tests make lives in that directory; it is removed at the end (set
- * STRATA_KEEP_TMP=1 to keep it).
+ * or build/san/strata under SAN=1) and reads data under STRATA_ROOT, through
+ * the harness in tests/support/cli_harness.h: each run is fork + execv with an
+ * argv array (no shell), stdout and stderr captured in files of one temporary
+ * directory (mkdtemp), which is also the child's cwd, so a default strata.db
+ * can only land there, and any run past DEADLINE_S is killed and fails. Every
+ * model, strategy and database the tests make lives in that directory; it is
+ * removed at the end (set STRATA_KEEP_TMP=1 to keep it).
  *
  * Exit codes checked everywhere: 0 success, 1 runtime failure (bad file, bad
  * value inside a file, unwritable path), 2 usage error (unknown command or
  * option, missing or malformed option). Error messages must name the file, the
  * option or the JSON path, and the reason.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <setjmp.h>
@@ -30,309 +28,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
 
-/* A sanitizer build of strata reports with this exit code (set through
- * ASAN_OPTIONS/UBSAN_OPTIONS in the child), so that a crash is never mistaken
- * for the ordinary runtime failure 1. */
-#define SAN_EXIT 86
+#include "tests/support/cli_harness.h"
 
-/* ----------------------------------------------------------------------------
- * Harness: where things are, running strata, checking what it said */
+/* Seconds any one command may take before it is killed and the test fails:
+ * every command here takes well under a second, but a sanitizer build on a
+ * loaded machine is slow. */
+#define DEADLINE_S 120
 
+/* Fixtures built on first use (paths in the temporary directory). */
 static struct {
-    const char *bin;             /* STRATA_BIN */
-    const char *root;            /* STRATA_ROOT */
-    char dir[PATH_MAX];          /* temporary directory, cwd of every run */
-    const char *outp, *errp;     /* where a run's stdout and stderr go */
-    char **strings;              /* paths handed out by tp()/rp(), freed at the end */
-    int nstrings, capstrings;
-    /* fixtures built on first use (paths in dir) */
     const char *gpt;             /* gpt --layers 4 --batch 8 (8-way splits divide it) */
     const char *dp4;             /* dp over local-cpu --nodes 4 on `gpt` */
 } G;
-
-typedef struct {
-    int rc;                      /* exit status; 128 + signal when killed */
-    char *out, *err;             /* all of stdout and stderr, NUL-terminated */
-    char cmd[4096];              /* the command line, for failure messages */
-} Res;
-
-static char *keep(char *s)
-{
-    if (G.nstrings == G.capstrings) {
-        G.capstrings = G.capstrings ? 2 * G.capstrings : 64;
-        G.strings = realloc(G.strings, (size_t)G.capstrings * sizeof *G.strings);
-        assert_non_null(G.strings);
-    }
-    return G.strings[G.nstrings++] = s;
-}
-
-/* Buffers and JSON a test holds. A failed assertion leaves the test by
- * longjmp, past its frees; the per-test teardown releases what is left, so a
- * sanitizer build reports only real leaks. */
-#define LIVE_MAX 256
-static struct {
-    void *p;
-    bool json;
-} live[LIVE_MAX];
-static int nlive;
-
-static void *track_(void *p, bool json)
-{
-    if (!p) return NULL;
-    assert_true(nlive < LIVE_MAX);
-    live[nlive].p = p;
-    live[nlive++].json = json;
-    return p;
-}
-#define track(p) track_((p), false)
-#define track_json(j) ((cJSON *)track_((j), true))
-
-/* Frees p (cJSON_Delete for JSON) and forgets it; NULL is fine. */
-static void release(void *p)
-{
-    if (!p) return;
-    for (int i = nlive - 1; i >= 0; i--) {
-        if (live[i].p != p) continue;
-        if (live[i].json) cJSON_Delete(p);
-        else free(p);
-        live[i] = live[--nlive];
-        return;
-    }
-    fail_msg("release of an untracked pointer");
-}
-
-static int release_all(void **state)
-{
-    (void)state;
-    while (nlive) release(live[nlive - 1].p);
-    return 0;
-}
-
-static const char *pathf(const char *base, const char *name)
-{
-    size_t n = strlen(base) + strlen(name) + 2;
-    char *s = malloc(n);
-    assert_non_null(s);
-    snprintf(s, n, "%s/%s", base, name);
-    return keep(s);
-}
-
-/* A path in the temporary directory; valid until the end of the program. */
-static const char *tp(const char *name) { return pathf(G.dir, name); }
-/* A path in the repository (clusters/..., models/...). */
-static const char *rp(const char *name) { return pathf(G.root, name); }
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    size_t k;
-    while ((k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += k;
-        if (cap - n - 1 == 0) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
-}
-
-static bool exists(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
-static void expect_same_bytes_at(const char *file, int line, const char *path, const char *before,
-                                size_t nbefore)
-{
-    size_t n;
-    char *now = slurp(path, &n);
-    bool same = now && n == nbefore && memcmp(now, before, n) == 0;
-    free(now);
-    if (same) return;
-    print_error("%s:%d: %s changed: %zu bytes before, %zu now\n", file, line, path, nbefore,
-                now ? n : 0);
-    _fail(file, line);
-}
-#define EXPECT_SAME_BYTES(path, before, n) expect_same_bytes_at(__FILE__, __LINE__, (path), (before), (n))
-
-static void expect_absent_at(const char *file, int line, const char *path)
-{
-    if (!exists(path)) return;
-    print_error("%s:%d: %s exists, but nothing should have created it\n", file, line, path);
-    _fail(file, line);
-}
-#define EXPECT_ABSENT(path) expect_absent_at(__FILE__, __LINE__, (path))
-
-static void res_free(Res *r)
-{
-    release(r->out);
-    release(r->err);
-    r->out = r->err = NULL;
-}
-
-static void dump(const Res *r)
-{
-    print_error("  $ %s\n  exit %d\n  --- stdout\n%.3000s\n  --- stderr\n%.3000s\n", r->cmd, r->rc,
-                r->out ? r->out : "", r->err ? r->err : "");
-}
-
-/* Runs strata with args (NULL-terminated, without the program name) and fills
- * r, freeing what r held before. A sanitizer report fails the test at once. */
-static void run_at(const char *file, int line, Res *r, const char *const *args)
-{
-    res_free(r);
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = G.bin;
-    int len = snprintf(r->cmd, sizeof r->cmd, "strata");
-    for (int i = 0; args[i]; i++) {
-        assert_true(n < 63);
-        argv[n++] = args[i];
-        if (len < (int)sizeof r->cmd)
-            len += snprintf(r->cmd + len, sizeof r->cmd - (size_t)len, " %s", args[i]);
-    }
-    argv[n] = NULL;
-
-    const char *outp = G.outp, *errp = G.errp;
-    int fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fo >= 0 && fe >= 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int in = open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0 || chdir(G.dir) != 0)
-            _exit(126);
-        char opt[1024];
-        const char *vars[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
-        for (int i = 0; i < 2; i++) {
-            const char *old = getenv(vars[i]);
-            snprintf(opt, sizeof opt, "%s%sexitcode=%d", old ? old : "", old && old[0] ? ":" : "",
-                     SAN_EXIT);
-            setenv(vars[i], opt, 1);
-        }
-        execv(G.bin, (char *const *)argv);
-        fprintf(stderr, "execv %s: %s\n", G.bin, strerror(errno));
-        _exit(127);
-    }
-    close(fo);
-    close(fe);
-    int st;
-    while (waitpid(pid, &st, 0) < 0) assert_int_equal(errno, EINTR);
-    r->rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r->out = track(slurp(outp, NULL));
-    r->err = track(slurp(errp, NULL));
-    assert_non_null(r->out);
-    assert_non_null(r->err);
-    if (r->rc == SAN_EXIT || r->rc >= 126 || strstr(r->err, "Sanitizer") ||
-        strstr(r->err, "runtime error:")) {
-        print_error("%s:%d: strata crashed or a sanitizer reported an error\n", file, line);
-        dump(r);
-        _fail(file, line);
-    }
-}
-
-#define STRATA(r, ...) run_at(__FILE__, __LINE__, (r), (const char *const[]){ __VA_ARGS__, NULL })
-#define RUNV(r, argv) run_at(__FILE__, __LINE__, (r), (argv))
-
-static void expect_rc_at(const char *file, int line, const Res *r, int want)
-{
-    if (r->rc == want) return;
-    print_error("%s:%d: exit %d, expected %d\n", file, line, r->rc, want);
-    dump(r);
-    _fail(file, line);
-}
-
-/* `text` (stdout or stderr of r) contains every NULL-terminated needle. */
-static void expect_has_at(const char *file, int line, const Res *r, const char *what,
-                          const char *text, const char *const *needles)
-{
-    for (int i = 0; needles[i]; i++) {
-        if (strstr(text, needles[i])) continue;
-        print_error("%s:%d: %s lacks \"%s\"\n", file, line, what, needles[i]);
-        dump(r);
-        _fail(file, line);
-    }
-}
-
-#define EXPECT_RC(r, want) expect_rc_at(__FILE__, __LINE__, (r), (want))
-#define EXPECT_ERR(r, ...) \
-    expect_has_at(__FILE__, __LINE__, (r), "stderr", (r)->err, (const char *const[]){ __VA_ARGS__, NULL })
-#define EXPECT_OUT(r, ...) \
-    expect_has_at(__FILE__, __LINE__, (r), "stdout", (r)->out, (const char *const[]){ __VA_ARGS__, NULL })
-
-/* Parses r's stdout as JSON; fails the test if it does not parse. Caller deletes. */
-static cJSON *json_out_at(const char *file, int line, const Res *r)
-{
-    cJSON *j = track_json(cJSON_Parse(r->out));
-    if (!j) {
-        print_error("%s:%d: stdout is not JSON (near: %.40s)\n", file, line,
-                    cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
-        dump(r);
-        _fail(file, line);
-    }
-    return j;
-}
-#define JSON_OUT(r) json_out_at(__FILE__, __LINE__, (r))
-
-/* j[key], which must exist and be of the given cJSON type test. */
-static const cJSON *jget_at(const char *file, int line, const cJSON *j, const char *key,
-                            cJSON_bool (*is)(const cJSON *), const char *type)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || !is(v)) {
-        char *s = cJSON_PrintUnformatted(j);
-        print_error("%s:%d: key \"%s\" missing or not %s in %.600s\n", file, line, key, type,
-                    s ? s : "?");
-        cJSON_free(s);
-        _fail(file, line);
-    }
-    return v;
-}
-#define JNUM(j, key) (jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsNumber, "a number")->valuedouble)
-#define JSTR(j, key) (jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsString, "a string")->valuestring)
-#define JOBJ(j, key) jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsObject, "an object")
-#define JARR(j, key) jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsArray, "an array")
-
-/* The 16-hex-digit id that follows `after` in text, into id[17]. */
-static void id_after(const char *text, const char *after, char id[17])
-{
-    const char *p = strstr(text, after);
-    if (!p) {
-        print_error("no \"%s\" in:\n%s\n", after, text);
-        fail();
-    }
-    p += strlen(after);
-    assert_int_equal(strspn(p, "0123456789abcdef"), 16);
-    memcpy(id, p, 16);
-    id[16] = 0;
-}
 
 /* ----------------------------------------------------------------------------
  * Fixtures */
@@ -929,9 +642,9 @@ static void test_model_file_is_directory(void **state)
 {
     (void)state;
     Res r = {0};
-    STRATA(&r, "model", "show", G.dir);
+    STRATA(&r, "model", "show", harness_dir());
     EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, G.dir, "directory");
+    EXPECT_ERR(&r, harness_dir(), "directory");
     res_free(&r);
 }
 
@@ -1463,9 +1176,9 @@ static void test_db_unwritable(void **state)
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, bad);
     /* a directory given as the database */
-    STRATA(&r, "model", "list", "--db", G.dir);
+    STRATA(&r, "model", "list", "--db", harness_dir());
     EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, G.dir, "is a directory");
+    EXPECT_ERR(&r, harness_dir(), "is a directory");
     res_free(&r);
 }
 
@@ -1567,82 +1280,50 @@ static void test_read_commands_create_no_db(void **state)
 /* ----------------------------------------------------------------------------
  * main */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    G.bin = getenv("STRATA_BIN");
-    G.root = getenv("STRATA_ROOT");
-    if (!G.bin || !G.bin[0] || !G.root || !G.root[0]) {
-        print_error("test_cli: set STRATA_BIN (the strata binary, absolute path) and STRATA_ROOT "
-                    "(the repository root); `make test` exports both\n");
-        return -1;
-    }
-    if (G.bin[0] != '/' || access(G.bin, X_OK) != 0) {
-        print_error("test_cli: STRATA_BIN=%s is not an executable absolute path\n", G.bin);
-        return -1;
-    }
-    const char *tmp = getenv("TMPDIR");
-    snprintf(G.dir, sizeof G.dir, "%s/strata-test-cli-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(G.dir)) {
-        print_error("test_cli: mkdtemp %s: %s\n", G.dir, strerror(errno));
-        return -1;
-    }
-    G.outp = tp(".stdout");
-    G.errp = tp(".stderr");
-    return 0;
+    return harness_setup(&(HarnessConfig){ .name = "test_cli", .deadline_s = DEADLINE_S });
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    const char *keep_tmp = getenv("STRATA_KEEP_TMP");
-    if (keep_tmp && keep_tmp[0] && strcmp(keep_tmp, "0") != 0)
-        fprintf(stderr, "test_cli: kept %s\n", G.dir);
-    else if (G.dir[0])
-        nftw(G.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    for (int i = 0; i < G.nstrings; i++) free(G.strings[i]);
-    free(G.strings);
-    return 0;
+    return harness_teardown();
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_help, release_all),
-        cmocka_unit_test_teardown(test_unknown_command_subcommand_option, release_all),
-        cmocka_unit_test_teardown(test_missing_required_lower, release_all),
-        cmocka_unit_test_teardown(test_model_build_and_show_every_kind, release_all),
-        cmocka_unit_test_teardown(test_model_build_dtype_and_stdout, release_all),
-        cmocka_unit_test_teardown(test_gpt3_175b, release_all),
-        cmocka_unit_test_teardown(test_model_build_bad_options, release_all),
-        cmocka_unit_test_teardown(test_bad_model_files, release_all),
-        cmocka_unit_test_teardown(test_cluster_show, release_all),
-        cmocka_unit_test_teardown(test_cluster_bad_nodes, release_all),
-        cmocka_unit_test_teardown(test_cluster_bad_files, release_all),
-        cmocka_unit_test_teardown(test_strategy_build_and_show_classics, release_all),
-        cmocka_unit_test_teardown(test_strategy_builder_errors, release_all),
-        cmocka_unit_test_teardown(test_bad_strategies, release_all),
-        cmocka_unit_test_teardown(test_lower_json_dp_allreduce_bytes, release_all),
-        cmocka_unit_test_teardown(test_lower_store_and_plans, release_all),
-        cmocka_unit_test_teardown(test_db_unwritable, release_all),
-        cmocka_unit_test_teardown(test_db_not_a_database, release_all),
+        cmocka_unit_test_teardown(test_help, harness_release_all),
+        cmocka_unit_test_teardown(test_unknown_command_subcommand_option, harness_release_all),
+        cmocka_unit_test_teardown(test_missing_required_lower, harness_release_all),
+        cmocka_unit_test_teardown(test_model_build_and_show_every_kind, harness_release_all),
+        cmocka_unit_test_teardown(test_model_build_dtype_and_stdout, harness_release_all),
+        cmocka_unit_test_teardown(test_gpt3_175b, harness_release_all),
+        cmocka_unit_test_teardown(test_model_build_bad_options, harness_release_all),
+        cmocka_unit_test_teardown(test_bad_model_files, harness_release_all),
+        cmocka_unit_test_teardown(test_cluster_show, harness_release_all),
+        cmocka_unit_test_teardown(test_cluster_bad_nodes, harness_release_all),
+        cmocka_unit_test_teardown(test_cluster_bad_files, harness_release_all),
+        cmocka_unit_test_teardown(test_strategy_build_and_show_classics, harness_release_all),
+        cmocka_unit_test_teardown(test_strategy_builder_errors, harness_release_all),
+        cmocka_unit_test_teardown(test_bad_strategies, harness_release_all),
+        cmocka_unit_test_teardown(test_lower_json_dp_allreduce_bytes, harness_release_all),
+        cmocka_unit_test_teardown(test_lower_store_and_plans, harness_release_all),
+        cmocka_unit_test_teardown(test_db_unwritable, harness_release_all),
+        cmocka_unit_test_teardown(test_db_not_a_database, harness_release_all),
         /* regressions: each of these was a defect once */
-        cmocka_unit_test_teardown(test_help_on_stdout, release_all),
-        cmocka_unit_test_teardown(test_group_help, release_all),
-        cmocka_unit_test_teardown(test_lower_names_all_missing, release_all),
-        cmocka_unit_test_teardown(test_strategy_missing_model_is_usage, release_all),
-        cmocka_unit_test_teardown(test_nodes_errors_are_usage_everywhere, release_all),
-        cmocka_unit_test_teardown(test_strategy_unknown_kind_is_usage, release_all),
-        cmocka_unit_test_teardown(test_model_file_is_directory, release_all),
-        cmocka_unit_test_teardown(test_strategy_powersgd, release_all),
-        cmocka_unit_test_teardown(test_db_foreign_sqlite_untouched, release_all),
-        cmocka_unit_test_teardown(test_read_commands_create_no_db, release_all),
+        cmocka_unit_test_teardown(test_help_on_stdout, harness_release_all),
+        cmocka_unit_test_teardown(test_group_help, harness_release_all),
+        cmocka_unit_test_teardown(test_lower_names_all_missing, harness_release_all),
+        cmocka_unit_test_teardown(test_strategy_missing_model_is_usage, harness_release_all),
+        cmocka_unit_test_teardown(test_nodes_errors_are_usage_everywhere, harness_release_all),
+        cmocka_unit_test_teardown(test_strategy_unknown_kind_is_usage, harness_release_all),
+        cmocka_unit_test_teardown(test_model_file_is_directory, harness_release_all),
+        cmocka_unit_test_teardown(test_strategy_powersgd, harness_release_all),
+        cmocka_unit_test_teardown(test_db_foreign_sqlite_untouched, harness_release_all),
+        cmocka_unit_test_teardown(test_read_commands_create_no_db, harness_release_all),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -21,23 +21,19 @@
  * unknown and unbuilt backends, a plan that does not fit in memory, a rank
  * that dies mid-run; and a stored run read back with `runs list|show`.
  *
- * Harness as in test_cli.c: STRATA_BIN and STRATA_ROOT (the Makefile exports
- * both), fork + execv(p) with an argv array, stdout and stderr captured in
- * files of one mkdtemp directory that is also the child's cwd, removed at the
- * end (STRATA_KEEP_TMP=1 keeps it). Every child runs in its own process group
- * under a hard deadline: past it the whole group gets SIGTERM, then SIGKILL,
- * and the test fails, so a deadlocked collective cannot hang CI.
+ * Harness: tests/support/cli_harness.h, as test_cli.c: STRATA_BIN and
+ * STRATA_ROOT (the Makefile exports both), fork + execv(p) with an argv array,
+ * stdout and stderr captured in files of one mkdtemp directory that is also the
+ * child's cwd, removed at the end (STRATA_KEEP_TMP=1 keeps it). Every child runs
+ * in its own process group under a hard deadline: past it the whole group gets
+ * SIGTERM, then SIGKILL, and the test fails, so a deadlocked collective cannot
+ * hang CI.
  *
  * Under SAN=1 LeakSanitizer in the ranks reads tests/lsan.supp, which
  * suppresses only leaks whose stack is inside Open MPI and its libraries.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
-#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -45,396 +41,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
-/* A sanitizer build of strata reports with this exit code (set through
- * ASAN_OPTIONS/UBSAN_OPTIONS in the child), so that a crash is never mistaken
- * for the ordinary runtime failure 1. */
-#define SAN_EXIT 86
+#include "tests/support/cli_harness.h"
+
 /* Seconds any one command may take before it is killed and the test fails. */
 #define DEADLINE_S 300
 /* ... and the run with a rank killed mid-way, which must end by itself. */
 #define FAULT_DEADLINE_S 60
 #define STEPS "3"
 
-/* ----------------------------------------------------------------------------
- * Harness: where things are, running commands, checking what they said */
-
 enum { M_MLP, M_GPT, M_VGG, M_MOE, M_COUNT };
 
 static struct {
-    const char *bin;             /* STRATA_BIN */
-    const char *root;            /* STRATA_ROOT */
-    char dir[PATH_MAX];          /* temporary directory, cwd of every run */
-    const char *outp, *errp;     /* where a run's stdout and stderr go */
-    char **strings;              /* paths handed out by tp()/rp(), freed at the end */
-    int nstrings, capstrings;
-    const char *model[M_COUNT];  /* models built on first use (paths in dir) */
-    char lsan[PATH_MAX + 64];    /* LSAN_OPTIONS value for the children */
+    const char *model[M_COUNT];  /* models built on first use (paths in the temp dir) */
 } G;
 
-typedef struct {
-    int rc;                      /* exit status; 128 + signal when killed */
-    bool timed_out;              /* killed at the deadline */
-    double secs;                 /* wall time */
-    char *out, *err;             /* all of stdout and stderr, NUL-terminated */
-    char cmd[4096];              /* the command line, for failure messages */
-} Res;
-
-static char *keep(char *s)
-{
-    if (G.nstrings == G.capstrings) {
-        G.capstrings = G.capstrings ? 2 * G.capstrings : 64;
-        G.strings = realloc(G.strings, (size_t)G.capstrings * sizeof *G.strings);
-        assert_non_null(G.strings);
-    }
-    return G.strings[G.nstrings++] = s;
-}
-
-/* Buffers and JSON a test holds. A failed assertion leaves the test by
- * longjmp, past its frees; the per-test teardown releases what is left, so a
- * sanitizer build reports only real leaks. */
-#define LIVE_MAX 256
-static struct {
-    void *p;
-    bool json;
-} live[LIVE_MAX];
-static int nlive;
-
-static void *track_(void *p, bool json)
-{
-    if (!p) return NULL;
-    assert_true(nlive < LIVE_MAX);
-    live[nlive].p = p;
-    live[nlive++].json = json;
-    return p;
-}
-#define track(p) track_((p), false)
-#define track_json(j) ((cJSON *)track_((j), true))
-
-static void release(void *p)
-{
-    if (!p) return;
-    for (int i = nlive - 1; i >= 0; i--) {
-        if (live[i].p != p) continue;
-        if (live[i].json) cJSON_Delete(p);
-        else free(p);
-        live[i] = live[--nlive];
-        return;
-    }
-    fail_msg("release of an untracked pointer");
-}
-
-static int release_all(void **state)
-{
-    (void)state;
-    while (nlive) release(live[nlive - 1].p);
-    return 0;
-}
-
-static const char *pathf(const char *base, const char *name)
-{
-    size_t n = strlen(base) + strlen(name) + 2;
-    char *s = malloc(n);
-    assert_non_null(s);
-    snprintf(s, n, "%s/%s", base, name);
-    return keep(s);
-}
-
-static const char *tp(const char *name) { return pathf(G.dir, name); }
-static const char *rp(const char *name) { return pathf(G.root, name); }
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    size_t k;
-    while ((k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += k;
-        if (cap - n - 1 == 0) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
-}
-
-static bool exists(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
-static void res_free(Res *r)
-{
-    release(r->out);
-    release(r->err);
-    r->out = r->err = NULL;
-}
-
-static void dump(const Res *r)
-{
-    print_error("  $ %s\n  exit %d%s after %.1f s\n  --- stdout\n%.4000s\n  --- stderr\n%.4000s\n",
-                r->cmd, r->rc, r->timed_out ? " (killed at the deadline)" : "", r->secs,
-                r->out ? r->out : "", r->err ? r->err : "");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* The processes below root (its children, theirs, ...), from /proc, into out;
- * returns how many. mpirun puts each rank in a process group of its own, so
- * killing the run's group alone could leave ranks behind. */
-static int descendants(pid_t root, pid_t *out, int max)
-{
-    enum { NP = 4096 };
-    static pid_t pid[NP], ppid[NP];
-    int np = 0;
-    DIR *d = opendir("/proc");
-    if (!d) return 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && np < NP) {
-        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
-        char path[300], buf[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t k = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[k] = 0;
-        const char *p = strrchr(buf, ')');     /* the command name may hold anything */
-        int pp;
-        if (!p || sscanf(p + 1, " %*c %d", &pp) != 1) continue;
-        pid[np] = (pid_t)atoi(e->d_name);
-        ppid[np++] = (pid_t)pp;
-    }
-    closedir(d);
-    int n = 0;
-    out[n++] = root;
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < np && n < max; k++)
-            if (ppid[k] == out[i]) out[n++] = pid[k];
-    for (int i = 1; i < n; i++) out[i - 1] = out[i];
-    return n - 1;
-}
-
-typedef struct {
-    const char *prog;            /* NULL: strata; else a program looked up in PATH */
-    const char *env;             /* NULL or "NAME=VALUE" set in the child */
-    int deadline_s;              /* 0: DEADLINE_S */
-    bool may_be_killed;          /* a 128+signal exit is expected, not a crash */
-} RunOpts;
-
-/* Runs prog (strata by default) with args (NULL-terminated, without the
- * program name) and fills r, freeing what r held before. The child gets its
- * own process group; past the deadline the group is killed and the test fails.
- * A sanitizer report or a crash fails the test at once. */
-static void run_at(const char *file, int line, Res *r, const RunOpts *o, const char *const *args)
-{
-    res_free(r);
-    r->timed_out = false;
-    const char *argv[64];
-    int n = 0;
-    const char *prog = o && o->prog ? o->prog : G.bin;
-    argv[n++] = prog;
-    int len = snprintf(r->cmd, sizeof r->cmd, "%s%s%s", o && o->env ? o->env : "",
-                       o && o->env ? " " : "", o && o->prog ? o->prog : "strata");
-    for (int i = 0; args[i]; i++) {
-        assert_true(n < 63);
-        argv[n++] = args[i];
-        if (len < (int)sizeof r->cmd)
-            len += snprintf(r->cmd + len, sizeof r->cmd - (size_t)len, " %s", args[i]);
-    }
-    argv[n] = NULL;
-
-    int fo = open(G.outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int fe = open(G.errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fo >= 0 && fe >= 0);
-    fflush(stdout);
-    fflush(stderr);
-    double t0 = now_s();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        int in = open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0 || chdir(G.dir) != 0)
-            _exit(126);
-        char opt[1024];
-        const char *vars[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
-        for (int i = 0; i < 2; i++) {
-            const char *old = getenv(vars[i]);
-            snprintf(opt, sizeof opt, "%s%sexitcode=%d", old ? old : "", old && old[0] ? ":" : "",
-                     SAN_EXIT);
-            setenv(vars[i], opt, 1);
-        }
-        setenv("LSAN_OPTIONS", G.lsan, 1);
-        /* never mistake this test's own environment for an MPI job's */
-        unsetenv("OMPI_COMM_WORLD_SIZE");
-        unsetenv("PMI_SIZE");
-        unsetenv("PMIX_RANK");
-        if (o && o->env) putenv((char *)o->env);
-        if (o && o->prog) execvp(prog, (char *const *)argv);
-        else execv(prog, (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", prog, strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid);           /* either side may win the race; both ask the same */
-    close(fo);
-    close(fe);
-    int deadline = o && o->deadline_s ? o->deadline_s : DEADLINE_S;
-    int st = 0;
-    for (;;) {
-        pid_t w = waitpid(pid, &st, WNOHANG);
-        if (w == pid) break;
-        if (w < 0) {
-            assert_int_equal(errno, EINTR);
-            continue;
-        }
-        if (now_s() - t0 > deadline) {
-            r->timed_out = true;
-            pid_t below[256];
-            int nb = descendants(pid, below, 256);
-            kill(-pid, SIGTERM);  /* mpirun passes it on to its ranks */
-            double t1 = now_s();
-            while (waitpid(pid, &st, WNOHANG) == 0 && now_s() - t1 < 5) usleep(50 * 1000);
-            kill(-pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            for (int i = 0; i < nb; i++) kill(below[i], SIGKILL);   /* what outlived it */
-            break;
-        }
-        usleep(10 * 1000);
-    }
-    r->secs = now_s() - t0;
-    r->rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    r->out = track(slurp(G.outp, NULL));
-    r->err = track(slurp(G.errp, NULL));
-    assert_non_null(r->out);
-    assert_non_null(r->err);
-    if (r->timed_out) {
-        print_error("%s:%d: still running after %d s: killed\n", file, line, deadline);
-        dump(r);
-        _fail(file, line);
-    }
-    bool killed = r->rc >= 128 && o && o->may_be_killed;
-    if (r->rc == SAN_EXIT || (r->rc >= 126 && !killed) || strstr(r->err, "Sanitizer") ||
-        strstr(r->err, "runtime error:")) {
-        print_error("%s:%d: the command crashed or a sanitizer reported an error\n", file, line);
-        dump(r);
-        _fail(file, line);
-    }
-}
-
-#define STRATA(r, ...) run_at(__FILE__, __LINE__, (r), NULL, (const char *const[]){ __VA_ARGS__, NULL })
-#define RUNV(r, argv) run_at(__FILE__, __LINE__, (r), NULL, (argv))
-#define RUNO(r, opts, ...) \
-    run_at(__FILE__, __LINE__, (r), (opts), (const char *const[]){ __VA_ARGS__, NULL })
-
-static void expect_rc_at(const char *file, int line, const Res *r, int want)
-{
-    if (r->rc == want) return;
-    print_error("%s:%d: exit %d, expected %d\n", file, line, r->rc, want);
-    dump(r);
-    _fail(file, line);
-}
-
-static void expect_has_at(const char *file, int line, const Res *r, const char *what,
-                          const char *text, const char *const *needles)
-{
-    for (int i = 0; needles[i]; i++) {
-        if (strstr(text, needles[i])) continue;
-        print_error("%s:%d: %s lacks \"%s\"\n", file, line, what, needles[i]);
-        dump(r);
-        _fail(file, line);
-    }
-}
-
-static void expect_lacks_at(const char *file, int line, const Res *r, const char *what,
-                            const char *text, const char *needle)
-{
-    if (!strstr(text, needle)) return;
-    print_error("%s:%d: %s has \"%s\", but should not\n", file, line, what, needle);
-    dump(r);
-    _fail(file, line);
-}
-
-#define EXPECT_RC(r, want) expect_rc_at(__FILE__, __LINE__, (r), (want))
-#define EXPECT_ERR(r, ...) \
-    expect_has_at(__FILE__, __LINE__, (r), "stderr", (r)->err, (const char *const[]){ __VA_ARGS__, NULL })
-#define EXPECT_OUT(r, ...) \
-    expect_has_at(__FILE__, __LINE__, (r), "stdout", (r)->out, (const char *const[]){ __VA_ARGS__, NULL })
-#define EXPECT_NOT_OUT(r, s) expect_lacks_at(__FILE__, __LINE__, (r), "stdout", (r)->out, (s))
-
-static cJSON *json_out_at(const char *file, int line, const Res *r)
-{
-    cJSON *j = track_json(cJSON_Parse(r->out));
-    if (!j) {
-        print_error("%s:%d: stdout is not JSON (near: %.40s)\n", file, line,
-                    cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "?");
-        dump(r);
-        _fail(file, line);
-    }
-    return j;
-}
-#define JSON_OUT(r) json_out_at(__FILE__, __LINE__, (r))
-
-static const cJSON *jget_at(const char *file, int line, const cJSON *j, const char *key,
-                            cJSON_bool (*is)(const cJSON *), const char *type)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || !is(v)) {
-        char *s = cJSON_PrintUnformatted(j);
-        print_error("%s:%d: key \"%s\" missing or not %s in %.600s\n", file, line, key, type,
-                    s ? s : "?");
-        cJSON_free(s);
-        _fail(file, line);
-    }
-    return v;
-}
-#define JNUM(j, key) (jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsNumber, "a number")->valuedouble)
-#define JSTR(j, key) (jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsString, "a string")->valuestring)
-#define JOBJ(j, key) jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsObject, "an object")
-#define JARR(j, key) jget_at(__FILE__, __LINE__, (j), (key), cJSON_IsArray, "an array")
-
-/* The 16-hex-digit id that follows `after` in text, into id[17]. */
-static void id_after(const char *text, const char *after, char id[17])
-{
-    const char *p = strstr(text, after);
-    if (!p) {
-        print_error("no \"%s\" in:\n%s\n", after, text);
-        fail();
-    }
-    p += strlen(after);
-    assert_int_equal(strspn(p, "0123456789abcdef"), 16);
-    memcpy(id, p, 16);
-    id[16] = 0;
-}
+/* ----------------------------------------------------------------------------
+ * Reading what a run printed */
 
 /* The training losses rank 0 printed, "step   N  loss X ..." lines (the verify
  * table's lines are indented and not counted), into loss[]; returns how many. */
@@ -717,8 +343,8 @@ static void test_wrong_world(void **state)
     (void)state;
     Res r = {0};
     const RunOpts o = { .prog = "mpirun" };
-    RUNO(&r, &o, "--allow-run-as-root", "--oversubscribe", "-np", "2", G.bin, "run", "--model",
-         model(M_GPT), "--strategy", dp4(M_GPT), "--steps", STEPS, "--no-store");
+    RUNO(&r, &o, "--allow-run-as-root", "--oversubscribe", "-np", "2", harness_bin(), "run",
+         "--model", model(M_GPT), "--strategy", dp4(M_GPT), "--steps", STEPS, "--no-store");
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "needs 4 ranks", "has 2", "mpirun -np 2");
     EXPECT_NOT_OUT(&r, "step ");
@@ -886,72 +512,38 @@ static void test_store_run(void **state)
 /* ----------------------------------------------------------------------------
  * main */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    G.bin = getenv("STRATA_BIN");
-    G.root = getenv("STRATA_ROOT");
-    if (!G.bin || !G.bin[0] || !G.root || !G.root[0]) {
-        print_error("test_run: set STRATA_BIN (the strata binary, absolute path) and STRATA_ROOT "
-                    "(the repository root); `make test` exports both\n");
-        return -1;
-    }
-    if (G.bin[0] != '/' || access(G.bin, X_OK) != 0) {
-        print_error("test_run: STRATA_BIN=%s is not an executable absolute path\n", G.bin);
-        return -1;
-    }
-    const char *tmp = getenv("TMPDIR");
-    snprintf(G.dir, sizeof G.dir, "%s/strata-test-run-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(G.dir)) {
-        print_error("test_run: mkdtemp %s: %s\n", G.dir, strerror(errno));
-        return -1;
-    }
-    G.outp = tp(".stdout");
-    G.errp = tp(".stderr");
     /* LeakSanitizer (SAN=1) in the ranks: Open MPI's own allocations at exit
      * are suppressed, nothing of strata's */
-    const char *old = getenv("LSAN_OPTIONS");
-    snprintf(G.lsan, sizeof G.lsan, "%s%ssuppressions=%s/tests/lsan.supp:print_suppressions=0:fast_unwind_on_malloc=0",
-             old ? old : "", old && old[0] ? ":" : "", G.root);
-    return 0;
+    return harness_setup(&(HarnessConfig){ .name = "test_run", .deadline_s = DEADLINE_S,
+                                           .lsan_supp = "tests/lsan.supp" });
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    const char *keep_tmp = getenv("STRATA_KEEP_TMP");
-    if (keep_tmp && keep_tmp[0] && strcmp(keep_tmp, "0") != 0)
-        fprintf(stderr, "test_run: kept %s\n", G.dir);
-    else if (G.dir[0])
-        nftw(G.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    for (int i = 0; i < G.nstrings; i++) free(G.strings[i]);
-    free(G.strings);
-    return 0;
+    return harness_teardown();
 }
 
 int main(void)
 {
     static const struct CMUnitTest after[] = {
-        cmocka_unit_test_teardown(test_ps_stale, release_all),
-        cmocka_unit_test_teardown(test_wrong_world, release_all),
-        cmocka_unit_test_teardown(test_backend_unknown_is_usage, release_all),
-        cmocka_unit_test_teardown(test_backend_cuda_not_built, release_all),
-        cmocka_unit_test_teardown(test_does_not_fit, release_all),
-        cmocka_unit_test_teardown(test_rank_dies, release_all),
-        cmocka_unit_test_teardown(test_store_run, release_all),
+        cmocka_unit_test_teardown(test_ps_stale, harness_release_all),
+        cmocka_unit_test_teardown(test_wrong_world, harness_release_all),
+        cmocka_unit_test_teardown(test_backend_unknown_is_usage, harness_release_all),
+        cmocka_unit_test_teardown(test_backend_cuda_not_built, harness_release_all),
+        cmocka_unit_test_teardown(test_does_not_fit, harness_release_all),
+        cmocka_unit_test_teardown(test_rank_dies, harness_release_all),
+        cmocka_unit_test_teardown(test_store_run, harness_release_all),
     };
     enum { NAFTER = sizeof after / sizeof after[0] };
     struct CMUnitTest tests[NCASES + NAFTER];
     /* one named test per matrix case; its state is the case */
     for (size_t i = 0; i < NCASES; i++)
         tests[i] = (struct CMUnitTest){ .name = CASES[i].name, .test_func = test_case,
-                                        .teardown_func = release_all,
+                                        .teardown_func = harness_release_all,
                                         .initial_state = (void *)&CASES[i] };
     for (size_t i = 0; i < NAFTER; i++) tests[NCASES + i] = after[i];
     return _cmocka_run_group_tests("test_run", tests, NCASES + NAFTER, group_setup, group_teardown);
