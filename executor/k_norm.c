@@ -11,6 +11,13 @@
  * "sb" under logits "bsv", gamma over the reduce letters of layernorm or over
  * the kept letter of batchnorm).
  *
+ * Fast rows: where operand 0's reduce letters are its last letters (layernorm
+ * "bsh" over h, softmax "bnst" over t, cross_entropy "bsv" over v), a row is
+ * contiguous and every operand is either laid out like operand 0, or is one
+ * row shared by all (gamma, beta), or one element per row (labels). The
+ * kernels then skip the index tables and run plain loops over contiguous
+ * memory (see "Fast rows" below); any other layout takes the walk.
+ *
  * Split reduce letters: only batchnorm (synchronised batch statistics) and
  * cross_entropy (vocabulary-parallel loss, as Megatron-LM) accept one, and
  * call ks->stats to all-reduce their small per-row statistics. Every rank of
@@ -120,6 +127,162 @@ static int walk_init(Walk *w, const KernelShape *ks, int nk, Err *err)
 }
 
 static void walk_free(Walk *w) { free(w->block); }
+
+/* ----------------------------------------------------------------------------
+ * Fast rows (k_fast_paths). The loops over a row live in K_FAST functions
+ * (see kernels_internal.h) so that gcc -O2 vectorises them. Reductions keep
+ * 8 partial results (lanes), so vectorising them reorders nothing the
+ * compiler must preserve, and unroll the lanes so that they stay in
+ * registers; sums stay in double. */
+
+/* Where operand k's elements of row i lie: ROW_ALL has operand 0's letters
+ * (row i at i * n), ROW_SHARED only the reduce letters (one row for every i:
+ * gamma, beta), ROW_ONE only the other letters (element i: labels). */
+enum { ROW_ALL, ROW_SHARED, ROW_ONE };
+
+typedef struct {
+    int64_t rows, n;                 /* rows; elements per row (N) */
+    int kind[IR_MAX_INPUTS + 1];     /* per operand */
+} Rows;
+
+/* Fills r for operands 0..nk-1 (nk == nin + 1 includes the output) when the
+ * layout allows; false sends the kernel down the walk. */
+static bool rows_init(Rows *r, const KernelShape *ks, int nk)
+{
+    const Op *op = ks->op;
+    const char *in0 = op->in_letters[0];
+    size_t len = strlen(in0), nred = 0;
+    for (size_t p = 0; p < len; p++) nred += op->reduce_mask >> (in0[p] - 'a') & 1;
+    if (!k_fast_paths || nred == 0) return false;
+    size_t nkeep = len - nred;
+    for (size_t p = nkeep; p < len; p++)
+        if (!(op->reduce_mask >> (in0[p] - 'a') & 1)) return false;
+    for (int k = 0; k < nk; k++) {
+        const char *L = operand_letters(op, k);
+        if (strcmp(L, in0) == 0)
+            r->kind[k] = ROW_ALL;
+        else if (strcmp(L, in0 + nkeep) == 0)
+            r->kind[k] = ROW_SHARED;
+        else if (strlen(L) == nkeep && strncmp(L, in0, nkeep) == 0)
+            r->kind[k] = ROW_ONE;
+        else
+            return false;
+    }
+    uint32_t m0 = 0;
+    for (const char *p = in0; *p; p++) m0 |= 1u << (*p - 'a');
+    r->rows = letters_numel(ks, in0, m0 & ~op->reduce_mask);
+    r->n = letters_numel(ks, in0, op->reduce_mask);
+    return true;
+}
+
+/* Floats of operand k under r. */
+static int64_t rows_numel(const Rows *r, int k)
+{
+    return r->kind[k] == ROW_ALL ? r->rows * r->n : r->kind[k] == ROW_SHARED ? r->n : r->rows;
+}
+
+/* The max of x[j] * scale; NaN never wins (as `z > m` in the walks). */
+K_FAST float row_max(const float *restrict x, int64_t n, float scale)
+{
+    float lane[8], m = -INFINITY;
+    for (int k = 0; k < 8; k++) lane[k] = -INFINITY;
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j += 8)
+        for (int k = 0; k < 8; k++) {     /* in registers without the pragma */
+            float z = x[j + k] * scale;
+            lane[k] = z > lane[k] ? z : lane[k];
+        }
+    for (int k = 0; k < 8; k++) m = lane[k] > m ? lane[k] : m;
+    for (; j < n; j++) {
+        float z = x[j] * scale;
+        m = z > m ? z : m;
+    }
+    return m;
+}
+
+K_FAST double row_sum(const float *restrict x, int64_t n)
+{
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j += 8)
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) lane[k] += x[j + k];
+    for (int k = 0; k < 8; k++) s += lane[k];
+    for (; j < n; j++) s += x[j];
+    return s;
+}
+
+/* sum of (x[j] - mean)^2 */
+K_FAST double row_sqdev(const float *restrict x, int64_t n, double mean)
+{
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j += 8)
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            double d = x[j + k] - mean;
+            lane[k] += d * d;
+        }
+    for (int k = 0; k < 8; k++) s += lane[k];
+    for (; j < n; j++) {
+        double d = x[j] - mean;
+        s += d * d;
+    }
+    return s;
+}
+
+/* sum of a[j] * b[j], each product exact in double */
+K_FAST double row_dot(const float *restrict a, const float *restrict b, int64_t n)
+{
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j += 8)
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) lane[k] += (double)a[j + k] * b[j + k];
+    for (int k = 0; k < 8; k++) s += lane[k];
+    for (; j < n; j++) s += (double)a[j] * b[j];
+    return s;
+}
+
+/* y[j] = e^(x[j] * scale - m) */
+K_FAST void row_exp(float *restrict y, const float *restrict x, int64_t n, float scale, float m)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] = k_expf(x[j] * scale - m);
+    for (; j < n; j++) y[j] = k_expf(x[j] * scale - m);
+}
+
+K_FAST void row_scale(float *restrict y, int64_t n, float a)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] *= a;
+    for (; j < n; j++) y[j] *= a;
+}
+
+/* y = a * b */
+K_FAST void row_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t n)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] = a[j] * b[j];
+    for (; j < n; j++) y[j] = a[j] * b[j];
+}
+
+/* y += a * b */
+K_FAST void row_acc_mul(float *restrict y, const float *restrict a, const float *restrict b,
+                        int64_t n)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] += a[j] * b[j];
+    for (; j < n; j++) y[j] += a[j] * b[j];
+}
+
+/* y += a */
+K_FAST void row_acc(float *restrict y, const float *restrict a, int64_t n)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] += a[j];
+    for (; j < n; j++) y[j] += a[j];
+}
 
 /* Every letter of the op lies inside its global extent; the letters of
  * `whole` are not split at all. */
@@ -365,14 +528,162 @@ done:
     return rc;
 }
 
+/* Layernorm over contiguous rows, gamma and beta one row each. Statistics
+ * as norm_stats (two passes, double); the rest in float, with x - mean
+ * taken as (x - hi) - lo, mean = hi + lo in two floats, so that a mean far
+ * from zero loses nothing to cancellation. */
+
+typedef struct {
+    float hi, lo, rstd;
+} LnRow;
+
+static LnRow ln_row(const float *restrict x, int64_t n)
+{
+    double mean = n ? row_sum(x, n) / (double)n : 0;
+    double var = n ? row_sqdev(x, n, mean) / (double)n : 0;
+    LnRow r;
+    r.hi = (float)mean;
+    r.lo = (float)(mean - r.hi);
+    r.rstd = (float)(1 / sqrt(var + NORM_EPS));
+    return r;
+}
+
+/* xh[j] = (x[j] - mean) * rstd */
+K_FAST void ln_xhat(float *restrict xh, const float *restrict x, int64_t n, LnRow r)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) xh[j] = ((x[j] - r.hi) - r.lo) * r.rstd;
+    for (; j < n; j++) xh[j] = ((x[j] - r.hi) - r.lo) * r.rstd;
+}
+
+/* y[j] = xh[j] * g[j] + b[j], xh computed on the fly */
+K_FAST void ln_out(float *restrict y, const float *restrict x, const float *restrict g,
+                   const float *restrict b, int64_t n, LnRow r)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++)
+        y[j] = ((x[j] - r.hi) - r.lo) * r.rstd * g[j] + b[j];
+    for (; j < n; j++) y[j] = ((x[j] - r.hi) - r.lo) * r.rstd * g[j] + b[j];
+}
+
+/* dx[j] += rstd (dg[j] - a - xh[j] c) */
+K_FAST void ln_dx(float *restrict dx, const float *restrict dg, const float *restrict xh, int64_t n,
+                  float rstd, float a, float c)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) dx[j] += rstd * (dg[j] - a - xh[j] * c);
+    for (; j < n; j++) dx[j] += rstd * (dg[j] - a - xh[j] * c);
+}
+
+/* gamma and (b not NULL) beta, or rows of ones and zeros in their place
+ * (the products and sums with them are exact). *unit is the scratch to
+ * free. */
+static int ln_params(const Rows *r, const void *const *in, int nin, const float **g,
+                     const float **b, float **unit, const char *name, Err *err)
+{
+    *g = nin > 1 ? in[1] : NULL;
+    if (b) *b = nin > 2 ? in[2] : NULL;
+    *unit = NULL;
+    if (*g && (!b || *b)) return 0;
+    if (!(*unit = k_scratch(2 * r->n, name, err))) return -1;
+    for (int64_t j = 0; j < r->n; j++) (*unit)[j] = 1, (*unit)[r->n + j] = 0;
+    if (!*g) *g = *unit;
+    if (b && !*b) *b = *unit + r->n;
+    return 0;
+}
+
+static int ln_fwd_rows(const KernelShape *ks, const Rows *r, const void *const *in, float *out,
+                       Err *err)
+{
+    const float *x = in[0], *g, *b;
+    float *unit;
+    if (ln_params(r, in, ks->op->nin, &g, &b, &unit, ks->op->name, err)) return -1;
+    const int64_t n = r->n;
+    for (int64_t i = 0; i < r->rows; i++)
+        ln_out(out + i * n, x + i * n, g, b, n, ln_row(x + i * n, n));
+    free(unit);
+    return 0;
+}
+
+/* Per row, with dg = dy * gamma: dx += rstd (dg - sum(dg)/N - xh sum(dg xh)/N),
+ * dgamma += dy xh, dbeta += dy, as norm_bwd. */
+static int ln_bwd_rows(const KernelShape *ks, const Rows *r, const void *const *in,
+                       const float *dout, float *const *din, Err *err)
+{
+    const Op *op = ks->op;
+    const float *x = in[0], *g;
+    float *unit, *dx = din[0], *dgam = op->nin > 1 ? din[1] : NULL;
+    float *dbet = op->nin > 2 ? din[2] : NULL;
+    if (ln_params(r, in, op->nin, &g, NULL, &unit, op->name, err)) return -1;
+    const int64_t n = r->n;
+    float *tmp = k_scratch(2 * n, op->name, err);
+    if (!tmp) {
+        free(unit);
+        return -1;
+    }
+    float *xh = tmp, *dg = tmp + n;
+    for (int64_t i = 0; i < r->rows; i++) {
+        const float *xr = x + i * n, *dyr = dout + i * n;
+        LnRow lr = ln_row(xr, n);
+        ln_xhat(xh, xr, n, lr);
+        if (dx) {
+            row_mul(dg, dyr, g, n);
+            float a = (float)(row_sum(dg, n) / (double)n);
+            float c = (float)(row_dot(dg, xh, n) / (double)n);
+            ln_dx(dx + i * n, dg, xh, n, lr.rstd, a, c);
+        }
+        if (dgam) row_acc_mul(dgam, dyr, xh, n);
+        if (dbet) row_acc(dbet, dyr, n);
+    }
+    free(tmp);
+    free(unit);
+    return 0;
+}
+
+/* The fast layout: x and y rows, gamma and beta one row each, and the
+ * written buffers w[] overlap none of the others (restrict in the loops). */
+static bool ln_rows(const Rows *r, int nin, const void *const *in, const float *dout,
+                    float *const *w, int nw)
+{
+    if (r->kind[0] != ROW_ALL || r->kind[nin] != ROW_ALL) return false;
+    for (int k = 1; k < nin; k++)    /* reduce letters only: a row of all when rows == 1 */
+        if (r->kind[k] != ROW_SHARED && !(r->kind[k] == ROW_ALL && r->rows == 1)) return false;
+    for (int a = 0; a < nw; a++) {
+        if (!w[a]) continue;
+        int64_t na = rows_numel(r, a < nin ? a : nin);
+        for (int k = 0; k < nin; k++)
+            if (!k_apart(w[a], na, in[k], rows_numel(r, k))) return false;
+        if (dout && !k_apart(w[a], na, dout, rows_numel(r, nin))) return false;
+        for (int c = 0; c < a; c++)
+            if (w[c] && !k_apart(w[a], na, w[c], rows_numel(r, c < nin ? c : nin))) return false;
+    }
+    return true;
+}
+
 int k_layernorm_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
 {
+    const Op *op = ks->op;
+    Rows r;
+    if (rows_init(&r, ks, op->nin + 1)) {
+        if (check_shape(ks, op->reduce_mask, err)) return -1;
+        float *w[IR_MAX_INPUTS + 1] = {0};
+        w[op->nin] = out;
+        if (ln_rows(&r, op->nin, in, NULL, w, op->nin + 1))
+            return ln_fwd_rows(ks, &r, in, out, err);
+    }
     return norm_fwd(ks, in, out, err);
 }
 
 int k_layernorm_bwd(const KernelShape *ks, const void *const *in, const float *out,
                     const float *dout, float *const *din, Err *err)
 {
+    const Op *op = ks->op;
+    Rows r;
+    if (rows_init(&r, ks, op->nin + 1)) {
+        if (check_shape(ks, op->reduce_mask, err)) return -1;
+        if (ln_rows(&r, op->nin, in, dout, din, op->nin))
+            return ln_bwd_rows(ks, &r, in, dout, din, err);
+    }
     return norm_bwd(ks, in, out, dout, din, err);
 }
 
@@ -396,22 +707,62 @@ int k_batchnorm_bwd(const KernelShape *ks, const void *const *in, const float *o
  * zero rather than NaN. */
 
 /* Unmasked prefix of row i: elements j < limit. */
-static int64_t softmax_limit(const KernelShape *ks, const Walk *w, int64_t i)
+static int64_t softmax_limit(const KernelShape *ks, int64_t ninner, int64_t i)
 {
     const Op *op = ks->op;
-    if (!op->causal) return w->ninner;
+    if (!op->causal) return ninner;
     int n = (int)strlen(op->in_letters[0]);
     int s = op->in_letters[0][n - 2] - 'a', t = op->in_letters[0][n - 1] - 'a';
     /* s is the last outer letter: its local index cycles fastest in i */
     int64_t sg = ks->off[s] + (ks->size[s] ? i % ks->size[s] : 0);
     int64_t lim = sg - ks->off[t] + 1;
-    return lim < 0 ? 0 : lim > w->ninner ? w->ninner : lim;
+    return lim < 0 ? 0 : lim > ninner ? ninner : lim;
+}
+
+/* The fast layout: y laid out as x, rows of N contiguous elements, and no
+ * overlap between the buffers written and read. */
+static bool softmax_rows(Rows *r, const KernelShape *ks, const float *w, const float *r1,
+                         const float *r2)
+{
+    if (!rows_init(r, ks, 2) || r->kind[0] != ROW_ALL || r->kind[1] != ROW_ALL) return false;
+    int64_t n = r->rows * r->n;
+    return k_apart(w, n, r1, n) && (!r2 || k_apart(w, n, r2, n));
+}
+
+static void softmax_fwd_rows(const KernelShape *ks, const Rows *r, const float *x, float *out)
+{
+    const float scale = (float)ks->op->scale;
+    const int64_t n = r->n;
+    for (int64_t i = 0; i < r->rows; i++) {
+        const float *xr = x + i * n;
+        float *yr = out + i * n;
+        int64_t lim = softmax_limit(ks, n, i);
+        float m = row_max(xr, lim, scale);
+        if (!(m > -INFINITY)) lim = 0;  /* inputs all -inf (or NaN): an all-zero row */
+        row_exp(yr, xr, lim, scale, m);
+        row_scale(yr, lim, (float)(1 / row_sum(yr, lim)));
+        memset(yr + lim, 0, sizeof *yr * (size_t)(n - lim));
+    }
+}
+
+/* dx[j] += scale y[j] (dy[j] - dot) */
+K_FAST void softmax_dx(float *restrict dx, const float *restrict y, const float *restrict dy,
+                       int64_t n, float scale, float dot)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) dx[j] += scale * y[j] * (dy[j] - dot);
+    for (; j < n; j++) dx[j] += scale * y[j] * (dy[j] - dot);
 }
 
 int k_softmax_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
 {
     const Op *op = ks->op;
     if (check_shape(ks, op->reduce_mask, err)) return -1;
+    Rows r;
+    if (softmax_rows(&r, ks, out, in[0], NULL)) {
+        softmax_fwd_rows(ks, &r, in[0], out);
+        return 0;
+    }
     Walk w;
     if (walk_init(&w, ks, 2, err)) return -1;
     const float *x = in[0];
@@ -419,7 +770,7 @@ int k_softmax_fwd(const KernelShape *ks, const void *const *in, float *out, Err 
     for (int64_t i = 0; i < w.nouter; i++) {
         const float *xr = x + w.outer[0][i];
         float *yr = out + w.outer[1][i];
-        int64_t lim = softmax_limit(ks, &w, i);
+        int64_t lim = softmax_limit(ks, w.ninner, i);
         float m = -INFINITY;
         for (int64_t j = 0; j < lim; j++) {
             float z = xr[w.inner[0][j]] * scale;
@@ -448,6 +799,15 @@ int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out
     const Op *op = ks->op;
     if (!din[0]) return 0;
     if (check_shape(ks, op->reduce_mask, err)) return -1;
+    Rows r;
+    if (softmax_rows(&r, ks, din[0], out, dout)) {
+        const int64_t n = r.n;
+        for (int64_t i = 0; i < r.rows; i++) {
+            const float *yr = out + i * n, *dyr = dout + i * n;
+            softmax_dx(din[0] + i * n, yr, dyr, n, (float)op->scale, (float)row_dot(yr, dyr, n));
+        }
+        return 0;
+    }
     Walk w;
     if (walk_init(&w, ks, 2, err)) return -1;
     for (int64_t i = 0; i < w.nouter; i++) {
@@ -482,8 +842,9 @@ typedef struct {
     double tokens;          /* T */
 } CeMode;
 
-static int ce_prepare(const KernelShape *ks, const Walk *w, const int32_t *lab, CeMode *cm,
-                      Err *err)
+/* lab_off: the offset of row i's label (NULL: the fast rows' i). */
+static int ce_prepare(const KernelShape *ks, int64_t rows, const int64_t *lab_off,
+                      const int32_t *lab, CeMode *cm, Err *err)
 {
     const Op *op = ks->op;
     cm->split = ks->stats && ks->stats->sum && ks->stats->max;
@@ -493,8 +854,8 @@ static int ce_prepare(const KernelShape *ks, const Walk *w, const int32_t *lab, 
     for (const char *p = op->in_letters[0]; *p; p++)
         if (!(op->reduce_mask >> (*p - 'a') & 1)) cm->tokens *= (double)ks->total[*p - 'a'];
     /* before any collective: a bad label fails every rank of the group alike */
-    for (int64_t i = 0; i < w->nouter; i++) {
-        int32_t y = lab[w->outer[1][i]];
+    for (int64_t i = 0; i < rows; i++) {
+        int32_t y = lab[lab_off ? lab_off[i] : i];
         if (y < 0 || y >= ks->total[cm->v])
             return err_set(err, "op %s: label %d at local token %lld is outside the %lld "
                            "classes", op->name, y, (long long)i, (long long)ks->total[cm->v]);
@@ -524,15 +885,120 @@ static int ce_lse(const KernelShape *ks, const Walk *w, const CeMode *cm, const 
     return 0;
 }
 
+/* Fast rows: logits rows of N contiguous classes, one label per row. The
+ * same statistics and collectives as ce_lse, in the same order. With the
+ * vocabulary whole (no collective between the max and the sum) each row is
+ * done while it sits in cache: its max, then its exps into a scratch row
+ * `e`, then their sum (and in the backward dx from those same exps). */
+static bool ce_rows(Rows *r, const KernelShape *ks)
+{
+    return rows_init(r, ks, 2) && r->kind[0] == ROW_ALL && r->kind[1] == ROW_ONE;
+}
+
+/* m, s as ce_lse; e is scratch for one row of N. */
+static int ce_lse_rows(const KernelShape *ks, const Rows *r, const CeMode *cm, const float *x,
+                       float *m, float *s, float *e, Err *err)
+{
+    const int64_t n = r->n;
+    if (!cm->split) {
+        for (int64_t i = 0; i < r->rows; i++) {
+            m[i] = row_max(x + i * n, n, 1.0f);
+            row_exp(e, x + i * n, n, 1.0f, m[i]);
+            s[i] = (float)row_sum(e, n);
+        }
+        return 0;
+    }
+    for (int64_t i = 0; i < r->rows; i++) m[i] = row_max(x + i * n, n, 1.0f);
+    if (stats_max(ks, m, r->rows, err)) return -1;
+    for (int64_t i = 0; i < r->rows; i++) {
+        row_exp(e, x + i * n, n, 1.0f, m[i]);
+        s[i] = (float)row_sum(e, n);
+    }
+    return stats_sum(ks, s, r->rows, err);
+}
+
+static int ce_fwd_rows(const KernelShape *ks, const Rows *r, const float *x, const int32_t *lab,
+                       float *out, Err *err)
+{
+    CeMode cm;
+    if (ce_prepare(ks, r->rows, NULL, lab, &cm, err)) return -1;
+    const int64_t n = r->n;
+    float *buf = k_scratch(3 * r->rows + n, ks->op->name, err);
+    if (!buf) return -1;
+    float *m = buf, *s = buf + r->rows, *tgt = buf + 2 * r->rows, *e = buf + 3 * r->rows;
+    int rc = ce_lse_rows(ks, r, &cm, x, m, s, e, err);
+    for (int64_t i = 0; i < r->rows && !rc; i++) {
+        int64_t y = (int64_t)lab[i] - ks->off[cm.v];
+        tgt[i] = y >= 0 && y < n ? x[i * n + y] : 0;
+    }
+    if (!rc && cm.split) rc = stats_sum(ks, tgt, r->rows, err);
+    if (!rc) {
+        double loss = 0;
+        for (int64_t i = 0; i < r->rows; i++) loss += m[i] + log(s[i]) - tgt[i];
+        out[0] = (float)(loss / cm.tokens);
+    }
+    free(buf);
+    return rc;
+}
+
+/* dx[j] += e^(x[j] - m) c */
+K_FAST void ce_dx(float *restrict dx, const float *restrict x, int64_t n, float m, float c)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) dx[j] += k_expf(x[j] - m) * c;
+    for (; j < n; j++) dx[j] += k_expf(x[j] - m) * c;
+}
+
+/* dx[j] += e[j] c */
+K_FAST void row_axpy(float *restrict dx, const float *restrict e, int64_t n, float c)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) dx[j] += e[j] * c;
+    for (; j < n; j++) dx[j] += e[j] * c;
+}
+
+/* As k_cross_entropy_bwd: dx += p k over the row, then -k at the label. */
+static int ce_bwd_rows(const KernelShape *ks, const Rows *r, const float *x, const int32_t *lab,
+                       const float *dout, float *dx, Err *err)
+{
+    CeMode cm;
+    if (ce_prepare(ks, r->rows, NULL, lab, &cm, err)) return -1;
+    const int64_t n = r->n;
+    float *buf = k_scratch(2 * r->rows + n, ks->op->name, err);
+    if (!buf) return -1;
+    float *m = buf, *s = buf + r->rows, *e = buf + 2 * r->rows;
+    /* the statistics are collective: a rank without dx still takes part */
+    int rc = cm.split ? ce_lse_rows(ks, r, &cm, x, m, s, e, err) : 0;
+    const double k = dx ? dout[0] / cm.tokens : 0;
+    for (int64_t i = 0; i < r->rows && !rc && dx; i++) {
+        const float *xr = x + i * n;
+        float *dxr = dx + i * n;
+        int64_t y = (int64_t)lab[i] - ks->off[cm.v];
+        if (cm.split) {
+            ce_dx(dxr, xr, n, m[i], (float)(k / s[i]));
+        } else {            /* as ce_lse_rows, this row's exps kept for dx */
+            m[i] = row_max(xr, n, 1.0f);
+            row_exp(e, xr, n, 1.0f, m[i]);
+            s[i] = (float)row_sum(e, n);
+            row_axpy(dxr, e, n, (float)(k / s[i]));
+        }
+        if (y >= 0 && y < n) dxr[y] -= (float)k;
+    }
+    free(buf);
+    return rc;
+}
+
 int k_cross_entropy_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
 {
     const float *x = in[0];
     const int32_t *lab = in[1];
+    Rows r;
+    if (ce_rows(&r, ks)) return ce_fwd_rows(ks, &r, x, lab, out, err);
     Walk w;
     if (walk_init(&w, ks, 2, err)) return -1;
     CeMode cm;
     float *buf = NULL;
-    int rc = ce_prepare(ks, &w, lab, &cm, err);
+    int rc = ce_prepare(ks, w.nouter, w.outer[1], lab, &cm, err);
     if (rc) goto done;
     buf = malloc(sizeof *buf * (size_t)(3 * w.nouter + 1));
     if (!buf) {
@@ -562,11 +1028,16 @@ int k_cross_entropy_bwd(const KernelShape *ks, const void *const *in, const floa
     (void)out;
     const float *x = in[0];
     const int32_t *lab = in[1];
+    Rows r;
+    if (ce_rows(&r, ks) && (!din[0] || (k_apart(din[0], r.rows * r.n, x, r.rows * r.n) &&
+                                        k_apart(din[0], r.rows * r.n, dout, 1) &&
+                                        k_apart(din[0], r.rows * r.n, lab, r.rows))))
+        return ce_bwd_rows(ks, &r, x, lab, dout, din[0], err);
     Walk w;
     if (walk_init(&w, ks, 2, err)) return -1;
     CeMode cm;
     float *buf = NULL;
-    int rc = ce_prepare(ks, &w, lab, &cm, err);
+    int rc = ce_prepare(ks, w.nouter, w.outer[1], lab, &cm, err);
     if (rc) goto done;
     /* the statistics are collective: a rank without din[0] still takes part */
     buf = malloc(sizeof *buf * (size_t)(2 * w.nouter + 1));

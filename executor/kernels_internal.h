@@ -7,6 +7,7 @@
 #define STRATA_KERNELS_INTERNAL_H
 
 #include "kernels.h"
+#include <string.h>
 
 int k_matmul_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err);
 int k_matmul_bwd(const KernelShape *ks, const void *const *in, const float *out,
@@ -106,5 +107,73 @@ extern int64_t k_gemm_min_work, k_gemm_min_run;
 
 /* Scratch from malloc, or NULL with err naming the op and the size. */
 float *k_scratch(int64_t n, const char *what, Err *err);
+
+/* --- fast paths (k_norm.c, k_elementwise.c) ---------------------------------
+ * Where the layout is the common one (the reduce letters last, so a row is
+ * contiguous; a bias that broadcasts along leading letters; buffers that do
+ * not overlap) the kernels run plain loops over contiguous memory that the
+ * compiler vectorises, instead of the generic walks. Results agree with the
+ * generic paths to float rounding. true by default; tests set it false to
+ * force the generic paths and compare the two on the same inputs. */
+extern bool k_fast_paths;
+
+/* A function holding fast loops: each a main loop to n & ~7 and a scalar
+ * tail, since gcc -O2 (its "very cheap" cost model) vectorises a loop only
+ * when it can prove the count a multiple of the vector width; and never
+ * inlined, since inlined into an outer loop gcc loses that proof. On x86-64
+ * it is built twice, for AVX2 and for the baseline SSE2, and the loader
+ * picks one for the CPU (an ifunc, which is never inlined). Both clones give
+ * the same floats: the same IEEE operations lane by lane, the reductions'
+ * lanes fixed in the source, and no FMA in either to contract into. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define K_FAST static __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef K_FAST
+#define K_FAST static __attribute__((noinline))
+#endif
+
+/* n1 floats at a and n2 floats at b share no byte (the promise `restrict`
+ * makes in the fast loops). */
+static inline bool k_apart(const void *a, int64_t n1, const void *b, int64_t n2)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x + (uintptr_t)n1 * sizeof(float) <= y || y + (uintptr_t)n2 * sizeof(float) <= x;
+}
+
+/* e^x in fp32 with no libm call, so that a loop over it vectorises. Within
+ * 1 ulp of e^x on [-87.33, 88] (tests sweep it); 0 below -87.33 (where expf
+ * is subnormal or 0, so a masked -inf still gives exactly 0); e^88 above 88
+ * (never inf); NaN for NaN. x = n ln2 + r with |r| <= ln2/2 (ln2 in two
+ * parts, so n ln2 is exact), then Cephes' degree-6 polynomial for e^r,
+ * scaled by 2^n built in the exponent bits. The two ends are integer masks
+ * applied last: written as ?: gcc sinks the arithmetic into a branch that it
+ * then will not if-convert (fp math may trap), and the loop stays scalar. */
+static inline float k_expf(float x)
+{
+    float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: n in the low bits */
+    float n = t - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    uint32_t tb, eb, yb;
+    memcpy(&tb, &t, sizeof tb);
+    eb = (tb - 0x4B3FFF81u) << 23;                   /* (n + 127) << 23 */
+    float s, y;
+    memcpy(&s, &eb, sizeof s);
+    y = p * s;
+    memcpy(&yb, &y, sizeof yb);
+    uint32_t hi = -(uint32_t)(x > 88.0f), lo = -(uint32_t)(x < -87.33654f);
+    yb = ((yb & ~hi) | (0x7EF882B7u & hi)) & ~lo;    /* 0x7EF882B7: e^88 */
+    memcpy(&y, &yb, sizeof y);
+    return y;
+}
 
 #endif

@@ -965,6 +965,147 @@ static void test_bad_shape(void **state)
     graph_free(g);
 }
 
+/* ----------------------------------------------------------------------------
+ * Fast paths against the plain loops (k_fast_paths): the same inputs through
+ * both, forward and backward. add, bias and relu do the same float
+ * operations in the same order either way, so they must agree bit for bit;
+ * gelu's fast path (the logistic form, k_expf) to float rounding. Both paths
+ * also pass the references. Rows of 37 run the loops' scalar tails. */
+
+static int fast_paths_on(void **state)
+{
+    (void)state;
+    k_fast_paths = true;
+    return 0;
+}
+
+/* out and din of one case by one path; din starts at 0.25 (backward adds). */
+static void run_path(Case *c, bool fast, const float *r, float *out, float *din[IR_MAX_INPUTS])
+{
+    k_fast_paths = fast;
+    for (int k = 0; k < c->nin; k++) {
+        if (c->is_int[k] || c->owner[k] != k) {
+            din[k] = c->owner[k] != k ? din[c->owner[k]] : NULL;
+            continue;
+        }
+        din[k] = xmalloc((size_t)c->n[k] * sizeof *din[k]);
+        for (int64_t i = 0; i < c->n[k]; i++) din[k][i] = 0.25f;
+    }
+    forward_ok(&c->ks, (const void *const *)c->x, out);
+    backward_ok(&c->ks, (const void *const *)c->x, out, r, din);
+    k_fast_paths = true;
+}
+
+static void test_elementwise_fast(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *kind, *spec, *sizes;
+        bool same01;
+    } cases[] = {
+        {"add", "bsh,bsh->bsh", "b3 s5 h37", false},
+        {"add", "bsh,bsh,bsh->bsh", "b3 s5 h37", false},
+        {"add", "bsh,bsh->bsh", "b3 s5 h37", true},      /* x + x */
+        {"bias", "bsh,h->bsh", "b3 s5 h37", false},
+        {"bias", "bsh,sh->bsh", "b3 s5 h7", false},
+        {"bias", "bsnd,nd->bsnd", "b2 s5 n3 d7", false},
+        {"bias", "bsh,h->bsh", "b3 s5 h3", false},       /* rows shorter than 8 */
+        {"bias", "nchw,c->nchw", "n3 c5 h7 w4", false},  /* not the fast layout */
+        {"bias", "bsh,hs->bsh", "b3 s5 h7", false},      /* nor this */
+        {"gelu", "bsf->bsf", "b3 s5 f37", false},
+        {"relu", "bh->bh", "b5 h37", false},
+    };
+    for (size_t e = 0; e < sizeof cases / sizeof *cases; e++) {
+        Case c;
+        case_init(&c, one_op(cases[e].kind, cases[e].spec, cases[e].sizes, NULL, cases[e].same01),
+                  false);
+        const int64_t no = c.n[c.nin];
+        float *r = randv(no, 1.0f), *out[2], *din[2][IR_MAX_INPUTS] = {{0}};
+        for (int f = 0; f < 2; f++) {
+            out[f] = xmalloc((size_t)no * sizeof *out[f]);
+            run_path(&c, f == 0, r, out[f], din[f]);
+        }
+        const bool exact = c.op->kind != OP_GELU;
+        char what[128];
+        snprintf(what, sizeof what, "%s \"%s\" forward, fast against plain", cases[e].kind,
+                 cases[e].spec);
+        for (int64_t i = 0; i < no; i++)
+            assert_close(what, i, out[0][i], out[1][i], exact ? 0 : 1e-6, exact ? 0 : 1e-7);
+        for (int k = 0; k < c.nin; k++) {
+            if (!din[0][k] || c.owner[k] != k) continue;
+            snprintf(what, sizeof what, "%s \"%s\" d(input %d), fast against plain",
+                     cases[e].kind, cases[e].spec, k);
+            for (int64_t i = 0; i < c.n[k]; i++)
+                assert_close(what, i, din[0][k][i], din[1][k][i], exact ? 0 : 1e-6,
+                             exact ? 0 : 1e-7);
+        }
+        /* and each path against the references (relu's kink spoils the
+         * differences at this many points; test_elementwise has its own) */
+        for (int f = 0; f < 2; f++) {
+            k_fast_paths = f == 0;
+            check_forward(&c);
+            if (c.op->kind != OP_RELU) check_grads(&c, 1e-2f);
+        }
+        k_fast_paths = true;
+        for (int f = 0; f < 2; f++) {
+            for (int k = 0; k < c.nin; k++)
+                if (c.owner[k] == k) free(din[f][k]);
+            free(out[f]);
+        }
+        free(r);
+        case_free(&c);
+    }
+}
+
+/* d/dx of the closed form, in double */
+static double gelu_grad_ref(double x)
+{
+    double k = sqrt(2 / M_PI), t = tanh(k * (x + 0.044715 * x * x * x));
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x);
+}
+
+/* GELU over [-12, 12] and at far points, by both paths, against the closed
+ * form and its derivative in double; in place (output over the input) the
+ * fast path stands aside and the result is the plain loop's. */
+static void test_gelu_fast(void **state)
+{
+    (void)state;
+    enum { NG = 2421 };
+    Case c;
+    case_init(&c, one_op("gelu", "b->b", "b2421", NULL, false), false);
+    float x[NG], dy[NG], y[2][NG], dx[2][NG];
+    static const float far[] = {-1e6f, -100, -40, -20, -10, 10, 20, 40, 100, 1e6f, -0.0f, 1e-30f};
+    const int nfar = (int)(sizeof far / sizeof *far);
+    for (int i = 0; i < NG; i++) {
+        x[i] = i < nfar ? far[i] : (float)(-12 + 24.0 * (i - nfar) / (NG - nfar - 1));
+        dy[i] = (float)(2 * urand() - 1);
+    }
+    for (int f = 0; f < 2; f++) {
+        k_fast_paths = f == 0;
+        memset(dx[f], 0, sizeof dx[f]);
+        forward_ok(&c.ks, (const void *const[]){x}, y[f]);
+        backward_ok(&c.ks, (const void *const[]){x}, y[f], dy, (float *const[]){dx[f]});
+    }
+    k_fast_paths = true;
+    for (int i = 0; i < NG; i++) {
+        double w = gelu_ref(x[i]), dw = dy[i] * gelu_grad_ref(x[i]);
+        if (fabs(x[i]) > 20) w = x[i] > 0 ? x[i] : 0, dw = x[i] > 0 ? dy[i] : 0;
+        assert_close("gelu fast", i, y[0][i], w, 1e-6, 1e-7);
+        assert_close("gelu plain", i, y[1][i], w, 1e-6, 1e-7);
+        assert_close("gelu fast, against plain", i, y[0][i], y[1][i], 1e-6, 1e-7);
+        assert_close("gelu' fast", i, dx[0][i], dw, 1e-5, 1e-7);
+        /* looser: below x = -5 tanhf rounds to -1 and the plain loop's 1 - t^2
+         * to 0, so there it is the less exact of the two */
+        assert_close("gelu' fast, against plain", i, dx[0][i], dx[1][i], 1e-5, 1e-6);
+    }
+    /* in place: the plain loop's floats exactly */
+    float io[NG];
+    memcpy(io, x, sizeof io);
+    forward_ok(&c.ks, (const void *const[]){io}, io);
+    for (int i = 0; i < NG; i++) assert_true(memcmp(&io[i], &y[1][i], sizeof io[i]) == 0);
+    case_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -981,6 +1122,8 @@ int main(void)
         cmocka_unit_test(test_gelu_values),
         cmocka_unit_test_teardown(test_split, teardown_mode),
         cmocka_unit_test(test_split_conv),
+        cmocka_unit_test_teardown(test_elementwise_fast, fast_paths_on),
+        cmocka_unit_test_teardown(test_gelu_fast, fast_paths_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1329,6 +1329,369 @@ static void test_init(void **state)
                 assert_int_equal(is[k], iw[((off[0] + i) * D1 + off[1] + j) * D2 + off[2] + l]);
 }
 
+/* ----------------------------------------------------------------------------
+ * Fast rows against the walks. Each kernel runs on the same inputs with
+ * k_fast_paths on (plain loops over contiguous rows, k_expf) and off (the
+ * index walks, libm's expf); the two must agree to float rounding, and both
+ * must match the references above. Rows whose length is not a multiple of 8
+ * run the loops' scalar tails too. */
+
+/* Restores the default when a test that turned the fast paths off fails. */
+static int fast_paths_on(void **state)
+{
+    (void)state;
+    k_fast_paths = true;
+    return 0;
+}
+
+/* k_expf against exp in double: within 1 ulp on [-87.33, 88]; 0 below
+ * (masked -inf logits stay exactly 0), e^88 above, NaN for NaN. */
+static void test_expf(void **state)
+{
+    (void)state;
+    double worst = 0;
+    float at = 0;
+    for (int64_t i = 0; i <= 2000000; i++) {
+        float x = (float)(-87.33 + 175.33 * (double)i / 2000000);
+        if (i % 2) x = (float)(20 * urand());   /* and the range softmax sees most */
+        double want = exp((double)x);
+        float wf = (float)want;
+        double ulp = (double)nextafterf(wf, INFINITY) - wf;
+        double e = fabs(k_expf(x) - want) / ulp;
+        if (e > worst) worst = e, at = x;
+    }
+    if (!(worst <= 1.0)) fail_msg("k_expf: %.3f ulp at %.9g", worst, at);
+    assert_true(k_expf(0) == 1.0f);
+    assert_true(k_expf(-INFINITY) == 0 && k_expf(-87.4f) == 0 && k_expf(-1e30f) == 0);
+    assert_true(k_expf(INFINITY) == k_expf(88.0f) && k_expf(1e30f) == k_expf(88.0f));
+    assert_true(isfinite(k_expf(88.0f)) && fabs(k_expf(88.0f) / exp(88.0) - 1) < 1e-6);
+    assert_true(isnan(k_expf(NAN)));
+}
+
+/* Layernorm `spec` ("bsh..." reduce h) on R rows of C, x around `shift`:
+ * forward and backward (into prefilled gradients) by both paths. */
+static void ln_both(const char *spec, const char *sizes, int64_t R, int64_t C, double shift)
+{
+    Graph *g = op_graph("layernorm", spec, "'reduce':'h'", sizes);
+    KernelShape ks;
+    shape_whole(&ks, &g->ops[0]);
+    const int nin = g->ops[0].nin;
+    const int64_t n = R * C;
+    float *x = frand(n, shift - 2, shift + 3), *ga = frand(C, 0.5, 1.5), *be = frand(C, -1, 1);
+    float *dy = frand(n, -1, 1), *pre = frand(n, -1, 1), *pre_p = frand(C, -1, 1);
+    float *y[2], *dx[2], *dg[2], *db[2];
+    const void *in[3] = {x, ga, be};
+    Err err = {{0}};
+    for (int f = 0; f < 2; f++) {   /* 0: fast rows, 1: walk */
+        k_fast_paths = f == 0;
+        y[f] = xmalloc(sizeof *y[f] * (size_t)n);
+        dx[f] = fcopy(pre, n), dg[f] = fcopy(pre_p, C), db[f] = fcopy(pre_p, C);
+        float *din[3] = {dx[f], nin > 1 ? dg[f] : NULL, nin > 2 ? db[f] : NULL};
+        assert_int_equal(k_layernorm_fwd(&ks, in, y[f], &err), 0);
+        assert_int_equal(k_layernorm_bwd(&ks, in, y[f], dy, din, &err), 0);
+        sub_prefill(dx[f], pre, n);
+        sub_prefill(dg[f], pre_p, C);
+        sub_prefill(db[f], pre_p, C);
+    }
+    k_fast_paths = true;
+    check_same(y[0], y[1], n, 1e-6, "layernorm y, fast against walk");
+    check_same(dx[0], dx[1], n, 1e-6, "layernorm dx, fast against walk");
+    check_same(dg[0], dg[1], C, 2e-6, "layernorm dgamma, fast against walk");
+    check_same(db[0], db[1], C, 1e-6, "layernorm dbeta, fast against walk");
+
+    double *xd = to_double(x, n), *gd = to_double(ga, C), *bd = to_double(be, C);
+    double *want = xmalloc(sizeof *want * (size_t)n), *dyd = to_double(dy, n);
+    ref_layernorm(xd, nin > 1 ? gd : NULL, nin > 2 ? bd : NULL, R, C, want);
+    NormCtx c = {R, C, nin > 1, nin > 2, dyd};
+    double *ind[3] = {xd, gd, bd};
+    double *fx = fd_grad(obj_layernorm, &c, ind, 0, n);
+    for (int f = 0; f < 2; f++) {
+        check_close(y[f], want, n, 1e-5, 1e-5, f ? "layernorm y (walk)" : "layernorm y (fast)");
+        check_close(dx[f], fx, n, 1e-4, 1e-5, f ? "layernorm dx (walk)" : "layernorm dx (fast)");
+    }
+    if (nin > 1) {
+        double *fg = fd_grad(obj_layernorm, &c, ind, 1, C);
+        check_close(dg[0], fg, C, 1e-4, 1e-5, "layernorm dgamma (fast)");
+        free(fg);
+    }
+    if (nin > 2) {
+        double *fb = fd_grad(obj_layernorm, &c, ind, 2, C);
+        check_close(db[0], fb, C, 1e-4, 1e-5, "layernorm dbeta (fast)");
+        free(fb);
+    }
+    for (int f = 0; f < 2; f++) free(y[f]), free(dx[f]), free(dg[f]), free(db[f]);
+    free(fx), free(want), free(dyd), free(xd), free(gd), free(bd);
+    free(x), free(ga), free(be), free(dy), free(pre), free(pre_p);
+    graph_free(g);
+}
+
+/* h of 37 (four blocks of 8 and a tail), 64 (no tail), 5 (a tail only);
+ * with and without gamma, beta; a mean of 1000 against a spread of 2.5,
+ * where x - mean taken in float alone would lose ~4e-5. */
+static void test_layernorm_fast(void **state)
+{
+    (void)state;
+    ln_both("bsh,h,h->bsh", "b3s5h37", 15, 37, 0);
+    ln_both("bsh,h,h->bsh", "b2s3h64", 6, 64, 1000);
+    ln_both("bsh,h,h->bsh", "b3s5h5", 15, 5, 0);
+    ln_both("bsh,h->bsh", "b3s5h13", 15, 13, 0);
+    ln_both("bsh->bsh", "b3s5h37", 15, 37, -3);
+}
+
+/* Softmax "bnst->bnst" over t by both paths, against each other and the
+ * reference; S is both s and t. */
+static void sm_both(bool causal, int64_t S, double scale)
+{
+    char sizes[64], attrs[96];
+    snprintf(sizes, sizeof sizes, "b2n3s%lldt%lld", (long long)S, (long long)S);
+    snprintf(attrs, sizeof attrs, "'reduce':'t','causal':%s,'scale':%g", causal ? "true" : "false",
+             scale);
+    Graph *g = op_graph("softmax", "bnst->bnst", attrs, sizes);
+    KernelShape ks;
+    shape_whole(&ks, &g->ops[0]);
+    const int64_t R = 6 * S, n = R * S;
+    float *x = frand(n, -3, 3), *dy = frand(n, -1, 1), *pre = frand(n, -1, 1);
+    x[5] = -INFINITY;   /* a masked score inside the kept prefix */
+    float *y[2], *dx[2];
+    const void *in[1] = {x};
+    Err err = {{0}};
+    for (int f = 0; f < 2; f++) {
+        k_fast_paths = f == 0;
+        y[f] = xmalloc(sizeof *y[f] * (size_t)n);
+        dx[f] = fcopy(pre, n);
+        float *din[1] = {dx[f]};
+        assert_int_equal(k_softmax_fwd(&ks, in, y[f], &err), 0);
+        assert_int_equal(k_softmax_bwd(&ks, in, y[f], dy, din, &err), 0);
+        sub_prefill(dx[f], pre, n);
+    }
+    k_fast_paths = true;
+    const char *what = causal ? "causal softmax" : "softmax";
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s y (t %lld), fast against walk", what, (long long)S);
+    check_same(y[0], y[1], n, 1e-6, msg);
+    snprintf(msg, sizeof msg, "%s dx (t %lld), fast against walk", what, (long long)S);
+    check_same(dx[0], dx[1], n, 1e-6, msg);
+    assert_true(y[0][5] == 0);
+
+    double *xd = to_double(x, n), *dyd = to_double(dy, n);
+    double *want = xmalloc(sizeof *want * (size_t)n);
+    SmCtx c = {R, S, S, scale, causal, dyd};
+    ref_softmax(xd, &c, want);
+    snprintf(msg, sizeof msg, "%s y (t %lld, fast)", what, (long long)S);
+    check_close(y[0], want, n, 1e-5, 1e-6, msg);
+    xd[5] = -1e30;      /* finite for the differences: exp underflows to 0 all the same */
+    double *ind[1] = {xd};
+    double *fx = fd_grad(obj_softmax, &c, ind, 0, n);
+    snprintf(msg, sizeof msg, "%s dx (t %lld, fast)", what, (long long)S);
+    check_close(dx[0], fx, n, 1e-4, 1e-6, msg);
+    for (int f = 0; f < 2; f++) free(y[f]), free(dx[f]);
+    free(fx), free(dyd), free(want), free(xd), free(x), free(dy), free(pre);
+    graph_free(g);
+}
+
+static void test_softmax_fast(void **state)
+{
+    (void)state;
+    sm_both(false, 19, 0.5);
+    sm_both(true, 19, 0.5);
+    sm_both(false, 40, 1.0);
+    sm_both(true, 40, 0.125);
+    sm_both(true, 3, 2.0);
+}
+
+/* Causal softmax with s = 19 split 7 + 12 (sequence parallel): each shard,
+ * by the fast rows, masks by its global s offset, so its rows equal the
+ * fast whole run's exactly and the walk's whole run to rounding, forward
+ * and backward. */
+static void test_softmax_fast_causal_split(void **state)
+{
+    (void)state;
+    Graph *g = op_graph("softmax", "bnst->bnst", "'reduce':'t','causal':true,'scale':0.5",
+                        "b2n3s19t19");
+    const Op *op = &g->ops[0];
+    KernelShape ks;
+    shape_whole(&ks, op);
+    const int64_t BN = 6, S = 19, T = 19, n = BN * S * T;
+    float *x = frand(n, -3, 3), *dy = frand(n, -1, 1), *y[2], *dx[2];
+    Err err = {{0}};
+    const void *in[1] = {x};
+    for (int f = 0; f < 2; f++) {
+        k_fast_paths = f == 0;
+        y[f] = xmalloc(sizeof *y[f] * (size_t)n);
+        dx[f] = xcalloc((size_t)n, sizeof *dx[f]);
+        float *din[1] = {dx[f]};
+        assert_int_equal(k_softmax_fwd(&ks, in, y[f], &err), 0);
+        assert_int_equal(k_softmax_bwd(&ks, in, y[f], dy, din, &err), 0);
+    }
+    k_fast_paths = true;
+    const int64_t s0[2] = {0, 7}, sl[2] = {7, 12};
+    for (int r = 0; r < 2; r++) {
+        int64_t m = BN * sl[r] * T;
+        float *xl = xmalloc(sizeof *xl * m), *dyl = xmalloc(sizeof *dyl * m);
+        float *yl = xmalloc(sizeof *yl * m), *dxl = xcalloc((size_t)m, sizeof *dxl);
+        float *yw[2], *dxw[2];
+        for (int f = 0; f < 2; f++) {
+            yw[f] = xmalloc(sizeof *yw[f] * m);
+            dxw[f] = xmalloc(sizeof *dxw[f] * m);
+        }
+        for (int64_t bn = 0; bn < BN; bn++)
+            for (int64_t s = 0; s < sl[r]; s++)
+                for (int64_t t = 0; t < T; t++) {
+                    int64_t li = (bn * sl[r] + s) * T + t, gi = (bn * S + s0[r] + s) * T + t;
+                    xl[li] = x[gi], dyl[li] = dy[gi];
+                    for (int f = 0; f < 2; f++) yw[f][li] = y[f][gi], dxw[f][li] = dx[f][gi];
+                }
+        KernelShape kl;
+        shape_whole(&kl, op);
+        kl.size[L('s')] = sl[r];
+        kl.off[L('s')] = s0[r];
+        const void *inl[1] = {xl};
+        float *dinl[1] = {dxl};
+        assert_int_equal(k_softmax_fwd(&kl, inl, yl, &err), 0);
+        assert_int_equal(k_softmax_bwd(&kl, inl, yl, dyl, dinl, &err), 0);
+        check_same(yl, yw[0], m, 0, "causal softmax shard y (fast) against the fast whole");
+        check_same(dxl, dxw[0], m, 0, "causal softmax shard dx (fast) against the fast whole");
+        check_same(yl, yw[1], m, 1e-6, "causal softmax shard y (fast) against the walk's whole");
+        check_same(dxl, dxw[1], m, 1e-6, "causal softmax shard dx (fast) against the walk's whole");
+        for (int f = 0; f < 2; f++) free(yw[f]), free(dxw[f]);
+        free(xl), free(dyl), free(yl), free(dxl);
+    }
+    for (int f = 0; f < 2; f++) free(y[f]), free(dx[f]);
+    free(x), free(dy);
+    graph_free(g);
+}
+
+/* cross_entropy "bsv,bs->" with v = 37 (a tail of 5): loss and dx (into a
+ * prefilled buffer: both paths add) by both paths, and against the
+ * reference. */
+enum { CF_T = CE_T, CF_V = 37 };
+
+static void test_cross_entropy_fast(void **state)
+{
+    (void)state;
+    Graph *g = op_graph("cross_entropy", "bsv,bs->", "'reduce':'v'", "b3s5v37");
+    KernelShape ks;
+    shape_whole(&ks, &g->ops[0]);
+    const int64_t n = CF_T * CF_V;
+    float *x = frand(n, -4, 4), *pre = frand(n, -1, 1), loss[2], dout = 0.7f, *dx[2];
+    x[3 * CF_V + 36] = 30;      /* a confident row: the others' exps far below 1 */
+    int32_t *lab = labels_rand(CF_T, CF_V);
+    lab[0] = 0, lab[1] = CF_V - 1, lab[2] = 32, lab[3] = 36;
+    const void *in[2] = {x, lab};
+    Err err = {{0}};
+    for (int f = 0; f < 2; f++) {
+        k_fast_paths = f == 0;
+        dx[f] = fcopy(pre, n);
+        float *din[2] = {dx[f], NULL};
+        assert_int_equal(k_cross_entropy_fwd(&ks, in, &loss[f], &err), 0);
+        assert_int_equal(k_cross_entropy_bwd(&ks, in, &loss[f], &dout, din, &err), 0);
+        sub_prefill(dx[f], pre, n);
+    }
+    k_fast_paths = true;
+    assert_true(fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[1]));
+    check_same(dx[0], dx[1], n, 1e-6, "cross_entropy dx, fast against walk");
+    double *xd = to_double(x, n);
+    CeCtx c = {CF_T, CF_V, lab, CF_T, dout};
+    double want = ref_ce(xd, &c);
+    assert_true(fabs(loss[0] - want) <= 1e-5 * fabs(want));
+    double *ind[1] = {xd};
+    double *fx = fd_grad(obj_ce, &c, ind, 0, n);
+    check_close(dx[0], fx, n, 1e-4, 1e-6, "cross_entropy dx (fast)");
+    free(fx), free(xd), free(x), free(pre), free(dx[0]), free(dx[1]), free(lab);
+    graph_free(g);
+}
+
+/* Vocabulary-parallel by the fast rows: v = 37 split 17 + 20, labels on
+ * both sides of the cut and at both ends. The same collectives as the walk
+ * (two max, three sum of T floats forward and backward together); losses
+ * and dlogits columns equal the unsplit runs' of both paths. */
+typedef struct {
+    const Op *op;
+    const float *x;
+    const int32_t *lab;
+    float dout;
+    int64_t v0[2], vl[2];
+    float loss[2];
+    float *dx;          /* [T][V], each rank writes its columns */
+} CeFastSplit;
+
+static int ce_fast_rank(void *arg, int r, const KernelStats *st, Err *err)
+{
+    CeFastSplit *a = arg;
+    KernelShape ks;
+    shape_whole(&ks, a->op);
+    ks.size[L('v')] = a->vl[r];
+    ks.off[L('v')] = a->v0[r];
+    ks.stats = st;
+    int64_t vl = a->vl[r];
+    float *xl = xmalloc(sizeof *xl * CF_T * (size_t)vl);
+    float *dxl = xcalloc(CF_T * (size_t)vl, sizeof *dxl);
+    for (int64_t t = 0; t < CF_T; t++)
+        for (int64_t v = 0; v < vl; v++) xl[t * vl + v] = a->x[t * CF_V + a->v0[r] + v];
+    const void *in[2] = {xl, a->lab};
+    float *din[2] = {dxl, NULL};
+    int rc = k_cross_entropy_fwd(&ks, in, &a->loss[r], err);
+    if (!rc) rc = k_cross_entropy_bwd(&ks, in, &a->loss[r], &a->dout, din, err);
+    for (int64_t t = 0; t < CF_T && !rc; t++)
+        for (int64_t v = 0; v < vl; v++) a->dx[t * CF_V + a->v0[r] + v] = dxl[t * vl + v];
+    free(xl);
+    free(dxl);
+    return rc;
+}
+
+static void test_cross_entropy_fast_vocab_split(void **state)
+{
+    (void)state;
+    Graph *g = op_graph("cross_entropy", "bsv,bs->", "'reduce':'v'", "b3s5v37");
+    KernelShape ks;
+    shape_whole(&ks, &g->ops[0]);
+    const int64_t n = CF_T * CF_V;
+    float *x = frand(n, -4, 4), loss[2], dout = 0.9f, *dx[2];
+    int32_t *lab = labels_rand(CF_T, CF_V);
+    lab[0] = 16, lab[1] = 17, lab[2] = 0, lab[3] = 36;
+    Err err = {{0}};
+    const void *in[2] = {x, lab};
+    for (int f = 0; f < 2; f++) {
+        k_fast_paths = f == 0;
+        dx[f] = xcalloc((size_t)n, sizeof *dx[f]);
+        float *din[2] = {dx[f], NULL};
+        assert_int_equal(k_cross_entropy_fwd(&ks, in, &loss[f], &err), 0);
+        assert_int_equal(k_cross_entropy_bwd(&ks, in, &loss[f], &dout, din, &err), 0);
+    }
+    k_fast_paths = true;
+    CeFastSplit a = {.op = &g->ops[0], .x = x, .lab = lab, .dout = dout, .v0 = {0, 17},
+                     .vl = {17, 20}, .dx = xcalloc((size_t)n, sizeof(float))};
+    RankCtx calls[2];
+    run_ranks(2, ce_fast_rank, &a, calls);
+    for (int r = 0; r < 2; r++) {
+        for (int f = 0; f < 2; f++) assert_true(fabs(a.loss[r] - loss[f]) <= 1e-6 * fabs(loss[f]));
+        assert_int_equal(calls[r].nmax, 2);
+        assert_int_equal(calls[r].nsum, 3);
+        assert_int_equal(calls[r].sum_floats, 3 * CF_T);
+    }
+    assert_true(a.loss[0] == a.loss[1]);
+    check_same(a.dx, dx[0], n, 1e-6, "vocab-split cross_entropy dx (fast) against the fast whole");
+    check_same(a.dx, dx[1], n, 1e-6,
+               "vocab-split cross_entropy dx (fast) against the walk's whole");
+    free(a.dx), free(x), free(lab), free(dx[0]), free(dx[1]);
+    graph_free(g);
+}
+
+/* The earlier tests run the fast rows wherever the layout allows (the
+ * default); here the same tests run the walks. */
+static void test_walks(void **state)
+{
+    k_fast_paths = false;
+    test_layernorm(state);
+    test_layernorm_layouts(state);
+    test_softmax(state);
+    test_softmax_causal_split(state);
+    test_cross_entropy(state);
+    test_cross_entropy_batch_split(state);
+    test_cross_entropy_vocab_split(state);
+    k_fast_paths = true;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1353,6 +1716,13 @@ int main(void)
         cmocka_unit_test(test_int8_error_feedback),
         cmocka_unit_test(test_orthonormalize),
         cmocka_unit_test(test_init),
+        cmocka_unit_test(test_expf),
+        cmocka_unit_test_teardown(test_layernorm_fast, fast_paths_on),
+        cmocka_unit_test_teardown(test_softmax_fast, fast_paths_on),
+        cmocka_unit_test_teardown(test_softmax_fast_causal_split, fast_paths_on),
+        cmocka_unit_test_teardown(test_cross_entropy_fast, fast_paths_on),
+        cmocka_unit_test_teardown(test_cross_entropy_fast_vocab_split, fast_paths_on),
+        cmocka_unit_test_teardown(test_walks, fast_paths_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
