@@ -227,7 +227,6 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
         return -1;
     }
     cJSON *gj = graph_to_json(L->g), *cj = cluster_to_json(L->c);
-    Err e2;
     cJSON *sum = plan_summary_json(L->p, L->s);
     char *gt = cJSON_PrintUnformatted(gj), *ct = cJSON_PrintUnformatted(cj);
     char *stxt = cJSON_PrintUnformatted(L->s->canonical), *sumt = cJSON_PrintUnformatted(sum);
@@ -271,7 +270,6 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
     cJSON_Delete(sum);
     graph_stats_free(&gs);
     db_close(db);
-    (void)e2;
     return rc;
 }
 

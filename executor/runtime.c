@@ -248,7 +248,6 @@ static int exec_op(Runtime *rt, const Instr *in, Err *err)
     kernel_shape(rt, in, &ks);
     StatCtx sc = { rt, NULL };
     KernelStats stats = { stat_sum, stat_max, &sc };
-    Layout lo = ir_operand_layout(rt->g, rt->s, in->op, nin);
     AxisMask sax = 0;
     for (int l = 0; l < IR_LETTERS; l++)
         if (op->reduce_mask & (1u << l)) sax |= rt->s->ops[in->op].split[l] & rt->live;
@@ -256,7 +255,6 @@ static int exec_op(Runtime *rt, const Instr *in, Err *err)
         sc.grp = rt->groups[sax];
         ks.stats = &stats;
     }
-    (void)lo;
 
     const void *ins[IR_MAX_INPUTS];
     float *scratch[IR_MAX_INPUTS + 1] = {0};
@@ -338,12 +336,10 @@ static void exec_update(Runtime *rt, const Instr *in)
         }
     } else if (Gv->shard && !P->shard) {
         /* ZeRO-1/2: the full param, this rank's shard of the gradient */
-        int D = rt->gsize[Gv->shard];
         int64_t chunk = rt->numel[a[1]];
         int idx = ir_group_index(rt->s, rt->coord, Gv->shard);
         wlo = (int64_t)idx * chunk;
         len = wlo >= np ? 0 : (wlo + chunk > np ? np - wlo : chunk);
-        (void)D;
     }
     if (!rt->opt_a[t]) {
         rt->opt_a[t] = xcalloc((size_t)np, sizeof(float));
@@ -1012,7 +1008,7 @@ int rt_gather_param(Runtime *rt, int t, float *out, Err *err)
         const Value *V = &rt->pr->values[v];
         if (V->kind != VAL_PARAM || V->tensor != t) continue;
         int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
-        int64_t ln = value_geom(rt, &V->layout, t, ext, off);
+        value_geom(rt, &V->layout, t, ext, off);
         float *local = val(rt, v), *tmp = NULL;
         if (V->shard) {      /* ZeRO-3: the shards of the local block first */
             int D = rt->gsize[V->shard];
@@ -1041,7 +1037,6 @@ int rt_gather_param(Runtime *rt, int t, float *out, Err *err)
             int64_t zero[IR_MAX_DIMS] = {0};
             block_copy(whole, T->shape, off, local, ext, zero, ext, T->ndim);
         }
-        (void)ln;
         free(tmp);
         break;
     }
