@@ -217,6 +217,11 @@ static void kernel_shape(Runtime *rt, const Instr *in, KernelShape *ks)
         if (!op->size[l]) continue;
         ks->size[l] = rt->p->local[in->op][l];
         ks->total[l] = op->size[l];
+        /* an op sees one micro-batch: batch statistics (batch norm) are over
+         * it; only the loss is a mean over the whole batch, summed over
+         * micro-batches */
+        if (l == op->batch_letter && op->kind != OP_CROSS_ENTROPY)
+            ks->total[l] = op->size[l] / rt->s->microbatches;
         AxisMask m = pol->split[l] & rt->live;
         ks->off[l] = (int64_t)ir_group_index(rt->s, rt->coord, m) * ks->size[l];
     }

@@ -333,6 +333,8 @@ typedef struct {
     int *pgrad_pass;
     int32_t *copy_vals;      /* [i * IR_MAX_INPUTS + c]: those copies (freed in its backward) */
     Deferred *tied;          /* params whose sync waits for the end of the step */
+    Err *err;                /* the first conversion the lowering cannot express */
+    bool failed;
     int ntied, cap_tied;
     int *ncopy;
 } Low;
@@ -450,11 +452,40 @@ static void emit_mem(Low *L, InstrKind kind, int32_t val, int32_t dep)
 /* Converts value src of tensor t, held in layout `from`, into `to`. Partial
  * axes of `to` are left partial (a parameter gradient waiting for its sync);
  * every other partial axis is summed. Returns src when nothing moved. */
+/* A dim split over several axes holds its pieces in mesh order, the first
+ * axis outermost. Only the innermost axes of a dim can be added, removed or
+ * moved as whole blocks; anything else would interleave the pieces. */
+static bool inner_of(AxisMask outer, AxisMask inner)
+{
+    if (!outer || !inner) return true;
+    int hi = 31 - __builtin_clz((unsigned)outer), lo = __builtin_ctz((unsigned)inner);
+    return lo > hi;
+}
+
+static void cannot_nest(Low *L, int t, AxisMask moved, AxisMask kept, const char *what)
+{
+    if (L->failed) return;
+    L->failed = true;
+    char a[96], b[96];
+    err_set(L->err, "tensor %s: %s axis %s of a dim also split over %s, which is inner to it: "
+            "only the innermost axes of a dim can be gathered, scattered or moved; list %s "
+            "after %s in the mesh, or split that dim over one axis",
+            L->S->g->tensors[t].name, what, strategy_axes_name(L->S->s, moved, a, sizeof a),
+            strategy_axes_name(L->S->s, kept, b, sizeof b), a, b);
+}
+
 static Ref convert(Low *L, int t, int mb, Layout from, const Layout *to, Ref src, ValueKind vk,
                    int op, Phase ph, Why why)
 {
     const Shared *S = L->S;
     int nd = S->g->tensors[t].ndim;
+    for (int d = 0; d < nd; d++) {
+        /* what this conversion takes off each dim, and what it puts on */
+        AxisMask off = from.dim[d] & ~to->dim[d], on = to->dim[d] & ~from.dim[d];
+        AxisMask stay = from.dim[d] & to->dim[d];
+        if (!inner_of(stay, off)) cannot_nest(L, t, off, stay, "taking off");
+        if (!inner_of(stay, on)) cannot_nest(L, t, on, stay, "putting on");
+    }
     Layout cur = from;
     Ref last = src;
 
@@ -1466,6 +1497,7 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
     }
     Low L;
     low_alloc(&L, &S);
+    L.err = err;
     for (int k = 0; k < p->nclasses; k++) {
         /* classes of one plan are alike in size: reserve what the last one took */
         Program *pr = &p->classes[k];
@@ -1482,6 +1514,14 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
         lower_class(&L, pr, first_rank[k]);
     }
     low_free(&L);
+    if (L.failed) {
+        free(first_rank);
+        free(class_stage);
+        free(class_role);
+        shared_free(&S);
+        plan_free(p);
+        return NULL;
+    }
 
     free(first_rank);
     free(class_stage);

@@ -494,6 +494,31 @@ static void test_moe_all_to_all(void **state)
     graph_free(g);
 }
 
+/* --- a dim split over two axes: only its inner axis can move alone */
+static void test_outer_axis_refused(void **state)
+{
+    (void)state;
+    GptShape x = { 2, 64, 4, 16, 128, 8, true };
+    Graph *g = gpt(x);
+    Strategy *bad = strat(g, "{\"mesh\":{\"dp\":2,\"tp\":2},\"ops\":{\"*\":{\"split\":"
+                             "{\"b\":[\"dp\",\"tp\"]}},\"blocks.1.*\":{\"split\":{\"b\":\"tp\"}}}}");
+    Err err = {0};
+    Plan *p = ir_lower(g, NULL, bad, &err);
+    assert_null(p);
+    assert_non_null(strstr(err.msg, "only the innermost axes"));
+    assert_non_null(strstr(err.msg, "axis dp"));
+    /* the same with dp inner: the pieces nest, tp stays, dp is gathered */
+    Strategy *good = strat(g, "{\"mesh\":{\"tp\":2,\"dp\":2},\"ops\":{\"*\":{\"split\":"
+                              "{\"b\":[\"tp\",\"dp\"]}},\"blocks.1.*\":{\"split\":{\"b\":\"tp\"}}}}");
+    p = lower(g, good);
+    check_plan(p);
+    assert_true(program_comm_bytes(&p->classes[0], I_ALLGATHER, WHY_RESHARD) > 0);
+    plan_free(p);
+    strategy_free(bad);
+    strategy_free(good);
+    graph_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -508,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_recompute),
         cmocka_unit_test(test_classes_gpt3_shape),
         cmocka_unit_test(test_moe_all_to_all),
+        cmocka_unit_test(test_outer_axis_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -189,6 +189,19 @@ static const RunCase CASES[] = {
       "{\"mesh\": {\"dp\": 2}, \"ops\": {\"blocks.*.moe.fc1\": {\"split\": {\"b\": null, \"e\": "
       "\"dp\"}}, \"blocks.*.moe.gelu\": {\"split\": {\"b\": null, \"e\": \"dp\"}}, "
       "\"blocks.*.moe.fc2\": {\"split\": {\"b\": null, \"e\": \"dp\"}}}}", 2, EXACT },
+
+    /* the batch over tp+dp in block 0, over tp after it, blocks.1.fc also
+     * contracting over dp: the tokens move from b to i by an all_to_all on dp
+     * while b stays split on tp (dp the inner axis of b's split; the other
+     * way round is refused, see test_outer_axis_refused) */
+    { "mlp-tp2-dp2-inner-a2a", M_MLP, { NULL },
+      "{\"mesh\": {\"tp\": 2, \"dp\": 2}, \"ops\": {\"*\": {\"split\": {\"b\": \"tp\"}}, "
+      "\"blocks.0.*\": {\"split\": {\"b\": [\"tp\", \"dp\"]}}, \"blocks.1.fc\": {\"split\": "
+      "{\"b\": \"tp\", \"i\": \"dp\"}}}}", 4, EXACT },
+    /* int8-compressed gradients on pp2 x dp2 with 2 micro-batches (Adam) */
+    { "gpt-pp2-dp2-int8", M_GPT, { "megatron", "--world", "4", "--tp", "1", "--pp", "2",
+      "--microbatches", "2", "--compress", "int8" }, NULL, 4,
+      "tolerance 5e-02 relative: int8-compressed gradients" },
 };
 #define NCASES (sizeof CASES / sizeof CASES[0])
 
@@ -324,6 +337,83 @@ static void test_ps_stale(void **state)
         dump(&r);
         fail();
     }
+    res_free(&r);
+}
+
+/* The batch over dp+tp everywhere but block 1 of the mlp (tp only): dp+tp ->
+ * tp is an all_gather on dp, tp -> dp+tp a local slice that only ranks 0 and
+ * 3 hold. The strategy validates, so the run must train and verify; above
+ * all it must end by itself, whatever happens on some of its ranks. */
+/* A dim split over two axes holds its pieces in mesh order; moving its
+ * outer axis alone (all_to_all, all_gather or a slice) would interleave them.
+ * Such plans are refused by every rank alike, at once, naming the tensor;
+ * they do not hang. */
+static void test_outer_axis_refused(void **state)
+{
+    (void)state;
+    const char *plans[] = {
+        "{\"mesh\": {\"dp\": 2, \"tp\": 2}, \"ops\": {\"*\": {\"split\": {\"b\": \"tp\"}}, "
+        "\"blocks.0.*\": {\"split\": {\"b\": [\"dp\", \"tp\"]}}, \"blocks.1.fc\": {\"split\": "
+        "{\"b\": \"tp\", \"i\": \"dp\"}}}}",
+        "{\"mesh\": {\"dp\": 2, \"tp\": 2}, \"ops\": {\"*\": {\"split\": {\"b\": "
+        "[\"dp\", \"tp\"]}}, \"blocks.1.*\": {\"split\": {\"b\": \"tp\"}}}}",
+    };
+    for (int k = 0; k < 2; k++) {
+        const RunCase c = { k ? "mlp-dp2-tp2-batch-then-tp" : "mlp-dp2-tp2-outer-a2a", M_MLP,
+                            { NULL }, plans[k], 4, EXACT };
+        const char *strategy = case_strategy(&c);
+        Res r = {0};
+        const RunOpts o = { .deadline_s = FAULT_DEADLINE_S };
+        RUNO(&r, &o, "run", "--model", model(M_MLP), "--strategy", strategy, "--steps", STEPS,
+             "--verify", "--no-store");
+        EXPECT_RC(&r, 1);
+        EXPECT_ERR(&r, "axis dp", "only the innermost axes");
+        res_free(&r);
+    }
+}
+
+/* Batch normalisation over a batch cut into micro-batches: conv, batchnorm,
+ * relu, mean, fc, loss on dp2 with 2 micro-batches. --verify must compare it
+ * with a reference that means the same thing (or the strategy be refused). */
+static const char BN_MODEL[] =
+    "{\"name\":\"bnnet\",\"tensors\":["
+    "{\"name\":\"image\",\"shape\":[8,4,4,4],\"dtype\":\"f32\",\"role\":\"input\"},"
+    "{\"name\":\"labels\",\"shape\":[8],\"dtype\":\"i32\",\"role\":\"label\"},"
+    "{\"name\":\"conv.w\",\"shape\":[6,4,3,3],\"dtype\":\"f32\",\"role\":\"param\"},"
+    "{\"name\":\"conv\",\"shape\":[8,6,4,4],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"bn.g\",\"shape\":[6],\"dtype\":\"f32\",\"role\":\"param\"},"
+    "{\"name\":\"bn.b\",\"shape\":[6],\"dtype\":\"f32\",\"role\":\"param\"},"
+    "{\"name\":\"bn\",\"shape\":[8,6,4,4],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"relu\",\"shape\":[8,6,4,4],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"pool\",\"shape\":[8,6],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"fc.w\",\"shape\":[6,3],\"dtype\":\"f32\",\"role\":\"param\"},"
+    "{\"name\":\"fc\",\"shape\":[8,3],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"fc.b\",\"shape\":[3],\"dtype\":\"f32\",\"role\":\"param\"},"
+    "{\"name\":\"fc_bias\",\"shape\":[8,3],\"dtype\":\"f32\",\"role\":\"activation\"},"
+    "{\"name\":\"loss\",\"shape\":[],\"dtype\":\"f32\",\"role\":\"activation\"}],\"ops\":["
+    "{\"name\":\"conv\",\"kind\":\"conv2d\",\"spec\":\"nchw,ocrs->nohw\",\"inputs\":[\"image\","
+    "\"conv.w\"],\"output\":\"conv\",\"stride\":1,\"pad\":1},"
+    "{\"name\":\"bn\",\"kind\":\"batchnorm\",\"spec\":\"nchw,c,c->nchw\",\"inputs\":[\"conv\","
+    "\"bn.g\",\"bn.b\"],\"output\":\"bn\",\"reduce\":\"nhw\"},"
+    "{\"name\":\"relu\",\"kind\":\"relu\",\"spec\":\"nchw->nchw\",\"inputs\":[\"bn\"],\"output\":\"relu\"},"
+    "{\"name\":\"pool\",\"kind\":\"mean\",\"spec\":\"nchw->nc\",\"inputs\":[\"relu\"],\"output\":\"pool\"},"
+    "{\"name\":\"fc\",\"kind\":\"matmul\",\"spec\":\"nc,ck->nk\",\"inputs\":[\"pool\",\"fc.w\"],"
+    "\"output\":\"fc\"},"
+    "{\"name\":\"fc_bias\",\"kind\":\"bias\",\"spec\":\"nk,k->nk\",\"inputs\":[\"fc\",\"fc.b\"],"
+    "\"output\":\"fc_bias\"},"
+    "{\"name\":\"loss\",\"kind\":\"cross_entropy\",\"spec\":\"nk,n->\",\"inputs\":[\"fc_bias\","
+    "\"labels\"],\"output\":\"loss\",\"reduce\":\"k\"}]}";
+
+static void test_batchnorm_microbatches(void **state)
+{
+    (void)state;
+    const char *mdl = tp("model-bnnet.json");
+    write_file(mdl, BN_MODEL);
+    const RunCase c = { "bn-dp2-mb2", 0, { NULL },
+                        "{\"mesh\": {\"dp\": 2}, \"pipeline\": {\"microbatches\": 2}}", 2, EXACT };
+    const char *strategy = case_strategy(&c);
+    Res r = {0};
+    run_verified(&r, mdl, strategy, STEPS, 2, EXACT);
     res_free(&r);
 }
 
@@ -531,6 +621,8 @@ int main(void)
 {
     static const struct CMUnitTest after[] = {
         cmocka_unit_test_teardown(test_ps_stale, harness_release_all),
+        cmocka_unit_test_teardown(test_outer_axis_refused, harness_release_all),
+        cmocka_unit_test_teardown(test_batchnorm_microbatches, harness_release_all),
         cmocka_unit_test_teardown(test_wrong_world, harness_release_all),
         cmocka_unit_test_teardown(test_backend_unknown_is_usage, harness_release_all),
         cmocka_unit_test_teardown(test_backend_cuda_not_built, harness_release_all),
