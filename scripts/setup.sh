@@ -4,8 +4,10 @@
 # without root it names what is missing and stops.
 set -eu
 
+# build-essential brings make and the C compiler; the rest are the libraries
+# strata uses (SQLite, cJSON, libmicrohttpd, OpenBLAS, Open MPI, cmocka).
 need="build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libmicrohttpd-dev
-libopenblas-dev openmpi-bin libopenmpi-dev libcmocka-dev curl"
+libopenblas-dev openmpi-bin libopenmpi-dev libcmocka-dev"
 
 missing=""
 for p in $need; do
