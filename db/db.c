@@ -503,14 +503,45 @@ err:
 
 #define MODEL_COLS "id, name, json, params, train_flops, created"
 
-static void read_model(sqlite3_stmt *st, DbModel *m)
+static void read_model(sqlite3_stmt *st, void *out)
 {
+    DbModel *m = out;
     col_id(st, 0, m->id);
     m->name = col_str(st, 1);
     m->json = col_str(st, 2);
     m->params = sqlite3_column_double(st, 3);
     m->train_flops = sqlite3_column_double(st, 4);
     m->created = col_str(st, 5);
+}
+
+/* The one row `select` (ending in "WHERE <key> = ?") gives for an id or a
+ * unique id prefix of `table`, handed to read. 1 when not found. */
+typedef void (*RowReader)(sqlite3_stmt *st, void *out);
+
+static int get_row(Db *db, const char *table, const char *noun, const char *id,
+                   const char *select, RowReader read, void *out, char full[17], Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    int r = resolve_id(db, table, noun, id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {                  /* deleted since resolve_id */
+        sqlite3_finalize(st);
+        err_set(err, "no %s with id '%s'", noun, id);
+        return 1;
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    read(st, out);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading %s %s", noun, id);
 }
 
 /* ON CONFLICT(id) DO NOTHING rather than INSERT OR IGNORE: OR IGNORE would
@@ -540,30 +571,10 @@ err:
 
 int db_model_get(Db *db, const char *id, DbModel *out, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     char full[17];
     memset(out, 0, sizeof *out);
-    int r = resolve_id(db, "models", "model", id, full, err);
-    if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT " MODEL_COLS " FROM models WHERE id = ?",
-                                 -1, &st, NULL));
-    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {                  /* deleted since resolve_id */
-        sqlite3_finalize(st);
-        err_set(err, "no model with id '%s'", id);
-        return 1;
-    }
-    if (rc != SQLITE_ROW) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    read_model(st, out);
-    sqlite3_finalize(st);
-    return 0;
-err:
-    sqlite3_finalize(st);
-    return err_prefix(err, "reading model %s", id);
+    return get_row(db, "models", "model", id, "SELECT " MODEL_COLS " FROM models WHERE id = ?",
+                   read_model, out, full, err);
 }
 
 int db_model_list(Db *db, DbModel **rows, int *n, Err *err)
@@ -639,36 +650,23 @@ err:
     return err_prefix(err, "storing cluster %s", c->id);
 }
 
+static void read_cluster(sqlite3_stmt *st, void *out)
+{
+    DbCluster *c = out;
+    col_id(st, 0, c->id);
+    c->name = col_str(st, 1);
+    c->json = col_str(st, 2);
+    c->ndevices = sqlite3_column_int(st, 3);
+    c->created = col_str(st, 4);
+}
+
 int db_cluster_get(Db *db, const char *id, DbCluster *out, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     char full[17];
     memset(out, 0, sizeof *out);
-    int r = resolve_id(db, "clusters", "cluster", id, full, err);
-    if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT " CLUSTER_COLS " FROM clusters WHERE id = ?",
-                                 -1, &st, NULL));
-    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        sqlite3_finalize(st);
-        err_set(err, "no cluster with id '%s'", id);
-        return 1;
-    }
-    if (rc != SQLITE_ROW) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    col_id(st, 0, out->id);
-    out->name = col_str(st, 1);
-    out->json = col_str(st, 2);
-    out->ndevices = sqlite3_column_int(st, 3);
-    out->created = col_str(st, 4);
-    sqlite3_finalize(st);
-    return 0;
-err:
-    sqlite3_finalize(st);
-    return err_prefix(err, "reading cluster %s", id);
+    return get_row(db, "clusters", "cluster", id,
+                   "SELECT " CLUSTER_COLS " FROM clusters WHERE id = ?",
+                   read_cluster, out, full, err);
 }
 
 void db_cluster_free(DbCluster *c)
@@ -691,8 +689,9 @@ void db_cluster_free(DbCluster *c)
     "  JOIN clusters c ON c.id = p.cluster_id"                                 \
     "  JOIN strategies s ON s.id = p.strategy_id"
 
-static void read_plan(sqlite3_stmt *st, DbPlan *p)
+static void read_plan(sqlite3_stmt *st, void *out)
 {
+    DbPlan *p = out;
     col_id(st, 0, p->id);
     col_id(st, 1, p->model_id);
     col_id(st, 2, p->cluster_id);
@@ -758,29 +757,10 @@ err:
 
 int db_plan_get(Db *db, const char *id, DbPlan *out, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     char full[17];
     memset(out, 0, sizeof *out);
-    int r = resolve_id(db, "plans", "plan", id, full, err);
-    if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, PLAN_SELECT " WHERE p.id = ?", -1, &st, NULL));
-    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        sqlite3_finalize(st);
-        err_set(err, "no plan with id '%s'", id);
-        return 1;
-    }
-    if (rc != SQLITE_ROW) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    read_plan(st, out);
-    sqlite3_finalize(st);
-    return 0;
-err:
-    sqlite3_finalize(st);
-    return err_prefix(err, "reading plan %s", id);
+    return get_row(db, "plans", "plan", id, PLAN_SELECT " WHERE p.id = ?", read_plan,
+                   out, full, err);
 }
 
 int db_plan_list(Db *db, DbPlan **rows, int *n, Err *err)
@@ -889,8 +869,9 @@ err:
     " r.finished, r.verify_json, m.name FROM runs r JOIN plans p ON p.id = r.plan_id" \
     " JOIN models m ON m.id = p.model_id"
 
-static void read_run(sqlite3_stmt *st, DbRun *r)
+static void read_run(sqlite3_stmt *st, void *out)
 {
+    DbRun *r = out;
     memset(r, 0, sizeof *r);
     col_id(st, 0, r->id);
     col_id(st, 1, r->plan_id);
@@ -912,19 +893,10 @@ int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nstep
     *steps = NULL;
     *nsteps = 0;
     DbRunStep *a = NULL;
-    int cnt = 0, cap = 0;
-    int r = resolve_id(db, "runs", "run", id, full, err);
+    int cnt = 0, cap = 0, rc;
+    int r = get_row(db, "runs", "run", id, RUN_SELECT " WHERE r.id = ?", read_run,
+                    out, full, err);
     if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, RUN_SELECT " WHERE r.id = ?", -1, &st, NULL));
-    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        sql_fail(db, rc == SQLITE_DONE ? SQLITE_ERROR : rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    read_run(st, out);
-    sqlite3_finalize(st);
-    st = NULL;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "SELECT step, rank, loss, step_s, compute_s, comm_s, idle_s FROM run_steps"
         " WHERE run_id = ? ORDER BY step, rank", -1, &st, NULL));
