@@ -37,28 +37,10 @@
 #include "ir/strategy.h"
 #include "ir/util.h"
 #include "ir/zoo.h"
+#include "tests/support/lower_fixtures.h"
 
 /* ----------------------------------------------------------------------------
  * Helpers (as in test_lower.c) */
-
-typedef struct { int l, h, n, s, V, B; bool tied; } GptShape;
-
-static Graph *gpt(GptShape x)
-{
-    char l[16], h[16], n[16], s[16], V[16], B[16];
-    snprintf(l, sizeof l, "%d", x.l);
-    snprintf(h, sizeof h, "%d", x.h);
-    snprintf(n, sizeof n, "%d", x.n);
-    snprintf(s, sizeof s, "%d", x.s);
-    snprintf(V, sizeof V, "%d", x.V);
-    snprintf(B, sizeof B, "%d", x.B);
-    const char *keys[] = { "layers", "hidden", "heads", "seq", "vocab", "batch", "tied" };
-    const char *vals[] = { l, h, n, s, V, B, x.tied ? "1" : "0" };
-    Err err = {0};
-    Graph *g = zoo_build("gpt", 7, keys, vals, &err);
-    if (!g) fail_msg("gpt: %s", err.msg);
-    return g;
-}
 
 static Graph *zoo(const char *kind, int n, const char *const *keys, const char *const *vals)
 {
@@ -68,43 +50,9 @@ static Graph *zoo(const char *kind, int n, const char *const *keys, const char *
     return g;
 }
 
-static Strategy *strat(const Graph *g, const char *json)
-{
-    Err err = {0};
-    cJSON *j = cJSON_Parse(json);
-    if (!j) fail_msg("bad test JSON: %s", json);
-    Strategy *s = strategy_from_json(j, g, NULL, &err);
-    cJSON_Delete(j);
-    if (!s) fail_msg("strategy: %s", err.msg);
-    return s;
-}
-
-static Plan *lower(const Graph *g, const Strategy *s)
-{
-    Err err = {0};
-    Plan *p = ir_lower(g, NULL, s, &err);
-    if (!p) fail_msg("lower: %s", err.msg);
-    return p;
-}
-
 static int64_t tbytes(const Graph *g, int t)
 {
     return tensor_numel(&g->tensors[t]) * dtype_bytes(g->tensors[t].dtype);
-}
-
-static int64_t param_bytes(const Graph *g)
-{
-    int64_t b = 0;
-    for (int t = 0; t < g->ntensors; t++)
-        if (g->tensors[t].role == ROLE_PARAM) b += tbytes(g, t);
-    return b;
-}
-
-static int nparams(const Graph *g)
-{
-    int n = 0;
-    for (int t = 0; t < g->ntensors; t++) n += g->tensors[t].role == ROLE_PARAM;
-    return n;
 }
 
 static int tensor(const Graph *g, const char *name)
