@@ -116,6 +116,24 @@ static const OptSpec DB_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
+Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos, Args *a,
+                   int *rc)
+{
+    Err err = {0};
+    if (args_parse(argc, argv, DB_OPTS, false, a, &err)) {
+        *rc = usage_error(cmd, &err);
+        return NULL;
+    }
+    if (args_has(a, "help") || a->npos != npos) {
+        *rc = usage_for(a, usage, DB_OPTS);
+        return NULL;
+    }
+    const char *path = args_get(a, "db") ? args_get(a, "db") : DEFAULT_DB;
+    Db *db = db_open_existing(path, &err);
+    *rc = db ? 0 : fail(&err);
+    return db;
+}
+
 static int cmd_model_build(int argc, char **argv)
 {
     Args a;
@@ -239,12 +257,10 @@ static int cmd_model_list(int argc, char **argv)
 {
     Args a;
     Err err = {0};
-    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("model list", &err);
-    if (args_has(&a, "help") || a.npos)
-        return usage_for(&a, "strata model list [--db PATH] [--json]", DB_OPTS);
-    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open_existing(path, &err);
-    if (!db) return fail(&err);
+    int rc;
+    Db *db = cli_open_store(argc, argv, "model list", "strata model list [--db PATH] [--json]", 0,
+                            &a, &rc);
+    if (!db) return rc;
     DbModel *rows;
     int n;
     if (db_model_list(db, &rows, &n, &err)) {
@@ -646,12 +662,11 @@ static int cmd_plans_list(int argc, char **argv)
 {
     Args a;
     Err err = {0};
-    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans list", &err);
-    if (args_has(&a, "help") || a.npos)
-        return usage_for(&a, "strata plans list [--db PATH] [--json]", DB_OPTS);
+    int rc;
+    Db *db = cli_open_store(argc, argv, "plans list", "strata plans list [--db PATH] [--json]", 0,
+                            &a, &rc);
+    if (!db) return rc;
     const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open_existing(path, &err);
-    if (!db) return fail(&err);
     DbPlan *rows;
     int n;
     if (db_plan_list(db, &rows, &n, &err)) {
@@ -694,14 +709,12 @@ static int cmd_plans_show(int argc, char **argv)
 {
     Args a;
     Err err = {0};
-    if (args_parse(argc, argv, DB_OPTS, false, &a, &err)) return usage_error("plans show", &err);
-    if (args_has(&a, "help") || a.npos != 1)
-        return usage_for(&a, "strata plans show ID [--db PATH] [--json]", DB_OPTS);
-    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
-    Db *db = db_open_existing(path, &err);
-    if (!db) return fail(&err);
+    int rc;
+    Db *db = cli_open_store(argc, argv, "plans show", "strata plans show ID [--db PATH] [--json]",
+                            1, &a, &rc);
+    if (!db) return rc;
     DbPlan p;
-    int rc = db_plan_get(db, a.pos[0], &p, &err);
+    rc = db_plan_get(db, a.pos[0], &p, &err);
     db_close(db);
     if (rc) return fail(&err);
     cJSON *strategy = cJSON_Parse(p.strategy_json), *summary = cJSON_Parse(p.summary_json);

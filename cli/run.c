@@ -580,32 +580,17 @@ int cmd_run(int argc, char **argv)
 /* ----------------------------------------------------------------------------
  * runs list / show */
 
-static const OptSpec RUNS_OPTS[] = {
-    { "db", 0, true, "PATH  database (default strata.db)" },
-    { "json", 0, false, "print JSON" },
-    { "help", 'h', false, "show this help" },
-    { NULL, 0, false, NULL },
-};
-
 int cmd_runs_list(int argc, char **argv)
 {
     Args a;
     Err err = {0};
-    if (args_parse(argc, argv, RUNS_OPTS, false, &a, &err)) {
-        fprintf(stderr, "strata runs list: %s\n", err.msg);
-        return EXIT_USAGE;
-    }
-    if (args_has(&a, "help") || a.npos) {
-        FILE *f = args_has(&a, "help") ? stdout : stderr;
-        fprintf(f, "usage: strata runs list [--db PATH] [--json]\n\noptions:\n");
-        args_usage(f, RUNS_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
-    const char *path = args_get(&a, "db") ? args_get(&a, "db") : "strata.db";
-    Db *db = db_open_existing(path, &err);
+    int rc;
+    Db *db = cli_open_store(argc, argv, "runs list", "strata runs list [--db PATH] [--json]", 0,
+                            &a, &rc);
+    if (!db) return rc;
     DbRun *rows = NULL;
     int n = 0;
-    if (!db || db_run_list(db, &rows, &n, &err)) {
+    if (db_run_list(db, &rows, &n, &err)) {
         fprintf(stderr, "strata: %s\n", err.msg);
         db_close(db);
         return 1;
@@ -648,22 +633,14 @@ int cmd_runs_show(int argc, char **argv)
 {
     Args a;
     Err err = {0};
-    if (args_parse(argc, argv, RUNS_OPTS, false, &a, &err)) {
-        fprintf(stderr, "strata runs show: %s\n", err.msg);
-        return EXIT_USAGE;
-    }
-    if (args_has(&a, "help") || a.npos != 1) {
-        FILE *f = args_has(&a, "help") ? stdout : stderr;
-        fprintf(f, "usage: strata runs show ID [--db PATH] [--json]\n\noptions:\n");
-        args_usage(f, RUNS_OPTS);
-        return args_has(&a, "help") ? 0 : EXIT_USAGE;
-    }
-    const char *path = args_get(&a, "db") ? args_get(&a, "db") : "strata.db";
-    Db *db = db_open_existing(path, &err);
+    int rc;
+    Db *db = cli_open_store(argc, argv, "runs show", "strata runs show ID [--db PATH] [--json]", 1,
+                            &a, &rc);
+    if (!db) return rc;
     DbRun r;
     DbRunStep *st = NULL;
     int n = 0;
-    int rc = db ? db_run_get(db, a.pos[0], &r, &st, &n, &err) : -1;
+    rc = db_run_get(db, a.pos[0], &r, &st, &n, &err);
     db_close(db);
     if (rc) {
         fprintf(stderr, "strata: %s\n", err.msg);
