@@ -544,6 +544,46 @@ err:
     return err_prefix(err, "reading %s %s", noun, id);
 }
 
+typedef void (*RowFree)(void *row);
+
+static void free_model_row(void *r) { db_model_free(r); }
+static void free_plan_row(void *r) { db_plan_free(r); }
+static void free_run_row(void *r) { db_run_free(r); }
+
+/* Every row of `select`, read into an array of `size`-byte rows; on failure
+ * the rows read so far are freed with free_row. */
+static int list_rows(Db *db, const char *select, size_t size, RowReader read, RowFree free_row,
+                     const char *what, void **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char *a = NULL;
+    int cnt = 0, cap = 0, rc;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            a = xrealloc(a, (size_t)cap * size);
+        }
+        memset(a + (size_t)cnt * size, 0, size);
+        read(st, a + (size_t)cnt++ * size);
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    sqlite3_finalize(st);
+    *rows = a;
+    *n = cnt;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    for (int i = 0; i < cnt; i++) free_row(a + (size_t)i * size);
+    free(a);
+    return err_prefix(err, "listing %s", what);
+}
+
 /* ON CONFLICT(id) DO NOTHING rather than INSERT OR IGNORE: OR IGNORE would
  * also skip a row that breaks NOT NULL or CHECK, silently storing nothing. */
 int db_model_put(Db *db, const DbModel *m, Err *err)
@@ -579,33 +619,11 @@ int db_model_get(Db *db, const char *id, DbModel *out, Err *err)
 
 int db_model_list(Db *db, DbModel **rows, int *n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
-    DbModel *a = NULL;
-    int cnt = 0, cap = 0, rc;
-    *rows = NULL;
-    *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "SELECT " MODEL_COLS " FROM models ORDER BY created DESC, rowid DESC", -1, &st, NULL));
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            cap = cap ? 2 * cap : 16;
-            a = xrealloc(a, (size_t)cap * sizeof *a);
-        }
-        memset(&a[cnt], 0, sizeof a[cnt]);
-        read_model(st, &a[cnt++]);
-    }
-    if (rc != SQLITE_DONE) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    sqlite3_finalize(st);
+    void *a;
+    int rc = list_rows(db, "SELECT " MODEL_COLS " FROM models ORDER BY created DESC, rowid DESC",
+                       sizeof **rows, read_model, free_model_row, "models", &a, n, err);
     *rows = a;
-    *n = cnt;
-    return 0;
-err:
-    sqlite3_finalize(st);
-    db_model_list_free(a, cnt);
-    return err_prefix(err, "listing models");
+    return rc;
 }
 
 void db_model_free(DbModel *m)
@@ -765,33 +783,11 @@ int db_plan_get(Db *db, const char *id, DbPlan *out, Err *err)
 
 int db_plan_list(Db *db, DbPlan **rows, int *n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
-    DbPlan *a = NULL;
-    int cnt = 0, cap = 0, rc;
-    *rows = NULL;
-    *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, PLAN_SELECT " ORDER BY p.created DESC, p.rowid DESC",
-                                 -1, &st, NULL));
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            cap = cap ? 2 * cap : 16;
-            a = xrealloc(a, (size_t)cap * sizeof *a);
-        }
-        memset(&a[cnt], 0, sizeof a[cnt]);
-        read_plan(st, &a[cnt++]);
-    }
-    if (rc != SQLITE_DONE) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    sqlite3_finalize(st);
+    void *a;
+    int rc = list_rows(db, PLAN_SELECT " ORDER BY p.created DESC, p.rowid DESC",
+                       sizeof **rows, read_plan, free_plan_row, "plans", &a, n, err);
     *rows = a;
-    *n = cnt;
-    return 0;
-err:
-    sqlite3_finalize(st);
-    db_plan_list_free(a, cnt);
-    return err_prefix(err, "listing plans");
+    return rc;
 }
 
 void db_plan_free(DbPlan *p)
@@ -928,32 +924,11 @@ err:
 
 int db_run_list(Db *db, DbRun **rows, int *n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
-    DbRun *a = NULL;
-    int cnt = 0, cap = 0, rc;
-    *rows = NULL;
-    *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, RUN_SELECT " ORDER BY r.finished DESC, r.rowid DESC", -1,
-                                 &st, NULL));
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            cap = cap ? 2 * cap : 16;
-            a = xrealloc(a, (size_t)cap * sizeof *a);
-        }
-        read_run(st, &a[cnt++]);
-    }
-    if (rc != SQLITE_DONE) {
-        sql_fail(db, rc, err, __FILE__, __LINE__);
-        goto err;
-    }
-    sqlite3_finalize(st);
+    void *a;
+    int rc = list_rows(db, RUN_SELECT " ORDER BY r.finished DESC, r.rowid DESC",
+                       sizeof **rows, read_run, free_run_row, "runs", &a, n, err);
     *rows = a;
-    *n = cnt;
-    return 0;
-err:
-    sqlite3_finalize(st);
-    db_run_list_free(a, cnt);
-    return err_prefix(err, "listing runs");
+    return rc;
 }
 
 void db_run_free(DbRun *r)
