@@ -170,6 +170,39 @@ static const char *const migrations[] = {
     "  comm_s    REAL,"
     "  idle_s    REAL,"
     "  PRIMARY KEY (run_id, step, rank));",
+
+    /* 2: what `strata profile` needs: a profile's status and device peaks, an
+     * op sample's work and origin, a link sample's iterations, and the
+     * alpha-beta fits of the link samples. A profile that version 1 finished
+     * gets the status its complete flag says. */
+    "ALTER TABLE profiles ADD COLUMN status     TEXT NOT NULL DEFAULT 'running';"
+    "ALTER TABLE profiles ADD COLUMN ranks      INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE profiles ADD COLUMN quick      INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE profiles ADD COLUMN peak_flops REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE profiles ADD COLUMN mem_bw     REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE profiles ADD COLUMN mem_bytes  REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE profiles ADD COLUMN notes      TEXT;"
+    "UPDATE profiles SET status = CASE complete WHEN 1 THEN 'complete' ELSE 'interrupted' END"
+    "  WHERE finished IS NOT NULL;"
+    "CREATE INDEX profiles_started ON profiles(started);"
+
+    "ALTER TABLE profile_ops ADD COLUMN flops  REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE profile_ops ADD COLUMN bytes  REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE profile_ops ADD COLUMN source TEXT NOT NULL DEFAULT 'zoo';"
+
+    "ALTER TABLE profile_links ADD COLUMN iters INTEGER NOT NULL DEFAULT 0;"
+
+    "CREATE TABLE profile_fits ("
+    "  profile_id  INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,"
+    "  collective  TEXT NOT NULL,"
+    "  group_size  INTEGER NOT NULL,"
+    "  level       TEXT NOT NULL,"
+    "  alpha_s     REAL NOT NULL,"
+    "  beta_s      REAL NOT NULL,"
+    "  rms_rel_err REAL NOT NULL,"
+    "  max_rel_err REAL NOT NULL,"
+    "  n           INTEGER NOT NULL,"
+    "  PRIMARY KEY (profile_id, collective, group_size, level));",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -550,17 +583,16 @@ static void free_model_row(void *r) { db_model_free(r); }
 static void free_plan_row(void *r) { db_plan_free(r); }
 static void free_run_row(void *r) { db_run_free(r); }
 
-/* Every row of `select`, read into an array of `size`-byte rows; on failure
- * the rows read so far are freed with free_row. */
-static int list_rows(Db *db, const char *select, size_t size, RowReader read, RowFree free_row,
-                     const char *what, void **rows, int *n, Err *err)
+/* Every row of the prepared and bound statement st, read into an array of
+ * `size`-byte rows; on failure the rows read so far are freed with free_row.
+ * Finalizes st on every path. */
+static int read_rows(Db *db, sqlite3_stmt *st, size_t size, RowReader read, RowFree free_row,
+                     void **rows, int *n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     char *a = NULL;
     int cnt = 0, cap = 0, rc;
     *rows = NULL;
     *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == cap) {
             cap = cap ? 2 * cap : 16;
@@ -581,6 +613,22 @@ err:
     sqlite3_finalize(st);
     for (int i = 0; i < cnt; i++) free_row(a + (size_t)i * size);
     free(a);
+    return -1;
+}
+
+/* Every row of `select` (which takes no parameters), as read_rows reads them. */
+static int list_rows(Db *db, const char *select, size_t size, RowReader read, RowFree free_row,
+                     const char *what, void **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    if (read_rows(db, st, size, read, free_row, rows, n, err)) goto fail;
+    return 0;
+err:
+    sqlite3_finalize(st);
+fail:
     return err_prefix(err, "listing %s", what);
 }
 
@@ -947,4 +995,467 @@ void db_run_list_free(DbRun *rows, int n)
 {
     for (int i = 0; i < n; i++) db_run_free(&rows[i]);
     free(rows);
+}
+
+/* ----------------------------------------------------------------------------
+ * Profiles. Ids are SQLite rowids (a profile is a measurement, not content).
+ * Every write checks, inside its IMMEDIATE transaction, that the profile is
+ * there and still running, so no sample can slip in after the finish. */
+
+/* The profile row with its sample counts (the subqueries use the indexes
+ * that start with profile_id). */
+#define PROFILE_SELECT                                                                   \
+    "SELECT p.id, p.host, p.device, p.backend, p.started, p.finished, p.complete,"       \
+    " p.status, p.ranks, p.quick, p.peak_flops, p.mem_bw, p.mem_bytes, p.notes,"         \
+    " p.cluster_json,"                                                                   \
+    " (SELECT count(*) FROM profile_ops o WHERE o.profile_id = p.id),"                   \
+    " (SELECT count(*) FROM profile_links l WHERE l.profile_id = p.id),"                 \
+    " (SELECT count(*) FROM profile_fits f WHERE f.profile_id = p.id)"                   \
+    " FROM profiles p"
+
+static void read_profile(sqlite3_stmt *st, void *out)
+{
+    DbProfile *p = out;
+    p->id = sqlite3_column_int64(st, 0);
+    p->host = col_str(st, 1);
+    p->device = col_str(st, 2);
+    p->backend = col_str(st, 3);
+    p->started = col_str(st, 4);
+    p->finished = col_str(st, 5);
+    p->complete = sqlite3_column_int(st, 6);
+    p->status = col_str(st, 7);
+    p->ranks = sqlite3_column_int(st, 8);
+    p->quick = sqlite3_column_int(st, 9);
+    p->peak_flops = sqlite3_column_double(st, 10);
+    p->mem_bw = sqlite3_column_double(st, 11);
+    p->mem_bytes = sqlite3_column_double(st, 12);
+    p->notes = col_str(st, 13);
+    p->cluster_json = col_str(st, 14);
+    p->nops = sqlite3_column_int(st, 15);
+    p->nlinks = sqlite3_column_int(st, 16);
+    p->nfits = sqlite3_column_int(st, 17);
+}
+
+static void read_profile_op(sqlite3_stmt *st, void *out)
+{
+    DbProfileOp *o = out;
+    o->kind = col_str(st, 0);
+    o->phase = col_str(st, 1);
+    o->shape_json = col_str(st, 2);
+    o->dtype = col_str(st, 3);
+    o->source = col_str(st, 4);
+    o->flops = sqlite3_column_double(st, 5);
+    o->bytes = sqlite3_column_double(st, 6);
+    o->median_s = sqlite3_column_double(st, 7);
+    o->p10_s = sqlite3_column_double(st, 8);
+    o->p90_s = sqlite3_column_double(st, 9);
+    o->reps = sqlite3_column_int(st, 10);
+}
+
+static void read_profile_link(sqlite3_stmt *st, void *out)
+{
+    DbProfileLink *l = out;
+    l->collective = col_str(st, 0);
+    l->group_size = sqlite3_column_int(st, 1);
+    l->level = col_str(st, 2);
+    l->bytes = sqlite3_column_int64(st, 3);
+    l->time_s = sqlite3_column_double(st, 4);
+    l->algbw = sqlite3_column_double(st, 5);
+    l->busbw = sqlite3_column_double(st, 6);
+    l->iters = sqlite3_column_int(st, 7);
+}
+
+static void read_profile_fit(sqlite3_stmt *st, void *out)
+{
+    DbProfileFit *f = out;
+    f->collective = col_str(st, 0);
+    f->group_size = sqlite3_column_int(st, 1);
+    f->level = col_str(st, 2);
+    f->alpha_s = sqlite3_column_double(st, 3);
+    f->beta_s = sqlite3_column_double(st, 4);
+    f->rms_rel_err = sqlite3_column_double(st, 5);
+    f->max_rel_err = sqlite3_column_double(st, 6);
+    f->n = sqlite3_column_int(st, 7);
+}
+
+static void free_profile_row(void *r) { db_profile_free(r); }
+
+static void free_profile_op(void *r)
+{
+    DbProfileOp *o = r;
+    free(o->kind);
+    free(o->phase);
+    free(o->shape_json);
+    free(o->dtype);
+    free(o->source);
+}
+
+static void free_profile_link(void *r)
+{
+    DbProfileLink *l = r;
+    free(l->collective);
+    free(l->level);
+}
+
+static void free_profile_fit(void *r)
+{
+    DbProfileFit *f = r;
+    free(f->collective);
+    free(f->level);
+}
+
+/* Refuses a write to profile `id` unless it is stored and not finished. Call
+ * it inside the write's transaction, so the answer holds until the commit. */
+static int profile_check_running(Db *db, int64_t id, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT finished, status FROM profiles WHERE id = ?",
+                                 -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        return err_set(err, "no profile with id %lld", (long long)id);
+    }
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        err_set(err, "the profile is finished (at %s, status '%s') and takes no more writes; "
+                "start a new profile", sqlite3_column_text(st, 0), sqlite3_column_text(st, 1));
+        goto err;
+    }
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return -1;
+}
+
+/* Checks the array and count a batch of rows comes as. */
+static int check_batch(const void *rows, int n, Err *err)
+{
+    if (n < 0) return err_set(err, "n is %d; give 0 or more", n);
+    if (n > 0 && !rows) return err_set(err, "n is %d but the array is NULL", n);
+    return 0;
+}
+
+int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    const char *missing = !p->host ? "host" : !p->device ? "device" : !p->backend ? "backend"
+                                                                                  : NULL;
+    if (missing) return err_set(err, "starting a profile: %s is required", missing);
+    if (p->ranks < 1)
+        return err_set(err, "starting a profile: ranks is %d; at least 1 process measures",
+                       p->ranks);
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO profiles (host, device, backend, ranks, quick, notes) VALUES (?, ?, ?, ?, ?, ?)",
+        -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, p->host, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, p->device, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, p->backend, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 4, p->ranks));
+    SQL_CHECK(sqlite3_bind_int(st, 5, p->quick != 0));
+    SQL_CHECK(sqlite3_bind_text(st, 6, p->notes, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    *id = sqlite3_last_insert_rowid(db->h);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "starting a profile on %s", p->host);
+}
+
+/* NULL notes keep the notes given at the start. The op samples stored so far
+ * take the new device too, so an op's device is always its profile's. */
+int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_flops,
+                          double mem_bw, double mem_bytes, const char *notes, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (!device) return err_set(err, "setting the device of profile %lld: device is required",
+                                (long long)id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    if (profile_check_running(db, id, err)) goto err;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "UPDATE profiles SET device = ?, peak_flops = ?, mem_bw = ?, mem_bytes = ?,"
+        " notes = coalesce(?, notes) WHERE id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_double(st, 2, peak_flops));
+    SQL_CHECK(sqlite3_bind_double(st, 3, mem_bw));
+    SQL_CHECK(sqlite3_bind_double(st, 4, mem_bytes));
+    SQL_CHECK(sqlite3_bind_text(st, 5, notes, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 6, id));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE profile_ops SET device = ? WHERE profile_id = ?",
+                                 -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 2, id));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    return err_prefix(err, "setting the device of profile %lld", (long long)id);
+}
+
+int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_batch(ops, n, err))
+        return err_prefix(err, "adding op samples to profile %lld", (long long)id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    if (profile_check_running(db, id, err)) goto err;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
+        " flops, bytes, median_s, p10_s, p90_s, reps)"
+        " SELECT id, device, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM profiles WHERE id = ?",
+        -1, &st, NULL));
+    for (int i = 0; i < n; i++) {
+        const DbProfileOp *o = &ops[i];
+        const char *missing = !o->kind ? "kind" : !o->phase ? "phase"
+                            : !o->shape_json ? "shape_json" : !o->dtype ? "dtype"
+                            : !o->source ? "source" : NULL;
+        if (missing) {
+            err_set(err, "op sample %d: %s is required", i, missing);
+            goto err;
+        }
+        SQL_CHECK(sqlite3_reset(st));
+        SQL_CHECK(sqlite3_bind_text(st, 1, o->kind, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_text(st, 2, o->phase, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_text(st, 3, o->shape_json, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_text(st, 4, o->dtype, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_text(st, 5, o->source, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_double(st, 6, o->flops));
+        SQL_CHECK(sqlite3_bind_double(st, 7, o->bytes));
+        SQL_CHECK(sqlite3_bind_double(st, 8, o->median_s));
+        SQL_CHECK(sqlite3_bind_double(st, 9, o->p10_s));
+        SQL_CHECK(sqlite3_bind_double(st, 10, o->p90_s));
+        SQL_CHECK(sqlite3_bind_int(st, 11, o->reps));
+        SQL_CHECK(sqlite3_bind_int64(st, 12, id));
+        SQL_STEP_DONE(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    return err_prefix(err, "adding %d op samples to profile %lld", n, (long long)id);
+}
+
+int db_profile_add_links(Db *db, int64_t id, const DbProfileLink *links, int n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_batch(links, n, err))
+        return err_prefix(err, "adding link samples to profile %lld", (long long)id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    if (profile_check_running(db, id, err)) goto err;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO profile_links (profile_id, collective, group_size, level, bytes, time_s,"
+        " algbw, busbw, iters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+    for (int i = 0; i < n; i++) {
+        const DbProfileLink *l = &links[i];
+        const char *missing = !l->collective ? "collective" : !l->level ? "level" : NULL;
+        if (missing) {
+            err_set(err, "link sample %d: %s is required", i, missing);
+            goto err;
+        }
+        SQL_CHECK(sqlite3_reset(st));
+        SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+        SQL_CHECK(sqlite3_bind_text(st, 2, l->collective, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_int(st, 3, l->group_size));
+        SQL_CHECK(sqlite3_bind_text(st, 4, l->level, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_int64(st, 5, l->bytes));
+        SQL_CHECK(sqlite3_bind_double(st, 6, l->time_s));
+        SQL_CHECK(sqlite3_bind_double(st, 7, l->algbw));
+        SQL_CHECK(sqlite3_bind_double(st, 8, l->busbw));
+        SQL_CHECK(sqlite3_bind_int(st, 9, l->iters));
+        SQL_STEP_DONE(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    return err_prefix(err, "adding %d link samples to profile %lld", n, (long long)id);
+}
+
+int db_profile_finish(Db *db, int64_t id, int complete, const char *status,
+                      const DbProfileFit *fits, int nfits, const char *cluster_json, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (!status) return err_set(err, "finishing profile %lld: status is required", (long long)id);
+    if (complete != 0 && complete != 1)
+        return err_set(err, "finishing profile %lld: complete is %d; give 0 or 1",
+                       (long long)id, complete);
+    if (check_batch(fits, nfits, err))
+        return err_prefix(err, "finishing profile %lld", (long long)id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    if (profile_check_running(db, id, err)) goto err;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO profile_fits (profile_id, collective, group_size, level, alpha_s, beta_s,"
+        " rms_rel_err, max_rel_err, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+    for (int i = 0; i < nfits; i++) {
+        const DbProfileFit *f = &fits[i];
+        const char *missing = !f->collective ? "collective" : !f->level ? "level" : NULL;
+        if (missing) {
+            err_set(err, "fit %d: %s is required", i, missing);
+            goto err;
+        }
+        SQL_CHECK(sqlite3_reset(st));
+        SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+        SQL_CHECK(sqlite3_bind_text(st, 2, f->collective, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_int(st, 3, f->group_size));
+        SQL_CHECK(sqlite3_bind_text(st, 4, f->level, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_double(st, 5, f->alpha_s));
+        SQL_CHECK(sqlite3_bind_double(st, 6, f->beta_s));
+        SQL_CHECK(sqlite3_bind_double(st, 7, f->rms_rel_err));
+        SQL_CHECK(sqlite3_bind_double(st, 8, f->max_rel_err));
+        SQL_CHECK(sqlite3_bind_int(st, 9, f->n));
+        SQL_STEP_DONE(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "UPDATE profiles SET finished = " NOW ", complete = ?, status = ?, cluster_json = ?"
+        " WHERE id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int(st, 1, complete));
+    SQL_CHECK(sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, cluster_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 4, id));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    if (db->rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+        err_prefix(err, "two fits have the same collective, group_size and level");
+    return err_prefix(err, "finishing profile %lld", (long long)id);
+}
+
+/* The rows `select` (with one parameter, the profile id) gives, into *rows.
+ * Leaves *rows NULL and *n 0 when rows is NULL (not wanted). */
+static int profile_samples(Db *db, int64_t id, const char *select, size_t size,
+                           RowReader read, RowFree free_row, void **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (!rows) return 0;
+    *rows = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+    return read_rows(db, st, size, read, free_row, rows, n, err);
+err:
+    sqlite3_finalize(st);
+    return -1;
+}
+
+/* The profile row and its samples are read in one read transaction, so the
+ * counts and the arrays agree even while another process adds samples. */
+int db_profile_get(Db *db, int64_t id, DbProfile *out, DbProfileOp **ops, int *nops,
+                   DbProfileLink **links, int *nlinks, DbProfileFit **fits, int *nfits, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    void *a = NULL, *o = NULL, *l = NULL, *f = NULL;
+    int n = 0, no = 0, nl = 0, nf = 0;
+    memset(out, 0, sizeof *out);
+    if (ops) { *ops = NULL; *nops = 0; }
+    if (links) { *links = NULL; *nlinks = 0; }
+    if (fits) { *fits = NULL; *nfits = 0; }
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h, PROFILE_SELECT " WHERE p.id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+    if (read_rows(db, st, sizeof *out, read_profile, free_profile_row, &a, &n, err)) goto fail;
+    if (n == 0) {
+        sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL);
+        err_set(err, "no profile with id %lld", (long long)id);
+        return 1;
+    }
+    *out = *(DbProfile *)a;
+    free(a);
+    if (profile_samples(db, id,
+            "SELECT kind, phase, shape_json, dtype, source, flops, bytes, median_s, p10_s,"
+            " p90_s, reps FROM profile_ops WHERE profile_id = ?"
+            " ORDER BY kind, phase, flops, rowid",
+            sizeof **ops, read_profile_op, free_profile_op, ops ? &o : NULL, &no, err) ||
+        profile_samples(db, id,
+            "SELECT collective, group_size, level, bytes, time_s, algbw, busbw, iters"
+            " FROM profile_links WHERE profile_id = ?"
+            " ORDER BY collective, level, group_size, bytes, rowid",
+            sizeof **links, read_profile_link, free_profile_link, links ? &l : NULL, &nl, err) ||
+        profile_samples(db, id,
+            "SELECT collective, group_size, level, alpha_s, beta_s, rms_rel_err, max_rel_err, n"
+            " FROM profile_fits WHERE profile_id = ? ORDER BY collective, level, group_size",
+            sizeof **fits, read_profile_fit, free_profile_fit, fits ? &f : NULL, &nf, err))
+        goto fail;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    if (ops) { *ops = o; *nops = no; }
+    if (links) { *links = l; *nlinks = nl; }
+    if (fits) { *fits = f; *nfits = nf; }
+    return 0;
+err:
+    sqlite3_finalize(st);
+fail:
+    tx_rollback(db);
+    db_profile_free(out);
+    db_profile_samples_free(o, no, l, nl, f, nf);
+    return err_prefix(err, "reading profile %lld", (long long)id);
+}
+
+int db_profile_list(Db *db, DbProfile **rows, int *n, Err *err)
+{
+    void *a;
+    int rc = list_rows(db, PROFILE_SELECT " ORDER BY p.started DESC, p.id DESC",
+                       sizeof **rows, read_profile, free_profile_row, "profiles", &a, n, err);
+    *rows = a;
+    return rc;
+}
+
+void db_profile_free(DbProfile *p)
+{
+    if (!p) return;
+    free(p->host);
+    free(p->device);
+    free(p->backend);
+    free(p->started);
+    free(p->finished);
+    free(p->status);
+    free(p->notes);
+    free(p->cluster_json);
+    p->host = p->device = p->backend = p->started = p->finished = p->status = NULL;
+    p->notes = p->cluster_json = NULL;
+}
+
+void db_profile_list_free(DbProfile *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_profile_free(&rows[i]);
+    free(rows);
+}
+
+void db_profile_samples_free(DbProfileOp *ops, int nops, DbProfileLink *links, int nlinks,
+                             DbProfileFit *fits, int nfits)
+{
+    for (int i = 0; ops && i < nops; i++) free_profile_op(&ops[i]);
+    for (int i = 0; links && i < nlinks; i++) free_profile_link(&links[i]);
+    for (int i = 0; fits && i < nfits; i++) free_profile_fit(&fits[i]);
+    free(ops);
+    free(links);
+    free(fits);
 }

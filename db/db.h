@@ -105,4 +105,87 @@ void db_plan_free(DbPlan *p);
 void db_model_list_free(DbModel *rows, int n);
 void db_plan_list_free(DbPlan *rows, int n);
 
+/* ----------------------------------------------------------------------------
+ * Profiles: what `strata profile` measured on one machine. A profile row is
+ * opened first (status "running", complete 0); samples are added in batches,
+ * each batch in one transaction; finishing stores the fits and the cluster
+ * JSON and sets the status, in one transaction. Only a profile finished with
+ * complete = 1 counts as complete; a finished profile takes no more samples. */
+typedef struct {
+    int64_t id;
+    char *host;
+    char *device;          /* what the profile describes ("Intel Xeon ... (OpenBLAS SkylakeX, 1 thread)") */
+    char *backend;         /* "cpu", "cuda" */
+    char *started;
+    char *finished;        /* NULL while running */
+    int complete;          /* 1: every planned measurement is stored */
+    char *status;          /* "running", "complete", "interrupted", or "failed: reason" */
+    int ranks;             /* processes that measured the links */
+    int quick;             /* 1: --quick */
+    double peak_flops;     /* per device, f32 matmul, FLOP/s; 0 until measured */
+    double mem_bw;         /* per device, bytes/s; 0 until measured */
+    double mem_bytes;      /* per device */
+    char *notes;           /* free text: BLAS core, threads, ... (may be NULL) */
+    char *cluster_json;    /* the cluster written at the end (NULL before) */
+    int nops, nlinks, nfits;   /* sample counts, filled by get and list */
+} DbProfile;
+
+typedef struct {
+    char *kind;            /* op kind ("matmul") or optimizer ("adam") */
+    char *phase;           /* "fwd", "bwd_data", "bwd_weight", "update" */
+    char *shape_json;      /* {"spec":...,"sizes":{letter:size},...} */
+    char *dtype;           /* "f32" */
+    char *source;          /* "zoo" (a shard of a zoo model under a classic strategy) or "random" */
+    double flops, bytes;   /* work and traffic of this measurement */
+    double median_s, p10_s, p90_s;
+    int reps;
+} DbProfileOp;
+
+typedef struct {
+    char *collective;      /* COLLECTIVE_NAMES */
+    int group_size;
+    char *level;           /* topology level the group spans ("core", "node", "gpu") */
+    int64_t bytes;         /* nccl-tests size */
+    double time_s;         /* per iteration, the slowest member's */
+    double algbw, busbw;   /* bytes/s */
+    int iters;
+} DbProfileLink;
+
+typedef struct {
+    char *collective;
+    int group_size;
+    char *level;
+    double alpha_s, beta_s;        /* t = alpha + beta * bytes */
+    double rms_rel_err, max_rel_err;
+    int n;                         /* samples fitted */
+} DbProfileFit;
+
+/* Opens a profile row from p's host, device, backend, ranks, quick and notes;
+ * *id receives its id. */
+int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err);
+/* Records the device's identity and peaks (measured once the run has begun). */
+int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_flops,
+                          double mem_bw, double mem_bytes, const char *notes, Err *err);
+/* Add samples, all or none; refused when the profile is finished or absent.
+ * An op sample's device is the profile's. */
+int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err);
+int db_profile_add_links(Db *db, int64_t id, const DbProfileLink *links, int n, Err *err);
+/* Closes a running profile: stores the fits, cluster_json (may be NULL), the
+ * status and complete, and the finish time, in one transaction. Refused when
+ * it is already finished. */
+int db_profile_finish(Db *db, int64_t id, int complete, const char *status,
+                      const DbProfileFit *fits, int nfits, const char *cluster_json, Err *err);
+/* Gets a profile; any of ops/links/fits may be NULL when not wanted (else
+ * *ops is an array of *nops rows, free with db_profile_samples_free). Returns
+ * 0, 1 when not found (err says so), -1 on error. */
+int db_profile_get(Db *db, int64_t id, DbProfile *out, DbProfileOp **ops, int *nops,
+                   DbProfileLink **links, int *nlinks, DbProfileFit **fits, int *nfits, Err *err);
+/* Newest first, with sample counts. */
+int db_profile_list(Db *db, DbProfile **rows, int *n, Err *err);
+void db_profile_free(DbProfile *p);
+void db_profile_list_free(DbProfile *rows, int n);
+/* Frees sample arrays from db_profile_get (any may be NULL). */
+void db_profile_samples_free(DbProfileOp *ops, int nops, DbProfileLink *links, int nlinks,
+                             DbProfileFit *fits, int nfits);
+
 #endif

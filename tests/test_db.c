@@ -1,6 +1,7 @@
 /*
  * test_db.c — db/: opening and migrating, rows in and out, id prefixes,
- * transactions that store all or nothing, and the files db_open refuses.
+ * transactions that store all or nothing, the files db_open refuses, and
+ * profiles (opened, filled in batches, finished once).
  *
  * Each test gets its own temporary directory (mkdtemp) holding strata.db;
  * a few checks look at the file through a second, raw SQLite connection.
@@ -22,7 +23,7 @@
 #include "db/db.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 1
+#define LATEST 2
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -184,7 +185,7 @@ static void test_open_new_file(void **state)
 
     const char *tables[] = {"models", "clusters", "strategies", "plans", "profiles",
                             "profile_ops", "profile_links", "cost_models", "searches",
-                            "search_events", "runs", "run_steps"};
+                            "search_events", "runs", "run_steps", "profile_fits"};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         char sql[160];
         snprintf(sql, sizeof sql,
@@ -626,6 +627,9 @@ static void test_cascades(void **state)
         "  median_s, reps) VALUES (1, 'cpu', 'matmul', 'fwd', '[1,2]', 'f32', 0.1, 5);"
         "INSERT INTO profile_links (profile_id, collective, group_size, level, bytes, time_s)"
         "  VALUES (1, 'allreduce', 8, 'nvlink', 1048576, 0.001);"
+        "INSERT INTO profile_fits (profile_id, collective, group_size, level, alpha_s, beta_s,"
+        "  rms_rel_err, max_rel_err, n) VALUES (1, 'allreduce', 8, 'nvlink', 1e-5, 1e-10,"
+        "  0.01, 0.02, 6);"
         "INSERT INTO cost_models (id, profile_id, kind, weights) VALUES ('cm1', 1, 'mlp', x'00');"
         "INSERT INTO searches (id, model_id, cluster_id, method, best_plan_id)"
         "  VALUES ('s1', '" M1 "', '" C1 "', 'mcmc', 'a000000000000001');"
@@ -639,6 +643,7 @@ static void test_cascades(void **state)
     raw_exec(h, "DELETE FROM profiles");
     assert_int_equal(raw_int(h, "SELECT count(*) FROM profile_ops"), 0);
     assert_int_equal(raw_int(h, "SELECT count(*) FROM profile_links"), 0);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM profile_fits"), 0);
     assert_int_equal(raw_int(h, "SELECT count(*) FROM cost_models WHERE profile_id IS NULL"), 1);
 
     /* A strategy a plan uses cannot be deleted. */
@@ -652,6 +657,471 @@ static void test_cascades(void **state)
     assert_int_equal(raw_int(h, "SELECT count(*) FROM search_events"), 0);
     assert_int_equal(raw_int(h, "SELECT count(*) FROM clusters"), 1);
     sqlite3_close(h);
+}
+
+/* ----------------------------------------------------------------------------
+ * Profiles */
+
+static DbProfile profile_row(void)
+{
+    return (DbProfile){.host = "node7", .device = "cpu", .backend = "cpu", .ranks = 4,
+                       .quick = 1, .notes = "OMP_NUM_THREADS=1"};
+}
+
+/* Three op samples, given out of the order get returns them in. */
+static const DbProfileOp OPS[] = {
+    {"matmul", "fwd", "{\"sizes\":{\"m\":512}}", "f32", "zoo", 2.0e9, 3.0e6,
+     1.5e-3, 1.4e-3, 1.7e-3, 20},
+    {"adam", "update", "{\"sizes\":{\"n\":4096}}", "f32", "random", 4.0e4, 8.0e4,
+     2.5e-6, 2.0e-6, 3.0e-6, 50},
+    {"matmul", "fwd", "{\"sizes\":{\"m\":128}}", "f32", "random", 3.1e7, 1.9e5,
+     4.0e-5, 3.5e-5, 4.5e-5, 100},
+};
+
+static const DbProfileLink LINKS[] = {
+    {"allreduce", 4, "node", 1048576, 2.0e-4, 5.24e9, 7.86e9, 50},
+    {"allgather", 2, "core", 4096, 1.0e-5, 4.1e8, 2.05e8, 200},
+    {"allreduce", 2, "node", 4096, 1.2e-5, 3.4e8, 3.4e8, 200},
+    {"allreduce", 4, "node", 4096, 1.5e-5, 2.7e8, 4.1e8, 200},
+};
+
+static const DbProfileFit FITS[] = {
+    {"allreduce", 4, "node", 1.4e-5, 1.8e-10, 0.03, 0.07, 2},
+    {"allgather", 2, "core", 9.0e-6, 2.4e-12, 0.0, 0.0, 1},
+};
+
+#define NELEMS(a) ((int)(sizeof (a) / sizeof (a)[0]))
+
+static int64_t begin_profile(Fx *fx)
+{
+    DbProfile p = profile_row();
+    int64_t id = -1;
+    if (db_profile_begin(fx->db, &p, &id, &fx->err)) fail_msg("%s", fx->err.msg);
+    return id;
+}
+
+static void assert_op_equal(const DbProfileOp *got, const DbProfileOp *want)
+{
+    assert_string_equal(got->kind, want->kind);
+    assert_string_equal(got->phase, want->phase);
+    assert_string_equal(got->shape_json, want->shape_json);
+    assert_string_equal(got->dtype, want->dtype);
+    assert_string_equal(got->source, want->source);
+    assert_true(got->flops == want->flops);
+    assert_true(got->bytes == want->bytes);
+    assert_true(got->median_s == want->median_s);
+    assert_true(got->p10_s == want->p10_s);
+    assert_true(got->p90_s == want->p90_s);
+    assert_int_equal(got->reps, want->reps);
+}
+
+static void assert_link_equal(const DbProfileLink *got, const DbProfileLink *want)
+{
+    assert_string_equal(got->collective, want->collective);
+    assert_int_equal(got->group_size, want->group_size);
+    assert_string_equal(got->level, want->level);
+    assert_int_equal(got->bytes, want->bytes);
+    assert_true(got->time_s == want->time_s);
+    assert_true(got->algbw == want->algbw);
+    assert_true(got->busbw == want->busbw);
+    assert_int_equal(got->iters, want->iters);
+}
+
+static void assert_fit_equal(const DbProfileFit *got, const DbProfileFit *want)
+{
+    assert_string_equal(got->collective, want->collective);
+    assert_int_equal(got->group_size, want->group_size);
+    assert_string_equal(got->level, want->level);
+    assert_true(got->alpha_s == want->alpha_s);
+    assert_true(got->beta_s == want->beta_s);
+    assert_true(got->rms_rel_err == want->rms_rel_err);
+    assert_true(got->max_rel_err == want->max_rel_err);
+    assert_int_equal(got->n, want->n);
+}
+
+/* The sample counts of profile id, straight from the file. */
+static void assert_samples(Fx *fx, int64_t id, int ops, int links, int fits)
+{
+    char sql[128];
+    sqlite3 *h = raw_open(fx->path);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM profile_ops WHERE profile_id = %lld",
+             (long long)id);
+    assert_int_equal(raw_int(h, sql), ops);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM profile_links WHERE profile_id = %lld",
+             (long long)id);
+    assert_int_equal(raw_int(h, sql), links);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM profile_fits WHERE profile_id = %lld",
+             (long long)id);
+    assert_int_equal(raw_int(h, sql), fits);
+    sqlite3_close(h);
+}
+
+static void test_profile_round_trip(void **state)
+{
+    Fx *fx = *state;
+    int64_t id = begin_profile(fx);
+    assert_true(id > 0);
+
+    /* Just begun: running, nothing measured yet. */
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, id, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_int_equal(got.id, id);
+    assert_string_equal(got.status, "running");
+    assert_int_equal(got.complete, 0);
+    assert_null(got.finished);
+    assert_null(got.cluster_json);
+    assert_string_equal(got.notes, "OMP_NUM_THREADS=1");
+    assert_true(got.peak_flops == 0 && got.mem_bw == 0 && got.mem_bytes == 0);
+    assert_int_equal(got.nops + got.nlinks + got.nfits, 0);
+    db_profile_free(&got);
+
+    /* An op stored before the device is known takes the device set later. */
+    assert_int_equal(db_profile_add_ops(fx->db, id, &OPS[0], 1, &fx->err), 0);
+    assert_int_equal(db_profile_set_device(fx->db, id, "Xeon 8480 (OpenBLAS, 1 thread)",
+                                           1.9e11, 2.4e10, 5.1e11, NULL, &fx->err), 0);
+    assert_int_equal(db_profile_add_ops(fx->db, id, &OPS[1], 2, &fx->err), 0);
+    assert_int_equal(db_profile_add_ops(fx->db, id, NULL, 0, &fx->err), 0);   /* empty batch */
+    assert_int_equal(db_profile_add_links(fx->db, id, LINKS, 2, &fx->err), 0);
+    assert_int_equal(db_profile_add_links(fx->db, id, &LINKS[2], 2, &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", FITS, NELEMS(FITS),
+                                       "{\"devices\":4}", &fx->err), 0);
+
+    sqlite3 *h = raw_open(fx->path);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM profile_ops"
+                                " WHERE device = 'Xeon 8480 (OpenBLAS, 1 thread)'"), 3);
+    sqlite3_close(h);
+
+    DbProfileOp *ops;
+    DbProfileLink *links;
+    DbProfileFit *fits;
+    int nops, nlinks, nfits;
+    assert_int_equal(db_profile_get(fx->db, id, &got, &ops, &nops, &links, &nlinks, &fits,
+                                    &nfits, &fx->err), 0);
+    assert_int_equal(got.id, id);
+    assert_string_equal(got.host, "node7");
+    assert_string_equal(got.device, "Xeon 8480 (OpenBLAS, 1 thread)");
+    assert_string_equal(got.backend, "cpu");
+    assert_non_null(got.started);
+    assert_non_null(got.finished);
+    assert_true(strcmp(got.finished, got.started) >= 0);
+    assert_int_equal(got.complete, 1);
+    assert_string_equal(got.status, "complete");
+    assert_int_equal(got.ranks, 4);
+    assert_int_equal(got.quick, 1);
+    assert_true(got.peak_flops == 1.9e11);
+    assert_true(got.mem_bw == 2.4e10);
+    assert_true(got.mem_bytes == 5.1e11);
+    assert_string_equal(got.notes, "OMP_NUM_THREADS=1");    /* NULL notes kept them */
+    assert_string_equal(got.cluster_json, "{\"devices\":4}");
+    assert_int_equal(got.nops, 3);
+    assert_int_equal(got.nlinks, 4);
+    assert_int_equal(got.nfits, 2);
+
+    /* ops by kind, phase, flops; links by collective, level, group_size,
+     * bytes; fits by collective, level, group_size */
+    assert_int_equal(nops, 3);
+    assert_op_equal(&ops[0], &OPS[1]);
+    assert_op_equal(&ops[1], &OPS[2]);
+    assert_op_equal(&ops[2], &OPS[0]);
+    assert_int_equal(nlinks, 4);
+    assert_link_equal(&links[0], &LINKS[1]);
+    assert_link_equal(&links[1], &LINKS[2]);
+    assert_link_equal(&links[2], &LINKS[3]);
+    assert_link_equal(&links[3], &LINKS[0]);
+    assert_int_equal(nfits, 2);
+    assert_fit_equal(&fits[0], &FITS[1]);
+    assert_fit_equal(&fits[1], &FITS[0]);
+    db_profile_samples_free(ops, nops, links, nlinks, fits, nfits);
+    db_profile_samples_free(NULL, 0, NULL, 0, NULL, 0);
+    db_profile_free(&got);
+    db_profile_free(&got);        /* a freed row frees again harmlessly */
+    db_profile_free(NULL);
+
+    /* Only the samples asked for. */
+    assert_int_equal(db_profile_get(fx->db, id, &got, NULL, NULL, &links, &nlinks, NULL, NULL,
+                                    &fx->err), 0);
+    assert_int_equal(nlinks, 4);
+    assert_int_equal(got.nops, 3);
+    db_profile_samples_free(NULL, 0, links, nlinks, NULL, 0);
+    db_profile_free(&got);
+}
+
+static void test_profile_list(void **state)
+{
+    Fx *fx = *state;
+    DbProfile *rows = (DbProfile *)1;
+    int n = -1;
+    assert_int_equal(db_profile_list(fx->db, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+    db_profile_list_free(rows, n);
+
+    int64_t a = begin_profile(fx), b = begin_profile(fx), c = begin_profile(fx);
+    assert_int_equal(db_profile_add_ops(fx->db, b, OPS, 2, &fx->err), 0);
+    assert_int_equal(db_profile_add_links(fx->db, b, LINKS, 1, &fx->err), 0);
+    assert_int_equal(db_profile_add_links(fx->db, c, LINKS, 3, &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, c, 1, "complete", FITS, 1, NULL, &fx->err), 0);
+    /* a started last; b and c started in the same millisecond or so, and the
+     * later id breaks the tie. */
+    sqlite3 *h = raw_open(fx->path);
+    raw_exec(h, "UPDATE profiles SET started = '2999-01-01T00:00:00.000Z' WHERE id = 1");
+    raw_exec(h, "UPDATE profiles SET started = '2001-01-01T00:00:00.000Z' WHERE id != 1");
+    sqlite3_close(h);
+    assert_int_equal(a, 1);
+
+    assert_int_equal(db_profile_list(fx->db, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(rows[0].id, a);
+    assert_int_equal(rows[1].id, c);
+    assert_int_equal(rows[2].id, b);
+    assert_string_equal(rows[0].started, "2999-01-01T00:00:00.000Z");
+    assert_int_equal(rows[0].nops + rows[0].nlinks + rows[0].nfits, 0);
+    assert_int_equal(rows[1].nops, 0);
+    assert_int_equal(rows[1].nlinks, 3);
+    assert_int_equal(rows[1].nfits, 1);
+    assert_string_equal(rows[1].status, "complete");
+    assert_int_equal(rows[2].nops, 2);
+    assert_int_equal(rows[2].nlinks, 1);
+    assert_int_equal(rows[2].nfits, 0);
+    assert_string_equal(rows[2].status, "running");
+    assert_string_equal(rows[2].host, "node7");
+    db_profile_list_free(rows, n);
+}
+
+/* A finished profile takes nothing more; neither does one that is not there. */
+static void test_profile_finished_refuses_writes(void **state)
+{
+    Fx *fx = *state;
+    int64_t id = begin_profile(fx);
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, 1, &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", FITS, 1, "{}", &fx->err), 0);
+
+    char name[64];
+    snprintf(name, sizeof name, "profile %lld", (long long)id);
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, 2, &fx->err), -1);
+    assert_contains(fx->err.msg, name);
+    assert_contains(fx->err.msg, "is finished");
+    assert_contains(fx->err.msg, "status 'complete'");
+    assert_int_equal(db_profile_add_links(fx->db, id, LINKS, 2, &fx->err), -1);
+    assert_contains(fx->err.msg, name);
+    assert_contains(fx->err.msg, "is finished");
+    assert_int_equal(db_profile_set_device(fx->db, id, "gpu", 1, 1, 1, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "is finished");
+    assert_int_equal(db_profile_finish(fx->db, id, 0, "interrupted", &FITS[1], 1, NULL,
+                                       &fx->err), -1);
+    assert_contains(fx->err.msg, "finishing profile");
+    assert_contains(fx->err.msg, name);
+    assert_contains(fx->err.msg, "is finished");
+    assert_samples(fx, id, 1, 0, 1);
+
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, id, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_string_equal(got.status, "complete");         /* the second finish changed nothing */
+    assert_int_equal(got.complete, 1);
+    assert_string_equal(got.device, "cpu");
+    assert_string_equal(got.cluster_json, "{}");
+    db_profile_free(&got);
+
+    /* A missing profile: refused, named, and get says not found. */
+    assert_int_equal(db_profile_add_ops(fx->db, 999, OPS, 1, &fx->err), -1);
+    assert_string_equal(fx->err.msg, "adding 1 op samples to profile 999: "
+                                     "no profile with id 999");
+    assert_int_equal(db_profile_add_links(fx->db, 999, LINKS, 1, &fx->err), -1);
+    assert_contains(fx->err.msg, "no profile with id 999");
+    assert_int_equal(db_profile_set_device(fx->db, 999, "cpu", 0, 0, 0, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "no profile with id 999");
+    assert_int_equal(db_profile_finish(fx->db, 999, 1, "complete", NULL, 0, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "no profile with id 999");
+    DbProfileOp *ops = (DbProfileOp *)1;
+    int nops = -1;
+    assert_int_equal(db_profile_get(fx->db, 999, &got, &ops, &nops, NULL, NULL, NULL, NULL,
+                                    &fx->err), 1);
+    assert_string_equal(fx->err.msg, "no profile with id 999");
+    assert_null(ops);
+    assert_int_equal(nops, 0);
+    assert_null(got.host);
+    sqlite3 *h = raw_open(fx->path);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM profile_ops WHERE profile_id = 999"), 0);
+    sqlite3_close(h);
+}
+
+/* A batch with one bad row stores none of its rows, and the connection is
+ * left with no transaction open. */
+static void test_profile_batch_all_or_nothing(void **state)
+{
+    Fx *fx = *state;
+    int64_t id = begin_profile(fx);
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, 1, &fx->err), 0);
+
+    DbProfileOp ops[3] = {OPS[0], OPS[1], OPS[2]};
+    ops[1].kind = NULL;
+    assert_int_equal(db_profile_add_ops(fx->db, id, ops, 3, &fx->err), -1);
+    assert_contains(fx->err.msg, "op sample 1: kind is required");
+    assert_contains(fx->err.msg, "profile");
+    ops[1].kind = "adam";
+    ops[2].source = NULL;
+    assert_int_equal(db_profile_add_ops(fx->db, id, ops, 3, &fx->err), -1);
+    assert_contains(fx->err.msg, "op sample 2: source is required");
+    ops[2].source = "random";
+
+    DbProfileLink links[3] = {LINKS[0], LINKS[1], LINKS[2]};
+    links[1].level = NULL;
+    assert_int_equal(db_profile_add_links(fx->db, id, links, 3, &fx->err), -1);
+    assert_contains(fx->err.msg, "link sample 1: level is required");
+    assert_samples(fx, id, 1, 0, 0);
+
+    /* Counts and arrays that do not add up. */
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, -1, &fx->err), -1);
+    assert_contains(fx->err.msg, "n is -1");
+    assert_int_equal(db_profile_add_links(fx->db, id, NULL, 2, &fx->err), -1);
+    assert_contains(fx->err.msg, "array is NULL");
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", FITS, -3, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "n is -3");
+
+    /* A finish whose fits break the schema (the same key twice) fails in SQL:
+     * no fit is stored and the profile is still running. */
+    DbProfileFit twice[2] = {FITS[0], FITS[0]};
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", twice, 2, "{}", &fx->err), -1);
+    assert_contains(fx->err.msg, "UNIQUE constraint failed");
+    assert_contains(fx->err.msg, "two fits have the same collective, group_size and level");
+    assert_contains(fx->err.msg, "finishing profile");
+    assert_int_equal(db_profile_finish(fx->db, id, 1, NULL, NULL, 0, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "status is required");
+    assert_int_equal(db_profile_finish(fx->db, id, 2, "complete", NULL, 0, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "give 0 or 1");
+    assert_samples(fx, id, 1, 0, 0);
+
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, id, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_null(got.finished);
+    assert_string_equal(got.status, "running");
+    db_profile_free(&got);
+
+    /* Bad rows to begin and set_device. */
+    DbProfile p = profile_row();
+    int64_t other = -1;
+    p.backend = NULL;
+    assert_int_equal(db_profile_begin(fx->db, &p, &other, &fx->err), -1);
+    assert_contains(fx->err.msg, "backend is required");
+    p = profile_row();
+    p.ranks = 0;
+    assert_int_equal(db_profile_begin(fx->db, &p, &other, &fx->err), -1);
+    assert_contains(fx->err.msg, "ranks is 0");
+    assert_int_equal(other, -1);
+    assert_int_equal(db_profile_set_device(fx->db, id, NULL, 1, 1, 1, NULL, &fx->err), -1);
+    assert_contains(fx->err.msg, "device is required");
+    assert_int_equal(count_rows(fx->path, "profiles"), 1);
+
+    /* And the connection still works. */
+    assert_int_equal(db_profile_add_ops(fx->db, id, ops, 3, &fx->err), 0);
+    assert_int_equal(db_profile_add_links(fx->db, id, LINKS, NELEMS(LINKS), &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", FITS, NELEMS(FITS), NULL,
+                                       &fx->err), 0);
+    assert_samples(fx, id, 4, 4, 2);
+}
+
+static void test_profile_interrupted(void **state)
+{
+    Fx *fx = *state;
+    int64_t id = begin_profile(fx);
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, 2, &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, id, 0, "interrupted", NULL, 0, NULL, &fx->err), 0);
+
+    DbProfile got;
+    DbProfileFit *fits = (DbProfileFit *)1;
+    int nfits = -1;
+    assert_int_equal(db_profile_get(fx->db, id, &got, NULL, NULL, NULL, NULL, &fits, &nfits,
+                                    &fx->err), 0);
+    assert_string_equal(got.status, "interrupted");
+    assert_int_equal(got.complete, 0);
+    assert_non_null(got.finished);
+    assert_null(got.cluster_json);
+    assert_int_equal(got.nops, 2);
+    assert_int_equal(got.nfits, 0);
+    assert_null(fits);
+    assert_int_equal(nfits, 0);
+    db_profile_free(&got);
+    /* Finished, even though incomplete: no more samples. */
+    assert_int_equal(db_profile_add_ops(fx->db, id, OPS, 1, &fx->err), -1);
+    assert_contains(fx->err.msg, "status 'interrupted'");
+}
+
+/* A database made by version 1 (the current schema with migration 2 taken
+ * back out by hand) migrates on open, keeping its profiles and samples. */
+static void test_profile_migration_from_v1(void **state)
+{
+    Fx *fx = *state;
+    db_close(fx->db);
+    fx->db = NULL;
+    sqlite3 *h = raw_open(fx->path);
+    raw_exec(h,
+        "DROP TABLE profile_fits;"
+        "DROP INDEX profiles_started;"
+        "ALTER TABLE profiles DROP COLUMN status;"
+        "ALTER TABLE profiles DROP COLUMN ranks;"
+        "ALTER TABLE profiles DROP COLUMN quick;"
+        "ALTER TABLE profiles DROP COLUMN peak_flops;"
+        "ALTER TABLE profiles DROP COLUMN mem_bw;"
+        "ALTER TABLE profiles DROP COLUMN mem_bytes;"
+        "ALTER TABLE profiles DROP COLUMN notes;"
+        "ALTER TABLE profile_ops DROP COLUMN flops;"
+        "ALTER TABLE profile_ops DROP COLUMN bytes;"
+        "ALTER TABLE profile_ops DROP COLUMN source;"
+        "ALTER TABLE profile_links DROP COLUMN iters;"
+        "PRAGMA user_version = 1;"
+        "INSERT INTO profiles (id, host, device, backend, finished, complete)"
+        "  VALUES (1, 'h', 'cpu', 'cpu', '2024-01-01T00:00:00.000Z', 1),"
+        "         (2, 'h', 'cpu', 'cpu', '2024-01-02T00:00:00.000Z', 0),"
+        "         (3, 'h', 'cpu', 'cpu', NULL, 0);"
+        "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype,"
+        "  median_s, reps) VALUES (1, 'cpu', 'matmul', 'fwd', '{}', 'f32', 0.1, 5);"
+        "INSERT INTO profile_links (profile_id, collective, group_size, level, bytes, time_s)"
+        "  VALUES (1, 'allreduce', 8, 'node', 1048576, 0.001);");
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM pragma_table_info('profiles')"), 8);
+    sqlite3_close(h);
+
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+    assert_int_equal(db_schema_version(fx->db), LATEST);
+
+    const char *status[] = {"complete", "interrupted", "running"};
+    for (int i = 0; i < 3; i++) {
+        DbProfile got;
+        assert_int_equal(db_profile_get(fx->db, i + 1, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                        &fx->err), 0);
+        assert_string_equal(got.status, status[i]);
+        assert_int_equal(got.ranks, 1);
+        assert_int_equal(got.quick, 0);
+        assert_true(got.peak_flops == 0);
+        assert_null(got.notes);
+        db_profile_free(&got);
+    }
+    DbProfileOp *ops;
+    DbProfileLink *links;
+    int nops, nlinks;
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, 1, &got, &ops, &nops, &links, &nlinks, NULL, NULL,
+                                    &fx->err), 0);
+    assert_int_equal(nops, 1);
+    assert_string_equal(ops[0].source, "zoo");
+    assert_true(ops[0].flops == 0 && ops[0].median_s == 0.1);
+    assert_int_equal(nlinks, 1);
+    assert_int_equal(links[0].iters, 0);
+    assert_int_equal(links[0].bytes, 1048576);
+    db_profile_samples_free(ops, nops, links, nlinks, NULL, 0);
+    db_profile_free(&got);
+
+    /* The running one takes samples and fits, which go with it. */
+    assert_int_equal(db_profile_add_ops(fx->db, 3, OPS, 3, &fx->err), 0);
+    assert_int_equal(db_profile_finish(fx->db, 3, 1, "complete", FITS, 2, NULL, &fx->err), 0);
+    assert_samples(fx, 3, 3, 0, 2);
+    h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM profiles WHERE id = 3");
+    sqlite3_close(h);
+    assert_samples(fx, 3, 0, 0, 0);
+    assert_samples(fx, 1, 1, 1, 0);
 }
 
 int main(void)
@@ -675,6 +1145,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefix_lookup, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_plan_put_rolls_back, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_cascades, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_round_trip, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_list, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_finished_refuses_writes, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_batch_all_or_nothing, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_interrupted, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_migration_from_v1, setup_open, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
