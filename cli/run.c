@@ -18,6 +18,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "launch.h"
 #include "db/db.h"
 #include "executor/blas.h"
 #include "executor/comm.h"
@@ -52,47 +53,6 @@ static const OptSpec RUN_OPTS[] = {
 
 static const char *USAGE = "strata run --model FILE --strategy FILE [--cluster FILE] [--steps N] "
                            "[--backend cpu|cuda] [--verify] [--db PATH]";
-
-static bool under_mpirun(void)
-{
-    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
-}
-
-/* Starts `mpirun -np W` on this same binary with the same arguments. */
-static int relaunch(int world, int argc, char **argv)
-{
-    char self[4096];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) {
-        fprintf(stderr, "strata run: cannot find my own executable: %s\n", strerror(errno));
-        return 1;
-    }
-    self[n] = 0;
-    char np[16];
-    snprintf(np, sizeof np, "%d", world);
-    char **av = xcalloc((size_t)argc + 8, sizeof *av);
-    int k = 0;
-    av[k++] = "mpirun";
-    av[k++] = "-np";
-    av[k++] = np;
-    /* more ranks than cores is fine for correctness runs on a small machine */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    if (cores > 0 && world > cores) av[k++] = "--oversubscribe";
-    av[k++] = self;
-    av[k++] = "run";
-    for (int i = 0; i < argc; i++) av[k++] = argv[i];
-    av[k] = NULL;
-    if (geteuid() == 0) {   /* Open MPI refuses root unless told twice */
-        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    }
-    fflush(NULL);
-    execvp("mpirun", av);
-    fprintf(stderr, "strata run: cannot start mpirun (%s); install openmpi-bin, or start "
-                    "`mpirun -np %d strata run ...` yourself\n", strerror(errno), world);
-    free(av);
-    return 1;
-}
 
 /* A cluster of this machine: one CPU device per rank. */
 static Cluster *local_cluster(int world, Err *err)
@@ -554,7 +514,7 @@ int cmd_run(int argc, char **argv)
                     "libopenmpi-dev, then rebuild\n");
     return 1;
 #else
-    if (!under_mpirun()) {
+    if (!launch_under_mpirun()) {
         /* read the plan's world size here, then start mpirun for it */
         Graph *g = graph_load(args_get(&a, "model"), &err);
         Cluster *c = g && args_get(&a, "cluster") ? cluster_load(args_get(&a, "cluster"), (int)nodes, &err) : NULL;
@@ -567,7 +527,7 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "strata run: %s\n", err.msg);
             return 1;
         }
-        if (world > 1) return relaunch(world, argc, argv);
+        if (world > 1) return launch_exec(world, "run", argc, argv);
     }
     int provided = 0;
     MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);

@@ -1,0 +1,84 @@
+/*
+ * launch.c — `mpirun -np W` on this same binary.
+ */
+#include "launch.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ir/util.h"
+
+bool launch_under_mpirun(void)
+{
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+typedef struct {
+    char self[4096];
+    char np[16];
+    char **av;
+} Argv;
+
+/* Fills a: mpirun -np W [--oversubscribe] self sub argv... */
+static int build(Argv *a, int world, const char *sub, int argc, char **argv)
+{
+    ssize_t n = readlink("/proc/self/exe", a->self, sizeof a->self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "strata %s: cannot find my own executable: %s\n", sub, strerror(errno));
+        return -1;
+    }
+    a->self[n] = 0;
+    snprintf(a->np, sizeof a->np, "%d", world);
+    a->av = xcalloc((size_t)argc + 8, sizeof *a->av);
+    int k = 0;
+    a->av[k++] = "mpirun";
+    a->av[k++] = "-np";
+    a->av[k++] = a->np;
+    /* more ranks than cores is fine for correctness runs on a small machine */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && world > cores) a->av[k++] = "--oversubscribe";
+    a->av[k++] = a->self;
+    a->av[k++] = (char *)sub;
+    for (int i = 0; i < argc; i++) a->av[k++] = argv[i];
+    a->av[k] = NULL;
+    if (geteuid() == 0) {   /* Open MPI refuses root unless told twice */
+        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    }
+    fflush(NULL);
+    return 0;
+}
+
+static void cannot(const char *sub, int world)
+{
+    fprintf(stderr, "strata %s: cannot start mpirun (%s); install openmpi-bin, or start "
+                    "`mpirun -np %d strata %s ...` yourself\n", sub, strerror(errno), world, sub);
+}
+
+int launch_exec(int world, const char *sub, int argc, char **argv)
+{
+    Argv a;
+    if (build(&a, world, sub, argc, argv)) return 1;
+    execvp("mpirun", a.av);
+    cannot(sub, world);
+    free(a.av);
+    return 1;
+}
+
+pid_t launch_spawn(int world, const char *sub, int argc, char **argv)
+{
+    Argv a;
+    if (build(&a, world, sub, argc, argv)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        execvp("mpirun", a.av);
+        cannot(sub, world);
+        _exit(127);
+    }
+    if (pid < 0) fprintf(stderr, "strata %s: cannot fork: %s\n", sub, strerror(errno));
+    free(a.av);
+    return pid;
+}
