@@ -41,7 +41,7 @@ ifeq ($(HAVE_CUDA),1)
 endif
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c)
+LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c)
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 # tests/mpi_*.c: built like the others, run under mpirun by scripts/run-tests.sh

@@ -17,5 +17,8 @@ Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, in
 int cmd_run(int argc, char **argv);
 int cmd_runs_list(int argc, char **argv);
 int cmd_runs_show(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
+int cmd_profile_list(int argc, char **argv);
+int cmd_profile_show(int argc, char **argv);
 
 #endif

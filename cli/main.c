@@ -786,6 +786,10 @@ static const Command COMMANDS[] = {
     { "run", NULL, cmd_run, "--model F --strategy F [--verify]", "train the plan for real" },
     { "runs", "list", cmd_runs_list, "[--db PATH] [--json]", "stored runs" },
     { "runs", "show", cmd_runs_show, "ID [--db PATH] [--json]", "one run's measurements" },
+    /* `profile list|show` before `profile`, which takes every other argument list */
+    { "profile", "list", cmd_profile_list, "[--db PATH] [--json]", "stored profiles" },
+    { "profile", "show", cmd_profile_show, "ID [--db PATH] [--json]", "op and link tables" },
+    { "profile", NULL, cmd_profile, "[--quick] [-o cluster.json]", "measure this machine" },
 };
 #define NCOMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -820,8 +824,8 @@ int main(int argc, char **argv)
     if (group_known && argc >= 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
         for (int i = 0; i < NCOMMANDS; i++)
             if (strcmp(argv[1], COMMANDS[i].group) == 0)
-                printf("  strata %s %-8s %-36s %s\n", COMMANDS[i].group, COMMANDS[i].verb,
-                       COMMANDS[i].args, COMMANDS[i].help);
+                printf("  strata %s %-8s %-36s %s\n", COMMANDS[i].group,
+                       COMMANDS[i].verb ? COMMANDS[i].verb : "", COMMANDS[i].args, COMMANDS[i].help);
         return 0;
     }
     if (group_known) {
