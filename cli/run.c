@@ -47,6 +47,8 @@ static const OptSpec RUN_OPTS[] = {
     { "lr", 0, true, "X  learning rate (default 1e-3)" },
     { "db", 0, true, "PATH  store the run here (default strata.db)" },
     { "no-store", 0, false, "do not store the run" },
+    { "no-overlap", 0, false, "run every instruction where the program puts it: no updates set "
+                              "aside while their all-reduces run, no progress thread" },
     { "help", 'h', false, "show this help" },
     { NULL, 0, false, NULL },
 };
@@ -278,7 +280,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                     human_bytes(pr->device_mem, have, sizeof have));
         else if (!(comm = comm_mpi_new(&err))) {
         } else {
-            RunConfig cfg = { .seed = seed };
+            RunConfig cfg = { .seed = seed, .no_overlap = args_has(a, "no-overlap") };
             rt_default_hyper(&cfg.hyper);
             cfg.hyper.lr = lr;
             rt = rt_new(L.g, L.s, L.p, comm, &cfg, &err);

@@ -4,6 +4,11 @@
  * travels by MPI_Bcast). Open MPI and NCCL are the distributed engines;
  * strata adds none of its own.
  *
+ * Threads: the functions may be called from several threads of a process,
+ * one call at a time per process being all MPI_THREAD_SERIALIZED allows; the
+ * MPI backend takes a process-wide lock around each, so a progress thread can
+ * test requests while another thread computes.
+ *
  * A group is an ordered list of world ranks (the ranks along some mesh axes,
  * built by the runtime from the strategy); collectives run on a group and
  * order their data by group index. Buffers live where the backend computes

@@ -26,6 +26,7 @@
 #include "executor/comm.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,7 +429,7 @@ static int check_p2p(CommGroup *g, const char *what, int64_t count, int peer, in
     return 0;
 }
 
-/* A send in flight: one MPI request per piece. */
+/* A send or an all-reduce in flight: one MPI request per piece. */
 struct CommReq {
     int n;
     MPI_Request r[];
@@ -581,21 +582,115 @@ static int mpi_recv(CommGroup *g, void *buf, int64_t count, CommType dt, int pee
 
 static void mpi_destroy(Comm *c);
 
+/* ------------------------------------------------------------------------- */
+/* one caller at a time                                                       */
+
+/* MPI_THREAD_SERIALIZED lets several threads call MPI, never two at once:
+ * every entry of the table takes this process-wide lock, so a progress thread
+ * may test requests while another thread computes (MPI moves non-blocking
+ * operations only inside its calls). The functions above call each other
+ * directly, never through the table, so the lock is never taken twice. */
+static pthread_mutex_t mpi_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define LOCKED(call)                                                     \
+    do {                                                                 \
+        pthread_mutex_lock(&mpi_lock);                                   \
+        int rc_ = (call);                                                \
+        pthread_mutex_unlock(&mpi_lock);                                 \
+        return rc_;                                                      \
+    } while (0)
+
+static CommGroup *l_group_new(Comm *c, const int *ranks, int n, int me, Err *err)
+{
+    pthread_mutex_lock(&mpi_lock);
+    CommGroup *g = mpi_group_new(c, ranks, n, me, err);
+    pthread_mutex_unlock(&mpi_lock);
+    return g;
+}
+
+static void l_group_free(CommGroup *g)
+{
+    pthread_mutex_lock(&mpi_lock);
+    mpi_group_free(g);
+    pthread_mutex_unlock(&mpi_lock);
+}
+
+static int l_allreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op, Err *err)
+{
+    LOCKED(mpi_allreduce(g, buf, count, dt, op, err));
+}
+
+static int l_allgather(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                       Err *err)
+{
+    LOCKED(mpi_allgather(g, send, recv, count, dt, err));
+}
+
+static int l_reduce_scatter(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                            Err *err)
+{
+    LOCKED(mpi_reduce_scatter(g, send, recv, count, dt, err));
+}
+
+static int l_all_to_all(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                        Err *err)
+{
+    LOCKED(mpi_all_to_all(g, send, recv, count, dt, err));
+}
+
+static int l_broadcast(CommGroup *g, void *buf, int64_t count, CommType dt, int root, Err *err)
+{
+    LOCKED(mpi_broadcast(g, buf, count, dt, root, err));
+}
+
+static int l_send(CommGroup *g, const void *buf, int64_t count, CommType dt, int peer, int tag,
+                  Err *err)
+{
+    LOCKED(mpi_send(g, buf, count, dt, peer, tag, err));
+}
+
+static int l_recv(CommGroup *g, void *buf, int64_t count, CommType dt, int peer, int tag, Err *err)
+{
+    LOCKED(mpi_recv(g, buf, count, dt, peer, tag, err));
+}
+
+static int l_isend(CommGroup *g, const void *buf, int64_t count, CommType dt, int peer, int tag,
+                   CommReq **req, Err *err)
+{
+    LOCKED(mpi_isend(g, buf, count, dt, peer, tag, req, err));
+}
+
+static int l_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
+                        CommReq **req, Err *err)
+{
+    LOCKED(mpi_iallreduce(g, buf, count, dt, op, req, err));
+}
+
+static int l_test(CommReq *req, int *done, Err *err)
+{
+    LOCKED(mpi_test(req, done, err));
+}
+
+static int l_wait(CommReq *req, Err *err)
+{
+    LOCKED(mpi_wait(req, err));
+}
+
 static const CommOps mpi_ops = {
     .name = "mpi",
-    .group_new = mpi_group_new,
-    .group_free = mpi_group_free,
-    .allreduce = mpi_allreduce,
-    .allgather = mpi_allgather,
-    .reduce_scatter = mpi_reduce_scatter,
-    .all_to_all = mpi_all_to_all,
-    .broadcast = mpi_broadcast,
-    .send = mpi_send,
-    .recv = mpi_recv,
-    .isend = mpi_isend,
-    .iallreduce = mpi_iallreduce,
-    .test = mpi_test,
-    .wait = mpi_wait,
+    .group_new = l_group_new,
+    .group_free = l_group_free,
+    .allreduce = l_allreduce,
+    .allgather = l_allgather,
+    .reduce_scatter = l_reduce_scatter,
+    .all_to_all = l_all_to_all,
+    .broadcast = l_broadcast,
+    .send = l_send,
+    .recv = l_recv,
+    .isend = l_isend,
+    .iallreduce = l_iallreduce,
+    .test = l_test,
+    .wait = l_wait,
     .destroy = mpi_destroy,
 };
 

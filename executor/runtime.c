@@ -11,6 +11,7 @@
 #include "executor/runtime.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@ typedef struct {
     CommReq *req;
     int32_t val;
     float *stage;            /* a copy sent in place of a buffer that changes later */
+    bool done;               /* the progress thread saw it complete */
 } Pending;
 
 typedef struct {
@@ -34,6 +36,7 @@ typedef struct {
 typedef struct {
     int32_t instr;           /* a gradient all-reduce in flight */
     CommReq *req;
+    bool done;
 } Inflight;
 
 struct Runtime {
@@ -66,7 +69,67 @@ struct Runtime {
     int step;
     bool draining;           /* receiving deferred pulls now */
     int staleness;           /* the largest of the params' */
+    /* The progress thread: MPI moves a non-blocking all-reduce or a large send
+     * only inside MPI calls, so while this thread computes, that one tests the
+     * requests in flight (pend, fly), under `lk`, which guards those lists. */
+    int *later;              /* updates set aside until their all-reduce is done */
+    int nlater, cap_later;
+    pthread_t prog;
+    bool prog_on, quit;
+    pthread_mutex_t lk;
+    pthread_cond_t cv;
 };
+
+/* Between tests while something is in flight: 50 us while an all-reduce is
+ * (Open MPI advances one of its rounds per test); with only sends left,
+ * doubling up to 1 ms while nothing completes (a send a slow receiver has not
+ * taken yet needs no attention every 50 us), back to 50 us when something
+ * does or a request joins. */
+#define PROGRESS_MIN_NS 50000
+#define PROGRESS_MAX_NS 1000000
+
+static void *progress_main(void *arg)
+{
+    Runtime *rt = arg;
+    const CommOps *o = rt->comm->ops;
+    long wait_ns = PROGRESS_MIN_NS;
+    pthread_mutex_lock(&rt->lk);
+    while (!rt->quit) {
+        bool busy = false, moved = false, reducing = false;
+        Err err;
+        for (int k = 0; k < rt->nfly; k++) {
+            int done = 0;
+            if (!rt->fly[k].done && !o->test(rt->fly[k].req, &done, &err) && done)
+                rt->fly[k].done = moved = true;
+            reducing |= !rt->fly[k].done;
+        }
+        busy = reducing;
+        for (int k = 0; k < rt->npend; k++) {
+            int done = 0;
+            if (!rt->pend[k].done && !o->test(rt->pend[k].req, &done, &err) && done)
+                rt->pend[k].done = moved = true;
+            busy |= !rt->pend[k].done;
+        }
+        if (!busy) {
+            pthread_cond_wait(&rt->cv, &rt->lk);
+            wait_ns = PROGRESS_MIN_NS;
+            continue;
+        }
+        wait_ns = moved || reducing ? PROGRESS_MIN_NS
+                : wait_ns * 2 > PROGRESS_MAX_NS ? PROGRESS_MAX_NS : wait_ns * 2;
+        pthread_mutex_unlock(&rt->lk);
+        nanosleep(&(struct timespec){ 0, wait_ns }, NULL);
+        pthread_mutex_lock(&rt->lk);
+    }
+    pthread_mutex_unlock(&rt->lk);
+    return NULL;
+}
+
+/* A request joins the lists the progress thread watches: call with lk held. */
+static void progress_wake(Runtime *rt)
+{
+    if (rt->prog_on) pthread_cond_signal(&rt->cv);
+}
 
 static double now_s(void)
 {
@@ -483,11 +546,14 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
         CommReq *req = NULL;
         if (o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
         if (req) {
+            pthread_mutex_lock(&rt->lk);
             if (rt->nfly == rt->cap_fly) {
                 rt->cap_fly = rt->cap_fly ? rt->cap_fly * 2 : 64;
                 rt->fly = xrealloc(rt->fly, sizeof *rt->fly * rt->cap_fly);
             }
-            rt->fly[rt->nfly++] = (Inflight){ (int32_t)(in - rt->pr->instrs), req };
+            rt->fly[rt->nfly++] = (Inflight){ (int32_t)(in - rt->pr->instrs), req, false };
+            progress_wake(rt);
+            pthread_mutex_unlock(&rt->lk);
         }
         return 0;
     }
@@ -659,11 +725,14 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
         free(stage);
         return -1;
     }
+    pthread_mutex_lock(&rt->lk);
     if (rt->npend == rt->cap_pend) {
         rt->cap_pend = rt->cap_pend ? rt->cap_pend * 2 : 64;
         rt->pend = xrealloc(rt->pend, sizeof *rt->pend * rt->cap_pend);
     }
-    rt->pend[rt->npend++] = (Pending){ req, v, stage };
+    rt->pend[rt->npend++] = (Pending){ req, v, stage, false };
+    progress_wake(rt);
+    pthread_mutex_unlock(&rt->lk);
     return 0;
 }
 
@@ -673,6 +742,7 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
 static int wait_sends(Runtime *rt, int32_t v, Err *err)
 {
     int rc = 0, w = 0;
+    pthread_mutex_lock(&rt->lk);
     for (int i = 0; i < rt->npend; i++) {
         Pending *q = &rt->pend[i];
         bool now = v == -2 || (v == -1 && !q->stage) || q->val == v;
@@ -684,6 +754,7 @@ static int wait_sends(Runtime *rt, int32_t v, Err *err)
         free(q->stage);
     }
     rt->npend = w;
+    pthread_mutex_unlock(&rt->lk);
     return rc;
 }
 
@@ -693,6 +764,7 @@ static int wait_inflight(Runtime *rt, int32_t i, Err *err)
 {
     const Program *pr = rt->pr;
     int rc = 0, w = 0;
+    pthread_mutex_lock(&rt->lk);
     for (int k = 0; k < rt->nfly; k++) {
         bool dep = i < 0;
         if (!dep) {
@@ -706,15 +778,21 @@ static int wait_inflight(Runtime *rt, int32_t i, Err *err)
         if (rt->comm->ops->wait(rt->fly[k].req, err)) rc = -1;
     }
     rt->nfly = w;
+    pthread_mutex_unlock(&rt->lk);
     return rc;
 }
 
-/* Lets the all-reduces in flight progress (MPI moves them only inside its calls). */
+/* Lets the all-reduces in flight progress (MPI moves them only inside its
+ * calls), where no progress thread does it. */
 static void progress(Runtime *rt)
 {
+    if (rt->prog_on) return;
     Err err;
-    int done;
-    for (int k = 0; k < rt->nfly; k++) rt->comm->ops->test(rt->fly[k].req, &done, &err);
+    for (int k = 0; k < rt->nfly; k++) {
+        int done = 0;
+        if (!rt->fly[k].done && !rt->comm->ops->test(rt->fly[k].req, &done, &err) && done)
+            rt->fly[k].done = true;
+    }
 }
 
 /* Receives the stale pulls issued at or before step `upto` (all: INT_MAX). */
@@ -828,6 +906,8 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         return NULL;
     }
     Runtime *rt = xcalloc(1, sizeof *rt);
+    pthread_mutex_init(&rt->lk, NULL);
+    pthread_cond_init(&rt->cv, NULL);
     rt->g = g;
     rt->s = s;
     rt->p = p;
@@ -907,12 +987,111 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
     }
     for (int v = 0; v < nv; v++)
         if (rt->pr->values[v].kind == VAL_PARAM) init_param(rt, v);
+    if (!cfg->no_overlap && comm->world > 1)
+        rt->prog_on = pthread_create(&rt->prog, NULL, progress_main, rt) == 0;
     return rt;
 
 fail:
     free(ranks);
     rt_free(rt);
     return NULL;
+}
+
+/* Runs instruction i, first waiting for the all-reduces in flight it depends on. */
+static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
+{
+    const Program *pr = rt->pr;
+    int rc = 0;
+    const Instr *in = &pr->instrs[i];
+    double a = now_s();
+    if (rt->nfly) {
+        rc = wait_inflight(rt, i, err);
+        st->comm_s += now_s() - a;
+        a = now_s();
+        if (rc) return rc;
+    }
+    switch ((InstrKind)in->kind) {
+    case I_COMPUTE:
+        if (in->op >= 0) rc = exec_op(rt, in, err);
+        else if (in->phase == PH_UPDATE) exec_update(rt, in);
+        else exec_sum(rt, in);
+        st->compute_s += now_s() - a;
+        if (rt->nfly) progress(rt);
+        break;
+    case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
+    case I_BROADCAST:
+        rc = exec_coll(rt, in, err);
+        st->comm_s += now_s() - a;
+        break;
+    case I_SEND: case I_RECV:
+        rc = exec_p2p(rt, in, err);
+        st->comm_s += now_s() - a;
+        break;
+    case I_ALLOC:
+        val(rt, pr->args[in->arg0]);
+        break;
+    case I_FREE: {
+        int32_t v = pr->args[in->arg0];
+        rc = wait_sends(rt, v, err);
+        if (pr->values[v].kind != VAL_PARAM && pr->values[v].kind != VAL_PARAM_GRAD) {
+            free(rt->buf[v]);
+            rt->buf[v] = NULL;
+        }
+        st->comm_s += now_s() - a;
+        break;
+    }
+    default:
+        rc = err_set(err, "instruction %d: unknown kind %d", i, in->kind);
+    }
+    if (rc) err_prefix(err, "rank %d, step %d, instruction %d (%s)", rt->comm->rank, rt->step, i,
+                       instr_kind_name((InstrKind)in->kind));
+    return rc;
+}
+
+/* An optimizer update waiting for its gradient's all-reduce does not hold up
+ * the instructions after it: it is set aside (the rest of the backward runs,
+ * and the all-reduce with it) and runs once the all-reduce is done, before
+ * any later instruction that touches its values, or at the end of the step. */
+static bool deferrable(Runtime *rt, int i)
+{
+    const Instr *in = &rt->pr->instrs[i];
+    if (rt->cfg.no_overlap || !rt->nfly || in->kind != I_COMPUTE || in->op >= 0 ||
+        in->phase != PH_UPDATE)
+        return false;
+    bool waits = false;
+    pthread_mutex_lock(&rt->lk);
+    for (int k = 0; k < rt->nfly && !waits; k++)
+        for (int d = 0; d < in->ndeps && !waits; d++)
+            waits = rt->pr->deps[in->dep0 + d] == rt->fly[k].instr && !rt->fly[k].done;
+    pthread_mutex_unlock(&rt->lk);
+    return waits;
+}
+
+static bool touches_same(const Program *pr, const Instr *a, const Instr *b)
+{
+    for (int x = 0; x < a->nargs; x++)
+        for (int y = 0; y < b->nargs; y++)
+            if (pr->args[a->arg0 + x] >= 0 && pr->args[a->arg0 + x] == pr->args[b->arg0 + y])
+                return true;
+    return false;
+}
+
+/* Runs the set-aside updates that may or must run before instruction i (all
+ * of them: i < 0), in their order. */
+static int run_later(Runtime *rt, int i, StepStat *st, Err *err)
+{
+    const Program *pr = rt->pr;
+    progress(rt);
+    int w = 0, rc = 0;
+    for (int k = 0; k < rt->nlater; k++) {
+        int j = rt->later[k];
+        bool now = rc == 0 && (i < 0 || !deferrable(rt, j) ||
+                               touches_same(pr, &pr->instrs[j], &pr->instrs[i]));
+        if (now) rc = exec_instr(rt, j, st, err);
+        else rt->later[w++] = j;
+    }
+    rt->nlater = rc ? 0 : w;
+    return rc;
 }
 
 int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
@@ -930,51 +1109,21 @@ int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
     }
     /* pulls a stale worker may no longer skip: issued k+1 or more steps ago */
     int rc = take_pulls(rt, step - 1 - rt->staleness, err);
+    rt->nlater = 0;
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
-        const Instr *in = &pr->instrs[i];
-        double a = now_s();
-        if (rt->nfly) {
-            rc = wait_inflight(rt, i, err);
-            st->comm_s += now_s() - a;
-            a = now_s();
-            if (rc) break;
-        }
-        switch ((InstrKind)in->kind) {
-        case I_COMPUTE:
-            if (in->op >= 0) rc = exec_op(rt, in, err);
-            else if (in->phase == PH_UPDATE) exec_update(rt, in);
-            else exec_sum(rt, in);
-            st->compute_s += now_s() - a;
-            if (rt->nfly) progress(rt);
-            break;
-        case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
-        case I_BROADCAST:
-            rc = exec_coll(rt, in, err);
-            st->comm_s += now_s() - a;
-            break;
-        case I_SEND: case I_RECV:
-            rc = exec_p2p(rt, in, err);
-            st->comm_s += now_s() - a;
-            break;
-        case I_ALLOC:
-            val(rt, pr->args[in->arg0]);
-            break;
-        case I_FREE: {
-            int32_t v = pr->args[in->arg0];
-            rc = wait_sends(rt, v, err);
-            if (pr->values[v].kind != VAL_PARAM && pr->values[v].kind != VAL_PARAM_GRAD) {
-                free(rt->buf[v]);
-                rt->buf[v] = NULL;
+        if (rt->nlater) rc = run_later(rt, i, st, err);
+        if (rc) break;
+        if (deferrable(rt, i)) {
+            if (rt->nlater == rt->cap_later) {
+                rt->cap_later = rt->cap_later ? rt->cap_later * 2 : 64;
+                rt->later = xrealloc(rt->later, sizeof *rt->later * rt->cap_later);
             }
-            st->comm_s += now_s() - a;
-            break;
+            rt->later[rt->nlater++] = i;
+            continue;
         }
-        default:
-            rc = err_set(err, "instruction %d: unknown kind %d", i, in->kind);
-        }
-        if (rc) err_prefix(err, "rank %d, step %d, instruction %d (%s)", rt->comm->rank, step, i,
-                           instr_kind_name((InstrKind)in->kind));
+        rc = exec_instr(rt, i, st, err);
     }
+    if (!rc && rt->nlater) rc = run_later(rt, -1, st, err);
     if (!rc) {
         double a = now_s();
         rc = wait_inflight(rt, -1, err);
@@ -1055,6 +1204,14 @@ void rt_free(Runtime *rt)
 {
     if (!rt) return;
     Err err;
+    if (rt->prog_on) {
+        pthread_mutex_lock(&rt->lk);
+        rt->quit = true;
+        pthread_cond_signal(&rt->cv);
+        pthread_mutex_unlock(&rt->lk);
+        pthread_join(rt->prog, NULL);
+        rt->prog_on = false;
+    }
     if (rt->pr) {
         take_pulls(rt, 1 << 30, &err);
         wait_sends(rt, -2, &err);
@@ -1063,6 +1220,7 @@ void rt_free(Runtime *rt)
     free(rt->defer);
     if (rt->pr) wait_inflight(rt, -1, &err);
     free(rt->fly);
+    free(rt->later);
     if (rt->buf)
         for (int v = 0; v < rt->pr->nvalues; v++) free(rt->buf[v]);
     free(rt->buf);
@@ -1087,5 +1245,7 @@ void rt_free(Runtime *rt)
     for (int m = 0; m < (1 << MESH_MAX_AXES); m++)
         if (rt->groups[m]) rt->comm->ops->group_free(rt->groups[m]);
     if (rt->tied) rt->comm->ops->group_free(rt->tied);
+    pthread_mutex_destroy(&rt->lk);
+    pthread_cond_destroy(&rt->cv);
     free(rt);
 }

@@ -9,7 +9,11 @@
  *
  * Sends are posted without waiting (a send's buffer is kept until it is
  * delivered), receives and collectives wait: that is what lets 1F1B's crossed
- * sends and receives between neighbouring stages make progress.
+ * sends and receives between neighbouring stages make progress. Gradient
+ * all-reduces start where the lowering puts them and are waited for by the
+ * first instruction that depends on them; meanwhile a progress thread keeps
+ * them (and the sends) moving while this thread computes: compute and
+ * communication overlap as far as the program's dependencies allow.
  */
 #ifndef STRATA_RUNTIME_H
 #define STRATA_RUNTIME_H
@@ -26,6 +30,11 @@
 typedef struct {
     uint64_t seed;          /* params and data */
     OptimHyper hyper;       /* learning rate, momentum, Adam betas, ... */
+    bool no_overlap;        /* true: every instruction waits for the all-reduces it
+                             * depends on at its place in the program, and
+                             * requests progress only between instructions (the
+                             * default sets waiting updates aside and keeps
+                             * requests moving from a progress thread) */
 } RunConfig;
 
 typedef struct {
