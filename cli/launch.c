@@ -31,6 +31,14 @@ static int build(Argv *a, int world, const char *sub, int argc, char **argv)
         return -1;
     }
     a->self[n] = 0;
+    /* rebuilt while running: the ranks run the file now at that path */
+    static const char deleted[] = " (deleted)";
+    size_t len = strlen(a->self), dl = sizeof deleted - 1;
+    if (len > dl && !strcmp(a->self + len - dl, deleted)) {
+        a->self[len - dl] = 0;
+        fprintf(stderr, "strata %s: %s was replaced while running; the ranks start the new one\n",
+                sub, a->self);
+    }
     snprintf(a->np, sizeof a->np, "%d", world);
     a->av = xcalloc((size_t)argc + 8, sizeof *a->av);
     int k = 0;

@@ -559,7 +559,7 @@ static int spawn_links(const Opts *o, int64_t id, int argc, char **argv, Err *er
         stop_flag = 1;
         return 0;
     }
-    return err_set(err, "the link measurement under mpirun failed (%s %d; its ranks said why "
+    return err_set(err, "the link measurement under mpirun failed (%s %d; see the messages "
                    "above)", WIFEXITED(status) ? "exit status" : "signal",
                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 }
@@ -694,8 +694,9 @@ int cmd_profile_list(int argc, char **argv)
         printf("%4s  %-12s  %-24s  %-12s  %-4s  %5s  %6s  %6s  %s\n", "id", "status", "started",
                "host", "be", "ranks", "ops", "links", "device");
         for (int i = 0; i < n; i++)
-            printf("%4lld  %-12.12s  %-24s  %-12.12s  %-4s  %5d  %6d  %6d  %s\n",
-                   (long long)rows[i].id, rows[i].status, rows[i].started, rows[i].host,
+            printf("%4lld  %-12.*s  %-24s  %-12.12s  %-4s  %5d  %6d  %6d  %s\n",
+                   (long long)rows[i].id, (int)strcspn(rows[i].status, ":"), rows[i].status,
+                   rows[i].started, rows[i].host,
                    rows[i].backend, rows[i].ranks, rows[i].nops, rows[i].nlinks, rows[i].device);
     }
     db_profile_list_free(rows, n);

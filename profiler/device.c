@@ -164,7 +164,7 @@ int prof_device_cpu(ProfDevice *d, int devices_per_node, bool quick, Err *err)
     const int64_t sizes[] = { 256, 512, 1024, 2048, 3072 };
     int nsz = quick ? 4 : 5;
     for (int i = 0; i < nsz; i++) {
-        double r = sgemm_rate(sizes[i], quick ? 2 : 4);
+        double r = sgemm_rate(sizes[i], quick ? 3 : 5);
         if (r > d->peak_flops) {
             d->peak_flops = r;
             d->peak_n = sizes[i];
