@@ -1104,11 +1104,14 @@ static void free_profile_fit(void *r)
     free(f->level);
 }
 
-/* Refuses a write to profile `id` unless it is stored and not finished. Call
- * it inside the write's transaction, so the answer holds until the commit. */
-static int profile_check_running(Db *db, int64_t id, Err *err)
+/* Opens a write to profile `id` and refuses it unless the profile is stored
+ * and not finished. The transaction is IMMEDIATE, so the answer holds until
+ * the commit; the caller commits, or rolls back on any failure, this one's too. */
+static int profile_tx_begin(Db *db, int64_t id, Err *err)
 {
     sqlite3_stmt *st = NULL;
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
     SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT finished, status FROM profiles WHERE id = ?",
                                  -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
@@ -1176,9 +1179,7 @@ int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_fl
     sqlite3_stmt *st = NULL;
     if (!device) return err_set(err, "setting the device of profile %lld: device is required",
                                 (long long)id);
-    db->rc = 0;
-    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    if (profile_check_running(db, id, err)) goto err;
+    if (profile_tx_begin(db, id, err)) goto err;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "UPDATE profiles SET device = ?, peak_flops = ?, mem_bw = ?, mem_bytes = ?,"
         " notes = coalesce(?, notes) WHERE id = ?", -1, &st, NULL));
@@ -1206,89 +1207,121 @@ err:
     return err_prefix(err, "setting the device of profile %lld", (long long)id);
 }
 
-int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err)
+/* Binds row r, number i of a batch, to an INSERT's parameters from 2 on,
+ * first naming any required string the row lacks. */
+typedef int (*RowBind)(Db *db, sqlite3_stmt *st, const void *r, int i, Err *err);
+
+/* Runs the INSERT `sql` for each of the n rows of `size` bytes at `rows`, with
+ * profile `id` as parameter 1 (a reset keeps it bound). The caller's
+ * transaction makes the batch all-or-nothing and may hold more. */
+static int insert_rows(Db *db, int64_t id, const char *sql, const void *rows, int n,
+                       size_t size, RowBind bind, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    if (check_batch(ops, n, err))
-        return err_prefix(err, "adding op samples to profile %lld", (long long)id);
-    db->rc = 0;
-    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    if (profile_check_running(db, id, err)) goto err;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
-        " flops, bytes, median_s, p10_s, p90_s, reps)"
-        " SELECT id, device, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM profiles WHERE id = ?",
-        -1, &st, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     for (int i = 0; i < n; i++) {
-        const DbProfileOp *o = &ops[i];
-        const char *missing = !o->kind ? "kind" : !o->phase ? "phase"
-                            : !o->shape_json ? "shape_json" : !o->dtype ? "dtype"
-                            : !o->source ? "source" : NULL;
-        if (missing) {
-            err_set(err, "op sample %d: %s is required", i, missing);
-            goto err;
-        }
         SQL_CHECK(sqlite3_reset(st));
-        SQL_CHECK(sqlite3_bind_text(st, 1, o->kind, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_text(st, 2, o->phase, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_text(st, 3, o->shape_json, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_text(st, 4, o->dtype, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_text(st, 5, o->source, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_double(st, 6, o->flops));
-        SQL_CHECK(sqlite3_bind_double(st, 7, o->bytes));
-        SQL_CHECK(sqlite3_bind_double(st, 8, o->median_s));
-        SQL_CHECK(sqlite3_bind_double(st, 9, o->p10_s));
-        SQL_CHECK(sqlite3_bind_double(st, 10, o->p90_s));
-        SQL_CHECK(sqlite3_bind_int(st, 11, o->reps));
-        SQL_CHECK(sqlite3_bind_int64(st, 12, id));
+        if (bind(db, st, (const char *)rows + (size_t)i * size, i, err)) goto err;
         SQL_STEP_DONE(st);
     }
     sqlite3_finalize(st);
-    st = NULL;
-    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
     sqlite3_finalize(st);
+    return -1;
+}
+
+static int bind_profile_op(Db *db, sqlite3_stmt *st, const void *r, int i, Err *err)
+{
+    const DbProfileOp *o = r;
+    const char *missing = !o->kind ? "kind" : !o->phase ? "phase"
+                        : !o->shape_json ? "shape_json" : !o->dtype ? "dtype"
+                        : !o->source ? "source" : NULL;
+    if (missing) return err_set(err, "op sample %d: %s is required", i, missing);
+    SQL_CHECK(sqlite3_bind_text(st, 2, o->kind, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, o->phase, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 4, o->shape_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 5, o->dtype, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 6, o->source, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_double(st, 7, o->flops));
+    SQL_CHECK(sqlite3_bind_double(st, 8, o->bytes));
+    SQL_CHECK(sqlite3_bind_double(st, 9, o->median_s));
+    SQL_CHECK(sqlite3_bind_double(st, 10, o->p10_s));
+    SQL_CHECK(sqlite3_bind_double(st, 11, o->p90_s));
+    SQL_CHECK(sqlite3_bind_int(st, 12, o->reps));
+    return 0;
+err:
+    return -1;
+}
+
+static int bind_profile_link(Db *db, sqlite3_stmt *st, const void *r, int i, Err *err)
+{
+    const DbProfileLink *l = r;
+    const char *missing = !l->collective ? "collective" : !l->level ? "level" : NULL;
+    if (missing) return err_set(err, "link sample %d: %s is required", i, missing);
+    SQL_CHECK(sqlite3_bind_text(st, 2, l->collective, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 3, l->group_size));
+    SQL_CHECK(sqlite3_bind_text(st, 4, l->level, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 5, l->bytes));
+    SQL_CHECK(sqlite3_bind_double(st, 6, l->time_s));
+    SQL_CHECK(sqlite3_bind_double(st, 7, l->algbw));
+    SQL_CHECK(sqlite3_bind_double(st, 8, l->busbw));
+    SQL_CHECK(sqlite3_bind_int(st, 9, l->iters));
+    return 0;
+err:
+    return -1;
+}
+
+static int bind_profile_fit(Db *db, sqlite3_stmt *st, const void *r, int i, Err *err)
+{
+    const DbProfileFit *f = r;
+    const char *missing = !f->collective ? "collective" : !f->level ? "level" : NULL;
+    if (missing) return err_set(err, "fit %d: %s is required", i, missing);
+    SQL_CHECK(sqlite3_bind_text(st, 2, f->collective, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 3, f->group_size));
+    SQL_CHECK(sqlite3_bind_text(st, 4, f->level, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_double(st, 5, f->alpha_s));
+    SQL_CHECK(sqlite3_bind_double(st, 6, f->beta_s));
+    SQL_CHECK(sqlite3_bind_double(st, 7, f->rms_rel_err));
+    SQL_CHECK(sqlite3_bind_double(st, 8, f->max_rel_err));
+    SQL_CHECK(sqlite3_bind_int(st, 9, f->n));
+    return 0;
+err:
+    return -1;
+}
+
+int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err)
+{
+    if (check_batch(ops, n, err))
+        return err_prefix(err, "adding op samples to profile %lld", (long long)id);
+    if (profile_tx_begin(db, id, err) ||
+        insert_rows(db, id,
+            "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
+            " flops, bytes, median_s, p10_s, p90_s, reps) VALUES (?1,"
+            " (SELECT device FROM profiles WHERE id = ?1), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ops, n, sizeof *ops, bind_profile_op, err))
+        goto err;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    return 0;
+err:
     tx_rollback(db);
     return err_prefix(err, "adding %d op samples to profile %lld", n, (long long)id);
 }
 
 int db_profile_add_links(Db *db, int64_t id, const DbProfileLink *links, int n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     if (check_batch(links, n, err))
         return err_prefix(err, "adding link samples to profile %lld", (long long)id);
-    db->rc = 0;
-    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    if (profile_check_running(db, id, err)) goto err;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO profile_links (profile_id, collective, group_size, level, bytes, time_s,"
-        " algbw, busbw, iters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
-    for (int i = 0; i < n; i++) {
-        const DbProfileLink *l = &links[i];
-        const char *missing = !l->collective ? "collective" : !l->level ? "level" : NULL;
-        if (missing) {
-            err_set(err, "link sample %d: %s is required", i, missing);
-            goto err;
-        }
-        SQL_CHECK(sqlite3_reset(st));
-        SQL_CHECK(sqlite3_bind_int64(st, 1, id));
-        SQL_CHECK(sqlite3_bind_text(st, 2, l->collective, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_int(st, 3, l->group_size));
-        SQL_CHECK(sqlite3_bind_text(st, 4, l->level, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_int64(st, 5, l->bytes));
-        SQL_CHECK(sqlite3_bind_double(st, 6, l->time_s));
-        SQL_CHECK(sqlite3_bind_double(st, 7, l->algbw));
-        SQL_CHECK(sqlite3_bind_double(st, 8, l->busbw));
-        SQL_CHECK(sqlite3_bind_int(st, 9, l->iters));
-        SQL_STEP_DONE(st);
-    }
-    sqlite3_finalize(st);
-    st = NULL;
+    if (profile_tx_begin(db, id, err) ||
+        insert_rows(db, id,
+            "INSERT INTO profile_links (profile_id, collective, group_size, level, bytes, time_s,"
+            " algbw, busbw, iters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            links, n, sizeof *links, bind_profile_link, err))
+        goto err;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
-    sqlite3_finalize(st);
     tx_rollback(db);
     return err_prefix(err, "adding %d link samples to profile %lld", n, (long long)id);
 }
@@ -1303,33 +1336,12 @@ int db_profile_finish(Db *db, int64_t id, int complete, const char *status,
                        (long long)id, complete);
     if (check_batch(fits, nfits, err))
         return err_prefix(err, "finishing profile %lld", (long long)id);
-    db->rc = 0;
-    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    if (profile_check_running(db, id, err)) goto err;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO profile_fits (profile_id, collective, group_size, level, alpha_s, beta_s,"
-        " rms_rel_err, max_rel_err, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
-    for (int i = 0; i < nfits; i++) {
-        const DbProfileFit *f = &fits[i];
-        const char *missing = !f->collective ? "collective" : !f->level ? "level" : NULL;
-        if (missing) {
-            err_set(err, "fit %d: %s is required", i, missing);
-            goto err;
-        }
-        SQL_CHECK(sqlite3_reset(st));
-        SQL_CHECK(sqlite3_bind_int64(st, 1, id));
-        SQL_CHECK(sqlite3_bind_text(st, 2, f->collective, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_int(st, 3, f->group_size));
-        SQL_CHECK(sqlite3_bind_text(st, 4, f->level, -1, SQLITE_STATIC));
-        SQL_CHECK(sqlite3_bind_double(st, 5, f->alpha_s));
-        SQL_CHECK(sqlite3_bind_double(st, 6, f->beta_s));
-        SQL_CHECK(sqlite3_bind_double(st, 7, f->rms_rel_err));
-        SQL_CHECK(sqlite3_bind_double(st, 8, f->max_rel_err));
-        SQL_CHECK(sqlite3_bind_int(st, 9, f->n));
-        SQL_STEP_DONE(st);
-    }
-    sqlite3_finalize(st);
-    st = NULL;
+    if (profile_tx_begin(db, id, err) ||
+        insert_rows(db, id,
+            "INSERT INTO profile_fits (profile_id, collective, group_size, level, alpha_s, beta_s,"
+            " rms_rel_err, max_rel_err, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            fits, nfits, sizeof *fits, bind_profile_fit, err))
+        goto err;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "UPDATE profiles SET finished = " NOW ", complete = ?, status = ?, cluster_json = ?"
         " WHERE id = ?", -1, &st, NULL));
