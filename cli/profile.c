@@ -411,10 +411,22 @@ static int close_profile(const Opts *o, Db *db, int64_t id, const char *host, co
     db_profile_free(&p);
     Fits f;
     fit_links(links, nl, &f);
-    char *cl = d->peak_flops > 0 ? cluster_text(id, host, d, per_node, nodes, &f, links, nl, err) : NULL;
+    Err cerr = {0};
+    char *cl = d->peak_flops > 0 ? cluster_text(id, host, d, per_node, nodes, &f, links, nl, &cerr)
+                                 : NULL;
+    char why[400];
     int rc = -1;
-    if (d->peak_flops > 0 && !cl) goto done;
+    if (d->peak_flops > 0 && !cl) {
+        /* the profile is still closed, never left running */
+        snprintf(why, sizeof why, "failed: %.380s", cerr.msg);
+        complete = false;
+        status = why;
+    }
     if (db_profile_finish(db, id, complete, status, f.f, f.n, cl, err)) goto done;
+    if (!cl && d->peak_flops > 0) {
+        err_set(err, "%s", cerr.msg);
+        goto done;
+    }
     if (complete && o->out_path && cl) {
         FILE *fp = fopen(o->out_path, "w");
         if (!fp || fputs(cl, fp) < 0 || fputc('\n', fp) < 0 || fclose(fp)) {
@@ -507,7 +519,15 @@ static int profile_ranks(const Opts *o)
     int bad = rc ? 1 : 0;
     MPI_Bcast(&bad, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (!bad && o->links && world > 1) rc = links_on_ranks(o, db, id, &stopped, &err);
-    if (rc) fprintf(stderr, "strata profile: rank %d: %s\n", rank, err.msg);
+    if (rc) {
+        fprintf(stderr, "strata profile: rank %d: %s\n", rank, err.msg);
+        /* the other ranks may be inside a collective this rank left: only an
+         * abort ends the job (the parent closes the row as failed) */
+        if (env || rank != 0) {
+            fflush(NULL);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    }
     if (rank == 0 && !env && db && id) {
         stopped = stopped || stop_flag;
         bool complete = !rc && !bad && !stopped;
@@ -524,6 +544,10 @@ static int profile_ranks(const Opts *o)
         }
     }
     db_close(db);
+    if (rc && world > 1) {       /* the row is closed; the others may still wait */
+        fflush(NULL);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     MPI_Finalize();
     if (rc || bad) return 1;
     return stopped ? 130 : 0;

@@ -76,6 +76,8 @@ struct Runtime {
     int nlater, cap_later;
     pthread_t prog;
     bool prog_on, quit;
+    bool in_step;            /* the thread tests only inside rt_step: between steps the
+                              * caller may call MPI itself, without the lock */
     pthread_mutex_t lk;
     pthread_cond_t cv;
 };
@@ -95,6 +97,10 @@ static void *progress_main(void *arg)
     long wait_ns = PROGRESS_MIN_NS;
     pthread_mutex_lock(&rt->lk);
     while (!rt->quit) {
+        if (!rt->in_step) {
+            pthread_cond_wait(&rt->cv, &rt->lk);
+            continue;
+        }
         bool busy = false, moved = false, reducing = false;
         Err err;
         for (int k = 0; k < rt->nfly; k++) {
@@ -1094,7 +1100,24 @@ static int run_later(Runtime *rt, int i, StepStat *st, Err *err)
     return rc;
 }
 
+static int step_body(Runtime *rt, int step, StepStat *st, Err *err);
+
 int rt_step(Runtime *rt, int step, StepStat *st, Err *err)
+{
+    pthread_mutex_lock(&rt->lk);
+    rt->in_step = true;
+    progress_wake(rt);
+    pthread_mutex_unlock(&rt->lk);
+    int rc = step_body(rt, step, st, err);
+    /* once this is set under the lock, the thread makes no MPI call until
+     * the next step */
+    pthread_mutex_lock(&rt->lk);
+    rt->in_step = false;
+    pthread_mutex_unlock(&rt->lk);
+    return rc;
+}
+
+static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
 {
     const Program *pr = rt->pr;
     rt->step = step;

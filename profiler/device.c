@@ -121,16 +121,14 @@ static double triad_rate(int64_t n, int threads, int reps)
     double best = 0;
     for (int r = 0; r < reps + 1; r++) {   /* the first pass only warms up */
         double t0 = prof_now();
-        int started = 0;
+        bool created[64] = { false };
         for (int k = 0; k < threads; k++) {
             part[k] = (Triad){ a, b, c, n * k / threads, n * (k + 1) / threads };
-            if (k == threads - 1 || pthread_create(&th[k], NULL, triad_part, &part[k]) != 0) {
-                triad_part(&part[k]);
-            } else {
-                started = k + 1;
-            }
+            created[k] = k < threads - 1 && pthread_create(&th[k], NULL, triad_part, &part[k]) == 0;
+            if (!created[k]) triad_part(&part[k]);
         }
-        for (int k = 0; k < started; k++) pthread_join(th[k], NULL);
+        for (int k = 0; k < threads; k++)
+            if (created[k]) pthread_join(th[k], NULL);
         double t = prof_now() - t0;
         if (r && 12.0 * n / t > best) best = 12.0 * n / t;
     }

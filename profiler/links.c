@@ -299,7 +299,7 @@ int prof_links(Comm *c, const LinkOpts *o, bool *stopped, Err *err)
                 double t = 0;
                 int iters = 0, r = measure(&x, o, &it, coll, n, &t, &iters, err);
                 if (r < 0) {
-                    err_prefix(err, "%s over %s ranks", what, g->level);
+                    err_prefix(err, "%s", what);
                     if (x.grp) c->ops->group_free(x.grp);
                     x.grp = NULL;
                     goto done;
