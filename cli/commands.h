@@ -7,6 +7,9 @@
 #include "args.h"
 #include "db/db.h"
 
+/* The database every command uses without --db. */
+#define CLI_DEFAULT_DB "strata.db"
+
 /* For a command that reads the store: parses argv (--db, --json, --help and
  * npos positional arguments), answers --help or a usage mistake, and opens the
  * database, which must exist. Returns NULL with *rc the exit status when the

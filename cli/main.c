@@ -21,7 +21,6 @@
 #include "ir/zoo.h"
 
 #define EXIT_USAGE 2
-#define DEFAULT_DB "strata.db"
 
 static int fail(const Err *err)
 {
@@ -128,7 +127,7 @@ Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, in
         *rc = usage_for(a, usage, DB_OPTS);
         return NULL;
     }
-    const char *path = args_get(a, "db") ? args_get(a, "db") : DEFAULT_DB;
+    const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
     Db *db = db_open_existing(path, &err);
     *rc = db ? 0 : fail(&err);
     return db;
@@ -630,7 +629,7 @@ static int cmd_lower(int argc, char **argv)
     cJSON_AddNumberToObject(sum, "lower_seconds", dt);
     char plan_id[17] = "";
     if (!args_has(&a, "no-store")) {
-        const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+        const char *path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
         if (store_plan(path, g, c, s, p, sum, plan_id, &err)) {
             rc = fail(&err);
             goto out;
@@ -666,7 +665,7 @@ static int cmd_plans_list(int argc, char **argv)
     Db *db = cli_open_store(argc, argv, "plans list", "strata plans list [--db PATH] [--json]", 0,
                             &a, &rc);
     if (!db) return rc;
-    const char *path = args_get(&a, "db") ? args_get(&a, "db") : DEFAULT_DB;
+    const char *path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
     DbPlan *rows;
     int n;
     if (db_plan_list(db, &rows, &n, &err)) {

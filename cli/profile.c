@@ -44,7 +44,6 @@
 #endif
 
 #define EXIT_USAGE 2
-#define DEFAULT_DB "strata.db"
 #define ENV_ID "STRATA_PROFILE_ID"
 
 static const OptSpec PROFILE_OPTS[] = {
@@ -134,7 +133,7 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     o->quick = args_has(a, "quick");
     o->quiet = args_has(a, "quiet");
     o->links = !args_has(a, "no-links");
-    o->db_path = args_get(a, "db") ? args_get(a, "db") : DEFAULT_DB;
+    o->db_path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
     o->out_path = args_get(a, "output");
     o->kinds = args_get(a, "kinds");
     if (o->kinds && valid_kinds(o->kinds, err)) return -1;
@@ -459,7 +458,7 @@ static void say_done(const Opts *o, Db *db, int64_t id, bool complete, const cha
     if (complete && o->out_path) printf("cluster written to %s\n", o->out_path);
     if (!complete && o->out_path) printf("no cluster written: the profile is not complete\n");
     printf("see: strata profile show %lld%s%s\n", (long long)id,
-           strcmp(o->db_path, DEFAULT_DB) ? " --db " : "", strcmp(o->db_path, DEFAULT_DB) ? o->db_path : "");
+           strcmp(o->db_path, CLI_DEFAULT_DB) ? " --db " : "", strcmp(o->db_path, CLI_DEFAULT_DB) ? o->db_path : "");
     db_profile_free(&p);
 }
 

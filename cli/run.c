@@ -432,7 +432,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     }
 
     if (rank == 0 && !args_has(a, "no-store")) {
-        const char *path = args_get(a, "db") ? args_get(a, "db") : "strata.db";
+        const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
         if (store_run(path, &L, "cpu", steps, all, status, started, vj, &err)) {
             fprintf(stderr, "strata run: %s\n", err.msg);
             rc = 1;

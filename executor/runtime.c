@@ -90,6 +90,21 @@ struct Runtime {
 #define PROGRESS_MIN_NS 50000
 #define PROGRESS_MAX_NS 1000000
 
+/* Tests the all-reduces in flight and marks those done (*moved: one was just
+ * now). Returns whether one is still running. */
+static bool test_fly(Runtime *rt, bool *moved)
+{
+    bool running = false;
+    Err err;
+    for (int k = 0; k < rt->nfly; k++) {
+        int done = 0;
+        if (!rt->fly[k].done && !rt->comm->ops->test(rt->fly[k].req, &done, &err) && done)
+            rt->fly[k].done = *moved = true;
+        running |= !rt->fly[k].done;
+    }
+    return running;
+}
+
 static void *progress_main(void *arg)
 {
     Runtime *rt = arg;
@@ -101,15 +116,8 @@ static void *progress_main(void *arg)
             pthread_cond_wait(&rt->cv, &rt->lk);
             continue;
         }
-        bool busy = false, moved = false, reducing = false;
+        bool moved = false, reducing = test_fly(rt, &moved), busy = reducing;
         Err err;
-        for (int k = 0; k < rt->nfly; k++) {
-            int done = 0;
-            if (!rt->fly[k].done && !o->test(rt->fly[k].req, &done, &err) && done)
-                rt->fly[k].done = moved = true;
-            reducing |= !rt->fly[k].done;
-        }
-        busy = reducing;
         for (int k = 0; k < rt->npend; k++) {
             int done = 0;
             if (!rt->pend[k].done && !o->test(rt->pend[k].req, &done, &err) && done)
@@ -792,13 +800,8 @@ static int wait_inflight(Runtime *rt, int32_t i, Err *err)
  * calls), where no progress thread does it. */
 static void progress(Runtime *rt)
 {
-    if (rt->prog_on) return;
-    Err err;
-    for (int k = 0; k < rt->nfly; k++) {
-        int done = 0;
-        if (!rt->fly[k].done && !rt->comm->ops->test(rt->fly[k].req, &done, &err) && done)
-            rt->fly[k].done = true;
-    }
+    bool moved = false;
+    if (!rt->prog_on) test_fly(rt, &moved);
 }
 
 /* Receives the stale pulls issued at or before step `upto` (all: INT_MAX). */

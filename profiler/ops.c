@@ -222,22 +222,28 @@ static bool phase_exists(const Graph *gr, const Op *op, int ph)
     return false;
 }
 
+/* Work and traffic of op case c at its sizes and phase. */
+static void op_case_cost(const OpGrid *g, OpCase *c)
+{
+    static const int cost_of[] = { [PH_FWD] = COST_FWD, [PH_BWD_DATA] = COST_BWD_DATA,
+                                   [PH_BWD_WEIGHT] = COST_BWD_WEIGHT };
+    OpCost cost;
+    graph_op_cost(g->graphs[c->model], c->op, c->size, &cost);
+    c->flops = cost.flops[cost_of[c->phase]];
+    c->bytes = cost.bytes[cost_of[c->phase]];
+}
+
 static void add_op_cases(OpGrid *g, int model, int i, const int64_t size[IR_LETTERS], bool random,
                          const char *from)
 {
     const Graph *gr = g->graphs[model];
     const Op *op = &gr->ops[i];
     if (!kind_wanted(&g->o, op_kind_name(op->kind))) return;
-    OpCost cost;
-    graph_op_cost(gr, i, size, &cost);
-    static const int cost_of[] = { [PH_FWD] = COST_FWD, [PH_BWD_DATA] = COST_BWD_DATA,
-                                   [PH_BWD_WEIGHT] = COST_BWD_WEIGHT };
     for (int ph = PH_FWD; ph <= PH_BWD_WEIGHT; ph++) {
         if (!phase_exists(gr, op, ph)) continue;
         OpCase c = { .model = model, .op = i, .phase = ph, .random = random, .from = from };
         memcpy(c.size, size, sizeof c.size);
-        c.flops = cost.flops[cost_of[ph]];
-        c.bytes = cost.bytes[cost_of[ph]];
+        op_case_cost(g, &c);
         push(g, &c);
     }
 }
@@ -327,13 +333,19 @@ static uint64_t splitmix(uint64_t *x)
     return z ^ (z >> 31);
 }
 
+/* The top 53 bits of x as a double in [-1, 1). */
+static double uniform_pm1(uint64_t x)
+{
+    return (double)(x >> 11) / 9007199254740992.0 * 2 - 1;
+}
+
 /* A shape around case c: each free letter (not a window, not spatial, whose
  * sizes tie to the input image) scaled by 2^u, u uniform in [-1, 1], with
  * probability 1/2. Update cases scale their element count. */
 static void add_random(OpGrid *g, const OpCase *c, uint64_t *rng)
 {
     if (c->op < 0) {
-        double u = (double)(splitmix(rng) >> 11) / 9007199254740992.0 * 2 - 1;
+        double u = uniform_pm1(splitmix(rng));
         int64_t n = (int64_t)llround(c->n * pow(2, u));
         if (n < 1) n = 1;
         OpCase r = *c;
@@ -353,19 +365,14 @@ static void add_random(OpGrid *g, const OpCase *c, uint64_t *rng)
         if (!(op->letters_mask & (1u << l)) || (fixed & (1u << l))) continue;
         uint64_t x = splitmix(rng);
         if (x & 1) continue;
-        double u = (double)(x >> 11) / 9007199254740992.0 * 2 - 1;
+        double u = uniform_pm1(x);
         size[l] = (int64_t)llround(size[l] * pow(2, u));
         if (size[l] < 1) size[l] = 1;
     }
-    OpCost cost;
-    graph_op_cost(gr, c->op, size, &cost);
-    static const int cost_of[] = { [PH_FWD] = COST_FWD, [PH_BWD_DATA] = COST_BWD_DATA,
-                                   [PH_BWD_WEIGHT] = COST_BWD_WEIGHT };
     OpCase r = *c;
     memcpy(r.size, size, sizeof size);
     r.random = true;
-    r.flops = cost.flops[cost_of[c->phase]];
-    r.bytes = cost.bytes[cost_of[c->phase]];
+    op_case_cost(g, &r);
     push(g, &r);
 }
 
