@@ -32,7 +32,7 @@ endif
 # rpath: the CUDA libraries are found at run time without LD_LIBRARY_PATH
 ifeq ($(HAVE_CUDA),1)
   CFLAGS  += -DHAVE_CUDA -I$(CUDA_HOME)/include
-  CUDA_LIBS := -lcudart
+  CUDA_LIBS := -lcublas -lcudnn -lcudart -lstdc++
   ifeq ($(HAVE_NCCL),1)
     CFLAGS  += -DHAVE_NCCL
     CUDA_LIBS := -lnccl $(CUDA_LIBS)
@@ -40,8 +40,15 @@ ifeq ($(HAVE_CUDA),1)
   LDLIBS  += -L$(CUDA_HOME)/lib64 $(CUDA_LIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 
+# CUDA kernels (executor/cuda/*.cu): nvcc, for Ampere (sm_80) and Hopper
+# (sm_90) machine code plus PTX that newer GPUs compile at load time.
+NVCC      := $(CUDA_HOME)/bin/nvcc
+NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
+NVFLAGS   := -O2 -g -std=c++17 -I. $(NVCC_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP
+
 # --- sources ----------------------------------------------------------------
 LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c)
+CU_SRC   := $(if $(filter 1,$(HAVE_CUDA)),$(wildcard executor/cuda/*.cu))
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 # tests/mpi_*.c: built like the others, run under mpirun by scripts/run-tests.sh
@@ -51,7 +58,7 @@ SUPPORT_SRC := $(wildcard tests/support/*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
 MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -77,6 +84,10 @@ setup:
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
