@@ -4,7 +4,10 @@
  * Every instruction names its values (lower.h); a value's buffer is its local
  * block of the tensor, row-major, with extents and global offsets that follow
  * from its layout and this rank's mesh coordinates. ZeRO shards are flat
- * 1/D parts of the rank's local block (the last part padded).
+ * 1/D parts of the rank's local block (the last part padded). Buffers live on
+ * the run's Device (host memory, or a GPU's) and are touched only through
+ * its functions; before a buffer goes to the communication backend the
+ * device's queued work is waited for (dev_sync).
  *
  * Legend: t = tensor, v = value, d = dim, G = group size, n = elements.
  */
@@ -16,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include <cblas.h>
 
 #include "ir/util.h"
 
@@ -44,6 +45,9 @@ struct Runtime {
     const Strategy *s;
     const Plan *p;
     Comm *comm;
+    Device *dev;
+    bool own_dev;                            /* made here (cfg.dev was NULL) */
+    float *one;                              /* device float 1: the loss's gradient */
     RunConfig cfg;
     const Program *pr;
     int coord[MESH_MAX_AXES];
@@ -191,44 +195,30 @@ static int64_t value_numel(const Runtime *rt, int32_t v)
     return n;
 }
 
-static float *val(Runtime *rt, int32_t v)
+/* n floats of zeroed device memory (int8 codes and halves round up). */
+static float *dalloc(Runtime *rt, int64_t n, Err *err)
 {
-    if (!rt->buf[v]) rt->buf[v] = xcalloc((size_t)rt->numel[v], sizeof(float));
+    return rt->dev->ops->alloc(rt->dev, sizeof(float) * (size_t)(n > 0 ? n : 1), err);
+}
+
+static void drelease(Runtime *rt, void *p)
+{
+    rt->dev->ops->release(rt->dev, p);
+}
+
+/* The buffer of value v, zeroed when first asked for; NULL with err. */
+static float *val(Runtime *rt, int32_t v, Err *err)
+{
+    if (!rt->buf[v]) rt->buf[v] = dalloc(rt, rt->numel[v], err);
+    if (!rt->buf[v]) err_prefix(err, "value %d (%s)", v, rt->g->tensors[rt->pr->values[v].tensor].name);
     return rt->buf[v];
 }
 
-/* Copies the block of `len` (per dim) at `soff` in src (extents sd) to `doff`
- * in dst (extents dd); row-major. */
-static void block_copy(float *dst, const int64_t *dd, const int64_t *doff, const float *src,
-                       const int64_t *sd, const int64_t *soff, const int64_t *len, int nd)
+/* The device's queued work done: before the communication backend reads or
+ * writes its buffers. */
+static int dev_sync(Runtime *rt, Err *err)
 {
-    if (nd == 0) {
-        dst[0] = src[0];
-        return;
-    }
-    int64_t dstr[IR_MAX_DIMS], sstr[IR_MAX_DIMS];
-    dstr[nd - 1] = sstr[nd - 1] = 1;
-    for (int d = nd - 2; d >= 0; d--) {
-        dstr[d] = dstr[d + 1] * dd[d + 1];
-        sstr[d] = sstr[d + 1] * sd[d + 1];
-    }
-    int64_t rows = 1;
-    for (int d = 0; d < nd - 1; d++) rows *= len[d];
-    int64_t idx[IR_MAX_DIMS] = {0};
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t so = 0, dof = 0;
-        for (int d = 0; d < nd - 1; d++) {
-            so += (soff[d] + idx[d]) * sstr[d];
-            dof += (doff[d] + idx[d]) * dstr[d];
-        }
-        so += soff[nd - 1];
-        dof += doff[nd - 1];
-        memcpy(dst + dof, src + so, sizeof(float) * (size_t)len[nd - 1]);
-        for (int d = nd - 2; d >= 0; d--) {
-            if (++idx[d] < len[d]) break;
-            idx[d] = 0;
-        }
-    }
+    return rt->dev->ops->sync(rt->dev, err);
 }
 
 /* Operand k of op i from value v: the value itself when it holds exactly the
@@ -243,7 +233,12 @@ static const float *operand(Runtime *rt, int i, int k, int32_t v, float **scratc
     int t = V->tensor, nd = rt->g->tensors[t].ndim;
     bool same = true;
     for (int d = 0; d < nd; d++) same &= V->layout.dim[d] == need.dim[d];
-    if (same || V->shard) return val(rt, v);
+    const float *whole = val(rt, v, err);
+    if (!whole) {
+        *rc = -1;
+        return NULL;
+    }
+    if (same || V->shard) return whole;
     int64_t ve[IR_MAX_DIMS], vo[IR_MAX_DIMS], ne[IR_MAX_DIMS], no[IR_MAX_DIMS], rel[IR_MAX_DIMS];
     value_geom(rt, &V->layout, t, ve, vo);
     int64_t n = value_geom(rt, &need, t, ne, no);
@@ -255,9 +250,12 @@ static const float *operand(Runtime *rt, int i, int k, int32_t v, float **scratc
             return NULL;
         }
     }
-    *scratch = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
     int64_t zero[IR_MAX_DIMS] = {0};
-    block_copy(*scratch, ne, zero, val(rt, v), ve, rel, ne, nd);
+    if (!(*scratch = dalloc(rt, n, err)) ||
+        rt->dev->ops->block_copy(rt->dev, *scratch, ne, zero, whole, ve, rel, ne, nd, err)) {
+        *rc = -1;
+        return NULL;
+    }
     return *scratch;
 }
 
@@ -272,12 +270,14 @@ typedef struct {
 static int stat_sum(void *ctx, float *b, int64_t n, Err *err)
 {
     StatCtx *c = ctx;
+    if (dev_sync(c->rt, err)) return -1;
     return c->rt->comm->ops->allreduce(c->grp, b, n, CT_F32, RED_SUM, err);
 }
 
 static int stat_max(void *ctx, float *b, int64_t n, Err *err)
 {
     StatCtx *c = ctx;
+    if (dev_sync(c->rt, err)) return -1;
     return c->rt->comm->ops->allreduce(c->grp, b, n, CT_F32, RED_MAX, err);
 }
 
@@ -340,6 +340,7 @@ static int exec_op(Runtime *rt, const Instr *in, Err *err)
 
     const void *ins[IR_MAX_INPUTS];
     float *scratch[IR_MAX_INPUTS + 1] = {0};
+    Device *dv = rt->dev;
     bool sfb = in->phase == PH_BWD_WEIGHT && ks.size[op->batch_letter >= 0 ? op->batch_letter : 0] !=
                                                  rt->p->local[in->op][op->batch_letter >= 0 ? op->batch_letter : 0];
     int base = in->phase == PH_FWD ? 1 : 2;
@@ -349,46 +350,61 @@ static int exec_op(Runtime *rt, const Instr *in, Err *err)
             rc = err_set(err, "op %s: operand %d has no value", op->name, k);
             goto out;
         }
-        ins[k] = sfb ? val(rt, v) : operand(rt, in->op, k, v, &scratch[k], err, &rc);
-        if (!ins[k]) goto out;
+        ins[k] = sfb ? val(rt, v, err) : operand(rt, in->op, k, v, &scratch[k], err, &rc);
+        if (!ins[k]) {
+            rc = -1;
+            goto out;
+        }
     }
     if (in->phase == PH_FWD) {
-        float *out = val(rt, a[0]);
-        memset(out, 0, sizeof(float) * (size_t)rt->numel[a[0]]);
-        rc = kernel_forward(&ks, ins, out, err);
-        if (!rc && in->op == rt->loss_op && !in->recompute) rt->loss_acc += out[0];
+        float *out = val(rt, a[0], err);
+        rc = out ? dv->ops->zero(dv, out, sizeof(float) * (size_t)rt->numel[a[0]], err) : -1;
+        if (!rc) rc = dv->ops->forward(dv, &ks, ins, out, err);
+        if (!rc && in->op == rt->loss_op && !in->recompute) {
+            float l = 0;
+            rc = dv->ops->download(dv, &l, out, sizeof l, err);
+            rt->loss_acc += l;
+        }
     } else {
-        float one = 1.0f;
-        const float *dout = &one;
+        const float *dout = rt->one, *fout = val(rt, a[1], err);
         if (a[0] >= 0)
-            dout = sfb ? val(rt, a[0]) : operand(rt, in->op, nin, a[0], &scratch[nin], err, &rc);
-        if (!dout) goto out;
+            dout = sfb ? val(rt, a[0], err) : operand(rt, in->op, nin, a[0], &scratch[nin], err, &rc);
+        if (!dout || !fout) {
+            rc = -1;
+            goto out;
+        }
         float *din[IR_MAX_INPUTS];
         for (int k = 0; k < nin; k++) {
             int32_t v = a[2 + nin + k];
-            din[k] = v >= 0 ? val(rt, v) : NULL;
+            din[k] = NULL;
+            if (v >= 0 && !(din[k] = val(rt, v, err))) {
+                rc = -1;
+                goto out;
+            }
             for (int e = 0; e < k; e++)      /* one buffer for an operand read twice */
                 if (din[e] == din[k]) din[k] = NULL;
         }
-        rc = kernel_backward(&ks, ins, val(rt, a[1]), dout, din, err);
+        rc = dv->ops->backward(dv, &ks, ins, fout, dout, din, err);
     }
 out:
-    for (int k = 0; k <= nin; k++) free(scratch[k]);
+    for (int k = 0; k <= nin; k++) drelease(rt, scratch[k]);
     if (rc) err_prefix(err, "op %s (%s)", op->name, phase_name((Phase)in->phase));
     return rc;
 }
 
 /* dst = sum of srcs (gradient contributions in one layout). */
-static void exec_sum(Runtime *rt, const Instr *in)
+static int exec_sum(Runtime *rt, const Instr *in, Err *err)
 {
+    Device *dv = rt->dev;
     const int32_t *a = &rt->pr->args[in->arg0];
-    float *dst = val(rt, a[0]);
+    float *dst = val(rt, a[0], err);
     int64_t n = rt->numel[a[0]];
-    memset(dst, 0, sizeof(float) * (size_t)n);
+    if (!dst || dv->ops->zero(dv, dst, sizeof(float) * (size_t)n, err)) return -1;
     for (int k = 1; k < in->nargs; k++) {
-        const float *src = val(rt, a[k]);
-        for (int64_t e = 0; e < n; e++) dst[e] += src[e];
+        const float *src = val(rt, a[k], err);
+        if (!src || dv->ops->axpy(dv, dst, src, 1.0f, n, err)) return -1;
     }
+    return 0;
 }
 
 /* Flat part k of n parts of `elems` elements: [lo, lo + len). */
@@ -401,20 +417,22 @@ static void part_range(int64_t elems, int k, int n, int64_t *lo, int64_t *len)
 
 /* Optimizer step. args [param, grad, pushed...]: a PS server first adds the
  * pushed parts; ZeRO steps only this rank's shard. */
-static void exec_update(Runtime *rt, const Instr *in)
+static int exec_update(Runtime *rt, const Instr *in, Err *err)
 {
+    Device *dv = rt->dev;
     const int32_t *a = &rt->pr->args[in->arg0];
     const Value *P = &rt->pr->values[a[0]], *Gv = &rt->pr->values[a[1]];
     int t = P->tensor;
-    float *w = val(rt, a[0]), *gr = val(rt, a[1]);
+    float *w = val(rt, a[0], err), *gr = val(rt, a[1], err);
+    if (!w || !gr) return -1;
     int64_t np = rt->numel[a[0]];
     int64_t wlo = 0, glo = 0, len = np;
     if (in->nparts > 0) {
         part_range(np, in->part, in->nparts, &wlo, &len);
         glo = wlo;
         for (int k = 2; k < in->nargs; k++) {
-            const float *push = val(rt, a[k]);
-            for (int64_t e = 0; e < len; e++) gr[glo + e] += push[glo + e];
+            const float *push = val(rt, a[k], err);
+            if (!push || dv->ops->axpy(dv, gr + glo, push + glo, 1.0f, len, err)) return -1;
         }
     } else if (Gv->shard && !P->shard) {
         /* ZeRO-1/2: the full param, this rank's shard of the gradient */
@@ -423,15 +441,13 @@ static void exec_update(Runtime *rt, const Instr *in)
         wlo = (int64_t)idx * chunk;
         len = wlo >= np ? 0 : (wlo + chunk > np ? np - wlo : chunk);
     }
-    if (!rt->opt_a[t]) {
-        rt->opt_a[t] = xcalloc((size_t)np, sizeof(float));
-        rt->opt_b[t] = xcalloc((size_t)np, sizeof(float));
-    }
+    if (!rt->opt_a[t] && !(rt->opt_a[t] = dalloc(rt, np, err))) return -1;
+    if (!rt->opt_b[t] && rt->s->optimizer == OPT_ADAM && !(rt->opt_b[t] = dalloc(rt, np, err)))
+        return -1;
     if (rt->s->optimizer == OPT_ADAM)
-        kernel_adam(w + wlo, gr + glo, rt->opt_a[t] + wlo, rt->opt_b[t] + wlo, len, rt->step + 1,
-                    &rt->cfg.hyper);
-    else
-        kernel_sgd(w + wlo, gr + glo, rt->opt_a[t] + wlo, len, &rt->cfg.hyper);
+        return dv->ops->adam(dv, w + wlo, gr + glo, rt->opt_a[t] + wlo, rt->opt_b[t] + wlo, len,
+                             rt->step + 1, &rt->cfg.hyper, err);
+    return dv->ops->sgd(dv, w + wlo, gr + glo, rt->opt_a[t] + wlo, len, &rt->cfg.hyper, err);
 }
 
 /* ----------------------------------------------------------------------------
@@ -451,41 +467,75 @@ static CommGroup *group_of(Runtime *rt, const Instr *in, Err *err)
 static int powersgd(Runtime *rt, CommGroup *gr, float *b, int64_t n, int t, int64_t rows, Err *err)
 {
     const CommOps *o = rt->comm->ops;
+    Device *dv = rt->dev;
     int r = rt->s->params[t].powersgd_rank;
     int64_t cols = n / rows;
     if (r > rows) r = (int)rows;
     if (r > cols) r = (int)cols;
     if (!rt->psgd_q[t]) {
-        rt->psgd_q[t] = xmalloc(sizeof(float) * (size_t)(cols * r));
         int64_t shape[2] = { cols, r }, zero[2] = { 0, 0 };
         char name[300];
         snprintf(name, sizeof name, "%s.powersgd_q", rt->g->tensors[t].name);
-        kernel_init_fill(rt->psgd_q[t], rt->cfg.seed, name, 2, shape, zero, shape, 1.0f);
-        rt->psgd_p[t] = xmalloc(sizeof(float) * (size_t)(rows * r));
-        rt->psgd_m[t] = xmalloc(sizeof(float) * (size_t)n);
-        rt->ef[t] = xcalloc((size_t)n, sizeof(float));
+        if (!(rt->psgd_q[t] = dalloc(rt, cols * r, err)) ||
+            dv->ops->init_fill(dv, rt->psgd_q[t], rt->cfg.seed, name, 2, shape, zero, shape, 1.0f,
+                               err) ||
+            !(rt->psgd_p[t] = dalloc(rt, rows * r, err)) || !(rt->psgd_m[t] = dalloc(rt, n, err)) ||
+            !(rt->ef[t] = dalloc(rt, n, err)))
+            return -1;
     }
     float *Q = rt->psgd_q[t], *P = rt->psgd_p[t], *M = rt->psgd_m[t], *e = rt->ef[t];
+    int R = (int)rows, C = (int)cols;
     if (rt->psgd_phase[t] == 0) {
-        for (int64_t i = 0; i < n; i++) M[i] = b[i] + e[i];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, r, (int)cols, 1.0f, M,
-                    (int)cols, Q, r, 0.0f, P, r);
-        int rc = o->allreduce(gr, P, rows * r, CT_F32, RED_SUM, err);
-        if (!rc) kernel_orthonormalize(P, rows, r);
+        /* M = b + e; P = M Q */
+        if (dv->ops->copy(dv, M, b, sizeof(float) * (size_t)n, err) ||
+            dv->ops->axpy(dv, M, e, 1.0f, n, err) ||
+            dv->ops->sgemm(dv, false, false, R, r, C, 1.0f, M, C, Q, r, 0.0f, P, r, err) ||
+            dev_sync(rt, err) || o->allreduce(gr, P, rows * r, CT_F32, RED_SUM, err) ||
+            dv->ops->orthonormalize(dv, P, rows, r, err))
+            return -1;
         rt->psgd_phase[t] = 1;
-        return rc;
+        return 0;
     }
     rt->psgd_phase[t] = 0;
     /* local Q = M^T P; the error is what P Q^T leaves of M */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cols, r, (int)rows, 1.0f, M,
-                (int)cols, P, r, 0.0f, Q, r);
-    memcpy(e, M, sizeof(float) * (size_t)n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)cols, r, -1.0f, P, r,
-                Q, r, 1.0f, e, (int)cols);
-    int rc = o->allreduce(gr, Q, cols * r, CT_F32, RED_SUM, err);
-    if (!rc)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)cols, r, 1.0f, P, r,
-                    Q, r, 0.0f, b, (int)cols);
+    if (dv->ops->sgemm(dv, true, false, C, r, R, 1.0f, M, C, P, r, 0.0f, Q, r, err) ||
+        dv->ops->copy(dv, e, M, sizeof(float) * (size_t)n, err) ||
+        dv->ops->sgemm(dv, false, true, R, C, r, -1.0f, P, r, Q, r, 1.0f, e, C, err) ||
+        dev_sync(rt, err) || o->allreduce(gr, Q, cols * r, CT_F32, RED_SUM, err))
+        return -1;
+    return dv->ops->sgemm(dv, false, true, R, C, r, 1.0f, P, r, Q, r, 0.0f, b, C, err);
+}
+
+/* int8 codes do not add up: every member's codes and scale are gathered,
+ * decoded and summed here. */
+static int allreduce_int8(Runtime *rt, CommGroup *gr, float *b, int64_t n, int t, Err *err)
+{
+    const CommOps *o = rt->comm->ops;
+    Device *dv = rt->dev;
+    int G = 1;
+    for (int m = 0; m < (1 << rt->s->naxes); m++)
+        if (rt->groups[m] == gr) G = rt->gsize[m];
+    if (!rt->ef[t] && !(rt->ef[t] = dalloc(rt, n, err))) return -1;
+    int64_t qf = (n + 3) / 4;                /* floats that hold n int8 codes */
+    int8_t *q = (int8_t *)dalloc(rt, qf, err), *all = (int8_t *)dalloc(rt, qf * G, err);
+    float *scale = dalloc(rt, 1, err), *scales = dalloc(rt, G, err), *tmp = dalloc(rt, n, err);
+    int rc = -1;
+    if (!q || !all || !scale || !scales || !tmp) goto out;
+    if (dv->ops->int8_encode(dv, b, rt->ef[t], q, scale, n, err) || dev_sync(rt, err) ||
+        o->allgather(gr, q, all, n, CT_BYTE, err) || o->allgather(gr, scale, scales, 1, CT_F32, err) ||
+        dv->ops->zero(dv, b, sizeof(float) * (size_t)n, err))
+        goto out;
+    for (int j = 0; j < G; j++)
+        if (dv->ops->int8_decode(dv, all + (int64_t)j * n, scales + j, tmp, n, err) ||
+            dv->ops->axpy(dv, b, tmp, 1.0f, n, err))
+            goto out;
+    rc = 0;
+out:
+    drelease(rt, q);
+    drelease(rt, all);
+    drelease(rt, scale);
+    drelease(rt, scales);
+    drelease(rt, tmp);
     return rc;
 }
 
@@ -493,40 +543,18 @@ static int allreduce_sum(Runtime *rt, CommGroup *gr, float *b, int64_t n, Compre
                          int64_t rows, Err *err)
 {
     const CommOps *o = rt->comm->ops;
+    Device *dv = rt->dev;
     if (c == COMPRESS_POWERSGD) return powersgd(rt, gr, b, n, t, rows, err);
-    if (c == COMPRESS_FP16 || c == COMPRESS_INT8) {
-        if (c == COMPRESS_FP16) {
-            uint16_t *h = xmalloc(sizeof *h * (size_t)(n ? n : 1));
-            kernel_to_fp16(b, h, n);
-            int rc = o->allreduce(gr, h, n, CT_F16, RED_SUM, err);
-            if (!rc) kernel_from_fp16(h, b, n);
-            free(h);
-            return rc;
-        }
-        /* int8 codes do not add up: gather every member's codes and scale,
-         * decode and sum them here */
-        if (!rt->ef[t]) rt->ef[t] = xcalloc((size_t)(n ? n : 1), sizeof(float));
-        int G = 1;
-        for (int m = 0; m < (1 << rt->s->naxes); m++)
-            if (rt->groups[m] == gr) G = rt->gsize[m];
-        int8_t *q = xmalloc((size_t)(n ? n : 1)), *all = xmalloc((size_t)(n ? n : 1) * G);
-        float scale = kernel_int8_encode(b, rt->ef[t], q, n), *scales = xmalloc(sizeof(float) * G);
-        float *tmp = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
-        int rc = o->allgather(gr, q, all, n, CT_BYTE, err);
-        if (!rc) rc = o->allgather(gr, &scale, scales, 1, CT_F32, err);
-        if (!rc) {
-            memset(b, 0, sizeof(float) * (size_t)n);
-            for (int j = 0; j < G; j++) {
-                kernel_int8_decode(all + (int64_t)j * n, scales[j], tmp, n);
-                for (int64_t e = 0; e < n; e++) b[e] += tmp[e];
-            }
-        }
-        free(q);
-        free(all);
-        free(scales);
-        free(tmp);
+    if (c == COMPRESS_INT8) return allreduce_int8(rt, gr, b, n, t, err);
+    if (c == COMPRESS_FP16) {
+        uint16_t *h = (uint16_t *)dalloc(rt, (n + 1) / 2, err);
+        int rc = !h || dv->ops->to_fp16(dv, b, h, n, err) || dev_sync(rt, err) ||
+                 o->allreduce(gr, h, n, CT_F16, RED_SUM, err) ||
+                 dv->ops->from_fp16(dv, h, b, n, err) ? -1 : 0;
+        drelease(rt, h);
         return rc;
     }
+    if (dev_sync(rt, err)) return -1;
     return o->allreduce(gr, b, n, CT_F32, RED_SUM, err);
 }
 
@@ -538,27 +566,33 @@ static int moved_dim(const Layout *with, const Layout *without, AxisMask axes, i
     return -1;
 }
 
+/* The collectives take the source value (a[1]) to the destination (a[0]):
+ * every branch works in device buffers and waits for the device's queued
+ * work (dev_sync) before the backend sees them. */
 static int exec_coll(Runtime *rt, const Instr *in, Err *err)
 {
     if (in->why == WHY_STATS) return 0;          /* done inside the op's kernel */
     const CommOps *o = rt->comm->ops;
+    Device *dv = rt->dev;
     const int32_t *a = &rt->pr->args[in->arg0];
-    int32_t dv = a[0], sv = a[1];
-    const Value *D = &rt->pr->values[dv], *S = &rt->pr->values[sv];
+    int32_t dvl = a[0], sv = a[1];
+    const Value *D = &rt->pr->values[dvl], *S = &rt->pr->values[sv];
     int t = S->tensor, nd = rt->g->tensors[t].ndim;
     CommGroup *gr = group_of(rt, in, err);
     if (!gr) return -1;
     AxisMask ax = in->why == WHY_TIED ? 0 : in->axes & rt->live;
     int G = in->why == WHY_TIED ? 0 : rt->gsize[ax];
-    float *src = val(rt, sv);
+    float *src = val(rt, sv, err), *dst = src ? val(rt, dvl, err) : NULL;
+    if (!src || !dst) return -1;
     int64_t ns = rt->numel[sv];
+    size_t fb = sizeof(float);
 
-    if (in->kind == I_ALLREDUCE && dv == sv && in->compress == COMPRESS_NONE &&
+    if (in->kind == I_ALLREDUCE && dvl == sv && in->compress == COMPRESS_NONE &&
         (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED)) {
         /* a gradient sync runs behind the rest of the backward: started here,
          * waited for by the first instruction that depends on it */
         CommReq *req = NULL;
-        if (o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
+        if (dev_sync(rt, err) || o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
         if (req) {
             pthread_mutex_lock(&rt->lk);
             if (rt->nfly == rt->cap_fly) {
@@ -572,76 +606,75 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
         return 0;
     }
     if (in->kind == I_ALLREDUCE) {
-        float *dst = val(rt, dv);
-        if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)ns);
+        if (dv->ops->copy(dv, dst, src, fb * (size_t)ns, err)) return -1;
         int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
         value_geom(rt, &S->layout, t, ext, off);
         return allreduce_sum(rt, gr, dst, ns, (Compress)in->compress, t, nd ? ext[0] : 1, err);
     }
 
+    int rc = -1;
+    float *send = NULL, *recv = NULL;
     if (in->kind == I_REDUCE_SCATTER && D->shard) {
         /* ZeRO: the flat gradient, padded to G parts, summed part-wise into
          * this rank's shard; the whole gradient restarts from zero */
-        int64_t chunk = rt->numel[dv];
-        float *send = xcalloc((size_t)(chunk * G), sizeof(float)), *r = xmalloc(sizeof(float) * (size_t)chunk);
-        memcpy(send, src, sizeof(float) * (size_t)ns);
-        int rc = o->reduce_scatter(gr, send, r, chunk, CT_F32, err);
-        float *dst = val(rt, dv);
-        for (int64_t e = 0; e < chunk && !rc; e++) dst[e] += r[e];
-        memset(src, 0, sizeof(float) * (size_t)ns);
-        free(send);
-        free(r);
-        return rc;
+        int64_t chunk = rt->numel[dvl];
+        if (!(send = dalloc(rt, chunk * G, err)) || !(recv = dalloc(rt, chunk, err)) ||
+            dv->ops->copy(dv, send, src, fb * (size_t)ns, err) || dev_sync(rt, err) ||
+            o->reduce_scatter(gr, send, recv, chunk, CT_F32, err) ||
+            dv->ops->axpy(dv, dst, recv, 1.0f, chunk, err) ||
+            dv->ops->zero(dv, src, fb * (size_t)ns, err))
+            goto out;
+        rc = 0;
+        goto out;
     }
-    if (in->kind == I_ALLGATHER && (S->shard || (dv == sv && D->kind == VAL_PARAM))) {
+    if (in->kind == I_ALLGATHER && (S->shard || (dvl == sv && D->kind == VAL_PARAM))) {
         /* ZeRO: flat shards of the param gathered into the whole */
-        int64_t n = dv == sv ? ns : rt->numel[dv];
+        int64_t n = dvl == sv ? ns : rt->numel[dvl];
         AxisMask sh = S->shard ? S->shard : ax;
         int Gs = rt->gsize[sh];
         int64_t chunk = (n + Gs - 1) / Gs;
         int idx = ir_group_index(rt->s, rt->coord, sh);
-        float *mine = xcalloc((size_t)chunk, sizeof(float)), *all = xmalloc(sizeof(float) * (size_t)(chunk * Gs));
-        if (S->shard) memcpy(mine, src, sizeof(float) * (size_t)chunk);
-        else {
-            int64_t lo = (int64_t)idx * chunk, len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
-            memcpy(mine, src + lo, sizeof(float) * (size_t)len);
-        }
-        int rc = o->allgather(rt->groups[sh], mine, all, chunk, CT_F32, err);
-        if (!rc) memcpy(val(rt, dv), all, sizeof(float) * (size_t)n);
-        free(mine);
-        free(all);
-        return rc;
+        int64_t lo = (int64_t)idx * chunk, len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
+        if (!(send = dalloc(rt, chunk, err)) || !(recv = dalloc(rt, chunk * Gs, err)) ||
+            dv->ops->copy(dv, send, S->shard ? src : src + lo,
+                          fb * (size_t)(S->shard ? chunk : len), err) ||
+            dev_sync(rt, err) || o->allgather(rt->groups[sh], send, recv, chunk, CT_F32, err) ||
+            dv->ops->copy(dv, dst, recv, fb * (size_t)n, err))
+            goto out;
+        rc = 0;
+        goto out;
     }
 
     int64_t se[IR_MAX_DIMS], so[IR_MAX_DIMS], de[IR_MAX_DIMS], dof[IR_MAX_DIMS];
     value_geom(rt, &S->layout, t, se, so);
     int64_t nd_ = value_geom(rt, &D->layout, t, de, dof);
-    float *dst = val(rt, dv);
     int64_t zero[IR_MAX_DIMS] = {0};
-    int rc = 0;
 
     if (in->kind == I_REDUCE_SCATTER) {
         /* blocks along the scattered dim, one per member, then summed */
         int d = moved_dim(&D->layout, &S->layout, ax, nd);
         if (d < 0) return err_set(err, "reduce_scatter of %s: no dim to scatter", rt->g->tensors[t].name);
-        float *send = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
         int64_t len[IR_MAX_DIMS], soff[IR_MAX_DIMS] = {0};
         memcpy(len, se, sizeof len);
         len[d] = se[d] / G;
+        if (!(send = dalloc(rt, ns, err))) goto out;
         for (int j = 0; j < G; j++) {
             soff[d] = j * len[d];
-            block_copy(send + (int64_t)j * nd_, len, zero, src, se, soff, len, nd);
+            if (dv->ops->block_copy(dv, send + (int64_t)j * nd_, len, zero, src, se, soff, len, nd,
+                                    err))
+                goto out;
         }
-        rc = o->reduce_scatter(gr, send, dst, nd_, CT_F32, err);
-        free(send);
-        return rc;
+        if (dev_sync(rt, err) || o->reduce_scatter(gr, send, dst, nd_, CT_F32, err)) goto out;
+        rc = 0;
+        goto out;
     }
     if (in->kind == I_ALLGATHER) {
-        /* one axis at a time, innermost first, each along the dim it splits */
+        /* one axis at a time, innermost first, each along the dim it splits;
+         * send holds the current block, recv the members' blocks */
         Layout cur = S->layout;
-        float *cb = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
-        memcpy(cb, src, sizeof(float) * (size_t)ns);
-        for (int x = rt->s->naxes - 1; x >= 0 && !rc; x--) {
+        if (!(send = dalloc(rt, ns, err)) || dv->ops->copy(dv, send, src, fb * (size_t)ns, err))
+            goto out;
+        for (int x = rt->s->naxes - 1; x >= 0; x--) {
             AxisMask bit = 1 << x;
             if (!(ax & bit)) continue;
             int d = -1;
@@ -651,49 +684,59 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
             int64_t ce[IR_MAX_DIMS], co[IR_MAX_DIMS];
             int64_t n = value_geom(rt, &cur, t, ce, co);
             int Gx = rt->gsize[bit];
-            float *all = xmalloc(sizeof(float) * (size_t)(n * Gx + 1));
-            rc = o->allgather(rt->groups[bit], cb, all, n, CT_F32, err);
+            float *nb = NULL;
+            if (!(recv = dalloc(rt, n * Gx, err)) || dev_sync(rt, err) ||
+                o->allgather(rt->groups[bit], send, recv, n, CT_F32, err) ||
+                !(nb = dalloc(rt, n * Gx, err)))
+                goto out;
             int64_t ne[IR_MAX_DIMS], doff[IR_MAX_DIMS] = {0};
             memcpy(ne, ce, sizeof ne);
             ne[d] *= Gx;
-            float *nb = xmalloc(sizeof(float) * (size_t)(n * Gx + 1));
-            for (int j = 0; j < Gx && !rc; j++) {
+            drelease(rt, send);
+            send = nb;
+            for (int j = 0; j < Gx; j++) {
                 doff[d] = j * ce[d];
-                block_copy(nb, ne, doff, all + (int64_t)j * n, ce, zero, ce, nd);
+                if (dv->ops->block_copy(dv, nb, ne, doff, recv + (int64_t)j * n, ce, zero, ce, nd,
+                                        err))
+                    goto out;
             }
-            free(all);
-            free(cb);
-            cb = nb;
+            drelease(rt, recv);
+            recv = NULL;
             cur.dim[d] &= ~bit;
         }
-        if (!rc) memcpy(dst, cb, sizeof(float) * (size_t)nd_);
-        free(cb);
-        return rc;
+        if (dv->ops->copy(dv, dst, send, fb * (size_t)nd_, err)) goto out;
+        rc = 0;
+        goto out;
     }
     if (in->kind == I_ALL_TO_ALL) {
         int d1 = moved_dim(&S->layout, &D->layout, ax, nd);   /* split before */
         int d2 = moved_dim(&D->layout, &S->layout, ax, nd);   /* split after */
         if (d1 < 0 || d2 < 0) return err_set(err, "all_to_all of %s: dims not found", rt->g->tensors[t].name);
         int64_t blk = ns / G;
-        float *send = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1)), *recv = xmalloc(sizeof(float) * (size_t)(ns ? ns : 1));
         int64_t len[IR_MAX_DIMS], off[IR_MAX_DIMS] = {0};
         memcpy(len, se, sizeof len);
         len[d2] = se[d2] / G;
+        if (!(send = dalloc(rt, ns, err)) || !(recv = dalloc(rt, ns, err))) goto out;
         for (int j = 0; j < G; j++) {
             off[d2] = j * len[d2];
-            block_copy(send + j * blk, len, zero, src, se, off, len, nd);
+            if (dv->ops->block_copy(dv, send + j * blk, len, zero, src, se, off, len, nd, err))
+                goto out;
         }
-        rc = o->all_to_all(gr, send, recv, blk, CT_F32, err);
+        if (dev_sync(rt, err) || o->all_to_all(gr, send, recv, blk, CT_F32, err)) goto out;
         int64_t doff[IR_MAX_DIMS] = {0};
-        for (int i = 0; i < G && !rc; i++) {
+        for (int i = 0; i < G; i++) {
             doff[d1] = i * len[d1];
-            block_copy(dst, de, doff, recv + i * blk, len, zero, len, nd);
+            if (dv->ops->block_copy(dv, dst, de, doff, recv + i * blk, len, zero, len, nd, err))
+                goto out;
         }
-        free(send);
-        free(recv);
-        return rc;
+        rc = 0;
+        goto out;
     }
     return err_set(err, "unknown collective %d", in->kind);
+out:
+    drelease(rt, send);
+    drelease(rt, recv);
+    return rc;
 }
 
 static int tag_of(const Instr *in)
@@ -710,7 +753,9 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
     if (!gr) return err_set(err, "no group for a %s", instr_kind_name((InstrKind)in->kind));
     int64_t lo = 0, len = rt->numel[v];
     if (in->nparts > 0) part_range(rt->numel[v], in->part, in->nparts, &lo, &len);
-    float *b = val(rt, v) + lo;
+    float *b = val(rt, v, err);
+    if (!b) return -1;
+    b += lo;
     const Value *V = &rt->pr->values[v];
     if (in->kind == I_RECV) {
         /* a stale pull (staleness k) is received k steps later, before the
@@ -724,19 +769,23 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
             rt->defer[rt->ndefer++] = (Deferred){ (int32_t)(in - rt->pr->instrs), rt->step };
             return 0;
         }
+        if (dev_sync(rt, err)) return -1;
         return o->recv(gr, b, len, CT_F32, in->peer, tag_of(in), err);
     }
     /* params and their gradients change before a slow receiver takes them:
      * send a copy */
     float *stage = NULL;
     if (V->kind == VAL_PARAM || V->kind == VAL_PARAM_GRAD) {
-        stage = xmalloc(sizeof(float) * (size_t)(len ? len : 1));
-        memcpy(stage, b, sizeof(float) * (size_t)len);
+        if (!(stage = dalloc(rt, len, err)) ||
+            rt->dev->ops->copy(rt->dev, stage, b, sizeof(float) * (size_t)len, err)) {
+            drelease(rt, stage);
+            return -1;
+        }
         b = stage;
     }
     CommReq *req = NULL;
-    if (o->isend(gr, b, len, CT_F32, in->peer, tag_of(in), &req, err)) {
-        free(stage);
+    if (dev_sync(rt, err) || o->isend(gr, b, len, CT_F32, in->peer, tag_of(in), &req, err)) {
+        drelease(rt, stage);
         return -1;
     }
     pthread_mutex_lock(&rt->lk);
@@ -765,7 +814,7 @@ static int wait_sends(Runtime *rt, int32_t v, Err *err)
             continue;
         }
         if (rt->comm->ops->wait(q->req, err)) rc = -1;
-        free(q->stage);
+        drelease(rt, q->stage);
     }
     rt->npend = w;
     pthread_mutex_unlock(&rt->lk);
@@ -829,19 +878,21 @@ static uint64_t data_seed(const Runtime *rt, int step)
     return rt->cfg.seed ^ (0x9E3779B97F4A7C15ULL * (uint64_t)(step + 1));
 }
 
-static void load_data(Runtime *rt, int32_t v)
+static int load_data(Runtime *rt, int32_t v, Err *err)
 {
     const Value *V = &rt->pr->values[v];
     const Tensor *T = &rt->g->tensors[V->tensor];
     int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
     value_geom(rt, &V->layout, V->tensor, ext, off);
     if (T->batch_dim >= 0) off[T->batch_dim] += (int64_t)V->micro * (T->shape[T->batch_dim] / rt->s->microbatches);
-    float *b = val(rt, v);
+    float *b = val(rt, v, err);
+    if (!b) return -1;
+    Device *dv = rt->dev;
     if (rt->data_hi[V->tensor] > 0)
-        kernel_init_fill_int((int32_t *)b, data_seed(rt, rt->step), T->name, T->ndim, T->shape,
-                             off, ext, rt->data_hi[V->tensor]);
-    else
-        kernel_init_fill(b, data_seed(rt, rt->step), T->name, T->ndim, T->shape, off, ext, 1.0f);
+        return dv->ops->init_fill_int(dv, (int32_t *)b, data_seed(rt, rt->step), T->name, T->ndim,
+                                      T->shape, off, ext, rt->data_hi[V->tensor], err);
+    return dv->ops->init_fill(dv, b, data_seed(rt, rt->step), T->name, T->ndim, T->shape, off, ext,
+                              1.0f, err);
 }
 
 /* Initial value of param t: norm scales 1, norm shifts 0, the rest uniform
@@ -861,28 +912,31 @@ static float param_scale(const Runtime *rt, int t, float *constant)
     return 1.0f / sqrtf((float)(fan > 0 ? fan : 1));
 }
 
-static void init_param(Runtime *rt, int32_t v)
+static int init_param(Runtime *rt, int32_t v, Err *err)
 {
+    Device *dv = rt->dev;
     const Value *V = &rt->pr->values[v];
     const Tensor *T = &rt->g->tensors[V->tensor];
     int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
     int64_t n = value_geom(rt, &V->layout, V->tensor, ext, off);
     float c, scale = param_scale(rt, V->tensor, &c);
-    float *full = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
-    if (!isnan(c))
-        for (int64_t e = 0; e < n; e++) full[e] = c;
-    else
-        kernel_init_fill(full, rt->cfg.seed, T->name, T->ndim, T->shape, off, ext, scale);
-    float *b = val(rt, v);
+    float *b = val(rt, v, err), *full = b ? dalloc(rt, n, err) : NULL;
+    int rc = -1;
+    if (!full) goto out;
+    if (!isnan(c) ? dv->ops->fill(dv, full, c, n, err)
+                  : dv->ops->init_fill(dv, full, rt->cfg.seed, T->name, T->ndim, T->shape, off,
+                                       ext, scale, err))
+        goto out;
+    int64_t lo = 0, len = n;
     if (V->shard) {
         int64_t chunk = rt->numel[v];
-        int64_t lo = (int64_t)ir_group_index(rt->s, rt->coord, V->shard) * chunk;
-        int64_t len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
-        memcpy(b, full + lo, sizeof(float) * (size_t)len);
-    } else {
-        memcpy(b, full, sizeof(float) * (size_t)n);
+        lo = (int64_t)ir_group_index(rt->s, rt->coord, V->shard) * chunk;
+        len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
     }
-    free(full);
+    rc = dv->ops->copy(dv, b, full + lo, sizeof(float) * (size_t)len, err);
+out:
+    drelease(rt, full);
+    return rc;
 }
 
 /* ----------------------------------------------------------------------------
@@ -922,6 +976,7 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
     rt->p = p;
     rt->comm = comm;
     rt->cfg = *cfg;
+
     rt->pr = &p->classes[p->rank_class[comm->rank]];
     strategy_coords(s, comm->rank, rt->coord);
     for (int a = 0; a < s->naxes; a++)
@@ -930,6 +985,11 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
 
     /* groups: every rank walks the same list in the same order */
     int *ranks = xmalloc(sizeof *ranks * s->world);
+    rt->dev = cfg->dev;
+    if (!rt->dev) {
+        if (!(rt->dev = device_cpu_new(err))) goto fail;
+        rt->own_dev = true;
+    }
     for (int m = 1; m < (1 << s->naxes); m++) {
         if ((m & rt->live) != m) continue;
         int me, n = group_ranks(rt, (AxisMask)m, ranks, &me);
@@ -994,8 +1054,11 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
             rt->loss_op = i;
         }
     }
+    float one = 1.0f;
+    if (!(rt->one = dalloc(rt, 1, err)) || rt->dev->ops->upload(rt->dev, rt->one, &one, sizeof one, err))
+        goto fail;
     for (int v = 0; v < nv; v++)
-        if (rt->pr->values[v].kind == VAL_PARAM) init_param(rt, v);
+        if (rt->pr->values[v].kind == VAL_PARAM && init_param(rt, v, err)) goto fail;
     if (!cfg->no_overlap && comm->world > 1)
         rt->prog_on = pthread_create(&rt->prog, NULL, progress_main, rt) == 0;
     return rt;
@@ -1022,8 +1085,8 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     switch ((InstrKind)in->kind) {
     case I_COMPUTE:
         if (in->op >= 0) rc = exec_op(rt, in, err);
-        else if (in->phase == PH_UPDATE) exec_update(rt, in);
-        else exec_sum(rt, in);
+        else if (in->phase == PH_UPDATE) rc = exec_update(rt, in, err);
+        else rc = exec_sum(rt, in, err);
         st->compute_s += now_s() - a;
         if (rt->nfly) progress(rt);
         break;
@@ -1037,13 +1100,13 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
         st->comm_s += now_s() - a;
         break;
     case I_ALLOC:
-        val(rt, pr->args[in->arg0]);
+        if (!val(rt, pr->args[in->arg0], err)) rc = -1;
         break;
     case I_FREE: {
         int32_t v = pr->args[in->arg0];
         rc = wait_sends(rt, v, err);
         if (pr->values[v].kind != VAL_PARAM && pr->values[v].kind != VAL_PARAM_GRAD) {
-            free(rt->buf[v]);
+            drelease(rt, rt->buf[v]);
             rt->buf[v] = NULL;
         }
         st->comm_s += now_s() - a;
@@ -1127,14 +1190,15 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     rt->loss_acc = 0;
     memset(st, 0, sizeof *st);
     double t0 = now_s();
-    for (int v = 0; v < pr->nvalues; v++) {
+    int rc = 0;
+    for (int v = 0; v < pr->nvalues && !rc; v++) {
         const Value *V = &pr->values[v];
         if (V->kind == VAL_PARAM_GRAD && rt->buf[v])
-            memset(rt->buf[v], 0, sizeof(float) * (size_t)rt->numel[v]);
-        if (V->kind == VAL_DATA) load_data(rt, v);
+            rc = rt->dev->ops->zero(rt->dev, rt->buf[v], sizeof(float) * (size_t)rt->numel[v], err);
+        if (V->kind == VAL_DATA && !rc) rc = load_data(rt, v, err);
     }
     /* pulls a stale worker may no longer skip: issued k+1 or more steps ago */
-    int rc = take_pulls(rt, step - 1 - rt->staleness, err);
+    if (!rc) rc = take_pulls(rt, step - 1 - rt->staleness, err);
     rt->nlater = 0;
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
         if (rt->nlater) rc = run_later(rt, i, st, err);
@@ -1156,6 +1220,7 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
         st->comm_s += now_s() - a;
     }
     if (!rc) rc = wait_sends(rt, -1, err);
+    if (!rc) rc = dev_sync(rt, err);
 
     /* the loss: summed over micro-batches on the ranks holding it, counted
      * once per replica, then over the world */
@@ -1168,7 +1233,14 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     }
     float lf = (float)loss;
     AxisMask all = rt->live;
-    if (!rc && all) rc = rt->comm->ops->allreduce(rt->groups[all], &lf, 1, CT_F32, RED_SUM, err);
+    if (!rc && all) {
+        /* through a device float: NCCL reduces device memory only */
+        float *d = dalloc(rt, 1, err);
+        rc = !d || rt->dev->ops->upload(rt->dev, d, &lf, sizeof lf, err) || dev_sync(rt, err) ||
+             rt->comm->ops->allreduce(rt->groups[all], d, 1, CT_F32, RED_SUM, err) ||
+             rt->dev->ops->download(rt->dev, &lf, d, sizeof lf, err) ? -1 : 0;
+        drelease(rt, d);
+    }
     st->loss = lf;
     st->step_s = now_s() - t0;
     st->idle_s = st->step_s - st->compute_s - st->comm_s;
@@ -1183,18 +1255,24 @@ int rt_gather_param(Runtime *rt, int t, float *out, Err *err)
     /* the training is over: every pull and send completes first */
     int rc = take_pulls(rt, 1 << 30, err);
     if (!rc) rc = wait_sends(rt, -2, err);
-    float *whole = xcalloc((size_t)n, sizeof(float));
-    for (int v = 0; v < rt->pr->nvalues; v++) {
+    float *whole = rc ? NULL : dalloc(rt, n, err);
+    if (!whole) return -1;
+    for (int v = 0; v < rt->pr->nvalues && !rc; v++) {
         const Value *V = &rt->pr->values[v];
         if (V->kind != VAL_PARAM || V->tensor != t) continue;
         int64_t ext[IR_MAX_DIMS], off[IR_MAX_DIMS];
         value_geom(rt, &V->layout, t, ext, off);
-        float *local = val(rt, v), *tmp = NULL;
+        float *local = val(rt, v, err), *tmp = NULL;
+        if (!local) {
+            rc = -1;
+            break;
+        }
         if (V->shard) {      /* ZeRO-3: the shards of the local block first */
             int D = rt->gsize[V->shard];
             int64_t chunk = rt->numel[v];
-            tmp = xmalloc(sizeof(float) * (size_t)(chunk * D));
-            rc = rt->comm->ops->allgather(rt->groups[V->shard], local, tmp, chunk, CT_F32, err);
+            tmp = dalloc(rt, chunk * D, err);
+            rc = !tmp || dev_sync(rt, err) ||
+                 rt->comm->ops->allgather(rt->groups[V->shard], local, tmp, chunk, CT_F32, err) ? -1 : 0;
             local = tmp;
         }
         /* one replica of each block writes it: index 0 along the axes that
@@ -1215,14 +1293,16 @@ int rt_gather_param(Runtime *rt, int t, float *out, Err *err)
             }
         if (primary && !rc) {
             int64_t zero[IR_MAX_DIMS] = {0};
-            block_copy(whole, T->shape, off, local, ext, zero, ext, T->ndim);
+            rc = rt->dev->ops->block_copy(rt->dev, whole, T->shape, off, local, ext, zero, ext,
+                                          T->ndim, err);
         }
-        free(tmp);
+        drelease(rt, tmp);
         break;
     }
+    if (!rc) rc = dev_sync(rt, err);
     if (!rc && rt->live) rc = rt->comm->ops->allreduce(rt->groups[rt->live], whole, n, CT_F32, RED_SUM, err);
-    if (!rc && out) memcpy(out, whole, sizeof(float) * (size_t)n);
-    free(whole);
+    if (!rc && out) rc = rt->dev->ops->download(rt->dev, out, whole, sizeof(float) * (size_t)n, err);
+    drelease(rt, whole);
     return rc;
 }
 
@@ -1248,17 +1328,17 @@ void rt_free(Runtime *rt)
     free(rt->fly);
     free(rt->later);
     if (rt->buf)
-        for (int v = 0; v < rt->pr->nvalues; v++) free(rt->buf[v]);
+        for (int v = 0; v < rt->pr->nvalues; v++) drelease(rt, rt->buf[v]);
     free(rt->buf);
     free(rt->numel);
     if (rt->opt_a)
         for (int t = 0; t < rt->g->ntensors; t++) {
-            free(rt->opt_a[t]);
-            free(rt->opt_b[t]);
-            free(rt->ef[t]);
-            free(rt->psgd_q[t]);
-            free(rt->psgd_p[t]);
-            free(rt->psgd_m[t]);
+            drelease(rt, rt->opt_a[t]);
+            drelease(rt, rt->opt_b[t]);
+            drelease(rt, rt->ef[t]);
+            drelease(rt, rt->psgd_q[t]);
+            drelease(rt, rt->psgd_p[t]);
+            drelease(rt, rt->psgd_m[t]);
         }
     free(rt->opt_a);
     free(rt->opt_b);
@@ -1271,6 +1351,8 @@ void rt_free(Runtime *rt)
     for (int m = 0; m < (1 << MESH_MAX_AXES); m++)
         if (rt->groups[m]) rt->comm->ops->group_free(rt->groups[m]);
     if (rt->tied) rt->comm->ops->group_free(rt->tied);
+    if (rt->dev) drelease(rt, rt->one);
+    if (rt->own_dev) device_free(rt->dev);
     pthread_mutex_destroy(&rt->lk);
     pthread_cond_destroy(&rt->cv);
     free(rt);

@@ -2,8 +2,8 @@
  * runtime.h — interprets one rank's lowered program, for real.
  *
  * The rank runs its class's program instruction by instruction: compute on
- * the CPU kernels, communication through a Comm backend, every buffer a value
- * of the program. Parameters and data are a pure function of (seed, tensor
+ * a Device (the CPU's kernels or a GPU's), communication through a Comm
+ * backend, every buffer a value of the program. Parameters and data are a pure function of (seed, tensor
  * name, global element index), so a shard holds exactly what the whole tensor
  * would hold there and a parallel run can be compared with a one-rank run.
  *
@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "executor/comm.h"
+#include "executor/device.h"
 #include "executor/kernels.h"
 #include "ir/err.h"
 #include "ir/graph.h"
@@ -28,6 +29,9 @@
 #include "ir/strategy.h"
 
 typedef struct {
+    Device *dev;            /* where buffers live and kernels run (NULL: the CPU);
+                             * it must outlive the runtime, and its buffers must be
+                             * the kind the Comm backend expects */
     uint64_t seed;          /* params and data */
     OptimHyper hyper;       /* learning rate, momentum, Adam betas, ... */
     bool no_overlap;        /* true: every instruction waits for the all-reduces it

@@ -43,6 +43,18 @@ void cuk_free(CuCtx *c);
 /* The stream's work done; -1 with err naming the first asynchronous error. */
 int cuk_sync(CuCtx *c, Err *err);
 
+/* --- memory (stream-ordered: cudaMallocAsync / cudaFreeAsync on the stream) --- */
+/* bytes of zeroed device memory; NULL with err naming the size */
+void *cuk_alloc(CuCtx *c, size_t bytes, Err *err);
+void cuk_dealloc(CuCtx *c, void *p);                   /* NULL is fine */
+int cuk_zero(CuCtx *c, void *p, size_t bytes, Err *err);
+int cuk_copy(CuCtx *c, void *dst, const void *src, size_t bytes, Err *err);   /* device to device */
+int cuk_upload(CuCtx *c, void *dst, const void *host, size_t bytes, Err *err);
+/* waits for everything queued before it */
+int cuk_download(CuCtx *c, void *host, const void *src, size_t bytes, Err *err);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB, CUDA 13.0)" */
+void cuk_describe(CuCtx *c, char *buf, size_t n);
+
 /* --- ops: as kernel_forward / kernel_backward -------------------------------- */
 int cuk_forward(CuCtx *c, const KernelShape *ks, const void *const *in, float *out, Err *err);
 int cuk_backward(CuCtx *c, const KernelShape *ks, const void *const *in, const float *out,

@@ -1,7 +1,7 @@
 /*
  * cuk_fn.h — CUK_FN marks a function as callable on host and device; under a
  * plain C compiler it is an ordinary static inline function. Headers of
- * per-thread bodies (executor/cuda/*_body.h) include this and stay inside
+ * per-thread bodies (executor/cuda/AREA_body.h) include this and stay inside
  * the language both compilers accept: C11 without designated initialisers,
  * compound literals or variable-length arrays.
  */
