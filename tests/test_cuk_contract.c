@@ -225,6 +225,7 @@ typedef struct {
     int live;                          /* scratch buffers not yet released */
     int maps, gemms, batched;          /* steps run; GEMMs with pointer batches */
     int scratch_left;                  /* scratch requests that succeed; -1: all */
+    bool colmajor;                     /* GEMMs as the column-major call cuBLAS gets */
 } Host;
 
 static float *host_scratch(void *ctx, int64_t n, Err *err)
@@ -264,6 +265,19 @@ static int host_map(void *ctx, const CuMap *m, float *dst, const float *src, Err
     return 0;
 }
 
+/* The call contract.cu makes to cuBLAS, made to cblas: its arguments are
+ * checked as cuBLAS checks them (column-major: an N operand of r rows needs
+ * ld >= r, a T operand of r rows ld >= its k). */
+static void colmajor_sgemm(CuColMajor x, float alpha, const float *a, const float *b, float beta,
+                           float *c)
+{
+    assert_true(x.ldx >= (x.tx ? x.k : x.m) && x.ldx >= 1);
+    assert_true(x.ldy >= (x.ty ? x.n : x.k) && x.ldy >= 1);
+    assert_true(x.ldc >= x.m && x.ldc >= 1);
+    cblas_sgemm(CblasColMajor, x.tx ? CblasTrans : CblasNoTrans, x.ty ? CblasTrans : CblasNoTrans,
+                x.m, x.n, x.k, alpha, b, x.ldx, a, x.ldy, beta, c, x.ldc);
+}
+
 /* Each GEMM of the batch, after the checks cuBLAS makes (and one it cannot:
  * that the GEMMs of a batch write disjoint elements). */
 static int host_gemm(void *ctx, const CuGemm *g, const float *a, const float *b, float *c,
@@ -293,9 +307,12 @@ static int host_gemm(void *ctx, const CuGemm *g, const float *a, const float *b,
                 if (hit[oc + i * g->ldc + j]) fail_msg("two GEMMs of a batch write one element");
                 hit[oc + i * g->ldc + j] = 1;
             }
-        cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
-                    g->tb ? CblasTrans : CblasNoTrans, (int)g->m, (int)g->n, (int)g->k, 1.0f,
-                    a + oa, (int)g->lda, b + ob, (int)g->ldb, g->beta, c + oc, (int)g->ldc);
+        if (h->colmajor)
+            colmajor_sgemm(cu_gemm_colmajor(g), 1.0f, a + oa, b + ob, g->beta, c + oc);
+        else
+            cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                        g->tb ? CblasTrans : CblasNoTrans, (int)g->m, (int)g->n, (int)g->k, 1.0f,
+                        a + oa, (int)g->lda, b + ob, (int)g->ldb, g->beta, c + oc, (int)g->ldc);
     }
     free(hit);
     return 0;
@@ -450,7 +467,7 @@ static void test_map_bodies(void **state)
 
 /* Runs the GPU's matmul through a host engine and compares with the CPU. */
 static void check_matmul_host(const Case *c, const Want *w, int64_t lanes, int64_t min_run,
-                              const char *tag)
+                              bool colmajor, const char *tag)
 {
     const Op *op = c->ks.op;
     const void *in[IR_MAX_INPUTS] = {0};
@@ -459,6 +476,7 @@ static void check_matmul_host(const Case *c, const Want *w, int64_t lanes, int64
     Err err = {{0}};
     Host h;
     CuEngine e = host_engine(&h, lanes, min_run);
+    h.colmajor = colmajor;
 
     float *out = randv(c->n[c->nin]);
     if (cu_matmul_forward(&e, &c->ks, in, out, &err)) fail_msg("%s: %s", op->spec, err.msg);
@@ -495,11 +513,13 @@ static void test_matmul_host(void **state)
     (void)state;
     static const struct {
         int64_t lanes, min_run;
+        bool colmajor;
         const char *tag;
     } modes[] = {
-        {1, CU_MIN_RUN, "default"},
-        {3, 1, "pieces to the batch"},
-        {32, INT64_MAX, "copies into GEMM order"},
+        {1, CU_MIN_RUN, false, "default"},
+        {1, CU_MIN_RUN, true, "default, as cuBLAS is called"},
+        {3, 1, true, "pieces to the batch"},
+        {32, INT64_MAX, true, "copies into GEMM order"},
     };
     for (size_t i = 0; i < sizeof einsums / sizeof *einsums; i++) {
         Case c;
@@ -507,7 +527,8 @@ static void test_matmul_host(void **state)
         Want w;
         want_init(&w, &c);
         for (size_t m = 0; m < sizeof modes / sizeof *modes; m++)
-            check_matmul_host(&c, &w, modes[m].lanes, modes[m].min_run, modes[m].tag);
+            check_matmul_host(&c, &w, modes[m].lanes, modes[m].min_run, modes[m].colmajor,
+                              modes[m].tag);
         want_free(&w, &c);
         case_free(&c);
     }
@@ -690,6 +711,39 @@ static void test_orthonormalize_host(void **state)
     }
 }
 
+/* cuk_sgemm's cases: m n k, and a pad added to every leading dimension */
+static const int sgemms[][4] = {
+    {7, 5, 3, 0}, {33, 17, 65, 3}, {1, 7, 5, 1}, {128, 96, 256, 0}, {5, 1, 1, 2},
+};
+
+/* cuk_sgemm is cu_gemm_colmajor and one cuBLAS call: the translation, made
+ * to cblas column-major, must give the row-major product. */
+static void test_sgemm_colmajor(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof sgemms / sizeof *sgemms; i++)
+        for (int t = 0; t < 4; t++) {
+            const int m = sgemms[i][0], n = sgemms[i][1], k = sgemms[i][2], pad = sgemms[i][3];
+            CuGemm g;
+            memset(&g, 0, sizeof g);
+            g.ta = t & 1, g.tb = t & 2;
+            g.m = m, g.n = n, g.k = k;
+            g.lda = (g.ta ? m : k) + pad, g.ldb = (g.tb ? k : n) + pad, g.ldc = n + pad;
+            const int64_t na = (g.ta ? k : m) * g.lda, nb = (g.tb ? n : k) * g.ldb;
+            const int64_t nc = m * g.ldc;
+            float *a = randv(na), *b = randv(nb), *want = randv(nc), *got = copyv(want, nc);
+            cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans,
+                        g.tb ? CblasTrans : CblasNoTrans, m, n, k, 0.5f, a, (int)g.lda, b,
+                        (int)g.ldb, 0.25f, want, (int)g.ldc);
+            colmajor_sgemm(cu_gemm_colmajor(&g), 0.5f, a, b, 0.25f, got);
+            assert_close("sgemm as cuBLAS is called", got, want, nc, 1e-6);
+            free(a);
+            free(b);
+            free(want);
+            free(got);
+        }
+}
+
 /* ----------------------------------------------------------------------------
  * Part 2: the same on a GPU */
 
@@ -698,6 +752,7 @@ static char no_gpu[512];               /* why the GPU tests are skipped; empty w
 #ifdef HAVE_CUDA
 
 static CuCtx *ctx;
+static char ctx_failed[1100];          /* a device, but no context on it: why */
 
 #define CUDA_OK(call)                                                                     \
     do {                                                                                  \
@@ -728,6 +783,7 @@ static float *host_from(const float *d, int64_t n)
 static bool gpu_ready(void)
 {
     static bool said;
+    if (ctx_failed[0]) fail_msg("cuk_new: %s", ctx_failed);
     if (!ctx && !said) {
         print_message("GPU tests skipped: %s\n", no_gpu);
         said = true;
@@ -859,13 +915,9 @@ static void test_sgemm_gpu(void **state)
 {
     (void)state;
     if (!gpu_ready()) skip();
-    static const int cfg[][5] = {
-        /* m n k pad (to every leading dimension) */
-        {7, 5, 3, 0}, {33, 17, 65, 3}, {1, 7, 5, 1}, {128, 96, 256, 0}, {5, 1, 1, 2},
-    };
-    for (size_t i = 0; i < sizeof cfg / sizeof *cfg; i++)
+    for (size_t i = 0; i < sizeof sgemms / sizeof *sgemms; i++)
         for (int t = 0; t < 4; t++) {
-            const int m = cfg[i][0], n = cfg[i][1], k = cfg[i][2], pad = cfg[i][3];
+            const int m = sgemms[i][0], n = sgemms[i][1], k = sgemms[i][2], pad = sgemms[i][3];
             const bool ta = t & 1, tb = t & 2;
             const int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
             const int64_t na = (int64_t)(ta ? k : m) * lda, nb = (int64_t)(tb ? n : k) * ldb;
@@ -928,10 +980,7 @@ static int gpu_setup(void **state)
     }
     Err err = {{0}};
     ctx = cuk_new(&err);
-    if (!ctx) {
-        fprintf(stderr, "cuk_new: %s\n", err.msg);
-        return -1;
-    }
+    if (!ctx) snprintf(ctx_failed, sizeof ctx_failed, "%s", err.msg);
     return 0;
 }
 
@@ -982,6 +1031,7 @@ int main(void)
         cmocka_unit_test(test_matmul_scratch_fails),
         cmocka_unit_test(test_mean_host),
         cmocka_unit_test(test_orthonormalize_host),
+        cmocka_unit_test(test_sgemm_colmajor),
 #ifdef HAVE_CUDA
         cmocka_unit_test(test_matmul_gpu),
         cmocka_unit_test(test_mean_gpu),

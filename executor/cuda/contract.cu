@@ -13,8 +13,8 @@
  * they do not ("bsnd,btnd->bnst": b and n). cuBLAS is in pedantic math mode
  * (ctx.cu): fp32 throughout, no TF32.
  *
- * Legend: row-major C (m x n) = A' (m x k) B' (k x n) is column-major
- * C^T = B'^T A'^T, so every call passes B before A.
+ * Every cuBLAS call passes B before A: row-major C = A'B' is column-major
+ * C^T = B'^T A'^T (cu_gemm_colmajor, which the CPU tests check with cblas).
  */
 #include "executor/cuda/cuk_internal.h"
 #include "executor/cuda/contract_body.h"
@@ -83,22 +83,22 @@ static __global__ void gemm_pointers(const __grid_constant__ CuGemm g, const flo
     }
 }
 
+static cublasOperation_t op_of(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
 static int gemm_run(CuCtx *c, const CuGemm *g, const float *a, const float *b, float *cm,
                     Err *err)
 {
     const float one = 1.0f;
-    const cublasOperation_t oa = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t ob = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const int m = (int)g->m, n = (int)g->n, k = (int)g->k;
-    const int lda = (int)g->lda, ldb = (int)g->ldb, ldc = (int)g->ldc;
+    const CuColMajor x = cu_gemm_colmajor(g);
     if (g->count == 1) {
-        CUK_BLAS(cublasSgemm(c->blas, ob, oa, n, m, k, &one, b, ldb, a, lda, &g->beta, cm, ldc));
+        CUK_BLAS(cublasSgemm(c->blas, op_of(x.tx), op_of(x.ty), x.m, x.n, x.k, &one, b, x.ldx, a,
+                             x.ldy, &g->beta, cm, x.ldc));
         return 0;
     }
     if (g->nb == 1) {
-        CUK_BLAS(cublasSgemmStridedBatched(c->blas, ob, oa, n, m, k, &one, b, ldb, g->bsb[0], a,
-                                           lda, g->bsa[0], &g->beta, cm, ldc, g->bsc[0],
-                                           (int)g->count));
+        CUK_BLAS(cublasSgemmStridedBatched(c->blas, op_of(x.tx), op_of(x.ty), x.m, x.n, x.k, &one,
+                                           b, x.ldx, g->bsb[0], a, x.ldy, g->bsa[0], &g->beta,
+                                           cm, x.ldc, g->bsc[0], (int)g->count));
         return 0;
     }
     /* batch letters that share no one stride: a pointer per GEMM */
@@ -111,8 +111,8 @@ static int gemm_run(CuCtx *c, const CuGemm *g, const float *a, const float *b, f
     cudaError_t launched = cudaGetLastError();
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     if (launched == cudaSuccess)
-        st = cublasSgemmBatched(c->blas, ob, oa, n, m, k, &one, pb, ldb, pa, lda, &g->beta, pc,
-                                ldc, (int)g->count);
+        st = cublasSgemmBatched(c->blas, op_of(x.tx), op_of(x.ty), x.m, x.n, x.k, &one, pb,
+                                x.ldx, pa, x.ldy, &g->beta, pc, x.ldc, (int)g->count);
     cuk_release(c, ptrs);
     if (launched != cudaSuccess)
         return cuk_cuda_fail(err, launched, "gemm_pointers<<<>>>", __FILE__, __LINE__);
@@ -195,9 +195,15 @@ int cuk_sgemm(CuCtx *c, bool trans_a, bool trans_b, int m, int n, int k, float a
               const float *a, int lda, const float *b, int ldb, float beta, float *cm, int ldc,
               Err *err)
 {
-    CUK_BLAS(cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                         trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a, lda,
-                         &beta, cm, ldc));
+    CuGemm g;
+    memset(&g, 0, sizeof g);
+    g.ta = trans_a, g.tb = trans_b;
+    g.m = m, g.n = n, g.k = k;
+    g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+    g.count = 1;
+    const CuColMajor x = cu_gemm_colmajor(&g);
+    CUK_BLAS(cublasSgemm(c->blas, op_of(x.tx), op_of(x.ty), x.m, x.n, x.k, &alpha, b, x.ldx, a,
+                         x.ldy, &beta, cm, x.ldc));
     return 0;
 }
 

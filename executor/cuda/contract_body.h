@@ -180,6 +180,28 @@ typedef struct {
     float beta;
 } CuGemm;
 
+/* The column-major call (cuBLAS's) that computes a row-major product: row-
+ * major C = A'B' is column-major C^T = B'^T A'^T, so B comes first (x = B,
+ * y = A), with the row-major transposes and leading dimensions as they are. */
+typedef struct {
+    bool tx, ty;
+    int m, n, k, ldx, ldy, ldc;
+} CuColMajor;
+
+static inline CuColMajor cu_gemm_colmajor(const CuGemm *g)
+{
+    CuColMajor c;
+    c.tx = g->tb;
+    c.ty = g->ta;
+    c.m = (int)g->n;
+    c.n = (int)g->m;
+    c.k = (int)g->k;
+    c.ldx = (int)g->ldb;
+    c.ldy = (int)g->lda;
+    c.ldc = (int)g->ldc;
+    return c;
+}
+
 CUK_FN void cu_gemm_offsets(const CuGemm *g, int64_t t, int64_t *oa, int64_t *ob, int64_t *oc)
 {
     int64_t a = 0, b = 0, c = 0;
