@@ -598,7 +598,10 @@ static int to_buf(float *buf, const float *h, int64_t n, bool device, Err *err)
         return 0;
     }
 #ifdef HAVE_CUDA
+    /* from pageable memory the copy may still be in flight when cudaMemcpy
+     * returns, and the kernel's stream does not wait for the default one */
     cudaError_t rc = cudaMemcpy(buf, h, sizeof *h * (size_t)n, cudaMemcpyHostToDevice);
+    if (rc == cudaSuccess) rc = cudaDeviceSynchronize();
     return rc == cudaSuccess ? 0 : cuda_err(err, rc, "statistics to the device");
 #else
     return err_set(err, "device buffers in a build without CUDA");
@@ -640,7 +643,8 @@ static int dev_up(DevBufs *d, const KernelShape *ks, const void *const *in, cons
     for (int k = 0; din && k < op->nin; k++)
         if (din[k] && dev_copy((void **)&d->din[k], din[k], kernel_operand_numel(ks, k), err))
             return -1;
-    return 0;
+    cudaError_t rc = cudaDeviceSynchronize();   /* the copies landed (see to_buf) */
+    return rc == cudaSuccess ? 0 : cuda_err(err, rc, "test buffers to the device");
 }
 
 static int dev_down(void *h, const void *d, int64_t n, Err *err)
@@ -932,7 +936,7 @@ static void check_case(const Case *c, const Impl *im)
         }
         check_near(got[r].out, want[r].out, NULL, s.sh[r].n[op->nin], "y", c, im, r);
         for (int k = 0; k < op->nin; k++) {
-            char what[16];
+            char what[32];
             snprintf(what, sizeof what, "din[%d]", k);
             if (want[r].din[k])
                 check_near(got[r].din[k], want[r].din[k], s.sh[r].pre[k], s.sh[r].n[k], what, c,
