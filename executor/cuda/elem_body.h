@@ -495,7 +495,7 @@ CUK_FN void elem_sgd(int64_t i, float *w, const float *g, float *mom, float lr, 
     w[i] -= lr * d;
 }
 
-/* AdamW; c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t) as elem_adam_corr gives */
+/* AdamW; c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t) as elem_adam_hyper makes them */
 typedef struct {
     float lr, beta1, beta2, eps, wd, c1, c2;
 } ElemAdam;
