@@ -32,7 +32,7 @@ endif
 # rpath: the CUDA libraries are found at run time without LD_LIBRARY_PATH
 ifeq ($(HAVE_CUDA),1)
   CFLAGS  += -DHAVE_CUDA -I$(CUDA_HOME)/include
-  CUDA_LIBS := -lcublas -lcudnn -lcudart -lstdc++
+  CUDA_LIBS := -lcublas -lcudart -lstdc++
   ifeq ($(HAVE_NCCL),1)
     CFLAGS  += -DHAVE_NCCL
     CUDA_LIBS := -lnccl $(CUDA_LIBS)

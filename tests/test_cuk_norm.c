@@ -556,21 +556,6 @@ static int emu_bwd(void *ctx, const KernelShape *ks, const void *const *in, cons
 /* --- the GPU: host buffers copied to the device and back -------------------- */
 
 #ifdef HAVE_CUDA
-/* The per-kind functions of norm.cu, declared in cuk_internal.h for CUDA C++
- * only (C++ linkage), are reached here by their C++ names: the public
- * cuk_forward would pull in every other kind's kernels too. */
-#define CUK_CXX(len, kind)                                                                \
-    int kind##_fwd(CuCtx *, const KernelShape *, const void *const *, float *, Err *)      \
-        __asm__("_Z" #len #kind "_fwdP5CuCtxPK11KernelShapePKPKvPfP3Err");                 \
-    int kind##_bwd(CuCtx *, const KernelShape *, const void *const *, const float *,       \
-                   const float *, float *const *, Err *)                                   \
-        __asm__("_Z" #len #kind "_bwdP5CuCtxPK11KernelShapePKPKvPKfS9_PKPfP3Err");
-CUK_CXX(17, cuk_layernorm)
-CUK_CXX(17, cuk_batchnorm)
-CUK_CXX(15, cuk_softmax)
-CUK_CXX(21, cuk_cross_entropy)
-#undef CUK_CXX
-
 static int cuda_err(Err *err, cudaError_t rc, const char *what)
 {
     return err_set(err, "%s: %s", what, cudaGetErrorString(rc));
@@ -660,13 +645,7 @@ static int gpu_fwd(void *ctx, const KernelShape *ks, const void *const *in, floa
     int rc = dev_up(&d, ks, in, NULL, NULL, NULL, err);
     const void *const *din_in = (const void *const *)d.in;
     if (!rc) {
-        switch (ks->op->kind) {
-        case OP_LAYERNORM: rc = cuk_layernorm_fwd(c, ks, din_in, d.out, err); break;
-        case OP_BATCHNORM: rc = cuk_batchnorm_fwd(c, ks, din_in, d.out, err); break;
-        case OP_SOFTMAX: rc = cuk_softmax_fwd(c, ks, din_in, d.out, err); break;
-        case OP_CROSS_ENTROPY: rc = cuk_cross_entropy_fwd(c, ks, din_in, d.out, err); break;
-        default: rc = err_set(err, "no CUDA kernel here for %s", op_kind_name(ks->op->kind));
-        }
+        rc = cuk_forward(c, ks, din_in, d.out, err);
     }
     if (!rc) rc = cuk_sync(c, err);
     if (!rc) rc = dev_down(out, d.out, kernel_operand_numel(ks, ks->op->nin), err);
@@ -683,15 +662,7 @@ static int gpu_bwd(void *ctx, const KernelShape *ks, const void *const *in, cons
     int rc = dev_up(&d, ks, in, out, dout, din, err);
     const void *const *din_in = (const void *const *)d.in;
     if (!rc) {
-        switch (op->kind) {
-        case OP_LAYERNORM: rc = cuk_layernorm_bwd(c, ks, din_in, d.out, d.dout, d.din, err); break;
-        case OP_BATCHNORM: rc = cuk_batchnorm_bwd(c, ks, din_in, d.out, d.dout, d.din, err); break;
-        case OP_SOFTMAX: rc = cuk_softmax_bwd(c, ks, din_in, d.out, d.dout, d.din, err); break;
-        case OP_CROSS_ENTROPY:
-            rc = cuk_cross_entropy_bwd(c, ks, din_in, d.out, d.dout, d.din, err);
-            break;
-        default: rc = err_set(err, "no CUDA kernel here for %s", op_kind_name(op->kind));
-        }
+        rc = cuk_backward(c, ks, din_in, d.out, d.dout, d.din, err);
     }
     if (!rc) rc = cuk_sync(c, err);
     for (int k = 0; k < op->nin && !rc; k++)

@@ -1,5 +1,5 @@
 /*
- * ctx.cu — the CUDA context of the kernels (stream, cuBLAS and cuDNN handles
+ * ctx.cu — the CUDA context of the kernels (stream, cuBLAS handle
  * bound to it), their error messages and stream-ordered scratch.
  */
 #include "executor/cuda/cuk_internal.h"
@@ -23,11 +23,6 @@ int cuk_blas_fail(Err *err, cublasStatus_t rc, const char *call, const char *fil
                    cublasGetStatusString(rc));
 }
 
-int cuk_dnn_fail(Err *err, cudnnStatus_t rc, const char *call, const char *file, int line)
-{
-    return err_set(err, "%s:%d: %.*s failed: %s", file, line, call_len(call), call,
-                   cudnnGetErrorString(rc));
-}
 
 static int ctx_start(CuCtx *c, Err *err)
 {
@@ -46,10 +41,9 @@ static int ctx_start(CuCtx *c, Err *err)
     CUK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUK_BLAS(cublasCreate(&c->blas));
     CUK_BLAS(cublasSetStream(c->blas, c->stream));
-    /* fp32 GEMMs stay fp32: no TF32, so results compare with the CPU's */
-    CUK_BLAS(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH));
-    CUK_DNN(cudnnCreate(&c->dnn));
-    CUK_DNN(cudnnSetStream(c->dnn, c->stream));
+    /* fp32 GEMMs stay fp32 (the default math mode: TF32 only when asked for),
+     * so results compare with the CPU's */
+    CUK_BLAS(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
     return 0;
 }
 
@@ -71,7 +65,6 @@ void cuk_free(CuCtx *c)
 {
     if (!c) return;
     if (c->stream) cudaStreamSynchronize(c->stream);
-    if (c->dnn) cudnnDestroy(c->dnn);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);

@@ -36,7 +36,7 @@ extern "C" {
 typedef struct CuCtx CuCtx;
 
 /* Creates a context on the current CUDA device: a non-blocking stream, a
- * cuBLAS handle and a cuDNN handle bound to it. NULL with err (naming the
+ * cuBLAS handle bound to it. NULL with err (naming the
  * failing call) when there is no device or a library cannot start. */
 CuCtx *cuk_new(Err *err);
 void cuk_free(CuCtx *c);

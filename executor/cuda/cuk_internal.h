@@ -3,12 +3,12 @@
  * checks, stream-ordered scratch, launch sizes, and the macro that makes a
  * function callable from both host and device.
  *
- * Per-thread work lives in *_body.h headers as CUK_FN functions that compile
+ * Per-thread work lives in the <area>_body.h headers as CUK_FN functions that compile
  * as C11 under gcc as well as CUDA C++ under nvcc: the CPU tests
  * (tests/test_cuk_*.c) run them for every thread index in turn and compare
  * with the CPU kernels, so the index arithmetic and the maths are checked on
- * machines without a GPU. Only the launches and the library calls (cuBLAS,
- * cuDNN) need a device to be checked.
+ * machines without a GPU. Only the launches, the warp and block reductions
+ * and the cuBLAS calls need a device to be checked.
  */
 #ifndef STRATA_CUK_INTERNAL_H
 #define STRATA_CUK_INTERNAL_H
@@ -18,20 +18,17 @@
 #ifdef __CUDACC__
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
-#include <cudnn.h>
 
 #include "executor/cuda/cuk.h"
 
 struct CuCtx {
     cudaStream_t stream;
     cublasHandle_t blas;
-    cudnnHandle_t dnn;
     int sms;                          /* multiprocessors, for grid sizes */
 };
 
 int cuk_cuda_fail(Err *err, cudaError_t rc, const char *call, const char *file, int line);
 int cuk_blas_fail(Err *err, cublasStatus_t rc, const char *call, const char *file, int line);
-int cuk_dnn_fail(Err *err, cudnnStatus_t rc, const char *call, const char *file, int line);
 
 /* Each returns -1 from the enclosing function with err naming the call. */
 #define CUK_CUDA(call)                                                                    \
@@ -44,12 +41,6 @@ int cuk_dnn_fail(Err *err, cudnnStatus_t rc, const char *call, const char *file,
         cublasStatus_t rc_ = (call);                                                      \
         if (rc_ != CUBLAS_STATUS_SUCCESS)                                                 \
             return cuk_blas_fail(err, rc_, #call, __FILE__, __LINE__);                    \
-    } while (0)
-#define CUK_DNN(call)                                                                     \
-    do {                                                                                  \
-        cudnnStatus_t rc_ = (call);                                                       \
-        if (rc_ != CUDNN_STATUS_SUCCESS)                                                  \
-            return cuk_dnn_fail(err, rc_, #call, __FILE__, __LINE__);                     \
     } while (0)
 /* After a <<<...>>> launch: a bad configuration shows here. */
 #define CUK_LAUNCHED() CUK_CUDA(cudaGetLastError())
