@@ -159,8 +159,8 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     return 0;
 }
 
-/* The CUDA backend needs a GPU and the executor's CUDA kernels; says which
- * is missing. */
+/* The profiler's CUDA backend (timing the executor's CUDA kernels and NCCL)
+ * is not built; says so, or that there is no GPU at all. */
 static int cuda_refusal(Err *err)
 {
 #ifdef HAVE_CUDA
@@ -169,8 +169,9 @@ static int cuda_refusal(Err *err)
     if (rc != cudaSuccess || n == 0)
         return err_set(err, "--backend cuda: no CUDA device found (%s)",
                        rc != cudaSuccess ? cudaGetErrorString(rc) : "0 devices");
-    return err_set(err, "--backend cuda: the executor's CUDA kernels are not built yet, so there "
-                   "is nothing of strata's to time on the GPU; use --backend cpu");
+    return err_set(err, "--backend cuda: the profiler's CUDA backend is not built yet (the "
+                   "executor runs on the GPU, but its kernels and NCCL are not timed here); use "
+                   "--backend cpu");
 #else
     return err_set(err, "--backend cuda: strata was built without CUDA (no %s)",
                    "/usr/local/cuda/bin/nvcc at build time");

@@ -22,6 +22,7 @@
 #include "db/db.h"
 #include "executor/blas.h"
 #include "executor/comm.h"
+#include "executor/device.h"
 #include "executor/runtime.h"
 #include "ir/cluster.h"
 #include "ir/graph.h"
@@ -122,7 +123,8 @@ static void loaded_free(Loaded *l)
     graph_free(l->g);
 }
 
-/* The one-rank reference: the same model and data on a single device. */
+/* The one-rank reference: the same model and data on a single device (the
+ * CPU, whatever the run's backend: `world` is an MPI comm). */
 static int reference_run(const Loaded *par, Comm *world, const RunConfig *cfg, int steps,
                          double *losses, float **params, Err *err)
 {
@@ -161,6 +163,14 @@ static int reference_run(const Loaded *par, Comm *world, const RunConfig *cfg, i
     strategy_free(s);
     if (rc) err_prefix(err, "the one-rank reference run");
     return rc;
+}
+
+/* Whether `mine` holds on every rank (a collective). */
+static bool all_ranks(bool mine)
+{
+    int m = mine, all = 0;
+    MPI_Allreduce(&m, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all != 0;
 }
 
 static void random_id(char out[17])
@@ -246,9 +256,21 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     int rank = 0, world = 1, rc = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const char *backend = args_get(a, "backend") ? args_get(a, "backend") : "cpu";
+    bool cuda = !strcmp(backend, "cuda");
+    Device *dev = NULL;
+    Comm *ref_comm = NULL;        /* the CPU reference's (MPI) when the run's is NCCL */
+    /* this rank's place among the ranks of its machine, whatever started them */
+    int local_rank = 0, local_size = 1;
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) ==
+        MPI_SUCCESS) {
+        MPI_Comm_rank(node, &local_rank);
+        MPI_Comm_size(node, &local_size);
+        MPI_Comm_free(&node);
+    }
     /* ranks on one machine share its cores */
-    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    blas_threads(local ? atoi(local) : world);
+    blas_threads(local_size);
     Loaded L = {0};
     Comm *comm = NULL;
     Runtime *rt = NULL;
@@ -270,27 +292,43 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                 world, world);
     else if (L.s && L.c)
         L.p = ir_lower(L.g, L.c, L.s, &err);
-    if (L.p) {
+    bool ok = L.p != NULL;
+    if (ok) {
         /* fail before allocating: what the plan needs against what there is */
         const Program *pr = &L.p->classes[L.p->rank_class[rank]];
         char need[32], have[32];
-        if (pr->device_mem > 0 && pr->peak_mem > pr->device_mem)
+        if (pr->device_mem > 0 && pr->peak_mem > pr->device_mem) {
             err_set(&err, "the plan does not fit: rank %d needs %s at its peak, its device has %s",
                     rank, human_bytes((double)pr->peak_mem, need, sizeof need),
                     human_bytes(pr->device_mem, have, sizeof have));
-        else if (!(comm = comm_mpi_new(&err))) {
-        } else {
-            RunConfig cfg = { .seed = seed, .no_overlap = args_has(a, "no-overlap") };
-            rt_default_hyper(&cfg.hyper);
-            cfg.hyper.lr = lr;
-            rt = rt_new(L.g, L.s, L.p, comm, &cfg, &err);
+            ok = false;
         }
     }
-    /* every rank learns whether every rank is ready */
-    int ok = rt != NULL, all_ok = 0;
-    MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (!all_ok) {
-        if (!ok) fprintf(stderr, "strata run: rank %d: %s\n", rank, err.msg);
+    /* Each stage below makes communicators on every rank at once, so every
+     * rank learns whether every rank is ready before the next one starts: a
+     * rank that failed must not leave the others inside a collective. */
+    bool failed = !ok;
+    if ((ok = all_ranks(ok)) && cuda) {
+        failed = !(dev = device_cuda_new(local_rank, local_size, &err));
+        ok = all_ranks(!failed);
+    }
+    if (ok) {
+        failed = !(comm = cuda ? comm_nccl_new(&err) : comm_mpi_new(&err));
+        ok = all_ranks(!failed);
+    }
+    if (ok && cuda && verify) {
+        failed = !(ref_comm = comm_mpi_new(&err));
+        ok = all_ranks(!failed);
+    }
+    if (ok) {
+        RunConfig cfg = { .dev = dev, .seed = seed, .no_overlap = args_has(a, "no-overlap") };
+        rt_default_hyper(&cfg.hyper);
+        cfg.hyper.lr = lr;
+        failed = !(rt = rt_new(L.g, L.s, L.p, comm, &cfg, &err));
+        ok = all_ranks(!failed);
+    }
+    if (!ok) {
+        if (failed) fprintf(stderr, "strata run: rank %d: %s\n", rank, err.msg);
         rc = 1;
         goto out;
     }
@@ -298,9 +336,12 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     mine = xcalloc((size_t)steps, sizeof *mine);
     all = rank == 0 ? xcalloc((size_t)steps * world, sizeof *all) : NULL;
     if (rank == 0) {
-        char blas[256];
-        printf("run: %s on %d rank%s (cpu, %s), %d step%s\n", L.g->name, world,
-               world == 1 ? "" : "s", blas_describe(blas, sizeof blas), steps, steps == 1 ? "" : "s");
+        char where[320];
+        if (dev) dev->ops->describe(dev, where, sizeof where);
+        else snprintf(where, sizeof where, "cpu, ");
+        if (!dev) blas_describe(where + strlen(where), (int)(sizeof where - strlen(where)));
+        printf("run: %s on %d rank%s (%s), %d step%s\n", L.g->name, world,
+               world == 1 ? "" : "s", where, steps, steps == 1 ? "" : "s");
     }
     /* fault injection for the tests: STRATA_FAULT=RANK:STEP kills that rank
      * at the start of that step, as a crash would */
@@ -334,6 +375,11 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     if (verify) {
         const char *why;
         double tol = verify_tolerance(L.g, L.s, &why);
+        if (cuda && tol < 1e-4) {
+            /* cuBLAS and the GPU's reductions sum in other orders than the CPU */
+            tol = 1e-4;
+            why = "fp32, GPU against CPU: other summation orders";
+        }
         int nt = L.g->ntensors;
         par_params = xcalloc(nt, sizeof *par_params);
         ref_params = xcalloc(nt, sizeof *ref_params);
@@ -357,14 +403,17 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
             RunConfig cfg = { .seed = seed };
             rt_default_hyper(&cfg.hyper);
             cfg.hyper.lr = lr;
-            vrc = reference_run(&L, comm, &cfg, steps, ref_loss, ref_params, &err);
+            blas_threads(1);      /* the other ranks wait: the reference takes every core */
+            vrc = reference_run(&L, ref_comm ? ref_comm : comm, &cfg, steps, ref_loss, ref_params,
+                                &err);
             vj = cJSON_CreateObject();
             cJSON_AddNumberToObject(vj, "tolerance", tol);
             cJSON_AddStringToObject(vj, "why", why);
             if (vrc) {
                 fprintf(stderr, "strata run: verify: %s\n", err.msg);
             } else {
-                printf("verify against one rank (tolerance %.0e relative: %s):\n", tol, why);
+                printf("verify against one %srank (tolerance %.0e relative: %s):\n",
+                       cuda ? "CPU " : "", tol, why);
                 double worst = 0;
                 int bad_step = -1;
                 cJSON *ls = cJSON_AddArrayToObject(vj, "loss_rel_diff");
@@ -433,7 +482,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
 
     if (rank == 0 && !args_has(a, "no-store")) {
         const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
-        if (store_run(path, &L, "cpu", steps, all, status, started, vj, &err)) {
+        if (store_run(path, &L, backend, steps, all, status, started, vj, &err)) {
             fprintf(stderr, "strata run: %s\n", err.msg);
             rc = 1;
         }
@@ -453,7 +502,9 @@ out:
     free(mine);
     free(all);
     rt_free(rt);
+    comm_free(ref_comm);
     comm_free(comm);
+    device_free(dev);
     loaded_free(&L);
     return rc;
 }
@@ -505,11 +556,6 @@ int cmd_run(int argc, char **argv)
     if (strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0) {
         fprintf(stderr, "strata run: --backend: unknown backend \"%s\" (cpu or cuda)\n", backend);
         return EXIT_USAGE;
-    }
-    if (strcmp(backend, "cuda") == 0) {
-        fprintf(stderr, "strata run: --backend cuda: the CUDA kernels of the executor are not "
-                        "built yet; use --backend cpu\n");
-        return 1;
     }
 #ifndef HAVE_MPI
     fprintf(stderr, "strata run: strata was built without MPI; install openmpi-bin and "

@@ -42,6 +42,7 @@
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,11 +205,27 @@ static int check_count(int64_t count, const char *what, Err *err)
     return 0;
 }
 
-/* Waits for the group's stream, then asks NCCL whether anything failed
- * asynchronously (a peer gone, a network error). */
+/* Waits for the group's stream while asking NCCL whether anything failed
+ * asynchronously (a peer gone, a network error): a collective whose peer
+ * died never completes, so waiting on the stream alone would hang. On an
+ * error the communicator is aborted, which stops its kernels. */
 static int finish(CommGroup *g, Err *err)
 {
-    CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    for (unsigned spin = 0;; spin++) {
+        cudaError_t q = cudaStreamQuery(g->stream);
+        if (q == cudaSuccess) break;
+        if (q != cudaErrorNotReady) return cuda_fail(err, q, "cudaStreamQuery", __FILE__, __LINE__);
+        ncclResult_t async = ncclSuccess;
+        NCCL_CHECK(ncclCommGetAsyncError(g->nc, &async));
+        if (async != ncclSuccess && async != ncclInProgress) {
+            nccl_fail(err, async, g->nc, "ncclCommGetAsyncError", __FILE__, __LINE__);
+            ncclCommAbort(g->nc);
+            g->nc = NULL;
+            return -1;
+        }
+        /* spin briefly (short collectives), then yield the core */
+        if (spin > 1000) sched_yield();
+    }
     ncclResult_t async = ncclSuccess;
     NCCL_CHECK(ncclCommGetAsyncError(g->nc, &async));
     if (async != ncclSuccess)

@@ -82,11 +82,13 @@ struct Device {
 
 /* The CPU. Caller frees with device_free. */
 Device *device_cpu_new(Err *err);
-/* CUDA device `index` of this machine, made current for the calling thread
- * (rank r of a machine takes device r: NCCL wants one GPU per rank). NULL
- * with err when strata was built without CUDA, the machine has no device, or
- * fewer than index + 1. */
-Device *device_cuda_new(int index, Err *err);
+/* The CUDA device of rank `local_rank` of the `local_size` ranks on this
+ * machine, made current for the calling thread: device local_rank when the
+ * machine shows at least local_size devices, else device 0 when it shows one
+ * and CUDA_VISIBLE_DEVICES is set (a launcher that gives each rank its own
+ * GPU). NCCL wants one GPU per rank. NULL with err when strata was built
+ * without CUDA, there is no device, or too few. */
+Device *device_cuda_new(int local_rank, int local_size, Err *err);
 void device_free(Device *d);
 
 #endif

@@ -160,19 +160,23 @@ static const DeviceOps cuda_ops = {
     .destroy = g_destroy,
 };
 
-Device *device_cuda_new(int index, Err *err)
+Device *device_cuda_new(int local_rank, int local_size, Err *err)
 {
-    int n = 0;
+    int n = 0, index = local_rank;
     cudaError_t rc = cudaGetDeviceCount(&n);
     if (rc != cudaSuccess || n < 1) {
         err_set(err, "no CUDA device found (%s)",
                 rc != cudaSuccess ? cudaGetErrorString(rc) : "cudaGetDeviceCount found none");
         return NULL;
     }
-    if (index < 0 || index >= n) {
-        err_set(err, "this rank is number %d on its machine, which has %d CUDA device%s: run at "
-                     "most one rank per GPU", index, n, n == 1 ? "" : "s");
-        return NULL;
+    if (n < local_size) {
+        if (n == 1 && getenv("CUDA_VISIBLE_DEVICES")) {
+            index = 0;
+        } else {
+            err_set(err, "%d ranks run on this machine, which shows %d CUDA device%s: run at most "
+                         "one rank per GPU", local_size, n, n == 1 ? "" : "s");
+            return NULL;
+        }
     }
     if ((rc = cudaSetDevice(index)) != cudaSuccess) {
         err_set(err, "cudaSetDevice(%d) failed: %s", index, cudaGetErrorString(rc));
@@ -193,9 +197,9 @@ Device *device_cuda_new(int index, Err *err)
 
 #else
 
-Device *device_cuda_new(int index, Err *err)
+Device *device_cuda_new(int local_rank, int local_size, Err *err)
 {
-    (void)index;
+    (void)local_rank, (void)local_size;
     err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
     return NULL;
 }

@@ -47,6 +47,8 @@ struct Runtime {
     Comm *comm;
     Device *dev;
     bool own_dev;                            /* made here (cfg.dev was NULL) */
+    double synced_s;                         /* time waiting for the device's queued work:
+                                              * compute, wherever the wait happens */
     float *one;                              /* device float 1: the loss's gradient */
     RunConfig cfg;
     const Program *pr;
@@ -218,7 +220,10 @@ static float *val(Runtime *rt, int32_t v, Err *err)
  * writes its buffers. */
 static int dev_sync(Runtime *rt, Err *err)
 {
-    return rt->dev->ops->sync(rt->dev, err);
+    double a = now_s();
+    int rc = rt->dev->ops->sync(rt->dev, err);
+    rt->synced_s += now_s() - a;
+    return rc;
 }
 
 /* Operand k of op i from value v: the value itself when it holds exactly the
@@ -476,12 +481,20 @@ static int powersgd(Runtime *rt, CommGroup *gr, float *b, int64_t n, int t, int6
         int64_t shape[2] = { cols, r }, zero[2] = { 0, 0 };
         char name[300];
         snprintf(name, sizeof name, "%s.powersgd_q", rt->g->tensors[t].name);
-        if (!(rt->psgd_q[t] = dalloc(rt, cols * r, err)) ||
-            dv->ops->init_fill(dv, rt->psgd_q[t], rt->cfg.seed, name, 2, shape, zero, shape, 1.0f,
-                               err) ||
-            !(rt->psgd_p[t] = dalloc(rt, rows * r, err)) || !(rt->psgd_m[t] = dalloc(rt, n, err)) ||
-            !(rt->ef[t] = dalloc(rt, n, err)))
+        /* all four or none: a later call takes a set Q for the lot */
+        float *q = dalloc(rt, cols * r, err), *p = q ? dalloc(rt, rows * r, err) : NULL;
+        float *m = p ? dalloc(rt, n, err) : NULL, *ef = m ? dalloc(rt, n, err) : NULL;
+        if (!ef || dv->ops->init_fill(dv, q, rt->cfg.seed, name, 2, shape, zero, shape, 1.0f, err)) {
+            drelease(rt, q);
+            drelease(rt, p);
+            drelease(rt, m);
+            drelease(rt, ef);
             return -1;
+        }
+        rt->psgd_q[t] = q;
+        rt->psgd_p[t] = p;
+        rt->psgd_m[t] = m;
+        rt->ef[t] = ef;
     }
     float *Q = rt->psgd_q[t], *P = rt->psgd_p[t], *M = rt->psgd_m[t], *e = rt->ef[t];
     int R = (int)rows, C = (int)cols;
@@ -1075,7 +1088,7 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     const Program *pr = rt->pr;
     int rc = 0;
     const Instr *in = &pr->instrs[i];
-    double a = now_s();
+    double a = now_s(), synced = rt->synced_s;
     if (rt->nfly) {
         rc = wait_inflight(rt, i, err);
         st->comm_s += now_s() - a;
@@ -1114,6 +1127,12 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     }
     default:
         rc = err_set(err, "instruction %d: unknown kind %d", i, in->kind);
+    }
+    /* a communication that first waited for queued kernels (a GPU's) spent
+     * that time computing */
+    if (in->kind != I_COMPUTE && rt->synced_s > synced) {
+        st->comm_s -= rt->synced_s - synced;
+        st->compute_s += rt->synced_s - synced;
     }
     if (rc) err_prefix(err, "rank %d, step %d, instruction %d (%s)", rt->comm->rank, rt->step, i,
                        instr_kind_name((InstrKind)in->kind));
@@ -1220,7 +1239,11 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
         st->comm_s += now_s() - a;
     }
     if (!rc) rc = wait_sends(rt, -1, err);
-    if (!rc) rc = dev_sync(rt, err);
+    if (!rc) {
+        double a = now_s();
+        rc = dev_sync(rt, err);
+        st->compute_s += now_s() - a;
+    }
 
     /* the loss: summed over micro-batches on the ranks holding it, counted
      * once per replica, then over the world */

@@ -453,16 +453,48 @@ static void test_backend_unknown_is_usage(void **state)
     res_free(&r);
 }
 
-static void test_backend_cuda_not_built(void **state)
+/* Without a GPU (or a build without CUDA) every rank says why it cannot run;
+ * with one GPU, the 4 ranks of dp4 are 3 too many. */
+static void test_backend_cuda_needs_gpus(void **state)
 {
     (void)state;
     Res r = {0};
     STRATA(&r, "run", "--model", model(M_MLP), "--strategy", dp4(M_MLP), "--backend", "cuda",
            "--no-store");
     EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, "cuda", "not built");
-    assert_string_equal(r.out, "");
+    bool said = strstr(r.err, "no CUDA device found") || strstr(r.err, "built without CUDA") ||
+                strstr(r.err, "one rank per GPU");
+    if (!said) dump(&r);
+    assert_true(said);
+    EXPECT_NOT_OUT(&r, "step ");
     res_free(&r);
+}
+
+/* One rank on the GPU, every zoo model of the matrix, --verify against the
+ * same run on the CPU. Skipped, saying why, where there is no GPU. */
+static void test_cuda_verify(void **state)
+{
+    (void)state;
+    static const char *names[M_COUNT] = { "mlp-dp1", "gpt-dp1", "vgg-dp1", "moe-dp1" };
+    for (int m = 0; m < M_COUNT; m++) {
+        const RunCase c = { names[m], m, { "dp", "--world", "1" }, NULL, 1, NULL };
+        const char *strategy = case_strategy(&c);
+        Res r = {0};
+        RUNO(&r, NULL, "run", "--model", model(m), "--strategy", strategy, "--steps", STEPS,
+             "--backend", "cuda", "--verify", "--no-store");
+        if (r.rc != 0 && (strstr(r.err, "no CUDA device found") || strstr(r.err, "built without CUDA"))) {
+            const char *why = strstr(r.err, "no CUDA device found") ? "no CUDA device found"
+                                                                     : "strata was built without CUDA";
+            print_message("GPU tests skipped: %s\n", why);
+            res_free(&r);
+            skip();
+        }
+        if (r.rc != 0) dump(&r);
+        EXPECT_RC(&r, 0);
+        EXPECT_OUT(&r, "on 1 rank (", "verify against one CPU rank", "verify: OK\n");
+        EXPECT_NOT_OUT(&r, "FAILED");
+        res_free(&r);
+    }
 }
 
 /* A cluster like local-cpu, with 4 devices of about 1 KiB each. */
@@ -625,7 +657,8 @@ int main(void)
         cmocka_unit_test_teardown(test_batchnorm_microbatches, harness_release_all),
         cmocka_unit_test_teardown(test_wrong_world, harness_release_all),
         cmocka_unit_test_teardown(test_backend_unknown_is_usage, harness_release_all),
-        cmocka_unit_test_teardown(test_backend_cuda_not_built, harness_release_all),
+        cmocka_unit_test_teardown(test_backend_cuda_needs_gpus, harness_release_all),
+        cmocka_unit_test_teardown(test_cuda_verify, harness_release_all),
         cmocka_unit_test_teardown(test_does_not_fit, harness_release_all),
         cmocka_unit_test_teardown(test_rank_dies, harness_release_all),
         cmocka_unit_test_teardown(test_store_run, harness_release_all),
