@@ -310,6 +310,17 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     bool failed = !ok;
     if ((ok = all_ranks(ok)) && cuda) {
         failed = !(dev = device_cuda_new(local_rank, local_size, &err));
+        /* the cluster's device is the CPU's unless one was given: the GPU's
+         * own memory is what the plan must fit in */
+        const Program *pr = dev ? &L.p->classes[L.p->rank_class[rank]] : NULL;
+        double have = dev ? dev->ops->memory(dev) : 0;
+        if (pr && !args_get(a, "cluster") && have > 0 && (double)pr->peak_mem > have) {
+            char need[32], hv[32];
+            err_set(&err, "the plan does not fit: rank %d needs %s at its peak, its GPU has %s",
+                    rank, human_bytes((double)pr->peak_mem, need, sizeof need),
+                    human_bytes(have, hv, sizeof hv));
+            failed = true;
+        }
         ok = all_ranks(!failed);
     }
     if (ok) {

@@ -72,6 +72,8 @@ typedef struct {
     int (*orthonormalize)(Device *d, float *p, int64_t rows, int r, Err *err);
     /* one line for logs: "cpu (OpenBLAS ...)", "cuda: NVIDIA H100 ..., 80 GiB" */
     void (*describe)(Device *d, char *buf, size_t n);
+    /* bytes of memory this device has in all (the machine's, for the CPU) */
+    double (*memory)(Device *d);
     void (*destroy)(Device *d);
 } DeviceOps;
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "executor/blas.h"
 
@@ -194,6 +195,13 @@ static void c_describe(Device *d, char *buf, size_t n)
     snprintf(buf, n, "cpu, %s", blas_describe(b, sizeof b));
 }
 
+static double c_memory(Device *d)
+{
+    (void)d;
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && psize > 0 ? (double)pages * psize : 0;
+}
+
 static void c_destroy(Device *d)
 {
     free(d);
@@ -224,6 +232,7 @@ static const DeviceOps cpu_ops = {
     .sgemm = c_sgemm,
     .orthonormalize = c_orthonormalize,
     .describe = c_describe,
+    .memory = c_memory,
     .destroy = c_destroy,
 };
 

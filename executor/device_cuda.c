@@ -126,6 +126,13 @@ static int g_orthonormalize(Device *d, float *p, int64_t rows, int r, Err *err)
 
 static void g_describe(Device *d, char *buf, size_t n) { cuk_describe(CTX(d), buf, n); }
 
+static double g_memory(Device *d)
+{
+    (void)d;
+    size_t free_b = 0, total = 0;
+    return cudaMemGetInfo(&free_b, &total) == cudaSuccess ? (double)total : 0;
+}
+
 static void g_destroy(Device *d)
 {
     cuk_free(CTX(d));
@@ -157,6 +164,7 @@ static const DeviceOps cuda_ops = {
     .sgemm = g_sgemm,
     .orthonormalize = g_orthonormalize,
     .describe = g_describe,
+    .memory = g_memory,
     .destroy = g_destroy,
 };
 
