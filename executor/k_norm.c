@@ -284,25 +284,6 @@ K_FAST void row_acc(float *restrict y, const float *restrict a, int64_t n)
     for (; j < n; j++) y[j] += a[j];
 }
 
-/* Every letter of the op lies inside its global extent; the letters of
- * `whole` are not split at all. */
-static int check_shape(const KernelShape *ks, uint32_t whole, Err *err)
-{
-    const Op *op = ks->op;
-    for (int l = 0; l < IR_LETTERS; l++) {
-        if (!(op->letters_mask >> l & 1)) continue;
-        if (ks->size[l] < 0 || ks->off[l] < 0 || ks->off[l] + ks->size[l] > ks->total[l])
-            return err_set(err, "op %s: letter '%c' has local size %lld at offset %lld, outside "
-                           "its global size %lld", op->name, 'a' + l, (long long)ks->size[l],
-                           (long long)ks->off[l], (long long)ks->total[l]);
-        if ((whole >> l & 1) && ks->size[l] != ks->total[l])
-            return err_set(err, "op %s: %s cannot split letter '%c' (local %lld of %lld); keep it "
-                           "whole in the strategy", op->name, op_kind_name(op->kind), 'a' + l,
-                           (long long)ks->size[l], (long long)ks->total[l]);
-    }
-    return 0;
-}
-
 static bool stats_sum_on(const KernelShape *ks)
 {
     return ks->stats && ks->stats->sum;
@@ -343,7 +324,7 @@ static int norm_mode(const KernelShape *ks, NormMode *nm, Err *err)
 {
     const Op *op = ks->op;
     bool bn = op->kind == OP_BATCHNORM;
-    if (check_shape(ks, bn ? 0 : op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, bn ? 0 : op->reduce_mask, err)) return -1;
     nm->sync = bn && stats_sum_on(ks);
     nm->count = 1;
     for (const char *p = op->in_letters[0]; *p; p++)
@@ -665,7 +646,7 @@ int k_layernorm_fwd(const KernelShape *ks, const void *const *in, float *out, Er
     const Op *op = ks->op;
     Rows r;
     if (rows_init(&r, ks, op->nin + 1)) {
-        if (check_shape(ks, op->reduce_mask, err)) return -1;
+        if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
         float *w[IR_MAX_INPUTS + 1] = {0};
         w[op->nin] = out;
         if (ln_rows(&r, op->nin, in, NULL, w, op->nin + 1))
@@ -680,7 +661,7 @@ int k_layernorm_bwd(const KernelShape *ks, const void *const *in, const float *o
     const Op *op = ks->op;
     Rows r;
     if (rows_init(&r, ks, op->nin + 1)) {
-        if (check_shape(ks, op->reduce_mask, err)) return -1;
+        if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
         if (ln_rows(&r, op->nin, in, dout, din, op->nin))
             return ln_bwd_rows(ks, &r, in, dout, din, err);
     }
@@ -757,7 +738,7 @@ K_FAST void softmax_dx(float *restrict dx, const float *restrict y, const float 
 int k_softmax_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
 {
     const Op *op = ks->op;
-    if (check_shape(ks, op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
     Rows r;
     if (softmax_rows(&r, ks, out, in[0], NULL)) {
         softmax_fwd_rows(ks, &r, in[0], out);
@@ -798,7 +779,7 @@ int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out
     (void)in;
     const Op *op = ks->op;
     if (!din[0]) return 0;
-    if (check_shape(ks, op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
     Rows r;
     if (softmax_rows(&r, ks, din[0], out, dout)) {
         const int64_t n = r.n;
@@ -848,7 +829,7 @@ static int ce_prepare(const KernelShape *ks, int64_t rows, const int64_t *lab_of
 {
     const Op *op = ks->op;
     cm->split = ks->stats && ks->stats->sum && ks->stats->max;
-    if (check_shape(ks, cm->split ? 0 : op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, cm->split ? 0 : op->reduce_mask, err)) return -1;
     cm->v = __builtin_ctz(op->reduce_mask);
     cm->tokens = 1;
     for (const char *p = op->in_letters[0]; *p; p++)
@@ -1083,7 +1064,7 @@ int k_route_fwd(const KernelShape *ks, const void *const *in, float *out, Err *e
     for (const char *p = in0; *p; p++)
         if (!(op->reduce_mask >> (*p - 'a') & 1)) seq = *p - 'a';
     uint32_t whole = op->reduce_mask | 1u << c | (seq >= 0 ? 1u << seq : 0);
-    if (check_shape(ks, whole, err)) return -1;
+    if (kernel_check_extents(ks, whole, err)) return -1;
     Walk w;
     if (walk_init(&w, ks, 2, err)) return -1;
     int64_t cap = ks->size[c], nseq = seq >= 0 ? ks->size[seq] : 1, cstride = 1;

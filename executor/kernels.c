@@ -87,6 +87,23 @@ void kernel_shape_whole(KernelShape *ks, const Op *op, const Graph *g)
     }
 }
 
+int kernel_check_extents(const KernelShape *ks, uint32_t whole, Err *err)
+{
+    const Op *op = ks->op;
+    for (int l = 0; l < IR_LETTERS; l++) {
+        if (!(op->letters_mask >> l & 1)) continue;
+        if (ks->size[l] < 0 || ks->off[l] < 0 || ks->off[l] + ks->size[l] > ks->total[l])
+            return err_set(err, "op %s: letter '%c' has local size %lld at offset %lld, outside "
+                           "its global size %lld", op->name, 'a' + l, (long long)ks->size[l],
+                           (long long)ks->off[l], (long long)ks->total[l]);
+        if ((whole >> l & 1) && ks->size[l] != ks->total[l])
+            return err_set(err, "op %s: %s cannot split letter '%c' (local %lld of %lld); keep it "
+                           "whole in the strategy", op->name, op_kind_name(op->kind), 'a' + l,
+                           (long long)ks->size[l], (long long)ks->total[l]);
+    }
+    return 0;
+}
+
 int64_t kernel_operand_numel(const KernelShape *ks, int k)
 {
     const Op *op = ks->op;

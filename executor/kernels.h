@@ -27,6 +27,10 @@
 #include "ir/err.h"
 #include "ir/graph.h"
 
+#ifdef __cplusplus
+extern "C" {             /* the CUDA kernels (C++) call the shape helpers */
+#endif
+
 /* All-reduces of small statistics across the ranks holding the other parts of
  * a split reduce letter. NULL (or a NULL function) when the letter is whole. */
 typedef struct {
@@ -46,6 +50,11 @@ typedef struct {
 
 /* Fills ks for op with local == global sizes (a one-rank run). */
 void kernel_shape_whole(KernelShape *ks, const Op *op, const Graph *g);
+
+/* Every letter of the op lies inside its global extent (size and offset
+ * within total); the letters in `whole` (bits l - 'a') are not split at all.
+ * The CPU and the CUDA kernels check their shapes with it, with one message. */
+int kernel_check_extents(const KernelShape *ks, uint32_t whole, Err *err);
 
 /* Local element count of operand k (k == nin: the output). */
 int64_t kernel_operand_numel(const KernelShape *ks, int k);
@@ -96,5 +105,9 @@ void kernel_init_fill(float *buf, uint64_t seed, const char *name, int ndim,
 void kernel_init_fill_int(int32_t *buf, uint64_t seed, const char *name, int ndim,
                           const int64_t *shape, const int64_t *offset, const int64_t *local,
                           int32_t hi);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -110,10 +110,6 @@ static double urand(void) /* [0, 1) */
     return (double)(rng_state >> 11) * 0x1p-53;
 }
 
-static const char *operand_letters(const Op *op, int k)
-{
-    return k < op->nin ? op->in_letters[k] : op->out_letters;
-}
 
 static bool is_labels(const Op *op, int k) { return op->kind == OP_CROSS_ENTROPY && k == 1; }
 
@@ -203,21 +199,7 @@ static int cpu_bwd(void *ctx, const KernelShape *ks, const void *const *in, cons
     return kernel_backward(ks, in, out, dout, din, err);
 }
 
-static void geo_of(NbGeo *g, const KernelShape *ks, int nk)
-{
-    const char *letters[NB_MAXK];
-    for (int k = 0; k < nk; k++) letters[k] = operand_letters(ks->op, k);
-    nb_geo_init(g, letters, nk, ks->op->reduce_mask, ks->size);
-}
 
-static int stats_call(const KernelShape *ks, bool max, float *buf, int64_t n, Err *err)
-{
-    int (*fn)(void *, float *, int64_t, Err *) = max ? ks->stats->max : ks->stats->sum;
-    if (fn(ks->stats->ctx, buf, n, err))
-        return err_prefix(err, "op %s: all-reduce (%s) of %lld statistics", ks->op->name,
-                          max ? "max" : "sum", (long long)n);
-    return 0;
-}
 
 /* --- the emulation: norm.cu's launches, every lane of every row in turn ---- */
 
@@ -253,7 +235,7 @@ static int emu_layernorm_fwd(int nl, const KernelShape *ks, const void *const *i
 {
     const Op *op = ks->op;
     NbGeo g;
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     const float *x = in[0], *gam = op->nin > 1 ? in[1] : NULL, *bet = op->nin > 2 ? in[2] : NULL;
     for (int64_t i = 0; i < g.rows; i++) {
         NbStat st = emu_row_stat(&g, x, i, nl);
@@ -267,7 +249,7 @@ static int emu_layernorm_bwd(int nl, const KernelShape *ks, const void *const *i
 {
     const Op *op = ks->op;
     NbGeo g;
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     const float *x = in[0], *gam = op->nin > 1 ? in[1] : NULL;
     float *dx = din[0], *dg = op->nin > 1 ? din[1] : NULL, *db = op->nin > 2 ? din[2] : NULL;
     double *mean = NULL, *rstd = NULL;
@@ -323,7 +305,7 @@ static int emu_batchnorm_fwd(int nl, const KernelShape *ks, const void *const *i
 {
     const Op *op = ks->op;
     NbGeo g;
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     double count;
     bool sync = bn_mode(ks, &count);
     const float *x = in[0];
@@ -343,7 +325,7 @@ static int emu_batchnorm_fwd(int nl, const KernelShape *ks, const void *const *i
         }
         buf[i] = (float)s, buf[g.rows + i] = (float)ss;
     }
-    if (sync && !(rc = stats_call(ks, false, buf, 2 * g.rows, err)))
+    if (sync && !(rc = nb_stats_call(ks, false, buf, 2 * g.rows, err)))
         for (int64_t i = 0; i < g.rows; i++) st[i] = nb_stat_moments(buf[i], buf[g.rows + i], count);
     for (int64_t e = 0; e < g.rows * g.n && !rc; e++)
         bn_elem_out(&g, op->nin, x, op->nin > 1 ? in[1] : NULL, op->nin > 2 ? in[2] : NULL, out,
@@ -358,7 +340,7 @@ static int emu_batchnorm_bwd(int nl, const KernelShape *ks, const void *const *i
 {
     const Op *op = ks->op;
     NbGeo g;
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     double count;
     bool sync = bn_mode(ks, &count);
     const float *x = in[0], *gam = op->nin > 1 ? in[1] : NULL;
@@ -375,7 +357,7 @@ static int emu_batchnorm_bwd(int nl, const KernelShape *ks, const void *const *i
             }
             for (int m = 0; m < 4; m++) buf[m * g.rows + i] = (float)p[m];
         }
-        if (!(rc = stats_call(ks, false, buf, 4 * g.rows, err)))
+        if (!(rc = nb_stats_call(ks, false, buf, 4 * g.rows, err)))
             for (int64_t i = 0; i < g.rows; i++)
                 r[i] = bn_row_sync(buf, g.rows, i, count, gam ? gam[nb_outer(&g, 1, i)] : 1.0);
     }
@@ -423,7 +405,7 @@ static SmMask sm_mask(const KernelShape *ks)
 static int emu_softmax_fwd(int nl, const KernelShape *ks, const void *const *in, float *out)
 {
     NbGeo g;
-    geo_of(&g, ks, 2);
+    nb_geo_of(&g, ks, 2);
     SmMask mk = sm_mask(ks);
     const float *x = in[0];
     float scale = (float)ks->op->scale;
@@ -442,7 +424,7 @@ static int emu_softmax_bwd(int nl, const KernelShape *ks, const float *out, cons
 {
     if (!din[0]) return 0;
     NbGeo g;
-    geo_of(&g, ks, 2);
+    nb_geo_of(&g, ks, 2);
     for (int64_t i = 0; i < g.rows; i++) {
         double dot = 0;
         for (int l = 0; l < nl; l++) dot += sm_lane_dot(&g, out, dout, i, l, nl);
@@ -460,7 +442,7 @@ static bool ce_mode(const KernelShape *ks, NbGeo *g, CeClasses *cc)
     cc->tokens = 1;
     for (const char *p = op->in_letters[0]; *p; p++)
         if (!(op->reduce_mask >> (*p - 'a') & 1)) cc->tokens *= (double)ks->total[*p - 'a'];
-    geo_of(g, ks, 2);
+    nb_geo_of(g, ks, 2);
     return ks->stats && ks->stats->sum && ks->stats->max;
 }
 
@@ -481,9 +463,9 @@ static int emu_ce_lse(int nl, const KernelShape *ks, const NbGeo *g, bool split,
                       float *m, float *s, Err *err)
 {
     for (int64_t i = 0; i < g->rows; i++) m[i] = emu_row_max(g, x, i, g->n, 1.0f, nl);
-    if (split && stats_call(ks, true, m, g->rows, err)) return -1;
+    if (split && nb_stats_call(ks, true, m, g->rows, err)) return -1;
     for (int64_t i = 0; i < g->rows; i++) s[i] = (float)emu_row_sumexp(g, x, i, g->n, 1.0f, m[i], nl);
-    if (split && stats_call(ks, false, s, g->rows, err)) return -1;
+    if (split && nb_stats_call(ks, false, s, g->rows, err)) return -1;
     return 0;
 }
 
@@ -499,7 +481,7 @@ static int emu_ce_fwd(int nl, const KernelShape *ks, const void *const *in, floa
     float *m = buf, *s = buf + g.rows, *tgt = buf + 2 * g.rows;
     int rc = emu_ce_lse(nl, ks, &g, split, x, m, s, err);
     for (int64_t i = 0; i < g.rows && !rc; i++) tgt[i] = ce_target(&g, x, lab, &cc, i);
-    if (!rc && split) rc = stats_call(ks, false, tgt, g.rows, err);
+    if (!rc && split) rc = nb_stats_call(ks, false, tgt, g.rows, err);
     if (!rc) {
         double loss = 0;
         for (int64_t i = 0; i < g.rows; i++) loss += ce_term(m[i], s[i], tgt[i]);

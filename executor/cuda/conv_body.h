@@ -414,17 +414,7 @@ static inline int route_geom(const KernelShape *ks, RouteGeom *g, Err *err)
         return err_set(err, "op %s: route output \"%s\" has no capacity letter", op->name,
                        op->out_letters);
     uint32_t whole = op->reduce_mask | 1u << c | (seq >= 0 ? 1u << seq : 0);
-    for (int l = 0; l < 26; l++) {
-        if (!(op->letters_mask >> l & 1)) continue;
-        if (ks->size[l] < 0 || ks->off[l] < 0 || ks->off[l] + ks->size[l] > ks->total[l])
-            return err_set(err, "op %s: letter '%c' has local size %lld at offset %lld, outside "
-                           "its global size %lld", op->name, 'a' + l, (long long)ks->size[l],
-                           (long long)ks->off[l], (long long)ks->total[l]);
-        if ((whole >> l & 1) && ks->size[l] != ks->total[l])
-            return err_set(err, "op %s: %s cannot split letter '%c' (local %lld of %lld); keep it "
-                           "whole in the strategy", op->name, op_kind_name(op->kind), 'a' + l,
-                           (long long)ks->size[l], (long long)ks->total[l]);
-    }
+    if (kernel_check_extents(ks, whole, err)) return -1;
     int64_t sx[26], sy[26];
     route_strides(ks, in0, sx);
     route_strides(ks, op->out_letters, sy);

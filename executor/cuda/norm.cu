@@ -45,46 +45,8 @@ static_assert(NB_MAXD == IR_MAX_DIMS && NB_MAXK == IR_MAX_INPUTS + 1, "norm_body
 /* ----------------------------------------------------------------------------
  * Shapes, geometry, launch sizes (host) */
 
-static const char *operand_letters(const Op *op, int k)
-{
-    return k < op->nin ? op->in_letters[k] : op->out_letters;
-}
 
-/* As k_norm.c's check_shape: every letter inside its global extent; the
- * letters of `whole` not split at all. */
-static int norm_check(const KernelShape *ks, uint32_t whole, Err *err)
-{
-    const Op *op = ks->op;
-    for (int l = 0; l < IR_LETTERS; l++) {
-        if (!(op->letters_mask >> l & 1)) continue;
-        if (ks->size[l] < 0 || ks->off[l] < 0 || ks->off[l] + ks->size[l] > ks->total[l])
-            return err_set(err, "op %s: letter '%c' has local size %lld at offset %lld, outside "
-                           "its global size %lld", op->name, 'a' + l, (long long)ks->size[l],
-                           (long long)ks->off[l], (long long)ks->total[l]);
-        if ((whole >> l & 1) && ks->size[l] != ks->total[l])
-            return err_set(err, "op %s: %s cannot split letter '%c' (local %lld of %lld); keep it "
-                           "whole in the strategy", op->name, op_kind_name(op->kind), 'a' + l,
-                           (long long)ks->size[l], (long long)ks->total[l]);
-    }
-    return 0;
-}
 
-/* Operands 0..nk-1 (nk == nin + 1: with the output). */
-static void geo_of(NbGeo *g, const KernelShape *ks, int nk)
-{
-    const char *letters[NB_MAXK];
-    for (int k = 0; k < nk; k++) letters[k] = operand_letters(ks->op, k);
-    nb_geo_init(g, letters, nk, ks->op->reduce_mask, ks->size);
-}
-
-static int stats_call(const KernelShape *ks, bool max, float *buf, int64_t n, Err *err)
-{
-    int (*fn)(void *, float *, int64_t, Err *) = max ? ks->stats->max : ks->stats->sum;
-    if (fn(ks->stats->ctx, buf, n, err))
-        return err_prefix(err, "op %s: all-reduce (%s) of %lld statistics", ks->op->name,
-                          max ? "max" : "sum", (long long)n);
-    return 0;
-}
 
 /* Lanes per row, block size and grid of a row kernel. */
 typedef struct {
@@ -267,9 +229,9 @@ int cuk_layernorm_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, fl
                       Err *err)
 {
     const Op *op = ks->op;
-    if (norm_check(ks, op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
     NbGeo g;
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     RowLaunch rl = row_launch(c, g.rows, g.n);
     LAUNCH_ROWS(rl, ln_fwd_k, g, op->nin, (const float *)in[0],
                 op->nin > 1 ? (const float *)in[1] : NULL,
@@ -291,8 +253,8 @@ int cuk_layernorm_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, co
     NbGeo g;
     RowLaunch rl;
     int64_t xblocks = 0, chunks = 0;
-    if (norm_check(ks, op->reduce_mask, err)) return -1;
-    geo_of(&g, ks, op->nin + 1);
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
+    nb_geo_of(&g, ks, op->nin + 1);
     rl = row_launch(c, g.rows, g.n);
     if (dg || db) {
         /* enough column blocks to fill the device, each over >= 8 rows */
@@ -435,9 +397,9 @@ int cuk_batchnorm_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, fl
     RowLaunch rl;
     double count;
     bool sync;
-    if (norm_check(ks, 0, err)) return -1;
+    if (kernel_check_extents(ks, 0, err)) return -1;
     sync = bn_mode(ks, &count);
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     rl = row_launch(c, g.rows, g.n);
     st = (NbStat *)cuk_scratch(c, sizeof *st * (size_t)g.rows, op->name, err);
     if (!st) return -1;
@@ -449,7 +411,7 @@ int cuk_batchnorm_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, fl
         LAUNCH_ROWS(rl, bn_moments_k, g, op->nin, x, (const float *)NULL, buf);
         TRY_LAUNCHED();
         TRY(cudaStreamSynchronize(c->stream));
-        if ((rc = stats_call(ks, false, buf, 2 * g.rows, err))) goto out;
+        if ((rc = nb_stats_call(ks, false, buf, 2 * g.rows, err))) goto out;
         bn_sync_stats_k<<<cuk_blocks(c, g.rows), CUK_THREADS, 0, c->stream>>>(g.rows, buf, count,
                                                                               st);
     } else {
@@ -482,9 +444,9 @@ int cuk_batchnorm_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, co
     RowLaunch rl;
     double count;
     bool sync;
-    if (norm_check(ks, 0, err)) return -1;
+    if (kernel_check_extents(ks, 0, err)) return -1;
     sync = bn_mode(ks, &count);
-    geo_of(&g, ks, op->nin + 1);
+    nb_geo_of(&g, ks, op->nin + 1);
     rl = row_launch(c, g.rows, g.n);
     r = (BnRow *)cuk_scratch(c, sizeof *r * (size_t)g.rows, op->name, err);
     if (!r) return -1;
@@ -496,7 +458,7 @@ int cuk_batchnorm_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, co
         LAUNCH_ROWS(rl, bn_moments_k, g, op->nin, x, dout, buf);
         TRY_LAUNCHED();
         TRY(cudaStreamSynchronize(c->stream));
-        if ((rc = stats_call(ks, false, buf, 4 * g.rows, err))) goto out;
+        if ((rc = nb_stats_call(ks, false, buf, 4 * g.rows, err))) goto out;
         bn_sync_rows_k<<<cuk_blocks(c, g.rows), CUK_THREADS, 0, c->stream>>>(g.rows, g, buf,
                                                                              count, gam, r);
         TRY_LAUNCHED();
@@ -561,9 +523,9 @@ int cuk_softmax_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, floa
                     Err *err)
 {
     const Op *op = ks->op;
-    if (norm_check(ks, op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
     NbGeo g;
-    geo_of(&g, ks, 2);
+    nb_geo_of(&g, ks, 2);
     RowLaunch rl = row_launch(c, g.rows, g.n);
     LAUNCH_ROWS(rl, sm_fwd_k, g, sm_mask(ks), (float)op->scale, (const float *)in[0], out);
     CUK_LAUNCHED();
@@ -577,9 +539,9 @@ int cuk_softmax_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, cons
     (void)in;
     const Op *op = ks->op;
     if (!din[0]) return 0;
-    if (norm_check(ks, op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, op->reduce_mask, err)) return -1;
     NbGeo g;
-    geo_of(&g, ks, 2);
+    nb_geo_of(&g, ks, 2);
     RowLaunch rl = row_launch(c, g.rows, g.n);
     LAUNCH_ROWS(rl, sm_bwd_k, g, op->scale, out, dout, din[0]);
     CUK_LAUNCHED();
@@ -686,14 +648,14 @@ static int ce_mode(const KernelShape *ks, NbGeo *g, CeClasses *cc, bool *split, 
 {
     const Op *op = ks->op;
     *split = ks->stats && ks->stats->sum && ks->stats->max;
-    if (norm_check(ks, *split ? 0 : op->reduce_mask, err)) return -1;
+    if (kernel_check_extents(ks, *split ? 0 : op->reduce_mask, err)) return -1;
     int v = __builtin_ctz(op->reduce_mask);
     cc->v_off = ks->off[v];
     cc->v_total = ks->total[v];
     cc->tokens = 1;
     for (const char *p = op->in_letters[0]; *p; p++)
         if (!(op->reduce_mask >> (*p - 'a') & 1)) cc->tokens *= (double)ks->total[*p - 'a'];
-    geo_of(g, ks, 2);
+    nb_geo_of(g, ks, 2);
     return 0;
 }
 
@@ -765,14 +727,14 @@ int cuk_cross_entropy_fwd(CuCtx *c, const KernelShape *ks, const void *const *in
     LAUNCH_ROWS(rl, ce_max_k, g, x, cs.m);
     TRY_LAUNCHED();
     if ((rc = ce_labels_ok(c, ks, &g, &cc, lab, cs.bad, err))) goto out;
-    if ((rc = stats_call(ks, true, cs.m, g.rows, err))) goto out;
+    if ((rc = nb_stats_call(ks, true, cs.m, g.rows, err))) goto out;
     LAUNCH_ROWS(rl, ce_sum_k, g, x, cs.m, cs.s);
     TRY_LAUNCHED();
     ce_target_k<<<cuk_blocks(c, g.rows), CUK_THREADS, 0, c->stream>>>(g, cc, x, lab, cs.tgt);
     TRY_LAUNCHED();
     TRY(cudaStreamSynchronize(c->stream));
-    if ((rc = stats_call(ks, false, cs.s, g.rows, err))) goto out;
-    if ((rc = stats_call(ks, false, cs.tgt, g.rows, err))) goto out;
+    if ((rc = nb_stats_call(ks, false, cs.s, g.rows, err))) goto out;
+    if ((rc = nb_stats_call(ks, false, cs.tgt, g.rows, err))) goto out;
     ce_loss_k<<<1, LOSS_THREADS, 0, c->stream>>>(g.rows, cc.tokens, NULL, cs.m, cs.s, cs.tgt,
                                                  NULL, out);
     TRY_LAUNCHED();
@@ -816,11 +778,11 @@ int cuk_cross_entropy_bwd(CuCtx *c, const KernelShape *ks, const void *const *in
     LAUNCH_ROWS(rl, ce_max_k, g, x, cs.m);
     TRY_LAUNCHED();
     if ((rc = ce_labels_ok(c, ks, &g, &cc, lab, cs.bad, err))) goto out;
-    if ((rc = stats_call(ks, true, cs.m, g.rows, err))) goto out;
+    if ((rc = nb_stats_call(ks, true, cs.m, g.rows, err))) goto out;
     LAUNCH_ROWS(rl, ce_sum_k, g, x, cs.m, cs.s);
     TRY_LAUNCHED();
     TRY(cudaStreamSynchronize(c->stream));
-    if ((rc = stats_call(ks, false, cs.s, g.rows, err))) goto out;
+    if ((rc = nb_stats_call(ks, false, cs.s, g.rows, err))) goto out;
     if (dx) {
         LAUNCH_ROWS(rl, ce_dx_k, g, cc, x, lab, dout, cs.m, cs.s,
                     (const unsigned long long *)NULL, dx);

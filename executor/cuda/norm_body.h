@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "executor/cuda/cuk_fn.h"
+#include "executor/kernels.h"
 
 #define NB_MAXD 8                /* IR_MAX_DIMS */
 #define NB_MAXK 5                /* IR_MAX_INPUTS + the output */
@@ -436,6 +437,33 @@ CUK_FN void ce_lane_dx(const NbGeo *g, const float *x, const int32_t *lab, const
         double p = expf(x[xj] - m) * inv - (j == y);
         dx[xj] += (float)(p * k);
     }
+}
+
+/* ----------------------------------------------------------------------------
+ * Host helpers of norm.cu's launches, shared with the CPU emulation */
+
+static inline const char *nb_operand_letters(const Op *op, int k)
+{
+    return k < op->nin ? op->in_letters[k] : op->out_letters;
+}
+
+/* Operands 0..nk-1 (nk == nin + 1: with the output). */
+static inline void nb_geo_of(NbGeo *g, const KernelShape *ks, int nk)
+{
+    const char *letters[NB_MAXK];
+    for (int k = 0; k < nk; k++) letters[k] = nb_operand_letters(ks->op, k);
+    nb_geo_init(g, letters, nk, ks->op->reduce_mask, ks->size);
+}
+
+/* The split reduction's all-reduce of n statistics (buf: where the kernels
+ * compute, synchronised by the caller). */
+static inline int nb_stats_call(const KernelShape *ks, bool max, float *buf, int64_t n, Err *err)
+{
+    int (*fn)(void *, float *, int64_t, Err *) = max ? ks->stats->max : ks->stats->sum;
+    if (fn(ks->stats->ctx, buf, n, err))
+        return err_prefix(err, "op %s: all-reduce (%s) of %lld statistics", ks->op->name,
+                          max ? "max" : "sum", (long long)n);
+    return 0;
 }
 
 #endif
