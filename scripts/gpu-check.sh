@@ -11,11 +11,16 @@
 # (STRATA_USE_PACK=1: always).
 #   scripts/gpu-check.sh [--quick]     --quick: skip the GPT-2-small timing
 set -u
+quick=0
+case "${1:-}" in
+"") ;;
+--quick) quick=1 ;;
+*) echo "usage: scripts/gpu-check.sh [--quick]  (unknown argument: $1)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu-check.log") 2>&1
-quick=0; [ "${1:-}" = "--quick" ] && quick=1
 say() { printf '\n=== %s\n' "$*"; }
 
 say "machine"
