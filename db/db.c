@@ -22,6 +22,7 @@
 #include "db.h"
 
 #include <errno.h>
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -203,6 +204,65 @@ static const char *const migrations[] = {
     "  max_rel_err REAL NOT NULL,"
     "  n           INTEGER NOT NULL,"
     "  PRIMARY KEY (profile_id, collective, group_size, level));",
+
+    /* 3: what `strata train`, `estimate` and `validate` need: a cost model's
+     * metrics and provenance, a run step's memory high-water mark, the
+     * estimates stored with a plan, and validations (a suite of plans, each
+     * predicted and measured). cost_models.id keeps the schema of version 1
+     * (ALTER TABLE cannot add a CHECK); db_costmodel_put checks it instead.
+     * A measured or predicted number that is unknown (NaN) is stored NULL. */
+    "ALTER TABLE cost_models ADD COLUMN metrics_json TEXT;"
+    "ALTER TABLE cost_models ADD COLUMN device       TEXT;"
+    "ALTER TABLE cost_models ADD COLUMN seed         INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE cost_models ADD COLUMN with_runs    INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX cost_models_created ON cost_models(created);"
+
+    "ALTER TABLE run_steps ADD COLUMN peak_mem_bytes REAL NOT NULL DEFAULT 0;"
+
+    "CREATE TABLE estimates ("
+    "  id             INTEGER PRIMARY KEY,"
+    "  plan_id        TEXT NOT NULL REFERENCES plans(id) ON DELETE CASCADE,"
+    "  cost_model_id  TEXT REFERENCES cost_models(id) ON DELETE SET NULL,"
+    "  profile_id     INTEGER REFERENCES profiles(id) ON DELETE SET NULL,"
+    "  step_time_s    REAL NOT NULL,"
+    "  peak_mem_bytes REAL NOT NULL,"
+    "  feasible       INTEGER NOT NULL CHECK (feasible IN (0, 1)),"
+    "  json           TEXT NOT NULL,"
+    "  created        TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX estimates_plan ON estimates(plan_id);"
+    "CREATE INDEX estimates_cost_model ON estimates(cost_model_id);"
+    "CREATE INDEX estimates_profile ON estimates(profile_id);"
+
+    "CREATE TABLE validations ("
+    "  id            INTEGER PRIMARY KEY,"
+    "  suite         TEXT NOT NULL,"
+    "  np            INTEGER NOT NULL,"
+    "  steps         INTEGER NOT NULL,"
+    "  profile_id    INTEGER REFERENCES profiles(id) ON DELETE SET NULL,"
+    "  cost_model_id TEXT REFERENCES cost_models(id) ON DELETE SET NULL,"
+    "  mape_time     REAL,"
+    "  mape_mem      REAL,"
+    "  kendall_tau   REAL,"
+    "  created       TEXT NOT NULL DEFAULT " NOW ");"
+    "CREATE INDEX validations_profile ON validations(profile_id);"
+    "CREATE INDEX validations_cost_model ON validations(cost_model_id);"
+    "CREATE INDEX validations_created ON validations(created);"
+
+    "CREATE TABLE validation_plans ("
+    "  validation_id INTEGER NOT NULL REFERENCES validations(id) ON DELETE CASCADE,"
+    "  seq           INTEGER NOT NULL,"
+    "  name          TEXT NOT NULL,"
+    "  plan_id       TEXT NOT NULL REFERENCES plans(id) ON DELETE CASCADE,"
+    "  estimate_id   INTEGER REFERENCES estimates(id) ON DELETE SET NULL,"
+    "  run_id        TEXT REFERENCES runs(id) ON DELETE SET NULL,"
+    "  predicted_s   REAL,"
+    "  measured_s    REAL,"
+    "  predicted_mem REAL,"
+    "  measured_mem  REAL,"
+    "  PRIMARY KEY (validation_id, seq));"
+    "CREATE INDEX validation_plans_plan ON validation_plans(plan_id);"
+    "CREATE INDEX validation_plans_estimate ON validation_plans(estimate_id);"
+    "CREATE INDEX validation_plans_run ON validation_plans(run_id);",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -881,8 +941,8 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
     sqlite3_finalize(st);
     st = NULL;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO run_steps (run_id, step, rank, loss, step_s, compute_s, comm_s, idle_s)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+        "INSERT INTO run_steps (run_id, step, rank, loss, step_s, compute_s, comm_s, idle_s,"
+        " peak_mem_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
     for (int i = 0; i < nsteps; i++) {
         const DbRunStep *x = &steps[i];
         SQL_CHECK(sqlite3_reset(st));
@@ -894,6 +954,7 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
         SQL_CHECK(sqlite3_bind_double(st, 6, x->compute_s));
         SQL_CHECK(sqlite3_bind_double(st, 7, x->comm_s));
         SQL_CHECK(sqlite3_bind_double(st, 8, x->idle_s));
+        SQL_CHECK(sqlite3_bind_double(st, 9, x->peak_mem_bytes));
         SQL_STEP_DONE(st);
     }
     sqlite3_finalize(st);
@@ -942,8 +1003,8 @@ int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nstep
                     out, full, err);
     if (r) return r;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "SELECT step, rank, loss, step_s, compute_s, comm_s, idle_s FROM run_steps"
-        " WHERE run_id = ? ORDER BY step, rank", -1, &st, NULL));
+        "SELECT step, rank, loss, step_s, compute_s, comm_s, idle_s, peak_mem_bytes"
+        " FROM run_steps WHERE run_id = ? ORDER BY step, rank", -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == cap) {
@@ -953,7 +1014,7 @@ int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nstep
         a[cnt++] = (DbRunStep){ sqlite3_column_int(st, 0), sqlite3_column_int(st, 1),
                                 sqlite3_column_double(st, 2), sqlite3_column_double(st, 3),
                                 sqlite3_column_double(st, 4), sqlite3_column_double(st, 5),
-                                sqlite3_column_double(st, 6) };
+                                sqlite3_column_double(st, 6), sqlite3_column_double(st, 7) };
     }
     if (rc != SQLITE_DONE) {
         sql_fail(db, rc, err, __FILE__, __LINE__);
@@ -1470,4 +1531,493 @@ void db_profile_samples_free(DbProfileOp *ops, int nops, DbProfileLink *links, i
     free(ops);
     free(links);
     free(fits);
+}
+
+/* ----------------------------------------------------------------------------
+ * Shared by cost models, estimates and validations. Their references to a
+ * profile, an estimate or a run are optional: 0 (or "") is stored NULL, so
+ * the foreign key holds, and NULL reads back as 0 (or ""). A number that is
+ * unknown (NaN: a run that failed has no measured time) is stored NULL, as
+ * SQLite does with a bound NaN, and reads back as NaN, never as a plausible 0. */
+
+static int bind_ref(sqlite3_stmt *st, int i, int64_t id)
+{
+    return id ? sqlite3_bind_int64(st, i, id) : sqlite3_bind_null(st, i);
+}
+
+static int bind_ref_text(sqlite3_stmt *st, int i, const char *id)
+{
+    return id && id[0] ? sqlite3_bind_text(st, i, id, -1, SQLITE_STATIC)
+                       : sqlite3_bind_null(st, i);
+}
+
+static double col_real(sqlite3_stmt *st, int i)
+{
+    return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
+}
+
+/* Steps st, which gives at most one row, and reads that row into out.
+ * Returns 0, 1 when there is no row, -1 on error; finalizes st on every path. */
+static int one_row(Db *db, sqlite3_stmt *st, RowReader read, void *out, Err *err)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) read(st, out);
+    else if (rc != SQLITE_DONE) sql_fail(db, rc, err, __FILE__, __LINE__);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? 1 : -1;
+}
+
+/* The row `select` (ending in "WHERE <key> = ?") gives for the rowid `id`,
+ * as get_row does for content ids. 1 when not found. */
+static int get_by_rowid(Db *db, const char *noun, int64_t id, const char *select,
+                        RowReader read, void *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+    int r = one_row(db, st, read, out, err);
+    if (r == 1) err_set(err, "no %s with id %lld", noun, (long long)id);
+    return r < 0 ? err_prefix(err, "reading %s %lld", noun, (long long)id) : r;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading %s %lld", noun, (long long)id);
+}
+
+/* ----------------------------------------------------------------------------
+ * Cost models. A list leaves the weights out (they can be megabytes) but
+ * still says how many bytes they are. */
+
+#define COSTMODEL_TAIL                                                             \
+    " length(weights), heldout_error, metrics_json, device, seed, with_runs, created" \
+    " FROM cost_models"
+#define COSTMODEL_SELECT "SELECT id, profile_id, kind, weights," COSTMODEL_TAIL
+#define COSTMODEL_LIST "SELECT id, profile_id, kind, NULL," COSTMODEL_TAIL
+
+static void read_costmodel(sqlite3_stmt *st, void *out)
+{
+    DbCostModel *m = out;
+    col_id(st, 0, m->id);
+    m->profile_id = sqlite3_column_int64(st, 1);
+    m->kind = col_str(st, 2);
+    const void *w = sqlite3_column_blob(st, 3);
+    m->nweights = (size_t)sqlite3_column_int64(st, 4);
+    if (w) {
+        size_t nb = (size_t)sqlite3_column_bytes(st, 3);
+        m->weights = xmalloc(nb);
+        memcpy(m->weights, w, nb);
+    }
+    m->heldout_error = sqlite3_column_type(st, 5) == SQLITE_NULL ? -1
+                                                                 : sqlite3_column_double(st, 5);
+    m->metrics_json = col_str(st, 6);
+    m->device = col_str(st, 7);
+    m->seed = sqlite3_column_int64(st, 8);
+    m->with_runs = sqlite3_column_int(st, 9);
+    m->created = col_str(st, 10);
+}
+
+static void free_costmodel_row(void *r) { db_costmodel_free(r); }
+
+/* A held-out error below 0 (unknown) is stored NULL. */
+int db_costmodel_put(Db *db, const DbCostModel *m, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(m->id, "cost model", err)) return -1;
+    if (!m->kind || !m->weights || m->nweights == 0)
+        return err_set(err, "cost model %s: kind and weights are required", m->id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO cost_models (id, profile_id, kind, weights, heldout_error, metrics_json,"
+        " device, seed, with_runs, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " coalesce(?, " NOW ")) ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC));
+    SQL_CHECK(bind_ref(st, 2, m->profile_id));
+    SQL_CHECK(sqlite3_bind_text(st, 3, m->kind, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_blob64(st, 4, m->weights, m->nweights, SQLITE_STATIC));
+    SQL_CHECK(m->heldout_error >= 0 ? sqlite3_bind_double(st, 5, m->heldout_error)
+                                    : sqlite3_bind_null(st, 5));
+    SQL_CHECK(sqlite3_bind_text(st, 6, m->metrics_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 7, m->device, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 8, m->seed));
+    SQL_CHECK(sqlite3_bind_int(st, 9, m->with_runs != 0));
+    SQL_CHECK(sqlite3_bind_text(st, 10, m->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "profile %lld is not stored; store it before its cost models",
+                   (long long)m->profile_id);
+    return err_prefix(err, "storing cost model %s", m->id);
+}
+
+int db_costmodel_get(Db *db, const char *id, DbCostModel *out, Err *err)
+{
+    char full[17];
+    memset(out, 0, sizeof *out);
+    return get_row(db, "cost_models", "cost model", id, COSTMODEL_SELECT " WHERE id = ?",
+                   read_costmodel, out, full, err);
+}
+
+int db_costmodel_latest(Db *db, int64_t profile_id, DbCostModel *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    memset(out, 0, sizeof *out);
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        COSTMODEL_SELECT " WHERE ?1 = 0 OR profile_id = ?1 ORDER BY created DESC, rowid DESC"
+        " LIMIT 1", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, profile_id));
+    int r = one_row(db, st, read_costmodel, out, err);
+    if (r == 1 && profile_id)
+        err_set(err, "no cost model trained on profile %lld", (long long)profile_id);
+    else if (r == 1)
+        err_set(err, "no cost model stored");
+    return r < 0 ? err_prefix(err, "finding the newest cost model") : r;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "finding the newest cost model");
+}
+
+int db_costmodel_list(Db *db, DbCostModel **rows, int *n, Err *err)
+{
+    void *a;
+    int rc = list_rows(db, COSTMODEL_LIST " ORDER BY created DESC, rowid DESC", sizeof **rows,
+                       read_costmodel, free_costmodel_row, "cost models", &a, n, err);
+    *rows = a;
+    return rc;
+}
+
+void db_costmodel_free(DbCostModel *m)
+{
+    if (!m) return;
+    free(m->kind);
+    free(m->weights);
+    free(m->metrics_json);
+    free(m->device);
+    free(m->created);
+    m->kind = m->metrics_json = m->device = m->created = NULL;
+    m->weights = NULL;
+}
+
+void db_costmodel_list_free(DbCostModel *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_costmodel_free(&rows[i]);
+    free(rows);
+}
+
+/* ----------------------------------------------------------------------------
+ * Estimates. Ids are rowids (an estimate is a prediction made at a time,
+ * not content). */
+
+#define ESTIMATE_SELECT                                                              \
+    "SELECT id, plan_id, cost_model_id, profile_id, step_time_s, peak_mem_bytes,"    \
+    " feasible, json, created FROM estimates"
+
+static void read_estimate(sqlite3_stmt *st, void *out)
+{
+    DbEstimate *e = out;
+    e->id = sqlite3_column_int64(st, 0);
+    col_id(st, 1, e->plan_id);
+    e->cost_model_id = col_str(st, 2);
+    e->profile_id = sqlite3_column_int64(st, 3);
+    e->step_time_s = sqlite3_column_double(st, 4);
+    e->peak_mem_bytes = sqlite3_column_double(st, 5);
+    e->feasible = sqlite3_column_int(st, 6);
+    e->json = col_str(st, 7);
+    e->created = col_str(st, 8);
+}
+
+static void free_estimate_row(void *r) { db_estimate_free(r); }
+
+/* id may be NULL when the caller does not need the new id. */
+int db_estimate_put(Db *db, const DbEstimate *e, int64_t *id, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(e->plan_id, "plan", err) ||
+        (e->cost_model_id && check_id(e->cost_model_id, "cost model", err)))
+        return err_prefix(err, "storing an estimate of plan %.16s", e->plan_id);
+    if (!e->json)
+        return err_set(err, "storing an estimate of plan %s: json is required", e->plan_id);
+    if (e->feasible != 0 && e->feasible != 1)
+        return err_set(err, "storing an estimate of plan %s: feasible is %d; give 0 or 1",
+                       e->plan_id, e->feasible);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO estimates (plan_id, cost_model_id, profile_id, step_time_s, peak_mem_bytes,"
+        " feasible, json, created) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))",
+        -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, e->plan_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, e->cost_model_id, -1, SQLITE_STATIC));
+    SQL_CHECK(bind_ref(st, 3, e->profile_id));
+    SQL_CHECK(sqlite3_bind_double(st, 4, e->step_time_s));
+    SQL_CHECK(sqlite3_bind_double(st, 5, e->peak_mem_bytes));
+    SQL_CHECK(sqlite3_bind_int(st, 6, e->feasible));
+    SQL_CHECK(sqlite3_bind_text(st, 7, e->json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 8, e->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    if (id) *id = sqlite3_last_insert_rowid(db->h);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "plan %s, cost model %s or profile %lld is not stored; store them "
+                   "before the estimate", e->plan_id,
+                   e->cost_model_id ? e->cost_model_id : "(none)", (long long)e->profile_id);
+    return err_prefix(err, "storing an estimate of plan %s", e->plan_id);
+}
+
+int db_estimate_get(Db *db, int64_t id, DbEstimate *out, Err *err)
+{
+    memset(out, 0, sizeof *out);
+    return get_by_rowid(db, "estimate", id, ESTIMATE_SELECT " WHERE id = ?", read_estimate,
+                        out, err);
+}
+
+int db_estimate_list(Db *db, const char *plan_id, DbEstimate **rows, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    void *a = NULL;
+    *rows = NULL;
+    *n = 0;
+    if (!plan_id) return err_set(err, "listing estimates: no plan id given");
+    if (check_id(plan_id, "plan", err)) goto fail;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        ESTIMATE_SELECT " WHERE plan_id = ? ORDER BY created DESC, id DESC", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, plan_id, -1, SQLITE_STATIC));
+    if (read_rows(db, st, sizeof **rows, read_estimate, free_estimate_row, &a, n, err))
+        goto fail;
+    *rows = a;
+    return 0;
+err:
+    sqlite3_finalize(st);
+fail:
+    return err_prefix(err, "listing the estimates of plan %.16s", plan_id);
+}
+
+void db_estimate_free(DbEstimate *e)
+{
+    if (!e) return;
+    free(e->cost_model_id);
+    free(e->json);
+    free(e->created);
+    e->cost_model_id = e->json = e->created = NULL;
+}
+
+void db_estimate_list_free(DbEstimate *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_estimate_free(&rows[i]);
+    free(rows);
+}
+
+/* ----------------------------------------------------------------------------
+ * Validations. A validation's rows are numbered by their place in the array
+ * (seq) and come back in that order. */
+
+#define VALIDATION_SELECT                                                               \
+    "SELECT v.id, v.suite, v.np, v.steps, v.profile_id, v.cost_model_id, v.mape_time,"  \
+    " v.mape_mem, v.kendall_tau,"                                                       \
+    " (SELECT count(*) FROM validation_plans p WHERE p.validation_id = v.id), v.created" \
+    " FROM validations v"
+
+static void read_validation(sqlite3_stmt *st, void *out)
+{
+    DbValidation *v = out;
+    v->id = sqlite3_column_int64(st, 0);
+    v->suite = col_str(st, 1);
+    v->np = sqlite3_column_int(st, 2);
+    v->steps = sqlite3_column_int(st, 3);
+    v->profile_id = sqlite3_column_int64(st, 4);
+    v->cost_model_id = col_str(st, 5);
+    v->mape_time = col_real(st, 6);
+    v->mape_mem = col_real(st, 7);
+    v->kendall_tau = col_real(st, 8);
+    v->nplans = sqlite3_column_int(st, 9);
+    v->created = col_str(st, 10);
+}
+
+static void read_validation_plan(sqlite3_stmt *st, void *out)
+{
+    DbValidationPlan *p = out;
+    p->name = col_str(st, 0);
+    col_id(st, 1, p->plan_id);
+    p->estimate_id = sqlite3_column_int64(st, 2);
+    col_id(st, 3, p->run_id);
+    p->predicted_s = col_real(st, 4);
+    p->measured_s = col_real(st, 5);
+    p->predicted_mem = col_real(st, 6);
+    p->measured_mem = col_real(st, 7);
+}
+
+static void free_validation_row(void *r) { db_validation_free(r); }
+
+static void free_validation_plan_row(void *r)
+{
+    DbValidationPlan *p = r;
+    free(p->name);
+    p->name = NULL;
+}
+
+/* Checks what SQL would not: required strings and the form of the ids. */
+static int check_validation(const DbValidation *v, const DbValidationPlan *rows, int n,
+                            Err *err)
+{
+    if (!v->suite) return err_set(err, "suite is required");
+    if (v->cost_model_id && check_id(v->cost_model_id, "cost model", err)) return -1;
+    if (check_batch(rows, n, err)) return -1;
+    for (int i = 0; i < n; i++) {
+        const DbValidationPlan *r = &rows[i];
+        if (!r->name) return err_set(err, "row %d: name is required", i);
+        if (check_id(r->plan_id, "plan", err) || (r->run_id[0] && check_id(r->run_id, "run", err)))
+            return err_prefix(err, "row %d (%s)", i, r->name);
+    }
+    return 0;
+}
+
+/* id may be NULL when the caller does not need the new id. */
+int db_validation_put(Db *db, const DbValidation *v, const DbValidationPlan *rows, int n,
+                      int64_t *id, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    int i = -1;                   /* the row being stored; -1: the validation itself */
+    if (check_validation(v, rows, n, err))
+        return v->suite ? err_prefix(err, "storing a validation of suite '%s'", v->suite)
+                        : err_prefix(err, "storing a validation");
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO validations (suite, np, steps, profile_id, cost_model_id, mape_time,"
+        " mape_mem, kendall_tau, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))",
+        -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, v->suite, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 2, v->np));
+    SQL_CHECK(sqlite3_bind_int(st, 3, v->steps));
+    SQL_CHECK(bind_ref(st, 4, v->profile_id));
+    SQL_CHECK(sqlite3_bind_text(st, 5, v->cost_model_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_double(st, 6, v->mape_time));
+    SQL_CHECK(sqlite3_bind_double(st, 7, v->mape_mem));
+    SQL_CHECK(sqlite3_bind_double(st, 8, v->kendall_tau));
+    SQL_CHECK(sqlite3_bind_text(st, 9, v->created, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    int64_t vid = sqlite3_last_insert_rowid(db->h);
+
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO validation_plans (validation_id, seq, name, plan_id, estimate_id, run_id,"
+        " predicted_s, measured_s, predicted_mem, measured_mem)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+    for (i = 0; i < n; i++) {
+        const DbValidationPlan *r = &rows[i];
+        SQL_CHECK(sqlite3_reset(st));
+        SQL_CHECK(sqlite3_bind_int64(st, 1, vid));
+        SQL_CHECK(sqlite3_bind_int(st, 2, i));
+        SQL_CHECK(sqlite3_bind_text(st, 3, r->name, -1, SQLITE_STATIC));
+        SQL_CHECK(sqlite3_bind_text(st, 4, r->plan_id, -1, SQLITE_STATIC));
+        SQL_CHECK(bind_ref(st, 5, r->estimate_id));
+        SQL_CHECK(bind_ref_text(st, 6, r->run_id));
+        SQL_CHECK(sqlite3_bind_double(st, 7, r->predicted_s));
+        SQL_CHECK(sqlite3_bind_double(st, 8, r->measured_s));
+        SQL_CHECK(sqlite3_bind_double(st, 9, r->predicted_mem));
+        SQL_CHECK(sqlite3_bind_double(st, 10, r->measured_mem));
+        SQL_STEP_DONE(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    if (id) *id = vid;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    tx_rollback(db);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY && i < 0)
+        err_prefix(err, "profile %lld or cost model %s is not stored; store them before the "
+                   "validation", (long long)v->profile_id,
+                   v->cost_model_id ? v->cost_model_id : "(none)");
+    else if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "row %d (%s): plan %s, estimate %lld or run %s is not stored; store "
+                   "them before the validation", i, rows[i].name, rows[i].plan_id,
+                   (long long)rows[i].estimate_id, rows[i].run_id[0] ? rows[i].run_id : "(none)");
+    return err_prefix(err, "storing a validation of suite '%s'", v->suite);
+}
+
+/* The validation and its rows are read in one read transaction, so nplans
+ * and the array agree. */
+int db_validation_get(Db *db, int64_t id, DbValidation *out, DbValidationPlan **rows, int *n,
+                      Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    void *a = NULL;
+    int cnt = 0;
+    memset(out, 0, sizeof *out);
+    if (rows) {
+        *rows = NULL;
+        *n = 0;
+    }
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN", NULL, NULL, NULL));
+    SQL_CHECK(sqlite3_prepare_v2(db->h, VALIDATION_SELECT " WHERE v.id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+    int r = one_row(db, st, read_validation, out, err);
+    st = NULL;
+    if (r < 0) goto fail;
+    if (r == 1) {
+        sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL);
+        err_set(err, "no validation with id %lld", (long long)id);
+        return 1;
+    }
+    if (rows) {
+        SQL_CHECK(sqlite3_prepare_v2(db->h,
+            "SELECT name, plan_id, estimate_id, run_id, predicted_s, measured_s, predicted_mem,"
+            " measured_mem FROM validation_plans WHERE validation_id = ? ORDER BY seq",
+            -1, &st, NULL));
+        SQL_CHECK(sqlite3_bind_int64(st, 1, id));
+        int rc = read_rows(db, st, sizeof **rows, read_validation_plan, free_validation_plan_row,
+                           &a, &cnt, err);
+        st = NULL;                /* read_rows finalized it */
+        if (rc) goto fail;
+    }
+    SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+    if (rows) {
+        *rows = a;
+        *n = cnt;
+    }
+    return 0;
+err:
+    sqlite3_finalize(st);
+fail:
+    tx_rollback(db);
+    db_validation_free(out);
+    db_validation_plans_free(a, cnt);
+    return err_prefix(err, "reading validation %lld", (long long)id);
+}
+
+int db_validation_list(Db *db, DbValidation **rows, int *n, Err *err)
+{
+    void *a;
+    int rc = list_rows(db, VALIDATION_SELECT " ORDER BY v.created DESC, v.id DESC",
+                       sizeof **rows, read_validation, free_validation_row, "validations",
+                       &a, n, err);
+    *rows = a;
+    return rc;
+}
+
+void db_validation_free(DbValidation *v)
+{
+    if (!v) return;
+    free(v->suite);
+    free(v->cost_model_id);
+    free(v->created);
+    v->suite = v->cost_model_id = v->created = NULL;
+}
+
+void db_validation_list_free(DbValidation *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_validation_free(&rows[i]);
+    free(rows);
+}
+
+void db_validation_plans_free(DbValidationPlan *rows, int n)
+{
+    for (int i = 0; rows && i < n; i++) free_validation_plan_row(&rows[i]);
+    free(rows);
 }

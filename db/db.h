@@ -9,6 +9,7 @@
 #ifndef STRATA_DB_H
 #define STRATA_DB_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "../ir/err.h"
 
@@ -58,6 +59,7 @@ typedef struct {
 typedef struct {
     int step, rank;
     double loss, step_s, compute_s, comm_s, idle_s;
+    double peak_mem_bytes;  /* the rank's high-water mark of buffer bytes so far; 0: not recorded */
 } DbRunStep;
 
 typedef struct {
@@ -187,5 +189,94 @@ void db_profile_list_free(DbProfile *rows, int n);
 /* Frees sample arrays from db_profile_get (any may be NULL). */
 void db_profile_samples_free(DbProfileOp *ops, int nops, DbProfileLink *links, int nlinks,
                              DbProfileFit *fits, int nfits);
+
+/* ----------------------------------------------------------------------------
+ * Cost models: an operator-time model trained on a profile's samples. The
+ * weights are an opaque blob (costmodel/ writes and reads it); the metrics
+ * are JSON (per op kind: held-out error of the model beside the roofline's).
+ * A cost model outlives its profile (profile_id becomes 0). */
+typedef struct {
+    char id[17];           /* content hash of the weights, 16 hex digits */
+    int64_t profile_id;    /* 0: none (the profile was deleted) */
+    char *kind;            /* "mlp" */
+    uint8_t *weights;      /* nweights bytes */
+    size_t nweights;
+    double heldout_error;  /* overall held-out MAPE as a fraction; < 0: unknown */
+    char *metrics_json;    /* may be NULL */
+    char *device;          /* what the training samples describe (may be NULL) */
+    int64_t seed;
+    int with_runs;         /* 1: also trained on stored measured runs */
+    char *created;
+} DbCostModel;
+
+/* Inserts; a model with the same id is left as it is (same content). The
+ * profile, when profile_id > 0, must exist. */
+int db_costmodel_put(Db *db, const DbCostModel *m, Err *err);
+/* By id or unique prefix (at least 4 hex digits), weights included. Returns
+ * 0, 1 when not found (err says so), -1 on error. */
+int db_costmodel_get(Db *db, const char *id, DbCostModel *out, Err *err);
+/* The newest cost model trained on profile_id (0: on any profile). Returns
+ * 0, 1 when there is none, -1 on error. */
+int db_costmodel_latest(Db *db, int64_t profile_id, DbCostModel *out, Err *err);
+/* Newest first; rows carry no weights (weights NULL, nweights as stored). */
+int db_costmodel_list(Db *db, DbCostModel **rows, int *n, Err *err);
+void db_costmodel_free(DbCostModel *m);
+void db_costmodel_list_free(DbCostModel *rows, int n);
+
+/* ----------------------------------------------------------------------------
+ * Estimates: a prediction of a plan's step time and memory, stored with the
+ * plan (which must be stored first). Several per plan (other cost models,
+ * other profiles); newest first. */
+typedef struct {
+    int64_t id;
+    char plan_id[17];
+    char *cost_model_id;   /* NULL: the analytical model */
+    int64_t profile_id;    /* 0: none */
+    double step_time_s;
+    double peak_mem_bytes; /* the largest over the plan's classes */
+    int feasible;
+    char *json;            /* the whole estimate, as `strata estimate --json` prints it */
+    char *created;
+} DbEstimate;
+
+int db_estimate_put(Db *db, const DbEstimate *e, int64_t *id, Err *err);
+int db_estimate_get(Db *db, int64_t id, DbEstimate *out, Err *err);
+/* Every estimate of one plan (plan_id exact), newest first. */
+int db_estimate_list(Db *db, const char *plan_id, DbEstimate **rows, int *n, Err *err);
+void db_estimate_free(DbEstimate *e);
+void db_estimate_list_free(DbEstimate *rows, int n);
+
+/* ----------------------------------------------------------------------------
+ * Validations: a suite of plans, each predicted and run, with the errors. */
+typedef struct {
+    int64_t id;
+    char *suite;           /* "default" or the suite file's path */
+    int np, steps;
+    int64_t profile_id;    /* 0: none */
+    char *cost_model_id;   /* NULL: analytical */
+    double mape_time, mape_mem, kendall_tau;   /* fractions; tau in [-1, 1] */
+    int nplans;            /* filled by get and list */
+    char *created;
+} DbValidation;
+
+typedef struct {
+    char *name;            /* the suite's name for the plan */
+    char plan_id[17];
+    int64_t estimate_id;   /* 0: none */
+    char run_id[17];       /* "": none */
+    double predicted_s, measured_s;
+    double predicted_mem, measured_mem;   /* bytes, the largest over ranks */
+} DbValidationPlan;
+
+/* Stores a validation and its rows in one transaction; *id receives its id.
+ * Plans, estimates and runs named must be stored first. */
+int db_validation_put(Db *db, const DbValidation *v, const DbValidationPlan *rows, int n,
+                      int64_t *id, Err *err);
+int db_validation_get(Db *db, int64_t id, DbValidation *out, DbValidationPlan **rows, int *n,
+                      Err *err);
+int db_validation_list(Db *db, DbValidation **rows, int *n, Err *err);
+void db_validation_free(DbValidation *v);
+void db_validation_list_free(DbValidation *rows, int n);
+void db_validation_plans_free(DbValidationPlan *rows, int n);
 
 #endif

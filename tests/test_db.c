@@ -1,12 +1,14 @@
 /*
  * test_db.c — db/: opening and migrating, rows in and out, id prefixes,
- * transactions that store all or nothing, the files db_open refuses, and
- * profiles (opened, filled in batches, finished once).
+ * transactions that store all or nothing, the files db_open refuses,
+ * profiles (opened, filled in batches, finished once), and cost models,
+ * estimates, run steps' memory and validations.
  *
  * Each test gets its own temporary directory (mkdtemp) holding strata.db;
  * a few checks look at the file through a second, raw SQLite connection.
  */
 #include <ftw.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,7 +25,7 @@
 #include "db/db.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 2
+#define LATEST 3
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -185,7 +187,8 @@ static void test_open_new_file(void **state)
 
     const char *tables[] = {"models", "clusters", "strategies", "plans", "profiles",
                             "profile_ops", "profile_links", "cost_models", "searches",
-                            "search_events", "runs", "run_steps", "profile_fits"};
+                            "search_events", "runs", "run_steps", "profile_fits",
+                            "estimates", "validations", "validation_plans"};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         char sql[160];
         snprintf(sql, sizeof sql,
@@ -1048,14 +1051,32 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* A database made by version 1 (the current schema with migration 2 taken
- * back out by hand) migrates on open, keeping its profiles and samples. */
+/* Takes migration 3 back out of a database at version 3, by hand, leaving
+ * it at version 2. */
+static void take_back_v3(sqlite3 *h)
+{
+    raw_exec(h,
+        "DROP TABLE validation_plans;"
+        "DROP TABLE validations;"
+        "DROP TABLE estimates;"
+        "DROP INDEX cost_models_created;"
+        "ALTER TABLE cost_models DROP COLUMN metrics_json;"
+        "ALTER TABLE cost_models DROP COLUMN device;"
+        "ALTER TABLE cost_models DROP COLUMN seed;"
+        "ALTER TABLE cost_models DROP COLUMN with_runs;"
+        "ALTER TABLE run_steps DROP COLUMN peak_mem_bytes;"
+        "PRAGMA user_version = 2;");
+}
+
+/* A database made by version 1 (the current schema with migrations 3 and 2
+ * taken back out by hand) migrates on open, keeping its profiles and samples. */
 static void test_profile_migration_from_v1(void **state)
 {
     Fx *fx = *state;
     db_close(fx->db);
     fx->db = NULL;
     sqlite3 *h = raw_open(fx->path);
+    take_back_v3(h);
     raw_exec(h,
         "DROP TABLE profile_fits;"
         "DROP INDEX profiles_started;"
@@ -1124,6 +1145,605 @@ static void test_profile_migration_from_v1(void **state)
     assert_samples(fx, 1, 1, 1, 0);
 }
 
+/* ----------------------------------------------------------------------------
+ * Cost models, estimates, run steps' memory, validations */
+
+#define CM1 "c0ffee0000000001"
+#define CM2 "c0ffee0000000002"
+#define CM3 "d00d000000000003"
+#define P1 "a000000000000001"
+#define P2 "a000000000000002"
+#define R1 "7000000000000001"
+
+/* 300 bytes of weights with zero bytes among them, as a float blob has. */
+static uint8_t WEIGHTS[300];
+
+static void fill_weights(void)
+{
+    for (int i = 0; i < NELEMS(WEIGHTS); i++) WEIGHTS[i] = (uint8_t)((i * 37) % 251);
+    WEIGHTS[0] = WEIGHTS[150] = 0;
+}
+
+static DbCostModel costmodel(const char *id, int64_t profile_id, char *created)
+{
+    DbCostModel m = {.profile_id = profile_id, .kind = "mlp", .weights = WEIGHTS,
+                     .nweights = sizeof WEIGHTS, .heldout_error = 0.125,
+                     .metrics_json = "{\"matmul\":{\"mlp\":0.1,\"roofline\":0.4}}",
+                     .device = "Xeon 8480", .seed = 42, .with_runs = 1, .created = created};
+    snprintf(m.id, sizeof m.id, "%s", id);
+    return m;
+}
+
+/* Stores plans P1 and P2 of model M1 (and M1 and C1 first). */
+static void put_plans(Fx *fx)
+{
+    put_parents(fx);
+    DbPlan p1 = plan(P1, M1, S1, NULL), p2 = plan(P2, M1, S2, NULL);
+    assert_int_equal(db_plan_put(fx->db, &p1, &fx->err), 0);
+    assert_int_equal(db_plan_put(fx->db, &p2, &fx->err), 0);
+}
+
+static void put_run(Fx *fx, const char *id, const char *plan_id, const DbRunStep *steps, int n)
+{
+    DbRun r = {.backend = "cpu", .world = 2, .steps = 2, .status = "ok",
+               .started = "2024-01-01T00:00:00.000Z"};
+    snprintf(r.id, sizeof r.id, "%s", id);
+    snprintf(r.plan_id, sizeof r.plan_id, "%s", plan_id);
+    if (db_run_put(fx->db, &r, steps, n, &fx->err)) fail_msg("%s", fx->err.msg);
+}
+
+static void test_costmodel_put_get_list(void **state)
+{
+    Fx *fx = *state;
+    fill_weights();
+    DbCostModel got;
+    assert_int_equal(db_costmodel_latest(fx->db, 0, &got, &fx->err), 1);
+    assert_string_equal(fx->err.msg, "no cost model stored");
+
+    int64_t prof = begin_profile(fx);
+    DbCostModel a = costmodel(CM1, prof, "2024-01-01T00:00:00.000Z");
+    DbCostModel b = costmodel(CM2, 0, "2024-03-01T00:00:00.000Z");
+    b.heldout_error = -1;
+    b.metrics_json = b.device = NULL;
+    b.with_runs = 0;
+    b.seed = -7;
+    b.nweights = 5;
+    DbCostModel c = costmodel(CM3, prof, "2024-02-01T00:00:00.000Z");
+    assert_int_equal(db_costmodel_put(fx->db, &a, &fx->err), 0);
+    assert_int_equal(db_costmodel_put(fx->db, &b, &fx->err), 0);
+    assert_int_equal(db_costmodel_put(fx->db, &c, &fx->err), 0);
+
+    /* Full id: every field, the weights byte for byte. */
+    assert_int_equal(db_costmodel_get(fx->db, CM1, &got, &fx->err), 0);
+    assert_string_equal(got.id, CM1);
+    assert_int_equal(got.profile_id, prof);
+    assert_string_equal(got.kind, "mlp");
+    assert_int_equal(got.nweights, sizeof WEIGHTS);
+    assert_non_null(got.weights);
+    assert_true(got.weights != WEIGHTS);
+    assert_memory_equal(got.weights, WEIGHTS, sizeof WEIGHTS);
+    assert_true(got.heldout_error == 0.125);
+    assert_string_equal(got.metrics_json, a.metrics_json);
+    assert_string_equal(got.device, "Xeon 8480");
+    assert_int_equal(got.seed, 42);
+    assert_int_equal(got.with_runs, 1);
+    assert_string_equal(got.created, "2024-01-01T00:00:00.000Z");
+    db_costmodel_free(&got);
+    db_costmodel_free(&got);      /* a freed row frees again harmlessly */
+    db_costmodel_free(NULL);
+
+    /* No profile, unknown error, no metrics: 0, -1, NULL back. */
+    assert_int_equal(db_costmodel_get(fx->db, CM2, &got, &fx->err), 0);
+    assert_int_equal(got.profile_id, 0);
+    assert_true(got.heldout_error < 0);
+    assert_null(got.metrics_json);
+    assert_null(got.device);
+    assert_int_equal(got.seed, -7);
+    assert_int_equal(got.with_runs, 0);
+    assert_int_equal(got.nweights, 5);
+    assert_memory_equal(got.weights, WEIGHTS, 5);
+    db_costmodel_free(&got);
+    sqlite3 *h = raw_open(fx->path);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM cost_models WHERE id = '" CM2 "'"
+                                " AND profile_id IS NULL AND heldout_error IS NULL"), 1);
+    sqlite3_close(h);
+
+    /* Prefixes. */
+    assert_int_equal(db_costmodel_get(fx->db, "D00D", &got, &fx->err), 0);
+    assert_string_equal(got.id, CM3);
+    db_costmodel_free(&got);
+    assert_int_equal(db_costmodel_get(fx->db, "c0ff", &got, &fx->err), -1);
+    assert_string_equal(fx->err.msg, "id prefix 'c0ff' matches 2 cost models; give more digits");
+    assert_null(got.kind);
+    assert_int_equal(db_costmodel_get(fx->db, "abcd", &got, &fx->err), 1);
+    assert_string_equal(fx->err.msg, "no cost model with id 'abcd'");
+    assert_int_equal(db_costmodel_get(fx->db, "c0f", &got, &fx->err), -1);
+    assert_contains(fx->err.msg, "at least 4 hex digits");
+
+    /* The newest of a profile; of any profile. */
+    assert_int_equal(db_costmodel_latest(fx->db, prof, &got, &fx->err), 0);
+    assert_string_equal(got.id, CM3);
+    assert_memory_equal(got.weights, WEIGHTS, sizeof WEIGHTS);
+    db_costmodel_free(&got);
+    assert_int_equal(db_costmodel_latest(fx->db, 0, &got, &fx->err), 0);
+    assert_string_equal(got.id, CM2);
+    db_costmodel_free(&got);
+    int64_t other = begin_profile(fx);
+    assert_int_equal(db_costmodel_latest(fx->db, other, &got, &fx->err), 1);
+    assert_contains(fx->err.msg, "no cost model trained on profile");
+    assert_null(got.kind);
+
+    /* Same id again, other content: the stored row stays. */
+    DbCostModel again = costmodel(CM1, 0, NULL);
+    again.kind = "other";
+    assert_int_equal(db_costmodel_put(fx->db, &again, &fx->err), 0);
+    assert_int_equal(db_costmodel_get(fx->db, CM1, &got, &fx->err), 0);
+    assert_string_equal(got.kind, "mlp");
+    assert_int_equal(got.profile_id, prof);
+    db_costmodel_free(&got);
+
+    /* Refused: bad ids, no weights, a profile that is not stored. */
+    DbCostModel bad = costmodel("C0FFEE0000000009", 0, NULL);
+    assert_int_equal(db_costmodel_put(fx->db, &bad, &fx->err), -1);
+    assert_contains(fx->err.msg, "16 lowercase hex digits");
+    bad = costmodel("c0ffee", 0, NULL);
+    assert_int_equal(db_costmodel_put(fx->db, &bad, &fx->err), -1);
+    assert_contains(fx->err.msg, "cost model id 'c0ffee'");
+    bad = costmodel("c0ffee0000000009", 0, NULL);
+    bad.weights = NULL;
+    assert_int_equal(db_costmodel_put(fx->db, &bad, &fx->err), -1);
+    assert_contains(fx->err.msg, "kind and weights are required");
+    bad = costmodel("c0ffee0000000009", 999, NULL);
+    assert_int_equal(db_costmodel_put(fx->db, &bad, &fx->err), -1);
+    assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
+    assert_contains(fx->err.msg, "profile 999 is not stored");
+    assert_contains(fx->err.msg, "storing cost model c0ffee0000000009");
+    assert_int_equal(count_rows(fx->path, "cost_models"), 3);
+
+    /* The list: newest first, no weights but their size. */
+    DbCostModel *rows;
+    int n;
+    assert_int_equal(db_costmodel_list(fx->db, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(rows[0].id, CM2);
+    assert_string_equal(rows[1].id, CM3);
+    assert_string_equal(rows[2].id, CM1);
+    for (int i = 0; i < n; i++) assert_null(rows[i].weights);
+    assert_int_equal(rows[0].nweights, 5);
+    assert_int_equal(rows[2].nweights, sizeof WEIGHTS);
+    assert_string_equal(rows[2].device, "Xeon 8480");
+    assert_int_equal(rows[1].profile_id, prof);
+    db_costmodel_list_free(rows, n);
+
+    /* A cost model outlives its profile. */
+    h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM profiles");
+    sqlite3_close(h);
+    assert_int_equal(db_costmodel_get(fx->db, CM1, &got, &fx->err), 0);
+    assert_int_equal(got.profile_id, 0);
+    assert_memory_equal(got.weights, WEIGHTS, sizeof WEIGHTS);
+    db_costmodel_free(&got);
+}
+
+static DbEstimate estimate(const char *plan_id, char *cost_model_id, int64_t profile_id,
+                           char *created)
+{
+    DbEstimate e = {.cost_model_id = cost_model_id, .profile_id = profile_id,
+                    .step_time_s = 0.25, .peak_mem_bytes = 3.5e10, .feasible = 1,
+                    .json = "{\"step_time_s\":0.25}", .created = created};
+    snprintf(e.plan_id, sizeof e.plan_id, "%s", plan_id);
+    return e;
+}
+
+static void test_estimate_put_get_list(void **state)
+{
+    Fx *fx = *state;
+    fill_weights();
+    put_plans(fx);
+    int64_t prof = begin_profile(fx);
+    DbCostModel cm = costmodel(CM1, prof, NULL);
+    assert_int_equal(db_costmodel_put(fx->db, &cm, &fx->err), 0);
+
+    DbEstimate e1 = estimate(P1, NULL, 0, "2024-01-01T00:00:00.000Z");
+    DbEstimate e2 = estimate(P1, CM1, prof, "2024-02-01T00:00:00.000Z");
+    e2.step_time_s = 0.3125;
+    e2.peak_mem_bytes = 9.0e10;
+    e2.feasible = 0;
+    e2.json = "{\"feasible\":false}";
+    DbEstimate e3 = estimate(P2, NULL, prof, NULL);
+    int64_t id1 = -1, id2 = -1, id3 = -1;
+    assert_int_equal(db_estimate_put(fx->db, &e1, &id1, &fx->err), 0);
+    assert_int_equal(db_estimate_put(fx->db, &e2, &id2, &fx->err), 0);
+    assert_int_equal(db_estimate_put(fx->db, &e3, &id3, &fx->err), 0);
+    assert_true(id1 > 0 && id2 > id1 && id3 > id2);
+    assert_int_equal(db_estimate_put(fx->db, &e3, NULL, &fx->err), 0);   /* id not wanted */
+
+    DbEstimate got;
+    assert_int_equal(db_estimate_get(fx->db, id2, &got, &fx->err), 0);
+    assert_int_equal(got.id, id2);
+    assert_string_equal(got.plan_id, P1);
+    assert_string_equal(got.cost_model_id, CM1);
+    assert_int_equal(got.profile_id, prof);
+    assert_true(got.step_time_s == 0.3125);
+    assert_true(got.peak_mem_bytes == 9.0e10);
+    assert_int_equal(got.feasible, 0);
+    assert_string_equal(got.json, "{\"feasible\":false}");
+    assert_string_equal(got.created, "2024-02-01T00:00:00.000Z");
+    db_estimate_free(&got);
+    db_estimate_free(&got);
+    db_estimate_free(NULL);
+
+    assert_int_equal(db_estimate_get(fx->db, id1, &got, &fx->err), 0);
+    assert_null(got.cost_model_id);               /* analytical */
+    assert_int_equal(got.profile_id, 0);
+    assert_int_equal(got.feasible, 1);
+    db_estimate_free(&got);
+    assert_int_equal(db_estimate_get(fx->db, 999, &got, &fx->err), 1);
+    assert_string_equal(fx->err.msg, "no estimate with id 999");
+    assert_null(got.json);
+
+    /* Per plan, newest first. */
+    DbEstimate *rows;
+    int n;
+    assert_int_equal(db_estimate_list(fx->db, P1, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(rows[0].id, id2);
+    assert_int_equal(rows[1].id, id1);
+    assert_string_equal(rows[0].cost_model_id, CM1);
+    db_estimate_list_free(rows, n);
+    assert_int_equal(db_estimate_list(fx->db, P2, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].plan_id, P2);
+    db_estimate_list_free(rows, n);
+    assert_int_equal(db_estimate_list(fx->db, "a0000000000000ff", &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+    assert_null(rows);
+    db_estimate_list_free(rows, n);
+    assert_int_equal(db_estimate_list(fx->db, "a000", &rows, &n, &fx->err), -1);
+    assert_contains(fx->err.msg, "16 lowercase hex digits");
+
+    /* Refused, storing nothing: a plan or cost model that is not stored, bad rows. */
+    DbEstimate bad = estimate("a0000000000000ff", NULL, 0, NULL);
+    assert_int_equal(db_estimate_put(fx->db, &bad, &id1, &fx->err), -1);
+    assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
+    assert_contains(fx->err.msg, "plan a0000000000000ff");
+    assert_contains(fx->err.msg, "store them before the estimate");
+    bad = estimate(P1, "ffff000000000000", 0, NULL);
+    assert_int_equal(db_estimate_put(fx->db, &bad, &id1, &fx->err), -1);
+    assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
+    bad = estimate(P1, "cm1", 0, NULL);
+    assert_int_equal(db_estimate_put(fx->db, &bad, &id1, &fx->err), -1);
+    assert_contains(fx->err.msg, "cost model id 'cm1'");
+    bad = estimate(P1, NULL, 0, NULL);
+    bad.feasible = 2;
+    assert_int_equal(db_estimate_put(fx->db, &bad, &id1, &fx->err), -1);
+    assert_contains(fx->err.msg, "feasible is 2");
+    bad.feasible = 1;
+    bad.json = NULL;
+    assert_int_equal(db_estimate_put(fx->db, &bad, &id1, &fx->err), -1);
+    assert_contains(fx->err.msg, "json is required");
+    assert_int_equal(count_rows(fx->path, "estimates"), 4);
+
+    /* Deleting the cost model or the profile leaves the estimate without
+     * them; deleting the plan's model takes the estimates along. */
+    sqlite3 *h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM cost_models; DELETE FROM profiles");
+    sqlite3_close(h);
+    assert_int_equal(db_estimate_get(fx->db, id2, &got, &fx->err), 0);
+    assert_null(got.cost_model_id);
+    assert_int_equal(got.profile_id, 0);
+    db_estimate_free(&got);
+    h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM models");
+    sqlite3_close(h);
+    assert_int_equal(count_rows(fx->path, "estimates"), 0);
+}
+
+static void test_run_step_peak_mem(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    const DbRunStep steps[] = {
+        {1, 1, 2.25, 0.5, 0.25, 0.125, 0.125, 1.5e9},
+        {0, 0, 2.5, 0.5, 0.25, 0.125, 0.125, 7.5e10},
+        {0, 1, 2.5, 0.5, 0.3, 0.1, 0.1, 0},
+        {1, 0, 2.25, 0.5, 0.25, 0.125, 0.125, 123456789.0},
+    };
+    put_run(fx, R1, P1, steps, NELEMS(steps));
+
+    DbRun r;
+    DbRunStep *got;
+    int n;
+    assert_int_equal(db_run_get(fx->db, "7000", &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.id, R1);
+    assert_int_equal(n, 4);
+    /* by step, then rank */
+    const int order[] = {1, 2, 3, 0};
+    for (int i = 0; i < n; i++) {
+        const DbRunStep *w = &steps[order[i]];
+        assert_int_equal(got[i].step, w->step);
+        assert_int_equal(got[i].rank, w->rank);
+        assert_true(got[i].loss == w->loss);
+        assert_true(got[i].compute_s == w->compute_s);
+        assert_true(got[i].idle_s == w->idle_s);
+        assert_true(got[i].peak_mem_bytes == w->peak_mem_bytes);
+    }
+    free(got);
+    db_run_free(&r);
+}
+
+/* Three rows: one with its estimate and run, one with neither and an
+ * unknown measurement, one on the first plan again. */
+static void validation_rows(DbValidationPlan rows[3], int64_t est)
+{
+    rows[0] = (DbValidationPlan){.name = "gpt-dp", .estimate_id = est, .predicted_s = 0.25,
+                                 .measured_s = 0.27, .predicted_mem = 3.5e10,
+                                 .measured_mem = 3.4e10};
+    snprintf(rows[0].plan_id, sizeof rows[0].plan_id, "%s", P1);
+    snprintf(rows[0].run_id, sizeof rows[0].run_id, "%s", R1);
+    rows[1] = (DbValidationPlan){.name = "gpt-tp", .predicted_s = 0.5, .measured_s = NAN,
+                                 .predicted_mem = 1e10, .measured_mem = NAN};
+    snprintf(rows[1].plan_id, sizeof rows[1].plan_id, "%s", P2);
+    rows[2] = (DbValidationPlan){.name = "gpt-dp-again", .predicted_s = 0.25,
+                                 .measured_s = 0.26, .predicted_mem = 3.5e10,
+                                 .measured_mem = 3.3e10};
+    snprintf(rows[2].plan_id, sizeof rows[2].plan_id, "%s", P1);
+    snprintf(rows[2].run_id, sizeof rows[2].run_id, "%s", R1);
+}
+
+static void test_validation_put_get_list(void **state)
+{
+    Fx *fx = *state;
+    fill_weights();
+    put_plans(fx);
+    int64_t prof = begin_profile(fx);
+    DbCostModel cm = costmodel(CM1, prof, NULL);
+    assert_int_equal(db_costmodel_put(fx->db, &cm, &fx->err), 0);
+    DbEstimate e = estimate(P1, CM1, prof, NULL);
+    int64_t est;
+    assert_int_equal(db_estimate_put(fx->db, &e, &est, &fx->err), 0);
+    put_run(fx, R1, P1, NULL, 0);
+
+    DbValidation v = {.suite = "default", .np = 4, .steps = 10, .profile_id = prof,
+                      .cost_model_id = CM1, .mape_time = 0.08, .mape_mem = 0.03,
+                      .kendall_tau = 0.6, .created = "2024-01-01T00:00:00.000Z"};
+    DbValidationPlan rows[3];
+    validation_rows(rows, est);
+    int64_t id = -1;
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), 0);
+    assert_true(id > 0);
+
+    DbValidation got;
+    DbValidationPlan *gr;
+    int n;
+    assert_int_equal(db_validation_get(fx->db, id, &got, &gr, &n, &fx->err), 0);
+    assert_int_equal(got.id, id);
+    assert_string_equal(got.suite, "default");
+    assert_int_equal(got.np, 4);
+    assert_int_equal(got.steps, 10);
+    assert_int_equal(got.profile_id, prof);
+    assert_string_equal(got.cost_model_id, CM1);
+    assert_true(got.mape_time == 0.08 && got.mape_mem == 0.03 && got.kendall_tau == 0.6);
+    assert_int_equal(got.nplans, 3);
+    assert_string_equal(got.created, "2024-01-01T00:00:00.000Z");
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(gr[i].name, rows[i].name);
+        assert_string_equal(gr[i].plan_id, rows[i].plan_id);
+        assert_int_equal(gr[i].estimate_id, rows[i].estimate_id);
+        assert_string_equal(gr[i].run_id, rows[i].run_id);
+        assert_true(gr[i].predicted_s == rows[i].predicted_s);
+        assert_true(gr[i].predicted_mem == rows[i].predicted_mem);
+    }
+    assert_int_equal(gr[0].estimate_id, est);
+    assert_int_equal(gr[1].estimate_id, 0);
+    assert_string_equal(gr[1].run_id, "");
+    assert_true(isnan(gr[1].measured_s) && isnan(gr[1].measured_mem));   /* unknown stays so */
+    assert_true(gr[0].measured_s == 0.27 && gr[2].measured_mem == 3.3e10);
+    db_validation_plans_free(gr, n);
+    db_validation_plans_free(NULL, 0);
+    db_validation_free(&got);
+    db_validation_free(&got);
+    db_validation_free(NULL);
+    sqlite3 *h = raw_open(fx->path);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM validation_plans WHERE estimate_id IS NULL"
+                                " AND run_id IS NULL AND measured_s IS NULL"), 1);
+    sqlite3_close(h);
+
+    /* Rows not wanted; a validation with none, nothing known, no references. */
+    assert_int_equal(db_validation_get(fx->db, id, &got, NULL, NULL, &fx->err), 0);
+    assert_int_equal(got.nplans, 3);
+    db_validation_free(&got);
+    DbValidation empty = {.suite = "suites/small.json", .np = 2, .steps = 5,
+                          .mape_time = NAN, .mape_mem = NAN, .kendall_tau = NAN,
+                          .created = "2024-02-01T00:00:00.000Z"};
+    int64_t id2;
+    assert_int_equal(db_validation_put(fx->db, &empty, NULL, 0, &id2, &fx->err), 0);
+    assert_int_equal(db_validation_get(fx->db, id2, &got, &gr, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+    assert_null(gr);
+    assert_int_equal(got.profile_id, 0);
+    assert_null(got.cost_model_id);
+    assert_true(isnan(got.mape_time) && isnan(got.kendall_tau));
+    db_validation_free(&got);
+
+    DbValidation *list;
+    assert_int_equal(db_validation_list(fx->db, &list, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(list[0].id, id2);            /* newest first */
+    assert_int_equal(list[1].id, id);
+    assert_int_equal(list[0].nplans, 0);
+    assert_int_equal(list[1].nplans, 3);
+    assert_string_equal(list[1].suite, "default");
+    db_validation_list_free(list, n);
+
+    gr = (DbValidationPlan *)1;
+    n = -1;
+    assert_int_equal(db_validation_get(fx->db, 999, &got, &gr, &n, &fx->err), 1);
+    assert_string_equal(fx->err.msg, "no validation with id 999");
+    assert_null(gr);
+    assert_int_equal(n, 0);
+    assert_null(got.suite);
+
+    /* Deleting an estimate or a run leaves the row without it; deleting a
+     * plan takes its rows; deleting the validation takes the rest. */
+    h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM estimates; DELETE FROM runs;"
+                "DELETE FROM plans WHERE id = '" P2 "'");
+    sqlite3_close(h);
+    assert_int_equal(db_validation_get(fx->db, id, &got, &gr, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(got.nplans, 2);
+    assert_string_equal(gr[0].name, "gpt-dp");
+    assert_string_equal(gr[1].name, "gpt-dp-again");
+    assert_int_equal(gr[0].estimate_id, 0);
+    assert_string_equal(gr[0].run_id, "");
+    db_validation_plans_free(gr, n);
+    db_validation_free(&got);
+    h = raw_open(fx->path);
+    raw_exec(h, "DELETE FROM validations");
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM validation_plans"), 0);
+    sqlite3_close(h);
+}
+
+/* A validation with one bad row stores nothing: neither the validation nor
+ * its good rows; and the connection is left with no transaction open. */
+static void test_validation_all_or_nothing(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    put_run(fx, R1, P1, NULL, 0);
+    DbValidation v = {.suite = "default", .np = 2, .steps = 3};
+    DbValidationPlan rows[3];
+    validation_rows(rows, 0);
+    int64_t id = -1;
+
+    snprintf(rows[2].plan_id, sizeof rows[2].plan_id, "eeee000000000000");
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
+    assert_contains(fx->err.msg, "row 2 (gpt-dp-again)");
+    assert_contains(fx->err.msg, "plan eeee000000000000");
+    assert_contains(fx->err.msg, "storing a validation of suite 'default'");
+    assert_int_equal(count_rows(fx->path, "validations"), 0);
+    assert_int_equal(count_rows(fx->path, "validation_plans"), 0);
+    snprintf(rows[2].plan_id, sizeof rows[2].plan_id, "%s", P1);
+
+    rows[1].estimate_id = 12345;                  /* an estimate that is not stored */
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "row 1 (gpt-tp)");
+    assert_contains(fx->err.msg, "estimate 12345");
+    rows[1].estimate_id = 0;
+
+    snprintf(rows[1].run_id, sizeof rows[1].run_id, "run-1");
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "row 1 (gpt-tp)");
+    assert_contains(fx->err.msg, "run id 'run-1'");
+    rows[1].run_id[0] = '\0';
+    rows[0].name = NULL;
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "row 0: name is required");
+    rows[0].name = "gpt-dp";
+
+    v.cost_model_id = "ffff000000000000";
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
+    assert_contains(fx->err.msg, "cost model ffff000000000000");
+    v.cost_model_id = NULL;
+    v.profile_id = 77;
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "profile 77");
+    v.profile_id = 0;
+    v.suite = NULL;
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), -1);
+    assert_string_equal(fx->err.msg, "storing a validation: suite is required");
+    v.suite = "default";
+    assert_int_equal(db_validation_put(fx->db, &v, NULL, 2, &id, &fx->err), -1);
+    assert_contains(fx->err.msg, "array is NULL");
+    assert_int_equal(count_rows(fx->path, "validations"), 0);
+    assert_int_equal(count_rows(fx->path, "validation_plans"), 0);
+    assert_int_equal(id, -1);
+
+    /* The same rows, all good, go in. */
+    assert_int_equal(db_validation_put(fx->db, &v, rows, 3, &id, &fx->err), 0);
+    assert_int_equal(count_rows(fx->path, "validations"), 1);
+    assert_int_equal(count_rows(fx->path, "validation_plans"), 3);
+}
+
+/* A database made by version 2 (the current schema with migration 3 taken
+ * back out by hand) migrates on open, keeping its cost models and runs, which
+ * get the new columns' defaults. */
+static void test_migration_from_v2(void **state)
+{
+    Fx *fx = *state;
+    db_close(fx->db);
+    fx->db = NULL;
+    sqlite3 *h = raw_open(fx->path);
+    take_back_v3(h);
+    raw_exec(h,
+        "INSERT INTO models (id, name, json) VALUES ('" M1 "', 'gpt', '{}');"
+        "INSERT INTO clusters (id, name, json, ndevices) VALUES ('" C1 "', 'dgx', '{}', 8);"
+        "INSERT INTO strategies (id, json) VALUES ('" S1 "', '{}');"
+        "INSERT INTO plans (id, model_id, cluster_id, strategy_id, world)"
+        "  VALUES ('" P1 "', '" M1 "', '" C1 "', '" S1 "', 8);"
+        "INSERT INTO profiles (id, host, device, backend) VALUES (1, 'h', 'cpu', 'cpu');"
+        "INSERT INTO cost_models (id, profile_id, kind, weights, heldout_error)"
+        "  VALUES ('" CM1 "', 1, 'mlp', x'00ff10', 0.2);"
+        "INSERT INTO runs (id, plan_id, backend, world, steps, status)"
+        "  VALUES ('" R1 "', '" P1 "', 'cpu', 8, 1, 'ok');"
+        "INSERT INTO run_steps (run_id, step, rank, loss, step_s)"
+        "  VALUES ('" R1 "', 0, 0, 2.5, 0.5);");
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM pragma_table_info('cost_models')"), 6);
+    assert_int_equal(raw_int(h, "SELECT count(*) FROM pragma_table_info('run_steps')"), 8);
+    sqlite3_close(h);
+
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+    assert_int_equal(db_schema_version(fx->db), 3);
+
+    DbCostModel cm;
+    assert_int_equal(db_costmodel_get(fx->db, CM1, &cm, &fx->err), 0);
+    assert_int_equal(cm.profile_id, 1);
+    assert_int_equal(cm.nweights, 3);
+    assert_memory_equal(cm.weights, "\x00\xff\x10", 3);
+    assert_true(cm.heldout_error == 0.2);
+    assert_null(cm.metrics_json);
+    assert_null(cm.device);
+    assert_int_equal(cm.seed, 0);
+    assert_int_equal(cm.with_runs, 0);
+    db_costmodel_free(&cm);
+
+    DbRun r;
+    DbRunStep *steps;
+    int n;
+    assert_int_equal(db_run_get(fx->db, R1, &r, &steps, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    assert_true(steps[0].loss == 2.5 && steps[0].step_s == 0.5);
+    assert_true(steps[0].peak_mem_bytes == 0);
+    free(steps);
+    db_run_free(&r);
+
+    /* The new tables work on the migrated file. */
+    DbEstimate e = estimate(P1, CM1, 1, NULL);
+    int64_t est;
+    assert_int_equal(db_estimate_put(fx->db, &e, &est, &fx->err), 0);
+    DbValidation v = {.suite = "default", .np = 8, .steps = 1, .cost_model_id = CM1};
+    DbValidationPlan row = {.name = "gpt", .estimate_id = est};
+    snprintf(row.plan_id, sizeof row.plan_id, "%s", P1);
+    snprintf(row.run_id, sizeof row.run_id, "%s", R1);
+    int64_t vid;
+    assert_int_equal(db_validation_put(fx->db, &v, &row, 1, &vid, &fx->err), 0);
+    db_close(fx->db);
+
+    /* Opening again changes nothing. */
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+    assert_int_equal(db_schema_version(fx->db), 3);
+    DbValidation got;
+    assert_int_equal(db_validation_get(fx->db, vid, &got, NULL, NULL, &fx->err), 0);
+    assert_int_equal(got.nplans, 1);
+    db_validation_free(&got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1151,6 +1771,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_profile_batch_all_or_nothing, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_interrupted, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_migration_from_v1, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_costmodel_put_get_list, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_estimate_put_get_list, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_run_step_peak_mem, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_from_v2, setup_open, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
