@@ -46,6 +46,7 @@ static const OptSpec RUN_OPTS[] = {
     { "verify", 0, false, "also run on one rank and compare losses and final params" },
     { "seed", 0, true, "S  seed of params and data (default 1)" },
     { "lr", 0, true, "X  learning rate (default 1e-3)" },
+    { "threads", 0, true, "T  BLAS threads per rank (default: the machine's cores / its ranks)" },
     { "db", 0, true, "PATH  store the run here (default strata.db)" },
     { "no-store", 0, false, "do not store the run" },
     { "no-overlap", 0, false, "run every instruction where the program puts it: no updates set "
@@ -228,7 +229,7 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
         for (int k = 0; k < L->p->world; k++) {
             const StepStat *x = &all[(size_t)st * L->p->world + k];
             rows[st * L->p->world + k] = (DbRunStep){ st, k, x->loss, x->step_s, x->compute_s,
-                                                      x->comm_s, x->idle_s };
+                                                      x->comm_s, x->idle_s, x->peak_mem_bytes };
         }
     rc = db_model_put(db, &m, err);
     if (!rc) rc = db_cluster_put(db, &dc, err);
@@ -269,8 +270,11 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
         MPI_Comm_size(node, &local_size);
         MPI_Comm_free(&node);
     }
-    /* ranks on one machine share its cores */
-    blas_threads(local_size);
+    /* ranks on one machine share its cores, unless told how many each takes */
+    int64_t threads = 0;
+    args_int(a, "threads", 1, 4096, &threads, &err);
+    if (threads > 0) blas_set_threads((int)threads);
+    else blas_threads(local_size);
     Loaded L = {0};
     Comm *comm = NULL;
     Runtime *rt = NULL;
@@ -546,7 +550,8 @@ int cmd_run(int argc, char **argv)
     int64_t steps = 5, seed = 1, nodes = 0;
     if (args_int(&a, "steps", 1, 1000000, &steps, &err) ||
         args_int(&a, "seed", 0, INT64_MAX, &seed, &err) ||
-        args_int(&a, "nodes", 1, 1 << 20, &nodes, &err)) {
+        args_int(&a, "nodes", 1, 1 << 20, &nodes, &err) ||
+        args_int(&a, "threads", 1, 4096, &(int64_t){ 0 }, &err)) {
         fprintf(stderr, "strata run: %s\n", err.msg);
         return EXIT_USAGE;
     }

@@ -67,3 +67,8 @@ void blas_threads(int ranks_per_node)
     int t = ranks_per_node > 0 && cores > 0 ? (int)(cores / ranks_per_node) : 1;
     openblas_set_num_threads(t > 0 ? t : 1);
 }
+
+void blas_set_threads(int t)
+{
+    openblas_set_num_threads(t > 0 ? t : 1);
+}

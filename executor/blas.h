@@ -22,5 +22,8 @@ const char *blas_describe(char *buf, int n);
 /* Shares the cores among the ranks of one machine: cores / ranks_per_node
  * OpenBLAS threads each (at least one), so ranks do not fight for cores. */
 void blas_threads(int ranks_per_node);
+/* Exactly t OpenBLAS threads (a layout chosen by the user, or the one a
+ * profile was measured with). */
+void blas_set_threads(int t);
 
 #endif

@@ -50,6 +50,12 @@ struct Runtime {
     double synced_s;                         /* time waiting for the device's queued work:
                                               * compute, wherever the wait happens */
     float *one;                              /* device float 1: the loss's gradient */
+    /* every live buffer's bytes, so the high-water mark is the executor's
+     * own and not the lowering's prediction of it */
+    void **mem_ptr;                          /* open addressing, NULL: empty */
+    int64_t *mem_bytes;
+    int mem_cap, mem_n;
+    int64_t mem_live, mem_high;
     RunConfig cfg;
     const Program *pr;
     int coord[MESH_MAX_AXES];
@@ -198,13 +204,70 @@ static int64_t value_numel(const Runtime *rt, int32_t v)
 }
 
 /* n floats of zeroed device memory (int8 codes and halves round up). */
+static size_t mem_slot(const Runtime *rt, const void *p)
+{
+    uintptr_t h = (uintptr_t)p >> 4;
+    h ^= h >> 17;
+    h *= 0xed5ad4bbu;
+    return (size_t)(h & (uintptr_t)(rt->mem_cap - 1));
+}
+
+static void mem_insert(Runtime *rt, void *p, int64_t bytes)
+{
+    if (2 * (rt->mem_n + 1) > rt->mem_cap) {
+        void **op = rt->mem_ptr;
+        int64_t *ob = rt->mem_bytes;
+        int oc = rt->mem_cap;
+        rt->mem_cap = oc ? 2 * oc : 1024;
+        rt->mem_ptr = xcalloc(rt->mem_cap, sizeof *rt->mem_ptr);
+        rt->mem_bytes = xmalloc(sizeof *rt->mem_bytes * rt->mem_cap);
+        rt->mem_n = 0;
+        for (int i = 0; i < oc; i++)
+            if (op[i]) mem_insert(rt, op[i], ob[i]);
+        free(op);
+        free(ob);
+    }
+    size_t i = mem_slot(rt, p);
+    while (rt->mem_ptr[i]) i = (i + 1) & (size_t)(rt->mem_cap - 1);
+    rt->mem_ptr[i] = p;
+    rt->mem_bytes[i] = bytes;
+    rt->mem_n++;
+    rt->mem_live += bytes;
+    if (rt->mem_live > rt->mem_high) rt->mem_high = rt->mem_live;
+}
+
+/* Forgets p (linear probing: the entries after it move up into the gap). */
+static void mem_remove(Runtime *rt, const void *p)
+{
+    if (!p || !rt->mem_cap) return;
+    size_t m = (size_t)rt->mem_cap - 1, i = mem_slot(rt, p);
+    while (rt->mem_ptr[i] && rt->mem_ptr[i] != p) i = (i + 1) & m;
+    if (!rt->mem_ptr[i]) return;
+    rt->mem_live -= rt->mem_bytes[i];
+    rt->mem_ptr[i] = NULL;
+    rt->mem_n--;
+    for (size_t j = (i + 1) & m; rt->mem_ptr[j]; j = (j + 1) & m) {
+        void *q = rt->mem_ptr[j];
+        int64_t b = rt->mem_bytes[j];
+        rt->mem_ptr[j] = NULL;
+        size_t k = mem_slot(rt, q);
+        while (rt->mem_ptr[k]) k = (k + 1) & m;
+        rt->mem_ptr[k] = q;
+        rt->mem_bytes[k] = b;
+    }
+}
+
 static float *dalloc(Runtime *rt, int64_t n, Err *err)
 {
-    return rt->dev->ops->alloc(rt->dev, sizeof(float) * (size_t)(n > 0 ? n : 1), err);
+    size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
+    float *p = rt->dev->ops->alloc(rt->dev, bytes, err);
+    if (p) mem_insert(rt, p, (int64_t)bytes);
+    return p;
 }
 
 static void drelease(Runtime *rt, void *p)
 {
+    mem_remove(rt, p);
     rt->dev->ops->release(rt->dev, p);
 }
 
@@ -432,6 +495,9 @@ static int exec_update(Runtime *rt, const Instr *in, Err *err)
     if (!w || !gr) return -1;
     int64_t np = rt->numel[a[0]];
     int64_t wlo = 0, glo = 0, len = np;
+    /* optimizer state: as long as what this rank steps (ZeRO-1/2: its shard,
+     * as the lowering's memory accounts for), at offset `so` in it */
+    int64_t nstate = np, so = -1;
     if (in->nparts > 0) {
         part_range(np, in->part, in->nparts, &wlo, &len);
         glo = wlo;
@@ -445,14 +511,17 @@ static int exec_update(Runtime *rt, const Instr *in, Err *err)
         int idx = ir_group_index(rt->s, rt->coord, Gv->shard);
         wlo = (int64_t)idx * chunk;
         len = wlo >= np ? 0 : (wlo + chunk > np ? np - wlo : chunk);
+        nstate = chunk;
+        so = 0;
     }
-    if (!rt->opt_a[t] && !(rt->opt_a[t] = dalloc(rt, np, err))) return -1;
-    if (!rt->opt_b[t] && rt->s->optimizer == OPT_ADAM && !(rt->opt_b[t] = dalloc(rt, np, err)))
+    if (so < 0) so = wlo;
+    if (!rt->opt_a[t] && !(rt->opt_a[t] = dalloc(rt, nstate, err))) return -1;
+    if (!rt->opt_b[t] && rt->s->optimizer == OPT_ADAM && !(rt->opt_b[t] = dalloc(rt, nstate, err)))
         return -1;
     if (rt->s->optimizer == OPT_ADAM)
-        return dv->ops->adam(dv, w + wlo, gr + glo, rt->opt_a[t] + wlo, rt->opt_b[t] + wlo, len,
+        return dv->ops->adam(dv, w + wlo, gr + glo, rt->opt_a[t] + so, rt->opt_b[t] + so, len,
                              rt->step + 1, &rt->cfg.hyper, err);
-    return dv->ops->sgd(dv, w + wlo, gr + glo, rt->opt_a[t] + wlo, len, &rt->cfg.hyper, err);
+    return dv->ops->sgd(dv, w + wlo, gr + glo, rt->opt_a[t] + so, len, &rt->cfg.hyper, err);
 }
 
 /* ----------------------------------------------------------------------------
@@ -1267,6 +1336,7 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     st->loss = lf;
     st->step_s = now_s() - t0;
     st->idle_s = st->step_s - st->compute_s - st->comm_s;
+    st->peak_mem_bytes = (double)rt->mem_high;
     if (st->idle_s < 0) st->idle_s = 0;
     return rc;
 }
@@ -1376,6 +1446,8 @@ void rt_free(Runtime *rt)
     if (rt->tied) rt->comm->ops->group_free(rt->tied);
     if (rt->dev) drelease(rt, rt->one);
     if (rt->own_dev) device_free(rt->dev);
+    free(rt->mem_ptr);
+    free(rt->mem_bytes);
     pthread_mutex_destroy(&rt->lk);
     pthread_cond_destroy(&rt->cv);
     free(rt);

@@ -47,6 +47,7 @@ typedef struct {
     double compute_s;       /* time in compute instructions */
     double comm_s;          /* time in communication, waiting for peers included */
     double idle_s;          /* the rest: interpretation, memory, bookkeeping */
+    double peak_mem_bytes;  /* high-water mark of this rank's buffers since the start */
 } StepStat;
 
 typedef struct Runtime Runtime;
