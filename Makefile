@@ -47,7 +47,7 @@ NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[
 NVFLAGS   := -O2 -g -std=c++17 -I. $(NVCC_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c)
+LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c jobs/*.c)
 CU_SRC   := $(if $(filter 1,$(HAVE_CUDA)),$(wildcard executor/cuda/*.cu))
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -120,6 +120,7 @@ bench: setup
 	@for b in $(BENCHES); do $$b || exit 1; done
 	@for b in $(MPI_BENCHES); do \
 	    mpirun --allow-run-as-root --oversubscribe -np 2 $$b || exit 1; done
+	@sh scripts/bench-costmodel.sh $(STRATA)
 
 clean:
 	rm -rf build

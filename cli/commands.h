@@ -6,6 +6,8 @@
 
 #include "args.h"
 #include "db/db.h"
+#include "ir/cluster.h"
+#include "ir/graph.h"
 
 /* The database every command uses without --db. */
 #define CLI_DEFAULT_DB "strata.db"
@@ -17,11 +19,23 @@
 Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos, Args *a,
                    int *rc);
 
+/* --model and --cluster (when need_cluster) given, and --also when not NULL;
+ * --nodes only with --cluster. */
+int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err *err);
+/* Loads --model and, when given, --cluster [--nodes] (checked already).
+ * Caller frees both. */
+int load_model_cluster(const Args *a, Graph **g, Cluster **c, Err *err);
+
+int cmd_estimate(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_runs_list(int argc, char **argv);
 int cmd_runs_show(int argc, char **argv);
 int cmd_profile(int argc, char **argv);
 int cmd_profile_list(int argc, char **argv);
 int cmd_profile_show(int argc, char **argv);
+int cmd_costmodel_train(int argc, char **argv);
+int cmd_costmodel_list(int argc, char **argv);
+int cmd_costmodel_show(int argc, char **argv);
 
 #endif

@@ -19,6 +19,7 @@
 #include "ir/strategy.h"
 #include "ir/util.h"
 #include "ir/zoo.h"
+#include "jobs/jobs.h"
 
 #define EXIT_USAGE 2
 
@@ -380,7 +381,7 @@ static const OptSpec STRATEGY_SHOW_OPTS[] = {
 
 /* Usage checks of --model, --cluster, --nodes (and `also`, another required
  * option, or NULL): every missing option is named at once. */
-static int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err *err)
+int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err *err)
 {
     char missing[128] = "";
     if (also && !args_get(a, also)) snprintf(missing + strlen(missing), 40, " --%s", also);
@@ -394,7 +395,7 @@ static int check_model_cluster(const Args *a, bool need_cluster, const char *als
 }
 
 /* Loads --model and, when given, --cluster [--nodes] (checked already). */
-static int load_model_cluster(const Args *a, Graph **g, Cluster **c, Err *err)
+int load_model_cluster(const Args *a, Graph **g, Cluster **c, Err *err)
 {
     *g = NULL;
     *c = NULL;
@@ -559,45 +560,6 @@ static const OptSpec LOWER_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
-static int store_plan(const char *path, const Graph *g, const Cluster *c, const Strategy *s,
-                      const Plan *p, cJSON *summary, char plan_id[17], Err *err)
-{
-    Db *db = db_open(path, err);
-    if (!db) return -1;
-    GraphStats st;
-    if (graph_stats(g, &st, err)) {
-        db_close(db);
-        return -1;
-    }
-    cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
-    char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
-    char *stext = cJSON_PrintUnformatted(s->canonical), *sumtext = cJSON_PrintUnformatted(summary);
-    DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
-    graph_id(g, m.id);
-    DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
-    cluster_id(c, dc.id);
-    DbPlan dp = { .strategy_json = stext, .summary_json = sumtext, .world = p->world };
-    memcpy(dp.model_id, m.id, 17);
-    memcpy(dp.cluster_id, dc.id, 17);
-    memcpy(dp.strategy_id, s->id, 17);
-    char key[64];
-    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, s->id);
-    hash_hex(key, strlen(key), dp.id);
-    memcpy(plan_id, dp.id, 17);
-    int rc = db_model_put(db, &m, err);
-    if (!rc) rc = db_cluster_put(db, &dc, err);
-    if (!rc) rc = db_plan_put(db, &dp, err);
-    cJSON_free(gtext);
-    cJSON_free(ctext);
-    cJSON_free(stext);
-    cJSON_free(sumtext);
-    cJSON_Delete(gj);
-    cJSON_Delete(cj);
-    graph_stats_free(&st);
-    db_close(db);
-    return rc;
-}
-
 static int cmd_lower(int argc, char **argv)
 {
     Args a;
@@ -630,7 +592,7 @@ static int cmd_lower(int argc, char **argv)
     char plan_id[17] = "";
     if (!args_has(&a, "no-store")) {
         const char *path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
-        if (store_plan(path, g, c, s, p, sum, plan_id, &err)) {
+        if (job_store_plan(path, g, c, s, p, sum, plan_id, &err)) {
             rc = fail(&err);
             goto out;
         }
@@ -780,6 +742,10 @@ static const Command COMMANDS[] = {
     { "strategy", "show", cmd_strategy_show, "FILE --model FILE [--json]",
       "validate; canonical form and id" },
     { "lower", NULL, cmd_lower, "--model F --cluster F --strategy F", "per-rank programs" },
+    { "estimate", NULL, cmd_estimate, "--model F --cluster F --strategy F",
+      "predict step time and memory" },
+    { "validate", NULL, cmd_validate, "[--suite default|FILE] [--np N]",
+      "predicted against measured, here" },
     { "plans", "list", cmd_plans_list, "[--db PATH] [--json]", "stored plans" },
     { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]", "one stored plan" },
     { "run", NULL, cmd_run, "--model F --strategy F [--verify]", "train the plan for real" },
@@ -789,6 +755,9 @@ static const Command COMMANDS[] = {
     { "profile", "list", cmd_profile_list, "[--db PATH] [--json]", "stored profiles" },
     { "profile", "show", cmd_profile_show, "ID [--db PATH] [--json]", "op and link tables" },
     { "profile", NULL, cmd_profile, "[--quick] [-o cluster.json]", "measure this machine" },
+    { "costmodel", "train", cmd_costmodel_train, "--profile ID [--seed N]", "learn op times" },
+    { "costmodel", "list", cmd_costmodel_list, "[--db PATH] [--json]", "stored cost models" },
+    { "costmodel", "show", cmd_costmodel_show, "ID [--db PATH] [--json]", "held-out error per kind" },
 };
 #define NCOMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -20,6 +20,11 @@ run "$strata" lower --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80
     --nodes 128 --strategy "$out/megatron.json" --db "$db"
 run "$strata" plans list --db "$db"
 
+# What that plan costs, before anything runs: the lowered programs simulated
+# with the analytical cost model; the timeline opens in a browser.
+run "$strata" estimate --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
+    --nodes 128 --strategy "$out/megatron.json" --db "$db" --svg "$out/gpt3-175b-timeline.svg"
+
 # Then a small plan for real: a GPT on 2 CPU ranks with Megatron tensor
 # parallelism, checked step by step against one rank, and the stored run.
 run "$strata" model build gpt --layers 2 --hidden 64 --heads 4 --seq 32 --vocab 256 --batch 8 \
@@ -31,3 +36,11 @@ run "$strata" run --model "$out/gpt-small.json" --strategy "$out/tp2.json" --ste
 run "$strata" runs list --db "$db"
 id=$("$strata" runs list --db "$db" | awk 'NR == 2 { print $1 }')
 run "$strata" runs show "$id" --db "$db"
+
+# The cost model in a closed loop on this machine: measure it (a quick
+# profile, about a minute), train the operator model on what was measured,
+# then predict and run two plans and compare.
+run "$strata" profile --quick --db "$db" --quiet -o "$out/this-machine.json"
+run "$strata" costmodel train --profile "$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')" \
+    --db "$db"
+run "$strata" validate --suite suites/demo.json --db "$db"

@@ -1,0 +1,119 @@
+/*
+ * bench_estimate.c — how long a prediction takes: lowering plus the
+ * instruction-level simulation of GPT-3 175B plans on 1024 A100s, cold
+ * (each plan lowered and simulated from nothing), and the rate of estimates
+ * over a loop of varied plans (micro-batches, recompute, ZeRO), per core.
+ * Figures, not pass/fail; the targets (2 ms cold, 5,000 estimates/s) are
+ * printed beside them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "costmodel/costmodel.h"
+#include "ir/cluster.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/zoo.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Lowers and simulates one plan; the two times go to *tl and *ts. */
+static int estimate(const Graph *g, const Cluster *c, StrategyOpts o, double *tl, double *ts,
+                    SimResult *out, long *instrs)
+{
+    Err err = {0};
+    cJSON *j = strategy_build("megatron", g, c, &o, &err);
+    Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
+    cJSON_Delete(j);
+    if (!s) {
+        fprintf(stderr, "bench_estimate: %s\n", err.msg);
+        return -1;
+    }
+    double t0 = now_s();
+    Plan *p = ir_lower(g, c, s, &err);
+    double t1 = now_s();
+    SimResult r;
+    int rc = p ? cost_simulate(g, c, s, p, NULL, &r, &err) : -1;
+    double t2 = now_s();
+    if (rc) fprintf(stderr, "bench_estimate: %s\n", err.msg);
+    *tl = t1 - t0;
+    *ts = t2 - t1;
+    if (!rc && instrs) {
+        *instrs = 0;
+        for (int k = 0; k < p->nclasses; k++) *instrs += p->classes[k].ninstrs;
+    }
+    if (!rc && out) *out = r;
+    else if (!rc) sim_result_free(&r);
+    plan_free(p);
+    strategy_free(s);
+    return rc;
+}
+
+int main(void)
+{
+    Err err = {0};
+    const char *k[] = { "preset", "batch" }, *v[] = { "gpt3-175b", "1536" };
+    Graph *g = zoo_build("gpt", 2, k, v, &err);
+    Cluster *c = g ? cluster_load("clusters/dgx-a100-80gb.json", 128, &err) : NULL;
+    if (!c) {
+        fprintf(stderr, "bench_estimate: %s\n", err.msg);
+        graph_free(g);
+        return 1;
+    }
+    printf("estimate (lower + simulate), GPT-3 175B, global batch 1536, 1024 x A100 80GB, "
+           "analytical model, one core:\n");
+    StrategyOpts base = { .world = 1024, .tp = 8, .pp = 16, .microbatches = 192, .recompute = true };
+    double tl[5], ts[5], tt[5];
+    SimResult r;
+    long instrs = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        if (estimate(g, c, base, &tl[rep], &ts[rep], rep == 0 ? &r : NULL, &instrs)) return 1;
+        tt[rep] = tl[rep] + ts[rep];
+    }
+    qsort(tl, 3, sizeof *tl, cmp);
+    qsort(ts, 3, sizeof *ts, cmp);
+    qsort(tt, 3, sizeof *tt, cmp);
+    printf("  megatron t8 p16 d8, 192 micro-batches, recompute: %ld instrs; lower %.1f ms + "
+           "simulate %.1f ms = %.1f ms (median of 3; target 2 ms)\n", instrs, tl[1] * 1e3,
+           ts[1] * 1e3, tt[1] * 1e3);
+    printf("    predicted step %.2f s, %.0f samples/s, MFU %.1f%%, bubble %.1f%%, %s\n",
+           r.step_time, r.samples_per_s, 100 * r.mfu, 100 * r.bubble,
+           r.feasible ? "fits" : r.why_infeasible);
+    sim_result_free(&r);
+
+    /* a loop of varied plans, as a search would ask */
+    static const struct { int tp, pp, mb; bool rc; } var[] = {
+        { 8, 16, 192, true }, { 8, 16, 96, true }, { 8, 8, 96, true }, { 8, 8, 48, false },
+        { 4, 16, 96, true }, { 8, 32, 96, true }, { 8, 16, 48, true }, { 8, 8, 32, true },
+    };
+    int n = (int)(sizeof var / sizeof var[0]);
+    double t0 = now_s(), lower = 0, sim = 0;
+    for (int i = 0; i < n; i++) {
+        StrategyOpts o = { .world = 1024, .tp = var[i].tp, .pp = var[i].pp,
+                           .microbatches = var[i].mb, .recompute = var[i].rc };
+        double a, b;
+        if (estimate(g, c, o, &a, &b, NULL, NULL)) return 1;
+        lower += a;
+        sim += b;
+    }
+    double dt = now_s() - t0;
+    printf("  %d varied plans: %.1f estimates/s per core (lower %.0f%%, simulate %.0f%% of "
+           "the time; target 5000/s)\n", n, n / dt, 100 * lower / dt, 100 * sim / dt);
+    cluster_free(c);
+    graph_free(g);
+    return 0;
+}

@@ -1,0 +1,917 @@
+/*
+ * sim.c — one training step of a lowered plan, simulated instruction by
+ * instruction.
+ *
+ * Each class is simulated through one representative rank (its first): the
+ * ranks of a class run the same program, so they reach each point at the
+ * same time. Every rank has two in-order streams, compute and comm, as a
+ * GPU has a compute stream and NCCL's. An instruction starts when its stream
+ * is free and its dependencies have finished; alloc and free take no time
+ * and hold no stream.
+ *
+ *   collective  the k-th collective a class issues on one group key (its
+ *               live mesh axes; tied-param sums have a key of their own, as
+ *               they have a communicator of their own) meets the k-th of
+ *               every other class with members in the group, as MPI and
+ *               NCCL match calls on a communicator in order. It starts when
+ *               the last member is ready and holds every member's comm
+ *               stream until it ends.
+ *   send        is posted (it does not hold the stream: the executor posts
+ *               sends without waiting) and completes when its bytes have
+ *               moved.
+ *   recv        holds the comm stream from when it is ready until the
+ *               matching send's bytes have arrived. Transfers between two
+ *               classes match in order per (peer, tag), as MPI's
+ *               non-overtaking rule orders messages.
+ *   stale pull  a parameter-server pull with staleness k is taken k steps
+ *               later by the executor, so this step does not wait for it.
+ *
+ * The loop advances each class as far as its streams can go, then the next
+ * class, until every instruction has finished; a round in which no class
+ * moves means some collective or receive is never matched, which is a
+ * lowering bug and reported as such.
+ *
+ * Legend: c, d = classes, i = instruction, K = group key, k = occurrence.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "costmodel.h"
+#include "ir/util.h"
+
+/* Streams of a simulated rank: the interpreter's (compute; on a CPU also
+ * every blocking communication), point-to-point, then one per collective
+ * group (as NCCL runs each communicator on a stream of its own). */
+enum { S_MAIN, S_P2P, S_GROUPS };
+
+#define KEYS (1 << (MESH_MAX_AXES + 1))     /* axis masks, and the same for tied sums */
+#define TIED_KEY (1 << MESH_MAX_AXES)
+
+/* ----------------------------------------------------------------------------
+ * A small open-addressing map from a 4-int tuple to an index */
+
+typedef struct {
+    int64_t k[4];
+    int32_t v;
+    bool used;
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    int cap, n;
+} Map;
+
+static uint64_t mix(const int64_t k[4])
+{
+    uint64_t h = 0x9e3779b97f4a7c15ULL;
+    for (int i = 0; i < 4; i++) {
+        h ^= (uint64_t)k[i] + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+        h *= 0xbf58476d1ce4e5b9ULL;
+    }
+    return h ^ (h >> 31);
+}
+
+static void map_grow(Map *m);
+
+/* The slot of key k; created with v = -1 when absent. */
+static Slot *map_at(Map *m, int64_t a, int64_t b, int64_t c, int64_t d)
+{
+    if (2 * (m->n + 1) > m->cap) map_grow(m);
+    int64_t k[4] = { a, b, c, d };
+    uint64_t h = mix(k);
+    for (int i = (int)(h & (uint64_t)(m->cap - 1));; i = (i + 1) & (m->cap - 1)) {
+        Slot *s = &m->slots[i];
+        if (!s->used) {
+            memcpy(s->k, k, sizeof k);
+            s->v = -1;
+            s->used = true;
+            m->n++;
+            return s;
+        }
+        if (!memcmp(s->k, k, sizeof k)) return s;
+    }
+}
+
+static void map_grow(Map *m)
+{
+    Map old = *m;
+    m->cap = m->cap ? m->cap * 2 : 256;
+    m->slots = xcalloc(m->cap, sizeof *m->slots);
+    m->n = 0;
+    for (int i = 0; i < old.cap; i++) {
+        if (!old.slots[i].used) continue;
+        Slot *s = map_at(m, old.slots[i].k[0], old.slots[i].k[1], old.slots[i].k[2],
+                         old.slots[i].k[3]);
+        s->v = old.slots[i].v;
+    }
+    free(old.slots);
+}
+
+static void map_free(Map *m)
+{
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* ----------------------------------------------------------------------------
+ * State */
+
+typedef struct {
+    double ready, start, end;       /* NAN until known */
+} Meet;
+
+typedef struct {
+    Meet *v;
+    int n, cap;
+    int *ranks, nranks;             /* the representative's group */
+    int *members, nmembers;         /* distinct classes in it */
+} MeetList;
+
+/* A point-to-point message between two classes, matched in order. */
+typedef struct {
+    double send_t, recv_ready, end;
+    int send_class;
+    int32_t send_instr;
+} Msg;
+
+typedef struct {
+    const Program *pr;
+    int rep;
+    int coord[MESH_MAX_AXES];
+    int device;                     /* index of the rep's device group */
+    OpDevice dev;
+    double *start, *end;            /* per instruction */
+    int32_t *seq;                   /* comm: occurrence index once registered, else -1 */
+    int nstreams;
+    int16_t key_stream[KEYS];       /* collective group key -> its stream, -1: none yet */
+    uint16_t *sid;                  /* per instruction: its stream */
+    int32_t *list;                  /* instructions by stream, in order (CSR by list_off) */
+    int *list_off, *cur;            /* per stream: start in list, next to run (absolute) */
+    double *free_t;                 /* per stream: when it is free */
+    MeetList meet[KEYS];
+    SimClass out;
+    int32_t *later;                 /* updates set aside, in order (see main_step) */
+    int nlater;
+} CState;
+
+typedef struct {
+    const Graph *g;
+    const Cluster *c;
+    const Strategy *s;
+    const Plan *p;
+    const OpModel *ops;
+    const LinkModel *links;
+    const SimOpts *o;
+    OpModel *own_ops;
+    LinkModel *own_links;
+    CState *cs;
+    AxisMask live;
+    Map p2p_count;                  /* (class, peer rank, tag, 0) -> occurrences so far */
+    Map msg_at;                     /* (src class, dst class, tag, n) -> index into msgs */
+    Msg *msgs;
+    int nmsgs, cap_msgs;
+    double *op_time;                /* [(device * nops + op) * PH_COUNT + phase], NAN: not yet */
+    SimResult *r;
+    bool trace;
+    Err *err;
+} Sim;
+
+/* ----------------------------------------------------------------------------
+ * Operators */
+
+void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const Instr *in,
+                      OpShape *x)
+{
+    memset(x, 0, sizeof *x);
+    x->phase = (Phase)in->phase;
+    x->flops = in->flops;
+    x->bytes = in->mem_bytes;
+    if (in->op >= 0) {
+        const Op *op = &g->ops[in->op];
+        x->kind = op->kind;
+        x->dtype = g->tensors[op->out].dtype;
+        x->letters = op->letters_mask;
+        memcpy(x->size, p->local[in->op], sizeof x->size);
+        return;
+    }
+    x->dtype = in->tensor >= 0 ? g->tensors[in->tensor].dtype : DT_F32;
+    int eb = dtype_bytes(x->dtype);
+    if (in->phase == PH_UPDATE) {
+        /* the update reads and writes param, gradient and state: 4 words an element */
+        x->kind = s->optimizer == OPT_ADAM ? CM_KIND_ADAM : CM_KIND_SGD;
+        x->size[0] = (int64_t)(in->mem_bytes / (4.0 * eb));
+    } else {
+        /* a gradient sum reads two addends and writes one */
+        x->kind = CM_KIND_SUM;
+        x->size[0] = (int64_t)(in->mem_bytes / (3.0 * eb));
+    }
+    if (x->size[0] < 1) x->size[0] = 1;
+}
+
+static double op_time(Sim *S, CState *c, const Instr *in, CostSource *src)
+{
+    if (S->o->compute_time) {
+        double t = S->o->compute_time(S->o->ctx, (int)(c - S->cs), in);
+        if (t >= 0) return t;
+    }
+    if (in->op >= 0) {
+        size_t k = ((size_t)c->device * S->g->nops + in->op) * PH_COUNT + in->phase;
+        if (!isnan(S->op_time[k])) {
+            *src = opmodel_covers(S->ops, S->g->ops[in->op].kind) ? CM_SRC_MLP : CM_SRC_ANALYTIC;
+            return S->op_time[k];
+        }
+        OpShape x;
+        opshape_of_instr(S->g, S->s, S->p, in, &x);
+        S->op_time[k] = opmodel_time(S->ops, &c->dev, &x, src);
+        return S->op_time[k];
+    }
+    OpShape x;
+    opshape_of_instr(S->g, S->s, S->p, in, &x);
+    return opmodel_time(S->ops, &c->dev, &x, src);
+}
+
+/* ----------------------------------------------------------------------------
+ * Groups and peers */
+
+/* The rank whose coordinates are `coord` with the axes of mask set to the
+ * group index idx (row-major over those axes in mesh order). */
+static int rank_at(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask mask, int idx)
+{
+    int c[MESH_MAX_AXES];
+    memcpy(c, coord, sizeof c);
+    for (int a = s->naxes - 1; a >= 0; a--) {
+        if (!(mask & (1 << a))) continue;
+        c[a] = idx % s->axis_size[a];
+        idx /= s->axis_size[a];
+    }
+    return strategy_rank(s, c);
+}
+
+static MeetList *meet_list(Sim *S, int ci, const Instr *in, int key)
+{
+    CState *c = &S->cs[ci];
+    MeetList *ml = &c->meet[key];
+    if (ml->ranks) return ml;
+    AxisMask ax = (AxisMask)(key & (TIED_KEY - 1));
+    int n = strategy_group_size(S->s, ax);
+    ml->ranks = xmalloc(sizeof *ml->ranks * (n ? n : 1));
+    ml->members = xmalloc(sizeof *ml->members * (n ? n : 1));
+    for (int k = 0; k < n; k++) {
+        int r = rank_at(S->s, c->coord, ax, k);
+        if (key & TIED_KEY) {
+            /* a tied sum runs among the stages that use the param */
+            int co[MESH_MAX_AXES];
+            strategy_coords(S->s, r, co);
+            if (!((uint32_t)in->peer & (1u << co[S->s->pp_axis]))) continue;
+        }
+        ml->ranks[ml->nranks++] = r;
+        int cls = S->p->rank_class[r], j = 0;
+        while (j < ml->nmembers && ml->members[j] != cls) j++;
+        if (j == ml->nmembers) ml->members[ml->nmembers++] = cls;
+    }
+    return ml;
+}
+
+static Meet *meet_at(MeetList *ml, int k)
+{
+    while (ml->n <= k) {
+        if (ml->n == ml->cap) {
+            ml->cap = ml->cap ? ml->cap * 2 : 16;
+            ml->v = xrealloc(ml->v, sizeof *ml->v * ml->cap);
+        }
+        ml->v[ml->n++] = (Meet){ NAN, NAN, NAN };
+    }
+    return &ml->v[k];
+}
+
+static int key_of(const Sim *S, const Instr *in)
+{
+    int key = in->axes & S->live;
+    if (in->why == WHY_TIED) key |= TIED_KEY;
+    return key;
+}
+
+/* The tag that orders messages between two ranks: the value's tensor, its
+ * direction and (parameter server) its part. */
+static int64_t tag_of(const Instr *in)
+{
+    return ((int64_t)in->tensor * 4 + (in->phase == PH_FWD ? 0 : 1) + (in->why == WHY_PS ? 2 : 0))
+           * 65536 + (in->nparts > 0 ? in->part : 0);
+}
+
+static SyncAlgo algo_of(const Sim *S, const Instr *in)
+{
+    if (in->why == WHY_GRAD_SYNC && in->tensor >= 0) return S->s->params[in->tensor].algo;
+    return ALGO_RING;
+}
+
+/* ----------------------------------------------------------------------------
+ * Scheduling */
+
+/* End of instruction d of class c, resolving alloc/free (which take no time)
+ * from their own dependencies; NAN while unknown. */
+static double dep_end(const CState *c, int32_t d)
+{
+    const Instr *in = &c->pr->instrs[d];
+    if (!isnan(c->end[d]) || (in->kind != I_ALLOC && in->kind != I_FREE)) return c->end[d];
+    double t = 0;
+    for (int k = 0; k < in->ndeps; k++) {
+        double e = dep_end(c, c->pr->deps[in->dep0 + k]);
+        if (isnan(e)) return NAN;
+        if (e > t) t = e;
+    }
+    c->end[d] = t;
+    return t;
+}
+
+/* The time instruction i may start on its stream, or NAN while a dependency
+ * is unfinished; *binding receives the dependency that decided it (-1: the
+ * stream itself). */
+static double ready_at(const CState *c, int32_t i, int stream, int32_t *binding)
+{
+    const Instr *in = &c->pr->instrs[i];
+    double t = c->free_t[stream];
+    *binding = -1;
+    for (int k = 0; k < in->ndeps; k++) {
+        int32_t d = c->pr->deps[in->dep0 + k];
+        double e = dep_end(c, d);
+        if (isnan(e)) return NAN;
+        if (e > t) {
+            t = e;
+            *binding = d;
+        }
+    }
+    return t;
+}
+
+static void span(Sim *S, int ci, int32_t i, double start, double end)
+{
+    if (!S->trace) return;
+    SimResult *r = S->r;
+    const Instr *in = &S->cs[ci].pr->instrs[i];
+    int n = r->nspans[ci];
+    if ((n & (n - 1)) == 0)
+        r->spans[ci] = xrealloc(r->spans[ci], sizeof *r->spans[ci] * (n ? 2 * n : 64));
+    r->spans[ci][n] = (SimSpan){ start, end, i, in->stream, in->kind, in->phase, in->why,
+                                 in->recompute, in->micro };
+    r->nspans[ci] = n + 1;
+}
+
+/* The stream an instruction runs on, by how the backend executes the
+ * program. A GPU (CUDA + NCCL) queues kernels on a compute stream and
+ * collectives and transfers on streams of their own. The CPU executor
+ * interprets the program on one thread: every communication blocks it
+ * except the gradient all-reduces it starts without waiting (in place,
+ * uncompressed) and the sends it posts. */
+static int stream_of(const Sim *S, CState *c, const Instr *in)
+{
+    if (in->kind == I_COMPUTE) return S_MAIN;
+    bool p2p = in->kind == I_SEND || in->kind == I_RECV;
+    bool async = c->dev.gpu || (in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
+                                (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED));
+    if (!async) return S_MAIN;
+    if (p2p) return S_P2P;
+    int key = key_of(S, in);
+    if (c->key_stream[key] < 0) c->key_stream[key] = (int16_t)c->nstreams++;
+    return c->key_stream[key];
+}
+
+static bool run_compute(Sim *S, int ci, int32_t i)
+{
+    CState *c = &S->cs[ci];
+    const Instr *in = &c->pr->instrs[i];
+    int32_t bind;
+    double t = ready_at(c, i, S_MAIN, &bind);
+    if (isnan(t)) return false;
+    CostSource src = CM_SRC_ANALYTIC;
+    double dur = op_time(S, c, in, &src);
+    S->r->op_count[src]++;
+    if (src == CM_SRC_ANALYTIC) {
+        int kind = in->op >= 0 ? (int)S->g->ops[in->op].kind
+                 : in->phase == PH_UPDATE ? (S->s->optimizer == OPT_ADAM ? CM_KIND_ADAM : CM_KIND_SGD)
+                 : CM_KIND_SUM;
+        S->r->analytic_kinds |= 1u << kind;
+    }
+    /* a wait for communication is exposed comm up to the transfer's length;
+     * the rest is a wait for a peer (a bubble, a slower member) */
+    double gap = t - c->free_t[S_MAIN];
+    if (gap > 0 && bind >= 0 && c->sid[bind] != S_MAIN) {
+        double moved = c->end[bind] - c->start[bind];
+        c->out.exposed_comm += fmin(gap, fmax(0, moved));
+    }
+    c->start[i] = t;
+    c->end[i] = t + dur;
+    c->free_t[S_MAIN] = t + dur;
+    c->out.busy_compute += dur;
+    c->out.flops += in->flops;
+    if (in->recompute) c->out.recompute += dur;
+    span(S, ci, i, t, t + dur);
+    return true;
+}
+
+/* A transfer or collective of class ci held its stream from start to end;
+ * on the interpreter's own stream nothing else ran meanwhile. */
+static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
+{
+    CState *c = &S->cs[ci];
+    int st = c->sid[i];
+    c->start[i] = start;
+    c->end[i] = end;
+    c->free_t[st] = end;
+    c->out.busy_comm += end - start;
+    if (st == S_MAIN) c->out.exposed_comm += end - start;
+    span(S, ci, i, start, end);
+}
+
+static bool run_collective(Sim *S, int ci, int32_t i)
+{
+    CState *c = &S->cs[ci];
+    const Instr *in = &c->pr->instrs[i];
+    int st = c->sid[i];
+    int key = key_of(S, in);
+    MeetList *ml = meet_list(S, ci, in, key);
+    if (ml->nranks < 2) {
+        /* a group of one (an axis of size 1 at run time): nothing moves */
+        int32_t bind;
+        double t = ready_at(c, i, st, &bind);
+        if (isnan(t)) return false;
+        finish_comm(S, ci, i, t, t);
+        return true;
+    }
+    if (c->seq[i] < 0) {
+        int32_t bind;
+        double t = ready_at(c, i, st, &bind);
+        if (isnan(t)) return false;
+        c->seq[i] = ml->n;
+        meet_at(ml, ml->n)->ready = t;
+    }
+    Meet *me = meet_at(ml, c->seq[i]);
+    if (isnan(me->end)) {
+        double start = 0;
+        for (int m = 0; m < ml->nmembers; m++) {
+            MeetList *other = &S->cs[ml->members[m]].meet[key];
+            if (other->n <= c->seq[i] || isnan(other->v[c->seq[i]].ready)) return false;
+            start = fmax(start, other->v[c->seq[i]].ready);
+        }
+        double dur = S->o->comm_time ? S->o->comm_time(S->o->ctx, ci, in) : -1;
+        if (dur < 0)
+            dur = linkmodel_time(S->links, (InstrKind)in->kind, algo_of(S, in), in->bytes,
+                                 ml->ranks, ml->nranks);
+        for (int m = 0; m < ml->nmembers; m++) {
+            Meet *o = meet_at(&S->cs[ml->members[m]].meet[key], c->seq[i]);
+            o->start = start;
+            o->end = start + dur;
+        }
+    }
+    finish_comm(S, ci, i, me->start, me->end);
+    return true;
+}
+
+static int peer_rank(const Sim *S, const CState *c, const Instr *in)
+{
+    return rank_at(S->s, c->coord, in->axes & S->live, in->peer);
+}
+
+static Msg *msg_for(Sim *S, int src, int dst, int64_t tag, int n)
+{
+    Slot *sl = map_at(&S->msg_at, src, dst, tag, n);
+    if (sl->v < 0) {
+        if (S->nmsgs == S->cap_msgs) {
+            S->cap_msgs = S->cap_msgs ? S->cap_msgs * 2 : 256;
+            S->msgs = xrealloc(S->msgs, sizeof *S->msgs * S->cap_msgs);
+        }
+        S->msgs[S->nmsgs] = (Msg){ NAN, NAN, NAN, -1, -1 };
+        sl->v = S->nmsgs++;
+    }
+    return &S->msgs[sl->v];
+}
+
+/* The next occurrence number of a message to or from `peer` with `tag`. */
+static int next_seq(Sim *S, int ci, int peer, int64_t tag)
+{
+    Slot *sl = map_at(&S->p2p_count, ci, peer, tag, 0);
+    return ++sl->v;      /* created at -1 */
+}
+
+static double p2p_time(const Sim *S, const CState *c, const Instr *in, int peer)
+{
+    if (S->o->comm_time) {
+        double t = S->o->comm_time(S->o->ctx, (int)(c - S->cs), in);
+        if (t >= 0) return t;
+    }
+    int ends[2] = { c->rep, peer };
+    return linkmodel_time(S->links, I_SEND, ALGO_RING, in->bytes, ends, 2);
+}
+
+static bool stale_pull(const Sim *S, const CState *c, const Instr *in)
+{
+    if (in->why != WHY_PS || in->kind != I_RECV || in->tensor < 0) return false;
+    const Value *v = &c->pr->values[c->pr->args[in->arg0]];
+    return v->kind == VAL_PARAM && S->s->params[in->tensor].staleness > 0;
+}
+
+/* A send is posted when its stream reaches it and holds nothing: the
+ * stream moves on, and the send completes when its bytes have moved. */
+static bool run_send(Sim *S, int ci, int32_t i)
+{
+    CState *c = &S->cs[ci];
+    const Instr *in = &c->pr->instrs[i];
+    int32_t bind;
+    double t = ready_at(c, i, c->sid[i], &bind);
+    if (isnan(t)) return false;
+    int peer = peer_rank(S, c, in);
+    int64_t tag = tag_of(in);
+    Msg *m = msg_for(S, ci, S->p->rank_class[peer], tag, next_seq(S, ci, peer, tag));
+    m->send_t = t;
+    m->send_class = ci;
+    m->send_instr = i;
+    c->start[i] = t;
+    if (!isnan(m->recv_ready)) {
+        double dur = p2p_time(S, c, in, peer);
+        m->end = fmax(t, m->recv_ready) + dur;
+        c->end[i] = m->end;
+        c->out.busy_comm += dur;
+        span(S, ci, i, m->end - dur, m->end);
+    }
+    return true;
+}
+
+static bool run_recv(Sim *S, int ci, int32_t i)
+{
+    CState *c = &S->cs[ci];
+    const Instr *in = &c->pr->instrs[i];
+    if (c->seq[i] < 0) {
+        int32_t bind;
+        double t = ready_at(c, i, c->sid[i], &bind);
+        if (isnan(t)) return false;
+        if (stale_pull(S, c, in)) {
+            finish_comm(S, ci, i, t, t);
+            return true;
+        }
+        int peer = peer_rank(S, c, in);
+        int64_t tag = tag_of(in);
+        c->seq[i] = next_seq(S, ci, peer, tag);
+        c->start[i] = t;
+        Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
+        if (isnan(m->recv_ready)) m->recv_ready = t;
+    }
+    int peer = peer_rank(S, c, in);
+    int64_t tag = tag_of(in);
+    Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
+    if (isnan(m->send_t)) return false;
+    double dur = p2p_time(S, c, in, peer);
+    double start = fmax(m->send_t, c->start[i]), end = start + dur;
+    if (isnan(m->end)) {
+        m->end = end;
+        /* the sender learns when its bytes left */
+        CState *sc = &S->cs[m->send_class];
+        if (isnan(sc->end[m->send_instr])) {
+            sc->end[m->send_instr] = end;
+            sc->out.busy_comm += dur;
+            span(S, m->send_class, m->send_instr, start, end);
+        }
+    }
+    finish_comm(S, ci, i, start, end);
+    return true;
+}
+
+static bool run_instr(Sim *S, int ci, int32_t i)
+{
+    switch ((InstrKind)S->cs[ci].pr->instrs[i].kind) {
+    case I_COMPUTE: return run_compute(S, ci, i);
+    case I_SEND: return run_send(S, ci, i);
+    case I_RECV: return run_recv(S, ci, i);
+    default: return run_collective(S, ci, i);
+    }
+}
+
+/* The executor sets an optimizer update aside when it would wait for a
+ * gradient all-reduce still in flight, so the rest of the backward runs
+ * meanwhile; the update runs at the first instruction boundary after the
+ * all-reduce is done, before an instruction that needs it, or at the end of
+ * the step. The interpreter's stream does the same here. */
+static bool waits_async(const CState *c, int32_t i)
+{
+    const Instr *in = &c->pr->instrs[i];
+    if (in->kind != I_COMPUTE || in->op >= 0 || in->phase != PH_UPDATE) return false;
+    for (int k = 0; k < in->ndeps; k++) {
+        int32_t d = c->pr->deps[in->dep0 + k];
+        if (c->sid[d] == S_MAIN || c->sid[d] == UINT16_MAX) continue;
+        if (isnan(c->end[d]) || c->end[d] > c->free_t[S_MAIN]) return true;
+    }
+    return false;
+}
+
+static void later_remove(CState *c, int k)
+{
+    memmove(&c->later[k], &c->later[k + 1], sizeof *c->later * (size_t)(c->nlater - k - 1));
+    c->nlater--;
+}
+
+static bool main_step(Sim *S, int ci)
+{
+    CState *c = &S->cs[ci];
+    /* set-aside updates whose all-reduce is done by now */
+    for (int k = 0; k < c->nlater; k++) {
+        int32_t u = c->later[k];
+        int32_t bind;
+        double t = ready_at(c, u, S_MAIN, &bind);
+        if (isnan(t) || t > c->free_t[S_MAIN]) continue;
+        run_compute(S, ci, u);
+        later_remove(c, k);
+        return true;
+    }
+    int *cur = &c->cur[S_MAIN];
+    if (*cur == c->list_off[S_MAIN + 1]) {
+        /* the end of the step waits for the rest */
+        if (!c->nlater || !run_compute(S, ci, c->later[0])) return false;
+        later_remove(c, 0);
+        return true;
+    }
+    int32_t i = c->list[*cur];
+    const Instr *in = &c->pr->instrs[i];
+    for (int k = 0; k < in->ndeps; k++) {
+        int32_t d = c->pr->deps[in->dep0 + k];
+        if (c->seq[d] != -2 || !isnan(c->end[d])) continue;
+        if (!run_compute(S, ci, d)) return false;
+        for (int j = 0; j < c->nlater; j++)
+            if (c->later[j] == d) later_remove(c, j--);
+        return true;
+    }
+    if (waits_async(c, i)) {
+        c->seq[i] = -2;
+        c->later[c->nlater++] = i;
+        (*cur)++;
+        return true;
+    }
+    if (!run_instr(S, ci, i)) return false;
+    (*cur)++;
+    return true;
+}
+
+/* Advances class ci as far as its streams go; returns instructions done. */
+static int advance(Sim *S, int ci)
+{
+    CState *c = &S->cs[ci];
+    int moved = 0;
+    for (;;) {
+        bool any = false;
+        while (main_step(S, ci)) {
+            moved++;
+            any = true;
+        }
+        for (int st = S_MAIN + 1; st < c->nstreams; st++)
+            while (c->cur[st] < c->list_off[st + 1] && run_instr(S, ci, c->list[c->cur[st]])) {
+                c->cur[st]++;
+                moved++;
+                any = true;
+            }
+        if (!any) break;
+    }
+    return moved;
+}
+
+/* ----------------------------------------------------------------------------
+ * Set-up and results */
+
+static int device_index(const Cluster *cl, int rank)
+{
+    const DeviceGroup *d = cluster_device(cl, rank);
+    return (int)(d - cl->groups);
+}
+
+static void class_init(Sim *S, int ci)
+{
+    CState *c = &S->cs[ci];
+    const Program *pr = &S->p->classes[ci];
+    c->pr = pr;
+    c->rep = pr->ranks[0];
+    strategy_coords(S->s, c->rep, c->coord);
+    c->device = S->c ? device_index(S->c, c->rep) : 0;
+    op_device_from_group(cluster_device(S->c, c->rep), &c->dev);
+    int n = pr->ninstrs ? pr->ninstrs : 1;
+    c->start = xmalloc(sizeof *c->start * n);
+    c->end = xmalloc(sizeof *c->end * n);
+    c->seq = xmalloc(sizeof *c->seq * n);
+    c->sid = xmalloc(sizeof *c->sid * n);
+    c->list = xmalloc(sizeof *c->list * n);
+    c->later = xmalloc(sizeof *c->later * n);
+    c->nlater = 0;
+    c->nstreams = S_GROUPS;
+    for (int k = 0; k < KEYS; k++) c->key_stream[k] = -1;
+    for (int i = 0; i < pr->ninstrs; i++) {
+        c->start[i] = c->end[i] = NAN;
+        c->seq[i] = -1;
+        const Instr *in = &pr->instrs[i];
+        c->sid[i] = in->kind == I_ALLOC || in->kind == I_FREE ? UINT16_MAX
+                  : (uint16_t)stream_of(S, c, in);
+    }
+    /* the lists of every stream, in program order */
+    c->list_off = xcalloc(c->nstreams + 1, sizeof *c->list_off);
+    c->cur = xmalloc(sizeof *c->cur * c->nstreams);
+    c->free_t = xcalloc(c->nstreams, sizeof *c->free_t);
+    for (int i = 0; i < pr->ninstrs; i++)
+        if (c->sid[i] != UINT16_MAX) c->list_off[c->sid[i] + 1]++;
+    for (int st = 0; st < c->nstreams; st++) {
+        c->list_off[st + 1] += c->list_off[st];
+        c->cur[st] = c->list_off[st];
+    }
+    for (int i = 0; i < pr->ninstrs; i++)
+        if (c->sid[i] != UINT16_MAX) c->list[c->cur[c->sid[i]]++] = i;
+    for (int st = 0; st < c->nstreams; st++) c->cur[st] = c->list_off[st];
+    SimClass *o = &c->out;
+    o->nranks = pr->nranks;
+    o->stage = pr->stage;
+    o->peak_mem = pr->peak_mem;
+    o->static_mem = pr->static_mem;
+    o->device_mem = pr->device_mem;
+    o->fits = !(pr->device_mem > 0) || (double)pr->peak_mem <= pr->device_mem;
+}
+
+static void class_free(CState *c)
+{
+    free(c->start);
+    free(c->end);
+    free(c->seq);
+    free(c->sid);
+    free(c->later);
+    free(c->list);
+    free(c->list_off);
+    free(c->cur);
+    free(c->free_t);
+    for (int k = 0; k < KEYS; k++) {
+        free(c->meet[k].v);
+        free(c->meet[k].ranks);
+        free(c->meet[k].members);
+    }
+}
+
+static void gib(double b, char *out, int n)
+{
+    snprintf(out, n, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+}
+
+/* The dtype most of the model's FLOPs run in: the output dtype of its
+ * first matmul or convolution (f32 for a model with neither). */
+static DType model_dtype(const Graph *g)
+{
+    for (int i = 0; i < g->nops; i++)
+        if (g->ops[i].kind == OP_MATMUL || g->ops[i].kind == OP_CONV2D)
+            return g->tensors[g->ops[i].out].dtype;
+    return DT_F32;
+}
+
+static void summarise(Sim *S)
+{
+    SimResult *r = S->r;
+    const Strategy *s = S->s;
+    double step = 0;
+    for (int ci = 0; ci < r->nclasses; ci++) {
+        CState *c = &S->cs[ci];
+        double e = 0;
+        for (int i = 0; i < c->pr->ninstrs; i++)
+            if (!isnan(c->end[i]) && c->end[i] > e) e = c->end[i];
+        if (e > step) step = e;
+    }
+    r->step_time = step;
+    double bubble = 0, hw = 0;
+    int staged = 0;
+    r->feasible = true;
+    for (int ci = 0; ci < r->nclasses; ci++) {
+        SimClass *o = &S->cs[ci].out;
+        o->idle = fmax(0, step - o->busy_compute - o->exposed_comm);
+        r->classes[ci] = *o;
+        hw += o->flops * o->nranks;
+        if (s->nstages > 1) {
+            bubble += (step > 0 ? o->idle / step : 0) * o->nranks;
+            staged += o->nranks;
+        }
+        if (!o->fits && r->feasible) {
+            char need[32], have[32];
+            gib((double)o->peak_mem, need, sizeof need);
+            gib(o->device_mem, have, sizeof have);
+            snprintf(r->why_infeasible, sizeof r->why_infeasible,
+                     "class %d (stage %d, %d ranks) needs %s at its peak, its devices have %s",
+                     ci, o->stage, o->nranks, need, have);
+            r->feasible = false;
+        }
+    }
+    r->bubble = staged ? bubble / staged : 0;
+    r->hw_flops = hw;
+
+    GraphStats st;
+    if (graph_stats(S->g, &st, NULL) == 0) {
+        r->model_flops = st.train_flops;
+        graph_stats_free(&st);
+    }
+    DType dt = model_dtype(S->g);
+    r->peak_flops = 0;
+    for (int rk = 0; rk < s->world; rk++)
+        r->peak_flops += S->c ? cluster_device(S->c, rk)->peak_flops[dt] : 0;
+    if (step > 0 && r->peak_flops > 0) {
+        r->mfu = r->model_flops / (step * r->peak_flops);
+        r->hfu = r->hw_flops / (step * r->peak_flops);
+    }
+    /* throughput: the global batch of the input, and the sequence of an
+     * embedding's output where the model has one */
+    int64_t batch = 0, seq = 0;
+    for (int t = 0; t < S->g->ntensors && !batch; t++) {
+        const Tensor *T = &S->g->tensors[t];
+        if (T->role == ROLE_INPUT && T->batch_dim >= 0) batch = T->shape[T->batch_dim];
+    }
+    for (int i = 0; i < S->g->nops && !seq; i++) {
+        const Op *op = &S->g->ops[i];
+        if (op->kind == OP_EMBEDDING && strchr(op->out_letters, 's')) seq = op->size['s' - 'a'];
+    }
+    if (step > 0) {
+        r->samples_per_s = (double)batch / step;
+        r->tokens_per_s = seq ? r->samples_per_s * (double)seq : 0;
+    }
+}
+
+int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Plan *p,
+                  const SimOpts *o, SimResult *r, Err *err)
+{
+    memset(r, 0, sizeof *r);
+    if (!c) return err_set(err, "simulate: a cluster is needed (devices and links)");
+    if (p->world > c->ndevices)
+        return err_set(err, "simulate: the plan needs %d devices, cluster %s has %d", p->world,
+                       c->name, c->ndevices);
+    SimOpts none = { 0 };
+    if (!o) o = &none;
+    Sim S = { .g = g, .c = c, .s = s, .p = p, .ops = o->ops, .links = o->links, .o = o, .r = r,
+              .trace = o->trace, .err = err };
+    if (!S.ops) S.ops = S.own_ops = opmodel_analytic();
+    if (!S.links && !(S.links = S.own_links = linkmodel_from_cluster(c, err))) {
+        opmodel_free(S.own_ops);
+        return -1;
+    }
+    for (int a = 0; a < s->naxes; a++)
+        if (s->axis_size[a] > 1) S.live |= (AxisMask)(1 << a);
+    r->nclasses = p->nclasses;
+    r->classes = xcalloc(p->nclasses, sizeof *r->classes);
+    if (o->trace) {
+        r->spans = xcalloc(p->nclasses, sizeof *r->spans);
+        r->nspans = xcalloc(p->nclasses, sizeof *r->nspans);
+    }
+    S.cs = xcalloc(p->nclasses, sizeof *S.cs);
+    size_t nt = (size_t)c->ngroups * g->nops * PH_COUNT;
+    S.op_time = xmalloc(sizeof *S.op_time * (nt ? nt : 1));
+    for (size_t k = 0; k < nt; k++) S.op_time[k] = NAN;
+    for (int ci = 0; ci < p->nclasses; ci++) class_init(&S, ci);
+
+    int rc = 0;
+    for (;;) {
+        int moved = 0;
+        bool all = true;
+        for (int ci = 0; ci < p->nclasses; ci++) {
+            moved += advance(&S, ci);
+            CState *cs = &S.cs[ci];
+            for (int st = 0; st < cs->nstreams; st++) all &= cs->cur[st] == cs->list_off[st + 1];
+            all &= cs->nlater == 0;
+        }
+        if (all) break;
+        if (!moved) {
+            for (int ci = 0; ci < p->nclasses; ci++) {
+                CState *cs = &S.cs[ci];
+                int st = 0;
+                while (st < cs->nstreams && cs->cur[st] == cs->list_off[st + 1]) st++;
+                if (st == cs->nstreams && !cs->nlater) continue;
+                int32_t i = st < cs->nstreams ? cs->list[cs->cur[st]] : cs->later[0];
+                const Instr *in = &cs->pr->instrs[i];
+                err_set(err, "simulate: class %d (stage %d) waits forever at instruction %d "
+                        "(%s of tensor %s, micro-batch %d): no peer reaches it; the program "
+                        "cannot run as lowered", ci, cs->pr->stage, i,
+                        instr_kind_name((InstrKind)in->kind),
+                        in->tensor >= 0 ? g->tensors[in->tensor].name : "-", in->micro);
+                break;
+            }
+            rc = -1;
+            break;
+        }
+    }
+    if (!rc) summarise(&S);
+    for (int ci = 0; ci < p->nclasses; ci++) class_free(&S.cs[ci]);
+    free(S.cs);
+    free(S.op_time);
+    free(S.msgs);
+    map_free(&S.p2p_count);
+    map_free(&S.msg_at);
+    opmodel_free(S.own_ops);
+    linkmodel_free(S.own_links);
+    if (rc) sim_result_free(r);
+    return rc;
+}
+
+void sim_result_free(SimResult *r)
+{
+    if (!r) return;
+    if (r->spans)
+        for (int ci = 0; ci < r->nclasses; ci++) free(r->spans[ci]);
+    free(r->spans);
+    free(r->nspans);
+    free(r->classes);
+    memset(r, 0, sizeof *r);
+}

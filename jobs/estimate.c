@@ -1,0 +1,204 @@
+/*
+ * estimate.c — the estimate job: lower a strategy, simulate the lowered
+ * program with a cost model, store the plan with its prediction.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "jobs.h"
+#include "db/db.h"
+#include "ir/util.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const Strategy *s,
+                   const Plan *p, const cJSON *summary, char plan_id[17], Err *err)
+{
+    Db *db = db_open(db_path, err);
+    if (!db) return -1;
+    GraphStats st;
+    if (graph_stats(g, &st, err)) {
+        db_close(db);
+        return -1;
+    }
+    cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
+    char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
+    char *stext = cJSON_PrintUnformatted(s->canonical), *sumtext = cJSON_PrintUnformatted(summary);
+    DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
+    graph_id(g, m.id);
+    DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
+    cluster_id(c, dc.id);
+    DbPlan dp = { .strategy_json = stext, .summary_json = sumtext, .world = p->world };
+    memcpy(dp.model_id, m.id, 17);
+    memcpy(dp.cluster_id, dc.id, 17);
+    memcpy(dp.strategy_id, s->id, 17);
+    char key[64];
+    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, s->id);
+    hash_hex(key, strlen(key), dp.id);
+    memcpy(plan_id, dp.id, 17);
+    int rc = db_model_put(db, &m, err);
+    if (!rc) rc = db_cluster_put(db, &dc, err);
+    if (!rc) rc = db_plan_put(db, &dp, err);
+    cJSON_free(gtext);
+    cJSON_free(ctext);
+    cJSON_free(stext);
+    cJSON_free(sumtext);
+    cJSON_Delete(gj);
+    cJSON_Delete(cj);
+    graph_stats_free(&st);
+    db_close(db);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Predictors */
+
+/* Adds the link fits of profile id to the predictor, for the levels its
+ * cluster shares with the profiled machine; returns how many. */
+static int add_fits(Db *db, int64_t id, LinkModel *m)
+{
+    DbProfile prof;
+    DbProfileFit *fits = NULL;
+    int nfits = 0, used = 0;
+    Err ignore = { { 0 } };
+    if (db_profile_get(db, id, &prof, NULL, NULL, NULL, NULL, &fits, &nfits, &ignore)) return 0;
+    for (int k = 0; k < nfits; k++)
+        if (linkmodel_add_fit(m, fits[k].collective, fits[k].group_size, fits[k].level,
+                              fits[k].alpha_s, fits[k].beta_s, &ignore) == 0)
+            used++;
+    db_profile_free(&prof);
+    db_profile_samples_free(NULL, 0, NULL, 0, fits, nfits);
+    return used;
+}
+
+int predictor_load(const char *db_path, const char *costmodel_id, int64_t profile_id,
+                   const Cluster *c, Predictor *pd, Err *err)
+{
+    memset(pd, 0, sizeof *pd);
+    if (!(pd->links = linkmodel_from_cluster(c, err))) return -1;
+    snprintf(pd->op_model, sizeof pd->op_model, "analytic (roofline with efficiency curves)");
+    snprintf(pd->link_model, sizeof pd->link_model, "%s", linkmodel_describe(pd->links));
+    if (!costmodel_id && profile_id <= 0) {
+        pd->ops = opmodel_analytic();
+        return 0;
+    }
+    Db *db = db_open_existing(db_path, err);
+    if (!db) {
+        predictor_free(pd);
+        return costmodel_id ? err_prefix(err, "--costmodel %s", costmodel_id) : -1;
+    }
+    if (costmodel_id) {
+        DbCostModel m;
+        if (db_costmodel_get(db, costmodel_id, &m, err)) {
+            db_close(db);
+            predictor_free(pd);
+            return -1;
+        }
+        memcpy(pd->cost_model_id, m.id, 17);
+        if (profile_id <= 0) profile_id = m.profile_id;
+        pd->ops = opmodel_load(m.weights, m.nweights, err);
+        if (pd->ops)
+            snprintf(pd->op_model, sizeof pd->op_model, "mlp %s (profile %lld; analytic for "
+                     "kinds it has no samples of)", m.id, (long long)m.profile_id);
+        else
+            err_prefix(err, "cost model %s", m.id);
+        db_costmodel_free(&m);
+        if (!pd->ops) {
+            db_close(db);
+            predictor_free(pd);
+            return -1;
+        }
+    } else {
+        pd->ops = opmodel_analytic();
+    }
+    pd->profile_id = profile_id;
+    int used = profile_id > 0 ? add_fits(db, profile_id, pd->links) : 0;
+    if (used)
+        snprintf(pd->link_model, sizeof pd->link_model, "profile %lld alpha-beta fits (%d; "
+                 "analytic from cluster %s where none)", (long long)profile_id, used, c->name);
+    db_close(db);
+    return 0;
+}
+
+void predictor_free(Predictor *pd)
+{
+    if (!pd) return;
+    opmodel_free(pd->ops);
+    linkmodel_free(pd->links);
+    memset(pd, 0, sizeof *pd);
+}
+
+/* ----------------------------------------------------------------------------
+ * The job */
+
+int job_estimate(const Graph *g, const Cluster *c, const Strategy *s, const EstimateOpts *o,
+                 Estimate *e, Err *err)
+{
+    memset(e, 0, sizeof *e);
+    Predictor own;
+    const Predictor *pd = o->pred;
+    if (!pd) {
+        if (predictor_load(NULL, NULL, 0, c, &own, err)) return -1;
+        pd = &own;
+    }
+    int rc = -1;
+    double t0 = now_s();
+    e->plan = ir_lower(g, c, s, err);
+    e->lower_s = now_s() - t0;
+    if (!e->plan) {
+        err_prefix(err, "the strategy does not lower");
+        goto out;
+    }
+    SimOpts so = { .ops = pd->ops, .links = pd->links, .trace = o->trace };
+    t0 = now_s();
+    if (cost_simulate(g, c, s, e->plan, &so, &e->sim, err)) goto out;
+    e->simulate_s = now_s() - t0;
+    e->json = sim_result_json(&e->sim, s, pd->op_model, pd->link_model);
+    if (pd->cost_model_id[0]) cJSON_AddStringToObject(e->json, "cost_model_id", pd->cost_model_id);
+    cJSON_AddNumberToObject(e->json, "lower_s", e->lower_s);
+    cJSON_AddNumberToObject(e->json, "simulate_s", e->simulate_s);
+    cJSON_AddStringToObject(e->json, "strategy_id", s->id);
+    if (o->db_path) {
+        cJSON *sum = plan_summary_json(e->plan, s);
+        int src = job_store_plan(o->db_path, g, c, s, e->plan, sum, e->plan_id, err);
+        cJSON_Delete(sum);
+        if (src) goto out;
+        Db *db = db_open(o->db_path, err);
+        if (!db) goto out;
+        char *text = cJSON_PrintUnformatted(e->json);
+        DbEstimate de = { .cost_model_id = pd->cost_model_id[0] ? (char *)pd->cost_model_id : NULL,
+                          .profile_id = pd->profile_id, .step_time_s = e->sim.step_time,
+                          .feasible = e->sim.feasible, .json = text };
+        memcpy(de.plan_id, e->plan_id, 17);
+        for (int k = 0; k < e->sim.nclasses; k++)
+            if ((double)e->sim.classes[k].peak_mem > de.peak_mem_bytes)
+                de.peak_mem_bytes = (double)e->sim.classes[k].peak_mem;
+        int prc = db_estimate_put(db, &de, &e->estimate_id, err);
+        cJSON_free(text);
+        db_close(db);
+        if (prc) goto out;
+        cJSON_AddStringToObject(e->json, "plan_id", e->plan_id);
+        cJSON_AddNumberToObject(e->json, "estimate_id", (double)e->estimate_id);
+    }
+    rc = 0;
+out:
+    if (pd == &own) predictor_free(&own);
+    if (rc) estimate_free(e);
+    return rc;
+}
+
+void estimate_free(Estimate *e)
+{
+    if (!e) return;
+    plan_free(e->plan);
+    sim_result_free(&e->sim);
+    cJSON_Delete(e->json);
+    memset(e, 0, sizeof *e);
+}

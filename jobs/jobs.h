@@ -1,0 +1,126 @@
+/*
+ * jobs.h — the work behind strata's commands, shared by the command line
+ * and the REST API: both parse, call one of these, and print what it
+ * returns, so the same request gives the same JSON from either.
+ *
+ * A job takes loaded objects (model, cluster, strategy) and a store path,
+ * does the work, stores what it made, and returns the result with its JSON.
+ */
+#ifndef STRATA_JOBS_H
+#define STRATA_JOBS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+#include "costmodel/costmodel.h"
+#include "ir/cluster.h"
+#include "ir/err.h"
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+
+/* Stores model, cluster and plan (ids are content hashes, so storing again
+ * changes nothing but the plan's summary) and returns the plan's id. */
+int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const Strategy *s,
+                   const Plan *p, const cJSON *summary, char plan_id[17], Err *err);
+
+/* The cost model to predict with: the analytical one, or a stored trained
+ * one (its operator MLP, and its profile's link fits for the levels the
+ * cluster shares with the profiled machine). */
+typedef struct {
+    OpModel *ops;
+    LinkModel *links;
+    char cost_model_id[17];        /* "" for the analytical model */
+    int64_t profile_id;            /* 0: none */
+    char op_model[160], link_model[200];
+} Predictor;
+
+/* costmodel_id NULL: the analytical op model. Link fits come from the cost
+ * model's profile, or from profile_id when given (> 0). An unknown id, or a
+ * stored model this build cannot read, is an error naming it. Caller frees
+ * with predictor_free. */
+int predictor_load(const char *db_path, const char *costmodel_id, int64_t profile_id,
+                   const Cluster *c, Predictor *pd, Err *err);
+void predictor_free(Predictor *pd);
+
+typedef struct {
+    const char *db_path;           /* where to store plan and estimate; NULL: nothing stored */
+    const Predictor *pred;         /* NULL: analytical */
+    bool trace;                    /* keep the timeline (for an SVG) */
+} EstimateOpts;
+
+typedef struct {
+    Plan *plan;
+    SimResult sim;
+    double lower_s, simulate_s;    /* wall time of the two parts */
+    char plan_id[17];              /* "" when not stored */
+    int64_t estimate_id;           /* 0 when not stored */
+    cJSON *json;                   /* the estimate as printed and stored */
+} Estimate;
+
+/* Lowers and simulates one strategy, and stores the plan with its
+ * prediction. An infeasible plan is an answer (sim.feasible false), not an
+ * error. Caller frees with estimate_free. */
+int job_estimate(const Graph *g, const Cluster *c, const Strategy *s, const EstimateOpts *o,
+                 Estimate *e, Err *err);
+void estimate_free(Estimate *e);
+
+/* ----------------------------------------------------------------------------
+ * Validation: predicted against measured, in a closed loop on this machine.
+ *
+ * Each plan of a suite is predicted (job_estimate, on the profile's cluster
+ * with the cost model) and run by the executor (`strata run`, as a child
+ * process, with the profile's BLAS threads per rank); both are stored, and
+ * the step time (median over the steps after the first) and the peak
+ * memory (the executor's high-water mark, the largest over ranks) are
+ * compared. */
+
+extern const char *const SUITE_DEFAULT;     /* the default suite's JSON */
+
+typedef struct {
+    char name[64];
+    int world;
+    char plan_id[17], run_id[17];
+    int64_t estimate_id;
+    double predicted_s, measured_s;
+    double predicted_mem, measured_mem;
+    bool feasible;
+    char error[1100];              /* "" when run and predicted */
+} ValidateRow;
+
+typedef struct {
+    const char *db_path;           /* the store: profile and cost model from it, results to it */
+    const char *suite;             /* "default" (NULL too) or a suite file */
+    int np;                        /* plans of at most this many ranks (default 2) */
+    int steps;                     /* steps per run (default 6; the first is warm-up) */
+    int64_t profile_id;            /* 0: the newest complete profile */
+    const char *costmodel_id;      /* NULL: the newest trained on that profile, else analytic */
+    const char *strata_bin;        /* the strata executable that runs the plans */
+    /* after each plan (progress); row->error says when it failed */
+    void (*progress)(void *ctx, int i, int n, const ValidateRow *row);
+    void *ctx;
+} ValidateOpts;
+
+typedef struct {
+    int64_t id;                    /* the stored validation */
+    int64_t profile_id;
+    char cost_model_id[17];        /* "" for the analytical model */
+    char op_model[160];
+    int nrows;
+    ValidateRow *rows;
+    int nok;                       /* rows with both figures */
+    double mape_time, mape_mem, kendall_tau;
+    cJSON *json;
+} Validation;
+
+/* Runs the suite. A plan that fails to run or predict is reported in its
+ * row and left out of the figures; the job fails only when nothing could be
+ * compared or the store cannot be written. Caller frees with
+ * validation_free. */
+int job_validate(const ValidateOpts *o, Validation *v, Err *err);
+void validation_free(Validation *v);
+
+/* Kendall's tau-b of two series (ties allowed); 0 when n < 2. */
+double kendall_tau(const double *a, const double *b, int n);
+
+#endif

@@ -1,0 +1,603 @@
+/*
+ * test_sim.c — the simulator against timelines computed by hand, and on
+ * lowered plans of every strategy kind.
+ *
+ * The hand-built programs price each instruction themselves (SimOpts
+ * callbacks): a compute instruction takes `flops` seconds and a
+ * communication `mem_bytes` seconds, so every makespan below follows from
+ * the schedule alone.
+ *
+ * Legend: P = stages, m = micro-batches, f/b = forward/backward time of one
+ * micro-batch on one stage, F_k/B_k = forward/backward of micro-batch k.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "costmodel/costmodel.h"
+#include "ir/cluster.h"
+#include "ir/util.h"
+#include "tests/support/lower_fixtures.h"
+
+#define EPS 1e-9
+
+static double own_compute(void *ctx, int cls, const Instr *in)
+{
+    (void)ctx;
+    (void)cls;
+    return in->flops;
+}
+
+static double own_comm(void *ctx, int cls, const Instr *in)
+{
+    (void)ctx;
+    (void)cls;
+    return in->mem_bytes;
+}
+
+static Cluster *cluster_kind(int n, double mem_gib, const char *kind)
+{
+    char js[1024];
+    snprintf(js, sizeof js,
+             "{\"name\":\"test\",\"devices\":[{\"name\":\"d\",\"kind\":\"%s\",\"count\":%d,"
+             "\"peak_tflops\":{\"f32\":10},\"memory_gib\":%g,\"memory_bw_gbps\":1000}],"
+             "\"levels\":[{\"name\":\"gpu\",\"count\":%d,\"link\":\"nvlink\",\"bw_gbps\":100,"
+             "\"latency_us\":1}]}", kind, n, mem_gib, n);
+    cJSON *j = cJSON_Parse(js);
+    Err err = {0};
+    Cluster *c = cluster_from_json(j, 0, &err);
+    cJSON_Delete(j);
+    if (!c) fail_msg("cluster: %s", err.msg);
+    return c;
+}
+
+static Cluster *cluster_n(int n, double mem_gib)
+{
+    return cluster_kind(n, mem_gib, "gpu");
+}
+
+/* ----------------------------------------------------------------------------
+ * Hand-built programs */
+
+typedef struct {
+    Plan p;
+    Program pr[4];
+    int rank_class[4];
+    int ranks[4];
+} Hand;
+
+static void hand_init(Hand *h, int nclasses)
+{
+    memset(h, 0, sizeof *h);
+    h->p.world = nclasses;
+    h->p.nclasses = nclasses;
+    h->p.classes = h->pr;
+    h->p.rank_class = h->rank_class;
+    for (int c = 0; c < nclasses; c++) {
+        h->rank_class[c] = c;
+        h->ranks[c] = c;
+        h->pr[c].nranks = 1;
+        h->pr[c].ranks = &h->ranks[c];
+        h->pr[c].cap_instrs = 64;
+        h->pr[c].instrs = calloc(64, sizeof(Instr));
+        h->pr[c].cap_deps = 256;
+        h->pr[c].deps = calloc(256, sizeof(int32_t));
+    }
+}
+
+static void hand_free(Hand *h)
+{
+    for (int c = 0; c < h->p.nclasses; c++) {
+        free(h->pr[c].instrs);
+        free(h->pr[c].deps);
+    }
+}
+
+/* Appends an instruction to class c: seconds is its duration; deps end with -1. */
+static int32_t add(Hand *h, int c, InstrKind k, Phase ph, Why why, AxisMask axes, int peer,
+                   int tensor, double seconds, ...)
+{
+    Program *pr = &h->pr[c];
+    Instr *in = &pr->instrs[pr->ninstrs];
+    memset(in, 0, sizeof *in);
+    in->kind = k;
+    in->stream = k == I_COMPUTE ? STREAM_COMPUTE : STREAM_COMM;
+    in->phase = ph;
+    in->why = why;
+    in->axes = axes;
+    in->peer = peer;
+    in->op = -1;
+    in->tensor = tensor;
+    in->micro = -1;
+    if (k == I_COMPUTE) in->flops = (float)seconds;
+    else in->mem_bytes = (float)seconds;
+    in->dep0 = pr->ndeps;
+    va_list ap;
+    va_start(ap, seconds);
+    for (int32_t d; (d = va_arg(ap, int32_t)) >= 0;) pr->deps[pr->ndeps++] = d;
+    va_end(ap);
+    in->ndeps = pr->ndeps - in->dep0;
+    return pr->ninstrs++;
+}
+
+static void simulate(const Graph *g, const Cluster *c, const Strategy *s, const Plan *p,
+                     SimResult *r)
+{
+    SimOpts o = { .compute_time = own_compute, .comm_time = own_comm };
+    Err err = {0};
+    if (cost_simulate(g, c, s, p, &o, r, &err)) fail_msg("simulate: %s", err.msg);
+}
+
+/* Stage s's micro-batch: forward (f), send the activation on; later receive
+ * its gradient and run the backward (b). `order` lists F/B passes. */
+static void pipeline_stage(Hand *h, int st, int P, const char *order, double f, double b,
+                           double comm)
+{
+    int32_t fwd_recv[8], last_bwd = -1;
+    int nf = 0, nb = 0;
+    (void)last_bwd;
+    for (const char *o = order; *o; o++) {
+        if (*o == 'F') {
+            int mb = nf++;
+            int32_t dep = -1;
+            if (st > 0) dep = add(h, st, I_RECV, PH_FWD, WHY_PIPELINE, 1, st - 1, 100 + mb, comm, -1);
+            int32_t x = add(h, st, I_COMPUTE, PH_FWD, WHY_NONE, 0, -1, -1, f, dep, -1);
+            fwd_recv[mb] = x;
+            if (st < P - 1) add(h, st, I_SEND, PH_FWD, WHY_PIPELINE, 1, st + 1, 100 + mb, comm, x, -1);
+        } else {
+            int mb = nb++;
+            int32_t dep = fwd_recv[mb];
+            int32_t r = -1;
+            if (st < P - 1) r = add(h, st, I_RECV, PH_BWD_DATA, WHY_PIPELINE, 1, st + 1, 100 + mb, comm, -1);
+            int32_t x = add(h, st, I_COMPUTE, PH_BWD_DATA, WHY_NONE, 0, -1, -1, b, dep, r, -1);
+            if (st > 0) add(h, st, I_SEND, PH_BWD_DATA, WHY_PIPELINE, 1, st - 1, 100 + mb, comm, x, -1);
+        }
+    }
+}
+
+static Graph *tiny(void)
+{
+    return gpt((GptShape){ .l = 2, .h = 16, .n = 2, .s = 8, .V = 32, .B = 4 });
+}
+
+static void test_gpipe_two_stages(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_n(2, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"cuts\":[1],\"microbatches\":2,"
+                           "\"schedule\":\"gpipe\"}}");
+    Hand h;
+    hand_init(&h, 2);
+    pipeline_stage(&h, 0, 2, "FFBB", 1, 2, 0);
+    pipeline_stage(&h, 1, 2, "FFBB", 1, 2, 0);
+    SimResult r;
+    simulate(g, c, s, &h.p, &r);
+    /* (m + P - 1)(f + b) = 3 x 3 */
+    assert_true(fabs(r.step_time - 9) < EPS);
+    assert_true(fabs(r.classes[0].busy_compute - 6) < EPS);
+    assert_true(fabs(r.classes[1].idle - 3) < EPS);
+    sim_result_free(&r);
+
+    /* with 0.5 s per transfer: S0 F0 [0,1] F1 [1,2]; S1 F0 [1.5,2.5] F1 [2.5,3.5]
+     * B0 [3.5,5.5] B1 [5.5,7.5]; S0 B0 [6,8] B1 [8,10] */
+    hand_free(&h);
+    hand_init(&h, 2);
+    pipeline_stage(&h, 0, 2, "FFBB", 1, 2, 0.5);
+    pipeline_stage(&h, 1, 2, "FFBB", 1, 2, 0.5);
+    simulate(g, c, s, &h.p, &r);
+    assert_true(fabs(r.step_time - 10) < EPS);
+    sim_result_free(&r);
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_1f1b_two_stages(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_n(2, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"cuts\":[1],\"microbatches\":2,"
+                           "\"schedule\":\"1f1b\"}}");
+    Hand h;
+    hand_init(&h, 2);
+    /* stage 0 warms up with P-1 = 1 forward; the last stage alternates */
+    pipeline_stage(&h, 0, 2, "FFBB", 1, 2, 0);
+    pipeline_stage(&h, 1, 2, "FBFB", 1, 2, 0);
+    SimResult r;
+    simulate(g, c, s, &h.p, &r);
+    /* S1: F0 [1,2] B0 [2,4] F1 [4,5] B1 [5,7]; S0: B0 [4,6] B1 [7,9] */
+    assert_true(fabs(r.step_time - 9) < EPS);
+    assert_true(fabs(r.classes[1].busy_compute - 6) < EPS);
+    sim_result_free(&r);
+
+    /* four micro-batches: S0 F F F B F B B B ... the makespan of 1F1B with
+     * equal stages is (m + P - 1)(f + b) as for GPipe: 5 x 3 */
+    hand_free(&h);
+    hand_init(&h, 2);
+    pipeline_stage(&h, 0, 2, "FFBFBFBB", 1, 2, 0);
+    pipeline_stage(&h, 1, 2, "FBFBFBFB", 1, 2, 0);
+    simulate(g, c, s, &h.p, &r);
+    assert_true(fabs(r.step_time - 15) < EPS);
+    assert_true(r.bubble > 0.19 && r.bubble < 0.21);   /* 3 idle of 15 on each stage */
+    sim_result_free(&r);
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_allreduce_overlaps_backward(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_n(2, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Hand h;
+    hand_init(&h, 1);
+    h.p.world = 2;
+    h.rank_class[1] = 0;
+    h.ranks[1] = 1;
+    h.pr[0].nranks = 2;
+    /* backward of layer 2 [0,2]; its all-reduce [2,5] while layer 1's
+     * backward runs [2,4]; layer 1's all-reduce waits for the stream [5,8];
+     * the updates follow their all-reduces: [5,6] and [8,9] */
+    int32_t b2 = add(&h, 0, I_COMPUTE, PH_BWD_WEIGHT, WHY_NONE, 0, -1, -1, 2, -1);
+    int32_t a2 = add(&h, 0, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 3, b2, -1);
+    int32_t b1 = add(&h, 0, I_COMPUTE, PH_BWD_WEIGHT, WHY_NONE, 0, -1, -1, 2, b2, -1);
+    int32_t a1 = add(&h, 0, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 3, b1, -1);
+    add(&h, 0, I_COMPUTE, PH_UPDATE, WHY_NONE, 0, -1, -1, 1, a2, -1);
+    add(&h, 0, I_COMPUTE, PH_UPDATE, WHY_NONE, 0, -1, -1, 1, a1, -1);
+    SimResult r;
+    simulate(g, c, s, &h.p, &r);
+    assert_true(fabs(r.step_time - 9) < EPS);
+    assert_true(fabs(r.classes[0].busy_comm - 6) < EPS);
+    assert_true(fabs(r.classes[0].exposed_comm - 3) < EPS);    /* 1 before U2, 2 before U1 */
+    assert_true(fabs(r.classes[0].idle - 0) < EPS);
+    sim_result_free(&r);
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_collective_waits_for_slowest(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_n(2, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Hand h;
+    hand_init(&h, 2);
+    /* rank 0 computes 1 s, rank 1 3 s; the all-reduce (2 s) starts at 3 */
+    double work[2] = { 1, 3 };
+    for (int k = 0; k < 2; k++) {
+        int32_t x = add(&h, k, I_COMPUTE, PH_BWD_WEIGHT, WHY_NONE, 0, -1, -1, work[k], -1);
+        int32_t a = add(&h, k, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 2, x, -1);
+        add(&h, k, I_COMPUTE, PH_UPDATE, WHY_NONE, 0, -1, -1, 1, a, -1);
+    }
+    SimResult r;
+    simulate(g, c, s, &h.p, &r);
+    assert_true(fabs(r.step_time - 6) < EPS);
+    assert_true(fabs(r.classes[0].exposed_comm - 2) < EPS);
+    assert_true(fabs(r.classes[0].idle - 2) < EPS);             /* waited for rank 1 */
+    assert_true(fabs(r.classes[1].idle - 0) < EPS);
+    sim_result_free(&r);
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* The CPU executor interprets on one thread: a resharding all-reduce
+ * blocks it, a gradient all-reduce runs behind it, and the update waiting
+ * for that one is set aside until the end of the step. */
+static void test_cpu_interpreter_blocks(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_kind(2, 80, "cpu");
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Hand h;
+    hand_init(&h, 1);
+    h.p.world = 2;
+    h.rank_class[1] = 0;
+    h.ranks[1] = 1;
+    h.pr[0].nranks = 2;
+    /* x1 [0,1]; reshard [1,3] on the interpreter; x2 [3,4]; the gradient
+     * all-reduce [4,7] behind x3 [4,5]; the update it holds runs [7,8] */
+    int32_t x1 = add(&h, 0, I_COMPUTE, PH_FWD, WHY_NONE, 0, -1, -1, 1, -1);
+    int32_t a = add(&h, 0, I_ALLREDUCE, PH_FWD, WHY_RESHARD, 1, -1, -1, 2, x1, -1);
+    int32_t x2 = add(&h, 0, I_COMPUTE, PH_BWD_WEIGHT, WHY_NONE, 0, -1, -1, 1, a, -1);
+    int32_t gs = add(&h, 0, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 3, x2, -1);
+    add(&h, 0, I_COMPUTE, PH_UPDATE, WHY_NONE, 0, -1, -1, 1, gs, -1);
+    add(&h, 0, I_COMPUTE, PH_BWD_DATA, WHY_NONE, 0, -1, -1, 1, x2, -1);
+    SimResult r;
+    simulate(g, c, s, &h.p, &r);
+    assert_true(fabs(r.step_time - 8) < EPS);
+    assert_true(fabs(r.classes[0].busy_compute - 4) < EPS);
+    assert_true(fabs(r.classes[0].exposed_comm - 4) < EPS);
+    assert_true(fabs(r.classes[0].idle) < EPS);
+    sim_result_free(&r);
+
+    hand_free(&h);
+    cluster_free(c);
+    strategy_free(s);
+    graph_free(g);
+}
+
+static void test_unmatched_receive_is_reported(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_n(2, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"cuts\":[1],\"microbatches\":1}}");
+    Hand h;
+    hand_init(&h, 2);
+    add(&h, 0, I_COMPUTE, PH_FWD, WHY_NONE, 0, -1, -1, 1, -1);
+    add(&h, 1, I_RECV, PH_FWD, WHY_PIPELINE, 1, 0, 7, 1, -1);
+    SimResult r;
+    SimOpts o = { .compute_time = own_compute, .comm_time = own_comm };
+    Err err = {0};
+    assert_int_equal(cost_simulate(g, c, s, &h.p, &o, &r, &err), -1);
+    assert_non_null(strstr(err.msg, "waits forever"));
+    assert_non_null(strstr(err.msg, "recv"));
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* ----------------------------------------------------------------------------
+ * Lowered plans */
+
+static Plan *lower_c(const Graph *g, const Cluster *c, const Strategy *s)
+{
+    Err err = {0};
+    Plan *p = ir_lower(g, c, s, &err);
+    if (!p) fail_msg("lower: %s", err.msg);
+    return p;
+}
+
+/* Every classic strategy lowers to programs the simulator can schedule, with
+ * memory exactly the lowering's walk and times that add up. */
+static void test_every_strategy_schedules(void **state)
+{
+    (void)state;
+    Graph *g = gpt((GptShape){ .l = 4, .h = 32, .n = 4, .s = 16, .V = 64, .B = 64, .tied = true });
+    Cluster *c = cluster_n(8, 80);
+    static const char *const cases[] = {
+        "{\"mesh\":{\"dp\":8}}",
+        "{\"mesh\":{\"dp\":2,\"tp\":4},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}}",
+        "{\"mesh\":{\"pp\":2,\"dp\":4},\"pipeline\":{\"cuts\":[2],\"microbatches\":4,\"schedule\":\"gpipe\"}}",
+        "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"cuts\":[1,2,3],\"microbatches\":8,\"schedule\":\"1f1b\"},"
+        "\"ops\":{\"blocks.*\":{\"recompute\":true}}}",
+        "{\"mesh\":{\"pp\":2,\"dp\":2,\"tp\":2},\"pipeline\":{\"cuts\":[2],\"microbatches\":4,\"schedule\":\"1f1b\"},"
+        "\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}}",
+        "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"shard\":\"zero1\"}}}",
+        "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"shard\":\"zero3\"}}}",
+        "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2}}}}",
+        "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2,\"staleness\":2}}}}",
+        "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}}",
+        "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"algo\":\"tree\"}}}}",
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        Strategy *s = strat(g, cases[k]);
+        Plan *p = lower_c(g, c, s);
+        SimResult r;
+        Err err = {0};
+        if (cost_simulate(g, c, s, p, NULL, &r, &err)) fail_msg("case %zu: %s", k, err.msg);
+        assert_true(r.step_time > 0 && isfinite(r.step_time));
+        assert_true(r.feasible);
+        assert_int_equal(r.nclasses, p->nclasses);
+        for (int ci = 0; ci < p->nclasses; ci++) {
+            const SimClass *o = &r.classes[ci];
+            assert_int_equal(o->peak_mem, p->classes[ci].peak_mem);
+            assert_true(o->busy_compute > 0);
+            assert_true(o->busy_compute + o->exposed_comm + o->idle <= r.step_time * (1 + 1e-9) + 1e-12);
+            assert_true(o->idle >= 0 && o->exposed_comm >= 0);
+        }
+        assert_true(r.mfu > 0 && r.mfu <= 1);
+        assert_true(r.hfu >= r.mfu * (1 - 1e-9));
+        assert_true(r.samples_per_s > 0 && r.tokens_per_s == r.samples_per_s * 16);
+        sim_result_free(&r);
+        plan_free(p);
+        strategy_free(s);
+    }
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* A stale pull is taken in a later step: the worker does not wait for it. */
+static void test_stale_pull_does_not_wait(void **state)
+{
+    (void)state;
+    Graph *g = gpt((GptShape){ .l = 2, .h = 32, .n = 4, .s = 16, .V = 64, .B = 8 });
+    Cluster *c = cluster_n(4, 80);
+    double t[2];
+    for (int k = 0; k < 2; k++) {
+        Strategy *s = strat(g, k ? "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\","
+                                   "\"shards\":1,\"placement\":[0],\"staleness\":1}}}}"
+                                 : "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\","
+                                   "\"shards\":1,\"placement\":[0],\"staleness\":0}}}}");
+        Plan *p = lower_c(g, c, s);
+        SimResult r;
+        Err err = {0};
+        if (cost_simulate(g, c, s, p, NULL, &r, &err)) fail_msg("%s", err.msg);
+        t[k] = r.step_time;
+        sim_result_free(&r);
+        plan_free(p);
+        strategy_free(s);
+    }
+    assert_true(t[1] < t[0]);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_infeasible_plan(void **state)
+{
+    (void)state;
+    Graph *g = gpt((GptShape){ .l = 2, .h = 64, .n = 4, .s = 32, .V = 256, .B = 8 });
+    Cluster *c = cluster_n(2, 0.0001);      /* about 100 KiB per device */
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Plan *p = lower_c(g, c, s);
+    SimResult r;
+    Err err = {0};
+    assert_int_equal(cost_simulate(g, c, s, p, NULL, &r, &err), 0);
+    assert_false(r.feasible);
+    assert_false(r.classes[0].fits);
+    assert_non_null(strstr(r.why_infeasible, "class 0"));
+    assert_non_null(strstr(r.why_infeasible, "GiB"));
+    assert_true(r.step_time > 0);
+    cJSON *j = sim_result_json(&r, s, NULL, NULL);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "feasible")));
+    assert_non_null(cJSON_GetObjectItem(j, "why_infeasible"));
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "step_time_s")));
+    cJSON_Delete(j);
+    sim_result_free(&r);
+    plan_free(p);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_deterministic_and_trace(void **state)
+{
+    (void)state;
+    Graph *g = gpt((GptShape){ .l = 4, .h = 32, .n = 4, .s = 16, .V = 64, .B = 8 });
+    Cluster *c = cluster_n(4, 80);
+    Strategy *s = strat(g, "{\"mesh\":{\"pp\":2,\"dp\":2},\"pipeline\":{\"cuts\":[2],"
+                           "\"microbatches\":4,\"schedule\":\"1f1b\"}}");
+    Plan *p = lower_c(g, c, s);
+    SimResult a, b;
+    SimOpts o = { .trace = true };
+    Err err = {0};
+    assert_int_equal(cost_simulate(g, c, s, p, NULL, &a, &err), 0);
+    assert_int_equal(cost_simulate(g, c, s, p, &o, &b, &err), 0);
+    assert_true(a.step_time == b.step_time);
+    assert_non_null(b.spans);
+    int ncomp = 0;
+    for (int i = 0; i < p->classes[0].ninstrs; i++) ncomp += p->classes[0].instrs[i].kind != I_ALLOC &&
+                                                             p->classes[0].instrs[i].kind != I_FREE;
+    assert_int_equal(b.nspans[0], ncomp);
+    for (int k = 0; k < b.nspans[0]; k++) {
+        assert_true(b.spans[0][k].end >= b.spans[0][k].start);
+        assert_true(b.spans[0][k].end <= b.step_time * (1 + 1e-12));
+    }
+    char path[] = "/tmp/strata-test-sim-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(sim_write_svg(&b, s, "test <plan>", path, &err), 0);
+    size_t len = 0;
+    char *svg = file_read(path, &len, &err);
+    assert_non_null(svg);
+    assert_non_null(strstr(svg, "<svg"));
+    assert_non_null(strstr(svg, "test &lt;plan>"));
+    assert_non_null(strstr(svg, "time (")); /* a labelled axis */
+    assert_non_null(strstr(svg, "forward"));
+    assert_non_null(strstr(svg, "backward"));
+    free(svg);
+    unlink(path);
+    assert_int_equal(sim_write_svg(&a, s, "x", path, &err), -1);   /* no trace kept */
+    sim_result_free(&a);
+    sim_result_free(&b);
+    plan_free(p);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
+static void test_cluster_without_links(void **state)
+{
+    (void)state;
+    Cluster *c = cluster_n(2, 80);
+    c->levels[0].bw = 0;
+    Err err = {0};
+    assert_null(linkmodel_from_cluster(c, &err));
+    assert_non_null(strstr(err.msg, "levels[0]"));
+    assert_non_null(strstr(err.msg, "bandwidth"));
+    cluster_free(c);
+}
+
+/* ----------------------------------------------------------------------------
+ * Links */
+
+static void test_link_formulas(void **state)
+{
+    (void)state;
+    Cluster *c = cluster_n(8, 80);      /* 100 GB/s, 1 us */
+    Err err = {0};
+    LinkModel *m = linkmodel_from_cluster(c, &err);
+    assert_non_null(m);
+    int r8[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+    double B = 1e9, bw = 100e9, a = 1e-6;
+    double ar = linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r8, 8);
+    assert_true(fabs(ar - (14 * a + 2.0 * 7 / 8 * B / bw)) < 1e-12);
+    double ag = linkmodel_time(m, I_ALLGATHER, ALGO_RING, (int64_t)B, r8, 8);
+    assert_true(fabs(ag - (7 * a + 7.0 / 8 * B / bw)) < 1e-12);
+    double p2p = linkmodel_time(m, I_SEND, ALGO_RING, (int64_t)B, r8, 2);
+    assert_true(fabs(p2p - (a + B / bw)) < 1e-12);
+    assert_true(linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r8, 1) == 0);
+    /* a profile fit replaces the figure for its level */
+    assert_int_equal(linkmodel_add_fit(m, "all_reduce", 8, "gpu", 5e-6, 1e-10, &err), 0);
+    ar = linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r8, 8);
+    assert_true(fabs(ar - (5e-6 + 0.1)) < 1e-12);
+    assert_int_equal(linkmodel_add_fit(m, "all_reduce", 8, "rack", 5e-6, 1e-10, &err), -1);
+    assert_non_null(strstr(err.msg, "rack"));
+    assert_int_equal(linkmodel_add_fit(m, "gossip", 8, "gpu", 5e-6, 1e-10, &err), -1);
+    linkmodel_free(m);
+    cluster_free(c);
+
+    /* two levels: 8 per node at 300 GB/s, nodes at 25 GB/s */
+    cJSON *j = cJSON_Parse("{\"name\":\"two\",\"devices\":[{\"name\":\"d\",\"kind\":\"gpu\",\"count\":16,"
+                           "\"peak_tflops\":{\"f32\":10},\"memory_gib\":80,\"memory_bw_gbps\":1000}],"
+                           "\"levels\":[{\"name\":\"gpu\",\"count\":8,\"link\":\"nvlink\",\"bw_gbps\":300,"
+                           "\"latency_us\":0.000001},{\"name\":\"node\",\"count\":2,\"link\":\"ib\",\"bw_gbps\":25,"
+                           "\"latency_us\":0.000001}]}");
+    c = cluster_from_json(j, 0, &err);
+    cJSON_Delete(j);
+    if (!c) fail_msg("%s", err.msg);
+    m = linkmodel_from_cluster(c, &err);
+    int r16[16];
+    for (int i = 0; i < 16; i++) r16[i] = i;
+    double flat = linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r16, 16);
+    assert_true(fabs(flat - 2.0 * 15 / 16 * B / 25e9) < 1e-9);
+    double hier = linkmodel_time(m, I_ALLREDUCE, ALGO_HIERARCHICAL, (int64_t)B, r16, 16);
+    /* reduce-scatter and all-gather in the node, all-reduce of B/8 across */
+    double want = 2 * (7.0 / 8 * B / 300e9) + 2.0 * 1 / 2 * (B / 8) / 25e9;
+    assert_true(fabs(hier - want) < 1e-9);
+    assert_true(hier < flat);
+    int pair[2] = { 0, 8 };
+    assert_true(fabs(linkmodel_time(m, I_SEND, ALGO_RING, (int64_t)B, pair, 2) - B / 25e9) < 1e-9);
+    linkmodel_free(m);
+    cluster_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpipe_two_stages),
+        cmocka_unit_test(test_1f1b_two_stages),
+        cmocka_unit_test(test_allreduce_overlaps_backward),
+        cmocka_unit_test(test_collective_waits_for_slowest),
+        cmocka_unit_test(test_cpu_interpreter_blocks),
+        cmocka_unit_test(test_unmatched_receive_is_reported),
+        cmocka_unit_test(test_every_strategy_schedules),
+        cmocka_unit_test(test_stale_pull_does_not_wait),
+        cmocka_unit_test(test_infeasible_plan),
+        cmocka_unit_test(test_deterministic_and_trace),
+        cmocka_unit_test(test_cluster_without_links),
+        cmocka_unit_test(test_link_formulas),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
