@@ -53,6 +53,8 @@ typedef struct {
     DType dtype;
     double flops, bytes;            /* work and traffic (bytes read + written) */
     uint32_t letters;               /* letters of the op's spec (0 for CM_KIND_*) */
+    uint32_t in0, in1, out;         /* letters of the first two operands and the output:
+                                       a contraction's M, N, K and batch follow from them */
     int64_t size[IR_LETTERS];       /* local letter sizes; CM_KIND_*: size[0] = elements */
 } OpShape;
 
@@ -83,6 +85,12 @@ double opmodel_time(const OpModel *m, const OpDevice *d, const OpShape *x, CostS
 double opmodel_roofline(const OpDevice *d, const OpShape *x);
 /* Does the trained part cover this kind (else the analytical model answers)? */
 bool opmodel_covers(const OpModel *m, int kind);
+/* The letters of one operand of a spec ("bsh") as a mask (bit l - 'a'). */
+uint32_t cm_letter_mask(const char *letters);
+/* A contraction's extents from its operand letters: m (first operand and
+ * output only), n (second and output), k (both operands, not the output)
+ * and batch (all three); each the product of the local sizes, 1 if none. */
+void opshape_gemm_dims(const OpShape *x, double *m, double *n, double *k, double *batch);
 /* "matmul", ..., "adam", "sgd", "sum" */
 const char *cm_kind_name(int kind);
 int cm_kind_parse(const char *s, int *kind);

@@ -150,6 +150,28 @@ static const ClassConst CPU_CONST[CL_COUNT] = {
     [CL_NORM] = { 0.2e-6, 0.02, 0, 0.50 },
 };
 
+uint32_t cm_letter_mask(const char *letters)
+{
+    uint32_t m = 0;
+    for (const char *c = letters; c && *c; c++)
+        if (*c >= 'a' && *c <= 'z') m |= 1u << (*c - 'a');
+    return m;
+}
+
+void opshape_gemm_dims(const OpShape *x, double *m, double *n, double *k, double *batch)
+{
+    uint32_t sets[4] = { x->in0 & x->out & ~x->in1, x->in1 & x->out & ~x->in0,
+                         x->in0 & x->in1 & ~x->out, x->in0 & x->in1 & x->out };
+    double v[4] = { 1, 1, 1, 1 };
+    for (int s = 0; s < 4; s++)
+        for (int l = 0; l < IR_LETTERS; l++)
+            if (sets[s] >> l & 1 && x->size[l] > 1) v[s] *= (double)x->size[l];
+    *m = v[0];
+    *n = v[1];
+    *k = v[2];
+    *batch = v[3];
+}
+
 /* d = 3 / (1/M + 1/N + 1/K) from F = 2MNK and B = eb (MK + KN + MN). */
 static double gemm_size(const OpShape *x)
 {
@@ -208,6 +230,7 @@ double opmodel_roofline_floor(const OpDevice *d, const OpShape *x)
  *   15 log P          16 log W          17 gpu (0/1)
  *   18..43 log of each letter's size, a..z (0 when absent: which letters an
  *      op has says what it is, as the zoo names them consistently)
+ *   44..47 log M, N, K, batch of a two-operand op (0 otherwise)
  *   then one-hots of kind, phase, dtype
  */
 
@@ -251,6 +274,16 @@ void opmodel_features(const OpDevice *d, const OpShape *x, double f[OPMODEL_NFEA
     for (int l = 0; l < IR_LETTERS; l++)
         if ((x->letters >> l & 1) && x->size[l] > 1) f[o + l] = log((double)x->size[l]);
     o += IR_LETTERS;
+    /* a contraction's M, N, K and batch: what a GEMM's efficiency depends on */
+    if (x->in0 && x->in1) {
+        double m, n, k, b;
+        opshape_gemm_dims(x, &m, &n, &k, &b);
+        f[o] = log(m);
+        f[o + 1] = log(n);
+        f[o + 2] = log(k);
+        f[o + 3] = log(b);
+    }
+    o += 4;
     if (x->kind >= 0 && x->kind < CM_KIND_COUNT) f[o + x->kind] = 1;
     o += CM_KIND_COUNT;
     if (x->phase >= 0 && x->phase < PH_COUNT) f[o + x->phase] = 1;

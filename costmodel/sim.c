@@ -193,6 +193,9 @@ void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const In
         x->kind = op->kind;
         x->dtype = g->tensors[op->out].dtype;
         x->letters = op->letters_mask;
+        x->in0 = cm_letter_mask(op->in_letters[0]);
+        x->in1 = op->nin > 1 ? cm_letter_mask(op->in_letters[1]) : 0;
+        x->out = cm_letter_mask(op->out_letters);
         memcpy(x->size, p->local[in->op], sizeof x->size);
         return;
     }

@@ -108,6 +108,23 @@ int opshape_from_sample(const DbProfileOp *s, OpShape *x, Err *err)
         err_set(err, "shape_json.spec \"%s\" has no letters", spec->valuestring);
         goto done;
     }
+    /* operand letters: "bsh,hf->bsf" */
+    {
+        const char *sp = spec->valuestring, *arrow = strstr(sp, "->"), *comma = strchr(sp, ',');
+        char buf[64];
+        if (arrow) {
+            x->out = cm_letter_mask(arrow + 2);
+            size_t n0 = (size_t)((comma && comma < arrow ? comma : arrow) - sp);
+            snprintf(buf, sizeof buf, "%.*s", (int)(n0 < 63 ? n0 : 63), sp);
+            x->in0 = cm_letter_mask(buf);
+            if (comma && comma < arrow) {
+                const char *c2 = strchr(comma + 1, ',');
+                size_t n1 = (size_t)((c2 && c2 < arrow ? c2 : arrow) - (comma + 1));
+                snprintf(buf, sizeof buf, "%.*s", (int)(n1 < 63 ? n1 : 63), comma + 1);
+                x->in1 = cm_letter_mask(buf);
+            }
+        }
+    }
     rc = 0;
 done:
     cJSON_Delete(j);

@@ -31,9 +31,9 @@
 /* Bumped whenever a feature, its order, the target or the analytical
  * constants (one feature is the analytical model's efficiency) change: a
  * stored model of another version is refused on load. */
-#define OPMODEL_FEAT_VERSION 1
+#define OPMODEL_FEAT_VERSION 2
 #define OPMODEL_SIZES 6                 /* the largest letter sizes, sorted */
-#define OPMODEL_NFEAT (18 + IR_LETTERS + CM_KIND_COUNT + PH_COUNT + DT_COUNT)
+#define OPMODEL_NFEAT (18 + IR_LETTERS + 4 + CM_KIND_COUNT + PH_COUNT + DT_COUNT)
 
 /* The feature vector of one op instance on device d, in f[OPMODEL_NFEAT];
  * the same function serves training and prediction. Pure: no allocation,

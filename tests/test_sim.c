@@ -583,6 +583,54 @@ static void test_link_formulas(void **state)
     cluster_free(c);
 }
 
+/* A contraction's M, N, K and batch from its operand letters. */
+static void test_gemm_dims(void **state)
+{
+    (void)state;
+    OpShape x = { .kind = OP_MATMUL };
+    x.in0 = cm_letter_mask("bsh");
+    x.in1 = cm_letter_mask("hf");
+    x.out = cm_letter_mask("bsf");
+    x.size['b' - 'a'] = 4;
+    x.size['s' - 'a'] = 128;
+    x.size['h' - 'a'] = 768;
+    x.size['f' - 'a'] = 3072;
+    double m, n, k, b;
+    opshape_gemm_dims(&x, &m, &n, &k, &b);
+    assert_true(m == 512 && n == 3072 && k == 768 && b == 1);
+    /* attention scores: bsnd,btnd->bnst: batch b n, M s, N t, K d */
+    OpShape y = { .kind = OP_MATMUL };
+    y.in0 = cm_letter_mask("bsnd");
+    y.in1 = cm_letter_mask("btnd");
+    y.out = cm_letter_mask("bnst");
+    y.size['b' - 'a'] = 2;
+    y.size['s' - 'a'] = 64;
+    y.size['t' - 'a'] = 64;
+    y.size['n' - 'a'] = 12;
+    y.size['d' - 'a'] = 64;
+    opshape_gemm_dims(&y, &m, &n, &k, &b);
+    assert_true(m == 64 && n == 64 && k == 64 && b == 24);
+    /* and the lowering's instructions carry them */
+    Graph *g = tiny();
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":1}}");
+    Plan *p = lower(g, s);
+    bool seen = false;
+    for (int i = 0; i < p->classes[0].ninstrs && !seen; i++) {
+        const Instr *in = &p->classes[0].instrs[i];
+        if (in->kind != I_COMPUTE || in->op < 0 || g->ops[in->op].kind != OP_MATMUL) continue;
+        OpShape z;
+        opshape_of_instr(g, s, p, in, &z);
+        assert_int_equal(z.in0, cm_letter_mask(g->ops[in->op].in_letters[0]));
+        assert_int_equal(z.out, cm_letter_mask(g->ops[in->op].out_letters));
+        assert_true(z.flops > 0);
+        seen = true;
+    }
+    assert_true(seen);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -598,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_deterministic_and_trace),
         cmocka_unit_test(test_cluster_without_links),
         cmocka_unit_test(test_link_formulas),
+        cmocka_unit_test(test_gemm_dims),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
