@@ -264,10 +264,17 @@ static MeetList *meet_list(Sim *S, int ci, const Instr *in, int key)
     for (int k = 0; k < n; k++) {
         int r = rank_at(S->s, c->coord, ax, k);
         if (key & TIED_KEY) {
-            /* a tied sum runs among the stages that use the param */
+            /* a tied sum runs among the stages that use the param (read
+             * from the graph, as the executor does: any number of stages) */
             int co[MESH_MAX_AXES];
             strategy_coords(S->s, r, co);
-            if (!((uint32_t)in->peer & (1u << co[S->s->pp_axis]))) continue;
+            bool uses = false;
+            for (int i = 0; i < S->g->nops && !uses; i++) {
+                const Op *op = &S->g->ops[i];
+                for (int q = 0; q < op->nin && !uses; q++)
+                    uses = op->in[q] == in->tensor && S->s->op_stage[i] == co[S->s->pp_axis];
+            }
+            if (!uses) continue;
         }
         ml->ranks[ml->nranks++] = r;
         int cls = S->p->rank_class[r], j = 0;
