@@ -21,6 +21,7 @@
 #include "costmodel/train.h"
 #include "db/db.h"
 #include "ir/util.h"
+#include "jobs/jobs.h"
 #include "profiler/profile.h"
 
 #define EXIT_USAGE 2
@@ -28,6 +29,8 @@
 static const OptSpec TRAIN_OPTS[] = {
     { "profile", 0, true, "ID  the profile whose op samples to learn from (required)" },
     { "seed", 0, true, "N  seed of the held-out split and of the nets (default 1)" },
+    { "runs", 0, false, "also learn from the runs strata validate measured on this profile's "
+      "machine (the closed loop)" },
     { "db", 0, true, "PATH  database (default strata.db)" },
     { "json", 0, false, "print JSON" },
     { "quiet", 0, false, "no progress on stderr" },
@@ -35,7 +38,7 @@ static const OptSpec TRAIN_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
-#define TRAIN_USAGE "strata costmodel train --profile ID [--seed N] [--db PATH] [--json] [--quiet]"
+#define TRAIN_USAGE "strata costmodel train --profile ID [--seed N] [--runs] [--db PATH] [--json] [--quiet]"
 
 /* ----------------------------------------------------------------------------
  * Printing (train and show print the same) */
@@ -295,10 +298,40 @@ int cmd_costmodel_train(int argc, char **argv)
     }
     if (tp.started) progress_end(&tp.pr, false);
 
+    /* the closed loop: the measured runs calibrate what the kernels taught */
+    Calibration cal;
+    bool runs = args_has(&a, "runs");
+    if (runs) {
+        db_close(db);
+        db = NULL;
+        uint8_t *nb = NULL;
+        size_t nn = 0;
+        if (job_calibrate(path, pid, r.blob, r.nblob, &cal, &err) ||
+            opmodel_recalibrate(r.blob, r.nblob, cal.calib, &nb, &nn, &err)) {
+            fprintf(stderr, "strata costmodel train: %s\n", err.msg);
+            goto out;
+        }
+        free(r.blob);
+        r.blob = nb;
+        r.nblob = nn;
+        cJSON *cl = cJSON_AddObjectToObject(r.metrics, "closed_loop");
+        cJSON_AddNumberToObject(cl, "runs", cal.nruns);
+        cJSON_AddNumberToObject(cl, "compute_scale", cal.calib[0]);
+        cJSON_AddNumberToObject(cl, "comm_scale", cal.calib[1]);
+        cJSON_AddNumberToObject(cl, "instr_overhead_s", cal.calib[2]);
+        cJSON_AddNumberToObject(cl, "mape_before", cal.mape_before);
+        cJSON_AddNumberToObject(cl, "mape_after", cal.mape_after);
+        cJSON_AddNumberToObject(cl, "mape_leave_one_out", cal.mape_loo);
+        if (!(db = db_open_existing(path, &err))) {
+            fprintf(stderr, "strata: %s\n", err.msg);
+            goto out;
+        }
+    }
+
     char *metrics = cJSON_PrintUnformatted(r.metrics);
     DbCostModel cm = { .profile_id = pid, .kind = "mlp", .weights = r.blob, .nweights = r.nblob,
                        .heldout_error = r.heldout_mape, .metrics_json = metrics,
-                       .device = p.device, .seed = seed };
+                       .device = p.device, .seed = seed, .with_runs = runs };
     hash_hex(r.blob, r.nblob, cm.id);
     int put = db_costmodel_put(db, &cm, &err);
     if (put) {
@@ -314,6 +347,12 @@ int cmd_costmodel_train(int argc, char **argv)
             cJSON_Delete(j);
         } else {
             print_model(&stored, r.metrics);
+            if (runs)
+                printf("\nclosed loop: %d plans measured by strata validate on this machine: "
+                       "step-time MAPE %.1f%% before, %.1f%% after (%.1f%% leave-one-out); "
+                       "compute x%.3f, communication x%.3f, %.2f us per instruction\n",
+                       cal.nruns, 100 * cal.mape_before, 100 * cal.mape_after,
+                       100 * cal.mape_loo, cal.calib[0], cal.calib[1], cal.calib[2] * 1e6);
             printf("\nstored in %s; strata costmodel show %s%s%s\n", path, stored.id,
                    strcmp(path, CLI_DEFAULT_DB) ? " --db " : "",
                    strcmp(path, CLI_DEFAULT_DB) ? path : "");

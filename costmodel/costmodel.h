@@ -83,6 +83,16 @@ double opmodel_time(const OpModel *m, const OpDevice *d, const OpShape *x, CostS
 /* The roofline alone (peak compute and bandwidth, no efficiency curves and
  * no launch overhead): the baseline the MLP is compared with. */
 double opmodel_roofline(const OpDevice *d, const OpShape *x);
+/* What measured runs taught the model (strata costmodel train --runs): the
+ * simulator multiplies compute times by *compute and communication times by
+ * *comm, and charges *per_instr seconds for each instruction the
+ * interpreter's stream runs (its bookkeeping between kernels). An
+ * uncalibrated model, or m NULL: 1, 1, 0. */
+void opmodel_calibration(const OpModel *m, double *compute, double *comm, double *per_instr);
+/* A copy of a stored model's blob with another calibration (the rest
+ * byte-identical). *out is new; caller frees. */
+int opmodel_recalibrate(const uint8_t *blob, size_t n, const double calib[3], uint8_t **out,
+                        size_t *nout, Err *err);
 /* Does the trained part cover this kind (else the analytical model answers)? */
 bool opmodel_covers(const OpModel *m, int kind);
 /* The letters of one operand of a spec ("bsh") as a mask (bit l - 'a'). */
@@ -134,6 +144,7 @@ typedef struct {
     double exposed_comm;            /* comm time the compute stream waits for */
     double idle;                    /* step - busy_compute - exposed_comm */
     double flops;                   /* executed per step, recompute included */
+    int64_t main_instrs;            /* instructions the interpreter's stream ran */
     int64_t peak_mem, static_mem;   /* bytes, from the lowering's alloc/free walk */
     double device_mem;              /* bytes of the smallest device of the class (0: unknown) */
     bool fits;

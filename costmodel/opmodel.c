@@ -50,6 +50,7 @@ struct OpModel {
     int w[MLP_MAX_LAYERS + 1];      /* widths, w[0] = OPMODEL_NFEAT, w[nlayers] = 1 */
     double xmean[OPMODEL_NFEAT], xinv[OPMODEL_NFEAT];   /* x scaling (1 / std) */
     double ymean, ystd;
+    double calib[3];                /* compute scale, comm scale, seconds per instruction */
 };
 
 /* ----------------------------------------------------------------------------
@@ -296,7 +297,16 @@ void opmodel_features(const OpDevice *d, const OpShape *x, double f[OPMODEL_NFEA
 
 OpModel *opmodel_analytic(void)
 {
-    return xcalloc(1, sizeof(OpModel));
+    OpModel *m = xcalloc(1, sizeof(OpModel));
+    m->calib[0] = m->calib[1] = 1;
+    return m;
+}
+
+void opmodel_calibration(const OpModel *m, double *compute, double *comm, double *per_instr)
+{
+    *compute = m ? m->calib[0] : 1;
+    *comm = m ? m->calib[1] : 1;
+    *per_instr = m ? m->calib[2] : 0;
 }
 
 void opmodel_free(OpModel *m)
@@ -442,11 +452,13 @@ double opmodel_time(const OpModel *m, const OpDevice *d, const OpShape *x, CostS
  *  28  u32                 hidden layers
  *  32  u32 x 8             hidden widths (unused ones 0)
  *  64  f64 x NFEAT         x mean, then x std, then y mean, y std
+ *  ..  f64 x 3             calibration from measured runs: compute scale,
+ *                          communication scale, seconds per instruction
  *  ..  per net             u64 n, u64 FNV-1a of the n bytes, mlp_save's n bytes
  */
 
 #define BLOB_MAGIC "SCMO"
-#define BLOB_VERSION 1u
+#define BLOB_VERSION 2u
 #define BLOB_HEAD 64
 
 static void put32(uint8_t *p, uint32_t v)
@@ -498,7 +510,7 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
     return h;
 }
 
-#define SCALE_BYTES ((2 * OPMODEL_NFEAT + 2) * 8)
+#define SCALE_BYTES ((2 * OPMODEL_NFEAT + 2 + 3) * 8)
 
 static int check_shape(int nhidden, const int *hidden, MlpAct act, int nnets, Err *err)
 {
@@ -562,6 +574,11 @@ int opmodel_save(const OpNets *s, uint8_t **buf, size_t *len, Err *err)
     putf(p, s->ymean);
     putf(p + 8, s->ystd > 0 ? s->ystd : 1);
     p += 16;
+    /* an uncalibrated model scales nothing */
+    putf(p, s->calib[0] > 0 ? s->calib[0] : 1);
+    putf(p + 8, s->calib[1] > 0 ? s->calib[1] : 1);
+    putf(p + 16, s->calib[2] > 0 ? s->calib[2] : 0);
+    p += 24;
     for (int i = 0; i < s->nnets; i++) {
         put64(p, nn[i]);
         put64(p + 8, fnv1a(nb[i], nn[i]));
@@ -662,6 +679,10 @@ OpModel *opmodel_load(const uint8_t *blob, size_t n, Err *err)
     m->ystd = getf(p + 16 * OPMODEL_NFEAT + 8);
     if (!isfinite(m->ymean) || !(m->ystd > 0) || !isfinite(m->ystd))
         LOAD_FAIL("target scaling (%g, %g): corrupt", m->ymean, m->ystd);
+    for (int k = 0; k < 3; k++) m->calib[k] = getf(p + 16 * OPMODEL_NFEAT + 16 + 8 * k);
+    if (!(m->calib[0] > 0) || !(m->calib[1] > 0) || !(m->calib[2] >= 0) ||
+        !isfinite(m->calib[0] + m->calib[1] + m->calib[2]))
+        LOAD_FAIL("calibration (%g, %g, %g): corrupt", m->calib[0], m->calib[1], m->calib[2]);
     p += SCALE_BYTES;
     m->nets = xcalloc(nnets, sizeof *m->nets);
     int want = expected_params((int)nhidden, hidden);
@@ -703,4 +724,25 @@ OpModel *opmodel_load(const uint8_t *blob, size_t n, Err *err)
 fail:
     opmodel_free(m);
     return NULL;
+}
+
+int opmodel_recalibrate(const uint8_t *blob, size_t n, const double calib[3], uint8_t **out,
+                        size_t *nout, Err *err)
+{
+    *out = NULL;
+    *nout = 0;
+    OpModel *m = opmodel_load(blob, n, err);
+    if (!m) return -1;
+    opmodel_free(m);
+    if (!(calib[0] > 0) || !(calib[1] > 0) || !(calib[2] >= 0) ||
+        !isfinite(calib[0] + calib[1] + calib[2]))
+        return err_set(err, "calibration (%g, %g, %g): scales must be > 0 and the per-instruction "
+                       "time >= 0", calib[0], calib[1], calib[2]);
+    uint8_t *b = xmalloc(n);
+    memcpy(b, blob, n);
+    uint8_t *p = b + BLOB_HEAD + 8 * (2 * OPMODEL_NFEAT + 2);
+    for (int k = 0; k < 3; k++) putf(p + 8 * k, calib[k]);
+    *out = b;
+    *nout = n;
+    return 0;
 }

@@ -173,6 +173,7 @@ typedef struct {
     Msg *msgs;
     int nmsgs, cap_msgs;
     double *op_time;                /* [(device * nops + op) * PH_COUNT + phase], NAN: not yet */
+    double calib[3];                /* the op model's calibration (opmodel_calibration) */
     SimResult *r;
     bool trace;
     Err *err;
@@ -227,12 +228,12 @@ static double op_time(Sim *S, CState *c, const Instr *in, CostSource *src)
         }
         OpShape x;
         opshape_of_instr(S->g, S->s, S->p, in, &x);
-        S->op_time[k] = opmodel_time(S->ops, &c->dev, &x, src);
+        S->op_time[k] = opmodel_time(S->ops, &c->dev, &x, src) * S->calib[0] + S->calib[2];
         return S->op_time[k];
     }
     OpShape x;
     opshape_of_instr(S->g, S->s, S->p, in, &x);
-    return opmodel_time(S->ops, &c->dev, &x, src);
+    return opmodel_time(S->ops, &c->dev, &x, src) * S->calib[0] + S->calib[2];
 }
 
 /* ----------------------------------------------------------------------------
@@ -415,6 +416,7 @@ static bool run_compute(Sim *S, int ci, int32_t i)
     c->end[i] = t + dur;
     c->free_t[S_MAIN] = t + dur;
     c->out.busy_compute += dur;
+    c->out.main_instrs++;
     c->out.flops += in->flops;
     if (in->recompute) c->out.recompute += dur;
     span(S, ci, i, t, t + dur);
@@ -431,6 +433,7 @@ static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
     c->end[i] = end;
     c->free_t[st] = end;
     c->out.busy_comm += end - start;
+    if (st == S_MAIN) c->out.main_instrs++;
     if (st == S_MAIN) c->out.exposed_comm += end - start;
     span(S, ci, i, start, end);
 }
@@ -468,7 +471,8 @@ static bool run_collective(Sim *S, int ci, int32_t i)
         double dur = S->o->comm_time ? S->o->comm_time(S->o->ctx, ci, in) : -1;
         if (dur < 0)
             dur = linkmodel_time(S->links, (InstrKind)in->kind, algo_of(S, in), in->bytes,
-                                 ml->ranks, ml->nranks);
+                                 ml->ranks, ml->nranks) * S->calib[1];
+        if (st == S_MAIN) dur += S->calib[2];
         for (int m = 0; m < ml->nmembers; m++) {
             Meet *o = meet_at(&S->cs[ml->members[m]].meet[key], c->seq[i]);
             o->start = start;
@@ -512,7 +516,7 @@ static double p2p_time(const Sim *S, const CState *c, const Instr *in, int peer)
         if (t >= 0) return t;
     }
     int ends[2] = { c->rep, peer };
-    return linkmodel_time(S->links, I_SEND, ALGO_RING, in->bytes, ends, 2);
+    return linkmodel_time(S->links, I_SEND, ALGO_RING, in->bytes, ends, 2) * S->calib[1];
 }
 
 static bool stale_pull(const Sim *S, const CState *c, const Instr *in)
@@ -854,6 +858,7 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     Sim S = { .g = g, .c = c, .s = s, .p = p, .ops = o->ops, .links = o->links, .o = o, .r = r,
               .trace = o->trace, .err = err };
     if (!S.ops) S.ops = S.own_ops = opmodel_analytic();
+    opmodel_calibration(S.ops, &S.calib[0], &S.calib[1], &S.calib[2]);
     if (!S.links && !(S.links = S.own_links = linkmodel_from_cluster(c, err))) {
         opmodel_free(S.own_ops);
         return -1;

@@ -59,6 +59,8 @@ typedef struct {
     const double *xmean, *xstd; /* OPMODEL_NFEAT each */
     double ymean, ystd;
     uint32_t covered;           /* bit k: kind k answered by the nets */
+    double calib[3];            /* compute scale, comm scale, seconds per instruction
+                                   (zeros: uncalibrated, 1, 1, 0) */
 } OpNets;
 
 /* The stored form of a trained model: a magic, the blob format version,

@@ -120,6 +120,22 @@ typedef struct {
 int job_validate(const ValidateOpts *o, Validation *v, Err *err);
 void validation_free(Validation *v);
 
+/* ----------------------------------------------------------------------------
+ * The closed loop (jobs/calibrate.c): fits a trained op model's calibration
+ * (costmodel.h opmodel_calibration) to the runs `strata validate` stored on
+ * profile_id's machine, and says how much it helps. */
+typedef struct {
+    double calib[3];               /* compute scale, comm scale, seconds per instruction */
+    int nruns;                     /* measured plans it learned from */
+    double mape_before, mape_after;    /* step time over those plans */
+    double mape_loo;               /* each plan predicted by a fit on the others */
+} Calibration;
+
+/* blob: the trained model's weights (opmodel_save). Fails, saying what to
+ * run, with fewer than 3 measured plans. */
+int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, size_t nblob,
+                  Calibration *cal, Err *err);
+
 /* Kendall's tau-b of two series (ties allowed); 0 when n < 2. */
 double kendall_tau(const double *a, const double *b, int n);
 

@@ -279,6 +279,92 @@ static void test_validate_bad_input(void **state)
     res_free(&r);
 }
 
+/* Synthetic matmul and relu samples on the profile (times from a known
+ * efficiency), so a cost model can be trained on it. */
+static void add_samples(const char *db, int64_t id)
+{
+    Err err = {0};
+    Db *d = db_open(db, &err);
+    assert_non_null(d);
+    enum { N = 120 };
+    DbProfileOp ops[N];
+    char shapes[N][160];
+    for (int i = 0; i < N; i++) {
+        int m = 32 << (i % 5), k = 64 << ((i / 5) % 4), n = 16 << ((i / 20) % 6);
+        bool mm = i % 2 == 0;
+        double flops = mm ? 2.0 * m * k * n : (double)m * k, bytes = mm ? 4.0 * (m * k + k * n + m * n)
+                                                                         : 8.0 * m * k;
+        if (mm)
+            snprintf(shapes[i], sizeof shapes[i], "{\"spec\":\"bi,ih->bh\",\"sizes\":{\"b\":%d,"
+                     "\"i\":%d,\"h\":%d}}", m, k, n);
+        else
+            snprintf(shapes[i], sizeof shapes[i], "{\"spec\":\"bh->bh\",\"sizes\":{\"b\":%d,"
+                     "\"h\":%d}}", m, k);
+        double t = mm ? 2e-6 + flops / (1.45e11 * (0.3 + 0.6 * m / (m + 128.0)))
+                      : 1e-6 + bytes / 5e9;
+        ops[i] = (DbProfileOp){ .kind = mm ? "matmul" : "relu", .phase = "fwd",
+                                .shape_json = shapes[i], .dtype = "f32", .source = "random",
+                                .flops = flops, .bytes = bytes, .median_s = t, .p10_s = t,
+                                .p90_s = t, .reps = 5 };
+    }
+    (void)id;
+    /* samples go to a running profile: open a second one like the first */
+    DbProfile p = { .host = "test", .device = "test cpu", .backend = "cpu", .ranks = 2,
+                    .notes = "1 BLAS thread per device" };
+    int64_t pid = 0;
+    assert_int_equal(db_profile_begin(d, &p, &pid, &err), 0);
+    assert_int_equal(db_profile_set_device(d, pid, "test cpu", 1.45e11, 1e10, 12e9,
+                                           "1 BLAS thread per device", &err), 0);
+    assert_int_equal(db_profile_add_ops(d, pid, ops, N, &err), 0);
+    char *cj = track(slurp(rp("clusters/local-cpu.json"), NULL));
+    assert_int_equal(db_profile_finish(d, pid, 1, "complete", NULL, 0, cj, &err), 0);
+    db_close(d);
+}
+
+/* The closed loop: runs measured by validate calibrate a trained model. */
+static void test_costmodel_train_runs(void **state)
+{
+    (void)state;
+    const char *db = tp("loop.db"), *suite = tp("suite3.json");
+    Err err = {0};
+    Db *d = db_open(db, &err);
+    db_close(d);
+    add_samples(db, 0);
+    Res r = {0};
+    /* nothing measured yet */
+    STRATA(&r, "costmodel", "train", "--profile", "1", "--runs", "--db", db, "--quiet");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "--runs", "0 measured plans", "strata validate");
+    write_file(suite,
+               "{\"plans\":["
+               "{\"name\":\"a\",\"model\":{\"kind\":\"mlp\",\"layers\":2,\"hidden\":256,\"batch\":32},"
+               " \"strategy\":{\"build\":\"dp\",\"world\":1}},"
+               "{\"name\":\"b\",\"model\":{\"kind\":\"mlp\",\"layers\":3,\"hidden\":512,\"batch\":64},"
+               " \"strategy\":{\"build\":\"dp\",\"world\":1}},"
+               "{\"name\":\"c\",\"model\":{\"kind\":\"mlp\",\"layers\":2,\"hidden\":256,\"batch\":32},"
+               " \"strategy\":{\"build\":\"dp\",\"world\":2}}]}");
+    STRATA(&r, "validate", "--suite", suite, "--db", db, "--steps", "3");
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "costmodel", "train", "--profile", "1", "--runs", "--db", db, "--quiet");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "closed loop: 3 plans", "before", "after", "leave-one-out", "per instruction");
+    char id[17];
+    id_after(r.out, "strata costmodel show ", id);
+    STRATA(&r, "costmodel", "show", id, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j = JSON_OUT(&r);
+    const cJSON *m = cJSON_GetObjectItem(j, "metrics");
+    const cJSON *cl = m ? cJSON_GetObjectItem(m, "closed_loop") : NULL;
+    assert_non_null(cl);
+    assert_int_equal((int)JNUM(cl, "runs"), 3);
+    assert_true(JNUM(cl, "compute_scale") > 0 && JNUM(cl, "comm_scale") > 0);
+    assert_true(JNUM(cl, "mape_after") >= 0);
+    /* the calibrated model predicts */
+    STRATA(&r, "validate", "--suite", suite, "--db", db, "--steps", "3", "--costmodel", id, "--json");
+    EXPECT_RC(&r, 0);
+    res_free(&r);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -301,6 +387,7 @@ int main(void)
         cmocka_unit_test_teardown(test_estimate_bad_input, harness_release_all),
         cmocka_unit_test_teardown(test_validate_small_suite, harness_release_all),
         cmocka_unit_test_teardown(test_validate_bad_input, harness_release_all),
+        cmocka_unit_test_teardown(test_costmodel_train_runs, harness_release_all),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
