@@ -438,6 +438,39 @@ static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
     span(S, ci, i, start, end);
 }
 
+/* A collective as the executor runs it. A compressed gradient all-reduce
+ * also pays its coding passes over memory, and int8 codes, which do not add
+ * up, are all-gathered and each member's decoded and summed (the executor's
+ * algorithm: n times the codes cross the links). PowerSGD's two small
+ * all-reduces each come with their matrix products. */
+static double compressed_time(const Sim *S, const CState *c, const Instr *in, const MeetList *ml)
+{
+    InstrKind kind = (InstrKind)in->kind;
+    int64_t bytes = in->bytes;
+    double extra = 0, bw = c->dev.mem_bw > 0 ? c->dev.mem_bw : 1e10;
+    int n = ml->nranks;
+    if (kind == I_ALLREDUCE && in->compress == COMPRESS_INT8) {
+        double elems = (double)(bytes > 4 ? bytes - 4 : 1);
+        kind = I_ALLGATHER;
+        bytes = (int64_t)(elems * n);
+        /* encode: gradient and error in, codes and error out; decode and
+         * add: per member codes in, the sum read and written */
+        extra = elems * (4 + 4 + 1 + 4) / bw + n * elems * (1 + 4 + 4) / bw;
+    } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_FP16) {
+        double elems = (double)bytes / 2;
+        extra = 2 * elems * (4 + 2) / bw;           /* to half and back */
+    } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_POWERSGD && in->tensor >= 0) {
+        /* rows x cols gradient, rank r: P = M Q or Q = M^T P, then (for Q)
+         * the error and the product P Q^T: about two GEMMs of 2 rows cols r */
+        const Tensor *T = &S->g->tensors[in->tensor];
+        double total = (double)tensor_numel(T), r = S->s->params[in->tensor].powersgd_rank;
+        double peak = c->dev.peak_flops[DT_F32] > 0 ? c->dev.peak_flops[DT_F32] : 1e12;
+        extra = 2 * 2 * total * r / peak + 3 * total * 4 / bw;
+    }
+    return linkmodel_time(S->links, kind, algo_of(S, in), bytes, ml->ranks, ml->nranks) *
+               S->calib[1] + extra * S->calib[0];
+}
+
 static bool run_collective(Sim *S, int ci, int32_t i)
 {
     CState *c = &S->cs[ci];
@@ -470,8 +503,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
         }
         double dur = S->o->comm_time ? S->o->comm_time(S->o->ctx, ci, in) : -1;
         if (dur < 0)
-            dur = linkmodel_time(S->links, (InstrKind)in->kind, algo_of(S, in), in->bytes,
-                                 ml->ranks, ml->nranks) * S->calib[1];
+            dur = compressed_time(S, c, in, ml);
         if (st == S_MAIN) dur += S->calib[2];
         for (int m = 0; m < ml->nmembers; m++) {
             Meet *o = meet_at(&S->cs[ml->members[m]].meet[key], c->seq[i]);

@@ -583,6 +583,37 @@ static void test_link_formulas(void **state)
     cluster_free(c);
 }
 
+/* An int8-compressed all-reduce runs as the executor runs it: the codes of
+ * every member all-gathered, plus the coding passes over memory. */
+static void test_int8_allreduce_priced_as_run(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_kind(2, 80, "cpu");      /* 100 GB/s links, 1 us, 1000 GB/s memory */
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Hand h;
+    hand_init(&h, 1);
+    h.p.world = 2;
+    h.rank_class[1] = 0;
+    h.ranks[1] = 1;
+    h.pr[0].nranks = 2;
+    int32_t a = add(&h, 0, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 0, -1);
+    h.pr[0].instrs[a].compress = COMPRESS_INT8;
+    h.pr[0].instrs[a].bytes = 1000000 + 4;          /* 1e6 codes and a scale */
+    SimOpts o = { .compute_time = own_compute };    /* links from the cluster */
+    SimResult r;
+    Err err = {0};
+    assert_int_equal(cost_simulate(g, c, s, &h.p, &o, &r, &err), 0);
+    double gather = 1e-6 + 0.5 * 2e6 / 100e9;          /* all-gather of 2 x 1e6 bytes */
+    double coding = 1e6 * 13 / 1000e9 + 2 * 1e6 * 9 / 1000e9;
+    assert_true(fabs(r.step_time - (gather + coding)) < 1e-12);
+    sim_result_free(&r);
+    hand_free(&h);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
 /* A contraction's M, N, K and batch from its operand letters. */
 static void test_gemm_dims(void **state)
 {
@@ -647,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_cluster_without_links),
         cmocka_unit_test(test_link_formulas),
         cmocka_unit_test(test_gemm_dims),
+        cmocka_unit_test(test_int8_allreduce_priced_as_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
