@@ -359,6 +359,7 @@ static const OptSpec STRATEGY_BUILD_OPTS[] = {
     { "pp", 0, true, "P  pipeline stages (megatron, gpipe)" },
     { "dp", 0, true, "D  data-parallel degree (default: world / (tp*pp))" },
     { "microbatches", 0, true, "M  micro-batches per step (default: P)" },
+    { "virtual", 0, true, "V  megatron: model chunks per pipeline stage (V > 1: interleaved 1F1B)" },
     { "zero", 0, true, "1|2|3  ZeRO stage (zero; default 3)" },
     { "ps-shards", 0, true, "S  parameter-server shards (ps, parallax)" },
     { "staleness", 0, true, "K  parameter-server staleness bound (0 = synchronous)" },
@@ -440,6 +441,7 @@ static int cmd_strategy_build(int argc, char **argv)
     struct { const char *k; int *dst; int64_t lo, hi; } ints[] = {
         { "world", &o.world, 1, 1 << 24 }, { "tp", &o.tp, 1, 1 << 16 }, { "pp", &o.pp, 1, 1 << 16 },
         { "dp", &o.dp, 1, 1 << 24 }, { "microbatches", &o.microbatches, 1, 1 << 20 },
+        { "virtual", &o.virtual_stages, 1, 1 << 16 },
         { "zero", &o.zero, 1, 3 }, { "ps-shards", &o.ps_shards, 1, PS_MAX_SHARDS },
         { "staleness", &o.staleness, 0, 1000 },
     };
@@ -495,10 +497,11 @@ static void print_strategy(const Strategy *s, const Graph *g)
         printf(" %s%s=%d", a ? "x " : "", s->axis_name[a], s->axis_size[a]);
     printf("\n  pipeline: %d stage%s, %d micro-batch%s, %s", s->nstages, s->nstages == 1 ? "" : "s",
            s->microbatches, s->microbatches == 1 ? "" : "es",
-           s->schedule == SCHED_GPIPE ? "gpipe" : "1f1b");
+           schedule_name(s->schedule));
+    if (s->schedule == SCHED_INTERLEAVED) printf(" (%d chunks per stage)", s->virtual_stages);
     if (s->nstages > 1) {
         printf(", cuts at blocks");
-        for (int i = 0; i < s->nstages - 1; i++) printf(" %d", s->cuts[i]);
+        for (int i = 0; i < s->nchunks - 1; i++) printf(" %d", s->cuts[i]);
     }
     printf("\n  optimizer: %s\n", s->optimizer == OPT_ADAM ? "adam" : "sgd");
     int nrecompute = 0, nsplit = 0;

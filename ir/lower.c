@@ -311,7 +311,8 @@ typedef struct {
 typedef struct {
     const Shared *S;
     Program *pr;
-    int stage;
+    int stage;               /* the class's pipeline rank */
+    int chunk;               /* model chunk of the pass being lowered */
     int last_micro;          /* micro-batch whose backward runs last */
     int coord[MESH_MAX_AXES];
     /* per tensor on this stage */
@@ -331,12 +332,15 @@ typedef struct {
     int ncontribs, cap_contribs;
     int32_t *pgrad;          /* params: last bwd_weight instr of this micro-batch */
     int *pgrad_pass;
-    int32_t *copy_vals;      /* [i * IR_MAX_INPUTS + c]: those copies (freed in its backward) */
+    int32_t *copy_vals;      /* [(i * m + mb) * IR_MAX_INPUTS + c]: conversion copies op i made
+                                for micro-batch mb (freed in its backward) */
     Deferred *tied;          /* params whose sync waits for the end of the step */
     Err *err;                /* the first conversion the lowering cannot express */
     bool failed;
     int ntied, cap_tied;
-    int *ncopy;
+    Ref *late;               /* frees deferred to the end of the passes: (after, value) */
+    int nlate, cap_late;
+    int *ncopy;              /* [i * m + mb]: how many */
 } Low;
 
 /* Grows one of a program's arrays. A plan of a thousand devices holds
@@ -612,10 +616,19 @@ static Ref input_value(Low *L, int i, int k, int mb)
     if (v.val != src.val) {
         emit_mem(L, I_ALLOC, v.val, v.instr);
         /* the copy lives until op i's backward */
-        if (L->ncopy[i] < IR_MAX_INPUTS) L->copy_vals[i * IR_MAX_INPUTS + L->ncopy[i]++] = v.val;
+        int *n = &L->ncopy[(size_t)i * S->m + mb];
+        if (*n < IR_MAX_INPUTS) L->copy_vals[((size_t)i * S->m + mb) * IR_MAX_INPUTS + (*n)++] = v.val;
         if (L->conv_n[t] < CONV_MAX) cv[L->conv_n[t]++] = (Conv){ v, *need };
     }
     return v;
+}
+
+/* Frees the conversion copies op i made for micro-batch mb. */
+static void release_copies(Low *L, int i, int mb, int32_t after)
+{
+    size_t at = (size_t)i * L->S->m + mb;
+    for (int c = 0; c < L->ncopy[at]; c++)
+        emit_mem(L, I_FREE, L->copy_vals[at * IR_MAX_INPUTS + c], after);
 }
 
 /* Frees the ZeRO-3 gathers op i made for one use. */
@@ -632,7 +645,7 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     const OpFacts *f = &S->of[i];
     int32_t deps[IR_MAX_INPUTS], args[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
     int ng = 0;
-    L->ncopy[i] = 0;
+    L->ncopy[(size_t)i * S->m + mb] = 0;
     for (int k = 0; k < op->nin; k++) {
         Ref r = input_value(L, i, k, mb);
         deps[k] = r.instr;
@@ -659,17 +672,27 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     L->val_layout[op->out] = f->out;
 }
 
-/* Sends the activations this stage made that later stages consume. */
+/* The first consumer of t in the chunk of consumer S->cons[ci]: the receiver
+ * of a pipeline transfer takes t in the layout that one needs. */
+static bool first_in_chunk(const Shared *S, int t, int ci)
+{
+    int c = S->s->op_chunk[S->cons[ci]];
+    for (int e = S->cons_off[t]; e < ci; e++)
+        if (S->s->op_chunk[S->cons[e]] == c) return false;
+    return true;
+}
+
+/* Sends the activations this chunk made that later chunks consume, one
+ * transfer per consuming chunk, to the stage that runs it. */
 static void send_forward(Low *L, int i, int mb)
 {
     const Shared *S = L->S;
     const Graph *g = S->g;
     int t = g->ops[i].out;
-    uint64_t done = 0;
     for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1]; ci++) {
-        int j = S->cons[ci], st = S->s->op_stage[j];
-        if (st <= L->stage || (st < 64 && (done >> st) & 1)) continue;
-        if (st < 64) done |= 1ull << st;
+        int j = S->cons[ci];
+        if (S->s->op_chunk[j] <= L->chunk || !first_in_chunk(S, t, ci)) continue;
+        int st = S->s->op_stage[j];
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
         const Layout *need = &S->of[j].in[k];
@@ -681,7 +704,7 @@ static void send_forward(Low *L, int i, int mb)
     }
 }
 
-/* Receives, before op i needs them, activations made on earlier stages. */
+/* Receives, before op i needs them, activations made in earlier chunks. */
 static void recv_forward(Low *L, int i, int mb)
 {
     const Shared *S = L->S;
@@ -692,8 +715,9 @@ static void recv_forward(Low *L, int i, int mb)
         const Tensor *T = &g->tensors[t];
         if (T->role != ROLE_ACT || T->producer < 0) continue;
         int ps = S->s->op_stage[T->producer];
-        if (ps == L->stage || L->fwd_val[t * S->m + mb].val >= 0) continue;
-        /* the first consumer on this stage fixes the layout it travels in */
+        if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[t * S->m + mb].val >= 0)
+            continue;
+        /* the first consumer in this chunk fixes the layout it travels in */
         const Layout *l = &S->of[i].in[k];
         int32_t v = new_value(L, VAL_ACT, t, mb, l, 0);
         int32_t r = emit(L, I_RECV, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
@@ -733,12 +757,16 @@ static Ref gradient_value(Low *L, int t, int mb, const Layout *want)
     int nd = g->tensors[t].ndim;
     double eb = dtype_bytes(g->tensors[t].dtype);
 
-    /* gradients from later stages arrive by recv, in the layout t was sent in */
-    uint64_t done = 0;
-    for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1]; ci++) {
-        int j = S->cons[ci], st = S->s->op_stage[j];
-        if (st <= L->stage || (st < 64 && (done >> st) & 1)) continue;
-        if (st < 64) done |= 1ull << st;
+    /* the gradient of a tensor made in this chunk from later chunks arrives by
+     * recv, in the layout t was sent in (a tensor received from an earlier
+     * chunk sends its gradient back there: later chunks send theirs to its
+     * producer too, not here) */
+    int p = g->tensors[t].producer;
+    for (int ci = S->cons_off[t]; p >= 0 && S->s->op_chunk[p] == L->chunk &&
+                                  ci < S->cons_off[t + 1]; ci++) {
+        int j = S->cons[ci];
+        if (S->s->op_chunk[j] <= L->chunk || !first_in_chunk(S, t, ci)) continue;
+        int st = S->s->op_stage[j];
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
         int32_t v = new_value(L, VAL_GRAD, t, mb, &S->of[j].in[k], 0);
@@ -803,13 +831,30 @@ static Ref gradient_value(Low *L, int t, int mb, const Layout *want)
     return (Ref){ c, args[0] };
 }
 
-/* Frees every gradient buffer of t held in this pass. */
-static void free_contribs(Low *L, int t, int32_t after)
+/* Frees every gradient buffer of t held in this pass; with `late`, at the
+ * end of the step's passes instead (flush_late). */
+static void free_contribs(Low *L, int t, int32_t after, bool late)
 {
     if (L->contrib_pass[t] != L->pass) return;
-    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next)
-        emit_mem(L, I_FREE, L->contribs[c].ref.val, after);
+    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next) {
+        if (!late) {
+            emit_mem(L, I_FREE, L->contribs[c].ref.val, after);
+            continue;
+        }
+        if (L->nlate == L->cap_late) {
+            L->cap_late = L->cap_late ? L->cap_late * 2 : 64;
+            L->late = xrealloc(L->late, sizeof *L->late * L->cap_late);
+        }
+        L->late[L->nlate++] = (Ref){ after, L->contribs[c].ref.val };
+    }
     L->contrib_pass[t] = -1;
+}
+
+/* The frees free_contribs deferred, in the order they were asked for. */
+static void flush_late(Low *L)
+{
+    for (int k = 0; k < L->nlate; k++) emit_mem(L, I_FREE, L->late[k].val, L->late[k].instr);
+    L->nlate = 0;
 }
 
 static double update_flops(const Strategy *s)
@@ -1035,7 +1080,7 @@ static void backward_op(Low *L, int i, int mb)
     const int32_t *fa = &L->fwd_args[((size_t)i * S->m + mb) * (IR_MAX_INPUTS + 1)];
 
     if (!f->has_bwd) {
-        for (int c = 0; c < L->ncopy[i]; c++) emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], -1);
+        release_copies(L, i, mb, -1);
         emit_mem(L, I_FREE, fa[nin], -1);
         return;
     }
@@ -1147,16 +1192,16 @@ static void backward_op(Low *L, int i, int mb)
         last = (Ref){ w, -1 };
     }
     release_gathers(L, gathered, ng, last.instr);
-    for (int c = 0; c < L->ncopy[i]; c++) emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], last.instr);
+    release_copies(L, i, mb, last.instr);
 
     /* the output and its gradient are no longer needed */
-    free_contribs(L, t_out, last.instr);
+    free_contribs(L, t_out, last.instr, false);
     emit_mem(L, I_FREE, fa[nin], last.instr);
     params_ready(L, i, mb);
 }
 
-/* After the backward of op i: activations received from an earlier stage
- * whose last local use was op i send their gradient back. */
+/* After the backward of op i: activations received from an earlier chunk
+ * whose last use in this chunk was op i send their gradient back. */
 static void send_backward(Low *L, int i, int mb)
 {
     const Shared *S = L->S;
@@ -1167,10 +1212,10 @@ static void send_backward(Low *L, int i, int mb)
         const Tensor *T = &g->tensors[t];
         if (T->role != ROLE_ACT || T->producer < 0) continue;
         int ps = S->s->op_stage[T->producer];
-        if (ps == L->stage) continue;
+        if (S->s->op_chunk[T->producer] == L->chunk) continue;
         int first = -1;
         for (int ci = S->cons_off[t]; ci < S->cons_off[t + 1] && first < 0; ci++)
-            if (S->s->op_stage[S->cons[ci]] == L->stage) first = S->cons[ci];
+            if (S->s->op_chunk[S->cons[ci]] == L->chunk) first = S->cons[ci];
         if (first != i) continue;
         bool dup = false;
         for (int e = 0; e < k; e++) dup |= op->in[e] == t;
@@ -1181,7 +1226,15 @@ static void send_backward(Low *L, int i, int mb)
             int32_t sd = emit(L, I_SEND, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
                               local_bytes(S, t, &L->val_layout[t]), &dv.instr, 1, &dv.val, 1);
             L->pr->instrs[sd].peer = ps;
-            free_contribs(L, t, sd);
+            /* The executor's free of a sent buffer waits for the send to
+             * complete, which for a large message means the receiver has
+             * reached its recv. Interleaved, that wait can close a cycle
+             * through the wrap-around (stage 0 waits in a free for stage
+             * P-1 to take a gradient while stage P-1 waits in its own free
+             * for stage 0), so the sent gradient is freed after the
+             * step's last pass: every send then behaves as buffered, and
+             * the schedule is deadlock-free as Megatron-LM's is. */
+            free_contribs(L, t, sd, S->s->schedule == SCHED_INTERLEAVED);
         }
         emit_mem(L, I_FREE, L->fwd_val[t * S->m + mb].val, dv.instr);
     }
@@ -1205,9 +1258,21 @@ static bool checkpoint(const Shared *S, int i)
     return S->cons_off[op->out] == S->cons_off[op->out + 1];
 }
 
-static void forward_pass(Low *L, const int *ops, int nops, int mb)
+/* A stage's ops by model chunk: its v-th chunk (model chunk v * P + stage)
+ * holds ops[off[v] .. off[v+1]), in graph order. Without interleaving the
+ * stage has one chunk. */
+typedef struct {
+    int *ops;
+    int off[];
+} StageOps;
+
+/* One forward of micro-batch mb through the stage's v-th chunk. */
+static void forward_pass(Low *L, const StageOps *so, int v, int mb)
 {
+    const int *ops = so->ops + so->off[v];
+    int nops = so->off[v + 1] - so->off[v];
     L->pass++;
+    L->chunk = v * L->S->s->nstages + L->stage;
     for (int x = 0; x < nops; x++) {
         int i = ops[x];
         recv_forward(L, i, mb);
@@ -1220,16 +1285,18 @@ static void forward_pass(Low *L, const int *ops, int nops, int mb)
     for (int x = 0; x < nops; x++) {
         int i = ops[x];
         if (!S->s->ops[i].recompute || checkpoint(S, i)) continue;
-        for (int c = 0; c < L->ncopy[i]; c++)
-            emit_mem(L, I_FREE, L->copy_vals[i * IR_MAX_INPUTS + c], -1);
+        release_copies(L, i, mb, -1);
         emit_mem(L, I_FREE, L->fwd_val[S->g->ops[i].out * S->m + mb].val, -1);
     }
 }
 
-static void backward_pass(Low *L, const int *ops, int nops, int mb)
+static void backward_pass(Low *L, const StageOps *so, int v, int mb)
 {
     const Shared *S = L->S;
+    const int *ops = so->ops + so->off[v];
+    int nops = so->off[v + 1] - so->off[v];
     L->pass++;
+    L->chunk = v * S->s->nstages + L->stage;
     int seg_block = -2;
     for (int x = nops - 1; x >= 0; x--) {
         int i = ops[x];
@@ -1250,25 +1317,61 @@ static void backward_pass(Low *L, const int *ops, int nops, int mb)
     }
 }
 
+/* The k-th forward (fwd) or backward chunk-pass of a stage under the
+ * interleaved schedule: micro-batches pass through the stage's V chunks in
+ * groups of P, a group through one chunk after the other (forward: chunks
+ * ascending; backward: descending), as get_model_chunk_id and the schedule
+ * table of Megatron-LM's forward_backward_pipelining_with_interleaving
+ * order them (M a multiple of P). Gives the local chunk v and micro-batch. */
+static void interleaved_pass(int k, int P, int V, bool fwd, int *v, int *mb)
+{
+    int step = (k / P) % V;
+    *v = fwd ? step : V - 1 - step;
+    *mb = k / (P * V) * P + k % P;
+}
+
 /* Micro-batch order of one stage: GPipe runs every forward, then every
  * backward; 1F1B (PipeDream-Flush, as in Megatron-LM) warms up with P-s-1
- * forwards, then alternates one forward and one backward, then cools down. */
-static void run_schedule(Low *L, const int *ops, int nops)
+ * forwards, then alternates one forward and one backward, then cools down.
+ * Interleaved 1F1B (Narayanan et al. SC'21, 2.2.2) does the same over the
+ * M*V chunk-passes of the stage (interleaved_pass), warming up with
+ * 2(P-s-1) + (V-1)P forwards (at most M*V). */
+static void run_schedule(Low *L, const StageOps *so)
 {
     const Strategy *s = L->S->s;
     int m = s->microbatches, P = s->nstages, st = L->stage;
     if (s->schedule == SCHED_GPIPE) {
-        for (int mb = 0; mb < m; mb++) forward_pass(L, ops, nops, mb);
-        for (int mb = 0; mb < m; mb++) backward_pass(L, ops, nops, mb);
+        for (int mb = 0; mb < m; mb++) forward_pass(L, so, 0, mb);
+        for (int mb = 0; mb < m; mb++) backward_pass(L, so, 0, mb);
+        return;
+    }
+    if (s->schedule == SCHED_INTERLEAVED) {
+        int V = s->virtual_stages, n = m * V, v, mb;
+        int64_t w = (int64_t)(P - st - 1) * 2 + (int64_t)(V - 1) * P;
+        int warm = w < n ? (int)w : n;
+        for (int k = 0; k < warm; k++) {
+            interleaved_pass(k, P, V, true, &v, &mb);
+            forward_pass(L, so, v, mb);
+        }
+        for (int k = 0; k < n - warm; k++) {
+            interleaved_pass(warm + k, P, V, true, &v, &mb);
+            forward_pass(L, so, v, mb);
+            interleaved_pass(k, P, V, false, &v, &mb);
+            backward_pass(L, so, v, mb);
+        }
+        for (int k = n - warm; k < n; k++) {
+            interleaved_pass(k, P, V, false, &v, &mb);
+            backward_pass(L, so, v, mb);
+        }
         return;
     }
     int warm = P - st - 1 < m ? P - st - 1 : m;
-    for (int mb = 0; mb < warm; mb++) forward_pass(L, ops, nops, mb);
+    for (int mb = 0; mb < warm; mb++) forward_pass(L, so, 0, mb);
     for (int k = 0; k < m - warm; k++) {
-        forward_pass(L, ops, nops, warm + k);
-        backward_pass(L, ops, nops, k);
+        forward_pass(L, so, 0, warm + k);
+        backward_pass(L, so, 0, k);
     }
-    for (int mb = m - warm; mb < m; mb++) backward_pass(L, ops, nops, mb);
+    for (int mb = m - warm; mb < m; mb++) backward_pass(L, so, 0, mb);
 }
 
 /* ----------------------------------------------------------------------------
@@ -1362,8 +1465,8 @@ static void low_alloc(Low *L, const Shared *S)
     L->conv = xmalloc(sizeof *L->conv * nt * CONV_MAX);
     L->contrib_head = xmalloc(sizeof *L->contrib_head * nt);
     L->pgrad = xmalloc(sizeof *L->pgrad * nt);
-    L->copy_vals = xmalloc(sizeof *L->copy_vals * g->nops * IR_MAX_INPUTS);
-    L->ncopy = xcalloc(g->nops, sizeof *L->ncopy);
+    L->copy_vals = xmalloc(sizeof *L->copy_vals * (size_t)g->nops * S->m * IR_MAX_INPUTS);
+    L->ncopy = xcalloc((size_t)g->nops * S->m, sizeof *L->ncopy);
     L->cap_tied = nt;
     L->tied = xmalloc(sizeof *L->tied * (nt ? nt : 1));
 }
@@ -1386,6 +1489,7 @@ static void low_free(Low *L)
     free(L->conv);
     free(L->contrib_head);
     free(L->contribs);
+    free(L->late);
     free(L->pgrad);
 }
 
@@ -1398,6 +1502,7 @@ static void lower_class(Low *L, Program *pr, int rank)
     strategy_coords(s, rank, L->coord);
     L->pr = pr;
     L->stage = s->pp_axis >= 0 ? L->coord[s->pp_axis] : 0;
+    L->chunk = L->stage;
     L->last_micro = s->microbatches - 1;
     L->pass = 0;
     L->ncontribs = 0;
@@ -1410,10 +1515,21 @@ static void lower_class(Low *L, Program *pr, int rank)
         if (k == 0 || m < pr->device_mem) pr->device_mem = m;
     }
 
-    /* only this stage's tensors and ops are ever touched */
-    int *ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
+    /* only this stage's tensors and ops are ever touched; they are bucketed
+     * by chunk (chunk c is the stage's (c / P)-th) */
+    int V = s->virtual_stages, P = s->nstages;
+    StageOps *so = xcalloc(1, sizeof *so + sizeof *so->off * (V + 1));
+    int *ops = so->ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
     for (int i = 0; i < g->nops; i++)
-        if (s->op_stage[i] == L->stage) ops[nops++] = i;
+        if (s->op_stage[i] == L->stage) so->off[s->op_chunk[i] / P + 1]++;
+    for (int v = 0; v < V; v++) so->off[v + 1] += so->off[v];
+    for (int i = 0; i < g->nops; i++)
+        if (s->op_stage[i] == L->stage) {
+            ops[so->off[s->op_chunk[i] / P]++] = i;
+            nops++;
+        }
+    for (int v = V; v > 0; v--) so->off[v] = so->off[v - 1];
+    so->off[0] = 0;
     for (int x = 0; x < nops; x++) {
         const Op *op = &g->ops[ops[x]];
         int32_t *fa = &L->fwd_args[(size_t)ops[x] * S->m * (IR_MAX_INPUTS + 1)];
@@ -1422,7 +1538,7 @@ static void lower_class(Low *L, Program *pr, int rank)
             int t = k < op->nin ? op->in[k] : op->out;
             for (int mb = 0; mb < S->m; mb++) L->fwd_val[(size_t)t * S->m + mb] = NOREF;
         }
-        L->ncopy[ops[x]] = 0;
+        for (int mb = 0; mb < S->m; mb++) L->ncopy[(size_t)ops[x] * S->m + mb] = 0;
     }
     for (int t = 0; t < nt; t++) {
         L->conv_pass[t] = L->contrib_pass[t] = L->pgrad_pass[t] = -1;
@@ -1436,10 +1552,13 @@ static void lower_class(Low *L, Program *pr, int rank)
                                     zero3(S, t) ? S->sync_axes[t] : 0);
         L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
     }
-    run_schedule(L, ops, nops);
+    L->nlate = 0;
+    run_schedule(L, so);
+    flush_late(L);
     sync_tied(L);
     account_memory(L);
     free(ops);
+    free(so);
 }
 
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -1668,10 +1787,14 @@ void plan_summary_print(const Plan *p, const Strategy *s, FILE *f)
         snprintf(x, sizeof x, "%s%s=%d", a ? " x " : "", s->axis_name[a], s->axis_size[a]);
         strncat(mesh, x, sizeof mesh - strlen(mesh) - 1);
     }
+    char sched[48];
+    if (s->schedule == SCHED_INTERLEAVED)
+        snprintf(sched, sizeof sched, "interleaved, %d chunks per stage", s->virtual_stages);
+    else
+        snprintf(sched, sizeof sched, "%s", schedule_name(s->schedule));
     fprintf(f, "plan: %d ranks, mesh %s, %d stage%s, %d micro-batch%s (%s), %d class%s\n",
             p->world, mesh, s->nstages, s->nstages == 1 ? "" : "s", s->microbatches,
-            s->microbatches == 1 ? "" : "es", s->schedule == SCHED_GPIPE ? "gpipe" : "1f1b",
-            p->nclasses, p->nclasses == 1 ? "" : "es");
+            s->microbatches == 1 ? "" : "es", sched, p->nclasses, p->nclasses == 1 ? "" : "es");
     for (int k = 0; k < p->nclasses; k++) {
         const Program *pr = &p->classes[k];
         char ranks[160], a[32], b[32], c[32];

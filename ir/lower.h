@@ -16,6 +16,9 @@
  * synchronised as its `sync` and `shard` say.
  *
  * Ranks that do the same work form a class; one program is lowered per class.
+ * A class is one pipeline stage (and parameter-server role); under the
+ * interleaved schedule its program runs the passes of all of the stage's
+ * model chunks, in Megatron-LM's order.
  * Peers and groups are written relative to the mesh (an axis set and an index
  * along it), so one program serves every rank of its class.
  */

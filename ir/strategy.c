@@ -28,6 +28,7 @@
 
 #define MAX_WORLD (1 << 24)
 #define MAX_MICRO (1 << 20)
+#define MAX_CHUNKS (1 << 16)
 #define MIB 1048576.0
 #define DEFAULT_BUCKET_MB 25.0
 #define DEFAULT_PS_SHARDS 4
@@ -36,7 +37,7 @@ static const char *const method_names[] = {"allreduce", "ps", "sfb", NULL};
 static const char *const algo_names[] = {"ring", "tree", "hierarchical", NULL};
 static const char *const compress_names[] = {"none", "fp16", "int8", "powersgd", NULL};
 static const char *const shard_names[] = {"none", "zero1", "zero2", "zero3", NULL};
-static const char *const sched_names[] = {"gpipe", "1f1b", NULL};
+static const char *const sched_names[] = {"gpipe", "1f1b", "interleaved", NULL};
 static const char *const opt_names[] = {"adam", "sgd", NULL};
 
 /* Fields each sync method reads; a sync object that names its method may
@@ -50,6 +51,10 @@ static const char *const method_keys[][5] = {
 };
 
 const char *shard_name(Shard s) { return s >= 0 && s <= SHARD_ZERO3 ? shard_names[s] : "?"; }
+const char *schedule_name(Schedule s)
+{
+    return s >= 0 && s <= SCHED_INTERLEAVED ? sched_names[s] : "?";
+}
 const char *sync_method_name(SyncMethod m)
 {
     return m >= 0 && m <= SYNC_SFB ? method_names[m] : "?";
@@ -257,32 +262,73 @@ static int parse_mesh(Ctx *x, const cJSON *j)
 /* ----------------------------------------------------------------------------
  * Pipeline */
 
+/* The pipeline: stages (the pp axis), the schedule, then the cuts, which make
+ * one model chunk per stage, or V per stage when the schedule is interleaved
+ * (Megatron-LM's virtual pipeline stages: chunk k runs on stage k mod P). */
 static int parse_pipeline(Ctx *x, const cJSON *j)
 {
     Strategy *s = x->s;
     Err *err = x->err;
     int nb = x->g->nblocks;
-    static const char *const keys[] = {"cuts", "microbatches", "schedule", NULL};
-    s->nstages = s->pp_axis >= 0 ? s->axis_size[s->pp_axis] : 1;
-    s->cuts = xcalloc(s->nstages, sizeof *s->cuts);
-    s->microbatches = s->nstages;
+    static const char *const keys[] = {"cuts", "microbatches", "schedule", "virtual", NULL};
+    int P = s->nstages = s->pp_axis >= 0 ? s->axis_size[s->pp_axis] : 1;
+    s->microbatches = P;
     s->schedule = SCHED_1F1B;
+    s->virtual_stages = 1;
 
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pipeline");
     if (p && cJSON_IsNull(p)) p = NULL;
     if (p && json_check_keys(p, "pipeline", keys, err)) return -1;
 
+    if (p) {
+        int v, rc;
+        if ((rc = get_enum(p, "pipeline", "schedule", sched_names, &v, err)) < 0) return -1;
+        if (rc == 0) s->schedule = (Schedule)v;
+        int64_t vs;
+        if ((rc = json_get_int(p, "pipeline", "virtual", false, INT_MIN, MAX_CHUNKS, &vs, err)) < 0)
+            return -1;
+        if (rc == 0 && s->schedule != SCHED_INTERLEAVED)
+            return err_set(err, "pipeline.virtual: model chunks per stage apply to the "
+                                "interleaved schedule only, and the schedule is \"%s\" (set "
+                                "\"schedule\": \"interleaved\", or drop \"virtual\")",
+                           sched_names[s->schedule]);
+        if (rc == 0 && vs < 1)
+            return err_set(err, "pipeline.virtual: %lld model chunks per stage; each stage holds "
+                                "at least one (virtual >= 1)", (long long)vs);
+        if (rc == 1 && s->schedule == SCHED_INTERLEAVED)
+            return err_set(err, "pipeline.virtual: the interleaved schedule needs the number of "
+                                "model chunks per stage (\"virtual\": V, V >= 1; the cuts "
+                                "then make pp x V chunks)");
+        if (rc == 0) s->virtual_stages = (int)vs;
+        if (s->schedule == SCHED_INTERLEAVED && P < 2)
+            return err_set(err, "pipeline.schedule: interleaved needs a pipeline (a mesh axis "
+                                "\"pp\" of size >= 2), the mesh has %s",
+                           s->pp_axis < 0 ? "none" : "pp of size 1");
+    }
+    bool inter = s->schedule == SCHED_INTERLEAVED;
+    if (inter && (int64_t)P * s->virtual_stages > nb)
+        return err_set(err, "pipeline.virtual: mesh.pp %d x virtual %d = %lld model chunks but "
+                            "the model has %d block(s); each chunk needs at least one", P,
+                       s->virtual_stages, (long long)P * s->virtual_stages, nb);
+    int n = s->nchunks = P * s->virtual_stages;
+    s->cuts = xcalloc(n, sizeof *s->cuts);
+
     const cJSON *cuts = p ? cJSON_GetObjectItemCaseSensitive(p, "cuts") : NULL;
     if (cuts && !cJSON_IsNull(cuts)) {
         if (!cJSON_IsArray(cuts))
             return err_set(err, "pipeline.cuts: expected an array of block indices");
-        int n = cJSON_GetArraySize(cuts);
-        if (n != s->nstages - 1) {
+        int nc = cJSON_GetArraySize(cuts);
+        if (nc != n - 1) {
+            if (inter)
+                return err_set(err, "pipeline.cuts: %d cut(s) make %d model chunks, but the "
+                                    "interleaved schedule with mesh.pp %d and pipeline.virtual "
+                                    "%d needs pp x virtual = %d chunks (%d cut(s))", nc, nc + 1,
+                               P, s->virtual_stages, n, n - 1);
             if (s->pp_axis < 0)
                 return err_set(err, "pipeline.cuts: %d cut(s) make %d stages, but the mesh has "
-                                    "no pp axis (1 stage, no cuts)", n, n + 1);
+                                    "no pp axis (1 stage, no cuts)", nc, nc + 1);
             return err_set(err, "pipeline.cuts: %d cut(s) make %d stages, but mesh.pp is %d "
-                                "(needs %d cut(s))", n, n + 1, s->nstages, s->nstages - 1);
+                                "(needs %d cut(s))", nc, nc + 1, P, P - 1);
         }
         int i = 0, prev = 0;
         const cJSON *it;
@@ -292,21 +338,20 @@ static int parse_pipeline(Ctx *x, const cJSON *j)
                 return err_set(err, "pipeline.cuts[%d]: expected a block index (an integer)", i);
             int v = (int)d;
             if (v <= 0 || v >= nb)
-                return err_set(err, "pipeline.cuts[%d]: %d is not inside (0, %d): a stage starts "
+                return err_set(err, "pipeline.cuts[%d]: %d is not inside (0, %d): a %s starts "
                                     "at a block boundary and holds at least one of the model's "
-                                    "%d blocks", i, v, nb, nb);
+                                    "%d blocks", i, v, nb, inter ? "model chunk" : "stage", nb);
             if (i > 0 && v <= prev)
                 return err_set(err, "pipeline.cuts[%d]: %d does not follow %d: cuts must be "
                                     "strictly increasing", i, v, prev);
             s->cuts[i++] = prev = v;
         }
-    } else if (s->nstages > 1) {
-        if (s->nstages > nb)
+    } else if (n > 1) {
+        if (n > nb)
             return err_set(err, "mesh.pp: %d stages but the model has %d block(s); each stage "
-                                "needs at least one", s->nstages, nb);
-        /* as even as integers allow: stage i starts at floor(i * nb / P) */
-        for (int i = 1; i < s->nstages; i++)
-            s->cuts[i - 1] = (int)((int64_t)i * nb / s->nstages);
+                                "needs at least one", P, nb);
+        /* as even as integers allow: chunk i starts at floor(i * nb / n) */
+        for (int i = 1; i < n; i++) s->cuts[i - 1] = (int)((int64_t)i * nb / n);
     }
 
     if (p) {
@@ -314,9 +359,17 @@ static int parse_pipeline(Ctx *x, const cJSON *j)
         int rc = json_get_int(p, "pipeline", "microbatches", false, 1, MAX_MICRO, &mb, err);
         if (rc < 0) return -1;
         if (rc == 0) s->microbatches = (int)mb;
-        int v;
-        if ((rc = get_enum(p, "pipeline", "schedule", sched_names, &v, err)) < 0) return -1;
-        if (rc == 0) s->schedule = (Schedule)v;
+    }
+    int M = s->microbatches;
+    if (inter && M % P) {
+        /* Megatron-LM runs the micro-batches in groups of P through each chunk */
+        if (M < P)
+            return err_set(err, "pipeline.microbatches: %d is not a multiple of mesh.pp %d; the "
+                                "interleaved schedule runs micro-batches through each chunk in "
+                                "groups of pp: use %d (or a multiple)", M, P, P);
+        return err_set(err, "pipeline.microbatches: %d is not a multiple of mesh.pp %d; the "
+                            "interleaved schedule runs micro-batches through each chunk in "
+                            "groups of pp: use %d or %d", M, P, M / P * P, (M / P + 1) * P);
     }
     return 0;
 }
@@ -813,6 +866,8 @@ static int check_ops(Ctx *x)
     return 0;
 }
 
+/* Each op's model chunk (by the cuts) and the stage that runs it. Without
+ * interleaving chunks are stages; with it, chunk k runs on stage k mod P. */
 static int assign_stages(Ctx *x)
 {
     const Graph *g = x->g;
@@ -825,30 +880,43 @@ static int assign_stages(Ctx *x)
         }
     int cur = 0;
     for (int i = 0; i < g->nops; i++) {
-        int blk = g->ops[i].block, st;
+        int blk = g->ops[i].block, ch;
         if (blk >= 0) {
-            st = 0;
-            while (st < s->nstages - 1 && s->cuts[st] <= blk) st++;
-            cur = st;
+            ch = 0;
+            while (ch < s->nchunks - 1 && s->cuts[ch] <= blk) ch++;
+            cur = ch;
         } else if (first < 0 || i < first) {
-            st = 0;
+            ch = 0;
         } else if (i > last) {
-            st = s->nstages - 1;
+            ch = s->nchunks - 1;
         } else {
-            st = cur;   /* between blocks: with the block before it */
+            ch = cur;   /* between blocks: with the block before it */
         }
-        s->op_stage[i] = st;
+        s->op_chunk[i] = ch;
+        s->op_stage[i] = ch % s->nstages;
     }
-    /* a pipeline only sends forward: every consumer on its producer's stage or later */
+    /* a pipeline only sends forward: every consumer in its producer's chunk or
+     * a later one; interleaved, only in the next one (chunk k hands its
+     * activations to chunk k+1 alone, as Megatron-LM's schedule assumes) */
+    bool inter = s->schedule == SCHED_INTERLEAVED;
+    const char *unit = inter ? "chunk" : "stage";
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
         for (int k = 0; k < op->nin; k++) {
             int p = g->tensors[op->in[k]].producer;
-            if (p >= 0 && s->op_stage[p] > s->op_stage[i])
-                return err_set(x->err, "pipeline.cuts: op %s (stage %d) consumes %s from op %s "
-                                       "on the later stage %d; stages must follow the graph",
-                               op->name, s->op_stage[i], g->tensors[op->in[k]].name,
-                               g->ops[p].name, s->op_stage[p]);
+            if (p < 0) continue;
+            int cp = s->op_chunk[p], ci = s->op_chunk[i];
+            if (cp > ci)
+                return err_set(x->err, "pipeline.cuts: op %s (%s %d) consumes %s from op %s "
+                                       "in the later %s %d; %ss must follow the graph", op->name,
+                               unit, ci, g->tensors[op->in[k]].name, g->ops[p].name, unit, cp,
+                               unit);
+            if (inter && ci > cp + 1)
+                return err_set(x->err, "pipeline.cuts: op %s (chunk %d) consumes %s from op %s "
+                                       "in chunk %d; with the interleaved schedule an activation "
+                                       "passes only to the next chunk: cut so that no chunk is "
+                                       "skipped", op->name, ci, g->tensors[op->in[k]].name,
+                               g->ops[p].name, cp);
         }
     }
     return 0;
@@ -898,10 +966,11 @@ static void build_canonical(const Graph *g, Strategy *s)
         cJSON_AddNumberToObject(mesh, s->axis_name[a], s->axis_size[a]);
     cJSON *pipe = cJSON_AddObjectToObject(j, "pipeline");
     cJSON *cuts = cJSON_AddArrayToObject(pipe, "cuts");
-    for (int i = 0; i < s->nstages - 1; i++)
+    for (int i = 0; i < s->nchunks - 1; i++)
         cJSON_AddItemToArray(cuts, cJSON_CreateNumber(s->cuts[i]));
     cJSON_AddNumberToObject(pipe, "microbatches", s->microbatches);
     cJSON_AddStringToObject(pipe, "schedule", sched_names[s->schedule]);
+    if (s->schedule == SCHED_INTERLEAVED) cJSON_AddNumberToObject(pipe, "virtual", s->virtual_stages);
     cJSON_AddStringToObject(j, "optimizer", opt_names[s->optimizer]);
 
     cJSON *ops = cJSON_AddObjectToObject(j, "ops");
@@ -955,6 +1024,7 @@ Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, E
     s->nops = g->nops;
     s->ops = xcalloc(g->nops ? g->nops : 1, sizeof *s->ops);
     s->op_stage = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_stage);
+    s->op_chunk = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_chunk);
     for (int i = 0; i < g->nops; i++)
         if (g->ops[i].batch_letter >= 0)
             s->ops[i].split[g->ops[i].batch_letter] = s->data_axes;
@@ -998,6 +1068,7 @@ void strategy_free(Strategy *s)
     free(s->ops);
     free(s->params);
     free(s->op_stage);
+    free(s->op_chunk);
     cJSON_Delete(s->canonical);
     free(s);
 }

@@ -9,6 +9,10 @@
  *   pipeline  {"cuts":[12], "microbatches":8, "schedule":"1f1b"|"gpipe"}:
  *             stage i+1 starts at block cuts[i]; ops outside blocks go to the
  *             first stage (before the blocks) or the last (after them).
+ *             {"cuts":[3,6,9], "microbatches":8, "schedule":"interleaved",
+ *              "virtual":2}: Megatron-LM's interleaved 1F1B (virtual pipeline
+ *             stages): the cuts make P*V model chunks, chunk k runs on
+ *             pipeline rank k mod P; M must be a multiple of P.
  *   ops       {"name or pattern": {"split": {"f":"tp", "b":["dp"]}, "recompute": true}}
  *   params    {"name or pattern": {"sync": {...}, "shard": "none|zero1|zero2|zero3"}}
  *             sync: {"method":"allreduce","algo":"ring|tree|hierarchical",
@@ -44,7 +48,7 @@ typedef enum { SYNC_ALLREDUCE, SYNC_PS, SYNC_SFB } SyncMethod;
 typedef enum { ALGO_RING, ALGO_TREE, ALGO_HIERARCHICAL } SyncAlgo;
 typedef enum { COMPRESS_NONE, COMPRESS_FP16, COMPRESS_INT8, COMPRESS_POWERSGD } Compress;
 typedef enum { SHARD_NONE, SHARD_ZERO1, SHARD_ZERO2, SHARD_ZERO3 } Shard;
-typedef enum { SCHED_GPIPE, SCHED_1F1B } Schedule;
+typedef enum { SCHED_GPIPE, SCHED_1F1B, SCHED_INTERLEAVED } Schedule;
 typedef enum { OPT_ADAM, OPT_SGD } Optimizer;
 
 typedef struct {
@@ -73,8 +77,10 @@ typedef struct {
     int pp_axis;                     /* -1 without a pipeline */
     int world;                       /* product of the axis sizes */
 
-    int nstages;                     /* size of pp, or 1 */
-    int *cuts;                       /* nstages-1 block indices */
+    int nstages;                     /* size of pp, or 1: pipeline ranks */
+    int virtual_stages;              /* V: model chunks per pipeline rank (interleaved), else 1 */
+    int nchunks;                     /* nstages * virtual_stages model chunks */
+    int *cuts;                       /* nchunks-1 block indices: chunk k+1 starts at cuts[k] */
     int microbatches;
     Schedule schedule;
     Optimizer optimizer;
@@ -83,7 +89,9 @@ typedef struct {
     OpPolicy *ops;                   /* per op, indexed like graph->ops */
     int ntensors;
     ParamPolicy *params;             /* per tensor, meaningful for params */
-    int *op_stage;                   /* per op: its pipeline stage */
+    int *op_stage;                   /* per op: the pipeline rank (pp index) that runs it */
+    int *op_chunk;                   /* per op: its model chunk; chunk k runs on rank k mod P
+                                        (without interleaving the chunk is the stage) */
 
     cJSON *canonical;                /* owned: defaults filled, patterns expanded, keys sorted */
     char id[17];                     /* stable hash of the canonical form */
@@ -112,7 +120,9 @@ const char *strategy_axes_name(const Strategy *s, AxisMask mask, char *buf, int 
  *   dp        D = world                     plain data parallel
  *   zero3     D = world, every param zero3 (opts->zero picks 1/2/3)
  *   megatron  mesh pp x dp x tp; letters n,f,v (heads, ffn, vocabulary) and
- *             e (experts) split on tp, blocks cut evenly, 1F1B
+ *             e (experts) split on tp, blocks cut evenly, 1F1B; with
+ *             virtual_stages V > 1 the blocks are cut evenly into P*V chunks
+ *             and the schedule is interleaved
  *   gpipe     mesh pp x dp, blocks cut evenly, GPipe schedule
  *   ps        data parallel, every param through a parameter server
  *   parallax  ps for gathered (embedding) params, all-reduce for dense ones
@@ -121,6 +131,7 @@ typedef struct {
     int world;          /* devices to use; 0 = cluster size (or 1 without one) */
     int tp, pp, dp;     /* 0 = derived */
     int microbatches;   /* 0 = pp (or 1) */
+    int virtual_stages; /* megatron: model chunks per pipeline rank; 0 = 1 (no interleaving) */
     int zero;           /* 1, 2, 3 for zero; 0 = default */
     int ps_shards;      /* 0 = min(dp, 4) */
     int staleness;
@@ -138,6 +149,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
 const char *strategy_sfb_unfit(const Graph *g, int tensor, char *buf, int n);
 
 const char *shard_name(Shard s);
+const char *schedule_name(Schedule s);
 const char *sync_method_name(SyncMethod m);
 const char *compress_name(Compress c);
 

@@ -8,7 +8,7 @@
  * a strategy the parser would refuse.
  *
  * Legend: D/T/P = data/tensor/pipeline degree, W = world (devices used),
- * M = micro-batches.
+ * M = micro-batches, V = model chunks per pipeline stage (interleaving).
  */
 #include "strategy.h"
 
@@ -147,9 +147,14 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
 
     /* --- options that do not fit the kind are errors, not silently ignored */
     if (o.world < 0 || o.tp < 0 || o.pp < 0 || o.dp < 0 || o.microbatches < 0 ||
-        o.ps_shards < 0 || o.staleness < 0) {
-        err_set(err, "%s: world, tp, pp, dp, microbatches, ps_shards and staleness must be >= 0",
-                kind);
+        o.ps_shards < 0 || o.staleness < 0 || o.virtual_stages < 0) {
+        err_set(err, "%s: world, tp, pp, dp, microbatches, virtual, ps_shards and staleness "
+                     "must be >= 0", kind);
+        return NULL;
+    }
+    if (o.virtual_stages > 1 && k != K_MEGATRON) {
+        err_set(err, "%s: virtual %d: only megatron interleaves its pipeline stages (use "
+                     "--strategy megatron)", kind, o.virtual_stages);
         return NULL;
     }
     if (o.tp > 1 && k != K_MEGATRON) {
@@ -222,6 +227,13 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
         return NULL;
     }
     int M = o.microbatches ? o.microbatches : P;
+    /* V model chunks per stage: Megatron-LM's interleaved schedule */
+    int V = o.virtual_stages > 1 ? o.virtual_stages : 1;
+    if (V > 1 && P < 2) {
+        err_set(err, "%s: virtual %d interleaves pipeline stages, but pp is %d: give --pp 2 or "
+                     "more", kind, V, P);
+        return NULL;
+    }
 
     /* --- the strategy */
     cJSON *j = cJSON_CreateObject();
@@ -232,14 +244,18 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
 
     if (P > 1 || M > 1) {
         cJSON *pipe = cJSON_AddObjectToObject(j, "pipeline");
-        if (P > 1 && P <= g->nblocks) {   /* else the parser says why not */
+        int64_t n = (int64_t)P * V;   /* model chunks, cut evenly */
+        if (P > 1 && n <= g->nblocks) {   /* else the parser says why not */
             cJSON *cuts = cJSON_AddArrayToObject(pipe, "cuts");
-            for (int i = 1; i < P; i++)
+            for (int64_t i = 1; i < n; i++)
                 cJSON_AddItemToArray(
-                    cuts, cJSON_CreateNumber((double)((int64_t)i * g->nblocks / P)));
+                    cuts, cJSON_CreateNumber((double)(i * g->nblocks / n)));
         }
         cJSON_AddNumberToObject(pipe, "microbatches", M);
-        if (P > 1) cJSON_AddStringToObject(pipe, "schedule", k == K_GPIPE ? "gpipe" : "1f1b");
+        if (P > 1)
+            cJSON_AddStringToObject(pipe, "schedule",
+                                    k == K_GPIPE ? "gpipe" : V > 1 ? "interleaved" : "1f1b");
+        if (V > 1) cJSON_AddNumberToObject(pipe, "virtual", V);
     }
 
     cJSON *ops = cJSON_CreateObject();
@@ -350,8 +366,11 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
         if (err) {
             char old[sizeof err->msg];
             memcpy(old, err->msg, sizeof old);
-            if (snprintf(err->msg, sizeof err->msg, "%s (D %d, T %d, P %d, M %d): %s", kind, D,
-                         T, P, M, old) < 0)
+            int w = V > 1 ? snprintf(err->msg, sizeof err->msg, "%s (D %d, T %d, P %d, V %d, "
+                                     "M %d): %s", kind, D, T, P, V, M, old)
+                          : snprintf(err->msg, sizeof err->msg, "%s (D %d, T %d, P %d, M %d): %s",
+                                     kind, D, T, P, M, old);
+            if (w < 0)
                 err->msg[0] = 0;
         }
         cJSON_Delete(j);

@@ -12,7 +12,9 @@
  *
  * Matrix: mlp and GPT under data parallel, Megatron tensor parallel, GPipe and
  * 1F1B (2 stages, 4 micro-batches), ZeRO-1, ZeRO-3, a synchronous parameter
- * server, fp16-compressed all-reduce, dp2 x tp2 and pp2 x dp2; a VGG-style CNN
+ * server, fp16-compressed all-reduce, dp2 x tp2 and pp2 x dp2; the interleaved
+ * 1F1B schedule (2 stages x 2 chunks of a 4-block mlp alone, of a 4-block GPT
+ * with dp2 and with tp2); a VGG-style CNN
  * data parallel and with data-parallel convolutions and tensor-parallel
  * fully-connected layers; a 2-rank MoE with its experts split across ranks
  * (and all-to-all bytes in its plan); a parameter server with staleness 2 on
@@ -53,7 +55,7 @@
 #define FAULT_DEADLINE_S 60
 #define STEPS "3"
 
-enum { M_MLP, M_GPT, M_VGG, M_MOE, M_COUNT };
+enum { M_MLP, M_GPT, M_VGG, M_MOE, M_MLP4, M_GPT4, M_COUNT };
 
 static struct {
     const char *model[M_COUNT];  /* models built on first use (paths in the temp dir) */
@@ -90,13 +92,18 @@ static const char *const MODEL_ARGS[M_COUNT][24] = {
                 "--classes", "10" },
     [M_MOE] = { "moe", "--layers", "2", "--hidden", "32", "--heads", "4", "--seq", "16", "--vocab",
                 "64", "--batch", "4", "--experts", "2", "--every", "1" },
+    /* 4 blocks: 2 stages x 2 chunks each for the interleaved schedule */
+    [M_MLP4] = { "mlp", "--layers", "4", "--hidden", "32", "--input", "16", "--classes", "8",
+                 "--batch", "8" },
+    [M_GPT4] = { "gpt", "--layers", "4", "--hidden", "32", "--heads", "4", "--seq", "16",
+                 "--vocab", "64", "--batch", "8" },
 };
 
 static const char *model(int m)
 {
     if (G.model[m]) return G.model[m];
     char name[64];
-    snprintf(name, sizeof name, "model-%s.json", MODEL_ARGS[m][0]);
+    snprintf(name, sizeof name, "model-%s-%d.json", MODEL_ARGS[m][0], m);
     const char *p = tp(name);
     const char *argv[32] = { "model", "build" };
     int n = 2;
@@ -198,6 +205,16 @@ static const RunCase CASES[] = {
       "{\"mesh\": {\"tp\": 2, \"dp\": 2}, \"ops\": {\"*\": {\"split\": {\"b\": \"tp\"}}, "
       "\"blocks.0.*\": {\"split\": {\"b\": [\"tp\", \"dp\"]}}, \"blocks.1.fc\": {\"split\": "
       "{\"b\": \"tp\", \"i\": \"dp\"}}}}", 4, EXACT },
+    /* the interleaved schedule (Megatron-LM's virtual stages): 4 blocks in 4
+     * chunks, stage 0 runs chunks 0 and 2, stage 1 chunks 1 and 3, the last
+     * chunk's activations wrap from stage 1 back to stage 0; alone, with dp2,
+     * and with tp2 (whose resharded copies live per micro-batch) */
+    { "mlp-interleaved-pp2", M_MLP4, { "megatron", "--world", "2", "--tp", "1", "--pp", "2",
+      "--virtual", "2", "--microbatches", "4" }, NULL, 2, EXACT },
+    { "gpt-interleaved-pp2-dp2", M_GPT4, { "megatron", "--world", "4", "--tp", "1", "--pp", "2",
+      "--virtual", "2", "--microbatches", "4" }, NULL, 4, EXACT },
+    { "gpt-interleaved-pp2-tp2", M_GPT4, { "megatron", "--world", "4", "--tp", "2", "--pp", "2",
+      "--virtual", "2", "--microbatches", "4" }, NULL, 4, EXACT },
     /* int8-compressed gradients on pp2 x dp2 with 2 micro-batches (Adam) */
     { "gpt-pp2-dp2-int8", M_GPT, { "megatron", "--world", "4", "--tp", "1", "--pp", "2",
       "--microbatches", "2", "--compress", "int8" }, NULL, 4,
