@@ -5,7 +5,7 @@
  * machine, large enough that a step is tens to hundreds of milliseconds
  * (timer noise and MPI start-up stay small beside it). Every family of
  * strategy appears on 1 and 2 ranks: data parallel, Megatron tensor
- * parallel, GPipe and 1F1B pipelines, ZeRO-1 and ZeRO-3, a parameter
+ * parallel, GPipe, 1F1B and interleaved pipelines, ZeRO-1 and ZeRO-3, a parameter
  * server, fp16 and int8 compression, recompute, expert parallelism.
  *
  * A plan is {"name", "model": {"kind", options...} or {"file"},
@@ -29,6 +29,8 @@ const char *const SUITE_DEFAULT =
     " \"strategy\":{\"build\":\"gpipe\",\"world\":2,\"pp\":2,\"microbatches\":4}},"
     "{\"name\":\"mlp-1f1b2\",\"model\":{\"kind\":\"mlp\",\"layers\":\"4\",\"hidden\":\"1024\",\"input\":\"1024\",\"batch\":\"128\"},"
     " \"strategy\":{\"build\":\"megatron\",\"world\":2,\"tp\":1,\"pp\":2,\"microbatches\":4}},"
+    "{\"name\":\"mlp-interleaved2\",\"model\":{\"kind\":\"mlp\",\"layers\":\"4\",\"hidden\":\"1024\",\"input\":\"1024\",\"batch\":\"128\"},"
+    " \"strategy\":{\"build\":\"megatron\",\"world\":2,\"tp\":1,\"pp\":2,\"virtual\":2,\"microbatches\":4}},"
     "{\"name\":\"mlp-zero1-dp2\",\"model\":{\"kind\":\"mlp\",\"layers\":\"4\",\"hidden\":\"1024\",\"input\":\"1024\",\"batch\":\"128\"},"
     " \"strategy\":{\"build\":\"zero\",\"world\":2,\"zero\":1}},"
     "{\"name\":\"mlp-zero3-dp2\",\"model\":{\"kind\":\"mlp\",\"layers\":\"4\",\"hidden\":\"1024\",\"input\":\"1024\",\"batch\":\"128\"},"

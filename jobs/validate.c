@@ -118,6 +118,7 @@ static Strategy *suite_strategy(const cJSON *j, const Graph *g, const Cluster *c
         { "microbatches", offsetof(StrategyOpts, microbatches) },
         { "zero", offsetof(StrategyOpts, zero) }, { "ps_shards", offsetof(StrategyOpts, ps_shards) },
         { "staleness", offsetof(StrategyOpts, staleness) },
+        { "virtual", offsetof(StrategyOpts, virtual_stages) },
     };
     const cJSON *o;
     cJSON_ArrayForEach(o, j) {
@@ -138,7 +139,7 @@ static Strategy *suite_strategy(const cJSON *j, const Graph *g, const Cluster *c
             so.sequence_parallel = cJSON_IsTrue(o);
         } else {
             err_set(err, "%s.%s: not an option of a built strategy (world, tp, pp, dp, "
-                    "microbatches, zero, ps_shards, staleness, compress, recompute, "
+                    "microbatches, zero, ps_shards, staleness, virtual, compress, recompute, "
                     "sequence_parallel)", path, o->string);
             return NULL;
         }
