@@ -4,7 +4,9 @@
 # ~1 minute), train the operator model on that profile and print its held-out
 # error per op kind beside the analytical and roofline baselines, then run
 # the default validation suite (predicted against measured step time and
-# peak memory, MAPE and Kendall tau). Figures, not pass/fail.
+# peak memory, MAPE and Kendall tau), then close the loop (train again with
+# --runs on what validate measured) and validate once more with the
+# calibrated model on fresh runs. Figures, not pass/fail.
 set -eu
 strata=${1:-build/strata}
 out=build/bench
@@ -18,4 +20,8 @@ echo "cost model on this machine (profile ${quick:-full}):"
 profile=$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')
 "$strata" costmodel train --profile "$profile" --db "$db" --quiet
 echo
-"$strata" validate --db "$db"
+"$strata" validate --db "$db" 2>&1
+echo
+"$strata" costmodel train --profile "$profile" --runs --db "$db" --quiet | grep -E "closed loop|costmodel show"
+echo
+"$strata" validate --db "$db" 2>/dev/null
