@@ -145,26 +145,24 @@ static int fanout(const Cluster *c, const int *ranks, int n, int f[CLUSTER_MAX_L
 {
     int outer = -1;
     int64_t span = 1;
+    int64_t *seen = xmalloc(sizeof *seen * (size_t)(n > 0 ? n : 1));
     for (int l = 0; l < c->nlevels; l++) {
         int64_t below = span;      /* devices in one level-(l-1) item (1 at l = 0) */
         span *= c->levels[l].count;
         int64_t item = ranks[0] / span;
         /* distinct sub-items of the first member's level-l item */
-        int64_t seen[64];
         int nseen = 0;
         for (int i = 0; i < n; i++) {
             if (ranks[i] / span != item) continue;
             int64_t sub = ranks[i] / below;
             int j = 0;
             while (j < nseen && seen[j] != sub) j++;
-            if (j == nseen) {
-                if (nseen < 64) seen[nseen++] = sub;
-                else nseen++;      /* more than we track: the count still grows */
-            }
+            if (j == nseen) seen[nseen++] = sub;
         }
         f[l] = nseen > 0 ? nseen : 1;
         if (f[l] > 1) outer = l;
     }
+    free(seen);
     return outer;
 }
 

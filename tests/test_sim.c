@@ -581,6 +581,29 @@ static void test_link_formulas(void **state)
     assert_true(fabs(linkmodel_time(m, I_SEND, ALGO_RING, (int64_t)B, pair, 2) - B / 25e9) < 1e-9);
     linkmodel_free(m);
     cluster_free(c);
+
+    /* 128 nodes: a group of one GPU per node spans 128 items of the node
+     * level (more than any fixed table would hold) */
+    j = cJSON_Parse("{\"name\":\"big\",\"devices\":[{\"name\":\"d\",\"kind\":\"gpu\",\"count\":1024,"
+                    "\"peak_tflops\":{\"f32\":10},\"memory_gib\":80,\"memory_bw_gbps\":1000}],"
+                    "\"levels\":[{\"name\":\"gpu\",\"count\":8,\"link\":\"nvlink\",\"bw_gbps\":300,"
+                    "\"latency_us\":0.000001},{\"name\":\"node\",\"count\":128,\"link\":\"ib\","
+                    "\"bw_gbps\":25,\"latency_us\":0.000001}]}");
+    c = cluster_from_json(j, 0, &err);
+    cJSON_Delete(j);
+    if (!c) fail_msg("%s", err.msg);
+    m = linkmodel_from_cluster(c, &err);
+    int *r128 = malloc(sizeof *r128 * 1024);
+    for (int i = 0; i < 128; i++) r128[i] = 8 * i + 3;
+    double dp = linkmodel_time(m, I_ALLREDUCE, ALGO_HIERARCHICAL, (int64_t)B, r128, 128);
+    assert_true(fabs(dp - 2.0 * 127 / 128 * B / 25e9) < 1e-6);
+    for (int i = 0; i < 1024; i++) r128[i] = i;
+    double all = linkmodel_time(m, I_ALLREDUCE, ALGO_HIERARCHICAL, (int64_t)B, r128, 1024);
+    want = 2 * (7.0 / 8 * B / 300e9) + 2.0 * 127 / 128 * (B / 8) / 25e9;
+    assert_true(fabs(all - want) < 1e-6);
+    free(r128);
+    linkmodel_free(m);
+    cluster_free(c);
 }
 
 /* An int8-compressed all-reduce runs as the executor runs it: the codes of
