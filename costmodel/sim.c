@@ -483,7 +483,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
         int32_t bind;
         double t = ready_at(c, i, st, &bind);
         if (isnan(t)) return false;
-        finish_comm(S, ci, i, t, t);
+        finish_comm(S, ci, i, t, t + (st == S_MAIN ? S->calib[2] : 0));
         return true;
     }
     if (c->seq[i] < 0) {
@@ -593,7 +593,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
         double t = ready_at(c, i, c->sid[i], &bind);
         if (isnan(t)) return false;
         if (stale_pull(S, c, in)) {
-            finish_comm(S, ci, i, t, t);
+            finish_comm(S, ci, i, t, t + (c->sid[i] == S_MAIN ? S->calib[2] : 0));
             return true;
         }
         int peer = peer_rank(S, c, in);
@@ -609,6 +609,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
     if (isnan(m->send_t)) return false;
     double dur = p2p_time(S, c, in, peer);
     double start = fmax(m->send_t, c->start[i]), end = start + dur;
+    if (c->sid[i] == S_MAIN) end += S->calib[2];     /* the interpreter's step, as counted */
     if (isnan(m->end)) {
         m->end = end;
         /* the sender learns when its bytes left */

@@ -222,8 +222,12 @@ static void mem_insert(Runtime *rt, void *p, int64_t bytes)
         rt->mem_ptr = xcalloc(rt->mem_cap, sizeof *rt->mem_ptr);
         rt->mem_bytes = xmalloc(sizeof *rt->mem_bytes * rt->mem_cap);
         rt->mem_n = 0;
+        /* moved, not allocated again: the live and high-water figures stay */
+        int64_t live = rt->mem_live, high = rt->mem_high;
         for (int i = 0; i < oc; i++)
             if (op[i]) mem_insert(rt, op[i], ob[i]);
+        rt->mem_live = live;
+        rt->mem_high = high;
         free(op);
         free(ob);
     }

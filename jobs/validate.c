@@ -10,6 +10,7 @@
  * describe the same executor.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,11 +51,15 @@ static int cmp_double(const void *a, const void *b)
 /* A JSON value as a builder option string ("4", "f32", "1" for true). */
 static int opt_string(const cJSON *v, char *out, int n)
 {
-    if (cJSON_IsString(v)) snprintf(out, n, "%s", v->valuestring);
-    else if (cJSON_IsNumber(v)) snprintf(out, n, "%.17g", v->valuedouble);
-    else if (cJSON_IsBool(v)) snprintf(out, n, "%d", cJSON_IsTrue(v));
+    int k;
+    if (cJSON_IsString(v)) k = snprintf(out, n, "%s", v->valuestring);
+    else if (cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) &&
+             fabs(v->valuedouble) < 1e15)
+        k = snprintf(out, n, "%.0f", v->valuedouble);
+    else if (cJSON_IsNumber(v)) k = snprintf(out, n, "%.15g", v->valuedouble);
+    else if (cJSON_IsBool(v)) k = snprintf(out, n, "%d", cJSON_IsTrue(v));
     else return -1;
-    return 0;
+    return k >= 0 && k < n ? 0 : -1;
 }
 
 static Graph *suite_model(const cJSON *m, const char *path, Err *err)
@@ -81,7 +86,8 @@ static Graph *suite_model(const cJSON *m, const char *path, Err *err)
     cJSON_ArrayForEach(o, m) {
         if (!strcmp(o->string, "kind")) continue;
         if (n == 64 || opt_string(o, buf[n], sizeof buf[n])) {
-            err_set(err, "%s.%s: want a number or a string", path, o->string);
+            err_set(err, "%s.%s: want a number or a string of at most 63 characters (and at "
+                    "most 64 options)", path, o->string);
             return NULL;
         }
         keys[n] = o->string;
@@ -126,7 +132,8 @@ static Strategy *suite_strategy(const cJSON *j, const Graph *g, const Cluster *c
         size_t k = 0;
         while (k < sizeof ints / sizeof ints[0] && strcmp(ints[k].key, o->string)) k++;
         if (k < sizeof ints / sizeof ints[0]) {
-            if (!cJSON_IsNumber(o) || o->valuedouble != (int)o->valuedouble || o->valuedouble < 0) {
+            if (!cJSON_IsNumber(o) || !(o->valuedouble >= 0 && o->valuedouble <= INT_MAX) ||
+                o->valuedouble != floor(o->valuedouble)) {
                 err_set(err, "%s.%s: want a whole number >= 0", path, o->string);
                 return NULL;
             }
@@ -160,14 +167,15 @@ static Strategy *suite_strategy(const cJSON *j, const Graph *g, const Cluster *c
 static int spec_world(const cJSON *j)
 {
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "world");
-    if (cJSON_IsNumber(w)) return (int)w->valuedouble;
+    if (cJSON_IsNumber(w))
+        return w->valuedouble >= 0 && w->valuedouble <= INT_MAX ? (int)w->valuedouble : INT_MAX;
     const cJSON *mesh = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "json"),
                                                          "mesh");
     if (!cJSON_IsObject(mesh)) return 0;
-    int n = 1;
+    double n = 1;
     const cJSON *a;
-    cJSON_ArrayForEach(a, mesh) n *= cJSON_IsNumber(a) ? (int)a->valuedouble : 1;
-    return n;
+    cJSON_ArrayForEach(a, mesh) n *= cJSON_IsNumber(a) && a->valuedouble >= 1 ? a->valuedouble : 1;
+    return n <= INT_MAX ? (int)n : INT_MAX;
 }
 
 /* ----------------------------------------------------------------------------
@@ -214,10 +222,13 @@ static int run_plan(const ValidateOpts *o, const char *model, const char *strate
     out[len] = 0;
     close(fd[0]);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
     const char *at = strstr(out, "stored as run ");
     int rc = 0;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !at) {
+    if (w != pid) {
+        rc = err_set(err, "strata run: cannot wait for it (%s)", strerror(errno));
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !at) {
         /* the run's own last line says why */
         char *last = out + len;
         while (last > out && (last[-1] == '\n' || last[-1] == ' ')) *--last = 0;
@@ -323,6 +334,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     }
     DbProfile prof;
     int rc = newest_profile(db, o.profile_id, &prof, err);
+    bool prof_loaded = rc == 0;
     char cm_id[17] = "";
     if (!rc && !o.costmodel_id) {
         DbCostModel cm;
@@ -335,6 +347,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     }
     db_close(db);
     if (rc) {
+        if (prof_loaded) db_profile_free(&prof);
         cJSON_Delete(suite);
         return -1;
     }
@@ -371,6 +384,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     for (int i = 0; i < n; i++) {
         const cJSON *pl = cJSON_GetArrayItem(plans, i);
         ValidateRow *row = &v->rows[v->nrows];
+        memset(row, 0, sizeof *row);
         char path[64], mp[80], sp[80];
         snprintf(path, sizeof path, "plans[%d]", i);
         snprintf(mp, sizeof mp, "%s.model", path);
