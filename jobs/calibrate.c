@@ -38,8 +38,8 @@ typedef struct {
 
 /* One stored plan simulated with ops/links; NAN when it cannot be. */
 static double simulate_plan(Db *db, const char *plan_id, const OpModel *ops,
-                            const Cluster *profile_cluster, int64_t profile_id,
-                            const char *db_path, Obs *o, Err *err)
+                            const LinkModel *links, const Cluster *profile_cluster, Obs *o,
+                            Err *err)
 {
     DbPlan p;
     DbModel m;
@@ -53,11 +53,8 @@ static double simulate_plan(Db *db, const char *plan_id, const OpModel *ops,
     Graph *g = gj ? graph_from_json(gj, err) : NULL;
     Strategy *s = g && sj ? strategy_from_json(sj, g, profile_cluster, err) : NULL;
     Plan *pl = s ? ir_lower(g, profile_cluster, s, err) : NULL;
-    Predictor pd;
-    bool have = false;
-    if (pl && predictor_load(db_path, NULL, profile_id, profile_cluster, &pd, err) == 0) {
-        have = true;
-        SimOpts so = { .ops = ops, .links = pd.links };
+    if (pl) {
+        SimOpts so = { .ops = ops, .links = links };
         SimResult r;
         if (cost_simulate(g, profile_cluster, s, pl, &so, &r, err) == 0) {
             t = r.step_time;
@@ -76,7 +73,6 @@ static double simulate_plan(Db *db, const char *plan_id, const OpModel *ops,
             sim_result_free(&r);
         }
     }
-    if (have) predictor_free(&pd);
     plan_free(pl);
     strategy_free(s);
     graph_free(g);
@@ -156,8 +152,13 @@ int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, 
     OpModel *ops = c ? opmodel_load(blob, nblob, err) : NULL;
     DbValidation *vs = NULL;
     int nv = 0, n = 0, cap = 0, rc = -1;
+    /* the links every plan is priced with: the profile's fits, read once */
+    Predictor pd;
+    bool have_pd = false;
     Obs *o = NULL;
-    if (!ops || db_validation_list(db, &vs, &nv, err)) goto out;
+    if (!ops || predictor_load(db_path, NULL, profile_id, c, &pd, err)) goto out;
+    have_pd = true;
+    if (db_validation_list(db, &vs, &nv, err)) goto out;
     /* every measured row of every validation on this profile, newest first;
      * a plan measured several times counts once (its newest run) */
     for (int k = 0; k < nv; k++) {
@@ -176,8 +177,7 @@ int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, 
             snprintf(o[n].name, sizeof o[n].name, "%s", rows[i].plan_id);
             o[n].y = rows[i].measured_s;
             Err e2 = { { 0 } };
-            o[n].before = simulate_plan(db, rows[i].plan_id, ops, c, profile_id, db_path,
-                                        &o[n], &e2);
+            o[n].before = simulate_plan(db, rows[i].plan_id, ops, pd.links, c, &o[n], &e2);
             if (isfinite(o[n].before)) n++;
         }
         db_validation_plans_free(rows, nr);
@@ -204,7 +204,7 @@ int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, 
     if (!cops) goto out;
     for (int i = 0; i < n; i++) {
         Err e2 = { { 0 } };
-        o[i].after = simulate_plan(db, o[i].name, cops, c, profile_id, db_path, NULL, &e2);
+        o[i].after = simulate_plan(db, o[i].name, cops, pd.links, c, NULL, &e2);
     }
     opmodel_free(cops);
     cal->nruns = n;
@@ -217,6 +217,7 @@ int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, 
 out:
     free(o);
     db_validation_list_free(vs, nv);
+    if (have_pd) predictor_free(&pd);
     opmodel_free(ops);
     cluster_free(c);
     cJSON_Delete(cj);
