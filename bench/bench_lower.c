@@ -3,7 +3,9 @@
  *
  * GPT-3 175B under Megatron-LM's 1024-GPU layout (t=8, p=16, d=8, 192
  * micro-batches) and two smaller layouts; prints the median of a few runs,
- * the classes and the instructions lowered. Figures, not pass/fail.
+ * the classes and the instructions lowered, for the full program, the
+ * compact form (each distinct pass once, plus the schedule) and the
+ * expansion of the compact form. Figures, not pass/fail.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,26 +41,42 @@ static int bench(const char *label, const Graph *g, const Cluster *c, StrategyOp
         fprintf(stderr, "bench_lower: %s: %s\n", label, err.msg);
         return 1;
     }
-    double t[16];
-    long instrs = 0;
+    double t[3][16];
+    long instrs[2] = { 0, 0 };
     int classes = 0;
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
         Plan *p = ir_lower(g, c, s, &err);
-        t[r] = now_s() - t0;
-        if (!p) {
+        double t1 = now_s();
+        Plan *cp = p ? ir_lower_compact(g, c, s, &err) : NULL;
+        double t2 = now_s();
+        Plan *ex = cp ? plan_expand(cp) : NULL;
+        double t3 = now_s();
+        t[0][r] = t1 - t0;
+        t[1][r] = t2 - t1;
+        t[2][r] = t3 - t2;
+        if (!ex) {
             fprintf(stderr, "bench_lower: %s: %s\n", label, err.msg);
+            plan_free(p);
             strategy_free(s);
             return 1;
         }
-        instrs = 0;
-        for (int k = 0; k < p->nclasses; k++) instrs += p->classes[k].ninstrs;
+        instrs[0] = instrs[1] = 0;
+        for (int k = 0; k < p->nclasses; k++) {
+            instrs[0] += p->classes[k].ninstrs;
+            instrs[1] += cp->classes[k].ninstrs;
+        }
         classes = p->nclasses;
         plan_free(p);
+        plan_free(cp);
+        plan_free(ex);
     }
-    qsort(t, reps, sizeof t[0], cmp);
-    printf("  %-44s %5d ranks %3d classes %9ld instrs  %8.1f ms (median of %d)\n", label, s->world,
-           classes, instrs, t[reps / 2] * 1e3, reps);
+    for (int k = 0; k < 3; k++) qsort(t[k], reps, sizeof t[k][0], cmp);
+    printf("  %-44s %5d ranks %3d classes (median of %d)\n", label, s->world, classes, reps);
+    printf("    full    %9ld instrs  %8.2f ms\n", instrs[0], t[0][reps / 2] * 1e3);
+    printf("    compact %9ld instrs  %8.2f ms  (%.0fx faster)\n", instrs[1], t[1][reps / 2] * 1e3,
+           t[0][reps / 2] / t[1][reps / 2]);
+    printf("    expand  %9ld instrs  %8.2f ms\n", instrs[0], t[2][reps / 2] * 1e3);
     strategy_free(s);
     return 0;
 }

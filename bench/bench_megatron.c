@@ -88,7 +88,7 @@ int main(void)
         Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
         cJSON_Delete(j);
         double t0 = now_s();
-        Plan *p = s ? ir_lower(g, c, s, &err) : NULL;
+        Plan *p = s ? ir_lower_compact(g, c, s, &err) : NULL;
         SimResult res;
         int rc = p ? cost_simulate(g, c, s, p, NULL, &res, &err) : -1;
         double dt = now_s() - t0;

@@ -584,7 +584,7 @@ static int cmd_lower(int argc, char **argv)
         goto out;
     }
     double t0 = now_s();
-    p = ir_lower(g, c, s, &err);
+    p = ir_lower_compact(g, c, s, &err);
     double dt = now_s() - t0;
     if (!p) {
         rc = fail(&err);

@@ -294,8 +294,8 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     if (L.s && L.c && L.s->world != world)
         err_set(&err, "the strategy needs %d ranks, but this run has %d (mpirun -np %d)", L.s->world,
                 world, world);
-    else if (L.s && L.c)
-        L.p = ir_lower(L.g, L.c, L.s, &err);
+    else if (L.s && L.c && (L.p = ir_lower_compact(L.g, L.c, L.s, &err)))
+        plan_expand_class(L.p, L.p->rank_class[rank]);    /* this rank runs its own class only */
     bool ok = L.p != NULL;
     if (ok) {
         /* fail before allocating: what the plan needs against what there is */

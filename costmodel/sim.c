@@ -154,6 +154,16 @@ typedef struct {
     SimClass out;
     int32_t *later;                 /* updates set aside, in order (see main_step) */
     int nlater;
+    /* a compact program (see "Passes"): the passes run whole before the
+     * instruction-level loop takes over at pass `first` */
+    const Program *cp;
+    int32_t *pass_at;               /* program_pass_index */
+    int first;
+    double afree[S_GROUPS + KEYS];  /* by stream code: free after the passes run whole */
+    double base_end;                /* latest end among them (and their sends) */
+    int *xoff;                      /* per pass: its exports' first slot in x* */
+    double *xstart, *xend;          /* per export slot of a pass run whole */
+    int8_t *xcode;                  /* its stream code */
 } CState;
 
 typedef struct {
@@ -321,10 +331,18 @@ static SyncAlgo algo_of(const Sim *S, const Instr *in)
 /* ----------------------------------------------------------------------------
  * Scheduling */
 
+/* A dependency d <= -2 is an instruction of a pass run whole (see
+ * "Passes"): export slot -2 - d. */
+static bool is_ext(int32_t d)
+{
+    return d <= -2;
+}
+
 /* End of instruction d of class c, resolving alloc/free (which take no time)
  * from their own dependencies; NAN while unknown. */
 static double dep_end(const CState *c, int32_t d)
 {
+    if (is_ext(d)) return c->xend[-2 - d];
     const Instr *in = &c->pr->instrs[d];
     if (!isnan(c->end[d]) || (in->kind != I_ALLOC && in->kind != I_FREE)) return c->end[d];
     double t = 0;
@@ -376,15 +394,25 @@ static void span(Sim *S, int ci, int32_t i, double start, double end)
  * interprets the program on one thread: every communication blocks it
  * except the gradient all-reduces it starts without waiting (in place,
  * uncompressed) and the sends it posts. */
-static int stream_of(const Sim *S, CState *c, const Instr *in)
+static int stream_code(const Sim *S, const CState *c, const Instr *in)
 {
+    if (in->kind == I_ALLOC || in->kind == I_FREE) return -1;
     if (in->kind == I_COMPUTE) return S_MAIN;
     bool p2p = in->kind == I_SEND || in->kind == I_RECV;
     bool async = c->dev.gpu || (in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
                                 (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED));
     if (!async) return S_MAIN;
     if (p2p) return S_P2P;
-    int key = key_of(S, in);
+    return S_GROUPS + key_of(S, in);
+}
+
+/* The same as a stream of this class's instruction-level loop: the first
+ * group met gets the first stream after S_P2P. */
+static int stream_of(const Sim *S, CState *c, const Instr *in)
+{
+    int code = stream_code(S, c, in);
+    if (code < S_GROUPS) return code;
+    int key = code - S_GROUPS;
     if (c->key_stream[key] < 0) c->key_stream[key] = (int16_t)c->nstreams++;
     return c->key_stream[key];
 }
@@ -408,7 +436,10 @@ static bool run_compute(Sim *S, int ci, int32_t i)
     /* a wait for communication is exposed comm up to the transfer's length;
      * the rest is a wait for a peer (a bubble, a slower member) */
     double gap = t - c->free_t[S_MAIN];
-    if (gap > 0 && bind >= 0 && c->sid[bind] != S_MAIN) {
+    if (gap > 0 && is_ext(bind) && c->xcode[-2 - bind] != S_MAIN) {
+        double moved = c->xend[-2 - bind] - c->xstart[-2 - bind];
+        c->out.exposed_comm += fmin(gap, fmax(0, moved));
+    } else if (gap > 0 && bind >= 0 && c->sid[bind] != S_MAIN) {
         double moved = c->end[bind] - c->start[bind];
         c->out.exposed_comm += fmin(gap, fmax(0, moved));
     }
@@ -614,7 +645,10 @@ static bool run_recv(Sim *S, int ci, int32_t i)
         m->end = end;
         /* the sender learns when its bytes left */
         CState *sc = &S->cs[m->send_class];
-        if (isnan(sc->end[m->send_instr])) {
+        if (m->send_instr < 0) {            /* posted by a pass run whole */
+            sc->base_end = fmax(sc->base_end, end);
+            sc->out.busy_comm += dur;
+        } else if (isnan(sc->end[m->send_instr])) {
             sc->end[m->send_instr] = end;
             sc->out.busy_comm += dur;
             span(S, m->send_class, m->send_instr, start, end);
@@ -645,6 +679,10 @@ static bool waits_async(const CState *c, int32_t i)
     if (in->kind != I_COMPUTE || in->op >= 0 || in->phase != PH_UPDATE) return false;
     for (int k = 0; k < in->ndeps; k++) {
         int32_t d = c->pr->deps[in->dep0 + k];
+        if (is_ext(d)) {
+            if (c->xcode[-2 - d] != S_MAIN && c->xend[-2 - d] > c->free_t[S_MAIN]) return true;
+            continue;
+        }
         if (c->sid[d] == S_MAIN || c->sid[d] == UINT16_MAX) continue;
         if (isnan(c->end[d]) || c->end[d] > c->free_t[S_MAIN]) return true;
     }
@@ -681,7 +719,7 @@ static bool main_step(Sim *S, int ci)
     const Instr *in = &c->pr->instrs[i];
     for (int k = 0; k < in->ndeps; k++) {
         int32_t d = c->pr->deps[in->dep0 + k];
-        if (c->seq[d] != -2 || !isnan(c->end[d])) continue;
+        if (is_ext(d) || c->seq[d] != -2 || !isnan(c->end[d])) continue;
         if (!run_compute(S, ci, d)) return false;
         for (int j = 0; j < c->nlater; j++)
             if (c->later[j] == d) later_remove(c, j--);
@@ -698,26 +736,587 @@ static bool main_step(Sim *S, int ci)
     return true;
 }
 
-/* Advances class ci as far as its streams go; returns instructions done. */
+/* Advances class ci as far as its streams go; returns instructions done.
+ * The other streams go as far as they can before each step of the
+ * interpreter's, so that a set-aside update sees its all-reduce finish at
+ * the first boundary after it does (whatever order the classes are
+ * visited in). */
 static int advance(Sim *S, int ci)
 {
     CState *c = &S->cs[ci];
     int moved = 0;
     for (;;) {
         bool any = false;
-        while (main_step(S, ci)) {
-            moved++;
-            any = true;
-        }
         for (int st = S_MAIN + 1; st < c->nstreams; st++)
             while (c->cur[st] < c->list_off[st + 1] && run_instr(S, ci, c->list[c->cur[st]])) {
                 c->cur[st]++;
                 moved++;
                 any = true;
             }
+        if (main_step(S, ci)) {
+            moved++;
+            any = true;
+        }
         if (!any) break;
     }
     return moved;
+}
+
+/* ----------------------------------------------------------------------------
+ * Passes
+ *
+ * A compact program (ir_lower_compact) lists the passes of the step and the
+ * body each runs. A pass with no optimizer update, no collective shared
+ * with another class, no parameter-server traffic and no tied sum is
+ * regular: once every message it receives has been posted, its times follow
+ * from its streams' free times, those messages and the instructions of
+ * earlier passes it reads, by the very rules of the instruction-level loop
+ * above, in one sweep over the body in program order. Passes run whole
+ * that way, class after class, as long as some class can; the rest of the
+ * step (the last micro-batch's backward with its synchronisation, the tail)
+ * then runs instruction by instruction, from where the streams stand. Only
+ * instructions another pass reads keep their times (the exports). */
+
+/* A pass run once, remembered: its inputs and outputs relative to when
+ * its interpreter's stream was free (T0). Times shift with T0 (every rule
+ * is a max of sums), so a pass meeting the same relative inputs again
+ * yields the same outputs shifted. Inputs are compared quantised to q,
+ * 2^-36 of the body's own busy time (or a few units in the last place of
+ * T0, if more): a hit is off by at most q, and errors do not grow through
+ * max and plus, so a step of N passes is off by at most N q. */
+#define MEMO_WAYS 4
+
+typedef struct {
+    int64_t *key;                   /* quantised inputs, nkey */
+    double *out;                    /* outputs: streams after, p2p times, exports, latest end */
+    double exposed;                 /* exposed communication of the pass */
+    double q;                       /* the quantum the key was taken with */
+    bool used;
+} Memo;
+
+typedef struct {
+    bool regular;
+    int8_t *code;                   /* stream code (S_MAIN, S_P2P, S_GROUPS + key); -1: alloc/free */
+    double *dur;
+    uint8_t *src;                   /* compute: CostSource */
+    int32_t *peer;                  /* send/recv: the peer's rank */
+    int32_t *nth;                   /* recv: earlier sends/recvs of the body with its peer and tag */
+    /* what is the same every time the body runs */
+    SimClass add;                   /* busy compute, own comm, instructions, FLOPs, recompute */
+    double scale;                   /* its busy time, for the memo's quantum */
+    int op_count[CM_SRC_COUNT];
+    uint32_t analytic_kinds;
+    /* inputs and outputs of a run, for the memo */
+    int nstream;                    /* stream codes the body uses */
+    int16_t *streams;
+    int np2p;                       /* its sends and receives, in order */
+    int32_t *p2p;
+    int next;                       /* dependencies on other passes: (instruction, dependency) */
+    int32_t (*ext)[2];
+    int nexp;                       /* its exports: (instruction, slot) */
+    int32_t (*exp)[2];
+    int nkey, nout;
+    Memo memo[MEMO_WAYS];
+    int memo_next;
+} Compiled;
+
+typedef struct {
+    Compiled *cb;                   /* per body, compiled on first use */
+    int *export_slot;               /* per body instruction: its export index, -1 */
+    int *nexports;                  /* per body */
+    double *start, *end;            /* scratch: the pass being run */
+    int64_t *key;                   /* scratch: its memo key */
+} Passes;
+
+/* Numbers, body by body, every instruction a pass other than its own
+ * reads (the exports). */
+static void find_exports(const Program *cp, Passes *P)
+{
+    int n = cp->ninstrs ? cp->ninstrs : 1;
+    bool *read = xcalloc(n, sizeof *read);
+    for (int b = 0; b < cp->nbodies; b++) {
+        const Body *B = &cp->bodies[b];
+        for (int i = B->i0; i < B->i1; i++) {
+            const Instr *in = &cp->instrs[i];
+            for (int k = 0; k < in->ndeps; k++) {
+                int32_t d = cp->deps[in->dep0 + k];
+                if (d < B->i0 || d >= B->i1) read[d] = true;
+            }
+        }
+    }
+    P->export_slot = xmalloc(sizeof *P->export_slot * n);
+    P->nexports = xcalloc(cp->nbodies, sizeof *P->nexports);
+    for (int b = 0; b < cp->nbodies; b++)
+        for (int i = cp->bodies[b].i0; i < cp->bodies[b].i1; i++)
+            P->export_slot[i] = read[i] ? P->nexports[b]++ : -1;
+    free(read);
+}
+
+static void compile_body(Sim *S, int ci, Passes *P, int b)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    const Body *B = &cp->bodies[b];
+    Compiled *k = &P->cb[b];
+    int n = B->i1 - B->i0 ? B->i1 - B->i0 : 1;
+    k->code = xmalloc(sizeof *k->code * n);
+    k->dur = xcalloc(n, sizeof *k->dur);
+    k->src = xcalloc(n, sizeof *k->src);
+    k->peer = xcalloc(n, sizeof *k->peer);
+    k->nth = xcalloc(n, sizeof *k->nth);
+    k->regular = B->kind != BODY_TAIL;
+    k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
+    k->p2p = xmalloc(sizeof *k->p2p * n);
+    k->ext = xmalloc(sizeof *k->ext * (cp->ndeps ? cp->ndeps : 1));
+    bool used[S_GROUPS + KEYS] = { false };
+    for (int x = 0; x < B->i1 - B->i0; x++) {
+        const Instr *in = &cp->instrs[B->i0 + x];
+        int code = stream_code(S, c, in);
+        k->code[x] = (int8_t)(code < S_GROUPS ? code : -2);    /* -2: a group's, by its key */
+        if (code < 0) continue;
+        if (!used[code]) k->streams[k->nstream++] = (int16_t)code;
+        used[code] = true;
+        for (int q = 0; q < in->ndeps; q++) {
+            int32_t d = cp->deps[in->dep0 + q];
+            if (d < B->i0 || d >= B->i1) {
+                k->ext[k->next][0] = x;
+                k->ext[k->next++][1] = d;
+            }
+        }
+        if (in->kind == I_COMPUTE) {
+            if (in->op < 0 && in->phase == PH_UPDATE) k->regular = false;
+            CostSource src = CM_SRC_ANALYTIC;
+            k->dur[x] = op_time(S, c, in, &src);
+            k->src[x] = (uint8_t)src;
+            k->op_count[src]++;
+            if (src == CM_SRC_ANALYTIC)
+                k->analytic_kinds |= 1u << (in->op >= 0 ? (int)S->g->ops[in->op].kind : CM_KIND_SUM);
+            k->add.busy_compute += k->dur[x];
+            k->add.main_instrs++;
+            k->add.flops += in->flops;
+            if (in->recompute) k->add.recompute += k->dur[x];
+        } else if (in->kind == I_SEND || in->kind == I_RECV) {
+            k->p2p[k->np2p++] = x;
+            if (in->why == WHY_PS) k->regular = false;
+            k->peer[x] = peer_rank(S, c, in);
+            k->dur[x] = p2p_time(S, c, in, k->peer[x]);
+            int64_t tag = tag_of(in);
+            for (int y = 0; y < x; y++) {
+                const Instr *o = &cp->instrs[B->i0 + y];
+                if ((o->kind == I_SEND || o->kind == I_RECV) && k->peer[y] == k->peer[x] &&
+                    tag_of(o) == tag)
+                    k->nth[x]++;
+            }
+        } else {
+            if (in->why == WHY_TIED || in->why == WHY_PS) k->regular = false;
+            MeetList *ml = meet_list(S, ci, in, key_of(S, in));
+            if (ml->nmembers > 1) k->regular = false;
+            k->dur[x] = ml->nranks < 2 ? 0 : compressed_time(S, c, in, ml);
+            if (code == S_MAIN) k->dur[x] += S->calib[2];
+        }
+        if (in->kind != I_COMPUTE && in->kind != I_SEND) {
+            double own = k->dur[x] + (in->kind == I_RECV && code == S_MAIN ? S->calib[2] : 0);
+            k->add.busy_comm += own;
+            if (code == S_MAIN) {
+                k->add.main_instrs++;
+                k->add.exposed_comm += own;
+            }
+        }
+    }
+    int nrecv = 0;
+    k->exp = xmalloc(sizeof *k->exp * n);
+    for (int x = 0; x < B->i1 - B->i0; x++)
+        if (P->export_slot[B->i0 + x] >= 0) {
+            k->exp[k->nexp][0] = x;
+            k->exp[k->nexp++][1] = P->export_slot[B->i0 + x];
+        }
+    for (int q = 0; q < k->np2p; q++) nrecv += cp->instrs[B->i0 + k->p2p[q]].kind == I_RECV;
+    k->scale = k->add.busy_compute + k->add.busy_comm;
+    k->nkey = k->nstream + nrecv + 2 * k->next;
+    k->nout = k->nstream + k->np2p + nrecv + 3 * k->nexp + 1;
+    for (int w = 0; w < MEMO_WAYS; w++) {
+        k->memo[w].key = xmalloc(sizeof *k->memo[w].key * (k->nkey ? k->nkey : 1));
+        k->memo[w].out = xmalloc(sizeof *k->memo[w].out * k->nout);
+    }
+}
+
+static int group_code(const Sim *S, const Instr *in, int8_t code)
+{
+    return code == -2 ? S_GROUPS + key_of(S, in) : code;
+}
+
+/* The message a send or receive of the body will be, without taking it. */
+static Msg *p2p_msg(Sim *S, int ci, const Compiled *k, const Instr *in, int x)
+{
+    int64_t tag = tag_of(in);
+    int n = map_at(&S->p2p_count, ci, k->peer[x], tag, 0)->v + 1 + k->nth[x];
+    int other = S->p->rank_class[k->peer[x]];
+    return in->kind == I_SEND ? msg_for(S, ci, other, tag, n) : msg_for(S, other, ci, tag, n);
+}
+
+/* Has every message the pass receives been posted? */
+static bool pass_ready(Sim *S, int ci, Passes *P, int pass)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    int b = cp->sched[pass].body;
+    if (!P->cb[b].code) compile_body(S, ci, P, b);
+    const Compiled *k = &P->cb[b];
+    if (!k->regular) return false;
+    const Body *B = &cp->bodies[b];
+    for (int q = 0; q < k->np2p; q++) {
+        const Instr *in = &cp->instrs[B->i0 + k->p2p[q]];
+        if (in->kind == I_RECV && isnan(p2p_msg(S, ci, k, in, k->p2p[q])->send_t)) return false;
+    }
+    return true;
+}
+
+/* Export slot (in c->x*) of the instruction of another pass that
+ * dependency d of pass `pass` names. */
+static int ext_slot(const CState *c, const Passes *P, int pass, int32_t d)
+{
+    const Program *cp = c->cp;
+    int32_t loc;
+    int op = program_pass_of(cp, c->pass_at, pass, d, &loc);
+    return c->xoff[op] + P->export_slot[cp->bodies[cp->sched[op].body].i0 + loc];
+}
+
+static int64_t quantum(double v, double q)
+{
+    return isnan(v) ? INT64_MIN : llround(v / q);
+}
+
+/* Evaluates the pass instruction by instruction, by the rules of the loop
+ * above, writing its outputs relative to T0 into out (Compiled.nout).
+ * Returns false when a send finds its receiver already waiting (the pass
+ * then depends on more than its key says and is not remembered). */
+static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *out,
+                      double *exposed)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    int b = cp->sched[pass].body;
+    const Body *B = &cp->bodies[b];
+    const Compiled *k = &P->cb[b];
+    double *st = P->start, *en = P->end, *fr = c->afree, last = -INFINITY;
+    double *o_p2p = out + k->nstream;
+    int np = 0, nx = 0;
+    bool plain = true;
+    *exposed = 0;
+    /* outputs after the streams: per p2p op its time (send: posted;
+     * receive: ready) then per receive its end; then per export start, end,
+     * code; then the latest end */
+    int nrecv = 0;
+    for (int q = 0; q < k->np2p; q++) nrecv += cp->instrs[B->i0 + k->p2p[q]].kind == I_RECV;
+    double *o_recv_end = o_p2p + k->np2p, *o_x = o_recv_end + nrecv;
+    int nr = 0;
+    for (int x = 0; x < B->i1 - B->i0; x++) {
+        int i = B->i0 + x;
+        const Instr *in = &cp->instrs[i];
+        st[x] = en[x] = NAN;
+        if (k->code[x] == -1) continue;
+        int code = group_code(S, in, k->code[x]);
+        /* ready: the stream, then every dependency (the first latest binds) */
+        double t = fr[code], bs = NAN, be = NAN;
+        int bcode = S_MAIN;
+        for (int q = 0; q < in->ndeps; q++) {
+            int32_t d = cp->deps[in->dep0 + q];
+            double e, s0;
+            int dc;
+            if (d >= B->i0 && d < B->i1) {
+                int loc = d - B->i0;
+                e = en[loc];
+                s0 = st[loc];
+                dc = k->code[loc] == -2 ? S_GROUPS : k->code[loc];
+            } else {
+                int slot = ext_slot(c, P, pass, d);
+                e = c->xend[slot];
+                s0 = c->xstart[slot];
+                dc = c->xcode[slot];
+            }
+            if (e > t) {
+                t = e;
+                bs = s0;
+                be = e;
+                bcode = dc;
+            }
+        }
+        double dur = k->dur[x], s1 = t, e1;
+        switch ((InstrKind)in->kind) {
+        case I_COMPUTE: {
+            double gap = t - fr[S_MAIN];
+            if (gap > 0 && !isnan(be) && bcode != S_MAIN) *exposed += fmin(gap, fmax(0, be - bs));
+            e1 = t + dur;
+            fr[S_MAIN] = e1;
+            break;
+        }
+        case I_SEND: {
+            int64_t tag = tag_of(in);
+            Msg *m = msg_for(S, ci, S->p->rank_class[k->peer[x]], tag,
+                             next_seq(S, ci, k->peer[x], tag));
+            m->send_t = t;
+            m->send_class = ci;
+            m->send_instr = -1;
+            e1 = NAN;
+            if (!isnan(m->recv_ready)) {
+                m->end = fmax(t, m->recv_ready) + dur;
+                e1 = m->end;
+                c->out.busy_comm += dur;
+                plain = false;
+            }
+            o_p2p[np++] = t - T0;
+            break;
+        }
+        case I_RECV: {
+            int64_t tag = tag_of(in);
+            int n = next_seq(S, ci, k->peer[x], tag);
+            Msg *m = msg_for(S, S->p->rank_class[k->peer[x]], ci, tag, n);
+            if (isnan(m->recv_ready)) m->recv_ready = t;
+            s1 = fmax(m->send_t, t);
+            e1 = s1 + dur + (code == S_MAIN ? S->calib[2] : 0);
+            if (isnan(m->end)) {
+                m->end = e1;
+                CState *sc = &S->cs[m->send_class];
+                if (m->send_instr < 0) {
+                    sc->base_end = fmax(sc->base_end, e1);
+                    sc->out.busy_comm += dur;
+                } else if (isnan(sc->end[m->send_instr])) {
+                    sc->end[m->send_instr] = e1;
+                    sc->out.busy_comm += dur;
+                }
+            }
+            o_p2p[np++] = t - T0;
+            o_recv_end[nr++] = e1 - T0;
+            fr[code] = e1;
+            break;
+        }
+        default:
+            e1 = t + dur;
+            fr[code] = e1;
+        }
+        st[x] = s1;
+        en[x] = e1;
+        if (!isnan(e1)) last = fmax(last, e1);
+        int slot = P->export_slot[i];
+        if (slot >= 0) {
+            int8_t xc = (int8_t)(code < S_GROUPS ? code : S_GROUPS);
+            c->xstart[c->xoff[pass] + slot] = s1;
+            c->xend[c->xoff[pass] + slot] = e1;
+            c->xcode[c->xoff[pass] + slot] = xc;
+            o_x[nx++] = s1 - T0;
+            o_x[nx++] = e1 - T0;
+            o_x[nx++] = xc;
+        }
+    }
+    for (int q = 0; q < k->nstream; q++) out[q] = fr[k->streams[q]] - T0;
+    out[k->nout - 1] = last - T0;
+    if (last > -INFINITY) c->base_end = fmax(c->base_end, last);
+    return plain;
+}
+
+/* Replays a remembered pass at T0; false (nothing done) when a send of it
+ * would find its receiver waiting already. */
+static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Memo *me)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    const Body *B = &cp->bodies[cp->sched[pass].body];
+    const Compiled *k = &P->cb[cp->sched[pass].body];
+    for (int q = 0; q < k->np2p; q++) {
+        const Instr *in = &cp->instrs[B->i0 + k->p2p[q]];
+        if (in->kind == I_SEND && !isnan(p2p_msg(S, ci, k, in, k->p2p[q])->recv_ready)) return false;
+    }
+    const double *o_p2p = me->out + k->nstream, *o_recv_end = o_p2p + k->np2p;
+    int nr = 0;
+    for (int q = 0; q < k->np2p; q++) {
+        int x = k->p2p[q];
+        const Instr *in = &cp->instrs[B->i0 + x];
+        int64_t tag = tag_of(in);
+        int n = next_seq(S, ci, k->peer[x], tag);
+        int other = S->p->rank_class[k->peer[x]];
+        if (in->kind == I_SEND) {
+            Msg *m = msg_for(S, ci, other, tag, n);
+            m->send_t = T0 + o_p2p[q];
+            m->send_class = ci;
+            m->send_instr = -1;
+            continue;
+        }
+        Msg *m = msg_for(S, other, ci, tag, n);
+        double e1 = T0 + o_recv_end[nr++];
+        if (isnan(m->recv_ready)) m->recv_ready = T0 + o_p2p[q];
+        if (isnan(m->end)) {
+            m->end = e1;
+            CState *sc = &S->cs[m->send_class];
+            if (m->send_instr < 0) {
+                sc->base_end = fmax(sc->base_end, e1);
+                sc->out.busy_comm += k->dur[x];
+            } else if (isnan(sc->end[m->send_instr])) {
+                sc->end[m->send_instr] = e1;
+                sc->out.busy_comm += k->dur[x];
+            }
+        }
+    }
+    const double *o_x = o_recv_end + nr;
+    for (int q = 0; q < k->nexp; q++) {
+        int slot = c->xoff[pass] + k->exp[q][1];
+        c->xstart[slot] = T0 + o_x[3 * q];
+        c->xend[slot] = T0 + o_x[3 * q + 1];
+        c->xcode[slot] = (int8_t)o_x[3 * q + 2];
+    }
+    for (int q = 0; q < k->nstream; q++) c->afree[k->streams[q]] = T0 + me->out[q];
+    if (me->out[k->nout - 1] > -INFINITY) c->base_end = fmax(c->base_end, T0 + me->out[k->nout - 1]);
+    c->out.exposed_comm += me->exposed;
+    return true;
+}
+
+/* Runs pass `pass` of class ci whole (it is regular and ready): replayed
+ * when it meets inputs it has met before, else evaluated and remembered. */
+static void run_pass(Sim *S, int ci, Passes *P, int pass)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    int b = cp->sched[pass].body;
+    const Body *B = &cp->bodies[b];
+    Compiled *k = &P->cb[b];
+    double T0 = c->afree[S_MAIN];
+    int bin;
+    frexp(fmax(T0, 1e-300), &bin);
+    double q = fmax(k->scale * 0x1p-36, ldexp(1.0, bin - 52 + 8));
+    int64_t *key = P->key;
+    int nk = 0;
+    for (int x = 0; x < k->nstream; x++) key[nk++] = quantum(c->afree[k->streams[x]] - T0, q);
+    for (int x = 0; x < k->np2p; x++) {
+        const Instr *in = &cp->instrs[B->i0 + k->p2p[x]];
+        if (in->kind == I_RECV) key[nk++] = quantum(p2p_msg(S, ci, k, in, k->p2p[x])->send_t - T0, q);
+    }
+    for (int x = 0; x < k->next; x++) {
+        int slot = ext_slot(c, P, pass, k->ext[x][1]);
+        if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
+            /* done before the interpreter's stream is free: it cannot bind */
+            key[nk++] = INT64_MAX;
+            key[nk++] = INT64_MAX;
+            continue;
+        }
+        key[nk++] = quantum(c->xend[slot] - T0, q);
+        key[nk++] = quantum(c->xstart[slot] - T0, q);
+    }
+    bool done = false;
+    for (int w = 0; w < MEMO_WAYS && !done; w++) {
+        const Memo *me = &k->memo[w];
+        if (me->used && me->q == q && !memcmp(me->key, key, sizeof *key * nk))
+            done = replay_pass(S, ci, P, pass, T0, me);
+    }
+    if (!done) {
+        Memo *me = &k->memo[k->memo_next];
+        if (eval_pass(S, ci, P, pass, T0, me->out, &me->exposed)) {
+            memcpy(me->key, key, sizeof *key * nk);
+            me->q = q;
+            me->used = true;
+            k->memo_next = (k->memo_next + 1) % MEMO_WAYS;
+        } else {
+            me->used = false;
+        }
+        c->out.exposed_comm += me->exposed;
+    }
+    /* what every run of the body adds */
+    c->out.busy_compute += k->add.busy_compute;
+    c->out.busy_comm += k->add.busy_comm;
+    c->out.exposed_comm += k->add.exposed_comm;
+    c->out.main_instrs += k->add.main_instrs;
+    c->out.flops += k->add.flops;
+    c->out.recompute += k->add.recompute;
+    for (int x = 0; x < CM_SRC_COUNT; x++) S->r->op_count[x] += k->op_count[x];
+    S->r->analytic_kinds |= k->analytic_kinds;
+}
+
+typedef struct {
+    CState *c;
+    const Passes *P;
+} Outside;
+
+/* A dependency of the instruction-level rest on an instruction of pass
+ * `pass`, run whole: its export slot, or dropped (-1) when no pass reads
+ * it (the deferred frees after sends, which take no time). */
+static int32_t outside_dep(void *ctx, int pass, int32_t local)
+{
+    const Outside *o = ctx;
+    const Program *cp = o->c->cp;
+    int body = pass < cp->nsched ? cp->sched[pass].body : cp->nbodies - 1;
+    int slot = o->P->export_slot[cp->bodies[body].i0 + local];
+    return slot < 0 ? -1 : -2 - (o->c->xoff[pass] + slot);
+}
+
+/* Runs the regular passes of every class whole, as far as they go, and
+ * gives each class the program of the rest (*rest, to free). */
+static void run_passes(Sim *S, Program *rest, bool whole)
+{
+    int nc = S->p->nclasses;
+    Passes *P = xcalloc(nc, sizeof *P);
+    int *next = xcalloc(nc, sizeof *next);
+    int scratch = 1;
+    for (int ci = 0; ci < nc; ci++) {
+        CState *c = &S->cs[ci];
+        const Program *cp = c->cp = &S->p->classes[ci];
+        c->pass_at = program_pass_index(cp);
+        find_exports(cp, &P[ci]);
+        P[ci].cb = xcalloc(cp->nbodies, sizeof *P[ci].cb);
+        c->xoff = xmalloc(sizeof *c->xoff * (cp->nsched + 2));
+        c->xoff[0] = 0;
+        for (int k = 0; k <= cp->nsched; k++) {
+            int b = k < cp->nsched ? cp->sched[k].body : cp->nbodies - 1;
+            c->xoff[k + 1] = c->xoff[k] + P[ci].nexports[b];
+        }
+        int nx = c->xoff[cp->nsched + 1] ? c->xoff[cp->nsched + 1] : 1;
+        c->xstart = xmalloc(sizeof *c->xstart * nx);
+        c->xend = xmalloc(sizeof *c->xend * nx);
+        c->xcode = xcalloc(nx, sizeof *c->xcode);
+        for (int x = 0; x < nx; x++) c->xstart[x] = c->xend[x] = NAN;
+        for (int b = 0; b < cp->nbodies; b++)
+            if (cp->bodies[b].i1 - cp->bodies[b].i0 > scratch) scratch = cp->bodies[b].i1 - cp->bodies[b].i0;
+    }
+    for (int ci = 0; ci < nc && whole; ci++) {
+        P[ci].start = xmalloc(sizeof *P[ci].start * scratch);
+        P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
+        P[ci].key = xmalloc(sizeof *P[ci].key * (2 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
+    }
+    for (bool moved = whole; moved;) {
+        moved = false;
+        for (int ci = 0; ci < nc; ci++)
+            while (next[ci] < S->cs[ci].cp->nsched && pass_ready(S, ci, &P[ci], next[ci])) {
+                run_pass(S, ci, &P[ci], next[ci]++);
+                moved = true;
+            }
+    }
+    for (int ci = 0; ci < nc; ci++) {
+        CState *c = &S->cs[ci];
+        c->first = next[ci];
+        Outside o = { c, &P[ci] };
+        program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
+        for (int b = 0; b < c->cp->nbodies; b++) {
+            Compiled *k = &P[ci].cb[b];
+            free(k->code);
+            free(k->dur);
+            free(k->src);
+            free(k->peer);
+            free(k->nth);
+            free(k->streams);
+            free(k->p2p);
+            free(k->ext);
+            free(k->exp);
+            for (int w = 0; w < MEMO_WAYS; w++) {
+                free(k->memo[w].key);
+                free(k->memo[w].out);
+            }
+        }
+        free(P[ci].cb);
+        free(P[ci].export_slot);
+        free(P[ci].nexports);
+        free(P[ci].start);
+        free(P[ci].end);
+        free(P[ci].key);
+    }
+    free(P);
+    free(next);
 }
 
 /* ----------------------------------------------------------------------------
@@ -729,15 +1328,24 @@ static int device_index(const Cluster *cl, int rank)
     return (int)(d - cl->groups);
 }
 
-static void class_init(Sim *S, int ci)
+/* Who the class is: its representative rank, its device. */
+static void class_ident(Sim *S, int ci)
 {
     CState *c = &S->cs[ci];
     const Program *pr = &S->p->classes[ci];
-    c->pr = pr;
     c->rep = pr->ranks[0];
     strategy_coords(S->s, c->rep, c->coord);
     c->device = S->c ? device_index(S->c, c->rep) : 0;
     op_device_from_group(cluster_device(S->c, c->rep), &c->dev);
+    for (int k = 0; k < KEYS; k++) c->key_stream[k] = -1;
+}
+
+/* The instruction-level state of the program pr the class runs, its
+ * streams starting where the passes run whole left them. */
+static void class_init(Sim *S, int ci, const Program *pr)
+{
+    CState *c = &S->cs[ci];
+    c->pr = pr;
     int n = pr->ninstrs ? pr->ninstrs : 1;
     c->start = xmalloc(sizeof *c->start * n);
     c->end = xmalloc(sizeof *c->end * n);
@@ -747,7 +1355,6 @@ static void class_init(Sim *S, int ci)
     c->later = xmalloc(sizeof *c->later * n);
     c->nlater = 0;
     c->nstreams = S_GROUPS;
-    for (int k = 0; k < KEYS; k++) c->key_stream[k] = -1;
     for (int i = 0; i < pr->ninstrs; i++) {
         c->start[i] = c->end[i] = NAN;
         c->seq[i] = -1;
@@ -768,6 +1375,10 @@ static void class_init(Sim *S, int ci)
     for (int i = 0; i < pr->ninstrs; i++)
         if (c->sid[i] != UINT16_MAX) c->list[c->cur[c->sid[i]]++] = i;
     for (int st = 0; st < c->nstreams; st++) c->cur[st] = c->list_off[st];
+    c->free_t[S_MAIN] = c->afree[S_MAIN];
+    c->free_t[S_P2P] = c->afree[S_P2P];
+    for (int k = 0; k < KEYS; k++)
+        if (c->key_stream[k] >= 0) c->free_t[c->key_stream[k]] = c->afree[S_GROUPS + k];
     SimClass *o = &c->out;
     o->nranks = pr->nranks;
     o->stage = pr->stage;
@@ -788,6 +1399,11 @@ static void class_free(CState *c)
     free(c->list_off);
     free(c->cur);
     free(c->free_t);
+    free(c->pass_at);
+    free(c->xoff);
+    free(c->xstart);
+    free(c->xend);
+    free(c->xcode);
     for (int k = 0; k < KEYS; k++) {
         free(c->meet[k].v);
         free(c->meet[k].ranks);
@@ -817,7 +1433,7 @@ static void summarise(Sim *S)
     double step = 0;
     for (int ci = 0; ci < r->nclasses; ci++) {
         CState *c = &S->cs[ci];
-        double e = 0;
+        double e = c->base_end;
         for (int i = 0; i < c->pr->ninstrs; i++)
             if (!isnan(c->end[i]) && c->end[i] > e) e = c->end[i];
         if (e > step) step = e;
@@ -886,6 +1502,12 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     if (p->world > c->ndevices)
         return err_set(err, "simulate: the plan needs %d devices, cluster %s has %d", p->world,
                        c->name, c->ndevices);
+    int ncompact = 0;
+    for (int ci = 0; ci < p->nclasses; ci++) ncompact += program_is_compact(&p->classes[ci]);
+    if (ncompact && ncompact < p->nclasses)
+        return err_set(err, "simulate: %d of the plan's %d classes are expanded; give it whole "
+                       "(ir_lower) or compact (ir_lower_compact)", p->nclasses - ncompact,
+                       p->nclasses);
     SimOpts none = { 0 };
     if (!o) o = &none;
     Sim S = { .g = g, .c = c, .s = s, .p = p, .ops = o->ops, .links = o->links, .o = o, .r = r,
@@ -908,7 +1530,16 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     size_t nt = (size_t)c->ngroups * g->nops * PH_COUNT;
     S.op_time = xmalloc(sizeof *S.op_time * (nt ? nt : 1));
     for (size_t k = 0; k < nt; k++) S.op_time[k] = NAN;
-    for (int ci = 0; ci < p->nclasses; ci++) class_init(&S, ci);
+    for (int ci = 0; ci < p->nclasses; ci++) class_ident(&S, ci);
+    /* a compact plan: regular passes whole (unless every instruction's
+     * span is wanted, or a caller prices instructions itself), the rest
+     * instruction by instruction */
+    Program *rest = NULL;
+    if (ncompact) {
+        rest = xcalloc(p->nclasses, sizeof *rest);
+        run_passes(&S, rest, !o->trace && !o->compute_time && !o->comm_time);
+    }
+    for (int ci = 0; ci < p->nclasses; ci++) class_init(&S, ci, rest ? &rest[ci] : &p->classes[ci]);
 
     int rc = 0;
     for (;;) {
@@ -942,6 +1573,8 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     }
     if (!rc) summarise(&S);
     for (int ci = 0; ci < p->nclasses; ci++) class_free(&S.cs[ci]);
+    for (int ci = 0; rest && ci < p->nclasses; ci++) program_free(&rest[ci]);
+    free(rest);
     free(S.cs);
     free(S.op_time);
     free(S.msgs);

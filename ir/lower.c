@@ -320,7 +320,7 @@ typedef struct {
     Layout *val_layout;      /* layout of that value */
     int32_t *param_val;      /* params: VAL_PARAM value */
     int32_t *pgrad_val;      /* params: VAL_PARAM_GRAD value (the rank's whole local gradient) */
-    int32_t *pshard_val;     /* params: its ZeRO shard (-1 until the first reduce-scatter) */
+    int32_t *pshard_val;     /* params: its ZeRO gradient shard (-1: none) */
     /* per op and micro-batch: the values the forward read and wrote */
     int32_t *fwd_args;       /* [(i * m + mb) * (IR_MAX_INPUTS + 1) + k], k == nin: out */
     /* per pass (one forward or backward of one micro-batch) */
@@ -341,6 +341,11 @@ typedef struct {
     Ref *late;               /* frees deferred to the end of the passes: (after, value) */
     int nlate, cap_late;
     int *ncopy;              /* [i * m + mb]: how many */
+    struct SchedList *sched; /* compact form: the passes of the schedule, in order */
+    /* per micro-batch state is kept for the micro-batches lowered: all of
+     * them, or the compact form's representatives */
+    int nslot;
+    int *slot;               /* [mb]: its place, -1: not lowered */
 } Low;
 
 /* Grows one of a program's arrays. A plan of a thousand devices holds
@@ -597,7 +602,7 @@ static Ref input_value(Low *L, int i, int k, int mb)
     }
     if (T->role == ROLE_INPUT || T->role == ROLE_LABEL) {
         /* loaded per micro-batch in the layout its consumer needs */
-        Ref *d = &L->fwd_val[t * S->m + mb];
+        Ref *d = &L->fwd_val[t * L->nslot + L->slot[mb]];
         if (d->val >= 0 && layout_eq(&L->pr->values[d->val].layout, need, T->ndim)) return *d;
         d->val = new_value(L, VAL_DATA, t, mb, need, 0);
         return *d;
@@ -611,13 +616,13 @@ static Ref input_value(Low *L, int i, int k, int mb)
     Conv *cv = &L->conv[t * CONV_MAX];
     for (int c = 0; c < L->conv_n[t]; c++)
         if (layout_eq(&cv[c].layout, need, T->ndim)) return cv[c].ref;
-    Ref src = L->fwd_val[t * S->m + mb];
+    Ref src = L->fwd_val[t * L->nslot + L->slot[mb]];
     Ref v = convert(L, t, mb, L->val_layout[t], need, src, VAL_ACT, i, PH_FWD, WHY_RESHARD);
     if (v.val != src.val) {
         emit_mem(L, I_ALLOC, v.val, v.instr);
         /* the copy lives until op i's backward */
-        int *n = &L->ncopy[(size_t)i * S->m + mb];
-        if (*n < IR_MAX_INPUTS) L->copy_vals[((size_t)i * S->m + mb) * IR_MAX_INPUTS + (*n)++] = v.val;
+        int *n = &L->ncopy[(size_t)i * L->nslot + L->slot[mb]];
+        if (*n < IR_MAX_INPUTS) L->copy_vals[((size_t)i * L->nslot + L->slot[mb]) * IR_MAX_INPUTS + (*n)++] = v.val;
         if (L->conv_n[t] < CONV_MAX) cv[L->conv_n[t]++] = (Conv){ v, *need };
     }
     return v;
@@ -626,7 +631,7 @@ static Ref input_value(Low *L, int i, int k, int mb)
 /* Frees the conversion copies op i made for micro-batch mb. */
 static void release_copies(Low *L, int i, int mb, int32_t after)
 {
-    size_t at = (size_t)i * L->S->m + mb;
+    size_t at = (size_t)i * L->nslot + L->slot[mb];
     for (int c = 0; c < L->ncopy[at]; c++)
         emit_mem(L, I_FREE, L->copy_vals[at * IR_MAX_INPUTS + c], after);
 }
@@ -645,7 +650,7 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     const OpFacts *f = &S->of[i];
     int32_t deps[IR_MAX_INPUTS], args[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
     int ng = 0;
-    L->ncopy[(size_t)i * S->m + mb] = 0;
+    L->ncopy[(size_t)i * L->nslot + L->slot[mb]] = 0;
     for (int k = 0; k < op->nin; k++) {
         Ref r = input_value(L, i, k, mb);
         deps[k] = r.instr;
@@ -665,10 +670,10 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     release_gathers(L, gathered, ng, c);
 
     /* the backward reads what the forward read and wrote */
-    int32_t *fa = &L->fwd_args[((size_t)i * S->m + mb) * (IR_MAX_INPUTS + 1)];
+    int32_t *fa = &L->fwd_args[((size_t)i * L->nslot + L->slot[mb]) * (IR_MAX_INPUTS + 1)];
     for (int k = 0; k < op->nin; k++) fa[k] = zero3(S, op->in[k]) ? -1 : args[k + 1];
     fa[op->nin] = args[0];
-    L->fwd_val[op->out * S->m + mb] = (Ref){ c, args[0] };
+    L->fwd_val[op->out * L->nslot + L->slot[mb]] = (Ref){ c, args[0] };
     L->val_layout[op->out] = f->out;
 }
 
@@ -696,7 +701,7 @@ static void send_forward(Low *L, int i, int mb)
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
         const Layout *need = &S->of[j].in[k];
-        Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * S->m + mb], VAL_ACT, j,
+        Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * L->nslot + L->slot[mb]], VAL_ACT, j,
                         PH_FWD, WHY_RESHARD);
         int32_t sd = emit(L, I_SEND, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
                           local_bytes(S, t, need), &v.instr, 1, &v.val, 1);
@@ -715,7 +720,7 @@ static void recv_forward(Low *L, int i, int mb)
         const Tensor *T = &g->tensors[t];
         if (T->role != ROLE_ACT || T->producer < 0) continue;
         int ps = S->s->op_stage[T->producer];
-        if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[t * S->m + mb].val >= 0)
+        if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[t * L->nslot + L->slot[mb]].val >= 0)
             continue;
         /* the first consumer in this chunk fixes the layout it travels in */
         const Layout *l = &S->of[i].in[k];
@@ -724,7 +729,7 @@ static void recv_forward(Low *L, int i, int mb)
                          local_bytes(S, t, l), NULL, 0, &v, 1);
         L->pr->instrs[r].peer = ps;
         emit_mem(L, I_ALLOC, v, r);
-        L->fwd_val[t * S->m + mb] = (Ref){ r, v };
+        L->fwd_val[t * L->nslot + L->slot[mb]] = (Ref){ r, v };
         L->val_layout[t] = *l;
     }
 }
@@ -975,8 +980,6 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
         if (pp->shard == SHARD_ZERO1 && !final) return;
         /* each micro-batch's reduce-scatter adds into the rank's gradient
          * shard and clears the whole gradient for the next micro-batch */
-        if (L->pshard_val[t] < 0)
-            L->pshard_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], ax);
         last = emit_coll(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                          compressed(S, t, b), last, L->pshard_val[t]);
         L->pr->instrs[last.instr].compress = pp->compress;
@@ -1077,7 +1080,7 @@ static void backward_op(Low *L, int i, int mb)
     const Op *op = &g->ops[i];
     const OpFacts *f = &S->of[i];
     int t_out = op->out, nin = op->nin;
-    const int32_t *fa = &L->fwd_args[((size_t)i * S->m + mb) * (IR_MAX_INPUTS + 1)];
+    const int32_t *fa = &L->fwd_args[((size_t)i * L->nslot + L->slot[mb]) * (IR_MAX_INPUTS + 1)];
 
     if (!f->has_bwd) {
         release_copies(L, i, mb, -1);
@@ -1236,7 +1239,7 @@ static void send_backward(Low *L, int i, int mb)
              * the schedule is deadlock-free as Megatron-LM's is. */
             free_contribs(L, t, sd, S->s->schedule == SCHED_INTERLEAVED);
         }
-        emit_mem(L, I_FREE, L->fwd_val[t * S->m + mb].val, dv.instr);
+        emit_mem(L, I_FREE, L->fwd_val[t * L->nslot + L->slot[mb]].val, dv.instr);
     }
 }
 
@@ -1286,7 +1289,7 @@ static void forward_pass(Low *L, const StageOps *so, int v, int mb)
         int i = ops[x];
         if (!S->s->ops[i].recompute || checkpoint(S, i)) continue;
         release_copies(L, i, mb, -1);
-        emit_mem(L, I_FREE, L->fwd_val[S->g->ops[i].out * S->m + mb].val, -1);
+        emit_mem(L, I_FREE, L->fwd_val[S->g->ops[i].out * L->nslot + L->slot[mb]].val, -1);
     }
 }
 
@@ -1336,13 +1339,15 @@ static void interleaved_pass(int k, int P, int V, bool fwd, int *v, int *mb)
  * Interleaved 1F1B (Narayanan et al. SC'21, 2.2.2) does the same over the
  * M*V chunk-passes of the stage (interleaved_pass), warming up with
  * 2(P-s-1) + (V-1)P forwards (at most M*V). */
-static void run_schedule(Low *L, const StageOps *so)
+typedef void (*PassFn)(Low *L, const StageOps *so, bool fwd, int v, int mb);
+
+static void run_schedule(Low *L, const StageOps *so, PassFn pass)
 {
     const Strategy *s = L->S->s;
     int m = s->microbatches, P = s->nstages, st = L->stage;
     if (s->schedule == SCHED_GPIPE) {
-        for (int mb = 0; mb < m; mb++) forward_pass(L, so, 0, mb);
-        for (int mb = 0; mb < m; mb++) backward_pass(L, so, 0, mb);
+        for (int mb = 0; mb < m; mb++) pass(L, so, true, 0, mb);
+        for (int mb = 0; mb < m; mb++) pass(L, so, false, 0, mb);
         return;
     }
     if (s->schedule == SCHED_INTERLEAVED) {
@@ -1351,27 +1356,34 @@ static void run_schedule(Low *L, const StageOps *so)
         int warm = w < n ? (int)w : n;
         for (int k = 0; k < warm; k++) {
             interleaved_pass(k, P, V, true, &v, &mb);
-            forward_pass(L, so, v, mb);
+            pass(L, so, true, v, mb);
         }
         for (int k = 0; k < n - warm; k++) {
             interleaved_pass(warm + k, P, V, true, &v, &mb);
-            forward_pass(L, so, v, mb);
+            pass(L, so, true, v, mb);
             interleaved_pass(k, P, V, false, &v, &mb);
-            backward_pass(L, so, v, mb);
+            pass(L, so, false, v, mb);
         }
         for (int k = n - warm; k < n; k++) {
             interleaved_pass(k, P, V, false, &v, &mb);
-            backward_pass(L, so, v, mb);
+            pass(L, so, false, v, mb);
         }
         return;
     }
     int warm = P - st - 1 < m ? P - st - 1 : m;
-    for (int mb = 0; mb < warm; mb++) forward_pass(L, so, 0, mb);
+    for (int mb = 0; mb < warm; mb++) pass(L, so, true, 0, mb);
     for (int k = 0; k < m - warm; k++) {
-        forward_pass(L, so, 0, warm + k);
-        backward_pass(L, so, 0, k);
+        pass(L, so, true, 0, warm + k);
+        pass(L, so, false, 0, k);
     }
-    for (int mb = m - warm; mb < m; mb++) backward_pass(L, so, 0, mb);
+    for (int mb = m - warm; mb < m; mb++) pass(L, so, false, 0, mb);
+}
+
+/* The full program lowers every pass of the schedule in turn. */
+static void lower_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
+{
+    if (fwd) forward_pass(L, so, v, mb);
+    else backward_pass(L, so, v, mb);
 }
 
 /* ----------------------------------------------------------------------------
@@ -1403,16 +1415,23 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
     return p + g + o;
 }
 
-static void account_memory(Low *L)
+/* Params, gradients and optimizer state this class holds all step. */
+static int64_t static_state(const Low *L)
 {
     const Shared *S = L->S;
-    Program *pr = L->pr;
     int64_t st = 0;
     for (int t = 0; t < S->g->ntensors; t++) {
         if (S->g->tensors[t].role != ROLE_PARAM) continue;
         if (!(S->stages_using[t] & (1ull << L->stage))) continue;
         st += param_state_bytes(S, t, L);
     }
+    return st;
+}
+
+static void account_memory(Low *L)
+{
+    Program *pr = L->pr;
+    int64_t st = static_state(L);
     int64_t cur = 0, peak = 0;
     for (int i = 0; i < pr->ninstrs; i++) {
         const Instr *in = &pr->instrs[i];
@@ -1446,15 +1465,20 @@ static uint64_t ps_role(const Shared *S, const int coord[MESH_MAX_AXES])
 
 /* Scratch of the lowering, allocated once per plan and reset per class: a
  * 1024-device plan lowers 16 classes through the same pages. */
-static void low_alloc(Low *L, const Shared *S)
+static void low_alloc(Low *L, const Shared *S, bool compact)
 {
     const Graph *g = S->g;
     int nt = g->ntensors;
     memset(L, 0, sizeof *L);
     L->S = S;
-    L->fwd_val = xmalloc(sizeof *L->fwd_val * (size_t)nt * S->m);
+    L->slot = xmalloc(sizeof *L->slot * S->m);
+    for (int mb = 0; mb < S->m; mb++) {
+        int rep = !compact || mb == 0 || mb == S->m - 1;
+        L->slot[mb] = rep ? L->nslot++ : -1;
+    }
+    L->fwd_val = xmalloc(sizeof *L->fwd_val * (size_t)nt * L->nslot);
     L->val_layout = xcalloc(nt, sizeof *L->val_layout);
-    L->fwd_args = xmalloc(sizeof *L->fwd_args * (size_t)g->nops * S->m * (IR_MAX_INPUTS + 1));
+    L->fwd_args = xmalloc(sizeof *L->fwd_args * (size_t)g->nops * L->nslot * (IR_MAX_INPUTS + 1));
     L->param_val = xmalloc(sizeof *L->param_val * nt);
     L->pgrad_val = xmalloc(sizeof *L->pgrad_val * nt);
     L->pshard_val = xmalloc(sizeof *L->pshard_val * nt);
@@ -1465,14 +1489,15 @@ static void low_alloc(Low *L, const Shared *S)
     L->conv = xmalloc(sizeof *L->conv * nt * CONV_MAX);
     L->contrib_head = xmalloc(sizeof *L->contrib_head * nt);
     L->pgrad = xmalloc(sizeof *L->pgrad * nt);
-    L->copy_vals = xmalloc(sizeof *L->copy_vals * (size_t)g->nops * S->m * IR_MAX_INPUTS);
-    L->ncopy = xcalloc((size_t)g->nops * S->m, sizeof *L->ncopy);
+    L->copy_vals = xmalloc(sizeof *L->copy_vals * (size_t)g->nops * L->nslot * IR_MAX_INPUTS);
+    L->ncopy = xcalloc((size_t)g->nops * L->nslot, sizeof *L->ncopy);
     L->cap_tied = nt;
     L->tied = xmalloc(sizeof *L->tied * (nt ? nt : 1));
 }
 
 static void low_free(Low *L)
 {
+    free(L->slot);
     free(L->fwd_val);
     free(L->val_layout);
     free(L->fwd_args);
@@ -1493,7 +1518,9 @@ static void low_free(Low *L)
     free(L->pgrad);
 }
 
-static void lower_class(Low *L, Program *pr, int rank)
+/* Sets up the lowering of the class of `rank`: its stage's ops by chunk and
+ * the values that live for the whole step. Caller frees the StageOps. */
+static StageOps *class_begin(Low *L, Program *pr, int rank)
 {
     const Shared *S = L->S;
     const Graph *g = S->g;
@@ -1507,6 +1534,7 @@ static void lower_class(Low *L, Program *pr, int rank)
     L->pass = 0;
     L->ncontribs = 0;
     L->ntied = 0;
+    L->nlate = 0;
     pr->stage = L->stage;
     /* on a heterogeneous cluster the class must fit its smallest device */
     pr->device_mem = 0;
@@ -1532,13 +1560,13 @@ static void lower_class(Low *L, Program *pr, int rank)
     so->off[0] = 0;
     for (int x = 0; x < nops; x++) {
         const Op *op = &g->ops[ops[x]];
-        int32_t *fa = &L->fwd_args[(size_t)ops[x] * S->m * (IR_MAX_INPUTS + 1)];
-        for (size_t k = 0; k < (size_t)S->m * (IR_MAX_INPUTS + 1); k++) fa[k] = -1;
+        int32_t *fa = &L->fwd_args[(size_t)ops[x] * L->nslot * (IR_MAX_INPUTS + 1)];
+        for (size_t k = 0; k < (size_t)L->nslot * (IR_MAX_INPUTS + 1); k++) fa[k] = -1;
         for (int k = 0; k <= op->nin; k++) {
             int t = k < op->nin ? op->in[k] : op->out;
-            for (int mb = 0; mb < S->m; mb++) L->fwd_val[(size_t)t * S->m + mb] = NOREF;
+            for (int k = 0; k < L->nslot; k++) L->fwd_val[(size_t)t * L->nslot + k] = NOREF;
         }
-        for (int mb = 0; mb < S->m; mb++) L->ncopy[(size_t)ops[x] * S->m + mb] = 0;
+        for (int k = 0; k < L->nslot; k++) L->ncopy[(size_t)ops[x] * L->nslot + k] = 0;
     }
     for (int t = 0; t < nt; t++) {
         L->conv_pass[t] = L->contrib_pass[t] = L->pgrad_pass[t] = -1;
@@ -1547,21 +1575,165 @@ static void lower_class(Low *L, Program *pr, int rank)
         if (g->tensors[t].role != ROLE_PARAM || !(S->stages_using[t] & (1ull << L->stage)))
             continue;
         /* values that live for the whole step: the param as stored (ZeRO-3: its
-         * shard) and its gradient */
-        L->param_val[t] = new_value(L, VAL_PARAM, t, -1, &S->home[t],
-                                    zero3(S, t) ? S->sync_axes[t] : 0);
+         * shard), its gradient and, under ZeRO, the rank's shard of the
+         * gradient that reduce-scatters fill */
+        const ParamPolicy *pp = &s->params[t];
+        AxisMask ax = S->sync_axes[t];
+        L->param_val[t] = new_value(L, VAL_PARAM, t, -1, &S->home[t], zero3(S, t) ? ax : 0);
         L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
+        if (ax && pp->method != SYNC_SFB && pp->method != SYNC_PS && pp->shard >= SHARD_ZERO1)
+            L->pshard_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], ax);
     }
-    L->nlate = 0;
-    run_schedule(L, so);
-    flush_late(L);
-    sync_tied(L);
-    account_memory(L);
-    free(ops);
+    return so;
+}
+
+static void class_end(StageOps *so)
+{
+    free(so->ops);
     free(so);
 }
 
-Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+/* The full program: every pass of the schedule, then the frees deferred to
+ * the end of the passes and the sums of tied params. */
+static void lower_class(Low *L, Program *pr, int rank)
+{
+    StageOps *so = class_begin(L, pr, rank);
+    run_schedule(L, so, lower_pass);
+    flush_late(L);
+    sync_tied(L);
+    account_memory(L);
+    class_end(so);
+}
+
+/* ----------------------------------------------------------------------------
+ * The compact form
+ *
+ * A pass of one micro-batch through one chunk reads nothing of other
+ * micro-batches' passes but values made in passes of its own micro-batch
+ * (its forward, earlier chunks), and only the last micro-batch differs from
+ * the rest (it synchronises gradients). So a class is lowered for the
+ * representative micro-batches 0 and M-1 only: each of those passes becomes
+ * a body, and the schedule names, for every pass, the body that stands for
+ * it (micro-batch 0's for all but the last). program_expand rebuilds the full program from
+ * them; a reference from a body to another pass resolves to the pass of the
+ * same kind and chunk whose micro-batch lies as far from the expanded pass's
+ * as the two representatives lie apart. */
+
+typedef struct {
+    bool fwd;
+    int v, mb;
+} SchedPass;
+
+struct SchedList {
+    SchedPass *v;
+    int n, cap;
+};
+
+static void record_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
+{
+    (void)so;
+    struct SchedList *sl = L->sched;
+    if (sl->n == sl->cap) {
+        sl->cap = sl->cap ? 2 * sl->cap : 64;
+        sl->v = xrealloc(sl->v, sizeof *sl->v * sl->cap);
+    }
+    sl->v[sl->n++] = (SchedPass){ fwd, v, mb };
+}
+
+/* Lowers one pass as a body of the compact program. */
+static void body_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
+{
+    Program *pr = L->pr;
+    if (pr->nbodies == pr->cap_bodies) {
+        pr->cap_bodies = pr->cap_bodies ? 2 * pr->cap_bodies : 16;
+        pr->bodies = xrealloc(pr->bodies, sizeof *pr->bodies * pr->cap_bodies);
+    }
+    Body *b = &pr->bodies[pr->nbodies];
+    memset(b, 0, sizeof *b);
+    b->kind = fwd ? BODY_FWD : BODY_BWD;
+    b->chunk = (int16_t)v;
+    b->micro = mb;
+    b->i0 = pr->ninstrs;
+    b->v0 = pr->nvalues;
+    b->l0 = L->nlate;
+    if (fwd) forward_pass(L, so, v, mb);
+    else if (so) backward_pass(L, so, v, mb);
+    else sync_tied(L);
+    b->i1 = pr->ninstrs;
+    b->v1 = pr->nvalues;
+    b->l1 = L->nlate;
+    if (!fwd && !so) b->kind = BODY_TAIL;
+    int64_t cur = 0;
+    for (int i = b->i0; i < b->i1; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == I_ALLOC) cur += in->bytes;
+        else if (in->kind == I_FREE) cur -= in->bytes;
+        if (cur > b->mem_peak) b->mem_peak = cur;
+    }
+    b->mem_net = cur;
+    pr->nbodies++;
+}
+
+static int body_of(const Program *pr, int kind, int v, int mb)
+{
+    for (int k = 0; k < pr->nbodies; k++)
+        if (pr->bodies[k].kind == kind && pr->bodies[k].chunk == v && pr->bodies[k].micro == mb)
+            return k;
+    return -1;
+}
+
+static void lower_class_compact(Low *L, Program *pr, int rank)
+{
+    const Strategy *s = L->S->s;
+    int m = s->microbatches, V = s->virtual_stages;
+    StageOps *so = class_begin(L, pr, rank);
+    pr->nhead = pr->nvalues;
+    struct SchedList sl = { 0 };
+    L->sched = &sl;
+    run_schedule(L, so, record_pass);
+
+    int reps[2], nreps = 0;
+    for (int mb = 0; mb < m; mb++)
+        if (L->slot[mb] >= 0) reps[nreps++] = mb;
+    for (int r = 0; r < nreps; r++)
+        for (int v = 0; v < V; v++) body_pass(L, so, true, v, reps[r]);
+    for (int r = 0; r < nreps; r++)
+        for (int v = V - 1; v >= 0; v--) body_pass(L, so, false, v, reps[r]);
+    body_pass(L, NULL, false, 0, 0);            /* the tail: sums of tied params */
+    pr->late = xmalloc(sizeof *pr->late * (L->nlate ? L->nlate : 1));
+    for (int k = 0; k < L->nlate; k++) pr->late[k] = (LateFree){ L->late[k].instr, L->late[k].val };
+    pr->nlate = L->nlate;
+    L->nlate = 0;
+
+    pr->nsched = sl.n;
+    pr->sched = xmalloc(sizeof *pr->sched * (sl.n ? sl.n : 1));
+    pr->nmicro = m;
+    pr->nchunks = V;
+    for (int k = 0; k < sl.n; k++) {
+        const SchedPass *q = &sl.v[k];
+        int rep = q->mb == m - 1 ? q->mb : 0;
+        pr->sched[k] = (PassRef){ body_of(pr, q->fwd ? BODY_FWD : BODY_BWD, q->v, rep), q->mb };
+    }
+    free(sl.v);
+    L->sched = NULL;
+
+    /* memory: the static state, then the alloc/free walk over the passes */
+    pr->static_mem = static_state(L);
+    int64_t cur = 0, peak = 0;
+    for (int k = 0; k < pr->nsched; k++) {
+        const Body *b = &pr->bodies[pr->sched[k].body];
+        if (cur + b->mem_peak > peak) peak = cur + b->mem_peak;
+        cur += b->mem_net;
+    }
+    for (int k = 0; k < pr->nlate; k++) cur -= pr->values[pr->late[k].val].bytes;
+    const Body *tail = &pr->bodies[pr->nbodies - 1];
+    if (cur + tail->mem_peak > peak) peak = cur + tail->mem_peak;
+    pr->peak_mem = pr->static_mem + peak;
+    class_end(so);
+}
+
+static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, bool compact,
+                        Err *err)
 {
     if (s->nops != g->nops || s->ntensors != g->ntensors) {
         err_set(err, "strategy was resolved against another model (%d ops, model has %d)",
@@ -1615,7 +1787,7 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
         pr->ranks[pr->nranks++] = r;
     }
     Low L;
-    low_alloc(&L, &S);
+    low_alloc(&L, &S, compact);
     L.err = err;
     for (int k = 0; k < p->nclasses; k++) {
         /* classes of one plan are alike in size: reserve what the last one took */
@@ -1630,7 +1802,8 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
             pr->args = grow(NULL, sizeof *pr->args * pr->cap_args);
             pr->values = grow(NULL, sizeof *pr->values * pr->cap_values);
         }
-        lower_class(&L, pr, first_rank[k]);
+        if (compact) lower_class_compact(&L, pr, first_rank[k]);
+        else lower_class(&L, pr, first_rank[k]);
     }
     low_free(&L);
     if (L.failed) {
@@ -1649,16 +1822,267 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
     return p;
 }
 
+Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+{
+    return lower_plan(g, c, s, false, err);
+}
+
+Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+{
+    return lower_plan(g, c, s, true, err);
+}
+
+/* ----------------------------------------------------------------------------
+ * Expanding the compact form */
+
+typedef struct {
+    const Program *cp;
+    Program *out;
+    const int32_t *pass_at;        /* [slot]: index of that pass in the schedule (program_pass_index) */
+    int32_t *ibase, *vbase;        /* per pass: where it landed; -1 before `first` */
+    int32_t (*outside)(void *ctx, int pass, int32_t local);
+    void *ctx;
+} Expand;
+
+/* The body of the compact program holding instruction i (by = 0) or value i (by = 1). */
+static const Body *body_holding(const Program *cp, int32_t i, int by)
+{
+    int lo = 0, hi = cp->nbodies - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if ((by ? cp->bodies[mid].v0 : cp->bodies[mid].i0) <= i) lo = mid;
+        else hi = mid - 1;
+    }
+    return &cp->bodies[lo];
+}
+
+/* Where a pass of body kind/chunk and micro-batch sits in pass_at. */
+static size_t pass_slot(const Program *cp, const Body *b, int micro)
+{
+    return ((size_t)b->kind * cp->nchunks + b->chunk) * cp->nmicro + micro;
+}
+
+int32_t *program_pass_index(const Program *cp)
+{
+    size_t n = (size_t)3 * cp->nchunks * cp->nmicro;
+    int32_t *at = xmalloc(sizeof *at * (n ? n : 1));
+    for (size_t k = 0; k < n; k++) at[k] = -1;
+    for (int k = 0; k < cp->nsched; k++)
+        at[pass_slot(cp, &cp->bodies[cp->sched[k].body], cp->sched[k].micro)] = k;
+    const Body *tail = &cp->bodies[cp->nbodies - 1];
+    at[pass_slot(cp, tail, tail->micro)] = cp->nsched;
+    return at;
+}
+
+static int pass_micro(const Program *cp, int pass)
+{
+    return pass < cp->nsched ? cp->sched[pass].micro : cp->bodies[cp->nbodies - 1].micro;
+}
+
+static const Body *pass_body(const Program *cp, int pass)
+{
+    return &cp->bodies[pass < cp->nsched ? cp->sched[pass].body : cp->nbodies - 1];
+}
+
+int program_pass_of(const Program *cp, const int32_t *pass_at, int pass, int32_t x, int32_t *local)
+{
+    const Body *b = pass_body(cp, pass);
+    if (x >= b->i0 && x < b->i1) {
+        *local = x - b->i0;
+        return pass;
+    }
+    const Body *o = body_holding(cp, x, 0);
+    *local = x - o->i0;
+    return pass_at[pass_slot(cp, o, pass_micro(cp, pass) + o->micro - b->micro)];
+}
+
+/* Instruction (by = 0) or value (by = 1) x of the body of `pass`, in the
+ * expanded program. Outside the expanded range: what E->outside says of an
+ * instruction, -1 for a value. */
+static int32_t relocate(const Expand *E, int pass, int32_t x, int by)
+{
+    const Program *cp = E->cp;
+    if (x < 0) return x;
+    if (by && x < cp->nhead) return x;
+    const Body *b = pass_body(cp, pass);
+    const Body *o = body_holding(cp, x, by);
+    int q = E->pass_at[pass_slot(cp, o, pass_micro(cp, pass) + o->micro - b->micro)];
+    if (E->ibase[q] < 0)
+        return by || !E->outside ? -1 : E->outside(E->ctx, q, x - o->i0);
+    return by ? E->vbase[q] + (x - o->v0) : E->ibase[q] + (x - o->i0);
+}
+
+static int32_t remicro(int32_t micro, const Body *b, int mb)
+{
+    return micro < 0 ? micro : micro - b->micro + mb;
+}
+
+static void *reserve(void *p, int *cap, int need, size_t elem)
+{
+    if (need <= *cap) return p;
+    while (*cap < need) *cap = *cap ? 2 * *cap : 1024;
+    return grow(p, elem * (size_t)*cap);
+}
+
+/* Appends the body of `pass` as it runs there. */
+static void expand_pass(Expand *E, int pass)
+{
+    const Program *cp = E->cp;
+    Program *o = E->out;
+    const Body *b = pass_body(cp, pass);
+    int mb = pass_micro(cp, pass);
+    E->ibase[pass] = o->ninstrs;
+    E->vbase[pass] = o->nvalues;
+    int nv = b->v1 - b->v0, ni = b->i1 - b->i0;
+    o->values = reserve(o->values, &o->cap_values, o->nvalues + nv, sizeof *o->values);
+    for (int v = b->v0; v < b->v1; v++) {
+        Value *x = &o->values[o->nvalues++];
+        *x = cp->values[v];
+        x->micro = remicro(x->micro, b, mb);
+    }
+    o->instrs = reserve(o->instrs, &o->cap_instrs, o->ninstrs + ni, sizeof *o->instrs);
+    for (int i = b->i0; i < b->i1; i++) {
+        const Instr *src = &cp->instrs[i];
+        o->deps = reserve(o->deps, &o->cap_deps, o->ndeps + src->ndeps, sizeof *o->deps);
+        o->args = reserve(o->args, &o->cap_args, o->nargs + src->nargs, sizeof *o->args);
+        Instr *x = &o->instrs[o->ninstrs++];
+        *x = *src;
+        x->micro = remicro(x->micro, b, mb);
+        x->dep0 = o->ndeps;
+        x->arg0 = o->nargs;
+        for (int d = 0; d < src->ndeps; d++) {
+            int32_t r = relocate(E, pass, cp->deps[src->dep0 + d], 0);
+            if (r != -1) o->deps[o->ndeps++] = r;
+        }
+        x->ndeps = o->ndeps - x->dep0;
+        for (int a = 0; a < src->nargs; a++)
+            o->args[o->nargs++] = relocate(E, pass, cp->args[src->arg0 + a], 1);
+    }
+}
+
+void program_expand_from(const Program *cp, int first, Program *out,
+                         int32_t (*outside)(void *ctx, int pass, int32_t local), void *ctx)
+{
+    memset(out, 0, sizeof *out);
+    out->stage = cp->stage;
+    out->nranks = cp->nranks;
+    out->ranks = xmalloc(sizeof *out->ranks * (cp->nranks ? cp->nranks : 1));
+    memcpy(out->ranks, cp->ranks, sizeof *out->ranks * cp->nranks);
+    out->peak_mem = cp->peak_mem;
+    out->static_mem = cp->static_mem;
+    out->device_mem = cp->device_mem;
+    int32_t *at = program_pass_index(cp);
+    Expand E = { cp, out, at, xmalloc(sizeof *E.ibase * (cp->nsched + 1)),
+                 xmalloc(sizeof *E.vbase * (cp->nsched + 1)), outside, ctx };
+    for (int k = 0; k <= cp->nsched; k++) E.ibase[k] = E.vbase[k] = -1;
+    out->values = reserve(NULL, &out->cap_values, cp->nhead + 1, sizeof *out->values);
+    memcpy(out->values, cp->values, sizeof *out->values * cp->nhead);
+    out->nvalues = cp->nhead;
+    for (int k = first; k < cp->nsched; k++) expand_pass(&E, k);
+    /* the frees each pass deferred, in the order of the passes */
+    for (int k = 0; k < cp->nsched; k++) {
+        const Body *b = pass_body(cp, k);
+        for (int l = b->l0; l < b->l1; l++) {
+            int32_t after = relocate(&E, k, cp->late[l].after, 0);
+            int32_t val = k >= first ? relocate(&E, k, cp->late[l].val, 1) : -1;
+            const Value *v = &cp->values[cp->late[l].val];
+            out->instrs = reserve(out->instrs, &out->cap_instrs, out->ninstrs + 1, sizeof *out->instrs);
+            out->deps = reserve(out->deps, &out->cap_deps, out->ndeps + 1, sizeof *out->deps);
+            out->args = reserve(out->args, &out->cap_args, out->nargs + 1, sizeof *out->args);
+            Instr *x = &out->instrs[out->ninstrs++];
+            memset(x, 0, sizeof *x);
+            x->kind = I_FREE;
+            x->stream = STREAM_COMPUTE;
+            x->phase = PH_FWD;
+            x->op = -1;
+            x->tensor = v->tensor;
+            x->micro = remicro(v->micro, b, cp->sched[k].micro);
+            x->peer = -1;
+            x->bytes = v->bytes;
+            x->dep0 = out->ndeps;
+            if (after != -1) out->deps[out->ndeps++] = after;
+            x->ndeps = out->ndeps - x->dep0;
+            x->arg0 = out->nargs;
+            out->args[out->nargs++] = val;
+            x->nargs = 1;
+        }
+    }
+    expand_pass(&E, cp->nsched);
+    free(at);
+    free(E.ibase);
+    free(E.vbase);
+}
+
+void program_expand(const Program *cp, Program *out)
+{
+    program_expand_from(cp, 0, out, NULL, NULL);
+}
+
+static void *dup(const void *p, size_t n)
+{
+    void *q = xmalloc(n ? n : 1);
+    if (n) memcpy(q, p, n);
+    return q;
+}
+
+Plan *plan_expand(const Plan *p)
+{
+    Plan *q = xcalloc(1, sizeof *q);
+    q->world = p->world;
+    q->nclasses = p->nclasses;
+    q->nops = p->nops;
+    q->local = xmalloc(sizeof *q->local * (p->nops ? p->nops : 1));
+    memcpy(q->local, p->local, sizeof *q->local * p->nops);
+    q->rank_class = xmalloc(sizeof *q->rank_class * p->world);
+    memcpy(q->rank_class, p->rank_class, sizeof *q->rank_class * p->world);
+    q->classes = xcalloc(p->nclasses, sizeof *q->classes);
+    for (int k = 0; k < p->nclasses; k++) {
+        const Program *src = &p->classes[k];
+        Program *dst = &q->classes[k];
+        if (program_is_compact(src)) {
+            program_expand(src, dst);
+            continue;
+        }
+        *dst = *src;
+        dst->ranks = dup(src->ranks, sizeof *src->ranks * src->nranks);
+        dst->instrs = dup(src->instrs, sizeof *src->instrs * src->ninstrs);
+        dst->deps = dup(src->deps, sizeof *src->deps * src->ndeps);
+        dst->args = dup(src->args, sizeof *src->args * src->nargs);
+        dst->values = dup(src->values, sizeof *src->values * src->nvalues);
+        dst->cap_instrs = src->ninstrs;
+        dst->cap_deps = src->ndeps;
+        dst->cap_args = src->nargs;
+        dst->cap_values = src->nvalues;
+    }
+    return q;
+}
+
+void plan_expand_class(Plan *p, int k)
+{
+    Program full;
+    if (!program_is_compact(&p->classes[k])) return;
+    program_expand(&p->classes[k], &full);
+    program_free(&p->classes[k]);
+    p->classes[k] = full;
+}
+
+void program_free(Program *pr)
+{
+    free(pr->ranks);
+    free(pr->instrs);
+    free(pr->deps);
+    free(pr->args);
+    free(pr->values);
+    free(pr->bodies);
+    free(pr->sched);
+    free(pr->late);
+    memset(pr, 0, sizeof *pr);
+}
+
 void plan_free(Plan *p)
 {
     if (!p) return;
-    for (int k = 0; k < p->nclasses; k++) {
-        free(p->classes[k].ranks);
-        free(p->classes[k].instrs);
-        free(p->classes[k].deps);
-        free(p->classes[k].args);
-        free(p->classes[k].values);
-    }
+    for (int k = 0; k < p->nclasses; k++) program_free(&p->classes[k]);
     free(p->classes);
     free(p->rank_class);
     free(p->local);
@@ -1696,14 +2120,79 @@ static bool is_comm(InstrKind k)
     return k >= I_ALLREDUCE && k <= I_RECV;
 }
 
+/* Calls fn for every instruction of the step with how many times it runs:
+ * once each in a full program; in a compact one, each body instruction as
+ * often as the schedule runs its body, and the deferred frees once each. */
+typedef void (*InstrFn)(const Instr *in, int64_t times, void *ctx);
+
+static void each_instr(const Program *pr, InstrFn fn, void *ctx)
+{
+    if (!program_is_compact(pr)) {
+        for (int i = 0; i < pr->ninstrs; i++) fn(&pr->instrs[i], 1, ctx);
+        return;
+    }
+    int64_t *times = xcalloc(pr->nbodies, sizeof *times);
+    for (int k = 0; k < pr->nsched; k++) times[pr->sched[k].body]++;
+    for (int k = 0; k < pr->nsched; k++) {
+        const Body *b = &pr->bodies[pr->sched[k].body];
+        for (int l = b->l0; l < b->l1; l++) {
+            Instr fr = { .kind = I_FREE, .op = -1, .peer = -1 };
+            fr.bytes = pr->values[pr->late[l].val].bytes;
+            fr.tensor = pr->values[pr->late[l].val].tensor;
+            fn(&fr, 1, ctx);
+        }
+    }
+    times[pr->nbodies - 1] = 1;          /* the tail */
+    for (int b = 0; b < pr->nbodies; b++)
+        for (int i = pr->bodies[b].i0; i < pr->bodies[b].i1; i++)
+            if (times[b]) fn(&pr->instrs[i], times[b], ctx);
+    free(times);
+}
+
+/* What a class does in one step, by instruction kind and mesh axes. */
+typedef struct {
+    int64_t total, count[I_KIND_COUNT], bytes[I_KIND_COUNT];
+    double flops;
+    AxisMask axes[64];                   /* bytes per axis set, in first-seen order */
+    int64_t axb[64];
+    int nax;
+    InstrKind kind;                      /* tally_comm: this kind and reason only */
+    Why why;
+    int64_t sel_bytes;
+} Tally;
+
+static void tally_one(const Instr *in, int64_t times, void *ctx)
+{
+    Tally *t = ctx;
+    t->total += times;
+    t->count[in->kind] += times;
+    if (in->kind == I_COMPUTE) t->flops += (double)in->flops * (double)times;
+    if (in->kind == t->kind && (t->why == WHY_COUNT || in->why == t->why))
+        t->sel_bytes += in->bytes * times;
+    if (!is_comm(in->kind)) return;
+    t->bytes[in->kind] += in->bytes * times;
+    int a = 0;
+    while (a < t->nax && t->axes[a] != in->axes) a++;
+    if (a == t->nax && t->nax < 64) {
+        t->axes[t->nax] = in->axes;
+        t->axb[t->nax++] = 0;
+    }
+    if (a < t->nax) t->axb[a] += in->bytes * times;
+}
+
+static void tally(const Program *pr, Tally *t, InstrKind kind, Why why)
+{
+    memset(t, 0, sizeof *t);
+    t->kind = kind;
+    t->why = why;
+    each_instr(pr, tally_one, t);
+}
+
 int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why)
 {
-    int64_t b = 0;
-    for (int i = 0; i < pr->ninstrs; i++) {
-        const Instr *in = &pr->instrs[i];
-        if (in->kind == kind && (why == WHY_COUNT || in->why == why)) b += in->bytes;
-    }
-    return b;
+    Tally t;
+    tally(pr, &t, kind, why);
+    return t.sel_bytes;
 }
 
 cJSON *plan_summary_json(const Plan *p, const Strategy *s)
@@ -1717,37 +2206,22 @@ cJSON *plan_summary_json(const Plan *p, const Strategy *s)
         cJSON_AddItemToArray(cls, o);
         cJSON_AddItemToObject(o, "ranks", cJSON_CreateIntArray(pr->ranks, pr->nranks));
         cJSON_AddNumberToObject(o, "stage", pr->stage);
-        int64_t count[I_KIND_COUNT] = {0}, bytes[I_KIND_COUNT] = {0};
-        double flops = 0;
-        /* bytes per axis set, in first-seen order */
-        AxisMask axes[64];
-        int64_t axb[64];
-        int nax = 0;
-        for (int i = 0; i < pr->ninstrs; i++) {
-            const Instr *in = &pr->instrs[i];
-            count[in->kind]++;
-            if (in->kind == I_COMPUTE) flops += in->flops;
-            if (!is_comm(in->kind)) continue;
-            bytes[in->kind] += in->bytes;
-            int a = 0;
-            while (a < nax && axes[a] != in->axes) a++;
-            if (a == nax && nax < 64) { axes[nax] = in->axes; axb[nax++] = 0; }
-            if (a < nax) axb[a] += in->bytes;
-        }
+        Tally t;
+        tally(pr, &t, I_KIND_COUNT, WHY_COUNT);
         cJSON *ic = cJSON_AddObjectToObject(o, "instrs");
         for (int kk = 0; kk < I_KIND_COUNT; kk++)
-            cJSON_AddNumberToObject(ic, KIND_NAMES[kk], (double)count[kk]);
-        cJSON_AddNumberToObject(ic, "total", pr->ninstrs);
+            cJSON_AddNumberToObject(ic, KIND_NAMES[kk], (double)t.count[kk]);
+        cJSON_AddNumberToObject(ic, "total", (double)t.total);
         cJSON *cb = cJSON_AddObjectToObject(o, "comm_bytes");
         for (int kk = I_ALLREDUCE; kk <= I_RECV; kk++)
-            cJSON_AddNumberToObject(cb, KIND_NAMES[kk], (double)bytes[kk]);
+            cJSON_AddNumberToObject(cb, KIND_NAMES[kk], (double)t.bytes[kk]);
         cJSON *ca = cJSON_AddObjectToObject(o, "comm_bytes_by_axis");
-        for (int a = 0; a < nax; a++) {
+        for (int a = 0; a < t.nax; a++) {
             char name[96];
-            cJSON_AddNumberToObject(ca, strategy_axes_name(s, axes[a], name, sizeof name),
-                                    (double)axb[a]);
+            cJSON_AddNumberToObject(ca, strategy_axes_name(s, t.axes[a], name, sizeof name),
+                                    (double)t.axb[a]);
         }
-        cJSON_AddNumberToObject(o, "flops", flops);
+        cJSON_AddNumberToObject(o, "flops", t.flops);
         cJSON_AddNumberToObject(o, "static_mem_bytes", (double)pr->static_mem);
         cJSON_AddNumberToObject(o, "peak_mem_bytes", (double)pr->peak_mem);
         if (pr->device_mem > 0) {
@@ -1799,46 +2273,29 @@ void plan_summary_print(const Plan *p, const Strategy *s, FILE *f)
         const Program *pr = &p->classes[k];
         char ranks[160], a[32], b[32], c[32];
         rank_ranges(pr->ranks, pr->nranks, ranks, sizeof ranks);
-        int64_t count[I_KIND_COUNT] = {0}, bytes[I_KIND_COUNT] = {0};
-        double flops = 0;
-        for (int i = 0; i < pr->ninstrs; i++) {
-            count[pr->instrs[i].kind]++;
-            bytes[pr->instrs[i].kind] += pr->instrs[i].bytes;
-            if (pr->instrs[i].kind == I_COMPUTE) flops += pr->instrs[i].flops;
-        }
+        Tally t;
+        tally(pr, &t, I_KIND_COUNT, WHY_COUNT);
         fprintf(f, "\nclass %d: stage %d, %d rank%s [%s]\n", k, pr->stage, pr->nranks,
                 pr->nranks == 1 ? "" : "s", ranks);
-        fprintf(f, "  instructions %d:", pr->ninstrs);
+        fprintf(f, "  instructions %lld:", (long long)t.total);
         for (int kk = 0; kk < I_KIND_COUNT; kk++)
-            if (count[kk]) fprintf(f, " %s %lld", KIND_NAMES[kk], (long long)count[kk]);
-        fprintf(f, "\n  compute %.3g FLOP per step\n", flops);
+            if (t.count[kk]) fprintf(f, " %s %lld", KIND_NAMES[kk], (long long)t.count[kk]);
+        fprintf(f, "\n  compute %.3g FLOP per step\n", t.flops);
         fprintf(f, "  bytes moved per step:");
         bool any = false;
         for (int kk = I_ALLREDUCE; kk <= I_RECV; kk++) {
-            if (!bytes[kk]) continue;
-            human_bytes((double)bytes[kk], a, sizeof a);
+            if (!t.bytes[kk]) continue;
+            human_bytes((double)t.bytes[kk], a, sizeof a);
             fprintf(f, " %s %s", KIND_NAMES[kk], a);
             any = true;
         }
         fprintf(f, any ? "\n" : " none\n");
-        /* by axis */
-        AxisMask axes[64];
-        int64_t axb[64];
-        int nax = 0;
-        for (int i = 0; i < pr->ninstrs; i++) {
-            const Instr *in = &pr->instrs[i];
-            if (!is_comm(in->kind)) continue;
-            int x = 0;
-            while (x < nax && axes[x] != in->axes) x++;
-            if (x == nax && nax < 64) { axes[nax] = in->axes; axb[nax++] = 0; }
-            if (x < nax) axb[x] += in->bytes;
-        }
-        if (nax) {
+        if (t.nax) {
             fprintf(f, "  by mesh axis:");
-            for (int x = 0; x < nax; x++) {
+            for (int x = 0; x < t.nax; x++) {
                 char name[96];
-                human_bytes((double)axb[x], a, sizeof a);
-                fprintf(f, " %s %s", strategy_axes_name(s, axes[x], name, sizeof name), a);
+                human_bytes((double)t.axb[x], a, sizeof a);
+                fprintf(f, " %s %s", strategy_axes_name(s, t.axes[x], name, sizeof name), a);
             }
             fprintf(f, "\n");
         }

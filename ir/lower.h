@@ -117,6 +117,33 @@ typedef struct {
     int64_t bytes;                 /* local bytes (of the shard when sharded) */
 } Value;
 
+/* The compact form of a program (ir_lower_compact). A pass runs one
+ * micro-batch forward or backward through one model chunk; passes of the
+ * same kind and chunk do the same work for every micro-batch but the first
+ * and the last, so each distinct pass is lowered once, as a body, and the
+ * schedule lists which body every pass runs. */
+typedef enum { BODY_FWD, BODY_BWD, BODY_TAIL } BodyKind;
+
+typedef struct {
+    uint8_t kind;                  /* BodyKind; the tail (tied-param sums) runs after every pass */
+    uint8_t pad_;
+    int16_t chunk;                 /* the stage's model chunk (0 without interleaving) */
+    int32_t micro;                 /* the micro-batch it was lowered for */
+    int32_t i0, i1;                /* its instructions */
+    int32_t v0, v1;                /* the values it makes */
+    int32_t l0, l1;                /* its frees deferred to the end of the passes (Program.late) */
+    int64_t mem_net, mem_peak;     /* bytes: alloc minus free over it, and the highest prefix */
+} Body;
+
+typedef struct {
+    int32_t body;
+    int32_t micro;
+} PassRef;
+
+typedef struct {
+    int32_t after, val;            /* free value val once instruction `after` has finished */
+} LateFree;
+
 typedef struct {
     int stage;
     int nranks;
@@ -132,6 +159,17 @@ typedef struct {
     int64_t peak_mem;              /* bytes: resident state plus the alloc/free walk */
     int64_t static_mem;            /* params, grads, optimizer state */
     double device_mem;             /* memory of this class's devices (0: unknown) */
+    /* compact form only (nbodies > 0): instrs, deps, args and values above
+     * hold the bodies back to back, values [0, nhead) being the step's own;
+     * the tail is the last body */
+    int nhead;
+    int nbodies, cap_bodies;
+    Body *bodies;
+    int nsched;
+    PassRef *sched;                /* every pass of the step, in order */
+    int nlate;
+    LateFree *late;
+    int nmicro, nchunks;
 } Program;
 
 typedef struct {
@@ -152,6 +190,35 @@ int ir_group_index(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask m
 
 /* Lowers every class of the plan. Caller frees with plan_free. */
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
+/* The same plan in the compact form: each class's distinct passes lowered
+ * once, with the schedule; peak_mem and static_mem as the full program's.
+ * Costs about what a few micro-batches do, whatever the micro-batch count. */
+Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
+/* The full program of a compact one: instruction for instruction what
+ * ir_lower gives. out is overwritten; free with program_free. */
+void program_expand(const Program *compact, Program *out);
+/* The program from pass `first` of the schedule on (then the deferred frees
+ * and the tail), for a simulation that has run the passes before it by
+ * other means. A dependency on an instruction of an earlier pass becomes
+ * outside(ctx, pass, index in its body), or is dropped when that returns
+ * -1; values made before `first` read as -1. */
+void program_expand_from(const Program *compact, int first, Program *out,
+                         int32_t (*outside)(void *ctx, int pass, int32_t local), void *ctx);
+/* Per pass slot of a compact program, the pass's index in the schedule
+ * (nsched: the tail); for program_pass_of. Caller frees. */
+int32_t *program_pass_index(const Program *compact);
+/* The pass that instruction x of the bodies (a dependency of an instruction
+ * of pass `pass`; nsched: the tail) belongs to as pass `pass` runs, and
+ * (*local) its index within that pass's body. */
+int program_pass_of(const Program *compact, const int32_t *pass_index, int pass, int32_t x,
+                    int32_t *local);
+/* A full plan from a compact one (classes already full are copied). */
+Plan *plan_expand(const Plan *p);
+/* Expands class k of a compact plan in place (a rank runs only its own
+ * class; the others stay compact). */
+void plan_expand_class(Plan *p, int k);
+static inline bool program_is_compact(const Program *pr) { return pr->nbodies > 0; }
+void program_free(Program *pr);
 void plan_free(Plan *p);
 
 /* Per-class summary as JSON: {"ranks":N,"classes":[{"ranks":[...],"stage":..,

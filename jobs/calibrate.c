@@ -52,7 +52,7 @@ static double simulate_plan(Db *db, const char *plan_id, const OpModel *ops,
     cJSON *gj = cJSON_Parse(m.json), *sj = cJSON_Parse(p.strategy_json);
     Graph *g = gj ? graph_from_json(gj, err) : NULL;
     Strategy *s = g && sj ? strategy_from_json(sj, g, profile_cluster, err) : NULL;
-    Plan *pl = s ? ir_lower(g, profile_cluster, s, err) : NULL;
+    Plan *pl = s ? ir_lower_compact(g, profile_cluster, s, err) : NULL;
     if (pl) {
         SimOpts so = { .ops = ops, .links = links };
         SimResult r;

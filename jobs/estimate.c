@@ -150,7 +150,7 @@ int job_estimate(const Graph *g, const Cluster *c, const Strategy *s, const Esti
     }
     int rc = -1;
     double t0 = now_s();
-    e->plan = ir_lower(g, c, s, err);
+    e->plan = ir_lower_compact(g, c, s, err);
     e->lower_s = now_s() - t0;
     if (!e->plan) {
         err_prefix(err, "the strategy does not lower");

@@ -1,0 +1,320 @@
+/*
+ * test_compact.c — the compact form of a lowered plan (ir_lower_compact):
+ * each class's distinct passes lowered once plus the schedule. Expanded, it
+ * must be the full program instruction for instruction (every field, every
+ * dependency, every argument, every value) with the same memory peak, for
+ * every family of strategy, schedule and micro-batch count; and it must
+ * stay small when the micro-batch count grows.
+ *
+ * Legend: P = pipeline stages, V = chunks per stage, M = micro-batches.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ir/graph.h"
+#include "ir/lower.h"
+#include "ir/strategy.h"
+#include "ir/util.h"
+#include "ir/zoo.h"
+#include "costmodel/costmodel.h"
+#include "tests/support/lower_fixtures.h"
+
+/* Fails, naming the plan and the first difference, unless `got` (expanded
+ * from the compact form) is `want` (the full lowering). */
+static void expect_same_program(const Program *want, const Program *got, const char *what, int k)
+{
+    if (want->ninstrs != got->ninstrs || want->nvalues != got->nvalues ||
+        want->ndeps != got->ndeps || want->nargs != got->nargs)
+        fail_msg("%s class %d: %d instrs %d values %d deps %d args, expanded %d %d %d %d", what, k,
+                 want->ninstrs, want->nvalues, want->ndeps, want->nargs, got->ninstrs,
+                 got->nvalues, got->ndeps, got->nargs);
+    for (int i = 0; i < want->ninstrs; i++) {
+        const Instr *a = &want->instrs[i], *b = &got->instrs[i];
+        bool same = !memcmp(a, b, sizeof *a) &&
+                    !memcmp(&want->deps[a->dep0], &got->deps[b->dep0],
+                            sizeof *want->deps * a->ndeps) &&
+                    !memcmp(&want->args[a->arg0], &got->args[b->arg0],
+                            sizeof *want->args * a->nargs);
+        if (!same)
+            fail_msg("%s class %d: instruction %d differs: %s micro %d tensor %d op %d "
+                     "(expanded: %s micro %d tensor %d op %d, %d deps vs %d)", what, k, i,
+                     instr_kind_name((InstrKind)a->kind), a->micro, a->tensor, a->op,
+                     instr_kind_name((InstrKind)b->kind), b->micro, b->tensor, b->op,
+                     a->ndeps, b->ndeps);
+    }
+    for (int v = 0; v < want->nvalues; v++)
+        if (memcmp(&want->values[v], &got->values[v], sizeof want->values[v]))
+            fail_msg("%s class %d: value %d differs (tensor %d micro %d, expanded %d micro %d)",
+                     what, k, v, want->values[v].tensor, want->values[v].micro,
+                     got->values[v].tensor, got->values[v].micro);
+    if (want->peak_mem != got->peak_mem || want->static_mem != got->static_mem)
+        fail_msg("%s class %d: peak %lld static %lld, compact says %lld %lld", what, k,
+                 (long long)want->peak_mem, (long long)want->static_mem,
+                 (long long)got->peak_mem, (long long)got->static_mem);
+    if (want->stage != got->stage || want->nranks != got->nranks ||
+        memcmp(want->ranks, got->ranks, sizeof *want->ranks * want->nranks))
+        fail_msg("%s class %d: stage or ranks differ", what, k);
+}
+
+/* Eight devices, four to a node, of a kind ("gpu" or "cpu": the simulator
+ * gives each its own streams). */
+static Cluster *cluster8(const char *kind)
+{
+    char js[1024];
+    snprintf(js, sizeof js,
+             "{\"name\":\"t\",\"devices\":[{\"name\":\"d\",\"kind\":\"%s\",\"count\":8,"
+             "\"peak_tflops\":{\"f32\":10},\"memory_gib\":80,\"memory_bw_gbps\":1000}],"
+             "\"levels\":[{\"name\":\"gpu\",\"count\":4,\"link\":\"nvlink\",\"bw_gbps\":100,"
+             "\"latency_us\":1},{\"name\":\"node\",\"count\":2,\"link\":\"ib\",\"bw_gbps\":10,"
+             "\"latency_us\":5}]}", kind);
+    cJSON *j = cJSON_Parse(js);
+    Err err = { 0 };
+    Cluster *c = cluster_from_json(j, 0, &err);
+    cJSON_Delete(j);
+    if (!c) fail_msg("cluster: %s", err.msg);
+    return c;
+}
+
+static void expect_close(double want, double got, const char *what, const char *json, int k)
+{
+    if (fabs(want - got) > 1e-9 * fmax(fabs(want), 1e-9))
+        fail_msg("%s: class %d %s: full simulation %.12g, compact %.12g", json, k, what, want, got);
+}
+
+/* The simulation of the compact plan (regular passes run whole) gives what
+ * the instruction-level simulation of the full program gives. */
+static void check_simulation(const Graph *g, const Strategy *s, const Plan *full,
+                             const Plan *cp, const char *json)
+{
+    const char *kinds[] = { "gpu", "cpu" };
+    for (int d = 0; d < 2; d++) {
+        Cluster *c = cluster8(kinds[d]);
+        SimResult a, b;
+        Err err = { 0 };
+        if (cost_simulate(g, c, s, full, NULL, &a, &err)) fail_msg("%s: %s", json, err.msg);
+        if (cost_simulate(g, c, s, cp, NULL, &b, &err)) fail_msg("%s (compact): %s", json, err.msg);
+        expect_close(a.step_time, b.step_time, "step time", json, -1);
+        expect_close(a.bubble, b.bubble, "bubble", json, -1);
+        for (int k = 0; k < a.nclasses; k++) {
+            expect_close(a.classes[k].busy_compute, b.classes[k].busy_compute, "busy compute", json, k);
+            expect_close(a.classes[k].busy_comm, b.classes[k].busy_comm, "busy comm", json, k);
+            expect_close(a.classes[k].exposed_comm, b.classes[k].exposed_comm, "exposed comm", json, k);
+            expect_close(a.classes[k].flops, b.classes[k].flops, "flops", json, k);
+            expect_close((double)a.classes[k].peak_mem, (double)b.classes[k].peak_mem, "peak", json, k);
+        }
+        for (int q = 0; q < CM_SRC_COUNT; q++) assert_int_equal(a.op_count[q], b.op_count[q]);
+        sim_result_free(&a);
+        sim_result_free(&b);
+        cluster_free(c);
+    }
+}
+
+/* Lowers the strategy both ways and compares every class; returns the
+ * compact form's body count summed over classes. */
+static int check_plan(const Graph *g, const char *json)
+{
+    Strategy *s = strat(g, json);
+    Err err = { 0 };
+    Plan *full = ir_lower(g, NULL, s, &err);
+    if (!full) fail_msg("%s: %s", json, err.msg);
+    Plan *cp = ir_lower_compact(g, NULL, s, &err);
+    if (!cp) fail_msg("%s (compact): %s", json, err.msg);
+    for (int k = 0; k < cp->nclasses; k++) assert_true(program_is_compact(&cp->classes[k]));
+    assert_int_equal(cp->nclasses, full->nclasses);
+    int bodies = 0;
+    Plan *ex = plan_expand(cp);
+    for (int k = 0; k < full->nclasses; k++) {
+        bodies += cp->classes[k].nbodies;
+        /* the compact form states the full program's memory without expanding */
+        assert_int_equal(cp->classes[k].peak_mem, full->classes[k].peak_mem);
+        expect_same_program(&full->classes[k], &ex->classes[k], json, k);
+    }
+    for (int r = 0; r < full->world; r++) assert_int_equal(ex->rank_class[r], full->rank_class[r]);
+    check_simulation(g, s, full, cp, json);
+    /* the summary of a plan is the same compact or full */
+    cJSON *sf = plan_summary_json(full, s), *sc = plan_summary_json(cp, s);
+    if (!cJSON_Compare(sf, sc, true)) {
+        char *a = cJSON_PrintUnformatted(sf), *b = cJSON_PrintUnformatted(sc);
+        fail_msg("%s: summaries differ:\n  full    %s\n  compact %s", json, a, b);
+    }
+    cJSON_Delete(sf);
+    cJSON_Delete(sc);
+    /* a rank expands its own class only, in place */
+    int last = full->nclasses - 1;
+    plan_expand_class(cp, last);
+    assert_false(program_is_compact(&cp->classes[last]));
+    expect_same_program(&full->classes[last], &cp->classes[last], json, last);
+    if (cp->nclasses > 1) {       /* a plan partly expanded is not simulated */
+        Cluster *c = cluster8("gpu");
+        SimResult r;
+        Err e = { 0 };
+        assert_int_equal(cost_simulate(g, c, s, cp, NULL, &r, &e), -1);
+        assert_non_null(strstr(e.msg, "expanded"));
+        cluster_free(c);
+    }
+    /* expanding a full plan copies it */
+    Plan *copy = plan_expand(full);
+    for (int k = 0; k < full->nclasses; k++)
+        expect_same_program(&full->classes[k], &copy->classes[k], json, k);
+    plan_free(copy);
+    plan_free(ex);
+    plan_free(cp);
+    plan_free(full);
+    strategy_free(s);
+    return bodies;
+}
+
+#define TP_OPS ",\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}"
+
+/* Every schedule at every micro-batch count from 1 to 9, with and without
+ * data and tensor parallelism and the tied embedding. */
+static void test_schedules(void **state)
+{
+    (void)state;
+    const char *meshes[] = { "\"pp\":2", "\"pp\":4", "\"dp\":2,\"pp\":2", "\"pp\":2,\"tp\":2" };
+    const char *scheds[] = { "gpipe", "1f1b", "interleaved" };
+    int cases = 0;
+    for (int tied = 0; tied < 2; tied++) {
+        GptShape x = { 8, 32, 4, 16, 64, 72, tied };
+        Graph *g = gpt(x);
+        for (size_t me = 0; me < sizeof meshes / sizeof *meshes; me++)
+            for (int sc = 0; sc < 3; sc++)
+                for (int M = 1; M <= 9; M++) {
+                    int P = strstr(meshes[me], "\"pp\":4") ? 4 : 2;
+                    bool dp = strstr(meshes[me], "dp") != NULL;
+                    if (x.B % ((dp ? 2 : 1) * M)) continue;
+                    if (sc == 2 && M % P) continue;      /* interleaving wants M a multiple of P */
+                    char js[2048];
+                    snprintf(js, sizeof js, "{\"mesh\":{%s},\"pipeline\":{\"microbatches\":%d,"
+                             "\"schedule\":\"%s\"%s}%s}", meshes[me], M, scheds[sc],
+                             sc == 2 ? ",\"virtual\":2" : "",
+                             strstr(meshes[me], "tp") ? TP_OPS : "");
+                    check_plan(g, js);
+                    cases++;
+                }
+        graph_free(g);
+    }
+    assert_true(cases >= 60);
+}
+
+/* Gradient synchronisation of every kind, recompute and compression, with
+ * and without a pipeline. */
+static void test_policies(void **state)
+{
+    (void)state;
+    GptShape x = { 4, 32, 4, 16, 64, 24, false };
+    Graph *g = gpt(x);
+    const char *policies[] = {
+        "",
+        ",\"ops\":{\"*\":{\"recompute\":true}}",
+        ",\"ops\":{\"blocks.*\":{\"recompute\":true}}",
+        ",\"params\":{\"*\":{\"shard\":\"zero1\"}}",
+        ",\"params\":{\"*\":{\"shard\":\"zero2\"}}",
+        ",\"params\":{\"*\":{\"shard\":\"zero3\"}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2}}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2,\"staleness\":1}}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"int8\"}}}",
+        ",\"params\":{\"blocks.*.mlp.w*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"powersgd:2\"}}}",
+        ",\"params\":{\"blocks.*.mlp.w1\":{\"sync\":{\"method\":\"sfb\"}}}",
+    };
+    const char *pipes[] = { "\"dp\":2", "\"dp\":2,\"pp\":2" };
+    for (size_t e = 0; e < sizeof policies / sizeof *policies; e++)
+        for (int pi = 0; pi < 2; pi++)
+            for (int M = 1; M <= 6; M++) {
+                if (x.B % (2 * M)) continue;
+                char js[1024];
+                snprintf(js, sizeof js, "{\"mesh\":{%s},\"pipeline\":{\"microbatches\":%d}%s}",
+                         pipes[pi], M, policies[e]);
+                check_plan(g, js);
+            }
+    graph_free(g);
+}
+
+/* Other model families: an MLP, a mixture of experts with expert
+ * parallelism, a CNN. */
+static void test_models(void **state)
+{
+    (void)state;
+    struct {
+        const char *kind;
+        const char *keys[4], *vals[4];
+        int nopts;
+        const char *json;
+    } cases[] = {
+        { "mlp", { "layers", "batch" }, { "4", "16" }, 2,
+          "{\"mesh\":{\"pp\":2,\"dp\":2},\"pipeline\":{\"microbatches\":4}}" },
+        { "moe", { "layers", "batch" }, { "2", "8" }, 2,
+          "{\"mesh\":{\"dp\":2},\"pipeline\":{\"microbatches\":4},"
+          "\"ops\":{\"blocks.*.moe.fc*\":{\"split\":{\"b\":null,\"e\":\"dp\"}},"
+          "\"blocks.*.moe.gelu\":{\"split\":{\"b\":null,\"e\":\"dp\"}}}}" },
+        { "vgg16", { "batch", "image" }, { "8", "32" }, 2,
+          "{\"mesh\":{\"dp\":2},\"pipeline\":{\"microbatches\":4}}" },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        Err err = { 0 };
+        Graph *g = zoo_build(cases[c].kind, cases[c].nopts, cases[c].keys, cases[c].vals, &err);
+        if (!g) fail_msg("%s: %s", cases[c].kind, err.msg);
+        Strategy *s = NULL;
+        cJSON *j = cJSON_Parse(cases[c].json);
+        s = strategy_from_json(j, g, NULL, &err);
+        cJSON_Delete(j);
+        if (!s) {
+            graph_free(g);
+            fail_msg("%s: %s", cases[c].json, err.msg);
+        }
+        strategy_free(s);
+        check_plan(g, cases[c].json);
+        graph_free(g);
+    }
+}
+
+/* The compact form holds a fixed number of bodies whatever M is: two
+ * forward and two backward per chunk (the first micro-batch's, standing for
+ * all but the last, and the last's), and the tail. */
+static void test_size(void **state)
+{
+    (void)state;
+    GptShape x = { 4, 32, 4, 16, 64, 64, true };
+    Graph *g = gpt(x);
+    char js[256];
+    int bodies[2];
+    int Ms[2] = { 8, 64 };
+    for (int k = 0; k < 2; k++) {
+        snprintf(js, sizeof js, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"microbatches\":%d,"
+                                "\"schedule\":\"interleaved\",\"virtual\":2}}", Ms[k]);
+        Strategy *s = strat(g, js);
+        Err err = { 0 };
+        Plan *cp = ir_lower_compact(g, NULL, s, &err);
+        assert_non_null(cp);
+        bodies[k] = 0;
+        for (int c = 0; c < cp->nclasses; c++) {
+            const Program *pr = &cp->classes[c];
+            bodies[k] += pr->nbodies;
+            assert_int_equal(pr->nbodies, 2 * 2 * 2 + 1);
+            assert_int_equal(pr->nsched, 2 * 2 * Ms[k]);
+        }
+        plan_free(cp);
+        strategy_free(s);
+    }
+    assert_int_equal(bodies[0], bodies[1]);
+    graph_free(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schedules),
+        cmocka_unit_test(test_policies),
+        cmocka_unit_test(test_models),
+        cmocka_unit_test(test_size),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
