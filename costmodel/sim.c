@@ -1235,8 +1235,8 @@ typedef struct {
 } Outside;
 
 /* A dependency of the instruction-level rest on an instruction of pass
- * `pass`, run whole: its export slot, or dropped (-1) when no pass reads
- * it (the deferred frees after sends, which take no time). */
+ * `pass`, run whole: its export slot (every instruction another pass reads
+ * has one). */
 static int32_t outside_dep(void *ctx, int pass, int32_t local)
 {
     const Outside *o = ctx;

@@ -26,6 +26,8 @@ typedef struct {
     CommReq *req;
     int32_t val;
     float *stage;            /* a copy sent in place of a buffer that changes later */
+    float *owned;            /* the value's buffer, freed by the program while in flight:
+                                released once the last send of it completes */
     bool done;               /* the progress thread saw it complete */
 } Pending;
 
@@ -879,31 +881,75 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
         rt->cap_pend = rt->cap_pend ? rt->cap_pend * 2 : 64;
         rt->pend = xrealloc(rt->pend, sizeof *rt->pend * rt->cap_pend);
     }
-    rt->pend[rt->npend++] = (Pending){ req, v, stage, false };
+    rt->pend[rt->npend++] = (Pending){ req, v, stage, NULL, false };
     progress_wake(rt);
     pthread_mutex_unlock(&rt->lk);
     return 0;
 }
 
-/* Waits for the sends of value v (v >= 0), of every unstaged value (v == -1:
- * the end of a step) or of everything (v == -2). Staged copies may stay in
- * flight across steps: a stale receiver takes them late. */
+/* Waits for the sends of every unstaged value (v == -1: the end of a step)
+ * or of everything (v == -2). Staged copies may stay in flight across
+ * steps: a stale receiver takes them late. */
 static int wait_sends(Runtime *rt, int32_t v, Err *err)
 {
     int rc = 0, w = 0;
     pthread_mutex_lock(&rt->lk);
     for (int i = 0; i < rt->npend; i++) {
         Pending *q = &rt->pend[i];
-        bool now = v == -2 || (v == -1 && !q->stage) || q->val == v;
+        bool now = v == -2 || (v == -1 && !q->stage);
         if (!now) {
             rt->pend[w++] = *q;
             continue;
         }
         if (rt->comm->ops->wait(q->req, err)) rc = -1;
         drelease(rt, q->stage);
+        drelease(rt, q->owned);
     }
     rt->npend = w;
     pthread_mutex_unlock(&rt->lk);
+    return rc;
+}
+
+/* The program frees value v. A buffer still being sent is not waited for
+ * (a receiver may be waiting on this rank in turn, as the interleaved
+ * schedule's wrap-around has it): the send takes it over and it is
+ * released when the last send of it completes, as NCCL and PyTorch keep a
+ * buffer alive for a send in flight. Sends already complete let go of
+ * theirs on the way. */
+static int free_value(Runtime *rt, int32_t v, Err *err)
+{
+    const CommOps *o = rt->comm->ops;
+    int rc = 0, w = 0, last = -1;
+    float *b = rt->buf[v];
+    bool param = rt->pr->values[v].kind == VAL_PARAM || rt->pr->values[v].kind == VAL_PARAM_GRAD;
+    pthread_mutex_lock(&rt->lk);
+    for (int i = 0; i < rt->npend; i++) {
+        Pending q = rt->pend[i];
+        int done = q.done;
+        if (!done && o->test(q.req, &done, err)) rc = -1;
+        if (done) {
+            if (o->wait(q.req, err)) rc = -1;      /* complete: this only lets go of it */
+            drelease(rt, q.stage);
+            /* the buffer passes to another send of it still in flight */
+            int j = i + 1;
+            while (q.owned && j < rt->npend && rt->pend[j].val != q.val) j++;
+            if (q.owned && j < rt->npend) rt->pend[j].owned = q.owned;
+            else drelease(rt, q.owned);
+            continue;
+        }
+        if (q.val == v && !q.stage) last = w;
+        rt->pend[w++] = q;
+    }
+    rt->npend = w;
+    if (!param && b && last >= 0) {
+        rt->pend[last].owned = b;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&rt->lk);
+    if (!param) {
+        drelease(rt, b);
+        rt->buf[v] = NULL;
+    }
     return rc;
 }
 
@@ -1188,16 +1234,10 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     case I_ALLOC:
         if (!val(rt, pr->args[in->arg0], err)) rc = -1;
         break;
-    case I_FREE: {
-        int32_t v = pr->args[in->arg0];
-        rc = wait_sends(rt, v, err);
-        if (pr->values[v].kind != VAL_PARAM && pr->values[v].kind != VAL_PARAM_GRAD) {
-            drelease(rt, rt->buf[v]);
-            rt->buf[v] = NULL;
-        }
+    case I_FREE:
+        rc = free_value(rt, pr->args[in->arg0], err);
         st->comm_s += now_s() - a;
         break;
-    }
     default:
         rc = err_set(err, "instruction %d: unknown kind %d", i, in->kind);
     }

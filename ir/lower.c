@@ -338,8 +338,6 @@ typedef struct {
     Err *err;                /* the first conversion the lowering cannot express */
     bool failed;
     int ntied, cap_tied;
-    Ref *late;               /* frees deferred to the end of the passes: (after, value) */
-    int nlate, cap_late;
     int *ncopy;              /* [i * m + mb]: how many */
     struct SchedList *sched; /* compact form: the passes of the schedule, in order */
     /* per micro-batch state is kept for the micro-batches lowered: all of
@@ -836,30 +834,14 @@ static Ref gradient_value(Low *L, int t, int mb, const Layout *want)
     return (Ref){ c, args[0] };
 }
 
-/* Frees every gradient buffer of t held in this pass; with `late`, at the
- * end of the step's passes instead (flush_late). */
-static void free_contribs(Low *L, int t, int32_t after, bool late)
+/* Frees every gradient buffer of t held in this pass, after instruction
+ * `after`. */
+static void free_contribs(Low *L, int t, int32_t after)
 {
     if (L->contrib_pass[t] != L->pass) return;
-    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next) {
-        if (!late) {
-            emit_mem(L, I_FREE, L->contribs[c].ref.val, after);
-            continue;
-        }
-        if (L->nlate == L->cap_late) {
-            L->cap_late = L->cap_late ? L->cap_late * 2 : 64;
-            L->late = xrealloc(L->late, sizeof *L->late * L->cap_late);
-        }
-        L->late[L->nlate++] = (Ref){ after, L->contribs[c].ref.val };
-    }
+    for (int c = L->contrib_head[t]; c >= 0; c = L->contribs[c].next)
+        emit_mem(L, I_FREE, L->contribs[c].ref.val, after);
     L->contrib_pass[t] = -1;
-}
-
-/* The frees free_contribs deferred, in the order they were asked for. */
-static void flush_late(Low *L)
-{
-    for (int k = 0; k < L->nlate; k++) emit_mem(L, I_FREE, L->late[k].val, L->late[k].instr);
-    L->nlate = 0;
 }
 
 static double update_flops(const Strategy *s)
@@ -1198,7 +1180,7 @@ static void backward_op(Low *L, int i, int mb)
     release_copies(L, i, mb, last.instr);
 
     /* the output and its gradient are no longer needed */
-    free_contribs(L, t_out, last.instr, false);
+    free_contribs(L, t_out, last.instr);
     emit_mem(L, I_FREE, fa[nin], last.instr);
     params_ready(L, i, mb);
 }
@@ -1229,15 +1211,12 @@ static void send_backward(Low *L, int i, int mb)
             int32_t sd = emit(L, I_SEND, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
                               local_bytes(S, t, &L->val_layout[t]), &dv.instr, 1, &dv.val, 1);
             L->pr->instrs[sd].peer = ps;
-            /* The executor's free of a sent buffer waits for the send to
-             * complete, which for a large message means the receiver has
-             * reached its recv. Interleaved, that wait can close a cycle
-             * through the wrap-around (stage 0 waits in a free for stage
-             * P-1 to take a gradient while stage P-1 waits in its own free
-             * for stage 0), so the sent gradient is freed after the
-             * step's last pass: every send then behaves as buffered, and
-             * the schedule is deadlock-free as Megatron-LM's is. */
-            free_contribs(L, t, sd, S->s->schedule == SCHED_INTERLEAVED);
+            /* freed once sent: the executor does not wait in the free
+             * but hands the buffer to the send in flight (waiting there
+             * could close a cycle through the interleaved schedule's
+             * wrap-around), so every send behaves as buffered and the
+             * schedules are deadlock-free as Megatron-LM's are */
+            free_contribs(L, t, sd);
         }
         emit_mem(L, I_FREE, L->fwd_val[t * L->nslot + L->slot[mb]].val, dv.instr);
     }
@@ -1247,8 +1226,11 @@ static void send_backward(Low *L, int i, int mb)
  * Schedules */
 
 /* Activation checkpointing works per block: a recomputed op's output is kept
- * (a checkpoint) when something outside its block, or not recomputed, reads
- * it; everything else inside the block is recomputed in backward. Ops outside
+ * (a checkpoint) when something on its stage outside its block, or not
+ * recomputed, reads it; everything else inside the block is recomputed in
+ * backward. An output only later stages read is sent and not kept (the
+ * receiver keeps it as its input), as Megatron-LM frees a stage's output
+ * once sent: the last block of a stage holds its input alone. Ops outside
  * blocks keep their outputs. */
 static bool checkpoint(const Shared *S, int i)
 {
@@ -1256,6 +1238,7 @@ static bool checkpoint(const Shared *S, int i)
     if (op->block < 0) return true;
     for (int ci = S->cons_off[op->out]; ci < S->cons_off[op->out + 1]; ci++) {
         int j = S->cons[ci];
+        if (S->s->op_stage[j] != S->s->op_stage[i]) continue;
         if (!S->s->ops[j].recompute || S->g->ops[j].block != op->block) return true;
     }
     return S->cons_off[op->out] == S->cons_off[op->out + 1];
@@ -1514,7 +1497,6 @@ static void low_free(Low *L)
     free(L->conv);
     free(L->contrib_head);
     free(L->contribs);
-    free(L->late);
     free(L->pgrad);
 }
 
@@ -1534,7 +1516,6 @@ static StageOps *class_begin(Low *L, Program *pr, int rank)
     L->pass = 0;
     L->ncontribs = 0;
     L->ntied = 0;
-    L->nlate = 0;
     pr->stage = L->stage;
     /* on a heterogeneous cluster the class must fit its smallest device */
     pr->device_mem = 0;
@@ -1593,13 +1574,12 @@ static void class_end(StageOps *so)
     free(so);
 }
 
-/* The full program: every pass of the schedule, then the frees deferred to
- * the end of the passes and the sums of tied params. */
+/* The full program: every pass of the schedule, then the sums of tied
+ * params. */
 static void lower_class(Low *L, Program *pr, int rank)
 {
     StageOps *so = class_begin(L, pr, rank);
     run_schedule(L, so, lower_pass);
-    flush_late(L);
     sync_tied(L);
     account_memory(L);
     class_end(so);
@@ -1655,13 +1635,11 @@ static void body_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
     b->micro = mb;
     b->i0 = pr->ninstrs;
     b->v0 = pr->nvalues;
-    b->l0 = L->nlate;
     if (fwd) forward_pass(L, so, v, mb);
     else if (so) backward_pass(L, so, v, mb);
     else sync_tied(L);
     b->i1 = pr->ninstrs;
     b->v1 = pr->nvalues;
-    b->l1 = L->nlate;
     if (!fwd && !so) b->kind = BODY_TAIL;
     int64_t cur = 0;
     for (int i = b->i0; i < b->i1; i++) {
@@ -1700,10 +1678,6 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
     for (int r = 0; r < nreps; r++)
         for (int v = V - 1; v >= 0; v--) body_pass(L, so, false, v, reps[r]);
     body_pass(L, NULL, false, 0, 0);            /* the tail: sums of tied params */
-    pr->late = xmalloc(sizeof *pr->late * (L->nlate ? L->nlate : 1));
-    for (int k = 0; k < L->nlate; k++) pr->late[k] = (LateFree){ L->late[k].instr, L->late[k].val };
-    pr->nlate = L->nlate;
-    L->nlate = 0;
 
     pr->nsched = sl.n;
     pr->sched = xmalloc(sizeof *pr->sched * (sl.n ? sl.n : 1));
@@ -1725,7 +1699,6 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
         if (cur + b->mem_peak > peak) peak = cur + b->mem_peak;
         cur += b->mem_net;
     }
-    for (int k = 0; k < pr->nlate; k++) cur -= pr->values[pr->late[k].val].bytes;
     const Body *tail = &pr->bodies[pr->nbodies - 1];
     if (cur + tail->mem_peak > peak) peak = cur + tail->mem_peak;
     pr->peak_mem = pr->static_mem + peak;
@@ -1979,34 +1952,6 @@ void program_expand_from(const Program *cp, int first, Program *out,
     memcpy(out->values, cp->values, sizeof *out->values * cp->nhead);
     out->nvalues = cp->nhead;
     for (int k = first; k < cp->nsched; k++) expand_pass(&E, k);
-    /* the frees each pass deferred, in the order of the passes */
-    for (int k = 0; k < cp->nsched; k++) {
-        const Body *b = pass_body(cp, k);
-        for (int l = b->l0; l < b->l1; l++) {
-            int32_t after = relocate(&E, k, cp->late[l].after, 0);
-            int32_t val = k >= first ? relocate(&E, k, cp->late[l].val, 1) : -1;
-            const Value *v = &cp->values[cp->late[l].val];
-            out->instrs = reserve(out->instrs, &out->cap_instrs, out->ninstrs + 1, sizeof *out->instrs);
-            out->deps = reserve(out->deps, &out->cap_deps, out->ndeps + 1, sizeof *out->deps);
-            out->args = reserve(out->args, &out->cap_args, out->nargs + 1, sizeof *out->args);
-            Instr *x = &out->instrs[out->ninstrs++];
-            memset(x, 0, sizeof *x);
-            x->kind = I_FREE;
-            x->stream = STREAM_COMPUTE;
-            x->phase = PH_FWD;
-            x->op = -1;
-            x->tensor = v->tensor;
-            x->micro = remicro(v->micro, b, cp->sched[k].micro);
-            x->peer = -1;
-            x->bytes = v->bytes;
-            x->dep0 = out->ndeps;
-            if (after != -1) out->deps[out->ndeps++] = after;
-            x->ndeps = out->ndeps - x->dep0;
-            x->arg0 = out->nargs;
-            out->args[out->nargs++] = val;
-            x->nargs = 1;
-        }
-    }
     expand_pass(&E, cp->nsched);
     free(at);
     free(E.ibase);
@@ -2075,7 +2020,6 @@ void program_free(Program *pr)
     free(pr->values);
     free(pr->bodies);
     free(pr->sched);
-    free(pr->late);
     memset(pr, 0, sizeof *pr);
 }
 
@@ -2122,7 +2066,7 @@ static bool is_comm(InstrKind k)
 
 /* Calls fn for every instruction of the step with how many times it runs:
  * once each in a full program; in a compact one, each body instruction as
- * often as the schedule runs its body, and the deferred frees once each. */
+ * often as the schedule runs its body. */
 typedef void (*InstrFn)(const Instr *in, int64_t times, void *ctx);
 
 static void each_instr(const Program *pr, InstrFn fn, void *ctx)
@@ -2133,15 +2077,6 @@ static void each_instr(const Program *pr, InstrFn fn, void *ctx)
     }
     int64_t *times = xcalloc(pr->nbodies, sizeof *times);
     for (int k = 0; k < pr->nsched; k++) times[pr->sched[k].body]++;
-    for (int k = 0; k < pr->nsched; k++) {
-        const Body *b = &pr->bodies[pr->sched[k].body];
-        for (int l = b->l0; l < b->l1; l++) {
-            Instr fr = { .kind = I_FREE, .op = -1, .peer = -1 };
-            fr.bytes = pr->values[pr->late[l].val].bytes;
-            fr.tensor = pr->values[pr->late[l].val].tensor;
-            fn(&fr, 1, ctx);
-        }
-    }
     times[pr->nbodies - 1] = 1;          /* the tail */
     for (int b = 0; b < pr->nbodies; b++)
         for (int i = pr->bodies[b].i0; i < pr->bodies[b].i1; i++)

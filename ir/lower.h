@@ -131,7 +131,6 @@ typedef struct {
     int32_t micro;                 /* the micro-batch it was lowered for */
     int32_t i0, i1;                /* its instructions */
     int32_t v0, v1;                /* the values it makes */
-    int32_t l0, l1;                /* its frees deferred to the end of the passes (Program.late) */
     int64_t mem_net, mem_peak;     /* bytes: alloc minus free over it, and the highest prefix */
 } Body;
 
@@ -139,10 +138,6 @@ typedef struct {
     int32_t body;
     int32_t micro;
 } PassRef;
-
-typedef struct {
-    int32_t after, val;            /* free value val once instruction `after` has finished */
-} LateFree;
 
 typedef struct {
     int stage;
@@ -167,8 +162,6 @@ typedef struct {
     Body *bodies;
     int nsched;
     PassRef *sched;                /* every pass of the step, in order */
-    int nlate;
-    LateFree *late;
     int nmicro, nchunks;
 } Program;
 
@@ -197,8 +190,7 @@ Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err 
 /* The full program of a compact one: instruction for instruction what
  * ir_lower gives. out is overwritten; free with program_free. */
 void program_expand(const Program *compact, Program *out);
-/* The program from pass `first` of the schedule on (then the deferred frees
- * and the tail), for a simulation that has run the passes before it by
+/* The program from pass `first` of the schedule on (then the tail), for a simulation that has run the passes before it by
  * other means. A dependency on an instruction of an earlier pass becomes
  * outside(ctx, pass, index in its body), or is dropped when that returns
  * -1; values made before `first` read as -1. */

@@ -93,6 +93,7 @@ typedef struct {
     const char *suite;             /* "default" (NULL too) or a suite file */
     int np;                        /* plans of at most this many ranks (default 2) */
     int steps;                     /* steps per run (default 6; the first is warm-up) */
+    double timeout_s;              /* a run still going after this long is stopped (default 600) */
     int64_t profile_id;            /* 0: the newest complete profile */
     const char *costmodel_id;      /* NULL: the newest trained on that profile, else analytic */
     const char *strata_bin;        /* the strata executable that runs the plans */

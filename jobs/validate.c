@@ -12,10 +12,13 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "jobs.h"
@@ -181,7 +184,16 @@ static int spec_world(const cJSON *j)
 /* ----------------------------------------------------------------------------
  * Running a plan */
 
-/* Runs `strata run` on the files and returns the stored run's id. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Runs `strata run` on the files and returns the stored run's id. A run
+ * still going after o->timeout_s seconds is stopped (its whole process
+ * group: mpirun and its ranks) and reported as such. */
 static int run_plan(const ValidateOpts *o, const char *model, const char *strategy,
                     const char *cluster, int threads, char run_id[17], Err *err)
 {
@@ -201,6 +213,7 @@ static int run_plan(const ValidateOpts *o, const char *model, const char *strate
         return err_set(err, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
+        setpgid(0, 0);
         dup2(fd[1], STDOUT_FILENO);
         dup2(fd[1], STDERR_FILENO);
         close(fd[0]);
@@ -209,10 +222,28 @@ static int run_plan(const ValidateOpts *o, const char *model, const char *strate
         fprintf(stderr, "cannot start %s: %s\n", o->strata_bin, strerror(errno));
         _exit(127);
     }
+    setpgid(pid, pid);
     close(fd[1]);
     size_t cap = 4096, len = 0;
     char *out = xmalloc(cap);
+    double deadline = now_s() + o->timeout_s, killed_at = 0;
+    bool timed_out = false;
     for (;;) {
+        double left = (killed_at > 0 ? killed_at + 5 : deadline) - now_s();
+        if (left <= 0) {
+            if (killed_at > 0) {
+                kill(-pid, SIGKILL);       /* it ignored the polite signal */
+                break;
+            }
+            kill(-pid, SIGTERM);
+            timed_out = true;
+            killed_at = now_s();
+            continue;
+        }
+        struct pollfd pf = { fd[0], POLLIN, 0 };
+        int pr = poll(&pf, 1, (int)(left * 1000) + 1);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr <= 0) continue;
         if (len + 1024 > cap) out = xrealloc(out, cap *= 2);
         ssize_t k = read(fd[0], out + len, cap - len - 1);
         if (k < 0 && errno == EINTR) continue;
@@ -226,7 +257,10 @@ static int run_plan(const ValidateOpts *o, const char *model, const char *strate
     while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
     const char *at = strstr(out, "stored as run ");
     int rc = 0;
-    if (w != pid) {
+    if (timed_out) {
+        rc = err_set(err, "strata run did not finish within %g s (--timeout); stopped",
+                     o->timeout_s);
+    } else if (w != pid) {
         rc = err_set(err, "strata run: cannot wait for it (%s)", strerror(errno));
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !at) {
         /* the run's own last line says why */
@@ -314,6 +348,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     memset(v, 0, sizeof *v);
     ValidateOpts o = *o0;
     if (o.np <= 0) o.np = 2;
+    if (!(o.timeout_s > 0)) o.timeout_s = 600;
     if (o.steps <= 0) o.steps = 6;
     if (!o.strata_bin) return err_set(err, "validate: no strata executable to run plans with");
     const char *suite_name = o.suite && strcmp(o.suite, "default") ? o.suite : "default";

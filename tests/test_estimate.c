@@ -225,6 +225,15 @@ static void test_validate_small_suite(void **state)
     assert_non_null(cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 2), "error"));
     double vid = JNUM(j, "validation_id");
 
+    /* a run that outlives --timeout is stopped, and the plan reported as such */
+    Res t = {0};
+    const char *slow = tp("slow-suite.json");
+    write_file(slow, "{\"plans\":[{\"name\":\"slow\",\"model\":{\"kind\":\"mlp\",\"layers\":4,"
+                     "\"hidden\":512,\"batch\":64},\"strategy\":{\"build\":\"dp\",\"world\":2}}]}");
+    STRATA(&t, "validate", "--suite", slow, "--db", db, "--steps", "100000", "--timeout", "2");
+    EXPECT_ERR(&t, "slow", "did not finish within 2 s");
+    res_free(&t);
+
     Err err = {0};
     Db *d = db_open_existing(db, &err);
     DbValidation v;
@@ -259,6 +268,9 @@ static void test_validate_bad_input(void **state)
     STRATA(&r, "validate", "--np", "zero");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--np");
+    STRATA(&r, "validate", "--timeout", "0");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--timeout");
     const char *db = profiled_db("val2.db");
     STRATA(&r, "validate", "--db", db, "--suite", tp("no-such-suite.json"));
     EXPECT_RC(&r, 1);

@@ -142,10 +142,9 @@ static int program_passes(const Strategy *s, const Program *pr, Pass *out, int m
  * Running the stages' programs together, as the executor does: pipeline
  * sends are posted and never wait; a recv waits for the matching send, by
  * (peer, tensor, phase) in order (executor/runtime.c's tag_of: MPI matches
- * by source and tag, non-overtaking); freeing a value waits until every send
- * of it has been received (the executor waits for a send before releasing
- * its buffer, and a large message completes only once received); a tied
- * all-reduce waits for every stage of its group. Also checks that each recv
+ * by source and tag, non-overtaking); freeing a value never waits (the
+ * executor hands a buffer still being sent to the send); a tied all-reduce
+ * waits for every stage of its group. Also checks that each recv
  * gets the send of the same micro-batch and size. Returns true when every
  * stage reaches its end. */
 
@@ -155,8 +154,6 @@ typedef struct {
     int *mb;
     int64_t *bytes;
 } Channel;
-
-typedef struct { int32_t val; int ch, seq; } Posted;
 
 typedef struct {
     Channel *ch;
@@ -182,21 +179,15 @@ static bool pipeline_completes(const Plan *p, const Strategy *s)
     int P = s->nstages;
     const Program **pr = calloc(P, sizeof *pr);
     int *pc = calloc(P, sizeof *pc), *tied = calloc(P, sizeof *tied);
-    int *nposted = calloc(P, sizeof *nposted);
     bool *waiting = calloc(P, sizeof *waiting);
-    Posted **posted = calloc(P, sizeof *posted);
     Channels cs = {0};
-    for (int r = 0; r < P; r++) {
-        pr[r] = stage_prog(p, r);
-        posted[r] = malloc(sizeof **posted * (pr[r]->ninstrs + 1));
-    }
+    for (int r = 0; r < P; r++) pr[r] = stage_prog(p, r);
     bool moved = true;
     while (moved) {
         moved = false;
         for (int r = 0; r < P; r++)
             while (pc[r] < pr[r]->ninstrs) {
                 const Instr *in = &pr[r]->instrs[pc[r]];
-                int32_t a0 = in->nargs ? pr[r]->args[in->arg0] : -1;
                 if (in->why == WHY_PIPELINE && in->kind == I_SEND) {
                     int k = channel(&cs, r, in->peer, in->tensor, in->phase);
                     Channel *c = &cs.ch[k];
@@ -206,8 +197,7 @@ static bool pipeline_completes(const Plan *p, const Strategy *s)
                         c->bytes = realloc(c->bytes, sizeof *c->bytes * c->cap);
                     }
                     c->mb[c->nsent] = in->micro;
-                    c->bytes[c->nsent] = in->bytes;
-                    posted[r][nposted[r]++] = (Posted){ a0, k, c->nsent++ };
+                    c->bytes[c->nsent++] = in->bytes;
                 } else if (in->why == WHY_PIPELINE && in->kind == I_RECV) {
                     Channel *c = &cs.ch[channel(&cs, in->peer, r, in->tensor, in->phase)];
                     if (c->nrecv == c->nsent) break;
@@ -217,12 +207,6 @@ static bool pipeline_completes(const Plan *p, const Strategy *s)
                                  in->phase, c->nrecv, in->micro, (long long)in->bytes,
                                  c->mb[c->nrecv], (long long)c->bytes[c->nrecv]);
                     c->nrecv++;
-                } else if (in->kind == I_FREE) {
-                    bool wait = false;
-                    for (int k = 0; k < nposted[r] && !wait; k++)
-                        wait = posted[r][k].val == a0 &&
-                               cs.ch[posted[r][k].ch].nrecv <= posted[r][k].seq;
-                    if (wait) break;
                 } else if (in->kind == I_ALLREDUCE && in->why == WHY_TIED) {
                     if (!waiting[r]) {      /* arrives at its tied[r]-th all-reduce */
                         tied[r]++;
@@ -251,9 +235,6 @@ static bool pipeline_completes(const Plan *p, const Strategy *s)
         free(cs.ch[k].bytes);
     }
     free(cs.ch);
-    for (int r = 0; r < P; r++) free(posted[r]);
-    free(posted);
-    free(nposted);
     free(pr);
     free(pc);
     free(tied);
@@ -622,12 +603,13 @@ static void check_interleaved(const Graph *g, const Strategy *s, const Plan *p, 
 
 /* The matrix: P in {2, 4}, V in {1, 2, 4} (as far as 8 blocks allow), M in
  * {P, 2P, 4P}, data and tensor parallel around it.
- * Regression: freeing a sent gradient right after its send (as 1F1B does)
- * deadlocked `strata run` on 2 stages x 2 chunks: stage 0 waited in the free
- * of the gradient chunk 2 sent for micro-batch 0 until stage 1 reached chunk
- * 1's backward of it, while stage 1 waited in the free of the gradient chunk
- * 3 sent for micro-batch 1 until stage 0 reached chunk 2's backward of that
- * one. pipeline_completes catches it. */
+ * Regression: when the executor's free of a sent buffer waited for the
+ * send, `strata run` deadlocked on 2 stages x 2 chunks: stage 0 waited in
+ * the free of the gradient chunk 2 sent for micro-batch 0 until stage 1
+ * reached chunk 1's backward of it, while stage 1 waited in the free of the
+ * gradient chunk 3 sent for micro-batch 1 until stage 0 reached chunk 2's
+ * backward of that one. The executor now hands such a buffer to the send
+ * (tests/test_run.c runs interleaved plans on 2 ranks). */
 static void test_schedule_matrix(void **state)
 {
     (void)state;
