@@ -385,7 +385,14 @@ int costmodel_train(const OpDevice *d, const DbProfileOp *ops, int n, const Trai
         }
         ystd += (Y[k] - ymean) * (Y[k] - ymean) / nrows;
     }
-    for (int c = 0; c < OPMODEL_NFEAT; c++) xstd[c] = xstd[c] > 1e-24 ? sqrt(xstd[c]) : 1;
+    /* a column constant up to rounding (the device's peaks, the same for
+     * every sample, computed along different paths) is constant: scaled by
+     * 1, not by the inverse of its rounding noise, which the fast forward
+     * pass, folding the scaling into the first layer, could not survive */
+    for (int c = 0; c < OPMODEL_NFEAT; c++) {
+        double sd = sqrt(xstd[c]);
+        xstd[c] = sd > 1e-9 * fmax(1, fabs(xmean[c])) ? sd : 1;
+    }
     ystd = ystd > 1e-24 ? sqrt(ystd) : 1;
 
     /* Adam at three falling step sizes, each stage from the best weights of
