@@ -867,7 +867,9 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->regular = B->kind != BODY_TAIL;
     k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
     k->p2p = xmalloc(sizeof *k->p2p * n);
-    k->ext = xmalloc(sizeof *k->ext * (cp->ndeps ? cp->ndeps : 1));
+    int nd = 1;
+    for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
+    k->ext = xmalloc(sizeof *k->ext * nd);
     bool used[S_GROUPS + KEYS] = { false };
     for (int x = 0; x < B->i1 - B->i0; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
