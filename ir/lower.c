@@ -316,13 +316,13 @@ typedef struct {
     int last_micro;          /* micro-batch whose backward runs last */
     int coord[MESH_MAX_AXES];
     /* per tensor on this stage */
-    Ref *fwd_val;            /* [t * m + mb]: the value of t as held here */
+    Ref *fwd_val;            /* [at(t, mb)]: the value of t as held here */
     Layout *val_layout;      /* layout of that value */
     int32_t *param_val;      /* params: VAL_PARAM value */
     int32_t *pgrad_val;      /* params: VAL_PARAM_GRAD value (the rank's whole local gradient) */
     int32_t *pshard_val;     /* params: its ZeRO gradient shard (-1: none) */
     /* per op and micro-batch: the values the forward read and wrote */
-    int32_t *fwd_args;       /* [(i * m + mb) * (IR_MAX_INPUTS + 1) + k], k == nin: out */
+    int32_t *fwd_args;       /* [at(i, mb) * (IR_MAX_INPUTS + 1) + k], k == nin: out */
     /* per pass (one forward or backward of one micro-batch) */
     int pass;
     int *conv_pass, *conv_n;
@@ -332,19 +332,26 @@ typedef struct {
     int ncontribs, cap_contribs;
     int32_t *pgrad;          /* params: last bwd_weight instr of this micro-batch */
     int *pgrad_pass;
-    int32_t *copy_vals;      /* [(i * m + mb) * IR_MAX_INPUTS + c]: conversion copies op i made
+    int32_t *copy_vals;      /* [at(i, mb) * IR_MAX_INPUTS + c]: conversion copies op i made
                                 for micro-batch mb (freed in its backward) */
     Deferred *tied;          /* params whose sync waits for the end of the step */
     Err *err;                /* the first conversion the lowering cannot express */
     bool failed;
     int ntied, cap_tied;
-    int *ncopy;              /* [i * m + mb]: how many */
+    int *ncopy;              /* [at(i, mb)]: how many */
     struct SchedList *sched; /* compact form: the passes of the schedule, in order */
     /* per micro-batch state is kept for the micro-batches lowered: all of
      * them, or the compact form's representatives */
     int nslot;
     int *slot;               /* [mb]: its place, -1: not lowered */
 } Low;
+
+/* Where tensor or op x keeps its state of micro-batch mb in the per
+ * micro-batch arrays (fwd_val, fwd_args, copy_vals, ncopy). */
+static size_t at(const Low *L, int x, int mb)
+{
+    return (size_t)x * L->nslot + L->slot[mb];
+}
 
 /* Grows one of a program's arrays. A plan of a thousand devices holds
  * hundreds of megabytes of instructions; asking for transparent huge pages
@@ -600,7 +607,7 @@ static Ref input_value(Low *L, int i, int k, int mb)
     }
     if (T->role == ROLE_INPUT || T->role == ROLE_LABEL) {
         /* loaded per micro-batch in the layout its consumer needs */
-        Ref *d = &L->fwd_val[t * L->nslot + L->slot[mb]];
+        Ref *d = &L->fwd_val[at(L, t, mb)];
         if (d->val >= 0 && layout_eq(&L->pr->values[d->val].layout, need, T->ndim)) return *d;
         d->val = new_value(L, VAL_DATA, t, mb, need, 0);
         return *d;
@@ -614,13 +621,13 @@ static Ref input_value(Low *L, int i, int k, int mb)
     Conv *cv = &L->conv[t * CONV_MAX];
     for (int c = 0; c < L->conv_n[t]; c++)
         if (layout_eq(&cv[c].layout, need, T->ndim)) return cv[c].ref;
-    Ref src = L->fwd_val[t * L->nslot + L->slot[mb]];
+    Ref src = L->fwd_val[at(L, t, mb)];
     Ref v = convert(L, t, mb, L->val_layout[t], need, src, VAL_ACT, i, PH_FWD, WHY_RESHARD);
     if (v.val != src.val) {
         emit_mem(L, I_ALLOC, v.val, v.instr);
         /* the copy lives until op i's backward */
-        int *n = &L->ncopy[(size_t)i * L->nslot + L->slot[mb]];
-        if (*n < IR_MAX_INPUTS) L->copy_vals[((size_t)i * L->nslot + L->slot[mb]) * IR_MAX_INPUTS + (*n)++] = v.val;
+        int *n = &L->ncopy[at(L, i, mb)];
+        if (*n < IR_MAX_INPUTS) L->copy_vals[at(L, i, mb) * IR_MAX_INPUTS + (*n)++] = v.val;
         if (L->conv_n[t] < CONV_MAX) cv[L->conv_n[t]++] = (Conv){ v, *need };
     }
     return v;
@@ -629,9 +636,9 @@ static Ref input_value(Low *L, int i, int k, int mb)
 /* Frees the conversion copies op i made for micro-batch mb. */
 static void release_copies(Low *L, int i, int mb, int32_t after)
 {
-    size_t at = (size_t)i * L->nslot + L->slot[mb];
-    for (int c = 0; c < L->ncopy[at]; c++)
-        emit_mem(L, I_FREE, L->copy_vals[at * IR_MAX_INPUTS + c], after);
+    size_t x = at(L, i, mb);
+    for (int c = 0; c < L->ncopy[x]; c++)
+        emit_mem(L, I_FREE, L->copy_vals[x * IR_MAX_INPUTS + c], after);
 }
 
 /* Frees the ZeRO-3 gathers op i made for one use. */
@@ -648,7 +655,7 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     const OpFacts *f = &S->of[i];
     int32_t deps[IR_MAX_INPUTS], args[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
     int ng = 0;
-    L->ncopy[(size_t)i * L->nslot + L->slot[mb]] = 0;
+    L->ncopy[at(L, i, mb)] = 0;
     for (int k = 0; k < op->nin; k++) {
         Ref r = input_value(L, i, k, mb);
         deps[k] = r.instr;
@@ -668,10 +675,10 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     release_gathers(L, gathered, ng, c);
 
     /* the backward reads what the forward read and wrote */
-    int32_t *fa = &L->fwd_args[((size_t)i * L->nslot + L->slot[mb]) * (IR_MAX_INPUTS + 1)];
+    int32_t *fa = &L->fwd_args[at(L, i, mb) * (IR_MAX_INPUTS + 1)];
     for (int k = 0; k < op->nin; k++) fa[k] = zero3(S, op->in[k]) ? -1 : args[k + 1];
     fa[op->nin] = args[0];
-    L->fwd_val[op->out * L->nslot + L->slot[mb]] = (Ref){ c, args[0] };
+    L->fwd_val[at(L, op->out, mb)] = (Ref){ c, args[0] };
     L->val_layout[op->out] = f->out;
 }
 
@@ -699,7 +706,7 @@ static void send_forward(Low *L, int i, int mb)
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
         const Layout *need = &S->of[j].in[k];
-        Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[t * L->nslot + L->slot[mb]], VAL_ACT, j,
+        Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[at(L, t, mb)], VAL_ACT, j,
                         PH_FWD, WHY_RESHARD);
         int32_t sd = emit(L, I_SEND, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
                           local_bytes(S, t, need), &v.instr, 1, &v.val, 1);
@@ -718,7 +725,7 @@ static void recv_forward(Low *L, int i, int mb)
         const Tensor *T = &g->tensors[t];
         if (T->role != ROLE_ACT || T->producer < 0) continue;
         int ps = S->s->op_stage[T->producer];
-        if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[t * L->nslot + L->slot[mb]].val >= 0)
+        if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[at(L, t, mb)].val >= 0)
             continue;
         /* the first consumer in this chunk fixes the layout it travels in */
         const Layout *l = &S->of[i].in[k];
@@ -727,7 +734,7 @@ static void recv_forward(Low *L, int i, int mb)
                          local_bytes(S, t, l), NULL, 0, &v, 1);
         L->pr->instrs[r].peer = ps;
         emit_mem(L, I_ALLOC, v, r);
-        L->fwd_val[t * L->nslot + L->slot[mb]] = (Ref){ r, v };
+        L->fwd_val[at(L, t, mb)] = (Ref){ r, v };
         L->val_layout[t] = *l;
     }
 }
@@ -1062,7 +1069,7 @@ static void backward_op(Low *L, int i, int mb)
     const Op *op = &g->ops[i];
     const OpFacts *f = &S->of[i];
     int t_out = op->out, nin = op->nin;
-    const int32_t *fa = &L->fwd_args[((size_t)i * L->nslot + L->slot[mb]) * (IR_MAX_INPUTS + 1)];
+    const int32_t *fa = &L->fwd_args[at(L, i, mb) * (IR_MAX_INPUTS + 1)];
 
     if (!f->has_bwd) {
         release_copies(L, i, mb, -1);
@@ -1218,7 +1225,7 @@ static void send_backward(Low *L, int i, int mb)
              * schedules are deadlock-free as Megatron-LM's are */
             free_contribs(L, t, sd);
         }
-        emit_mem(L, I_FREE, L->fwd_val[t * L->nslot + L->slot[mb]].val, dv.instr);
+        emit_mem(L, I_FREE, L->fwd_val[at(L, t, mb)].val, dv.instr);
     }
 }
 
@@ -1272,7 +1279,7 @@ static void forward_pass(Low *L, const StageOps *so, int v, int mb)
         int i = ops[x];
         if (!S->s->ops[i].recompute || checkpoint(S, i)) continue;
         release_copies(L, i, mb, -1);
-        emit_mem(L, I_FREE, L->fwd_val[S->g->ops[i].out * L->nslot + L->slot[mb]].val, -1);
+        emit_mem(L, I_FREE, L->fwd_val[at(L, S->g->ops[i].out, mb)].val, -1);
     }
 }
 
@@ -1398,6 +1405,21 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
     return p + g + o;
 }
 
+/* The alloc/free walk over instructions [i0, i1): bytes allocated minus
+ * freed, and the highest that reaches (0 at least). */
+static void mem_walk(const Program *pr, int i0, int i1, int64_t *net, int64_t *peak)
+{
+    int64_t cur = 0;
+    *peak = 0;
+    for (int i = i0; i < i1; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == I_ALLOC) cur += in->bytes;
+        else if (in->kind == I_FREE) cur -= in->bytes;
+        if (cur > *peak) *peak = cur;
+    }
+    *net = cur;
+}
+
 /* Params, gradients and optimizer state this class holds all step. */
 static int64_t static_state(const Low *L)
 {
@@ -1415,13 +1437,8 @@ static void account_memory(Low *L)
 {
     Program *pr = L->pr;
     int64_t st = static_state(L);
-    int64_t cur = 0, peak = 0;
-    for (int i = 0; i < pr->ninstrs; i++) {
-        const Instr *in = &pr->instrs[i];
-        if (in->kind == I_ALLOC) cur += in->bytes;
-        else if (in->kind == I_FREE) cur -= in->bytes;
-        if (cur > peak) peak = cur;
-    }
+    int64_t net, peak;
+    mem_walk(pr, 0, pr->ninstrs, &net, &peak);
     pr->static_mem = st;
     pr->peak_mem = st + peak;
 }
@@ -1541,13 +1558,13 @@ static StageOps *class_begin(Low *L, Program *pr, int rank)
     so->off[0] = 0;
     for (int x = 0; x < nops; x++) {
         const Op *op = &g->ops[ops[x]];
-        int32_t *fa = &L->fwd_args[(size_t)ops[x] * L->nslot * (IR_MAX_INPUTS + 1)];
-        for (size_t k = 0; k < (size_t)L->nslot * (IR_MAX_INPUTS + 1); k++) fa[k] = -1;
-        for (int k = 0; k <= op->nin; k++) {
-            int t = k < op->nin ? op->in[k] : op->out;
-            for (int k = 0; k < L->nslot; k++) L->fwd_val[(size_t)t * L->nslot + k] = NOREF;
+        for (int sl = 0; sl < L->nslot; sl++) {     /* each micro-batch lowered */
+            size_t i = (size_t)ops[x] * L->nslot + sl;
+            for (int k = 0; k <= IR_MAX_INPUTS; k++) L->fwd_args[i * (IR_MAX_INPUTS + 1) + k] = -1;
+            for (int k = 0; k <= op->nin; k++)
+                L->fwd_val[(size_t)(k < op->nin ? op->in[k] : op->out) * L->nslot + sl] = NOREF;
+            L->ncopy[i] = 0;
         }
-        for (int k = 0; k < L->nslot; k++) L->ncopy[(size_t)ops[x] * L->nslot + k] = 0;
     }
     for (int t = 0; t < nt; t++) {
         L->conv_pass[t] = L->contrib_pass[t] = L->pgrad_pass[t] = -1;
@@ -1620,8 +1637,9 @@ static void record_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
     sl->v[sl->n++] = (SchedPass){ fwd, v, mb };
 }
 
-/* Lowers one pass as a body of the compact program. */
-static void body_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
+/* Lowers one pass (or, BODY_TAIL, the step's tail) as a body of the
+ * compact program. */
+static void body_pass(Low *L, const StageOps *so, BodyKind kind, int v, int mb)
 {
     Program *pr = L->pr;
     if (pr->nbodies == pr->cap_bodies) {
@@ -1630,25 +1648,17 @@ static void body_pass(Low *L, const StageOps *so, bool fwd, int v, int mb)
     }
     Body *b = &pr->bodies[pr->nbodies];
     memset(b, 0, sizeof *b);
-    b->kind = fwd ? BODY_FWD : BODY_BWD;
+    b->kind = (uint8_t)kind;
     b->chunk = (int16_t)v;
     b->micro = mb;
     b->i0 = pr->ninstrs;
     b->v0 = pr->nvalues;
-    if (fwd) forward_pass(L, so, v, mb);
-    else if (so) backward_pass(L, so, v, mb);
+    if (kind == BODY_FWD) forward_pass(L, so, v, mb);
+    else if (kind == BODY_BWD) backward_pass(L, so, v, mb);
     else sync_tied(L);
     b->i1 = pr->ninstrs;
     b->v1 = pr->nvalues;
-    if (!fwd && !so) b->kind = BODY_TAIL;
-    int64_t cur = 0;
-    for (int i = b->i0; i < b->i1; i++) {
-        const Instr *in = &pr->instrs[i];
-        if (in->kind == I_ALLOC) cur += in->bytes;
-        else if (in->kind == I_FREE) cur -= in->bytes;
-        if (cur > b->mem_peak) b->mem_peak = cur;
-    }
-    b->mem_net = cur;
+    mem_walk(pr, b->i0, b->i1, &b->mem_net, &b->mem_peak);
     pr->nbodies++;
 }
 
@@ -1674,10 +1684,10 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
     for (int mb = 0; mb < m; mb++)
         if (L->slot[mb] >= 0) reps[nreps++] = mb;
     for (int r = 0; r < nreps; r++)
-        for (int v = 0; v < V; v++) body_pass(L, so, true, v, reps[r]);
+        for (int v = 0; v < V; v++) body_pass(L, so, BODY_FWD, v, reps[r]);
     for (int r = 0; r < nreps; r++)
-        for (int v = V - 1; v >= 0; v--) body_pass(L, so, false, v, reps[r]);
-    body_pass(L, NULL, false, 0, 0);            /* the tail: sums of tied params */
+        for (int v = V - 1; v >= 0; v--) body_pass(L, so, BODY_BWD, v, reps[r]);
+    body_pass(L, so, BODY_TAIL, 0, 0);          /* the sums of tied params */
 
     pr->nsched = sl.n;
     pr->sched = xmalloc(sizeof *pr->sched * (sl.n ? sl.n : 1));
@@ -1685,7 +1695,7 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
     pr->nchunks = V;
     for (int k = 0; k < sl.n; k++) {
         const SchedPass *q = &sl.v[k];
-        int rep = q->mb == m - 1 ? q->mb : 0;
+        int rep = L->slot[q->mb] >= 0 ? q->mb : 0;     /* lowered itself, or stood for by 0 */
         pr->sched[k] = (PassRef){ body_of(pr, q->fwd ? BODY_FWD : BODY_BWD, q->v, rep), q->mb };
     }
     free(sl.v);
@@ -2064,26 +2074,6 @@ static bool is_comm(InstrKind k)
     return k >= I_ALLREDUCE && k <= I_RECV;
 }
 
-/* Calls fn for every instruction of the step with how many times it runs:
- * once each in a full program; in a compact one, each body instruction as
- * often as the schedule runs its body. */
-typedef void (*InstrFn)(const Instr *in, int64_t times, void *ctx);
-
-static void each_instr(const Program *pr, InstrFn fn, void *ctx)
-{
-    if (!program_is_compact(pr)) {
-        for (int i = 0; i < pr->ninstrs; i++) fn(&pr->instrs[i], 1, ctx);
-        return;
-    }
-    int64_t *times = xcalloc(pr->nbodies, sizeof *times);
-    for (int k = 0; k < pr->nsched; k++) times[pr->sched[k].body]++;
-    times[pr->nbodies - 1] = 1;          /* the tail */
-    for (int b = 0; b < pr->nbodies; b++)
-        for (int i = pr->bodies[b].i0; i < pr->bodies[b].i1; i++)
-            if (times[b]) fn(&pr->instrs[i], times[b], ctx);
-    free(times);
-}
-
 /* What a class does in one step, by instruction kind and mesh axes. */
 typedef struct {
     int64_t total, count[I_KIND_COUNT], bytes[I_KIND_COUNT];
@@ -2091,14 +2081,13 @@ typedef struct {
     AxisMask axes[64];                   /* bytes per axis set, in first-seen order */
     int64_t axb[64];
     int nax;
-    InstrKind kind;                      /* tally_comm: this kind and reason only */
+    InstrKind kind;                      /* sel_bytes: bytes of this kind and reason only */
     Why why;
     int64_t sel_bytes;
 } Tally;
 
-static void tally_one(const Instr *in, int64_t times, void *ctx)
+static void tally_one(Tally *t, const Instr *in, int64_t times)
 {
-    Tally *t = ctx;
     t->total += times;
     t->count[in->kind] += times;
     if (in->kind == I_COMPUTE) t->flops += (double)in->flops * (double)times;
@@ -2115,12 +2104,25 @@ static void tally_one(const Instr *in, int64_t times, void *ctx)
     if (a < t->nax) t->axb[a] += in->bytes * times;
 }
 
+/* Every instruction of the step with how many times it runs: once each in a
+ * full program; in a compact one, each body's as often as the schedule runs
+ * it (the tail once). */
 static void tally(const Program *pr, Tally *t, InstrKind kind, Why why)
 {
     memset(t, 0, sizeof *t);
     t->kind = kind;
     t->why = why;
-    each_instr(pr, tally_one, t);
+    if (!program_is_compact(pr)) {
+        for (int i = 0; i < pr->ninstrs; i++) tally_one(t, &pr->instrs[i], 1);
+        return;
+    }
+    int64_t *times = xcalloc(pr->nbodies, sizeof *times);
+    for (int k = 0; k < pr->nsched; k++) times[pr->sched[k].body]++;
+    times[pr->nbodies - 1] = 1;
+    for (int b = 0; b < pr->nbodies; b++)
+        for (int i = pr->bodies[b].i0; i < pr->bodies[b].i1 && times[b]; i++)
+            tally_one(t, &pr->instrs[i], times[b]);
+    free(times);
 }
 
 int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why)
