@@ -163,7 +163,7 @@ typedef struct {
     double base_end;                /* latest end among them (and their sends) */
     int *xoff;                      /* per pass: its exports' first slot in x* */
     double *xstart, *xend;          /* per export slot of a pass run whole */
-    int8_t *xcode;                  /* its stream code */
+    int16_t *xcode;                 /* its stream code (stream_code) */
 } CState;
 
 typedef struct {
@@ -417,6 +417,18 @@ static int stream_of(const Sim *S, CState *c, const Instr *in)
     return c->key_stream[key];
 }
 
+/* Did dependency d run on a stream other than the interpreter's, and for
+ * how long (*moved)? */
+static bool on_comm_stream(const CState *c, int32_t d, double *moved)
+{
+    if (is_ext(d)) {
+        *moved = c->xend[-2 - d] - c->xstart[-2 - d];
+        return c->xcode[-2 - d] != S_MAIN;
+    }
+    *moved = c->end[d] - c->start[d];
+    return c->sid[d] != S_MAIN;
+}
+
 static bool run_compute(Sim *S, int ci, int32_t i)
 {
     CState *c = &S->cs[ci];
@@ -436,13 +448,9 @@ static bool run_compute(Sim *S, int ci, int32_t i)
     /* a wait for communication is exposed comm up to the transfer's length;
      * the rest is a wait for a peer (a bubble, a slower member) */
     double gap = t - c->free_t[S_MAIN];
-    if (gap > 0 && is_ext(bind) && c->xcode[-2 - bind] != S_MAIN) {
-        double moved = c->xend[-2 - bind] - c->xstart[-2 - bind];
+    double moved;
+    if (gap > 0 && bind != -1 && on_comm_stream(c, bind, &moved))
         c->out.exposed_comm += fmin(gap, fmax(0, moved));
-    } else if (gap > 0 && bind >= 0 && c->sid[bind] != S_MAIN) {
-        double moved = c->end[bind] - c->start[bind];
-        c->out.exposed_comm += fmin(gap, fmax(0, moved));
-    }
     c->start[i] = t;
     c->end[i] = t + dur;
     c->free_t[S_MAIN] = t + dur;
@@ -615,6 +623,25 @@ static bool run_send(Sim *S, int ci, int32_t i)
     return true;
 }
 
+/* A message's bytes have arrived at `end` (dur of moving them): the first
+ * to learn it records it, and the sender learns when its bytes left. A
+ * send posted by a pass run whole (see "Passes") has no instruction of
+ * its own left to mark. */
+static void message_done(Sim *S, Msg *m, double start, double end, double dur)
+{
+    if (!isnan(m->end)) return;
+    m->end = end;
+    CState *sc = &S->cs[m->send_class];
+    if (m->send_instr < 0) {
+        sc->base_end = fmax(sc->base_end, end);
+        sc->out.busy_comm += dur;
+    } else if (isnan(sc->end[m->send_instr])) {
+        sc->end[m->send_instr] = end;
+        sc->out.busy_comm += dur;
+        span(S, m->send_class, m->send_instr, start, end);
+    }
+}
+
 static bool run_recv(Sim *S, int ci, int32_t i)
 {
     CState *c = &S->cs[ci];
@@ -641,19 +668,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
     double dur = p2p_time(S, c, in, peer);
     double start = fmax(m->send_t, c->start[i]), end = start + dur;
     if (c->sid[i] == S_MAIN) end += S->calib[2];     /* the interpreter's step, as counted */
-    if (isnan(m->end)) {
-        m->end = end;
-        /* the sender learns when its bytes left */
-        CState *sc = &S->cs[m->send_class];
-        if (m->send_instr < 0) {            /* posted by a pass run whole */
-            sc->base_end = fmax(sc->base_end, end);
-            sc->out.busy_comm += dur;
-        } else if (isnan(sc->end[m->send_instr])) {
-            sc->end[m->send_instr] = end;
-            sc->out.busy_comm += dur;
-            span(S, m->send_class, m->send_instr, start, end);
-        }
-    }
+    message_done(S, m, start, end, dur);
     finish_comm(S, ci, i, start, end);
     return true;
 }
@@ -796,7 +811,7 @@ typedef struct {
 
 typedef struct {
     bool regular;
-    int8_t *code;                   /* stream code (S_MAIN, S_P2P, S_GROUPS + key); -1: alloc/free */
+    int16_t *code;                  /* stream code (stream_code); -1: alloc/free */
     double *dur;
     uint8_t *src;                   /* compute: CostSource */
     int32_t *peer;                  /* send/recv: the peer's rank */
@@ -809,7 +824,7 @@ typedef struct {
     /* inputs and outputs of a run, for the memo */
     int nstream;                    /* stream codes the body uses */
     int16_t *streams;
-    int np2p;                       /* its sends and receives, in order */
+    int np2p, nrecv;                /* its sends and receives, in order; how many receive */
     int32_t *p2p;
     int next;                       /* dependencies on other passes: (instruction, dependency) */
     int32_t (*ext)[2];
@@ -874,7 +889,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     for (int x = 0; x < B->i1 - B->i0; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
         int code = stream_code(S, c, in);
-        k->code[x] = (int8_t)(code < S_GROUPS ? code : -2);    /* -2: a group's, by its key */
+        k->code[x] = (int16_t)code;
         if (code < 0) continue;
         if (!used[code]) k->streams[k->nstream++] = (int16_t)code;
         used[code] = true;
@@ -899,6 +914,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             if (in->recompute) k->add.recompute += k->dur[x];
         } else if (in->kind == I_SEND || in->kind == I_RECV) {
             k->p2p[k->np2p++] = x;
+            k->nrecv += in->kind == I_RECV;
             if (in->why == WHY_PS) k->regular = false;
             k->peer[x] = peer_rank(S, c, in);
             k->dur[x] = p2p_time(S, c, in, k->peer[x]);
@@ -925,26 +941,19 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             }
         }
     }
-    int nrecv = 0;
     k->exp = xmalloc(sizeof *k->exp * n);
     for (int x = 0; x < B->i1 - B->i0; x++)
         if (P->export_slot[B->i0 + x] >= 0) {
             k->exp[k->nexp][0] = x;
             k->exp[k->nexp++][1] = P->export_slot[B->i0 + x];
         }
-    for (int q = 0; q < k->np2p; q++) nrecv += cp->instrs[B->i0 + k->p2p[q]].kind == I_RECV;
     k->scale = k->add.busy_compute + k->add.busy_comm;
-    k->nkey = k->nstream + nrecv + 2 * k->next;
-    k->nout = k->nstream + k->np2p + nrecv + 3 * k->nexp + 1;
+    k->nkey = k->nstream + k->nrecv + 2 * k->next;
+    k->nout = k->nstream + k->np2p + k->nrecv + 3 * k->nexp + 1;
     for (int w = 0; w < MEMO_WAYS; w++) {
         k->memo[w].key = xmalloc(sizeof *k->memo[w].key * (k->nkey ? k->nkey : 1));
         k->memo[w].out = xmalloc(sizeof *k->memo[w].out * k->nout);
     }
-}
-
-static int group_code(const Sim *S, const Instr *in, int8_t code)
-{
-    return code == -2 ? S_GROUPS + key_of(S, in) : code;
 }
 
 /* The message a send or receive of the body will be, without taking it. */
@@ -973,14 +982,23 @@ static bool pass_ready(Sim *S, int ci, Passes *P, int pass)
     return true;
 }
 
-/* Export slot (in c->x*) of the instruction of another pass that
- * dependency d of pass `pass` names. */
-static int ext_slot(const CState *c, const Passes *P, int pass, int32_t d)
+/* Slot in c->x* of instruction `local` of pass `pass` (nsched: the tail),
+ * -1 when no other pass reads it. */
+static int export_at(const CState *c, const Passes *P, int pass, int32_t local)
 {
     const Program *cp = c->cp;
+    int body = pass < cp->nsched ? cp->sched[pass].body : cp->nbodies - 1;
+    int slot = P->export_slot[cp->bodies[body].i0 + local];
+    return slot < 0 ? -1 : c->xoff[pass] + slot;
+}
+
+/* Slot in c->x* of the instruction of another pass that dependency d of
+ * pass `pass` names. */
+static int ext_slot(const CState *c, const Passes *P, int pass, int32_t d)
+{
     int32_t loc;
-    int op = program_pass_of(cp, c->pass_at, pass, d, &loc);
-    return c->xoff[op] + P->export_slot[cp->bodies[cp->sched[op].body].i0 + loc];
+    int op = program_pass_of(c->cp, c->pass_at, pass, d, &loc);
+    return export_at(c, P, op, loc);
 }
 
 static int64_t quantum(double v, double q)
@@ -1008,16 +1026,14 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
     /* outputs after the streams: per p2p op its time (send: posted;
      * receive: ready) then per receive its end; then per export start, end,
      * code; then the latest end */
-    int nrecv = 0;
-    for (int q = 0; q < k->np2p; q++) nrecv += cp->instrs[B->i0 + k->p2p[q]].kind == I_RECV;
-    double *o_recv_end = o_p2p + k->np2p, *o_x = o_recv_end + nrecv;
+    double *o_recv_end = o_p2p + k->np2p, *o_x = o_recv_end + k->nrecv;
     int nr = 0;
     for (int x = 0; x < B->i1 - B->i0; x++) {
         int i = B->i0 + x;
         const Instr *in = &cp->instrs[i];
         st[x] = en[x] = NAN;
-        if (k->code[x] == -1) continue;
-        int code = group_code(S, in, k->code[x]);
+        int code = k->code[x];
+        if (code < 0) continue;
         /* ready: the stream, then every dependency (the first latest binds) */
         double t = fr[code], bs = NAN, be = NAN;
         int bcode = S_MAIN;
@@ -1029,7 +1045,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
                 int loc = d - B->i0;
                 e = en[loc];
                 s0 = st[loc];
-                dc = k->code[loc] == -2 ? S_GROUPS : k->code[loc];
+                dc = k->code[loc];
             } else {
                 int slot = ext_slot(c, P, pass, d);
                 e = c->xend[slot];
@@ -1076,17 +1092,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             if (isnan(m->recv_ready)) m->recv_ready = t;
             s1 = fmax(m->send_t, t);
             e1 = s1 + dur + (code == S_MAIN ? S->calib[2] : 0);
-            if (isnan(m->end)) {
-                m->end = e1;
-                CState *sc = &S->cs[m->send_class];
-                if (m->send_instr < 0) {
-                    sc->base_end = fmax(sc->base_end, e1);
-                    sc->out.busy_comm += dur;
-                } else if (isnan(sc->end[m->send_instr])) {
-                    sc->end[m->send_instr] = e1;
-                    sc->out.busy_comm += dur;
-                }
-            }
+            message_done(S, m, s1, e1, dur);
             o_p2p[np++] = t - T0;
             o_recv_end[nr++] = e1 - T0;
             fr[code] = e1;
@@ -1101,13 +1107,12 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
         if (!isnan(e1)) last = fmax(last, e1);
         int slot = P->export_slot[i];
         if (slot >= 0) {
-            int8_t xc = (int8_t)(code < S_GROUPS ? code : S_GROUPS);
             c->xstart[c->xoff[pass] + slot] = s1;
             c->xend[c->xoff[pass] + slot] = e1;
-            c->xcode[c->xoff[pass] + slot] = xc;
+            c->xcode[c->xoff[pass] + slot] = (int16_t)code;
             o_x[nx++] = s1 - T0;
             o_x[nx++] = e1 - T0;
-            o_x[nx++] = xc;
+            o_x[nx++] = code;
         }
     }
     for (int q = 0; q < k->nstream; q++) out[q] = fr[k->streams[q]] - T0;
@@ -1146,24 +1151,14 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
         Msg *m = msg_for(S, other, ci, tag, n);
         double e1 = T0 + o_recv_end[nr++];
         if (isnan(m->recv_ready)) m->recv_ready = T0 + o_p2p[q];
-        if (isnan(m->end)) {
-            m->end = e1;
-            CState *sc = &S->cs[m->send_class];
-            if (m->send_instr < 0) {
-                sc->base_end = fmax(sc->base_end, e1);
-                sc->out.busy_comm += k->dur[x];
-            } else if (isnan(sc->end[m->send_instr])) {
-                sc->end[m->send_instr] = e1;
-                sc->out.busy_comm += k->dur[x];
-            }
-        }
+        message_done(S, m, e1 - k->dur[x], e1, k->dur[x]);
     }
     const double *o_x = o_recv_end + nr;
     for (int q = 0; q < k->nexp; q++) {
         int slot = c->xoff[pass] + k->exp[q][1];
         c->xstart[slot] = T0 + o_x[3 * q];
         c->xend[slot] = T0 + o_x[3 * q + 1];
-        c->xcode[slot] = (int8_t)o_x[3 * q + 2];
+        c->xcode[slot] = (int16_t)o_x[3 * q + 2];
     }
     for (int q = 0; q < k->nstream; q++) c->afree[k->streams[q]] = T0 + me->out[q];
     if (me->out[k->nout - 1] > -INFINITY) c->base_end = fmax(c->base_end, T0 + me->out[k->nout - 1]);
@@ -1242,10 +1237,8 @@ typedef struct {
 static int32_t outside_dep(void *ctx, int pass, int32_t local)
 {
     const Outside *o = ctx;
-    const Program *cp = o->c->cp;
-    int body = pass < cp->nsched ? cp->sched[pass].body : cp->nbodies - 1;
-    int slot = o->P->export_slot[cp->bodies[body].i0 + local];
-    return slot < 0 ? -1 : -2 - (o->c->xoff[pass] + slot);
+    int slot = export_at(o->c, o->P, pass, local);
+    return slot < 0 ? -1 : -2 - slot;
 }
 
 /* Runs the regular passes of every class whole, as far as they go, and
