@@ -20,13 +20,7 @@
 #include "ir/lower.h"
 #include "ir/strategy.h"
 #include "ir/zoo.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "ir/util.h"
 
 static int cmp(const void *a, const void *b)
 {

@@ -30,6 +30,7 @@
 #include "ir/lower.h"
 #include "ir/strategy.h"
 #include "ir/zoo.h"
+#include "ir/util.h"
 
 typedef struct {
     const char *params;
@@ -50,13 +51,6 @@ static const Row ROWS[] = {
     { "529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 163 },
     { "1008.0B", 160, 25600, 128, 8, 64, 3072, 3072, 163 },
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(void)
 {

@@ -35,13 +35,6 @@ static int usage_error(const char *cmd, const Err *err)
     return EXIT_USAGE;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* 1234567 -> "1.23 M" */
 static const char *si(double x, char *buf, int n)
 {

@@ -292,13 +292,6 @@ static void add_num_or_null(cJSON *o, const char *k, double sum, int n)
     else cJSON_AddNullToObject(o, k);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* The nets and their training. Chosen on this machine's quick profiles
  * (docs/costmodel.md): the width and the number of nets trade held-out
  * error against prediction time (each net costs ~0.4 us a prediction);

@@ -159,13 +159,6 @@ static void progress_wake(Runtime *rt)
     if (rt->prog_on) pthread_cond_signal(&rt->cv);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void rt_default_hyper(OptimHyper *h)
 {
     *h = (OptimHyper){ .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,

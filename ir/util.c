@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* ----------------------------------------------------------------------------
  * JSON getters */
@@ -261,6 +262,13 @@ void json_hash(const cJSON *j, char out[17])
 
 /* ----------------------------------------------------------------------------
  * Globs */
+
+double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 bool glob_match(const char *p, const char *s)
 {

@@ -43,6 +43,9 @@ cJSON *json_sorted(const cJSON *j, const char *const *keep_order);
 void json_hash(const cJSON *j, char out[17]);
 void hash_hex(const void *data, size_t n, char out[17]);
 
+/* Seconds on the monotonic clock (for measuring intervals). */
+double now_s(void);
+
 /* Glob match with `*` (any run of characters, dots included). */
 bool glob_match(const char *pattern, const char *s);
 

@@ -11,13 +11,6 @@
 #include "db/db.h"
 #include "ir/util.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const Strategy *s,
                    const Plan *p, const cJSON *summary, char plan_id[17], Err *err)
 {

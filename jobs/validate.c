@@ -184,13 +184,6 @@ static int spec_world(const cJSON *j)
 /* ----------------------------------------------------------------------------
  * Running a plan */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Runs `strata run` on the files and returns the stored run's id. A run
  * still going after o->timeout_s seconds is stopped (its whole process
  * group: mpirun and its ranks) and reported as such. */

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "ir/util.h"
 #include "tests/support/cli_harness.h"
 
 /* A sanitizer build of strata reports with this exit code (set through
@@ -226,13 +227,6 @@ void harness_dump(const Res *r)
     print_error("  $ %s\n  exit %d%s after %.1f s\n  --- stdout\n%.4000s\n  --- stderr\n%.4000s\n",
                 r->cmd, r->rc, r->timed_out ? " (killed at the deadline)" : "", r->secs,
                 r->out ? r->out : "", r->err ? r->err : "");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* The processes below root (its children, theirs, ...), from /proc, into out;
