@@ -47,7 +47,7 @@ NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[
 NVFLAGS   := -O2 -g -std=c++17 -I. $(NVCC_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c jobs/*.c)
+LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c search/*.c jobs/*.c)
 CU_SRC   := $(if $(filter 1,$(HAVE_CUDA)),$(wildcard executor/cuda/*.cu))
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)

@@ -37,8 +37,10 @@
 #define EXIT_USAGE 2
 
 static const OptSpec RUN_OPTS[] = {
-    { "model", 0, true, "FILE  model JSON (required)" },
-    { "strategy", 0, true, "FILE  strategy JSON (required)" },
+    { "model", 0, true, "FILE  model JSON (required without --plan)" },
+    { "strategy", 0, true, "FILE  strategy JSON (required without --plan)" },
+    { "plan", 0, true, "ID  a stored plan (from `strata search` or `estimate`) instead of "
+                       "--model, --strategy and --cluster" },
     { "cluster", 0, true, "FILE  cluster JSON (default: this machine, one device per rank)" },
     { "nodes", 0, true, "N  nodes of the cluster template" },
     { "steps", 0, true, "N  training steps (default 5)" },
@@ -55,8 +57,8 @@ static const OptSpec RUN_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
-static const char *USAGE = "strata run --model FILE --strategy FILE [--cluster FILE] [--steps N] "
-                           "[--backend cpu|cuda] [--verify] [--db PATH]";
+static const char *USAGE = "strata run (--model FILE --strategy FILE [--cluster FILE] | --plan ID) "
+                           "[--steps N] [--backend cpu|cuda] [--verify] [--db PATH]";
 
 /* A cluster of this machine: one CPU device per rank. */
 static Cluster *local_cluster(int world, Err *err)
@@ -73,6 +75,65 @@ static Cluster *local_cluster(int world, Err *err)
     Cluster *c = cluster_from_json(j, 0, err);
     cJSON_Delete(j);
     return c;
+}
+
+/* The model, cluster and strategy of --plan ID, read back from the store
+ * (the run is then stored beside that plan), or of the files given. */
+static int load_inputs(const Args *a, Graph **g, Cluster **c, Strategy **s, Err *err)
+{
+    *g = NULL;
+    *c = NULL;
+    *s = NULL;
+    if (args_get(a, "plan")) {
+        Db *db = db_open_existing(args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB, err);
+        if (!db) return -1;
+        DbPlan p;
+        DbModel m = { 0 };
+        DbCluster dc = { 0 };
+        if (db_plan_get(db, args_get(a, "plan"), &p, err)) {
+            db_close(db);
+            return -1;
+        }
+        int rc = db_model_get(db, p.model_id, &m, err);
+        if (!rc) rc = db_cluster_get(db, p.cluster_id, &dc, err);
+        db_close(db);
+        if (rc) {
+            db_plan_free(&p);
+            db_model_free(&m);
+            return -1;
+        }
+        cJSON *mj = cJSON_Parse(m.json), *cj = cJSON_Parse(dc.json), *sj = cJSON_Parse(p.strategy_json);
+        if (mj && cj && sj) {
+            *g = graph_from_json(mj, err);
+            *c = *g ? cluster_from_json(cj, 0, err) : NULL;
+            *s = *c ? strategy_from_json(sj, *g, *c, err) : NULL;
+        } else {
+            err_set(err, "plan %s: its stored JSON does not parse", p.id);
+        }
+        if (!*s) err_prefix(err, "plan %s", p.id);
+        cJSON_Delete(mj);
+        cJSON_Delete(cj);
+        cJSON_Delete(sj);
+        db_plan_free(&p);
+        db_model_free(&m);
+        db_cluster_free(&dc);
+    } else {
+        int64_t nodes = 0;
+        args_int(a, "nodes", 1, 1 << 20, &nodes, err);
+        *g = graph_load(args_get(a, "model"), err);
+        if (*g && args_get(a, "cluster")) *c = cluster_load(args_get(a, "cluster"), (int)nodes, err);
+        if (*g && (*c || !args_get(a, "cluster")))
+            *s = strategy_load(args_get(a, "strategy"), *g, *c, err);
+        if (*s && !*c) *c = local_cluster((*s)->world, err);
+    }
+    if (*s && *c) return 0;
+    strategy_free(*s);
+    cluster_free(*c);
+    graph_free(*g);
+    *g = NULL;
+    *c = NULL;
+    *s = NULL;
+    return -1;
 }
 
 static const char *human_bytes(double b, char *out, int n)
@@ -174,21 +235,60 @@ static bool all_ranks(bool mine)
     return all != 0;
 }
 
-static void random_id(char out[17])
-{
-    uint64_t x = (uint64_t)time(NULL) * 6364136223846793005ULL ^ (uint64_t)getpid() * 1442695040888963407ULL;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL;
-    snprintf(out, 17, "%016llx", (unsigned long long)x);
-}
-
 static void iso_now(char *buf, int n)
 {
     time_t t = time(NULL);
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* A run of a stored plan (--plan): its newest prediction beside what was
+ * measured (the median over the steps after the first of the slowest rank). */
+static void compare_with_prediction(const char *path, const char *plan_id, const StepStat *all,
+                                    int steps, int world)
+{
+    Err err = { { 0 } };
+    Db *db = db_open_existing(path, &err);
+    DbEstimate *e = NULL;
+    int n = 0;
+    if (!db || db_estimate_list(db, plan_id, &e, &n, &err) || !n) {
+        printf("plan %s has no stored prediction to compare with\n", plan_id);
+        db_close(db);
+        return;
+    }
+    db_close(db);
+    int first = steps > 1 ? 1 : 0, m = steps - first;
+    double *t = xmalloc(sizeof *t * m);
+    for (int st = first; st < steps; st++) {
+        t[st - first] = 0;
+        for (int k = 0; k < world; k++)
+            t[st - first] = fmax(t[st - first], all[(size_t)st * world + k].step_s);
+    }
+    qsort(t, m, sizeof *t, cmp_double);
+    double med = m % 2 ? t[m / 2] : (t[m / 2 - 1] + t[m / 2]) / 2;
+    printf("predicted %.3f ms (estimate %lld, %s), measured %.3f ms (median of %d step%s after "
+           "the first): %+.1f%%\n", e[0].step_time_s * 1e3, (long long)e[0].id,
+           e[0].cost_model_id ? e[0].cost_model_id : "analytical model", med * 1e3, m,
+           m == 1 ? "" : "s", 100 * (e[0].step_time_s / med - 1));
+    free(t);
+    db_estimate_list_free(e, n);
+}
+
+/* The stored plan's id: the hash of model, cluster and strategy ids. */
+static void plan_id_of(const Loaded *L, char out[17])
+{
+    char m[17], c[17], key[64];
+    graph_id(L->g, m);
+    cluster_id(L->c, c);
+    snprintf(key, sizeof key, "%s/%s/%s", m, c, L->s->id);
+    hash_hex(key, strlen(key), out);
 }
 
 static int store_run(const char *path, const Loaded *L, const char *backend, int steps,
@@ -216,9 +316,7 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
     memcpy(dp.model_id, m.id, 17);
     memcpy(dp.cluster_id, dc.id, 17);
     memcpy(dp.strategy_id, L->s->id, 17);
-    char key[64];
-    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, L->s->id);
-    hash_hex(key, strlen(key), dp.id);
+    plan_id_of(L, dp.id);
     DbRun r = { .backend = (char *)backend, .world = L->p->world, .steps = steps,
                 .status = (char *)status, .started = (char *)started, .verify_json = vt };
     random_id(r.id);
@@ -285,12 +383,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     char started[32];
     iso_now(started, sizeof started);
 
-    int64_t nodes = 0;
-    args_int(a, "nodes", 1, 1 << 20, &nodes, &err);
-    L.g = graph_load(args_get(a, "model"), &err);
-    if (L.g && args_get(a, "cluster")) L.c = cluster_load(args_get(a, "cluster"), (int)nodes, &err);
-    if (L.g && (L.c || !args_get(a, "cluster"))) L.s = strategy_load(args_get(a, "strategy"), L.g, L.c, &err);
-    if (L.s && !L.c) L.c = local_cluster(L.s->world, &err);
+    load_inputs(a, &L.g, &L.c, &L.s, &err);
     if (L.s && L.c && L.s->world != world)
         err_set(&err, "the strategy needs %d ranks, but this run has %d (mpirun -np %d)", L.s->world,
                 world, world);
@@ -500,6 +593,10 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
         if (store_run(path, &L, backend, steps, all, status, started, vj, &err)) {
             fprintf(stderr, "strata run: %s\n", err.msg);
             rc = 1;
+        } else if (args_get(a, "plan")) {
+            char pid[17];
+            plan_id_of(&L, pid);
+            compare_with_prediction(path, pid, all, steps, world);
         }
     }
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
@@ -540,8 +637,14 @@ int cmd_run(int argc, char **argv)
         return args_has(&a, "help") ? 0 : EXIT_USAGE;
     }
     char missing[64] = "";
-    if (!args_get(&a, "model")) strcat(missing, " --model");
-    if (!args_get(&a, "strategy")) strcat(missing, " --strategy");
+    if (args_get(&a, "plan") && (args_get(&a, "model") || args_get(&a, "strategy") ||
+                                 args_get(&a, "cluster"))) {
+        fprintf(stderr, "strata run: --plan names model, strategy and cluster; give it alone, "
+                        "or give --model and --strategy\n");
+        return EXIT_USAGE;
+    }
+    if (!args_get(&a, "plan") && !args_get(&a, "model")) strcat(missing, " --model");
+    if (!args_get(&a, "plan") && !args_get(&a, "strategy")) strcat(missing, " --strategy");
     if (missing[0]) {
         fprintf(stderr, "strata run: missing required option%s:%s\n",
                 strchr(missing + 1, ' ') ? "s" : "", missing);
@@ -580,9 +683,10 @@ int cmd_run(int argc, char **argv)
 #else
     if (!launch_under_mpirun()) {
         /* read the plan's world size here, then start mpirun for it */
-        Graph *g = graph_load(args_get(&a, "model"), &err);
-        Cluster *c = g && args_get(&a, "cluster") ? cluster_load(args_get(&a, "cluster"), (int)nodes, &err) : NULL;
-        Strategy *s = g && (c || !args_get(&a, "cluster")) ? strategy_load(args_get(&a, "strategy"), g, c, &err) : NULL;
+        Graph *g;
+        Cluster *c;
+        Strategy *s;
+        load_inputs(&a, &g, &c, &s, &err);
         int world = s ? s->world : 0;
         strategy_free(s);
         cluster_free(c);

@@ -18,6 +18,7 @@
  * target, B = rows in a mini-batch.
  */
 #include "costmodel/mlp.h"
+#include "ir/util.h"
 
 #include <limits.h>
 #include <math.h>
@@ -63,13 +64,7 @@ typedef struct {
     uint64_t s;
 } Rng;
 
-static uint64_t rng_next(Rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rng_next(Rng *r) { return splitmix64(&r->s); }
 
 /* uniform in [0, 1), 53 bits */
 static double rng_unif(Rng *r)

@@ -134,13 +134,7 @@ done:
 /* ----------------------------------------------------------------------------
  * Shapes and the split */
 
-static uint64_t splitmix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
+static uint64_t splitmix(uint64_t x) { return splitmix64(&x); }
 
 static uint64_t fnv(const char *s)
 {

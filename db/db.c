@@ -263,6 +263,13 @@ static const char *const migrations[] = {
     "CREATE INDEX validation_plans_plan ON validation_plans(plan_id);"
     "CREATE INDEX validation_plans_estimate ON validation_plans(estimate_id);"
     "CREATE INDEX validation_plans_run ON validation_plans(run_id);",
+
+    /* 4: what `strata search` keeps beside the columns of 1: the devices
+     * planned for, the seed, and the result (best, top plans, baselines) */
+    "ALTER TABLE searches ADD COLUMN devices     INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE searches ADD COLUMN seed        INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE searches ADD COLUMN result_json TEXT;"
+    "ALTER TABLE searches ADD COLUMN policy      BLOB;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -2020,4 +2027,213 @@ void db_validation_plans_free(DbValidationPlan *rows, int n)
 {
     for (int i = 0; rows && i < n; i++) free_validation_plan_row(&rows[i]);
     free(rows);
+}
+
+/* ----------------------------------------------------------------------------
+ * Searches and their events */
+
+int db_search_set_policy(Db *db, const char *id, const uint8_t *blob, size_t n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET policy = ? WHERE id = ?", -1, &st,
+                                 NULL));
+    SQL_CHECK(sqlite3_bind_blob(st, 1, blob, (int)n, SQLITE_TRANSIENT));
+    SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "storing the policy of search %s", id);
+}
+
+int db_search_policy(Db *db, const char *id, uint8_t **blob, size_t *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    char full[17];
+    *blob = NULL;
+    *n = 0;
+    int r = resolve_id(db, "searches", "search", id, full, err);
+    if (r) return r;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT policy FROM searches WHERE id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    const void *b = sqlite3_column_blob(st, 0);
+    int len = sqlite3_column_bytes(st, 0);
+    if (!b || len <= 0) {
+        sqlite3_finalize(st);
+        err_set(err, "search %s kept no policy (only an rl search trains one)", full);
+        return 1;
+    }
+    *blob = xmalloc((size_t)len);
+    memcpy(*blob, b, (size_t)len);
+    *n = (size_t)len;
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading the policy of search %s", id);
+}
+
+int db_search_put(Db *db, const DbSearch *x, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(x->id, "search", err)) return err_prefix(err, "storing search");
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO searches (id, model_id, cluster_id, method, status, budget_json, devices,"
+        " seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, x->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, x->model_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, x->cluster_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 4, x->method, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 5, x->status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 6, x->budget_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 7, x->devices));
+    SQL_CHECK(sqlite3_bind_int64(st, 8, x->seed));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "model %s or cluster %s is not stored", x->model_id, x->cluster_id);
+    return err_prefix(err, "storing search %s", x->id);
+}
+
+int db_search_event(Db *db, const char *id, int seq, const char *json, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO search_events (search_id, seq, json) VALUES (?, ?, ?)", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 2, seq));
+    SQL_CHECK(sqlite3_bind_text(st, 3, json, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "storing event %d of search %s", seq, id);
+}
+
+int db_search_finish(Db *db, const char *id, const char *status, const char *best_plan_id,
+                     const char *result_json, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "UPDATE searches SET status = ?, best_plan_id = ?, result_json = ?, finished = " NOW
+        " WHERE id = ?", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, best_plan_id && best_plan_id[0] ? best_plan_id : NULL, -1,
+                                SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, result_json, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 4, id, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "finishing search %s", id);
+}
+
+#define SEARCH_SELECT                                                                    \
+    "SELECT x.id, x.model_id, x.cluster_id, x.method, x.status, x.budget_json,"          \
+    " x.best_plan_id, x.result_json, x.devices, x.seed, x.created, x.finished, m.name,"  \
+    " c.name, (SELECT count(*) FROM search_events e WHERE e.search_id = x.id)"           \
+    " FROM searches x JOIN models m ON m.id = x.model_id JOIN clusters c ON c.id = x.cluster_id"
+
+static void read_search(sqlite3_stmt *st, void *out)
+{
+    DbSearch *x = out;
+    memset(x, 0, sizeof *x);
+    col_id(st, 0, x->id);
+    col_id(st, 1, x->model_id);
+    col_id(st, 2, x->cluster_id);
+    x->method = col_str(st, 3);
+    x->status = col_str(st, 4);
+    x->budget_json = col_str(st, 5);
+    col_id(st, 6, x->best_plan_id);
+    x->result_json = col_str(st, 7);
+    x->devices = sqlite3_column_int(st, 8);
+    x->seed = sqlite3_column_int64(st, 9);
+    x->created = col_str(st, 10);
+    x->finished = col_str(st, 11);
+    x->model_name = col_str(st, 12);
+    x->cluster_name = col_str(st, 13);
+    x->nevents = sqlite3_column_int(st, 14);
+}
+
+static void free_search_row(void *r) { db_search_free(r); }
+
+int db_search_get(Db *db, const char *id, DbSearch *out, Err *err)
+{
+    char full[17];
+    memset(out, 0, sizeof *out);
+    return get_row(db, "searches", "search", id, SEARCH_SELECT " WHERE x.id = ?", read_search,
+                   out, full, err);
+}
+
+int db_search_list(Db *db, DbSearch **rows, int *n, Err *err)
+{
+    void *a;
+    int rc = list_rows(db, SEARCH_SELECT " ORDER BY x.created DESC, x.rowid DESC", sizeof **rows,
+                       read_search, free_search_row, "searches", &a, n, err);
+    *rows = a;
+    return rc;
+}
+
+static void read_event(sqlite3_stmt *st, void *out) { *(char **)out = col_str(st, 0); }
+static void free_event_row(void *r) { free(*(char **)r); }
+
+int db_search_events(Db *db, const char *id, int after, char ***json, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    void *a = NULL;
+    *json = NULL;
+    *n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "SELECT json FROM search_events WHERE search_id = ? AND seq > ? ORDER BY seq", -1, &st,
+        NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 2, after));
+    if (read_rows(db, st, sizeof(char *), read_event, free_event_row, &a, n, err))
+        return err_prefix(err, "reading events of search %s", id);
+    *json = a;
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "reading events of search %s", id);
+}
+
+void db_search_free(DbSearch *x)
+{
+    if (!x) return;
+    free(x->method);
+    free(x->status);
+    free(x->budget_json);
+    free(x->result_json);
+    free(x->created);
+    free(x->finished);
+    free(x->model_name);
+    free(x->cluster_name);
+    x->method = x->status = x->budget_json = x->result_json = NULL;
+    x->created = x->finished = x->model_name = x->cluster_name = NULL;
+}
+
+void db_search_list_free(DbSearch *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_search_free(&rows[i]);
+    free(rows);
+}
+
+void db_search_events_free(char **json, int n)
+{
+    for (int i = 0; json && i < n; i++) free(json[i]);
+    free(json);
 }

@@ -279,4 +279,42 @@ void db_validation_free(DbValidation *v);
 void db_validation_list_free(DbValidation *rows, int n);
 void db_validation_plans_free(DbValidationPlan *rows, int n);
 
+/* ----------------------------------------------------------------------------
+ * Searches: one row per `strata search`, its progress events in order, and
+ * at the end its status, best plan and result. */
+
+typedef struct {
+    char id[17];                   /* random */
+    char model_id[17], cluster_id[17];
+    char *method;                  /* the algorithm asked for */
+    char *status;                  /* "running", "done", "stopped", "no plan", "failed" */
+    char *budget_json;
+    char best_plan_id[17];         /* "" without one */
+    char *result_json;             /* NULL until finished */
+    int devices;
+    int64_t seed;
+    char *created, *finished;
+    char *model_name, *cluster_name;   /* filled by get/list */
+    int nevents;                   /* filled by get/list */
+} DbSearch;
+
+/* The model and cluster must be stored first. */
+int db_search_put(Db *db, const DbSearch *x, Err *err);
+int db_search_event(Db *db, const char *id, int seq, const char *json, Err *err);
+int db_search_finish(Db *db, const char *id, const char *status, const char *best_plan_id,
+                     const char *result_json, Err *err);
+/* By id or unique prefix; 1 when not found. */
+int db_search_get(Db *db, const char *id, DbSearch *out, Err *err);
+int db_search_list(Db *db, DbSearch **rows, int *n, Err *err);     /* newest first */
+/* The events with seq > after, in order (*json: *n strings; free with
+ * db_search_events_free). id must be a full id. */
+int db_search_events(Db *db, const char *id, int after, char ***json, int *n, Err *err);
+/* The trained RL policy of a search (mlp_save's bytes); get: 1 when the
+ * search kept none. *blob is the caller's to free. */
+int db_search_set_policy(Db *db, const char *id, const uint8_t *blob, size_t n, Err *err);
+int db_search_policy(Db *db, const char *id, uint8_t **blob, size_t *n, Err *err);
+void db_search_free(DbSearch *x);
+void db_search_list_free(DbSearch *rows, int n);
+void db_search_events_free(char **json, int n);
+
 #endif

@@ -958,8 +958,9 @@ static cJSON *sync_json(const ParamPolicy *p)
     return o;
 }
 
-static void build_canonical(const Graph *g, Strategy *s)
+void strategy_canonicalize(Strategy *s, const Graph *g)
 {
+    if (s->canonical) return;
     cJSON *j = cJSON_CreateObject();
     cJSON *mesh = cJSON_AddObjectToObject(j, "mesh");
     for (int a = 0; a < s->naxes; a++)
@@ -1002,6 +1003,33 @@ static void build_canonical(const Graph *g, Strategy *s)
 /* ----------------------------------------------------------------------------
  * Entry points */
 
+/* Resolution after the entries have applied: the params' final policies, the
+ * ops checked, the stages assigned. */
+static int resolve(Ctx *x)
+{
+    Strategy *s = x->s;
+    if (finish_params(x)) return -1;
+    for (int t = 0; t < x->g->ntensors; t++) s->params[t] = x->pw[t].p;
+    if (check_ops(x)) return -1;
+    return assign_stages(x);
+}
+
+/* Policies of every op and param at their defaults: the batch letter split
+ * over the data axes, ring all-reduce, nothing recomputed or sharded. */
+static void alloc_policies(Strategy *s, const Graph *g)
+{
+    s->nops = g->nops;
+    s->ops = xcalloc(g->nops ? g->nops : 1, sizeof *s->ops);
+    s->op_stage = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_stage);
+    s->op_chunk = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_chunk);
+    for (int i = 0; i < g->nops; i++)
+        if (g->ops[i].batch_letter >= 0)
+            s->ops[i].split[g->ops[i].batch_letter] = s->data_axes;
+    s->ntensors = g->ntensors;
+    s->params = xcalloc(g->ntensors ? g->ntensors : 1, sizeof *s->params);
+    for (int t = 0; t < g->ntensors; t++) param_default(&s->params[t]);
+}
+
 Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, Err *err)
 {
     static const char *const keys[] = {"mesh", "pipeline", "ops", "params", "optimizer",
@@ -1021,25 +1049,12 @@ Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, E
     if (rc < 0) goto fail;
     s->optimizer = rc == 0 ? (Optimizer)v : OPT_ADAM;
 
-    s->nops = g->nops;
-    s->ops = xcalloc(g->nops ? g->nops : 1, sizeof *s->ops);
-    s->op_stage = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_stage);
-    s->op_chunk = xcalloc(g->nops ? g->nops : 1, sizeof *s->op_chunk);
-    for (int i = 0; i < g->nops; i++)
-        if (g->ops[i].batch_letter >= 0)
-            s->ops[i].split[g->ops[i].batch_letter] = s->data_axes;
+    alloc_policies(s, g);
     if (parse_ops(&x, j)) goto fail;
-
-    s->ntensors = g->ntensors;
-    s->params = xcalloc(g->ntensors ? g->ntensors : 1, sizeof *s->params);
-    for (int t = 0; t < g->ntensors; t++) param_default(&x.pw[t].p);
+    for (int t = 0; t < g->ntensors; t++) x.pw[t].p = s->params[t];
     if (parse_params(&x, j)) goto fail;
-    if (finish_params(&x)) goto fail;
-    for (int t = 0; t < g->ntensors; t++) s->params[t] = x.pw[t].p;
-
-    if (check_ops(&x)) goto fail;
-    if (assign_stages(&x)) goto fail;
-    build_canonical(g, s);
+    if (resolve(&x)) goto fail;
+    strategy_canonicalize(s, g);
     free(x.split_from);
     free(x.pw);
     return s;
@@ -1048,6 +1063,108 @@ fail:
     free(x.pw);
     strategy_free(s);
     return NULL;
+}
+
+Strategy *strategy_new(const Graph *g, int naxes, const char *const names[], const int sizes[],
+                       Err *err)
+{
+    if (naxes < 0 || naxes > MESH_MAX_AXES) {
+        err_set(err, "mesh: %d axes (at most %d)", naxes, MESH_MAX_AXES);
+        return NULL;
+    }
+    Strategy *s = xcalloc(1, sizeof *s);
+    s->pp_axis = -1;
+    s->world = 1;
+    for (int a = 0; a < naxes; a++) {
+        if (!axis_name_ok(names[a]) || sizes[a] < 1 || strategy_axis(s, names[a]) >= 0 ||
+            (int64_t)s->world * sizes[a] > MAX_WORLD) {
+            err_set(err, "mesh.%s: a distinct axis name and a size in [1, %d] are needed",
+                    names[a], MAX_WORLD);
+            strategy_free(s);
+            return NULL;
+        }
+        s->axis_name[a] = xstrdup(names[a]);
+        s->axis_size[a] = sizes[a];
+        s->naxes = a + 1;
+        s->world *= sizes[a];
+        if (strcmp(names[a], "pp") == 0) s->pp_axis = a;
+        if (strncmp(names[a], "dp", 2) == 0) s->data_axes |= (AxisMask)(1u << a);
+    }
+    int stride = 1;
+    for (int a = s->naxes - 1; a >= 0; a--) {
+        s->axis_stride[a] = stride;
+        stride *= s->axis_size[a];
+    }
+    s->nstages = s->pp_axis >= 0 ? s->axis_size[s->pp_axis] : 1;
+    s->virtual_stages = 1;
+    s->nchunks = s->nstages;
+    s->cuts = xcalloc(s->nchunks, sizeof *s->cuts);
+    for (int i = 1; i < s->nchunks; i++)
+        s->cuts[i - 1] = g->nblocks ? (int)((int64_t)i * g->nblocks / s->nchunks) : 0;
+    s->microbatches = s->nstages;
+    s->schedule = SCHED_1F1B;
+    s->optimizer = OPT_ADAM;
+    alloc_policies(s, g);
+    return s;
+}
+
+int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err)
+{
+    cJSON_Delete(s->canonical);
+    s->canonical = NULL;
+    s->id[0] = 0;
+    if (c && s->world > c->ndevices)
+        return err_set(err, "mesh: %d ranks but cluster %s has only %d devices", s->world,
+                       c->name, c->ndevices);
+    int P = s->nstages, V = s->virtual_stages, nb = g->nblocks;
+    bool inter = s->schedule == SCHED_INTERLEAVED;
+    if (V < 1 || (!inter && V != 1) || (inter && P < 2) || s->nchunks != P * V)
+        return err_set(err, "pipeline: %d stages x %d model chunks each is not a pipeline the "
+                            "%s schedule runs", P, V, sched_names[s->schedule]);
+    for (int i = 0; i < s->nchunks - 1; i++)
+        if (s->cuts[i] <= (i ? s->cuts[i - 1] : 0) || s->cuts[i] >= nb)
+            return err_set(err, "pipeline.cuts[%d]: %d is not inside (%d, %d): cuts increase "
+                                "and leave every %s at least one of the model's %d blocks", i,
+                           s->cuts[i], i ? s->cuts[i - 1] : 0, nb, inter ? "chunk" : "stage",
+                           nb);
+    if (s->microbatches < 1 || s->microbatches > MAX_MICRO || (inter && s->microbatches % P))
+        return err_set(err, "pipeline.microbatches: %d is not a count the %s schedule runs",
+                       s->microbatches, sched_names[s->schedule]);
+    Ctx x = {.g = g, .c = c, .s = s, .err = err};
+    /* messages name the op or param itself: there are no entries to point at */
+    x.split_from = xcalloc((size_t)(g->nops ? g->nops : 1) * IR_LETTERS, sizeof *x.split_from);
+    for (int i = 0; i < g->nops; i++)
+        for (int l = 0; l < IR_LETTERS; l++)
+            if (l != g->ops[i].batch_letter) x.split_from[i * IR_LETTERS + l] = g->ops[i].name;
+    x.pw = xcalloc(g->ntensors ? g->ntensors : 1, sizeof *x.pw);
+    for (int t = 0; t < g->ntensors; t++) {
+        x.pw[t].p = s->params[t];
+        x.pw[t].sync_from = x.pw[t].shard_from = g->tensors[t].name;
+    }
+    int rc = resolve(&x);
+    free(x.split_from);
+    free(x.pw);
+    return rc;
+}
+
+Strategy *strategy_copy(const Strategy *s)
+{
+    Strategy *d = xmalloc(sizeof *d);
+    *d = *s;
+    for (int a = 0; a < s->naxes; a++) d->axis_name[a] = xstrdup(s->axis_name[a]);
+    d->cuts = xmalloc(sizeof *d->cuts * (s->nchunks ? s->nchunks : 1));
+    memcpy(d->cuts, s->cuts, sizeof *d->cuts * (s->nchunks ? s->nchunks : 1));
+    int no = s->nops ? s->nops : 1, nt = s->ntensors ? s->ntensors : 1;
+    d->ops = xmalloc(sizeof *d->ops * no);
+    memcpy(d->ops, s->ops, sizeof *d->ops * no);
+    d->op_stage = xmalloc(sizeof *d->op_stage * no);
+    memcpy(d->op_stage, s->op_stage, sizeof *d->op_stage * no);
+    d->op_chunk = xmalloc(sizeof *d->op_chunk * no);
+    memcpy(d->op_chunk, s->op_chunk, sizeof *d->op_chunk * no);
+    d->params = xmalloc(sizeof *d->params * nt);
+    memcpy(d->params, s->params, sizeof *d->params * nt);
+    d->canonical = s->canonical ? cJSON_Duplicate(s->canonical, true) : NULL;
+    return d;
 }
 
 Strategy *strategy_load(const char *path, const Graph *g, const Cluster *c, Err *err)

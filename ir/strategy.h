@@ -93,8 +93,10 @@ typedef struct {
     int *op_chunk;                   /* per op: its model chunk; chunk k runs on rank k mod P
                                         (without interleaving the chunk is the stage) */
 
-    cJSON *canonical;                /* owned: defaults filled, patterns expanded, keys sorted */
-    char id[17];                     /* stable hash of the canonical form */
+    cJSON *canonical;                /* owned: defaults filled, patterns expanded, keys sorted;
+                                        NULL for a strategy made in code until
+                                        strategy_canonicalize */
+    char id[17];                     /* stable hash of the canonical form ("" without one) */
 } Strategy;
 
 /* Parses, resolves against the graph and cluster, and validates. Errors name
@@ -105,6 +107,23 @@ typedef struct {
 Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, Err *err);
 Strategy *strategy_load(const char *path, const Graph *g, const Cluster *c, Err *err);
 void strategy_free(Strategy *s);
+
+/* A strategy made in code (a searcher's candidates), without JSON:
+ * strategy_new gives the mesh (axes outermost first, named as in JSON) with
+ * one even cut per stage, M = P, 1F1B, Adam and every policy at its
+ * default; the caller sets what it wants (cuts, microbatches, schedule,
+ * ops[], params[]; nchunks = P x virtual_stages), then strategy_finish
+ * checks it by the rules strategy_from_json applies, fills the params'
+ * derived fields (PS placement) and assigns each op its stage. Messages
+ * name the op or param at fault. A finished strategy has no canonical form
+ * until strategy_canonicalize makes it (and its id): the JSON costs more
+ * than the rest, and a search needs it only for what it keeps. Caller frees
+ * with strategy_free. */
+Strategy *strategy_new(const Graph *g, int naxes, const char *const names[], const int sizes[],
+                       Err *err);
+int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err);
+void strategy_canonicalize(Strategy *s, const Graph *g);    /* no-op when it has one */
+Strategy *strategy_copy(const Strategy *s);                 /* deep; caller frees */
 
 int strategy_axis(const Strategy *s, const char *name);     /* -1 if absent */
 /* Rank <-> mesh coordinates (row-major, last axis fastest). */

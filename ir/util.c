@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ----------------------------------------------------------------------------
  * JSON getters */
@@ -327,4 +328,23 @@ char *xstrdup_(const char *s, const char *file, int line)
     char *p = xmalloc_(n, file, line);
     memcpy(p, s, n);
     return p;
+}
+
+void random_id(char out[17])
+{
+    uint64_t x = (uint64_t)time(NULL) * 6364136223846793005ULL ^
+                 (uint64_t)getpid() * 1442695040888963407ULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL;
+    x ^= x >> 31;
+    snprintf(out, 17, "%016llx", (unsigned long long)x);
+}
+
+uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
 }

@@ -45,6 +45,12 @@ void hash_hex(const void *data, size_t n, char out[17]);
 
 /* Seconds on the monotonic clock (for measuring intervals). */
 double now_s(void);
+/* 16 hex digits from the clock and the process id, for rows that are not
+ * content (runs, searches). */
+void random_id(char out[17]);
+/* SplitMix64: the state advanced by a constant and mixed; the same stream on
+ * every platform for a seed. */
+uint64_t splitmix64(uint64_t *state);
 
 /* Glob match with `*` (any run of characters, dots included). */
 bool glob_match(const char *pattern, const char *s);

@@ -14,44 +14,30 @@
 int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const Strategy *s,
                    const Plan *p, const cJSON *summary, char plan_id[17], Err *err)
 {
+    DbPlan dp = { .world = p->world };
+    if (job_store_model_cluster(db_path, g, c, dp.model_id, dp.cluster_id, err)) return -1;
     Db *db = db_open(db_path, err);
     if (!db) return -1;
-    GraphStats st;
-    if (graph_stats(g, &st, err)) {
-        db_close(db);
-        return -1;
-    }
-    cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
-    char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
     char *stext = cJSON_PrintUnformatted(s->canonical), *sumtext = cJSON_PrintUnformatted(summary);
-    DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
-    graph_id(g, m.id);
-    DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
-    cluster_id(c, dc.id);
-    DbPlan dp = { .strategy_json = stext, .summary_json = sumtext, .world = p->world };
-    memcpy(dp.model_id, m.id, 17);
-    memcpy(dp.cluster_id, dc.id, 17);
+    dp.strategy_json = stext;
+    dp.summary_json = sumtext;
     memcpy(dp.strategy_id, s->id, 17);
     char key[64];
-    snprintf(key, sizeof key, "%s/%s/%s", m.id, dc.id, s->id);
+    snprintf(key, sizeof key, "%s/%s/%s", dp.model_id, dp.cluster_id, s->id);
     hash_hex(key, strlen(key), dp.id);
     memcpy(plan_id, dp.id, 17);
-    int rc = db_model_put(db, &m, err);
-    if (!rc) rc = db_cluster_put(db, &dc, err);
-    if (!rc) rc = db_plan_put(db, &dp, err);
-    cJSON_free(gtext);
-    cJSON_free(ctext);
+    int rc = db_plan_put(db, &dp, err);
     cJSON_free(stext);
     cJSON_free(sumtext);
-    cJSON_Delete(gj);
-    cJSON_Delete(cj);
-    graph_stats_free(&st);
     db_close(db);
     return rc;
 }
 
 /* ----------------------------------------------------------------------------
  * Predictors */
+
+/* The analytical model's mean error on Megatron-LM's Table 1 (bench_megatron). */
+#define ANALYTIC_ERROR 0.10
 
 /* Adds the link fits of profile id to the predictor, for the levels its
  * cluster shares with the profiled machine; returns how many. */
@@ -78,6 +64,7 @@ int predictor_load(const char *db_path, const char *costmodel_id, int64_t profil
     if (!(pd->links = linkmodel_from_cluster(c, err))) return -1;
     snprintf(pd->op_model, sizeof pd->op_model, "analytic (roofline with efficiency curves)");
     snprintf(pd->link_model, sizeof pd->link_model, "%s", linkmodel_describe(pd->links));
+    pd->error = ANALYTIC_ERROR;
     if (!costmodel_id && profile_id <= 0) {
         pd->ops = opmodel_analytic();
         return 0;
@@ -95,6 +82,7 @@ int predictor_load(const char *db_path, const char *costmodel_id, int64_t profil
             return -1;
         }
         memcpy(pd->cost_model_id, m.id, 17);
+        if (m.heldout_error >= 0) pd->error = m.heldout_error;
         if (profile_id <= 0) profile_id = m.profile_id;
         pd->ops = opmodel_load(m.weights, m.nweights, err);
         if (pd->ops)

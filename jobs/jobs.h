@@ -18,6 +18,7 @@
 #include "ir/graph.h"
 #include "ir/lower.h"
 #include "ir/strategy.h"
+#include "search/search.h"
 
 /* Stores model, cluster and plan (ids are content hashes, so storing again
  * changes nothing but the plan's summary) and returns the plan's id. */
@@ -33,6 +34,10 @@ typedef struct {
     char cost_model_id[17];        /* "" for the analytical model */
     int64_t profile_id;            /* 0: none */
     char op_model[160], link_model[200];
+    /* its measured error, as a fraction: the trained model's held-out MAPE,
+     * or for the analytical model the mean error of the Megatron-LM Table 1
+     * check (docs/costmodel.md) */
+    double error;
 } Predictor;
 
 /* costmodel_id NULL: the analytical op model. Link fits come from the cost
@@ -139,5 +144,38 @@ int job_calibrate(const char *db_path, int64_t profile_id, const uint8_t *blob, 
 
 /* Kendall's tau-b of two series (ties allowed); 0 when n < 2. */
 double kendall_tau(const double *a, const double *b, int n);
+
+/* ----------------------------------------------------------------------------
+ * Search (jobs/search.c): search_run with everything kept. The search gets a
+ * row in the store before it starts; each event goes to the store (and the
+ * log, and the caller) as it happens; at the end the best plan and the best
+ * baseline are stored with their estimates and the row says how the search
+ * ended and what it found. A search that finds no feasible plan is stored too ("no plan") and
+ * is not an error. */
+typedef struct {
+    const char *db_path;           /* required */
+    const Predictor *pred;         /* NULL: analytical */
+    SearchOpts search;             /* its event and ctx are the job's own */
+    const char *budget_text;       /* the budget as asked, stored with the search */
+    const char *policy_from;       /* rl: start from the policy this stored search trained */
+    FILE *log;                     /* each event as a JSON line; NULL: none */
+    void (*event)(void *ctx, const cJSON *ev);
+    void *ctx;
+} SearchJobOpts;
+
+typedef struct {
+    char id[17];
+    SearchResult r;
+    char plan_id[17];              /* the best plan as stored; "" without one */
+    char baseline_plan_id[17];     /* the best baseline's, stored too; "" without one */
+    cJSON *json;                   /* search_result_json plus the ids */
+} SearchJob;
+
+int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJob *j, Err *err);
+void search_job_free(SearchJob *j);
+
+/* Stores model and cluster (content-hashed, so again is a no-op); their ids. */
+int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *c,
+                            char model_out[17], char cluster_out[17], Err *err);
 
 #endif

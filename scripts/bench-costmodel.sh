@@ -6,7 +6,8 @@
 # the default validation suite (predicted against measured step time and
 # peak memory, MAPE and Kendall tau), then close the loop (train again with
 # --runs on what validate measured) and validate once more with the
-# calibrated model on fresh runs. Figures, not pass/fail.
+# calibrated model on fresh runs. Last, the searcher in the same closed loop
+# (scripts/bench-search-loop.sh). Figures, not pass/fail.
 set -eu
 strata=${1:-build/strata}
 out=build/bench
@@ -16,7 +17,7 @@ rm -f "$db" "$db-wal" "$db-shm"
 quick=""
 [ "${STRATA_BENCH_QUICK:-0}" = 1 ] && quick="--quick"
 echo "cost model on this machine (profile ${quick:-full}):"
-"$strata" profile $quick --quiet --db "$db" >"$out/profile.log" 2>&1 || { cat "$out/profile.log"; exit 1; }
+"$strata" profile $quick --quiet --db "$db" -o "$out/this-machine.json" >"$out/profile.log" 2>&1 || { cat "$out/profile.log"; exit 1; }
 profile=$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')
 "$strata" costmodel train --profile "$profile" --db "$db" --quiet
 echo
@@ -25,3 +26,5 @@ echo
 "$strata" costmodel train --profile "$profile" --runs --db "$db" --quiet | grep -E "closed loop|costmodel show"
 echo
 "$strata" validate --db "$db" 2>/dev/null
+echo
+sh scripts/bench-search-loop.sh "$strata" "$db" "$out/this-machine.json"

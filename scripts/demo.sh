@@ -25,6 +25,14 @@ run "$strata" plans list --db "$db"
 run "$strata" estimate --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
     --nodes 128 --strategy "$out/megatron.json" --db "$db" --svg "$out/gpt3-175b-timeline.svg"
 
+# strata's own answer for the same model and cluster: a search of the whole
+# strategy space (meshes, cuts, micro-batches, schedules, splits, recompute,
+# sync and ZeRO), started from the classic layouts, every candidate predicted
+# from its lowered programs; the winner is stored and printed against
+# Megatron-LM's grid and the other baselines.
+run "$strata" search --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
+    --nodes 128 --budget 20s --db "$db" --log "$out/search-gpt3-175b.jsonl"
+
 # Then a small plan for real: a GPT on 2 CPU ranks with Megatron tensor
 # parallelism, checked step by step against one rank, and the stored run.
 run "$strata" model build gpt --layers 2 --hidden 64 --heads 4 --seq 32 --vocab 256 --batch 8 \
@@ -44,3 +52,12 @@ run "$strata" profile --quick --db "$db" --quiet -o "$out/this-machine.json"
 run "$strata" costmodel train --profile "$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')" \
     --db "$db"
 run "$strata" validate --suite suites/demo.json --db "$db"
+
+# Last, search for this machine with its own cost model: a small GPT on its
+# 2 cores, the winner run for real, checked against one rank, and its
+# prediction beside what it measured.
+cm=$("$strata" costmodel list --db "$db" | awk 'NR == 2 { print $1 }')
+run "$strata" search --model "$out/gpt-small.json" --cluster "$out/this-machine.json" --devices 2 \
+    --costmodel "$cm" --budget 400evals --db "$db"
+plan=$("$strata" searches list --db "$db" | awk 'NR == 2 { print $7 }')
+run "$strata" run --plan "$plan" --steps 6 --verify --db "$db"

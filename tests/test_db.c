@@ -25,7 +25,7 @@
 #include "db/db.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 3
+#define LATEST 4
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1051,10 +1051,23 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* Takes migration 3 back out of a database at version 3, by hand, leaving
- * it at version 2. */
+/* Takes migration 4 back out of a database at version 4, by hand, leaving
+ * it at version 3. */
+static void take_back_v4(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE searches DROP COLUMN devices;"
+        "ALTER TABLE searches DROP COLUMN seed;"
+        "ALTER TABLE searches DROP COLUMN result_json;"
+        "ALTER TABLE searches DROP COLUMN policy;"
+        "PRAGMA user_version = 3;");
+}
+
+/* Takes migrations 4 and 3 back out of a database at version 4, by hand,
+ * leaving it at version 2. */
 static void take_back_v3(sqlite3 *h)
 {
+    take_back_v4(h);
     raw_exec(h,
         "DROP TABLE validation_plans;"
         "DROP TABLE validations;"
@@ -1190,6 +1203,76 @@ static void put_run(Fx *fx, const char *id, const char *plan_id, const DbRunStep
     snprintf(r.id, sizeof r.id, "%s", id);
     snprintf(r.plan_id, sizeof r.plan_id, "%s", plan_id);
     if (db_run_put(fx->db, &r, steps, n, &fx->err)) fail_msg("%s", fx->err.msg);
+}
+
+/* A search: its row, its events in order (and after a given one), its end. */
+static void test_search_put_events_finish(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    DbSearch x = {.id = "5e00000000000001", .model_id = M1, .cluster_id = C1, .method = "auto",
+                  .status = "running", .budget_json = "{\"seconds\":30}", .devices = 8,
+                  .seed = 7};
+    assert_int_equal(db_search_put(fx->db, &x, &fx->err), 0);
+    /* the model must be stored */
+    DbSearch bad = x;
+    memcpy(bad.id, "5e00000000000002", 17);
+    memcpy(bad.model_id, M2, 17);
+    assert_int_equal(db_search_put(fx->db, &bad, &fx->err), -1);
+    assert_contains(fx->err.msg, "not stored");
+    memcpy(bad.id, "5e0000000000000g", 17);
+    assert_int_equal(db_search_put(fx->db, &bad, &fx->err), -1);
+    for (int k = 1; k <= 5; k++) {
+        char ev[64];
+        snprintf(ev, sizeof ev, "{\"event\":\"progress\",\"evaluations\":%d}", 10 * k);
+        assert_int_equal(db_search_event(fx->db, x.id, k, ev, &fx->err), 0);
+    }
+    assert_int_equal(db_search_event(fx->db, x.id, 3, "{}", &fx->err), -1);   /* seq taken */
+    char **ev;
+    int n;
+    assert_int_equal(db_search_events(fx->db, x.id, 2, &ev, &n, &fx->err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(ev[0], "{\"event\":\"progress\",\"evaluations\":30}");
+    assert_string_equal(ev[2], "{\"event\":\"progress\",\"evaluations\":50}");
+    db_search_events_free(ev, n);
+
+    DbSearch got;
+    assert_int_equal(db_search_get(fx->db, "5e00", &got, &fx->err), 0);
+    assert_string_equal(got.status, "running");
+    assert_string_equal(got.best_plan_id, "");
+    assert_null(got.result_json);
+    assert_null(got.finished);
+    assert_int_equal(got.nevents, 5);
+    assert_int_equal(got.devices, 8);
+    assert_int_equal(got.seed, 7);
+    assert_string_equal(got.model_name, "gpt");
+    db_search_free(&got);
+
+    assert_int_equal(db_search_finish(fx->db, x.id, "done", P1, "{\"step_time_s\":1.5}",
+                                      &fx->err), 0);
+    assert_int_equal(db_search_finish(fx->db, "5e0000000000000f", "done", NULL, "{}", &fx->err), -1);
+    DbSearch *rows;
+    assert_int_equal(db_search_list(fx->db, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].status, "done");
+    assert_string_equal(rows[0].best_plan_id, P1);
+    assert_string_equal(rows[0].result_json, "{\"step_time_s\":1.5}");
+    assert_non_null(rows[0].finished);
+    db_search_list_free(rows, n);
+    assert_int_equal(db_search_get(fx->db, "5e01", &got, &fx->err), 1);
+
+    /* a policy, byte for byte */
+    uint8_t *blob;
+    size_t nb;
+    assert_int_equal(db_search_policy(fx->db, x.id, &blob, &nb, &fx->err), 1);
+    assert_contains(fx->err.msg, "no policy");
+    const uint8_t bytes[] = { 0, 1, 2, 255, 0, 7 };
+    assert_int_equal(db_search_set_policy(fx->db, x.id, bytes, sizeof bytes, &fx->err), 0);
+    assert_int_equal(db_search_policy(fx->db, "5e00", &blob, &nb, &fx->err), 0);
+    assert_int_equal(nb, sizeof bytes);
+    assert_memory_equal(blob, bytes, sizeof bytes);
+    free(blob);
+    assert_int_equal(db_search_set_policy(fx->db, "5e0000000000000f", bytes, 1, &fx->err), -1);
 }
 
 static void test_costmodel_put_get_list(void **state)
@@ -1691,14 +1774,25 @@ static void test_migration_from_v2(void **state)
         "INSERT INTO runs (id, plan_id, backend, world, steps, status)"
         "  VALUES ('" R1 "', '" P1 "', 'cpu', 8, 1, 'ok');"
         "INSERT INTO run_steps (run_id, step, rank, loss, step_s)"
-        "  VALUES ('" R1 "', 0, 0, 2.5, 0.5);");
+        "  VALUES ('" R1 "', 0, 0, 2.5, 0.5);"
+        "INSERT INTO searches (id, model_id, cluster_id, method, status)"
+        "  VALUES ('5e00000000000009', '" M1 "', '" C1 "', 'mcmc', 'done');");
     assert_int_equal(raw_int(h, "SELECT count(*) FROM pragma_table_info('cost_models')"), 6);
     assert_int_equal(raw_int(h, "SELECT count(*) FROM pragma_table_info('run_steps')"), 8);
     sqlite3_close(h);
 
     fx->db = db_open(fx->path, &fx->err);
     if (!fx->db) fail_msg("%s", fx->err.msg);
-    assert_int_equal(db_schema_version(fx->db), 3);
+    assert_int_equal(db_schema_version(fx->db), LATEST);
+
+    /* a search stored before migration 4 reads back with its defaults */
+    DbSearch sr;
+    assert_int_equal(db_search_get(fx->db, "5e00000000000009", &sr, &fx->err), 0);
+    assert_string_equal(sr.status, "done");
+    assert_int_equal(sr.devices, 0);
+    assert_int_equal(sr.seed, 0);
+    assert_null(sr.result_json);
+    db_search_free(&sr);
 
     DbCostModel cm;
     assert_int_equal(db_costmodel_get(fx->db, CM1, &cm, &fx->err), 0);
@@ -1737,7 +1831,7 @@ static void test_migration_from_v2(void **state)
     /* Opening again changes nothing. */
     fx->db = db_open(fx->path, &fx->err);
     if (!fx->db) fail_msg("%s", fx->err.msg);
-    assert_int_equal(db_schema_version(fx->db), 3);
+    assert_int_equal(db_schema_version(fx->db), LATEST);
     DbValidation got;
     assert_int_equal(db_validation_get(fx->db, vid, &got, NULL, NULL, &fx->err), 0);
     assert_int_equal(got.nplans, 1);
@@ -1774,6 +1868,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_costmodel_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_estimate_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_run_step_peak_mem, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_search_put_events_finish, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v2, setup_open, teardown),

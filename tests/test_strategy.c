@@ -1219,6 +1219,77 @@ static void test_build_errors(void **state)
     cluster_free(dgx);
 }
 
+/* A strategy made in code (strategy_new, policies set, strategy_finish) is
+ * the same strategy as its JSON parsed: equal canonical form and id. And
+ * strategy_finish refuses what the parser refuses, naming the op. */
+static void test_made_in_code(void **state)
+{
+    (void)state;
+    Err err = {0};
+    const char *k[] = {"preset", "layers", "batch"}, *v[] = {"gpt2-small", "4", "8"};
+    Graph *g = zoo_build("gpt", 3, k, v, &err);
+    assert_non_null(g);
+    StrategyOpts o = {.world = 16, .tp = 4, .pp = 2, .microbatches = 4, .recompute = true,
+                      .zero = 0};
+    cJSON *j = strategy_build("megatron", g, NULL, &o, &err);
+    assert_non_null(j);
+    Strategy *ref = strategy_from_json(j, g, NULL, &err);
+    assert_non_null(ref);
+    cJSON_Delete(j);
+
+    const char *names[] = {"pp", "dp", "tp"};
+    int sizes[] = {2, 2, 4};
+    Strategy *s = strategy_new(g, 3, names, sizes, &err);
+    assert_non_null(s);
+    assert_null(s->canonical);
+    s->microbatches = 4;
+    for (int i = 0; i < g->nops; i++) s->ops[i] = ref->ops[i];
+    s->params[graph_find_tensor(g, "blocks.0.mlp.w1")].shard = SHARD_ZERO1;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), 0);
+    assert_null(s->canonical);
+    assert_memory_equal(s->op_stage, ref->op_stage, sizeof *s->op_stage * g->nops);
+    /* the one difference: the zero1 param */
+    ref->params[graph_find_tensor(g, "blocks.0.mlp.w1")].shard = SHARD_ZERO1;
+    cJSON_Delete(ref->canonical);
+    ref->canonical = NULL;
+    strategy_canonicalize(ref, g);
+    strategy_canonicalize(s, g);
+    assert_true(cJSON_Compare(s->canonical, ref->canonical, true));
+    assert_string_equal(s->id, ref->id);
+    Strategy *d = strategy_copy(s);
+    assert_string_equal(d->id, s->id);
+    assert_true(cJSON_Compare(d->canonical, s->canonical, true));
+
+    /* what the parser refuses, finish refuses */
+    s->ops[graph_find_op(g, "blocks.1.ln1")].split['h' - 'a'] = 1u << 2;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "blocks.1.ln1"));
+    assert_non_null(strstr(err.msg, "reduction letter"));
+    s->ops[graph_find_op(g, "blocks.1.ln1")].split['h' - 'a'] = 0;
+    s->cuts[0] = 4;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "pipeline.cuts[0]"));
+    s->cuts[0] = 2;
+    s->microbatches = 3;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "microbatches"));
+    s->microbatches = 4;
+    s->params[graph_find_tensor(g, "blocks.0.mlp.w1")].method = SYNC_PS;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "blocks.0.mlp.w1"));
+    Cluster *c = cluster_load("clusters/dgx-a100-80gb.json", 1, &err);
+    assert_non_null(c);
+    s->params[graph_find_tensor(g, "blocks.0.mlp.w1")].method = SYNC_ALLREDUCE;
+    assert_int_equal(strategy_finish(s, g, c, &err), -1);
+    assert_non_null(strstr(err.msg, "only 8 devices"));
+    assert_int_equal(strategy_finish(s, g, NULL, &err), 0);
+    cluster_free(c);
+    strategy_free(d);
+    strategy_free(s);
+    strategy_free(ref);
+    graph_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1238,6 +1309,7 @@ int main(void)
         cmocka_unit_test(test_build_parallel),
         cmocka_unit_test(test_build_moe),
         cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_made_in_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

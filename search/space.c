@@ -1,0 +1,475 @@
+/*
+ * space.c — the search space: groups of what is the same in the model, the
+ * choices each group has, and candidates as points of it.
+ *
+ * Block kinds: two blocks are of one kind when their ops, in order, have the
+ * same kinds, specs and letter sizes (the layers of a transformer; a ResNet
+ * stage's blocks, but not two stages of different widths). The op at
+ * position k of every block of a kind is one op group; an op outside the
+ * blocks is a group alone. A param belongs to the group of its first
+ * reader at that input, so the 96 fc1 weights of GPT-3 are one param group.
+ *
+ * Legend: W = devices, P/D/T = pipeline/data/tensor degree, M = micro-batches,
+ * B = global batch, nb = blocks.
+ */
+#include "search.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir/util.h"
+
+#define MAX_OPTS 8
+
+/* Letters Megatron-LM splits over tp, in the order it prefers them (an MoE
+ * expert matmul has e and f: experts win). */
+static const char tp_letters[] = "envf";
+
+static uint64_t mix64(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h * 0xbf58476d1ce4e5b9ULL;
+}
+
+static uint64_t mix_str(uint64_t h, const char *s)
+{
+    for (; *s; s++) h = mix64(h, (unsigned char)*s);
+    return mix64(h, 0xff);
+}
+
+/* What makes two ops the same for planning: kind, spec, sizes. */
+static uint64_t op_signature(const Op *op)
+{
+    uint64_t h = mix64(0, (uint64_t)op->kind);
+    h = mix_str(h, op->spec);
+    for (int l = 0; l < IR_LETTERS; l++)
+        if (op->letters_mask >> l & 1u) h = mix64(h, (uint64_t)op->size[l]);
+    return h;
+}
+
+/* May letter l of op go to the tp axis? Not the batch letter (it is dp's),
+ * not a spatial or window letter (a halo exchange strata does not do), not
+ * a reduction letter of a non-linear op (but cross_entropy's and
+ * batchnorm's, which the lowering computes split). */
+static bool tp_option(const Op *op, int l)
+{
+    uint32_t bit = 1u << l;
+    if (!(op->letters_mask & bit) || l == op->batch_letter) return false;
+    if ((op->spatial_mask | op->window_mask) & bit) return false;
+    if ((op->reduce_mask & bit) && op->kind != OP_CROSS_ENTROPY && op->kind != OP_BATCHNORM)
+        return false;
+    return true;
+}
+
+static int64_t model_batch(const Graph *g)
+{
+    for (int t = 0; t < g->ntensors; t++) {
+        const Tensor *T = &g->tensors[t];
+        if (T->role == ROLE_INPUT && T->batch_dim >= 0) return T->shape[T->batch_dim];
+    }
+    return 0;
+}
+
+static void add_sync(Space *sp, SyncMethod m, SyncAlgo a, Shard sh, Compress cp, int rank,
+                     int stale, const char *name)
+{
+    SyncChoice *s = &sp->sync[sp->nsync++];
+    *s = (SyncChoice){ .method = m, .algo = a, .shard = sh, .compress = cp, .powersgd_rank = rank,
+                       .staleness = stale };
+    snprintf(s->name, sizeof s->name, "%s", name);
+}
+
+int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool lossy, bool untie,
+               Err *err)
+{
+    memset(sp, 0, sizeof *sp);
+    sp->g = g;
+    sp->c = c;
+    sp->lossy = lossy;
+    int W = world > 0 ? world : c ? c->ndevices : 1;
+    if (c && W > c->ndevices)
+        return err_set(err, "search: %d devices asked for, cluster %s has %d", W, c->name,
+                       c->ndevices);
+    sp->world = W;
+    sp->batch = model_batch(g);
+    if (sp->batch < 1)
+        return err_set(err, "search: model %s has no input with a batch dimension; strata "
+                            "plans by splitting the batch", g->name);
+
+    /* meshes: P cannot exceed the blocks, D must divide the batch */
+    sp->mesh = xmalloc(sizeof *sp->mesh * 1024);
+    for (int P = 1; P <= W; P++) {
+        if (W % P || (P > 1 && P > g->nblocks)) continue;
+        for (int D = 1; D <= W / P; D++) {
+            if ((W / P) % D || sp->batch % D || sp->nmesh == 1024) continue;
+            sp->mesh[sp->nmesh][0] = P;
+            sp->mesh[sp->nmesh][1] = D;
+            sp->mesh[sp->nmesh++][2] = W / P / D;
+        }
+    }
+    if (!sp->nmesh) {
+        space_free(sp);
+        return err_set(err, "search: no mesh of %d devices divides the batch %lld", W,
+                       (long long)sp->batch);
+    }
+
+    /* block kinds, by the signatures of their ops in order */
+    int nb = g->nblocks;
+    uint64_t *bsig = xcalloc(nb ? nb : 1, sizeof *bsig);
+    int *bkind = xmalloc(sizeof *bkind * (nb ? nb : 1));
+    for (int i = 0; i < g->nops; i++)
+        if (g->ops[i].block >= 0) bsig[g->ops[i].block] = mix64(bsig[g->ops[i].block],
+                                                                 op_signature(&g->ops[i]));
+    for (int b = 0; b < nb; b++) {
+        bkind[b] = sp->nkinds;
+        for (int a = 0; a < b && !untie; a++)
+            if (bsig[a] == bsig[b]) {
+                bkind[b] = bkind[a];
+                break;
+            }
+        if (bkind[b] == sp->nkinds) sp->nkinds++;
+    }
+    sp->op_kind = xmalloc(sizeof *sp->op_kind * (g->nops ? g->nops : 1));
+    sp->op_group = xmalloc(sizeof *sp->op_group * (g->nops ? g->nops : 1));
+    int *pos = xcalloc(nb ? nb : 1, sizeof *pos);
+    /* group of (kind, position): kind_pos[kind] lists the groups by position */
+    int **kind_pos = xcalloc(sp->nkinds ? sp->nkinds : 1, sizeof *kind_pos);
+    int *kind_npos = xcalloc(sp->nkinds ? sp->nkinds : 1, sizeof *kind_npos);
+    for (int i = 0; i < g->nops; i++) {
+        int b = g->ops[i].block;
+        sp->op_kind[i] = b >= 0 ? bkind[b] : -1;
+        if (b < 0 || untie) {
+            sp->op_group[i] = sp->ngroups++;
+            if (b >= 0) pos[b]++;
+            continue;
+        }
+        int k = bkind[b], p = pos[b]++;
+        if (p >= kind_npos[k]) {
+            kind_pos[k] = xrealloc(kind_pos[k], sizeof *kind_pos[k] * (p + 1));
+            while (kind_npos[k] <= p) kind_pos[k][kind_npos[k]++] = -1;
+        }
+        if (kind_pos[k][p] < 0) kind_pos[k][p] = sp->ngroups++;
+        sp->op_group[i] = kind_pos[k][p];
+    }
+    for (int k = 0; k < sp->nkinds; k++) free(kind_pos[k]);
+    free(kind_pos);
+    free(kind_npos);
+    free(pos);
+    free(bsig);
+    free(bkind);
+
+    int ng = sp->ngroups ? sp->ngroups : 1;
+    sp->group_nopt = xcalloc(ng, sizeof *sp->group_nopt);
+    sp->group_letter = xcalloc(ng, sizeof *sp->group_letter);
+    sp->group_megatron = xcalloc(ng, sizeof *sp->group_megatron);
+    sp->group_first = xmalloc(sizeof *sp->group_first * ng);
+    for (int q = 0; q < ng; q++) sp->group_first[q] = -1;
+    for (int i = 0; i < g->nops; i++) {
+        int q = sp->op_group[i];
+        if (sp->group_first[q] >= 0) continue;
+        sp->group_first[q] = i;
+        const Op *op = &g->ops[i];
+        int n = 1;
+        for (int l = 0; l < IR_LETTERS && n < MAX_OPTS; l++)
+            if (tp_option(op, l)) sp->group_letter[q][n++] = (char)('a' + l);
+        sp->group_nopt[q] = n;
+        for (const char *t = tp_letters; *t && !sp->group_megatron[q]; t++)
+            for (int k = 1; k < n; k++)
+                if (sp->group_letter[q][k] == *t) sp->group_megatron[q] = k;
+    }
+
+    /* param groups: (op group of the first reader, input) */
+    sp->param_group = xmalloc(sizeof *sp->param_group * (g->ntensors ? g->ntensors : 1));
+    sp->param_reader = xmalloc(sizeof *sp->param_reader * (g->ntensors ? g->ntensors : 1));
+    int *key = xmalloc(sizeof *key * (g->ntensors ? g->ntensors : 1) * 2);
+    sp->pgroup_first = xmalloc(sizeof *sp->pgroup_first * (g->ntensors ? g->ntensors : 1));
+    for (int t = 0; t < g->ntensors; t++) {
+        sp->param_group[t] = sp->param_reader[t] = -1;
+        if (g->tensors[t].role != ROLE_PARAM) continue;
+        int reader = -1, slot = 0;
+        for (int i = 0; i < g->nops && reader < 0; i++)
+            for (int q = 0; q < g->ops[i].nin; q++)
+                if (g->ops[i].in[q] == t) {
+                    reader = i;
+                    slot = q;
+                    break;
+                }
+        sp->param_reader[t] = reader;
+        int k0 = reader >= 0 ? sp->op_group[reader] : -1 - t, found = -1;
+        for (int p = 0; p < sp->npgroups && !untie && reader >= 0; p++)
+            if (key[2 * p] == k0 && key[2 * p + 1] == slot) found = p;
+        if (found < 0) {
+            found = sp->npgroups++;
+            key[2 * found] = k0;
+            key[2 * found + 1] = slot;
+            sp->pgroup_first[found] = t;
+        }
+        sp->param_group[t] = found;
+    }
+    free(key);
+
+    /* sync choices */
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "ring");
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_TREE, SHARD_NONE, COMPRESS_NONE, 0, 0, "tree");
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_HIERARCHICAL, SHARD_NONE, COMPRESS_NONE, 0, 0,
+             "hierarchical");
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_ZERO1, COMPRESS_NONE, 0, 0, "zero1");
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_ZERO2, COMPRESS_NONE, 0, 0, "zero2");
+    add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_ZERO3, COMPRESS_NONE, 0, 0, "zero3");
+    add_sync(sp, SYNC_PS, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "ps");
+    add_sync(sp, SYNC_SFB, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "sfb");
+    if (lossy) {
+        add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_FP16, 0, 0, "fp16");
+        add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_INT8, 0, 0, "int8");
+        add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_POWERSGD, 4, 0,
+                 "powersgd:4");
+        add_sync(sp, SYNC_PS, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 1, "ps stale 1");
+    }
+    int np = sp->npgroups ? sp->npgroups : 1;
+    sp->pgroup_syncs = xcalloc(np, sizeof *sp->pgroup_syncs);
+    char why[256];
+    for (int p = 0; p < sp->npgroups; p++) {
+        int t = sp->pgroup_first[p];
+        for (int k = 0; k < sp->nsync; k++) {
+            const SyncChoice *s = &sp->sync[k];
+            if (s->method == SYNC_SFB && strategy_sfb_unfit(g, t, why, (int)sizeof why)) continue;
+            if (s->compress == COMPRESS_POWERSGD && g->tensors[t].ndim < 2) continue;
+            sp->pgroup_syncs[p] |= 1u << k;
+        }
+    }
+    return 0;
+}
+
+void space_free(Space *sp)
+{
+    if (!sp) return;
+    free(sp->mesh);
+    free(sp->op_group);
+    free(sp->group_nopt);
+    free(sp->group_letter);
+    free(sp->group_megatron);
+    free(sp->group_first);
+    free(sp->op_kind);
+    free(sp->param_group);
+    free(sp->param_reader);
+    free(sp->pgroup_first);
+    free(sp->pgroup_syncs);
+    memset(sp, 0, sizeof *sp);
+}
+
+int space_micro_options(const Space *sp, int D, int *out, int max)
+{
+    int n = 0;
+    for (int64_t M = 1; M <= sp->batch && n < max; M++)
+        if (sp->batch % M == 0 && (sp->batch / M) % D == 0) out[n++] = (int)M;
+    return n;
+}
+
+/* ----------------------------------------------------------------------------
+ * Candidates */
+
+void cand_init(Cand *x, const Space *sp)
+{
+    memset(x, 0, sizeof *x);
+    x->cuts = xcalloc(sp->world, sizeof *x->cuts);
+    x->split = xcalloc(sp->ngroups ? sp->ngroups : 1, 1);
+    x->recompute = xcalloc(sp->nkinds ? sp->nkinds : 1, 1);
+    x->sync = xcalloc(sp->npgroups ? sp->npgroups : 1, 1);
+    x->sched = SCHED_1F1B;
+    x->micro = 1;
+    int dp = 0;
+    for (int m = 0; m < sp->nmesh; m++)
+        if (sp->mesh[m][0] == 1 && sp->mesh[m][2] == 1) dp = m;
+    cand_set_mesh(x, sp, dp);
+}
+
+void cand_copy(Cand *d, const Cand *s, const Space *sp)
+{
+    d->mesh = s->mesh;
+    d->micro = s->micro;
+    d->sched = s->sched;
+    d->ncuts = s->ncuts;
+    memcpy(d->cuts, s->cuts, sizeof *d->cuts * sp->world);
+    memcpy(d->split, s->split, sp->ngroups);
+    memcpy(d->recompute, s->recompute, sp->nkinds);
+    memcpy(d->sync, s->sync, sp->npgroups);
+}
+
+void cand_free(Cand *x)
+{
+    if (!x) return;
+    free(x->cuts);
+    free(x->split);
+    free(x->recompute);
+    free(x->sync);
+    memset(x, 0, sizeof *x);
+}
+
+/* Decisions a mesh makes moot (splits without tp, sync without dp, the
+ * schedule without a pipeline) are left out, so two candidates that make
+ * the same strategy hash the same. */
+uint64_t cand_hash(const Cand *x, const Space *sp)
+{
+    int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
+    uint64_t h = mix64(mix64(mix64(0, (uint64_t)x->mesh), (uint64_t)x->micro),
+                       P > 1 ? x->sched : 0);
+    for (int i = 0; i < x->ncuts; i++) h = mix64(h, (uint64_t)x->cuts[i]);
+    for (int q = 0; q < sp->ngroups; q++) h = mix64(h, T > 1 ? x->split[q] : 0);
+    for (int k = 0; k < sp->nkinds; k++) h = mix64(h, x->recompute[k]);
+    for (int p = 0; p < sp->npgroups; p++) h = mix64(h, D > 1 ? x->sync[p] : 0);
+    return h ^ (h >> 29);
+}
+
+void cand_set_mesh(Cand *x, const Space *sp, int mesh)
+{
+    x->mesh = mesh;
+    int P = sp->mesh[mesh][0], D = sp->mesh[mesh][1];
+    x->ncuts = P - 1;
+    for (int i = 1; i < P; i++) x->cuts[i - 1] = (int)((int64_t)i * sp->g->nblocks / P);
+    int opts[256], n = space_micro_options(sp, D, opts, 256), best = n ? opts[0] : 1;
+    for (int k = 0; k < n; k++)
+        if (abs(opts[k] - x->micro) < abs(best - x->micro)) best = opts[k];
+    x->micro = best;
+}
+
+Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
+{
+    const Graph *g = sp->g;
+    int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
+    const char *names[3];
+    int sizes[3], n = 0, tp = -1;
+    if (P > 1) {
+        names[n] = "pp";
+        sizes[n++] = P;
+    }
+    if (D > 1) {
+        names[n] = "dp";
+        sizes[n++] = D;
+    }
+    if (T > 1) {
+        tp = n;
+        names[n] = "tp";
+        sizes[n++] = T;
+    }
+    Strategy *s = strategy_new(g, n, names, sizes, err);
+    if (!s) return NULL;
+    s->microbatches = x->micro;
+    s->schedule = P > 1 ? x->sched : SCHED_1F1B;
+    for (int i = 0; i < x->ncuts; i++) s->cuts[i] = x->cuts[i];
+    for (int i = 0; i < g->nops; i++) {
+        int q = sp->op_group[i], opt = x->split[q];
+        if (tp >= 0 && opt > 0 && opt < sp->group_nopt[q])
+            s->ops[i].split[sp->group_letter[q][opt] - 'a'] = (AxisMask)(1u << tp);
+        s->ops[i].recompute = sp->op_kind[i] >= 0 && x->recompute[sp->op_kind[i]];
+    }
+    for (int t = 0; t < g->ntensors; t++) {
+        int p = sp->param_group[t];
+        if (p < 0) continue;
+        const SyncChoice *c = &sp->sync[x->sync[p]];
+        /* with one data rank there is nothing to synchronise or shard */
+        if (D == 1) continue;
+        ParamPolicy *pp = &s->params[t];
+        pp->method = c->method;
+        pp->algo = c->algo;
+        pp->shard = c->shard;
+        pp->compress = c->compress;
+        pp->powersgd_rank = c->powersgd_rank;
+        pp->staleness = c->staleness;
+        pp->ps_shards = c->method == SYNC_PS ? (D < 4 ? D : 4) : 0;
+    }
+    if (strategy_finish(s, g, sp->c, err)) {
+        strategy_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n)
+{
+    int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
+    int rec = 0, tp = 0;
+    for (int k = 0; k < sp->nkinds; k++) rec += x->recompute[k] != 0;
+    for (int q = 0; q < sp->ngroups; q++) tp += x->split[q] != 0;
+    int len = snprintf(buf, (size_t)n, "pp%d dp%d tp%d, %s m%d", P, D, T,
+                       P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
+    if (T > 1 && len < n) len += snprintf(buf + len, (size_t)(n - len), ", %d/%d op groups split", tp,
+                                          sp->ngroups);
+    if (rec && len < n)
+        len += snprintf(buf + len, (size_t)(n - len), ", recompute %d/%d", rec, sp->nkinds);
+    /* the sync choices in use, most common first */
+    int count[16] = { 0 };
+    for (int p = 0; p < sp->npgroups; p++) count[x->sync[p]]++;
+    for (int r = 0; r < 3 && D > 1 && len < n; r++) {
+        int top = -1;
+        for (int k = 0; k < sp->nsync; k++)
+            if (count[k] && (top < 0 || count[k] > count[top])) top = k;
+        if (top < 0) break;
+        len += snprintf(buf + len, (size_t)(n - len), "%s%s", r ? "+" : ", ", sp->sync[top].name);
+        count[top] = 0;
+    }
+    return buf;
+}
+
+/* ----------------------------------------------------------------------------
+ * The coarse space */
+
+/* Points of the coarse space on mesh m. */
+static int64_t coarse_on_mesh(const Space *sp, int m, int *nmicro)
+{
+    int opts[256];
+    int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
+    *nmicro = space_micro_options(sp, D, opts, 256);
+    int64_t n = *nmicro;
+    n *= P > 1 ? 2 : 1;                         /* schedule */
+    n *= T > 1 ? 2 : 1;                         /* split pattern */
+    n *= sp->nkinds ? 2 : 1;                    /* recompute */
+    n *= D > 1 ? sp->nsync : 1;                 /* sync */
+    return n;
+}
+
+int64_t space_coarse_size(const Space *sp)
+{
+    int64_t n = 0;
+    int nm;
+    for (int m = 0; m < sp->nmesh; m++) n += coarse_on_mesh(sp, m, &nm);
+    return n;
+}
+
+void space_coarse_point(const Space *sp, int64_t k, Cand *x)
+{
+    int m = 0, nmicro = 0;
+    for (; m < sp->nmesh; m++) {
+        int64_t n = coarse_on_mesh(sp, m, &nmicro);
+        if (k < n) break;
+        k -= n;
+    }
+    if (m == sp->nmesh) m = sp->nmesh - 1;
+    int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
+    int opts[256];
+    space_micro_options(sp, D, opts, 256);
+    cand_set_mesh(x, sp, m);
+    x->micro = opts[k % nmicro];
+    k /= nmicro;
+    x->sched = SCHED_1F1B;
+    if (P > 1) {
+        x->sched = k % 2 ? SCHED_GPIPE : SCHED_1F1B;
+        k /= 2;
+    }
+    int pattern = 0;
+    if (T > 1) {
+        pattern = (int)(k % 2);
+        k /= 2;
+    }
+    for (int q = 0; q < sp->ngroups; q++) x->split[q] = (uint8_t)(pattern ? sp->group_megatron[q] : 0);
+    int rec = 0;
+    if (sp->nkinds) {
+        rec = (int)(k % 2);
+        k /= 2;
+    }
+    for (int kd = 0; kd < sp->nkinds; kd++) x->recompute[kd] = (uint8_t)rec;
+    int sync = 0;
+    if (D > 1) sync = (int)(k % sp->nsync);
+    for (int p = 0; p < sp->npgroups; p++)
+        x->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> sync & 1u ? sync : 0);
+}

@@ -1,0 +1,210 @@
+/*
+ * test_cli_search.c — `strata search`, `strata searches` and `strata run
+ * --plan` as a user runs them: a search stores its row, its events, its
+ * best plan with the estimate; the events replay as JSON lines; the stored
+ * plan runs and verifies on 2 CPU ranks and its run lands beside it; bad
+ * input is refused with the option named and nothing stored.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/support/cli_harness.h"
+
+static void test_search_stores_and_replays(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *db = tp("search.db"), *log = tp("search.log");
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--devices", "4", "--budget", "200evals",
+           "--seed", "5", "--log", log, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j = JSON_OUT(&r);
+    double step = JNUM(j, "step_time_s");
+    assert_true(step > 0);
+    char sid[17], pid[17];
+    snprintf(sid, sizeof sid, "%s", JSTR(j, "search_id"));
+    snprintf(pid, sizeof pid, "%s", JSTR(j, "plan_id"));
+    assert_true(cJSON_GetArraySize(JARR(j, "baselines")) >= 8);
+    assert_true(cJSON_GetArraySize(JARR(j, "top")) >= 1);
+
+    /* the log: one JSON object a line, evaluations never falling, ending with "end" */
+    char *text = track(slurp(log, NULL));
+    assert_non_null(text);
+    int lines = 0;
+    double last = 0;
+    char *save = NULL, *end = NULL;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        cJSON *e = track_json(cJSON_Parse(l));
+        assert_non_null(e);
+        double n = JNUM(e, "evaluations");
+        assert_true(n >= last);
+        last = n;
+        end = l;
+        lines++;
+    }
+    assert_true(lines >= 5);
+    assert_non_null(strstr(end, "\"event\":\"end\""));
+
+    /* the store: the search, its events (the same lines), its plan and estimate */
+    STRATA(&r, "searches", "list", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, sid, pid, "\"status\":\t\"done\"");
+    STRATA(&r, "searches", "show", sid, "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "megatron", "zero3", "baseline");
+    STRATA(&r, "searches", "events", sid, "--db", db);
+    EXPECT_RC(&r, 0);
+    int n = 0;
+    for (const char *p = r.out; (p = strchr(p, '\n')); p++) n++;
+    assert_int_equal(n, lines);
+    STRATA(&r, "searches", "events", sid, "--after", "3", "--db", db);
+    EXPECT_RC(&r, 0);
+    n = 0;
+    for (const char *p = r.out; (p = strchr(p, '\n')); p++) n++;
+    assert_int_equal(n, lines - 3);
+    STRATA(&r, "plans", "show", pid, "--db", db);
+    EXPECT_RC(&r, 0);
+
+    /* an rl search keeps its policy, which starts the search of another model */
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--devices", "4", "--budget", "60evals",
+           "--algo", "rl", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *jr = JSON_OUT(&r);
+    char rid[17];
+    snprintf(rid, sizeof rid, "%s", JSTR(jr, "search_id"));
+    STRATA(&r, "search", "--model", rp("models/tiny-cnn.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--devices", "2", "--budget", "40evals",
+           "--algo", "rl", "--policy-from", rid, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--algo", "mcmc", "--policy-from", rid, "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--policy-from", "--algo rl");
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--algo", "rl", "--policy-from", sid, "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "kept no policy");
+
+    /* the same seed and evaluation budget find the same plan */
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--devices", "4", "--budget", "200evals",
+           "--seed", "5", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j2 = JSON_OUT(&r);
+    assert_string_equal(JSTR(j2, "plan_id"), pid);
+    assert_true(JNUM(j2, "step_time_s") == step);
+    res_free(&r);
+}
+
+/* Searched for this machine, the best plan runs, verifies, and its run is
+ * stored beside it. */
+static void test_run_plan(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *db = tp("runplan.db");
+    STRATA(&r, "search", "--model", rp("models/tiny-mlp.json"), "--cluster",
+           rp("clusters/local-cpu.json"), "--devices", "2", "--budget", "100evals", "--db", db,
+           "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j = JSON_OUT(&r);
+    char pid[17];
+    snprintf(pid, sizeof pid, "%s", JSTR(j, "plan_id"));
+    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--verify", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "verify: OK", pid);
+    STRATA(&r, "runs", "list", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, pid);
+
+    STRATA(&r, "run", "--plan", pid, "--model", rp("models/tiny-mlp.json"), "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--plan");
+    STRATA(&r, "run", "--plan", "ffffffffffffffff", "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "no plan");
+    res_free(&r);
+}
+
+static void test_search_bad_input(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *db = tp("bad.db");
+    const char *m = rp("models/tiny-mlp.json"), *c = rp("clusters/dgx-a100-80gb.json");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--algo", "annealing", "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--algo", "annealing");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "0s", "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--budget");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "soon", "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--budget", "soon");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "12.5evals", "--db", db);
+    EXPECT_RC(&r, 2);
+    STRATA(&r, "search", "--cluster", c, "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--model");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--devices", "64", "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "--devices 64");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--algo", "exhaustive", "--limit", "5",
+           "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "exhaustive");
+    EXPECT_ABSENT(tp("strata.db"));
+    /* refused before anything was stored: no store made at all */
+    EXPECT_ABSENT(db);
+
+    /* a model no plan fits: exit 1, what the least hungry plan needs, and the
+     * search stored as such */
+    const char *big = tp("big.json");
+    STRATA(&r, "model", "build", "gpt", "--preset", "gpt3-175b", "--batch", "8", "-o", big);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "search", "--model", big, "--cluster", c, "--algo", "mcmc", "--budget", "40evals",
+           "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "no plan of", "GiB per device");
+    STRATA(&r, "searches", "list", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "no plan");
+    STRATA(&r, "searches", "show", "0123", "--db", db);
+    EXPECT_RC(&r, 1);
+    STRATA(&r, "searches", "events", "--db", db);
+    EXPECT_RC(&r, 2);
+    res_free(&r);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    return harness_setup(&(HarnessConfig){ .name = "test_cli_search", .deadline_s = 300,
+                                            .lsan_supp = "tests/lsan.supp" });
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return harness_teardown();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_search_stores_and_replays, harness_release_all),
+        cmocka_unit_test_teardown(test_run_plan, harness_release_all),
+        cmocka_unit_test_teardown(test_search_bad_input, harness_release_all),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

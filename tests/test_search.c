@@ -1,0 +1,499 @@
+/*
+ * test_search.c — the search space and the searches over it.
+ *
+ * Counts of the space on a tiny MLP by hand; every classic strategy as a
+ * point of the space equals what strategy_build writes; exhaustive search
+ * is the optimum of its space (checked against every point judged by hand);
+ * Metropolis-Hastings and RL reach that optimum on small spaces; a search is
+ * deterministic for a seed and an evaluation budget; its events are JSON
+ * with growing evaluation counts; a stop keeps the best; what it returns
+ * lowers; bad options are refused.
+ *
+ * Legend: W = devices, P/D/T = pipeline/data/tensor degree, M = micro-batches.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ir/lower.h"
+#include "ir/util.h"
+#include "ir/zoo.h"
+#include "search/search.h"
+
+static Graph *zoo(const char *kind, const char *opts)
+{
+    const char *k[8], *v[8];
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", opts);
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, " ", &save); t && n < 8; t = strtok_r(NULL, " ", &save)) {
+        char *eq = strchr(t, '=');
+        *eq = 0;
+        k[n] = t;
+        v[n++] = eq + 1;
+    }
+    Err err = {0};
+    Graph *g = zoo_build(kind, n, k, v, &err);
+    if (!g) fail_msg("%s %s: %s", kind, opts, err.msg);
+    /* the builder copies the strings it keeps */
+    return g;
+}
+
+static Cluster *dgx(int nodes)
+{
+    Err err = {0};
+    Cluster *c = cluster_load("clusters/dgx-a100-80gb.json", nodes, &err);
+    if (!c) fail_msg("%s", err.msg);
+    return c;
+}
+
+/* ----------------------------------------------------------------------------
+ * The space */
+
+static void test_space_counts(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("mlp", "batch=8");
+    Cluster *c = dgx(1);
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    /* P in {1, 2} (2 blocks), D divides 8: (1,1,4) (1,2,2) (1,4,1) (2,1,2) (2,2,1) */
+    assert_int_equal(sp.nmesh, 5);
+    /* block 0 reads 32 inputs, block 1 64: two kinds; 3 + 3 groups + head, bias, loss */
+    assert_int_equal(sp.nkinds, 2);
+    assert_int_equal(sp.ngroups, 9);
+    assert_int_equal(sp.npgroups, 6);
+    /* fc "bi,ih->bh": none, h, i; relu: none, h; the loss "bk,b->": none, k */
+    assert_int_equal(sp.group_nopt[sp.op_group[graph_find_op(g, "blocks.0.fc")]], 3);
+    assert_int_equal(sp.group_nopt[sp.op_group[graph_find_op(g, "blocks.0.relu")]], 2);
+    assert_int_equal(sp.group_nopt[sp.op_group[graph_find_op(g, "loss")]], 2);
+    /* M divides 8 with D dividing 8/M: D=1: 1,2,4,8; D=2: 1,2,4; D=4: 1,2 */
+    int ms[16];
+    assert_int_equal(space_micro_options(&sp, 1, ms, 16), 4);
+    assert_int_equal(space_micro_options(&sp, 2, ms, 16), 3);
+    assert_int_equal(space_micro_options(&sp, 4, ms, 16), 2);
+    /* coarse: M x schedules (P>1) x patterns (T>1) x recompute 2 x syncs 8 (D>1):
+     * (1,1,4) 4*2*2 = 16, (1,2,2) 3*2*2*8 = 96, (1,4,1) 2*2*8 = 32,
+     * (2,1,2) 4*2*2*2 = 32, (2,2,1) 3*2*2*8 = 96 */
+    assert_int_equal(sp.nsync, 8);
+    assert_int_equal(space_coarse_size(&sp), 16 + 96 + 32 + 32 + 96);
+    space_free(&sp);
+    graph_free(g);
+
+    /* identical blocks share a kind and their groups; untie splits them */
+    g = zoo("mlp", "batch=8 input=64");
+    assert_int_equal(space_init(&sp, g, c, 4, true, false, &err), 0);
+    assert_int_equal(sp.nkinds, 1);
+    assert_int_equal(sp.ngroups, 6);
+    assert_int_equal(sp.npgroups, 4);
+    assert_int_equal(sp.op_group[graph_find_op(g, "blocks.0.fc")],
+                     sp.op_group[graph_find_op(g, "blocks.1.fc")]);
+    assert_int_equal(sp.param_group[graph_find_tensor(g, "blocks.0.fc.w")],
+                     sp.param_group[graph_find_tensor(g, "blocks.1.fc.w")]);
+    assert_int_equal(sp.nsync, 12);         /* lossy: fp16, int8, powersgd, stale ps */
+    /* powersgd needs a matrix: not for a bias */
+    int pw = 10;
+    assert_string_equal(sp.sync[pw].name, "powersgd:4");
+    assert_false(sp.pgroup_syncs[sp.param_group[graph_find_tensor(g, "blocks.0.fc.b")]] >> pw & 1u);
+    assert_true(sp.pgroup_syncs[sp.param_group[graph_find_tensor(g, "blocks.0.fc.w")]] >> pw & 1u);
+    space_free(&sp);
+    assert_int_equal(space_init(&sp, g, c, 4, false, true, &err), 0);
+    assert_int_equal(sp.nkinds, 2);
+    assert_int_equal(sp.ngroups, 9);
+    space_free(&sp);
+
+    /* every coarse point makes a strategy that validates or says why, and
+     * each distinct point hashes apart */
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    int64_t n = space_coarse_size(&sp);
+    uint64_t *h = malloc(sizeof *h * n);
+    Cand x;
+    cand_init(&x, &sp);
+    for (int64_t k = 0; k < n; k++) {
+        space_coarse_point(&sp, k, &x);
+        h[k] = cand_hash(&x, &sp);
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        if (!s) assert_true(err.msg[0] != 0);
+        strategy_free(s);
+    }
+    int dup = 0;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = a + 1; b < n; b++) dup += h[a] == h[b];
+    /* duplicates: syncs that do not apply to a group fall back to ring */
+    assert_true(dup < n / 2);
+    free(h);
+    cand_free(&x);
+    space_free(&sp);
+    graph_free(g);
+    cluster_free(c);
+
+    /* bad input */
+    g = zoo("mlp", "batch=6");
+    c = dgx(1);
+    assert_int_equal(space_init(&sp, g, c, 16, false, false, &err), -1);
+    assert_non_null(strstr(err.msg, "16 devices"));
+    graph_free(g);
+    cluster_free(c);
+}
+
+/* Each classic strategy, written as a point of the space, is the strategy
+ * strategy_build writes (the same canonical id). */
+static void test_baselines_are_points(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("gpt", "layers=4 hidden=64 heads=4 seq=16 vocab=128 batch=8");
+    Cluster *c = dgx(1);
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
+    Cand x;
+    cand_init(&x, &sp);
+    static const struct { const char *kind, *sync; int pp, tp; bool megatron; } cases[] = {
+        { "dp", "ring", 1, 1, false }, { "zero1", "zero1", 1, 1, false },
+        { "zero3", "zero3", 1, 1, false }, { "ps", "ps", 1, 1, false },
+        { "sfb", "sfb", 1, 1, false }, { "megatron", "ring", 2, 2, true },
+        { "gpipe", "ring", 2, 1, false }, { "parallax", "ring", 1, 1, false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        StrategyOpts o = { .world = 8, .pp = cases[i].pp, .tp = cases[i].megatron ? cases[i].tp : 0,
+                           .microbatches = cases[i].pp > 1 ? 2 : 0 };
+        cJSON *j = strategy_build(cases[i].kind, g, c, &o, &err);
+        if (!j) fail_msg("%s: %s", cases[i].kind, err.msg);
+        Strategy *ref = strategy_from_json(j, g, c, &err);
+        cJSON_Delete(j);
+        assert_non_null(ref);
+        int D = 8 / (cases[i].pp * cases[i].tp), m = -1;
+        for (int k = 0; k < sp.nmesh; k++)
+            if (sp.mesh[k][0] == cases[i].pp && sp.mesh[k][1] == D && sp.mesh[k][2] == cases[i].tp)
+                m = k;
+        assert_true(m >= 0);
+        cand_set_mesh(&x, &sp, m);
+        x.micro = cases[i].pp > 1 ? 2 : 1;
+        x.sched = strcmp(cases[i].kind, "gpipe") ? SCHED_1F1B : SCHED_GPIPE;
+        for (int q = 0; q < sp.ngroups; q++)
+            x.split[q] = (uint8_t)(cases[i].megatron ? sp.group_megatron[q] : 0);
+        int k = 0;
+        while (strcmp(sp.sync[k].name, cases[i].sync)) k++;
+        for (int p = 0; p < sp.npgroups; p++) {
+            int t = sp.pgroup_first[p], kk = k;
+            if (!strcmp(cases[i].kind, "parallax")) {
+                kk = 0;
+                for (int q = 0; q < g->nops; q++)
+                    for (int a = 0; a < g->ops[q].nin; a++)
+                        if (g->ops[q].in[a] == t && g->ops[q].kind == OP_EMBEDDING) kk = 6;
+            }
+            x.sync[p] = (uint8_t)(sp.pgroup_syncs[p] >> kk & 1u ? kk : 0);
+        }
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        if (!s) fail_msg("%s: %s", cases[i].kind, err.msg);
+        strategy_canonicalize(s, g);
+        if (strcmp(s->id, ref->id)) {
+            char *a = cJSON_PrintUnformatted(s->canonical), *b = cJSON_PrintUnformatted(ref->canonical);
+            size_t d = 0;
+            while (a[d] && a[d] == b[d]) d++;
+            fail_msg("%s: the point differs from strategy_build's at \"%.80s\" vs \"%.80s\"",
+                     cases[i].kind, a + (d > 20 ? d - 20 : 0), b + (d > 20 ? d - 20 : 0));
+        }
+        strategy_free(s);
+        strategy_free(ref);
+    }
+    cand_free(&x);
+    space_free(&sp);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* The memory prefilter never refuses what fits: on a model whose plans
+ * run out of memory, its bound stays at or below every lowered plan's
+ * static state over its devices' memory, and it refuses some. */
+static void test_static_bound_is_sound(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("gpt", "preset=gpt3-175b layers=4 batch=16");
+    Cluster *c = dgx(1);
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
+    Cand x;
+    cand_init(&x, &sp);
+    int refused = 0, checked = 0;
+    for (int64_t k = 0; k < space_coarse_size(&sp); k += 7) {
+        space_coarse_point(&sp, k, &x);
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        if (!s) continue;
+        double bound = space_static_overflow(&sp, s);
+        Plan *p = ir_lower_compact(g, c, s, &err);
+        if (!p) {               /* invalid (a sharded tied embedding): the search counts it so */
+            strategy_free(s);
+            continue;
+        }
+        double worst = 0;
+        for (int q = 0; q < p->nclasses; q++)
+            worst = fmax(worst, (double)p->classes[q].static_mem / p->classes[q].device_mem);
+        if (bound > worst * (1 + 1e-9))
+            fail_msg("point %lld: bound %.6f above the lowering's static state %.6f", (long long)k,
+                     bound, worst);
+        refused += bound > 1;
+        checked++;
+        plan_free(p);
+        strategy_free(s);
+    }
+    if (checked <= 30 || refused < 3) fail_msg("%d plans checked, %d refused", checked, refused);
+    cand_free(&x);
+    space_free(&sp);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* ----------------------------------------------------------------------------
+ * Searches */
+
+typedef struct {
+    int n, nbest;
+    double last_evals;
+    bool growing, parsed;
+    int stop_after;                 /* > 0: raise *stop at this event */
+    volatile sig_atomic_t *stop;
+} Seen;
+
+static void seen_event(void *ctx, const cJSON *ev)
+{
+    Seen *s = ctx;
+    char *text = cJSON_PrintUnformatted(ev);
+    cJSON *back = cJSON_Parse(text);
+    s->parsed &= back != NULL;
+    double e = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(back, "evaluations"));
+    s->growing &= e >= s->last_evals;
+    s->last_evals = e;
+    if (!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(back, "event")), "best"))
+        s->nbest++;
+    cJSON_Delete(back);
+    cJSON_free(text);
+    if (++s->n == s->stop_after) *s->stop = 1;
+}
+
+static double run(const Graph *g, const Cluster *c, int world, SearchAlgo algo, long evals,
+                  uint64_t seed, SearchResult *r)
+{
+    Err err = {0};
+    SearchOpts o = { .algo = algo, .world = world, .budget_evals = evals, .seed = seed };
+    if (search_run(g, c, &o, r, &err)) fail_msg("search: %s", err.msg);
+    return r->best.s ? r->best.step_s : INFINITY;
+}
+
+/* Exhaustive search returns the best point of the coarse space: every point
+ * judged here one by one gives no better step. */
+static void test_exhaustive_is_optimum(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("mlp", "batch=8 input=64 hidden=256");
+    Cluster *c = dgx(1);
+    SearchResult r;
+    double best = run(g, c, 4, SEARCH_EXHAUSTIVE, 0, 1, &r);
+    assert_true(isfinite(best));
+    assert_string_equal(r.ended, "exhausted");
+    assert_string_equal(r.algo, "exhaustive");
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    Cand x;
+    cand_init(&x, &sp);
+    double mine = INFINITY;
+    for (int64_t k = 0; k < space_coarse_size(&sp); k++) {
+        space_coarse_point(&sp, k, &x);
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        Plan *p = s ? ir_lower_compact(g, c, s, &err) : NULL;
+        SimResult sr;
+        if (p && cost_simulate(g, c, s, p, NULL, &sr, &err) == 0) {
+            if (sr.feasible && sr.step_time < mine) mine = sr.step_time;
+            sim_result_free(&sr);
+        }
+        plan_free(p);
+        strategy_free(s);
+    }
+    assert_true(fabs(mine - best) <= 1e-12 * best);
+    /* the best is no slower than any baseline, its plan lowers, and the top
+     * plans are distinct and in order */
+    for (int k = 0; k < r.nbaselines; k++)
+        if (r.baselines[k].feasible) assert_true(best <= r.baselines[k].step_s);
+    Plan *p = ir_lower_compact(g, c, r.best.s, &err);
+    assert_non_null(p);
+    plan_free(p);
+    for (int k = 1; k < r.ntop; k++) {
+        assert_true(r.top[k - 1].step_s <= r.top[k].step_s);
+        assert_string_not_equal(r.top[k - 1].s->id, r.top[k].s->id);
+    }
+    assert_true(fabs(r.best_sim.step_time - best) <= 1e-12 * best);
+    cJSON *j = search_result_json(&r);
+    assert_true(fabs(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "step_time_s")) -
+                     best) <= 1e-12 * best);
+    cJSON_Delete(j);
+    search_result_free(&r);
+
+    /* exhaustive refuses a space above its limit, naming the size */
+    SearchOpts o = { .algo = SEARCH_EXHAUSTIVE, .world = 4, .exhaustive_limit = 10 };
+    assert_int_equal(search_run(g, c, &o, &r, &err), -1);
+    assert_non_null(strstr(err.msg, "more than exhaustive search takes (10)"));
+    cand_free(&x);
+    space_free(&sp);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* Metropolis-Hastings and RL, each within 800 evaluations, reach the
+ * exhaustive optimum of the coarse space (or better: they search the whole
+ * space) on small spaces where that optimum beats every baseline, so that
+ * starting from the best baseline is not enough. */
+static void test_mcmc_rl_reach_optimum(void **state)
+{
+    (void)state;
+    static const struct { const char *kind, *opts; int world; } spaces[] = {
+        { "gpt", "layers=4 hidden=128 heads=8 seq=32 vocab=256 batch=16", 8 },
+        { "mlp", "batch=32 layers=2 hidden=2048 input=2048", 4 },
+        { "mlp", "batch=64 layers=3 hidden=4096 input=1024", 4 },
+        { "gpt", "layers=2 hidden=256 heads=8 seq=64 vocab=50000 batch=16", 8 },
+        { "moe", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=16 experts=8", 8 },
+        { "mlp", "batch=16 layers=4 hidden=8192 input=1024", 8 },
+    };
+    Cluster *c = dgx(2);
+    for (size_t i = 0; i < sizeof spaces / sizeof spaces[0]; i++) {
+        Graph *g = zoo(spaces[i].kind, spaces[i].opts);
+        SearchResult ex, mc, rl;
+        double opt = run(g, c, spaces[i].world, SEARCH_EXHAUSTIVE, 0, 1, &ex);
+        double base = INFINITY;
+        for (int k = 0; k < ex.nbaselines; k++)
+            if (ex.baselines[k].feasible) base = fmin(base, ex.baselines[k].step_s);
+        if (!(opt < base * (1 - 1e-4)))
+            fail_msg("%s %s: the optimum %.6g s is a baseline's (%.6g s): not a test of search",
+                     spaces[i].kind, spaces[i].opts, opt, base);
+        double got = run(g, c, spaces[i].world, SEARCH_MCMC, 800, 7, &mc);
+        if (!(got <= opt * (1 + 1e-9)))
+            fail_msg("%s %s on %d: mcmc %.6g s (%s), exhaustive %.6g s (%s)", spaces[i].kind,
+                     spaces[i].opts, spaces[i].world, got, mc.best.name, opt, ex.best.name);
+        got = run(g, c, spaces[i].world, SEARCH_RL, 800, 7, &rl);
+        if (!(got <= opt * (1 + 1e-9)))
+            fail_msg("%s %s on %d: rl %.6g s (%s), exhaustive %.6g s (%s)", spaces[i].kind,
+                     spaces[i].opts, spaces[i].world, got, rl.best.name, opt, ex.best.name);
+        assert_string_equal(rl.algo, "rl");
+        search_result_free(&ex);
+        search_result_free(&mc);
+        search_result_free(&rl);
+        graph_free(g);
+    }
+    cluster_free(c);
+}
+
+/* One seed, one evaluation budget: one result. Events are JSON whose
+ * evaluation counts never fall. A stop keeps the best found so far. */
+static void test_determinism_events_stop(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("gpt", "layers=4 hidden=128 heads=8 seq=32 vocab=256 batch=16");
+    Cluster *c = dgx(1);
+    SearchResult a, b;
+    Seen seen = { .growing = true, .parsed = true };
+    SearchOpts o = { .algo = SEARCH_MCMC, .world = 8, .budget_evals = 300, .seed = 3,
+                     .event = seen_event, .ctx = &seen, .event_every_s = 1e-9 };
+    assert_int_equal(search_run(g, c, &o, &a, &err), 0);
+    assert_true(seen.parsed && seen.growing);
+    assert_true(seen.n > 10 && seen.nbest >= 1);
+    assert_string_equal(a.ended, "budget");
+    o.event = NULL;
+    assert_int_equal(search_run(g, c, &o, &b, &err), 0);
+    assert_string_equal(a.best.s->id, b.best.s->id);
+    assert_int_equal(a.evals, b.evals);
+    assert_int_equal(a.ntop, b.ntop);
+    for (int k = 0; k < a.ntop; k++) assert_string_equal(a.top[k].s->id, b.top[k].s->id);
+    search_result_free(&b);
+    SearchResult c1, c2;
+    o.algo = SEARCH_RL;
+    assert_int_equal(search_run(g, c, &o, &c1, &err), 0);
+    assert_int_equal(search_run(g, c, &o, &c2, &err), 0);
+    assert_string_equal(c1.best.s->id, c2.best.s->id);
+    assert_int_equal(c1.evals, c2.evals);
+    search_result_free(&c1);
+    search_result_free(&c2);
+    o.algo = SEARCH_MCMC;
+
+    /* chains on two threads: the budget shared out, counts in order, the
+     * best of both no worse than a baseline */
+    Seen two = { .growing = true, .parsed = true };
+    SearchOpts t2 = o;
+    t2.threads = 2;
+    t2.event = seen_event;
+    t2.ctx = &two;
+    t2.algo = SEARCH_MCMC;
+    assert_int_equal(search_run(g, c, &t2, &c1, &err), 0);
+    assert_true(two.parsed && two.growing);
+    assert_int_equal((long)two.last_evals, 300);
+    for (int k = 0; k < c1.nbaselines; k++)
+        if (c1.baselines[k].feasible) assert_true(c1.best.step_s <= c1.baselines[k].step_s);
+    search_result_free(&c1);
+
+    volatile sig_atomic_t stop = 0;
+    Seen st = { .growing = true, .parsed = true, .stop_after = 40, .stop = &stop };
+    o.event = seen_event;
+    o.ctx = &st;
+    o.stop = &stop;
+    o.budget_evals = 0;
+    o.budget_s = 600;
+    assert_int_equal(search_run(g, c, &o, &b, &err), 0);
+    assert_string_equal(b.ended, "stopped");
+    assert_non_null(b.best.s);
+    assert_true(b.best.step_s >= a.best.step_s * (1 - 1e-12));
+    search_result_free(&a);
+    search_result_free(&b);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* A model too big for the cluster: no plan, and the result says what the
+ * least hungry plan needed. Bad options are errors. */
+static void test_no_plan_and_bad_options(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("gpt", "preset=gpt3-175b batch=8");
+    Cluster *c = dgx(1);
+    SearchResult r;
+    SearchOpts o = { .algo = SEARCH_MCMC, .budget_evals = 60, .seed = 1 };
+    assert_int_equal(search_run(g, c, &o, &r, &err), 0);
+    assert_null(r.best.s);
+    assert_non_null(strstr(r.smallest, "GiB per device"));
+    cJSON *j = search_result_json(&r);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "step_time_s")));
+    cJSON_Delete(j);
+    search_result_free(&r);
+    o.budget_evals = -1;
+    assert_int_equal(search_run(g, c, &o, &r, &err), -1);
+    assert_non_null(strstr(err.msg, "budget"));
+    assert_int_equal(search_run(g, NULL, &o, &r, &err), -1);
+    SearchAlgo al;
+    assert_int_equal(search_algo_parse("annealing", &al), -1);
+    assert_int_equal(search_algo_parse("mcmc", &al), 0);
+    assert_int_equal(al, SEARCH_MCMC);
+    cluster_free(c);
+    graph_free(g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_space_counts),
+        cmocka_unit_test(test_baselines_are_points),
+        cmocka_unit_test(test_static_bound_is_sound),
+        cmocka_unit_test(test_exhaustive_is_optimum),
+        cmocka_unit_test(test_mcmc_rl_reach_optimum),
+        cmocka_unit_test(test_determinism_events_stop),
+        cmocka_unit_test(test_no_plan_and_bad_options),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
