@@ -51,11 +51,23 @@ static double best_of(const SearchResult *r, const char *prefix)
     return b;
 }
 
+/* When a search's best last improved (seconds since it started). */
+static void on_improve(void *ctx, const cJSON *ev)
+{
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(ev, "event");
+    if (cJSON_IsString(k) && !strcmp(k->valuestring, "best"))
+        *(double *)ctx = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(ev, "elapsed_s"));
+}
+
+static double last_best;
+
 static int search(const Graph *g, const Cluster *c, SearchAlgo algo, double secs, long evals,
-                  SearchResult *r)
+                  int threads, SearchResult *r)
 {
     Err err = { { 0 } };
-    SearchOpts o = { .algo = algo, .budget_s = secs, .budget_evals = evals, .seed = 1 };
+    last_best = 0;
+    SearchOpts o = { .algo = algo, .budget_s = secs, .budget_evals = evals, .seed = 1,
+                     .threads = threads, .event = on_improve, .ctx = &last_best };
     if (search_run(g, c, &o, r, &err)) {
         fprintf(stderr, "bench_search: %s\n", err.msg);
         return -1;
@@ -72,15 +84,16 @@ static void s1(void)
     printf("S1 time to plan: GPT-3 175B, batch 1536, 128 x DGX A100 (1024 GPUs), analytical model\n");
     SearchResult ex = { 0 }, au;
     bool have_ex = !getenv("STRATA_BENCH_QUICK");
-    if (have_ex && search(g, c, SEARCH_EXHAUSTIVE, 0, 0, &ex) == 0)
+    if (have_ex && search(g, c, SEARCH_EXHAUSTIVE, 0, 0, 1, &ex) == 0)
         printf("  exhaustive, coarse space of %lld plans: %.4f s per step (%s), found in %.0f s "
                "(%ld simulated, %ld infeasible, %ld invalid; %.1f plans/s)\n",
                (long long)ex.space_size, ex.best.step_s, ex.best.name, ex.elapsed_s, ex.evals,
                ex.infeasible, ex.invalid, (ex.evals + ex.infeasible + ex.invalid) / ex.elapsed_s);
-    if (search(g, c, SEARCH_AUTO, 10, 0, &au) == 0) {
+    if (search(g, c, SEARCH_AUTO, 10, 0, 2, &au) == 0) {
         long n = au.evals + au.infeasible + au.invalid + au.cache_hits;
-        printf("  auto (%s), 10 s budget: %.4f s per step (%s) after %.1f s, %.1f evaluations/s\n",
-               au.algo, au.best.step_s, au.best.name, au.elapsed_s, n / au.elapsed_s);
+        printf("  auto (%s, 2 threads), 10 s budget: %.4f s per step (%s), found %.1f s in, "
+               "ended after %.1f s; %.1f evaluations/s\n", au.algo, au.best.step_s, au.best.name,
+               last_best, au.elapsed_s, n / au.elapsed_s);
         double meg = best_of(&au, "megatron");
         printf("    against Megatron-LM's best grid point %.4f s: %.3fx", meg, meg / au.best.step_s);
         if (have_ex && ex.best.s)
@@ -113,7 +126,7 @@ static void s2(void)
         Graph *g = zoo(models[i].kind, models[i].opts);
         Cluster *c = g ? cluster_load("clusters/dgx-a100-80gb.json", models[i].nodes, &err) : NULL;
         SearchResult r;
-        if (!c || search(g, c, SEARCH_AUTO, 0, 2000, &r)) {
+        if (!c || search(g, c, SEARCH_AUTO, 0, 2000, 1, &r)) {
             if (g && !c) fprintf(stderr, "bench_search: %s\n", err.msg);
             graph_free(g);
             continue;

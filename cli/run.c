@@ -505,6 +505,21 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                 MPI_Abort(MPI_COMM_WORLD, 1);
             }
         }
+        /* fault injection for the tests: STRATA_FAULT_PARAM=NAME:DELTA:COUNT
+         * adds DELTA to the first COUNT elements of param NAME as gathered,
+         * as a wrong update would, so that the check below is seen to catch it */
+        const char *fp = getenv("STRATA_FAULT_PARAM");
+        if (rank == 0 && fp) {
+            char name[256];
+            double delta = 0;
+            long long count = 0;
+            if (sscanf(fp, "%255[^:]:%lf:%lld", name, &delta, &count) == 3) {
+                int t = graph_find_tensor(L.g, name);
+                if (t >= 0 && par_params[t])
+                    for (long long e = 0; e < count && e < tensor_numel(&L.g->tensors[t]); e++)
+                        par_params[t][e] += (float)delta;
+            }
+        }
         int vrc = 0;
         if (rank == 0 && !rc) {
             ref_loss = xcalloc((size_t)steps, sizeof *ref_loss);
@@ -535,15 +550,20 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                 }
                 /* params: the largest difference against the tensor's scale */
                 double pworst = 0, pabs = 0;   /* relative to the tensor's scale; absolute */
+                double ptol = fmax(tol * 10, 1e-3);
+                bool few = true;               /* every tensor: few elements beyond ptol */
                 const char *pname = NULL;
                 for (int t = 0; t < nt; t++) {
                     if (!par_params[t]) continue;
-                    int64_t n = tensor_numel(&L.g->tensors[t]);
+                    int64_t n = tensor_numel(&L.g->tensors[t]), beyond = 0;
                     double dmax = 0, scale = 1e-3;
+                    for (int64_t e = 0; e < n; e++) scale = fmax(scale, fabs((double)ref_params[t][e]));
                     for (int64_t e = 0; e < n; e++) {
-                        dmax = fmax(dmax, fabs((double)par_params[t][e] - ref_params[t][e]));
-                        scale = fmax(scale, fabs((double)ref_params[t][e]));
+                        double d = fabs((double)par_params[t][e] - ref_params[t][e]);
+                        dmax = fmax(dmax, d);
+                        beyond += d > ptol * scale;
                     }
+                    few &= beyond <= (n / 1000 > 1 ? n / 1000 : 1);
                     pabs = fmax(pabs, dmax);
                     if (dmax / scale > pworst) {
                         pworst = dmax / scale;
@@ -555,16 +575,20 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                 printf("  final params: largest difference %.1e of the tensor's scale (%s; "
                        "bound %.0e)\n", pworst, pname ? pname : "-", fmax(tol * 10, 1e-3));
                 /* Adam normalises tiny gradients: a weight whose gradient is zero up
-                 * to rounding (an attention key bias) moves by up to the learning
-                 * rate on rounding noise alone, hence the looser bound on params */
-                double ptol = fmax(tol * 10, 1e-3);
-                /* with approximate gradients Adam may step an element the other
-                 * way: up to the learning rate per step, whatever the gradient */
-                double adam_bound = L.s->optimizer == OPT_ADAM && tol > 1e-5 ? 2.0 * lr * steps : 0;
+                 * to rounding (an attention key bias, the row of a rare token) moves
+                 * by up to the learning rate on rounding noise alone, hence the
+                 * looser bound on params. With approximate gradients Adam may step
+                 * any element the other way, up to the learning rate per step; with
+                 * exact ones only such noise-led elements may, so there a few of
+                 * them (at most 1 in 1000 of a tensor) may differ by that much,
+                 * while a wrong update moves whole rows or shards. */
+                double adam_bound = L.s->optimizer == OPT_ADAM && (tol > 1e-5 || few)
+                                    ? 2.0 * lr * steps : 0;
                 cJSON_AddNumberToObject(vj, "param_tolerance", ptol);
                 if (adam_bound > 0) cJSON_AddNumberToObject(vj, "param_abs_tolerance", adam_bound);
                 if (adam_bound > 0)
-                    printf("  (or, with Adam on approximate gradients: %.1e absolute, bound %.0e)\n",
+                    printf("  (or, with Adam on %s: %.1e absolute, bound %.0e)\n",
+                           tol > 1e-5 ? "approximate gradients" : "rounding noise in a few elements",
                            pabs, adam_bound);
                 bool pass = bad_step < 0 && (pworst <= ptol || pabs <= adam_bound);
                 cJSON_AddBoolToObject(vj, "pass", pass);

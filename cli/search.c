@@ -117,12 +117,13 @@ static void print_entry(const SearchEntry *e, double best)
     char t[32], m[32];
     human_s(e->step_s, t, sizeof t);
     gib(e->peak_mem, m, sizeof m);
+    const char *id = e->s ? e->s->id : "-";
     if (isfinite(e->step_s))
-        printf("%s %-70.70s %11s %8.3fx %10s\n", e->within_error ? " ~" : "  ", e->name, t,
-               e->step_s / best, m);
+        printf("%s %-70.70s %11s %8.3fx %10s  %.8s\n", e->within_error ? " ~" : "  ", e->name, t,
+               e->step_s / best, m, id);
     else
-        printf("   %-70.70s %11s %9s %10s  %s\n", e->name, "-", "", e->peak_mem > 0 ? m : "",
-               e->why);
+        printf("   %-70.70s %11s %9s %10s  %-8.8s  %s\n", e->name, "-", "", e->peak_mem > 0 ? m : "",
+               id, e->why);
 }
 
 static void print_result(const SearchJob *j, const Graph *g, const Cluster *c)
@@ -151,9 +152,9 @@ static void print_result(const SearchJob *j, const Graph *g, const Cluster *c)
     if (j->baseline_plan_id[0] && strcmp(j->baseline_plan_id, j->plan_id))
         printf("  the best baseline is stored as plan %s: `strata run --plan` runs either\n",
                j->baseline_plan_id);
-    printf("\n   %-70s %11s %9s %10s\n", "baseline", "step", "vs best", "memory");
+    printf("\n   %-70s %11s %9s %10s  %s\n", "baseline", "step", "vs best", "memory", "strategy");
     for (int k = 0; k < r->nbaselines; k++) print_entry(&r->baselines[k], r->best.step_s);
-    printf("\n   %-70s %11s %9s %10s\n", "top plans", "step", "vs best", "memory");
+    printf("\n   %-70s %11s %9s %10s  %s\n", "top plans", "step", "vs best", "memory", "strategy");
     int close = 0;
     for (int k = 0; k < r->ntop; k++) {
         print_entry(&r->top[k], r->best.step_s);

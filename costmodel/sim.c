@@ -886,6 +886,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
     k->ext = xmalloc(sizeof *k->ext * nd);
     bool used[S_GROUPS + KEYS] = { false };
+    Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
     for (int x = 0; x < B->i1 - B->i0; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
         int code = stream_code(S, c, in);
@@ -918,13 +919,8 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             if (in->why == WHY_PS) k->regular = false;
             k->peer[x] = peer_rank(S, c, in);
             k->dur[x] = p2p_time(S, c, in, k->peer[x]);
-            int64_t tag = tag_of(in);
-            for (int y = 0; y < x; y++) {
-                const Instr *o = &cp->instrs[B->i0 + y];
-                if ((o->kind == I_SEND || o->kind == I_RECV) && k->peer[y] == k->peer[x] &&
-                    tag_of(o) == tag)
-                    k->nth[x]++;
-            }
+            /* earlier transfers of the body with the same peer and tag */
+            k->nth[x] = ++map_at(&seen, k->peer[x], tag_of(in), 0, 0)->v;
         } else {
             if (in->why == WHY_TIED || in->why == WHY_PS) k->regular = false;
             MeetList *ml = meet_list(S, ci, in, key_of(S, in));
@@ -941,6 +937,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             }
         }
     }
+    map_free(&seen);
     k->exp = xmalloc(sizeof *k->exp * n);
     for (int x = 0; x < B->i1 - B->i0; x++)
         if (P->export_slot[B->i0 + x] >= 0) {

@@ -53,11 +53,17 @@ run "$strata" costmodel train --profile "$("$strata" profile list --db "$db" | a
     --db "$db"
 run "$strata" validate --suite suites/demo.json --db "$db"
 
-# Last, search for this machine with its own cost model: a small GPT on its
-# 2 cores, the winner run for real, checked against one rank, and its
+# The closed loop: the cost model learns from the plans validate measured.
+run "$strata" costmodel train --profile "$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')" \
+    --runs --db "$db"
+
+# Last, search for this machine with that cost model: the suite's GPT on
+# its 2 cores, the winner run for real, checked against one rank, and its
 # prediction beside what it measured.
 cm=$("$strata" costmodel list --db "$db" | awk 'NR == 2 { print $1 }')
-run "$strata" search --model "$out/gpt-small.json" --cluster "$out/this-machine.json" --devices 2 \
+run "$strata" model build gpt --layers 2 --hidden 256 --heads 4 --seq 128 --vocab 4096 --batch 8 \
+    -o "$out/gpt-256.json"
+run "$strata" search --model "$out/gpt-256.json" --cluster "$out/this-machine.json" --devices 2 \
     --costmodel "$cm" --budget 400evals --db "$db"
 plan=$("$strata" searches list --db "$db" | awk 'NR == 2 { print $7 }')
 run "$strata" run --plan "$plan" --steps 6 --verify --db "$db"

@@ -623,12 +623,22 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             y->recompute[k] = !x->recompute[k];
             return;
         }
-        case 3: {   /* refactor the mesh: keep one degree, trade between the others */
+        case 3: {   /* refactor the mesh: mostly a neighbour (one degree kept, a factor of
+                       at most 4 traded between the other two), sometimes any mesh */
             if (sp->nmesh < 2) break;
-            int m = rng_int(C, sp->nmesh);
+            const int *a = sp->mesh[x->mesh];
+            int near[64], nn = 0;
+            for (int k = 0; k < sp->nmesh && nn < 64; k++) {
+                const int *b = sp->mesh[k];
+                int same = (a[0] == b[0]) + (a[1] == b[1]) + (a[2] == b[2]);
+                int grow = 1;
+                for (int d = 0; d < 3; d++)
+                    if (b[d] > a[d]) grow = b[d] / a[d];
+                if (k != x->mesh && same == 1 && grow <= 4) near[nn++] = k;
+            }
+            int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
             if (m == x->mesh) break;
-            const int *a = sp->mesh[x->mesh], *b = sp->mesh[m];
-            if (a[0] != b[0] && a[1] != b[1] && a[2] != b[2] && rng_unit(C) > 0.2) break;
+            const int *b = sp->mesh[m];
             cand_set_mesh(y, sp, m);
             for (int q = 0; q < sp->ngroups; q++)
                 if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
@@ -1224,6 +1234,10 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
     Chain *ch = xcalloc(n, sizeof *ch);
     pthread_t *th = xcalloc(n, sizeof *th);
     bool *started = xcalloc(n, sizeof *started);
+    /* the chains read the start while the merge below writes C->best: a copy */
+    Cand from;
+    cand_init(&from, C->sp);
+    if (start) cand_copy(&from, start, C->sp);
     for (int k = 0; k < n; k++) {
         Chain *q = &ch[k];
         q->o = *C->o;
@@ -1233,7 +1247,7 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
             if (q->o.budget_evals < 1) q->o.budget_evals = 1;
         }
         q->algo = algo;
-        q->start = start;
+        q->start = start ? &from : NULL;
         q->policy = k == 0 ? C->o->policy : NULL;
         q->C = (Ctx){ .g = C->g, .c = C->c, .sp = C->sp, .o = &q->o, .r = &q->r, .sh = &sh,
                       .chain = k, .t0 = C->t0, .rng = C->o->seed + 0x9e3779b97f4a7c15ULL * (uint64_t)k,
@@ -1272,6 +1286,7 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
         free(q->C.cache);
     }
     pthread_mutex_destroy(&sh.mu);
+    cand_free(&from);
     free(started);
     free(th);
     free(ch);
@@ -1358,8 +1373,10 @@ int search_run(const Graph *g, const Cluster *c, const SearchOpts *o, SearchResu
             run_exhaustive(&C);
             /* what budget is left refines the best in the whole space */
             if (o->algo == SEARCH_AUTO && !done(&C) && isfinite(C.best.step) &&
-                (o->budget_s > 0 || o->budget_evals > 0))
-                run_mcmc(&C, &C.best.x);
+                (o->budget_s > 0 || o->budget_evals > 0)) {
+                if (o->threads > 1) run_chains(&C, SEARCH_MCMC, &C.best.x, o->threads);
+                else run_mcmc(&C, &C.best.x);
+            }
         } else if ((algo == SEARCH_MCMC || algo == SEARCH_RL) && o->threads > 1) {
             run_chains(&C, algo, have ? &start : algo == SEARCH_MCMC ? &C.best.x : NULL, o->threads);
         } else if (algo == SEARCH_MCMC) {

@@ -18,7 +18,8 @@
  *              lossy changes are allowed
  * The batch letter is always split over dp and the global batch kept, so a
  * plan trains the same model as one device does unless the user allows
- * lossy changes.
+ * lossy changes (and a model with batch norm keeps one micro-batch, whose
+ * statistics a split would change).
  *
  * Every candidate is judged by the cost model's prediction of its lowered
  * program (ir_lower_compact + cost_simulate). Candidates that do not
@@ -62,6 +63,8 @@ typedef struct {
     int world;
     int64_t batch;                  /* B: the batch letter's size */
     bool lossy;
+    bool batchnorm;                 /* the model normalises over batches: one micro-batch
+                                       (its statistics would change), unless lossy */
     /* meshes: P, D, T with P D T = W */
     int nmesh;
     int (*mesh)[3];

@@ -93,6 +93,7 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
                        c->ndevices);
     sp->world = W;
     sp->batch = model_batch(g);
+    for (int i = 0; i < g->nops; i++) sp->batchnorm |= g->ops[i].kind == OP_BATCHNORM;
     if (sp->batch < 1)
         return err_set(err, "search: model %s has no input with a batch dimension; strata "
                             "plans by splitting the batch", g->name);
@@ -261,7 +262,10 @@ void space_free(Space *sp)
 int space_micro_options(const Space *sp, int D, int *out, int max)
 {
     int n = 0;
-    for (int64_t M = 1; M <= sp->batch && n < max; M++)
+    /* batch norm's statistics are per micro-batch: more than one changes
+     * the model's mathematics, which only lossy changes may */
+    int64_t most = sp->batchnorm && !sp->lossy ? 1 : sp->batch;
+    for (int64_t M = 1; M <= most && n < max; M++)
         if (sp->batch % M == 0 && (sp->batch / M) % D == 0) out[n++] = (int)M;
     return n;
 }
@@ -333,6 +337,18 @@ void cand_set_mesh(Cand *x, const Space *sp, int mesh)
     x->micro = best;
 }
 
+/* All-reduce on a ring, unsharded: the default sync. */
+static void param_ring(ParamPolicy *pp)
+{
+    pp->method = SYNC_ALLREDUCE;
+    pp->algo = ALGO_RING;
+    pp->shard = SHARD_NONE;
+    pp->compress = COMPRESS_NONE;
+    pp->powersgd_rank = 0;
+    pp->staleness = 0;
+    pp->ps_shards = 0;
+}
+
 Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
 {
     const Graph *g = sp->g;
@@ -379,6 +395,25 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         pp->ps_shards = c->method == SYNC_PS ? (D < 4 ? D : 4) : 0;
     }
     if (strategy_finish(s, g, sp->c, err)) {
+        strategy_free(s);
+        return NULL;
+    }
+    /* a param read on several pipeline stages (a tied embedding) is summed
+     * across them with an all-reduce, which ZeRO and a parameter server do
+     * not compose with yet (ir/lower.c): such a param keeps the ring */
+    bool changed = false;
+    if (s->nstages > 1) {
+        for (int i = 0; i < g->nops; i++)
+            for (int q = 0; q < g->ops[i].nin; q++) {
+                int t = g->ops[i].in[q], r = sp->param_reader[t];
+                ParamPolicy *pp = &s->params[t];
+                if (r < 0 || s->op_stage[r] == s->op_stage[i]) continue;
+                if (pp->method != SYNC_PS && pp->shard == SHARD_NONE) continue;
+                param_ring(pp);
+                changed = true;
+            }
+    }
+    if (changed && strategy_finish(s, g, sp->c, err)) {
         strategy_free(s);
         return NULL;
     }

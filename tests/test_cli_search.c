@@ -136,6 +136,25 @@ static void test_run_plan(void **state)
     res_free(&r);
 }
 
+/* Ctrl-C (SIGINT) stops a search, which keeps and stores the best so far. */
+static void test_search_interrupted(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *db = tp("stop.db"), *model = tp("gpt2.json");
+    STRATA(&r, "model", "build", "gpt", "--preset", "gpt2-small", "--batch", "64", "-o", model);
+    EXPECT_RC(&r, 0);
+    RunOpts o = { .prog = "timeout" };
+    RUNO(&r, &o, "--preserve-status", "-s", "INT", "4", harness_bin(), "search", "--model",
+         model, "--cluster", rp("clusters/dgx-a100-80gb.json"), "--budget", "10m", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "ended: stopped", "best: ");
+    STRATA(&r, "searches", "list", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "stopped");
+    res_free(&r);
+}
+
 static void test_search_bad_input(void **state)
 {
     (void)state;
@@ -204,6 +223,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_search_stores_and_replays, harness_release_all),
         cmocka_unit_test_teardown(test_run_plan, harness_release_all),
+        cmocka_unit_test_teardown(test_search_interrupted, harness_release_all),
         cmocka_unit_test_teardown(test_search_bad_input, harness_release_all),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

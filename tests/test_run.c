@@ -575,6 +575,27 @@ static void test_rank_dies(void **state)
     res_free(&r);
 }
 
+/* --verify compares the final params with one rank's: a wrong update of a
+ * whole row (STRATA_FAULT_PARAM adds 1e-3 to the first 64 elements of a
+ * param, as gathered) fails it; one element off by less than Adam's step,
+ * as rounding noise in a near-zero gradient leaves it, does not. */
+static void test_verify_catches_wrong_params(void **state)
+{
+    (void)state;
+    Res r = {0};
+    RunOpts o = { .env = "STRATA_FAULT_PARAM=blocks.0.mlp.w1:0.001:64" };
+    RUNO(&r, &o, "run", "--model", model(M_GPT), "--strategy", dp4(M_GPT), "--steps", STEPS,
+         "--verify", "--no-store");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "verify FAILED", "blocks.0.mlp.w1");
+    o.env = "STRATA_FAULT_PARAM=blocks.0.mlp.w1:0.0005:1";
+    RUNO(&r, &o, "run", "--model", model(M_GPT), "--strategy", dp4(M_GPT), "--steps", STEPS,
+         "--verify", "--no-store");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "rounding noise in a few elements", "verify: OK");
+    res_free(&r);
+}
+
 /* ----------------------------------------------------------------------------
  * Storing */
 
@@ -678,6 +699,7 @@ int main(void)
         cmocka_unit_test_teardown(test_cuda_verify, harness_release_all),
         cmocka_unit_test_teardown(test_does_not_fit, harness_release_all),
         cmocka_unit_test_teardown(test_rank_dies, harness_release_all),
+        cmocka_unit_test_teardown(test_verify_catches_wrong_params, harness_release_all),
         cmocka_unit_test_teardown(test_store_run, harness_release_all),
     };
     enum { NAFTER = sizeof after / sizeof after[0] };

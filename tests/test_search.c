@@ -132,6 +132,17 @@ static void test_space_counts(void **state)
     cand_free(&x);
     space_free(&sp);
     graph_free(g);
+
+    /* batch norm keeps one micro-batch unless lossy changes are allowed */
+    g = zoo("resnet", "batch=16 image=32 classes=10");
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    assert_true(sp.batchnorm);
+    assert_int_equal(space_micro_options(&sp, 1, ms, 16), 1);
+    space_free(&sp);
+    assert_int_equal(space_init(&sp, g, c, 4, true, false, &err), 0);
+    assert_int_equal(space_micro_options(&sp, 1, ms, 16), 5);
+    space_free(&sp);
+    graph_free(g);
     cluster_free(c);
 
     /* bad input */
