@@ -393,6 +393,16 @@ int cmd_searches_show(int argc, char **argv)
             if (isfinite(num(it, "best_speedup"))) printf(" %8.2fx", num(it, "best_speedup"));
             printf("%s%s\n", why ? "  " : "", why ? why : "");
         }
+        const cJSON *top = cJSON_GetObjectItemCaseSensitive(res, "top");
+        if (cJSON_GetArraySize(top)) printf("  %-70s %11s %9s\n", "top plans", "step", "vs best");
+        cJSON_ArrayForEach(it, top) {
+            char t[32];
+            human_s(num(it, "step_s"), t, sizeof t);
+            bool close = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "within_model_error"));
+            printf("%s%-70.70s %11s %8.3fx\n", close ? "~ " : "  ",
+                   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name")), t,
+                   num(it, "best_speedup"));
+        }
     }
     cJSON_Delete(res);
     db_search_free(&x);

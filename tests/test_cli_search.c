@@ -60,7 +60,7 @@ static void test_search_stores_and_replays(void **state)
     EXPECT_OUT(&r, sid, pid, "\"status\":\t\"done\"");
     STRATA(&r, "searches", "show", sid, "--db", db);
     EXPECT_RC(&r, 0);
-    EXPECT_OUT(&r, "megatron", "zero3", "baseline");
+    EXPECT_OUT(&r, "megatron", "zero3", "baseline", "top plans", "1.000x");
     STRATA(&r, "searches", "events", sid, "--db", db);
     EXPECT_RC(&r, 0);
     int n = 0;
