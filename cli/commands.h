@@ -26,6 +26,9 @@ int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err 
  * Caller frees both. */
 int load_model_cluster(const Args *a, Graph **g, Cluster **c, Err *err);
 
+/* A duration for people: "12.3 us", "4.56 ms", "7.890 s"; "-" when not finite. */
+void cli_seconds(double t, char *out, int n);
+
 int cmd_estimate(int argc, char **argv);
 int cmd_validate(int argc, char **argv);
 int cmd_run(int argc, char **argv);

@@ -33,13 +33,6 @@ static const OptSpec ESTIMATE_OPTS[] = {
 static const char *USAGE = "strata estimate --model FILE --cluster FILE [--nodes N] --strategy FILE "
                            "[--costmodel ID] [--json] [--svg FILE] [--db PATH] [--no-store]";
 
-static void human_s(double t, char *out, int n)
-{
-    if (t < 1e-3) snprintf(out, n, "%.1f us", t * 1e6);
-    else if (t < 1) snprintf(out, n, "%.2f ms", t * 1e3);
-    else snprintf(out, n, "%.3f s", t);
-}
-
 static void gib(double b, char *out, int n)
 {
     snprintf(out, n, "%.2f GiB", b / (1024.0 * 1024 * 1024));
@@ -60,10 +53,10 @@ static void print_estimate(const Estimate *e, const Graph *g, const Cluster *c, 
             if (r->analytic_kinds & (1u << k)) printf(" %s", cm_kind_name(k));
         printf(" (no profile samples of these kinds)\n");
     }
-    human_s(r->step_time, a, sizeof a);
+    cli_seconds(r->step_time, a, sizeof a);
     printf("\nstep time     %s", a);
-    human_s(e->lower_s, a, sizeof a);
-    human_s(e->simulate_s, b, sizeof b);
+    cli_seconds(e->lower_s, a, sizeof a);
+    cli_seconds(e->simulate_s, b, sizeof b);
     printf("   (lowered in %s, simulated in %s)\n", a, b);
     printf("throughput    %.4g samples/s", r->samples_per_s);
     if (r->tokens_per_s > 0) printf(", %.4g tokens/s", r->tokens_per_s);
@@ -79,11 +72,11 @@ static void print_estimate(const Estimate *e, const Graph *g, const Cluster *c, 
     for (int k = 0; k < r->nclasses; k++) {
         const SimClass *o = &r->classes[k];
         char t[5][32];
-        human_s(o->busy_compute, t[0], 32);
-        human_s(o->recompute, t[1], 32);
-        human_s(o->busy_comm, t[2], 32);
-        human_s(o->exposed_comm, t[3], 32);
-        human_s(o->idle, t[4], 32);
+        cli_seconds(o->busy_compute, t[0], 32);
+        cli_seconds(o->recompute, t[1], 32);
+        cli_seconds(o->busy_comm, t[2], 32);
+        cli_seconds(o->exposed_comm, t[3], 32);
+        cli_seconds(o->idle, t[4], 32);
         gib((double)o->peak_mem, a, sizeof a);
         if (o->device_mem > 0) gib(o->device_mem, b, sizeof b);
         else snprintf(b, sizeof b, "?");

@@ -4,6 +4,7 @@
  * Thin: every subcommand parses its options, calls the library (ir/, db/)
  * and prints. Exit status: 0 success, 1 failure, 2 bad usage.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,14 @@ static int usage_for(const Args *a, const char *line, const OptSpec *spec)
 static const char *plural(int n, const char *one, const char *many)
 {
     return n == 1 ? one : many;
+}
+
+void cli_seconds(double t, char *out, int n)
+{
+    if (!isfinite(t)) snprintf(out, n, "-");
+    else if (t < 1e-3) snprintf(out, n, "%.1f us", t * 1e6);
+    else if (t < 1) snprintf(out, n, "%.2f ms", t * 1e3);
+    else snprintf(out, n, "%.3f s", t);
 }
 
 /* A number field of a stored JSON object, 0 when absent (the store is not trusted

@@ -20,6 +20,7 @@
 #include "commands.h"
 #include "launch.h"
 #include "db/db.h"
+#include "jobs/jobs.h"
 #include "executor/blas.h"
 #include "executor/comm.h"
 #include "executor/device.h"
@@ -281,46 +282,22 @@ static void compare_with_prediction(const char *path, const char *plan_id, const
     db_estimate_list_free(e, n);
 }
 
-/* The stored plan's id: the hash of model, cluster and strategy ids. */
-static void plan_id_of(const Loaded *L, char out[17])
-{
-    char m[17], c[17], key[64];
-    graph_id(L->g, m);
-    cluster_id(L->c, c);
-    snprintf(key, sizeof key, "%s/%s/%s", m, c, L->s->id);
-    hash_hex(key, strlen(key), out);
-}
-
+/* Stores the plan (with its model and cluster) and the run beside it; the
+ * plan's id into plan_id. */
 static int store_run(const char *path, const Loaded *L, const char *backend, int steps,
                      const StepStat *all, const char *status, const char *started,
-                     cJSON *verify, Err *err)
+                     cJSON *verify, char plan_id[17], Err *err)
 {
-    Db *db = db_open(path, err);
-    if (!db) return -1;
-    GraphStats gs;
-    int rc = graph_stats(L->g, &gs, err);
-    if (rc) {
-        db_close(db);
-        return -1;
-    }
-    cJSON *gj = graph_to_json(L->g), *cj = cluster_to_json(L->c);
     cJSON *sum = plan_summary_json(L->p, L->s);
-    char *gt = cJSON_PrintUnformatted(gj), *ct = cJSON_PrintUnformatted(cj);
-    char *stxt = cJSON_PrintUnformatted(L->s->canonical), *sumt = cJSON_PrintUnformatted(sum);
+    int rc = job_store_plan(path, L->g, L->c, L->s, L->p, sum, plan_id, err);
+    cJSON_Delete(sum);
+    Db *db = rc ? NULL : db_open(path, err);
+    if (!db) return -1;
     char *vt = verify ? cJSON_PrintUnformatted(verify) : NULL;
-    DbModel m = { .name = L->g->name, .json = gt, .params = gs.params, .train_flops = gs.train_flops };
-    graph_id(L->g, m.id);
-    DbCluster dc = { .name = L->c->name, .json = ct, .ndevices = L->c->ndevices };
-    cluster_id(L->c, dc.id);
-    DbPlan dp = { .strategy_json = stxt, .summary_json = sumt, .world = L->p->world };
-    memcpy(dp.model_id, m.id, 17);
-    memcpy(dp.cluster_id, dc.id, 17);
-    memcpy(dp.strategy_id, L->s->id, 17);
-    plan_id_of(L, dp.id);
     DbRun r = { .backend = (char *)backend, .world = L->p->world, .steps = steps,
                 .status = (char *)status, .started = (char *)started, .verify_json = vt };
     random_id(r.id);
-    memcpy(r.plan_id, dp.id, 17);
+    memcpy(r.plan_id, plan_id, 17);
     int n = steps * L->p->world;
     DbRunStep *rows = xmalloc(sizeof *rows * (size_t)(n ? n : 1));
     for (int st = 0; st < steps; st++)
@@ -329,21 +306,10 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
             rows[st * L->p->world + k] = (DbRunStep){ st, k, x->loss, x->step_s, x->compute_s,
                                                       x->comm_s, x->idle_s, x->peak_mem_bytes };
         }
-    rc = db_model_put(db, &m, err);
-    if (!rc) rc = db_cluster_put(db, &dc, err);
-    if (!rc) rc = db_plan_put(db, &dp, err);
-    if (!rc) rc = db_run_put(db, &r, rows, n, err);
-    if (!rc) printf("stored as run %s (plan %s) in %s\n", r.id, dp.id, path);
+    rc = db_run_put(db, &r, rows, n, err);
+    if (!rc) printf("stored as run %s (plan %s) in %s\n", r.id, plan_id, path);
     free(rows);
-    cJSON_free(gt);
-    cJSON_free(ct);
-    cJSON_free(stxt);
-    cJSON_free(sumt);
     cJSON_free(vt);
-    cJSON_Delete(gj);
-    cJSON_Delete(cj);
-    cJSON_Delete(sum);
-    graph_stats_free(&gs);
     db_close(db);
     return rc;
 }
@@ -614,12 +580,11 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
 
     if (rank == 0 && !args_has(a, "no-store")) {
         const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
-        if (store_run(path, &L, backend, steps, all, status, started, vj, &err)) {
+        char pid[17];
+        if (store_run(path, &L, backend, steps, all, status, started, vj, pid, &err)) {
             fprintf(stderr, "strata run: %s\n", err.msg);
             rc = 1;
         } else if (args_get(a, "plan")) {
-            char pid[17];
-            plan_id_of(&L, pid);
             compare_with_prediction(path, pid, all, steps, world);
         }
     }

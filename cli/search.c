@@ -76,14 +76,6 @@ static int parse_budget(const char *s, double *secs, long *evals, Err *err)
     return 0;
 }
 
-static void human_s(double t, char *out, int n)
-{
-    if (!isfinite(t)) snprintf(out, n, "-");
-    else if (t < 1e-3) snprintf(out, n, "%.1f us", t * 1e6);
-    else if (t < 1) snprintf(out, n, "%.2f ms", t * 1e3);
-    else snprintf(out, n, "%.3f s", t);
-}
-
 static double num(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -98,8 +90,8 @@ static void on_event(void *ctx, const cJSON *ev)
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(ev, "event");
     if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "progress")) return;
     char best[32], cur[32];
-    human_s(num(ev, "best_step_s"), best, sizeof best);
-    human_s(num(ev, "current_step_s"), cur, sizeof cur);
+    cli_seconds(num(ev, "best_step_s"), best, sizeof best);
+    cli_seconds(num(ev, "current_step_s"), cur, sizeof cur);
     fprintf(stderr, "\r  %6.1f s  %8.0f evaluations (%.0f/s)  best %s  current %s  accept %2.0f%%"
             "  infeasible %.0f   ", num(ev, "elapsed_s"), num(ev, "evaluations"),
             num(ev, "evaluations_per_s"), best, cur, 100 * num(ev, "acceptance"),
@@ -115,7 +107,7 @@ static void gib(double b, char *out, int n)
 static void print_entry(const SearchEntry *e, double best)
 {
     char t[32], m[32];
-    human_s(e->step_s, t, sizeof t);
+    cli_seconds(e->step_s, t, sizeof t);
     gib(e->peak_mem, m, sizeof m);
     const char *id = e->s ? e->s->id : "-";
     if (isfinite(e->step_s))
@@ -141,7 +133,7 @@ static void print_result(const SearchJob *j, const Graph *g, const Cluster *c)
     }
     const SimResult *s = &r->best_sim;
     char t[32], m[32];
-    human_s(r->best.step_s, t, sizeof t);
+    cli_seconds(r->best.step_s, t, sizeof t);
     gib(r->best.peak_mem, m, sizeof m);
     printf("\nbest: %s\n", r->best.name);
     printf("  %s per step, %.1f samples/s", t, s->samples_per_s);
@@ -321,7 +313,7 @@ int cmd_searches_list(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             cJSON *res = rows[i].result_json ? cJSON_Parse(rows[i].result_json) : NULL;
             char t[32];
-            human_s(num(res, "step_time_s"), t, sizeof t);
+            cli_seconds(num(res, "step_time_s"), t, sizeof t);
             cJSON_Delete(res);
             printf("%-16s  %-16.16s  %-16.16s  %7d  %-10s  %-8s  %-16s  %11s  %s\n", rows[i].id,
                    rows[i].model_name, rows[i].cluster_name, rows[i].devices, rows[i].method,
@@ -380,14 +372,14 @@ int cmd_searches_show(int argc, char **argv)
         const cJSON *best = cJSON_GetObjectItemCaseSensitive(res, "best"), *it;
         if (best) {
             char t[32];
-            human_s(num(best, "step_s"), t, sizeof t);
+            cli_seconds(num(best, "step_s"), t, sizeof t);
             printf("  best: %s, %s per step\n",
                    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(best, "name")), t);
         }
         printf("  %-70s %11s %9s\n", "baseline", "step", "vs best");
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(res, "baselines")) {
             char t[32];
-            human_s(num(it, "step_s"), t, sizeof t);
+            cli_seconds(num(it, "step_s"), t, sizeof t);
             const char *why = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "why"));
             printf("  %-70.70s %11s", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name")), t);
             if (isfinite(num(it, "best_speedup"))) printf(" %8.2fx", num(it, "best_speedup"));
@@ -397,7 +389,7 @@ int cmd_searches_show(int argc, char **argv)
         if (cJSON_GetArraySize(top)) printf("  %-70s %11s %9s\n", "top plans", "step", "vs best");
         cJSON_ArrayForEach(it, top) {
             char t[32];
-            human_s(num(it, "step_s"), t, sizeof t);
+            cli_seconds(num(it, "step_s"), t, sizeof t);
             bool close = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "within_model_error"));
             printf("%s%-70.70s %11s %8.3fx\n", close ? "~ " : "  ",
                    cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name")), t,

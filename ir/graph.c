@@ -769,6 +769,14 @@ int graph_find_tensor(const Graph *g, const char *name)
     return -1;
 }
 
+bool graph_read_by(const Graph *g, int t, OpKind kind)
+{
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++)
+            if (g->ops[i].in[k] == t && g->ops[i].kind == kind) return true;
+    return false;
+}
+
 int graph_find_op(const Graph *g, const char *name)
 {
     for (int i = 0; i < g->nops; i++)

@@ -125,6 +125,8 @@ void graph_free(Graph *g);
 
 int graph_find_tensor(const Graph *g, const char *name);   /* -1 if absent */
 int graph_find_op(const Graph *g, const char *name);
+/* Does an op of this kind read tensor t? */
+bool graph_read_by(const Graph *g, int t, OpKind kind);
 /* Stable 16-hex-digit id of the graph's canonical JSON. */
 void graph_id(const Graph *g, char out[17]);
 

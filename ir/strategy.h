@@ -162,6 +162,16 @@ typedef struct {
 cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
                       const StrategyOpts *o, Err *err);
 
+/* May letter l (0..25) of op be split over a mesh axis at all: not a
+ * spatial or window letter, nor a reduction letter of a non-linear op
+ * (cross_entropy's and batchnorm's are computed split)? The rule
+ * strategy_from_json enforces, for builders that must stay within it. */
+bool strategy_letter_splittable(const Op *op, int l);
+/* The one letter Megatron-LM splits over tp in op: e, n, v or f, in that
+ * order of preference, splittable and never the batch letter (an image
+ * batch is also called n); 0 for none. */
+char strategy_tp_letter(const Op *op);
+
 /* Why param `tensor` cannot use sufficient-factor broadcast, into buf; NULL
  * when it can (a 2-D weight used only by matmuls whose gradient sums over the
  * batch letter). */

@@ -39,18 +39,17 @@ static const char tp_letters[] = "envf";
 
 static bool has(const Op *op, char l) { return (op->letters_mask >> (l - 'a')) & 1u; }
 
-/* May letter l of op be split at all? (mirrors strategy.c's validation) */
-static bool splittable(const Op *op, char l)
+static bool splittable(const Op *op, char l) { return strategy_letter_splittable(op, l - 'a'); }
+
+bool strategy_letter_splittable(const Op *op, int l)
 {
-    uint32_t bit = 1u << (l - 'a');
+    uint32_t bit = 1u << l;
     if ((op->reduce_mask & bit) && op->kind != OP_CROSS_ENTROPY && op->kind != OP_BATCHNORM)
         return false;
     return !((op->spatial_mask | op->window_mask) & bit);
 }
 
-/* The one tp letter Megatron splits in op, or 0. The batch letter is never
- * one: an image batch is also called n. */
-static char tp_letter(const Op *op)
+char strategy_tp_letter(const Op *op)
 {
     for (const char *l = tp_letters; *l; l++)
         if (has(op, *l) && splittable(op, *l) && *l - 'a' != op->batch_letter) return *l;
@@ -86,7 +85,7 @@ static int default_tp(const Graph *g, const Cluster *c, int avail, bool sp)
     int64_t dims = 0;   /* gcd of the sizes T must divide */
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
-        char l = tp_letter(op);
+        char l = strategy_tp_letter(op);
         if (l) dims = gcd64(dims, op->size[l - 'a']);
         if (sp && seq_parallel_op(op)) dims = gcd64(dims, op->size['s' - 'a']);
     }
@@ -103,14 +102,6 @@ static int default_pp(const Graph *g, int avail)
     for (int p = avail < g->nblocks ? avail : g->nblocks; p > 1; p--)
         if (avail % p == 0) return p;
     return 1;
-}
-
-static bool consumed_by(const Graph *g, int t, OpKind kind)
-{
-    for (int i = 0; i < g->nops; i++)
-        for (int k = 0; k < g->ops[i].nin; k++)
-            if (g->ops[i].in[k] == t && g->ops[i].kind == kind) return true;
-    return false;
 }
 
 static cJSON *ps_sync(int shards, int staleness)
@@ -266,7 +257,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
          * cannot apply (a reduction letter, two tp letters, the batch letter)
          * get it undone */
         for (int i = 0; i < g->nops; i++) {
-            char l = tp_letter(&g->ops[i]);
+            char l = strategy_tp_letter(&g->ops[i]);
             if (l) present |= 1u << (l - 'a');
         }
         if (!present && T > 1) {
@@ -293,7 +284,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
     if (k == K_MEGATRON) {
         for (int i = 0; i < g->nops; i++) {
             const Op *op = &g->ops[i];
-            char keep = tp_letter(op);
+            char keep = strategy_tp_letter(op);
             cJSON *split = NULL;
             for (const char *l = tp_letters; *l; l++) {
                 if (!has(op, *l) || *l == keep || !(present & (1u << (*l - 'a')))) continue;
@@ -349,7 +340,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
         char why[256];
         for (int t = 0; t < g->ntensors; t++) {
             if (g->tensors[t].role != ROLE_PARAM) continue;
-            if (k == K_PARALLAX && consumed_by(g, t, OP_EMBEDDING))
+            if (k == K_PARALLAX && graph_read_by(g, t, OP_EMBEDDING))
                 add_param_sync(params, g->tensors[t].name, ps_sync(shards, o.staleness));
             if (k == K_SFB && !strategy_sfb_unfit(g, t, why, (int)sizeof why)) {
                 cJSON *sy = cJSON_CreateObject();

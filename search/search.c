@@ -279,6 +279,23 @@ double space_static_overflow(const Space *sp, const Strategy *s)
     return worst / mem;
 }
 
+/* Counts x as not fitting, by `over` times its devices' memory (it needs
+ * `need` bytes per device, "at least" when only a bound is known), keeps
+ * the least hungry such plan's description and returns x's score. */
+static double infeasible(Ctx *C, const Cand *x, double over, double need, const char *least,
+                         const char *what)
+{
+    C->r->infeasible++;
+    if (!(C->least_over > 0) || over < C->least_over) {
+        C->least_over = over;
+        char d[160];
+        snprintf(C->least_desc, sizeof C->least_desc, "%s needs %s%.2f GiB per device%s, %.0f%% "
+                 "of what its devices have", cand_describe(x, C->sp, d, sizeof d), least,
+                 need / (1024.0 * 1024 * 1024), what, 100 * over);
+    }
+    return INFEASIBLE_E + log(over);
+}
+
 /* The score of x (NAN: invalid); *step its predicted step time (INFINITY
  * when it does not fit). Counts one evaluation. */
 static double judge(Ctx *C, const Cand *x, double *step)
@@ -299,18 +316,10 @@ static double judge(Ctx *C, const Cand *x, double *step)
     Plan *p = s && pre <= 1 ? ir_lower_compact(C->g, C->c, s, &err) : NULL;
     if (s && pre > 1) {
         /* cannot fit: no need to lower it to know */
-        C->r->infeasible++;
-        e = INFEASIBLE_E + log(pre);
-        if (!(C->least_over > 0) || pre < C->least_over) {
-            C->least_over = pre;
-            char d[160];
-            double have = 0;
-            for (int k = 0; k < C->c->ngroups; k++) have = fmax(have, C->c->groups[k].mem_bytes);
-            snprintf(C->least_desc, sizeof C->least_desc, "%s needs at least %.2f GiB per device "
-                     "for params, gradients and optimizer state alone; its devices have %.2f GiB",
-                     cand_describe(x, C->sp, d, sizeof d), pre * have / (1024.0 * 1024 * 1024),
-                     have / (1024.0 * 1024 * 1024));
-        }
+        double have = 0;
+        for (int k = 0; k < C->c->ngroups; k++) have = fmax(have, C->c->groups[k].mem_bytes);
+        e = infeasible(C, x, pre, pre * have, "at least ", " for params, gradients and "
+                       "optimizer state alone");
     } else if (!p) {
         C->r->invalid++;
     } else {
@@ -321,15 +330,7 @@ static double judge(Ctx *C, const Cand *x, double *step)
             if (pr->device_mem > 0) over = fmax(over, (double)pr->peak_mem / pr->device_mem);
         }
         if (over > 1) {
-            C->r->infeasible++;
-            e = INFEASIBLE_E + log(over);
-            if (!(C->least_over > 0) || over < C->least_over) {
-                C->least_over = over;
-                char d[160];
-                snprintf(C->least_desc, sizeof C->least_desc, "%s needs %.2f GiB per device, "
-                         "%.0f%% of what its devices have", cand_describe(x, C->sp, d, sizeof d),
-                         mem / (1024.0 * 1024 * 1024), 100 * over);
-            }
+            e = infeasible(C, x, over, mem, "", "");
         } else {
             SimOpts so = { .ops = C->o->ops, .links = C->o->links };
             SimResult sr;
@@ -396,14 +397,6 @@ static int sync_index(const Space *sp, const char *name)
     return 0;
 }
 
-static bool embedding_param(const Graph *g, int t)
-{
-    for (int i = 0; i < g->nops; i++)
-        for (int q = 0; q < g->ops[i].nin; q++)
-            if (g->ops[i].in[q] == t && g->ops[i].kind == OP_EMBEDDING) return true;
-    return false;
-}
-
 /* Every sync group to one choice (where it applies; else ring), or, for
  * parallax, ps for the tables embeddings gather from. */
 static void set_sync(const Space *sp, Cand *x, Baseline b)
@@ -414,7 +407,7 @@ static void set_sync(const Space *sp, Cand *x, Baseline b)
     for (int p = 0; p < sp->npgroups; p++) {
         int kk = k;
         if (b == B_PARALLAX)
-            kk = embedding_param(sp->g, sp->pgroup_first[p]) ? sync_index(sp, "ps") : 0;
+            kk = graph_read_by(sp->g, sp->pgroup_first[p], OP_EMBEDDING) ? sync_index(sp, "ps") : 0;
         x->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> kk & 1u ? kk : 0);
     }
 }
@@ -889,7 +882,7 @@ static void rl_tables(Rl *R)
             x[F_TREE] = c->algo == ALGO_TREE;
             x[F_HIER] = c->algo == ALGO_HIERARCHICAL;
             x[F_LOGBYTES] = log10(fmax(bytes, 1)) / 10;
-            x[F_EMBED] = embedding_param(g, t);
+            x[F_EMBED] = graph_read_by(g, t, OP_EMBEDDING);
         }
     }
     double total = 0;

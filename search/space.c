@@ -22,10 +22,6 @@
 
 #define MAX_OPTS 8
 
-/* Letters Megatron-LM splits over tp, in the order it prefers them (an MoE
- * expert matmul has e and f: experts win). */
-static const char tp_letters[] = "envf";
-
 static uint64_t mix64(uint64_t h, uint64_t v)
 {
     h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
@@ -48,18 +44,12 @@ static uint64_t op_signature(const Op *op)
     return h;
 }
 
-/* May letter l of op go to the tp axis? Not the batch letter (it is dp's),
- * not a spatial or window letter (a halo exchange strata does not do), not
- * a reduction letter of a non-linear op (but cross_entropy's and
- * batchnorm's, which the lowering computes split). */
+/* May letter l of op go to the tp axis? Any the strategy may split but the
+ * batch letter, which is dp's. */
 static bool tp_option(const Op *op, int l)
 {
-    uint32_t bit = 1u << l;
-    if (!(op->letters_mask & bit) || l == op->batch_letter) return false;
-    if ((op->spatial_mask | op->window_mask) & bit) return false;
-    if ((op->reduce_mask & bit) && op->kind != OP_CROSS_ENTROPY && op->kind != OP_BATCHNORM)
-        return false;
-    return true;
+    return (op->letters_mask >> l & 1u) && l != op->batch_letter &&
+           strategy_letter_splittable(op, l);
 }
 
 static int64_t model_batch(const Graph *g)
@@ -175,9 +165,9 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
         for (int l = 0; l < IR_LETTERS && n < MAX_OPTS; l++)
             if (tp_option(op, l)) sp->group_letter[q][n++] = (char)('a' + l);
         sp->group_nopt[q] = n;
-        for (const char *t = tp_letters; *t && !sp->group_megatron[q]; t++)
-            for (int k = 1; k < n; k++)
-                if (sp->group_letter[q][k] == *t) sp->group_megatron[q] = k;
+        char meg = strategy_tp_letter(op);
+        for (int k = 1; k < n && meg; k++)
+            if (sp->group_letter[q][k] == meg) sp->group_megatron[q] = k;
     }
 
     /* param groups: (op group of the first reader, input) */
