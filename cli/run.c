@@ -444,6 +444,24 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
             fflush(stdout);
         }
     }
+    if (rank == 0 && steps > 0) {
+        /* the fullest rank's buffers, and what the pools asked of the device
+         * in the first step and in the last (none, in steady state) */
+        const StepStat *r = &all[(size_t)(steps - 1) * world];
+        double peak = 0, held = 0;
+        int64_t first = 0, last = 0;
+        for (int k = 0; k < world; k++) {
+            peak = fmax(peak, r[k].peak_mem_bytes);
+            held = fmax(held, r[k].held_mem_bytes);
+            first += all[k].device_allocs;
+            last += r[k].device_allocs;
+        }
+        char a[32], b[32];
+        printf("memory: %s in use at most on a rank, %s held by its buffer pool; "
+               "allocations from the device: %lld in the first step, %lld in the last\n",
+               human_bytes(peak, a, sizeof a), human_bytes(held, b, sizeof b), (long long)first,
+               (long long)last);
+    }
 
     const char *status = "ok";
     if (verify) {

@@ -60,10 +60,17 @@ typedef struct {
      * (it completed already). */
     int (*iallreduce)(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
                       CommReq **req, Err *err);
+    /* Start the same reduce_scatter / allgather and return at once: send
+     * and recv are the backend's until wait(*req), and the same ordering
+     * rule holds. *req may be NULL (it completed already). */
+    int (*ireduce_scatter)(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                           CommReq **req, Err *err);
+    int (*iallgather)(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                      CommReq **req, Err *err);
     /* Lets req progress without waiting; *done says whether it completed
      * (req still needs its wait). */
     int (*test)(CommReq *req, int *done, Err *err);
-    /* Completes req (a send or an all-reduce) and frees it (NULL: nothing to do). */
+    /* Completes req (a send or a collective) and frees it (NULL: nothing to do). */
     int (*wait)(CommReq *req, Err *err);
     /* Releases the backend state and c itself; comm_free calls it. */
     void (*destroy)(Comm *c);

@@ -487,6 +487,53 @@ static int mpi_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, R
     return 0;
 }
 
+/* One non-blocking collective call as a request; a count longer than one
+ * MPI call takes runs blocking instead (*req NULL). */
+static int mpi_ireduce_scatter(CommGroup *g, const void *send, void *recv, int64_t count,
+                               CommType dt, CommReq **req, Err *err)
+{
+    MPI_Datatype t = MPI_DATATYPE_NULL;
+    MPI_Op mop = MPI_OP_NULL;
+    size_t es = 0;
+    *req = NULL;
+    if (count > g->impl->max_count || send == recv)
+        return mpi_reduce_scatter(g, send, recv, count, dt, err);
+    if (check_count(count, "reduce_scatter", err) || mpi_type(dt, &t, &es, err) ||
+        mpi_redop(g->impl, dt, RED_SUM, &mop, err))
+        return -1;
+    CommReq *q = malloc(sizeof *q + sizeof q->r[0]);
+    if (!q) return err_set(err, "comm mpi: out of memory for a reduce_scatter request");
+    int rc = MPI_Ireduce_scatter_block(send, recv, (int)count, t, mop, g->comm, &q->r[0]);
+    if (rc != MPI_SUCCESS) {
+        free(q);
+        return mpi_fail(err, rc, "MPI_Ireduce_scatter_block", __FILE__, __LINE__);
+    }
+    q->n = 1;
+    *req = q;
+    return 0;
+}
+
+static int mpi_iallgather(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                          CommReq **req, Err *err)
+{
+    MPI_Datatype t = MPI_DATATYPE_NULL;
+    size_t es = 0;
+    *req = NULL;
+    if (check_count(count, "allgather", err) || mpi_type(dt, &t, &es, err)) return -1;
+    bool in_place = send == (const char *)recv + (size_t)g->me * (size_t)count * es;
+    if (count > g->impl->max_count || in_place) return mpi_allgather(g, send, recv, count, dt, err);
+    CommReq *q = malloc(sizeof *q + sizeof q->r[0]);
+    if (!q) return err_set(err, "comm mpi: out of memory for an allgather request");
+    int rc = MPI_Iallgather(send, (int)count, t, recv, (int)count, t, g->comm, &q->r[0]);
+    if (rc != MPI_SUCCESS) {
+        free(q);
+        return mpi_fail(err, rc, "MPI_Iallgather", __FILE__, __LINE__);
+    }
+    q->n = 1;
+    *req = q;
+    return 0;
+}
+
 /* A send to oneself is copied into the group's queue and is complete at once. */
 static int self_send(CommGroup *g, const void *buf, size_t bytes, int tag, Err *err)
 {
@@ -666,6 +713,18 @@ static int l_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, Red
     LOCKED(mpi_iallreduce(g, buf, count, dt, op, req, err));
 }
 
+static int l_ireduce_scatter(CommGroup *g, const void *send, void *recv, int64_t count,
+                             CommType dt, CommReq **req, Err *err)
+{
+    LOCKED(mpi_ireduce_scatter(g, send, recv, count, dt, req, err));
+}
+
+static int l_iallgather(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                        CommReq **req, Err *err)
+{
+    LOCKED(mpi_iallgather(g, send, recv, count, dt, req, err));
+}
+
 static int l_test(CommReq *req, int *done, Err *err)
 {
     LOCKED(mpi_test(req, done, err));
@@ -689,6 +748,8 @@ static const CommOps mpi_ops = {
     .recv = l_recv,
     .isend = l_isend,
     .iallreduce = l_iallreduce,
+    .ireduce_scatter = l_ireduce_scatter,
+    .iallgather = l_iallgather,
     .test = l_test,
     .wait = l_wait,
     .destroy = mpi_destroy,

@@ -551,14 +551,28 @@ static int nccl_recv(CommGroup *g, void *buf, int64_t count, CommType dt, int pe
     return launch(g, buf, (size_t)count, t, peer, err);
 }
 
-/* The all-reduce runs on the group's stream and is synchronised before this
- * returns, so it is complete at once (*req NULL): overlap on a GPU comes from
- * streams, not from this call. */
+/* The collectives run on the group's stream and are synchronised before
+ * these return, so they are complete at once (*req NULL): overlap on a GPU
+ * comes from streams, not from these calls. */
 static int nccl_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op,
                            CommReq **req, Err *err)
 {
     *req = NULL;
     return nccl_allreduce(g, buf, count, dt, op, err);
+}
+
+static int nccl_ireduce_scatter(CommGroup *g, const void *send, void *recv, int64_t count,
+                                CommType dt, CommReq **req, Err *err)
+{
+    *req = NULL;
+    return nccl_reduce_scatter(g, send, recv, count, dt, err);
+}
+
+static int nccl_iallgather(CommGroup *g, const void *send, void *recv, int64_t count, CommType dt,
+                           CommReq **req, Err *err)
+{
+    *req = NULL;
+    return nccl_allgather(g, send, recv, count, dt, err);
 }
 
 /* Queued sends start at their wait (see the top of this file). */
@@ -584,6 +598,8 @@ static const CommOps nccl_ops = {
     .recv = nccl_recv,
     .isend = nccl_isend,
     .iallreduce = nccl_iallreduce,
+    .ireduce_scatter = nccl_ireduce_scatter,
+    .iallgather = nccl_iallgather,
     .test = nccl_test,
     .wait = nccl_wait,
     .destroy = nccl_destroy,

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "executor/pool.h"
 #include "ir/util.h"
 
 typedef struct {
@@ -36,10 +37,21 @@ typedef struct {
     int step;                /* the step that issued it */
 } Deferred;
 
+/* What completes a collective in flight once the backend is done with it. */
+typedef enum {
+    FIN_NONE,                /* an all-reduce in place: nothing */
+    FIN_ADD,                 /* a ZeRO reduce-scatter: dst += recv */
+    FIN_COPY                 /* a ZeRO all-gather: dst <- recv */
+} Finish;
+
 typedef struct {
-    int32_t instr;           /* a gradient all-reduce in flight */
+    int32_t instr;           /* a gradient sync or param gather in flight */
     CommReq *req;
     bool done;
+    int32_t busy;            /* the value it writes: instructions touching it wait */
+    uint8_t finish;          /* Finish */
+    float *send, *recv, *dst;/* the backend's buffers (released once finished) and dst */
+    int64_t n;               /* elements finish moves */
 } Inflight;
 
 struct Runtime {
@@ -49,6 +61,7 @@ struct Runtime {
     Comm *comm;
     Device *dev;
     bool own_dev;                            /* made here (cfg.dev was NULL) */
+    Pool *pool;                              /* every buffer of the run, cached step to step */
     double synced_s;                         /* time waiting for the device's queued work:
                                               * compute, wherever the wait happens */
     float *one;                              /* device float 1: the loss's gradient */
@@ -76,7 +89,7 @@ struct Runtime {
     int npend, cap_pend;
     Deferred *defer;         /* stale pulls, received k steps late */
     int ndefer, cap_defer;
-    Inflight *fly;           /* gradient all-reduces overlapping the backward */
+    Inflight *fly;           /* collectives overlapping the instructions after them */
     int nfly, cap_fly;
     int loss_op;
     double loss_acc;
@@ -235,14 +248,16 @@ static void mem_insert(Runtime *rt, void *p, int64_t bytes)
     if (rt->mem_live > rt->mem_high) rt->mem_high = rt->mem_live;
 }
 
-/* Forgets p (linear probing: the entries after it move up into the gap). */
-static void mem_remove(Runtime *rt, const void *p)
+/* Forgets p (linear probing: the entries after it move up into the gap);
+ * returns the bytes it was allocated with, -1 if it is not known. */
+static int64_t mem_remove(Runtime *rt, const void *p)
 {
-    if (!p || !rt->mem_cap) return;
+    if (!p || !rt->mem_cap) return -1;
     size_t m = (size_t)rt->mem_cap - 1, i = mem_slot(rt, p);
     while (rt->mem_ptr[i] && rt->mem_ptr[i] != p) i = (i + 1) & m;
-    if (!rt->mem_ptr[i]) return;
-    rt->mem_live -= rt->mem_bytes[i];
+    if (!rt->mem_ptr[i]) return -1;
+    int64_t bytes = rt->mem_bytes[i];
+    rt->mem_live -= bytes;
     rt->mem_ptr[i] = NULL;
     rt->mem_n--;
     for (size_t j = (i + 1) & m; rt->mem_ptr[j]; j = (j + 1) & m) {
@@ -254,20 +269,21 @@ static void mem_remove(Runtime *rt, const void *p)
         rt->mem_ptr[k] = q;
         rt->mem_bytes[k] = b;
     }
+    return bytes;
 }
 
 static float *dalloc(Runtime *rt, int64_t n, Err *err)
 {
     size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
-    float *p = rt->dev->ops->alloc(rt->dev, bytes, err);
+    float *p = pool_alloc(rt->pool, bytes, true, err);
     if (p) mem_insert(rt, p, (int64_t)bytes);
     return p;
 }
 
 static void drelease(Runtime *rt, void *p)
 {
-    mem_remove(rt, p);
-    rt->dev->ops->release(rt->dev, p);
+    int64_t bytes = mem_remove(rt, p);
+    if (bytes >= 0) pool_release(rt->pool, p, (size_t)bytes);
 }
 
 /* The buffer of value v, zeroed when first asked for; NULL with err. */
@@ -639,6 +655,40 @@ static int allreduce_sum(Runtime *rt, CommGroup *gr, float *b, int64_t n, Compre
     return o->allreduce(gr, b, n, CT_F32, RED_SUM, err);
 }
 
+/* Completes what the backend finished of collective f and lets go of its
+ * buffers. */
+static int fly_finish(Runtime *rt, Inflight *f, Err *err)
+{
+    Device *dv = rt->dev;
+    int rc = 0;
+    if (f->finish == FIN_ADD) rc = dv->ops->axpy(dv, f->dst, f->recv, 1.0f, f->n, err);
+    if (f->finish == FIN_COPY) rc = dv->ops->copy(dv, f->dst, f->recv, sizeof(float) * (size_t)f->n, err);
+    drelease(rt, f->send);
+    drelease(rt, f->recv);
+    f->send = f->recv = NULL;
+    return rc;
+}
+
+/* A collective started with request req joins the ones in flight (req NULL:
+ * it is complete, and finishes now). The instruction's deps name it: the
+ * first instruction that needs its result, or touches f.busy, waits. */
+static int fly(Runtime *rt, const Instr *in, CommReq *req, Inflight f, Err *err)
+{
+    if (!req) return fly_finish(rt, &f, err);
+    f.instr = (int32_t)(in - rt->pr->instrs);
+    f.req = req;
+    f.done = false;
+    pthread_mutex_lock(&rt->lk);
+    if (rt->nfly == rt->cap_fly) {
+        rt->cap_fly = rt->cap_fly ? rt->cap_fly * 2 : 64;
+        rt->fly = xrealloc(rt->fly, sizeof *rt->fly * rt->cap_fly);
+    }
+    rt->fly[rt->nfly++] = f;
+    progress_wake(rt);
+    pthread_mutex_unlock(&rt->lk);
+    return 0;
+}
+
 /* The dim of the layouts where `axes` split one and not the other. */
 static int moved_dim(const Layout *with, const Layout *without, AxisMask axes, int nd)
 {
@@ -674,17 +724,7 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
          * waited for by the first instruction that depends on it */
         CommReq *req = NULL;
         if (dev_sync(rt, err) || o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
-        if (req) {
-            pthread_mutex_lock(&rt->lk);
-            if (rt->nfly == rt->cap_fly) {
-                rt->cap_fly = rt->cap_fly ? rt->cap_fly * 2 : 64;
-                rt->fly = xrealloc(rt->fly, sizeof *rt->fly * rt->cap_fly);
-            }
-            rt->fly[rt->nfly++] = (Inflight){ (int32_t)(in - rt->pr->instrs), req, false };
-            progress_wake(rt);
-            pthread_mutex_unlock(&rt->lk);
-        }
-        return 0;
+        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_NONE }, err);
     }
     if (in->kind == I_ALLREDUCE) {
         if (dv->ops->copy(dv, dst, src, fb * (size_t)ns, err)) return -1;
@@ -699,14 +739,14 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
         /* ZeRO: the flat gradient, padded to G parts, summed part-wise into
          * this rank's shard; the whole gradient restarts from zero */
         int64_t chunk = rt->numel[dvl];
+        CommReq *req = NULL;
         if (!(send = dalloc(rt, chunk * G, err)) || !(recv = dalloc(rt, chunk, err)) ||
-            dv->ops->copy(dv, send, src, fb * (size_t)ns, err) || dev_sync(rt, err) ||
-            o->reduce_scatter(gr, send, recv, chunk, CT_F32, err) ||
-            dv->ops->axpy(dv, dst, recv, 1.0f, chunk, err) ||
-            dv->ops->zero(dv, src, fb * (size_t)ns, err))
+            dv->ops->copy(dv, send, src, fb * (size_t)ns, err) ||
+            dv->ops->zero(dv, src, fb * (size_t)ns, err) || dev_sync(rt, err) ||
+            o->ireduce_scatter(gr, send, recv, chunk, CT_F32, &req, err))
             goto out;
-        rc = 0;
-        goto out;
+        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_ADD, .send = send,
+                                            .recv = recv, .dst = dst, .n = chunk }, err);
     }
     if (in->kind == I_ALLGATHER && (S->shard || (dvl == sv && D->kind == VAL_PARAM))) {
         /* ZeRO: flat shards of the param gathered into the whole */
@@ -716,14 +756,14 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
         int64_t chunk = (n + Gs - 1) / Gs;
         int idx = ir_group_index(rt->s, rt->coord, sh);
         int64_t lo = (int64_t)idx * chunk, len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
+        CommReq *req = NULL;
         if (!(send = dalloc(rt, chunk, err)) || !(recv = dalloc(rt, chunk * Gs, err)) ||
             dv->ops->copy(dv, send, S->shard ? src : src + lo,
                           fb * (size_t)(S->shard ? chunk : len), err) ||
-            dev_sync(rt, err) || o->allgather(rt->groups[sh], send, recv, chunk, CT_F32, err) ||
-            dv->ops->copy(dv, dst, recv, fb * (size_t)n, err))
+            dev_sync(rt, err) || o->iallgather(rt->groups[sh], send, recv, chunk, CT_F32, &req, err))
             goto out;
-        rc = 0;
-        goto out;
+        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_COPY, .send = send,
+                                            .recv = recv, .dst = dst, .n = n }, err);
     }
 
     int64_t se[IR_MAX_DIMS], so[IR_MAX_DIMS], de[IR_MAX_DIMS], dof[IR_MAX_DIMS];
@@ -946,24 +986,32 @@ static int free_value(Runtime *rt, int32_t v, Err *err)
     return rc;
 }
 
-/* Waits for the all-reduces in flight that instruction i depends on (every
- * one: i < 0). */
+/* Whether instruction i must wait for collective f: it depends on it, or
+ * touches the value f writes. */
+static bool needs(const Program *pr, const Instr *in, const Inflight *f)
+{
+    for (int d = 0; d < in->ndeps; d++)
+        if (pr->deps[in->dep0 + d] == f->instr) return true;
+    for (int x = 0; x < in->nargs; x++)
+        if (pr->args[in->arg0 + x] == f->busy) return true;
+    return false;
+}
+
+/* Waits for the collectives in flight that instruction i needs (every one:
+ * i < 0) and finishes them, in the order they started. */
 static int wait_inflight(Runtime *rt, int32_t i, Err *err)
 {
     const Program *pr = rt->pr;
     int rc = 0, w = 0;
     pthread_mutex_lock(&rt->lk);
     for (int k = 0; k < rt->nfly; k++) {
-        bool dep = i < 0;
-        if (!dep) {
-            const Instr *in = &pr->instrs[i];
-            for (int d = 0; d < in->ndeps && !dep; d++) dep = pr->deps[in->dep0 + d] == rt->fly[k].instr;
-        }
-        if (!dep) {
-            rt->fly[w++] = rt->fly[k];
+        Inflight f = rt->fly[k];
+        if (i >= 0 && !needs(pr, &pr->instrs[i], &f)) {
+            rt->fly[w++] = f;
             continue;
         }
-        if (rt->comm->ops->wait(rt->fly[k].req, err)) rc = -1;
+        if (rt->comm->ops->wait(f.req, rc ? NULL : err)) rc = -1;
+        if (fly_finish(rt, &f, rc ? NULL : err)) rc = -1;
     }
     rt->nfly = w;
     pthread_mutex_unlock(&rt->lk);
@@ -1115,6 +1163,7 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         if (!(rt->dev = device_cpu_new(err))) goto fail;
         rt->own_dev = true;
     }
+    rt->pool = pool_new(rt->dev);
     for (int m = 1; m < (1 << s->naxes); m++) {
         if ((m & rt->live) != m) continue;
         int me, n = group_ranks(rt, (AxisMask)m, ranks, &me);
@@ -1315,6 +1364,8 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     rt->loss_acc = 0;
     memset(st, 0, sizeof *st);
     double t0 = now_s();
+    PoolStats ps0, ps1;
+    pool_stats(rt->pool, &ps0);
     int rc = 0;
     for (int v = 0; v < pr->nvalues && !rc; v++) {
         const Value *V = &pr->values[v];
@@ -1374,6 +1425,9 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     st->step_s = now_s() - t0;
     st->idle_s = st->step_s - st->compute_s - st->comm_s;
     st->peak_mem_bytes = (double)rt->mem_high;
+    pool_stats(rt->pool, &ps1);
+    st->held_mem_bytes = (double)ps1.held_high;
+    st->device_allocs = ps1.device_allocs - ps0.device_allocs;
     if (st->idle_s < 0) st->idle_s = 0;
     return rc;
 }
@@ -1482,6 +1536,7 @@ void rt_free(Runtime *rt)
         if (rt->groups[m]) rt->comm->ops->group_free(rt->groups[m]);
     if (rt->tied) rt->comm->ops->group_free(rt->tied);
     if (rt->dev) drelease(rt, rt->one);
+    pool_free(rt->pool);
     if (rt->own_dev) device_free(rt->dev);
     free(rt->mem_ptr);
     free(rt->mem_bytes);

@@ -48,6 +48,10 @@ typedef struct {
     double comm_s;          /* time in communication, waiting for peers included */
     double idle_s;          /* the rest: interpretation, memory, bookkeeping */
     double peak_mem_bytes;  /* high-water mark of this rank's buffers since the start */
+    double held_mem_bytes;  /* high-water mark of what its buffer pool held (in use and
+                             * cached) since the start */
+    int64_t device_allocs;  /* blocks the pool asked of the device during the step
+                             * (0 in steady state) */
 } StepStat;
 
 typedef struct Runtime Runtime;

@@ -1,9 +1,10 @@
 #!/bin/sh
 # The searcher in a closed loop on this machine: for three small models, a
 # search for 2 ranks with this machine's newest cost model, then the found
-# plan and the best baseline each run for real 3 times (`strata run --plan`,
-# 6 steps: the median of the 5 after the first), same process set-up for
-# both. Prints measured step times and whether the found plan is no slower.
+# plan and the best baseline each run for real 5 times, alternately (A B A B
+# ..., so that a noisy moment of a shared machine falls on both), with
+# `strata run --plan`, 6 steps: the median of the 5 after the first. Prints
+# the median of the 5 runs per plan, their spread, and the ratio.
 # Usage: bench-search-loop.sh STRATA DB CLUSTER_JSON. Figures, not pass/fail.
 set -eu
 strata=$1
@@ -12,11 +13,12 @@ cluster=$3
 out=$(dirname "$db")
 cm=$("$strata" costmodel list --db "$db" | awk 'NR == 2 { print $1 }')
 echo "search in a closed loop: 2 ranks of this machine, cost model $cm, 300 evaluations;"
-echo "measured: median of 5 steps after the first, median of 3 runs"
-printf '  %-28s %12s %12s %9s  %s\n' model found baseline ratio "found plan"
+echo "measured: median of 5 steps after the first; median of 5 runs per plan, alternating; (min-max of the 5 runs)"
+printf '  %-16s %26s %26s %8s  %s\n' model found baseline ratio "found plan"
 
-# the median of the three numbers on stdin
-median3() { sort -g | awk 'NR == 2'; }
+# "median (min-max)" of the numbers on stdin
+summary() { sort -g | awk '{ v[NR] = $1 } END { printf "%.2f (%.1f-%.1f)", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # the measured step (ms) of one run of plan $1
 measure() {
@@ -38,12 +40,18 @@ for spec in "gpt-2x128:gpt --layers 2 --hidden 128 --heads 4 --seq 64 --vocab 51
     base=$(plan_of best_baseline_plan_id <"$out/$name-search.json")
     desc=$(sed -n 's/.*"name":[[:space:]]*"\(pp[^"]*\)".*/\1/p' "$out/$name-search.json" | head -1)
     if [ "$best" = "$base" ]; then
-        m=$(for r in 1 2 3; do measure "$best"; done | median3)
-        printf '  %-28s %9s ms %9s ms %9s  %s (the best baseline itself)\n' "$name" "$m" "$m" 1.00 "$desc"
+        m=$(for r in 1 2 3 4 5; do measure "$best"; done | summary)
+        printf '  %-16s %23s ms %23s ms %8s  %s (the best baseline itself)\n' "$name" "$m" "$m" 1.00 "$desc"
         continue
     fi
-    mb=$(for r in 1 2 3; do measure "$best"; done | median3)
-    ms=$(for r in 1 2 3; do measure "$base"; done | median3)
-    ratio=$(awk -v a="$ms" -v b="$mb" 'BEGIN { printf "%.2f", a / b }')
-    printf '  %-28s %9s ms %9s ms %8sx  %s\n' "$name" "$mb" "$ms" "$ratio" "$desc"
+    : >"$out/$name-found.ms"
+    : >"$out/$name-base.ms"
+    for r in 1 2 3 4 5; do
+        measure "$best" >>"$out/$name-found.ms"
+        measure "$base" >>"$out/$name-base.ms"
+    done
+    ratio=$(awk -v a="$(median <"$out/$name-base.ms")" -v b="$(median <"$out/$name-found.ms")" \
+        'BEGIN { printf "%.2f", a / b }')
+    printf '  %-16s %23s ms %23s ms %7sx  %s\n' "$name" "$(summary <"$out/$name-found.ms")" \
+        "$(summary <"$out/$name-base.ms")" "$ratio" "$desc"
 done
