@@ -48,10 +48,13 @@ typedef struct {
     int32_t instr;           /* a gradient sync or param gather in flight */
     CommReq *req;
     bool done;
-    int32_t busy;            /* the value it writes: instructions touching it wait */
+    int32_t busy[2];         /* the values the backend reads or writes (-1: none):
+                              * instructions touching them wait */
     uint8_t finish;          /* Finish */
     float *send, *recv, *dst;/* the backend's buffers (released once finished) and dst */
     int64_t n;               /* elements finish moves */
+    float *zero;             /* zeroed once finished (a gradient sent in place), nzero floats */
+    int64_t nzero;
 } Inflight;
 
 struct Runtime {
@@ -276,6 +279,15 @@ static float *dalloc(Runtime *rt, int64_t n, Err *err)
 {
     size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
     float *p = pool_alloc(rt->pool, bytes, true, err);
+    if (p) mem_insert(rt, p, (int64_t)bytes);
+    return p;
+}
+
+/* A buffer the caller overwrites whole before reading it: not zeroed. */
+static float *dscratch(Runtime *rt, int64_t n, Err *err)
+{
+    size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
+    float *p = pool_alloc(rt->pool, bytes, false, err);
     if (p) mem_insert(rt, p, (int64_t)bytes);
     return p;
 }
@@ -663,6 +675,7 @@ static int fly_finish(Runtime *rt, Inflight *f, Err *err)
     int rc = 0;
     if (f->finish == FIN_ADD) rc = dv->ops->axpy(dv, f->dst, f->recv, 1.0f, f->n, err);
     if (f->finish == FIN_COPY) rc = dv->ops->copy(dv, f->dst, f->recv, sizeof(float) * (size_t)f->n, err);
+    if (!rc && f->zero) rc = dv->ops->zero(dv, f->zero, sizeof(float) * (size_t)f->nzero, err);
     drelease(rt, f->send);
     drelease(rt, f->recv);
     f->send = f->recv = NULL;
@@ -724,7 +737,7 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
          * waited for by the first instruction that depends on it */
         CommReq *req = NULL;
         if (dev_sync(rt, err) || o->iallreduce(gr, src, ns, CT_F32, RED_SUM, &req, err)) return -1;
-        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_NONE }, err);
+        return fly(rt, in, req, (Inflight){ .busy = { dvl, -1 }, .finish = FIN_NONE }, err);
     }
     if (in->kind == I_ALLREDUCE) {
         if (dv->ops->copy(dv, dst, src, fb * (size_t)ns, err)) return -1;
@@ -737,33 +750,44 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
     float *send = NULL, *recv = NULL;
     if (in->kind == I_REDUCE_SCATTER && D->shard) {
         /* ZeRO: the flat gradient, padded to G parts, summed part-wise into
-         * this rank's shard; the whole gradient restarts from zero */
+         * this rank's shard; the whole gradient restarts from zero. Unpadded,
+         * the gradient itself is sent, and zeroed once the backend is done
+         * with it (instructions touching it wait till then). */
         int64_t chunk = rt->numel[dvl];
+        bool padded = chunk * G != ns;
         CommReq *req = NULL;
-        if (!(send = dalloc(rt, chunk * G, err)) || !(recv = dalloc(rt, chunk, err)) ||
-            dv->ops->copy(dv, send, src, fb * (size_t)ns, err) ||
-            dv->ops->zero(dv, src, fb * (size_t)ns, err) || dev_sync(rt, err) ||
-            o->ireduce_scatter(gr, send, recv, chunk, CT_F32, &req, err))
+        if (!(recv = dscratch(rt, chunk, err))) goto out;
+        if (padded && (!(send = dalloc(rt, chunk * G, err)) ||
+                       dv->ops->copy(dv, send, src, fb * (size_t)ns, err) ||
+                       dv->ops->zero(dv, src, fb * (size_t)ns, err)))
             goto out;
-        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_ADD, .send = send,
-                                            .recv = recv, .dst = dst, .n = chunk }, err);
+        if (dev_sync(rt, err) ||
+            o->ireduce_scatter(gr, padded ? send : src, recv, chunk, CT_F32, &req, err))
+            goto out;
+        return fly(rt, in, req, (Inflight){ .busy = { dvl, padded ? -1 : sv }, .finish = FIN_ADD,
+                                            .send = send, .recv = recv, .dst = dst, .n = chunk,
+                                            .zero = padded ? NULL : src, .nzero = ns }, err);
     }
     if (in->kind == I_ALLGATHER && (S->shard || (dvl == sv && D->kind == VAL_PARAM))) {
-        /* ZeRO: flat shards of the param gathered into the whole */
+        /* ZeRO: flat shards of the param gathered into the whole: straight
+         * into it when the shards tile it exactly, else through a padded
+         * buffer */
         int64_t n = dvl == sv ? ns : rt->numel[dvl];
         AxisMask sh = S->shard ? S->shard : ax;
         int Gs = rt->gsize[sh];
         int64_t chunk = (n + Gs - 1) / Gs;
         int idx = ir_group_index(rt->s, rt->coord, sh);
         int64_t lo = (int64_t)idx * chunk, len = lo >= n ? 0 : (lo + chunk > n ? n - lo : chunk);
+        bool padded = chunk * Gs != n;
         CommReq *req = NULL;
-        if (!(send = dalloc(rt, chunk, err)) || !(recv = dalloc(rt, chunk * Gs, err)) ||
+        if (!(send = dalloc(rt, chunk, err)) || (padded && !(recv = dscratch(rt, chunk * Gs, err))) ||
             dv->ops->copy(dv, send, S->shard ? src : src + lo,
                           fb * (size_t)(S->shard ? chunk : len), err) ||
-            dev_sync(rt, err) || o->iallgather(rt->groups[sh], send, recv, chunk, CT_F32, &req, err))
+            dev_sync(rt, err) ||
+            o->iallgather(rt->groups[sh], send, padded ? recv : dst, chunk, CT_F32, &req, err))
             goto out;
-        return fly(rt, in, req, (Inflight){ .busy = dvl, .finish = FIN_COPY, .send = send,
-                                            .recv = recv, .dst = dst, .n = n }, err);
+        return fly(rt, in, req, (Inflight){ .busy = { dvl, -1 }, .finish = padded ? FIN_COPY : FIN_NONE,
+                                            .send = send, .recv = recv, .dst = dst, .n = n }, err);
     }
 
     int64_t se[IR_MAX_DIMS], so[IR_MAX_DIMS], de[IR_MAX_DIMS], dof[IR_MAX_DIMS];
@@ -992,8 +1016,10 @@ static bool needs(const Program *pr, const Instr *in, const Inflight *f)
 {
     for (int d = 0; d < in->ndeps; d++)
         if (pr->deps[in->dep0 + d] == f->instr) return true;
-    for (int x = 0; x < in->nargs; x++)
-        if (pr->args[in->arg0 + x] == f->busy) return true;
+    for (int x = 0; x < in->nargs; x++) {
+        int32_t v = pr->args[in->arg0 + x];
+        if (v >= 0 && (v == f->busy[0] || v == f->busy[1])) return true;
+    }
     return false;
 }
 
