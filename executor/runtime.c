@@ -510,45 +510,99 @@ static void part_range(int64_t elems, int k, int n, int64_t *lo, int64_t *len)
     *len = q + (k < r ? 1 : 0);
 }
 
-/* Optimizer step. args [param, grad, pushed...]: a PS server first adds the
- * pushed parts; ZeRO steps only this rank's shard. */
-static int exec_update(Runtime *rt, const Instr *in, Err *err)
+/* What an update (args [param, grad, pushed...]) steps: param elements
+ * [wlo, wlo + len) from gradient elements at glo; optimizer state as long as
+ * what this rank steps (ZeRO-1/2: its shard, as the lowering's memory
+ * accounts for; a PS server: the whole param), the step's at offset so. */
+typedef struct {
+    int64_t wlo, glo, len, nstate, so;
+} UpdateSpan;
+
+static UpdateSpan update_span(const Runtime *rt, const Instr *in)
 {
-    Device *dv = rt->dev;
     const int32_t *a = &rt->pr->args[in->arg0];
     const Value *P = &rt->pr->values[a[0]], *Gv = &rt->pr->values[a[1]];
-    int t = P->tensor;
-    float *w = val(rt, a[0], err), *gr = val(rt, a[1], err);
-    if (!w || !gr) return -1;
     int64_t np = rt->numel[a[0]];
-    int64_t wlo = 0, glo = 0, len = np;
-    /* optimizer state: as long as what this rank steps (ZeRO-1/2: its shard,
-     * as the lowering's memory accounts for), at offset `so` in it */
-    int64_t nstate = np, so = -1;
+    UpdateSpan u = { 0, 0, np, np, -1 };
     if (in->nparts > 0) {
-        part_range(np, in->part, in->nparts, &wlo, &len);
-        glo = wlo;
-        for (int k = 2; k < in->nargs; k++) {
-            const float *push = val(rt, a[k], err);
-            if (!push || dv->ops->axpy(dv, gr + glo, push + glo, 1.0f, len, err)) return -1;
-        }
+        part_range(np, in->part, in->nparts, &u.wlo, &u.len);
+        u.glo = u.wlo;
     } else if (Gv->shard && !P->shard) {
         /* ZeRO-1/2: the full param, this rank's shard of the gradient */
         int64_t chunk = rt->numel[a[1]];
         int idx = ir_group_index(rt->s, rt->coord, Gv->shard);
-        wlo = (int64_t)idx * chunk;
-        len = wlo >= np ? 0 : (wlo + chunk > np ? np - wlo : chunk);
-        nstate = chunk;
-        so = 0;
+        u.wlo = (int64_t)idx * chunk;
+        u.len = u.wlo >= np ? 0 : (u.wlo + chunk > np ? np - u.wlo : chunk);
+        u.nstate = chunk;
+        u.so = 0;
     }
-    if (so < 0) so = wlo;
-    if (!rt->opt_a[t] && !(rt->opt_a[t] = dalloc(rt, nstate, err))) return -1;
-    if (!rt->opt_b[t] && rt->s->optimizer == OPT_ADAM && !(rt->opt_b[t] = dalloc(rt, nstate, err)))
+    if (u.so < 0) u.so = u.wlo;
+    return u;
+}
+
+/* The optimizer state of the update's tensor, made when first needed. */
+static int update_state(Runtime *rt, const Instr *in, const UpdateSpan *u, Err *err)
+{
+    int t = rt->pr->values[rt->pr->args[in->arg0]].tensor;
+    if (!rt->opt_a[t] && !(rt->opt_a[t] = dalloc(rt, u->nstate, err))) return -1;
+    if (!rt->opt_b[t] && rt->s->optimizer == OPT_ADAM && !(rt->opt_b[t] = dalloc(rt, u->nstate, err)))
         return -1;
+    return 0;
+}
+
+/* Optimizer step: a PS server first adds the pushed parts; ZeRO steps only
+ * this rank's shard. */
+static int exec_update(Runtime *rt, const Instr *in, Err *err)
+{
+    Device *dv = rt->dev;
+    const int32_t *a = &rt->pr->args[in->arg0];
+    int t = rt->pr->values[a[0]].tensor;
+    float *w = val(rt, a[0], err), *gr = val(rt, a[1], err);
+    if (!w || !gr) return -1;
+    UpdateSpan u = update_span(rt, in);
+    if (in->nparts > 0)
+        for (int k = 2; k < in->nargs; k++) {
+            const float *push = val(rt, a[k], err);
+            if (!push || dv->ops->axpy(dv, gr + u.glo, push + u.glo, 1.0f, u.len, err)) return -1;
+        }
+    if (update_state(rt, in, &u, err)) return -1;
     if (rt->s->optimizer == OPT_ADAM)
-        return dv->ops->adam(dv, w + wlo, gr + glo, rt->opt_a[t] + so, rt->opt_b[t] + so, len,
-                             rt->step + 1, &rt->cfg.hyper, err);
-    return dv->ops->sgd(dv, w + wlo, gr + glo, rt->opt_a[t] + so, len, &rt->cfg.hyper, err);
+        return dv->ops->adam(dv, w + u.wlo, gr + u.glo, rt->opt_a[t] + u.so, rt->opt_b[t] + u.so,
+                             u.len, rt->step + 1, &rt->cfg.hyper, err);
+    return dv->ops->sgd(dv, w + u.wlo, gr + u.glo, rt->opt_a[t] + u.so, u.len, &rt->cfg.hyper, err);
+}
+
+/* Before the first step, what every step needs: the buffers that live for
+ * the whole run (gradients, optimizer state) made, and the program's
+ * allocations walked once, in order, through the pool, so that the first
+ * step finds its buffers cached as every later one does. The page faults
+ * and the zeroing of fresh memory happen here, not in step 0. */
+static int warm_up(Runtime *rt, Err *err)
+{
+    const Program *pr = rt->pr;
+    int rc = 0;
+    for (int v = 0; v < pr->nvalues && !rc; v++)
+        if (pr->values[v].kind == VAL_PARAM_GRAD && !val(rt, v, err)) rc = -1;
+    float **tmp = xcalloc((size_t)pr->nvalues, sizeof *tmp);
+    for (int i = 0; i < pr->ninstrs && !rc; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == I_COMPUTE && in->op < 0 && in->phase == PH_UPDATE) {
+            UpdateSpan u = update_span(rt, in);
+            rc = update_state(rt, in, &u, err);
+            continue;
+        }
+        if (in->kind != I_ALLOC && in->kind != I_FREE) continue;
+        int32_t v = pr->args[in->arg0];
+        if (v < 0 || rt->buf[v]) continue;
+        if (in->kind == I_ALLOC && !tmp[v] && !(tmp[v] = dscratch(rt, rt->numel[v], err))) rc = -1;
+        if (in->kind == I_FREE && tmp[v]) {
+            drelease(rt, tmp[v]);
+            tmp[v] = NULL;
+        }
+    }
+    for (int v = 0; v < pr->nvalues; v++) drelease(rt, tmp[v]);
+    free(tmp);
+    return rc;
 }
 
 /* ----------------------------------------------------------------------------
@@ -1259,6 +1313,7 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         goto fail;
     for (int v = 0; v < nv; v++)
         if (rt->pr->values[v].kind == VAL_PARAM && init_param(rt, v, err)) goto fail;
+    if (warm_up(rt, err)) goto fail;
     if (!cfg->no_overlap && comm->world > 1)
         rt->prog_on = pthread_create(&rt->prog, NULL, progress_main, rt) == 0;
     return rt;
