@@ -54,12 +54,93 @@ static const OptSpec RUN_OPTS[] = {
     { "no-store", 0, false, "do not store the run" },
     { "no-overlap", 0, false, "run every instruction where the program puts it: no updates set "
                               "aside while their all-reduces run, no progress thread" },
+    { "profile-ops", 0, false, "print where a step's time goes: per op kind and phase, the "
+                               "optimizer, each kind of communication (steps after the first)" },
     { "help", 'h', false, "show this help" },
     { NULL, 0, false, NULL },
 };
 
 static const char *USAGE = "strata run (--model FILE --strategy FILE [--cluster FILE] | --plan ID) "
                            "[--steps N] [--backend cpu|cuda] [--verify] [--db PATH]";
+
+/* One row of the op profile. */
+typedef struct {
+    char what[48];
+    double s;          /* seconds per step, mean over ranks */
+    double n;          /* instructions per step, mean over ranks */
+} ProfRow;
+
+static int prof_cmp(const void *a, const void *b)
+{
+    double x = ((const ProfRow *)a)->s, y = ((const ProfRow *)b)->s;
+    return (x < y) - (x > y);
+}
+
+/* --profile-ops: every rank's times gathered on rank 0 and printed per step
+ * (the steps after the first), mean over ranks, largest first, as a share
+ * of the mean step. */
+static void print_op_times(Runtime *rt, int rank, int world, int steps, const StepStat *all)
+{
+    OpTimes mine, *every = rank == 0 ? xcalloc((size_t)world, sizeof *every) : NULL;
+    rt_op_times(rt, &mine);
+    MPI_Gather(&mine, sizeof mine, MPI_BYTE, every, sizeof mine, MPI_BYTE, 0, MPI_COMM_WORLD);
+    if (rank != 0) return;
+    int per = steps > 1 ? steps - 1 : 1;
+    double div = (double)per * world, step = 0;
+    for (int st = steps > 1 ? 1 : 0; st < steps; st++)
+        for (int k = 0; k < world; k++) step += all[(size_t)st * world + k].step_s / div;
+    int cap = OP_KIND_COUNT * (PH_COUNT + 1) + I_KIND_COUNT + 3, n = 0;
+    ProfRow *rows = xcalloc((size_t)cap, sizeof *rows);
+    static const char *const phase[PH_COUNT + 1] = { "forward", "backward (data)",
+                                                     "backward (weight)", "update", "recompute" };
+    for (int kd = 0; kd < OP_KIND_COUNT; kd++)
+        for (int ph = 0; ph <= PH_COUNT; ph++) {
+            ProfRow r = { "", 0, 0 };
+            for (int k = 0; k < world; k++) {
+                r.s += every[k].op_s[kd][ph] / div;
+                r.n += (double)every[k].op_n[kd][ph] / div;
+            }
+            if (r.n == 0) continue;
+            snprintf(r.what, sizeof r.what, "%s %s", op_kind_name((OpKind)kd), phase[ph]);
+            rows[n++] = r;
+        }
+    ProfRow upd = { "optimizer update", 0, 0 }, sum = { "gradient sums", 0, 0 },
+            wait = { "waiting for overlapped collectives", 0, 0 };
+    for (int k = 0; k < world; k++) {
+        upd.s += every[k].update_s / div;
+        upd.n += (double)every[k].update_n / div;
+        sum.s += every[k].sum_s / div;
+        sum.n += (double)every[k].sum_n / div;
+        wait.s += every[k].wait_s / div;
+    }
+    if (upd.n > 0) rows[n++] = upd;
+    if (sum.n > 0) rows[n++] = sum;
+    for (int c = 0; c < I_KIND_COUNT; c++) {
+        ProfRow r = { "", 0, 0 };
+        for (int k = 0; k < world; k++) {
+            r.s += every[k].comm_s[c] / div;
+            r.n += (double)every[k].comm_n[c] / div;
+        }
+        if (r.n == 0) continue;
+        snprintf(r.what, sizeof r.what, "%s", instr_kind_name((InstrKind)c));
+        rows[n++] = r;
+    }
+    if (wait.s > 0) rows[n++] = wait;
+    qsort(rows, (size_t)n, sizeof *rows, prof_cmp);
+    printf("where a step goes (mean over %d rank%s and %d step%s%s):\n", world,
+           world == 1 ? "" : "s", per, per == 1 ? "" : "s", steps > 1 ? " after the first" : "");
+    printf("  %-40s %10s %12s %7s\n", "", "per step", "ms per step", "share");
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        printf("  %-40s %10.1f %12.3f %6.1f%%\n", rows[i].what, rows[i].n, rows[i].s * 1e3,
+               step > 0 ? 100 * rows[i].s / step : 0);
+        total += rows[i].s;
+    }
+    printf("  %-40s %10s %12.3f %6.1f%%  (the rest: interpretation, memory, bookkeeping)\n",
+           "step", "", step * 1e3, step > 0 ? 100 * (step - total) / step : 0);
+    free(rows);
+    free(every);
+}
 
 /* A cluster of this machine: one CPU device per rank. */
 static Cluster *local_cluster(int world, Err *err)
@@ -395,7 +476,8 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
         ok = all_ranks(!failed);
     }
     if (ok) {
-        RunConfig cfg = { .dev = dev, .seed = seed, .no_overlap = args_has(a, "no-overlap") };
+        RunConfig cfg = { .dev = dev, .seed = seed, .no_overlap = args_has(a, "no-overlap"),
+                          .profile_ops = args_has(a, "profile-ops") };
         rt_default_hyper(&cfg.hyper);
         cfg.hyper.lr = lr;
         failed = !(rt = rt_new(L.g, L.s, L.p, comm, &cfg, &err));
@@ -430,6 +512,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
             fflush(NULL);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
+        if (st == 0) rt_op_times_reset(rt);    /* the profile leaves the first step out */
         MPI_Gather(&mine[st], sizeof(StepStat), MPI_BYTE, all ? &all[(size_t)st * world] : NULL,
                    sizeof(StepStat), MPI_BYTE, 0, MPI_COMM_WORLD);
         if (rank == 0) {
@@ -462,6 +545,8 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
                human_bytes(peak, a, sizeof a), human_bytes(held, b, sizeof b), (long long)first,
                (long long)last);
     }
+
+    if (args_has(a, "profile-ops")) print_op_times(rt, rank, world, steps, all);
 
     const char *status = "ok";
     if (verify) {

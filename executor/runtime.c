@@ -65,6 +65,7 @@ struct Runtime {
     Device *dev;
     bool own_dev;                            /* made here (cfg.dev was NULL) */
     Pool *pool;                              /* every buffer of the run, cached step to step */
+    OpTimes times;                           /* where the time went (rt_op_times) */
     double synced_s;                         /* time waiting for the device's queued work:
                                               * compute, wherever the wait happens */
     float *one;                              /* device float 1: the loss's gradient */
@@ -1334,25 +1335,45 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     if (rt->nfly) {
         rc = wait_inflight(rt, i, err);
         st->comm_s += now_s() - a;
+        rt->times.wait_s += now_s() - a;
         a = now_s();
         if (rc) return rc;
     }
+    OpTimes *T = &rt->times;
     switch ((InstrKind)in->kind) {
-    case I_COMPUTE:
+    case I_COMPUTE: {
         if (in->op >= 0) rc = exec_op(rt, in, err);
         else if (in->phase == PH_UPDATE) rc = exec_update(rt, in, err);
         else rc = exec_sum(rt, in, err);
-        st->compute_s += now_s() - a;
+        if (!rc && rt->cfg.profile_ops) rc = dev_sync(rt, err);
+        double dt = now_s() - a;
+        st->compute_s += dt;
+        if (in->op >= 0) {
+            int ph = in->recompute ? RECOMPUTE : in->phase;
+            T->op_s[rt->g->ops[in->op].kind][ph] += dt;
+            T->op_n[rt->g->ops[in->op].kind][ph]++;
+        } else if (in->phase == PH_UPDATE) {
+            T->update_s += dt;
+            T->update_n++;
+        } else {
+            T->sum_s += dt;
+            T->sum_n++;
+        }
         if (rt->nfly) progress(rt);
         break;
+    }
     case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
     case I_BROADCAST:
         rc = exec_coll(rt, in, err);
         st->comm_s += now_s() - a;
+        T->comm_s[in->kind] += now_s() - a;
+        T->comm_n[in->kind]++;
         break;
     case I_SEND: case I_RECV:
         rc = exec_p2p(rt, in, err);
         st->comm_s += now_s() - a;
+        T->comm_s[in->kind] += now_s() - a;
+        T->comm_n[in->kind]++;
         break;
     case I_ALLOC:
         if (!val(rt, pr->args[in->arg0], err)) rc = -1;
@@ -1475,6 +1496,7 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
         double a = now_s();
         rc = wait_inflight(rt, -1, err);
         st->comm_s += now_s() - a;
+        rt->times.wait_s += now_s() - a;
     }
     if (!rc) rc = wait_sends(rt, -1, err);
     if (!rc) {
@@ -1511,6 +1533,16 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     st->device_allocs = ps1.device_allocs - ps0.device_allocs;
     if (st->idle_s < 0) st->idle_s = 0;
     return rc;
+}
+
+void rt_op_times(const Runtime *rt, OpTimes *out)
+{
+    *out = rt->times;
+}
+
+void rt_op_times_reset(Runtime *rt)
+{
+    memset(&rt->times, 0, sizeof rt->times);
 }
 
 int rt_gather_param(Runtime *rt, int t, float *out, Err *err)

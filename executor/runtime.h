@@ -39,7 +39,25 @@ typedef struct {
                              * requests progress only between instructions (the
                              * default sets waiting updates aside and keeps
                              * requests moving from a progress thread) */
+    bool profile_ops;       /* time every instruction on its own: on a GPU, wait for
+                             * each compute instruction's kernels (slower, but the
+                             * time lands on the op that spent it) */
 } RunConfig;
+
+/* Where a rank's time went, summed over the steps since rt_new or the last
+ * rt_op_times_reset: compute by op kind and phase (a forward rerun in the
+ * backward under RECOMPUTE), optimizer updates, gradient sums, and
+ * communication by instruction kind (waiting for peers included). */
+enum { RECOMPUTE = PH_COUNT };
+typedef struct {
+    double op_s[OP_KIND_COUNT][PH_COUNT + 1];
+    int64_t op_n[OP_KIND_COUNT][PH_COUNT + 1];
+    double update_s, sum_s;
+    int64_t update_n, sum_n;
+    double comm_s[I_KIND_COUNT];
+    int64_t comm_n[I_KIND_COUNT];
+    double wait_s;          /* waiting for collectives that run behind the step */
+} OpTimes;
 
 typedef struct {
     double loss;            /* the step's loss over the global batch (same on every rank) */
@@ -66,6 +84,8 @@ int rt_step(Runtime *rt, int step, StepStat *st, Err *err);
 /* The whole of param t, assembled on world rank 0 into `out` (numel floats;
  * other ranks pass NULL). Every rank must call it, in step. */
 int rt_gather_param(Runtime *rt, int t, float *out, Err *err);
+void rt_op_times(const Runtime *rt, OpTimes *out);
+void rt_op_times_reset(Runtime *rt);
 void rt_free(Runtime *rt);
 
 /* Default hyper-parameters: Adam (lr 1e-3, 0.9, 0.999, 1e-8), SGD momentum 0.9. */

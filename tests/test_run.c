@@ -471,6 +471,54 @@ static void test_wrong_world(void **state)
     res_free(&r);
 }
 
+/* --profile-ops: the table of where a step goes names the ops, the
+ * optimizer and the all-reduces of a data-parallel MLP, and its rows are
+ * parts of the step (they add up to no more than it). */
+static void test_profile_ops(void **state)
+{
+    (void)state;
+    Res r = {0};
+    RUNO(&r, NULL, "run", "--model", model(M_MLP), "--strategy", dp4(M_MLP), "--steps", STEPS,
+         "--no-store", "--profile-ops");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "where a step goes (mean over 4 ranks and 2 steps after the first):\n",
+               "matmul forward ", "matmul backward (weight) ", "optimizer update ", "allreduce ");
+    const char *p = strstr(r.out, "where a step goes");
+    double sum = 0, step = -1;
+    for (p = strchr(p, '\n') + 1; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        char line[256];
+        size_t len = strcspn(p, "\n");
+        if (len >= sizeof line) len = sizeof line - 1;
+        memcpy(line, p, len);
+        line[len] = 0;
+        double n, ms, share;
+        if (strncmp(line, "  step ", 7) == 0) {
+            assert_int_equal(sscanf(line + 7, "%lf", &step), 1);
+            break;
+        }
+        /* "  what   per-step   ms   share%" */
+        char *pct = strrchr(line, '%');
+        if (!pct) continue;
+        *pct = 0;
+        char *c = strrchr(line, ' ');
+        share = atof(c);
+        *c = 0;
+        c = strrchr(line, ' ');
+        ms = atof(c);
+        *c = 0;
+        c = strrchr(line, ' ');
+        n = atof(c);
+        assert_true(n >= 0 && ms >= 0 && share >= 0);
+        sum += ms;
+    }
+    if (!(step > 0) || sum > step * 1.05) {
+        print_error("the rows add up to %.3f ms, the step is %.3f ms\n", sum, step);
+        dump(&r);
+        fail();
+    }
+    res_free(&r);
+}
+
 static void test_backend_unknown_is_usage(void **state)
 {
     (void)state;
@@ -707,6 +755,7 @@ int main(void)
         cmocka_unit_test_teardown(test_outer_axis_refused, harness_release_all),
         cmocka_unit_test_teardown(test_batchnorm_microbatches, harness_release_all),
         cmocka_unit_test_teardown(test_wrong_world, harness_release_all),
+        cmocka_unit_test_teardown(test_profile_ops, harness_release_all),
         cmocka_unit_test_teardown(test_backend_unknown_is_usage, harness_release_all),
         cmocka_unit_test_teardown(test_backend_cuda_needs_gpus, harness_release_all),
         cmocka_unit_test_teardown(test_cuda_verify, harness_release_all),
