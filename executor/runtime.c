@@ -276,21 +276,24 @@ static int64_t mem_remove(Runtime *rt, const void *p)
     return bytes;
 }
 
-static float *dalloc(Runtime *rt, int64_t n, Err *err)
+/* n floats from the pool, counted as live; zeroed when asked. */
+static float *pool_floats(Runtime *rt, int64_t n, bool zeroed, Err *err)
 {
     size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
-    float *p = pool_alloc(rt->pool, bytes, true, err);
+    float *p = pool_alloc(rt->pool, bytes, zeroed, err);
     if (p) mem_insert(rt, p, (int64_t)bytes);
     return p;
+}
+
+static float *dalloc(Runtime *rt, int64_t n, Err *err)
+{
+    return pool_floats(rt, n, true, err);
 }
 
 /* A buffer the caller overwrites whole before reading it: not zeroed. */
 static float *dscratch(Runtime *rt, int64_t n, Err *err)
 {
-    size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
-    float *p = pool_alloc(rt->pool, bytes, false, err);
-    if (p) mem_insert(rt, p, (int64_t)bytes);
-    return p;
+    return pool_floats(rt, n, false, err);
 }
 
 static void drelease(Runtime *rt, void *p)
@@ -724,7 +727,7 @@ static int allreduce_sum(Runtime *rt, CommGroup *gr, float *b, int64_t n, Compre
 
 /* Completes what the backend finished of collective f and lets go of its
  * buffers. */
-static int fly_finish(Runtime *rt, Inflight *f, Err *err)
+static int fly_finish(Runtime *rt, const Inflight *f, Err *err)
 {
     Device *dv = rt->dev;
     int rc = 0;
@@ -733,7 +736,6 @@ static int fly_finish(Runtime *rt, Inflight *f, Err *err)
     if (!rc && f->zero) rc = dv->ops->zero(dv, f->zero, sizeof(float) * (size_t)f->nzero, err);
     drelease(rt, f->send);
     drelease(rt, f->recv);
-    f->send = f->recv = NULL;
     return rc;
 }
 
@@ -1065,8 +1067,8 @@ static int free_value(Runtime *rt, int32_t v, Err *err)
     return rc;
 }
 
-/* Whether instruction i must wait for collective f: it depends on it, or
- * touches the value f writes. */
+/* Whether instruction `in` must wait for collective f: it depends on it, or
+ * touches a value f reads or writes. */
 static bool needs(const Program *pr, const Instr *in, const Inflight *f)
 {
     for (int d = 0; d < in->ndeps; d++)
@@ -1334,8 +1336,9 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     double a = now_s(), synced = rt->synced_s;
     if (rt->nfly) {
         rc = wait_inflight(rt, i, err);
-        st->comm_s += now_s() - a;
-        rt->times.wait_s += now_s() - a;
+        double waited = now_s() - a;
+        st->comm_s += waited;
+        rt->times.wait_s += waited;
         a = now_s();
         if (rc) return rc;
     }
@@ -1363,18 +1366,15 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
         break;
     }
     case I_ALLREDUCE: case I_ALLGATHER: case I_REDUCE_SCATTER: case I_ALL_TO_ALL:
-    case I_BROADCAST:
-        rc = exec_coll(rt, in, err);
-        st->comm_s += now_s() - a;
-        T->comm_s[in->kind] += now_s() - a;
+    case I_BROADCAST: case I_SEND: case I_RECV: {
+        bool p2p = in->kind == I_SEND || in->kind == I_RECV;
+        rc = p2p ? exec_p2p(rt, in, err) : exec_coll(rt, in, err);
+        double dt = now_s() - a;
+        st->comm_s += dt;
+        T->comm_s[in->kind] += dt;
         T->comm_n[in->kind]++;
         break;
-    case I_SEND: case I_RECV:
-        rc = exec_p2p(rt, in, err);
-        st->comm_s += now_s() - a;
-        T->comm_s[in->kind] += now_s() - a;
-        T->comm_n[in->kind]++;
-        break;
+    }
     case I_ALLOC:
         if (!val(rt, pr->args[in->arg0], err)) rc = -1;
         break;
@@ -1409,8 +1409,7 @@ static bool deferrable(Runtime *rt, int i)
     bool waits = false;
     pthread_mutex_lock(&rt->lk);
     for (int k = 0; k < rt->nfly && !waits; k++)
-        for (int d = 0; d < in->ndeps && !waits; d++)
-            waits = rt->pr->deps[in->dep0 + d] == rt->fly[k].instr && !rt->fly[k].done;
+        waits = !rt->fly[k].done && needs(rt->pr, in, &rt->fly[k]);
     pthread_mutex_unlock(&rt->lk);
     return waits;
 }
@@ -1495,8 +1494,9 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     if (!rc) {
         double a = now_s();
         rc = wait_inflight(rt, -1, err);
-        st->comm_s += now_s() - a;
-        rt->times.wait_s += now_s() - a;
+        double waited = now_s() - a;
+        st->comm_s += waited;
+        rt->times.wait_s += waited;
     }
     if (!rc) rc = wait_sends(rt, -1, err);
     if (!rc) {
