@@ -6,8 +6,14 @@
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -Wall -Wextra -std=c11 -D_GNU_SOURCE -I. -MMD -MP
-LDLIBS  := -lcjson -lsqlite3 -lopenblas -lm -lpthread
+CFLAGS  += -Wall -Wextra -std=c11 -D_GNU_SOURCE -I. -MMD -MP -fopenmp -fno-math-errno
+LDFLAGS += -fopenmp
+# OpenBLAS's OpenMP build (libopenblas0-openmp), named by path so that the
+# system's choice of BLAS (update-alternatives) does not change it: the BLAS
+# and strata's own kernels then share one OpenMP thread pool per rank, and
+# neither spins while the other works.
+OPENBLAS_DIR ?= /usr/lib/$(shell $(CC) -print-multiarch)/openblas-openmp
+LDLIBS  := -lcjson -lsqlite3 -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
   BUILD   := build/san
@@ -119,7 +125,7 @@ bench: setup
 	@$(MAKE) --no-print-directory all $(BENCHES) $(MPI_BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
 	@for b in $(MPI_BENCHES); do \
-	    mpirun --allow-run-as-root --oversubscribe -np 2 $$b || exit 1; done
+	    mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 $$b || exit 1; done
 	@sh scripts/bench-costmodel.sh $(STRATA)
 
 clean:

@@ -22,7 +22,7 @@ typedef struct {
     char **av;
 } Argv;
 
-/* Fills a: mpirun -np W [--oversubscribe] self sub argv... */
+/* Fills a: mpirun -np W --bind-to none [--oversubscribe] self sub argv... */
 static int build(Argv *a, int world, const char *sub, int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", a->self, sizeof a->self - 1);
@@ -40,11 +40,15 @@ static int build(Argv *a, int world, const char *sub, int argc, char **argv)
                 sub, a->self);
     }
     snprintf(a->np, sizeof a->np, "%d", world);
-    a->av = xcalloc((size_t)argc + 8, sizeof *a->av);
+    a->av = xcalloc((size_t)argc + 10, sizeof *a->av);
     int k = 0;
     a->av[k++] = "mpirun";
     a->av[k++] = "-np";
     a->av[k++] = a->np;
+    /* a rank runs cores / ranks threads: Open MPI's default binding (one
+     * core per rank, for 2 ranks or fewer) would put them all on one core */
+    a->av[k++] = "--bind-to";
+    a->av[k++] = "none";
     /* more ranks than cores is fine for correctness runs on a small machine */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores > 0 && world > cores) a->av[k++] = "--oversubscribe";

@@ -532,18 +532,20 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
          * in the first step and in the last (none, in steady state) */
         const StepStat *r = &all[(size_t)(steps - 1) * world];
         double peak = 0, held = 0;
-        int64_t first = 0, last = 0;
+        int64_t first = 0, last = 0, asked = 0;
         for (int k = 0; k < world; k++) {
             peak = fmax(peak, r[k].peak_mem_bytes);
             held = fmax(held, r[k].held_mem_bytes);
             first += all[k].device_allocs;
             last += r[k].device_allocs;
+            asked += r[k].buffer_requests;
         }
         char a[32], b[32];
         printf("memory: %s in use at most on a rank, %s held by its buffer pool; "
-               "allocations from the device: %lld in the first step, %lld in the last\n",
+               "allocations from the device: %lld in the first step, %lld in the last "
+               "(of %lld buffers it used)\n",
                human_bytes(peak, a, sizeof a), human_bytes(held, b, sizeof b), (long long)first,
-               (long long)last);
+               (long long)last, (long long)asked);
     }
 
     if (args_has(a, "profile-ops")) print_op_times(rt, rank, world, steps, all);

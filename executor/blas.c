@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <omp.h>
 
 char *openblas_get_corename(void);
 void openblas_set_num_threads(int n);
@@ -65,10 +66,20 @@ void blas_threads(int ranks_per_node)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int t = ranks_per_node > 0 && cores > 0 ? (int)(cores / ranks_per_node) : 1;
-    openblas_set_num_threads(t > 0 ? t : 1);
+    blas_set_threads(t);
 }
 
+/* OpenBLAS's OpenMP build runs its threads from OpenMP's pool: one number
+ * for both, so that the BLAS and the kernels never run more threads than
+ * the rank was given. */
 void blas_set_threads(int t)
 {
-    openblas_set_num_threads(t > 0 ? t : 1);
+    if (t < 1) t = 1;
+    openblas_set_num_threads(t);
+    omp_set_num_threads(t);
+}
+
+int blas_get_threads(void)
+{
+    return omp_get_max_threads();
 }

@@ -22,8 +22,11 @@ const char *blas_describe(char *buf, int n);
 /* Shares the cores among the ranks of one machine: cores / ranks_per_node
  * OpenBLAS threads each (at least one), so ranks do not fight for cores. */
 void blas_threads(int ranks_per_node);
-/* Exactly t OpenBLAS threads (a layout chosen by the user, or the one a
- * profile was measured with). */
+/* Exactly t threads (a layout chosen by the user, or the one a profile was
+ * measured with), for OpenBLAS and strata's kernels alike: both run on the
+ * one OpenMP pool of the process. */
 void blas_set_threads(int t);
+/* The threads a kernel or a BLAS call runs on now. */
+int blas_get_threads(void);
 
 #endif

@@ -19,6 +19,11 @@
  * Counts are int64_t, MPI's are int: a call longer than INT_MAX elements is
  * cut into pieces (the environment variable STRATA_MPI_MAX_COUNT, read by
  * comm_mpi_new, lowers the piece size so the tests can exercise this path).
+ * All-reduces go in pieces of at most AR_PIECE elements anyway: Open MPI
+ * takes a temporary buffer as large as the message for its algorithms, and
+ * below 32 MiB that buffer comes from the heap, reused every step (the
+ * runtime keeps glibc from returning it), where a larger one is mapped and
+ * faulted in afresh each time.
  *
  * Legend: n = group size, me = this process's group index, count = elements
  * per block, esize = bytes per element.
@@ -289,6 +294,13 @@ static void mpi_group_free(CommGroup *g)
 /* ------------------------------------------------------------------------- */
 /* collectives                                                                */
 
+#define AR_PIECE ((int64_t)1 << 22)
+
+static int64_t ar_piece(const CommGroup *g)
+{
+    return g->impl->max_count < AR_PIECE ? g->impl->max_count : AR_PIECE;
+}
+
 static int mpi_allreduce(CommGroup *g, void *buf, int64_t count, CommType dt, RedOp op, Err *err)
 {
     MPI_Datatype t = MPI_DATATYPE_NULL;
@@ -297,8 +309,9 @@ static int mpi_allreduce(CommGroup *g, void *buf, int64_t count, CommType dt, Re
     if (check_count(count, "allreduce", err) || mpi_type(dt, &t, &es, err) ||
         mpi_redop(g->impl, dt, op, &mop, err))
         return -1;
-    for (int64_t off = 0; off < count; off += g->impl->max_count) {
-        int c = (int)(count - off < g->impl->max_count ? count - off : g->impl->max_count);
+    const int64_t piece = ar_piece(g);
+    for (int64_t off = 0; off < count; off += piece) {
+        int c = (int)(count - off < piece ? count - off : piece);
         MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * es, c, t, mop, g->comm));
     }
     return 0;
@@ -467,7 +480,7 @@ static int mpi_iallreduce(CommGroup *g, void *buf, int64_t count, CommType dt, R
     if (check_count(count, "allreduce", err) || mpi_type(dt, &t, &es, err) ||
         mpi_redop(g->impl, dt, op, &mop, err))
         return -1;
-    int64_t max = g->impl->max_count, pieces = count ? (count + max - 1) / max : 0;
+    int64_t max = ar_piece(g), pieces = count ? (count + max - 1) / max : 0;
     if (!pieces) return 0;
     CommReq *q = malloc(sizeof *q + (size_t)pieces * sizeof q->r[0]);
     if (!q) return err_set(err, "comm mpi: out of memory for an all-reduce of %lld pieces",

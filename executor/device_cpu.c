@@ -30,6 +30,26 @@ typedef struct {
     size_t total;                         /* mapped bytes, header included */
 } BlockHeader;
 
+/* Faults in every page of a fresh mapping, on all of the rank's threads
+ * (the kernel zeroes each page as it maps it; ranges in parallel, in pieces
+ * that keep whole huge pages). */
+#define POPULATE_PIECE ((size_t)16 << 20)
+
+static void populate(char *base, size_t total)
+{
+    const int64_t pieces = (int64_t)((total + POPULATE_PIECE - 1) / POPULATE_PIECE);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        char *p = base + (size_t)k * POPULATE_PIECE;
+        size_t len = total - (size_t)k * POPULATE_PIECE;
+        if (len > POPULATE_PIECE) len = POPULATE_PIECE;
+#ifdef MADV_POPULATE_WRITE
+        if (madvise(p, len, MADV_POPULATE_WRITE) == 0) continue;
+#endif
+        for (size_t o = 0; o < len; o += 4096) p[o] = 0;    /* touch every page */
+    }
+}
+
 static void *c_alloc(Device *d, size_t bytes, Err *err)
 {
     (void)d;
@@ -49,10 +69,7 @@ static void *c_alloc(Device *d, size_t bytes, Err *err)
         if (base == MAP_FAILED) base = NULL;
         if (base) {
             madvise(base, total, MADV_HUGEPAGE);        /* a hint: ignored where unsupported */
-#ifdef MADV_POPULATE_WRITE
-            if (madvise(base, total, MADV_POPULATE_WRITE) != 0)
-#endif
-                for (size_t o = 0; o < total; o += 4096) base[o] = 0;   /* touch every page */
+            populate(base, total);
         }
         h = (BlockHeader){ BLOCK_MAP, total };
     }
@@ -78,14 +95,14 @@ static void c_release(Device *d, void *p)
 static int c_zero(Device *d, void *p, size_t bytes, Err *err)
 {
     (void)d, (void)err;
-    if (bytes) memset(p, 0, bytes);
+    if (bytes) kernel_zero(p, bytes);
     return 0;
 }
 
 static int c_copy(Device *d, void *dst, const void *src, size_t bytes, Err *err)
 {
     (void)d, (void)err;
-    if (bytes && dst != src) memmove(dst, src, bytes);
+    kernel_copy(dst, src, bytes);
     return 0;
 }
 
@@ -98,14 +115,14 @@ static int c_sync(Device *d, Err *err)
 static int c_axpy(Device *d, float *y, const float *x, float a, int64_t n, Err *err)
 {
     (void)d, (void)err;
-    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+    kernel_axpy(y, x, a, n);
     return 0;
 }
 
 static int c_fill(Device *d, float *x, float v, int64_t n, Err *err)
 {
     (void)d, (void)err;
-    for (int64_t i = 0; i < n; i++) x[i] = v;
+    kernel_fill(x, v, n);
     return 0;
 }
 

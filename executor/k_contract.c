@@ -481,22 +481,32 @@ static int embedding_walk(const KernelShape *ks, const int32_t *idx, const float
     add_letters(order, n, lt, ~skip);
 
     const int64_t lo_g = ks->off[g], n_g = size[g], tot = ks->total[g];
-    KLoop lp;
-    kloop_init(&lp, order, size, 3, (const int64_t *const[]){si, st, so});
-    do {
-        for (int64_t i = 0; i < lp.inner; i++) {
-            int32_t v = idx[lp.off[0] + i * lp.ist[0]];
-            if (v < 0 || v >= tot)
-                return err_set(err, "op \"%s\": index %d is outside the table's %lld rows",
-                               op->name, (int)v, (long long)tot);
-            int64_t rw = v - lo_g;
-            if (rw < 0 || rw >= n_g) continue;   /* another rank's row: its addend */
-            int64_t ot = lp.off[1] + i * lp.ist[1] + rw * sg, oo = lp.off[2] + i * lp.ist[2];
-            const float *f = from + (backward ? oo : ot);
-            float *d = to + (backward ? ot : oo);
-            for (int64_t j = 0; j < row; j++) d[j] += f[j];
-        }
-    } while (kloop_next(&lp));
+    const int64_t nidx = k_numel(li, size);
+    for (int64_t i = 0; i < nidx; i++)
+        if (idx[i] < 0 || idx[i] >= tot)
+            return err_set(err, "op \"%s\": index %d is outside the table's %lld rows",
+                           op->name, (int)idx[i], (long long)tot);
+    /* in parallel by ranges of a row's columns: every thread walks all the
+     * pairs, each adds into its own columns, in the walk's order (two
+     * indices naming one table row add into it in the same order as one
+     * thread would) */
+    const int64_t pieces = (row + K_COLS - 1) / K_COLS;
+#pragma omp parallel for schedule(static) if (k_par(pieces, K_COLS * nidx))
+    for (int64_t p = 0; p < pieces; p++) {
+        const int64_t j0 = p * K_COLS, j1 = row - j0 < K_COLS ? row : j0 + K_COLS;
+        KLoop lp;
+        kloop_init(&lp, order, size, 3, (const int64_t *const[]){si, st, so});
+        do {
+            for (int64_t i = 0; i < lp.inner; i++) {
+                int64_t rw = idx[lp.off[0] + i * lp.ist[0]] - lo_g;
+                if (rw < 0 || rw >= n_g) continue;   /* another rank's row: its addend */
+                int64_t ot = lp.off[1] + i * lp.ist[1] + rw * sg, oo = lp.off[2] + i * lp.ist[2];
+                const float *f = from + (backward ? oo : ot);
+                float *d = to + (backward ? ot : oo);
+                for (int64_t j = j0; j < j1; j++) d[j] += f[j];
+            }
+        } while (kloop_next(&lp));
+    }
     return 0;
 }
 
@@ -555,9 +565,12 @@ static void conv_cols(const Conv *d, int64_t s, int64_t *q0, int64_t *q1)
     if (*q0 > *q1) *q0 = *q1;
 }
 
+/* Both directions run channels in parallel: channel c reads and writes its
+ * own rows of col and its own plane of x only. */
 static void im2col(const float *x, float *col, const Conv *d)
 {
     const int64_t pq = d->P * d->Q;
+#pragma omp parallel for schedule(static) if (k_par(d->C, d->R * d->S * pq))
     for (int64_t c = 0; c < d->C; c++)
         for (int64_t r = 0; r < d->R; r++)
             for (int64_t s = 0; s < d->S; s++) {
@@ -585,6 +598,7 @@ static void im2col(const float *x, float *col, const Conv *d)
 static void col2im_add(const float *col, float *x, const Conv *d)
 {
     const int64_t pq = d->P * d->Q;
+#pragma omp parallel for schedule(static) if (k_par(d->C, d->R * d->S * pq))
     for (int64_t c = 0; c < d->C; c++)
         for (int64_t r = 0; r < d->R; r++)
             for (int64_t s = 0; s < d->S; s++) {
@@ -723,6 +737,7 @@ int k_pool2d_fwd(const KernelShape *ks, const void *const *in, float *out, Err *
     if (pool_dims(ks, &d, err)) return -1;
     const float *x = in[0];
     const float inv = 1.0f / (float)(d.win * d.win);
+#pragma omp parallel for schedule(static) if (k_par(d.planes, d.H * d.W))
     for (int64_t pl = 0; pl < d.planes; pl++) {
         const float *xp = x + pl * d.H * d.W;
         float *op = out + pl * d.P * d.Q;
@@ -753,6 +768,7 @@ int k_pool2d_bwd(const KernelShape *ks, const void *const *in, const float *out,
     if (!din[0]) return 0;
     const float *x = in[0];
     const float inv = 1.0f / (float)(d.win * d.win);
+#pragma omp parallel for schedule(static) if (k_par(d.planes, d.H * d.W))
     for (int64_t pl = 0; pl < d.planes; pl++) {
         const float *xp = x + pl * d.H * d.W, *gp = dout + pl * d.P * d.Q;
         float *dp = din[0] + pl * d.H * d.W;

@@ -21,9 +21,13 @@
 #include "kernels_internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 bool k_fast_paths = true;
+
+int k_threads(void) { return omp_get_max_threads(); }
+int k_thread(void) { return omp_get_thread_num(); }
 
 /* ----------------------------------------------------------------------------
  * Fast loops: y = a + b, y += a, y += a (twice, into y1 and y2) */
@@ -49,6 +53,65 @@ K_FAST void vec_acc2(float *restrict y1, float *restrict y2, const float *restri
     for (; i < n; i++) y1[i] += a[i], y2[i] += a[i];
 }
 
+K_FAST void vec_axpy(float *restrict y, const float *restrict x, float a, int64_t n)
+{
+    int64_t i = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; i < n8; i++) y[i] += a * x[i];
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* ----------------------------------------------------------------------------
+ * Flat buffers (the device table's zero, copy, axpy and fill on the CPU) */
+
+void kernel_zero(void *p, size_t bytes)
+{
+    const size_t piece = K_PIECE * sizeof(float);
+    const int64_t pieces = (int64_t)((bytes + piece - 1) / piece);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        size_t o = (size_t)k * piece, len = bytes - o < piece ? bytes - o : piece;
+        memset((char *)p + o, 0, len);
+    }
+}
+
+void kernel_copy(void *dst, const void *src, size_t bytes)
+{
+    const size_t piece = K_PIECE * sizeof(float);
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    if (bytes < 2 * piece || (d < s + bytes && s < d + bytes)) {  /* small, or overlapping */
+        if (bytes && dst != src) memmove(dst, src, bytes);
+        return;
+    }
+    const int64_t pieces = (int64_t)((bytes + piece - 1) / piece);
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < pieces; k++) {
+        size_t o = (size_t)k * piece, len = bytes - o < piece ? bytes - o : piece;
+        memcpy((char *)dst + o, (const char *)src + o, len);
+    }
+}
+
+void kernel_axpy(float *y, const float *x, float a, int64_t n)
+{
+    if (!k_apart(y, n, x, n)) {     /* the same buffer, or overlapping: in order */
+        for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+        return;
+    }
+    const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++)
+        vec_axpy(y + k * K_PIECE, x + k * K_PIECE, a, k_piece_len(n, k));
+}
+
+void kernel_fill(float *x, float v, int64_t n)
+{
+    const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        float *p = x + k * K_PIECE;
+        for (int64_t i = 0, len = k_piece_len(n, k); i < len; i++) p[i] = v;
+    }
+}
+
 /* ----------------------------------------------------------------------------
  * add */
 
@@ -66,8 +129,14 @@ int k_add_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err
     const int64_t n = kernel_operand_numel(ks, ks->op->nin);
     const float *x0 = in[0], *x1 = in[1];
     if (add_fast(ks, in, out, n)) {
-        vec_add(out, x0, x1, n);
-        for (int k = 2; k < ks->op->nin; k++) vec_acc(out, in[k], n);
+        const int64_t pieces = k_pieces(n);
+        const int nin = ks->op->nin;
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t p = 0; p < pieces; p++) {
+            const int64_t o = p * K_PIECE, len = k_piece_len(n, p);
+            vec_add(out + o, x0 + o, x1 + o, len);
+            for (int k = 2; k < nin; k++) vec_acc(out + o, (const float *)in[k] + o, len);
+        }
         return 0;
     }
     for (int64_t i = 0; i < n; i++) out[i] = x0[i] + x1[i];
@@ -86,7 +155,7 @@ int k_add_bwd(const KernelShape *ks, const void *const *in, const float *out,
     for (int k = 0; k < ks->op->nin; k++) {
         float *d = din[k];
         if (d && k_fast_paths && k_apart(d, n, dout, n))
-            vec_acc(d, dout, n);
+            kernel_axpy(d, dout, 1.0f, n);
         else if (d)
             for (int64_t i = 0; i < n; i++) d[i] += dout[i];
     }
@@ -119,6 +188,7 @@ int k_bias_fwd(const KernelShape *ks, const void *const *in, float *out, Err *er
     int64_t rows, cols;
     if (bias_rows(ks, &rows, &cols) && k_apart(out, rows * cols, x, rows * cols) &&
         k_apart(out, rows * cols, b, cols)) {
+#pragma omp parallel for schedule(static) if (k_par(rows, cols))
         for (int64_t r = 0; r < rows; r++) vec_add(out + r * cols, x + r * cols, b, cols);
         return 0;
     }
@@ -158,16 +228,28 @@ int k_bias_bwd(const KernelShape *ks, const void *const *in, const float *out,
     (void)in, (void)out, (void)err;
     const Op *op = ks->op;
     int64_t rows, cols;
-    /* db sums dy over the rows in row order, as k_map does: the same floats */
+    /* db sums dy over the rows in row order, as k_map does: the same floats.
+     * In parallel, dx by rows and db by ranges of columns. */
     if (bias_rows(ks, &rows, &cols) && bias_grads_apart(din, dout, rows, cols)) {
-        for (int64_t r = 0; r < rows; r++) {
-            const float *d = dout + r * cols;
-            if (din[0] && din[1])
-                vec_acc2(din[0] + r * cols, din[1], d, cols);
-            else if (din[0])
-                vec_acc(din[0] + r * cols, d, cols);
-            else if (din[1])
-                vec_acc(din[1], d, cols);
+        float *dx = din[0], *db = din[1];
+        if (!k_par(rows, cols)) {
+            for (int64_t r = 0; r < rows; r++) {
+                const float *d = dout + r * cols;
+                if (dx && db)
+                    vec_acc2(dx + r * cols, db, d, cols);
+                else if (dx)
+                    vec_acc(dx + r * cols, d, cols);
+                else
+                    vec_acc(db, d, cols);
+            }
+            return 0;
+        }
+        if (dx) kernel_axpy(dx, dout, 1.0f, rows * cols);
+        const int64_t pieces = db ? (cols + K_COLS - 1) / K_COLS : 0;
+#pragma omp parallel for schedule(static)
+        for (int64_t p = 0; p < pieces; p++) {
+            const int64_t c0 = p * K_COLS, len = cols - c0 < K_COLS ? cols - c0 : K_COLS;
+            for (int64_t r = 0; r < rows; r++) vec_acc(db + c0, dout + r * cols + c0, len);
         }
         return 0;
     }
@@ -226,7 +308,10 @@ int k_gelu_fwd(const KernelShape *ks, const void *const *in, float *out, Err *er
     const int64_t n = kernel_operand_numel(ks, 0);
     const float *x = in[0];
     if (k_fast_paths && k_apart(out, n, x, n)) {
-        gelu_fwd_fast(out, x, n);
+        const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t p = 0; p < pieces; p++)
+            gelu_fwd_fast(out + p * K_PIECE, x + p * K_PIECE, k_piece_len(n, p));
         return 0;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -245,7 +330,12 @@ int k_gelu_bwd(const KernelShape *ks, const void *const *in, const float *out,
     const float *x = in[0];
     float *d = din[0];
     if (k_fast_paths && k_apart(d, n, x, n) && k_apart(d, n, dout, n)) {
-        gelu_bwd_fast(d, x, dout, n);
+        const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t p = 0; p < pieces; p++) {
+            const int64_t o = p * K_PIECE;
+            gelu_bwd_fast(d + o, x + o, dout + o, k_piece_len(n, p));
+        }
         return 0;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -283,7 +373,10 @@ int k_relu_fwd(const KernelShape *ks, const void *const *in, float *out, Err *er
     const int64_t n = kernel_operand_numel(ks, 0);
     const float *x = in[0];
     if (k_fast_paths && k_apart(out, n, x, n)) {
-        relu_fwd_fast(out, x, n);
+        const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t p = 0; p < pieces; p++)
+            relu_fwd_fast(out + p * K_PIECE, x + p * K_PIECE, k_piece_len(n, p));
         return 0;
     }
     for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0;
@@ -299,7 +392,12 @@ int k_relu_bwd(const KernelShape *ks, const void *const *in, const float *out,
     const float *x = in[0];
     float *d = din[0];
     if (k_fast_paths && k_apart(d, n, x, n) && k_apart(d, n, dout, n)) {
-        relu_bwd_fast(d, x, dout, n);
+        const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t p = 0; p < pieces; p++) {
+            const int64_t o = p * K_PIECE;
+            relu_bwd_fast(d + o, x + o, dout + o, k_piece_len(n, p));
+        }
         return 0;
     }
     for (int64_t i = 0; i < n; i++) d[i] += x[i] > 0 ? dout[i] : 0;

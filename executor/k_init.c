@@ -14,6 +14,7 @@
 #include "executor/kernels.h"
 
 #define GOLDEN 0x9e3779b97f4a7c15ull
+#define INIT_PIECE 65536            /* elements a thread fills at a time */
 
 static uint64_t mix64(uint64_t z)
 {
@@ -88,15 +89,35 @@ static void block_next(Block *b)
     }
 }
 
+/* Moves b to local element i (b as block_begin left it). */
+static void block_seek(Block *b, int64_t i)
+{
+    for (int d = b->ndim - 1; d >= 0; d--) {
+        int64_t k = b->local[d] ? i % b->local[d] : 0;
+        i = b->local[d] ? i / b->local[d] : 0;
+        b->idx[d] = k;
+        b->g += k * b->gstride[d];
+    }
+}
+
 void kernel_init_fill(float *buf, uint64_t seed, const char *name, int ndim,
                       const int64_t *shape, const int64_t *offset, const int64_t *local,
                       float scale)
 {
     uint64_t key = tensor_key(seed, name);
-    Block b;
-    block_begin(&b, ndim, shape, offset, local);
-    for (int64_t i = 0; i < b.n; i++, block_next(&b))
-        buf[i] = uniform_pm(element_bits(key, b.g), scale);
+    Block b0;
+    block_begin(&b0, ndim, shape, offset, local);
+    /* each element's value depends on its global index alone: pieces of
+     * the block in parallel give the same floats as one walk */
+    const int64_t n = b0.n, pieces = (n + INIT_PIECE - 1) / INIT_PIECE;
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t p = 0; p < pieces; p++) {
+        Block b = b0;
+        block_seek(&b, p * INIT_PIECE);
+        const int64_t end = n - p * INIT_PIECE < INIT_PIECE ? n : (p + 1) * INIT_PIECE;
+        for (int64_t i = p * INIT_PIECE; i < end; i++, block_next(&b))
+            buf[i] = uniform_pm(element_bits(key, b.g), scale);
+    }
 }
 
 /* Lemire's multiply-shift: (32 random bits * hi) >> 32 is in [0, hi). */

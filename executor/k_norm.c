@@ -267,15 +267,6 @@ K_FAST void row_mul(float *restrict y, const float *restrict a, const float *res
     for (; j < n; j++) y[j] = a[j] * b[j];
 }
 
-/* y += a * b */
-K_FAST void row_acc_mul(float *restrict y, const float *restrict a, const float *restrict b,
-                        int64_t n)
-{
-    int64_t j = 0;
-    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++) y[j] += a[j] * b[j];
-    for (; j < n; j++) y[j] += a[j] * b[j];
-}
-
 /* y += a */
 K_FAST void row_acc(float *restrict y, const float *restrict a, int64_t n)
 {
@@ -339,7 +330,9 @@ static int norm_mode(const KernelShape *ks, NormMode *nm, Err *err)
 static int norm_stats(const KernelShape *ks, const Walk *w, const NormMode *nm, const float *x,
                       double *mean, double *rstd, Err *err)
 {
+    const bool par = k_par(w->nouter, w->ninner);
     if (!nm->sync) {
+#pragma omp parallel for schedule(static) if (par)
         for (int64_t i = 0; i < w->nouter; i++) {
             const float *xr = x + w->outer[0][i];
             double s = 0, ss = 0;
@@ -356,6 +349,7 @@ static int norm_stats(const KernelShape *ks, const Walk *w, const NormMode *nm, 
     }
     float *buf = malloc(sizeof *buf * (size_t)(2 * w->nouter + 1));
     if (!buf) return err_set(err, "op %s: out of memory for statistics", ks->op->name);
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < w->nouter; i++) {
         const float *xr = x + w->outer[0][i];
         double s = 0, ss = 0;
@@ -396,7 +390,9 @@ static int norm_fwd(const KernelShape *ks, const void *const *in, float *out, Er
     }
     double *rstd = mean + w.nouter;
     int rc = norm_stats(ks, &w, &nm, x, mean, rstd, err);
-    for (int64_t i = 0; i < w.nouter && !rc; i++) {
+    const int64_t rows = rc ? 0 : w.nouter;
+#pragma omp parallel for schedule(static) if (k_par(rows, w.ninner))
+    for (int64_t i = 0; i < rows; i++) {
         for (int64_t j = 0; j < w.ninner; j++) {
             double y = (x[w.outer[0][i] + w.inner[0][j]] - mean[i]) * rstd[i];
             if (g) y *= g[w.outer[1][i] + w.inner[1][j]];
@@ -438,7 +434,11 @@ static int norm_bwd(const KernelShape *ks, const void *const *in, const float *o
     }
     /* st: mean, rstd, sum(dxh), sum(dxh * xh) per row */
     double *mean = st, *rstd = st + w.nouter, *sdy = st + 2 * w.nouter, *sdyx = st + 3 * w.nouter;
+    /* rows in parallel; layernorm's walk adds every row into one dgamma, so
+     * its last loop stays on one thread */
+    const bool par = k_par(w.nouter, w.ninner);
     if (nm.sync) {
+#pragma omp parallel for schedule(static) if (par)
         for (int64_t i = 0; i < w.nouter; i++) {
             double s = 0, ss = 0, sd = 0, sdx = 0;
             for (int64_t j = 0; j < w.ninner; j++) {
@@ -469,6 +469,7 @@ static int norm_bwd(const KernelShape *ks, const void *const *in, const float *o
         }
     } else {
         if ((rc = norm_stats(ks, &w, &nm, x, mean, rstd, err))) goto done;
+#pragma omp parallel for schedule(static) if (par)
         for (int64_t i = 0; i < w.nouter; i++) {
             double sd = 0, sdx = 0;
             for (int64_t j = 0; j < w.ninner; j++) {
@@ -481,6 +482,7 @@ static int norm_bwd(const KernelShape *ks, const void *const *in, const float *o
             sdyx[i] = sdx;
         }
     }
+#pragma omp parallel for schedule(static) if (par && op->kind == OP_BATCHNORM)
     for (int64_t i = 0; i < w.nouter; i++) {
         double dgi = 0, dbi = 0;  /* batchnorm: one gamma per row */
         for (int64_t j = 0; j < w.ninner; j++) {
@@ -580,14 +582,27 @@ static int ln_fwd_rows(const KernelShape *ks, const Rows *r, const void *const *
     float *unit;
     if (ln_params(r, in, ks->op->nin, &g, &b, &unit, ks->op->name, err)) return -1;
     const int64_t n = r->n;
+#pragma omp parallel for schedule(static) if (k_par(r->rows, n))
     for (int64_t i = 0; i < r->rows; i++)
         ln_out(out + i * n, x + i * n, g, b, n, ln_row(x + i * n, n));
     free(unit);
     return 0;
 }
 
+/* dgamma[j] += dy[j] xh[j], xh computed as ln_xhat does (the same floats) */
+K_FAST void ln_dgamma(float *restrict dgam, const float *restrict dy, const float *restrict x,
+                      int64_t n, LnRow r)
+{
+    int64_t j = 0;
+    for (const int64_t n8 = n & ~(int64_t)7; j < n8; j++)
+        dgam[j] += dy[j] * (((x[j] - r.hi) - r.lo) * r.rstd);
+    for (; j < n; j++) dgam[j] += dy[j] * (((x[j] - r.hi) - r.lo) * r.rstd);
+}
+
 /* Per row, with dg = dy * gamma: dx += rstd (dg - sum(dg)/N - xh sum(dg xh)/N),
- * dgamma += dy xh, dbeta += dy, as norm_bwd. */
+ * dgamma += dy xh, dbeta += dy, as norm_bwd. dx in parallel by rows, each
+ * thread with its own xh and dg rows; dgamma and dbeta by ranges of columns,
+ * adding the rows in order, from each row's statistics kept in `st`. */
 static int ln_bwd_rows(const KernelShape *ks, const Rows *r, const void *const *in,
                        const float *dout, float *const *din, Err *err)
 {
@@ -596,25 +611,36 @@ static int ln_bwd_rows(const KernelShape *ks, const Rows *r, const void *const *
     float *unit, *dx = din[0], *dgam = op->nin > 1 ? din[1] : NULL;
     float *dbet = op->nin > 2 ? din[2] : NULL;
     if (ln_params(r, in, op->nin, &g, NULL, &unit, op->name, err)) return -1;
-    const int64_t n = r->n;
-    float *tmp = k_scratch(2 * n, op->name, err);
+    const int64_t n = r->n, rows = r->rows;
+    const int nt = k_threads();
+    float *tmp = k_scratch(2 * n * nt + (int64_t)(sizeof(LnRow) / sizeof(float)) * rows,
+                           op->name, err);
     if (!tmp) {
         free(unit);
         return -1;
     }
-    float *xh = tmp, *dg = tmp + n;
-    for (int64_t i = 0; i < r->rows; i++) {
+    LnRow *st = (LnRow *)(tmp + 2 * n * nt);
+#pragma omp parallel for schedule(static) if (k_par(rows, n))
+    for (int64_t i = 0; i < rows; i++) {
         const float *xr = x + i * n, *dyr = dout + i * n;
-        LnRow lr = ln_row(xr, n);
-        ln_xhat(xh, xr, n, lr);
+        LnRow lr = st[i] = ln_row(xr, n);
         if (dx) {
+            float *xh = tmp + 2 * n * k_thread(), *dg = xh + n;
+            ln_xhat(xh, xr, n, lr);
             row_mul(dg, dyr, g, n);
             float a = (float)(row_sum(dg, n) / (double)n);
             float c = (float)(row_dot(dg, xh, n) / (double)n);
             ln_dx(dx + i * n, dg, xh, n, lr.rstd, a, c);
         }
-        if (dgam) row_acc_mul(dgam, dyr, xh, n);
-        if (dbet) row_acc(dbet, dyr, n);
+    }
+    const int64_t pieces = dgam || dbet ? (n + K_COLS - 1) / K_COLS : 0;
+#pragma omp parallel for schedule(static) if (k_par(pieces, K_COLS * rows))
+    for (int64_t p = 0; p < pieces; p++) {
+        const int64_t c0 = p * K_COLS, len = n - c0 < K_COLS ? n - c0 : K_COLS;
+        for (int64_t i = 0; i < rows; i++) {
+            if (dgam) ln_dgamma(dgam + c0, dout + i * n + c0, x + i * n + c0, len, st[i]);
+            if (dbet) row_acc(dbet + c0, dout + i * n + c0, len);
+        }
     }
     free(tmp);
     free(unit);
@@ -714,6 +740,7 @@ static void softmax_fwd_rows(const KernelShape *ks, const Rows *r, const float *
 {
     const float scale = (float)ks->op->scale;
     const int64_t n = r->n;
+#pragma omp parallel for schedule(static) if (k_par(r->rows, n))
     for (int64_t i = 0; i < r->rows; i++) {
         const float *xr = x + i * n;
         float *yr = out + i * n;
@@ -783,6 +810,7 @@ int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out
     Rows r;
     if (softmax_rows(&r, ks, din[0], out, dout)) {
         const int64_t n = r.n;
+#pragma omp parallel for schedule(static) if (k_par(r.rows, n))
         for (int64_t i = 0; i < r.rows; i++) {
             const float *yr = out + i * n, *dyr = dout + i * n;
             softmax_dx(din[0] + i * n, yr, dyr, n, (float)op->scale, (float)row_dot(yr, dyr, n));
@@ -876,24 +904,30 @@ static bool ce_rows(Rows *r, const KernelShape *ks)
     return rows_init(r, ks, 2) && r->kind[0] == ROW_ALL && r->kind[1] == ROW_ONE;
 }
 
-/* m, s as ce_lse; e is scratch for one row of N. */
+/* m, s as ce_lse; e is scratch for one row of N per thread (k_threads). */
 static int ce_lse_rows(const KernelShape *ks, const Rows *r, const CeMode *cm, const float *x,
                        float *m, float *s, float *e, Err *err)
 {
     const int64_t n = r->n;
+    const bool par = k_par(r->rows, n);
     if (!cm->split) {
+#pragma omp parallel for schedule(static) if (par)
         for (int64_t i = 0; i < r->rows; i++) {
+            float *ei = e + n * k_thread();
             m[i] = row_max(x + i * n, n, 1.0f);
-            row_exp(e, x + i * n, n, 1.0f, m[i]);
-            s[i] = (float)row_sum(e, n);
+            row_exp(ei, x + i * n, n, 1.0f, m[i]);
+            s[i] = (float)row_sum(ei, n);
         }
         return 0;
     }
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < r->rows; i++) m[i] = row_max(x + i * n, n, 1.0f);
     if (stats_max(ks, m, r->rows, err)) return -1;
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < r->rows; i++) {
-        row_exp(e, x + i * n, n, 1.0f, m[i]);
-        s[i] = (float)row_sum(e, n);
+        float *ei = e + n * k_thread();
+        row_exp(ei, x + i * n, n, 1.0f, m[i]);
+        s[i] = (float)row_sum(ei, n);
     }
     return stats_sum(ks, s, r->rows, err);
 }
@@ -904,7 +938,7 @@ static int ce_fwd_rows(const KernelShape *ks, const Rows *r, const float *x, con
     CeMode cm;
     if (ce_prepare(ks, r->rows, NULL, lab, &cm, err)) return -1;
     const int64_t n = r->n;
-    float *buf = k_scratch(3 * r->rows + n, ks->op->name, err);
+    float *buf = k_scratch(3 * r->rows + n * k_threads(), ks->op->name, err);
     if (!buf) return -1;
     float *m = buf, *s = buf + r->rows, *tgt = buf + 2 * r->rows, *e = buf + 3 * r->rows;
     int rc = ce_lse_rows(ks, r, &cm, x, m, s, e, err);
@@ -938,30 +972,34 @@ K_FAST void row_axpy(float *restrict dx, const float *restrict e, int64_t n, flo
     for (; j < n; j++) dx[j] += e[j] * c;
 }
 
-/* As k_cross_entropy_bwd: dx += p k over the row, then -k at the label. */
+/* As k_cross_entropy_bwd: dx += p k over the row, then -k at the label.
+ * Rows in parallel, each thread with its own row of exps. */
 static int ce_bwd_rows(const KernelShape *ks, const Rows *r, const float *x, const int32_t *lab,
                        const float *dout, float *dx, Err *err)
 {
     CeMode cm;
     if (ce_prepare(ks, r->rows, NULL, lab, &cm, err)) return -1;
     const int64_t n = r->n;
-    float *buf = k_scratch(2 * r->rows + n, ks->op->name, err);
+    float *buf = k_scratch(2 * r->rows + n * k_threads(), ks->op->name, err);
     if (!buf) return -1;
     float *m = buf, *s = buf + r->rows, *e = buf + 2 * r->rows;
     /* the statistics are collective: a rank without dx still takes part */
     int rc = cm.split ? ce_lse_rows(ks, r, &cm, x, m, s, e, err) : 0;
     const double k = dx ? dout[0] / cm.tokens : 0;
-    for (int64_t i = 0; i < r->rows && !rc && dx; i++) {
+    const int64_t rows = rc || !dx ? 0 : r->rows;
+#pragma omp parallel for schedule(static) if (k_par(rows, n))
+    for (int64_t i = 0; i < rows; i++) {
         const float *xr = x + i * n;
         float *dxr = dx + i * n;
         int64_t y = (int64_t)lab[i] - ks->off[cm.v];
         if (cm.split) {
             ce_dx(dxr, xr, n, m[i], (float)(k / s[i]));
         } else {            /* as ce_lse_rows, this row's exps kept for dx */
+            float *ei = e + n * k_thread();
             m[i] = row_max(xr, n, 1.0f);
-            row_exp(e, xr, n, 1.0f, m[i]);
-            s[i] = (float)row_sum(e, n);
-            row_axpy(dxr, e, n, (float)(k / s[i]));
+            row_exp(ei, xr, n, 1.0f, m[i]);
+            s[i] = (float)row_sum(ei, n);
+            row_axpy(dxr, ei, n, (float)(k / s[i]));
         }
         if (y >= 0 && y < n) dxr[y] -= (float)k;
     }

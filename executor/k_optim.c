@@ -9,38 +9,88 @@
 #include <math.h>
 #include <string.h>
 
-#include "executor/kernels.h"
+#include "executor/kernels_internal.h"
 
 /* ----------------------------------------------------------------------------
  * Optimizers */
+
+/* The updates are elementwise: each runs over fixed chunks of the buffer,
+ * the chunks spread over the rank's threads, so a weight's new value does
+ * not depend on how many threads computed it. Within a chunk, fast loops
+ * (K_FAST: vectorised, no FMA) over locals the stores cannot alias. */
+#define OPT_CHUNK 16384
+
+typedef struct {
+    float lr, wd, mom, b1, b2, eps, c1, c2;
+} OptConst;
+
+K_FAST void sgd_run(float *restrict w, const float *restrict g, float *restrict mom, int64_t n,
+                    OptConst c)
+{
+    int64_t n8 = n & ~(int64_t)7;
+    if (mom) {
+        for (int64_t i = 0; i < n8; i++) {
+            float d = c.mom * mom[i] + (g[i] + c.wd * w[i]);
+            mom[i] = d;
+            w[i] -= c.lr * d;
+        }
+        for (int64_t i = n8; i < n; i++) {
+            float d = c.mom * mom[i] + (g[i] + c.wd * w[i]);
+            mom[i] = d;
+            w[i] -= c.lr * d;
+        }
+        return;
+    }
+    for (int64_t i = 0; i < n8; i++) w[i] -= c.lr * (g[i] + c.wd * w[i]);
+    for (int64_t i = n8; i < n; i++) w[i] -= c.lr * (g[i] + c.wd * w[i]);
+}
 
 /* PyTorch's SGD: g' = g + wd * w; mom = momentum * mom + g'; w -= lr * mom.
  * With mom NULL (or momentum 0) the step is plain w -= lr * g'. */
 void kernel_sgd(float *w, const float *g, float *mom, int64_t n, const OptimHyper *h)
 {
-    for (int64_t i = 0; i < n; i++) {
-        float d = g[i] + h->weight_decay * w[i];
-        if (mom) {
-            mom[i] = h->momentum * mom[i] + d;
-            d = mom[i];
-        }
-        w[i] -= h->lr * d;
+    OptConst c = { .lr = h->lr, .wd = h->weight_decay, .mom = h->momentum };
+    int64_t chunks = (n + OPT_CHUNK - 1) / OPT_CHUNK;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int64_t k = 0; k < chunks; k++) {
+        int64_t o = k * OPT_CHUNK, len = n - o < OPT_CHUNK ? n - o : OPT_CHUNK;
+        sgd_run(w + o, g + o, mom ? mom + o : NULL, len, c);
     }
+}
+
+K_FAST void adam_run(float *restrict w, const float *restrict g, float *restrict m,
+                     float *restrict v, int64_t n, OptConst c)
+{
+    float a1 = 1 - c.b1, a2 = 1 - c.b2;
+    int64_t n8 = n & ~(int64_t)7;
+#define ADAM_ONE(i)                                                             \
+    do {                                                                        \
+        float mi = c.b1 * m[i] + a1 * g[i], vi = c.b2 * v[i] + a2 * g[i] * g[i]; \
+        m[i] = mi;                                                              \
+        v[i] = vi;                                                              \
+        w[i] -= c.lr * (c.wd * w[i] + mi * c.c1 / (sqrtf(vi * c.c2) + c.eps));  \
+    } while (0)
+    for (int64_t i = 0; i < n8; i++) ADAM_ONE(i);
+    for (int64_t i = n8; i < n; i++) ADAM_ONE(i);
+#undef ADAM_ONE
 }
 
 /* AdamW (Loshchilov and Hutter): the decay acts on the weights directly,
  * w -= lr * wd * w, outside the adaptive step
- * w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). */
+ * w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). One pass over
+ * the four buffers. */
 void kernel_adam(float *w, const float *g, float *m, float *v, int64_t n, int64_t step,
                  const OptimHyper *h)
 {
     double t = (double)(step > 0 ? step : 1);
-    float c1 = (float)(1 / (1 - pow(h->beta1, t))), c2 = (float)(1 / (1 - pow(h->beta2, t)));
-    for (int64_t i = 0; i < n; i++) {
-        m[i] = h->beta1 * m[i] + (1 - h->beta1) * g[i];
-        v[i] = h->beta2 * v[i] + (1 - h->beta2) * g[i] * g[i];
-        float mh = m[i] * c1, vh = v[i] * c2;
-        w[i] -= h->lr * (h->weight_decay * w[i] + mh / (sqrtf(vh) + h->eps));
+    OptConst c = { .lr = h->lr, .wd = h->weight_decay, .b1 = h->beta1, .b2 = h->beta2,
+                   .eps = h->eps, .c1 = (float)(1 / (1 - pow(h->beta1, t))),
+                   .c2 = (float)(1 / (1 - pow(h->beta2, t))) };
+    int64_t chunks = (n + OPT_CHUNK - 1) / OPT_CHUNK;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int64_t k = 0; k < chunks; k++) {
+        int64_t o = k * OPT_CHUNK, len = n - o < OPT_CHUNK ? n - o : OPT_CHUNK;
+        adam_run(w + o, g + o, m + o, v + o, len, c);
     }
 }
 
@@ -102,11 +152,13 @@ static float half_to_float(uint16_t h)
 
 void kernel_to_fp16(const float *x, uint16_t *h, int64_t n)
 {
+#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
     for (int64_t i = 0; i < n; i++) h[i] = half_from_float(x[i]);
 }
 
 void kernel_from_fp16(const uint16_t *h, float *x, int64_t n)
 {
+#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
     for (int64_t i = 0; i < n; i++) x[i] = half_to_float(h[i]);
 }
 
@@ -118,12 +170,15 @@ void kernel_from_fp16(const uint16_t *h, float *x, int64_t n)
 
 float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n)
 {
+    /* the largest magnitude is the same whichever thread finds it */
     float amax = 0;
+#pragma omp parallel for schedule(static) reduction(max : amax) if (n >= 2 * K_PIECE)
     for (int64_t i = 0; i < n; i++) {
         float a = fabsf(x[i] + (e ? e[i] : 0));
         if (a > amax) amax = a;
     }
     float scale = amax / 127;
+#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
     for (int64_t i = 0; i < n; i++) {
         float y = x[i] + (e ? e[i] : 0);
         long r = scale > 0 ? lrintf(y / scale) : 0;
@@ -137,6 +192,7 @@ float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n)
 
 void kernel_int8_decode(const int8_t *q, float scale, float *x, int64_t n)
 {
+#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
     for (int64_t i = 0; i < n; i++) x[i] = (float)q[i] * scale;
 }
 

@@ -68,6 +68,12 @@ int kernel_forward(const KernelShape *ks, const void *const *in, float *out, Err
 int kernel_backward(const KernelShape *ks, const void *const *in, const float *out,
                     const float *dout, float *const *din, Err *err);
 
+/* --- flat buffers, on all of the rank's threads ---------------------------- */
+void kernel_zero(void *p, size_t bytes);
+void kernel_copy(void *dst, const void *src, size_t bytes);   /* may overlap */
+void kernel_axpy(float *y, const float *x, float a, int64_t n); /* y += a x */
+void kernel_fill(float *x, float v, int64_t n);
+
 /* --- optimizers (in place, n elements) ------------------------------------ */
 typedef struct {
     float lr, momentum, beta1, beta2, eps, weight_decay;

@@ -134,6 +134,41 @@ extern bool k_fast_paths;
 #define K_FAST static __attribute__((noinline))
 #endif
 
+/* --- threads ----------------------------------------------------------------
+ * Every kernel runs on the rank's OpenMP threads, the pool OpenBLAS's OpenMP
+ * build runs on too (blas_set_threads sets their number), so the two never
+ * run more threads than the rank has cores, and no thread spins while the
+ * other kind works. Work is cut into pieces whose bounds do not depend on the
+ * number of threads (K_PIECE elements of a flat buffer, a row, an image
+ * plane, a range of columns), each output element is written by exactly one
+ * piece, and a piece runs its loops in the order a serial run does: results
+ * are bitwise the same for any thread count. Work of less than two pieces
+ * runs on the calling thread, with no parallel region to pay for. */
+#define K_PIECE 16384
+
+/* Pieces of K_PIECE elements covering n; piece k is [k * K_PIECE, + k_piece_len). */
+static inline int64_t k_pieces(int64_t n) { return (n + K_PIECE - 1) / K_PIECE; }
+static inline int64_t k_piece_len(int64_t n, int64_t k)
+{
+    return n - k * K_PIECE < K_PIECE ? n - k * K_PIECE : K_PIECE;
+}
+
+/* Whether `count` items of `each` elements are worth a parallel loop. */
+static inline bool k_par(int64_t count, int64_t each)
+{
+    return count > 1 && count * each >= 2 * K_PIECE;
+}
+
+/* Column pieces for a sum over rows into a vector of n columns (a bias's or
+ * a norm's gradient): each thread owns whole columns and adds the rows in
+ * order. Pieces of K_COLS columns. */
+#define K_COLS 128
+
+/* The threads a parallel loop may use now, and the calling one's number
+ * (per-thread scratch is indexed by it). */
+int k_threads(void);
+int k_thread(void);
+
 /* n1 floats at a and n2 floats at b share no byte (the promise `restrict`
  * makes in the fast loops). */
 static inline bool k_apart(const void *a, int64_t n1, const void *b, int64_t n2)

@@ -13,6 +13,7 @@
  */
 #include "executor/runtime.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -587,21 +588,30 @@ static int warm_up(Runtime *rt, Err *err)
     int rc = 0;
     for (int v = 0; v < pr->nvalues && !rc; v++)
         if (pr->values[v].kind == VAL_PARAM_GRAD && !val(rt, v, err)) rc = -1;
-    float **tmp = xcalloc((size_t)pr->nvalues, sizeof *tmp);
+    /* the state first: made after the walk, it would push the walk's cached
+     * blocks out of the pool's bound */
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
         const Instr *in = &pr->instrs[i];
         if (in->kind == I_COMPUTE && in->op < 0 && in->phase == PH_UPDATE) {
             UpdateSpan u = update_span(rt, in);
             rc = update_state(rt, in, &u, err);
-            continue;
         }
-        if (in->kind != I_ALLOC && in->kind != I_FREE) continue;
-        int32_t v = pr->args[in->arg0];
-        if (v < 0 || rt->buf[v]) continue;
-        if (in->kind == I_ALLOC && !tmp[v] && !(tmp[v] = dscratch(rt, rt->numel[v], err))) rc = -1;
-        if (in->kind == I_FREE && tmp[v]) {
-            drelease(rt, tmp[v]);
-            tmp[v] = NULL;
+    }
+    float **tmp = xcalloc((size_t)pr->nvalues, sizeof *tmp);
+    for (int i = 0; i < pr->ninstrs && !rc; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind == I_COMPUTE && in->op < 0 && in->phase == PH_UPDATE) continue;
+        /* every value an instruction touches is made when first touched
+         * (val), an alloc's or not, and goes back at its free */
+        for (int k = 0; k < in->nargs && !rc; k++) {
+            int32_t v = pr->args[in->arg0 + k];
+            if (v < 0 || rt->buf[v]) continue;
+            if (in->kind != I_FREE && !tmp[v] && !(tmp[v] = dscratch(rt, rt->numel[v], err)))
+                rc = -1;
+            if (in->kind == I_FREE && tmp[v]) {
+                drelease(rt, tmp[v]);
+                tmp[v] = NULL;
+            }
         }
     }
     for (int v = 0; v < pr->nvalues; v++) drelease(rt, tmp[v]);
@@ -1217,6 +1227,17 @@ static int group_ranks(const Runtime *rt, AxisMask mask, int *ranks, int *me)
     return n;
 }
 
+/* What the step's code takes from malloc rather than from the pool (kernel
+ * scratch, the MPI library's temporary buffers for a collective) stays in
+ * the heap once freed, up to 32 MiB a block, so a steady step faults no
+ * page in: glibc would otherwise map such blocks afresh each time, or trim
+ * the heap that held them. Process-wide, and only ever raised. */
+static void keep_heap(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
                 const RunConfig *cfg, Err *err)
 {
@@ -1224,6 +1245,7 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         err_set(err, "the strategy needs %d ranks, this run has %d", s->world, comm->world);
         return NULL;
     }
+    keep_heap();
     Runtime *rt = xcalloc(1, sizeof *rt);
     pthread_mutex_init(&rt->lk, NULL);
     pthread_cond_init(&rt->cv, NULL);
@@ -1531,6 +1553,7 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     pool_stats(rt->pool, &ps1);
     st->held_mem_bytes = (double)ps1.held_high;
     st->device_allocs = ps1.device_allocs - ps0.device_allocs;
+    st->buffer_requests = st->device_allocs + ps1.reuses - ps0.reuses;
     if (st->idle_s < 0) st->idle_s = 0;
     return rc;
 }

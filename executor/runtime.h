@@ -70,6 +70,7 @@ typedef struct {
                              * cached) since the start */
     int64_t device_allocs;  /* blocks the pool asked of the device during the step
                              * (0 in steady state) */
+    int64_t buffer_requests; /* buffers the step asked of its pool (cached or not) */
 } StepStat;
 
 typedef struct Runtime Runtime;

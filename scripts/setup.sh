@@ -5,9 +5,10 @@
 set -eu
 
 # build-essential brings make and the C compiler; the rest are the libraries
-# strata uses (SQLite, cJSON, libmicrohttpd, OpenBLAS, Open MPI, cmocka).
+# strata uses (SQLite, cJSON, libmicrohttpd, OpenBLAS in its OpenMP build,
+# Open MPI, cmocka).
 need="build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libmicrohttpd-dev
-libopenblas-dev openmpi-bin libopenmpi-dev libcmocka-dev"
+libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp openmpi-bin libopenmpi-dev libcmocka-dev"
 
 missing=""
 for p in $need; do
