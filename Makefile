@@ -65,6 +65,14 @@ BENCH_SRC:= $(wildcard bench/bench_*.c)
 MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
+
+# The identity of the kernels (executor/build.h): a hash of the sources that
+# decide an op's time, and of the flags and BLAS they are built with. A
+# profile records it; estimates warn when it changed since.
+KERNEL_SRC := $(sort $(wildcard executor/k_*.c executor/kernels*.[ch] executor/device*.[ch] \
+                executor/blas.[ch] executor/cuda/*.cu executor/cuda/*.h executor/cuda/*.cuh))
+KERNELS_ID := $(shell (cat $(KERNEL_SRC); echo '$(CFLAGS) $(NVFLAGS) $(OPENBLAS_DIR)') | \
+                sha256sum | cut -c1-12)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -90,6 +98,9 @@ setup:
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/executor/build.o: CFLAGS += -DSTRATA_KERNELS_ID='"$(KERNELS_ID)"'
+$(BUILD)/executor/build.o: $(KERNEL_SRC) Makefile
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)

@@ -118,6 +118,7 @@ int cmd_estimate(int argc, char **argv)
     if (!(s = strategy_load(args_get(&a, "strategy"), g, c, &err))) goto out;
     if (predictor_load(db, args_get(&a, "costmodel"), 0, c, &pd, &err)) goto out;
     have_pd = true;
+    if (pd.warning[0]) fprintf(stderr, "strata estimate: warning: %s\n", pd.warning);
     EstimateOpts o = { .db_path = args_has(&a, "no-store") ? NULL : db, .pred = &pd,
                        .trace = args_get(&a, "svg") != NULL };
     if (job_estimate(g, c, s, &o, &e, &err)) goto out;

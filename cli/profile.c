@@ -29,6 +29,7 @@
 #include "launch.h"
 #include "db/db.h"
 #include "executor/blas.h"
+#include "executor/build.h"
 #include "executor/comm.h"
 #include "ir/cluster.h"
 #include "ir/graph.h"
@@ -443,6 +444,18 @@ done:
     return rc;
 }
 
+/* This build's kernels and the threads each of per_node ranks measures
+ * with (the profile's build JSON; cJSON_free it). */
+static char *build_text(int per_node)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int t = per_node > 0 && cores / per_node > 0 ? (int)(cores / per_node) : 1;
+    cJSON *j = build_json(t, per_node > 0 ? per_node : 1);
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return text;
+}
+
 static void host_name(char *buf, int n)
 {
     if (gethostname(buf, (size_t)n) != 0) snprintf(buf, n, "localhost");
@@ -505,9 +518,11 @@ static int profile_ranks(const Opts *o)
         db = db_open(o->db_path, &err);
         if (!db) rc = -1;
         if (!rc && !env) {
+            char *build = build_text(per_node);
             DbProfile p = { .host = host, .device = "cpu", .backend = "cpu", .ranks = world,
-                            .quick = o->quick };
+                            .quick = o->quick, .build_json = build };
             rc = db_profile_begin(db, &p, &id, &err);
+            cJSON_free(build);
             if (!rc && !o->quiet) fprintf(stderr, "profile %lld: %d ranks\n", (long long)id, world);
             if (!rc) rc = measure_device(o, db, id, per_node, &d, &err);
             OpBatch b = { .db = db, .id = id, .last = prof_now() };
@@ -634,10 +649,13 @@ int cmd_profile(int argc, char **argv)
     }
     char host[128];
     host_name(host, sizeof host);
+    char *build = build_text(o.ranks);
     DbProfile p = { .host = host, .device = "cpu", .backend = "cpu", .ranks = o.ranks,
-                    .quick = o.quick };
+                    .quick = o.quick, .build_json = build };
     int64_t id = 0;
-    if (db_profile_begin(db, &p, &id, &err)) {
+    int begun = db_profile_begin(db, &p, &id, &err);
+    cJSON_free(build);
+    if (begun) {
         fprintf(stderr, "strata profile: cannot store a profile in %s: %s\n", o.db_path, err.msg);
         db_close(db);
         return 1;
@@ -746,6 +764,8 @@ static cJSON *profile_json(const DbProfile *p, const DbProfileOp *ops, int nops,
     cJSON_AddNumberToObject(d, "mem_bw", p->mem_bw);
     cJSON_AddNumberToObject(d, "mem_bytes", p->mem_bytes);
     if (p->notes) cJSON_AddStringToObject(d, "notes", p->notes);
+    cJSON *b = p->build_json ? cJSON_Parse(p->build_json) : NULL;
+    cJSON_AddItemToObject(o, "build", b ? b : cJSON_CreateNull());
     cJSON *arr = cJSON_AddArrayToObject(o, "ops");
     for (int i = 0; i < nops; i++) {
         cJSON *x = cJSON_CreateObject();
@@ -884,6 +904,27 @@ static void print_link_tables(const DbProfileLink *l, int nl, const DbProfileFit
     }
 }
 
+/* The build that measured the profile, and whether it is this one. */
+static void print_build(const DbProfile *p)
+{
+    cJSON *b = p->build_json ? cJSON_Parse(p->build_json) : NULL;
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(b, "kernels"),
+                *bl = cJSON_GetObjectItemCaseSensitive(b, "blas"),
+                *t = cJSON_GetObjectItemCaseSensitive(b, "threads"),
+                *r = cJSON_GetObjectItemCaseSensitive(b, "ranks_per_node");
+    if (!cJSON_IsString(k)) {
+        printf("  build: not recorded (a profile from before strata recorded builds)\n");
+    } else {
+        printf("  build: kernels %s (%s), %s; %d thread%s per rank, %d rank%s per node\n",
+               k->valuestring, strcmp(k->valuestring, build_kernels_id()) == 0
+                                   ? "this build" : "not this build",
+               cJSON_IsString(bl) ? bl->valuestring : "BLAS unknown",
+               cJSON_IsNumber(t) ? t->valueint : 0, cJSON_IsNumber(t) && t->valueint == 1 ? "" : "s",
+               cJSON_IsNumber(r) ? r->valueint : 0, cJSON_IsNumber(r) && r->valueint == 1 ? "" : "s");
+    }
+    cJSON_Delete(b);
+}
+
 int cmd_profile_show(int argc, char **argv)
 {
     Args a;
@@ -926,6 +967,7 @@ int cmd_profile_show(int argc, char **argv)
         printf("  peak f32 matmul %.1f GFLOP/s, memory %.1f GB/s, %.1f GiB%s%s\n",
                p.peak_flops / 1e9, p.mem_bw / 1e9, p.mem_bytes / (1 << 30), p.notes ? "; " : "",
                p.notes ? p.notes : "");
+        print_build(&p);
         print_op_table(&p, ops, nops);
         if (nl) print_link_tables(l, nl, f, nf);
         else printf("\nlinks: none measured\n");

@@ -222,6 +222,7 @@ int cmd_search(int argc, char **argv)
     }
     if (predictor_load(db, args_get(&a, "costmodel"), 0, c, &pd, &err)) goto out;
     have_pd = true;
+    if (pd.warning[0]) fprintf(stderr, "strata search: warning: %s\n", pd.warning);
     if (args_get(&a, "log") && !(log = fopen(args_get(&a, "log"), "w"))) {
         err_set(&err, "--log %s: cannot write it", args_get(&a, "log"));
         goto out;

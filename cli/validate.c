@@ -99,6 +99,7 @@ int cmd_validate(int argc, char **argv)
         fprintf(stderr, "strata: %s\n", err.msg);
         return EXIT_FAILURE;
     }
+    if (v.warning[0]) fprintf(stderr, "strata validate: warning: %s\n", v.warning);
     if (args_has(&a, "json")) {
         char *t = cJSON_Print(v.json);
         puts(t);

@@ -270,6 +270,10 @@ static const char *const migrations[] = {
     "ALTER TABLE searches ADD COLUMN seed        INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE searches ADD COLUMN result_json TEXT;"
     "ALTER TABLE searches ADD COLUMN policy      BLOB;",
+
+    /* 5: the build of the kernels and the thread layout a profile measured
+     * (executor/build.h), so that estimates can tell when it is stale */
+    "ALTER TABLE profiles ADD COLUMN build_json TEXT;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1075,7 +1079,7 @@ void db_run_list_free(DbRun *rows, int n)
 #define PROFILE_SELECT                                                                   \
     "SELECT p.id, p.host, p.device, p.backend, p.started, p.finished, p.complete,"       \
     " p.status, p.ranks, p.quick, p.peak_flops, p.mem_bw, p.mem_bytes, p.notes,"         \
-    " p.cluster_json,"                                                                   \
+    " p.cluster_json, p.build_json,"                                                     \
     " (SELECT count(*) FROM profile_ops o WHERE o.profile_id = p.id),"                   \
     " (SELECT count(*) FROM profile_links l WHERE l.profile_id = p.id),"                 \
     " (SELECT count(*) FROM profile_fits f WHERE f.profile_id = p.id)"                   \
@@ -1099,9 +1103,10 @@ static void read_profile(sqlite3_stmt *st, void *out)
     p->mem_bytes = sqlite3_column_double(st, 12);
     p->notes = col_str(st, 13);
     p->cluster_json = col_str(st, 14);
-    p->nops = sqlite3_column_int(st, 15);
-    p->nlinks = sqlite3_column_int(st, 16);
-    p->nfits = sqlite3_column_int(st, 17);
+    p->build_json = col_str(st, 15);
+    p->nops = sqlite3_column_int(st, 16);
+    p->nlinks = sqlite3_column_int(st, 17);
+    p->nfits = sqlite3_column_int(st, 18);
 }
 
 static void read_profile_op(sqlite3_stmt *st, void *out)
@@ -1222,7 +1227,8 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
         return err_set(err, "starting a profile: ranks is %d; at least 1 process measures",
                        p->ranks);
     SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO profiles (host, device, backend, ranks, quick, notes) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO profiles (host, device, backend, ranks, quick, notes, build_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
         -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->host, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->device, -1, SQLITE_STATIC));
@@ -1230,6 +1236,7 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
     SQL_CHECK(sqlite3_bind_int(st, 4, p->ranks));
     SQL_CHECK(sqlite3_bind_int(st, 5, p->quick != 0));
     SQL_CHECK(sqlite3_bind_text(st, 6, p->notes, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 7, p->build_json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
     sqlite3_finalize(st);
     *id = sqlite3_last_insert_rowid(db->h);
@@ -1519,8 +1526,9 @@ void db_profile_free(DbProfile *p)
     free(p->status);
     free(p->notes);
     free(p->cluster_json);
+    free(p->build_json);
     p->host = p->device = p->backend = p->started = p->finished = p->status = NULL;
-    p->notes = p->cluster_json = NULL;
+    p->notes = p->cluster_json = p->build_json = NULL;
 }
 
 void db_profile_list_free(DbProfile *rows, int n)

@@ -129,6 +129,9 @@ typedef struct {
     double mem_bytes;      /* per device */
     char *notes;           /* free text: BLAS core, threads, ... (may be NULL) */
     char *cluster_json;    /* the cluster written at the end (NULL before) */
+    char *build_json;      /* the kernels' build and thread layout that measured it
+                            * (executor/build.h); NULL for profiles made before
+                            * builds were recorded */
     int nops, nlinks, nfits;   /* sample counts, filled by get and list */
 } DbProfile;
 

@@ -9,6 +9,7 @@
 
 #include "jobs.h"
 #include "db/db.h"
+#include "executor/build.h"
 #include "ir/util.h"
 
 int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const Strategy *s,
@@ -40,14 +41,17 @@ int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const 
 #define ANALYTIC_ERROR 0.10
 
 /* Adds the link fits of profile id to the predictor, for the levels its
- * cluster shares with the profiled machine; returns how many. */
-static int add_fits(Db *db, int64_t id, LinkModel *m)
+ * cluster shares with the profiled machine; returns how many. Warns when the
+ * profile came from another build of the kernels. */
+static int add_fits(Db *db, int64_t id, Predictor *pd)
 {
     DbProfile prof;
     DbProfileFit *fits = NULL;
     int nfits = 0, used = 0;
     Err ignore = { { 0 } };
+    LinkModel *m = pd->links;
     if (db_profile_get(db, id, &prof, NULL, NULL, NULL, NULL, &fits, &nfits, &ignore)) return 0;
+    build_check_profile(prof.build_json, (long long)id, pd->warning, sizeof pd->warning);
     for (int k = 0; k < nfits; k++)
         if (linkmodel_add_fit(m, fits[k].collective, fits[k].group_size, fits[k].level,
                               fits[k].alpha_s, fits[k].beta_s, &ignore) == 0)
@@ -100,7 +104,7 @@ int predictor_load(const char *db_path, const char *costmodel_id, int64_t profil
         pd->ops = opmodel_analytic();
     }
     pd->profile_id = profile_id;
-    int used = profile_id > 0 ? add_fits(db, profile_id, pd->links) : 0;
+    int used = profile_id > 0 ? add_fits(db, profile_id, pd) : 0;
     if (used)
         snprintf(pd->link_model, sizeof pd->link_model, "profile %lld alpha-beta fits (%d; "
                  "analytic from cluster %s where none)", (long long)profile_id, used, c->name);
@@ -143,6 +147,9 @@ int job_estimate(const Graph *g, const Cluster *c, const Strategy *s, const Esti
     e->simulate_s = now_s() - t0;
     e->json = sim_result_json(&e->sim, s, pd->op_model, pd->link_model);
     if (pd->cost_model_id[0]) cJSON_AddStringToObject(e->json, "cost_model_id", pd->cost_model_id);
+    if (pd->warning[0])
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(e->json, "warnings"),
+                             cJSON_CreateString(pd->warning));
     cJSON_AddNumberToObject(e->json, "lower_s", e->lower_s);
     cJSON_AddNumberToObject(e->json, "simulate_s", e->simulate_s);
     cJSON_AddStringToObject(e->json, "strategy_id", s->id);

@@ -398,6 +398,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     have_pd = true;
     memcpy(v->cost_model_id, pd.cost_model_id, 17);
     snprintf(v->op_model, sizeof v->op_model, "%s", pd.op_model);
+    snprintf(v->warning, sizeof v->warning, "%s", pd.warning);
     if (!mkdtemp(dir)) {
         err_set(err, "validate: cannot make a scratch folder: %s", strerror(errno));
         goto fail;
@@ -526,6 +527,9 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     cJSON_AddNumberToObject(v->json, "profile_id", (double)prof.id);
     if (v->cost_model_id[0]) cJSON_AddStringToObject(v->json, "cost_model_id", v->cost_model_id);
     cJSON_AddStringToObject(v->json, "op_model", v->op_model);
+    if (v->warning[0])
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(v->json, "warnings"),
+                             cJSON_CreateString(v->warning));
     cJSON_AddNumberToObject(v->json, "threads_per_rank", threads);
     cJSON_AddNumberToObject(v->json, "plans", v->nok);
     cJSON_AddNumberToObject(v->json, "mape_step_time", v->mape_time);

@@ -23,9 +23,10 @@
 #include <sqlite3.h>
 
 #include "db/db.h"
+#include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 4
+#define LATEST 5
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -668,7 +669,8 @@ static void test_cascades(void **state)
 static DbProfile profile_row(void)
 {
     return (DbProfile){.host = "node7", .device = "cpu", .backend = "cpu", .ranks = 4,
-                       .quick = 1, .notes = "OMP_NUM_THREADS=1"};
+                       .quick = 1, .notes = "OMP_NUM_THREADS=1",
+                       .build_json = "{\"kernels\":\"0123456789ab\",\"threads\":1}"};
 }
 
 /* Three op samples, given out of the order get returns them in. */
@@ -775,6 +777,7 @@ static void test_profile_round_trip(void **state)
     assert_null(got.finished);
     assert_null(got.cluster_json);
     assert_string_equal(got.notes, "OMP_NUM_THREADS=1");
+    assert_string_equal(got.build_json, "{\"kernels\":\"0123456789ab\",\"threads\":1}");
     assert_true(got.peak_flops == 0 && got.mem_bw == 0 && got.mem_bytes == 0);
     assert_int_equal(got.nops + got.nlinks + got.nfits, 0);
     db_profile_free(&got);
@@ -1051,10 +1054,20 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* Takes migration 4 back out of a database at version 4, by hand, leaving
- * it at version 3. */
+/* Takes migration 5 back out of a database at version 5, by hand, leaving
+ * it at version 4. */
+static void take_back_v5(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE profiles DROP COLUMN build_json;"
+        "PRAGMA user_version = 4;");
+}
+
+/* Takes migrations 5 and 4 back out of a database at version 5, by hand,
+ * leaving it at version 3. */
 static void take_back_v4(sqlite3 *h)
 {
+    take_back_v5(h);
     raw_exec(h,
         "ALTER TABLE searches DROP COLUMN devices;"
         "ALTER TABLE searches DROP COLUMN seed;"
@@ -1063,7 +1076,7 @@ static void take_back_v4(sqlite3 *h)
         "PRAGMA user_version = 3;");
 }
 
-/* Takes migrations 4 and 3 back out of a database at version 4, by hand,
+/* Takes migrations 5 to 3 back out of a database at version 5, by hand,
  * leaving it at version 2. */
 static void take_back_v3(sqlite3 *h)
 {
@@ -1838,6 +1851,40 @@ static void test_migration_from_v2(void **state)
     db_validation_free(&got);
 }
 
+/* A profile stored before migration 5 reads back with no build, and an
+ * estimate from it warns that nothing says which kernels measured it. */
+static void test_migration_from_v4(void **state)
+{
+    Fx *fx = *state;
+    db_close(fx->db);
+    fx->db = NULL;
+    sqlite3 *h = raw_open(fx->path);
+    take_back_v5(h);
+    raw_exec(h, "INSERT INTO profiles (id, host, device, backend) VALUES (1, 'h', 'cpu', 'cpu');");
+    sqlite3_close(h);
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+    assert_int_equal(db_schema_version(fx->db), LATEST);
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, 1, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_string_equal(got.host, "h");
+    assert_null(got.build_json);
+    char w[512];
+    assert_int_equal(build_check_profile(got.build_json, got.id, w, sizeof w), 1);
+    assert_non_null(strstr(w, "profile 1 does not say which build of the kernels measured it"));
+    db_profile_free(&got);
+
+    /* this build's own identity passes; another's is named */
+    char js[128];
+    snprintf(js, sizeof js, "{\"kernels\":\"%s\"}", build_kernels_id());
+    assert_int_equal(build_check_profile(js, 7, w, sizeof w), 0);
+    assert_string_equal(w, "");
+    assert_int_equal(build_check_profile("{\"kernels\":\"ffffffffffff\"}", 7, w, sizeof w), 1);
+    assert_non_null(strstr(w, "profile 7 was measured by another build of the kernels "
+                              "(ffffffffffff; this build is"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1872,6 +1919,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v2, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_from_v4, setup_open, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
