@@ -629,6 +629,37 @@ static CommGroup *group_of(Runtime *rt, const Instr *in, Err *err)
     return gr;
 }
 
+/* The gradient all-reduces of a step, started in program order and
+ * waited for together, once before the first step on the zeroed gradients
+ * (a sum of zeros changes nothing): the communication library's first-use
+ * costs (its temporary buffers growing the heap, its schedules) are paid
+ * here rather than in step 0, as the pool's are in warm_up. */
+static int warm_collectives(Runtime *rt, Err *err)
+{
+    const Program *pr = rt->pr;
+    if (rt->comm->world < 2 || !rt->comm->ops) return 0;
+    CommReq **reqs = xcalloc((size_t)pr->ninstrs + 1, sizeof *reqs);
+    int n = 0, rc = 0;
+    for (int i = 0; i < pr->ninstrs && !rc; i++) {
+        const Instr *in = &pr->instrs[i];
+        if (in->kind != I_ALLREDUCE || in->compress != COMPRESS_NONE ||
+            (in->why != WHY_GRAD_SYNC && in->why != WHY_TIED))
+            continue;
+        int32_t v = pr->args[in->arg0];
+        if (pr->args[in->arg0 + 1] != v || pr->values[v].kind != VAL_PARAM_GRAD || !rt->buf[v])
+            continue;
+        CommGroup *gr = group_of(rt, in, err);
+        if (!gr || dev_sync(rt, err) ||
+            rt->comm->ops->iallreduce(gr, rt->buf[v], rt->numel[v], CT_F32, RED_SUM, &reqs[n++],
+                                      err))
+            rc = -1;
+    }
+    for (int k = 0; k < n; k++)
+        if (rt->comm->ops->wait(reqs[k], rc ? NULL : err)) rc = -1;
+    free(reqs);
+    return rc;
+}
+
 /* PowerSGD (Vogels et al., 2019), rank r, with error feedback, in the two
  * all-reduces the lowering emits: P = M Q summed and orthonormalised, then
  * Q = M^T P summed; the gradient becomes P Q^T (a sum over the group, as an
@@ -1338,7 +1369,7 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         goto fail;
     for (int v = 0; v < nv; v++)
         if (rt->pr->values[v].kind == VAL_PARAM && init_param(rt, v, err)) goto fail;
-    if (warm_up(rt, err)) goto fail;
+    if (warm_up(rt, err) || warm_collectives(rt, err)) goto fail;
     if (!cfg->no_overlap && comm->world > 1)
         rt->prog_on = pthread_create(&rt->prog, NULL, progress_main, rt) == 0;
     return rt;
