@@ -29,6 +29,7 @@
  * per block, esize = bytes per element.
  */
 #include "executor/comm.h"
+#include "executor/kernels.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -153,7 +154,13 @@ static uint16_t f32_to_bf16(float f)
             b[i] = from32(expr);                                                 \
         }                                                                        \
     }
-HALF_OP(op_f16_sum, f16_to_f32, f32_to_f16, x + y)
+/* the sum, the one compressed gradients use: the same rounding in the
+ * kernels' vectorised conversions */
+static void op_f16_sum(void *in, void *inout, int *len, MPI_Datatype *dt)
+{
+    (void)dt;
+    kernel_half_sum(in, inout, *len);
+}
 HALF_OP(op_f16_max, f16_to_f32, f32_to_f16, (x > y || y != y) ? x : y)
 HALF_OP(op_bf16_sum, bf16_to_f32, f32_to_bf16, x + y)
 HALF_OP(op_bf16_max, bf16_to_f32, f32_to_bf16, (x > y || y != y) ? x : y)

@@ -88,6 +88,12 @@ void kernel_adam(float *w, const float *g, float *m, float *v, int64_t n, int64_
 /* IEEE half precision, round to nearest even. */
 void kernel_to_fp16(const float *x, uint16_t *h, int64_t n);
 void kernel_from_fp16(const uint16_t *h, float *x, int64_t n);
+/* b[i] = half(float(a[i]) + float(b[i])), rounded to nearest even: the sum a
+ * half-precision all-reduce combines with. One thread. */
+void kernel_half_sum(const uint16_t *a, uint16_t *b, int64_t n);
+/* false: the conversions above take the portable integer path even where
+ * the CPU converts in hardware (the tests compare the two). */
+extern bool kernel_fp16_hardware;
 /* int8 with one scale per buffer and error feedback: q = round((x + e) / scale),
  * e <- (x + e) - q * scale. Returns the scale (max |x + e| / 127). */
 float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n);

@@ -1146,6 +1146,42 @@ static void test_fp16_known(void **state)
 
 /* Every half value survives half -> float -> half; random floats go to the
  * nearest half (ties to an even mantissa). */
+/* The hardware conversions (F16C, where the CPU has them) against the
+ * portable integer ones: every half widened, a million float bit patterns
+ * (normals, subnormals, both infinities, NaNs with payloads) rounded, and
+ * sums of halves, bit for bit. */
+static void test_fp16_hardware_matches(void **state)
+{
+    (void)state;
+    enum { NH = 65536, NF = 1 << 20 };
+    uint16_t *h = xmalloc(sizeof *h * NH), *q[2], *s[2];
+    float *f[2], *x = xmalloc(sizeof *x * NF);
+    for (int p = 0; p < 2; p++) {
+        f[p] = xmalloc(sizeof *f[p] * NF);
+        q[p] = xmalloc(sizeof *q[p] * NF);
+        s[p] = xmalloc(sizeof *s[p] * NH);
+    }
+    for (int i = 0; i < NH; i++) h[i] = (uint16_t)i;
+    for (int i = 0; i < NF; i++) {
+        uint32_t b = (uint32_t)i * 4093u + (uint32_t)(i & 7);   /* every exponent, odd mantissas */
+        memcpy(&x[i], &b, sizeof b);
+    }
+    for (int p = 0; p < 2; p++) {
+        kernel_fp16_hardware = p == 1;
+        kernel_from_fp16(h, f[p], NH);
+        kernel_to_fp16(x, q[p], NF);
+        for (int i = 0; i < NH; i++) s[p][i] = (uint16_t)(i * 40503u);
+        kernel_half_sum(h, s[p], NH);
+    }
+    kernel_fp16_hardware = true;
+    assert_memory_equal(f[0], f[1], sizeof(float) * NH);
+    for (int i = 0; i < NF; i++)
+        if (q[0][i] != q[1][i]) fail_msg("to_fp16(%a): 0x%04x portable, 0x%04x hardware", x[i], q[0][i], q[1][i]);
+    assert_memory_equal(s[0], s[1], sizeof(uint16_t) * NH);
+    for (int p = 0; p < 2; p++) free(f[p]), free(q[p]), free(s[p]);
+    free(h), free(x);
+}
+
 static void test_fp16_round_trip(void **state)
 {
     (void)state;
@@ -1713,6 +1749,7 @@ int main(void)
         cmocka_unit_test(test_adam),
         cmocka_unit_test(test_fp16_known),
         cmocka_unit_test(test_fp16_round_trip),
+        cmocka_unit_test(test_fp16_hardware_matches),
         cmocka_unit_test(test_int8_error_feedback),
         cmocka_unit_test(test_orthonormalize),
         cmocka_unit_test(test_init),

@@ -557,7 +557,8 @@ CUK_FN float elem_half_to_float(uint16_t h)
         float v = (float)mant * 5.9604644775390625e-8f;   /* mant * 2^-24: exact */
         return sign ? -v : v;
     }
-    if (e == 31) return elem_f32_from_bits(sign | 0x7f800000 | mant << 13);
+    if (e == 31)  /* infinity; a NaN comes back quiet, as the CPU path gives it */
+        return elem_f32_from_bits(sign | 0x7f800000 | mant << 13 | (mant ? 0x400000u : 0));
     return elem_f32_from_bits(sign | (e + 112) << 23 | mant << 13);
 }
 
