@@ -49,7 +49,7 @@ static const OptSpec RUN_OPTS[] = {
     { "verify", 0, false, "also run on one rank and compare losses and final params" },
     { "seed", 0, true, "S  seed of params and data (default 1)" },
     { "lr", 0, true, "X  learning rate (default 1e-3)" },
-    { "threads", 0, true, "T  BLAS threads per rank (default: the machine's cores / its ranks)" },
+    { "threads", 0, true, "T  threads per rank, for the BLAS and the kernels alike (default: the machine's cores / its ranks)" },
     { "db", 0, true, "PATH  store the run here (default strata.db)" },
     { "no-store", 0, false, "do not store the run" },
     { "no-overlap", 0, false, "run every instruction where the program puts it: no updates set "
