@@ -239,7 +239,7 @@ int k_bias_bwd(const KernelShape *ks, const void *const *in, const float *out,
                     vec_acc2(dx + r * cols, db, d, cols);
                 else if (dx)
                     vec_acc(dx + r * cols, d, cols);
-                else
+                else if (db)
                     vec_acc(db, d, cols);
             }
             return 0;

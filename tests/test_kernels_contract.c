@@ -748,6 +748,24 @@ static void test_elementwise(void **state)
     }
 }
 
+/* A backward asked for no gradient at all (every din NULL) does nothing and
+ * succeeds, on the bias's fast layout and on its generic one. */
+static void test_bias_no_grads(void **state)
+{
+    (void)state;
+    static const char *const specs[] = { "bsh,h->bsh", "bsh,hs->bsh" };
+    for (size_t e = 0; e < sizeof specs / sizeof *specs; e++) {
+        Case c;
+        case_init(&c, one_op("bias", specs[e], "b3 s5 h7", NULL, false), false);
+        float *out = xmalloc((size_t)c.n[c.nin] * sizeof *out), *r = randv(c.n[c.nin], 1.0f);
+        float *din[IR_MAX_INPUTS] = {0};
+        forward_ok(&c.ks, (const void *const *)c.x, out);
+        backward_ok(&c.ks, (const void *const *)c.x, out, r, din);
+        free(out), free(r);
+        case_free(&c);
+    }
+}
+
 /* GELU at a few points against the closed form's known values. */
 static void test_gelu_values(void **state)
 {
@@ -1119,6 +1137,7 @@ int main(void)
         cmocka_unit_test(test_pool2d),
         cmocka_unit_test(test_mean),
         cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_bias_no_grads),
         cmocka_unit_test(test_gelu_values),
         cmocka_unit_test_teardown(test_split, teardown_mode),
         cmocka_unit_test(test_split_conv),
