@@ -14,11 +14,11 @@
 /* ----------------------------------------------------------------------------
  * Optimizers */
 
-/* The updates are elementwise: each runs over fixed chunks of the buffer,
- * the chunks spread over the rank's threads, so a weight's new value does
- * not depend on how many threads computed it. Within a chunk, fast loops
- * (K_FAST: vectorised, no FMA) over locals the stores cannot alias. */
-#define OPT_CHUNK 16384
+/* The updates are elementwise: each runs over the kernels' fixed pieces of
+ * the buffer (k_pieces), spread over the rank's threads, so a weight's new
+ * value does not depend on how many threads computed it. Within a piece,
+ * fast loops (K_FAST: vectorised, no FMA) over locals the stores cannot
+ * alias. */
 
 typedef struct {
     float lr, wd, mom, b1, b2, eps, c1, c2;
@@ -50,11 +50,11 @@ K_FAST void sgd_run(float *restrict w, const float *restrict g, float *restrict 
 void kernel_sgd(float *w, const float *g, float *mom, int64_t n, const OptimHyper *h)
 {
     OptConst c = { .lr = h->lr, .wd = h->weight_decay, .mom = h->momentum };
-    int64_t chunks = (n + OPT_CHUNK - 1) / OPT_CHUNK;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-    for (int64_t k = 0; k < chunks; k++) {
-        int64_t o = k * OPT_CHUNK, len = n - o < OPT_CHUNK ? n - o : OPT_CHUNK;
-        sgd_run(w + o, g + o, mom ? mom + o : NULL, len, c);
+    const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        const int64_t o = k * K_PIECE;
+        sgd_run(w + o, g + o, mom ? mom + o : NULL, k_piece_len(n, k), c);
     }
 }
 
@@ -86,11 +86,11 @@ void kernel_adam(float *w, const float *g, float *m, float *v, int64_t n, int64_
     OptConst c = { .lr = h->lr, .wd = h->weight_decay, .b1 = h->beta1, .b2 = h->beta2,
                    .eps = h->eps, .c1 = (float)(1 / (1 - pow(h->beta1, t))),
                    .c2 = (float)(1 / (1 - pow(h->beta2, t))) };
-    int64_t chunks = (n + OPT_CHUNK - 1) / OPT_CHUNK;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-    for (int64_t k = 0; k < chunks; k++) {
-        int64_t o = k * OPT_CHUNK, len = n - o < OPT_CHUNK ? n - o : OPT_CHUNK;
-        adam_run(w + o, g + o, m + o, v + o, len, c);
+    const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        const int64_t o = k * K_PIECE;
+        adam_run(w + o, g + o, m + o, v + o, k_piece_len(n, k), c);
     }
 }
 

@@ -638,6 +638,7 @@ static int warm_collectives(Runtime *rt, Err *err)
 {
     const Program *pr = rt->pr;
     if (rt->comm->world < 2 || !rt->comm->ops) return 0;
+    if (dev_sync(rt, err)) return -1;            /* the zeroed gradients, once */
     CommReq **reqs = xcalloc((size_t)pr->ninstrs + 1, sizeof *reqs);
     int n = 0, rc = 0;
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
@@ -649,9 +650,8 @@ static int warm_collectives(Runtime *rt, Err *err)
         if (pr->args[in->arg0 + 1] != v || pr->values[v].kind != VAL_PARAM_GRAD || !rt->buf[v])
             continue;
         CommGroup *gr = group_of(rt, in, err);
-        if (!gr || dev_sync(rt, err) ||
-            rt->comm->ops->iallreduce(gr, rt->buf[v], rt->numel[v], CT_F32, RED_SUM, &reqs[n++],
-                                      err))
+        if (!gr || rt->comm->ops->iallreduce(gr, rt->buf[v], rt->numel[v], CT_F32, RED_SUM,
+                                             &reqs[n++], err))
             rc = -1;
     }
     for (int k = 0; k < n; k++)
