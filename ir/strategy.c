@@ -334,7 +334,7 @@ static int parse_pipeline(Ctx *x, const cJSON *j)
         const cJSON *it;
         cJSON_ArrayForEach(it, cuts) {
             double d = it->valuedouble;
-            if (!cJSON_IsNumber(it) || d != (double)(int)d)
+            if (!cJSON_IsNumber(it) || !(d >= INT_MIN && d <= INT_MAX) || d != (double)(int)d)
                 return err_set(err, "pipeline.cuts[%d]: expected a block index (an integer)", i);
             int v = (int)d;
             if (v <= 0 || v >= nb)
@@ -593,7 +593,7 @@ static int parse_sync(const cJSON *o, const char *path, SyncPatch *sp, Err *err)
             const cJSON *it;
             cJSON_ArrayForEach(it, pl) {
                 double d = it->valuedouble;
-                if (!cJSON_IsNumber(it) || d != (double)(int)d || d < 0)
+                if (!cJSON_IsNumber(it) || !(d >= 0 && d <= INT_MAX) || d != (double)(int)d)
                     return err_set(err, "%s.placement[%d]: expected an index in the data group "
                                         "(an integer >= 0)", path, k);
                 sp->v.ps_placement[k++] = (int)d;
