@@ -13,7 +13,7 @@ LDFLAGS += -fopenmp
 # and strata's own kernels then share one OpenMP thread pool per rank, and
 # neither spins while the other works.
 OPENBLAS_DIR ?= /usr/lib/$(shell $(CC) -print-multiarch)/openblas-openmp
-LDLIBS  := -lcjson -lsqlite3 -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
+LDLIBS  := -lcjson -lsqlite3 -lmicrohttpd -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
   BUILD   := build/san
@@ -53,7 +53,7 @@ NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[
 NVFLAGS   := -O2 -g -std=c++17 -I. $(NVCC_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c search/*.c jobs/*.c)
+LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c search/*.c jobs/*.c api/*.c)
 CU_SRC   := $(if $(filter 1,$(HAVE_CUDA)),$(wildcard executor/cuda/*.cu))
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -86,7 +86,7 @@ MPI_BENCHES := $(MPI_BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libstrata.a
 STRATA   := $(BUILD)/strata
 
-.PHONY: all setup demo test check bench clean features
+.PHONY: all setup demo test check bench clean features fuzz
 all: features $(STRATA)
 
 features:
@@ -124,15 +124,51 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 export STRATA_BIN := $(abspath $(STRATA))
 export STRATA_ROOT := $(abspath .)
 
-test: setup
-	@$(MAKE) --no-print-directory all $(TESTS) $(MPI_BUILD)
-	@sh scripts/run-tests.sh $(TESTS) $(MPI_TESTS)
+# the REST API against its OpenAPI description, and its page in Chromium
+SCRIPT_TESTS := scripts/test-openapi.sh scripts/test-page.sh
+# each fuzz harness replaying the inputs kept in fuzz/regress and fuzz/seeds
+REPLAY_TESTS := $(patsubst fuzz/fuzz_%.c,$(BUILD)/tests/replay_%,$(wildcard fuzz/fuzz_*.c))
+
+$(REPLAY_TESTS): $(BUILD)/tests/replay_%: $(BUILD)/fuzz/fuzz_%.o $(BUILD)/fuzz/replay_main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+test:
+	@sh scripts/setup.sh test
+	@$(MAKE) --no-print-directory all $(TESTS) $(MPI_BUILD) $(REPLAY_TESTS)
+	@sh scripts/run-tests.sh $(TESTS) $(REPLAY_TESTS) $(MPI_TESTS) $(SCRIPT_TESTS)
+
+# libFuzzer harnesses (fuzz/), built with clang: the model, cluster and
+# strategy JSON readers and the REST API's router and body readers. `make fuzz`
+# runs each for FUZZ_SECONDS; a crash is kept in build/fuzz/ and fails it.
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined
+FUZZ_SECONDS ?= 60
+FUZZERS      := model cluster strategy router
+FUZZ_LIB_SRC := $(wildcard ir/*.c db/*.c costmodel/*.c search/*.c jobs/*.c api/*.c) executor/build.c
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_BINS    := $(FUZZERS:%=build/fuzz/fuzz_%)
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+build/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_LIB_OBJ) -o $@ \
+	    -lcjson -lsqlite3 -lmicrohttpd -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
+
+fuzz:
+	@sh scripts/setup.sh fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@sh scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZERS)
 
 demo: setup
 	@$(MAKE) --no-print-directory all
 	@sh scripts/demo.sh $(STRATA)
 
-bench: setup
+bench:
+	@sh scripts/setup.sh bench
 	@$(MAKE) --no-print-directory all $(BENCHES) $(MPI_BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
 	@for b in $(MPI_BENCHES); do \

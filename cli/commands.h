@@ -41,6 +41,7 @@ int cmd_costmodel_train(int argc, char **argv);
 int cmd_costmodel_list(int argc, char **argv);
 int cmd_costmodel_show(int argc, char **argv);
 int cmd_search(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_searches_list(int argc, char **argv);
 int cmd_searches_show(int argc, char **argv);
 int cmd_searches_events(int argc, char **argv);

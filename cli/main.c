@@ -271,15 +271,7 @@ static int cmd_model_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", rows[i].id);
-            cJSON_AddStringToObject(o, "name", rows[i].name);
-            cJSON_AddNumberToObject(o, "params", rows[i].params);
-            cJSON_AddNumberToObject(o, "train_flops", rows[i].train_flops);
-            cJSON_AddStringToObject(o, "created", rows[i].created);
-            cJSON_AddItemToArray(arr, o);
-        }
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_model(&rows[i], false));
         print_json(arr);
         cJSON_Delete(arr);
     } else {
@@ -641,16 +633,7 @@ static int cmd_plans_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", rows[i].id);
-            cJSON_AddStringToObject(o, "model", rows[i].model_name);
-            cJSON_AddStringToObject(o, "cluster", rows[i].cluster_name);
-            cJSON_AddStringToObject(o, "strategy_id", rows[i].strategy_id);
-            cJSON_AddNumberToObject(o, "world", rows[i].world);
-            cJSON_AddStringToObject(o, "created", rows[i].created);
-            cJSON_AddItemToArray(arr, o);
-        }
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_plan(&rows[i], false));
         print_json(arr);
         cJSON_Delete(arr);
     } else {
@@ -685,17 +668,7 @@ static int cmd_plans_show(int argc, char **argv)
     if (rc) return fail(&err);
     cJSON *strategy = cJSON_Parse(p.strategy_json), *summary = cJSON_Parse(p.summary_json);
     if (args_has(&a, "json")) {
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "id", p.id);
-        cJSON_AddStringToObject(j, "model_id", p.model_id);
-        cJSON_AddStringToObject(j, "model", p.model_name);
-        cJSON_AddStringToObject(j, "cluster_id", p.cluster_id);
-        cJSON_AddStringToObject(j, "cluster", p.cluster_name);
-        cJSON_AddStringToObject(j, "strategy_id", p.strategy_id);
-        cJSON_AddNumberToObject(j, "world", p.world);
-        cJSON_AddStringToObject(j, "created", p.created);
-        if (strategy) cJSON_AddItemToObject(j, "strategy", cJSON_Duplicate(strategy, 1));
-        if (summary) cJSON_AddItemToObject(j, "summary", cJSON_Duplicate(summary, 1));
+        cJSON *j = view_plan(&p, true);
         print_json(j);
         cJSON_Delete(j);
     } else {
@@ -758,6 +731,8 @@ static const Command COMMANDS[] = {
       "one search: best plan, baselines" },
     { "searches", "events", cmd_searches_events, "ID [--after N] [--db PATH]",
       "its progress, as JSON lines" },
+    { "serve", NULL, cmd_serve, "[--listen HOST:PORT] [--db PATH]",
+      "the REST API and its page" },
     { "plans", "list", cmd_plans_list, "[--db PATH] [--json]", "stored plans" },
     { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]", "one stored plan" },
     { "run", NULL, cmd_run, "--model F --strategy F | --plan ID", "train the plan for real" },

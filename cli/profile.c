@@ -34,6 +34,7 @@
 #include "ir/cluster.h"
 #include "ir/graph.h"
 #include "ir/util.h"
+#include "jobs/jobs.h"
 #include "profiler/profile.h"
 #include "profiler/stats.h"
 
@@ -711,21 +712,7 @@ int cmd_profile_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) {
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddNumberToObject(x, "id", (double)rows[i].id);
-            cJSON_AddStringToObject(x, "status", rows[i].status);
-            cJSON_AddBoolToObject(x, "complete", rows[i].complete);
-            cJSON_AddStringToObject(x, "host", rows[i].host);
-            cJSON_AddStringToObject(x, "device", rows[i].device);
-            cJSON_AddStringToObject(x, "backend", rows[i].backend);
-            cJSON_AddNumberToObject(x, "ranks", rows[i].ranks);
-            cJSON_AddStringToObject(x, "started", rows[i].started);
-            if (rows[i].finished) cJSON_AddStringToObject(x, "finished", rows[i].finished);
-            cJSON_AddNumberToObject(x, "op_samples", rows[i].nops);
-            cJSON_AddNumberToObject(x, "link_samples", rows[i].nlinks);
-            cJSON_AddItemToArray(arr, x);
-        }
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_profile(&rows[i], NULL));
         char *s = cJSON_Print(arr);
         puts(s);
         cJSON_free(s);
@@ -743,77 +730,6 @@ int cmd_profile_list(int argc, char **argv)
     }
     db_profile_list_free(rows, n);
     return 0;
-}
-
-static cJSON *profile_json(const DbProfile *p, const DbProfileOp *ops, int nops,
-                           const DbProfileLink *l, int nl, const DbProfileFit *f, int nf)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "id", (double)p->id);
-    cJSON_AddStringToObject(o, "status", p->status);
-    cJSON_AddBoolToObject(o, "complete", p->complete);
-    cJSON_AddStringToObject(o, "host", p->host);
-    cJSON_AddStringToObject(o, "backend", p->backend);
-    cJSON_AddStringToObject(o, "started", p->started);
-    if (p->finished) cJSON_AddStringToObject(o, "finished", p->finished);
-    cJSON_AddNumberToObject(o, "ranks", p->ranks);
-    cJSON_AddBoolToObject(o, "quick", p->quick);
-    cJSON *d = cJSON_AddObjectToObject(o, "device");
-    cJSON_AddStringToObject(d, "name", p->device);
-    cJSON_AddNumberToObject(d, "peak_flops", p->peak_flops);
-    cJSON_AddNumberToObject(d, "mem_bw", p->mem_bw);
-    cJSON_AddNumberToObject(d, "mem_bytes", p->mem_bytes);
-    if (p->notes) cJSON_AddStringToObject(d, "notes", p->notes);
-    cJSON *b = p->build_json ? cJSON_Parse(p->build_json) : NULL;
-    cJSON_AddItemToObject(o, "build", b ? b : cJSON_CreateNull());
-    cJSON *arr = cJSON_AddArrayToObject(o, "ops");
-    for (int i = 0; i < nops; i++) {
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "kind", ops[i].kind);
-        cJSON_AddStringToObject(x, "phase", ops[i].phase);
-        cJSON *sh = cJSON_Parse(ops[i].shape_json);
-        cJSON_AddItemToObject(x, "shape", sh ? sh : cJSON_CreateString(ops[i].shape_json));
-        cJSON_AddStringToObject(x, "dtype", ops[i].dtype);
-        cJSON_AddStringToObject(x, "source", ops[i].source);
-        cJSON_AddNumberToObject(x, "flops", ops[i].flops);
-        cJSON_AddNumberToObject(x, "bytes", ops[i].bytes);
-        cJSON_AddNumberToObject(x, "median_s", ops[i].median_s);
-        cJSON_AddNumberToObject(x, "p10_s", ops[i].p10_s);
-        cJSON_AddNumberToObject(x, "p90_s", ops[i].p90_s);
-        cJSON_AddNumberToObject(x, "reps", ops[i].reps);
-        cJSON_AddItemToArray(arr, x);
-    }
-    arr = cJSON_AddArrayToObject(o, "links");
-    for (int i = 0; i < nl; i++) {
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "collective", l[i].collective);
-        cJSON_AddNumberToObject(x, "group_size", l[i].group_size);
-        cJSON_AddStringToObject(x, "level", l[i].level);
-        cJSON_AddNumberToObject(x, "bytes", (double)l[i].bytes);
-        cJSON_AddNumberToObject(x, "time_s", l[i].time_s);
-        cJSON_AddNumberToObject(x, "algbw", l[i].algbw);
-        cJSON_AddNumberToObject(x, "busbw", l[i].busbw);
-        cJSON_AddNumberToObject(x, "iters", l[i].iters);
-        cJSON_AddItemToArray(arr, x);
-    }
-    arr = cJSON_AddArrayToObject(o, "fits");
-    for (int i = 0; i < nf; i++) {
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "collective", f[i].collective);
-        cJSON_AddNumberToObject(x, "group_size", f[i].group_size);
-        cJSON_AddStringToObject(x, "level", f[i].level);
-        cJSON_AddNumberToObject(x, "alpha_s", f[i].alpha_s);
-        cJSON_AddNumberToObject(x, "beta_s", f[i].beta_s);
-        cJSON_AddNumberToObject(x, "rms_rel_err", f[i].rms_rel_err);
-        cJSON_AddNumberToObject(x, "max_rel_err", f[i].max_rel_err);
-        cJSON_AddNumberToObject(x, "n", f[i].n);
-        cJSON_AddItemToArray(arr, x);
-    }
-    if (p->cluster_json) {
-        cJSON *c = cJSON_Parse(p->cluster_json);
-        if (c) cJSON_AddItemToObject(o, "cluster", c);
-    }
-    return o;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -954,7 +870,8 @@ int cmd_profile_show(int argc, char **argv)
         return 1;
     }
     if (args_has(&a, "json")) {
-        cJSON *o = profile_json(&p, ops, nops, l, nl, f, nf);
+        ProfileSamples ps = { ops, nops, l, nl, f, nf };
+        cJSON *o = view_profile(&p, &ps);
         char *s = cJSON_Print(o);
         puts(s);
         cJSON_free(s);

@@ -52,6 +52,7 @@ static const OptSpec RUN_OPTS[] = {
     { "threads", 0, true, "T  threads per rank, for the BLAS and the kernels alike (default: the machine's cores / its ranks)" },
     { "db", 0, true, "PATH  store the run here (default strata.db)" },
     { "no-store", 0, false, "do not store the run" },
+    { "run-id", 0, true, "ID  store the run under this id (16 hex digits; default: a new random one)" },
     { "no-overlap", 0, false, "run every instruction where the program puts it: no updates set "
                               "aside while their all-reduces run, no progress thread" },
     { "profile-ops", 0, false, "print where a step's time goes: per op kind and phase, the "
@@ -365,8 +366,8 @@ static void compare_with_prediction(const char *path, const char *plan_id, const
 
 /* Stores the plan (with its model and cluster) and the run beside it; the
  * plan's id into plan_id. */
-static int store_run(const char *path, const Loaded *L, const char *backend, int steps,
-                     const StepStat *all, const char *status, const char *started,
+static int store_run(const char *path, const char *run_id, const Loaded *L, const char *backend,
+                     int steps, const StepStat *all, const char *status, const char *started,
                      cJSON *verify, char plan_id[17], Err *err)
 {
     cJSON *sum = plan_summary_json(L->p, L->s);
@@ -377,7 +378,8 @@ static int store_run(const char *path, const Loaded *L, const char *backend, int
     char *vt = verify ? cJSON_PrintUnformatted(verify) : NULL;
     DbRun r = { .backend = (char *)backend, .world = L->p->world, .steps = steps,
                 .status = (char *)status, .started = (char *)started, .verify_json = vt };
-    random_id(r.id);
+    if (run_id) memcpy(r.id, run_id, 17);
+    else random_id(r.id);
     memcpy(r.plan_id, plan_id, 17);
     int n = steps * L->p->world;
     DbRunStep *rows = xmalloc(sizeof *rows * (size_t)(n ? n : 1));
@@ -686,7 +688,7 @@ static int run_ranks(const Args *a, int steps, uint64_t seed, float lr, bool ver
     if (rank == 0 && !args_has(a, "no-store")) {
         const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
         char pid[17];
-        if (store_run(path, &L, backend, steps, all, status, started, vj, pid, &err)) {
+        if (store_run(path, args_get(a, "run-id"), &L, backend, steps, all, status, started, vj, pid, &err)) {
             fprintf(stderr, "strata run: %s\n", err.msg);
             rc = 1;
         } else if (args_get(a, "plan")) {
@@ -750,6 +752,11 @@ int cmd_run(int argc, char **argv)
         args_int(&a, "nodes", 1, 1 << 20, &nodes, &err) ||
         args_int(&a, "threads", 1, 4096, &(int64_t){ 0 }, &err)) {
         fprintf(stderr, "strata run: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    const char *rid = args_get(&a, "run-id");
+    if (rid && (strlen(rid) != 16 || strspn(rid, "0123456789abcdef") != 16)) {
+        fprintf(stderr, "strata run: --run-id: '%s' is not 16 lowercase hex digits\n", rid);
         return EXIT_USAGE;
     }
     if (nodes && !args_get(&a, "cluster")) {
@@ -819,18 +826,7 @@ int cmd_runs_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", rows[i].id);
-            cJSON_AddStringToObject(o, "plan_id", rows[i].plan_id);
-            cJSON_AddStringToObject(o, "model", rows[i].model_name);
-            cJSON_AddStringToObject(o, "backend", rows[i].backend);
-            cJSON_AddNumberToObject(o, "world", rows[i].world);
-            cJSON_AddNumberToObject(o, "steps", rows[i].steps);
-            cJSON_AddStringToObject(o, "status", rows[i].status);
-            cJSON_AddStringToObject(o, "finished", rows[i].finished ? rows[i].finished : "");
-            cJSON_AddItemToArray(arr, o);
-        }
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_run(&rows[i], NULL, 0, false));
         char *s = cJSON_Print(arr);
         puts(s);
         cJSON_free(s);
@@ -869,27 +865,7 @@ int cmd_runs_show(int argc, char **argv)
         return 1;
     }
     if (args_has(&a, "json")) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", r.id);
-        cJSON_AddStringToObject(o, "plan_id", r.plan_id);
-        cJSON_AddStringToObject(o, "model", r.model_name);
-        cJSON_AddStringToObject(o, "backend", r.backend);
-        cJSON_AddNumberToObject(o, "world", r.world);
-        cJSON_AddNumberToObject(o, "steps", r.steps);
-        cJSON_AddStringToObject(o, "status", r.status);
-        if (r.verify_json) cJSON_AddItemToObject(o, "verify", cJSON_Parse(r.verify_json));
-        cJSON *arr = cJSON_AddArrayToObject(o, "measurements");
-        for (int i = 0; i < n; i++) {
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddNumberToObject(x, "step", st[i].step);
-            cJSON_AddNumberToObject(x, "rank", st[i].rank);
-            cJSON_AddNumberToObject(x, "loss", st[i].loss);
-            cJSON_AddNumberToObject(x, "step_s", st[i].step_s);
-            cJSON_AddNumberToObject(x, "compute_s", st[i].compute_s);
-            cJSON_AddNumberToObject(x, "comm_s", st[i].comm_s);
-            cJSON_AddNumberToObject(x, "idle_s", st[i].idle_s);
-            cJSON_AddItemToArray(arr, x);
-        }
+        cJSON *o = view_run(&r, st, n, true);
         char *s = cJSON_Print(o);
         puts(s);
         cJSON_free(s);

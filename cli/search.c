@@ -56,26 +56,6 @@ static void on_signal(int sig)
     stop_flag = 1;
 }
 
-/* "30s", "2m", "1h", "20000evals" or "20000evals": seconds or evaluations. */
-static int parse_budget(const char *s, double *secs, long *evals, Err *err)
-{
-    char *end;
-    double v = strtod(s, &end);
-    *secs = 0;
-    *evals = 0;
-    if (end == s || !(v > 0) || !isfinite(v))
-        return err_set(err, "--budget \"%s\": expected a positive time (30s, 2m, 1h) or "
-                            "evaluation count (20000evals)", s);
-    if (strcmp(end, "s") == 0) *secs = v;
-    else if (strcmp(end, "m") == 0) *secs = v * 60;
-    else if (strcmp(end, "h") == 0) *secs = v * 3600;
-    else if (strcmp(end, "evals") == 0 && v == floor(v) && v <= 1e12) *evals = (long)v;
-    else
-        return err_set(err, "--budget \"%s\": expected a positive time (30s, 2m, 1h) or "
-                            "evaluation count (20000evals)", s);
-    return 0;
-}
-
 static double num(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -179,8 +159,9 @@ int cmd_search(int argc, char **argv)
         (algo && search_algo_parse(algo, &o.search.algo) &&
          err_set(&err, "--algo \"%s\": unknown (one of: auto, exhaustive, mcmc, rl, baselines)",
                  algo)) ||
-        (args_get(&a, "budget") && parse_budget(args_get(&a, "budget"), &o.search.budget_s,
-                                                &o.search.budget_evals, &err))) {
+        (args_get(&a, "budget") && job_parse_budget(args_get(&a, "budget"), &o.search.budget_s,
+                                                    &o.search.budget_evals, &err) &&
+         err_prefix(&err, "--budget"))) {
         fprintf(stderr, "strata search: %s\n", err.msg);
         return EXIT_USAGE;
     }
@@ -288,22 +269,7 @@ int cmd_searches_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", rows[i].id);
-            cJSON_AddStringToObject(o, "model", rows[i].model_name);
-            cJSON_AddStringToObject(o, "cluster", rows[i].cluster_name);
-            cJSON_AddNumberToObject(o, "devices", rows[i].devices);
-            cJSON_AddStringToObject(o, "algo", rows[i].method);
-            cJSON_AddStringToObject(o, "status", rows[i].status);
-            if (rows[i].best_plan_id[0]) cJSON_AddStringToObject(o, "best_plan_id", rows[i].best_plan_id);
-            cJSON *res = rows[i].result_json ? cJSON_Parse(rows[i].result_json) : NULL;
-            double st = num(res, "step_time_s");
-            if (isfinite(st)) cJSON_AddNumberToObject(o, "step_time_s", st);
-            cJSON_Delete(res);
-            cJSON_AddStringToObject(o, "created", rows[i].created);
-            cJSON_AddItemToArray(arr, o);
-        }
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_search(&rows[i], false));
         char *text = cJSON_Print(arr);
         puts(text);
         cJSON_free(text);
@@ -344,23 +310,7 @@ int cmd_searches_show(int argc, char **argv)
     }
     cJSON *res = x.result_json ? cJSON_Parse(x.result_json) : NULL;
     if (args_has(&a, "json")) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", x.id);
-        cJSON_AddStringToObject(o, "model_id", x.model_id);
-        cJSON_AddStringToObject(o, "model", x.model_name);
-        cJSON_AddStringToObject(o, "cluster_id", x.cluster_id);
-        cJSON_AddStringToObject(o, "cluster", x.cluster_name);
-        cJSON_AddNumberToObject(o, "devices", x.devices);
-        cJSON_AddStringToObject(o, "algo", x.method);
-        cJSON_AddNumberToObject(o, "seed", (double)x.seed);
-        cJSON_AddStringToObject(o, "status", x.status);
-        cJSON *b = x.budget_json ? cJSON_Parse(x.budget_json) : NULL;
-        if (b) cJSON_AddItemToObject(o, "budget", b);
-        cJSON_AddNumberToObject(o, "events", x.nevents);
-        if (x.best_plan_id[0]) cJSON_AddStringToObject(o, "best_plan_id", x.best_plan_id);
-        cJSON_AddStringToObject(o, "created", x.created);
-        if (x.finished) cJSON_AddStringToObject(o, "finished", x.finished);
-        if (res) cJSON_AddItemToObject(o, "result", cJSON_Duplicate(res, true));
+        cJSON *o = view_search(&x, true);
         char *text = cJSON_Print(o);
         puts(text);
         cJSON_free(text);

@@ -212,5 +212,7 @@ cJSON *sim_result_json(const SimResult *r, const Strategy *s, const char *op_mod
  * simulated with trace. */
 int sim_write_svg(const SimResult *r, const Strategy *s, const char *title, const char *path,
                   Err *err);
+/* The same to an open stream. */
+int sim_svg_write(const SimResult *r, const Strategy *s, const char *title, FILE *f, Err *err);
 
 #endif

@@ -195,6 +195,14 @@ int sim_write_svg(const SimResult *r, const Strategy *s, const char *title, cons
     if (!r->spans) return err_set(err, "timeline: the estimate was simulated without a trace");
     FILE *f = fopen(path, "w");
     if (!f) return err_set(err, "%s: cannot write the timeline (%s)", path, strerror(errno));
+    sim_svg_write(r, s, title, f, err);
+    if (fclose(f) != 0) return err_set(err, "%s: writing the timeline failed", path);
+    return 0;
+}
+
+int sim_svg_write(const SimResult *r, const Strategy *s, const char *title, FILE *f, Err *err)
+{
+    if (!r->spans) return err_set(err, "timeline: the estimate was simulated without a trace");
     const double W = 1400, left = 170, right = 20, lane = 22, gap = 14, top = 60;
     double plot = W - left - right, T = r->step_time > 0 ? r->step_time : 1;
     double H = top + r->nclasses * (2 * lane + gap) + 90;
@@ -256,6 +264,5 @@ int sim_write_svg(const SimResult *r, const Strategy *s, const char *title, cons
             "stroke=\"#ccc\"/><text x=\"%.0f\" y=\"%.0f\">idle (bubble, waiting)</text>\n",
             lx, ly, lx + 16, ly + 10);
     fprintf(f, "</svg>\n");
-    if (fclose(f) != 0) return err_set(err, "%s: writing the timeline failed", path);
-    return 0;
+    return ferror(f) ? err_set(err, "timeline: writing it failed") : 0;
 }

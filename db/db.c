@@ -806,6 +806,26 @@ int db_cluster_get(Db *db, const char *id, DbCluster *out, Err *err)
                    read_cluster, out, full, err);
 }
 
+static void free_cluster_row(void *row)
+{
+    db_cluster_free(row);
+}
+
+int db_cluster_list(Db *db, DbCluster **rows, int *n, Err *err)
+{
+    void *a;
+    int rc = list_rows(db, "SELECT " CLUSTER_COLS " FROM clusters ORDER BY created DESC, rowid DESC",
+                       sizeof **rows, read_cluster, free_cluster_row, "clusters", &a, n, err);
+    *rows = a;
+    return rc;
+}
+
+void db_cluster_list_free(DbCluster *rows, int n)
+{
+    for (int i = 0; i < n; i++) db_cluster_free(&rows[i]);
+    free(rows);
+}
+
 void db_cluster_free(DbCluster *c)
 {
     if (!c) return;
@@ -2150,6 +2170,37 @@ err:
     return err_prefix(err, "finishing search %s", id);
 }
 
+int db_search_set_status(Db *db, const char *id, const char *status, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET status = ? WHERE id = ?", -1, &st,
+                                 NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "setting the status of search %s", id);
+}
+
+int db_search_interrupt_unfinished(Db *db, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "UPDATE searches SET status = 'interrupted', finished = " NOW
+        " WHERE status IN ('queued', 'running')", -1, &st, NULL));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    *n = sqlite3_changes(db->h);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "marking unfinished searches interrupted");
+}
+
 #define SEARCH_SELECT                                                                    \
     "SELECT x.id, x.model_id, x.cluster_id, x.method, x.status, x.budget_json,"          \
     " x.best_plan_id, x.result_json, x.devices, x.seed, x.created, x.finished, m.name,"  \
@@ -2185,6 +2236,25 @@ int db_search_get(Db *db, const char *id, DbSearch *out, Err *err)
     memset(out, 0, sizeof *out);
     return get_row(db, "searches", "search", id, SEARCH_SELECT " WHERE x.id = ?", read_search,
                    out, full, err);
+}
+
+int db_search_of_plan(Db *db, const char *plan_id, DbSearch *out, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    memset(out, 0, sizeof *out);
+    void *rows = NULL;
+    int n = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, SEARCH_SELECT " WHERE x.best_plan_id = ?"
+                                 " ORDER BY x.created DESC, x.rowid DESC LIMIT 1", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, plan_id, -1, SQLITE_STATIC));
+    if (read_rows(db, st, sizeof *out, read_search, free_search_row, &rows, &n, err))
+        return err_prefix(err, "the search of plan %s", plan_id);
+    if (n) memcpy(out, rows, sizeof *out);
+    free(rows);
+    return n ? 0 : 1;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "the search of plan %s", plan_id);
 }
 
 int db_search_list(Db *db, DbSearch **rows, int *n, Err *err)

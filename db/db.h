@@ -100,6 +100,8 @@ int db_plan_get(Db *db, const char *id, DbPlan *out, Err *err);
 /* Newest first. *rows is an array of *n rows; free with db_*_list_free. */
 int db_model_list(Db *db, DbModel **rows, int *n, Err *err);
 int db_plan_list(Db *db, DbPlan **rows, int *n, Err *err);
+int db_cluster_list(Db *db, DbCluster **rows, int *n, Err *err);
+void db_cluster_list_free(DbCluster *rows, int n);
 
 void db_model_free(DbModel *m);            /* frees the strings, not m */
 void db_cluster_free(DbCluster *c);
@@ -290,7 +292,8 @@ typedef struct {
     char id[17];                   /* random */
     char model_id[17], cluster_id[17];
     char *method;                  /* the algorithm asked for */
-    char *status;                  /* "running", "done", "stopped", "no plan", "failed" */
+    char *status;                  /* "queued", "running", "done", "stopped", "no plan",
+                                      "failed", "interrupted" (its process ended mid-search) */
     char *budget_json;
     char best_plan_id[17];         /* "" without one */
     char *result_json;             /* NULL until finished */
@@ -306,9 +309,16 @@ int db_search_put(Db *db, const DbSearch *x, Err *err);
 int db_search_event(Db *db, const char *id, int seq, const char *json, Err *err);
 int db_search_finish(Db *db, const char *id, const char *status, const char *best_plan_id,
                      const char *result_json, Err *err);
+/* A search queued to run later starts: status "running". */
+int db_search_set_status(Db *db, const char *id, const char *status, Err *err);
+/* After a restart: every search still "queued" or "running" belonged to a
+ * process that is gone; they become "interrupted". *n: how many. */
+int db_search_interrupt_unfinished(Db *db, int *n, Err *err);
 /* By id or unique prefix; 1 when not found. */
 int db_search_get(Db *db, const char *id, DbSearch *out, Err *err);
 int db_search_list(Db *db, DbSearch **rows, int *n, Err *err);     /* newest first */
+/* The newest search whose best plan is plan_id; 1 when none. */
+int db_search_of_plan(Db *db, const char *plan_id, DbSearch *out, Err *err);
 /* The events with seq > after, in order (*json: *n strings; free with
  * db_search_events_free). id must be a full id. */
 int db_search_events(Db *db, const char *id, int after, char ***json, int *n, Err *err);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 #include "costmodel/costmodel.h"
+#include "db/db.h"
 #include "ir/cluster.h"
 #include "ir/err.h"
 #include "ir/graph.h"
@@ -162,6 +163,10 @@ typedef struct {
     SearchOpts search;             /* its event and ctx are the job's own */
     const char *budget_text;       /* the budget as asked, stored with the search */
     const char *policy_from;       /* rl: start from the policy this stored search trained */
+    const char *row_id;            /* the search's row exists already ("queued", stored with
+                                      its model and cluster by job_search_queue): run it */
+    int first_seq;                 /* events stored before (a resumed search's): the new
+                                      ones are numbered after them */
     FILE *log;                     /* each event as a JSON line; NULL: none */
     void (*event)(void *ctx, const cJSON *ev);
     void *ctx;
@@ -176,10 +181,40 @@ typedef struct {
 } SearchJob;
 
 int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJob *j, Err *err);
+/* A budget as people write it: "30s", "2m", "1h" (seconds) or "20000evals". */
+int job_parse_budget(const char *s, double *secs, long *evals, Err *err);
+/* Checks a search and stores its row as "queued" (with its model and
+ * cluster) to be run later by job_search with row_id; the id into id. */
+int job_search_queue(const Graph *g, const Cluster *c, const SearchJobOpts *o, char id[17],
+                     Err *err);
 void search_job_free(SearchJob *j);
 
 /* Stores model and cluster (content-hashed, so again is a no-op); their ids. */
 int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *c,
                             char model_out[17], char cluster_out[17], Err *err);
+
+/* ----------------------------------------------------------------------------
+ * Views (jobs/views.c): the one JSON form of each stored object, printed by
+ * `--json` and served by the REST API. full: with the object's own JSON
+ * (model, cluster, strategy and summary, result, measurements); without it,
+ * the row as a list shows it. Caller deletes. */
+cJSON *view_model(const DbModel *m, bool full);
+cJSON *view_cluster(const DbCluster *c, bool full);
+cJSON *view_plan(const DbPlan *p, bool full);
+cJSON *view_estimate(const DbEstimate *e);
+cJSON *view_search(const DbSearch *x, bool full);
+cJSON *view_run(const DbRun *r, const DbRunStep *steps, int nsteps, bool full);
+
+/* A profile's samples and fits, as db_profile_get returns them. */
+typedef struct {
+    const DbProfileOp *ops;
+    int nops;
+    const DbProfileLink *links;
+    int nlinks;
+    const DbProfileFit *fits;
+    int nfits;
+} ProfileSamples;
+/* s NULL: the row only (a list's form). */
+cJSON *view_profile(const DbProfile *p, const ProfileSamples *s);
 
 #endif

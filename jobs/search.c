@@ -2,6 +2,7 @@
  * search.c — the search job: a search of the space with its row, events,
  * best plan and result kept in the store.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,25 @@
 #include "db/db.h"
 #include "costmodel/mlp.h"
 #include "ir/util.h"
+
+int job_parse_budget(const char *s, double *secs, long *evals, Err *err)
+{
+    char *end;
+    double v = strtod(s, &end);
+    *secs = 0;
+    *evals = 0;
+    if (end == s || !(v > 0) || !isfinite(v))
+        return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
+                            "evaluation count (20000evals)", s);
+    if (strcmp(end, "s") == 0) *secs = v;
+    else if (strcmp(end, "m") == 0) *secs = v * 60;
+    else if (strcmp(end, "h") == 0) *secs = v * 3600;
+    else if (strcmp(end, "evals") == 0 && v == floor(v) && v <= 1e12) *evals = (long)v;
+    else
+        return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
+                            "evaluation count (20000evals)", s);
+    return 0;
+}
 
 int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *c,
                             char model_out[17], char cluster_out[17], Err *err)
@@ -62,6 +82,44 @@ static void sink(void *ctx, const cJSON *ev)
     if (k->o->event) k->o->event(k->o->ctx, ev);
 }
 
+/* The row of a search about to be stored (a new random id); returns the
+ * budget's JSON text, which row points to, for the caller to free. */
+static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *status,
+                        DbSearch *row)
+{
+    *row = (DbSearch){ .method = (char *)search_algo_name(o->search.algo),
+                       .status = (char *)status, .seed = (int64_t)o->search.seed };
+    cJSON *budget = cJSON_CreateObject();
+    if (o->budget_text) cJSON_AddStringToObject(budget, "asked", o->budget_text);
+    if (o->search.budget_s > 0) cJSON_AddNumberToObject(budget, "seconds", o->search.budget_s);
+    if (o->search.budget_evals > 0)
+        cJSON_AddNumberToObject(budget, "evaluations", (double)o->search.budget_evals);
+    char *btext = cJSON_PrintUnformatted(budget);
+    cJSON_Delete(budget);
+    row->budget_json = btext;
+    row->devices = o->search.world > 0 ? o->search.world : c->ndevices;
+    random_id(row->id);
+    return btext;
+}
+
+int job_search_queue(const Graph *g, const Cluster *c, const SearchJobOpts *o, char id[17],
+                     Err *err)
+{
+    if (!o->db_path) return err_set(err, "search: a store is needed (--db)");
+    if (search_check(g, c, &o->search, err)) return -1;
+    if (o->policy_from && o->search.algo != SEARCH_RL)
+        return err_set(err, "search: a policy starts an rl search only (--algo rl)");
+    DbSearch row;
+    char *btext = search_row(c, o, "queued", &row);
+    Db *db = NULL;
+    int rc = job_store_model_cluster(o->db_path, g, c, row.model_id, row.cluster_id, err);
+    if (!rc) rc = (db = db_open(o->db_path, err)) ? db_search_put(db, &row, err) : -1;
+    if (!rc) memcpy(id, row.id, 17);
+    db_close(db);
+    cJSON_free(btext);
+    return rc;
+}
+
 int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJob *j, Err *err)
 {
     memset(j, 0, sizeof *j);
@@ -87,26 +145,21 @@ int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJ
     } else if (o->search.algo == SEARCH_RL && !(policy = search_policy_new(o->search.seed, err))) {
         return -1;
     }
-    DbSearch row = { .method = (char *)search_algo_name(o->search.algo), .status = "running",
-                     .seed = (int64_t)o->search.seed };
-    cJSON *budget = cJSON_CreateObject();
-    if (o->budget_text) cJSON_AddStringToObject(budget, "asked", o->budget_text);
-    if (o->search.budget_s > 0) cJSON_AddNumberToObject(budget, "seconds", o->search.budget_s);
-    if (o->search.budget_evals > 0)
-        cJSON_AddNumberToObject(budget, "evaluations", (double)o->search.budget_evals);
-    char *btext = cJSON_PrintUnformatted(budget);
-    cJSON_Delete(budget);
-    row.budget_json = btext;
-    row.devices = o->search.world > 0 ? o->search.world : c->ndevices;
-    random_id(row.id);
-    memcpy(j->id, row.id, 17);
+    DbSearch row;
+    char *btext = search_row(c, o, "running", &row);
+    memcpy(j->id, o->row_id ? o->row_id : row.id, 17);
     Db *db = NULL;
     int rc = -1;
-    if (job_store_model_cluster(o->db_path, g, c, row.model_id, row.cluster_id, err)) goto out;
-    if (!(db = db_open(o->db_path, err))) goto out;
-    if (db_search_put(db, &row, err)) goto out;
+    if (o->row_id) {
+        if (!(db = db_open(o->db_path, err))) goto out;
+        if (db_search_set_status(db, j->id, "running", err)) goto out;
+    } else {
+        if (job_store_model_cluster(o->db_path, g, c, row.model_id, row.cluster_id, err)) goto out;
+        if (!(db = db_open(o->db_path, err))) goto out;
+        if (db_search_put(db, &row, err)) goto out;
+    }
 
-    Sink k = { .o = o, .db = db, .id = j->id };
+    Sink k = { .o = o, .db = db, .id = j->id, .seq = o->first_seq };
     SearchOpts so = o->search;
     so.event = sink;
     so.ctx = &k;

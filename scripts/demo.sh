@@ -33,6 +33,36 @@ run "$strata" estimate --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100
 run "$strata" search --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
     --nodes 128 --budget 20s --db "$db" --log "$out/search-gpt3-175b.jsonl"
 
+# The same as a service: `strata serve` on a free loopback port, GPT-3 175B
+# and the 1024-GPU cluster submitted with curl, a 10-second search followed
+# through its event stream to the end, its plan fetched, the server stopped.
+STRATA_BIN=$strata
+. scripts/serve-lib.sh
+rm -f "$out/service.db"*
+serve_start "$out/service.db" --quiet
+api=http://127.0.0.1:$PORT
+echo; echo "strata serve is listening on $api (the page: $api/)"
+id_of() { sed -n 's/^{"id":"\([0-9a-f]*\)".*/\1/p'; }
+# POST PATH BODY-ARGS...: shows the call and its answer; the answer into $answer
+post() {
+    path=$1; shift
+    echo; echo "\$ curl -sS -X POST '$api$path' $*"
+    answer=$(curl -sS -X POST "$api$path" "$@")
+    echo "$answer"
+}
+post /v1/models -d '{"zoo": "gpt", "options": {"preset": "gpt3-175b", "batch": 1536}}'
+model=$(echo "$answer" | id_of)
+post "/v1/clusters?nodes=128" --data-binary @clusters/dgx-a100-80gb.json
+cluster=$(echo "$answer" | id_of)
+post /v1/searches -d "{\"model\": \"$model\", \"cluster\": \"$cluster\", \"budget\": \"10s\"}"
+search=$(echo "$answer" | id_of)
+echo; echo "\$ curl -sS -N '$api/v1/searches/$search/events?follow=1'   (its progress, live; the last lines:)"
+curl -sS -N "$api/v1/searches/$search/events?follow=1" | tail -n 3 | cut -c 1-220
+plan=$(curl -sS "$api/v1/searches/$search" | sed -n 's/.*"best_plan_id":"\([0-9a-f]*\)".*/\1/p')
+echo; echo "\$ curl -sS $api/v1/plans/$plan   (its strategy, prediction and baselines; the first bytes:)"
+curl -sS "$api/v1/plans/$plan" | cut -c 1-300; echo
+serve_stop
+
 # Then a small plan for real: a GPT on 2 CPU ranks with Megatron tensor
 # parallelism, checked step by step against one rank, and the stored run.
 run "$strata" model build gpt --layers 2 --hidden 64 --heads 4 --seq 32 --vocab 256 --batch 8 \

@@ -2,13 +2,31 @@
 # Installs the Debian packages strata needs that are missing, and nothing else.
 # Runs as root on a fresh Debian 12 machine (the README's first commands);
 # without root it names what is missing and stops.
+#
+#   sh scripts/setup.sh          what strata builds and runs with
+#   sh scripts/setup.sh test     also what the tests use: Python's venv (a
+#                                virtual environment in build/venv holding
+#                                schemathesis from PyPI, which holds the REST
+#                                API to docs/openapi.yaml) and Chromium (which
+#                                loads the API's page headless)
+#   sh scripts/setup.sh bench    also wrk, the HTTP load generator
+#   sh scripts/setup.sh fuzz     also clang, for the libFuzzer harnesses
 set -eu
 
 # build-essential brings make and the C compiler; the rest are the libraries
 # strata uses (SQLite, cJSON, libmicrohttpd, OpenBLAS in its OpenMP build,
-# Open MPI, cmocka).
+# Open MPI, cmocka); curl talks to `strata serve` in the demo.
 need="build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libmicrohttpd-dev
-libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp openmpi-bin libopenmpi-dev libcmocka-dev"
+libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp openmpi-bin libopenmpi-dev libcmocka-dev
+curl"
+for what in "$@"; do
+    case "$what" in
+    test) need="$need python3 python3-venv chromium" ;;
+    bench) need="$need wrk python3" ;;
+    fuzz) need="$need clang" ;;
+    *) echo "setup: unknown part '$what' (test, bench or fuzz)" >&2; exit 2 ;;
+    esac
+done
 
 missing=""
 for p in $need; do
@@ -16,15 +34,30 @@ for p in $need; do
         missing="$missing $p"
     fi
 done
-[ -z "$missing" ] && exit 0
 
-if [ "$(id -u)" != 0 ]; then
-    echo "setup: missing Debian packages:$missing" >&2
-    echo "setup: install them as root: apt-get install -y$missing" >&2
-    exit 1
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: missing Debian packages:$missing" >&2
+        echo "setup: install them as root: apt-get install -y$missing" >&2
+        exit 1
+    fi
+    echo "setup: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-echo "setup: installing$missing"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+
+# The test tools from PyPI, pinned, in their own environment (never the
+# system's Python).
+case " $* " in
+*" test "*)
+    venv=build/venv
+    want="schemathesis==4.32.5"
+    if ! "$venv/bin/python" -c 'import schemathesis' 2>/dev/null; then
+        echo "setup: $want into $venv"
+        /usr/bin/python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "$want"
+    fi ;;
+esac
+exit 0

@@ -133,6 +133,7 @@ static cJSON *plan_brief(const Ctx *C, const Kept *k)
     cJSON_AddStringToObject(b, "schedule", sp->mesh[m][0] > 1 ? schedule_name(k->x.sched) : "none");
     char d[200];
     cJSON_AddStringToObject(b, "summary", cand_describe(&k->x, sp, d, sizeof d));
+    cJSON_AddItemToObject(b, "point", cand_to_json(&k->x, sp));
     return b;
 }
 
@@ -1345,6 +1346,23 @@ int search_run(const Graph *g, const Cluster *c, const SearchOpts *o, SearchResu
     Cand start;
     cand_init(&start, &sp);
     bool have = run_baselines(&C, &start);
+    if (o->resume) {
+        /* an earlier search's best: judged again here, the start when it wins */
+        Cand x;
+        cand_init(&x, &sp);
+        Err perr = {0};
+        double step = INFINITY;
+        if (cand_from_json(o->resume, &sp, &x, &perr) == 0) judge(&C, &x, &step);
+        ev = event_new(&C, "resume");
+        if (isfinite(step)) cJSON_AddNumberToObject(ev, "step_s", step);
+        else cJSON_AddStringToObject(ev, "why", perr.msg[0] ? perr.msg : "it no longer fits");
+        emit(&C, ev);
+        if (isfinite(step) && step <= C.best.step) {
+            cand_copy(&start, &x, &sp);
+            have = true;
+        }
+        cand_free(&x);
+    }
     if (algo == SEARCH_AUTO) {
         /* exhaustive when the coarse space fits in half of what is left of
          * the budget, at the rate the baselines were judged; else MCMC */

@@ -111,6 +111,11 @@ typedef struct {
 void cand_init(Cand *x, const Space *sp);           /* dp over all, defaults */
 void cand_copy(Cand *dst, const Cand *src, const Space *sp);
 void cand_free(Cand *x);
+/* A point as JSON (indices into the space, as events carry the best), and
+ * back: a point of another space is refused with the member that does not
+ * fit. x must be cand_init'ed for sp. */
+cJSON *cand_to_json(const Cand *x, const Space *sp);
+int cand_from_json(const cJSON *j, const Space *sp, Cand *x, Err *err);
 uint64_t cand_hash(const Cand *x, const Space *sp);
 /* Sets the mesh and, to match it, balanced cuts and the micro-batch count
  * nearest to the old one that divides the batch. */
@@ -167,6 +172,9 @@ typedef struct {
                                        top plans closer than it to the best are flagged */
     struct Mlp *policy;             /* rl: the policy to start from and train (NULL: a new
                                        one); the caller keeps it, trained */
+    const cJSON *resume;            /* a point of this space (an event's best.point) the
+                                       search starts from when it beats every baseline:
+                                       an interrupted search continued; NULL: none */
 } SearchOpts;
 
 #define SEARCH_TOP 10

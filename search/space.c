@@ -15,6 +15,7 @@
 #include "search.h"
 
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -288,6 +289,86 @@ void cand_copy(Cand *d, const Cand *s, const Space *sp)
     memcpy(d->split, s->split, sp->ngroups);
     memcpy(d->recompute, s->recompute, sp->nkinds);
     memcpy(d->sync, s->sync, sp->npgroups);
+}
+
+cJSON *cand_to_json(const Cand *x, const Space *sp)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "mesh", x->mesh);
+    cJSON_AddNumberToObject(j, "micro", x->micro);
+    cJSON_AddNumberToObject(j, "sched", x->sched);
+    cJSON_AddItemToObject(j, "cuts", cJSON_CreateIntArray(x->cuts, x->ncuts));
+    cJSON *a = cJSON_AddArrayToObject(j, "split");
+    for (int q = 0; q < sp->ngroups; q++) cJSON_AddItemToArray(a, cJSON_CreateNumber(x->split[q]));
+    a = cJSON_AddArrayToObject(j, "recompute");
+    for (int k = 0; k < sp->nkinds; k++) cJSON_AddItemToArray(a, cJSON_CreateNumber(x->recompute[k]));
+    a = cJSON_AddArrayToObject(j, "sync");
+    for (int p = 0; p < sp->npgroups; p++) cJSON_AddItemToArray(a, cJSON_CreateNumber(x->sync[p]));
+    return j;
+}
+
+/* Member key of j as an integer in [lo, hi], into *v. */
+static int point_int(const cJSON *j, const char *key, long lo, long hi, long *v, Err *err)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < lo ||
+        x->valuedouble > hi)
+        return err_set(err, "point.%s: expected an integer from %ld to %ld", key, lo, hi);
+    *v = (long)x->valuedouble;
+    return 0;
+}
+
+/* Array key of j, n integers, each in [0, bound(i)), into out. */
+static int point_array(const cJSON *j, const char *key, int n, const int *bound, int fixed,
+                       uint8_t *out, Err *err)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, key), *it;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
+        return err_set(err, "point.%s: expected an array of %d integers (another space?)", key, n);
+    int i = 0;
+    cJSON_ArrayForEach(it, a) {
+        int hi = bound ? bound[i] : fixed;
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble < 0 || it->valuedouble >= hi)
+            return err_set(err, "point.%s[%d]: expected an integer from 0 to %d", key, i, hi - 1);
+        out[i++] = (uint8_t)it->valuedouble;
+    }
+    return 0;
+}
+
+int cand_from_json(const cJSON *j, const Space *sp, Cand *x, Err *err)
+{
+    long mesh, micro, sched;
+    if (!cJSON_IsObject(j)) return err_set(err, "point: expected an object");
+    if (point_int(j, "mesh", 0, sp->nmesh - 1, &mesh, err) ||
+        point_int(j, "micro", 1, sp->batch, &micro, err) ||
+        point_int(j, "sched", SCHED_GPIPE, SCHED_1F1B, &sched, err))
+        return -1;
+    cand_set_mesh(x, sp, (int)mesh);
+    x->micro = (int)micro;
+    x->sched = (Schedule)sched;
+    const cJSON *cuts = cJSON_GetObjectItemCaseSensitive(j, "cuts"), *it;
+    if (!cJSON_IsArray(cuts) || cJSON_GetArraySize(cuts) != x->ncuts)
+        return err_set(err, "point.cuts: expected %d cuts for mesh %ld", x->ncuts, mesh);
+    int i = 0, prev = 0;
+    cJSON_ArrayForEach(it, cuts) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+            it->valuedouble <= prev || it->valuedouble >= sp->g->nblocks)
+            return err_set(err, "point.cuts[%d]: expected a block boundary after %d", i, prev);
+        x->cuts[i++] = prev = (int)it->valuedouble;
+    }
+    int *syncs = xcalloc(sp->npgroups ? sp->npgroups : 1, sizeof *syncs);
+    for (int p = 0; p < sp->npgroups; p++) syncs[p] = sp->nsync;
+    int rc = point_array(j, "split", sp->ngroups, sp->group_nopt, 0, x->split, err) ||
+             point_array(j, "recompute", sp->nkinds, NULL, 2, x->recompute, err) ||
+             point_array(j, "sync", sp->npgroups, syncs, 0, x->sync, err);
+    free(syncs);
+    if (rc) return -1;
+    for (int p = 0; p < sp->npgroups; p++)
+        if (x->sync[p] && !(sp->pgroup_syncs[p] >> x->sync[p] & 1u))
+            return err_set(err, "point.sync[%d]: choice %d does not apply to that param group", p,
+                           x->sync[p]);
+    return 0;
 }
 
 void cand_free(Cand *x)

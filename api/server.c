@@ -1,0 +1,597 @@
+/*
+ * server.c — the service's HTTP side: listening, authentication, limits,
+ * routing, the request log and /metrics; and the job queue with its workers.
+ * What each route does is in routes.c.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+#include "db/db.h"
+#include "ir/util.h"
+
+/* Upper bounds of the latency histogram's buckets, seconds. */
+static const double LAT_LE[LAT_BUCKETS] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                            0.05, 0.1, 0.25, 0.5, 1, 2.5 };
+
+/* ----------------------------------------------------------------------------
+ * Answers */
+
+enum MHD_Result reply_response(Req *r, int status, struct MHD_Response *resp)
+{
+    r->status = status;
+    if (!r->con) {                 /* in memory: nobody to send it to */
+        MHD_destroy_response(resp);
+        return MHD_YES;
+    }
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    enum MHD_Result ok = MHD_queue_response(r->con, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+enum MHD_Result reply_text(Req *r, int status, const char *type, char *text, size_t n)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", type);
+    return reply_response(r, status, resp);
+}
+
+struct MHD_Response *json_response(cJSON *j)
+{
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    size_t n = strlen(s);
+    char *text = xmalloc(n + 2);
+    memcpy(text, s, n);
+    text[n++] = '\n';
+    text[n] = 0;
+    cJSON_free(s);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return NULL;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    return resp;
+}
+
+enum MHD_Result reply_json(Req *r, int status, cJSON *j)
+{
+    struct MHD_Response *resp = json_response(j);
+    return resp ? reply_response(r, status, resp) : MHD_NO;
+}
+
+static struct MHD_Response *error_response(int status, const char *path, const char *msg)
+{
+    cJSON *j = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(j, "error");
+    cJSON_AddNumberToObject(e, "status", status);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "path", path ? path : "");
+    return json_response(j);
+}
+
+enum MHD_Result reply_error(Req *r, int status, const char *path, const char *fmt, ...)
+{
+    char msg[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct MHD_Response *resp = error_response(status, path, msg);
+    if (!resp) return MHD_NO;
+    if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 429) MHD_add_response_header(resp, "Retry-After", "5");
+    return reply_response(r, status, resp);
+}
+
+static const char *lookup(const char *const (*kv)[2], int n, const char *name, bool nocase)
+{
+    for (int i = 0; i < n; i++)
+        if (nocase ? !strcasecmp(kv[i][0], name) : !strcmp(kv[i][0], name)) return kv[i][1];
+    return NULL;
+}
+
+const char *req_query(const Req *r, const char *name)
+{
+    if (!r->con) return lookup(r->query, r->nquery, name, false);
+    return MHD_lookup_connection_value(r->con, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *req_header(const Req *r, const char *name)
+{
+    if (!r->con) return lookup(r->headers, r->nheaders, name, true);
+    return MHD_lookup_connection_value(r->con, MHD_HEADER_KIND, name);
+}
+
+/* ----------------------------------------------------------------------------
+ * Routing */
+
+/* Route index of path, with its {} segments into r->params; -1: none. */
+static int match(Req *r, const char *path)
+{
+    for (int k = 0; k < NROUTES; k++) {
+        const char *p = ROUTES[k].pattern, *u = path;
+        int np = 0;
+        bool ok = true;
+        while (ok && *p && *u) {
+            if (p[0] == '{' && p[1] == '}') {
+                size_t n = strcspn(u, "/");
+                if (n == 0 || n >= sizeof r->pbuf[0] || np == 4) {
+                    ok = false;
+                    break;
+                }
+                memcpy(r->pbuf[np], u, n);
+                r->pbuf[np][n] = 0;
+                r->params[np] = r->pbuf[np];
+                np++;
+                p += 2;
+                u += n;
+            } else if (*p == *u) {
+                p++;
+                u++;
+            } else {
+                ok = false;
+            }
+        }
+        if (ok && !*p && !*u) return k;
+    }
+    return -1;
+}
+
+static enum MHD_Result method_not_allowed(Req *r, const Route *rt)
+{
+    char allow[40] = "";
+    if (rt->get) strcat(allow, "GET, HEAD");
+    if (rt->post) strcat(allow, allow[0] ? ", POST" : "POST");
+    if (rt->del) strcat(allow, allow[0] ? ", DELETE" : "DELETE");
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s does not take %s (it takes %s)", rt->pattern, r->method, allow);
+    struct MHD_Response *resp = error_response(405, "", msg);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "Allow", allow);
+    return reply_response(r, 405, resp);
+}
+
+/* Constant time in the token's length: every byte is compared. */
+static bool token_ok(const Server *S, const char *auth)
+{
+    static const char bearer[] = "Bearer ";
+    if (!auth || strncmp(auth, bearer, sizeof bearer - 1)) return false;
+    const char *got = auth + sizeof bearer - 1;
+    size_t n = strlen(S->token), m = strlen(got);
+    unsigned char diff = (unsigned char)(n != m);
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(S->token[i] ^ (i < m ? got[i] : 0));
+    return diff == 0;
+}
+
+static enum MHD_Result dispatch(Req *r)
+{
+    Server *S = r->S;
+    char path[1024];
+    snprintf(path, sizeof path, "%s", r->url);
+    if (S->token && !(strcmp(path, "/healthz") == 0 && !strcmp(r->method, "GET")) &&
+        !token_ok(S, req_header(r, "Authorization")))
+        return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
+    r->route = match(r, path);
+    if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
+    const Route *rt = &ROUTES[r->route];
+    Handler h = !strcmp(r->method, "GET") || !strcmp(r->method, "HEAD") ? rt->get
+              : !strcmp(r->method, "POST") ? rt->post
+              : !strcmp(r->method, "DELETE") ? rt->del : NULL;
+    if (!h) return method_not_allowed(r, rt);
+    if (rt->post && h == rt->post && r->body) r->body[r->len] = 0;
+    return h(r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    Server *S = cls;
+    Req *r = *con_cls;
+    if (!r) {
+        r = xcalloc(1, sizeof *r);
+        r->S = S;
+        r->con = con;
+        r->t0 = now_s();
+        r->route = -1;
+        r->method = xstrdup(method);
+        r->url = xstrdup(url);
+        *con_cls = r;
+        const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > S->o.max_body) {
+            r->too_big = true;
+            return reply_error(r, 413, "", "the request body is %s bytes; this server takes at "
+                               "most %zu (--max-body)", cl, S->o.max_body);
+        }
+        return MHD_YES;
+    }
+    r->con = con;
+    if (*upload_size) {
+        if (!r->too_big && r->len + *upload_size <= S->o.max_body) {
+            r->body = xrealloc(r->body, r->len + *upload_size + 1);
+            memcpy(r->body + r->len, upload, *upload_size);
+            r->len += *upload_size;
+        } else {
+            r->too_big = true;
+            free(r->body);
+            r->body = NULL;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (r->status) return MHD_YES;     /* answered already (413 before the body) */
+    if (r->too_big)
+        return reply_error(r, 413, "", "the request body is larger than %zu bytes (--max-body)",
+                           S->o.max_body);
+    return dispatch(r);
+}
+
+int api_handle(Server *S, const char *method, const char *path, const char *const (*query)[2],
+               int nquery, const char *const (*headers)[2], int nheaders, const char *body,
+               size_t len)
+{
+    Req r = { .S = S, .method = (char *)method, .url = (char *)path, .route = -1,
+              .query = query, .nquery = nquery, .headers = headers, .nheaders = nheaders,
+              .t0 = now_s() };
+    if (len > S->o.max_body) {
+        reply_error(&r, 413, "", "the request body is larger than %zu bytes (--max-body)",
+                    S->o.max_body);
+        return r.status;
+    }
+    if (len) {
+        r.body = xmalloc(len + 1);
+        memcpy(r.body, body, len);
+        r.len = len;
+    }
+    dispatch(&r);
+    free(r.body);
+    return r.status;
+}
+
+static void count(Server *S, int route, int status, double dt)
+{
+    pthread_mutex_lock(&S->mu);
+    int k;
+    for (k = 0; k < S->ncounts; k++)
+        if (S->counts[k].route == route && S->counts[k].status == status) break;
+    if (k == S->ncounts) {
+        if (S->ncounts == S->cap_counts) {
+            S->cap_counts = S->cap_counts ? 2 * S->cap_counts : 32;
+            S->counts = xrealloc(S->counts, sizeof *S->counts * (size_t)S->cap_counts);
+        }
+        S->counts[S->ncounts++] = (struct Count){ route, status, 0 };
+    }
+    S->counts[k].n++;
+    int b = 0;
+    while (b < LAT_BUCKETS && dt > LAT_LE[b]) b++;
+    S->lat_bucket[b]++;
+    S->lat_sum += dt;
+    S->lat_n++;
+    pthread_mutex_unlock(&S->mu);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)con;
+    (void)toe;
+    Server *S = cls;
+    Req *r = *con_cls;
+    if (!r) return;
+    double dt = now_s() - r->t0;
+    count(S, r->route, r->status, dt);
+    if (S->o.log) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "method", r->method);
+        cJSON_AddStringToObject(j, "path", r->url);
+        cJSON_AddNumberToObject(j, "status", r->status);
+        cJSON_AddNumberToObject(j, "us", round(dt * 1e6));
+        char *s = cJSON_PrintUnformatted(j);
+        flockfile(S->o.log);
+        fprintf(S->o.log, "%s\n", s);
+        fflush(S->o.log);
+        funlockfile(S->o.log);
+        cJSON_free(s);
+        cJSON_Delete(j);
+    }
+    free(r->method);
+    free(r->url);
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+/* The Prometheus text of the server's counters (routes.c serves it). */
+char *server_metrics(Server *S, size_t *n);
+char *server_metrics(Server *S, size_t *n)
+{
+    char *buf = NULL;
+    FILE *f = open_memstream(&buf, n);
+    pthread_mutex_lock(&S->mu);
+    fprintf(f, "# HELP strata_http_requests_total Requests answered, by route and status.\n"
+               "# TYPE strata_http_requests_total counter\n");
+    for (int k = 0; k < S->ncounts; k++)
+        fprintf(f, "strata_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+                S->counts[k].route >= 0 ? ROUTES[S->counts[k].route].pattern : "unmatched",
+                S->counts[k].status, (unsigned long long)S->counts[k].n);
+    fprintf(f, "# HELP strata_http_request_duration_seconds Time from a request's first byte "
+               "to its answer's last.\n# TYPE strata_http_request_duration_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int b = 0; b < LAT_BUCKETS; b++) {
+        cum += S->lat_bucket[b];
+        fprintf(f, "strata_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n", LAT_LE[b],
+                (unsigned long long)cum);
+    }
+    cum += S->lat_bucket[LAT_BUCKETS];
+    fprintf(f, "strata_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+               "strata_http_request_duration_seconds_sum %.6f\n"
+               "strata_http_request_duration_seconds_count %llu\n",
+            (unsigned long long)cum, S->lat_sum, (unsigned long long)S->lat_n);
+    double eps = 0;
+    for (Job *j = S->all; j; j = j->next_all)
+        if (j->kind == JOB_SEARCH && !strcmp(j->status, "running")) eps += j->evals_per_s;
+    fprintf(f, "# HELP strata_queue_depth Jobs waiting for a worker.\n"
+               "# TYPE strata_queue_depth gauge\nstrata_queue_depth %d\n"
+               "# HELP strata_jobs_running Jobs a worker runs now.\n"
+               "# TYPE strata_jobs_running gauge\nstrata_jobs_running %d\n"
+               "# HELP strata_search_evaluations_per_second Candidates the running searches "
+               "evaluate per second, together.\n"
+               "# TYPE strata_search_evaluations_per_second gauge\n"
+               "strata_search_evaluations_per_second %.1f\n", S->queued, S->running, eps);
+    pthread_mutex_unlock(&S->mu);
+    fclose(f);
+    return buf;
+}
+
+/* ----------------------------------------------------------------------------
+ * The queue */
+
+bool server_enqueue(Server *S, Job *j)
+{
+    pthread_mutex_lock(&S->mu);
+    bool ok = !S->stopping && S->queued < S->o.queue;
+    if (ok) {
+        snprintf(j->status, sizeof j->status, "queued");
+        j->queued_at = now_s();
+        j->next = NULL;
+        if (S->tail) S->tail->next = j;
+        else S->head = j;
+        S->tail = j;
+        S->queued++;
+        j->next_all = S->all;
+        S->all = j;
+        pthread_cond_signal(&S->work);
+    }
+    pthread_mutex_unlock(&S->mu);
+    return ok;
+}
+
+Db *server_db(Server *S, Err *err)
+{
+    pthread_mutex_lock(&S->mu);
+    Db *db = S->npool ? S->pool[--S->npool] : NULL;
+    pthread_mutex_unlock(&S->mu);
+    return db ? db : db_open_existing(S->db_path, err);
+}
+
+void server_db_put(Server *S, Db *db)
+{
+    if (!db) return;
+    pthread_mutex_lock(&S->mu);
+    bool kept = S->npool < (int)(sizeof S->pool / sizeof S->pool[0]);
+    if (kept) S->pool[S->npool++] = db;
+    pthread_mutex_unlock(&S->mu);
+    if (!kept) db_close(db);
+}
+
+Job *server_find(Server *S, const char *id)
+{
+    for (Job *j = S->all; j; j = j->next_all)
+        if (!strcmp(j->id, id)) return j;
+    return NULL;
+}
+
+void server_news(Server *S)
+{
+    pthread_mutex_lock(&S->mu);
+    S->news_gen++;
+    pthread_cond_broadcast(&S->news);
+    pthread_mutex_unlock(&S->mu);
+}
+
+static void *worker(void *arg)
+{
+    Server *S = arg;
+    pthread_mutex_lock(&S->mu);
+    for (;;) {
+        while (!S->head && !S->stopping) pthread_cond_wait(&S->work, &S->mu);
+        if (S->stopping) break;
+        Job *j = S->head;
+        S->head = j->next;
+        if (!S->head) S->tail = NULL;
+        S->queued--;
+        /* cancelled while queued: its row says so already */
+        if (j->stop) continue;
+        S->running++;
+        snprintf(j->status, sizeof j->status, "running");
+        pthread_mutex_unlock(&S->mu);
+        job_execute(S, j);
+        pthread_mutex_lock(&S->mu);
+        S->running--;
+        S->news_gen++;
+        pthread_cond_broadcast(&S->news);
+    }
+    pthread_mutex_unlock(&S->mu);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------------------
+ * Start and stop */
+
+static bool loopback(const struct sockaddr *a)
+{
+    if (a->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+    if (a->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)a)->sin6_addr);
+    return false;
+}
+
+/* "host:port", "[v6]:port" or ":port" (loopback) into *ss. */
+static int parse_listen(const char *s, struct sockaddr_storage *ss, Err *err)
+{
+    char host[256];
+    const char *colon = strrchr(s, ':');
+    if (!colon) return err_set(err, "--listen: '%s' is not host:port", s);
+    size_t hn = (size_t)(colon - s);
+    if (hn >= sizeof host) return err_set(err, "--listen: the host is too long");
+    memcpy(host, s, hn);
+    host[hn] = 0;
+    if (hn >= 2 && host[0] == '[' && host[hn - 1] == ']') {
+        memmove(host, host + 1, hn - 2);
+        host[hn - 2] = 0;
+    }
+    if (!host[0]) snprintf(host, sizeof host, "127.0.0.1");
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+        return err_set(err, "--listen: '%s' is not a port (0 to 65535)", colon + 1);
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc) return err_set(err, "--listen: cannot resolve '%s': %s", host, gai_strerror(rc));
+    memset(ss, 0, sizeof *ss);
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+    return 0;
+}
+
+Server *server_start(const ServeOpts *o, Err *err)
+{
+    struct sockaddr_storage ss;
+    if (parse_listen(o->listen ? o->listen : "127.0.0.1:8080", &ss, err)) return NULL;
+    if (!o->token && !loopback((struct sockaddr *)&ss)) {
+        err_set(err, "--listen %s: without --token-file this server listens on loopback "
+                "addresses only (127.0.0.0/8, ::1); give it a token to listen further",
+                o->listen);
+        return NULL;
+    }
+    if (o->workers < 1 || o->queue < 1 || o->max_body < 1) {
+        err_set(err, "serve: workers, queue and max body must be at least 1");
+        return NULL;
+    }
+    Db *db = db_open(o->db_path, err);
+    int nint = 0;
+    if (!db || db_search_interrupt_unfinished(db, &nint, err)) {
+        db_close(db);
+        return NULL;
+    }
+    db_close(db);
+    if (nint && o->log)
+        fprintf(o->log, "{\"note\":\"%d search%s left unfinished by an earlier server marked "
+                "interrupted\"}\n", nint, nint == 1 ? "" : "es");
+    Server *S = xcalloc(1, sizeof *S);
+    S->o = *o;
+    S->db_path = xstrdup(o->db_path);
+    S->token = o->token ? xstrdup(o->token) : NULL;
+    S->bin = xstrdup(o->strata_bin);
+    pthread_mutex_init(&S->mu, NULL);
+    pthread_cond_init(&S->work, NULL);
+    pthread_cond_init(&S->news, NULL);
+    S->nthreads = o->workers;
+    S->threads = xcalloc((size_t)S->nthreads, sizeof *S->threads);
+    for (int i = 0; i < S->nthreads; i++) pthread_create(&S->threads[i], NULL, worker, S);
+    /* poll(), not select(): a connection's descriptor may exceed FD_SETSIZE
+     * under load, and the soft limit on descriptors is raised to the hard one */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    S->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, S,
+                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                                 MHD_OPTION_END);
+    if (!S->daemon) {
+        err_set(err, "serve: cannot listen on %s (in use, or not an address of this machine)",
+                o->listen);
+        server_stop(S);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(S->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    S->port = di ? di->port : 0;
+    return S;
+}
+
+int server_port(const Server *S)
+{
+    return S->port;
+}
+
+void server_stop(Server *S)
+{
+    if (!S) return;
+    pthread_mutex_lock(&S->mu);
+    S->stopping = true;
+    for (Job *j = S->all; j; j = j->next_all) {
+        j->stop = 1;
+        if (j->kind == JOB_RUN && j->pid > 0) kill(j->pid, SIGTERM);
+    }
+    pthread_cond_broadcast(&S->work);
+    pthread_cond_broadcast(&S->news);
+    pthread_mutex_unlock(&S->mu);
+    if (S->daemon) {
+        MHD_socket fd = MHD_quiesce_daemon(S->daemon);
+        if (fd != MHD_INVALID_SOCKET) close(fd);
+    }
+    for (int i = 0; i < S->nthreads; i++) pthread_join(S->threads[i], NULL);
+    /* searches queued but never started */
+    Db *db = db_open(S->db_path, &(Err){ { 0 } });
+    int n;
+    if (db) db_search_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+    db_close(db);
+    if (S->daemon) MHD_stop_daemon(S->daemon);
+    for (int i = 0; i < S->npool; i++) db_close(S->pool[i]);
+    Job *j = S->all;
+    while (j) {
+        Job *next = j->next_all;
+        free(j->resume);
+        free(j);
+        j = next;
+    }
+    free(S->threads);
+    free(S->counts);
+    free(S->db_path);
+    free(S->token);
+    free(S->bin);
+    pthread_cond_destroy(&S->news);
+    pthread_cond_destroy(&S->work);
+    pthread_mutex_destroy(&S->mu);
+    free(S);
+}

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Runs each libFuzzer harness (build/fuzz/fuzz_NAME) for SECONDS from its
+# corpus (build/fuzz/corpus/NAME, seeded from fuzz/seeds/NAME and every
+# fuzz/regress/NAME input), with fuzz/NAME.dict when there is one. Prints
+# executions and crashes per harness; a crash input is left as
+# build/fuzz/crash-NAME-* (copy it to fuzz/regress/NAME/ to keep it as a
+# regression test) and fails the run.
+#   sh scripts/fuzz.sh SECONDS NAME...
+set -u
+secs=$1; shift
+failed=""
+for name in "$@"; do
+    corpus=build/fuzz/corpus/$name
+    mkdir -p "$corpus"
+    for d in fuzz/seeds/$name fuzz/regress/$name; do
+        [ -d "$d" ] && cp -n "$d"/* "$corpus"/ 2>/dev/null
+    done
+    dict=""
+    [ -f fuzz/$name.dict ] && dict="-dict=fuzz/$name.dict"
+    log=build/fuzz/$name.log
+    # shellcheck disable=SC2086
+    STRATA_ROOT=$(pwd) ASAN_OPTIONS=detect_leaks=1 build/fuzz/fuzz_$name -max_total_time="$secs" \
+        -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 $dict \
+        -artifact_prefix=build/fuzz/crash-$name- "$corpus" >"$log" 2>&1
+    rc=$?
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    crashes=$(ls build/fuzz/crash-$name-* 2>/dev/null | wc -l)
+    echo "fuzz $name: ${runs:-0} executions in ${secs} s, corpus $(ls "$corpus" | wc -l), exit $rc, crash inputs kept: $crashes"
+    if [ "$rc" != 0 ]; then
+        failed="$failed $name"
+        grep -E "ERROR|SUMMARY|runtime error" "$log" | head -5
+    fi
+done
+[ -z "$failed" ] || { echo "fuzz: failed:$failed (logs in build/fuzz/*.log)"; exit 1; }
