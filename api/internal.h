@@ -46,6 +46,12 @@ typedef struct Job {
     struct Job *next_all;          /* every job of this process, newest first */
 } Job;
 
+/* A connection streaming events, suspended until there is news. */
+typedef struct Waiter {
+    struct MHD_Connection *con;
+    struct Waiter *next;
+} Waiter;
+
 #define LAT_BUCKETS 12
 
 struct Server {
@@ -55,8 +61,10 @@ struct Server {
     int port;
     pthread_mutex_t mu;
     pthread_cond_t work;           /* a job was queued, or stopping */
-    pthread_cond_t news;           /* a search made an event or ended */
-    uint64_t news_gen;
+    uint64_t news_gen;             /* counts events and ends of jobs */
+    Waiter *waiting;               /* suspended event streams (under mu) */
+    pthread_t ticker;              /* resumes them every second whatever happens */
+    pthread_cond_t tick;
     Job *head, *tail, *all;
     int queued, running;
     bool stopping;
@@ -111,8 +119,14 @@ Job *server_find(Server *S, const char *id);
  * is empty), and back to it (closed when the pool is full). */
 struct Db *server_db(Server *S, Err *err);
 void server_db_put(Server *S, struct Db *db);
-/* Wakes those following searches. */
+/* There is news (an event, a job ended): every suspended stream resumes. */
 void server_news(Server *S);
+/* A stream with nothing to send: true when it is to suspend its connection
+ * (MHD_suspend_connection, then answer 0 bytes) until news; false when news
+ * came since gen or the server stops (look again). */
+bool server_wait(Server *S, Waiter *w, uint64_t gen);
+/* A stream's connection is gone: forget it. */
+void server_forget(Server *S, Waiter *w);
 
 /* The route table (routes.c) and the page (page.c). */
 typedef enum MHD_Result (*Handler)(Req *r);

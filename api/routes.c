@@ -693,11 +693,13 @@ done:
 /* Events of a search that is still going, as they happen. */
 typedef struct {
     Server *S;
+    Waiter w;                      /* its connection, suspended while nothing is new */
     char id[17];
     int after;
     bool sse, done;
     char *buf;
     size_t len, off;
+    double last_write;
 } EventStream;
 
 static bool finished(const char *status)
@@ -750,6 +752,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
             size_t k = st->len - st->off < max ? st->len - st->off : max;
             memcpy(out, st->buf + st->off, k);
             st->off += k;
+            st->last_write = now_s();
             return (ssize_t)k;
         }
         free(st->buf);
@@ -766,25 +769,23 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
             st->done = true;
             continue;
         }
-        /* nothing new: wait for news, or 15 s (a comment keeps SSE alive) */
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 15;
-        int rc = 0;
-        pthread_mutex_lock(&S->mu);
-        while (S->news_gen == gen && !S->stopping && rc == 0)
-            rc = pthread_cond_timedwait(&S->news, &S->mu, &until);
-        pthread_mutex_unlock(&S->mu);
-        if (rc && st->sse) {
+        /* SSE: a comment now and then keeps proxies from closing it */
+        if (st->sse && now_s() - st->last_write >= 15) {
             st->buf = xstrdup(":\n\n");
             st->len = 3;
+            continue;
         }
+        /* nothing new: the connection sleeps until news (or the next tick) */
+        if (!st->w.con || !server_wait(S, &st->w, gen)) continue;
+        MHD_suspend_connection(st->w.con);
+        return 0;
     }
 }
 
 static void stream_free(void *cls)
 {
     EventStream *st = cls;
+    if (st->w.con) server_forget(st->S, &st->w);
     free(st->buf);
     free(st);
 }
@@ -820,6 +821,8 @@ static enum MHD_Result h_search_events(Req *r)
     db_search_free(&x);
     st->after = (int)after;
     st->sse = sse;
+    st->w.con = r->con;
+    st->last_write = now_s();
     const char *type = sse ? "text/event-stream" : "application/x-ndjson";
     if (!follow) {
         stream_fill(st);
@@ -1317,9 +1320,8 @@ static void on_event(void *ctx, const cJSON *ev)
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(ev, "evaluations_per_s");
     pthread_mutex_lock(&S->mu);
     if (cJSON_IsNumber(e)) j->evals_per_s = e->valuedouble;
-    S->news_gen++;
-    pthread_cond_broadcast(&S->news);
     pthread_mutex_unlock(&S->mu);
+    server_news(S);
 }
 
 static void run_search(Server *S, Job *j)

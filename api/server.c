@@ -410,12 +410,74 @@ Job *server_find(Server *S, const char *id)
     return NULL;
 }
 
+/* Takes every waiting stream off the list (under mu); the caller resumes them. */
+static Waiter *take_waiting(Server *S)
+{
+    Waiter *w = S->waiting;
+    S->waiting = NULL;
+    return w;
+}
+
+static void resume_all(Waiter *w)
+{
+    while (w) {
+        Waiter *next = w->next;
+        w->next = NULL;
+        MHD_resume_connection(w->con);
+        w = next;
+    }
+}
+
 void server_news(Server *S)
 {
     pthread_mutex_lock(&S->mu);
     S->news_gen++;
-    pthread_cond_broadcast(&S->news);
+    Waiter *w = take_waiting(S);
     pthread_mutex_unlock(&S->mu);
+    resume_all(w);
+}
+
+bool server_wait(Server *S, Waiter *w, uint64_t gen)
+{
+    pthread_mutex_lock(&S->mu);
+    bool wait = !S->stopping && S->news_gen == gen;
+    if (wait) {
+        w->next = S->waiting;
+        S->waiting = w;
+    }
+    pthread_mutex_unlock(&S->mu);
+    return wait;
+}
+
+void server_forget(Server *S, Waiter *w)
+{
+    pthread_mutex_lock(&S->mu);
+    for (Waiter **p = &S->waiting; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    pthread_mutex_unlock(&S->mu);
+}
+
+/* Every second the suspended streams look again: a resume that raced a
+ * suspend is never lost for long, and SSE gets its keep-alive comments. */
+static void *ticker(void *arg)
+{
+    Server *S = arg;
+    pthread_mutex_lock(&S->mu);
+    while (!S->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&S->tick, &S->mu, &until);
+        Waiter *w = take_waiting(S);
+        pthread_mutex_unlock(&S->mu);
+        resume_all(w);
+        pthread_mutex_lock(&S->mu);
+    }
+    pthread_mutex_unlock(&S->mu);
+    return NULL;
 }
 
 static void *worker(void *arg)
@@ -437,8 +499,9 @@ static void *worker(void *arg)
         job_execute(S, j);
         pthread_mutex_lock(&S->mu);
         S->running--;
-        S->news_gen++;
-        pthread_cond_broadcast(&S->news);
+        pthread_mutex_unlock(&S->mu);
+        server_news(S);
+        pthread_mutex_lock(&S->mu);
     }
     pthread_mutex_unlock(&S->mu);
     return NULL;
@@ -518,14 +581,19 @@ Server *server_start(const ServeOpts *o, Err *err)
     S->bin = xstrdup(o->strata_bin);
     pthread_mutex_init(&S->mu, NULL);
     pthread_cond_init(&S->work, NULL);
-    pthread_cond_init(&S->news, NULL);
+    pthread_cond_init(&S->tick, NULL);
     S->nthreads = o->workers;
     S->threads = xcalloc((size_t)S->nthreads, sizeof *S->threads);
     for (int i = 0; i < S->nthreads; i++) pthread_create(&S->threads[i], NULL, worker, S);
-    /* poll(), not select(): a connection's descriptor may exceed FD_SETSIZE
-     * under load, and the soft limit on descriptors is raised to the hard one */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    pthread_create(&S->ticker, NULL, ticker, S);
+    /* a pool of threads, one per core, each with its own epoll over its
+     * connections; event streams suspend their connection while there is
+     * nothing to send (no thread waits) */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned pool = cores < 2 ? 2 : cores > 16 ? 16 : (unsigned)cores;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    /* many connections: the soft limit on descriptors raised to the hard one */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -536,6 +604,7 @@ Server *server_start(const ServeOpts *o, Err *err)
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                 MHD_OPTION_THREAD_POOL_SIZE, pool,
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                                  MHD_OPTION_END);
     if (!S->daemon) {
@@ -564,8 +633,11 @@ void server_stop(Server *S)
         if (j->kind == JOB_RUN && j->pid > 0) kill(j->pid, SIGTERM);
     }
     pthread_cond_broadcast(&S->work);
-    pthread_cond_broadcast(&S->news);
+    pthread_cond_broadcast(&S->tick);
+    Waiter *w = take_waiting(S);
     pthread_mutex_unlock(&S->mu);
+    resume_all(w);
+    pthread_join(S->ticker, NULL);
     if (S->daemon) {
         MHD_socket fd = MHD_quiesce_daemon(S->daemon);
         if (fd != MHD_INVALID_SOCKET) close(fd);
@@ -590,7 +662,7 @@ void server_stop(Server *S)
     free(S->db_path);
     free(S->token);
     free(S->bin);
-    pthread_cond_destroy(&S->news);
+    pthread_cond_destroy(&S->tick);
     pthread_cond_destroy(&S->work);
     pthread_mutex_destroy(&S->mu);
     free(S);

@@ -315,7 +315,7 @@ int main(void)
     }
     char plan_path[64];
     snprintf(plan_path, sizeof plan_path, "/v1/plans/%s", pid);
-    printf("REST API on loopback (strata serve in this process, one thread per connection):\n");
+    printf("REST API on loopback (strata serve in this process; its thread pool, wrk and the searches share the machine's cores):\n");
     if (system("command -v wrk >/dev/null 2>&1") == 0) {
         run_wrk(plan_path, 100);
         run_wrk(plan_path, 500);

@@ -103,9 +103,11 @@ int cmd_serve(int argc, char **argv)
         free(token);
         return 1;
     }
-    fprintf(stderr, "{\"serving\":\"http://%s:%d/\",\"db\":\"%s\",\"workers\":%d,"
-            "\"auth\":%s}\n", strncmp(listen, "[", 1) ? "127.0.0.1" : "[::1]", server_port(S),
-            db, (int)workers, token ? "true" : "false");
+    /* the address as given, with the port bound (port 0: the one chosen) */
+    int hn = (int)(strrchr(listen, ':') - listen);
+    fprintf(stderr, "{\"serving\":\"http://%.*s:%d/\",\"db\":\"%s\",\"workers\":%d,"
+            "\"auth\":%s}\n", hn ? hn : 9, hn ? listen : "127.0.0.1", server_port(S), db,
+            (int)workers, token ? "true" : "false");
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "{\"stopping\":\"%s\"}\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
