@@ -18,7 +18,9 @@
 #include "api/api.h"
 
 static Server *S;
-static char dir[] = "/tmp/strata-fuzz-router-XXXXXX", db[200];
+/* in memory where there is a tmpfs: the store's commits are not what is
+ * being tested, and syncing each to a disk would cap the executions */
+static char dir[64], db[200];
 
 /* At exit: the workers joined before anything they use goes away; the
  * store removed. */
@@ -39,6 +41,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
+    snprintf(dir, sizeof dir, "%s/strata-fuzz-router-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(dir)) return 1;
     snprintf(db, sizeof db, "%s/fuzz.db", dir);
     Err err = {0};
