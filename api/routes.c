@@ -1117,6 +1117,46 @@ done:
     return out;
 }
 
+/* A plan as a framework's configuration: JSON with the text, what does not
+ * map and the closest plan that does (exported false); raw=1: the text
+ * alone, as the file a launcher reads (422 when refused). */
+static enum MHD_Result h_plan_export(Req *r)
+{
+    if (!is_id(r->params[0]))
+        return reply_error(r, 400, "id", "'%s' is not a plan id (16 hex digits)", r->params[0]);
+    enum MHD_Result out;
+    const char *to = req_query(r, "to");
+    ExportTarget t;
+    int64_t raw = 0;
+    if (!to || export_target_parse(to, &t))
+        return reply_error(r, 400, "to", "query to=%s: expected megatron, deepspeed or "
+                           "torchtitan", to ? to : "(missing)");
+    if (query_int(r, "raw", 0, 1, &raw, &out)) return out;
+    Export x;
+    Err err = {0};
+    int rc = job_export(r->S->db_path, r->params[0], t, &x, &err);
+    if (rc > 0) return reply_error(r, 404, "", "no plan with id %s", r->params[0]);
+    if (rc) return reply_error(r, 500, "", "%s", err.msg);
+    if (raw && x.text) {
+        const char *type = t == EXPORT_DEEPSPEED ? "application/json"
+                         : t == EXPORT_TORCHTITAN ? "application/toml" : "text/plain";
+        char *text = x.text;
+        x.text = NULL;
+        export_free(&x);
+        return reply_text(r, 200, type, text, strlen(text));
+    }
+    if (raw) {
+        out = reply_error(r, 422, "to", "plan %s cannot be expressed in %s (%d thing(s) do "
+                          "not map; without raw=1 the answer lists them and the closest plan)",
+                          x.plan_id, to, x.nunmapped);
+        export_free(&x);
+        return out;
+    }
+    cJSON *j = export_json(&x);
+    export_free(&x);
+    return reply_json(r, 200, j);
+}
+
 /* ----------------------------------------------------------------------------
  * Runs */
 
@@ -1302,6 +1342,7 @@ const Route ROUTES[] = {
     { "/v1/plans/{}", h_plan_get, NULL, NULL },
     { "/v1/plans/{}/timeline.svg", h_plan_svg, NULL, NULL },
     { "/v1/plans/{}/runs", NULL, h_plan_runs_post, NULL },
+    { "/v1/plans/{}/export", h_plan_export, NULL, NULL },
     { "/v1/runs", h_runs_list, NULL, NULL },
     { "/v1/runs/{}", h_run_get, NULL, NULL },
     { "/v1/profiles", h_profiles_list, NULL, NULL },

@@ -702,6 +702,73 @@ static int cmd_plans_show(int argc, char **argv)
     return 0;
 }
 
+static int cmd_plans_export(int argc, char **argv)
+{
+    static const OptSpec OPTS[] = {
+        { "to", 0, true, "megatron|deepspeed|torchtitan  the framework" },
+        { "output", 'o', true, "FILE  write the configuration here (default: stdout)" },
+        { "db", 0, true, "PATH  database (default strata.db)" },
+        { "json", 0, false, "print the result as JSON (configuration, what does not map, notes)" },
+        { "help", 'h', false, "show this help" },
+        { NULL, 0, false, NULL },
+    };
+    const char *line = "strata plans export ID --to megatron|deepspeed|torchtitan [-o FILE] "
+                       "[--db PATH] [--json]";
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, OPTS, false, &a, &err)) return usage_error("plans export", &err);
+    if (args_has(&a, "help") || a.npos != 1) return usage_for(&a, line, OPTS);
+    ExportTarget to;
+    if (!args_get(&a, "to") || export_target_parse(args_get(&a, "to"), &to)) {
+        err_set(&err, "--to: %s%s%s (one of: megatron, deepspeed, torchtitan)",
+                args_get(&a, "to") ? "unknown framework \"" : "required",
+                args_get(&a, "to") ? args_get(&a, "to") : "", args_get(&a, "to") ? "\"" : "");
+        return usage_error("plans export", &err);
+    }
+    const char *db = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
+    Export x;
+    if (job_export(db, a.pos[0], to, &x, &err)) return fail(&err);
+    int rc = 0;
+    if (args_has(&a, "json")) {
+        cJSON *j = export_json(&x);
+        print_json(j);
+        cJSON_Delete(j);
+        rc = x.text ? 0 : EXIT_FAILURE;
+    } else if (x.text) {
+        const char *out = args_get(&a, "output");
+        FILE *f = out ? fopen(out, "w") : stdout;
+        if (!f) {
+            err_set(&err, "-o %s: cannot write it", out);
+            export_free(&x);
+            return fail(&err);
+        }
+        fputs(x.text, f);
+        if (out && fclose(f)) rc = EXIT_FAILURE;
+        if (out) fprintf(stderr, "wrote the %s configuration of plan %s to %s\n",
+                         export_target_name(to), x.plan_id, out);
+        for (int i = 0; i < x.nnotes; i++) fprintf(stderr, "note: %s\n", x.notes[i]);
+    } else {
+        fprintf(stderr, "strata: plan %s cannot be expressed in %s:\n", x.plan_id,
+                export_target_name(to));
+        for (int i = 0; i < x.nunmapped; i++) fprintf(stderr, "  - %s\n", x.unmapped[i]);
+        char t0[32], t1[32];
+        if (x.closest_plan_id[0]) {
+            cli_seconds(x.step_s, t0, sizeof t0);
+            cli_seconds(x.closest_step_s, t1, sizeof t1);
+            fprintf(stderr, "the closest plan %s can express is stored as %s: predicted %s per "
+                    "step against this plan's %s (analytical model)\n  strata plans export %s "
+                    "--to %s\n", export_target_name(to), x.closest_plan_id, t1, t0,
+                    x.closest_plan_id, export_target_name(to));
+        } else {
+            fprintf(stderr, "no plan %s can express was found: %s\n", export_target_name(to),
+                    x.closest_why);
+        }
+        rc = EXIT_FAILURE;
+    }
+    export_free(&x);
+    return rc;
+}
+
 /* ----------------------------------------------------------------------------
  * dispatch */
 
@@ -735,6 +802,8 @@ static const Command COMMANDS[] = {
       "the REST API and its page" },
     { "plans", "list", cmd_plans_list, "[--db PATH] [--json]", "stored plans" },
     { "plans", "show", cmd_plans_show, "ID [--db PATH] [--json]", "one stored plan" },
+    { "plans", "export", cmd_plans_export, "ID --to megatron|deepspeed|torchtitan",
+      "the plan as a framework's configuration" },
     { "run", NULL, cmd_run, "--model F --strategy F | --plan ID", "train the plan for real" },
     { "runs", "list", cmd_runs_list, "[--db PATH] [--json]", "stored runs" },
     { "runs", "show", cmd_runs_show, "ID [--db PATH] [--json]", "one run's measurements" },

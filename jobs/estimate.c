@@ -190,3 +190,46 @@ void estimate_free(Estimate *e)
     cJSON_Delete(e->json);
     memset(e, 0, sizeof *e);
 }
+
+int job_load_plan(Db *db, const char *id, LoadedPlan *lp, Err *err)
+{
+    memset(lp, 0, sizeof *lp);
+    DbModel m = { 0 };
+    DbCluster dc = { 0 };
+    int rc = db_plan_get(db, id, &lp->row, err);
+    if (rc) return rc;
+    rc = db_model_get(db, lp->row.model_id, &m, err);
+    if (!rc && (rc = db_cluster_get(db, lp->row.cluster_id, &dc, err))) db_model_free(&m);
+    if (rc) {
+        db_plan_free(&lp->row);
+        return -1;
+    }
+    cJSON *mj = cJSON_Parse(m.json), *cj = cJSON_Parse(dc.json), *sj = cJSON_Parse(lp->row.strategy_json);
+    if (mj && cj && sj) {
+        lp->g = graph_from_json(mj, err);
+        lp->c = lp->g ? cluster_from_json(cj, 0, err) : NULL;
+        lp->s = lp->c ? strategy_from_json(sj, lp->g, lp->c, err) : NULL;
+    } else {
+        err_set(err, "its stored JSON does not parse");
+    }
+    cJSON_Delete(mj);
+    cJSON_Delete(cj);
+    cJSON_Delete(sj);
+    db_model_free(&m);
+    db_cluster_free(&dc);
+    if (!lp->s) {
+        err_prefix(err, "plan %s", lp->row.id);
+        loaded_plan_free(lp);
+        return -1;
+    }
+    return 0;
+}
+
+void loaded_plan_free(LoadedPlan *lp)
+{
+    strategy_free(lp->s);
+    cluster_free(lp->c);
+    graph_free(lp->g);
+    db_plan_free(&lp->row);
+    memset(lp, 0, sizeof *lp);
+}

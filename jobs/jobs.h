@@ -74,6 +74,19 @@ int job_estimate(const Graph *g, const Cluster *c, const Strategy *s, const Esti
                  Estimate *e, Err *err);
 void estimate_free(Estimate *e);
 
+/* A stored plan with its model, cluster and strategy loaded. */
+typedef struct {
+    DbPlan row;
+    Graph *g;
+    Cluster *c;
+    Strategy *s;
+} LoadedPlan;
+
+/* By id or unique prefix; 1 when no plan has it (err says so), -1 when it
+ * does not load. Caller frees with loaded_plan_free. */
+int job_load_plan(Db *db, const char *id, LoadedPlan *lp, Err *err);
+void loaded_plan_free(LoadedPlan *lp);
+
 /* ----------------------------------------------------------------------------
  * Validation: predicted against measured, in a closed loop on this machine.
  *
@@ -192,6 +205,34 @@ void search_job_free(SearchJob *j);
 /* Stores model and cluster (content-hashed, so again is a no-op); their ids. */
 int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *c,
                             char model_out[17], char cluster_out[17], Err *err);
+
+/* ----------------------------------------------------------------------------
+ * Export (jobs/export.c): a stored plan as a framework's configuration. */
+typedef enum { EXPORT_MEGATRON, EXPORT_DEEPSPEED, EXPORT_TORCHTITAN } ExportTarget;
+int export_target_parse(const char *s, ExportTarget *t);       /* -1: unknown */
+const char *export_target_name(ExportTarget t);
+
+typedef struct {
+    char plan_id[17];
+    ExportTarget target;
+    const char *format;            /* "args" (Megatron-LM), "json" (DeepSpeed), "toml" (torchtitan) */
+    char *text;                    /* the configuration; NULL when refused */
+    char **unmapped;               /* what the framework cannot express (refused when any) */
+    int nunmapped;
+    char **notes;                  /* what the launcher must do beyond the configuration */
+    int nnotes;
+    /* refused: the closest plan it can express, stored, and both predicted
+     * (analytical model; INFINITY: does not fit) */
+    char closest_plan_id[17];
+    double step_s, closest_step_s;
+    char closest_why[420];         /* when there is none */
+} Export;
+
+/* 1 when no plan has the id; a refusal is a result, not an error. Caller
+ * frees with export_free. */
+int job_export(const char *db_path, const char *plan_id, ExportTarget to, Export *x, Err *err);
+cJSON *export_json(const Export *x);
+void export_free(Export *x);
 
 /* ----------------------------------------------------------------------------
  * Views (jobs/views.c): the one JSON form of each stored object, printed by

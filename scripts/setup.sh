@@ -53,11 +53,12 @@ fi
 case " $* " in
 *" test "*)
     venv=build/venv
-    want="schemathesis==4.32.5"
-    if ! "$venv/bin/python" -c 'import schemathesis' 2>/dev/null; then
+    want="schemathesis==4.32.5 tomli==2.2.1"
+    if ! "$venv/bin/python" -c 'import schemathesis, tomli' 2>/dev/null; then
         echo "setup: $want into $venv"
         /usr/bin/python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "$want"
+        # shellcheck disable=SC2086
+        "$venv/bin/pip" install -q --disable-pip-version-check $want
     fi ;;
 esac
 exit 0

@@ -431,6 +431,26 @@ static void test_search_followed(void **state)
     const cJSON *sr = cJSON_GetObjectItemCaseSensitive(p, "search");
     assert_string_equal(jstr(sr, "id"), id);
     assert_true(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sr, "baselines")) >= 3);
+    /* exported as a framework's configuration; raw: the file itself */
+    snprintf(path, sizeof path, "/v1/plans/%s/export?to=deepspeed", best);
+    http(port, "GET", path, NULL, NULL, &h);
+    expect(&h, 200);
+    cJSON *x = body_json(&h);
+    assert_string_equal(jstr(x, "format"), "json");
+    assert_true(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(x, "unmapped")));
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "exported"))) {
+        snprintf(path, sizeof path, "/v1/plans/%s/export?to=deepspeed&raw=1", best);
+        http(port, "GET", path, NULL, NULL, &h);
+        expect(&h, 200);
+        assert_true(jnum(body_json(&h), "train_batch_size") > 0);
+    } else {
+        assert_non_null(cJSON_GetObjectItemCaseSensitive(x, "closest"));
+    }
+    snprintf(path, sizeof path, "/v1/plans/%s/export?to=jax", best);
+    http(port, "GET", path, NULL, NULL, &h);
+    expect_error(&h, 400, "to");
+    http(port, "GET", "/v1/plans/0123456789abcdef/export?to=megatron", NULL, NULL, &h);
+    expect_error(&h, 404, "");
     snprintf(path, sizeof path, "/v1/plans/%s/timeline.svg", best);
     http(port, "GET", path, NULL, NULL, &h);
     expect(&h, 200);
