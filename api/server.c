@@ -586,11 +586,12 @@ Server *server_start(const ServeOpts *o, Err *err)
     S->threads = xcalloc((size_t)S->nthreads, sizeof *S->threads);
     for (int i = 0; i < S->nthreads; i++) pthread_create(&S->threads[i], NULL, worker, S);
     pthread_create(&S->ticker, NULL, ticker, S);
-    /* a pool of threads, one per core, each with its own epoll over its
-     * connections; event streams suspend their connection while there is
-     * nothing to send (no thread waits) */
+    /* a pool of threads, two per core (a handler that reads the store for a
+     * while leaves the other's connections going), each with its own epoll
+     * over its connections; event streams suspend their connection while
+     * there is nothing to send (no thread waits) */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned pool = cores < 2 ? 2 : cores > 16 ? 16 : (unsigned)cores;
+    unsigned pool = cores < 1 ? 2 : cores > 16 ? 32 : 2 * (unsigned)cores;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     /* many connections: the soft limit on descriptors raised to the hard one */

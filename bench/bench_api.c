@@ -169,7 +169,7 @@ static void run_wrk(const char *path, int conns)
         printf("    wrk did not run: %.200s\n", text);
         return;
     }
-    printf("    %-28s %4d connections: %9.0f requests/s, p50 %8s, p99 %8s, errors %ld, "
+    printf("    %-22s %4d connections: %9.0f requests/s, p50 %8s, p99 %8s, errors %ld, "
            "non-2xx %ld\n", path, conns, rps, p50, p99, errs, non2xx);
 }
 
@@ -313,12 +313,31 @@ int main(void)
         server_stop(S);
         return 1;
     }
-    char plan_path[64];
+    char plan_path[64], small_path[64], sid[17], smid[17], scid[17];
     snprintf(plan_path, sizeof plan_path, "/v1/plans/%s", pid);
+    /* and a small plan: GPT-2 small data parallel on one node (its answer is a
+     * few kilobytes; the 175B plan's strategy alone is 330 KB) */
+    cluster = file_text("clusters/dgx-a100-80gb.json");
+    if (post_id("/v1/models", "{\"zoo\": \"gpt\", \"options\": {\"preset\": \"gpt2-small\"}}",
+                smid) || post_id("/v1/clusters", cluster, scid)) {
+        free(cluster);
+        server_stop(S);
+        return 1;
+    }
+    free(cluster);
+    snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": "
+             "{\"kind\": \"dp\"}}", smid, scid);
+    if (post_id("/v1/estimate", body, sid)) {
+        server_stop(S);
+        return 1;
+    }
+    snprintf(small_path, sizeof small_path, "/v1/plans/%s", sid);
     printf("REST API on loopback (strata serve in this process; its thread pool, wrk and the searches share the machine's cores):\n");
     if (system("command -v wrk >/dev/null 2>&1") == 0) {
         run_wrk(plan_path, 100);
         run_wrk(plan_path, 500);
+        run_wrk(small_path, 100);
+        run_wrk(small_path, 500);
         run_wrk("/healthz", 100);
         run_wrk("/healthz", 500);
     } else {

@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -420,8 +421,19 @@ err:
     return -1;
 }
 
+/* SQLite's global memory statistics take one mutex on every allocation of
+ * every connection; nothing here reads them, and with many threads (the
+ * REST API's) that mutex is the bottleneck. Set once, before SQLite starts
+ * (it refuses afterwards, harmlessly, when something else started it). */
+static void configure_sqlite(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 static Db *open_db(const char *path, bool create, Err *err)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, configure_sqlite);
     if (!path) {
         err_set(err, "no database path given");
         return NULL;
