@@ -20,7 +20,7 @@
  * Jobs: what the workers run. A search's row is stored ("queued") before it
  * is queued; a run's row is stored by `strata run` when it ends, so until
  * then the job itself is all there is to show. */
-typedef enum { JOB_SEARCH, JOB_RUN } JobKind;
+typedef enum { JOB_SEARCH, JOB_RUN, JOB_PROFILE } JobKind;
 
 typedef struct Job {
     JobKind kind;
@@ -39,7 +39,11 @@ typedef struct Job {
     char plan_id[17];
     int steps, world;
     bool verify;
-    pid_t pid;                     /* while running */
+    /* profile */
+    bool quick, no_links;
+    int ranks, seconds;            /* 0: strata profile's defaults */
+    char kinds[160];               /* "" : every kind */
+    pid_t pid;                     /* a run or profile: its process while running */
     char error[600];               /* how a run failed (the tail of its output) */
     double queued_at;
     struct Job *next;              /* in the queue */

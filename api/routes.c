@@ -1289,9 +1289,64 @@ static enum MHD_Result h_profiles_list(Req *r)
     close_db(r, db);
     if (rc) return reply_error(r, 500, "", "%s", err.msg);
     cJSON *arr = cJSON_CreateArray();
+    /* profile jobs of this server not yet done (their rows follow when they start) */
+    pthread_mutex_lock(&r->S->mu);
+    for (Job *j = r->S->all; j; j = j->next_all) {
+        if (j->kind != JOB_PROFILE || !strcmp(j->status, "ok")) continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "job", j->id);
+        cJSON_AddStringToObject(o, "status", j->status);
+        if (j->error[0]) cJSON_AddStringToObject(o, "error", j->error);
+        cJSON_AddItemToArray(arr, o);
+    }
+    pthread_mutex_unlock(&r->S->mu);
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_profile(&rows[i], NULL));
     db_profile_list_free(rows, n);
     return reply_json(r, 200, arr);
+}
+
+/* Measures this machine: `strata profile` as a queued job. Its row appears
+ * in GET /v1/profiles when it starts; until then, and after a failure, the
+ * job is listed there by its id. */
+static enum MHD_Result h_profiles_post(Req *r)
+{
+    enum MHD_Result out;
+    cJSON *body = r->body && r->len ? body_object(r, &out) : cJSON_CreateObject();
+    if (!body) return out;
+    bool quick = true, no_links = false;
+    int64_t ranks = 0, seconds = 0;
+    const char *kinds = NULL;
+    if (opt_bool(r, body, "quick", &quick, &out) || opt_bool(r, body, "no_links", &no_links, &out) ||
+        opt_int(r, body, "ranks", 1, 1024, &ranks, &out) ||
+        opt_int(r, body, "seconds", 1, 86400, &seconds, &out) ||
+        opt_str(r, body, "kinds", &kinds, &out)) {
+        cJSON_Delete(body);
+        return out;
+    }
+    if (kinds && (strlen(kinds) >= sizeof ((Job *)0)->kinds ||
+                  strspn(kinds, "abcdefghijklmnopqrstuvwxyz_0123456789,") != strlen(kinds))) {
+        cJSON_Delete(body);
+        return reply_error(r, 400, "kinds", "kinds: a comma-separated list of op kinds "
+                           "(matmul,...,adam)");
+    }
+    Job *j = xcalloc(1, sizeof *j);
+    j->kind = JOB_PROFILE;
+    random_id(j->id);
+    j->quick = quick;
+    j->no_links = no_links;
+    j->ranks = (int)ranks;
+    j->seconds = (int)seconds;
+    if (kinds) snprintf(j->kinds, sizeof j->kinds, "%s", kinds);
+    cJSON_Delete(body);
+    if (!server_enqueue(r->S, j)) {
+        free(j);
+        return reply_error(r, 429, "", "the job queue is full (%d waiting); try again later",
+                           r->S->o.queue);
+    }
+    cJSON *res = cJSON_CreateObject();
+    cJSON_AddStringToObject(res, "id", j->id);
+    cJSON_AddStringToObject(res, "status", "queued");
+    return reply_json(r, 202, res);
 }
 
 static enum MHD_Result h_profile_get(Req *r)
@@ -1345,7 +1400,7 @@ const Route ROUTES[] = {
     { "/v1/plans/{}/export", h_plan_export, NULL, NULL },
     { "/v1/runs", h_runs_list, NULL, NULL },
     { "/v1/runs/{}", h_run_get, NULL, NULL },
-    { "/v1/profiles", h_profiles_list, NULL, NULL },
+    { "/v1/profiles", h_profiles_list, h_profiles_post, NULL },
     { "/v1/profiles/{}", h_profile_get, NULL, NULL },
 };
 const int NROUTES = (int)(sizeof ROUTES / sizeof ROUTES[0]);
@@ -1427,24 +1482,11 @@ static void run_search(Server *S, Job *j)
 /* `strata run --plan ID` as a child (argv, no shell; it starts mpirun for
  * the plan's ranks itself), its output kept in a file whose tail says why
  * when it fails. */
-static void run_plan(Server *S, Job *j)
+/* `strata SUB ...` as a child (argv, no shell), its output kept in a file
+ * whose tail says why when it fails; the job's status "ok" or "failed". */
+static void spawn_strata(Server *S, Job *j, char **argv)
 {
-    char steps[16], logpath[] = "/tmp/strata-run-XXXXXX";
-    snprintf(steps, sizeof steps, "%d", j->steps);
-    char *argv[16];
-    int k = 0;
-    argv[k++] = S->bin;
-    argv[k++] = "run";
-    argv[k++] = "--plan";
-    argv[k++] = j->plan_id;
-    argv[k++] = "--steps";
-    argv[k++] = steps;
-    argv[k++] = "--db";
-    argv[k++] = S->db_path;
-    argv[k++] = "--run-id";
-    argv[k++] = j->id;
-    if (j->verify) argv[k++] = "--verify";
-    argv[k] = NULL;
+    char logpath[] = "/tmp/strata-job-XXXXXX";
     int fd = mkstemp(logpath);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -1479,7 +1521,7 @@ static void run_plan(Server *S, Job *j)
             why[got > 0 ? got : 0] = 0;
         }
         if (strcmp(status, "ok") && !why[0])
-            snprintf(why, sizeof why, "strata run ended with status %d", ws);
+            snprintf(why, sizeof why, "strata %s ended with status %d", argv[1], ws);
     }
     if (fd >= 0) {
         close(fd);
@@ -1491,8 +1533,62 @@ static void run_plan(Server *S, Job *j)
     pthread_mutex_unlock(&S->mu);
 }
 
+/* `strata run --plan ID` (it starts mpirun for the plan's ranks itself). */
+static void run_plan(Server *S, Job *j)
+{
+    char steps[16];
+    snprintf(steps, sizeof steps, "%d", j->steps);
+    char *argv[16];
+    int k = 0;
+    argv[k++] = S->bin;
+    argv[k++] = "run";
+    argv[k++] = "--plan";
+    argv[k++] = j->plan_id;
+    argv[k++] = "--steps";
+    argv[k++] = steps;
+    argv[k++] = "--db";
+    argv[k++] = S->db_path;
+    argv[k++] = "--run-id";
+    argv[k++] = j->id;
+    if (j->verify) argv[k++] = "--verify";
+    argv[k] = NULL;
+    spawn_strata(S, j, argv);
+}
+
+/* `strata profile` of this machine, stored in the server's store. */
+static void run_profile(Server *S, Job *j)
+{
+    char ranks[16], secs[32];
+    char *argv[20];
+    int k = 0;
+    argv[k++] = S->bin;
+    argv[k++] = "profile";
+    argv[k++] = "--db";
+    argv[k++] = S->db_path;
+    argv[k++] = "--quiet";
+    if (j->quick) argv[k++] = "--quick";
+    if (j->ranks > 0) {
+        snprintf(ranks, sizeof ranks, "%d", j->ranks);
+        argv[k++] = "--ranks";
+        argv[k++] = ranks;
+    }
+    if (j->seconds > 0) {
+        snprintf(secs, sizeof secs, "%d", j->seconds);
+        argv[k++] = "--seconds";
+        argv[k++] = secs;
+    }
+    if (j->kinds[0]) {
+        argv[k++] = "--kinds";
+        argv[k++] = j->kinds;
+    }
+    if (j->no_links) argv[k++] = "--no-links";
+    argv[k] = NULL;
+    spawn_strata(S, j, argv);
+}
+
 void job_execute(Server *S, Job *j)
 {
     if (j->kind == JOB_SEARCH) run_search(S, j);
+    else if (j->kind == JOB_PROFILE) run_profile(S, j);
     else run_plan(S, j);
 }

@@ -9,6 +9,8 @@
 # the schema refused. Not checked: that every schema-valid request is
 # accepted: a model or strategy can be well-formed JSON and still wrong (a
 # letter no op has, a split that does not divide), which a schema cannot say.
+# POST /v1/profiles is left out: each accepted call measures this machine for
+# a minute (tests/test_api.c runs one small profile through it).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 : "${STRATA_BIN:=$root/build/strata}"
@@ -29,7 +31,7 @@ status=0
 # from the temporary directory: schemathesis keeps a cache where it runs
 cd "$dir"
 "$st" run "$root/docs/openapi.yaml" --url "http://127.0.0.1:$PORT" --seed 1 \
-    --max-examples "${STRATA_SCHEMATHESIS_EXAMPLES:-40}" \
+    --max-examples "${STRATA_SCHEMATHESIS_EXAMPLES:-40}" --exclude-name 'POST /v1/profiles' \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection \
     --no-color >"$dir/st.out" 2>&1 || status=$?
 tail -25 "$dir/st.out"

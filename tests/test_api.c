@@ -567,6 +567,38 @@ static void test_profiles(void **state)
     http(port, "GET", "/v1/profiles", NULL, NULL, &h);
     expect(&h, 200);
     assert_true(cJSON_IsArray(body_json(&h)));
+    /* a small profile of this machine through the queue: its row appears, complete */
+    http(port, "POST", "/v1/profiles", NULL, "{\"ranks\": 0}", &h);
+    expect_error(&h, 400, "ranks");
+    http(port, "POST", "/v1/profiles", NULL, "{\"kinds\": \"add; rm -rf /\"}", &h);
+    expect_error(&h, 400, "kinds");
+    http(port, "POST", "/v1/profiles", NULL,
+         "{\"quick\": true, \"kinds\": \"add\", \"seconds\": 2, \"no_links\": true}", &h);
+    expect(&h, 202);
+    char job[17];
+    snprintf(job, sizeof job, "%s", jstr(body_json(&h), "id"));
+    bool done = false;
+    for (int i = 0; i < 1200 && !done; i++) {
+        http(port, "GET", "/v1/profiles", NULL, NULL, &h);
+        cJSON *list = body_json(&h);
+        const cJSON *it;
+        bool pending = false, row = false;
+        cJSON_ArrayForEach(it, list) {
+            const cJSON *jb = cJSON_GetObjectItemCaseSensitive(it, "job");
+            if (cJSON_IsString(jb) && !strcmp(jb->valuestring, job)) {
+                if (!strcmp(jstr(it, "status"), "failed"))
+                    fail_msg("the profile job failed: %s", h.body);
+                pending = true;
+            }
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "complete"))) row = true;
+        }
+        done = !pending && row;
+        if (!done) usleep(100000);
+    }
+    assert_true(done);
+    http(port, "GET", "/v1/profiles/1", NULL, NULL, &h);
+    expect(&h, 200);
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(body_json(&h), "ops")) > 0);
     http(port, "GET", "/v1/profiles/abc", NULL, NULL, &h);
     expect_error(&h, 400, "id");
     http(port, "GET", "/v1/profiles/-3", NULL, NULL, &h);
