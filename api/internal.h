@@ -76,12 +76,11 @@ struct Server {
     int npool;
     pthread_t *threads;
     int nthreads;
-    /* metrics (under mu) */
-    struct Count { int route, status; uint64_t n; } *counts;
-    int ncounts, cap_counts;
+    /* metrics, counted with atomic adds (no lock on a request's path):
+     * per route (NROUTES: unmatched) and status (STATUSES, the last: other) */
+    uint64_t *counts;
     uint64_t lat_bucket[LAT_BUCKETS + 1];  /* cumulative counts are made when printed */
-    double lat_sum;
-    uint64_t lat_n;
+    uint64_t lat_sum_us;
 };
 
 /* One request: what it sent, and what it was answered. */
