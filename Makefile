@@ -4,6 +4,7 @@
 #   make bench    benchmarks, printing figures
 #   make          build/strata
 
+.DEFAULT_GOAL := all
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -Wall -Wextra -std=c11 -D_GNU_SOURCE -I. -MMD -MP -fopenmp -fno-math-errno
@@ -13,7 +14,7 @@ LDFLAGS += -fopenmp
 # and strata's own kernels then share one OpenMP thread pool per rank, and
 # neither spins while the other works.
 OPENBLAS_DIR ?= /usr/lib/$(shell $(CC) -print-multiarch)/openblas-openmp
-LDLIBS  := -lcjson -lsqlite3 -lmicrohttpd -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
+LDLIBS  := -lcjson -lsqlite3 -lmicrohttpd -lprotobuf-c -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
   BUILD   := build/san
@@ -64,7 +65,21 @@ SUPPORT_SRC := $(wildcard tests/support/*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
 MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o) $(BUILD)/gen/onnx.pb-c.o
+
+# The ONNX protobuf schema, compiled by protobuf-c at build time (ir/onnx.c
+# reads models with it). The schema comes from Debian's python3-onnx (ONNX
+# 1.12, Expat licence; scripts/setup.sh installs it).
+ONNX_PROTO ?= /usr/lib/python3/dist-packages/onnx/onnx.proto
+GEN := build/gen
+CFLAGS += -I$(GEN)
+$(GEN)/onnx.pb-c.c $(GEN)/onnx.pb-c.h: $(ONNX_PROTO)
+	@mkdir -p $(GEN)
+	protoc-c --proto_path=$(dir $(ONNX_PROTO)) --c_out=$(GEN) $(ONNX_PROTO)
+$(BUILD)/gen/onnx.pb-c.o: $(GEN)/onnx.pb-c.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -w -c $< -o $@
+$(BUILD)/ir/onnx.o build/fuzz/obj/ir/onnx.o: $(GEN)/onnx.pb-c.h
 
 # The identity of the kernels (executor/build.h): a hash of the sources that
 # decide an op's time, and of the flags and BLAS they are built with. A
@@ -145,18 +160,22 @@ FUZZ_CC      ?= clang
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined
 FUZZ_SECONDS ?= 60
-FUZZERS      := model cluster strategy router
+FUZZERS      := model cluster strategy router onnx
 FUZZ_LIB_SRC := $(wildcard ir/*.c db/*.c costmodel/*.c search/*.c jobs/*.c api/*.c) executor/build.c
-FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/gen/onnx.pb-c.o
 FUZZ_BINS    := $(FUZZERS:%=build/fuzz/fuzz_%)
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(GEN) -fsanitize=fuzzer-no-link -c $< -o $@
+
+build/fuzz/obj/gen/onnx.pb-c.o: $(GEN)/onnx.pb-c.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(GEN) -w -fsanitize=fuzzer-no-link -c $< -o $@
 
 build/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_LIB_OBJ) -o $@ \
-	    -lcjson -lsqlite3 -lmicrohttpd -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
+	    -lcjson -lsqlite3 -lmicrohttpd -lprotobuf-c -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -lm -lpthread
 
 fuzz:
 	@sh scripts/setup.sh fuzz

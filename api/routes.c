@@ -17,6 +17,7 @@
 #include "internal.h"
 #include "db/db.h"
 #include "ir/util.h"
+#include "ir/onnx.h"
 #include "ir/zoo.h"
 #include "jobs/jobs.h"
 
@@ -311,18 +312,29 @@ out:
 static enum MHD_Result h_models_post(Req *r)
 {
     const char *type = req_header(r, "Content-Type");
-    if (type && strncmp(type, "application/onnx", 16) == 0)
-        return reply_error(r, 415, "", "Content-Type %s: ONNX import is not in this strata yet; "
-                           "send a model JSON, or {\"zoo\": kind, \"options\": {...}}", type);
     enum MHD_Result out;
-    cJSON *body = body_object(r, &out);
-    if (!body) return out;
     Err err = {0};
-    Graph *g = cJSON_GetObjectItemCaseSensitive(body, "zoo") ? zoo_model(r, body, &out)
-                                                             : graph_from_json(body, &err);
-    bool answered = cJSON_GetObjectItemCaseSensitive(body, "zoo") != NULL;
-    cJSON_Delete(body);
-    if (!g) return answered ? out : bad(r, "", &err);
+    Graph *g = NULL;
+    if (type && strncmp(type, "application/onnx", 16) == 0) {
+        /* an ONNX model: imported as `strata model import` does */
+        int64_t batch = 0;
+        if (query_int(r, "batch", 1, 1 << 30, &batch, &out)) return out;
+        if (!r->body || !r->len) return reply_error(r, 400, "", "the request needs the ONNX "
+                                                    "model as its body");
+        OnnxOpts o = { .batch = batch, .name = req_query(r, "name"), .loss = req_query(r, "loss") };
+        cJSON *j = onnx_import((const uint8_t *)r->body, r->len, &o, &err);
+        g = j ? graph_from_json(j, &err) : NULL;
+        cJSON_Delete(j);
+        if (!g) return reply_error(r, 400, "", "%s", err.msg);
+    } else {
+        cJSON *body = body_object(r, &out);
+        if (!body) return out;
+        g = cJSON_GetObjectItemCaseSensitive(body, "zoo") ? zoo_model(r, body, &out)
+                                                          : graph_from_json(body, &err);
+        bool answered = cJSON_GetObjectItemCaseSensitive(body, "zoo") != NULL;
+        cJSON_Delete(body);
+        if (!g) return answered ? out : bad(r, "", &err);
+    }
     GraphStats st;
     if (graph_stats(g, &st, &err)) {
         graph_free(g);

@@ -20,6 +20,7 @@
 #include "ir/strategy.h"
 #include "ir/util.h"
 #include "ir/zoo.h"
+#include "ir/onnx.h"
 #include "jobs/jobs.h"
 
 #define EXIT_USAGE 2
@@ -167,6 +168,50 @@ static int cmd_model_build(int argc, char **argv)
         if (graph_stats(g, &st, &err) == 0) {
             fprintf(stderr, "wrote %s: %d ops, %s params to %s\n", g->name, g->nops,
                     si(st.params, b, sizeof b), out);
+            graph_stats_free(&st);
+        }
+    }
+    graph_free(g);
+    return rc ? fail(&err) : 0;
+}
+
+static int cmd_model_import(int argc, char **argv)
+{
+    static const OptSpec OPTS[] = {
+        { "batch", 0, true, "N  the batch (the input's first dim; needed when it is dynamic)" },
+        { "name", 0, true, "NAME  the model's name (default: the ONNX graph's)" },
+        { "loss", 0, true, "cross_entropy  the loss added over the output (the only one yet)" },
+        { "output", 'o', true, "FILE  write the model JSON here (default: stdout)" },
+        { "help", 'h', false, "show this help" },
+        { NULL, 0, false, NULL },
+    };
+    Args a;
+    Err err = {0};
+    if (args_parse(argc, argv, OPTS, false, &a, &err)) return usage_error("model import", &err);
+    if (args_has(&a, "help") || a.npos != 1)
+        return usage_for(&a, "strata model import FILE.onnx [--batch N] [--name NAME] "
+                             "[--loss cross_entropy] [-o model.json]", OPTS);
+    int64_t batch = 0;
+    if (args_int(&a, "batch", 1, 1 << 30, &batch, &err)) return usage_error("model import", &err);
+    OnnxOpts o = { .batch = batch, .name = args_get(&a, "name"), .loss = args_get(&a, "loss") };
+    cJSON *j = onnx_import_file(a.pos[0], &o, &err);
+    Graph *g = j ? graph_from_json(j, &err) : NULL;
+    if (!g) {
+        cJSON_Delete(j);
+        return fail(&err);
+    }
+    const char *out = args_get(&a, "output");
+    cJSON *gj = graph_to_json(g);
+    int rc = json_save(gj, out, &err);
+    cJSON_Delete(gj);
+    cJSON_Delete(j);
+    if (!rc && out && strcmp(out, "-") != 0) {
+        GraphStats st;
+        char b[32];
+        if (graph_stats(g, &st, &err) == 0) {
+            fprintf(stderr, "imported %s: %d ops in %d blocks, %s params, %.4g forward FLOPs; "
+                    "wrote %s\n", g->name, g->nops, g->nblocks, si(st.params, b, sizeof b),
+                    st.fwd_flops, out);
             graph_stats_free(&st);
         }
     }
@@ -780,6 +825,8 @@ typedef struct {
 
 static const Command COMMANDS[] = {
     { "model", "build", cmd_model_build, "KIND [--opt V ...] [-o FILE]", "build a zoo model" },
+    { "model", "import", cmd_model_import, "FILE.onnx [--batch N] [-o FILE]",
+      "an ONNX model as strata's JSON" },
     { "model", "show", cmd_model_show, "FILE [--json]", "parameters, FLOPs, activations" },
     { "model", "list", cmd_model_list, "[--db PATH] [--json]", "stored models" },
     { "cluster", "show", cmd_cluster_show, "FILE [--nodes N] [--json]", "devices and links" },

@@ -15,10 +15,11 @@ set -eu
 
 # build-essential brings make and the C compiler; the rest are the libraries
 # strata uses (SQLite, cJSON, libmicrohttpd, OpenBLAS in its OpenMP build,
-# Open MPI, cmocka); curl talks to `strata serve` in the demo.
+# Open MPI, cmocka); curl talks to `strata serve` in the demo; protobuf-c
+# reads ONNX models, with the onnx.proto schema python3-onnx ships.
 need="build-essential pkg-config libsqlite3-dev sqlite3 libcjson-dev libmicrohttpd-dev
 libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp openmpi-bin libopenmpi-dev libcmocka-dev
-curl"
+curl libprotobuf-c-dev protobuf-c-compiler python3-onnx"
 for what in "$@"; do
     case "$what" in
     test) need="$need python3 python3-venv chromium" ;;
@@ -53,8 +54,8 @@ fi
 case " $* " in
 *" test "*)
     venv=build/venv
-    want="schemathesis==4.32.5 tomli==2.2.1"
-    if ! "$venv/bin/python" -c 'import schemathesis, tomli' 2>/dev/null; then
+    want="schemathesis==4.32.5 tomli==2.2.1 onnx==1.17.0"
+    if ! "$venv/bin/python" -c 'import schemathesis, tomli, onnx' 2>/dev/null; then
         echo "setup: $want into $venv"
         /usr/bin/python3 -m venv "$venv"
         # shellcheck disable=SC2086

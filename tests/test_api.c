@@ -72,20 +72,20 @@ static void dechunk(char *b, size_t *len)
     b[out] = 0;
 }
 
-/* extra: more header lines ("Name: value\r\n"...), or NULL. */
-static void http(int port, const char *method, const char *path, const char *extra,
-                 const char *body, Http *h)
+/* extra: more header lines ("Name: value\r\n"...), or NULL; a body of bl
+ * bytes of the given type. */
+static void http_body(int port, const char *method, const char *path, const char *extra,
+                      const char *body, size_t bl, const char *type, Http *h)
 {
     memset(h, 0, sizeof *h);
     int fd = connect_to(port);
     assert_true(fd >= 0);
-    size_t bl = body ? strlen(body) : 0;
     char *req = NULL;
     size_t rn = 0;
     FILE *f = open_memstream(&req, &rn);
     fprintf(f, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
             extra ? extra : "");
-    if (body) fprintf(f, "Content-Type: application/json\r\nContent-Length: %zu\r\n", bl);
+    if (body) fprintf(f, "Content-Type: %s\r\nContent-Length: %zu\r\n", type, bl);
     fprintf(f, "\r\n");
     if (body) fwrite(body, 1, bl, f);
     fclose(f);
@@ -116,6 +116,12 @@ static void http(int port, const char *method, const char *path, const char *ext
     h->body[h->len] = 0;
     free(buf);
     if (strcasestr(h->head, "Transfer-Encoding: chunked")) dechunk(h->body, &h->len);
+}
+
+static void http(int port, const char *method, const char *path, const char *extra,
+                 const char *body, Http *h)
+{
+    http_body(port, method, path, extra, body, body ? strlen(body) : 0, "application/json", h);
 }
 
 static cJSON *body_json(const Http *h)
@@ -257,8 +263,9 @@ static void test_models_and_clusters(void **state)
     expect_error(&h, 400, "options.layers");
     http(port, "POST", "/v1/models", NULL, "{\"name\": \"x\", \"ops\": []}", &h);
     expect_error(&h, 400, "tensors");
-    http(port, "POST", "/v1/models", "Content-Type: application/onnx\r\n", NULL, &h);
-    expect_error(&h, 415, "");
+    http_body(port, "POST", "/v1/models", NULL, "\x0a\x03junk", 6, "application/onnx", &h);
+    expect_error(&h, 400, "");
+    assert_non_null(strstr(h.body, "ONNX"));
     http(port, "POST", "/v1/clusters?nodes=0", NULL, file_text("clusters/dgx-a100-80gb.json"), &h);
     expect_error(&h, 400, "nodes");
     http(port, "POST", "/v1/clusters", NULL, "{\"name\": \"c\"}", &h);
@@ -607,6 +614,36 @@ static void test_profiles(void **state)
     expect_error(&h, 404, "");
 }
 
+/* An ONNX model as the body of POST /v1/models: the onnx package's light
+ * VGG-19 (build/venv), imported like `strata model import` does. */
+static void test_onnx_upload(void **state)
+{
+    (void)state;
+    char cmd[4200], line[3000] = "", path[4096];
+    snprintf(cmd, sizeof cmd, "%s -c 'import onnx, os; print(os.path.dirname(onnx.__file__))' "
+             "2>/dev/null", harness_root_path("build/venv/bin/python"));
+    FILE *p = popen(cmd, "r");
+    if (p) {
+        if (!fgets(line, sizeof line, p)) line[0] = 0;
+        pclose(p);
+    }
+    line[strcspn(line, "\n")] = 0;
+    if (!line[0]) fail_msg("the onnx package is missing from build/venv: run sh scripts/setup.sh test");
+    snprintf(path, sizeof path, "%s/backend/test/data/light/light_vgg19.onnx", line);
+    size_t n = 0;
+    char *model = harness_track(harness_slurp(path, &n), false);
+    assert_non_null(model);
+    Http h;
+    http_body(port, "POST", "/v1/models?batch=4&name=vgg19-onnx", NULL, model, n,
+              "application/onnx", &h);
+    expect(&h, 201);
+    cJSON *j = body_json(&h);
+    assert_string_equal(jstr(j, "name"), "vgg19-onnx");
+    assert_true(fabs(jnum(j, "params") / 1e6 - 143.7) < 0.7);
+    http_body(port, "POST", "/v1/models?batch=0", NULL, model, n, "application/onnx", &h);
+    expect_error(&h, 400, "batch");
+}
+
 /* ----------------------------------------------------------------------------
  * Servers of their own */
 
@@ -880,7 +917,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_health_page_metrics), T(test_models_and_clusters), T(test_estimate),
         T(test_search_followed), T(test_search_refusals), T(test_cancel),
-        T(test_run_from_the_api), T(test_profiles), T(test_token), T(test_limits),
+        T(test_run_from_the_api), T(test_profiles), T(test_onnx_upload), T(test_token),
+        T(test_limits),
         T(test_sigterm_keeps_the_best), T(test_kill9_restart),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
