@@ -182,7 +182,8 @@ fuzz:
 	@$(MAKE) --no-print-directory $(FUZZ_BINS)
 	@sh scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZERS)
 
-demo: setup
+demo:
+	@sh scripts/setup.sh demo
 	@$(MAKE) --no-print-directory all
 	@sh scripts/demo.sh $(STRATA)
 

@@ -33,6 +33,19 @@ run "$strata" estimate --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100
 run "$strata" search --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-80gb.json \
     --nodes 128 --budget 20s --db "$db" --log "$out/search-gpt3-175b.jsonl"
 
+# The winner as Megatron-LM's arguments, ready for a launch script (or the
+# closest plan Megatron-LM can express, if it cannot express this one).
+best=$("$strata" searches list --db "$db" | awk 'NR == 2 { print $7 }')
+echo; echo "\$ $strata plans export $best --to megatron --db $db"
+"$strata" plans export "$best" --to megatron --db "$db" || true
+
+# A model from ONNX: the onnx package's ResNet-50 (its weights stripped),
+# imported, then searched on one DGX A100 node.
+light=$(build/venv/bin/python -c 'import onnx, os; print(os.path.dirname(onnx.__file__))')/backend/test/data/light
+run "$strata" model import "$light/light_resnet50.onnx" --batch 256 -o "$out/resnet50.json"
+run "$strata" search --model "$out/resnet50.json" --cluster clusters/dgx-a100-80gb.json \
+    --budget 10s --db "$db"
+
 # The same as a service: `strata serve` on a free loopback port, GPT-3 175B
 # and the 1024-GPU cluster submitted with curl, a 10-second search followed
 # through its event stream to the end, its plan fetched, the server stopped.

@@ -9,6 +9,9 @@
 #                                schemathesis from PyPI, which holds the REST
 #                                API to docs/openapi.yaml) and Chromium (which
 #                                loads the API's page headless)
+#   sh scripts/setup.sh demo     also Python's venv, with the onnx package from
+#                                PyPI in build/venv (the demo imports its
+#                                ResNet-50)
 #   sh scripts/setup.sh bench    also wrk, the HTTP load generator
 #   sh scripts/setup.sh fuzz     also clang, for the libFuzzer harnesses
 set -eu
@@ -23,9 +26,10 @@ curl libprotobuf-c-dev protobuf-c-compiler python3-onnx"
 for what in "$@"; do
     case "$what" in
     test) need="$need python3 python3-venv chromium" ;;
+    demo) need="$need python3 python3-venv" ;;
     bench) need="$need wrk python3" ;;
     fuzz) need="$need clang" ;;
-    *) echo "setup: unknown part '$what' (test, bench or fuzz)" >&2; exit 2 ;;
+    *) echo "setup: unknown part '$what' (test, demo, bench or fuzz)" >&2; exit 2 ;;
     esac
 done
 
@@ -49,17 +53,19 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# The test tools from PyPI, pinned, in their own environment (never the
-# system's Python).
-case " $* " in
-*" test "*)
+# The tools from PyPI, pinned, in their own environment (never the system's
+# Python): the tests' schemathesis, tomli and onnx; the demo's onnx.
+want=""
+case " $* " in *" test "*) want="schemathesis==4.32.5 tomli==2.2.1 onnx==1.17.0" ;; esac
+case " $* " in *" demo "*) want="$want onnx==1.17.0" ;; esac
+if [ -n "$want" ]; then
     venv=build/venv
-    want="schemathesis==4.32.5 tomli==2.2.1 onnx==1.17.0"
-    if ! "$venv/bin/python" -c 'import schemathesis, tomli, onnx' 2>/dev/null; then
+    imports=$(echo "$want" | tr ' ' '\n' | sed -n 's/==.*//p' | sort -u | paste -sd, -)
+    if ! "$venv/bin/python" -c "import $imports" 2>/dev/null; then
         echo "setup: $want into $venv"
         /usr/bin/python3 -m venv "$venv"
         # shellcheck disable=SC2086
         "$venv/bin/pip" install -q --disable-pip-version-check $want
-    fi ;;
-esac
+    fi
+fi
 exit 0
