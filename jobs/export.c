@@ -96,22 +96,52 @@ static bool same_tp_splits(const Graph *g, const Strategy *s, const Strategy *re
             bool a = ta >= 0 && (s->ops[i].split[l] >> ta & 1u);
             bool b = tb >= 0 && (ref->ops[i].split[l] >> tb & 1u);
             if (a != b) {
-                snprintf(why, nwhy, "op %s splits letter %c over tp %s Megatron-LM does",
-                         g->ops[i].name, 'a' + l, a ? "where not" : "not where");
+                snprintf(why, nwhy, "op %s %s letter %c over tp, Megatron-LM %s", g->ops[i].name,
+                         a ? "splits" : "does not split", 'a' + l, a ? "does not" : "does");
                 return false;
             }
         }
     return true;
 }
 
+/* strata's Megatron-LM layout on the plan's mesh; zero > 0 shards every
+ * param so (Megatron-LM's distributed optimizer is ZeRO-1, torchtitan's
+ * FSDP ZeRO-3). */
 static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *rd, bool seqpar,
-                               Err *err)
+                               int zero, Err *err)
 {
     StrategyOpts o = { .world = rd->D * rd->T * rd->P * rd->E, .tp = rd->T, .pp = rd->P,
                        .microbatches = rd->M, .virtual_stages = rd->V > 1 ? rd->V : 0,
                        .recompute = rd->recompute_any, .sequence_parallel = seqpar };
     cJSON *j = strategy_build("megatron", g, c, &o, err);
     Strategy *s = j ? strategy_from_json(j, g, c, err) : NULL;
+    if (s && zero > 0) {
+        /* every param sharded but those used on several stages (a tied
+         * embedding, summed across them), which strata keeps whole */
+        cJSON *params = cJSON_GetObjectItemCaseSensitive(j, "params");
+        if (!params) params = cJSON_AddObjectToObject(j, "params");
+        char shard[8];
+        snprintf(shard, sizeof shard, "zero%d", zero);
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(params, "*"), "shard", shard);
+        for (int t = 0; t < g->ntensors; t++) {
+            if (g->tensors[t].role != ROLE_PARAM) continue;
+            int stage = -1;
+            bool tied = false;
+            for (int i = 0; i < g->nops && !tied; i++)
+                for (int k = 0; k < g->ops[i].nin; k++)
+                    if (g->ops[i].in[k] == t) {
+                        tied |= stage >= 0 && s->op_stage[i] != stage;
+                        stage = s->op_stage[i];
+                    }
+            if (tied) {
+                cJSON_DeleteItemFromObjectCaseSensitive(params, g->tensors[t].name);
+                cJSON_AddStringToObject(cJSON_AddObjectToObject(params, g->tensors[t].name),
+                                        "shard", "none");
+            }
+        }
+        strategy_free(s);
+        s = strategy_from_json(j, g, c, err);
+    }
     cJSON_Delete(j);
     return s;
 }
@@ -176,11 +206,11 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
     rd->megatron_splits = true;
     if (rd->T > 1) {
         Err e = {0};
-        Strategy *ref = megatron_like(g, c, rd, false, &e);
+        Strategy *ref = megatron_like(g, c, rd, false, 0, &e);
         rd->megatron_splits = ref && same_tp_splits(g, s, ref, rd->split_why, sizeof rd->split_why);
         strategy_free(ref);
         if (!rd->megatron_splits) {
-            ref = megatron_like(g, c, rd, true, &e);
+            ref = megatron_like(g, c, rd, true, 0, &e);
             char why[300];
             if (ref && same_tp_splits(g, s, ref, why, sizeof why)) {
                 rd->megatron_splits = rd->sequence_parallel = true;
@@ -418,7 +448,7 @@ static char *torchtitan_toml(const Reading *rd, const LoadedPlan *lp, char ***un
  * torchtitan takes no ZeRO-1), each with the plan's micro-batches and
  * recompute, then with more micro-batches and recompute (so that one fits
  * where the plan's activations would not). Those that build go to out. */
-#define MAX_CANDIDATES 64
+#define MAX_CANDIDATES 80
 static int candidates(const LoadedPlan *lp, const Reading *rd, ExportTarget to, Strategy **out)
 {
     const Graph *g = lp->g;
@@ -434,12 +464,16 @@ static int candidates(const LoadedPlan *lp, const Reading *rd, ExportTarget to, 
             if (to != EXPORT_DEEPSPEED) {
                 if (to == EXPORT_TORCHTITAN && rd->P * rd->V > 1 && g->nblocks % (rd->P * rd->V))
                     r.V = 1;
-                if ((out[n] = megatron_like(g, lp->c, &r, false, &e))) n++;
-                if (r.T > 1) {
-                    Reading f = r;
-                    f.D = r.D * r.T;
-                    f.T = 1;
-                    if ((out[n] = megatron_like(g, lp->c, &f, false, &e))) n++;
+                /* sharded as the framework shards: the distributed optimizer, or FSDP */
+                int zero = to == EXPORT_MEGATRON ? 1 : 3;
+                for (int z = 0; z <= zero; z += zero) {
+                    if ((out[n] = megatron_like(g, lp->c, &r, false, z, &e))) n++;
+                    if (r.T > 1) {
+                        Reading f = r;
+                        f.D = r.D * r.T;
+                        f.T = 1;
+                        if ((out[n] = megatron_like(g, lp->c, &f, false, z, &e))) n++;
+                    }
                 }
             }
             for (int z = 0; z <= 3; z++) {

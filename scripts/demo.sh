@@ -37,7 +37,10 @@ run "$strata" search --model "$out/gpt3-175b.json" --cluster clusters/dgx-a100-8
 # closest plan Megatron-LM can express, if it cannot express this one).
 best=$("$strata" searches list --db "$db" | awk 'NR == 2 { print $7 }')
 echo; echo "\$ $strata plans export $best --to megatron --db $db"
-"$strata" plans export "$best" --to megatron --db "$db" || true
+said=$("$strata" plans export "$best" --to megatron --db "$db" 2>&1) || true
+echo "$said"
+closest=$(echo "$said" | sed -n 's/.*is stored as \([0-9a-f]*\):.*/\1/p')
+[ -z "$closest" ] || run "$strata" plans export "$closest" --to megatron --db "$db"
 
 # A model from ONNX: the onnx package's ResNet-50 (its weights stripped),
 # imported, then searched on one DGX A100 node.
