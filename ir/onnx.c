@@ -42,6 +42,12 @@ typedef struct {
     Err *err;
 } Imp;
 
+/* protobuf-c leaves an absent string NULL */
+static const char *str(const char *s)
+{
+    return s ? s : "";
+}
+
 static int find(Imp *m, const char *name)
 {
     for (int i = m->n - 1; i >= 0; i--)
@@ -145,7 +151,7 @@ static int new_act(Imp *m, const char *name, const char *suffix, int rank, const
 static const Onnx__AttributeProto *attr(const Onnx__NodeProto *nd, const char *name)
 {
     for (size_t i = 0; i < nd->n_attribute; i++)
-        if (!strcmp(nd->attribute[i]->name, name)) return nd->attribute[i];
+        if (!strcmp(str(nd->attribute[i]->name), name)) return nd->attribute[i];
     return NULL;
 }
 
@@ -181,8 +187,9 @@ static int refuse(Imp *m, const Onnx__NodeProto *nd, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    return err_set(m->err, "node \"%s\" (%s): %s", nd->name && nd->name[0] ? nd->name : nd->output[0],
-                   nd->op_type, why);
+    return err_set(m->err, "node \"%s\" (%s): %s",
+                   nd->name && nd->name[0] ? nd->name : nd->n_output ? nd->output[0] : "",
+                   str(nd->op_type), why);
 }
 
 /* Input k of nd as a value index (aliases followed), -1 after refusing. */
@@ -594,7 +601,7 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     /* initializers: params, or the int64 shapes Reshape and ConstantOfShape read */
     for (size_t i = 0; i < G->n_initializer; i++) {
         const Onnx__TensorProto *t = G->initializer[i];
-        int v = add_val(m, t->name, V_PARAM);
+        int v = add_val(m, str(t->name), V_PARAM);
         if (int64_values(t, m->v[v].ints, &m->v[v].nints) && t->n_dims <= 1) {
             m->v[v].kind = V_SHAPE;
             continue;
@@ -605,9 +612,9 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     /* ConstantOfShape of an initializer: a parameter stripped of its values */
     for (size_t i = 0; i < G->n_node; i++) {
         const Onnx__NodeProto *nd = G->node[i];
-        if (strcmp(nd->op_type, "ConstantOfShape")) continue;
+        if (strcmp(str(nd->op_type), "ConstantOfShape")) continue;
         int s = nd->n_input ? find(m, nd->input[0]) : -1;
-        if (s < 0 || m->v[s].kind != V_SHAPE) {
+        if (s < 0 || m->v[s].kind != V_SHAPE || !nd->n_output) {
             refuse(m, nd, "its shape is not an initializer");
             return NULL;
         }
@@ -618,23 +625,24 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     int data = -1;
     for (size_t i = 0; i < G->n_input; i++) {
         const Onnx__ValueInfoProto *in = G->input[i];
-        if (find(m, in->name) >= 0) continue;
+        if (find(m, str(in->name)) >= 0) continue;
         if (data >= 0) {
             err_set(m->err, "graph inputs \"%s\" and \"%s\": strata imports models of one input",
-                    m->v[data].name, in->name);
+                    m->v[data].name, str(in->name));
             return NULL;
         }
         const Onnx__TypeProto *tp = in->type;
         if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type->shape) {
-            err_set(m->err, "graph input \"%s\": not a tensor of known shape", in->name);
+            err_set(m->err, "graph input \"%s\": not a tensor of known shape", str(in->name));
             return NULL;
         }
         const Onnx__TensorShapeProto *sh = tp->tensor_type->shape;
-        data = add_val(m, in->name, V_INPUT);
+        data = add_val(m, str(in->name), V_INPUT);
         Val *v = &m->v[data];
         v->dtype = tp->tensor_type->elem_type;
         if (sh->n_dim < 2 || sh->n_dim > 4) {
-            err_set(m->err, "graph input \"%s\": %zu dims (strata imports 2 to 4)", in->name, sh->n_dim);
+            err_set(m->err, "graph input \"%s\": %zu dims (strata imports 2 to 4)", str(in->name),
+                    sh->n_dim);
             return NULL;
         }
         v->rank = (int)sh->n_dim;
@@ -645,9 +653,9 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
             if (d == 0 && o->batch > 0) v->shape[0] = o->batch;
             else if (known) v->shape[d] = dim->dim_value;
             else {
-                err_set(m->err, "graph input \"%s\": dim %zu is dynamic (%s)%s", in->name, d,
+                err_set(m->err, "graph input \"%s\": dim %zu is dynamic (%s)%s", str(in->name), d,
                         dim->value_case == ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM
-                            ? dim->dim_param : "no size",
+                            ? str(dim->dim_param) : "no size",
                         d == 0 ? ": give the batch with --batch" : "");
                 return NULL;
             }
@@ -659,10 +667,10 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     }
     emit_tensor(m, data, "input");
     /* the nodes, in order (ONNX keeps them topologically sorted) */
-    const char *out_name = G->n_output ? G->output[0]->name : NULL;
+    const char *out_name = G->n_output ? str(G->output[0]->name) : NULL;
     for (size_t i = 0; i < G->n_node; i++) {
         const Onnx__NodeProto *nd = G->node[i];
-        const char *t = nd->op_type;
+        const char *t = str(nd->op_type);
         int rc = 0;
         if (!strcmp(t, "ConstantOfShape")) continue;
         if (nd->n_output < 1) {

@@ -120,7 +120,7 @@ static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *
          * embedding, summed across them), which strata keeps whole */
         cJSON *params = cJSON_GetObjectItemCaseSensitive(j, "params");
         if (!params) params = cJSON_AddObjectToObject(j, "params");
-        char shard[8];
+        char shard[16];
         snprintf(shard, sizeof shard, "zero%d", zero);
         cJSON_AddStringToObject(cJSON_AddObjectToObject(params, "*"), "shard", shard);
         for (int t = 0; t < g->ntensors; t++) {

@@ -182,7 +182,9 @@ static void test_refusals(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    if (harness_setup(&(HarnessConfig){ .name = "test_onnx", .deadline_s = 600 })) return -1;
+    if (harness_setup(&(HarnessConfig){ .name = "test_onnx", .deadline_s = 600,
+                                        .lsan_supp = "tests/lsan.supp" }))
+        return -1;
     py = rp("build/venv/bin/python");
     static char dir[4096];
     char cmd[4200];
