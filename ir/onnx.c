@@ -286,6 +286,7 @@ static int do_unary(Imp *m, const Onnx__NodeProto *nd, const char *kind)
     const Val *X = &m->v[x];
     if (X->kind == V_PARAM) return refuse(m, nd, "it reads a parameter directly");
     if (X->flat_of >= 0) x = X->flat_of, X = &m->v[x];
+    if (X->rank < 1 || X->rank > 4) return refuse(m, nd, "a %d-D input", X->rank);
     char spec[32];
     snprintf(spec, sizeof spec, "%s->%s", letters(X->rank), letters(X->rank));
     int y = new_act(m, nd->output[0], "", X->rank, X->shape, X->dtype);
@@ -345,7 +346,10 @@ static int do_add(Imp *m, const Onnx__NodeProto *nd)
     if (nd->n_input < 2 || nd->n_input > 32) return refuse(m, nd, "%zu inputs", nd->n_input);
     for (size_t k = 0; k < nd->n_input; k++) {
         if ((in[n] = input(m, nd, k)) < 0) return -1;
-        params += m->v[in[n]].kind == V_PARAM;
+        const Val *v = &m->v[in[n]];
+        params += v->kind == V_PARAM;
+        if (v->rank < 1 || v->rank > 4 || v->flat_of >= 0)
+            return refuse(m, nd, "input %zu is not a value of 1 to 4 dims", k);
         n++;
     }
     if (params == 1 && n == 2) {
@@ -701,6 +705,10 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
                 m->v[add_val(m, nd->output[0], V_ACT)].alias = x;
             } else {
                 const Val *X = &m->v[x];
+                if (X->kind == V_PARAM || X->flat_of >= 0 || X->rank < 1 || X->rank > 4) {
+                    refuse(m, nd, "its input is not an activation of 1 to 4 dims");
+                    return NULL;
+                }
                 int64_t axis = attr_int(nd, "axis", -1);
                 if (axis != -1 && axis != X->rank - 1) {
                     refuse(m, nd, "softmax over dim %lld, not the last", (long long)axis);
