@@ -178,11 +178,26 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
     }
     rd->recompute_any = nrc > 0;
     rd->recompute_all = nblock_ops > 0 && nrc == nblock_ops;
-    /* params */
+    /* params; one used on several stages (a tied embedding) is kept whole by
+     * strata whatever the others do, so its shard says nothing */
+    int *stage = xmalloc(sizeof(int) * (size_t)(g->ntensors ? g->ntensors : 1));
+    bool *tied = xcalloc((size_t)(g->ntensors ? g->ntensors : 1), sizeof *tied);
+    for (int t = 0; t < g->ntensors; t++) stage[t] = -1;
+    for (int o = 0; o < g->nops; o++)
+        for (int k = 0; k < g->ops[o].nin; k++) {
+            int t = g->ops[o].in[k];
+            if (stage[t] >= 0 && stage[t] != s->op_stage[o]) tied[t] = true;
+            stage[t] = s->op_stage[o];
+        }
     bool first = true;
     for (int i = 0; i < g->ntensors; i++) {
         if (g->tensors[i].role != ROLE_PARAM) continue;
         const ParamPolicy *pp = &s->params[i];
+        if (tied[i] && pp->shard == SHARD_NONE) {
+            rd->nstale += pp->staleness > 0;
+            rd->nps += pp->method == SYNC_PS;
+            continue;
+        }
         if (first) {
             rd->shard = pp->shard;
             rd->compress = pp->compress;
@@ -196,6 +211,8 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
         rd->nsfb += pp->method == SYNC_SFB;
         rd->nstale += pp->staleness > 0;
     }
+    free(stage);
+    free(tied);
     /* even cuts */
     rd->even_cuts = true;
     int nch = rd->P * rd->V;
