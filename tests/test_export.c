@@ -171,6 +171,40 @@ static void test_megatron(void **state)
     expect_flag(text, "--tensor-model-parallel-size 1 \\");
 }
 
+/* ZeRO-1 everywhere but the tied embedding, which strata keeps whole on a
+ * pipeline: still Megatron-LM's distributed optimizer, not mixed stages */
+static void test_tied_embedding_stays_whole(void **state)
+{
+    (void)state;
+    const char *st = tp("tied.json");
+    Res r = { 0 };
+    STRATA(&r, "strategy", "build", "megatron", "--model", gpt13(), "--cluster",
+           rp("clusters/dgx-a100-80gb.json"), "--nodes", "2", "--tp", "2", "--pp", "2",
+           "--microbatches", "8", "--recompute", "-o", st);
+    EXPECT_RC(&r, 0);
+    char *txt = track(slurp(st, NULL));
+    assert_non_null(txt);
+    cJSON *j = track_json(cJSON_Parse(txt));
+    assert_non_null(j);
+    cJSON *params = cJSON_GetObjectItemCaseSensitive(j, "params");
+    if (!params) params = cJSON_AddObjectToObject(j, "params");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(params, "*"), "shard", "zero1");
+    cJSON_DeleteItemFromObjectCaseSensitive(params, "embed.wte");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(params, "embed.wte"), "shard", "none");
+    char *text = cJSON_Print(j);
+    write_file(st, text);
+    cJSON_free(text);
+    STRATA(&r, "estimate", "--model", gpt13(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--nodes", "2", "--strategy", st, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    char id[17];
+    snprintf(id, sizeof id, "%s", JSTR(JSON_OUT(&r), "plan_id"));
+    STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
+    EXPECT_RC(&r, 0);
+    check_megatron(r.out);
+    expect_flag(r.out, "--use-distributed-optimizer \\");
+}
+
 static void check_keys(const cJSON *o, const char *const *allowed, const char *what)
 {
     const cJSON *it;
@@ -315,7 +349,8 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_megatron), T(test_deepspeed), T(test_torchtitan), T(test_refused_with_the_closest),
+        T(test_megatron), T(test_tied_embedding_stays_whole), T(test_deepspeed), T(test_torchtitan),
+        T(test_refused_with_the_closest),
         T(test_bad_input),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
