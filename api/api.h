@@ -2,13 +2,15 @@
  * api.h — `strata serve`: the REST API over the same store and the same job
  * functions (jobs/jobs.h) as the command line.
  *
- * libmicrohttpd serves HTTP/1.1, one thread per connection (an event stream
- * that follows a search holds its connection while the search runs). Work
- * that takes long (searches, runs under mpirun) goes to a bounded queue that
- * a fixed set of worker threads takes from; the request answers 202 at once
- * with the id to follow. Everything else is answered in the request's own
- * thread, on its own connection to the store (SQLite in WAL mode, so readers
- * never wait for the searches writing their events).
+ * libmicrohttpd serves HTTP/1.1 from a pool of threads, each with its own
+ * epoll over its connections; an event stream that follows a search
+ * suspends its connection while nothing is new (no thread waits on it).
+ * Work that takes long (searches; runs and profiles as child processes)
+ * goes to a bounded queue that a fixed set of worker threads takes from;
+ * the request answers 202 at once with the id to follow. Everything else is
+ * answered in the pool's thread, on a connection to the store taken from a
+ * pool (SQLite in WAL mode, so readers never wait for the searches writing
+ * their events).
  *
  * Every answer is JSON (the timeline is SVG, the page HTML, /metrics the
  * Prometheus text format); every error is
