@@ -164,6 +164,8 @@ FUZZERS      := model cluster strategy router onnx
 FUZZ_LIB_SRC := $(wildcard ir/*.c db/*.c costmodel/*.c search/*.c jobs/*.c api/*.c) executor/build.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/gen/onnx.pb-c.o
 FUZZ_BINS    := $(FUZZERS:%=build/fuzz/fuzz_%)
+# kept between runs (pattern-rule objects are otherwise deleted as intermediates)
+.SECONDARY: $(FUZZ_LIB_OBJ)
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
