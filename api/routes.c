@@ -1058,60 +1058,41 @@ static enum MHD_Result h_plan_svg(Req *r)
     enum MHD_Result out;
     Db *db = open_db(r, &out);
     if (!db) return out;
-    DbPlan p;
-    DbModel m;
-    DbCluster dc;
+    LoadedPlan lp;
     Err err = {0};
-    int rc = db_plan_get(db, r->params[0], &p, &err);
+    int rc = job_load_plan(db, r->params[0], &lp, &err);
     if (rc) {
         close_db(r, db);
         return rc > 0 ? reply_error(r, 404, "", "no plan with id %s", r->params[0])
                       : reply_error(r, 500, "", "%s", err.msg);
     }
-    rc = db_model_get(db, p.model_id, &m, &err);
-    if (!rc && (rc = db_cluster_get(db, p.cluster_id, &dc, &err))) db_model_free(&m);
     /* predicted by the model of its newest estimate */
     DbEstimate *e = NULL;
     int ne = 0;
     char cm[17] = "";
     int64_t prof = 0;
-    if (!rc && !db_estimate_list(db, p.id, &e, &ne, &err) && ne > 0) {
+    if (!db_estimate_list(db, lp.row.id, &e, &ne, &err) && ne > 0) {
         if (e[0].cost_model_id) snprintf(cm, sizeof cm, "%s", e[0].cost_model_id);
         prof = e[0].profile_id;
     }
     if (ne > 0) db_estimate_list_free(e, ne);
     close_db(r, db);
-    if (rc) {
-        db_plan_free(&p);
-        return reply_error(r, 500, "", "%s", err.msg);
-    }
-    cJSON *gj = cJSON_Parse(m.json), *cj = cJSON_Parse(dc.json), *sj = cJSON_Parse(p.strategy_json);
-    Graph *g = gj ? graph_from_json(gj, &err) : NULL;
-    Cluster *c = g && cj ? cluster_from_json(cj, 0, &err) : NULL;
-    Strategy *s = c && sj ? strategy_from_json(sj, g, c, &err) : NULL;
-    cJSON_Delete(gj);
-    cJSON_Delete(cj);
-    cJSON_Delete(sj);
     char title[300];
-    snprintf(title, sizeof title, "%s on %d x %s, plan %s", p.model_name, p.world,
-             p.cluster_name, p.id);
-    db_model_free(&m);
-    db_cluster_free(&dc);
-    db_plan_free(&p);
+    snprintf(title, sizeof title, "%s on %d x %s, plan %s", lp.row.model_name, lp.row.world,
+             lp.row.cluster_name, lp.row.id);
     Predictor pd;
     bool have_pd = false;
     Estimate est;
     bool have_est = false;
     char *svg = NULL;
     size_t n = 0;
-    if (!s) goto fail;
-    if (predictor_load(r->S->db_path, cm[0] ? cm : NULL, prof, c, &pd, &err)) goto fail;
+    if (predictor_load(r->S->db_path, cm[0] ? cm : NULL, prof, lp.c, &pd, &err)) goto fail;
     have_pd = true;
     EstimateOpts eo = { .db_path = NULL, .pred = &pd, .trace = true };
-    if (job_estimate(g, c, s, &eo, &est, &err)) goto fail;
+    if (job_estimate(lp.g, lp.c, lp.s, &eo, &est, &err)) goto fail;
     have_est = true;
     FILE *f = open_memstream(&svg, &n);
-    rc = sim_svg_write(&est.sim, s, title, f, &err);
+    rc = sim_svg_write(&est.sim, lp.s, title, f, &err);
     fclose(f);
     if (rc) goto fail;
     out = reply_text(r, 200, "image/svg+xml", svg, n);
@@ -1123,9 +1104,7 @@ done:
     free(svg);
     if (have_est) estimate_free(&est);
     if (have_pd) predictor_free(&pd);
-    strategy_free(s);
-    cluster_free(c);
-    graph_free(g);
+    loaded_plan_free(&lp);
     return out;
 }
 

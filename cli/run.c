@@ -170,36 +170,15 @@ static int load_inputs(const Args *a, Graph **g, Cluster **c, Strategy **s, Err 
     if (args_get(a, "plan")) {
         Db *db = db_open_existing(args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB, err);
         if (!db) return -1;
-        DbPlan p;
-        DbModel m = { 0 };
-        DbCluster dc = { 0 };
-        if (db_plan_get(db, args_get(a, "plan"), &p, err)) {
-            db_close(db);
-            return -1;
-        }
-        int rc = db_model_get(db, p.model_id, &m, err);
-        if (!rc) rc = db_cluster_get(db, p.cluster_id, &dc, err);
+        LoadedPlan lp;
+        int rc = job_load_plan(db, args_get(a, "plan"), &lp, err);
         db_close(db);
-        if (rc) {
-            db_plan_free(&p);
-            db_model_free(&m);
-            return -1;
-        }
-        cJSON *mj = cJSON_Parse(m.json), *cj = cJSON_Parse(dc.json), *sj = cJSON_Parse(p.strategy_json);
-        if (mj && cj && sj) {
-            *g = graph_from_json(mj, err);
-            *c = *g ? cluster_from_json(cj, 0, err) : NULL;
-            *s = *c ? strategy_from_json(sj, *g, *c, err) : NULL;
-        } else {
-            err_set(err, "plan %s: its stored JSON does not parse", p.id);
-        }
-        if (!*s) err_prefix(err, "plan %s", p.id);
-        cJSON_Delete(mj);
-        cJSON_Delete(cj);
-        cJSON_Delete(sj);
-        db_plan_free(&p);
-        db_model_free(&m);
-        db_cluster_free(&dc);
+        if (rc) return -1;
+        /* the objects are the caller's now; the row goes */
+        *g = lp.g;
+        *c = lp.c;
+        *s = lp.s;
+        db_plan_free(&lp.row);
     } else {
         int64_t nodes = 0;
         args_int(a, "nodes", 1, 1 << 20, &nodes, err);
