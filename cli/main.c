@@ -180,7 +180,7 @@ static int cmd_model_import(int argc, char **argv)
     static const OptSpec OPTS[] = {
         { "batch", 0, true, "N  the batch (the input's first dim; needed when it is dynamic)" },
         { "name", 0, true, "NAME  the model's name (default: the ONNX graph's)" },
-        { "loss", 0, true, "cross_entropy  the loss added over the output (the only one yet)" },
+        { "loss", 0, true, "cross_entropy|mse  the loss added over the output (default cross_entropy)" },
         { "output", 'o', true, "FILE  write the model JSON here (default: stdout)" },
         { "help", 'h', false, "show this help" },
         { NULL, 0, false, NULL },
@@ -190,7 +190,7 @@ static int cmd_model_import(int argc, char **argv)
     if (args_parse(argc, argv, OPTS, false, &a, &err)) return usage_error("model import", &err);
     if (args_has(&a, "help") || a.npos != 1)
         return usage_for(&a, "strata model import FILE.onnx [--batch N] [--name NAME] "
-                             "[--loss cross_entropy] [-o model.json]", OPTS);
+                             "[--loss cross_entropy|mse] [-o model.json]", OPTS);
     int64_t batch = 0;
     if (args_int(&a, "batch", 1, 1 << 30, &batch, &err)) return usage_error("model import", &err);
     OnnxOpts o = { .batch = batch, .name = args_get(&a, "name"), .loss = args_get(&a, "loss") };
