@@ -421,9 +421,17 @@ static int const_ints(Imp *m, int i, int64_t *out, int max)
     const Onnx__TensorProto *t = const_of(m, i);
     if (!t || !is_int(t->data_type) || tp_numel(t) > (size_t)max || t->n_dims > 1) return -1;
     for (size_t k = 0; k < tp_numel(t); k++) {
-        double x;
-        tp_value(t, k, &x);
-        out[k] = (int64_t)x;
+        /* read as integers: a double would round large values */
+        const uint8_t *raw = t->raw_data.data;
+        bool wide = t->data_type == ONNX__TENSOR_PROTO__DATA_TYPE__INT64;
+        if (wide && k < t->n_int64_data) out[k] = t->int64_data[k];
+        else if (!wide && k < t->n_int32_data) out[k] = t->int32_data[k];
+        else if (wide && t->raw_data.len >= 8 * (k + 1)) memcpy(&out[k], raw + 8 * k, 8);
+        else if (!wide && t->raw_data.len >= 4 * (k + 1)) {
+            int32_t x;
+            memcpy(&x, raw + 4 * k, 4);
+            out[k] = x;
+        } else return -1;
     }
     return (int)tp_numel(t);
 }
