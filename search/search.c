@@ -756,6 +756,7 @@ enum {
     F_NONE, F_CONTRACTED, F_IN_OUT, F_LOGSIZE, F_MATMUL, F_ELEMENT, F_GATHER_LOSS,
     F_LOGFLOPS,                                                  /* split */
     F_ALLREDUCE, F_PS, F_SFB, F_SHARD, F_COMPRESS, F_LOGBYTES, F_EMBED, F_TREE, F_HIER,
+    F_PS_SHARDS,                                                 /* sync */
     F_GLOBAL, F_PER_GROUP,                                       /* one choice for all, or not */
     NF
 };
@@ -867,13 +868,14 @@ static void rl_tables(Rl *R)
             x[F_LOGSIZE] = lg2((double)op->size[l - 'a']) / 16;
         }
     }
-    R->sync_x = xcalloc((size_t)(sp->npgroups ? sp->npgroups : 1) * 16 * NF, sizeof *R->sync_x);
+    R->sync_x = xcalloc((size_t)(sp->npgroups ? sp->npgroups : 1) * SPACE_MAX_SYNC * NF,
+                        sizeof *R->sync_x);
     for (int p = 0; p < sp->npgroups; p++) {
         int t = sp->pgroup_first[p];
         double bytes = (double)tensor_numel(&g->tensors[t]) * dtype_bytes(g->tensors[t].dtype);
         for (int k = 0; k < sp->nsync; k++) {
             const SyncChoice *c = &sp->sync[k];
-            double *x = &R->sync_x[NF * (p * 16 + k)];
+            double *x = &R->sync_x[NF * (p * SPACE_MAX_SYNC + k)];
             x[F_SYNC] = 1;
             x[F_ALLREDUCE] = c->method == SYNC_ALLREDUCE;
             x[F_PS] = c->method == SYNC_PS;
@@ -884,6 +886,9 @@ static void rl_tables(Rl *R)
             x[F_HIER] = c->algo == ALGO_HIERARCHICAL;
             x[F_LOGBYTES] = log10(fmax(bytes, 1)) / 10;
             x[F_EMBED] = graph_read_by(g, t, OP_EMBEDDING);
+            /* servers per data rank, as a fraction: 1 / 4 by default, all of them at -1 */
+            x[F_PS_SHARDS] = c->method != SYNC_PS ? 0 : c->ps_shards < 0 ? 1
+                           : c->ps_shards == 0 ? 0.5 : log2(c->ps_shards + 1) / 8;
         }
     }
     double total = 0;
@@ -1039,7 +1044,7 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
         if (n < 2) continue;
         d = ep_decision(e);
         for (int k = 0; k < n; k++, d->nopt++)
-            memcpy(ep_row(e), &R->sync_x[NF * (p * 16 + opts[k])], sizeof(double) * NF);
+            memcpy(ep_row(e), &R->sync_x[NF * (p * SPACE_MAX_SYNC + opts[k])], sizeof(double) * NF);
         x->sync[p] = (uint8_t)opts[rl_choose(R, e, d, f ? index_of(opts, n, f->sync[p]) : -1)];
     }
 }

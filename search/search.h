@@ -54,8 +54,12 @@ typedef struct {
     Compress compress;              /* lossy */
     int powersgd_rank;
     int staleness;                  /* lossy (PS) */
-    char name[24];                  /* "ring", "zero3", "ps", "sfb", "fp16", ... */
+    int ps_shards;                  /* PS servers: 0 = min(D, 4), -1 = one per data rank
+                                       (at most PS_MAX_SHARDS), else min(this, D) */
+    char name[24];                  /* "ring", "zero3", "ps", "ps:1", "sfb", "fp16", ... */
 } SyncChoice;
+
+#define SPACE_MAX_SYNC 24
 
 typedef struct {
     const Graph *g;
@@ -84,7 +88,7 @@ typedef struct {
     int *param_reader;              /* per tensor: the first op that reads it, -1: none */
     int *pgroup_first;              /* per param group: its first param */
     int nsync;
-    SyncChoice sync[16];
+    SyncChoice sync[SPACE_MAX_SYNC];
     uint32_t *pgroup_syncs;         /* per param group: bit k: sync[k] applies */
 } Space;
 

@@ -71,6 +71,13 @@ static void add_sync(Space *sp, SyncMethod m, SyncAlgo a, Shard sh, Compress cp,
     snprintf(s->name, sizeof s->name, "%s", name);
 }
 
+/* A synchronous parameter server of `shards` servers (SyncChoice.ps_shards). */
+static void add_ps(Space *sp, int shards, const char *name)
+{
+    add_sync(sp, SYNC_PS, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, name);
+    sp->sync[sp->nsync - 1].ps_shards = shards;
+}
+
 int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool lossy, bool untie,
                Err *err)
 {
@@ -210,6 +217,10 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
     add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_ZERO2, COMPRESS_NONE, 0, 0, "zero2");
     add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_ZERO3, COMPRESS_NONE, 0, 0, "zero3");
     add_sync(sp, SYNC_PS, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "ps");
+    /* parameter servers: how many, and where */
+    add_ps(sp, 1, "ps:1");
+    add_ps(sp, 2, "ps:2");
+    add_ps(sp, -1, "ps:all");
     add_sync(sp, SYNC_SFB, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "sfb");
     if (lossy) {
         add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_FP16, 0, 0, "fp16");
@@ -463,7 +474,11 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         pp->compress = c->compress;
         pp->powersgd_rank = c->powersgd_rank;
         pp->staleness = c->staleness;
-        pp->ps_shards = c->method == SYNC_PS ? (D < 4 ? D : 4) : 0;
+        if (c->method != SYNC_PS) continue;
+        int S = c->ps_shards < 0 ? D : c->ps_shards == 0 ? 4 : c->ps_shards;
+        if (S > D) S = D;
+        if (S > PS_MAX_SHARDS) S = PS_MAX_SHARDS;
+        pp->ps_shards = S;              /* placed by strategy_finish: spread */
     }
     if (strategy_finish(s, g, sp->c, err)) {
         strategy_free(s);

@@ -79,11 +79,11 @@ static void test_space_counts(void **state)
     assert_int_equal(space_micro_options(&sp, 1, ms, 16), 4);
     assert_int_equal(space_micro_options(&sp, 2, ms, 16), 3);
     assert_int_equal(space_micro_options(&sp, 4, ms, 16), 2);
-    /* coarse: M x schedules (P>1) x patterns (T>1) x recompute 2 x syncs 8 (D>1):
-     * (1,1,4) 4*2*2 = 16, (1,2,2) 3*2*2*8 = 96, (1,4,1) 2*2*8 = 32,
-     * (2,1,2) 4*2*2*2 = 32, (2,2,1) 3*2*2*8 = 96 */
-    assert_int_equal(sp.nsync, 8);
-    assert_int_equal(space_coarse_size(&sp), 16 + 96 + 32 + 32 + 96);
+    /* coarse: M x schedules (P>1) x patterns (T>1) x recompute 2 x syncs 11 (D>1):
+     * (1,1,4) 4*2*2 = 16, (1,2,2) 3*2*2*11 = 132, (1,4,1) 2*2*11 = 44,
+     * (2,1,2) 4*2*2*2 = 32, (2,2,1) 3*2*2*11 = 132 */
+    assert_int_equal(sp.nsync, 11);
+    assert_int_equal(space_coarse_size(&sp), 16 + 132 + 44 + 32 + 132);
     space_free(&sp);
     graph_free(g);
 
@@ -97,9 +97,9 @@ static void test_space_counts(void **state)
                      sp.op_group[graph_find_op(g, "blocks.1.fc")]);
     assert_int_equal(sp.param_group[graph_find_tensor(g, "blocks.0.fc.w")],
                      sp.param_group[graph_find_tensor(g, "blocks.1.fc.w")]);
-    assert_int_equal(sp.nsync, 12);         /* lossy: fp16, int8, powersgd, stale ps */
+    assert_int_equal(sp.nsync, 15);         /* lossy: fp16, int8, powersgd, stale ps */
     /* powersgd needs a matrix: not for a bias */
-    int pw = 10;
+    int pw = 13;
     assert_string_equal(sp.sync[pw].name, "powersgd:4");
     assert_false(sp.pgroup_syncs[sp.param_group[graph_find_tensor(g, "blocks.0.fc.b")]] >> pw & 1u);
     assert_true(sp.pgroup_syncs[sp.param_group[graph_find_tensor(g, "blocks.0.fc.w")]] >> pw & 1u);
@@ -224,6 +224,60 @@ static void test_baselines_are_points(void **state)
 /* The memory prefilter never refuses what fits: on a model whose plans
  * run out of memory, its bound stays at or below every lowered plan's
  * static state over its devices' memory, and it refuses some. */
+/* Parameter servers are searched by count: each PS choice gives the
+ * servers it names, spread over the data group. */
+static void test_ps_servers_are_searched(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("mlp", "batch=8 input=64");
+    Cluster *c = dgx(1);
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 8, false, true, &err), 0);
+    Cand x;
+    cand_init(&x, &sp);
+    int m = -1;
+    for (int k = 0; k < sp.nmesh; k++)
+        if (sp.mesh[k][0] == 1 && sp.mesh[k][1] == 8) m = k;
+    assert_true(m >= 0);
+    cand_set_mesh(&x, &sp, m);
+    static const struct { const char *name; int shards; int place0, place1; } want[] = {
+        { "ps", 4, 0, 2 }, { "ps:1", 1, 0, -1 }, { "ps:2", 2, 0, 4 }, { "ps:all", 8, 0, 1 },
+    };
+    int t = graph_find_tensor(g, "blocks.0.fc.w");
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int k = 0;
+        while (k < sp.nsync && strcmp(sp.sync[k].name, want[i].name)) k++;
+        assert_true(k < sp.nsync);
+        for (int p = 0; p < sp.npgroups; p++) x.sync[p] = (uint8_t)k;
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        if (!s) fail_msg("%s: %s", want[i].name, err.msg);
+        assert_int_equal(s->params[t].method, SYNC_PS);
+        assert_int_equal(s->params[t].ps_shards, want[i].shards);
+        assert_int_equal(s->params[t].ps_placement[0], want[i].place0);
+        if (want[i].place1 >= 0) assert_int_equal(s->params[t].ps_placement[1], want[i].place1);
+        strategy_free(s);
+    }
+    /* and it lowers and costs: fewer servers, fewer messages */
+    int k = 0;
+    while (k < sp.nsync && strcmp(sp.sync[k].name, "ps:all")) k++;
+    for (int p = 0; p < sp.npgroups; p++) x.sync[p] = (uint8_t)k;
+    Strategy *s = cand_strategy(&x, &sp, &err);
+    if (!s) fail_msg("ps:all: %s", err.msg);
+    Plan *pl = ir_lower_compact(g, c, s, &err);
+    if (!pl) fail_msg("%s", err.msg);
+    SimResult r;
+    assert_int_equal(cost_simulate(g, c, s, pl, NULL, &r, &err), 0);
+    assert_true(r.step_time > 0);
+    sim_result_free(&r);
+    plan_free(pl);
+    strategy_free(s);
+    cand_free(&x);
+    space_free(&sp);
+    cluster_free(c);
+    graph_free(g);
+}
+
 static void test_static_bound_is_sound(void **state)
 {
     (void)state;
@@ -235,7 +289,7 @@ static void test_static_bound_is_sound(void **state)
     Cand x;
     cand_init(&x, &sp);
     int refused = 0, checked = 0;
-    for (int64_t k = 0; k < space_coarse_size(&sp); k += 7) {
+    for (int64_t k = 0; k < space_coarse_size(&sp); k += 5) {
         space_coarse_point(&sp, k, &x);
         Strategy *s = cand_strategy(&x, &sp, &err);
         if (!s) continue;
@@ -500,6 +554,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_space_counts),
         cmocka_unit_test(test_baselines_are_points),
+        cmocka_unit_test(test_ps_servers_are_searched),
         cmocka_unit_test(test_static_bound_is_sound),
         cmocka_unit_test(test_exhaustive_is_optimum),
         cmocka_unit_test(test_mcmc_rl_reach_optimum),
