@@ -56,6 +56,10 @@ void kernel_shape_whole(KernelShape *ks, const Op *op, const Graph *g);
  * The CPU and the CUDA kernels check their shapes with it, with one message. */
 int kernel_check_extents(const KernelShape *ks, uint32_t whole, Err *err);
 
+/* A concat's shape: its concatenated letters whole (kernel_check_extents)
+ * and the output's as long as the inputs' own together. */
+int kernel_check_concat(const KernelShape *ks, Err *err);
+
 /* Local element count of operand k (k == nin: the output). */
 int64_t kernel_operand_numel(const KernelShape *ks, int k);
 
