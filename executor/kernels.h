@@ -2,7 +2,7 @@
  * kernels.h — CPU kernels for every op kind of the zoo, forward and backward,
  * on a rank's local shard, plus optimizer updates and gradient compression.
  *
- * Buffers are fp32 (int32 for index and label operands), row-major over the
+ * Buffers are fp32 (int32 for indices and class labels), row-major over the
  * operand's letters in spec order, at the local letter sizes. A kernel never
  * allocates what its caller must free; scratch it needs comes from malloc and
  * is released before it returns.

@@ -236,10 +236,11 @@ static const RunCase CASES[] = {
       "{\"o\": \"tp\"}}}}", 2, EXACT },
     /* mse: data parallel (the loss a partial mean on each rank); and the
      * classes split over tp in the head, its bias and the loss, whose target
-     * is loaded split */
+     * is loaded split, with 2 micro-batches (the loss a sum of their parts) */
     { "mse-dp", M_MSE, { "dp", "--world", "2" }, NULL, 2, EXACT },
     { "mse-tp2-classes", M_MSE, { NULL },
-      "{\"mesh\": {\"tp\": 2}, \"ops\": {\"head\": {\"split\": {\"k\": \"tp\"}}, "
+      "{\"mesh\": {\"tp\": 2}, \"pipeline\": {\"microbatches\": 2}, \"ops\": {"
+      "\"head\": {\"split\": {\"k\": \"tp\"}}, "
       "\"head_bias\": {\"split\": {\"k\": \"tp\"}}, \"loss\": {\"split\": {\"k\": \"tp\"}}}}",
       2, EXACT },
 };
