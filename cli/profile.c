@@ -121,10 +121,16 @@ static int valid_kinds(const char *list, Err *err)
     if (!*buf) return err_set(err, "--kinds: empty list");
     for (char *w = strtok(buf, ","); w; w = strtok(NULL, ",")) {
         OpKind k;
-        if (strcmp(w, "sgd") && strcmp(w, "adam") && op_kind_parse(w, &k))
-            return err_set(err, "--kinds: \"%s\" is not an op kind (matmul, embedding, conv2d, "
-                           "pool2d, mean, add, bias, gelu, relu, layernorm, batchnorm, softmax, "
-                           "cross_entropy, route) or optimizer (sgd, adam)", w);
+        if (strcmp(w, "sgd") && strcmp(w, "adam") && op_kind_parse(w, &k)) {
+            char kinds[256] = "";
+            for (int i = 0; i < OP_KIND_COUNT; i++) {
+                size_t at = strlen(kinds);
+                snprintf(kinds + at, sizeof kinds - at, "%s%s", i ? ", " : "",
+                         op_kind_name((OpKind)i));
+            }
+            return err_set(err, "--kinds: \"%s\" is not an op kind (%s) or optimizer (sgd, adam)",
+                           w, kinds);
+        }
     }
     return 0;
 }

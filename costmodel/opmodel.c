@@ -7,7 +7,8 @@
  * "Data Movement Is All You Need", MLSys 2021):
  *   gemm   matmul, conv2d (every phase): compute-bound when large;
  *          eff = plateau * d / (d + d_half), d the GEMM's harmonic size
- *   elem   elementwise, gathers, optimizer updates, gradient sums
+ *   elem   elementwise, gathers, concat and mse (copies and one pass over
+ *          the elements: memory-bound), optimizer updates, gradient sums
  *   norm   layernorm, batchnorm, softmax, cross_entropy (reductions)
  *   t = launch + max(flops / (peak * eff_compute), bytes / (bw * eff_bw))
  * with one set of constants for GPUs and one for CPUs; the constants, what
@@ -123,6 +124,9 @@ static OpClass op_class(int kind)
     case OP_SOFTMAX:
     case OP_CROSS_ENTROPY:
         return CL_NORM;
+    case OP_CONCAT:     /* a copy */
+    case OP_MSE:        /* one pass over prediction and target to a scalar */
+        return CL_ELEM;
     default:
         return CL_ELEM;
     }
@@ -637,7 +641,8 @@ static void net_prepare(OpModel *m, Net *n)
 OpModel *opmodel_load(const uint8_t *blob, size_t n, Err *err)
 {
     OpModel *m = NULL;
-    if (!blob || n < BLOB_HEAD + SCALE_BYTES) {
+    /* the header first: a model of another build has another length */
+    if (!blob || n < BLOB_HEAD) {
         err_set(err, "cost model weights: %zu bytes, too short for an op model (at least %d)", n,
                 BLOB_HEAD + SCALE_BYTES);
         return NULL;
@@ -648,10 +653,15 @@ OpModel *opmodel_load(const uint8_t *blob, size_t n, Err *err)
     if (ver != BLOB_VERSION)
         LOAD_FAIL("format version %u, this strata reads version %u; retrain with strata "
                   "costmodel train", ver, BLOB_VERSION);
+    /* the features include a one-hot of the op kinds: a build with other
+     * kinds (or other features) reads other inputs into the same weights */
     if (fver != OPMODEL_FEAT_VERSION || nf != OPMODEL_NFEAT)
-        LOAD_FAIL("feature version %u (%u features), this strata computes version %u (%d "
-                  "features); retrain with strata costmodel train", fver, nf,
-                  OPMODEL_FEAT_VERSION, OPMODEL_NFEAT);
+        LOAD_FAIL("trained by another build of strata (feature version %u, %u features; this "
+                  "build computes version %u, %d features, over %d op kinds): its predictions "
+                  "would be meaningless here, retrain it with strata costmodel train", fver, nf,
+                  OPMODEL_FEAT_VERSION, OPMODEL_NFEAT, (int)OP_KIND_COUNT);
+    if (n < BLOB_HEAD + SCALE_BYTES)
+        LOAD_FAIL("%zu bytes, too short for an op model (at least %d)", n, BLOB_HEAD + SCALE_BYTES);
     m = xcalloc(1, sizeof *m);
     m->covered = get32(blob + 16);
     if (m->covered >> CM_KIND_COUNT) LOAD_FAIL("covered-kinds mask 0x%x names unknown kinds", m->covered);

@@ -28,10 +28,11 @@
 
 /* --- features (opmodel.c) ---------------------------------------------------- */
 
-/* Bumped whenever a feature, its order, the target or the analytical
- * constants (one feature is the analytical model's efficiency) change: a
- * stored model of another version is refused on load. */
-#define OPMODEL_FEAT_VERSION 2
+/* Bumped whenever a feature, its order, the target, the op kinds (their
+ * one-hot is a feature) or the analytical constants (one feature is the
+ * analytical model's efficiency) change: a stored model of another version
+ * is refused on load. 3: concat and mse joined the op kinds. */
+#define OPMODEL_FEAT_VERSION 3
 #define OPMODEL_SIZES 6                 /* the largest letter sizes, sorted */
 #define OPMODEL_NFEAT (18 + IR_LETTERS + 4 + CM_KIND_COUNT + PH_COUNT + DT_COUNT)
 

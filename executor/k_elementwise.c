@@ -2,11 +2,13 @@
  * k_elementwise.c — kernels that touch each element once: add (residuals,
  * any number of inputs), bias (the second input broadcast over the first's
  * letters, in any order: "bsh,h", "bsh,sh", "nchw,c"), gelu (the tanh form
- * of GPT-2) and relu.
+ * of GPT-2), relu, concat (inputs laid end to end along one letter) and the
+ * mean squared error loss.
  *
  * All of them are memory-bound; each is one pass with a unit-stride inner
- * loop. None depends on how the op is split: every element is computed from
- * the elements at the same position.
+ * loop. None but mse depends on how the op is split: every element is
+ * computed from the elements at the same position (concat's concatenated
+ * letters are never split); mse divides by the global element count.
  *
  * Fast paths (k_fast_paths, buffers that do not overlap): restrict-qualified
  * loops over whole buffers, in K_FAST functions (see kernels_internal.h) so
@@ -22,6 +24,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 bool k_fast_paths = true;
@@ -401,5 +404,200 @@ int k_relu_bwd(const KernelShape *ks, const void *const *in, const float *out,
         return 0;
     }
     for (int64_t i = 0; i < n; i++) d[i] += x[i] > 0 ? dout[i] : 0;
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * concat: input k fills the output's range [o_k, o_k + a_k) along the
+ * output's concatenated letter c, o_k the sum of the inputs' a before it.
+ * Each input is one copy: a walk over its elements in the output's letter
+ * order (its own letter a in the place of c), with its own strides and the
+ * output's (c's stride standing for a), so the writes run along the output
+ * and any letter order on either side is one walk. */
+
+typedef struct {
+    char par;                      /* the letter whose indices the threads share; 0: none */
+    char rest[IR_MAX_DIMS + 1];    /* the walk's other letters, outermost first */
+    int64_t sx[IR_LETTERS], sy[IR_LETTERS];
+    int64_t base;                  /* input k's first element in the output */
+} ConcatPart;
+
+static void concat_part(const KernelShape *ks, int k, ConcatPart *cp)
+{
+    const Op *op = ks->op;
+    int lk = op_concat_letter(op, k), lo = op_concat_letter(op, op->nin);
+    k_strides(op->in_letters[k], ks->size, cp->sx);
+    k_strides(op->out_letters, ks->size, cp->sy);
+    int64_t before = 0;
+    for (int j = 0; j < k; j++) before += ks->size[op_concat_letter(op, j)];
+    cp->base = before * cp->sy[lo];
+    cp->sy[lk] = cp->sy[lo];
+    cp->sy[lo] = 0;
+    /* the outermost letter of more than one index is shared out */
+    cp->par = 0;
+    int n = 0;
+    for (const char *p = op->out_letters; *p; p++) {
+        char l = *p - 'a' == lo ? (char)('a' + lk) : *p;
+        if (!cp->par && ks->size[l - 'a'] > 1) cp->par = l;
+        else cp->rest[n++] = l;
+    }
+    cp->rest[n] = 0;
+}
+
+/* y[base + walk] = x[walk] (forward), or dx[walk] += dy[base + walk]. */
+static void concat_copy(const KernelShape *ks, const ConcatPart *cp, float *x, float *y, bool bwd)
+{
+    KLoop base;
+    kloop_init(&base, cp->rest, ks->size, 2, (const int64_t *const[]){cp->sx, cp->sy});
+    const int64_t n0 = cp->par ? ks->size[cp->par - 'a'] : 1;
+    const int64_t px = cp->par ? cp->sx[cp->par - 'a'] : 0;
+    const int64_t py = cp->par ? cp->sy[cp->par - 'a'] : 0;
+    const int64_t each = k_numel(cp->rest, ks->size);
+#pragma omp parallel for schedule(static) if (k_par(n0, each))
+    for (int64_t i = 0; i < n0; i++) {
+        KLoop lp = base;
+        const int64_t n1 = lp.inner, x1 = lp.ist[0], y1 = lp.ist[1];
+        do {
+            float *xi = x + i * px + lp.off[0];
+            float *yi = y + cp->base + i * py + lp.off[1];
+            if (!bwd && x1 == 1 && y1 == 1)
+                memcpy(yi, xi, (size_t)n1 * sizeof *yi);
+            else if (!bwd)
+                for (int64_t j = 0; j < n1; j++) yi[j * y1] = xi[j * x1];
+            else
+                for (int64_t j = 0; j < n1; j++) xi[j * x1] += yi[j * y1];
+        } while (kloop_next(&lp));
+    }
+}
+
+int k_concat_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
+{
+    if (kernel_check_concat(ks, err)) return -1;
+    for (int k = 0; k < ks->op->nin; k++) {
+        ConcatPart cp;
+        concat_part(ks, k, &cp);
+        concat_copy(ks, &cp, (float *)in[k], out, false);
+    }
+    return 0;
+}
+
+/* Input by input, so one buffer given for two inputs (x concatenated with
+ * itself) receives both slices in turn. */
+int k_concat_bwd(const KernelShape *ks, const void *const *in, const float *out,
+                 const float *dout, float *const *din, Err *err)
+{
+    (void)in, (void)out;
+    if (kernel_check_concat(ks, err)) return -1;
+    for (int k = 0; k < ks->op->nin; k++) {
+        if (!din[k]) continue;
+        ConcatPart cp;
+        concat_part(ks, k, &cp);
+        concat_copy(ks, &cp, din[k], (float *)dout, true);
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * mse "bk,bk->": loss = sum over the local elements of (p - t)^2 / N, N the
+ * global element count (the product of every letter's global size), so the
+ * partial losses of a split run add up to the mean, as cross_entropy's do.
+ * The target t may hold its letters in another order than the prediction p.
+ * Sums in double, over pieces of K_PIECE elements added in order: the same
+ * loss for any thread count. */
+
+static double mse_count(const KernelShape *ks)
+{
+    double n = 1;
+    for (const char *p = ks->op->in_letters[0]; *p; p++) n *= (double)ks->total[*p - 'a'];
+    return n;
+}
+
+/* p and t laid out alike: flat loops (the walk stays the tests' reference) */
+static bool mse_flat(const KernelShape *ks)
+{
+    return k_fast_paths && strcmp(ks->op->in_letters[0], ks->op->in_letters[1]) == 0;
+}
+
+/* Otherwise a walk over p's letters: offsets of p (and dp) and of t (and dt). */
+static void mse_walk(const KernelShape *ks, KLoop *lp)
+{
+    int64_t sp[IR_LETTERS], st[IR_LETTERS];
+    k_strides(ks->op->in_letters[0], ks->size, sp);
+    k_strides(ks->op->in_letters[1], ks->size, st);
+    kloop_init(lp, ks->op->in_letters[0], ks->size, 2, (const int64_t *const[]){sp, st});
+}
+
+int k_mse_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err)
+{
+    const Op *op = ks->op;
+    if (kernel_check_extents(ks, 0, err)) return -1;
+    const float *p = in[0], *t = in[1];
+    const int64_t n = k_numel(op->in_letters[0], ks->size);
+    double loss = 0;
+    if (mse_flat(ks)) {
+        const int64_t pieces = k_pieces(n);
+        double *part = malloc(sizeof *part * (size_t)(pieces ? pieces : 1));
+        if (!part) return err_set(err, "op %s: out of memory for %lld partial sums", op->name,
+                                  (long long)pieces);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t q = 0; q < pieces; q++) {
+            const float *pq = p + q * K_PIECE, *tq = t + q * K_PIECE;
+            double s = 0;
+            for (int64_t i = 0, len = k_piece_len(n, q); i < len; i++) {
+                double d = (double)pq[i] - tq[i];
+                s += d * d;
+            }
+            part[q] = s;
+        }
+        for (int64_t q = 0; q < pieces; q++) loss += part[q];
+        free(part);
+    } else {
+        KLoop lp;
+        mse_walk(ks, &lp);
+        do {
+            const float *pi = p + lp.off[0], *ti = t + lp.off[1];
+            for (int64_t i = 0; i < lp.inner; i++) {
+                double d = (double)pi[i * lp.ist[0]] - ti[i * lp.ist[1]];
+                loss += d * d;
+            }
+        } while (kloop_next(&lp));
+    }
+    out[0] = (float)(loss / mse_count(ks));
+    return 0;
+}
+
+/* dp += c (p - t), dt -= c (p - t), c = 2 dout / N. */
+int k_mse_bwd(const KernelShape *ks, const void *const *in, const float *out,
+              const float *dout, float *const *din, Err *err)
+{
+    (void)out;
+    const Op *op = ks->op;
+    if (kernel_check_extents(ks, 0, err)) return -1;
+    if (!din[0] && !din[1]) return 0;
+    const float *p = in[0], *t = in[1];
+    float *dp = din[0], *dt = din[1];
+    const float c = (float)(2.0 * dout[0] / mse_count(ks));
+    const int64_t n = k_numel(op->in_letters[0], ks->size);
+    if (mse_flat(ks)) {
+        const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+        for (int64_t q = 0; q < pieces; q++)
+            for (int64_t i = q * K_PIECE, end = i + k_piece_len(n, q); i < end; i++) {
+                float g = c * (p[i] - t[i]);
+                if (dp) dp[i] += g;
+                if (dt) dt[i] -= g;
+            }
+        return 0;
+    }
+    KLoop lp;
+    mse_walk(ks, &lp);
+    do {
+        for (int64_t i = 0; i < lp.inner; i++) {
+            int64_t a = lp.off[0] + i * lp.ist[0], b = lp.off[1] + i * lp.ist[1];
+            float g = c * (p[a] - t[b]);
+            if (dp) dp[a] += g;
+            if (dt) dt[b] -= g;
+        }
+    } while (kloop_next(&lp));
     return 0;
 }

@@ -42,6 +42,8 @@ static const struct {
     [OP_SOFTMAX] = {k_softmax_fwd, k_softmax_bwd},
     [OP_CROSS_ENTROPY] = {k_cross_entropy_fwd, k_cross_entropy_bwd},
     [OP_ROUTE] = {k_route_fwd, k_route_bwd},
+    [OP_CONCAT] = {k_concat_fwd, k_concat_bwd},
+    [OP_MSE] = {k_mse_fwd, k_mse_bwd},
 };
 
 static int check_shape(const KernelShape *ks, Err *err)
@@ -101,6 +103,20 @@ int kernel_check_extents(const KernelShape *ks, uint32_t whole, Err *err)
                            "whole in the strategy", op->name, op_kind_name(op->kind), 'a' + l,
                            (long long)ks->size[l], (long long)ks->total[l]);
     }
+    return 0;
+}
+
+int kernel_check_concat(const KernelShape *ks, Err *err)
+{
+    const Op *op = ks->op;
+    if (kernel_check_extents(ks, op->concat_mask, err)) return -1;
+    int64_t sum = 0;
+    for (int k = 0; k < op->nin; k++) sum += ks->size[op_concat_letter(op, k)];
+    int lo = op_concat_letter(op, op->nin);
+    if (lo < 0 || sum != ks->size[lo])
+        return err_set(err, "op %s: concat's output letter '%c' has local size %lld but its "
+                       "inputs' own letters %lld together", op->name, lo < 0 ? '?' : 'a' + lo,
+                       lo < 0 ? 0LL : (long long)ks->size[lo], (long long)sum);
     return 0;
 }
 

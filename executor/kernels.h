@@ -2,7 +2,7 @@
  * kernels.h — CPU kernels for every op kind of the zoo, forward and backward,
  * on a rank's local shard, plus optimizer updates and gradient compression.
  *
- * Buffers are fp32 (int32 for index and label operands), row-major over the
+ * Buffers are fp32 (int32 for indices and class labels), row-major over the
  * operand's letters in spec order, at the local letter sizes. A kernel never
  * allocates what its caller must free; scratch it needs comes from malloc and
  * is released before it returns.
@@ -55,6 +55,10 @@ void kernel_shape_whole(KernelShape *ks, const Op *op, const Graph *g);
  * within total); the letters in `whole` (bits l - 'a') are not split at all.
  * The CPU and the CUDA kernels check their shapes with it, with one message. */
 int kernel_check_extents(const KernelShape *ks, uint32_t whole, Err *err);
+
+/* A concat's shape: its concatenated letters whole (kernel_check_extents)
+ * and the output's as long as the inputs' own together. */
+int kernel_check_concat(const KernelShape *ks, Err *err);
 
 /* Local element count of operand k (k == nin: the output). */
 int64_t kernel_operand_numel(const KernelShape *ks, int k);

@@ -51,6 +51,12 @@ int k_cross_entropy_bwd(const KernelShape *ks, const void *const *in, const floa
 int k_route_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err);
 int k_route_bwd(const KernelShape *ks, const void *const *in, const float *out,
                 const float *dout, float *const *din, Err *err);
+int k_concat_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err);
+int k_concat_bwd(const KernelShape *ks, const void *const *in, const float *out,
+                 const float *dout, float *const *din, Err *err);
+int k_mse_fwd(const KernelShape *ks, const void *const *in, float *out, Err *err);
+int k_mse_bwd(const KernelShape *ks, const void *const *in, const float *out,
+              const float *dout, float *const *din, Err *err);
 
 /* --- helpers shared by the kernel files (kernels.c; k_contract* in k_contract.c)
  * Buffers are row-major over their letters; a letter's stride array holds 0

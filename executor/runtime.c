@@ -397,7 +397,7 @@ static void kernel_shape(Runtime *rt, const Instr *in, KernelShape *ks)
         /* an op sees one micro-batch: batch statistics (batch norm) are over
          * it; only the loss is a mean over the whole batch, summed over
          * micro-batches */
-        if (l == op->batch_letter && op->kind != OP_CROSS_ENTROPY)
+        if (l == op->batch_letter && !op_kind_is_loss(op->kind))
             ks->total[l] = op->size[l] / rt->s->microbatches;
         AxisMask m = pol->split[l] & rt->live;
         ks->off[l] = (int64_t)ir_group_index(rt->s, rt->coord, m) * ks->size[l];
@@ -1358,11 +1358,12 @@ Runtime *rt_new(const Graph *g, const Strategy *s, const Plan *p, Comm *comm,
         if (op->kind == OP_EMBEDDING)
             for (int l = 0; l < IR_LETTERS; l++)
                 if (op->gather_mask & (1u << l)) rt->data_hi[op->in[0]] = (int32_t)op->size[l];
-        if (op->kind == OP_CROSS_ENTROPY) {
+        /* class labels are ints below the class count; mse's targets are
+         * floats, filled like any float data */
+        if (op->kind == OP_CROSS_ENTROPY)
             for (int l = 0; l < IR_LETTERS; l++)
                 if (op->reduce_mask & (1u << l)) rt->data_hi[op->in[1]] = (int32_t)op->size[l];
-            rt->loss_op = i;
-        }
+        if (op_kind_is_loss(op->kind)) rt->loss_op = i;
     }
     float one = 1.0f;
     if (!(rt->one = dalloc(rt, 1, err)) || rt->dev->ops->upload(rt->dev, rt->one, &one, sizeof one, err))

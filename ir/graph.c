@@ -29,13 +29,22 @@ static const int dtype_sizes[DT_COUNT] = {4, 2, 2, 4};
 static const char *const role_names[ROLE_COUNT] = {"input", "label", "param", "activation"};
 static const char *const kind_names[OP_KIND_COUNT] = {
     "matmul", "embedding", "conv2d", "pool2d", "mean", "add", "bias", "gelu", "relu",
-    "layernorm", "batchnorm", "softmax", "cross_entropy", "route",
+    "layernorm", "batchnorm", "softmax", "cross_entropy", "route", "concat", "mse",
 };
 
 int dtype_bytes(DType d) { return d >= 0 && d < DT_COUNT ? dtype_sizes[d] : 0; }
 const char *dtype_name(DType d) { return d >= 0 && d < DT_COUNT ? dtype_names[d] : "?"; }
 const char *role_name(Role r) { return r >= 0 && r < ROLE_COUNT ? role_names[r] : "?"; }
 const char *op_kind_name(OpKind k) { return k >= 0 && k < OP_KIND_COUNT ? kind_names[k] : "?"; }
+bool op_kind_is_loss(OpKind k) { return k == OP_CROSS_ENTROPY || k == OP_MSE; }
+
+int op_concat_letter(const Op *op, int k)
+{
+    if (op->kind != OP_CONCAT || k < 0 || k > op->nin) return -1;
+    for (const char *p = k == op->nin ? op->out_letters : op->in_letters[k]; *p; p++)
+        if (op->concat_mask >> (*p - 'a') & 1) return *p - 'a';
+    return -1;
+}
 
 int dtype_parse(const char *s, DType *out)
 {
@@ -231,7 +240,8 @@ static const struct { int8_t min, max; } arity[OP_KIND_COUNT] = {
     [OP_POOL2D] = {1, 1},    [OP_MEAN] = {1, 1},      [OP_ADD] = {2, IR_MAX_INPUTS},
     [OP_BIAS] = {2, 2},      [OP_GELU] = {1, 1},      [OP_RELU] = {1, 1},
     [OP_LAYERNORM] = {1, 3}, [OP_BATCHNORM] = {1, 3}, [OP_SOFTMAX] = {1, 1},
-    [OP_CROSS_ENTROPY] = {2, 2}, [OP_ROUTE] = {1, 1},
+    [OP_CROSS_ENTROPY] = {2, 2}, [OP_ROUTE] = {1, 1}, [OP_CONCAT] = {2, IR_MAX_INPUTS},
+    [OP_MSE] = {2, 2},
 };
 
 /* One operand's letters, [b, e) of the spec, into out. */
@@ -453,7 +463,7 @@ static int check_kind(const Graph *g, const Op *op, const char *path, Err *err)
     for (int k = 0; k < op->nin; k++) mall |= letters_mask(op->in_letters[k]);
     const char *kind = kind_names[op->kind];
 
-    if (op->kind != OP_ROUTE)
+    if (op->kind != OP_ROUTE && op->kind != OP_CONCAT)
         for (const char *p = out; *p; p++)
             if (!(mall >> (*p - 'a') & 1))
                 return err_set(err, "%s.spec: output letter '%c' is in no input", path, *p);
@@ -503,6 +513,34 @@ static int check_kind(const Graph *g, const Op *op, const char *path, Err *err)
         if (letters_mask(op->in_letters[1]) != (m0 & ~op->reduce_mask))
             return err_set(err, "%s.spec: the labels' letters \"%s\" must be the logits' \"%s\" "
                            "without the class letter", path, op->in_letters[1], in0);
+        break;
+    case OP_CONCAT: {
+        uint32_t own_out = mo & ~mall, shared = mo & ~own_out;
+        if (__builtin_popcount(own_out) != 1)
+            return err_set(err, "%s.spec: concat's output \"%s\" needs exactly one letter that no "
+                           "input has (the concatenated dim), got %d", path, out,
+                           __builtin_popcount(own_out));
+        for (int k = 0; k < op->nin; k++) {
+            uint32_t mk = letters_mask(op->in_letters[k]);
+            if (__builtin_popcount(mk & ~mo) != 1)
+                return err_set(err, "%s.spec: concat's input %d \"%s\" needs exactly one letter "
+                               "that the output \"%s\" lacks (its extent along the concatenated "
+                               "dim), got %d", path, k, op->in_letters[k], out,
+                               __builtin_popcount(mk & ~mo));
+            if ((mk & mo) != shared)
+                return err_set(err, "%s.spec: concat's input %d \"%s\" must have every letter of "
+                               "the output \"%s\" but the concatenated '%c'", path, k,
+                               op->in_letters[k], out, 'a' + __builtin_ctz(own_out));
+        }
+        break;
+    }
+    case OP_MSE:
+        if (*out)
+            return err_set(err, "%s.spec: mse's output is the scalar loss, write \"->\" with no "
+                           "letters, got \"%s\"", path, op->spec);
+        if (letters_mask(op->in_letters[1]) != m0)
+            return err_set(err, "%s.spec: mse's target letters \"%s\" must be the prediction's "
+                           "\"%s\" (in any order)", path, op->in_letters[1], in0);
         break;
     case OP_ROUTE: {
         int extra = 0;
@@ -600,6 +638,34 @@ static int check_sizes(const Graph *g, Op *op, const char *path, Err *err)
     return 0;
 }
 
+/* Concat: the letters not in every operand (each input's own, the
+ * output's) are its concat_mask, and the output's size along its own letter
+ * is the sum of the inputs' along theirs. */
+static int check_concat_sizes(Op *op, const char *path, Err *err)
+{
+    uint32_t all = letters_mask(op->out_letters), every = all;
+    for (int k = 0; k < op->nin; k++) {
+        all |= letters_mask(op->in_letters[k]);
+        every &= letters_mask(op->in_letters[k]);
+    }
+    op->concat_mask = all & ~every;
+    int lo = op_concat_letter(op, op->nin);
+    int64_t sum = 0;
+    char names[4 * IR_MAX_INPUTS + 1] = "";
+    for (int k = 0; k < op->nin; k++) {
+        int l = op_concat_letter(op, k);
+        if (__builtin_add_overflow(sum, op->size[l], &sum))
+            return err_set(err, "%s.spec: concat: the sizes of the inputs' own letters overflow "
+                           "int64", path);
+        size_t at = strlen(names);
+        snprintf(names + at, sizeof names - at, "%s'%c'", k ? "," : "", 'a' + l);
+    }
+    if (sum != op->size[lo])
+        return err_set(err, "%s.spec: concat: output letter '%c' has %lld but its inputs' %s sum "
+                       "to %lld", path, 'a' + lo, (long long)op->size[lo], names, (long long)sum);
+    return 0;
+}
+
 static int check_op(Graph *g, int i, Err *err)
 {
     char path[48];
@@ -623,6 +689,16 @@ static int check_op(Graph *g, int i, Err *err)
     }
     for (int k = 0; k < op->nin; k++) {
         const Tensor *t = &g->tensors[op->in[k]];
+        if (op->kind == OP_MSE && k == 1) {
+            if (t->dtype == DT_I32)
+                return err_set(err, "%s.inputs[1]: tensor \"%s\" is i32, but mse's target must be "
+                               "a float label (f32, bf16 or f16); i32 class labels are for "
+                               "cross_entropy", path, t->name);
+            if (t->role != ROLE_LABEL)
+                return err_set(err, "%s.inputs[1]: tensor \"%s\" has role %s, but mse's target "
+                               "must be a tensor with role label", path, t->name,
+                               role_names[t->role]);
+        }
         bool index = (op->kind == OP_EMBEDDING && k == 0) || (op->kind == OP_CROSS_ENTROPY && k == 1);
         if (index && t->dtype != DT_I32)
             return err_set(err, "%s.inputs[%d]: tensor \"%s\" is %s, but %s %s must be i32", path,
@@ -636,6 +712,7 @@ static int check_op(Graph *g, int i, Err *err)
         return err_set(err, "%s.output: tensor \"%s\" is i32; ops produce floating-point tensors",
                        path, out->name);
     if (check_kind(g, op, path, err) || check_sizes(g, op, path, err)) return -1;
+    if (op->kind == OP_CONCAT && check_concat_sizes(op, path, err)) return -1;
 
     op->letters_mask = letters_mask(op->out_letters);
     for (int k = 0; k < op->nin; k++) op->letters_mask |= letters_mask(op->in_letters[k]);
@@ -661,6 +738,10 @@ static int check_op(Graph *g, int i, Err *err)
                            t->name);
         }
     }
+    if (op->batch_letter >= 0 && (op->concat_mask >> op->batch_letter & 1))
+        return err_set(err, "%s.spec: concat along the batch letter '%c' of input %d (\"%s\"); "
+                       "the batch letter must be in every input and the output", path,
+                       'a' + op->batch_letter, who, g->tensors[op->in[who]].name);
     out->batch_dim = -1;
     for (int p = 0; op->batch_letter >= 0 && op->out_letters[p]; p++)
         if (op->out_letters[p] - 'a' == op->batch_letter) out->batch_dim = p;
@@ -882,7 +963,9 @@ void graph_id(const Graph *g, char out[17])
  * gamma and beta) costs elt_wgrad per element of input 0, a reduction of dY.
  *
  * Bytes of a phase: the operands it reads plus what it writes. Backward reads
- * dY and the saved operands it needs and writes each gradient. */
+ * dY and the saved operands it needs and writes each gradient. Concat
+ * computes nothing: forward copies every input, backward the slices of dY
+ * whose inputs need a gradient. */
 
 static const struct { double fwd, wgrad; } elt_cost[OP_KIND_COUNT] = {
     [OP_POOL2D] = {1, 0},        /* one compare or add per window element */
@@ -896,6 +979,8 @@ static const struct { double fwd, wgrad; } elt_cost[OP_KIND_COUNT] = {
     [OP_SOFTMAX] = {5, 0},       /* scale, max, exp, sum, divide */
     [OP_CROSS_ENTROPY] = {5, 0}, /* per logit: max, exp, sum, log, pick */
     [OP_ROUTE] = {3, 0},         /* argmax over experts, capacity slot */
+    [OP_CONCAT] = {0, 0},        /* copies only */
+    [OP_MSE] = {3, 0},           /* per element: subtract, square, sum */
 };
 
 /* Elements of operand k (k = -1: the output) at the given letter sizes. A
@@ -969,6 +1054,16 @@ void graph_op_cost(const Graph *g, int i, const int64_t size[IR_LETTERS], OpCost
     if (op->kind == OP_ADD) per = op->nin - 1;
     c->flops[COST_FWD] = per * E;
     if (op->kind == OP_ROUTE) return;
+    if (op->kind == OP_CONCAT) {
+        /* no arithmetic: the backward reads the slices of dY the gradients
+         * need and writes them */
+        for (int k = 0; k < op->nin; k++) {
+            const Tensor *t = &g->tensors[op->in[k]];
+            if (t->needs_grad)
+                c->bytes[t->role == ROLE_PARAM ? COST_BWD_WEIGHT : COST_BWD_DATA] += 2 * in_b[k];
+        }
+        return;
+    }
     double data_b = 0, weight_b = 0;
     for (int k = 0; k < op->nin; k++) {
         const Tensor *t = &g->tensors[op->in[k]];

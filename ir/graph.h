@@ -54,11 +54,17 @@ typedef struct {
  *   softmax       over the `reduce` letter; `causal` masks t > s
  *   cross_entropy "bsv,bs->" mean loss; `reduce` is the class letter
  *   route         switch router: "bse->bsec", top-1 expert and capacity slot per token
+ *   concat        "nahw,nbhw->nchw": the inputs laid end to end, in input order, along
+ *                 the one letter only the output has (its size the sum of the inputs'
+ *                 own letters, the one letter each input has and the output lacks);
+ *                 every other letter is in every operand
+ *   mse           "bk,bk->" mean over every element of (input 0 - input 1)^2; input 1
+ *                 is the target, a float label, in any letter order
  */
 typedef enum {
     OP_MATMUL, OP_EMBEDDING, OP_CONV2D, OP_POOL2D, OP_MEAN, OP_ADD, OP_BIAS,
     OP_GELU, OP_RELU, OP_LAYERNORM, OP_BATCHNORM, OP_SOFTMAX, OP_CROSS_ENTROPY,
-    OP_ROUTE, OP_KIND_COUNT
+    OP_ROUTE, OP_CONCAT, OP_MSE, OP_KIND_COUNT
 } OpKind;
 
 typedef struct {
@@ -82,6 +88,7 @@ typedef struct {
     uint32_t letters_mask;                     /* every letter of the spec */
     uint32_t spatial_mask;                     /* conv2d/pool2d h,w (input size != output size) */
     uint32_t window_mask;                      /* conv2d kernel letters r,s */
+    uint32_t concat_mask;                      /* concat: each input's own letter, the output's */
     int64_t size[IR_LETTERS];                  /* letter sizes (spatial: output size) */
     int batch_letter;                          /* 0..25, or -1 if the op sees no batch */
 } Op;
@@ -145,6 +152,12 @@ const char *dtype_name(DType d);
 int dtype_parse(const char *s, DType *out);
 const char *op_kind_name(OpKind k);
 int op_kind_parse(const char *s, OpKind *out);
+/* cross_entropy and mse: a scalar mean over the whole batch (summed over
+ * micro-batches), whose gradient the step starts from. */
+bool op_kind_is_loss(OpKind k);
+/* The letter of operand k (k == nin: the output) along which a concat lays
+ * its inputs end to end, as 0..25; -1 for any other kind. */
+int op_concat_letter(const Op *op, int k);
 const char *role_name(Role r);
 
 #endif

@@ -842,6 +842,12 @@ static int check_ops(Ctx *x)
                 return err_set(err, "%s: letter %c is a reduction letter of %s op %s and cannot "
                                     "be split (only cross_entropy's and batchnorm's can)", path,
                                'a' + l, op_kind_name(op->kind), op->name);
+            if (op->concat_mask >> l & 1u)
+                return err_set(err, "%s: letter %c is a concatenated letter of concat op %s (%s); "
+                                    "the inputs are laid end to end along it, so it cannot be "
+                                    "split: split another letter", path, 'a' + l, op->name,
+                               l == op_concat_letter(op, op->nin) ? "the output's"
+                                                                  : "an input's own extent");
             if ((op->spatial_mask | op->window_mask) >> l & 1u)
                 return err_set(err, "%s: letter %c is a %s letter of %s op %s; splitting it "
                                     "would need a halo exchange, which strata does not do", path,

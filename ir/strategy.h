@@ -163,7 +163,8 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
                       const StrategyOpts *o, Err *err);
 
 /* May letter l (0..25) of op be split over a mesh axis at all: not a
- * spatial or window letter, nor a reduction letter of a non-linear op
+ * spatial or window letter, nor a concat's concatenated letter (an input's
+ * own or the output's), nor a reduction letter of a non-linear op
  * (cross_entropy's and batchnorm's are computed split)? The rule
  * strategy_from_json enforces, for builders that must stay within it. */
 bool strategy_letter_splittable(const Op *op, int l);

@@ -46,7 +46,7 @@ bool strategy_letter_splittable(const Op *op, int l)
     uint32_t bit = 1u << l;
     if ((op->reduce_mask & bit) && op->kind != OP_CROSS_ENTROPY && op->kind != OP_BATCHNORM)
         return false;
-    return !((op->spatial_mask | op->window_mask) & bit);
+    return !((op->spatial_mask | op->window_mask | op->concat_mask) & bit);
 }
 
 char strategy_tp_letter(const Op *op)

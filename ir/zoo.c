@@ -1,6 +1,6 @@
 /*
- * zoo.c — builders for the model zoo: mlp, gpt, bert, vgg16, resnet, moe,
- * dlrm.
+ * zoo.c — builders for the model zoo: mlp, gpt, bert, vgg16, resnet, fire,
+ * moe, dlrm.
  *
  * Each builder writes the JSON a user could write by hand (tensors declared
  * with their shapes, ops with their index specs) and loads it through
@@ -380,6 +380,8 @@ static const OptDef mlp_opts[] = {
     {"input", 'i', "32", 1, 1 << 20, NULL, "input features"},
     {"classes", 'i', "10", 1, 1 << 20, NULL, "output classes"},
     {"batch", 'i', "8", 1, 1 << 24, NULL, "global batch size"},
+    {"loss", 'c', "ce", 0, 0, "ce|mse",
+     "ce: cross-entropy on class labels; mse: squared error to f32 targets [batch, classes]"},
     {"dtype", 'c', "f32", 0, 0, "f32|bf16|f16", "dtype of params and activations"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
@@ -389,8 +391,10 @@ static int build_mlp(Builder *b, const Opts *o, Err *err)
     (void)err;
     int64_t L = opt_i(o, "layers"), H = opt_i(o, "hidden"), B = opt_i(o, "batch");
     int64_t K = opt_i(o, "classes");
+    bool mse = strcmp(opt_s(o, "loss"), "mse") == 0;
     int x = b_tensor_abs(b, "x", ROLE_INPUT, b->dt, SHAPE(B, opt_i(o, "input")));
-    int y = b_tensor_abs(b, "labels", ROLE_LABEL, DT_I32, SHAPE(B));
+    int y = mse ? b_tensor_abs(b, "labels", ROLE_LABEL, DT_F32, SHAPE(B, K))
+                : b_tensor_abs(b, "labels", ROLE_LABEL, DT_I32, SHAPE(B));
     for (int i = 0; i < L; i++) {
         b_scope(b, i, "blocks.%d.");
         int w = b_param(b, "fc.w", SHAPE(dim(b, x, 1), H));
@@ -404,7 +408,10 @@ static int build_mlp(Builder *b, const Opts *o, Err *err)
     x = b_op(b, "head", OP_MATMUL, "bh,hk->bk", NOATTR, IN(x, w));
     int bias = b_param(b, "head.b", SHAPE(K));
     x = b_op(b, "head_bias", OP_BIAS, "bk,k->bk", NOATTR, IN(x, bias));
-    b_op(b, "loss", OP_CROSS_ENTROPY, "bk,b->", (Attr){.reduce = "k"}, IN(x, y));
+    if (mse)
+        b_op(b, "loss", OP_MSE, "bk,bk->", NOATTR, IN(x, y));
+    else
+        b_op(b, "loss", OP_CROSS_ENTROPY, "bk,b->", (Attr){.reduce = "k"}, IN(x, y));
     return 0;
 }
 
@@ -726,6 +733,19 @@ static int conv_bn(Builder *b, const char *conv, const char *bn, int x, int64_t 
     return b_op(b, bn, OP_BATCHNORM, "nchw,c,c->nchw", (Attr){.reduce = "nhw"}, IN(x, g, be));
 }
 
+/* Outside the blocks: global average pooling of the feature map x, a linear
+ * classifier to K classes, cross-entropy against the labels y. */
+static void pooled_head(Builder *b, int x, int64_t K, int y)
+{
+    b_scope(b, -1, "");
+    x = b_op(b, "pool", OP_MEAN, "nchw->nc", NOATTR, IN(x));
+    int w = b_param(b, "fc.w", SHAPE(dim(b, x, 1), K));
+    x = b_op(b, "fc", OP_MATMUL, "nc,ck->nk", NOATTR, IN(x, w));
+    int pb = b_param(b, "fc.b", SHAPE(K));
+    x = b_op(b, "fc_bias", OP_BIAS, "nk,k->nk", NOATTR, IN(x, pb));
+    b_op(b, "loss", OP_CROSS_ENTROPY, "nk,n->", (Attr){.reduce = "k"}, IN(x, y));
+}
+
 /* ResNet v1.5: bottlenecks 1x1, 3x3 (carrying the stride), 1x1 x4 channels;
  * a projection shortcut opens each stage. */
 static int build_resnet(Builder *b, const Opts *o, Err *err)
@@ -759,13 +779,64 @@ static int build_resnet(Builder *b, const Opts *o, Err *err)
             x = b_op(b, "relu", OP_RELU, "nchw->nchw", NOATTR, IN(x));
         }
     }
-    b_scope(b, -1, "");
-    x = b_op(b, "pool", OP_MEAN, "nchw->nc", NOATTR, IN(x));
-    int w = b_param(b, "fc.w", SHAPE(dim(b, x, 1), K));
-    x = b_op(b, "fc", OP_MATMUL, "nc,ck->nk", NOATTR, IN(x, w));
-    int pb = b_param(b, "fc.b", SHAPE(K));
-    x = b_op(b, "fc_bias", OP_BIAS, "nk,k->nk", NOATTR, IN(x, pb));
-    b_op(b, "loss", OP_CROSS_ENTROPY, "nk,n->", (Attr){.reduce = "k"}, IN(x, y));
+    pooled_head(b, x, K, y);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * fire: a small SqueezeNet-style CNN (Iandola et al. 2016), the zoo's model
+ * with a concat. A 3x3 stride-2 stem conv, then fire modules, each a block:
+ * a 1x1 squeeze conv, then a 1x1 and a 3x3 expand conv side by side on the
+ * squeezed map, their outputs concatenated along the channels; global
+ * average pooling and a linear classifier. No max pooling between modules:
+ * the map stays at half the image. */
+
+static const OptDef fire_opts[] = {
+    {"batch", 'i', "8", 1, 1 << 24, NULL, "global batch size"},
+    {"image", 'i', "32", 2, 1 << 16, NULL, "image height and width"},
+    {"classes", 'i', "10", 1, 1 << 24, NULL, "output classes"},
+    {"stem", 'i', "16", 1, 1 << 16, NULL, "channels of the 3x3 stride-2 stem conv"},
+    {"fires", 'i', "2", 1, 256, NULL, "fire modules (each a block)"},
+    {"squeeze", 'i', "8", 1, 1 << 16, NULL, "channels of each squeeze (1x1) conv"},
+    {"expand", 'i', "16", 1, 1 << 16, NULL,
+     "channels of each expand conv, 1x1 and 3x3 (the concat has twice as many)"},
+    {"dtype", 'c', "f32", 0, 0, "f32|bf16|f16", "dtype of params and activations"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL},
+};
+
+/* conv k x k (padding k/2: at stride 1 the map keeps its size) + bias + relu */
+static int conv_relu(Builder *b, const char *name, int x, int64_t cout, int k, int stride)
+{
+    char nw[64], nb[64], nbias[64], nr[64];
+    snprintf(nw, sizeof nw, "%s.w", name);
+    snprintf(nb, sizeof nb, "%s.b", name);
+    snprintf(nbias, sizeof nbias, "%s_bias", name);
+    snprintf(nr, sizeof nr, "%s_relu", name);
+    int w = b_param(b, nw, SHAPE(cout, dim(b, x, 1), k, k));
+    x = b_op(b, name, OP_CONV2D, "nchw,ocrs->nohw", (Attr){.stride = stride, .pad = k / 2},
+             IN(x, w));
+    int pb = b_param(b, nb, SHAPE(cout));
+    x = b_op(b, nbias, OP_BIAS, "nchw,c->nchw", NOATTR, IN(x, pb));
+    return b_op(b, nr, OP_RELU, "nchw->nchw", NOATTR, IN(x));
+}
+
+static int build_fire(Builder *b, const Opts *o, Err *err)
+{
+    (void)err;
+    int64_t B = opt_i(o, "batch"), S = opt_i(o, "image"), K = opt_i(o, "classes");
+    int64_t Q = opt_i(o, "squeeze"), E = opt_i(o, "expand");
+    int x = b_tensor_abs(b, "image", ROLE_INPUT, b->dt, SHAPE(B, 3, S, S));
+    int y = b_tensor_abs(b, "labels", ROLE_LABEL, DT_I32, SHAPE(B));
+    b_scope(b, -1, "stem.");
+    x = conv_relu(b, "conv", x, opt_i(o, "stem"), 3, 2);
+    for (int i = 0; i < opt_i(o, "fires"); i++) {
+        b_scope(b, i, "blocks.%d.");
+        int sq = conv_relu(b, "squeeze", x, Q, 1, 1);
+        int e1 = conv_relu(b, "expand1", sq, E, 1, 1);
+        int e3 = conv_relu(b, "expand3", sq, E, 3, 1);
+        x = b_op(b, "concat", OP_CONCAT, "nahw,nbhw->nchw", (Attr){.extra = 2 * E}, IN(e1, e3));
+    }
+    pooled_head(b, x, K, y);
     return 0;
 }
 
@@ -846,7 +917,7 @@ static int build_dlrm(Builder *b, const Opts *o, Err *err)
  * The table of kinds */
 
 static const ZooKind kinds[] = {
-    {"mlp", "multilayer perceptron: matmul + bias + relu per block, cross-entropy loss",
+    {"mlp", "multilayer perceptron: matmul + bias + relu per block, cross-entropy or mse loss",
      NULL, mlp_opts, build_mlp},
     {"gpt", "Megatron-style GPT decoder (pre-LN, learned positions, causal attention)",
      gpt_presets, gpt_opts, build_gpt},
@@ -856,6 +927,8 @@ static const ZooKind kinds[] = {
      NULL, vgg_opts, build_vgg16},
     {"resnet", "ResNet v1.5 with bottlenecks and batchnorm (torchvision layout)",
      NULL, resnet_opts, build_resnet},
+    {"fire", "SqueezeNet-style CNN: fire modules whose 1x1 and 3x3 expand convs are concatenated",
+     NULL, fire_opts, build_fire},
     {"moe", "GPT with switch-transformer experts (top-1 routing) in every k-th block",
      gpt_presets, moe_opts, build_moe},
     {"dlrm", "DLRM: embedding bags, pairwise interaction, bottom and top MLPs",

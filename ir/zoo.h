@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include "graph.h"
 
-/* Builds model `kind` (mlp, gpt, bert, vgg16, resnet, moe, dlrm) from options
+/* Builds model `kind` (mlp, gpt, bert, vgg16, resnet, fire, moe, dlrm) from options
  * given as key/value strings (keys without the leading "--", e.g. "layers",
  * "96"). An unknown kind or option, or a bad value, is an error naming it.
  * Caller frees with graph_free. */

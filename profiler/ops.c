@@ -67,6 +67,12 @@ static const ZooSource MODELS[] = {
     { "resnet50", "resnet", "--depth 50 --batch 32" },
     { "moe-small", "moe", "--layers 2 --hidden 256 --heads 4 --seq 128 --vocab 8192 --batch 8 --experts 8" },
     { "dlrm", "dlrm", "--rows 100000" },
+    /* concat: the fire modules' channel concatenations, small and ImageNet-sized */
+    { "fire-small", "fire", "--batch 8 --image 32" },
+    { "fire", "fire", "--batch 32 --image 112 --stem 64 --fires 3 --squeeze 16 --expand 64" },
+    /* mse: a regression head over a few to many outputs */
+    { "mlp-mse", "mlp", "--layers 2 --hidden 1024 --input 784 --classes 10 --batch 256 --loss mse" },
+    { "mlp-mse-wide", "mlp", "--layers 1 --hidden 512 --input 256 --classes 4096 --batch 128 --loss mse" },
 };
 #define NMODELS ((int)(sizeof MODELS / sizeof MODELS[0]))
 
@@ -361,13 +367,19 @@ static void add_random(OpGrid *g, const OpCase *c, uint64_t *rng)
     int64_t size[IR_LETTERS];
     memcpy(size, c->size, sizeof size);
     uint32_t fixed = op->spatial_mask | op->window_mask;
+    int cat = op_concat_letter(op, op->nin);
     for (int l = 0; l < IR_LETTERS; l++) {
-        if (!(op->letters_mask & (1u << l)) || (fixed & (1u << l))) continue;
+        if (!(op->letters_mask & (1u << l)) || (fixed & (1u << l)) || l == cat) continue;
         uint64_t x = splitmix(rng);
         if (x & 1) continue;
         double u = uniform_pm1(x);
         size[l] = (int64_t)llround(size[l] * pow(2, u));
         if (size[l] < 1) size[l] = 1;
+    }
+    /* a concat's output holds its inputs end to end */
+    if (cat >= 0) {
+        size[cat] = 0;
+        for (int k = 0; k < op->nin; k++) size[cat] += size[op_concat_letter(op, k)];
     }
     OpCase r = *c;
     memcpy(r.size, size, sizeof size);

@@ -858,7 +858,7 @@ static void rl_tables(Rl *R)
             x[F_SPLIT] = 1;
             x[F_NONE] = k == 0;
             x[F_MATMUL] = op->kind == OP_MATMUL || op->kind == OP_CONV2D;
-            x[F_GATHER_LOSS] = op->kind == OP_EMBEDDING || op->kind == OP_CROSS_ENTROPY;
+            x[F_GATHER_LOSS] = op->kind == OP_EMBEDDING || op_kind_is_loss(op->kind);
             x[F_ELEMENT] = !x[F_MATMUL] && !x[F_GATHER_LOSS];
             x[F_LOGFLOPS] = log10(fmax(oc.flops[0], 1)) / 10;
             if (k == 0) continue;

@@ -190,7 +190,8 @@ static void test_help(void **state)
     /* the zoo's help lists every kind and its options */
     STRATA(&r, "model", "build", "gpt", "--help");
     EXPECT_RC(&r, 0);
-    EXPECT_OUT(&r, "mlp", "gpt", "bert", "vgg16", "resnet", "moe", "dlrm", "--preset", "gpt3-175b");
+    EXPECT_OUT(&r, "mlp", "gpt", "bert", "vgg16", "resnet", "fire", "moe", "dlrm", "--preset",
+               "gpt3-175b", "--loss");
     res_free(&r);
 }
 
@@ -397,6 +398,10 @@ static const ZooCase ZOO[] = {
     { "resnet", { "--batch", "2", "--image", "32", "--classes", "10" }, "resnet50", 0 },
     { "moe", { "--layers", "2", "--experts", "4" }, "moe", 0 },
     { "dlrm", { "--rows", "100", "--batch", "8", "--tables", "2" }, "dlrm", 0 },
+    { "fire", { "--batch", "2", "--image", "16" }, "fire", 0 },
+    /* the mse head has the ce head's params */
+    { "mlp", { "--layers", "2", "--hidden", "64", "--input", "32", "--classes", "10", "--loss",
+               "mse" }, "loss=mse", 6922 },
 };
 
 static void test_model_build_and_show_every_kind(void **state)

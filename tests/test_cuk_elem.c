@@ -71,7 +71,7 @@ static void parse_sizes(const char *s, int64_t sz[IR_LETTERS])
 
 /* A model of one op `kind` with `spec` ("bsh,h->bsh") at `sizes`; `attrs`
  * is more JSON for the op. Inputs in0.. are params (embedding indices: i32
- * inputs); the output is y. */
+ * inputs; mse's target: an f32 label); the output is y. */
 static Graph *one_op(const char *kind, const char *spec, const char *sizes, const char *attrs)
 {
     int64_t sz[IR_LETTERS];
@@ -92,13 +92,14 @@ static Graph *one_op(const char *kind, const char *spec, const char *sizes, cons
     char buf[4096] = "{\"name\":\"t\",\"tensors\":[";
     for (int k = 0; k <= nin; k++) {
         bool idx = strcmp(kind, "embedding") == 0 && k == 0;
+        bool target = strcmp(kind, "mse") == 0 && k == 1;
         char name[8];
         snprintf(name, sizeof name, k == nin ? "y" : "in%d", k);
         append(buf, sizeof buf, "%s{\"name\":\"%s\",\"shape\":[", k ? "," : "", name);
         for (int p = 0; ops[k][p]; p++)
             append(buf, sizeof buf, "%s%lld", p ? "," : "", (long long)sz[ops[k][p] - 'a']);
         append(buf, sizeof buf, "],\"dtype\":\"%s\",\"role\":\"%s\"}", idx ? "i32" : "f32",
-               k == nin ? "activation" : idx ? "input" : "param");
+               k == nin ? "activation" : idx ? "input" : target ? "label" : "param");
     }
     append(buf, sizeof buf, "],\"ops\":[{\"name\":\"op\",\"kind\":\"%s\",\"spec\":\"%s\",\"inputs\":[",
            kind, spec);
@@ -258,6 +259,19 @@ static const OpCase op_cases[] = {
     {"embedding", "bsl,lvh->bsh", "b3 s5 l3 v7 h33", ",\"gather\":\"v\"", 'v', 1, 5},
     {"embedding", "s,vh->sh", "s1 v1 h1", ",\"gather\":\"v\"", 0, 0, 0},
     {"embedding", "bs,vh->bsh", "b4 s64 v500 h96", ",\"gather\":\"v\"", 'v', 100, 250},
+    /* concat: its letter first, last, in the middle; an own extent of 1;
+     * three inputs; a shared letter split */
+    {"concat", "nahw,nbhw->nchw", "n2 a3 b5 h4 w3 c8", NULL, 0, 0, 0},
+    {"concat", "anhw,nhwb->nhcw", "n2 a3 b5 h4 w33 c8", NULL, 0, 0, 0},
+    {"concat", "ah,hb,hc->dh", "a2 b3 c1 h5 d6", NULL, 0, 0, 0},
+    {"concat", "nahw,nbhw->nchw", "n2 a3 b5 h8 w3 c8", NULL, 'h', 4, 4},
+    /* mse: target laid out like the prediction or not; a split letter (the
+     * loss a partial sum over the global count) */
+    {"mse", "bk,bk->", "b3 k33", NULL, 0, 0, 0},
+    {"mse", "bk,kb->", "b3 k33", NULL, 0, 0, 0},
+    {"mse", "nchw,nhwc->", "n2 c3 h5 w7", NULL, 0, 0, 0},
+    {"mse", "bk,bk->", "b8 k33", NULL, 'b', 4, 4},
+    {"mse", "b,b->", "b1", NULL, 0, 0, 0},
 };
 #define N_OP_CASES (sizeof op_cases / sizeof *op_cases)
 
@@ -295,6 +309,36 @@ static void emu_forward(const KernelShape *ks, const void *const *in, float *out
         elem_embed_plan(&p, ks);
         assert_int_equal(p.out.numel, n);
         for (int64_t i = 0; i < n; i++) elem_embed_fwd(i, out, in[0], in[1], &p);
+        break;
+    }
+    case OP_CONCAT: {
+        int64_t total = 0;
+        for (int k = 0; k < op->nin; k++) {
+            ElemConcatPlan p;
+            elem_concat_plan(&p, ks, k);
+            assert_int_equal(p.w.numel, kernel_operand_numel(ks, k));
+            total += p.w.numel;
+            for (int64_t i = 0; i < p.w.numel; i++) elem_concat_fwd(i, out, in[k], &p);
+        }
+        assert_int_equal(total, n);
+        break;
+    }
+    case OP_MSE: {
+        /* MSE_BLOCKS blocks of MSE_THREADS threads: a part per block, the
+         * parts added in block order, as kern_mse_part / kern_mse_loss */
+        enum { MSE_BLOCKS = 3, MSE_THREADS = 7 };
+        ElemMsePlan p;
+        elem_mse_plan(&p, ks);
+        assert_int_equal(p.w.numel, kernel_operand_numel(ks, 0));
+        double s = 0;
+        for (int b = 0; b < MSE_BLOCKS; b++) {
+            double part = 0;
+            for (int t = 0; t < MSE_THREADS; t++)
+                part += elem_mse_part(in[0], in[1], b * MSE_THREADS + t,
+                                      MSE_BLOCKS * MSE_THREADS, &p);
+            s += part;
+        }
+        out[0] = (float)(s / p.count);
         break;
     }
     default:
@@ -351,6 +395,22 @@ static void emu_backward(const KernelShape *ks, const void *const *in, const flo
         for (int64_t i = 0; i < p.all.numel; i++) elem_embed_bwd(i, din[1], in[0], dy, &p);
         break;
     }
+    case OP_CONCAT:
+        for (int k = 0; k < op->nin; k++) {
+            if (!din[k]) continue;
+            ElemConcatPlan p;
+            elem_concat_plan(&p, ks, k);
+            for (int64_t i = 0; i < p.w.numel; i++) elem_concat_bwd(i, din[k], dy, &p);
+        }
+        break;
+    case OP_MSE: {
+        ElemMsePlan p;
+        elem_mse_plan(&p, ks);
+        const float c = (float)(2.0 * dy[0] / p.count);     /* as kern_mse_bwd */
+        for (int64_t i = 0; i < p.w.numel; i++)
+            elem_mse_bwd(i, din[0], din[1], in[0], in[1], c, &p);
+        break;
+    }
     default:
         fail_msg("no emulation for %s", op_kind_name(op->kind));
     }
@@ -400,8 +460,9 @@ static void test_ops_host(void **state)
         emu_forward(&c.ks, (const void *const *)c.x, got);
         char what[256];
         snprintf(what, sizeof what, "%s forward", c.name);
-        bool gelu = c.g->ops[0].kind == OP_GELU;
-        check_close(what, got, want, no, gelu ? 2e-7 : 0, gelu ? 1e-30 : 0);
+        /* mse sums in another order */
+        bool gelu = c.g->ops[0].kind == OP_GELU, mse = c.g->ops[0].kind == OP_MSE;
+        check_close(what, got, want, no, gelu ? 2e-7 : mse ? 1e-6 : 0, gelu ? 1e-30 : 0);
 
         float *dy = randv(no, -1, 1), *dc[IR_MAX_INPUTS], *de[IR_MAX_INPUTS];
         grads_new(&c, dc);
@@ -877,6 +938,8 @@ static void test_ops_gpu_large(void **state)
         {"bias", "nchw,c->nchw", "n16 c64 h56 w56", NULL, 0, 0, 0},
         {"gelu", "bsf->bsf", "b8 s256 f3072", NULL, 0, 0, 0},
         {"embedding", "bs,vh->bsh", "b8 s1024 v50257 h768", ",\"gather\":\"v\"", 'v', 25000, 25257},
+        {"concat", "nahw,nbhw->nchw", "n16 a64 b64 h56 w56 c128", NULL, 0, 0, 0},
+        {"mse", "bk,bk->", "b256 k4096", NULL, 0, 0, 0},
     };
     for (size_t e = 0; e < sizeof big / sizeof *big; e++) {
         Case c;

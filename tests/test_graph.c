@@ -149,18 +149,18 @@ static const char *attrs_model =
     "{'name':'logits','kind':'matmul','spec':'bsh,vh->bsv','inputs':['ln','wte'],'output':'logits'},"
     "{'name':'loss','kind':'cross_entropy','spec':'bsv,bs->','inputs':['logits','labels'],'output':'loss','reduce':'v'}]}";
 
-static void test_round_trip_attrs(void **state)
+/* The model in `text` (canonical form) loads and writes back the same JSON;
+ * loaded again from that, it writes the same and has the same id. Returns
+ * the first graph. */
+static Graph *round_trip(const char *text)
 {
-    (void)state;
-    cJSON *j = q(attrs_model);
+    cJSON *j = q(text);
     Err err = {{0}};
     Graph *g = graph_from_json(j, &err);
     if (!g) fail_msg("%s", err.msg);
     cJSON *back = graph_to_json(g);
     char *a = flat(j), *b = flat(back);
     assert_string_equal(a, b);
-
-    /* and once more through the graph: same JSON, same id */
     Graph *g2 = graph_from_json(back, &err);
     assert_non_null(g2);
     cJSON *back2 = graph_to_json(g2);
@@ -171,6 +171,20 @@ static void test_round_trip_attrs(void **state)
     graph_id(g2, id2);
     assert_string_equal(id1, id2);
     assert_int_equal(strlen(id1), 16);
+    free(a);
+    free(b);
+    free(c);
+    cJSON_Delete(j);
+    cJSON_Delete(back);
+    cJSON_Delete(back2);
+    graph_free(g2);
+    return g;
+}
+
+static void test_round_trip_attrs(void **state)
+{
+    (void)state;
+    Graph *g = round_trip(attrs_model);
 
     int sm = op_index(g, "softmax");
     assert_true(g->ops[sm].causal);
@@ -190,15 +204,71 @@ static void test_round_trip_attrs(void **state)
     assert_int_equal(g->tensors[tensor_index(g, "loss")].batch_dim, -1);
     assert_int_equal(g->ops[op_index(g, "route")].size['c' - 'a'], 3);
     assert_int_equal(g->ops[op_index(g, "scores")].batch_letter, 'b' - 'a');
-
-    free(a);
-    free(b);
-    free(c);
-    cJSON_Delete(j);
-    cJSON_Delete(back);
-    cJSON_Delete(back2);
     graph_free(g);
-    graph_free(g2);
+}
+
+/* concat with its letter in another place in every operand, its output
+ * compared with a float target in another letter order by mse */
+static const char *concat_mse_model =
+    "{'name':'cat','tensors':["
+    "{'name':'img','shape':[2,3,4,4],'dtype':'f32','role':'input'},"
+    "{'name':'p','shape':[2,4,4,5],'dtype':'f32','role':'param'},"
+    "{'name':'t','shape':[2,8,4,4],'dtype':'f32','role':'label'},"
+    "{'name':'cat','shape':[2,4,8,4],'dtype':'f32','role':'activation'},"
+    "{'name':'loss','shape':[],'dtype':'f32','role':'activation'}],"
+    "'ops':["
+    "{'name':'cat','kind':'concat','spec':'nahw,nhwb->nhcw','inputs':['img','p'],'output':'cat','block':0},"
+    "{'name':'loss','kind':'mse','spec':'nhcw,ncwh->','inputs':['cat','t'],'output':'loss'}]}";
+
+static void test_concat_mse(void **state)
+{
+    (void)state;
+    Graph *g = round_trip(concat_mse_model);
+
+    const Op *cat = &g->ops[op_index(g, "cat")], *loss = &g->ops[op_index(g, "loss")];
+    assert_int_equal(cat->kind, OP_CONCAT);
+    assert_int_equal(cat->concat_mask, 1u << ('a' - 'a') | 1u << ('b' - 'a') | 1u << ('c' - 'a'));
+    assert_int_equal(op_concat_letter(cat, 0), 'a' - 'a');
+    assert_int_equal(op_concat_letter(cat, 1), 'b' - 'a');
+    assert_int_equal(op_concat_letter(cat, 2), 'c' - 'a');
+    assert_int_equal(op_concat_letter(loss, 0), -1);
+    assert_int_equal(cat->size['c' - 'a'], 8);
+    assert_int_equal(cat->batch_letter, 'n' - 'a');
+    assert_int_equal(cat->reduce_mask, 0);
+    assert_int_equal(g->tensors[tensor_index(g, "cat")].batch_dim, 0);
+    assert_true(g->tensors[tensor_index(g, "cat")].needs_grad);    /* from the param */
+    assert_int_equal(loss->kind, OP_MSE);
+    assert_int_equal(loss->concat_mask, 0);
+    assert_int_equal(loss->batch_letter, 'n' - 'a');
+    assert_false(g->tensors[tensor_index(g, "t")].needs_grad);
+    assert_int_equal(g->tensors[tensor_index(g, "loss")].batch_dim, -1);
+    assert_true(op_kind_is_loss(OP_MSE) && op_kind_is_loss(OP_CROSS_ENTROPY));
+    assert_false(op_kind_is_loss(OP_CONCAT) || op_kind_is_loss(OP_MEAN));
+
+    /* costs: concat moves bytes and computes nothing; its backward reads
+     * and writes the param's slice only (the image needs no gradient) */
+    OpCost c;
+    graph_op_cost(g, op_index(g, "cat"), cat->size, &c);
+    assert_close(c.flops[COST_FWD] + c.flops[COST_BWD_DATA] + c.flops[COST_BWD_WEIGHT], 0, 0);
+    assert_close(c.bytes[COST_FWD], (96 + 160 + 256) * 4.0, 0);
+    assert_close(c.bytes[COST_BWD_DATA], 0, 0);
+    assert_close(c.bytes[COST_BWD_WEIGHT], 2 * 160 * 4.0, 0);
+    /* mse: 3 flops an element forward, twice that backward */
+    graph_op_cost(g, op_index(g, "loss"), loss->size, &c);
+    assert_close(c.flops[COST_FWD], 3 * 256, 0);
+    assert_close(c.flops[COST_BWD_DATA], 6 * 256, 0);
+    assert_close(c.bytes[COST_FWD], (256 + 256 + 1) * 4.0, 0);
+
+    /* a concat of up to four inputs, one of them twice */
+    graph_free(g);
+    g = parse_ok("{'name':'c4','tensors':["
+                 "{'name':'x','shape':[2,3],'role':'input'},{'name':'y','shape':[2,1],'role':'input'},"
+                 "{'name':'o','shape':[2,10],'role':'activation'}],'ops':["
+                 "{'name':'c','kind':'concat','spec':'na,nb,na,nd->nc','inputs':['x','y','x','x'],'output':'o'}]}");
+    assert_int_equal(g->ops[0].size['c' - 'a'], 10);
+    assert_int_equal(op_concat_letter(&g->ops[0], 2), 'a' - 'a');
+    assert_int_equal(op_concat_letter(&g->ops[0], 3), 'd' - 'a');
+    graph_free(g);
 }
 
 static void test_save_load(void **state)
@@ -244,6 +314,14 @@ static void test_save_load(void **state)
 #define KER "{'name':'k','shape':[4,3,3,3],'role':'param'}"
 #define SC(s) "{'name':'sc','shape':[" s "],'role':'input'}"
 #define P(s) "{'name':'p','shape':[" s "],'role':'activation'}"
+#define CA(s) "{'name':'ca','shape':[" s "],'role':'input'}"
+#define CB(s) "{'name':'cb','shape':[" s "],'role':'input'}"
+#define CO(s) "{'name':'co','shape':[" s "],'role':'activation'}"
+#define CAT(spec) "{'name':'cat','kind':'concat','spec':'" spec "','inputs':['ca','cb'],'output':'co'}"
+#define PRED "{'name':'pr','shape':[8,4],'role':'input'}"
+#define LOSS "{'name':'loss','shape':[],'role':'activation'}"
+#define TGT(s, dt, role) "{'name':'tg','shape':[" s "],'dtype':'" dt "','role':'" role "'}"
+#define MSE(spec) "{'name':'mse','kind':'mse','spec':'" spec "','inputs':['pr','tg'],'output':'loss'}"
 
 static const struct { const char *json, *want1, *want2; } bad[] = {
     /* structure and names */
@@ -392,6 +470,51 @@ static const struct { const char *json, *want1, *want2; } bad[] = {
     {M(X ",{'name':'y','shape':[16,8],'role':'input'},{'name':'z','shape':[8],'role':'activation'}",
        "{'name':'m','kind':'matmul','spec':'bi,ib->b','inputs':['x','y'],'output':'z'}"),
      "ops[0]: inputs disagree on the batch letter: 'b' in input 0 (\"x\") but 'i' in input 1 (\"y\")", NULL},
+
+    /* concat */
+    {M(CA("2,3,4") "," CB("2,5,4") "," CO("2,8,4"), "{'name':'cat','kind':'concat','spec':'nah->nch','inputs':['ca'],'output':'co'}"),
+     "ops[0].inputs: concat takes 2 to 4 inputs, got 1", NULL},
+    {M(CA("2,3,4") "," CB("2,5,4") "," CO("2,3,4"), CAT("nah,nbh->nah")),
+     "ops[0].spec: concat's output \"nah\" needs exactly one letter that no input has", "got 0"},
+    {M(CA("2,3,4") "," CB("2,5,4") ",{'name':'co','shape':[2,8,4,1],'role':'activation'}", CAT("nah,nbh->ncdh")),
+     "ops[0].spec: concat's output \"ncdh\" needs exactly one letter that no input has", "got 2"},
+    {M(CA("2,4") "," CB("2,5,4") "," CO("2,8,4"), CAT("nh,nbh->nch")),
+     "ops[0].spec: concat's input 0 \"nh\" needs exactly one letter that the output \"nch\" lacks",
+     "got 0"},
+    {M(CA("2,3,4") "," CB("2,5,4") "," CO("2,8,4"), CAT("nah,nbd->nch")),
+     "ops[0].spec: concat's input 1 \"nbd\" needs exactly one letter that the output \"nch\" lacks",
+     "got 2"},
+    {M(CA("2,3") "," CB("2,5,4") "," CO("2,8,4"), CAT("na,nbh->nch")),
+     "ops[0].spec: concat's input 0 \"na\" must have every letter of the output \"nch\" but the "
+     "concatenated 'c'", NULL},
+    {M(CA("2,3,4") "," CB("2,5,4") "," CO("2,96,4"), CAT("nah,nbh->nch")),
+     "ops[0].spec: concat: output letter 'c' has 96 but its inputs' 'a','b' sum to 8", NULL},
+    {M(CA("2,3,4") "," CB("2,5,3") "," CO("2,8,4"), CAT("nah,nbh->nch")),
+     "ops[0].spec: letter 'h' has size 4 in input 0 but 3 in input 1", NULL},
+    {M(CA("3,4") ",{'name':'cb','shape':[5,4],'role':'param'}," CO("8,4"), CAT("ah,bh->ch")),
+     "ops[0].spec: concat along the batch letter 'a' of input 0 (\"ca\")",
+     "must be in every input and the output"},
+    {M(CA("3,4") "," CB("5,4") "," CO("8,4"), CAT("ah,bh->ch")),
+     "ops[0]: inputs disagree on the batch letter", NULL},
+
+    /* mse */
+    {M(PRED "," TGT("8,4", "f32", "label") ",{'name':'loss','shape':[8],'role':'activation'}", MSE("bk,bk->b")),
+     "ops[0].spec: mse's output is the scalar loss, write \"->\" with no letters", NULL},
+    {M(PRED "," TGT("8,4", "f32", "label") "," LOSS, MSE("bk,bj->")),
+     "ops[0].spec: mse's target letters \"bj\" must be the prediction's \"bk\" (in any order)", NULL},
+    {M(PRED "," TGT("8,4", "i32", "label") "," LOSS, MSE("bk,bk->")),
+     "ops[0].inputs[1]: tensor \"tg\" is i32, but mse's target must be a float label",
+     "i32 class labels are for cross_entropy"},
+    {M(PRED "," TGT("8,4", "f32", "input") "," LOSS, MSE("bk,bk->")),
+     "ops[0].inputs[1]: tensor \"tg\" has role input, but mse's target must be a tensor with role label",
+     NULL},
+    {M(PRED "," TGT("8,5", "f32", "label") "," LOSS, MSE("bk,bk->")),
+     "ops[0].spec: letter 'k' has size 4 in input 0 but 5 in input 1", NULL},
+    {M(PRED "," TGT("8,4", "f32", "label") "," LOSS, "{'name':'mse','kind':'mse','spec':'bk,bk->','inputs':['pr'],'output':'loss'}"),
+     "ops[0].inputs: mse takes 2 inputs, got 1", NULL},
+    {M(PRED "," TGT("8,4", "f32", "label") "," LOSS,
+       "{'name':'mse','kind':'mse','spec':'bk,bk->','inputs':['pr','tg'],'output':'loss','reduce':'k'}"),
+     "ops[0]: unknown field \"reduce\"", NULL},
 };
 
 static void test_validation_errors(void **state)
@@ -646,6 +769,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_files),
         cmocka_unit_test(test_round_trip_attrs),
+        cmocka_unit_test(test_concat_mse),
         cmocka_unit_test(test_save_load),
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_accepts_minimal),

@@ -1,6 +1,7 @@
 /*
  * test_kernels_contract.c — the contracting and elementwise CPU kernels
- * (matmul, embedding, conv2d, pool2d, mean, add, bias, gelu, relu) against
+ * (matmul, embedding, conv2d, pool2d, mean, add, bias, gelu, relu, concat,
+ * and the mse loss) against
  * plain reference loops in double precision, their gradients against central
  * finite differences, and split ops against the whole op.
  *
@@ -81,8 +82,8 @@ static void parse_sizes(const char *s, int64_t sz[IR_LETTERS])
 
 /* A model of one op `kind` with `spec`; letter sizes from `sizes`; `attrs`
  * is more JSON for the op (single quotes), e.g. ",'gather':'v'". Inputs are
- * params in0.. (embedding indices: i32 inputs); with same01, inputs 0 and 1
- * are one tensor. The output is "y". */
+ * params in0.. (embedding indices: i32 inputs; mse's target: an f32 label);
+ * with same01, inputs 0 and 1 are one tensor. The output is "y". */
 static Graph *one_op(const char *kind, const char *spec, const char *sizes, const char *attrs,
                      bool same01)
 {
@@ -105,13 +106,14 @@ static Graph *one_op(const char *kind, const char *spec, const char *sizes, cons
     for (int k = 0; k <= nin; k++) {
         if (k == 1 && same01) continue;
         bool idx = strcmp(kind, "embedding") == 0 && k == 0;
+        bool target = strcmp(kind, "mse") == 0 && k == 1;
         char name[8];
         snprintf(name, sizeof name, k == nin ? "y" : "in%d", k);
         append(buf, sizeof buf, "%s{'name':'%s','shape':[", k ? "," : "", name);
         for (int p = 0; ops[k][p]; p++)
             append(buf, sizeof buf, "%s%lld", p ? "," : "", (long long)sz[ops[k][p] - 'a']);
         append(buf, sizeof buf, "],'dtype':'%s','role':'%s'}", idx ? "i32" : "f32",
-               k == nin ? "activation" : idx ? "input" : "param");
+               k == nin ? "activation" : idx ? "input" : target ? "label" : "param");
     }
     append(buf, sizeof buf, "],'ops':[{'name':'op','kind':'%s','spec':'%s','inputs':[", kind, spec);
     for (int k = 0; k < nin; k++)
@@ -405,6 +407,35 @@ static void reference(const Case *c, const KernelShape *ks, const void *const *i
     case OP_RELU:
         for (int64_t i = 0; i < n; i++) out[i] = f[0][i] > 0 ? f[0][i] : 0;
         break;
+    case OP_CONCAT: {
+        /* element by element of the output: the input whose range along
+         * the concatenated letter holds it, at its own index */
+        int lo = op_concat_letter(op, op->nin);
+        int64_t idx[IR_LETTERS] = {0};
+        do {
+            int64_t v = idx[lo], at = 0;
+            int k = 0;
+            while (v - at >= ks->size[op_concat_letter(op, k)])
+                at += ks->size[op_concat_letter(op, k++)];
+            int64_t in_idx[IR_LETTERS];
+            memcpy(in_idx, idx, sizeof in_idx);
+            in_idx[op_concat_letter(op, k)] = v - at;
+            out[offset(op->out_letters, ks->size, idx)] = f[k][offset(lx[k], ks->size, in_idx)];
+        } while (step(mask_of(op->out_letters), ks->size, idx));
+        break;
+    }
+    case OP_MSE: {
+        double count = 1, sum = 0;
+        for (const char *p = lx[0]; *p; p++) count *= (double)ks->total[*p - 'a'];
+        int64_t idx[IR_LETTERS] = {0};
+        do {
+            double d = (double)f[0][offset(lx[0], ks->size, idx)] -
+                       f[1][offset(lx[1], ks->size, idx)];
+            sum += d * d;
+        } while (step(mask_of(lx[0]), ks->size, idx));
+        out[0] = sum / count;
+        break;
+    }
     default:
         fail_msg("no reference for %s", op_kind_name(op->kind));
     }
@@ -737,6 +768,20 @@ static void test_elementwise(void **state)
         {"bias", "bsh,b->bsh", "b3 s5 h7", false},
         {"gelu", "bsf->bsf", "b3 s5 f7", false},
         {"relu", "bh->bh", "b5 h7", false},
+        /* concat with its letter first, last, in the middle; own extents of
+         * 1; up to four inputs; one tensor twice (its gradient buffer takes
+         * both slices) */
+        {"concat", "nahw,nbhw->nchw", "n2 a3 b5 h4 w3 c8", false},
+        {"concat", "anhw,nhwb->nhcw", "n2 a3 b5 h4 w3 c8", false},
+        {"concat", "ah,hb,hc->dh", "a2 b3 c1 h5 d6", false},
+        {"concat", "na,nb,nd,ne->nc", "n3 a2 b1 d4 e3 c10", false},
+        {"concat", "na,na->cn", "n3 a4 c8", true},
+        {"concat", "an,bn->cn", "n1 a1 b1 c2", false},
+        /* mse with the target's letters in the prediction's order and others */
+        {"mse", "bk,bk->", "b5 k7", false},
+        {"mse", "bk,kb->", "b5 k7", false},
+        {"mse", "nchw,nhwc->", "n2 c3 h4 w5", false},
+        {"mse", "b,b->", "b1", false},
     };
     for (size_t e = 0; e < sizeof cases / sizeof *cases; e++) {
         Case c;
@@ -744,6 +789,72 @@ static void test_elementwise(void **state)
                   false);
         check_forward(&c);
         check_grads(&c, 1e-2f);
+        case_free(&c);
+    }
+}
+
+/* Sizes where the kernels share the work out among threads (the copy by its
+ * outermost letter, mse's sums by pieces): forward against the reference,
+ * backward against its closed form (concat: dx = dy's slice; mse: dp =
+ * 2 (p - t) / N dy, dt = -dp), on gradient buffers that do not start at 0. */
+static void test_concat_mse_large(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *kind, *spec, *sizes;
+    } cases[] = {
+        {"concat", "nahw,nbhw->nchw", "n4 a16 b24 h32 w32 c40"},
+        {"concat", "hwna,bhwn->nhwc", "n4 a16 b24 h32 w32 c40"},
+        {"mse", "bk,bk->", "b64 k1031"},
+        {"mse", "bk,kb->", "b64 k1031"},
+    };
+    for (size_t e = 0; e < sizeof cases / sizeof *cases; e++) {
+        Case c;
+        case_init(&c, one_op(cases[e].kind, cases[e].spec, cases[e].sizes, NULL, false), false);
+        check_forward(&c);
+        const Op *op = c.op;
+        const int64_t no = c.n[c.nin];
+        float *r = randv(no, 1.0f), *out = xmalloc((size_t)no * sizeof *out);
+        float *din[IR_MAX_INPUTS] = {0};
+        for (int k = 0; k < c.nin; k++) din[k] = randv(c.n[k], 1.0f);
+        float *before[IR_MAX_INPUTS] = {0};
+        for (int k = 0; k < c.nin; k++) {
+            before[k] = xmalloc((size_t)c.n[k] * sizeof *before[k]);
+            memcpy(before[k], din[k], (size_t)c.n[k] * sizeof *before[k]);
+        }
+        forward_ok(&c.ks, (const void *const *)c.x, out);
+        backward_ok(&c.ks, (const void *const *)c.x, out, r, din);
+        char what[128];
+        for (int k = 0; k < c.nin; k++) {
+            snprintf(what, sizeof what, "%s \"%s\" d(input %d)", cases[e].kind, op->spec, k);
+            const float *x = c.x[k];
+            int64_t idx[IR_LETTERS] = {0};
+            const char *L = op->in_letters[k];
+            do {
+                int64_t i = offset(L, c.ks.size, idx);
+                double want;
+                if (op->kind == OP_CONCAT) {
+                    int64_t o[IR_LETTERS], at = 0;
+                    memcpy(o, idx, sizeof o);
+                    for (int j = 0; j < k; j++) at += c.ks.size[op_concat_letter(op, j)];
+                    o[op_concat_letter(op, op->nin)] = at + idx[op_concat_letter(op, k)];
+                    want = r[offset(op->out_letters, c.ks.size, o)];
+                } else {
+                    const float *p = c.x[0], *t = c.x[1];
+                    double d = (double)p[offset(op->in_letters[0], c.ks.size, idx)] -
+                               t[offset(op->in_letters[1], c.ks.size, idx)];
+                    want = 2 * d / (double)c.n[0] * r[0] * (k == 0 ? 1 : -1);
+                    (void)x;
+                }
+                assert_close(what, i, din[k][i] - before[k][i], want, 1e-5, 1e-7);
+            } while (step(mask_of(L), c.ks.size, idx));
+        }
+        for (int k = 0; k < c.nin; k++) {
+            free(din[k]);
+            free(before[k]);
+        }
+        free(r);
+        free(out);
         case_free(&c);
     }
 }
@@ -915,6 +1026,9 @@ static void test_split(void **state)
         {"mean", "bsh->", "b3 s5 h7", NULL, "s"},
         {"bias", "bsh,h->bsh", "b3 s5 h7", NULL, "hb"},
         {"gelu", "bsf->bsf", "b3 s5 f7", NULL, "f"},
+        {"concat", "anhw,nhwb->nhcw", "n3 a3 b5 h5 w3 c8", NULL, "nhw"},
+        {"mse", "bk,kb->", "b5 k7", NULL, "bk"},
+        {"mse", "bk,bk->", "b5 k7", NULL, "bk"},
     };
     for (size_t e = 0; e < sizeof cases / sizeof *cases; e++)
         for (const char *p = cases[e].letters; *p; p++)
@@ -1124,6 +1238,41 @@ static void test_gelu_fast(void **state)
     case_free(&c);
 }
 
+/* Mse's flat loops (prediction and target laid out alike) against its walk
+ * (k_fast_paths off), and a concat whose local shape does not add up. */
+static void test_concat_mse_paths(void **state)
+{
+    (void)state;
+    Case c;
+    case_init(&c, one_op("mse", "bk,bk->", "b64 k1031", NULL, false), false);
+    float r = 0.75f, out[2];
+    float *din[2][IR_MAX_INPUTS] = {{0}};
+    for (int f = 0; f < 2; f++) run_path(&c, f == 0, &r, &out[f], din[f]);
+    assert_close("mse fast against plain", 0, out[0], out[1], 1e-6, 0);
+    for (int k = 0; k < 2; k++) {
+        for (int64_t i = 0; i < c.n[k]; i++)
+            assert_close("mse d(input) fast against plain", i, din[0][k][i], din[1][k][i], 1e-6,
+                         1e-9);
+        free(din[0][k]);
+        free(din[1][k]);
+    }
+    case_free(&c);
+
+    case_init(&c, one_op("concat", "na,nb->nc", "n2 a3 b5 c8", NULL, false), false);
+    KernelShape ks = c.ks;
+    ks.size['c' - 'a'] = ks.total['c' - 'a'] = 7;
+    float y[16];
+    Err err = {{0}};
+    assert_int_equal(kernel_forward(&ks, (const void *const *)c.x, y, &err), -1);
+    assert_non_null(strstr(err.msg, "concat's output letter 'c' has local size 7"));
+    ks = c.ks;
+    ks.size['a' - 'a'] = 2;       /* a part of an input's own extent: never split */
+    ks.size['c' - 'a'] = 7;
+    assert_int_equal(kernel_forward(&ks, (const void *const *)c.x, y, &err), -1);
+    assert_non_null(strstr(err.msg, "cannot split letter 'a'"));
+    case_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1138,6 +1287,8 @@ int main(void)
         cmocka_unit_test(test_mean),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_bias_no_grads),
+        cmocka_unit_test(test_concat_mse_large),
+        cmocka_unit_test_teardown(test_concat_mse_paths, fast_paths_on),
         cmocka_unit_test(test_gelu_values),
         cmocka_unit_test_teardown(test_split, teardown_mode),
         cmocka_unit_test(test_split_conv),

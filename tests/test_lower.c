@@ -1,6 +1,9 @@
 /*
  * test_lower.c — the lowering against the closed forms of the literature.
  *
+ * Also the two kinds lowered like elementwise ops: concat (the fire CNN) and
+ * the mse loss (an MLP regression).
+ *
  * Legend: B = global batch, s = sequence, h = hidden, l = layers, V = vocab,
  * D/T/P = data/tensor/pipeline degree, m = micro-batches, Psi = parameter
  * bytes (the "2 Psi" of the ZeRO paper counts elements; bytes here are fp32).
@@ -466,6 +469,133 @@ static void test_outer_axis_refused(void **state)
     graph_free(g);
 }
 
+/* --- concat (the fire CNN) and mse (an MLP regression) ------------------- */
+
+static Graph *zoo_model(const char *kind, int n, const char *const *keys, const char *const *vals)
+{
+    Err err = {0};
+    Graph *g = zoo_build(kind, n, keys, vals, &err);
+    if (!g) fail_msg("%s: %s", kind, err.msg);
+    return g;
+}
+
+/* fire: B = 8 images of 16 x 16 (8 x 8 after the stem), expand E = 16 a
+ * side: each concat [8, 32, 8, 8]. Data parallel, it syncs only gradients;
+ * with h of the concats split over tp, each concat's output is gathered
+ * for its consumer (a conv or the global pool, which need h whole) and the
+ * gradients of its two inputs (split by the concat's backward, wanted whole
+ * by the relus) are gathered too: 3 all_gathers of 8 x 16 x 8 x 8 or twice
+ * that per fire module. */
+static void test_concat_fire(void **state)
+{
+    (void)state;
+    static const char *const k[] = { "batch", "image", "fires", "squeeze", "expand" };
+    static const char *const v[] = { "8", "16", "2", "8", "16" };
+    Graph *g = zoo_model("fire", 5, k, v);
+    int cat = graph_find_op(g, "blocks.0.concat");
+    assert_true(cat >= 0);
+    for (int D = 2; D <= 4; D *= 2) {
+        char js[64];
+        snprintf(js, sizeof js, "{\"mesh\":{\"dp\":%d}}", D);
+        Strategy *s = strat(g, js);
+        Plan *p = lower(g, s);
+        check_plan(p);
+        const Program *pr = &p->classes[0];
+        assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g));
+        assert_int_equal(comm_total(pr), param_bytes(g));
+        assert_int_equal(p->local[cat]['n' - 'a'], 8 / D);
+        assert_int_equal(p->local[cat]['c' - 'a'], 32);
+        plan_free(p);
+        strategy_free(s);
+    }
+    Strategy *s = strat(g, "{\"mesh\":{\"tp\":2},\"ops\":{\"blocks.*.concat\":{\"split\":{\"h\":\"tp\"}}}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    const Program *pr = &p->classes[0];
+    assert_int_equal(p->local[cat]['h' - 'a'], 4);
+    assert_int_equal(p->local[cat]['a' - 'a'], 16);
+    const int64_t half = 8 * 16 * 8 * 8 * 4;     /* one concat input's bytes */
+    assert_int_equal(count(pr, I_ALLGATHER, WHY_RESHARD), 2 * 3);
+    assert_int_equal(program_comm_bytes(pr, I_ALLGATHER, WHY_RESHARD), 2 * (2 * half + 2 * half));
+    /* no data axis: nothing else moves */
+    assert_int_equal(comm_total(pr), program_comm_bytes(pr, I_ALLGATHER, WHY_RESHARD));
+    plan_free(p);
+    strategy_free(s);
+
+    /* its concatenated letters, by name or by pattern, are never split */
+    static const char *const bad[] = {
+        "{\"mesh\":{\"tp\":2},\"ops\":{\"blocks.0.concat\":{\"split\":{\"c\":\"tp\"}}}}",
+        "{\"mesh\":{\"tp\":2},\"ops\":{\"blocks.1.concat\":{\"split\":{\"b\":\"tp\"}}}}",
+        "{\"mesh\":{\"tp\":2},\"ops\":{\"*\":{\"split\":{\"a\":\"tp\"}}}}",
+    };
+    static const char *const want[] = {
+        "ops[\"blocks.0.concat\"].split.c: letter c is a concatenated letter of concat op "
+        "blocks.0.concat (the output's)",
+        "ops[\"blocks.1.concat\"].split.b: letter b is a concatenated letter of concat op "
+        "blocks.1.concat (an input's own extent)",
+        "ops[\"*\"].split.a: letter a is a concatenated letter of concat op blocks.0.concat",
+    };
+    for (int i = 0; i < 3; i++) {
+        Err err = {0};
+        cJSON *j = cJSON_Parse(bad[i]);
+        Strategy *b = strategy_from_json(j, g, NULL, &err);
+        cJSON_Delete(j);
+        if (b) {
+            strategy_free(b);
+            fail_msg("%s: accepted", bad[i]);
+        }
+        if (!strstr(err.msg, want[i])) fail_msg("%s:\n  got  %s\n  want %s", bad[i], err.msg, want[i]);
+    }
+    graph_free(g);
+}
+
+/* mlp with mse: data parallel, the loss partial over dp (each rank's part
+ * of the global mean); with the classes k split over tp in the head, its
+ * bias and the loss, the loss is partial over tp too, its target [b, k]
+ * loaded split, and no statistics move (mse has no reduce letter), only the
+ * head input's gradient (partial over tp) is all-reduced. */
+static void test_mse_mlp(void **state)
+{
+    (void)state;
+    static const char *const k[] = { "layers", "hidden", "input", "classes", "batch", "loss" };
+    static const char *const v[] = { "2", "32", "16", "8", "8", "mse" };
+    Graph *g = zoo_model("mlp", 6, k, v);
+    int loss = graph_find_op(g, "loss"), labels = graph_find_tensor(g, "labels");
+    assert_int_equal(g->ops[loss].kind, OP_MSE);
+    assert_int_equal(g->tensors[labels].dtype, DT_F32);
+
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+    Plan *p = lower(g, s);
+    check_plan(p);
+    const Program *pr = &p->classes[0];
+    assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g));
+    assert_int_equal(comm_total(pr), param_bytes(g));
+    Layout lo = ir_operand_layout(g, s, loss, 2);
+    assert_int_equal(lo.partial, 1);
+    assert_int_equal(p->local[loss]['b' - 'a'], 4);
+    plan_free(p);
+    strategy_free(s);
+
+    s = strat(g, "{\"mesh\":{\"tp\":2},\"ops\":{\"head\":{\"split\":{\"k\":\"tp\"}},"
+                 "\"head_bias\":{\"split\":{\"k\":\"tp\"}},\"loss\":{\"split\":{\"k\":\"tp\"}}}}");
+    p = lower(g, s);
+    check_plan(p);
+    pr = &p->classes[0];
+    lo = ir_operand_layout(g, s, loss, 2);
+    assert_int_equal(lo.partial, 1);
+    Layout lt = ir_operand_layout(g, s, loss, 1);
+    assert_int_equal(lt.dim[0], 0);
+    assert_int_equal(lt.dim[1], 1);                 /* the target's k on tp */
+    assert_int_equal(p->local[loss]['k' - 'a'], 4);
+    assert_int_equal(count(pr, I_ALLREDUCE, WHY_STATS), 0);
+    /* the head's input gradient: partial over tp, all-reduced, b x h floats */
+    assert_int_equal(count(pr, I_ALLREDUCE, WHY_RESHARD), 1);
+    assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_RESHARD), 8 * 32 * 4);
+    plan_free(p);
+    strategy_free(s);
+    graph_free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -481,6 +611,8 @@ int main(void)
         cmocka_unit_test(test_classes_gpt3_shape),
         cmocka_unit_test(test_moe_all_to_all),
         cmocka_unit_test(test_outer_axis_refused),
+        cmocka_unit_test(test_concat_fire),
+        cmocka_unit_test(test_mse_mlp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

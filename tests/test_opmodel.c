@@ -201,7 +201,7 @@ static void test_analytic_memory_bound(void **state)
     (void)state;
     OpDevice g = gpu_dev();
     const int kinds[] = { OP_RELU, OP_GELU, OP_ADD, OP_LAYERNORM, OP_SOFTMAX, CM_KIND_ADAM,
-                          CM_KIND_SGD, CM_KIND_SUM, OP_EMBEDDING };
+                          CM_KIND_SGD, CM_KIND_SUM, OP_EMBEDDING, OP_CONCAT, OP_MSE };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         OpShape x = elementwise(kinds[i], 1 << 26, DT_BF16);
         if (kinds[i] >= OP_KIND_COUNT) {
@@ -711,6 +711,78 @@ static void test_blob_corrupt(void **state)
     opmodel_free(m);
 }
 
+/* A model written by a build with fewer op kinds (before concat and mse:
+ * two fewer one-hot features, feature version 2) has the same header and a
+ * shorter scaling block. It is refused by its header, saying so, never read
+ * into this build's features; also when its version field was left as this
+ * build's. */
+static uint8_t *older_blob(uint32_t fver, size_t *n)
+{
+    const uint32_t nf = OPMODEL_NFEAT - 2;
+    const size_t head = 64, cut = 2 * 2 * sizeof(double);
+    *n = T.r.nblob - cut;
+    uint8_t *b = xmalloc(*n);
+    memcpy(b, T.r.blob, head);
+    for (int i = 0; i < 4; i++) {
+        b[8 + i] = (uint8_t)(fver >> (8 * i));
+        b[12 + i] = (uint8_t)(nf >> (8 * i));
+    }
+    const uint8_t *mean = T.r.blob + head, *std = mean + OPMODEL_NFEAT * sizeof(double);
+    memcpy(b + head, mean, nf * sizeof(double));
+    memcpy(b + head + nf * sizeof(double), std, nf * sizeof(double));
+    const uint8_t *rest = std + OPMODEL_NFEAT * sizeof(double);
+    memcpy(b + head + 2 * nf * sizeof(double), rest, (size_t)(T.r.blob + T.r.nblob - rest));
+    return b;
+}
+
+static void test_blob_other_build(void **state)
+{
+    (void)state;
+    trained();
+    char want[160];
+    snprintf(want, sizeof want, "this build computes version %d, %d features, over %d op kinds",
+             OPMODEL_FEAT_VERSION, OPMODEL_NFEAT, OP_KIND_COUNT);
+    size_t n;
+    uint8_t *b = older_blob(2, &n);
+    expect_load_error(b, n, "cost model weights: trained by another build of strata");
+    expect_load_error(b, n, "feature version 2");
+    expect_load_error(b, n, want);
+    expect_load_error(b, n, "retrain it with strata costmodel train");
+    expect_load_error(b, 64, "trained by another build");     /* the header is enough */
+    free(b);
+    b = older_blob(OPMODEL_FEAT_VERSION, &n);
+    expect_load_error(b, n, "trained by another build of strata");
+
+    /* stored: `costmodel show` says this build cannot use it, an estimate
+     * that names it fails with the reason */
+    const char *db = tp("other-build.db");
+    Err err = {0};
+    Db *h = db_open(db, &err);
+    assert_non_null(h);
+    DbCostModel cm = { .profile_id = 0, .kind = "mlp", .weights = b, .nweights = n,
+                       .heldout_error = 0.1, .device = "Synthetic CPU", .seed = 1 };
+    hash_hex(b, n, cm.id);
+    if (db_costmodel_put(h, &cm, &err)) fail_msg("%s", err.msg);
+    db_close(h);
+    Res r = {0};
+    STRATA(&r, "costmodel", "show", cm.id, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j = JSON_OUT(&r);
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "usable")));
+    assert_non_null(strstr(JSTR(j, "unusable_because"), "trained by another build of strata"));
+    const char *model = tp("other-build-mlp.json"), *strat = tp("other-build-dp.json");
+    STRATA(&r, "model", "build", "mlp", "-o", model);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "-o", strat);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "estimate", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--strategy", strat, "--db", db, "--costmodel", cm.id);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "trained by another build of strata", "retrain it with strata costmodel train");
+    res_free(&r);
+    free(b);
+}
+
 static void test_prediction_speed(void **state)
 {
     (void)state;
@@ -948,6 +1020,7 @@ int main(void)
         cmocka_unit_test_teardown(test_blob_roundtrip, harness_release_all),
         cmocka_unit_test_teardown(test_uncovered_kind, harness_release_all),
         cmocka_unit_test_teardown(test_blob_corrupt, harness_release_all),
+        cmocka_unit_test_teardown(test_blob_other_build, harness_release_all),
         cmocka_unit_test_teardown(test_prediction_speed, harness_release_all),
         cmocka_unit_test_teardown(test_cli_train_list_show, harness_release_all),
         cmocka_unit_test_teardown(test_cli_profiles_in_every_state, harness_release_all),

@@ -360,6 +360,46 @@ static void test_grid(void **state)
     cJSON_Delete(sh);
     opgrid_free(g);
 
+    /* concat and mse: from the fire CNNs and the mse MLPs, forward and the
+     * data gradient (no params of their own). Random shapes around a concat
+     * keep its output the sum of its inputs: the cheapest cases of both
+     * sources measure (the kernel refuses a concat that does not add up). */
+    o.kinds = "concat,mse";
+    g = opgrid_new(&o, &d, &err);
+    if (!g) fail_msg("%s", err.msg);
+    n = opgrid_count(g);
+    int seen[4] = {0}, measured[2] = {0};
+    static const char *const labs[4] = {"concat fwd", "concat bwd_data", "mse fwd", "mse bwd_data"};
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 4; k++) seen[k] += !strcmp(opgrid_label(g, i), labs[k]);
+    for (int k = 0; k < 4; k++) assert_true(seen[k] > 0);
+    bool *done = calloc((size_t)n, sizeof *done);
+    assert_non_null(done);
+    for (int tries = 0; tries < n && !(measured[0] && measured[1]); tries++) {
+        int best = -1;
+        for (int i = 0; i < n; i++)
+            if (!done[i] && strncmp(opgrid_label(g, i), "concat ", 7) == 0 &&
+                (best < 0 || opgrid_estimate(g, i) < opgrid_estimate(g, best)))
+                best = i;
+        assert_true(best >= 0);
+        done[best] = true;
+        DbProfileOp m;
+        if (opgrid_measure(g, best, &m, &err)) fail_msg("%s", err.msg);
+        measured[strcmp(m.source, "random") == 0]++;
+        assert_true(m.median_s > 0);
+        cJSON *sh = cJSON_Parse(m.shape_json);
+        assert_non_null(sh);
+        const cJSON *sz = cJSON_GetObjectItem(sh, "sizes");
+        /* "nahw,nbhw->nchw" */
+        assert_int_equal(cJSON_GetObjectItem(sz, "c")->valueint,
+                         cJSON_GetObjectItem(sz, "a")->valueint +
+                             cJSON_GetObjectItem(sz, "b")->valueint);
+        cJSON_Delete(sh);
+    }
+    free(done);
+    assert_true(measured[0] && measured[1]);
+    opgrid_free(g);
+
     /* a budget thins the grid but keeps every kind and phase */
     o.kinds = "matmul";
     o.budget_s = 1e9;

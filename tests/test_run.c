@@ -17,7 +17,9 @@
  * with dp2 and with tp2); a VGG-style CNN
  * data parallel and with data-parallel convolutions and tensor-parallel
  * fully-connected layers; a 2-rank MoE with its experts split across ranks
- * (and all-to-all bytes in its plan); a parameter server with staleness 2 on
+ * (and all-to-all bytes in its plan); the fire CNN (concat) data parallel and
+ * with its concats split along h; the mlp with the mse loss data parallel
+ * and with its classes split; a parameter server with staleness 2 on
  * GPT for 8 steps (its looser bound printed, and it trains).
  * Then the ways a run must fail: a world that does not match the strategy,
  * unknown and unbuilt backends, a plan that does not fit in memory, a rank
@@ -55,7 +57,7 @@
 #define FAULT_DEADLINE_S 60
 #define STEPS "3"
 
-enum { M_MLP, M_GPT, M_VGG, M_MOE, M_MLP4, M_GPT4, M_COUNT };
+enum { M_MLP, M_GPT, M_VGG, M_MOE, M_MLP4, M_GPT4, M_FIRE, M_MSE, M_COUNT };
 
 static struct {
     const char *model[M_COUNT];  /* models built on first use (paths in the temp dir) */
@@ -97,6 +99,10 @@ static const char *const MODEL_ARGS[M_COUNT][24] = {
                  "--batch", "8" },
     [M_GPT4] = { "gpt", "--layers", "4", "--hidden", "32", "--heads", "4", "--seq", "16",
                  "--vocab", "64", "--batch", "8" },
+    /* concat: two fire modules on 8 x 8 maps; mse: the mlp regressing 8 outputs */
+    [M_FIRE] = { "fire", "--batch", "8", "--image", "16", "--fires", "2" },
+    [M_MSE] = { "mlp", "--layers", "2", "--hidden", "32", "--input", "16", "--classes", "8",
+                "--batch", "8", "--loss", "mse" },
 };
 
 static const char *model(int m)
@@ -219,6 +225,24 @@ static const RunCase CASES[] = {
     { "gpt-pp2-dp2-int8", M_GPT, { "megatron", "--world", "4", "--tp", "1", "--pp", "2",
       "--microbatches", "2", "--compress", "int8" }, NULL, 4,
       "tolerance 5e-02 relative: int8-compressed gradients" },
+
+    /* concat: data parallel; and h of the concats split over tp with the 1x1
+     * expand convs' out-channels split too (gathered before the relu, the
+     * concat's output gathered for the next conv), with 2 micro-batches */
+    { "fire-dp", M_FIRE, { "dp", "--world", "2" }, NULL, 2, EXACT },
+    { "fire-tp2-concat-h", M_FIRE, { NULL },
+      "{\"mesh\": {\"tp\": 2}, \"pipeline\": {\"microbatches\": 2}, \"ops\": {"
+      "\"blocks.*.concat\": {\"split\": {\"h\": \"tp\"}}, \"blocks.*.expand1\": {\"split\": "
+      "{\"o\": \"tp\"}}}}", 2, EXACT },
+    /* mse: data parallel (the loss a partial mean on each rank); and the
+     * classes split over tp in the head, its bias and the loss, whose target
+     * is loaded split, with 2 micro-batches (the loss a sum of their parts) */
+    { "mse-dp", M_MSE, { "dp", "--world", "2" }, NULL, 2, EXACT },
+    { "mse-tp2-classes", M_MSE, { NULL },
+      "{\"mesh\": {\"tp\": 2}, \"pipeline\": {\"microbatches\": 2}, \"ops\": {"
+      "\"head\": {\"split\": {\"k\": \"tp\"}}, "
+      "\"head_bias\": {\"split\": {\"k\": \"tp\"}}, \"loss\": {\"split\": {\"k\": \"tp\"}}}}",
+      2, EXACT },
 };
 #define NCASES (sizeof CASES / sizeof CASES[0])
 
@@ -555,7 +579,8 @@ static void test_backend_cuda_needs_gpus(void **state)
 static void test_cuda_verify(void **state)
 {
     (void)state;
-    static const char *names[M_COUNT] = { "mlp-dp1", "gpt-dp1", "vgg-dp1", "moe-dp1" };
+    static const char *names[M_COUNT] = { "mlp-dp1", "gpt-dp1", "vgg-dp1", "moe-dp1",
+                                          "mlp4-dp1", "gpt4-dp1", "fire-dp1", "mse-dp1" };
     for (int m = 0; m < M_COUNT; m++) {
         const RunCase c = { names[m], m, { "dp", "--world", "1" }, NULL, 1, NULL };
         const char *strategy = case_strategy(&c);

@@ -520,6 +520,50 @@ static void test_determinism_events_stop(void **state)
     graph_free(g);
 }
 
+/* A concat's concatenated letters are no option of its group (its h and w
+ * are), so no move of a search proposes them: what MCMC and RL keep splits
+ * none of them. */
+static void test_concat_space(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("fire", "batch=8 image=16 fires=2");
+    Cluster *c = dgx(1);
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 4, false, true, &err), 0);
+    int ncat = 0;
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        if (op->kind != OP_CONCAT) continue;
+        int q = sp.op_group[i];
+        /* none, h, w: n is the batch's (dp), a, b, c are concatenated */
+        assert_int_equal(sp.group_nopt[q], 3);
+        for (int k = 1; k < sp.group_nopt[q]; k++) {
+            char l = sp.group_letter[q][k];
+            assert_true(l == 'h' || l == 'w');
+            assert_false(op->concat_mask >> (l - 'a') & 1u);
+        }
+        ncat++;
+    }
+    assert_int_equal(ncat, 2);
+    space_free(&sp);
+    for (int a = 0; a < 2; a++) {
+        SearchOpts o = { .algo = a ? SEARCH_RL : SEARCH_MCMC, .world = 4, .budget_evals = 300,
+                         .seed = 5, .untie = true };
+        SearchResult r;
+        if (search_run(g, c, &o, &r, &err)) fail_msg("search: %s", err.msg);
+        assert_non_null(r.best.s);
+        for (int t = 0; t < r.ntop; t++)
+            for (int i = 0; i < g->nops; i++)
+                for (int l = 0; l < IR_LETTERS; l++)
+                    if (g->ops[i].concat_mask >> l & 1u)
+                        assert_int_equal(r.top[t].s->ops[i].split[l], 0);
+        search_result_free(&r);
+    }
+    cluster_free(c);
+    graph_free(g);
+}
+
 /* A model too big for the cluster: no plan, and the result says what the
  * least hungry plan needed. Bad options are errors. */
 static void test_no_plan_and_bad_options(void **state)
@@ -552,6 +596,7 @@ static void test_no_plan_and_bad_options(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_concat_space),
         cmocka_unit_test(test_space_counts),
         cmocka_unit_test(test_baselines_are_points),
         cmocka_unit_test(test_ps_servers_are_searched),

@@ -1219,6 +1219,54 @@ static void test_build_errors(void **state)
     cluster_free(dgx);
 }
 
+/* A concat's concatenated letters (each input's own, the output's) split
+ * nowhere: not by any builder, not by the default, and strategy_finish
+ * refuses them as the parser does; its other letters split like an
+ * elementwise op's. */
+static void test_build_concat(void **state)
+{
+    (void)state;
+    Graph *g = zoo("fire");
+    int cat = graph_find_op(g, "blocks.1.concat");
+    assert_true(cat >= 0);
+    const Op *op = &g->ops[cat];
+    for (const char *l = "abc"; *l; l++) assert_false(strategy_letter_splittable(op, *l - 'a'));
+    for (const char *l = "nhw"; *l; l++) assert_true(strategy_letter_splittable(op, *l - 'a'));
+    assert_int_equal(strategy_tp_letter(op), 0);
+
+    static const char *const kinds[] = {"dp", "zero1", "zero3", "megatron", "gpipe", "ps",
+                                        "parallax", "sfb"};
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        StrategyOpts o = {.world = 4, .pp = strcmp(kinds[k], "gpipe") == 0 ? 2 : 0};
+        Strategy *s = build(kinds[k], g, NULL, &o);
+        for (int i = 0; i < g->nops; i++)
+            for (int l = 0; l < IR_LETTERS; l++)
+                if (g->ops[i].concat_mask >> l & 1u)
+                    assert_int_equal(s->ops[i].split[l], 0);
+        if (strcmp(kinds[k], "gpipe") != 0)
+            assert_int_equal(s->ops[cat].split['n' - 'a'], ax(s, "dp"));
+        strategy_free(s);
+    }
+
+    Err err = {0};
+    const char *names[] = {"dp", "tp"};
+    int sizes[] = {2, 2};
+    Strategy *s = strategy_new(g, 2, names, sizes, &err);
+    assert_non_null(s);
+    s->ops[cat].split['h' - 'a'] = 1u << 1;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), 0);
+    s->ops[cat].split['c' - 'a'] = 1u << 1;
+    s->ops[cat].split['h' - 'a'] = 0;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "letter c is a concatenated letter of concat op blocks.1.concat"));
+    s->ops[cat].split['c' - 'a'] = 0;
+    s->ops[cat].split['a' - 'a'] = 1u << 1;
+    assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "letter a is a concatenated letter"));
+    strategy_free(s);
+    graph_free(g);
+}
+
 /* A strategy made in code (strategy_new, policies set, strategy_finish) is
  * the same strategy as its JSON parsed: equal canonical form and id. And
  * strategy_finish refuses what the parser refuses, naming the op. */
@@ -1310,6 +1358,7 @@ int main(void)
         cmocka_unit_test(test_build_moe),
         cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_made_in_code),
+        cmocka_unit_test(test_build_concat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,11 +5,12 @@
  * softmax, cross-entropy, embedding, pooling, the optimizers, the flat
  * helpers) cut their work into pieces that do not depend on the thread
  * count (kernels_internal.h): on 1, 2 or 3 threads they must give bitwise
- * the same floats. Every such op of four zoo models is run forward and
+ * the same floats. Every such op of six zoo models is run forward and
  * backward on random data at each count and compared: a GPT (layernorm,
  * causal softmax, gelu, bias, add, cross-entropy, embedding), a ResNet
- * (batchnorm, pooling, relu), a VGG (max pooling) and a DLRM (embedding
- * bags), sized so that every kernel takes its parallel path.
+ * (batchnorm, pooling, relu), a VGG (max pooling), a DLRM (embedding
+ * bags), a fire CNN (concat, mean) and an MLP with the mse loss, sized so
+ * that every kernel takes its parallel path.
  *
  * OpenBLAS's SGEMM does not keep that promise (its partition of a product
  * changes the rounding), so whole training steps are checked run to run at
@@ -49,12 +50,20 @@ static const char *const vgg_k[] = { "batch", "image", "classes", "width", "fc" 
 static const char *const vgg_v[] = { "2", "32", "10", "16", "64" };
 static const char *const dlrm_k[] = { "batch", "tables", "rows", "dim", "lookups", "bottom", "top" };
 static const char *const dlrm_v[] = { "128", "2", "500", "256", "3", "64,256", "64" };
+/* 4 images of 16 x 32 x 32 per concat input: 4 pieces of 16384 */
+static const char *const fire_k[] = { "batch", "image", "squeeze", "expand" };
+static const char *const fire_v[] = { "4", "64", "8", "16" };
+/* 64 x 1024 predictions: 4 pieces of mse's sum */
+static const char *const mse_k[] = { "layers", "hidden", "input", "classes", "batch", "loss" };
+static const char *const mse_v[] = { "1", "64", "64", "1024", "64", "mse" };
 
 static const Model models[] = {
     { "gpt", 7, gpt_k, gpt_v },
     { "resnet", 4, res_k, res_v },
     { "vgg16", 5, vgg_k, vgg_v },
     { "dlrm", 7, dlrm_k, dlrm_v },
+    { "fire", 4, fire_k, fire_v },
+    { "mlp", 6, mse_k, mse_v },
 };
 
 static Graph *build(const Model *m)
@@ -187,6 +196,8 @@ static void test_kernels_gpt(void **state) { (void)state; kernels_invariant(&mod
 static void test_kernels_resnet(void **state) { (void)state; kernels_invariant(&models[1]); }
 static void test_kernels_vgg(void **state) { (void)state; kernels_invariant(&models[2]); }
 static void test_kernels_dlrm(void **state) { (void)state; kernels_invariant(&models[3]); }
+static void test_kernels_fire(void **state) { (void)state; kernels_invariant(&models[4]); }
+static void test_kernels_mse(void **state) { (void)state; kernels_invariant(&models[5]); }
 
 /* ----------------------------------------------------------------------------
  * Training steps */
@@ -273,6 +284,8 @@ static void steps_deterministic(const Model *m)
 static void test_steps_gpt(void **state) { (void)state; steps_deterministic(&models[0]); }
 static void test_steps_resnet(void **state) { (void)state; steps_deterministic(&models[1]); }
 static void test_steps_dlrm(void **state) { (void)state; steps_deterministic(&models[3]); }
+static void test_steps_fire(void **state) { (void)state; steps_deterministic(&models[4]); }
+static void test_steps_mse(void **state) { (void)state; steps_deterministic(&models[5]); }
 
 /* The flat helpers, the optimizers and the compression kernels on lengths
  * around the piece size. */
@@ -329,9 +342,13 @@ int main(void)
         cmocka_unit_test(test_kernels_resnet),
         cmocka_unit_test(test_kernels_vgg),
         cmocka_unit_test(test_kernels_dlrm),
+        cmocka_unit_test(test_kernels_fire),
+        cmocka_unit_test(test_kernels_mse),
         cmocka_unit_test(test_steps_gpt),
         cmocka_unit_test(test_steps_resnet),
         cmocka_unit_test(test_steps_dlrm),
+        cmocka_unit_test(test_steps_fire),
+        cmocka_unit_test(test_steps_mse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

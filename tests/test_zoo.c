@@ -422,6 +422,71 @@ static void test_mlp(void **state)
     assert_true(st.params == (8 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 4 + 4));
     graph_stats_free(&st);
     graph_free(g);
+
+    /* the regression head: f32 targets [b, classes], the mse loss, the
+     * same params */
+    g = build_ok("mlp", "--layers 3 --hidden 16 --input 8 --classes 4 --batch 2 --loss mse");
+    assert_string_equal(g->name, "mlp,layers=3,hidden=16,input=8,classes=4,batch=2,loss=mse");
+    const Op *loss = op(g, "loss");
+    assert_int_equal(loss->kind, OP_MSE);
+    assert_string_equal(loss->spec, "bk,bk->");
+    assert_int_equal(loss->reduce_mask, 0);
+    const Tensor *y = tensor(g, "labels");
+    assert_int_equal(y->role, ROLE_LABEL);
+    assert_int_equal(y->dtype, DT_F32);
+    assert_int_equal(y->ndim, 2);
+    assert_int_equal(y->shape[0], 2);
+    assert_int_equal(y->shape[1], 4);
+    assert_int_equal(tensor(g, "loss")->ndim, 0);
+    assert_int_equal(g->ops[g->nops - 1].kind, OP_MSE);
+    st = stats(g);
+    assert_true(st.params == (8 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 4 + 4));
+    graph_stats_free(&st);
+    graph_free(g);
+    expect_error("mlp", "--loss l1", "zoo mlp: option --loss: unknown value \"l1\" (known: ce, mse)");
+}
+
+/* fire: a stride-2 stem, then per block a squeeze and two expands whose
+ * outputs a concat lays end to end along the channels. */
+static void test_fire(void **state)
+{
+    (void)state;
+    Graph *g = build_ok("fire", "--batch 4 --image 20 --fires 3 --stem 12 --squeeze 6 --expand 10");
+    assert_int_equal(g->nblocks, 3);
+    assert_int_equal(op(g, "stem.conv")->block, -1);
+    assert_int_equal(op(g, "stem.conv")->stride, 2);
+    assert_int_equal(op(g, "blocks.0.expand3")->pad, 1);
+    assert_int_equal(op(g, "blocks.0.expand1")->pad, 0);
+    for (int b = 0; b < 3; b++) {
+        char name[32];
+        snprintf(name, sizeof name, "blocks.%d.concat", b);
+        const Op *c = op(g, name);
+        assert_int_equal(c->kind, OP_CONCAT);
+        assert_string_equal(c->spec, "nahw,nbhw->nchw");
+        assert_int_equal(c->block, b);
+        assert_int_equal(c->size['a' - 'a'], 10);
+        assert_int_equal(c->size['b' - 'a'], 10);
+        assert_int_equal(c->size['c' - 'a'], 20);
+        assert_int_equal(c->size['h' - 'a'], 10);          /* (20 + 2 - 3) / 2 + 1 */
+        assert_int_equal(c->batch_letter, 'n' - 'a');
+        snprintf(name, sizeof name, "blocks.%d.expand1_relu", b);
+        assert_string_equal(in_name(g, c, 0), name);
+        snprintf(name, sizeof name, "blocks.%d.expand3_relu", b);
+        assert_string_equal(in_name(g, c, 1), name);
+    }
+    /* the next squeeze reads the concat's 20 channels */
+    assert_int_equal(tensor(g, "blocks.1.squeeze.w")->shape[1], 20);
+    assert_int_equal(tensor(g, "blocks.0.squeeze.w")->shape[1], 12);
+    assert_int_equal(op(g, "loss")->kind, OP_CROSS_ENTROPY);
+    assert_int_equal(tensor(g, "pool")->shape[1], 20);
+    GraphStats st = stats(g);
+    /* stem 12x3x3x3 + 12; per fire squeeze 6xCx1x1 + 6, expand1 10x6 + 10,
+     * expand3 10x6x3x3 + 10; fc 20x10 + 10 */
+    double fire = 6 + 10 * 6 + 10 + 10 * 6 * 9 + 10;
+    double P = 12 * 27 + 12 + (6 * 12 + fire) + 2 * (6 * 20 + fire) + 20 * 10 + 10;
+    if (st.params != P) fail_msg("fire: %.0f params, want %.0f", st.params, P);
+    graph_stats_free(&st);
+    graph_free(g);
 }
 
 /* ----------------------------------------------------------------------------
@@ -432,7 +497,8 @@ static void test_all_kinds_round_trip(void **state)
     (void)state;
     static const char *const kinds[][2] = {
         {"mlp", NULL}, {"gpt", NULL}, {"bert", NULL}, {"vgg16", "--image 64"},
-        {"resnet", "--image 64"}, {"moe", NULL}, {"dlrm", NULL},
+        {"resnet", "--image 64"}, {"moe", NULL}, {"dlrm", NULL}, {"fire", NULL},
+        {"mlp", "--loss mse"},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         Graph *g = build_ok(kinds[i][0], kinds[i][1]);
@@ -469,7 +535,7 @@ static void test_all_kinds_round_trip(void **state)
 static void test_option_errors(void **state)
 {
     (void)state;
-    expect_error("gptx", NULL, "zoo: unknown model kind \"gptx\" (known: mlp, gpt, bert, vgg16, resnet, moe, dlrm)");
+    expect_error("gptx", NULL, "zoo: unknown model kind \"gptx\" (known: mlp, gpt, bert, vgg16, resnet, fire, moe, dlrm)");
     expect_error("gpt", "--layerz 3", "zoo gpt: unknown option --layerz (known: --preset, --layers");
     expect_error("gpt", "--layers abc", "zoo gpt: option --layers: \"abc\" is not an integer");
     expect_error("gpt", "--layers 2.5", "option --layers: \"2.5\" is not an integer");
@@ -506,7 +572,8 @@ static void test_usage(void **state)
     assert_non_null(f);
     zoo_usage(f);
     fclose(f);
-    static const char *const want[] = {"mlp", "gpt", "bert", "vgg16", "resnet", "moe", "dlrm",
+    static const char *const want[] = {"mlp", "gpt", "bert", "vgg16", "resnet", "fire", "moe", "dlrm",
+                                       "--loss", "ce|mse", "--expand", "--squeeze",
                                        "gpt3-175b", "bert-large", "--capacity-factor", "[1.25]",
                                        "--depth", "50|101|152", "[512,256,64]"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -526,6 +593,7 @@ int main(void)
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_dlrm),
         cmocka_unit_test(test_mlp),
+        cmocka_unit_test(test_fire),
         cmocka_unit_test(test_all_kinds_round_trip),
         cmocka_unit_test(test_option_errors),
         cmocka_unit_test(test_usage),

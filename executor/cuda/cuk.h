@@ -5,7 +5,7 @@
  * for it (the caller synchronises where a result must be read on the host, or
  * handed to a communication stream). Buffers are device memory, laid out as
  * kernels.h says (fp32 row-major over the operand's letters in spec order,
- * int32 for index and label operands). Scratch comes from the stream-ordered
+ * int32 for indices and class labels). Scratch comes from the stream-ordered
  * allocator (cudaMallocAsync on ctx->stream) and is freed on it before the
  * function returns, so a function never leaves memory behind.
  *

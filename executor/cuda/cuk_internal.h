@@ -66,6 +66,8 @@ CUK_KIND(batchnorm)
 CUK_KIND(softmax)
 CUK_KIND(cross_entropy)
 CUK_KIND(route)
+CUK_KIND(concat)
+CUK_KIND(mse)
 #undef CUK_KIND
 
 /* Stream-ordered scratch (cudaMallocAsync on c->stream); NULL with err. */

@@ -23,9 +23,12 @@ static const CKind *kind_of(OpKind k)
         {cuk_relu_fwd, cuk_relu_bwd},           {cuk_layernorm_fwd, cuk_layernorm_bwd},
         {cuk_batchnorm_fwd, cuk_batchnorm_bwd}, {cuk_softmax_fwd, cuk_softmax_bwd},
         {cuk_cross_entropy_fwd, cuk_cross_entropy_bwd}, {cuk_route_fwd, cuk_route_bwd},
+        {cuk_concat_fwd, cuk_concat_bwd},       {cuk_mse_fwd, cuk_mse_bwd},
     };
     /* the table above is in OpKind order */
-    static_assert(OP_MATMUL == 0 && OP_ROUTE == 13 && OP_KIND_COUNT == 14, "OpKind order");
+    static_assert(OP_MATMUL == 0 && OP_ROUTE == 13 && OP_CONCAT == 14 && OP_MSE == 15 &&
+                      OP_KIND_COUNT == 16,
+                  "OpKind order");
     return k >= 0 && k < OP_KIND_COUNT ? &kinds[k] : NULL;
 }
 

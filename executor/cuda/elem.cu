@@ -1,7 +1,7 @@
 /*
- * elem.cu — the elementwise op kinds (add, bias, gelu, relu), embedding, and
- * the buffer, optimizer, compression and initialisation functions of cuk.h,
- * on device buffers.
+ * elem.cu — the elementwise op kinds (add, bias, gelu, relu, concat), the
+ * mse loss, embedding, and the buffer, optimizer, compression and
+ * initialisation functions of cuk.h, on device buffers.
  *
  * Each kernel here is a launch shape around a body of elem_body.h, where the
  * arithmetic and the index mapping live (and are tested on the CPU). Every
@@ -291,6 +291,125 @@ int cuk_embedding_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, co
     const int64_t n = p.all.numel;
     kern_embed_bwd<<<cuk_blocks(c, n), CUK_THREADS, 0, c->stream>>>(
         din[1], (const int32_t *)in[0], dout, p, n);
+    CUK_LAUNCHED();
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * concat: a launch per input */
+
+static __global__ void kern_concat_fwd(float *y, const float *x, ElemConcatPlan p, int64_t n)
+{
+    CUK_FOR(i, n) elem_concat_fwd(i, y, x, &p);
+}
+
+static __global__ void kern_concat_bwd(float *dx, const float *dy, ElemConcatPlan p, int64_t n)
+{
+    CUK_FOR(i, n) elem_concat_bwd(i, dx, dy, &p);
+}
+
+int cuk_concat_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, float *out, Err *err)
+{
+    if (kernel_check_concat(ks, err)) return -1;
+    for (int k = 0; k < ks->op->nin; k++) {
+        ElemConcatPlan p;
+        elem_concat_plan(&p, ks, k);
+        const int64_t n = p.w.numel;
+        kern_concat_fwd<<<cuk_blocks(c, n), CUK_THREADS, 0, c->stream>>>(
+            out, (const float *)in[k], p, n);
+        CUK_LAUNCHED();
+    }
+    return 0;
+}
+
+/* One input after the other on the stream: a buffer given for two inputs
+ * receives both slices in turn. */
+int cuk_concat_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, const float *out,
+                   const float *dout, float *const *din, Err *err)
+{
+    (void)in, (void)out;
+    if (kernel_check_concat(ks, err)) return -1;
+    for (int k = 0; k < ks->op->nin; k++) {
+        if (!din[k]) continue;
+        ElemConcatPlan p;
+        elem_concat_plan(&p, ks, k);
+        const int64_t n = p.w.numel;
+        kern_concat_bwd<<<cuk_blocks(c, n), CUK_THREADS, 0, c->stream>>>(din[k], dout, p, n);
+        CUK_LAUNCHED();
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * mse: a part per block (its threads' strided sums, added in the block in a
+ * fixed order), then one thread adds the parts in block order: the same loss
+ * for the same grid, run after run. */
+
+static __device__ double block_sum_double(double v)
+{
+    __shared__ double part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < nw ? part[lane] : 0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __global__ void kern_mse_part(const float *pr, const float *t, ElemMsePlan p, double *part)
+{
+    const int64_t step = (int64_t)gridDim.x * blockDim.x;
+    double s = elem_mse_part(pr, t, (int64_t)blockIdx.x * blockDim.x + threadIdx.x, step, &p);
+    s = block_sum_double(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+static __global__ void kern_mse_loss(const double *part, unsigned nparts, double count, float *out)
+{
+    double s = 0;
+    for (unsigned b = 0; b < nparts; b++) s += part[b];
+    out[0] = (float)(s / count);
+}
+
+static __global__ void kern_mse_bwd(float *dp, float *dt, const float *pr, const float *t,
+                                    const float *dout, ElemMsePlan p, int64_t n)
+{
+    const float c = (float)(2.0 * dout[0] / p.count);
+    CUK_FOR(i, n) elem_mse_bwd(i, dp, dt, pr, t, c, &p);
+}
+
+int cuk_mse_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, float *out, Err *err)
+{
+    if (kernel_check_extents(ks, 0, err)) return -1;
+    ElemMsePlan p;
+    elem_mse_plan(&p, ks);
+    const unsigned nb = cuk_blocks(c, p.w.numel);
+    double *part = (double *)cuk_scratch(c, sizeof(double) * nb, ks->op->name, err);
+    if (!part) return -1;
+    kern_mse_part<<<nb, CUK_THREADS, 0, c->stream>>>((const float *)in[0], (const float *)in[1],
+                                                      p, part);
+    cudaError_t rc = cudaGetLastError();
+    if (rc == cudaSuccess) {
+        kern_mse_loss<<<1, 1, 0, c->stream>>>(part, nb, p.count, out);
+        rc = cudaGetLastError();
+    }
+    cuk_release(c, part);
+    return rc == cudaSuccess ? 0 : cuk_cuda_fail(err, rc, "kern_mse", __FILE__, __LINE__);
+}
+
+/* dout is one float of device memory. */
+int cuk_mse_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, const float *out,
+                const float *dout, float *const *din, Err *err)
+{
+    (void)out;
+    if (kernel_check_extents(ks, 0, err)) return -1;
+    if (!din[0] && !din[1]) return 0;
+    ElemMsePlan p;
+    elem_mse_plan(&p, ks);
+    const int64_t n = p.w.numel;
+    kern_mse_bwd<<<cuk_blocks(c, n), CUK_THREADS, 0, c->stream>>>(
+        din[0], din[1], (const float *)in[0], (const float *)in[1], dout, p, n);
     CUK_LAUNCHED();
     return 0;
 }

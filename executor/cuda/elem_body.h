@@ -1,8 +1,8 @@
 /*
  * elem_body.h — the per-thread work of the elementwise CUDA kernels (add,
- * bias, gelu, relu, embedding), of the buffer functions (axpy, fill, block
- * copy), the optimizers, gradient compression and the deterministic
- * initialisers; elem.cu launches them.
+ * bias, gelu, relu, embedding, concat, mse), of the buffer functions (axpy,
+ * fill, block copy), the optimizers, gradient compression and the
+ * deterministic initialisers; elem.cu launches them.
  *
  * Everything here is C11 that nvcc also compiles as C++ (see cuk_fn.h): the
  * CPU test runs each body for every thread index in turn and compares with
@@ -431,6 +431,103 @@ CUK_FN void elem_embed_bwd(int64_t i, float *dtable, const int32_t *idx, const f
     elem_walk_off(&p->all, i, o);
     int64_t rw = elem_embed_row(p, idx[o[0]]);
     if (rw >= 0) elem_atomic_add(&dtable[rw + o[1]], dy[o[2]]);
+}
+
+/* ----------------------------------------------------------------------------
+ * concat: input k fills the output's range [o_k, o_k + a_k) along the
+ * output's concatenated letter c (o_k: the inputs' own sizes before it), as
+ * k_elementwise.c. One launch per input, a thread per input element: a walk
+ * over the output's letters with input k's own letter a in the place of c,
+ * buffer 0 the input, buffer 1 the output (c's stride standing for a), so
+ * consecutive threads write consecutive output elements. */
+
+typedef struct {
+    ElemWalk w;
+    int64_t base;                      /* input k's first element in the output */
+} ElemConcatPlan;
+
+static inline void elem_concat_plan(ElemConcatPlan *p, const KernelShape *ks, int k)
+{
+    const Op *op = ks->op;
+    int lk = op_concat_letter(op, k), lo = op_concat_letter(op, op->nin);
+    int64_t sx[IR_LETTERS], sy[IR_LETTERS];
+    elem_strides(op->in_letters[k], ks->size, sx);
+    elem_strides(op->out_letters, ks->size, sy);
+    int64_t before = 0;
+    for (int j = 0; j < k; j++) before += ks->size[op_concat_letter(op, j)];
+    p->base = before * sy[lo];
+    sy[lk] = sy[lo];
+    sy[lo] = 0;
+    char order[IR_MAX_DIMS + 1];
+    int n = 0;
+    for (const char *q = op->out_letters; *q; q++)
+        order[n++] = *q - 'a' == lo ? (char)('a' + lk) : *q;
+    order[n] = 0;
+    const int64_t *ls[2] = {sx, sy};
+    elem_walk_letters(&p->w, order, ks->size, 2, ls);
+}
+
+CUK_FN void elem_concat_fwd(int64_t i, float *y, const float *x, const ElemConcatPlan *p)
+{
+    int64_t o[ELEM_BUFS];
+    elem_walk_off(&p->w, i, o);
+    y[p->base + o[1]] = x[o[0]];
+}
+
+CUK_FN void elem_concat_bwd(int64_t i, float *dx, const float *dy, const ElemConcatPlan *p)
+{
+    int64_t o[ELEM_BUFS];
+    elem_walk_off(&p->w, i, o);
+    dx[o[0]] += dy[p->base + o[1]];
+}
+
+/* ----------------------------------------------------------------------------
+ * mse: loss = sum of (p - t)^2 over the local elements / N, N the global
+ * element count, as k_elementwise.c; t in any letter order. A walk over p's
+ * letters, buffer 0 the prediction (and its gradient), 1 the target. The
+ * forward's threads each sum a strided set of elements in double; the
+ * launch adds the parts in a fixed order. */
+
+typedef struct {
+    ElemWalk w;
+    double count;                      /* N */
+} ElemMsePlan;
+
+static inline void elem_mse_plan(ElemMsePlan *p, const KernelShape *ks)
+{
+    const Op *op = ks->op;
+    int64_t sp[IR_LETTERS], st[IR_LETTERS];
+    elem_strides(op->in_letters[0], ks->size, sp);
+    elem_strides(op->in_letters[1], ks->size, st);
+    const int64_t *ls[2] = {sp, st};
+    elem_walk_letters(&p->w, op->in_letters[0], ks->size, 2, ls);
+    p->count = 1;
+    for (const char *q = op->in_letters[0]; *q; q++) p->count *= (double)ks->total[*q - 'a'];
+}
+
+/* The sum of (p - t)^2 over the elements i0, i0 + step, ... */
+CUK_FN double elem_mse_part(const float *pr, const float *t, int64_t i0, int64_t step,
+                            const ElemMsePlan *p)
+{
+    double s = 0;
+    for (int64_t i = i0; i < p->w.numel; i += step) {
+        int64_t o[ELEM_BUFS];
+        elem_walk_off(&p->w, i, o);
+        double d = (double)pr[o[0]] - t[o[1]];
+        s += d * d;
+    }
+    return s;
+}
+
+/* dp += c (p - t), dt -= c (p - t) (either may be NULL), c = 2 dout / N */
+CUK_FN void elem_mse_bwd(int64_t i, float *dp, float *dt, const float *pr, const float *t,
+                         float c, const ElemMsePlan *p)
+{
+    int64_t o[ELEM_BUFS];
+    elem_walk_off(&p->w, i, o);
+    float g = c * (pr[o[0]] - t[o[1]]);
+    if (dp) dp[o[0]] += g;
+    if (dt) dt[o[1]] -= g;
 }
 
 /* ----------------------------------------------------------------------------
