@@ -1750,6 +1750,40 @@ static bool is_elementwise(const char *k)
            !strcmp(k, "batchnorm");
 }
 
+/* Networks of concatenated branches (SqueezeNet's fire modules, Inception):
+ * a block ends at each concat (the last of a chain), and what the first
+ * block has before the shape of the second (the kinds of its ops) is the
+ * stem; what follows the last concat is the head. False when there is no
+ * concat. */
+static bool concat_blocks(Imp *m)
+{
+    int *end = xmalloc(sizeof(int) * (size_t)(m->nop + 1)), n = 0;
+    for (int i = 0; i < m->nop; i++) {
+        if (strcmp(m->op[i].kind, "concat")) continue;
+        bool chained = false;
+        for (int j = i + 1; j < m->nop; j++)
+            for (int k = 0; k < m->op[j].nin; k++)
+                chained |= m->op[j].in[k] == m->op[i].out && !strcmp(m->op[j].kind, "concat");
+        if (!chained) end[n++] = i;
+    }
+    if (!n) {
+        free(end);
+        return false;
+    }
+    int stem = 0;
+    if (n >= 2) {
+        int l0 = end[0] + 1, l1 = end[1] - end[0];
+        bool same = l0 > l1;
+        for (int k = 0; same && k < l1; k++)
+            same = !strcmp(m->op[end[0] - k].kind, m->op[end[1] - k].kind);
+        if (same) stem = l0 - l1;
+    }
+    for (int b = 0, i = stem; b < n; b++)
+        for (; i <= end[b]; i++) m->op[i].block = b;
+    free(end);
+    return true;
+}
+
 /* Residual networks: the ops between one fork (a value two ops read, skip
  * and branch) and the next form a segment; when the segments repeat with a
  * period (a transformer layer is an attention segment and an MLP segment),
@@ -1788,6 +1822,7 @@ static void assign_blocks(Imp *m)
         free(start);
         return;
     }
+    if (concat_blocks(m)) return;
     bool pools = false;
     for (int i = 0; i < m->nop; i++) pools |= !strcmp(m->op[i].kind, "pool2d");
     int last = -1, block = 0;
@@ -2146,7 +2181,8 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     free(has);
     free(fused);
     m->nd = NULL;
-    if (rc || add_loss(m, out_name, o->loss ? o->loss : "cross_entropy")) return NULL;
+    if (rc || add_loss(m, out_name, o->loss && !strcmp(o->loss, "mse") ? "mse" : "cross_entropy"))
+        return NULL;
     assign_blocks(m);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "name", o->name ? o->name : G->name && G->name[0] ? G->name : "onnx");
@@ -2168,8 +2204,8 @@ cJSON *onnx_import(const uint8_t *data, size_t n, const OnnxOpts *o, Err *err)
 {
     static const OnnxOpts none = { 0 };
     if (!o) o = &none;
-    if (o->loss && strcmp(o->loss, "cross_entropy") && strcmp(o->loss, "mse")) {
-        err_set(err, "--loss %s: strata adds cross_entropy or mse", o->loss);
+    if (o->loss && strcmp(o->loss, "cross_entropy") && strcmp(o->loss, "ce") && strcmp(o->loss, "mse")) {
+        err_set(err, "--loss %s: strata adds cross_entropy (ce) or mse", o->loss);
         return NULL;
     }
     Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, n, data);

@@ -45,8 +45,10 @@
  * segment, and segments repeating with a period p make one block of p
  * (a transformer layer: layer norm, attention, MLP; a ResNet bottleneck:
  * one); the stem before the first fork and the head after the last join
- * stay outside blocks. Without residuals, a block ends at each pooling
- * (VGG's stages), else at each activation (an MLP's layers).
+ * stay outside blocks. Networks of concatenated branches (SqueezeNet,
+ * Inception): a block ends at each concat, the first block's ops before the
+ * shape the second has being the stem. Otherwise a block ends at each
+ * pooling (VGG's stages), else at each activation (an MLP's layers).
  */
 #ifndef STRATA_ONNX_H
 #define STRATA_ONNX_H

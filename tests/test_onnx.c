@@ -2,11 +2,12 @@
  * test_onnx.c — `strata model import` on models no one here wrote: the
  * reduced ("light") ResNet-50 and VGG-19 the `onnx` package ships in its
  * backend test data (build/venv; `sh scripts/setup.sh test` installs it),
- * their parameters and forward FLOPs against the published figures; an MLP
- * written with onnx.helper, whose import must equal the zoo's own; the
- * imported models lowered, estimated, searched, and the MLP run with
- * --verify on 2 CPU ranks; what does not map refused with the node named.
- */
+ * their parameters and forward FLOPs against the published figures; models
+ * written with onnx.helper (an MLP with either loss, a GPT-2-style decoder,
+ * SqueezeNet's fire modules: tests/support/onnx_models.py), whose imports
+ * must equal the zoo's own; the imports lowered, estimated, searched, and
+ * run with --verify on 2 CPU ranks; what does not map refused with the node
+ * named. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -74,6 +75,16 @@ static void test_light_models_match_the_published_figures(void **state)
         STRATA(&r, "model", "show", out, "--json");
         assert_int_equal((int)JNUM(JSON_OUT(&r), "blocks"), m[i].blocks);
     }
+}
+
+/* Writes a model of tests/support/onnx_models.py. */
+static void model_py(const char *kind, const char *out)
+{
+    const char *args[] = { rp("tests/support/onnx_models.py"), kind, out, NULL };
+    RunOpts o = { .prog = py };
+    Res r = { 0 };
+    harness_run_at(__FILE__, __LINE__, &r, &o, args);
+    EXPECT_RC(&r, 0);
 }
 
 /* The model summaries of two files agree on every count. */
@@ -145,16 +156,31 @@ static void test_helper_mlp_equals_the_zoo(void **state)
 
     /* it lowers, estimates and runs, checked against one rank, on 2 CPU ranks */
     estimate_and_verify(imported, "dp", NULL);
+
+    /* with a squared-error loss against float targets, the zoo's mlp --loss mse */
+    STRATA(&r, "model", "import", onnx, "--batch", "8", "--loss", "mse", "-o", imported);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "model", "build", "mlp", "--loss", "mse", "-o", zoo);
+    EXPECT_RC(&r, 0);
+    expect_same_model(imported, zoo);
+    estimate_and_verify(imported, "dp", NULL);
 }
 
-/* Writes a model of tests/support/onnx_models.py. */
-static void model_py(const char *kind, const char *out)
+/* SqueezeNet's fire modules (Concat of two expands) written with
+ * onnx.helper: the import is the zoo's fire, with its stem outside the two
+ * blocks, and trains data parallel checked against one rank. */
+static void test_helper_fire_equals_the_zoo(void **state)
 {
-    const char *args[] = { rp("tests/support/onnx_models.py"), kind, out, NULL };
-    RunOpts o = { .prog = py };
+    (void)state;
+    const char *onnx = tp("fire.onnx"), *imported = tp("fire-imported.json"), *zoo = tp("fire-zoo.json");
+    model_py("fire", onnx);
     Res r = { 0 };
-    harness_run_at(__FILE__, __LINE__, &r, &o, args);
+    STRATA(&r, "model", "import", onnx, "--batch", "8", "-o", imported);
     EXPECT_RC(&r, 0);
+    STRATA(&r, "model", "build", "fire", "-o", zoo);
+    EXPECT_RC(&r, 0);
+    expect_same_model(imported, zoo);
+    estimate_and_verify(imported, "dp", NULL);
 }
 
 /* A GPT-2-style decoder written the ways exporters write it (layer norm and
@@ -233,7 +259,7 @@ static void test_refusals(void **state)
     EXPECT_ERR(&r, "not an ONNX model");
     STRATA(&r, "model", "import", onnx, "--loss", "hinge");
     EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, "--loss hinge", "cross_entropy or mse");
+    EXPECT_ERR(&r, "--loss hinge", "cross_entropy (ce) or mse");
     /* an attention mask that is not causal, and a quotient of activations */
     static const char masks[] =
         "import sys, onnx, numpy as np\n"
@@ -300,7 +326,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_light_models_match_the_published_figures), T(test_helper_mlp_equals_the_zoo),
-        T(test_helper_gpt_equals_the_zoo),
+        T(test_helper_gpt_equals_the_zoo), T(test_helper_fire_equals_the_zoo),
         T(test_imported_resnet_searches), T(test_refusals),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

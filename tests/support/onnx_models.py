@@ -107,8 +107,9 @@ def gpt(path, L=2, H=64, NH=4, S=32, V=256):
 
 
 def fire(path):
-    """A SqueezeNet-style CNN: squeeze 1x1, then 1x1 and 3x3 expands
-    concatenated over the channels, twice; global pooling; a classifier."""
+    """A SqueezeNet-style CNN, the zoo's `fire`: a 3x3 stride-2 stem, then
+    twice a squeeze 1x1 and 1x1 and 3x3 expands concatenated over the
+    channels; global pooling; a classifier."""
     def conv(x, cin, cout, k, pad=0, stride=1):
         y = node("Conv", [x, param("conv_w", [cout, cin, k, k]), param("conv_b", [cout])],
                  pads=[pad] * 4, strides=[stride] * 2)
@@ -122,7 +123,7 @@ def fire(path):
         c = 2 * expand
     x = node("Flatten", [node("GlobalAveragePool", [x])], axis=1)
     logits = node("Gemm", [x, param("fc_w", [10, c]), param("fc_b", [10])], transB=1)
-    g = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("image", T.FLOAT, ["N", 3, 16, 16])],
+    g = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("image", T.FLOAT, ["N", 3, 32, 32])],
                           [helper.make_tensor_value_info(logits, T.FLOAT, ["N", 10])], inits)
     onnx.save(helper.make_model(g), path)
 
