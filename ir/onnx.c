@@ -2021,6 +2021,54 @@ static int add_loss(Imp *m, const char *out_name, const char *loss)
     return 0;
 }
 
+/* Is name the labels (input 1) of a loss node of the graph? */
+static bool loss_labels(const Onnx__GraphProto *G, const char *name)
+{
+    for (size_t i = 0; i < G->n_node; i++) {
+        const Onnx__NodeProto *nd = G->node[i];
+        if (strcmp(str(nd->op_type), "SoftmaxCrossEntropyLoss") || nd->n_input < 2) continue;
+        if (!strcmp(str(nd->input[1]), name)) return true;
+    }
+    return false;
+}
+
+/* SoftmaxCrossEntropyLoss(scores [N, C, d1...], labels [N, d1...]): the
+ * graph's own loss, a cross_entropy over the class dim (1), averaged. */
+static int do_softmax_ce(Imp *m, const char *out_name)
+{
+    const Onnx__NodeProto *nd = m->nd;
+    int x = act_input(m, 0, false), lab = x >= 0 ? input(m, 1) : -1;
+    if (lab < 0) return -1;
+    const Onnx__AttributeProto *red = attr(nd, "reduction");
+    if (red && red->has_s && red->s.len && strncmp((const char *)red->s.data, "mean", red->s.len))
+        return refuse(m, "reduction other than mean (strata's cross-entropy averages)");
+    if (attr(nd, "ignore_index") || (nd->n_input > 2 && nd->input[2][0]))
+        return refuse(m, "class weights or an ignored index");
+    if ((nd->n_output > 1 && nd->output[1][0]) || !out_name || strcmp(nd->output[0], out_name))
+        return refuse(m, "a loss that is not the graph's first output, or its log-probabilities read");
+    Val *X = &m->v[x], *L = &m->v[lab];
+    if (X->rank < 2 || L->kind != V_INPUT || L->rank != X->rank - 1 || !is_int(L->dtype))
+        return refuse(m, "scores [N, C, ...] and integer labels [N, ...] of the graph's inputs");
+    /* the labels are this loss's: the input's tensor becomes the label */
+    m->t[L->tensor].role = "label";
+    Opr *o = op_new(m, nd->output[0], "cross_entropy");
+    op_in(m, o, x), op_in(m, o, lab);
+    for (int d = 0, k = 0; d < X->rank; d++) {
+        if (d == 1) continue;
+        X = &m->v[x], L = &m->v[lab];
+        if (X->shape[d] != L->shape[k]) return refuse(m, "labels of another shape than the scores");
+        if (X->dim[d].n && pair(m, &m->op[m->nop - 1], &X->dim[d], &L->dim[k], 1)) return -1;
+        k++;
+    }
+    o = &m->op[m->nop - 1];
+    o->attr_key = "reduce";
+    o->letter_attr = m->v[x].dim[1];
+    int l = val_new(m, nd->output[0], V_ACT);
+    m->v[l].tensor = ten_new(m, nd->output[0], "activation", dtype_of(m->v[x].dtype), NULL, 0);
+    op_out(m, o, l);
+    return 0;
+}
+
 static int import_input(Imp *m, const Onnx__ValueInfoProto *in, const OnnxOpts *o)
 {
     const char *name = str(in->name);
@@ -2091,6 +2139,7 @@ static int import_node(Imp *m, const Onnx__NodeProto *nd, const char *out_name)
     if (!strcmp(t, "Where")) return do_where(m);
     if (!strcmp(t, "Gather")) return do_gather(m);
     if (!strcmp(t, "Concat")) return do_concat(m);
+    if (!strcmp(t, "SoftmaxCrossEntropyLoss")) return do_softmax_ce(m, out_name);
     if (!strcmp(t, "ReduceMean")) return do_reduce_mean(m);
     if (!strcmp(t, "Dropout") || !strcmp(t, "Identity")) {
         int x = input(m, 0);
@@ -2144,10 +2193,15 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
         if (shape_of(m, &m->v[v], (size_t)n, dims, "ConstantOfShape")) return NULL;
     }
     m->nd = NULL;
-    /* the data input: the graph input that is no initializer */
+    /* the data input: the graph input that is no initializer (nor the labels
+     * of a loss the graph has) */
     int inputs = 0;
     for (size_t i = 0; i < G->n_input; i++) {
         if (find(m, str(G->input[i]->name)) >= 0) continue;
+        if (loss_labels(G, str(G->input[i]->name))) {
+            if (import_input(m, G->input[i], o)) return NULL;
+            continue;
+        }
         if (inputs++) {
             err_set(m->err, "graph input \"%s\": strata imports models of one input (the data)",
                     str(G->input[i]->name));
@@ -2181,7 +2235,17 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     free(has);
     free(fused);
     m->nd = NULL;
-    if (rc || add_loss(m, out_name, o->loss && !strcmp(o->loss, "mse") ? "mse" : "cross_entropy"))
+    /* a loss unless the graph ends with its own */
+    int last = out_name ? find(m, out_name) : -1;
+    bool has_loss = last >= 0 && m->v[last].kind == V_ACT && m->v[last].tensor >= 0 &&
+                    m->t[m->v[last].tensor].producer >= 0 &&
+                    !strcmp(m->op[m->t[m->v[last].tensor].producer].kind, "cross_entropy");
+    if (!rc && has_loss && o->loss && !strcmp(o->loss, "mse")) {
+        err_set(m->err, "--loss mse: the graph has its own loss (SoftmaxCrossEntropyLoss)");
+        return NULL;
+    }
+    if (rc || (!has_loss &&
+               add_loss(m, out_name, o->loss && !strcmp(o->loss, "mse") ? "mse" : "cross_entropy")))
         return NULL;
     assign_blocks(m);
     cJSON *j = cJSON_CreateObject();

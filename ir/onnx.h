@@ -34,8 +34,10 @@
  *   nothing (the same data, named anew)
  * A subtraction plans as an addition and a division by a parameter as a
  * product: the cost is the same, and strata trains with values it
- * initialises itself. A loss is added: cross-entropy over the output's last
- * dim (labels of the other dims) or mse (a target of the output's shape).
+ * initialises itself. A graph ending in SoftmaxCrossEntropyLoss (its labels
+ * a second graph input) keeps it as cross_entropy; otherwise a loss is
+ * added: cross-entropy over the output's last dim (labels of the other dims)
+ * or mse (a target of the output's shape).
  * What does not map (an operator, a dynamic shape without a batch, a
  * layout letters cannot name, a mask that is not causal) is refused, naming
  * the node, its op type and why.

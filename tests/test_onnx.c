@@ -138,11 +138,15 @@ static void test_helper_mlp_equals_the_zoo(void **state)
         "    if i < 2:\n"
         "        nodes.append(helper.make_node('Relu', [x], ['relu%d' % i]))\n"
         "        x = 'relu%d' % i\n"
-        "g = helper.make_graph(nodes, 'mlp', [helper.make_tensor_value_info('x', T.FLOAT, ['N', 32])],\n"
-        "                      [helper.make_tensor_value_info(x, T.FLOAT, ['N', 10])], inits)\n"
-        "onnx.save(helper.make_model(g), sys.argv[1])\n";
+        "ins = [helper.make_tensor_value_info('x', T.FLOAT, ['N', 32])]\n"
+        "out = helper.make_tensor_value_info(x, T.FLOAT, ['N', 10])\n"
+        "if sys.argv[2] == 'loss':  # the graph's own loss, its labels an input\n"
+        "    nodes.append(helper.make_node('SoftmaxCrossEntropyLoss', [x, 'y'], ['loss']))\n"
+        "    ins.append(helper.make_tensor_value_info('y', T.INT64, ['N']))\n"
+        "    out = helper.make_tensor_value_info('loss', T.FLOAT, [])\n"
+        "onnx.save(helper.make_model(helper.make_graph(nodes, 'mlp', ins, [out], inits)), sys.argv[1])\n";
     const char *onnx = tp("mlp.onnx"), *imported = tp("mlp-imported.json"), *zoo = tp("mlp-zoo.json");
-    python(gen, onnx, "");
+    python(gen, onnx, "logits");
     Res r = { 0 };
     /* its batch is dynamic: refused without --batch, naming it */
     STRATA(&r, "model", "import", onnx, "-o", imported);
@@ -164,6 +168,19 @@ static void test_helper_mlp_equals_the_zoo(void **state)
     EXPECT_RC(&r, 0);
     expect_same_model(imported, zoo);
     estimate_and_verify(imported, "dp", NULL);
+
+    /* a graph that ends in its own loss (SoftmaxCrossEntropyLoss, the labels
+     * a second input) keeps it: the zoo's mlp again, and no second loss */
+    const char *with_loss = tp("mlp-loss.onnx");
+    python(gen, with_loss, "loss");
+    STRATA(&r, "model", "import", with_loss, "--batch", "8", "-o", imported);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "model", "build", "mlp", "-o", zoo);
+    EXPECT_RC(&r, 0);
+    expect_same_model(imported, zoo);
+    STRATA(&r, "model", "import", with_loss, "--batch", "8", "--loss", "mse");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "--loss mse", "its own loss");
 }
 
 /* SqueezeNet's fire modules (Concat of two expands) written with
