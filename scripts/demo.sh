@@ -48,6 +48,12 @@ light=$(build/venv/bin/python -c 'import onnx, os; print(os.path.dirname(onnx.__
 run "$strata" model import "$light/light_resnet50.onnx" --batch 256 -o "$out/resnet50.json"
 run "$strata" search --model "$out/resnet50.json" --cluster clusters/dgx-a100-80gb.json \
     --budget 10s --db "$db"
+# and a GPT-2-style decoder as exporters write it (heads by Reshape and
+# Transpose, the layer norm and GELU spelled out, a causal mask): the zoo's
+# gpt, op for op
+build/venv/bin/python tests/support/onnx_models.py gpt "$out/gpt.onnx"
+run "$strata" model import "$out/gpt.onnx" --batch 4 -o "$out/gpt-onnx.json"
+run "$strata" model show "$out/gpt-onnx.json"
 
 # The same as a service: `strata serve` on a free loopback port, GPT-3 175B
 # and the 1024-GPU cluster submitted with curl, a 10-second search followed
