@@ -121,14 +121,20 @@ LinkModel *linkmodel_from_cluster(const Cluster *c, Err *err);
 void linkmodel_free(LinkModel *m);
 /* One alpha-beta fit (t = alpha + beta * B) of a profile for one collective
  * ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast",
- * "send_recv"), group size and level name: where a fit exists for the level
+ * "send_recv", "all_reduce_f16"), group size and level name: where a fit exists for the level
  * a group spans it replaces the analytical cost (scaled by the algorithm's
  * factor where the group size differs). */
 int linkmodel_add_fit(LinkModel *m, const char *collective, int group_size, const char *level,
                       double alpha_s, double beta_s, Err *err);
-/* Seconds for one instance of collective `kind` (I_ALLREDUCE .. I_RECV) of B
- * bytes over the group of ranks `ranks[0..n)` (send/recv: the two ends).
- * algo: the sync algorithm of a gradient all-reduce (ALGO_RING otherwise). */
+/* linkmodel_time's kind for the all-reduce of a gradient compressed to
+ * fp16: priced by the profile's "all_reduce_f16" fits where it has them
+ * (the backend's half reduction is not the float one), else as an
+ * all-reduce of its bytes. */
+#define LINK_ALLREDUCE_F16 ((InstrKind)I_KIND_COUNT)
+/* Seconds for one instance of collective `kind` (I_ALLREDUCE .. I_RECV, or
+ * LINK_ALLREDUCE_F16) of B bytes over the group of ranks `ranks[0..n)`
+ * (send/recv: the two ends). algo: the sync algorithm of a gradient
+ * all-reduce (ALGO_RING otherwise). */
 double linkmodel_time(const LinkModel *m, InstrKind kind, SyncAlgo algo, int64_t bytes,
                       const int *ranks, int n);
 /* "analytic (cluster link figures)" or "profile N fits (+ analytic where none)" */

@@ -15,7 +15,8 @@
  * each given their device's share, as NCCL's rings over one NIC per GPU do.
  *
  * A profile's alpha-beta fits (t = alpha + beta B per collective, group size
- * and level) replace the analytical cost of a group that spans that level;
+ * and level) replace the analytical cost of a group that spans that level
+ * (an fp16-compressed all-reduce takes the half-precision fits);
  * a group size the profile did not measure is scaled from the nearest one by
  * the algorithm's factors.
  *
@@ -76,6 +77,7 @@ static int coll_parse(const char *s)
         { "all_reduce", I_ALLREDUCE }, { "all_gather", I_ALLGATHER },
         { "reduce_scatter", I_REDUCE_SCATTER }, { "all_to_all", I_ALL_TO_ALL },
         { "broadcast", I_BROADCAST }, { "send_recv", I_SEND },
+        { "all_reduce_f16", LINK_ALLREDUCE_F16 },
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(s, t[i].name)) return t[i].kind;
@@ -178,6 +180,13 @@ static const Fit *find_fit(const LinkModel *m, InstrKind k, int level, int n)
     return best;
 }
 
+/* The fit for kind k (an fp16 all-reduce falls back to the float one's). */
+static const Fit *fit_of(const LinkModel *m, InstrKind k, int level, int n)
+{
+    const Fit *f = find_fit(m, k, level, n);
+    return f || k != LINK_ALLREDUCE_F16 ? f : find_fit(m, I_ALLREDUCE, level, n);
+}
+
 static double from_fit(const Fit *f, InstrKind k, SyncAlgo algo, double B, int n)
 {
     if (f->group_size == n) return f->alpha + f->beta * B;
@@ -212,10 +221,12 @@ static double hier(const LinkModel *m, InstrKind k, SyncAlgo algo, double B, con
     }
 }
 
-double linkmodel_time(const LinkModel *m, InstrKind kind, SyncAlgo algo, int64_t bytes,
+double linkmodel_time(const LinkModel *m, InstrKind how, SyncAlgo algo, int64_t bytes,
                       const int *ranks, int n)
 {
     const Cluster *c = m->c;
+    /* `how` picks the fits; the algorithm is the kind's */
+    InstrKind kind = how == LINK_ALLREDUCE_F16 ? I_ALLREDUCE : how;
     double B = (double)bytes;
     if (n < 2 || bytes < 0) return 0;
     if (kind == I_SEND || kind == I_RECV) {
@@ -229,14 +240,14 @@ double linkmodel_time(const LinkModel *m, InstrKind kind, SyncAlgo algo, int64_t
     int inner = 0;
     while (f[inner] < 2) inner++;
     if (inner == outer) {
-        const Fit *fit = find_fit(m, kind, outer, n);
+        const Fit *fit = fit_of(m, how, outer, n);
         return fit ? from_fit(fit, kind, algo, B, n) : flat(&c->levels[outer], kind, algo, B, n);
     }
     if (kind == I_ALLREDUCE && algo == ALGO_HIERARCHICAL)
         return hier(m, kind, algo, B, f, 0, outer);
     /* one flat ring (or tree) over every member: the slowest level's links
      * carry the buffer, each level's latency is paid on its hops */
-    const Fit *fit = find_fit(m, kind, outer, n);
+    const Fit *fit = fit_of(m, how, outer, n);
     if (fit) return from_fit(fit, kind, algo, B, n);
     double bw = c->levels[outer].bw, lat = 0;
     for (int l = 0; l <= outer; l++) {

@@ -498,6 +498,7 @@ static double compressed_time(const Sim *S, const CState *c, const Instr *in, co
     } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_FP16) {
         double elems = (double)bytes / 2;
         extra = 2 * elems * (4 + 2) / bw;           /* to half and back */
+        kind = LINK_ALLREDUCE_F16;                  /* summed in halves */
     } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_POWERSGD && in->tensor >= 0) {
         /* rows x cols gradient, rank r: P = M Q or Q = M^T P, then (for Q)
          * the error and the product P Q^T: about two GEMMs of 2 rows cols r */

@@ -23,10 +23,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "executor/kernels.h"
 #include "ir/util.h"
 #include "profiler/stats.h"
 
-enum { C_ALLREDUCE, C_ALLGATHER, C_REDUCE_SCATTER, C_ALL_TO_ALL, C_BROADCAST, C_SEND_RECV };
+/* in COLLECTIVE_NAMES order */
+enum { C_ALLREDUCE, C_ALLGATHER, C_REDUCE_SCATTER, C_ALL_TO_ALL, C_BROADCAST, C_SEND_RECV,
+       C_ALLREDUCE_F16 };
 
 typedef struct {
     const char *level;
@@ -50,6 +53,7 @@ static int64_t coll_count(int coll, int64_t S, int g)
 {
     int64_t e = S / 4;
     switch (coll) {
+    case C_ALLREDUCE_F16: return S / 2;
     case C_ALLGATHER: case C_REDUCE_SCATTER: case C_ALL_TO_ALL: return e / g;
     default: return e;
     }
@@ -60,6 +64,7 @@ static int64_t coll_bytes(int coll, int64_t count, int g)
 {
     switch (coll) {
     case C_ALLGATHER: case C_REDUCE_SCATTER: case C_ALL_TO_ALL: return count * g * 4;
+    case C_ALLREDUCE_F16: return count * 2;
     default: return count * 4;
     }
 }
@@ -73,6 +78,7 @@ static int coll_run(Ctx *x, int coll, int64_t n, Err *err)
     case C_REDUCE_SCATTER: return o->reduce_scatter(x->grp, x->send, x->recv, n, CT_F32, err);
     case C_ALL_TO_ALL: return o->all_to_all(x->grp, x->send, x->recv, n, CT_F32, err);
     case C_BROADCAST: return o->broadcast(x->grp, x->recv, n, CT_F32, 0, err);
+    case C_ALLREDUCE_F16: return o->allreduce(x->grp, x->recv, n, CT_F16, RED_SUM, err);
     default: {
         /* a ring: send to the next member, receive from the previous */
         CommReq *req = NULL;
@@ -90,6 +96,13 @@ static int coll_run(Ctx *x, int coll, int64_t n, Err *err)
 static void check_fill(Ctx *x, int coll, int64_t n)
 {
     int me = x->me, g = x->g;
+    if (coll == C_ALLREDUCE_F16) {
+        /* halves of 1 and 2: sums exact in half precision up to 1024 ranks */
+        uint16_t h[2], *r = (uint16_t *)x->recv;
+        kernel_to_fp16((const float[]){ 1, 2 }, h, 2);
+        for (int64_t i = 0; i < n; i++) r[i] = h[i % 2];
+        return;
+    }
     int64_t ns = coll == C_ALLGATHER ? n : coll == C_REDUCE_SCATTER || coll == C_ALL_TO_ALL ? n * g : n;
     for (int64_t i = 0; i < ns; i++) {
         switch (coll) {
@@ -108,6 +121,13 @@ static int64_t check_count(const Ctx *x, int coll, int64_t n)
     int me = x->me, g = x->g;
     int64_t wrong = 0, nr = coll == C_ALLGATHER || coll == C_ALL_TO_ALL ? n * g : n;
     float tri = (float)(g * (g + 1) / 2);
+    if (coll == C_ALLREDUCE_F16) {
+        uint16_t h[2];
+        const uint16_t *r = (const uint16_t *)x->recv;
+        kernel_to_fp16((const float[]){ (float)g, (float)(2 * g) }, h, 2);
+        for (int64_t i = 0; i < n; i++) wrong += r[i] != h[i % 2];
+        return wrong;
+    }
     for (int64_t i = 0; i < nr; i++) {
         float want;
         switch (coll) {

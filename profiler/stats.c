@@ -10,6 +10,7 @@
 
 const char *const COLLECTIVE_NAMES[COLLECTIVE_COUNT] = {
     "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv",
+    "all_reduce_f16",
 };
 
 /* --- summaries --------------------------------------------------------- */
@@ -172,7 +173,8 @@ int ab_fit(const double *bytes, const double *t, int n, AlphaBeta *out)
 double coll_bus_factor(const char *collective, int n)
 {
     if (!collective || n < 1) return 0;
-    if (strcmp(collective, "all_reduce") == 0) return 2.0 * (n - 1) / n;
+    if (strcmp(collective, "all_reduce") == 0 || strcmp(collective, "all_reduce_f16") == 0)
+        return 2.0 * (n - 1) / n;
     if (strcmp(collective, "all_gather") == 0 || strcmp(collective, "reduce_scatter") == 0 ||
         strcmp(collective, "all_to_all") == 0)
         return (double)(n - 1) / n;

@@ -43,14 +43,16 @@ int ab_fit(const double *bytes, const double *t, int n, AlphaBeta *out);
 double ab_time(const AlphaBeta *f, double bytes);
 
 /* nccl-tests' bus bandwidth factor of a collective over a group of n:
- * all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n;
+ * all_reduce (either precision) 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n;
  * broadcast and send_recv 1. Names as in COLLECTIVE_NAMES below; 0 for an
  * unknown name. */
 double coll_bus_factor(const char *collective, int n);
 
-/* The collectives the profiler measures, by the names it stores. */
-#define COLLECTIVE_COUNT 6
+/* The collectives the profiler measures, by the names it stores:
+ * "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast",
+ * "send_recv", and "all_reduce_f16", the all-reduce of halves a gradient
+ * compressed to fp16 takes (its sum is the backend's half reduction). */
+#define COLLECTIVE_COUNT 7
 extern const char *const COLLECTIVE_NAMES[COLLECTIVE_COUNT];
-/* "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv" */
 
 #endif

@@ -552,6 +552,14 @@ static void test_link_formulas(void **state)
     assert_int_equal(linkmodel_add_fit(m, "all_reduce", 8, "gpu", 5e-6, 1e-10, &err), 0);
     ar = linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r8, 8);
     assert_true(fabs(ar - (5e-6 + 0.1)) < 1e-12);
+    /* an fp16-compressed all-reduce takes the float fit until the profile
+     * measured the half one (the backend's half reduction costs its own) */
+    double h = linkmodel_time(m, LINK_ALLREDUCE_F16, ALGO_RING, (int64_t)B, r8, 8);
+    assert_true(fabs(h - ar) < 1e-12);
+    assert_int_equal(linkmodel_add_fit(m, "all_reduce_f16", 8, "gpu", 7e-6, 3e-10, &err), 0);
+    h = linkmodel_time(m, LINK_ALLREDUCE_F16, ALGO_RING, (int64_t)B, r8, 8);
+    assert_true(fabs(h - (7e-6 + 0.3)) < 1e-12);
+    assert_true(linkmodel_time(m, I_ALLREDUCE, ALGO_RING, (int64_t)B, r8, 8) == ar);
     assert_int_equal(linkmodel_add_fit(m, "all_reduce", 8, "rack", 5e-6, 1e-10, &err), -1);
     assert_non_null(strstr(err.msg, "rack"));
     assert_int_equal(linkmodel_add_fit(m, "gossip", 8, "gpu", 5e-6, 1e-10, &err), -1);
@@ -608,7 +616,7 @@ static void test_link_formulas(void **state)
 
 /* An int8-compressed all-reduce runs as the executor runs it: the codes of
  * every member all-gathered, plus the coding passes over memory. */
-static void test_int8_allreduce_priced_as_run(void **state)
+static void test_compressed_allreduce_priced_as_run(void **state)
 {
     (void)state;
     Graph *g = tiny();
@@ -631,6 +639,20 @@ static void test_int8_allreduce_priced_as_run(void **state)
     double coding = 1e6 * 13 / 1000e9 + 2 * 1e6 * 9 / 1000e9;
     assert_true(fabs(r.step_time - (gather + coding)) < 1e-12);
     sim_result_free(&r);
+
+    /* fp16: the conversions, and the all-reduce of halves by the profile's
+     * half-precision fit */
+    h.pr[0].instrs[a].compress = COMPRESS_FP16;
+    h.pr[0].instrs[a].bytes = 2000000;             /* 1e6 halves */
+    LinkModel *lm = linkmodel_from_cluster(c, &err);
+    assert_int_equal(linkmodel_add_fit(lm, "all_reduce_f16", 2, c->levels[0].name, 1e-3, 1e-8,
+                                       &err), 0);
+    o.links = lm;
+    assert_int_equal(cost_simulate(g, c, s, &h.p, &o, &r, &err), 0);
+    double convert = 2 * 1e6 * 6 / 1000e9;
+    assert_true(fabs(r.step_time - (1e-3 + 1e-8 * 2e6 + convert)) < 1e-12);
+    sim_result_free(&r);
+    linkmodel_free(lm);
     hand_free(&h);
     strategy_free(s);
     cluster_free(c);
@@ -701,7 +723,7 @@ int main(void)
         cmocka_unit_test(test_cluster_without_links),
         cmocka_unit_test(test_link_formulas),
         cmocka_unit_test(test_gemm_dims),
-        cmocka_unit_test(test_int8_allreduce_priced_as_run),
+        cmocka_unit_test(test_compressed_allreduce_priced_as_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
