@@ -752,6 +752,32 @@ static bool main_step(Sim *S, int ci)
     return true;
 }
 
+/* Nothing can move: an interpreter waits on a collective queued behind
+ * one that needs an update it set aside (ZeRO-3's re-gather behind a
+ * ZeRO-1 param's post-update all-gather), and the update waits for the
+ * interpreter's clock to pass its reduce-scatter. The executor runs a
+ * ready update while it waits; so does this, the earliest ready one of
+ * each class. Returns whether any ran. */
+static bool run_set_aside(Sim *S)
+{
+    bool ran = false;
+    for (int ci = 0; ci < S->p->nclasses; ci++) {
+        CState *c = &S->cs[ci];
+        int best = -1;
+        double tb = INFINITY;
+        for (int k = 0; k < c->nlater; k++) {
+            int32_t bind;
+            double t = ready_at(c, c->later[k], S_MAIN, &bind);
+            if (!isnan(t) && t < tb) tb = t, best = k;
+        }
+        if (best >= 0 && run_compute(S, ci, c->later[best])) {
+            later_remove(c, best);
+            ran = true;
+        }
+    }
+    return ran;
+}
+
 /* Advances class ci as far as its streams go; returns instructions done.
  * The other streams go as far as they can before each step of the
  * interpreter's, so that a set-aside update sees its all-reduce finish at
@@ -1545,6 +1571,7 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
             all &= cs->nlater == 0;
         }
         if (all) break;
+        if (!moved && run_set_aside(&S)) continue;
         if (!moved) {
             for (int ci = 0; ci < p->nclasses; ci++) {
                 CState *cs = &S.cs[ci];

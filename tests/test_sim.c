@@ -385,6 +385,11 @@ static void test_every_strategy_schedules(void **state)
         "\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\",\"v\":\"tp\"}}}}",
         "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"shard\":\"zero1\"}}}",
         "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"shard\":\"zero3\"}}}",
+        /* ZeRO-3's re-gather queued behind a ZeRO-1 param's post-update gather */
+        "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"shard\":\"zero1\"},"
+        "\"blocks.1.*\":{\"shard\":\"zero3\"}}}",
+        "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"shard\":\"zero2\"},"
+        "\"blocks.0.*\":{\"shard\":\"zero3\"}}}",
         "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2}}}}",
         "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2,\"staleness\":2}}}}",
         "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}}",
