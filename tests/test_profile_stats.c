@@ -365,7 +365,8 @@ static void test_bus_factors(void **state)
 {
     (void)state;
     const char *want[COLLECTIVE_COUNT] = { "all_reduce", "all_gather", "reduce_scatter",
-                                           "all_to_all", "broadcast", "send_recv" };
+                                           "all_to_all", "broadcast", "send_recv",
+                                           "all_reduce_f16" };
     for (int i = 0; i < COLLECTIVE_COUNT; i++) {
         assert_non_null(COLLECTIVE_NAMES[i]);
         assert_string_equal(COLLECTIVE_NAMES[i], want[i]);
@@ -378,6 +379,7 @@ static void test_bus_factors(void **state)
         { 0, 0.5, 0.875 },
         { 1, 1, 1 },
         { 1, 1, 1 },
+        { 0, 1, 1.75 },   /* the all-reduce of halves: the same algorithm */
     };
     const int ns[3] = { 1, 2, 8 };
     for (int i = 0; i < COLLECTIVE_COUNT; i++)
