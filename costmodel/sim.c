@@ -598,6 +598,50 @@ static bool stale_pull(const Sim *S, const CState *c, const Instr *in)
     return v->kind == VAL_PARAM && S->s->params[in->tensor].staleness > 0;
 }
 
+static void message_done(Sim *S, Msg *m, double start, double end, double dur);
+
+/* The other ranks of class ci send and receive too, each with its own
+ * peer. Where that peer's class is not the representative's peer's
+ * (parameter servers split the ranks of a group into classes by role),
+ * their sends are posted as well, or a receiver there would wait for them
+ * forever, and their messages are counted on both sides, as the peer
+ * counts them. One message stands for all the sends of the class to one
+ * class. */
+static void post_for_others(Sim *S, int ci, int32_t i, double t, int rep_dst)
+{
+    CState *c = &S->cs[ci];
+    const Program *pr = &S->p->classes[ci];
+    const Instr *in = &c->pr->instrs[i];
+    int done[64], nd = 0;
+    done[nd++] = rep_dst;
+    for (int k = 1; k < pr->nranks && nd < 64; k++) {
+        int coord[MESH_MAX_AXES];
+        strategy_coords(S->s, pr->ranks[k], coord);
+        int peer = rank_at(S->s, coord, in->axes & S->live, in->peer), dc = S->p->rank_class[peer];
+        bool seen = false;
+        for (int j = 0; j < nd; j++) seen |= done[j] == dc;
+        if (seen) continue;
+        done[nd++] = dc;
+        int64_t tag = tag_of(in);
+        int n = next_seq(S, ci, peer, tag);
+        if (in->kind == I_RECV) {
+            /* received at the representative's time; a send already posted
+             * learns when its bytes left */
+            Msg *m = msg_for(S, dc, ci, tag, n);
+            if (isnan(m->recv_ready)) m->recv_ready = t;
+            if (!isnan(m->send_t)) {
+                double dur = p2p_time(S, c, in, peer), start = fmax(m->send_t, t);
+                message_done(S, m, start, start + dur, dur);
+            }
+            continue;
+        }
+        Msg *m = msg_for(S, ci, dc, tag, n);
+        m->send_t = t;
+        m->send_class = ci;
+        m->send_instr = i;
+    }
+}
+
 /* A send is posted when its stream reaches it and holds nothing: the
  * stream moves on, and the send completes when its bytes have moved. */
 static bool run_send(Sim *S, int ci, int32_t i)
@@ -614,6 +658,7 @@ static bool run_send(Sim *S, int ci, int32_t i)
     m->send_class = ci;
     m->send_instr = i;
     c->start[i] = t;
+    post_for_others(S, ci, i, t, S->p->rank_class[peer]);
     if (!isnan(m->recv_ready)) {
         double dur = p2p_time(S, c, in, peer);
         m->end = fmax(t, m->recv_ready) + dur;
@@ -658,6 +703,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
         int peer = peer_rank(S, c, in);
         int64_t tag = tag_of(in);
         c->seq[i] = next_seq(S, ci, peer, tag);
+        post_for_others(S, ci, i, t, S->p->rank_class[peer]);
         c->start[i] = t;
         Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
         if (isnan(m->recv_ready)) m->recv_ready = t;

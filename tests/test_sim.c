@@ -391,6 +391,11 @@ static void test_every_strategy_schedules(void **state)
         "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"shard\":\"zero2\"},"
         "\"blocks.0.*\":{\"shard\":\"zero3\"}}}",
         "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2}}}}",
+        /* servers over data x tensor ranks for the norms' params (their
+         * gradients partial over tp): classes by server role, whose ranks
+         * push to servers of different classes */
+        "{\"mesh\":{\"dp\":2,\"tp\":2},\"ops\":{\"blocks.*.ln*\":{\"split\":{\"s\":\"tp\"}}},"
+        "\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2}}}}",
         "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"shards\":2,\"staleness\":2}}}}",
         "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}}",
         "{\"mesh\":{\"dp\":8},\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"algo\":\"tree\"}}}}",
