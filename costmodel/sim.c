@@ -658,7 +658,6 @@ static bool run_send(Sim *S, int ci, int32_t i)
     m->send_class = ci;
     m->send_instr = i;
     c->start[i] = t;
-    post_for_others(S, ci, i, t, S->p->rank_class[peer]);
     if (!isnan(m->recv_ready)) {
         double dur = p2p_time(S, c, in, peer);
         m->end = fmax(t, m->recv_ready) + dur;
@@ -666,6 +665,8 @@ static bool run_send(Sim *S, int ci, int32_t i)
         c->out.busy_comm += dur;
         span(S, ci, i, m->end - dur, m->end);
     }
+    /* last: posting may move the messages (m) */
+    post_for_others(S, ci, i, t, S->p->rank_class[peer]);
     return true;
 }
 
