@@ -157,7 +157,7 @@ test:
 # strategy JSON readers and the REST API's router and body readers. `make fuzz`
 # runs each for FUZZ_SECONDS; a crash is kept in build/fuzz/ and fails it.
 FUZZ_CC      ?= clang
-FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -I. -fsanitize=address,undefined \
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -I. -MMD -MP -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined
 FUZZ_SECONDS ?= 60
 FUZZERS      := model cluster strategy router onnx
