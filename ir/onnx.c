@@ -124,12 +124,17 @@ static int refuse(Imp *m, const char *fmt, ...)
 /* ----------------------------------------------------------------------------
  * Atoms */
 
+/* p with room for element n of `size` bytes; *cap doubles from 256. */
+static void *grow(void *p, int n, int *cap, size_t size)
+{
+    if (n < *cap) return p;
+    *cap = *cap ? 2 * *cap : 256;
+    return xrealloc(p, size * (size_t)*cap);
+}
+
 static int atom_new(Imp *m, int64_t size, char hint)
 {
-    if (m->nat == m->catt) {
-        m->catt = m->catt ? 2 * m->catt : 256;
-        m->at = xrealloc(m->at, sizeof *m->at * (size_t)m->catt);
-    }
+    m->at = grow(m->at, m->nat, &m->catt, sizeof *m->at);
     m->at[m->nat] = (Atom){ .size = size, .parent = m->nat, .hint = hint };
     return m->nat++;
 }
@@ -214,6 +219,15 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
+/* The slot of key in an open-addressed table of cap (a power of two)
+ * slots: the one holding it, or the empty one where it goes. */
+static Slot *slot_of(Slot *tab, int cap, const char *key)
+{
+    size_t i = hash_str(key) & (size_t)(cap - 1);
+    while (tab[i].key && strcmp(tab[i].key, key)) i = (i + 1) & (size_t)(cap - 1);
+    return &tab[i];
+}
+
 static void vh_put(Imp *m, const char *key, int val)
 {
     if (2 * (m->nv + 1) > m->vhcap) {
@@ -226,27 +240,21 @@ static void vh_put(Imp *m, const char *key, int val)
             if (old[i].key) vh_put(m, old[i].key, old[i].val);
         free(old);
     }
-    size_t i = hash_str(key) & (size_t)(m->vhcap - 1);
-    while (m->vh[i].key && strcmp(m->vh[i].key, key)) i = (i + 1) & (size_t)(m->vhcap - 1);
-    m->vh[i].key = key;
-    m->vh[i].val = val;
+    Slot *sl = slot_of(m->vh, m->vhcap, key);
+    sl->key = key;
+    sl->val = val;
 }
 
 static int find(Imp *m, const char *name)
 {
     if (!m->vhcap) return -1;
-    size_t i = hash_str(name) & (size_t)(m->vhcap - 1);
-    for (; m->vh[i].key; i = (i + 1) & (size_t)(m->vhcap - 1))
-        if (!strcmp(m->vh[i].key, name)) return m->vh[i].val;
-    return -1;
+    const Slot *sl = slot_of(m->vh, m->vhcap, name);
+    return sl->key ? sl->val : -1;
 }
 
 static int val_new(Imp *m, const char *name, VKind kind)
 {
-    if (m->nv == m->cv) {
-        m->cv = m->cv ? 2 * m->cv : 256;
-        m->v = xrealloc(m->v, sizeof *m->v * (size_t)m->cv);
-    }
+    m->v = grow(m->v, m->nv, &m->cv, sizeof *m->v);
     Val *v = &m->v[m->nv];
     memset(v, 0, sizeof *v);
     v->name = xstrdup(name);
@@ -283,10 +291,7 @@ static const char *dtype_of(int t)
 static int ten_new(Imp *m, const char *name, const char *role, const char *dtype, const Seq *dims,
                    int rank)
 {
-    if (m->nt == m->ct) {
-        m->ct = m->ct ? 2 * m->ct : 256;
-        m->t = xrealloc(m->t, sizeof *m->t * (size_t)m->ct);
-    }
+    m->t = grow(m->t, m->nt, &m->ct, sizeof *m->t);
     Ten *t = &m->t[m->nt];
     memset(t, 0, sizeof *t);
     t->name = xstrdup(name);
@@ -519,10 +524,7 @@ static int axis_of(Imp *m, int64_t a, int rank, int *out)
 
 static Opr *op_new(Imp *m, const char *name, const char *kind)
 {
-    if (m->nop == m->cop) {
-        m->cop = m->cop ? 2 * m->cop : 256;
-        m->op = xrealloc(m->op, sizeof *m->op * (size_t)m->cop);
-    }
+    m->op = grow(m->op, m->nop, &m->cop, sizeof *m->op);
     Opr *o = &m->op[m->nop++];
     memset(o, 0, sizeof *o);
     o->name = xstrdup(name);
@@ -1474,10 +1476,8 @@ typedef struct {
 static int node_of(const Nodes *N, const char *name)
 {
     if (!name || !name[0]) return -1;
-    size_t i = hash_str(name) & (size_t)(N->cap - 1);
-    for (; N->prod[i].key; i = (i + 1) & (size_t)(N->cap - 1))
-        if (!strcmp(N->prod[i].key, name)) return N->prod[i].val;
-    return -1;
+    const Slot *sl = slot_of(N->prod, N->cap, name);
+    return sl->key ? sl->val : -1;
 }
 
 static bool is_op(const Nodes *N, int i, const char *t)
@@ -1698,10 +1698,10 @@ static void find_fused(Imp *m, const Onnx__GraphProto *G, bool *skip, Fused *fus
     for (size_t i = 0; i < G->n_node; i++) {
         N.uses[i] = 0;
         if (!G->node[i]->n_output || !str(G->node[i]->output[0])[0]) continue;
-        size_t h = hash_str(G->node[i]->output[0]) & (size_t)(N.cap - 1);
-        while (N.prod[h].key) h = (h + 1) & (size_t)(N.cap - 1);
-        N.prod[h].key = G->node[i]->output[0];
-        N.prod[h].val = (int)i;
+        Slot *sl = slot_of(N.prod, N.cap, G->node[i]->output[0]);
+        if (sl->key) continue;              /* a name made twice: the first maker */
+        sl->key = G->node[i]->output[0];
+        sl->val = (int)i;
     }
     for (size_t i = 0; i < G->n_node; i++)
         for (size_t k = 0; k < G->node[i]->n_input; k++) {
