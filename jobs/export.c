@@ -61,6 +61,10 @@ static void add_line(char ***list, int *n, const char *fmt, ...)
 
 typedef struct {
     int D, T, P, V, M, E;           /* data, tensor, pipeline, virtual, micro-batches, expert */
+    bool E_in_data;                 /* the expert ranks are data ranks too (dp_ep), counted in D */
+    int experts;                    /* per MoE layer (0: none) */
+    uint64_t moe_layers;            /* bit b: layer b routes to experts */
+    double capacity_factor;         /* capacity = factor x sequence / experts */
     int64_t B, mb;                  /* global batch; per data rank and micro-batch */
     bool recompute_all, recompute_any;
     Shard shard;                    /* of every param (shard_mixed: not one) */
@@ -104,13 +108,20 @@ static bool same_tp_splits(const Graph *g, const Strategy *s, const Strategy *re
     return true;
 }
 
+/* The frameworks' data-parallel degree, world / (tensor x pipeline): the
+ * expert ranks are part of it. */
+static int data_degree(const Reading *rd)
+{
+    return rd->E_in_data ? rd->D : rd->D * rd->E;
+}
+
 /* strata's Megatron-LM layout on the plan's mesh; zero > 0 shards every
  * param so (Megatron-LM's distributed optimizer is ZeRO-1, torchtitan's
  * FSDP ZeRO-3). */
 static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *rd, bool seqpar,
                                int zero, Err *err)
 {
-    StrategyOpts o = { .world = rd->D * rd->T * rd->P * rd->E, .tp = rd->T, .pp = rd->P,
+    StrategyOpts o = { .world = data_degree(rd) * rd->T * rd->P, .tp = rd->T, .pp = rd->P,
                        .microbatches = rd->M, .virtual_stages = rd->V > 1 ? rd->V : 0,
                        .recompute = rd->recompute_any, .sequence_parallel = seqpar };
     cJSON *j = strategy_build("megatron", g, c, &o, err);
@@ -156,8 +167,15 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
     rd->M = s->microbatches;
     for (int a = 0; a < s->naxes; a++) {
         const char *n = s->axis_name[a];
-        if (s->data_axes >> a & 1u) rd->D *= s->axis_size[a];
-        else if (!strcmp(n, "tp")) rd->T = s->axis_size[a];
+        if (s->data_axes >> a & 1u) {
+            rd->D *= s->axis_size[a];
+            /* the data ranks an expert layer's experts are spread over: the
+             * frameworks' expert parallelism, carved out of data parallelism */
+            if (!strcmp(n, "dp_ep")) {
+                rd->E = s->axis_size[a];
+                rd->E_in_data = true;
+            }
+        } else if (!strcmp(n, "tp")) rd->T = s->axis_size[a];
         else if (!strcmp(n, "ep")) rd->E = s->axis_size[a];
         else if (strcmp(n, "pp"))
             add_line(unmapped, nun, "mesh axis %s (size %d): the frameworks name data, tensor, "
@@ -245,6 +263,19 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
         rd->ffn = letter_size(g, 'f');
         rd->seq = letter_size(g, 's');
         rd->vocab = letter_size(g, 'v');
+        /* switch experts: which layers route, over how many experts, with what capacity */
+        for (int i = 0; i < g->nops; i++) {
+            const Op *op = &g->ops[i];
+            if (op->kind != OP_ROUTE || !op->reduce_mask || op->block < 0 || op->block >= 64)
+                continue;
+            int e = __builtin_ctz(op->reduce_mask);
+            rd->experts = (int)op->size[e];
+            rd->moe_layers |= 1ull << op->block;
+            /* the capacity letter: the output's one the input lacks */
+            for (const char *l = op->out_letters; *l; l++)
+                if (!strchr(op->in_letters[0], *l) && rd->seq)
+                    rd->capacity_factor = (double)op->size[*l - 'a'] * rd->experts / (double)rd->seq;
+        }
     }
 }
 
@@ -314,6 +345,20 @@ static char *megatron_args(const Reading *rd, const LoadedPlan *lp, char ***un, 
         add_line(&fl, &nf, "--seq-length %lld", (long long)rd->seq);
         add_line(&fl, &nf, "--max-position-embeddings %lld", (long long)rd->seq);
         add_line(&fl, &nf, "--padded-vocab-size %lld", (long long)rd->vocab);
+        if (rd->experts) {
+            /* top-1 routing to capacity slots, as Switch Transformer; the
+             * MoE layers as a list (Megatron-LM's integer N puts them at
+             * 0, N, 2N, ...) */
+            char freq[200] = "[";
+            for (int b = 0; b < rd->layers && b < 64 && strlen(freq) < sizeof freq - 4; b++)
+                strcat(freq, rd->moe_layers >> b & 1u ? (b ? ",1" : "1") : (b ? ",0" : "0"));
+            strcat(freq, "]");
+            add_line(&fl, &nf, "--num-experts %d", rd->experts);
+            add_line(&fl, &nf, "--moe-layer-freq '%s'", freq);
+            add_line(&fl, &nf, "--moe-router-topk 1");
+            if (rd->capacity_factor > 0)
+                add_line(&fl, &nf, "--moe-expert-capacity-factor %g", rd->capacity_factor);
+        }
     } else {
         add_line(notes, nn, "the model is not a transformer Megatron-LM builds: its layers are "
                  "yours to define");
@@ -324,7 +369,7 @@ static char *megatron_args(const Reading *rd, const LoadedPlan *lp, char ***un, 
     fprintf(f, "# Megatron-LM arguments for plan %s: %s on %d x %s\n", lp->row.id,
             lp->row.model_name, lp->row.world, lp->row.cluster_name);
     fprintf(f, "# (names as in Megatron-LM core_v0.15.0, megatron/training/arguments.py; data "
-               "parallel = world / (tensor x pipeline) = %d)\n", rd->D * rd->E);
+               "parallel = world / (tensor x pipeline) = %d)\n", data_degree(rd));
     for (int i = 0; i < nf; i++) {
         fprintf(f, "%s%s\n", fl[i], i + 1 < nf ? " \\" : "");
         free(fl[i]);

@@ -129,6 +129,7 @@ static cJSON *plan_brief(const Ctx *C, const Kept *k)
     cJSON_AddNumberToObject(mesh, "pp", sp->mesh[m][0]);
     cJSON_AddNumberToObject(mesh, "dp", sp->mesh[m][1]);
     cJSON_AddNumberToObject(mesh, "tp", sp->mesh[m][2]);
+    if (sp->mesh[m][3] > 1) cJSON_AddNumberToObject(mesh, "ep", sp->mesh[m][3]);
     cJSON_AddNumberToObject(b, "microbatches", k->x.micro);
     cJSON_AddStringToObject(b, "schedule", sp->mesh[m][0] > 1 ? schedule_name(k->x.sched) : "none");
     char d[200];
@@ -262,18 +263,29 @@ double space_static_overflow(const Space *sp, const Strategy *s)
         if (X->role != ROLE_PARAM) continue;
         const ParamPolicy *pp = &s->params[t];
         bool half = X->dtype != DT_F32;
-        double elems = (double)tensor_numel(X) / T, b = elems * dtype_bytes(X->dtype);
+        /* split over the data axes its first reader splits one of its
+         * letters over (an expert param over dp_ep) */
+        int i = sp->param_reader[t], E = 1;
+        if (i >= 0) {
+            AxisMask split = 0;
+            const Op *op = &g->ops[i];
+            for (int q = 0; q < op->nin; q++)
+                if (op->in[q] == t)
+                    for (const char *l = op->in_letters[q]; *l; l++) split |= s->ops[i].split[*l - 'a'];
+            E = strategy_group_size(s, split & s->data_axes);
+        }
+        double elems = (double)tensor_numel(X) / T / E, b = elems * dtype_bytes(X->dtype);
         double opt = s->optimizer == OPT_ADAM ? (half ? 12 : 8) : (half ? 8 : 4);
         double p = b, gr = b, o = elems * opt;
-        if (pp->method == SYNC_PS && D > 1) {
+        if (pp->method == SYNC_PS && D / E > 1) {
             o = 0;
         } else {
-            if (pp->shard >= SHARD_ZERO1) o /= D;
-            if (pp->shard >= SHARD_ZERO2) gr /= D;
-            if (pp->shard >= SHARD_ZERO3) p /= D;
+            /* sharded over the data ranks that hold it whole */
+            if (pp->shard >= SHARD_ZERO1) o /= D / E;
+            if (pp->shard >= SHARD_ZERO2) gr /= D / E;
+            if (pp->shard >= SHARD_ZERO3) p /= D / E;
         }
         /* the stage of its first reader holds it */
-        int i = sp->param_reader[t];
         if (i >= 0) stage[s->op_stage[i] < nst ? s->op_stage[i] : nst - 1] += p + gr + o;
     }
     for (int k = 0; k < nst; k++) worst = fmax(worst, stage[k]);
@@ -440,7 +452,7 @@ static bool grid_best(Ctx *C, Baseline b, Cand *out, double *best_step)
     double best_e = INFINITY;
     for (int m = 0; m < sp->nmesh && !done(C); m++) {
         int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
-        if (b == B_GPIPE ? (T > 1 || P < 2) : T > node) continue;
+        if (sp->mesh[m][3] > 1 || (b == B_GPIPE ? (T > 1 || P < 2) : T > node)) continue;
         int ms[8], nm = grid_micro(sp, D, ms);
         for (int k = 0; k < nm; k++)
             for (int rec = 0; rec < (sp->nkinds ? 2 : 1); rec++) {
@@ -478,7 +490,7 @@ static bool baseline_cand(Ctx *C, Baseline b, Cand *x, char *why, int nwhy)
     }
     int dp = -1;
     for (int m = 0; m < sp->nmesh; m++)
-        if (sp->mesh[m][0] == 1 && sp->mesh[m][2] == 1) dp = m;
+        if (sp->mesh[m][0] == 1 && sp->mesh[m][2] == 1 && sp->mesh[m][3] == 1) dp = m;
     if (dp < 0) {
         snprintf(why, (size_t)nwhy, "batch %lld is not divisible by %d data ranks",
                  (long long)sp->batch, sp->world);
@@ -618,7 +630,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             return;
         }
         case 3: {   /* refactor the mesh: mostly a neighbour (one degree kept, a factor of
-                       at most 4 traded between the other two), sometimes any mesh */
+                       at most 4 traded between the other two, the expert degree kept; or
+                       only the expert degree changed), sometimes any mesh */
             if (sp->nmesh < 2) break;
             const int *a = sp->mesh[x->mesh];
             int near[64], nn = 0;
@@ -628,7 +641,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
                 int grow = 1;
                 for (int d = 0; d < 3; d++)
                     if (b[d] > a[d]) grow = b[d] / a[d];
-                if (k != x->mesh && same == 1 && grow <= 4) near[nn++] = k;
+                if (k != x->mesh && ((same == 1 && grow <= 4 && a[3] == b[3]) || same == 3))
+                    near[nn++] = k;
             }
             int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
             if (m == x->mesh) break;
@@ -749,7 +763,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
 
 enum {
     F_MESH, F_MICRO, F_SCHED, F_RECOMPUTE, F_SPLIT, F_SYNC,     /* decision type */
-    F_LOGP = 6, F_LOGD, F_LOGT, F_CROSS_NODE, F_DEPTH,           /* mesh */
+    F_LOGP = 6, F_LOGD, F_LOGT, F_CROSS_NODE, F_DEPTH, F_LOGE,   /* mesh */
     F_LOGM, F_LOGMBS, F_M_PER_P,                                 /* micro-batches */
     F_GPIPE,                                                     /* schedule */
     F_ON, F_KIND_ACT, F_PRESSURE,                                /* recompute */
@@ -935,6 +949,7 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
         r[F_LOGT] = lg2(sp->mesh[m][2]) / 8;
         r[F_CROSS_NODE] = sp->mesh[m][2] > node;
         r[F_DEPTH] = sp->g->nblocks ? (double)sp->mesh[m][0] / sp->g->nblocks : 0;
+        r[F_LOGE] = lg2(sp->mesh[m][3]) / 8;
     }
     int m = rl_choose(R, e, d, f ? f->mesh : -1);
     cand_set_mesh(x, sp, m);

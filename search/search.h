@@ -4,7 +4,13 @@
  * The space is the strategy representation itself, read through the model's
  * structure so that a decision is made once for what is the same:
  *   mesh       pp x dp x tp over the devices (tp innermost, so it lands on the
- *              fastest links first; not forced there)
+ *              fastest links first; not forced there); for a model with
+ *              experts (a route op), also how many of the D data ranks share
+ *              out each expert layer's experts, E (expert parallelism as
+ *              DeepSpeed-MoE and Switch Transformer run it: the mesh gains a
+ *              data axis dp_ep of size E inside dp, the expert ops split the
+ *              expert letter over it instead of the batch, and tokens reach
+ *              their experts by all-to-all)
  *   pipeline   micro-batches M, schedule (1F1B or GPipe), P-1 cuts on block
  *              boundaries (balanced first, then moved one block at a time)
  *   splits     per op group, the one letter split over tp (or none): an op
@@ -27,8 +33,8 @@
  * that do not fit their devices' memory as infeasible (the lowering's peak,
  * checked before anything is simulated); neither is ever returned.
  *
- * Legend: W = devices, P/D/T = pipeline/data/tensor degree, M = micro-batches,
- * B = global batch.
+ * Legend: W = devices, P/D/T = pipeline/data/tensor degree, E = expert
+ * degree (a factor of D), M = micro-batches, B = global batch.
  */
 #ifndef STRATA_SEARCH_H
 #define STRATA_SEARCH_H
@@ -69,9 +75,12 @@ typedef struct {
     bool lossy;
     bool batchnorm;                 /* the model normalises over batches: one micro-batch
                                        (its statistics would change), unless lossy */
-    /* meshes: P, D, T with P D T = W */
+    /* meshes: P, D, T, E with P D T = W and E dividing D (1: no expert parallelism) */
     int nmesh;
-    int (*mesh)[3];
+    int (*mesh)[4];
+    int expert_letter;              /* the letter a route op routes over, -1: none */
+    bool *op_expert;                /* per op: an expert op (every operand holds the expert
+                                       letter and it may be split), its letter over dp_ep */
     /* op groups */
     int ngroups;
     int *op_group;                  /* per op */
@@ -145,7 +154,8 @@ void space_coarse_point(const Space *sp, int64_t k, Cand *x);
 /* A lower bound of what the fullest pipeline stage of s holds all step
  * (params, gradients, optimizer state), over the largest device memory of
  * the cluster: above 1, the candidate cannot fit and need not be lowered.
- * Sound for this space's candidates (a param is split over tp at most). */
+ * Sound for this space's candidates (a param is split over tp, and an
+ * expert param over dp_ep, at most). */
 double space_static_overflow(const Space *sp, const Strategy *s);
 
 /* ----------------------------------------------------------------------------

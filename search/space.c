@@ -22,6 +22,7 @@
 #include "ir/util.h"
 
 #define MAX_OPTS 8
+#define MAX_MESHES 1024
 
 static uint64_t mix64(uint64_t h, uint64_t v)
 {
@@ -51,6 +52,20 @@ static bool tp_option(const Op *op, int l)
 {
     return (op->letters_mask >> l & 1u) && l != op->batch_letter &&
            strategy_letter_splittable(op, l);
+}
+
+/* An expert op of expert letter e: every operand holds e (it works per
+ * expert: the experts' matmuls and what lies between them, not the
+ * dispatch or the combine, whose all-to-alls the lowering then places) and
+ * e may be split. */
+static bool expert_op(const Op *op, int e)
+{
+    if (op->kind == OP_ROUTE || !strchr(op->out_letters, 'a' + e) ||
+        !strategy_letter_splittable(op, e))
+        return false;
+    for (int k = 0; k < op->nin; k++)
+        if (!strchr(op->in_letters[k], 'a' + e)) return false;
+    return true;
 }
 
 static int64_t model_batch(const Graph *g)
@@ -96,15 +111,34 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
         return err_set(err, "search: model %s has no input with a batch dimension; strata "
                             "plans by splitting the batch", g->name);
 
-    /* meshes: P cannot exceed the blocks, D must divide the batch */
-    sp->mesh = xmalloc(sizeof *sp->mesh * 1024);
+    /* experts: the letter route ops route over, and the ops that work per expert */
+    sp->expert_letter = -1;
+    int64_t experts = 0;
+    for (int i = 0; i < g->nops && sp->expert_letter < 0; i++)
+        if (g->ops[i].kind == OP_ROUTE && g->ops[i].reduce_mask) {
+            sp->expert_letter = __builtin_ctz(g->ops[i].reduce_mask);
+            experts = g->ops[i].size[sp->expert_letter];
+        }
+    sp->op_expert = xcalloc(g->nops ? g->nops : 1, sizeof *sp->op_expert);
+    bool any_expert = false;
+    for (int i = 0; i < g->nops && sp->expert_letter >= 0; i++)
+        any_expert |= sp->op_expert[i] = expert_op(&g->ops[i], sp->expert_letter);
+
+    /* meshes: P cannot exceed the blocks, D must divide the batch, E the
+     * experts and D */
+    sp->mesh = xmalloc(sizeof *sp->mesh * MAX_MESHES);
     for (int P = 1; P <= W; P++) {
         if (W % P || (P > 1 && P > g->nblocks)) continue;
         for (int D = 1; D <= W / P; D++) {
-            if ((W / P) % D || sp->batch % D || sp->nmesh == 1024) continue;
-            sp->mesh[sp->nmesh][0] = P;
-            sp->mesh[sp->nmesh][1] = D;
-            sp->mesh[sp->nmesh++][2] = W / P / D;
+            if ((W / P) % D || sp->batch % D) continue;
+            for (int E = 1; E <= D && sp->nmesh < MAX_MESHES; E++) {
+                if (D % E || (E > 1 && (!any_expert || experts % E))) continue;
+                int *m = sp->mesh[sp->nmesh++];
+                m[0] = P;
+                m[1] = D;
+                m[2] = W / P / D;
+                m[3] = E;
+            }
         }
     }
     if (!sp->nmesh) {
@@ -248,6 +282,7 @@ void space_free(Space *sp)
 {
     if (!sp) return;
     free(sp->mesh);
+    free(sp->op_expert);
     free(sp->op_group);
     free(sp->group_nopt);
     free(sp->group_letter);
@@ -286,7 +321,7 @@ void cand_init(Cand *x, const Space *sp)
     x->micro = 1;
     int dp = 0;
     for (int m = 0; m < sp->nmesh; m++)
-        if (sp->mesh[m][0] == 1 && sp->mesh[m][2] == 1) dp = m;
+        if (sp->mesh[m][0] == 1 && sp->mesh[m][2] == 1 && sp->mesh[m][3] == 1) dp = m;
     cand_set_mesh(x, sp, dp);
 }
 
@@ -435,15 +470,21 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
 {
     const Graph *g = sp->g;
     int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
-    const char *names[3];
-    int sizes[3], n = 0, tp = -1;
+    int E = sp->mesh[x->mesh][3];
+    const char *names[4];
+    int sizes[4], n = 0, tp = -1, ep = -1;
     if (P > 1) {
         names[n] = "pp";
         sizes[n++] = P;
     }
-    if (D > 1) {
+    if (D / E > 1) {
         names[n] = "dp";
-        sizes[n++] = D;
+        sizes[n++] = D / E;
+    }
+    if (E > 1) {
+        ep = n;
+        names[n] = "dp_ep";
+        sizes[n++] = E;
     }
     if (T > 1) {
         tp = n;
@@ -459,6 +500,12 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         int q = sp->op_group[i], opt = x->split[q];
         if (tp >= 0 && opt > 0 && opt < sp->group_nopt[q])
             s->ops[i].split[sp->group_letter[q][opt] - 'a'] = (AxisMask)(1u << tp);
+        if (ep >= 0 && sp->op_expert[i]) {
+            /* the experts over dp_ep, the batch over the other data axes */
+            s->ops[i].split[sp->expert_letter] |= (AxisMask)(1u << ep);
+            if (g->ops[i].batch_letter >= 0)
+                s->ops[i].split[g->ops[i].batch_letter] &= (AxisMask)~(1u << ep);
+        }
         s->ops[i].recompute = sp->op_kind[i] >= 0 && x->recompute[sp->op_kind[i]];
     }
     for (int t = 0; t < g->ntensors; t++) {
@@ -512,7 +559,12 @@ const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n)
     int rec = 0, tp = 0;
     for (int k = 0; k < sp->nkinds; k++) rec += x->recompute[k] != 0;
     for (int q = 0; q < sp->ngroups; q++) tp += x->split[q] != 0;
-    int len = snprintf(buf, (size_t)n, "pp%d dp%d tp%d, %s m%d", P, D, T,
+    int E = sp->mesh[x->mesh][3], len;
+    if (E > 1)
+        len = snprintf(buf, (size_t)n, "pp%d dp%d (experts over %d) tp%d, %s m%d", P, D, E, T,
+                       P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
+    else
+        len = snprintf(buf, (size_t)n, "pp%d dp%d tp%d, %s m%d", P, D, T,
                        P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
     if (T > 1 && len < n) len += snprintf(buf + len, (size_t)(n - len), ", %d/%d op groups split", tp,
                                           sp->ngroups);

@@ -136,6 +136,33 @@ static void test_run_plan(void **state)
     res_free(&r);
 }
 
+/* A small MoE on this machine's 2 ranks: the search shares its experts
+ * out over the data ranks (their gradients then need no all-reduce), and
+ * that plan runs and verifies against one rank. */
+static void test_expert_plan_runs(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *db = tp("experts.db"), *model = tp("tiny-moe.json");
+    STRATA(&r, "model", "build", "moe", "--layers", "2", "--hidden", "32", "--heads", "4",
+           "--seq", "16", "--vocab", "64", "--batch", "8", "--experts", "4", "--every", "1",
+           "-o", model);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "search", "--model", model, "--cluster", rp("clusters/local-cpu.json"),
+           "--devices", "2", "--algo", "exhaustive", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *j = JSON_OUT(&r);
+    char pid[17];
+    snprintf(pid, sizeof pid, "%s", JSTR(j, "plan_id"));
+    STRATA(&r, "plans", "show", pid, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "\"dp_ep\"");
+    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--verify", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "verify: OK");
+    res_free(&r);
+}
+
 /* Ctrl-C (SIGINT) stops a search, which keeps and stores the best so far. */
 static void test_search_interrupted(void **state)
 {
@@ -223,6 +250,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_search_stores_and_replays, harness_release_all),
         cmocka_unit_test_teardown(test_run_plan, harness_release_all),
+        cmocka_unit_test_teardown(test_expert_plan_runs, harness_release_all),
         cmocka_unit_test_teardown(test_search_interrupted, harness_release_all),
         cmocka_unit_test_teardown(test_search_bad_input, harness_release_all),
     };

@@ -27,7 +27,8 @@ static const char *const MEGATRON_FLAGS[] = {
     "--use-megatron-fsdp", "--data-parallel-sharding-strategy", "--overlap-grad-reduce", "--bf16",
     "--fp16", "--accumulate-allreduce-grads-in-fp32", "--optimizer", "--num-layers",
     "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--seq-length",
-    "--max-position-embeddings", "--padded-vocab-size", NULL,
+    "--max-position-embeddings", "--padded-vocab-size", "--num-experts", "--moe-layer-freq",
+    "--moe-router-topk", "--moe-expert-capacity-factor", NULL,
 };
 
 /* DeepSpeed v0.19.5 (tag cf443004), docs/_pages/config-json.md and
@@ -169,6 +170,33 @@ static void test_megatron(void **state)
     check_megatron(text);
     expect_flag(text, "--use-distributed-optimizer \\");
     expect_flag(text, "--tensor-model-parallel-size 1 \\");
+}
+
+/* A switch MoE whose searched plan spreads the experts over data ranks:
+ * Megatron-LM's expert parallelism, with the experts, the layers that
+ * route and the capacity. */
+static void test_megatron_experts(void **state)
+{
+    (void)state;
+    Res r = { 0 };
+    const char *model = tp("moe.json");
+    STRATA(&r, "model", "build", "moe", "--layers", "2", "--hidden", "256", "--heads", "4",
+           "--seq", "64", "--vocab", "1024", "--batch", "16", "--experts", "8", "-o", model);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "search", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--nodes", "1", "--algo", "exhaustive", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    char id[17];
+    snprintf(id, sizeof id, "%s", JSTR(JSON_OUT(&r), "plan_id"));
+    STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
+    EXPECT_RC(&r, 0);
+    check_megatron(r.out);
+    assert_non_null(strstr(r.out, "\n--expert-model-parallel-size "));
+    assert_non_null(strstr(r.out, "data parallel = world / (tensor x pipeline) = 8)"));
+    expect_flag(r.out, "--num-experts 8 \\");
+    expect_flag(r.out, "--moe-layer-freq '[0,1]' \\");       /* the zoo's every 2nd block */
+    expect_flag(r.out, "--moe-router-topk 1 \\");
+    expect_flag(r.out, "--moe-expert-capacity-factor 1.25");
 }
 
 /* ZeRO-1 everywhere but the tied embedding, which strata keeps whole on a
@@ -349,7 +377,8 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_megatron), T(test_tied_embedding_stays_whole), T(test_deepspeed), T(test_torchtitan),
+        T(test_megatron), T(test_megatron_experts), T(test_tied_embedding_stays_whole),
+        T(test_deepspeed), T(test_torchtitan),
         T(test_refused_with_the_closest),
         T(test_bad_input),
     };

@@ -281,40 +281,50 @@ static void test_ps_servers_are_searched(void **state)
 static void test_static_bound_is_sound(void **state)
 {
     (void)state;
-    Err err = {0};
-    Graph *g = zoo("gpt", "preset=gpt3-175b layers=4 batch=16");
-    Cluster *c = dgx(1);
-    Space sp;
-    assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
-    Cand x;
-    cand_init(&x, &sp);
-    int refused = 0, checked = 0;
-    for (int64_t k = 0; k < space_coarse_size(&sp); k += 5) {
-        space_coarse_point(&sp, k, &x);
-        Strategy *s = cand_strategy(&x, &sp, &err);
-        if (!s) continue;
-        double bound = space_static_overflow(&sp, s);
-        Plan *p = ir_lower_compact(g, c, s, &err);
-        if (!p) {               /* invalid (a sharded tied embedding): the search counts it so */
+    /* a dense model, and one whose expert params are split over dp_ep */
+    static const struct { const char *kind, *opts; } models[] = {
+        { "gpt", "preset=gpt3-175b layers=4 batch=16" },
+        { "moe", "preset=gpt3-175b layers=2 batch=16 experts=8 every=1" },
+    };
+    for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
+        Err err = {0};
+        Graph *g = zoo(models[mi].kind, models[mi].opts);
+        Cluster *c = dgx(1);
+        Space sp;
+        assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
+        Cand x;
+        cand_init(&x, &sp);
+        int refused = 0, checked = 0, experts = 0;
+        for (int64_t k = 0; k < space_coarse_size(&sp); k += 5) {
+            space_coarse_point(&sp, k, &x);
+            Strategy *s = cand_strategy(&x, &sp, &err);
+            if (!s) continue;
+            double bound = space_static_overflow(&sp, s);
+            Plan *p = ir_lower_compact(g, c, s, &err);
+            if (!p) {           /* invalid (a sharded tied embedding): the search counts it so */
+                strategy_free(s);
+                continue;
+            }
+            double worst = 0;
+            for (int q = 0; q < p->nclasses; q++)
+                worst = fmax(worst, (double)p->classes[q].static_mem / p->classes[q].device_mem);
+            if (bound > worst * (1 + 1e-9))
+                fail_msg("%s point %lld: bound %.6f above the lowering's static state %.6f",
+                         models[mi].kind, (long long)k, bound, worst);
+            refused += bound > 1;
+            experts += sp.mesh[x.mesh][3] > 1;
+            checked++;
+            plan_free(p);
             strategy_free(s);
-            continue;
         }
-        double worst = 0;
-        for (int q = 0; q < p->nclasses; q++)
-            worst = fmax(worst, (double)p->classes[q].static_mem / p->classes[q].device_mem);
-        if (bound > worst * (1 + 1e-9))
-            fail_msg("point %lld: bound %.6f above the lowering's static state %.6f", (long long)k,
-                     bound, worst);
-        refused += bound > 1;
-        checked++;
-        plan_free(p);
-        strategy_free(s);
+        if (checked <= 30 || refused < 3 || (mi == 1) != (experts > 0))
+            fail_msg("%s: %d plans checked, %d refused, %d with experts over dp_ep",
+                     models[mi].kind, checked, refused, experts);
+        cand_free(&x);
+        space_free(&sp);
+        cluster_free(c);
+        graph_free(g);
     }
-    if (checked <= 30 || refused < 3) fail_msg("%d plans checked, %d refused", checked, refused);
-    cand_free(&x);
-    space_free(&sp);
-    cluster_free(c);
-    graph_free(g);
 }
 
 /* ----------------------------------------------------------------------------
@@ -351,6 +361,55 @@ static double run(const Graph *g, const Cluster *c, int world, SearchAlgo algo, 
     SearchOpts o = { .algo = algo, .world = world, .budget_evals = evals, .seed = seed };
     if (search_run(g, c, &o, r, &err)) fail_msg("search: %s", err.msg);
     return r->best.s ? r->best.step_s : INFINITY;
+}
+
+/* A model with experts also gets meshes whose expert ops split the experts
+ * over E of the D data ranks (counted by hand), and such a plan is what
+ * exhaustive search finds for a small MoE on 8 GPUs: its strategy has the
+ * dp_ep axis, the expert ops' expert letter over it and their batch not. */
+static void test_expert_parallelism_is_searched(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("moe", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=16 experts=8");
+    Graph *dense = zoo("gpt", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=16");
+    Cluster *c = dgx(1);
+    Space sp;
+    /* P = 1: D = 1, 2, 4, 8 with E | D: 1 + 2 + 3 + 4; P = 2: D = 1, 2, 4: 1 + 2 + 3 */
+    assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
+    assert_int_equal(sp.nmesh, 16);
+    int e = sp.expert_letter, nexpert = 0;
+    assert_int_equal(e, 'e' - 'a');
+    for (int i = 0; i < g->nops; i++) nexpert += sp.op_expert[i];
+    assert_int_equal(nexpert, 3);           /* fc1, gelu, fc2 of the one MoE block */
+    space_free(&sp);
+    assert_int_equal(space_init(&sp, dense, c, 8, false, false, &err), 0);
+    assert_int_equal(sp.nmesh, 7);
+    assert_int_equal(sp.expert_letter, -1);
+    space_free(&sp);
+
+    SearchResult r;
+    run(g, c, 8, SEARCH_EXHAUSTIVE, 0, 1, &r);
+    assert_non_null(r.best.s);
+    assert_non_null(strstr(r.best.name, "experts over"));
+    const Strategy *s = r.best.s;
+    int ep = strategy_axis(s, "dp_ep");
+    assert_true(ep >= 0 && (s->data_axes >> ep & 1u));
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        bool expert = strstr(op->name, "moe.fc1") || strstr(op->name, "moe.gelu") ||
+                      strstr(op->name, "moe.fc2");
+        assert_int_equal(!!(s->ops[i].split[e] >> ep & 1u), expert);
+        if (op->batch_letter >= 0)
+            assert_int_equal(!!(s->ops[i].split[op->batch_letter] >> ep & 1u), !expert);
+    }
+    Plan *p = ir_lower(g, c, s, &err);
+    assert_non_null(p);
+    plan_free(p);
+    search_result_free(&r);
+    cluster_free(c);
+    graph_free(dense);
+    graph_free(g);
 }
 
 /* Exhaustive search returns the best point of the coarse space: every point
@@ -601,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_baselines_are_points),
         cmocka_unit_test(test_ps_servers_are_searched),
         cmocka_unit_test(test_static_bound_is_sound),
+        cmocka_unit_test(test_expert_parallelism_is_searched),
         cmocka_unit_test(test_exhaustive_is_optimum),
         cmocka_unit_test(test_mcmc_rl_reach_optimum),
         cmocka_unit_test(test_determinism_events_stop),
