@@ -29,7 +29,7 @@ static const OptSpec SEARCH_OPTS[] = {
     { "budget", 0, true, "B  30s (default), 2m, or 20000evals: when to stop" },
     { "seed", 0, true, "N  random seed (default 1); with an evaluation budget the result "
                         "depends on nothing else" },
-    { "threads", 0, true, "N  mcmc and rl: one chain a thread, merged at the end (default 1)" },
+    { "threads", 0, true, "N  mcmc and rl: one chain a thread; exhaustive: a stripe of the space a thread; merged at the end (default 1)" },
     { "policy-from", 0, true, "ID  rl: start from the policy a stored rl search trained (on "
                                "another model too)" },
     { "limit", 0, true, "N  largest coarse space exhaustive search enumerates (default 200000)" },

@@ -1146,6 +1146,8 @@ int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err)
     for (int t = 0; t < g->ntensors; t++) {
         x.pw[t].p = s->params[t];
         x.pw[t].sync_from = x.pw[t].shard_from = g->tensors[t].name;
+        if (s->params[t].method == SYNC_PS && s->params[t].ps_placed)
+            x.pw[t].nplace = s->params[t].ps_shards;
     }
     int rc = resolve(&x);
     free(x.split_from);

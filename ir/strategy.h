@@ -64,6 +64,8 @@ typedef struct {
     double bucket_bytes;
     int ps_shards;
     int ps_placement[PS_MAX_SHARDS]; /* index in the data group of each shard's server */
+    bool ps_placed;                  /* a strategy made in code: ps_placement is the caller's
+                                        (strategy_finish checks it), else spread */
     int staleness;
     Shard shard;
 } ParamPolicy;
@@ -114,7 +116,8 @@ void strategy_free(Strategy *s);
  * default; the caller sets what it wants (cuts, microbatches, schedule,
  * ops[], params[]; nchunks = P x virtual_stages), then strategy_finish
  * checks it by the rules strategy_from_json applies, fills the params'
- * derived fields (PS placement) and assigns each op its stage. Messages
+ * derived fields (PS placement, unless ps_placed) and assigns each op its
+ * stage. Messages
  * name the op or param at fault. A finished strategy has no canonical form
  * until strategy_canonicalize makes it (and its id): the JSON costs more
  * than the rest, and a search needs it only for what it keeps. Caller frees

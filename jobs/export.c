@@ -62,6 +62,7 @@ static void add_line(char ***list, int *n, const char *fmt, ...)
 typedef struct {
     int D, T, P, V, M, E;           /* data, tensor, pipeline, virtual, micro-batches, expert */
     bool E_in_data;                 /* the expert ranks are data ranks too (dp_ep), counted in D */
+    int Q;                          /* context parallelism (dp_cp), not counted in D */
     int experts;                    /* per MoE layer (0: none) */
     uint64_t moe_layers;            /* bit b: layer b routes to experts */
     double capacity_factor;         /* capacity = factor x sequence / experts */
@@ -121,7 +122,7 @@ static int data_degree(const Reading *rd)
 static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *rd, bool seqpar,
                                int zero, Err *err)
 {
-    StrategyOpts o = { .world = data_degree(rd) * rd->T * rd->P, .tp = rd->T, .pp = rd->P,
+    StrategyOpts o = { .world = data_degree(rd) * rd->Q * rd->T * rd->P, .tp = rd->T, .pp = rd->P,
                        .microbatches = rd->M, .virtual_stages = rd->V > 1 ? rd->V : 0,
                        .recompute = rd->recompute_any, .sequence_parallel = seqpar };
     cJSON *j = strategy_build("megatron", g, c, &o, err);
@@ -161,7 +162,7 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
                       char ***unmapped, int *nun)
 {
     memset(rd, 0, sizeof *rd);
-    rd->D = rd->T = rd->E = 1;
+    rd->D = rd->T = rd->E = rd->Q = 1;
     rd->P = s->nstages;
     rd->V = s->virtual_stages > 0 ? s->virtual_stages : 1;
     rd->M = s->microbatches;
@@ -174,6 +175,12 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
             if (!strcmp(n, "dp_ep")) {
                 rd->E = s->axis_size[a];
                 rd->E_in_data = true;
+            }
+            /* the data ranks a sequence is spread over: the frameworks'
+             * context parallelism, counted apart from data parallelism */
+            if (!strcmp(n, "dp_cp")) {
+                rd->D /= s->axis_size[a];
+                rd->Q = s->axis_size[a];
             }
         } else if (!strcmp(n, "tp")) rd->T = s->axis_size[a];
         else if (!strcmp(n, "ep")) rd->E = s->axis_size[a];
@@ -318,6 +325,7 @@ static char *megatron_args(const Reading *rd, const LoadedPlan *lp, char ***un, 
         add_line(&fl, &nf, "--num-layers-per-virtual-pipeline-stage %lld",
                  (long long)(rd->layers / (rd->P * rd->V)));
     if (rd->E > 1) add_line(&fl, &nf, "--expert-model-parallel-size %d", rd->E);
+    if (rd->Q > 1) add_line(&fl, &nf, "--context-parallel-size %d", rd->Q);
     add_line(&fl, &nf, "--micro-batch-size %lld", (long long)rd->mb);
     add_line(&fl, &nf, "--global-batch-size %lld", (long long)rd->B);
     if (rd->recompute_all) {
@@ -369,7 +377,8 @@ static char *megatron_args(const Reading *rd, const LoadedPlan *lp, char ***un, 
     fprintf(f, "# Megatron-LM arguments for plan %s: %s on %d x %s\n", lp->row.id,
             lp->row.model_name, lp->row.world, lp->row.cluster_name);
     fprintf(f, "# (names as in Megatron-LM core_v0.15.0, megatron/training/arguments.py; data "
-               "parallel = world / (tensor x pipeline) = %d)\n", data_degree(rd));
+               "parallel = world / (tensor x pipeline%s) = %d)\n", rd->Q > 1 ? " x context" : "",
+            data_degree(rd));
     for (int i = 0; i < nf; i++) {
         fprintf(f, "%s%s\n", fl[i], i + 1 < nf ? " \\" : "");
         free(fl[i]);
@@ -387,6 +396,7 @@ static char *deepspeed_config(const Reading *rd, const LoadedPlan *lp, char ***u
         add_line(un, nun, "tensor parallelism of degree %d (a DeepSpeed config has none; "
                  "Megatron-DeepSpeed sets it in code)", rd->T);
     if (rd->E > 1) add_line(un, nun, "expert parallelism of degree %d", rd->E);
+    if (rd->Q > 1) add_line(un, nun, "context (sequence) parallelism of degree %d", rd->Q);
     if (rd->P > 1 && lp->s->schedule != SCHED_1F1B)
         add_line(un, nun, "the %s schedule (DeepSpeed's pipeline engine runs 1F1B)",
                  schedule_name(lp->s->schedule));
@@ -496,6 +506,7 @@ static char *torchtitan_toml(const Reading *rd, const LoadedPlan *lp, char ***un
                     lp->g->nblocks / (rd->P * rd->V));
     }
     if (rd->E > 1) fprintf(f, "expert_parallel_degree = %d\n", rd->E);
+    if (rd->Q > 1) fprintf(f, "context_parallel_degree = %d\n", rd->Q);
     fprintf(f, "\n[activation_checkpoint]\nmode = \"%s\"\n", rd->recompute_all ? "full" : "none");
     fclose(f);
     return text;

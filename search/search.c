@@ -80,6 +80,7 @@ typedef struct {
     SearchResult *r;
     Shared *sh;                     /* NULL on one thread */
     int chain;
+    int nchains;                    /* exhaustive on threads: this chain takes every nchains-th point */
     double t0, last_event;
     uint64_t rng;
     Cached *cache;
@@ -129,7 +130,8 @@ static cJSON *plan_brief(const Ctx *C, const Kept *k)
     cJSON_AddNumberToObject(mesh, "pp", sp->mesh[m][0]);
     cJSON_AddNumberToObject(mesh, "dp", sp->mesh[m][1]);
     cJSON_AddNumberToObject(mesh, "tp", sp->mesh[m][2]);
-    if (sp->mesh[m][3] > 1) cJSON_AddNumberToObject(mesh, "ep", sp->mesh[m][3]);
+    if (sp->mesh[m][3] > 1)
+        cJSON_AddNumberToObject(mesh, sp->mesh[m][4] == INNER_EXPERTS ? "ep" : "cp", sp->mesh[m][3]);
     cJSON_AddNumberToObject(b, "microbatches", k->x.micro);
     cJSON_AddStringToObject(b, "schedule", sp->mesh[m][0] > 1 ? schedule_name(k->x.sched) : "none");
     char d[200];
@@ -579,8 +581,8 @@ static void run_exhaustive(Ctx *C)
 {
     Cand x;
     cand_init(&x, C->sp);
-    int64_t n = C->r->space_size;
-    for (int64_t k = 0; k < n && !done(C); k++) {
+    int64_t n = C->r->space_size, stride = C->nchains > 1 ? C->nchains : 1;
+    for (int64_t k = C->nchains > 1 ? C->chain : 0; k < n && !done(C); k += stride) {
         space_coarse_point(C->sp, k, &x);
         double step;
         judge(C, &x, &step);
@@ -630,8 +632,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             return;
         }
         case 3: {   /* refactor the mesh: mostly a neighbour (one degree kept, a factor of
-                       at most 4 traded between the other two, the expert degree kept; or
-                       only the expert degree changed), sometimes any mesh */
+                       at most 4 traded between the other two, the inner data axis kept; or
+                       only the inner data axis changed), sometimes any mesh */
             if (sp->nmesh < 2) break;
             const int *a = sp->mesh[x->mesh];
             int near[64], nn = 0;
@@ -641,7 +643,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
                 int grow = 1;
                 for (int d = 0; d < 3; d++)
                     if (b[d] > a[d]) grow = b[d] / a[d];
-                if (k != x->mesh && ((same == 1 && grow <= 4 && a[3] == b[3]) || same == 3))
+                bool inner = a[3] == b[3] && a[4] == b[4];
+                if (k != x->mesh && ((same == 1 && grow <= 4 && inner) || same == 3))
                     near[nn++] = k;
             }
             int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
@@ -661,7 +664,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             return;
         }
         case 5: {   /* micro-batches: the next count up or down */
-            int opts[256], n = space_micro_options(sp, D, opts, 256), at = 0;
+            int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256);
+            int at = 0;
             while (at < n && opts[at] != x->micro) at++;
             int to = at + (rng_int(C, 2) ? 1 : -1);
             if (to < 0 || to >= n) break;
@@ -763,20 +767,21 @@ static void run_mcmc(Ctx *C, const Cand *start)
 
 enum {
     F_MESH, F_MICRO, F_SCHED, F_RECOMPUTE, F_SPLIT, F_SYNC,     /* decision type */
-    F_LOGP = 6, F_LOGD, F_LOGT, F_CROSS_NODE, F_DEPTH, F_LOGE,   /* mesh */
+    F_LOGP = 6, F_LOGD, F_LOGT, F_CROSS_NODE, F_DEPTH, F_LOGE, F_LOGQ,  /* mesh */
     F_LOGM, F_LOGMBS, F_M_PER_P,                                 /* micro-batches */
     F_GPIPE,                                                     /* schedule */
     F_ON, F_KIND_ACT, F_PRESSURE,                                /* recompute */
     F_NONE, F_CONTRACTED, F_IN_OUT, F_LOGSIZE, F_MATMUL, F_ELEMENT, F_GATHER_LOSS,
     F_LOGFLOPS,                                                  /* split */
     F_ALLREDUCE, F_PS, F_SFB, F_SHARD, F_COMPRESS, F_LOGBYTES, F_EMBED, F_TREE, F_HIER,
-    F_PS_SHARDS,                                                 /* sync */
+    F_PS_SHARDS, F_PS_PEAK,                                      /* sync */
     F_GLOBAL, F_PER_GROUP,                                       /* one choice for all, or not */
     NF
 };
 
 #define RL_BATCH 8
-#define RL_MAX_OPTS 64
+#define RL_MAX_OPTS SPACE_MAX_MESHES    /* options of a decision: every mesh of the space */
+#define RL_MAX_MICRO 64
 
 typedef struct {
     int nopt;
@@ -853,6 +858,19 @@ static int rl_choose(Rl *R, Episode *e, Decision *d, int follow)
 
 static double lg2(double v) { return log2(fmax(v, 1)); }
 
+/* Peak compute of device group k (its best dtype's) over the cluster's
+ * fastest group's. */
+static double group_peak(const Cluster *c, int k)
+{
+    double best = 0, mine = 0;
+    for (int j = 0; j < c->ngroups; j++)
+        for (int d = 0; d < DT_COUNT; d++) {
+            best = fmax(best, c->groups[j].peak_flops[d]);
+            if (j == k) mine = fmax(mine, c->groups[j].peak_flops[d]);
+        }
+    return best > 0 ? mine / best : 0;
+}
+
 /* The features of what does not depend on the mesh, once. */
 static void rl_tables(Rl *R)
 {
@@ -903,6 +921,8 @@ static void rl_tables(Rl *R)
             /* servers per data rank, as a fraction: 1 / 4 by default, all of them at -1 */
             x[F_PS_SHARDS] = c->method != SYNC_PS ? 0 : c->ps_shards < 0 ? 1
                            : c->ps_shards == 0 ? 0.5 : log2(c->ps_shards + 1) / 8;
+            /* servers placed on one device group: its peak against the best group's */
+            x[F_PS_PEAK] = c->ps_group < 0 ? 0 : group_peak(R->C->c, c->ps_group);
         }
     }
     double total = 0;
@@ -949,13 +969,13 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
         r[F_LOGT] = lg2(sp->mesh[m][2]) / 8;
         r[F_CROSS_NODE] = sp->mesh[m][2] > node;
         r[F_DEPTH] = sp->g->nblocks ? (double)sp->mesh[m][0] / sp->g->nblocks : 0;
-        r[F_LOGE] = lg2(sp->mesh[m][3]) / 8;
+        r[sp->mesh[m][4] == INNER_SEQUENCE ? F_LOGQ : F_LOGE] = lg2(sp->mesh[m][3]) / 8;
     }
     int m = rl_choose(R, e, d, f ? f->mesh : -1);
     cand_set_mesh(x, sp, m);
     int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
     /* micro-batches */
-    int ms[RL_MAX_OPTS], nm = space_micro_options(sp, D, ms, RL_MAX_OPTS);
+    int ms[RL_MAX_MICRO], nm = space_micro_options(sp, space_batch_ranks(sp, m), ms, RL_MAX_MICRO);
     d = ep_decision(e);
     for (int k = 0; k < nm; k++, d->nopt++) {
         double *r = ep_row(e);
@@ -1220,8 +1240,9 @@ static void run_rl(Ctx *C, const Cand *start, Mlp *policy)
 
 /* ----------------------------------------------------------------------------
  * Chains on threads: each runs its own MCMC chain or RL policy from the same
- * start with a seed of its own and its share of an evaluation budget (the
- * whole of a time budget), then their bests and top plans are merged. */
+ * start with a seed of its own, or its stripe of the coarse space
+ * (exhaustive), and its share of an evaluation budget (the whole of a time
+ * budget), then their bests and top plans are merged. */
 
 typedef struct {
     Ctx C;
@@ -1236,6 +1257,7 @@ static void *chain_main(void *arg)
 {
     Chain *k = arg;
     if (k->algo == SEARCH_RL) run_rl(&k->C, k->start, k->policy);
+    else if (k->algo == SEARCH_EXHAUSTIVE) run_exhaustive(&k->C);
     else run_mcmc(&k->C, k->start);
     return NULL;
 }
@@ -1261,10 +1283,12 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
             if (q->o.budget_evals < 1) q->o.budget_evals = 1;
         }
         q->algo = algo;
+        q->r.space_size = C->r->space_size;
         q->start = start ? &from : NULL;
         q->policy = k == 0 ? C->o->policy : NULL;
         q->C = (Ctx){ .g = C->g, .c = C->c, .sp = C->sp, .o = &q->o, .r = &q->r, .sh = &sh,
-                      .chain = k, .t0 = C->t0, .rng = C->o->seed + 0x9e3779b97f4a7c15ULL * (uint64_t)k,
+                      .chain = k, .nchains = algo == SEARCH_EXHAUSTIVE ? n : 0, .t0 = C->t0,
+                      .rng = C->o->seed + 0x9e3779b97f4a7c15ULL * (uint64_t)k,
                       .current = INFINITY };
         cand_init(&q->C.best.x, C->sp);
         q->C.best.step = INFINITY;
@@ -1401,7 +1425,8 @@ int search_run(const Graph *g, const Cluster *c, const SearchOpts *o, SearchResu
     snprintf(r->algo, sizeof r->algo, "%s", search_algo_name(algo));
     if (!done(&C)) {
         if (algo == SEARCH_EXHAUSTIVE) {
-            run_exhaustive(&C);
+            if (o->threads > 1) run_chains(&C, SEARCH_EXHAUSTIVE, NULL, o->threads);
+            else run_exhaustive(&C);
             /* what budget is left refines the best in the whole space */
             if (o->algo == SEARCH_AUTO && !done(&C) && isfinite(C.best.step) &&
                 (o->budget_s > 0 || o->budget_evals > 0)) {

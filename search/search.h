@@ -4,13 +4,20 @@
  * The space is the strategy representation itself, read through the model's
  * structure so that a decision is made once for what is the same:
  *   mesh       pp x dp x tp over the devices (tp innermost, so it lands on the
- *              fastest links first; not forced there); for a model with
- *              experts (a route op), also how many of the D data ranks share
- *              out each expert layer's experts, E (expert parallelism as
- *              DeepSpeed-MoE and Switch Transformer run it: the mesh gains a
- *              data axis dp_ep of size E inside dp, the expert ops split the
- *              expert letter over it instead of the batch, and tokens reach
- *              their experts by all-to-all)
+ *              fastest links first; not forced there); and an inner data
+ *              axis of X of the D data ranks over which some ops split
+ *              another letter instead of the batch (the others still split
+ *              the batch over all D):
+ *                experts   dp_ep, for a model with experts (a route op):
+ *                          the expert ops split the experts (expert
+ *                          parallelism as DeepSpeed-MoE, Switch Transformer
+ *                          and Megatron-LM run it; tokens reach their
+ *                          experts by all-to-all)
+ *                sequence  dp_cp, for a model with self-attention: every op
+ *                          holding the sequence letter splits it (context
+ *                          parallelism: attention gathers the keys and values
+ *                          of the other positions, Megatron-LM's
+ *                          --context-parallel-size)
  *   pipeline   micro-batches M, schedule (1F1B or GPipe), P-1 cuts on block
  *              boundaries (balanced first, then moved one block at a time)
  *   splits     per op group, the one letter split over tp (or none): an op
@@ -33,7 +40,7 @@
  * that do not fit their devices' memory as infeasible (the lowering's peak,
  * checked before anything is simulated); neither is ever returned.
  *
- * Legend: W = devices, P/D/T = pipeline/data/tensor degree, E = expert
+ * Legend: W = devices, P/D/T = pipeline/data/tensor degree, X = inner data
  * degree (a factor of D), M = micro-batches, B = global batch.
  */
 #ifndef STRATA_SEARCH_H
@@ -52,6 +59,9 @@
 /* ----------------------------------------------------------------------------
  * The space */
 
+/* What the inner data axis of a mesh splits instead of the batch. */
+typedef enum { INNER_NONE, INNER_EXPERTS, INNER_SEQUENCE, INNER_KINDS } InnerKind;
+
 /* A sync choice of a param group. */
 typedef struct {
     SyncMethod method;
@@ -62,10 +72,14 @@ typedef struct {
     int staleness;                  /* lossy (PS) */
     int ps_shards;                  /* PS servers: 0 = min(D, 4), -1 = one per data rank
                                        (at most PS_MAX_SHARDS), else min(this, D) */
+    int ps_group;                   /* -1: the servers spread over the data group; g: on its
+                                       ranks of the cluster's device group g (as many as
+                                       it has there) */
     char name[24];                  /* "ring", "zero3", "ps", "ps:1", "sfb", "fp16", ... */
 } SyncChoice;
 
 #define SPACE_MAX_SYNC 24
+#define SPACE_MAX_MESHES 1024
 
 typedef struct {
     const Graph *g;
@@ -75,12 +89,14 @@ typedef struct {
     bool lossy;
     bool batchnorm;                 /* the model normalises over batches: one micro-batch
                                        (its statistics would change), unless lossy */
-    /* meshes: P, D, T, E with P D T = W and E dividing D (1: no expert parallelism) */
+    /* meshes: P, D, T, X, kind with P D T = W and X dividing D: the inner
+     * data axis of that kind (X = 1: none) */
     int nmesh;
-    int (*mesh)[4];
-    int expert_letter;              /* the letter a route op routes over, -1: none */
-    bool *op_expert;                /* per op: an expert op (every operand holds the expert
-                                       letter and it may be split), its letter over dp_ep */
+    int (*mesh)[5];
+    int inner_letter[INNER_KINDS];  /* the letter each kind splits, -1: the model has none */
+    bool *op_inner[INNER_KINDS];    /* per op: it splits that letter over the inner axis */
+    bool inner_all[INNER_KINDS];    /* every op with a batch splits it: none splits the batch
+                                       over the inner axis */
     /* op groups */
     int ngroups;
     int *op_group;                  /* per op */
@@ -142,6 +158,12 @@ const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n);
 /* Micro-batch counts valid for D data ranks: M divides B and D divides B/M.
  * Fills out (at most max) in increasing order; returns how many. */
 int space_micro_options(const Space *sp, int D, int *out, int max);
+/* The data ranks of mesh m the batch is split over: D, or D over the inner
+ * axis when every op splits that axis's letter instead. */
+static inline int space_batch_ranks(const Space *sp, int m)
+{
+    return sp->inner_all[sp->mesh[m][4]] ? sp->mesh[m][1] / sp->mesh[m][3] : sp->mesh[m][1];
+}
 
 /* The coarse (tied) space that exhaustive search enumerates: every mesh,
  * valid M, schedule, balanced cuts, one split pattern for all groups (none

@@ -19,10 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ir/lower.h"
 #include "ir/util.h"
 
 #define MAX_OPTS 8
-#define MAX_MESHES 1024
 
 static uint64_t mix64(uint64_t h, uint64_t v)
 {
@@ -82,7 +82,7 @@ static void add_sync(Space *sp, SyncMethod m, SyncAlgo a, Shard sh, Compress cp,
 {
     SyncChoice *s = &sp->sync[sp->nsync++];
     *s = (SyncChoice){ .method = m, .algo = a, .shard = sh, .compress = cp, .powersgd_rank = rank,
-                       .staleness = stale };
+                       .staleness = stale, .ps_group = -1 };
     snprintf(s->name, sizeof s->name, "%s", name);
 }
 
@@ -111,34 +111,56 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
         return err_set(err, "search: model %s has no input with a batch dimension; strata "
                             "plans by splitting the batch", g->name);
 
-    /* experts: the letter route ops route over, and the ops that work per expert */
-    sp->expert_letter = -1;
-    int64_t experts = 0;
-    for (int i = 0; i < g->nops && sp->expert_letter < 0; i++)
-        if (g->ops[i].kind == OP_ROUTE && g->ops[i].reduce_mask) {
-            sp->expert_letter = __builtin_ctz(g->ops[i].reduce_mask);
-            experts = g->ops[i].size[sp->expert_letter];
+    /* inner data axes: experts, the letter route ops route over, split by
+     * the ops that work per expert; the sequence, the query position of
+     * self-attention, split by every op that holds it */
+    int64_t isize[INNER_KINDS] = { 0 };
+    for (int k = 0; k < INNER_KINDS; k++) {
+        sp->inner_letter[k] = -1;
+        sp->op_inner[k] = xcalloc(g->nops ? g->nops : 1, sizeof *sp->op_inner[k]);
+    }
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        int e = op->reduce_mask ? __builtin_ctz(op->reduce_mask) : -1, q = 's' - 'a';
+        if (op->kind == OP_ROUTE && e >= 0 && sp->inner_letter[INNER_EXPERTS] < 0)
+            sp->inner_letter[INNER_EXPERTS] = e;
+        if (op->kind == OP_SOFTMAX && e >= 0 && e != q && (op->letters_mask >> q & 1u) &&
+            op->size[q] == op->size[e] && q != op->batch_letter)
+            sp->inner_letter[INNER_SEQUENCE] = q;
+    }
+    for (int k = INNER_EXPERTS; k < INNER_KINDS; k++) {
+        int l = sp->inner_letter[k];
+        sp->inner_all[k] = l >= 0;
+        for (int i = 0; i < g->nops && l >= 0; i++) {
+            const Op *op = &g->ops[i];
+            bool on = k == INNER_EXPERTS ? expert_op(op, l)
+                                         : (op->letters_mask >> l & 1u) &&
+                                           strategy_letter_splittable(op, l);
+            sp->op_inner[k][i] = on;
+            if (on && !isize[k]) isize[k] = op->size[l];
+            if (!on && op->batch_letter >= 0) sp->inner_all[k] = false;
         }
-    sp->op_expert = xcalloc(g->nops ? g->nops : 1, sizeof *sp->op_expert);
-    bool any_expert = false;
-    for (int i = 0; i < g->nops && sp->expert_letter >= 0; i++)
-        any_expert |= sp->op_expert[i] = expert_op(&g->ops[i], sp->expert_letter);
+    }
 
-    /* meshes: P cannot exceed the blocks, D must divide the batch, E the
-     * experts and D */
-    sp->mesh = xmalloc(sizeof *sp->mesh * MAX_MESHES);
+    /* meshes: P cannot exceed the blocks, an inner degree X must divide its
+     * letter and D, and the data ranks that split the batch the batch */
+    sp->mesh = xmalloc(sizeof *sp->mesh * SPACE_MAX_MESHES);
     for (int P = 1; P <= W; P++) {
         if (W % P || (P > 1 && P > g->nblocks)) continue;
         for (int D = 1; D <= W / P; D++) {
-            if ((W / P) % D || sp->batch % D) continue;
-            for (int E = 1; E <= D && sp->nmesh < MAX_MESHES; E++) {
-                if (D % E || (E > 1 && (!any_expert || experts % E))) continue;
-                int *m = sp->mesh[sp->nmesh++];
-                m[0] = P;
-                m[1] = D;
-                m[2] = W / P / D;
-                m[3] = E;
-            }
+            if ((W / P) % D) continue;
+            for (int k = 0; k < INNER_KINDS; k++)
+                for (int X = k ? 2 : 1; X <= (k ? D : 1) && sp->nmesh < SPACE_MAX_MESHES; X++) {
+                    if (D % X || sp->batch % (sp->inner_all[k] ? D / X : D) ||
+                        (k && (!isize[k] || isize[k] % X)))
+                        continue;
+                    int *m = sp->mesh[sp->nmesh++];
+                    m[0] = P;
+                    m[1] = D;
+                    m[2] = W / P / D;
+                    m[3] = X;
+                    m[4] = k;
+                }
         }
     }
     if (!sp->nmesh) {
@@ -254,7 +276,19 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
     /* parameter servers: how many, and where */
     add_ps(sp, 1, "ps:1");
     add_ps(sp, 2, "ps:2");
-    add_ps(sp, -1, "ps:all");
+    /* at most 8: each server rank serves other shards, so is a class of its
+     * own, and on a large data group one per data rank made programs of
+     * tens of millions of instructions (GBs to lower one candidate) */
+    add_ps(sp, 8, "ps:8");
+    /* where the cluster's devices differ, where the servers are matters: on
+     * one device group's ranks (on a uniform cluster every placement of
+     * distinct servers is the same by symmetry, and they spread) */
+    for (int k = 0; c && c->ngroups > 1 && k < c->ngroups && sp->nsync < SPACE_MAX_SYNC - 5; k++) {
+        char name[24];
+        snprintf(name, sizeof name, "ps@%.20s", c->groups[k].name);
+        add_ps(sp, 0, name);
+        sp->sync[sp->nsync - 1].ps_group = k;
+    }
     add_sync(sp, SYNC_SFB, ALGO_RING, SHARD_NONE, COMPRESS_NONE, 0, 0, "sfb");
     if (lossy) {
         add_sync(sp, SYNC_ALLREDUCE, ALGO_RING, SHARD_NONE, COMPRESS_FP16, 0, 0, "fp16");
@@ -282,7 +316,7 @@ void space_free(Space *sp)
 {
     if (!sp) return;
     free(sp->mesh);
-    free(sp->op_expert);
+    for (int k = 0; k < INNER_KINDS; k++) free(sp->op_inner[k]);
     free(sp->op_group);
     free(sp->group_nopt);
     free(sp->group_letter);
@@ -445,10 +479,11 @@ uint64_t cand_hash(const Cand *x, const Space *sp)
 void cand_set_mesh(Cand *x, const Space *sp, int mesh)
 {
     x->mesh = mesh;
-    int P = sp->mesh[mesh][0], D = sp->mesh[mesh][1];
+    int P = sp->mesh[mesh][0];
     x->ncuts = P - 1;
     for (int i = 1; i < P; i++) x->cuts[i - 1] = (int)((int64_t)i * sp->g->nblocks / P);
-    int opts[256], n = space_micro_options(sp, D, opts, 256), best = n ? opts[0] : 1;
+    int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, mesh), opts, 256);
+    int best = n ? opts[0] : 1;
     for (int k = 0; k < n; k++)
         if (abs(opts[k] - x->micro) < abs(best - x->micro)) best = opts[k];
     x->micro = best;
@@ -464,27 +499,48 @@ static void param_ring(ParamPolicy *pp)
     pp->powersgd_rank = 0;
     pp->staleness = 0;
     pp->ps_shards = 0;
+    pp->ps_placed = false;
+}
+
+/* The servers of pp on the data-group indices whose ranks (of the first
+ * data group) are devices of group k, spread over them; at most as many
+ * servers as there are such ranks. None there: left to spread. */
+static void place_on_group(const Strategy *s, const Cluster *c, int k, ParamPolicy *pp)
+{
+    int idx[PS_MAX_SHARDS * 16], n = 0, coord[MESH_MAX_AXES];
+    for (int r = 0; r < s->world && n < (int)(sizeof idx / sizeof *idx); r++) {
+        strategy_coords(s, r, coord);
+        bool first = true;
+        for (int a = 0; a < s->naxes; a++)
+            if (!(s->data_axes >> a & 1u) && coord[a]) first = false;
+        if (first && cluster_device(c, r) == &c->groups[k])
+            idx[n++] = ir_group_index(s, coord, s->data_axes);
+    }
+    if (!n) return;
+    if (pp->ps_shards > n) pp->ps_shards = n;
+    for (int j = 0; j < pp->ps_shards; j++) pp->ps_placement[j] = idx[(int64_t)j * n / pp->ps_shards];
+    pp->ps_placed = true;
 }
 
 Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
 {
     const Graph *g = sp->g;
     int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
-    int E = sp->mesh[x->mesh][3];
+    int X = sp->mesh[x->mesh][3], kind = sp->mesh[x->mesh][4];
     const char *names[4];
-    int sizes[4], n = 0, tp = -1, ep = -1;
+    int sizes[4], n = 0, tp = -1, in = -1;
     if (P > 1) {
         names[n] = "pp";
         sizes[n++] = P;
     }
-    if (D / E > 1) {
+    if (D / X > 1) {
         names[n] = "dp";
-        sizes[n++] = D / E;
+        sizes[n++] = D / X;
     }
-    if (E > 1) {
-        ep = n;
-        names[n] = "dp_ep";
-        sizes[n++] = E;
+    if (X > 1) {
+        in = n;
+        names[n] = kind == INNER_EXPERTS ? "dp_ep" : "dp_cp";
+        sizes[n++] = X;
     }
     if (T > 1) {
         tp = n;
@@ -500,11 +556,11 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         int q = sp->op_group[i], opt = x->split[q];
         if (tp >= 0 && opt > 0 && opt < sp->group_nopt[q])
             s->ops[i].split[sp->group_letter[q][opt] - 'a'] = (AxisMask)(1u << tp);
-        if (ep >= 0 && sp->op_expert[i]) {
-            /* the experts over dp_ep, the batch over the other data axes */
-            s->ops[i].split[sp->expert_letter] |= (AxisMask)(1u << ep);
+        if (in >= 0 && sp->op_inner[kind][i]) {
+            /* the inner axis's letter over it, the batch over the other data axes */
+            s->ops[i].split[sp->inner_letter[kind]] |= (AxisMask)(1u << in);
             if (g->ops[i].batch_letter >= 0)
-                s->ops[i].split[g->ops[i].batch_letter] &= (AxisMask)~(1u << ep);
+                s->ops[i].split[g->ops[i].batch_letter] &= (AxisMask)~(1u << in);
         }
         s->ops[i].recompute = sp->op_kind[i] >= 0 && x->recompute[sp->op_kind[i]];
     }
@@ -526,6 +582,7 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         if (S > D) S = D;
         if (S > PS_MAX_SHARDS) S = PS_MAX_SHARDS;
         pp->ps_shards = S;              /* placed by strategy_finish: spread */
+        if (c->ps_group >= 0) place_on_group(s, sp->c, c->ps_group, pp);
     }
     if (strategy_finish(s, g, sp->c, err)) {
         strategy_free(s);
@@ -559,9 +616,10 @@ const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n)
     int rec = 0, tp = 0;
     for (int k = 0; k < sp->nkinds; k++) rec += x->recompute[k] != 0;
     for (int q = 0; q < sp->ngroups; q++) tp += x->split[q] != 0;
-    int E = sp->mesh[x->mesh][3], len;
-    if (E > 1)
-        len = snprintf(buf, (size_t)n, "pp%d dp%d (experts over %d) tp%d, %s m%d", P, D, E, T,
+    int X = sp->mesh[x->mesh][3], len;
+    if (X > 1)
+        len = snprintf(buf, (size_t)n, "pp%d dp%d (%s over %d) tp%d, %s m%d", P, D,
+                       sp->mesh[x->mesh][4] == INNER_EXPERTS ? "experts" : "sequence", X, T,
                        P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
     else
         len = snprintf(buf, (size_t)n, "pp%d dp%d tp%d, %s m%d", P, D, T,
@@ -571,7 +629,7 @@ const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n)
     if (rec && len < n)
         len += snprintf(buf + len, (size_t)(n - len), ", recompute %d/%d", rec, sp->nkinds);
     /* the sync choices in use, most common first */
-    int count[16] = { 0 };
+    int count[SPACE_MAX_SYNC] = { 0 };
     for (int p = 0; p < sp->npgroups; p++) count[x->sync[p]]++;
     for (int r = 0; r < 3 && D > 1 && len < n; r++) {
         int top = -1;
@@ -592,7 +650,7 @@ static int64_t coarse_on_mesh(const Space *sp, int m, int *nmicro)
 {
     int opts[256];
     int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
-    *nmicro = space_micro_options(sp, D, opts, 256);
+    *nmicro = space_micro_options(sp, space_batch_ranks(sp, m), opts, 256);
     int64_t n = *nmicro;
     n *= P > 1 ? 2 : 1;                         /* schedule */
     n *= T > 1 ? 2 : 1;                         /* split pattern */
@@ -620,7 +678,7 @@ void space_coarse_point(const Space *sp, int64_t k, Cand *x)
     if (m == sp->nmesh) m = sp->nmesh - 1;
     int P = sp->mesh[m][0], D = sp->mesh[m][1], T = sp->mesh[m][2];
     int opts[256];
-    space_micro_options(sp, D, opts, 256);
+    space_micro_options(sp, space_batch_ranks(sp, m), opts, 256);
     cand_set_mesh(x, sp, m);
     x->micro = opts[k % nmicro];
     k /= nmicro;

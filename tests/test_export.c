@@ -28,7 +28,7 @@ static const char *const MEGATRON_FLAGS[] = {
     "--fp16", "--accumulate-allreduce-grads-in-fp32", "--optimizer", "--num-layers",
     "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--seq-length",
     "--max-position-embeddings", "--padded-vocab-size", "--num-experts", "--moe-layer-freq",
-    "--moe-router-topk", "--moe-expert-capacity-factor", NULL,
+    "--moe-router-topk", "--moe-expert-capacity-factor", "--context-parallel-size", NULL,
 };
 
 /* DeepSpeed v0.19.5 (tag cf443004), docs/_pages/config-json.md and
@@ -56,7 +56,7 @@ static const char *const TORCHTITAN_KEYS[] = {
     "parallelism.disable_loss_parallel", "parallelism.pipeline_parallel_degree",
     "parallelism.pipeline_parallel_schedule", "parallelism.pipeline_parallel_microbatch_size",
     "parallelism.pipeline_parallel_layers_per_stage", "parallelism.expert_parallel_degree",
-    "activation_checkpoint.mode", NULL,
+    "parallelism.context_parallel_degree", "activation_checkpoint.mode", NULL,
 };
 
 static bool listed(const char *const *list, const char *s)
@@ -67,6 +67,17 @@ static bool listed(const char *const *list, const char *s)
 }
 
 static const char *db;
+
+/* The strategy file st for the model on `nodes` DGX A100 nodes, estimated
+ * and stored; its plan id into id. */
+static void estimated(const char *model, const char *nodes, const char *st, char id[17])
+{
+    Res r = { 0 };
+    STRATA(&r, "estimate", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--nodes", nodes, "--strategy", st, "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    snprintf(id, 17, "%s", JSTR(JSON_OUT(&r), "plan_id"));
+}
 
 /* A strategy built by `strata strategy build KIND args...` for the model on
  * `nodes` DGX A100 nodes, estimated and stored; its plan id into id. */
@@ -89,10 +100,7 @@ static void plan(const char *model, int nodes, char id[17], const char *kind, ..
     Res r = { 0 };
     harness_run_at(__FILE__, __LINE__, &r, NULL, args);
     EXPECT_RC(&r, 0);
-    STRATA(&r, "estimate", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
-           "--nodes", n, "--strategy", out, "--db", db, "--json");
-    EXPECT_RC(&r, 0);
-    snprintf(id, 17, "%s", JSTR(JSON_OUT(&r), "plan_id"));
+    estimated(model, n, out, id);
 }
 
 static const char *gpt13(void)
@@ -199,6 +207,34 @@ static void test_megatron_experts(void **state)
     expect_flag(r.out, "--moe-expert-capacity-factor 1.25");
 }
 
+/* Context parallelism (the sequence over dp_cp, the batch over dp): the
+ * frameworks count it apart from data parallelism, so the micro-batch is
+ * the batch over dp alone. */
+static void test_context_parallel(void **state)
+{
+    (void)state;
+    const char *st = tp("cp.json");
+    write_file(st, "{\"mesh\": {\"dp\": 4, \"dp_cp\": 2}, "
+                   "\"ops\": {\"*\": {\"split\": {\"s\": \"dp_cp\", \"b\": \"dp\"}}}}");
+    char id[17];
+    estimated(gpt13(), "1", st, id);
+    Res r = { 0 };
+    STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
+    EXPECT_RC(&r, 0);
+    check_megatron(r.out);
+    expect_flag(r.out, "--context-parallel-size 2 \\");
+    expect_flag(r.out, "--micro-batch-size 128 \\");         /* 512 / 4 data ranks */
+    assert_non_null(strstr(r.out, "(tensor x pipeline x context) = 4)"));
+    STRATA(&r, "plans", "export", id, "--to", "torchtitan", "--db", db);
+    EXPECT_RC(&r, 0);
+    assert_non_null(strstr(r.out, "\ncontext_parallel_degree = 2\n"));
+    assert_non_null(strstr(r.out, "\ndata_parallel_replicate_degree = 4\n"));
+    assert_non_null(strstr(r.out, "\nlocal_batch_size = 128\n"));
+    STRATA(&r, "plans", "export", id, "--to", "deepspeed", "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "context (sequence) parallelism of degree 2");
+}
+
 /* ZeRO-1 everywhere but the tied embedding, which strata keeps whole on a
  * pipeline: still Megatron-LM's distributed optimizer, not mixed stages */
 static void test_tied_embedding_stays_whole(void **state)
@@ -222,11 +258,8 @@ static void test_tied_embedding_stays_whole(void **state)
     char *text = cJSON_Print(j);
     write_file(st, text);
     cJSON_free(text);
-    STRATA(&r, "estimate", "--model", gpt13(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
-           "--nodes", "2", "--strategy", st, "--db", db, "--json");
-    EXPECT_RC(&r, 0);
     char id[17];
-    snprintf(id, sizeof id, "%s", JSTR(JSON_OUT(&r), "plan_id"));
+    estimated(gpt13(), "2", st, id);
     STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
     EXPECT_RC(&r, 0);
     check_megatron(r.out);
@@ -377,7 +410,8 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_megatron), T(test_megatron_experts), T(test_tied_embedding_stays_whole),
+        T(test_megatron), T(test_megatron_experts), T(test_context_parallel),
+        T(test_tied_embedding_stays_whole),
         T(test_deepspeed), T(test_torchtitan),
         T(test_refused_with_the_closest),
         T(test_bad_input),

@@ -203,6 +203,12 @@ static const RunCase CASES[] = {
       "\"dp\"}}, \"blocks.*.moe.gelu\": {\"split\": {\"b\": null, \"e\": \"dp\"}}, "
       "\"blocks.*.moe.fc2\": {\"split\": {\"b\": null, \"e\": \"dp\"}}}}", 2, EXACT },
 
+    /* context parallelism: the sequence over dp_cp, the batch over dp;
+     * attention gathers the other positions' keys and values */
+    { "gpt-context-parallel", M_GPT, { NULL },
+      "{\"mesh\": {\"dp\": 2, \"dp_cp\": 2}, \"ops\": {\"*\": {\"split\": {\"s\": \"dp_cp\", "
+      "\"b\": \"dp\"}}}}", 4, EXACT },
+
     /* the batch over tp+dp in block 0, over tp after it, blocks.1.fc also
      * contracting over dp: the tokens move from b to i by an all_to_all on dp
      * while b stays split on tp (dp the inner axis of b's split; the other

@@ -53,6 +53,18 @@ static Cluster *dgx(int nodes)
     return c;
 }
 
+/* The index of mesh (P, D, T) with inner axis X of kind in sp; fails the
+ * test when the space lacks it. */
+static int mesh_of(const Space *sp, int P, int D, int T, int X, int kind)
+{
+    for (int k = 0; k < sp->nmesh; k++)
+        if (sp->mesh[k][0] == P && sp->mesh[k][1] == D && sp->mesh[k][2] == T &&
+            sp->mesh[k][3] == X && (X == 1 || sp->mesh[k][4] == kind))
+            return k;
+    fail_msg("no mesh pp%d dp%d tp%d with %d of kind %d", P, D, T, X, kind);
+    return -1;
+}
+
 /* ----------------------------------------------------------------------------
  * The space */
 
@@ -180,12 +192,8 @@ static void test_baselines_are_points(void **state)
         Strategy *ref = strategy_from_json(j, g, c, &err);
         cJSON_Delete(j);
         assert_non_null(ref);
-        int D = 8 / (cases[i].pp * cases[i].tp), m = -1;
-        for (int k = 0; k < sp.nmesh; k++)
-            if (sp.mesh[k][0] == cases[i].pp && sp.mesh[k][1] == D && sp.mesh[k][2] == cases[i].tp)
-                m = k;
-        assert_true(m >= 0);
-        cand_set_mesh(&x, &sp, m);
+        int D = 8 / (cases[i].pp * cases[i].tp);
+        cand_set_mesh(&x, &sp, mesh_of(&sp, cases[i].pp, D, cases[i].tp, 1, INNER_NONE));
         x.micro = cases[i].pp > 1 ? 2 : 1;
         x.sched = strcmp(cases[i].kind, "gpipe") ? SCHED_1F1B : SCHED_GPIPE;
         for (int q = 0; q < sp.ngroups; q++)
@@ -236,13 +244,9 @@ static void test_ps_servers_are_searched(void **state)
     assert_int_equal(space_init(&sp, g, c, 8, false, true, &err), 0);
     Cand x;
     cand_init(&x, &sp);
-    int m = -1;
-    for (int k = 0; k < sp.nmesh; k++)
-        if (sp.mesh[k][0] == 1 && sp.mesh[k][1] == 8) m = k;
-    assert_true(m >= 0);
-    cand_set_mesh(&x, &sp, m);
+    cand_set_mesh(&x, &sp, mesh_of(&sp, 1, 8, 1, 1, INNER_NONE));
     static const struct { const char *name; int shards; int place0, place1; } want[] = {
-        { "ps", 4, 0, 2 }, { "ps:1", 1, 0, -1 }, { "ps:2", 2, 0, 4 }, { "ps:all", 8, 0, 1 },
+        { "ps", 4, 0, 2 }, { "ps:1", 1, 0, -1 }, { "ps:2", 2, 0, 4 }, { "ps:8", 8, 0, 1 },
     };
     int t = graph_find_tensor(g, "blocks.0.fc.w");
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -258,12 +262,13 @@ static void test_ps_servers_are_searched(void **state)
         if (want[i].place1 >= 0) assert_int_equal(s->params[t].ps_placement[1], want[i].place1);
         strategy_free(s);
     }
-    /* and it lowers and costs: fewer servers, fewer messages */
+    
+/* and it lowers and costs: fewer servers, fewer messages */
     int k = 0;
-    while (k < sp.nsync && strcmp(sp.sync[k].name, "ps:all")) k++;
+    while (k < sp.nsync && strcmp(sp.sync[k].name, "ps:8")) k++;
     for (int p = 0; p < sp.npgroups; p++) x.sync[p] = (uint8_t)k;
     Strategy *s = cand_strategy(&x, &sp, &err);
-    if (!s) fail_msg("ps:all: %s", err.msg);
+    if (!s) fail_msg("ps:8: %s", err.msg);
     Plan *pl = ir_lower_compact(g, c, s, &err);
     if (!pl) fail_msg("%s", err.msg);
     SimResult r;
@@ -274,6 +279,74 @@ static void test_ps_servers_are_searched(void **state)
     strategy_free(s);
     cand_free(&x);
     space_free(&sp);
+    cluster_free(c);
+    graph_free(g);
+}
+
+/* On a cluster of two device groups (4 fast GPUs, 4 slow ones) a parameter
+ * server may also sit on one group's ranks: the space offers it there, the
+ * strategy places the servers so, and the prediction tells the places
+ * apart (servers on the fast GPUs first, spread between, the slow last);
+ * on a uniform cluster there is no such choice (every placement of
+ * distinct servers is the same by symmetry). */
+static void test_ps_placement_is_searched(void **state)
+{
+    (void)state;
+    Err err = {0};
+    cJSON *j = cJSON_Parse(
+        "{\"name\": \"mixed\", \"devices\": ["
+        "{\"name\": \"fast\", \"kind\": \"gpu\", \"count\": 4, \"memory_gib\": 80,"
+        " \"memory_bw_gbps\": 2000, \"peak_tflops\": {\"f32\": 19.5, \"bf16\": 312}},"
+        "{\"name\": \"slow\", \"kind\": \"gpu\", \"count\": 4, \"memory_gib\": 80,"
+        " \"memory_bw_gbps\": 500, \"peak_tflops\": {\"f32\": 7, \"bf16\": 28}}],"
+        " \"levels\": [{\"name\": \"gpu\", \"count\": 8, \"link\": \"nvswitch\","
+        " \"bw_gbps\": 300, \"latency_us\": 2}]}");
+    Cluster *c = cluster_from_json(j, 0, &err);
+    cJSON_Delete(j);
+    if (!c) fail_msg("%s", err.msg);
+    Graph *g = zoo("gpt", "layers=4 hidden=1024 heads=16 seq=256 vocab=8192 batch=32");
+    Space sp;
+    assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
+    int on[2] = { -1, -1 }, spread = -1;
+    for (int k = 0; k < sp.nsync; k++) {
+        if (!strcmp(sp.sync[k].name, "ps@fast")) on[0] = k;
+        if (!strcmp(sp.sync[k].name, "ps@slow")) on[1] = k;
+        if (!strcmp(sp.sync[k].name, "ps")) spread = k;
+    }
+    assert_true(on[0] >= 0 && on[1] >= 0 && spread >= 0);
+    Cand x;
+    cand_init(&x, &sp);
+    cand_set_mesh(&x, &sp, mesh_of(&sp, 1, 8, 1, 1, INNER_NONE));
+    int t = graph_find_tensor(g, "blocks.0.mlp.w1");
+    double step[3];
+    const int choice[3] = { on[0], spread, on[1] };
+    for (int i = 0; i < 3; i++) {
+        for (int p = 0; p < sp.npgroups; p++) x.sync[p] = (uint8_t)choice[i];
+        Strategy *s = cand_strategy(&x, &sp, &err);
+        if (!s) fail_msg("%s: %s", sp.sync[choice[i]].name, err.msg);
+        const ParamPolicy *pp = &s->params[t];
+        assert_int_equal(pp->method, SYNC_PS);
+        assert_int_equal(pp->ps_shards, 4);
+        for (int k = 0; k < 4; k++)     /* ranks 0-3 are the fast GPUs */
+            assert_int_equal(pp->ps_placement[k], i == 0 ? k : i == 1 ? 2 * k : 4 + k);
+        Plan *pl = ir_lower_compact(g, c, s, &err);
+        if (!pl) fail_msg("%s", err.msg);
+        SimResult r;
+        assert_int_equal(cost_simulate(g, c, s, pl, NULL, &r, &err), 0);
+        step[i] = r.step_time;
+        sim_result_free(&r);
+        plan_free(pl);
+        strategy_free(s);
+    }
+    if (!(step[0] < step[1] && step[1] < step[2]))
+        fail_msg("servers on fast %.4g s, spread %.4g s, on slow %.4g s", step[0], step[1], step[2]);
+    cand_free(&x);
+    space_free(&sp);
+    Cluster *u = dgx(1);
+    assert_int_equal(space_init(&sp, g, u, 8, false, false, &err), 0);
+    for (int k = 0; k < sp.nsync; k++) assert_null(strchr(sp.sync[k].name, '@'));
+    space_free(&sp);
+    cluster_free(u);
     cluster_free(c);
     graph_free(g);
 }
@@ -312,7 +385,7 @@ static void test_static_bound_is_sound(void **state)
                 fail_msg("%s point %lld: bound %.6f above the lowering's static state %.6f",
                          models[mi].kind, (long long)k, bound, worst);
             refused += bound > 1;
-            experts += sp.mesh[x.mesh][3] > 1;
+            experts += sp.mesh[x.mesh][3] > 1 && sp.mesh[x.mesh][4] == INNER_EXPERTS;
             checked++;
             plan_free(p);
             strategy_free(s);
@@ -364,10 +437,11 @@ static double run(const Graph *g, const Cluster *c, int world, SearchAlgo algo, 
 }
 
 /* A model with experts also gets meshes whose expert ops split the experts
- * over E of the D data ranks (counted by hand), and such a plan is what
- * exhaustive search finds for a small MoE on 8 GPUs: its strategy has the
- * dp_ep axis, the expert ops' expert letter over it and their batch not. */
-static void test_expert_parallelism_is_searched(void **state)
+ * over X of the D data ranks, one with self-attention meshes whose ops split
+ * the sequence so (counted by hand). Sharing experts out is what exhaustive
+ * search finds for a small MoE on 8 GPUs: its strategy has the dp_ep axis,
+ * the expert ops' expert letter over it and their batch not. */
+static void test_inner_data_axes_are_searched(void **state)
 {
     (void)state;
     Err err = {0};
@@ -375,25 +449,61 @@ static void test_expert_parallelism_is_searched(void **state)
     Graph *dense = zoo("gpt", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=16");
     Cluster *c = dgx(1);
     Space sp;
-    /* P = 1: D = 1, 2, 4, 8 with E | D: 1 + 2 + 3 + 4; P = 2: D = 1, 2, 4: 1 + 2 + 3 */
+    /* (P, D): (1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (2, 2), (2, 4), each
+     * with no inner axis; the experts (8) over X > 1 dividing D: 1 + 2 + 3
+     * on P = 1, 1 + 2 on P = 2; the sequence (64) the same: 7 + 9 + 9 */
     assert_int_equal(space_init(&sp, g, c, 8, false, false, &err), 0);
-    assert_int_equal(sp.nmesh, 16);
-    int e = sp.expert_letter, nexpert = 0;
+    assert_int_equal(sp.nmesh, 25);
+    int e = sp.inner_letter[INNER_EXPERTS], nexpert = 0, nseq = 0;
     assert_int_equal(e, 'e' - 'a');
-    for (int i = 0; i < g->nops; i++) nexpert += sp.op_expert[i];
+    assert_int_equal(sp.inner_letter[INNER_SEQUENCE], 's' - 'a');
+    for (int i = 0; i < g->nops; i++) {
+        nexpert += sp.op_inner[INNER_EXPERTS][i];
+        nseq += sp.op_inner[INNER_SEQUENCE][i];
+        /* every op holding s splits it: all but those of the experts' own layout */
+        assert_int_equal(sp.op_inner[INNER_SEQUENCE][i], strchr(g->ops[i].spec, 's') != NULL);
+    }
     assert_int_equal(nexpert, 3);           /* fc1, gelu, fc2 of the one MoE block */
+    assert_true(nseq > 30);
     space_free(&sp);
+    /* without experts: 7 + 9; a sequence mesh's strategy splits s over
+     * dp_cp in every op, the batch over dp alone, and lowers */
     assert_int_equal(space_init(&sp, dense, c, 8, false, false, &err), 0);
-    assert_int_equal(sp.nmesh, 7);
-    assert_int_equal(sp.expert_letter, -1);
+    assert_int_equal(sp.nmesh, 16);
+    assert_int_equal(sp.inner_letter[INNER_EXPERTS], -1);
+    Cand x;
+    cand_init(&x, &sp);
+    cand_set_mesh(&x, &sp, mesh_of(&sp, 1, 8, 1, 2, INNER_SEQUENCE));
+    Strategy *cp = cand_strategy(&x, &sp, &err);
+    assert_non_null(cp);
+    int dp = strategy_axis(cp, "dp"), cpa = strategy_axis(cp, "dp_cp");
+    assert_true(dp >= 0 && cpa >= 0 && cp->axis_size[dp] == 4 && cp->axis_size[cpa] == 2);
+    for (int i = 0; i < dense->nops; i++) {
+        const Op *op = &dense->ops[i];
+        assert_int_equal(cp->ops[i].split['s' - 'a'], strchr(op->spec, 's') ? 1u << cpa : 0);
+        if (op->batch_letter >= 0) assert_int_equal(cp->ops[i].split[op->batch_letter], 1u << dp);
+    }
+    Plan *pl = ir_lower(dense, c, cp, &err);
+    if (!pl) fail_msg("%s", err.msg);
+    plan_free(pl);
+    strategy_free(cp);
+    cand_free(&x);
     space_free(&sp);
 
-    SearchResult r;
-    run(g, c, 8, SEARCH_EXHAUSTIVE, 0, 1, &r);
+    SearchResult r, r2;
+    double one = run(g, c, 8, SEARCH_EXHAUSTIVE, 0, 1, &r);
     assert_non_null(r.best.s);
     assert_non_null(strstr(r.best.name, "experts over"));
+    /* on 2 threads, each a stripe of the space: the same optimum, every point judged */
+    SearchOpts o2 = { .algo = SEARCH_EXHAUSTIVE, .world = 8, .threads = 2 };
+    assert_int_equal(search_run(g, c, &o2, &r2, &err), 0);
+    assert_true(r2.best.step_s == one);
+    assert_int_equal(r2.evals + r2.invalid + r2.infeasible + r2.cache_hits,
+                     r.evals + r.invalid + r.infeasible + r.cache_hits);
+    search_result_free(&r2);
     const Strategy *s = r.best.s;
     int ep = strategy_axis(s, "dp_ep");
+    assert_int_equal(strategy_axis(s, "dp_cp"), -1);
     assert_true(ep >= 0 && (s->data_axes >> ep & 1u));
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
@@ -659,8 +769,9 @@ int main(void)
         cmocka_unit_test(test_space_counts),
         cmocka_unit_test(test_baselines_are_points),
         cmocka_unit_test(test_ps_servers_are_searched),
+        cmocka_unit_test(test_ps_placement_is_searched),
         cmocka_unit_test(test_static_bound_is_sound),
-        cmocka_unit_test(test_expert_parallelism_is_searched),
+        cmocka_unit_test(test_inner_data_axes_are_searched),
         cmocka_unit_test(test_exhaustive_is_optimum),
         cmocka_unit_test(test_mcmc_rl_reach_optimum),
         cmocka_unit_test(test_determinism_events_stop),
