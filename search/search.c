@@ -268,14 +268,14 @@ double space_static_overflow(const Space *sp, const Strategy *s)
         /* split over the data axes its first reader splits one of its
          * letters over (an expert param over dp_ep) */
         int i = sp->param_reader[t], E = 1;
-        if (i >= 0) {
-            AxisMask split = 0;
-            const Op *op = &g->ops[i];
-            for (int q = 0; q < op->nin; q++)
-                if (op->in[q] == t)
-                    for (const char *l = op->in_letters[q]; *l; l++) split |= s->ops[i].split[*l - 'a'];
-            E = strategy_group_size(s, split & s->data_axes);
-        }
+        for (int q = 0; i >= 0 && q < g->ops[i].nin; q++)
+            if (g->ops[i].in[q] == t) {
+                Layout L = ir_operand_layout(g, s, i, q);
+                AxisMask split = 0;
+                for (int d = 0; d < X->ndim; d++) split |= L.dim[d];
+                E = strategy_group_size(s, split & s->data_axes);
+                break;
+            }
         double elems = (double)tensor_numel(X) / T / E, b = elems * dtype_bytes(X->dtype);
         double opt = s->optimizer == OPT_ADAM ? (half ? 12 : 8) : (half ? 8 : 4);
         double p = b, gr = b, o = elems * opt;
@@ -918,8 +918,8 @@ static void rl_tables(Rl *R)
             x[F_HIER] = c->algo == ALGO_HIERARCHICAL;
             x[F_LOGBYTES] = log10(fmax(bytes, 1)) / 10;
             x[F_EMBED] = graph_read_by(g, t, OP_EMBEDDING);
-            /* servers per data rank, as a fraction: 1 / 4 by default, all of them at -1 */
-            x[F_PS_SHARDS] = c->method != SYNC_PS ? 0 : c->ps_shards < 0 ? 1
+            /* how many servers: 4 by default (0.5), else log2(S + 1) / 8 */
+            x[F_PS_SHARDS] = c->method != SYNC_PS ? 0
                            : c->ps_shards == 0 ? 0.5 : log2(c->ps_shards + 1) / 8;
             /* servers placed on one device group: its peak against the best group's */
             x[F_PS_PEAK] = c->ps_group < 0 ? 0 : group_peak(R->C->c, c->ps_group);

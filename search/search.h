@@ -70,8 +70,7 @@ typedef struct {
     Compress compress;              /* lossy */
     int powersgd_rank;
     int staleness;                  /* lossy (PS) */
-    int ps_shards;                  /* PS servers: 0 = min(D, 4), -1 = one per data rank
-                                       (at most PS_MAX_SHARDS), else min(this, D) */
+    int ps_shards;                  /* PS servers: 0 = min(D, 4), else min(this, D) */
     int ps_group;                   /* -1: the servers spread over the data group; g: on its
                                        ranks of the cluster's device group g (as many as
                                        it has there) */

@@ -151,15 +151,14 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
             if ((W / P) % D) continue;
             for (int k = 0; k < INNER_KINDS; k++)
                 for (int X = k ? 2 : 1; X <= (k ? D : 1) && sp->nmesh < SPACE_MAX_MESHES; X++) {
-                    if (D % X || sp->batch % (sp->inner_all[k] ? D / X : D) ||
-                        (k && (!isize[k] || isize[k] % X)))
-                        continue;
-                    int *m = sp->mesh[sp->nmesh++];
+                    if (D % X || (k && (!isize[k] || isize[k] % X))) continue;
+                    int *m = sp->mesh[sp->nmesh];
                     m[0] = P;
                     m[1] = D;
                     m[2] = W / P / D;
                     m[3] = X;
                     m[4] = k;
+                    if (sp->batch % space_batch_ranks(sp, sp->nmesh) == 0) sp->nmesh++;
                 }
         }
     }
@@ -578,7 +577,7 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         pp->powersgd_rank = c->powersgd_rank;
         pp->staleness = c->staleness;
         if (c->method != SYNC_PS) continue;
-        int S = c->ps_shards < 0 ? D : c->ps_shards == 0 ? 4 : c->ps_shards;
+        int S = c->ps_shards == 0 ? 4 : c->ps_shards;
         if (S > D) S = D;
         if (S > PS_MAX_SHARDS) S = PS_MAX_SHARDS;
         pp->ps_shards = S;              /* placed by strategy_finish: spread */
@@ -616,13 +615,11 @@ const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n)
     int rec = 0, tp = 0;
     for (int k = 0; k < sp->nkinds; k++) rec += x->recompute[k] != 0;
     for (int q = 0; q < sp->ngroups; q++) tp += x->split[q] != 0;
-    int X = sp->mesh[x->mesh][3], len;
-    if (X > 1)
-        len = snprintf(buf, (size_t)n, "pp%d dp%d (%s over %d) tp%d, %s m%d", P, D,
-                       sp->mesh[x->mesh][4] == INNER_EXPERTS ? "experts" : "sequence", X, T,
-                       P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
-    else
-        len = snprintf(buf, (size_t)n, "pp%d dp%d tp%d, %s m%d", P, D, T,
+    char inner[40] = "";
+    if (sp->mesh[x->mesh][3] > 1)
+        snprintf(inner, sizeof inner, " (%s over %d)",
+                 sp->mesh[x->mesh][4] == INNER_EXPERTS ? "experts" : "sequence", sp->mesh[x->mesh][3]);
+    int len = snprintf(buf, (size_t)n, "pp%d dp%d%s tp%d, %s m%d", P, D, inner, T,
                        P > 1 ? schedule_name(x->sched) : "no pipeline", x->micro);
     if (T > 1 && len < n) len += snprintf(buf + len, (size_t)(n - len), ", %d/%d op groups split", tp,
                                           sp->ngroups);
