@@ -180,6 +180,8 @@ typedef struct {
     char why_infeasible[256];       /* "class 0 (stage 0) needs 93.1 GiB, its devices have 80 GiB" */
     int op_count[CM_SRC_COUNT];     /* compute instructions priced by each op model */
     uint32_t analytic_kinds;        /* bit k: kind k answered by the analytical model */
+    int64_t passes, passes_whole;   /* a compact plan: passes of the step over its classes,
+                                       and how many of them the simulator ran whole */
     /* with SimOpts.trace: per class, its spans (caller frees through sim_result_free) */
     SimSpan **spans;
     int *nspans;
@@ -195,6 +197,8 @@ typedef struct {
     double (*compute_time)(void *ctx, int cls, const Instr *in);
     double (*comm_time)(void *ctx, int cls, const Instr *in);
     void *ctx;
+    double deadline;                /* now_s() to give up at (0: none): cost_simulate then
+                                       fails, its error saying so (a search's time budget) */
 } SimOpts;
 
 /* Simulates one step of the plan. Memory is checked first: a class whose
@@ -202,7 +206,9 @@ typedef struct {
  * false, why_infeasible says which class, the bytes needed and available),
  * and the step is still simulated. Returns 0, or -1 with err when the
  * program cannot be scheduled (a collective or a receive no peer ever
- * reaches: a lowering bug). Caller frees with sim_result_free. */
+ * reaches: a lowering bug) or SimOpts.deadline passed (err starts with
+ * SIM_LATE). Caller frees with sim_result_free. */
+#define SIM_LATE "simulate: stopped at its deadline"
 int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Plan *p,
                   const SimOpts *o, SimResult *r, Err *err);
 void sim_result_free(SimResult *r);

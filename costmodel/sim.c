@@ -186,6 +186,7 @@ typedef struct {
     double calib[3];                /* the op model's calibration (opmodel_calibration) */
     SimResult *r;
     bool trace;
+    bool release;                   /* nothing moved: set aside what waits_async cannot tell */
     Err *err;
 } Sim;
 
@@ -735,21 +736,28 @@ static bool run_instr(Sim *S, int ci, int32_t i)
  * gradient all-reduce still in flight, so the rest of the backward runs
  * meanwhile; the update runs at the first instruction boundary after the
  * all-reduce is done, before an instruction that needs it, or at the end of
- * the step. The interpreter's stream does the same here. */
-static bool waits_async(const CState *c, int32_t i)
+ * the step. The interpreter's stream does the same here. Whether the
+ * all-reduce is done at the boundary may not be known yet (the other
+ * classes of its group have not reached it): the interpreter then waits
+ * until it is, so the answer does not hang on the order the classes are
+ * visited in, unless nothing else can move (Sim.release).
+ * Returns 0: run it now, 1: set it aside, -1: not known yet. */
+static int waits_async(const Sim *S, const CState *c, int32_t i)
 {
     const Instr *in = &c->pr->instrs[i];
-    if (in->kind != I_COMPUTE || in->op >= 0 || in->phase != PH_UPDATE) return false;
+    if (in->kind != I_COMPUTE || in->op >= 0 || in->phase != PH_UPDATE) return 0;
+    int r = 0;
     for (int k = 0; k < in->ndeps; k++) {
         int32_t d = c->pr->deps[in->dep0 + k];
         if (is_ext(d)) {
-            if (c->xcode[-2 - d] != S_MAIN && c->xend[-2 - d] > c->free_t[S_MAIN]) return true;
+            if (c->xcode[-2 - d] != S_MAIN && c->xend[-2 - d] > c->free_t[S_MAIN]) return 1;
             continue;
         }
         if (c->sid[d] == S_MAIN || c->sid[d] == UINT16_MAX) continue;
-        if (isnan(c->end[d]) || c->end[d] > c->free_t[S_MAIN]) return true;
+        if (c->end[d] > c->free_t[S_MAIN]) return 1;
+        if (isnan(c->end[d])) r = S->release ? 1 : -1;
     }
-    return false;
+    return r;
 }
 
 static void later_remove(CState *c, int k)
@@ -788,7 +796,9 @@ static bool main_step(Sim *S, int ci)
             if (c->later[j] == d) later_remove(c, j--);
         return true;
     }
-    if (waits_async(c, i)) {
+    int wa = waits_async(S, c, i);
+    if (wa < 0) return false;
+    if (wa) {
         c->seq[i] = -2;
         c->later[c->nlater++] = i;
         (*cur)++;
@@ -864,7 +874,18 @@ static int advance(Sim *S, int ci)
  * that way, class after class, as long as some class can; the rest of the
  * step (the last micro-batch's backward with its synchronisation, the tail)
  * then runs instruction by instruction, from where the streams stand. Only
- * instructions another pass reads keep their times (the exports). */
+ * instructions another pass reads keep their times (the exports).
+ *
+ * A collective shared with other classes starts when the last of them is
+ * ready, which one class alone cannot know; but twin classes (the same
+ * stage lowered alike, told apart only by a parameter-server role their
+ * passes do not touch) meet it at the same moment. So a pass whose only
+ * irregularity is such collectives runs whole, for all its twins together,
+ * when each of them is at that pass with the same body, instruction for
+ * instruction, and the same inputs (the memo's key, below, and the same
+ * start): each twin then finds every other ready when it is, and the
+ * collective starts then for all. Otherwise those classes go on
+ * instruction by instruction from that pass. */
 
 /* A pass run once, remembered: its inputs and outputs relative to when
  * its interpreter's stream was free (T0). Times shift with T0 (every rule
@@ -885,6 +906,8 @@ typedef struct {
 
 typedef struct {
     bool regular;
+    int *twins, ntwins;             /* classes it meets in collectives, itself included,
+                                       ascending; ntwins > 1: runs whole only with them */
     int16_t *code;                  /* stream code (stream_code); -1: alloc/free */
     double *dur;
     uint8_t *src;                   /* compute: CostSource */
@@ -915,6 +938,7 @@ typedef struct {
     int *nexports;                  /* per body */
     double *start, *end;            /* scratch: the pass being run */
     int64_t *key;                   /* scratch: its memo key */
+    Map alike;                      /* (body, other class, its body, 0) -> alike (1) or not */
 } Passes;
 
 /* Numbers, body by body, every instruction a pass other than its own
@@ -939,6 +963,18 @@ static void find_exports(const Program *cp, Passes *P)
         for (int i = cp->bodies[b].i0; i < cp->bodies[b].i1; i++)
             P->export_slot[i] = read[i] ? P->nexports[b]++ : -1;
     free(read);
+}
+
+/* Adds class m to the body's twins (kept ascending, without repeats). */
+static void add_twin(const Sim *S, Compiled *k, int m)
+{
+    if (!k->twins) k->twins = xmalloc(sizeof *k->twins * S->p->nclasses);
+    int j = 0;
+    while (j < k->ntwins && k->twins[j] < m) j++;
+    if (j < k->ntwins && k->twins[j] == m) return;
+    memmove(&k->twins[j + 1], &k->twins[j], sizeof *k->twins * (k->ntwins - j));
+    k->twins[j] = m;
+    k->ntwins++;
 }
 
 static void compile_body(Sim *S, int ci, Passes *P, int b)
@@ -998,7 +1034,9 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         } else {
             if (in->why == WHY_TIED || in->why == WHY_PS) k->regular = false;
             MeetList *ml = meet_list(S, ci, in, key_of(S, in));
-            if (ml->nmembers > 1) k->regular = false;
+            /* a tied sum (never in a pass run whole) joins stages, not twins */
+            for (int m = 0; m < ml->nmembers && ml->nmembers > 1 && in->why != WHY_TIED; m++)
+                add_twin(S, k, ml->members[m]);
             k->dur[x] = ml->nranks < 2 ? 0 : compressed_time(S, c, in, ml);
             if (code == S_MAIN) k->dur[x] += S->calib[2];
         }
@@ -1237,15 +1275,15 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
     return true;
 }
 
-/* Runs pass `pass` of class ci whole (it is regular and ready): replayed
- * when it meets inputs it has met before, else evaluated and remembered. */
-static void run_pass(Sim *S, int ci, Passes *P, int pass)
+/* The memo key of pass `pass` of class ci, into P->key; returns its
+ * length, with the interpreter's stream's free time *T0 and the quantum *q
+ * it was taken with. */
+static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp)
 {
     CState *c = &S->cs[ci];
     const Program *cp = c->cp;
-    int b = cp->sched[pass].body;
-    const Body *B = &cp->bodies[b];
-    Compiled *k = &P->cb[b];
+    const Body *B = &cp->bodies[cp->sched[pass].body];
+    const Compiled *k = &P->cb[cp->sched[pass].body];
     double T0 = c->afree[S_MAIN];
     int bin;
     frexp(fmax(T0, 1e-300), &bin);
@@ -1268,6 +1306,21 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
         key[nk++] = quantum(c->xend[slot] - T0, q);
         key[nk++] = quantum(c->xstart[slot] - T0, q);
     }
+    *T0p = T0;
+    *qp = q;
+    return nk;
+}
+
+/* Runs pass `pass` of class ci whole (it is regular and ready, with its
+ * twins if it has any): replayed when it meets inputs it has met before,
+ * else evaluated and remembered. */
+static void run_pass(Sim *S, int ci, Passes *P, int pass)
+{
+    CState *c = &S->cs[ci];
+    Compiled *k = &P->cb[c->cp->sched[pass].body];
+    double T0, q;
+    int nk = pass_key(S, ci, P, pass, &T0, &q);
+    const int64_t *key = P->key;
     bool done = false;
     for (int w = 0; w < MEMO_WAYS && !done; w++) {
         const Memo *me = &k->memo[w];
@@ -1295,6 +1348,73 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     c->out.recompute += k->add.recompute;
     for (int x = 0; x < CM_SRC_COUNT; x++) S->r->op_count[x] += k->op_count[x];
     S->r->analytic_kinds |= k->analytic_kinds;
+}
+
+/* Are body ba of class ci and body bb of class cj the same instruction
+ * for instruction, with the same costs and dependencies? */
+static bool bodies_alike(Sim *S, Passes *P, int ci, int ba, int cj, int bb)
+{
+    Slot *sl = map_at(&P[ci].alike, ba, cj, bb, 0);
+    if (sl->v >= 0) return sl->v == 1;
+    const Program *pa = S->cs[ci].cp, *pb = S->cs[cj].cp;
+    const Body *A = &pa->bodies[ba], *B = &pb->bodies[bb];
+    const Compiled *ka = &P[ci].cb[ba], *kb = &P[cj].cb[bb];
+    int n = A->i1 - A->i0;
+    /* dependencies on other passes by position only: they name
+     * instructions of each class's own program (the key compares times) */
+    bool same = n == B->i1 - B->i0 && ka->regular == kb->regular &&
+                ka->nstream == kb->nstream && ka->np2p == kb->np2p && ka->next == kb->next &&
+                !memcmp(ka->streams, kb->streams, sizeof *ka->streams * ka->nstream) &&
+                !memcmp(ka->p2p, kb->p2p, sizeof *ka->p2p * ka->np2p) &&
+                !memcmp(ka->code, kb->code, sizeof *ka->code * n) &&
+                !memcmp(ka->dur, kb->dur, sizeof *ka->dur * n);
+    for (int x = 0; same && x < ka->next; x++) same = ka->ext[x][0] == kb->ext[x][0];
+    for (int x = 0; same && x < n; x++) {
+        const Instr *a = &pa->instrs[A->i0 + x], *b = &pb->instrs[B->i0 + x];
+        same = a->kind == b->kind && a->ndeps == b->ndeps;
+        for (int d = 0; same && d < a->ndeps; d++) {
+            int32_t da = pa->deps[a->dep0 + d] - A->i0, db = pb->deps[b->dep0 + d] - B->i0;
+            bool ina = da >= 0 && da < n, inb = db >= 0 && db < n;
+            same = ina == inb && (!ina || da == db);
+        }
+    }
+    map_at(&P[ci].alike, ba, cj, bb, 0)->v = same;
+    return same;
+}
+
+/* Runs pass `pass` whole for every class of ci's twin set grp (see
+ * "Passes") when they all stand at it alike; false when they do not
+ * (yet). */
+static bool run_twins(Sim *S, Passes *P, int *next, int ci, int pass, const int *grp, int n)
+{
+    int b = S->cs[ci].cp->sched[pass].body;
+    double T0, q;
+    int nk = pass_key(S, ci, &P[ci], pass, &T0, &q);
+    for (int g = 0; g < n; g++) {
+        int m = grp[g];
+        const Program *pm = S->cs[m].cp;
+        double T1, q1;
+        if (m != ci && !(next[m] == pass && pass < pm->nsched && pass_ready(S, m, &P[m], pass) &&
+                         bodies_alike(S, P, ci, b, m, pm->sched[pass].body) &&
+                         pass_key(S, m, &P[m], pass, &T1, &q1) == nk && q1 == q &&
+                         quantum(T1, q) == quantum(T0, q) &&
+                         !memcmp(P[m].key, P[ci].key, sizeof *P[ci].key * nk)))
+            return false;
+    }
+    for (int g = 0; g < n; g++) run_pass(S, grp[g], &P[grp[g]], next[grp[g]]++);
+    return true;
+}
+
+/* Is SimOpts.deadline past? */
+static bool late(const Sim *S)
+{
+    return S->o->deadline > 0 && now_s() > S->o->deadline;
+}
+
+static int root_of(int *up, int x)
+{
+    while (up[x] != x) x = up[x] = up[up[x]];
+    return x;
 }
 
 typedef struct {
@@ -1345,17 +1465,41 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
         P[ci].key = xmalloc(sizeof *P[ci].key * (2 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
     }
-    for (bool moved = whole; moved;) {
+    /* twin sets: the classes that meet in collectives, joined */
+    int *up = xmalloc(sizeof *up * nc), *grp = xmalloc(sizeof *grp * nc);
+    int *grp_off = xcalloc(nc + 1, sizeof *grp_off), *grp_n = xcalloc(nc, sizeof *grp_n);
+    for (int ci = 0; ci < nc; ci++) up[ci] = ci;
+    for (int ci = 0; ci < nc && whole; ci++)
+        for (int b = 0; b < S->cs[ci].cp->nbodies; b++) {
+            if (!P[ci].cb[b].code) compile_body(S, ci, &P[ci], b);
+            for (int j = 0; j < P[ci].cb[b].ntwins; j++)
+                up[root_of(up, P[ci].cb[b].twins[j])] = root_of(up, ci);
+        }
+    for (int ci = 0; ci < nc; ci++) grp_n[root_of(up, ci)]++;
+    for (int ci = 0; ci < nc; ci++) grp_off[ci + 1] = grp_off[ci] + grp_n[ci];
+    memset(grp_n, 0, sizeof *grp_n * nc);
+    for (int ci = 0; ci < nc; ci++) {
+        int r = root_of(up, ci);
+        grp[grp_off[r] + grp_n[r]++] = ci;
+    }
+    for (bool moved = whole; moved && !late(S);) {
         moved = false;
         for (int ci = 0; ci < nc; ci++)
             while (next[ci] < S->cs[ci].cp->nsched && pass_ready(S, ci, &P[ci], next[ci])) {
-                run_pass(S, ci, &P[ci], next[ci]++);
+                int r = root_of(up, ci);
+                if (grp_n[r] > 1) {
+                    if (!run_twins(S, P, next, ci, next[ci], &grp[grp_off[r]], grp_n[r])) break;
+                } else {
+                    run_pass(S, ci, &P[ci], next[ci]++);
+                }
                 moved = true;
             }
     }
     for (int ci = 0; ci < nc; ci++) {
         CState *c = &S->cs[ci];
         c->first = next[ci];
+        S->r->passes += c->cp->nsched;
+        S->r->passes_whole += c->first;
         Outside o = { c, &P[ci] };
         program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
         for (int b = 0; b < c->cp->nbodies; b++) {
@@ -1369,6 +1513,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->p2p);
             free(k->ext);
             free(k->exp);
+            free(k->twins);
             for (int w = 0; w < MEMO_WAYS; w++) {
                 free(k->memo[w].key);
                 free(k->memo[w].out);
@@ -1381,6 +1526,11 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         free(P[ci].end);
         free(P[ci].key);
     }
+    for (int ci = 0; ci < nc; ci++) map_free(&P[ci].alike);
+    free(up);
+    free(grp);
+    free(grp_off);
+    free(grp_n);
     free(P);
     free(next);
 }
@@ -1609,6 +1759,11 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
 
     int rc = 0;
     for (;;) {
+        if (late(&S)) {
+            err_set(err, SIM_LATE);
+            rc = -1;
+            break;
+        }
         int moved = 0;
         bool all = true;
         for (int ci = 0; ci < p->nclasses; ci++) {
@@ -1618,6 +1773,11 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
             all &= cs->nlater == 0;
         }
         if (all) break;
+        if (moved) S.release = false;
+        if (!moved && !S.release) {
+            S.release = true;
+            continue;
+        }
         if (!moved && run_set_aside(&S)) continue;
         if (!moved) {
             for (int ci = 0; ci < p->nclasses; ci++) {

@@ -276,6 +276,47 @@ static void test_models(void **state)
     }
 }
 
+/* Context parallelism beside parameter servers: the sequence's gathers
+ * join ranks of different server roles, so classes meet in collectives
+ * inside every pass. Twin classes run those passes whole together, and
+ * the result is still the instruction-level one. */
+static void test_twins(void **state)
+{
+    (void)state;
+    GptShape x = { 2, 32, 4, 16, 64, 16, false };
+    Graph *g = gpt(x);
+    const char *ps[] = { "blocks.*.attn.bo", "blocks.*" };
+    for (size_t e = 0; e < sizeof ps / sizeof *ps; e++)
+        for (int M = 1; M <= 4; M *= 2) {
+            char js[1024];
+            snprintf(js, sizeof js, "{\"mesh\":{\"pp\":2,\"dp\":2,\"dp_cp\":2},\"pipeline\":"
+                     "{\"microbatches\":%d},\"ops\":{\"*\":{\"split\":{\"b\":\"dp\","
+                     "\"s\":\"dp_cp\"}}},\"params\":{\"%s\":{\"sync\":{\"method\":\"ps\","
+                     "\"shards\":2}}}}", M, ps[e]);
+            check_plan(g, js);
+            Strategy *s = strat(g, js);
+            Plan *cp = lower(g, s);
+            Err err = { 0 };
+            Plan *c2 = ir_lower_compact(g, NULL, s, &err);
+            Cluster *c = cluster8("gpu");
+            SimResult r;
+            if (cost_simulate(g, c, s, c2, NULL, &r, &err)) fail_msg("%s: %s", js, err.msg);
+            /* more classes than stages: the server roles split them */
+            assert_true(c2->nclasses > 2);
+            /* every pass but each class's last backward (its gradients
+             * go to the servers) runs whole */
+            if (r.passes_whole < r.passes - c2->nclasses)
+                fail_msg("%s: %lld of %lld passes run whole", js, (long long)r.passes_whole,
+                         (long long)r.passes);
+            sim_result_free(&r);
+            cluster_free(c);
+            plan_free(c2);
+            plan_free(cp);
+            strategy_free(s);
+        }
+    graph_free(g);
+}
+
 /* The compact form holds a fixed number of bodies whatever M is: two
  * forward and two backward per chunk (the first micro-batch's, standing for
  * all but the last, and the last's), and the tail. */
@@ -315,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_policies),
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_size),
+        cmocka_unit_test(test_twins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

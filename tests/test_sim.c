@@ -480,7 +480,7 @@ static void test_infeasible_plan(void **state)
     graph_free(g);
 }
 
-static void test_deterministic_and_trace(void **state)
+static void test_deterministic_trace_deadline(void **state)
 {
     (void)state;
     Graph *g = gpt((GptShape){ .l = 4, .h = 32, .n = 4, .s = 16, .V = 64, .B = 8 });
@@ -494,6 +494,15 @@ static void test_deterministic_and_trace(void **state)
     assert_int_equal(cost_simulate(g, c, s, p, NULL, &a, &err), 0);
     assert_int_equal(cost_simulate(g, c, s, p, &o, &b, &err), 0);
     assert_true(a.step_time == b.step_time);
+    /* a deadline ahead changes nothing; one past gives up (a search's
+     * time budget holds inside a simulation), saying so, nothing to free */
+    SimResult d;
+    SimOpts ahead = { .deadline = now_s() + 3600 }, past = { .deadline = now_s() - 1 };
+    assert_int_equal(cost_simulate(g, c, s, p, &ahead, &d, &err), 0);
+    assert_true(a.step_time == d.step_time);
+    sim_result_free(&d);
+    assert_int_equal(cost_simulate(g, c, s, p, &past, &d, &err), -1);
+    assert_string_equal(err.msg, SIM_LATE);
     assert_non_null(b.spans);
     int ncomp = 0;
     for (int i = 0; i < p->classes[0].ninstrs; i++) ncomp += p->classes[0].instrs[i].kind != I_ALLOC &&
@@ -729,7 +738,7 @@ int main(void)
         cmocka_unit_test(test_every_strategy_schedules),
         cmocka_unit_test(test_stale_pull_does_not_wait),
         cmocka_unit_test(test_infeasible_plan),
-        cmocka_unit_test(test_deterministic_and_trace),
+        cmocka_unit_test(test_deterministic_trace_deadline),
         cmocka_unit_test(test_cluster_without_links),
         cmocka_unit_test(test_link_formulas),
         cmocka_unit_test(test_gemm_dims),
