@@ -93,6 +93,8 @@ typedef struct {
     char least_desc[200];
     double current;                 /* the chain's current step (progress) */
     bool out_of_budget;
+    bool untimed;                   /* judge whole, past the time budget (the baselines,
+                                       reported whatever the budget) */
 } Ctx;
 
 static uint64_t rng_next(Ctx *C) { return splitmix64(&C->rng); }
@@ -347,13 +349,21 @@ static double judge(Ctx *C, const Cand *x, double *step)
         if (over > 1) {
             e = infeasible(C, x, over, mem, "", "");
         } else {
-            SimOpts so = { .ops = C->o->ops, .links = C->o->links };
+            /* a time budget holds inside a long simulation too */
+            SimOpts so = { .ops = C->o->ops, .links = C->o->links,
+                           .deadline = C->o->budget_s > 0 && !C->untimed ? C->t0 + C->o->budget_s
+                                                                         : 0 };
             SimResult sr;
             if (cost_simulate(C->g, C->c, s, p, &so, &sr, &err) == 0) {
                 C->r->evals++;
                 *step = sr.step_time;
                 e = log(fmax(sr.step_time, 1e-300));
                 sim_result_free(&sr);
+            } else if (!strcmp(err.msg, SIM_LATE)) {
+                /* not judged: the budget ran out first (nothing kept) */
+                plan_free(p);
+                strategy_free(s);
+                return NAN;
             } else {
                 C->r->invalid++;
             }
@@ -440,15 +450,48 @@ static int grid_micro(const Space *sp, int D, int *out)
     return n;
 }
 
+/* The sync choice that is choice k with its state sharded one ZeRO stage
+ * further (ring to zero1, zero1 to zero2, ...), -1 if none. */
+static int shard_up(const Space *sp, int k)
+{
+    const SyncChoice *a = &sp->sync[k];
+    if (a->method != SYNC_ALLREDUCE || a->shard >= SHARD_ZERO3) return -1;
+    for (int j = 0; j < sp->nsync; j++) {
+        const SyncChoice *b = &sp->sync[j];
+        if (b->method == a->method && b->algo == a->algo && b->compress == a->compress &&
+            b->powersgd_rank == a->powersgd_rank && b->shard == a->shard + 1)
+            return j;
+    }
+    return -1;
+}
+
+/* x with every param group's state sharded one ZeRO stage further where
+ * it can be, into y; false when none can. */
+static bool shard_further(const Space *sp, const Cand *x, Cand *y)
+{
+    cand_copy(y, x, sp);
+    bool any = false;
+    for (int p = 0; p < sp->npgroups; p++) {
+        int k = shard_up(sp, x->sync[p]);
+        if (k >= 0 && sp->pgroup_syncs[p] >> k & 1u) {
+            y->sync[p] = (uint8_t)k;
+            any = true;
+        }
+    }
+    return any;
+}
+
 /* The best grid point of Megatron-LM's (T within a node, any P, M, with and
- * without recompute, 1F1B) or GPipe's (T = 1) layouts; false when none
- * validates. */
+ * without recompute, 1F1B; a point that does not fit also with the
+ * distributed optimizer, ZeRO-1, as its users add it) or GPipe's (T = 1)
+ * layouts; false when none validates. */
 static bool grid_best(Ctx *C, Baseline b, Cand *out, double *best_step)
 {
     const Space *sp = C->sp;
     int node = C->c && C->c->nlevels ? C->c->levels[0].count : sp->world;
-    Cand x;
+    Cand x, y;
     cand_init(&x, sp);
+    cand_init(&y, sp);
     bool any = false;
     *best_step = INFINITY;
     double best_e = INFINITY;
@@ -466,6 +509,10 @@ static bool grid_best(Ctx *C, Baseline b, Cand *out, double *best_step)
                 for (int kd = 0; kd < sp->nkinds; kd++) x.recompute[kd] = (uint8_t)rec;
                 set_sync(sp, &x, B_DP);
                 double step, e = judge(C, &x, &step);
+                if (b == B_MEGATRON && e >= INFEASIBLE_E && shard_further(sp, &x, &y)) {
+                    cand_copy(&x, &y, sp);
+                    e = judge(C, &x, &step);
+                }
                 if (isnan(e)) continue;
                 if (!any || e < best_e) {
                     cand_copy(out, &x, sp);
@@ -476,6 +523,7 @@ static bool grid_best(Ctx *C, Baseline b, Cand *out, double *best_step)
             }
     }
     cand_free(&x);
+    cand_free(&y);
     return any;
 }
 
@@ -538,6 +586,7 @@ static bool run_baselines(Ctx *C, Cand *start)
     cand_init(&x, C->sp);
     double best = INFINITY;
     bool any = false;
+    C->untimed = true;
     for (int b = 0; b < B_COUNT; b++) {
         SearchEntry *e = &r->baselines[r->nbaselines++];
         char why[300] = "";
@@ -570,6 +619,7 @@ static bool run_baselines(Ctx *C, Cand *start)
         if (e->why[0]) cJSON_AddStringToObject(ev, "why", e->why);
         emit(C, ev);
     }
+    C->untimed = false;
     cand_free(&x);
     return any;
 }
@@ -608,7 +658,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
     cand_copy(y, x, sp);
     int P = sp->mesh[x->mesh][0], D = sp->mesh[x->mesh][1], T = sp->mesh[x->mesh][2];
     for (int tries = 0; tries < 16; tries++) {
-        switch (rng_int(C, 10)) {
+        switch (rng_int(C, 11)) {
         case 0: {   /* one op group's split */
             if (T < 2 || !sp->ngroups) break;
             int q = rng_int(C, sp->ngroups), n = sp->group_nopt[q];
@@ -632,8 +682,8 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             return;
         }
         case 3: {   /* refactor the mesh: mostly a neighbour (one degree kept, a factor of
-                       at most 4 traded between the other two, the inner data axis kept; or
-                       only the inner data axis changed), sometimes any mesh */
+                       at most 4 traded between the other two, the inner data axis kept),
+                       sometimes any mesh */
             if (sp->nmesh < 2) break;
             const int *a = sp->mesh[x->mesh];
             int near[64], nn = 0;
@@ -644,8 +694,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
                 for (int d = 0; d < 3; d++)
                     if (b[d] > a[d]) grow = b[d] / a[d];
                 bool inner = a[3] == b[3] && a[4] == b[4];
-                if (k != x->mesh && ((same == 1 && grow <= 4 && inner) || same == 3))
-                    near[nn++] = k;
+                if (k != x->mesh && same == 1 && grow <= 4 && inner) near[nn++] = k;
             }
             int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
             if (m == x->mesh) break;
@@ -653,6 +702,19 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             cand_set_mesh(y, sp, m);
             for (int q = 0; q < sp->ngroups; q++)
                 if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
+            return;
+        }
+        case 10: {  /* only the inner data axis: another degree or kind (experts or the
+                       sequence over data ranks), or none */
+            const int *a = sp->mesh[x->mesh];
+            int alt[64], na = 0;
+            for (int k = 0; k < sp->nmesh && na < 64; k++) {
+                const int *b = sp->mesh[k];
+                if (k != x->mesh && a[0] == b[0] && a[1] == b[1] && a[2] == b[2]) alt[na++] = k;
+            }
+            if (!na) break;
+            cand_set_mesh(y, sp, alt[rng_int(C, na)]);
+            memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);   /* the same stages */
             return;
         }
         case 4: {   /* move one pipeline cut by a block */
@@ -706,23 +768,85 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
     }
 }
 
+/* Ways to make x, which does not fit in memory, fit: copies of x with its
+ * state sharded one ZeRO stage further, with the next micro-batch count up
+ * (smaller micro-batches), with recompute on for every block kind. Writes
+ * those that differ from x into out; returns how many. */
+static int repairs(const Space *sp, const Cand *x, Cand out[3])
+{
+    int n = 0;
+    if (shard_further(sp, x, &out[n])) n++;
+    int opts[256], no = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256), at = 0;
+    while (at < no && opts[at] != x->micro) at++;
+    if (at + 1 < no) {
+        cand_copy(&out[n], x, sp);
+        out[n++].micro = opts[at + 1];
+    }
+    bool all = true;
+    for (int k = 0; k < sp->nkinds; k++) all &= x->recompute[k];
+    if (sp->nkinds && !all) {
+        cand_copy(&out[n], x, sp);
+        memset(out[n++].recompute, 1, sp->nkinds);
+    }
+    return n;
+}
+
+/* The k-th move tried around a new best (k = 0, 1, 2): recompute of
+ * every block kind turned the other way, the next micro-batch count up,
+ * the next one down; false when it changes nothing. */
+static bool polish_move(const Space *sp, const Cand *x, Cand *y, int k)
+{
+    cand_copy(y, x, sp);
+    if (k == 0) {
+        int on = 0;
+        for (int q = 0; q < sp->nkinds; q++) on += x->recompute[q];
+        memset(y->recompute, 2 * on < sp->nkinds, sp->nkinds);
+        return sp->nkinds && memcmp(y->recompute, x->recompute, sp->nkinds);
+    }
+    int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256), at = 0;
+    while (at < n && opts[at] != x->micro) at++;
+    int to = at + (k == 1 ? 1 : -1);
+    if (at == n || to < 0 || to >= n) return false;
+    y->micro = opts[to];
+    return true;
+}
+
 static void run_mcmc(Ctx *C, const Cand *start)
 {
     const Space *sp = C->sp;
-    Cand cur, y;
+    Cand cur, y, fix[3];
     cand_init(&cur, sp);
     cand_init(&y, sp);
+    for (int k = 0; k < 3; k++) cand_init(&fix[k], sp);
     cand_copy(&cur, start, sp);
     double step, ecur = judge(C, &cur, &step);
     if (isnan(ecur)) ecur = INFINITY;
     C->current = step;
-    /* T: a move 10% slower is accepted with probability e^-1 at first */
-    const double T0 = log(1.1), Tmin = log(1.001);
+    /* T: a move 10% slower is accepted with probability e^-1 at first on
+     * the first chain; each further chain runs 4x colder (2.5%, 0.6%, ...),
+     * so that some chains climb down at once while others roam */
+    const double T0 = log(1 + 0.1 / pow(4, C->chain)), Tmin = fmin(T0, log(1.001));
     double T = T0, ebest = isfinite(C->best.step) ? log(C->best.step) : INFINITY;
     long since = 0;
+    int polish = 0;                 /* moves left to try around a new best (polish_move) */
     while (!done(C)) {
-        propose(C, &cur, &y);
+        bool forced = false;
+        while (polish > 0 && !forced) forced = polish_move(sp, &cur, &y, 3 - polish--);
+        if (!forced) propose(C, &cur, &y);
         double e = judge(C, &y, &step);
+        /* a move that no longer fits in memory: the best of its repairs
+         * (repairs) is proposed instead, so that a move whose gain needs
+         * memory found elsewhere (a deeper data axis and ZeRO, recompute
+         * off and smaller micro-batches) is one step */
+        int nr = e >= INFEASIBLE_E ? repairs(sp, &y, fix) : 0;
+        for (int k = 0; k < nr && !done(C); k++) {
+            double step2, e2 = judge(C, &fix[k], &step2);
+            if (!isnan(e2) && e2 < e) {
+                cand_copy(&y, &fix[k], sp);
+                e = e2;
+                step = step2;
+            }
+        }
         if (isnan(e)) continue;
         if (e <= ecur || rng_unit(C) < exp(-(e - ecur) / T)) {
             Cand t = cur;
@@ -736,6 +860,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
         if (ecur < ebest - 1e-12) {
             ebest = ecur;
             since = 0;
+            polish = 3;
         } else if (++since >= 400 && isfinite(C->best.step)) {
             /* restart from the best, hot again */
             cand_copy(&cur, &C->best.x, sp);
@@ -747,6 +872,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
     }
     cand_free(&cur);
     cand_free(&y);
+    for (int k = 0; k < 3; k++) cand_free(&fix[k]);
 }
 
 /* ----------------------------------------------------------------------------

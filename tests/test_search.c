@@ -229,6 +229,66 @@ static void test_baselines_are_points(void **state)
     graph_free(g);
 }
 
+/* Megatron-LM's grid point that does not fit is tried again with the
+ * distributed optimizer (ZeRO-1): sweeping the devices' memory down, the
+ * baseline first keeps its plain state, then shards it where the plain
+ * point no longer fits, and the sharded point is what fits. */
+static void test_megatron_distributed_optimizer(void **state)
+{
+    (void)state;
+    Err err = {0};
+    Graph *g = zoo("gpt", "layers=2 hidden=256 heads=4 seq=16 vocab=128 batch=8");
+    bool plain = false, sharded = false;
+    for (double mib = 512; mib > 4 && !sharded; mib /= 1.25) {
+        char js[1024];
+        snprintf(js, sizeof js,
+                 "{\"name\":\"t\",\"devices\":[{\"name\":\"d\",\"kind\":\"gpu\",\"count\":8,"
+                 "\"peak_tflops\":{\"f32\":10},\"memory_gib\":%.6f,\"memory_bw_gbps\":1000}],"
+                 "\"levels\":[{\"name\":\"gpu\",\"count\":2,\"link\":\"nvlink\",\"bw_gbps\":100,"
+                 "\"latency_us\":1},{\"name\":\"node\",\"count\":4,\"link\":\"ib\","
+                 "\"bw_gbps\":10,\"latency_us\":5}]}", mib / 1024);
+        cJSON *j = cJSON_Parse(js);
+        Cluster *c = cluster_from_json(j, 0, &err);
+        cJSON_Delete(j);
+        if (!c) fail_msg("cluster: %s", err.msg);
+        SearchOpts o = { .algo = SEARCH_BASELINES, .seed = 1 };
+        SearchResult r;
+        if (search_run(g, c, &o, &r, &err) == 0) {
+            const SearchEntry *m = NULL;
+            for (int b = 0; b < r.nbaselines; b++)
+                if (!strncmp(r.baselines[b].name, "megatron", 8)) m = &r.baselines[b];
+            if (m && m->s && m->feasible) {
+                bool z1 = false;
+                for (int t = 0; t < g->ntensors; t++)
+                    z1 |= g->tensors[t].role == ROLE_PARAM && m->s->params[t].shard == SHARD_ZERO1;
+                if (!z1) {
+                    assert_false(sharded);      /* plain above, sharded below */
+                    plain = true;
+                } else {
+                    /* the same point with its state whole does not fit */
+                    Strategy *w = strategy_copy(m->s);
+                    for (int t = 0; t < g->ntensors; t++)
+                        if (g->tensors[t].role == ROLE_PARAM) w->params[t].shard = SHARD_NONE;
+                    Plan *p = ir_lower_compact(g, c, w, &err);
+                    assert_non_null(p);
+                    bool over = false;
+                    for (int k = 0; k < p->nclasses; k++)
+                        over |= p->classes[k].peak_mem > p->classes[k].device_mem;
+                    assert_true(over);
+                    plan_free(p);
+                    strategy_free(w);
+                    sharded = true;
+                }
+            }
+            search_result_free(&r);
+        }
+        cluster_free(c);
+    }
+    assert_true(plain);
+    assert_true(sharded);
+    graph_free(g);
+}
+
 /* The memory prefilter never refuses what fits: on a model whose plans
  * run out of memory, its bound stays at or below every lowered plan's
  * static state over its devices' memory, and it refuses some. */
@@ -768,6 +828,7 @@ int main(void)
         cmocka_unit_test(test_concat_space),
         cmocka_unit_test(test_space_counts),
         cmocka_unit_test(test_baselines_are_points),
+        cmocka_unit_test(test_megatron_distributed_optimizer),
         cmocka_unit_test(test_ps_servers_are_searched),
         cmocka_unit_test(test_ps_placement_is_searched),
         cmocka_unit_test(test_static_bound_is_sound),
