@@ -1465,11 +1465,18 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
         P[ci].key = xmalloc(sizeof *P[ci].key * (2 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
     }
-    /* twin sets: the classes that meet in collectives, joined */
+    /* twin sets: the classes that meet in collectives, joined. Only
+     * classes of one stage can (a tied sum joins none), so without two
+     * such there is nothing to join and the bodies compile as they run */
     int *up = xmalloc(sizeof *up * nc), *grp = xmalloc(sizeof *grp * nc);
     int *grp_off = xcalloc(nc + 1, sizeof *grp_off), *grp_n = xcalloc(nc, sizeof *grp_n);
-    for (int ci = 0; ci < nc; ci++) up[ci] = ci;
-    for (int ci = 0; ci < nc && whole; ci++)
+    bool shared_stage = false;
+    for (int ci = 0; ci < nc; ci++) {
+        up[ci] = ci;
+        for (int cj = 0; cj < ci && !shared_stage; cj++)
+            shared_stage = S->cs[ci].cp->stage == S->cs[cj].cp->stage;
+    }
+    for (int ci = 0; ci < nc && whole && shared_stage; ci++)
         for (int b = 0; b < S->cs[ci].cp->nbodies; b++) {
             if (!P[ci].cb[b].code) compile_body(S, ci, &P[ci], b);
             for (int j = 0; j < P[ci].cb[b].ntwins; j++)
@@ -1489,6 +1496,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
                 int r = root_of(up, ci);
                 if (grp_n[r] > 1) {
                     if (!run_twins(S, P, next, ci, next[ci], &grp[grp_off[r]], grp_n[r])) break;
+                } else if (P[ci].cb[S->cs[ci].cp->sched[next[ci]].body].ntwins > 1) {
+                    break;      /* it meets another class, never joined to it: not whole */
                 } else {
                     run_pass(S, ci, &P[ci], next[ci]++);
                 }

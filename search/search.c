@@ -651,6 +651,15 @@ static bool split_ok(const Space *sp, int q, int opt, int T)
     return op->size[sp->group_letter[q][opt] - 'a'] % T == 0;
 }
 
+/* The micro-batch count next to x's among its mesh's valid ones, d = +1
+ * up (smaller micro-batches) or -1 down; 0 past either end. */
+static int micro_next(const Space *sp, const Cand *x, int d)
+{
+    int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256), at = 0;
+    while (at < n && opts[at] != x->micro) at++;
+    return at + d >= 0 && at + d < n ? opts[at + d] : 0;
+}
+
 /* A local move from x into y (a copy of x changed in one decision). */
 static void propose(Ctx *C, const Cand *x, Cand *y)
 {
@@ -726,12 +735,9 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             return;
         }
         case 5: {   /* micro-batches: the next count up or down */
-            int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256);
-            int at = 0;
-            while (at < n && opts[at] != x->micro) at++;
-            int to = at + (rng_int(C, 2) ? 1 : -1);
-            if (to < 0 || to >= n) break;
-            y->micro = opts[to];
+            int m = micro_next(sp, x, rng_int(C, 2) ? 1 : -1);
+            if (!m) break;
+            y->micro = m;
             return;
         }
         case 6:     /* schedule */
@@ -774,13 +780,11 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
  * those that differ from x into out; returns how many. */
 static int repairs(const Space *sp, const Cand *x, Cand out[3])
 {
-    int n = 0;
+    int n = 0, up = micro_next(sp, x, 1);
     if (shard_further(sp, x, &out[n])) n++;
-    int opts[256], no = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256), at = 0;
-    while (at < no && opts[at] != x->micro) at++;
-    if (at + 1 < no) {
+    if (up) {
         cand_copy(&out[n], x, sp);
-        out[n++].micro = opts[at + 1];
+        out[n++].micro = up;
     }
     bool all = true;
     for (int k = 0; k < sp->nkinds; k++) all &= x->recompute[k];
@@ -803,12 +807,8 @@ static bool polish_move(const Space *sp, const Cand *x, Cand *y, int k)
         memset(y->recompute, 2 * on < sp->nkinds, sp->nkinds);
         return sp->nkinds && memcmp(y->recompute, x->recompute, sp->nkinds);
     }
-    int opts[256], n = space_micro_options(sp, space_batch_ranks(sp, x->mesh), opts, 256), at = 0;
-    while (at < n && opts[at] != x->micro) at++;
-    int to = at + (k == 1 ? 1 : -1);
-    if (at == n || to < 0 || to >= n) return false;
-    y->micro = opts[to];
-    return true;
+    y->micro = micro_next(sp, x, k == 1 ? 1 : -1);
+    return y->micro > 0;
 }
 
 static void run_mcmc(Ctx *C, const Cand *start)
