@@ -824,6 +824,20 @@ static int check_ops(Ctx *x)
         for (int l = 0; l < IR_LETTERS; l++) {
             AxisMask m = s->ops[i].split[l];
             if (!m) continue;
+            int64_t size = op->size[l];
+            int gs = strategy_group_size(s, m);
+            bool per_micro = l == op->batch_letter && M > 1;
+            bool bad = (m & used) || (((op->reduce_mask >> l) & 1u) && !reduce_splittable(op->kind))
+                       || (op->concat_mask >> l & 1u)
+                       || ((op->spatial_mask | op->window_mask) >> l & 1u)
+                       || (per_micro ? (size / M) % gs : size % gs);
+            if (!bad) {
+                used |= m;
+                for (int a = 0; a < s->naxes; a++)
+                    if (m >> a & 1u) used_by[a] = l;
+                continue;
+            }
+            /* the message, formatted only when there is one to give */
             const char *from = x->split_from[i * IR_LETTERS + l];
             char path[700], ax[192];
             if (from)
@@ -853,20 +867,12 @@ static int check_ops(Ctx *x)
                                     "would need a halo exchange, which strata does not do", path,
                                'a' + l, (op->window_mask >> l & 1u) ? "window" : "spatial",
                                op_kind_name(op->kind), op->name);
-            int64_t size = op->size[l];
-            int gs = strategy_group_size(s, m);
-            if (l == op->batch_letter && M > 1) {
-                if ((size / M) % gs)
-                    return err_set(err, "%s: %s does not divide letter %c (size %lld, %lld per "
-                                        "micro-batch of %d) of op %s", path, ax, 'a' + l,
-                                   (long long)size, (long long)(size / M), M, op->name);
-            } else if (size % gs) {
-                return err_set(err, "%s: %s does not divide letter %c (size %lld) of op %s", path,
-                               ax, 'a' + l, (long long)size, op->name);
-            }
-            used |= m;
-            for (int a = 0; a < s->naxes; a++)
-                if (m >> a & 1u) used_by[a] = l;
+            if (per_micro)
+                return err_set(err, "%s: %s does not divide letter %c (size %lld, %lld per "
+                                    "micro-batch of %d) of op %s", path, ax, 'a' + l,
+                               (long long)size, (long long)(size / M), M, op->name);
+            return err_set(err, "%s: %s does not divide letter %c (size %lld) of op %s", path,
+                           ax, 'a' + l, (long long)size, op->name);
         }
     }
     return 0;
