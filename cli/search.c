@@ -105,7 +105,8 @@ static void print_result(const SearchJob *j, const Graph *g, const Cluster *c)
            r->best.s->world : c->ndevices, c->name, r->algo);
     if (!strcmp(r->algo, "exhaustive")) printf(" (coarse space: %lld plans)", (long long)r->space_size);
     printf(", ended: %s after %.1f s\n", r->ended, r->elapsed_s);
-    printf("  %ld simulated, %ld infeasible (memory), %ld invalid, %ld repeats\n", r->evals,
+    printf("  %ld simulated, %ld bounded (slower than what was kept, by a lower bound), "
+           "%ld infeasible (memory), %ld invalid, %ld repeats\n", r->evals, r->bounded,
            r->infeasible, r->invalid, r->cache_hits);
     if (!r->best.s) {
         printf("no plan fits: %s\n", r->smallest);

@@ -166,6 +166,7 @@ typedef struct {
 
 typedef struct {
     double step_time;               /* seconds, the slowest class */
+    double lower_bound;             /* seconds, a compact plan's bound (SimOpts.bound), else 0 */
     int nclasses;
     SimClass *classes;
     double bubble;                  /* pipeline bubble: share of the step the compute
@@ -199,6 +200,8 @@ typedef struct {
     void *ctx;
     double deadline;                /* now_s() to give up at (0: none): cost_simulate then
                                        fails, its error saying so (a search's time budget) */
+    double bound;                   /* a step time the caller has no use for a plan at or
+                                       above (0: none); see SIM_BOUND */
 } SimOpts;
 
 /* Simulates one step of the plan. Memory is checked first: a class whose
@@ -209,6 +212,15 @@ typedef struct {
  * reaches: a lowering bug) or SimOpts.deadline passed (err starts with
  * SIM_LATE). Caller frees with sim_result_free. */
 #define SIM_LATE "simulate: stopped at its deadline"
+/* A lower bound of a compact plan's step, known before any pass runs:
+ * the busiest stream of any class, everything it runs end to end with no
+ * wait (every stream runs one instruction at a time, each for the same
+ * time the simulation gives it). Computed for every compact plan simulated
+ * whole (SimResult.lower_bound); when it reaches SimOpts.bound, the step
+ * is not simulated: cost_simulate fails with err SIM_BOUND and leaves the
+ * bound in r->lower_bound (nothing else in r; nothing to free). A search
+ * skips so the plans it would discard anyway (branch and bound). */
+#define SIM_BOUND "simulate: its lower bound reached the bound"
 int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Plan *p,
                   const SimOpts *o, SimResult *r, Err *err);
 void sim_result_free(SimResult *r);

@@ -136,6 +136,17 @@ typedef struct {
     int32_t send_instr;
 } Msg;
 
+/* An update set aside: it runs once its dependencies are done and the
+ * interpreter's clock has passed their end. Until then the dependency last
+ * seen unfinished (`wait`, -1: none) is checked first, and once all are
+ * done their end (`t`) is kept, so the interpreter's every step looks at
+ * each set-aside update in constant time. */
+typedef struct {
+    int32_t i;
+    int32_t wait;
+    double t;                       /* NAN while a dependency is unfinished */
+} SetAside;
+
 typedef struct {
     const Program *pr;
     int rep;
@@ -152,7 +163,7 @@ typedef struct {
     double *free_t;                 /* per stream: when it is free */
     MeetList meet[KEYS];
     SimClass out;
-    int32_t *later;                 /* updates set aside, in order (see main_step) */
+    SetAside *later;                /* updates set aside, in order (see main_step) */
     int nlater;
     /* a compact program (see "Passes"): the passes run whole before the
      * instruction-level loop takes over at pass `first` */
@@ -187,6 +198,7 @@ typedef struct {
     SimResult *r;
     bool trace;
     bool release;                   /* nothing moved: set aside what waits_async cannot tell */
+    bool bounded;                   /* the lower bound reached SimOpts.bound */
     Err *err;
 } Sim;
 
@@ -592,10 +604,11 @@ static double p2p_time(const Sim *S, const CState *c, const Instr *in, int peer)
     return linkmodel_time(S->links, I_SEND, ALGO_RING, in->bytes, ends, 2) * S->calib[1];
 }
 
-static bool stale_pull(const Sim *S, const CState *c, const Instr *in)
+/* Is in (of program pr) a pull the step does not wait for? */
+static bool stale_pull(const Sim *S, const Program *pr, const Instr *in)
 {
     if (in->why != WHY_PS || in->kind != I_RECV || in->tensor < 0) return false;
-    const Value *v = &c->pr->values[c->pr->args[in->arg0]];
+    const Value *v = &pr->values[pr->args[in->arg0]];
     return v->kind == VAL_PARAM && S->s->params[in->tensor].staleness > 0;
 }
 
@@ -698,7 +711,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
         int32_t bind;
         double t = ready_at(c, i, c->sid[i], &bind);
         if (isnan(t)) return false;
-        if (stale_pull(S, c, in)) {
+        if (stale_pull(S, c->pr, in)) {
             finish_comm(S, ci, i, t, t + (c->sid[i] == S_MAIN ? S->calib[2] : 0));
             return true;
         }
@@ -760,6 +773,28 @@ static int waits_async(const Sim *S, const CState *c, int32_t i)
     return r;
 }
 
+/* The time set-aside update k may start, or NAN while a dependency is
+ * unfinished. */
+static double later_ready(const CState *c, int k)
+{
+    SetAside *a = &c->later[k];
+    if (!isnan(a->t)) return fmax(a->t, c->free_t[S_MAIN]);
+    if (a->wait != -1 && isnan(dep_end(c, a->wait))) return NAN;
+    const Instr *in = &c->pr->instrs[a->i];
+    double t = 0;
+    for (int j = 0; j < in->ndeps; j++) {
+        int32_t d = c->pr->deps[in->dep0 + j];
+        double e = dep_end(c, d);
+        if (isnan(e)) {
+            a->wait = d;
+            return NAN;
+        }
+        t = fmax(t, e);
+    }
+    a->t = t;
+    return fmax(t, c->free_t[S_MAIN]);
+}
+
 static void later_remove(CState *c, int k)
 {
     memmove(&c->later[k], &c->later[k + 1], sizeof *c->later * (size_t)(c->nlater - k - 1));
@@ -771,18 +806,16 @@ static bool main_step(Sim *S, int ci)
     CState *c = &S->cs[ci];
     /* set-aside updates whose all-reduce is done by now */
     for (int k = 0; k < c->nlater; k++) {
-        int32_t u = c->later[k];
-        int32_t bind;
-        double t = ready_at(c, u, S_MAIN, &bind);
+        double t = later_ready(c, k);
         if (isnan(t) || t > c->free_t[S_MAIN]) continue;
-        run_compute(S, ci, u);
+        run_compute(S, ci, c->later[k].i);
         later_remove(c, k);
         return true;
     }
     int *cur = &c->cur[S_MAIN];
     if (*cur == c->list_off[S_MAIN + 1]) {
         /* the end of the step waits for the rest */
-        if (!c->nlater || !run_compute(S, ci, c->later[0])) return false;
+        if (!c->nlater || !run_compute(S, ci, c->later[0].i)) return false;
         later_remove(c, 0);
         return true;
     }
@@ -793,14 +826,14 @@ static bool main_step(Sim *S, int ci)
         if (is_ext(d) || c->seq[d] != -2 || !isnan(c->end[d])) continue;
         if (!run_compute(S, ci, d)) return false;
         for (int j = 0; j < c->nlater; j++)
-            if (c->later[j] == d) later_remove(c, j--);
+            if (c->later[j].i == d) later_remove(c, j--);
         return true;
     }
     int wa = waits_async(S, c, i);
     if (wa < 0) return false;
     if (wa) {
         c->seq[i] = -2;
-        c->later[c->nlater++] = i;
+        c->later[c->nlater++] = (SetAside){ i, -1, NAN };
         (*cur)++;
         return true;
     }
@@ -823,11 +856,10 @@ static bool run_set_aside(Sim *S)
         int best = -1;
         double tb = INFINITY;
         for (int k = 0; k < c->nlater; k++) {
-            int32_t bind;
-            double t = ready_at(c, c->later[k], S_MAIN, &bind);
+            double t = later_ready(c, k);
             if (!isnan(t) && t < tb) tb = t, best = k;
         }
-        if (best >= 0 && run_compute(S, ci, c->later[best])) {
+        if (best >= 0 && run_compute(S, ci, c->later[best].i)) {
             later_remove(c, best);
             ran = true;
         }
@@ -1434,6 +1466,43 @@ static int32_t outside_dep(void *ctx, int pass, int32_t local)
 
 /* Runs the regular passes of every class whole, as far as they go, and
  * gives each class the program of the rest (*rest, to free). */
+/* SimResult.lower_bound: per class, the busiest stream's instructions
+ * end to end, every body as often as the schedule runs it (the tail
+ * once). Sends take no time of their own stream here, and a stale pull
+ * none. */
+static double lower_bound(Sim *S, Passes *P)
+{
+    double lb = 0;
+    double *body = xmalloc(sizeof *body * (S_GROUPS + KEYS)), busy[S_GROUPS + KEYS];
+    for (int ci = 0; ci < S->p->nclasses; ci++) {
+        CState *c = &S->cs[ci];
+        const Program *cp = c->cp;
+        int *runs = xcalloc(cp->nbodies, sizeof *runs);
+        for (int k = 0; k <= cp->nsched; k++) runs[k < cp->nsched ? cp->sched[k].body : cp->nbodies - 1]++;
+        memset(busy, 0, sizeof busy);
+        for (int b = 0; b < cp->nbodies; b++) {
+            if (!runs[b]) continue;
+            if (!P[ci].cb[b].code) compile_body(S, ci, &P[ci], b);
+            const Compiled *k = &P[ci].cb[b];
+            const Body *B = &cp->bodies[b];
+            memset(body, 0, sizeof *body * (S_GROUPS + KEYS));
+            for (int x = 0; x < B->i1 - B->i0; x++) {
+                const Instr *in = &cp->instrs[B->i0 + x];
+                int code = k->code[x];
+                if (code < 0 || in->kind == I_SEND) continue;
+                double d = k->dur[x];
+                if (in->kind == I_RECV) d = (stale_pull(S, cp, in) ? 0 : d) + (code == S_MAIN ? S->calib[2] : 0);
+                body[code] += d;
+            }
+            for (int q = 0; q < S_GROUPS + KEYS; q++) busy[q] += runs[b] * body[q];
+        }
+        for (int q = 0; q < S_GROUPS + KEYS; q++) lb = fmax(lb, busy[q]);
+        free(runs);
+    }
+    free(body);
+    return lb;
+}
+
 static void run_passes(Sim *S, Program *rest, bool whole)
 {
     int nc = S->p->nclasses;
@@ -1465,6 +1534,10 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
         P[ci].key = xmalloc(sizeof *P[ci].key * (2 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
     }
+    if (whole) {
+        S->r->lower_bound = lower_bound(S, P);
+        S->bounded = S->o->bound > 0 && S->r->lower_bound >= S->o->bound;
+    }
     /* twin sets: the classes that meet in collectives, joined. Only
      * classes of one stage can (a tied sum joins none), so without two
      * such there is nothing to join and the bodies compile as they run */
@@ -1489,7 +1562,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         int r = root_of(up, ci);
         grp[grp_off[r] + grp_n[r]++] = ci;
     }
-    for (bool moved = whole; moved && !late(S);) {
+    for (bool moved = whole && !S->bounded; moved && !late(S);) {
         moved = false;
         for (int ci = 0; ci < nc; ci++)
             while (next[ci] < S->cs[ci].cp->nsched && pass_ready(S, ci, &P[ci], next[ci])) {
@@ -1510,7 +1583,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         S->r->passes += c->cp->nsched;
         S->r->passes_whole += c->first;
         Outside o = { c, &P[ci] };
-        program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
+        if (!S->bounded) program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
         for (int b = 0; b < c->cp->nbodies; b++) {
             Compiled *k = &P[ci].cb[b];
             free(k->code);
@@ -1764,10 +1837,15 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
         rest = xcalloc(p->nclasses, sizeof *rest);
         run_passes(&S, rest, !o->trace && !o->compute_time && !o->comm_time);
     }
-    for (int ci = 0; ci < p->nclasses; ci++) class_init(&S, ci, rest ? &rest[ci] : &p->classes[ci]);
-
     int rc = 0;
-    for (;;) {
+    if (S.bounded) {
+        err_set(err, SIM_BOUND);
+        rc = -1;
+    }
+    for (int ci = 0; ci < p->nclasses && !rc; ci++)
+        class_init(&S, ci, rest ? &rest[ci] : &p->classes[ci]);
+
+    for (; !rc;) {
         if (late(&S)) {
             err_set(err, SIM_LATE);
             rc = -1;
@@ -1794,7 +1872,7 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
                 int st = 0;
                 while (st < cs->nstreams && cs->cur[st] == cs->list_off[st + 1]) st++;
                 if (st == cs->nstreams && !cs->nlater) continue;
-                int32_t i = st < cs->nstreams ? cs->list[cs->cur[st]] : cs->later[0];
+                int32_t i = st < cs->nstreams ? cs->list[cs->cur[st]] : cs->later[0].i;
                 const Instr *in = &cs->pr->instrs[i];
                 err_set(err, "simulate: class %d (stage %d) waits forever at instruction %d "
                         "(%s of tensor %s, micro-batch %d): no peer reaches it; the program "
@@ -1818,7 +1896,9 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     map_free(&S.msg_at);
     opmodel_free(S.own_ops);
     linkmodel_free(S.own_links);
+    double lb = r->lower_bound;
     if (rc) sim_result_free(r);
+    if (S.bounded) r->lower_bound = lb;
     return rc;
 }
 

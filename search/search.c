@@ -55,6 +55,7 @@ typedef struct {
     uint64_t key;
     double e;                       /* score; NAN: invalid */
     double step, mem;
+    double lower;                   /* > 0: not simulated, its step is at least this */
     bool used;
 } Cached;
 
@@ -68,7 +69,7 @@ typedef struct {
  * them and the best step, under one lock that also orders their events. */
 typedef struct {
     pthread_mutex_t mu;
-    long proposals, evals, invalid, infeasible;
+    long proposals, evals, invalid, infeasible, bounded;
     double best;
 } Shared;
 
@@ -160,6 +161,7 @@ static void emit(Ctx *C, cJSON *ev)
         set_num(ev, "evaluations_per_s", t > 0 ? C->sh->proposals / t : 0);
         set_num(ev, "infeasible", (double)C->sh->infeasible);
         set_num(ev, "invalid", (double)C->sh->invalid);
+        set_num(ev, "bounded", (double)C->sh->bounded);
         if (isfinite(C->sh->best)) set_num(ev, "best_step_s", C->sh->best);
         cJSON_AddNumberToObject(ev, "chain", C->chain);
     }
@@ -181,6 +183,7 @@ static cJSON *event_new(Ctx *C, const char *kind)
     else cJSON_AddNullToObject(ev, "best_step_s");
     cJSON_AddNumberToObject(ev, "infeasible", (double)C->r->infeasible);
     cJSON_AddNumberToObject(ev, "invalid", (double)C->r->invalid);
+    cJSON_AddNumberToObject(ev, "bounded", (double)C->r->bounded);
     return ev;
 }
 
@@ -313,14 +316,28 @@ static double infeasible(Ctx *C, const Cand *x, double over, double need, const 
     return INFEASIBLE_E + log(over);
 }
 
-/* The score of x (NAN: invalid); *step its predicted step time (INFINITY
- * when it does not fit). Counts one evaluation. */
-static double judge(Ctx *C, const Cand *x, double *step)
+/* Not simulated: x's step is at least `lower`, at or above the bound it
+ * was judged with (branch and bound; see SIM_BOUND). */
+static double bounded(Ctx *C, double *step)
+{
+    C->r->bounded++;
+    *step = INFINITY;
+    return INFINITY;
+}
+
+/* The score of x (NAN: invalid; INFINITY: its step is at least `bound`,
+ * not simulated; bound 0: none); *step its predicted step time (INFINITY
+ * when it does not fit or was bounded). Counts one evaluation. */
+static double judge(Ctx *C, const Cand *x, double bound, double *step)
 {
     C->proposals++;
     uint64_t key = cand_hash(x, C->sp);
     Cached *slot = cache_slot(C, key);
-    if (slot->used) {
+    if (slot->used && slot->lower > 0 && bound > 0 && slot->lower >= bound) {
+        C->r->cache_hits++;
+        return bounded(C, step);
+    }
+    if (slot->used && !(slot->lower > 0)) {
         C->r->cache_hits++;
         *step = slot->step;
         return slot->e;
@@ -352,7 +369,8 @@ static double judge(Ctx *C, const Cand *x, double *step)
             /* a time budget holds inside a long simulation too */
             SimOpts so = { .ops = C->o->ops, .links = C->o->links,
                            .deadline = C->o->budget_s > 0 && !C->untimed ? C->t0 + C->o->budget_s
-                                                                         : 0 };
+                                                                         : 0,
+                           .bound = bound };
             SimResult sr;
             if (cost_simulate(C->g, C->c, s, p, &so, &sr, &err) == 0) {
                 C->r->evals++;
@@ -364,6 +382,20 @@ static double judge(Ctx *C, const Cand *x, double *step)
                 plan_free(p);
                 strategy_free(s);
                 return NAN;
+            } else if (!strcmp(err.msg, SIM_BOUND)) {
+                plan_free(p);
+                strategy_free(s);
+                if (!slot->used) C->cn++;
+                *slot = (Cached){ .key = key, .e = INFINITY, .step = INFINITY,
+                                  .lower = sr.lower_bound, .used = true };
+                if (C->sh) {
+                    pthread_mutex_lock(&C->sh->mu);
+                    C->sh->proposals++;
+                    C->sh->bounded++;
+                    pthread_mutex_unlock(&C->sh->mu);
+                }
+                progress(C, false);
+                return bounded(C, step);
             } else {
                 C->r->invalid++;
             }
@@ -371,12 +403,8 @@ static double judge(Ctx *C, const Cand *x, double *step)
     }
     plan_free(p);
     strategy_free(s);
-    slot->used = true;
-    slot->key = key;
-    slot->e = e;
-    slot->step = *step;
-    slot->mem = mem;
-    C->cn++;
+    if (!slot->used) C->cn++;
+    *slot = (Cached){ .key = key, .e = e, .step = *step, .mem = mem, .used = true };
     bool global = true;
     if (C->sh) {
         pthread_mutex_lock(&C->sh->mu);
@@ -508,10 +536,10 @@ static bool grid_best(Ctx *C, Baseline b, Cand *out, double *best_step)
                     x.split[q] = (uint8_t)(b == B_MEGATRON ? sp->group_megatron[q] : 0);
                 for (int kd = 0; kd < sp->nkinds; kd++) x.recompute[kd] = (uint8_t)rec;
                 set_sync(sp, &x, B_DP);
-                double step, e = judge(C, &x, &step);
+                double step, e = judge(C, &x, 0, &step);
                 if (b == B_MEGATRON && e >= INFEASIBLE_E && shard_further(sp, &x, &y)) {
                     cand_copy(&x, &y, sp);
-                    e = judge(C, &x, &step);
+                    e = judge(C, &x, 0, &step);
                 }
                 if (isnan(e)) continue;
                 if (!any || e < best_e) {
@@ -596,7 +624,7 @@ static bool run_baselines(Ctx *C, Cand *start)
             e->step_s = INFINITY;
         } else {
             double step;
-            double sc = judge(C, &x, &step);
+            double sc = judge(C, &x, 0, &step);
             uint64_t key = cand_hash(&x, C->sp);
             double mem = cache_slot(C, key)->mem;
             entry_of(C, &x, step, mem, e);
@@ -627,6 +655,16 @@ static bool run_baselines(Ctx *C, Cand *start)
 /* ----------------------------------------------------------------------------
  * Exhaustive */
 
+/* The step at or above which a plan can change nothing this chain keeps
+ * (0: every plan can): the slowest of a full top list, or, when `above`
+ * says a plan slower than that is of no use either, the faster of the two. */
+static double keep_bound(const Ctx *C, double above)
+{
+    return C->ntop == SEARCH_TOP ? fmax(above, C->top[SEARCH_TOP - 1].step) : 0;
+}
+
+/* Every point of the coarse space, each simulated unless its lower bound
+ * shows it slower than the top plans kept so far (branch and bound). */
 static void run_exhaustive(Ctx *C)
 {
     Cand x;
@@ -635,7 +673,7 @@ static void run_exhaustive(Ctx *C)
     for (int64_t k = C->nchains > 1 ? C->chain : 0; k < n && !done(C); k += stride) {
         space_coarse_point(C->sp, k, &x);
         double step;
-        judge(C, &x, &step);
+        judge(C, &x, keep_bound(C, 0), &step);
     }
     cand_free(&x);
 }
@@ -819,7 +857,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
     cand_init(&y, sp);
     for (int k = 0; k < 3; k++) cand_init(&fix[k], sp);
     cand_copy(&cur, start, sp);
-    double step, ecur = judge(C, &cur, &step);
+    double step, ecur = judge(C, &cur, 0, &step);
     if (isnan(ecur)) ecur = INFINITY;
     C->current = step;
     /* T: a move 10% slower is accepted with probability e^-1 at first on
@@ -833,14 +871,18 @@ static void run_mcmc(Ctx *C, const Cand *start)
         bool forced = false;
         while (polish > 0 && !forced) forced = polish_move(sp, &cur, &y, 3 - polish--);
         if (!forced) propose(C, &cur, &y);
-        double e = judge(C, &y, &step);
+        /* the move is accepted when its score is below ecur - T log u:
+         * one slower than that (and than every top plan) is rejected
+         * whatever it is, so its simulation stops at its lower bound */
+        double u = rng_unit(C), bound = isfinite(ecur) ? keep_bound(C, exp(ecur - T * log(u))) : 0;
+        double e = judge(C, &y, bound, &step);
         /* a move that no longer fits in memory: the best of its repairs
          * (repairs) is proposed instead, so that a move whose gain needs
          * memory found elsewhere (a deeper data axis and ZeRO, recompute
          * off and smaller micro-batches) is one step */
-        int nr = e >= INFEASIBLE_E ? repairs(sp, &y, fix) : 0;
+        int nr = isfinite(e) && e >= INFEASIBLE_E ? repairs(sp, &y, fix) : 0;
         for (int k = 0; k < nr && !done(C); k++) {
-            double step2, e2 = judge(C, &fix[k], &step2);
+            double step2, e2 = judge(C, &fix[k], bound, &step2);
             if (!isnan(e2) && e2 < e) {
                 cand_copy(&y, &fix[k], sp);
                 e = e2;
@@ -848,7 +890,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
             }
         }
         if (isnan(e)) continue;
-        if (e <= ecur || rng_unit(C) < exp(-(e - ecur) / T)) {
+        if (e <= ecur || u < exp(-(e - ecur) / T)) {
             Cand t = cur;
             cur = y;
             y = t;
@@ -1313,7 +1355,7 @@ static void run_rl(Ctx *C, const Cand *start, Mlp *policy)
     if (start) {
         double step;
         rl_episode(&R, &ep[0], &x, start);
-        ep[0].reward = rl_reward(&R, judge(C, &x, &step));
+        ep[0].reward = rl_reward(&R, judge(C, &x, 0, &step));
         elite_offer(el, &ep[0], cand_hash(&x, C->sp));
     }
     MlpAdam adam = { .lr = 3e-3 };
@@ -1321,7 +1363,7 @@ static void run_rl(Ctx *C, const Cand *start, Mlp *policy)
         int n = 0;
         for (; n < RL_BATCH && !done(C); n++) {
             rl_episode(&R, &ep[n], &x, NULL);
-            double step, e = judge(C, &x, &step);
+            double step, e = judge(C, &x, 0, &step);
             ep[n].reward = rl_reward(&R, e);
             elite_offer(el, &ep[n], cand_hash(&x, C->sp));
             if (isfinite(step)) C->current = step;
@@ -1391,7 +1433,8 @@ static void *chain_main(void *arg)
 static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
 {
     Shared sh = { .best = C->best.step, .proposals = C->proposals, .evals = C->r->evals,
-                  .invalid = C->r->invalid, .infeasible = C->r->infeasible };
+                  .invalid = C->r->invalid, .infeasible = C->r->infeasible,
+                  .bounded = C->r->bounded };
     pthread_mutex_init(&sh.mu, NULL);
     Chain *ch = xcalloc(n, sizeof *ch);
     pthread_t *th = xcalloc(n, sizeof *th);
@@ -1429,6 +1472,7 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
         C->r->evals += q->r.evals;
         C->r->invalid += q->r.invalid;
         C->r->infeasible += q->r.infeasible;
+        C->r->bounded += q->r.bounded;
         C->r->cache_hits += q->r.cache_hits;
         if (k == 0 || !strcmp(q->r.ended, "stopped"))
             snprintf(C->r->ended, sizeof C->r->ended, "%s", q->r.ended);
@@ -1522,7 +1566,7 @@ int search_run(const Graph *g, const Cluster *c, const SearchOpts *o, SearchResu
         cand_init(&x, &sp);
         Err perr = {0};
         double step = INFINITY;
-        if (cand_from_json(o->resume, &sp, &x, &perr) == 0) judge(&C, &x, &step);
+        if (cand_from_json(o->resume, &sp, &x, &perr) == 0) judge(&C, &x, 0, &step);
         ev = event_new(&C, "resume");
         if (isfinite(step)) cJSON_AddNumberToObject(ev, "step_s", step);
         else cJSON_AddStringToObject(ev, "why", perr.msg[0] ? perr.msg : "it no longer fits");
@@ -1659,6 +1703,7 @@ cJSON *search_result_json(const SearchResult *r)
     cJSON_AddNumberToObject(j, "evaluations_simulated", (double)r->evals);
     cJSON_AddNumberToObject(j, "invalid", (double)r->invalid);
     cJSON_AddNumberToObject(j, "infeasible", (double)r->infeasible);
+    cJSON_AddNumberToObject(j, "bounded", (double)r->bounded);
     cJSON_AddNumberToObject(j, "cache_hits", (double)r->cache_hits);
     cJSON_AddNumberToObject(j, "elapsed_s", r->elapsed_s);
     cJSON_AddNumberToObject(j, "coarse_space", (double)r->space_size);

@@ -233,6 +233,8 @@ typedef struct {
     int nbaselines;
     int64_t space_size;             /* the coarse space's plans (exhaustive) */
     long evals, invalid, infeasible, cache_hits;
+    long bounded;                   /* not simulated: their lower bound showed them slower
+                                       than anything kept (SIM_BOUND) */
     double elapsed_s;
     char ended[16];                 /* "exhausted", "budget", "stopped" */
     char algo[16];                  /* what ran (auto resolves to one) */

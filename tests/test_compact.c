@@ -4,7 +4,8 @@
  * must be the full program instruction for instruction (every field, every
  * dependency, every argument, every value) with the same memory peak, for
  * every family of strategy, schedule and micro-batch count; and it must
- * stay small when the micro-batch count grows.
+ * stay small when the micro-batch count grows. Its simulation's lower
+ * bound (SimOpts.bound) never exceeds the step.
  *
  * Legend: P = pipeline stages, V = chunks per stage, M = micro-batches.
  */
@@ -110,6 +111,21 @@ static void check_simulation(const Graph *g, const Strategy *s, const Plan *full
             expect_close((double)a.classes[k].peak_mem, (double)b.classes[k].peak_mem, "peak", json, k);
         }
         for (int q = 0; q < CM_SRC_COUNT; q++) assert_int_equal(a.op_count[q], b.op_count[q]);
+        /* the lower bound holds, and a bound at it stops the simulation
+         * there; just above it, the step is simulated as before */
+        if (!(b.lower_bound > 0 && b.lower_bound <= b.step_time * (1 + 1e-12)))
+            fail_msg("%s (%s): lower bound %.12g, step %.12g", json, kinds[d], b.lower_bound,
+                     b.step_time);
+        SimOpts at = { .bound = b.lower_bound }, above = { .bound = b.lower_bound * 1.000001 };
+        SimResult e;
+        assert_int_equal(cost_simulate(g, c, s, cp, &at, &e, &err), -1);
+        assert_string_equal(err.msg, SIM_BOUND);
+        assert_true(e.lower_bound == b.lower_bound && e.classes == NULL);
+        if (b.step_time > above.bound) {
+            if (cost_simulate(g, c, s, cp, &above, &e, &err)) fail_msg("%s: %s", json, err.msg);
+            assert_true(e.step_time == b.step_time);
+            sim_result_free(&e);
+        }
         sim_result_free(&a);
         sim_result_free(&b);
         cluster_free(c);
