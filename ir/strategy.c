@@ -725,6 +725,20 @@ const char *strategy_sfb_unfit(const Graph *g, int t, char *buf, int nbuf)
     return NULL;
 }
 
+AxisMask strategy_param_sync_axes(const Graph *g, const Strategy *s, int t)
+{
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++) {
+            if (g->ops[i].in[k] != t) continue;
+            AxisMask m = 0;
+            for (int l = 0; l < IR_LETTERS; l++)
+                if ((g->ops[i].letters_mask >> l & 1u) && !strchr(g->ops[i].in_letters[k], 'a' + l))
+                    m |= s->ops[i].split[l];
+            return m;
+        }
+    return s->data_axes;
+}
+
 /* Drops the fields the final method does not read, fills ps defaults, and
  * checks each param's policy against the graph and the mesh. */
 static int finish_params(Ctx *x)
@@ -732,9 +746,7 @@ static int finish_params(Ctx *x)
     const Graph *g = x->g;
     Strategy *s = x->s;
     Err *err = x->err;
-    int D = strategy_group_size(s, s->data_axes);
     char why[512], dname[128];
-    strategy_axes_name(s, s->data_axes, dname, sizeof dname);
     for (int t = 0; t < g->ntensors; t++) {
         ParamWork *w = &x->pw[t];
         ParamPolicy *p = &w->p;
@@ -767,6 +779,12 @@ static int finish_params(Ctx *x)
                                 "mesh has none (add an axis named dp*)", w->shard_from,
                            shard_names[p->shard]);
         if (p->method == SYNC_PS) {
+            /* the data ranks that hold the same part of it (a param split
+             * over a data axis, as the sequence over dp_cp splits the
+             * position embedding, has one group per part) */
+            AxisMask ax = strategy_param_sync_axes(g, s, t);
+            int D = strategy_group_size(s, ax);
+            strategy_axes_name(s, ax, dname, sizeof dname);
             if (p->shard != SHARD_NONE)
                 return err_set(err, "params[\"%s\"].sync.method: ps keeps the param on its "
                                     "servers and cannot be combined with shard %s (set by "
@@ -786,8 +804,9 @@ static int finish_params(Ctx *x)
                 for (int k = 0; k < w->nplace; k++)
                     if (p->ps_placement[k] >= D)
                         return err_set(err, "params[\"%s\"].sync.placement[%d]: %d is not an "
-                                            "index in the data group (size %d)", sf, k,
-                                       p->ps_placement[k], D);
+                                            "index in the data group of param %s (%s, size %d)",
+                                       sf, k, p->ps_placement[k], name,
+                                       D > 1 ? dname : "no data axes", D);
             } else {
                 /* spread: servers evenly over the data group */
                 for (int k = 0; k < p->ps_shards; k++)

@@ -171,6 +171,12 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
  * (cross_entropy's and batchnorm's are computed split)? The rule
  * strategy_from_json enforces, for builders that must stay within it. */
 bool strategy_letter_splittable(const Op *op, int l);
+/* The axes param t's gradient is summed over (the lowering synchronises
+ * it over them): those that split a letter of its first consumer that the
+ * param lacks, such as the batch. Its parameter servers are indices in
+ * this group: a param split over a data axis (the position embedding when
+ * dp_cp splits the sequence) has one group per part. */
+AxisMask strategy_param_sync_axes(const Graph *g, const Strategy *s, int t);
 /* The one letter Megatron-LM splits over tp in op: e, n, v or f, in that
  * order of preference, splittable and never the batch letter (an image
  * batch is also called n); 0 for none. */

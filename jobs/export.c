@@ -116,13 +116,77 @@ static int data_degree(const Reading *rd)
     return rd->E_in_data ? rd->D : rd->D * rd->E;
 }
 
-/* strata's Megatron-LM layout on the plan's mesh; zero > 0 shards every
- * param so (Megatron-LM's distributed optimizer is ZeRO-1, torchtitan's
- * FSDP ZeRO-3). */
+/* s (a pp x dp x tp layout) with Q of its data ranks sharing out the
+ * sequence instead (context parallelism, the frameworks' name for strata's
+ * dp_cp axis): every op that holds the sequence and can split it splits
+ * it over the new axis, and its batch over the other data ranks only. */
+static Strategy *with_context(const Graph *g, const Cluster *c, Strategy *s, int Q, Err *err)
+{
+    int seq = 's' - 'a', n = 0, cp = -1, map[MESH_MAX_AXES];
+    const char *names[MESH_MAX_AXES];
+    int sizes[MESH_MAX_AXES];
+    for (int a = 0; a < s->naxes; a++) {
+        map[a] = n;
+        names[n] = s->axis_name[a];
+        sizes[n++] = s->axis_size[a];
+        /* after the data axis, or after the pipeline when there is none */
+        bool last_before = strcmp(s->axis_name[a], "dp") == 0 ||
+                           (a == s->pp_axis && strategy_axis(s, "dp") < 0);
+        if (last_before || (cp < 0 && a == 0 && s->pp_axis < 0 && strategy_axis(s, "dp") < 0)) {
+            cp = n;
+            names[n] = "dp_cp";
+            sizes[n++] = Q;
+        }
+    }
+    if (cp < 0) {                   /* a mesh of one axis, tp: the context axis first */
+        for (int a = s->naxes - 1; a >= 0; a--) {
+            names[a + 1] = names[a];
+            sizes[a + 1] = sizes[a];
+            map[a]++;
+        }
+        cp = 0;
+        names[0] = "dp_cp";
+        sizes[0] = Q;
+    }
+    Strategy *q = strategy_new(g, n, names, sizes, err);
+    if (!q) return NULL;
+    q->microbatches = s->microbatches;
+    q->schedule = s->schedule;
+    if (s->nchunks != q->nchunks) q->cuts = xrealloc(q->cuts, sizeof *q->cuts * s->nchunks);
+    q->virtual_stages = s->virtual_stages;
+    q->nchunks = s->nchunks;
+    memcpy(q->cuts, s->cuts, sizeof *q->cuts * (s->nchunks > 1 ? s->nchunks - 1 : 0));
+    q->optimizer = s->optimizer;
+    for (int i = 0; i < g->nops; i++) {
+        const Op *op = &g->ops[i];
+        for (int l = 0; l < IR_LETTERS; l++)
+            for (int a = 0; a < s->naxes; a++)
+                if (s->ops[i].split[l] >> a & 1u) q->ops[i].split[l] |= (AxisMask)(1u << map[a]);
+        q->ops[i].recompute = s->ops[i].recompute;
+        /* strategy_new splits the batch over every data axis, dp_cp too */
+        if ((op->letters_mask >> seq & 1u) && seq != op->batch_letter &&
+            strategy_letter_splittable(op, seq)) {
+            q->ops[i].split[seq] |= (AxisMask)(1u << cp);
+            if (op->batch_letter >= 0)
+                q->ops[i].split[op->batch_letter] &= (AxisMask)~(1u << cp);
+        }
+    }
+    memcpy(q->params, s->params, sizeof *q->params * g->ntensors);
+    if (strategy_finish(q, g, c, err)) {
+        strategy_free(q);
+        return NULL;
+    }
+    strategy_canonicalize(q, g);    /* an id, for the store */
+    return q;
+}
+
+/* strata's Megatron-LM layout on the plan's mesh (with its context
+ * parallelism); zero > 0 shards every param so (Megatron-LM's distributed
+ * optimizer is ZeRO-1, torchtitan's FSDP ZeRO-3). */
 static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *rd, bool seqpar,
                                int zero, Err *err)
 {
-    StrategyOpts o = { .world = data_degree(rd) * rd->Q * rd->T * rd->P, .tp = rd->T, .pp = rd->P,
+    StrategyOpts o = { .world = data_degree(rd) * rd->T * rd->P, .tp = rd->T, .pp = rd->P,
                        .microbatches = rd->M, .virtual_stages = rd->V > 1 ? rd->V : 0,
                        .recompute = rd->recompute_any, .sequence_parallel = seqpar };
     cJSON *j = strategy_build("megatron", g, c, &o, err);
@@ -155,6 +219,11 @@ static Strategy *megatron_like(const Graph *g, const Cluster *c, const Reading *
         s = strategy_from_json(j, g, c, err);
     }
     cJSON_Delete(j);
+    if (s && rd->Q > 1) {
+        Strategy *q = with_context(g, c, s, rd->Q, err);
+        strategy_free(s);
+        s = q;
+    }
     return s;
 }
 

@@ -504,16 +504,17 @@ static void param_ring(ParamPolicy *pp)
 /* The servers of pp on the data-group indices whose ranks (of the first
  * data group) are devices of group k, spread over them; at most as many
  * servers as there are such ranks. None there: left to spread. */
-static void place_on_group(const Strategy *s, const Cluster *c, int k, ParamPolicy *pp)
+static void place_on_group(const Strategy *s, const Cluster *c, int k, AxisMask ax,
+                           ParamPolicy *pp)
 {
     int idx[PS_MAX_SHARDS * 16], n = 0, coord[MESH_MAX_AXES];
     for (int r = 0; r < s->world && n < (int)(sizeof idx / sizeof *idx); r++) {
         strategy_coords(s, r, coord);
         bool first = true;
         for (int a = 0; a < s->naxes; a++)
-            if (!(s->data_axes >> a & 1u) && coord[a]) first = false;
+            if (!(ax >> a & 1u) && coord[a]) first = false;
         if (first && cluster_device(c, r) == &c->groups[k])
-            idx[n++] = ir_group_index(s, coord, s->data_axes);
+            idx[n++] = ir_group_index(s, coord, ax);
     }
     if (!n) return;
     if (pp->ps_shards > n) pp->ps_shards = n;
@@ -577,11 +578,13 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         pp->powersgd_rank = c->powersgd_rank;
         pp->staleness = c->staleness;
         if (c->method != SYNC_PS) continue;
-        int S = c->ps_shards == 0 ? 4 : c->ps_shards;
-        if (S > D) S = D;
+        /* servers among the ranks that hold the same part of the param */
+        AxisMask ax = strategy_param_sync_axes(g, s, t);
+        int S = c->ps_shards == 0 ? 4 : c->ps_shards, G = strategy_group_size(s, ax);
+        if (S > G) S = G;
         if (S > PS_MAX_SHARDS) S = PS_MAX_SHARDS;
         pp->ps_shards = S;              /* placed by strategy_finish: spread */
-        if (c->ps_group >= 0) place_on_group(s, sp->c, c->ps_group, pp);
+        if (c->ps_group >= 0) place_on_group(s, sp->c, c->ps_group, ax, pp);
     }
     if (strategy_finish(s, g, sp->c, err)) {
         strategy_free(s);

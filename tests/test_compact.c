@@ -301,7 +301,8 @@ static void test_twins(void **state)
     (void)state;
     GptShape x = { 2, 32, 4, 16, 64, 16, false };
     Graph *g = gpt(x);
-    const char *ps[] = { "blocks.*.attn.bo", "blocks.*" };
+    /* "*": the position embedding too, whose servers serve each part of it */
+    const char *ps[] = { "blocks.*.attn.bo", "blocks.*", "*" };
     for (size_t e = 0; e < sizeof ps / sizeof *ps; e++)
         for (int M = 1; M <= 4; M *= 2) {
             char js[1024];

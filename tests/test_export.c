@@ -233,6 +233,28 @@ static void test_context_parallel(void **state)
     STRATA(&r, "plans", "export", id, "--to", "deepspeed", "--db", db);
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "context (sequence) parallelism of degree 2");
+
+    /* refused (a parameter server), the closest plan keeps the context
+     * parallelism: a batch of 2 on 4 devices leaves no plan without it */
+    const char *model = tp("gpt13-b2.json");
+    Res m = { 0 };
+    STRATA(&m, "model", "build", "gpt", "--preset", "gpt3-1.3b", "--batch", "2", "-o", model);
+    EXPECT_RC(&m, 0);
+    const char *ps = tp("cp-ps.json");
+    write_file(ps, "{\"mesh\": {\"dp\": 2, \"dp_cp\": 2}, "
+                   "\"ops\": {\"*\": {\"split\": {\"s\": \"dp_cp\", \"b\": \"dp\"}}}, "
+                   "\"params\": {\"embed.wpe\": {\"sync\": {\"method\": \"ps\"}}}}");
+    estimated(model, "1", ps, id);
+    STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db, "--json");
+    EXPECT_RC(&r, 1);
+    cJSON *j = JSON_OUT(&r);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "closest");
+    char closest[17];
+    snprintf(closest, sizeof closest, "%s", JSTR(c, "plan_id"));
+    STRATA(&r, "plans", "export", closest, "--to", "megatron", "--db", db);
+    EXPECT_RC(&r, 0);
+    check_megatron(r.out);
+    expect_flag(r.out, "--context-parallel-size 2 \\");
 }
 
 /* ZeRO-1 everywhere but the tied embedding, which strata keeps whole on a

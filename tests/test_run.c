@@ -208,6 +208,13 @@ static const RunCase CASES[] = {
     { "gpt-context-parallel", M_GPT, { NULL },
       "{\"mesh\": {\"dp\": 2, \"dp_cp\": 2}, \"ops\": {\"*\": {\"split\": {\"s\": \"dp_cp\", "
       "\"b\": \"dp\"}}}}", 4, EXACT },
+    /* ... with every param through parameter servers: the position
+     * embedding, split over dp_cp by the sequence, has a server group per
+     * part (its dp ranks), the others one over all four ranks */
+    { "gpt-context-parallel-ps", M_GPT, { NULL },
+      "{\"mesh\": {\"dp\": 2, \"dp_cp\": 2}, \"ops\": {\"*\": {\"split\": {\"s\": \"dp_cp\", "
+      "\"b\": \"dp\"}}}, \"params\": {\"*\": {\"sync\": {\"method\": \"ps\", \"shards\": 2}}}}",
+      4, EXACT },
 
     /* the batch over tp+dp in block 0, over tp after it, blocks.1.fc also
      * contracting over dp: the tokens move from b to i by an all_to_all on dp

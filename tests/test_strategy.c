@@ -712,7 +712,7 @@ static void test_errors_sync(void **state)
     bad(g, "{\"mesh\":{\"dp\":4},\"params\":{\"wte\":{\"sync\":{\"method\":\"ps\",\"shards\":0}}}}",
         "params[\"wte\"].sync.shards: 0 is out of range");
     bad(g, "{\"mesh\":{\"dp\":4},\"params\":{\"wte\":{\"sync\":{\"method\":\"ps\",\"placement\":[0,4]}}}}",
-        "params[\"wte\"].sync.placement[1]: 4 is not an index in the data group (size 4)");
+        "params[\"wte\"].sync.placement[1]: 4 is not an index in the data group of param wte (dp, size 4)");
     bad(g, "{\"mesh\":{\"dp\":4},\"params\":{\"wte\":{\"sync\":{\"method\":\"ps\",\"placement\":[0,-1]}}}}",
         "params[\"wte\"].sync.placement[1]: expected an index in the data group");
     bad(g, "{\"mesh\":{\"dp\":4},\"params\":{\"wte\":{\"sync\":{\"method\":\"ps\",\"shards\":3,"
