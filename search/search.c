@@ -833,10 +833,13 @@ static int repairs(const Space *sp, const Cand *x, Cand out[3])
     return n;
 }
 
-/* The k-th move tried around a new best (k = 0, 1, 2): recompute of
- * every block kind turned the other way, the next micro-batch count up,
- * the next one down; false when it changes nothing. */
-static bool polish_move(const Space *sp, const Cand *x, Cand *y, int k)
+/* The k-th move tried around a new best: recompute of every block kind
+ * turned the other way (k = 0), the next micro-batch count up (1) and down
+ * (2), then every other inner data axis on the same mesh (3, ...: the
+ * sequence or the experts over another number of data ranks, or none).
+ * Returns 1 when y is that move, 0 when it changes nothing, -1 past the
+ * last. */
+static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
 {
     cand_copy(y, x, sp);
     if (k == 0) {
@@ -845,8 +848,20 @@ static bool polish_move(const Space *sp, const Cand *x, Cand *y, int k)
         memset(y->recompute, 2 * on < sp->nkinds, sp->nkinds);
         return sp->nkinds && memcmp(y->recompute, x->recompute, sp->nkinds);
     }
-    y->micro = micro_next(sp, x, k == 1 ? 1 : -1);
-    return y->micro > 0;
+    if (k <= 2) {
+        y->micro = micro_next(sp, x, k == 1 ? 1 : -1);
+        return y->micro > 0;
+    }
+    const int *a = sp->mesh[x->mesh];
+    for (int m = 0, n = 3; m < sp->nmesh; m++) {
+        const int *b = sp->mesh[m];
+        if (m == x->mesh || a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) continue;
+        if (n++ < k) continue;
+        cand_set_mesh(y, sp, m);
+        memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);   /* the same stages */
+        return 1;
+    }
+    return -1;
 }
 
 static void run_mcmc(Ctx *C, const Cand *start)
@@ -866,10 +881,15 @@ static void run_mcmc(Ctx *C, const Cand *start)
     const double T0 = log(1 + 0.1 / pow(4, C->chain)), Tmin = fmin(T0, log(1.001));
     double T = T0, ebest = isfinite(C->best.step) ? log(C->best.step) : INFINITY;
     long since = 0;
-    int polish = 0;                 /* moves left to try around a new best (polish_move) */
+    int polish = 0;                 /* the next move to try around the best (polish_move;
+                                       -1: none), the start's first */
     while (!done(C)) {
         bool forced = false;
-        while (polish > 0 && !forced) forced = polish_move(sp, &cur, &y, 3 - polish--);
+        while (polish >= 0 && !forced) {
+            int r = polish_move(sp, &cur, &y, polish++);
+            if (r < 0) polish = -1;
+            forced = r > 0;
+        }
         if (!forced) propose(C, &cur, &y);
         /* the move is accepted when its score is below ecur - T log u:
          * one slower than that (and than every top plan) is rejected
@@ -902,7 +922,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
         if (ecur < ebest - 1e-12) {
             ebest = ecur;
             since = 0;
-            polish = 3;
+            polish = 0;
         } else if (++since >= 400 && isfinite(C->best.step)) {
             /* restart from the best, hot again */
             cand_copy(&cur, &C->best.x, sp);
