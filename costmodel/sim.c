@@ -1474,7 +1474,7 @@ static double lower_bound(Sim *S, Passes *P)
 {
     double lb = 0;
     double *body = xmalloc(sizeof *body * (S_GROUPS + KEYS)), busy[S_GROUPS + KEYS];
-    for (int ci = 0; ci < S->p->nclasses; ci++) {
+    for (int ci = 0; ci < S->p->nclasses && !late(S); ci++) {
         CState *c = &S->cs[ci];
         const Program *cp = c->cp;
         int *runs = xcalloc(cp->nbodies, sizeof *runs);
@@ -1583,7 +1583,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         S->r->passes += c->cp->nsched;
         S->r->passes_whole += c->first;
         Outside o = { c, &P[ci] };
-        if (!S->bounded) program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
+        if (!S->bounded && !late(S)) program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
         for (int b = 0; b < c->cp->nbodies; b++) {
             Compiled *k = &P[ci].cb[b];
             free(k->code);
@@ -1840,6 +1840,9 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     int rc = 0;
     if (S.bounded) {
         err_set(err, SIM_BOUND);
+        rc = -1;
+    } else if (late(&S)) {          /* the rest of the step was not expanded */
+        err_set(err, SIM_LATE);
         rc = -1;
     }
     for (int ci = 0; ci < p->nclasses && !rc; ci++)

@@ -1716,7 +1716,7 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
 }
 
 static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, bool compact,
-                        Err *err)
+                        double deadline, Err *err)
 {
     if (s->nops != g->nops || s->ntensors != g->ntensors) {
         err_set(err, "strategy was resolved against another model (%d ops, model has %d)",
@@ -1785,6 +1785,11 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
             pr->args = grow(NULL, sizeof *pr->args * pr->cap_args);
             pr->values = grow(NULL, sizeof *pr->values * pr->cap_values);
         }
+        if (deadline > 0 && now_s() > deadline) {
+            err_set(err, LOWER_LATE);
+            L.failed = true;
+            break;
+        }
         if (compact) lower_class_compact(&L, pr, first_rank[k]);
         else lower_class(&L, pr, first_rank[k]);
     }
@@ -1807,12 +1812,18 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
 
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
 {
-    return lower_plan(g, c, s, false, err);
+    return lower_plan(g, c, s, false, 0, err);
 }
 
 Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
 {
-    return lower_plan(g, c, s, true, err);
+    return lower_plan(g, c, s, true, 0, err);
+}
+
+Plan *ir_lower_compact_until(const Graph *g, const Cluster *c, const Strategy *s,
+                             double deadline, Err *err)
+{
+    return lower_plan(g, c, s, true, deadline, err);
 }
 
 /* ----------------------------------------------------------------------------

@@ -187,6 +187,11 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
  * once, with the schedule; peak_mem and static_mem as the full program's.
  * Costs about what a few micro-batches do, whatever the micro-batch count. */
 Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
+/* The same, giving up (err LOWER_LATE) when now_s() passes deadline
+ * between two classes (0: never): a search's time budget. */
+#define LOWER_LATE "lower: stopped at its deadline"
+Plan *ir_lower_compact_until(const Graph *g, const Cluster *c, const Strategy *s,
+                             double deadline, Err *err);
 /* The full program of a compact one: instruction for instruction what
  * ir_lower gives. out is overwritten; free with program_free. */
 void program_expand(const Program *compact, Program *out);

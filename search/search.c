@@ -347,7 +347,13 @@ static double judge(Ctx *C, const Cand *x, double bound, double *step)
     *step = INFINITY;
     Strategy *s = cand_strategy(x, C->sp, &err);
     double pre = s ? space_static_overflow(C->sp, s) : 0;
-    Plan *p = s && pre <= 1 ? ir_lower_compact(C->g, C->c, s, &err) : NULL;
+    /* a time budget holds inside a long lowering or simulation too */
+    double deadline = C->o->budget_s > 0 && !C->untimed ? C->t0 + C->o->budget_s : 0;
+    Plan *p = s && pre <= 1 ? ir_lower_compact_until(C->g, C->c, s, deadline, &err) : NULL;
+    if (!p && s && pre <= 1 && !strcmp(err.msg, LOWER_LATE)) {
+        strategy_free(s);           /* not judged: the budget ran out first (nothing kept) */
+        return NAN;
+    }
     if (s && pre > 1) {
         /* cannot fit: no need to lower it to know */
         double have = 0;
@@ -366,10 +372,7 @@ static double judge(Ctx *C, const Cand *x, double bound, double *step)
         if (over > 1) {
             e = infeasible(C, x, over, mem, "", "");
         } else {
-            /* a time budget holds inside a long simulation too */
-            SimOpts so = { .ops = C->o->ops, .links = C->o->links,
-                           .deadline = C->o->budget_s > 0 && !C->untimed ? C->t0 + C->o->budget_s
-                                                                         : 0,
+            SimOpts so = { .ops = C->o->ops, .links = C->o->links, .deadline = deadline,
                            .bound = bound };
             SimResult sr;
             if (cost_simulate(C->g, C->c, s, p, &so, &sr, &err) == 0) {
@@ -1494,7 +1497,9 @@ static void run_chains(Ctx *C, SearchAlgo algo, const Cand *start, int n)
         C->r->infeasible += q->r.infeasible;
         C->r->bounded += q->r.bounded;
         C->r->cache_hits += q->r.cache_hits;
-        if (k == 0 || !strcmp(q->r.ended, "stopped"))
+        /* a chain that ran out of work says nothing: the search's own word
+         * (exhausted) stands */
+        if (q->r.ended[0] && (k == 0 || !strcmp(q->r.ended, "stopped")))
             snprintf(C->r->ended, sizeof C->r->ended, "%s", q->r.ended);
         if (q->C.best.step < C->best.step) {
             cand_copy(&C->best.x, &q->C.best.x, C->sp);

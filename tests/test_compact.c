@@ -142,6 +142,10 @@ static int check_plan(const Graph *g, const char *json)
     if (!full) fail_msg("%s: %s", json, err.msg);
     Plan *cp = ir_lower_compact(g, NULL, s, &err);
     if (!cp) fail_msg("%s (compact): %s", json, err.msg);
+    /* a deadline already past stops the lowering before its first class */
+    Err late = { 0 };
+    assert_null(ir_lower_compact_until(g, NULL, s, now_s() - 1, &late));
+    assert_string_equal(late.msg, LOWER_LATE);
     for (int k = 0; k < cp->nclasses; k++) assert_true(program_is_compact(&cp->classes[k]));
     assert_int_equal(cp->nclasses, full->nclasses);
     int bodies = 0;

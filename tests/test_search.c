@@ -558,6 +558,7 @@ static void test_inner_data_axes_are_searched(void **state)
     SearchOpts o2 = { .algo = SEARCH_EXHAUSTIVE, .world = 8, .threads = 2 };
     assert_int_equal(search_run(g, c, &o2, &r2, &err), 0);
     assert_true(r2.best.step_s == one);
+    assert_string_equal(r2.ended, "exhausted");
     assert_int_equal(r2.evals + r2.invalid + r2.infeasible + r2.bounded + r2.cache_hits,
                      r.evals + r.invalid + r.infeasible + r.bounded + r.cache_hits);
     search_result_free(&r2);
