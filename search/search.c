@@ -316,8 +316,8 @@ static double infeasible(Ctx *C, const Cand *x, double over, double need, const 
     return INFEASIBLE_E + log(over);
 }
 
-/* Not simulated: x's step is at least `lower`, at or above the bound it
- * was judged with (branch and bound; see SIM_BOUND). */
+/* Not simulated: the candidate's lower bound reached the bound it was
+ * judged with (branch and bound; see SIM_BOUND). */
 static double bounded(Ctx *C, double *step)
 {
     C->r->bounded++;
@@ -334,8 +334,9 @@ static double judge(Ctx *C, const Cand *x, double bound, double *step)
     uint64_t key = cand_hash(x, C->sp);
     Cached *slot = cache_slot(C, key);
     if (slot->used && slot->lower > 0 && bound > 0 && slot->lower >= bound) {
-        C->r->cache_hits++;
-        return bounded(C, step);
+        C->r->cache_hits++;         /* a repeat, bounded again */
+        *step = INFINITY;
+        return INFINITY;
     }
     if (slot->used && !(slot->lower > 0)) {
         C->r->cache_hits++;
