@@ -1473,7 +1473,7 @@ static int32_t outside_dep(void *ctx, int pass, int32_t local)
 static double lower_bound(Sim *S, Passes *P)
 {
     double lb = 0;
-    double *body = xmalloc(sizeof *body * (S_GROUPS + KEYS)), busy[S_GROUPS + KEYS];
+    double body[S_GROUPS + KEYS], busy[S_GROUPS + KEYS];
     for (int ci = 0; ci < S->p->nclasses && !late(S); ci++) {
         CState *c = &S->cs[ci];
         const Program *cp = c->cp;
@@ -1485,7 +1485,7 @@ static double lower_bound(Sim *S, Passes *P)
             if (!P[ci].cb[b].code) compile_body(S, ci, &P[ci], b);
             const Compiled *k = &P[ci].cb[b];
             const Body *B = &cp->bodies[b];
-            memset(body, 0, sizeof *body * (S_GROUPS + KEYS));
+            memset(body, 0, sizeof body);
             for (int x = 0; x < B->i1 - B->i0; x++) {
                 const Instr *in = &cp->instrs[B->i0 + x];
                 int code = k->code[x];
@@ -1499,7 +1499,6 @@ static double lower_bound(Sim *S, Passes *P)
         for (int q = 0; q < S_GROUPS + KEYS; q++) lb = fmax(lb, busy[q]);
         free(runs);
     }
-    free(body);
     return lb;
 }
 

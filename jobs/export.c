@@ -122,31 +122,22 @@ static int data_degree(const Reading *rd)
  * it over the new axis, and its batch over the other data ranks only. */
 static Strategy *with_context(const Graph *g, const Cluster *c, Strategy *s, int Q, Err *err)
 {
-    int seq = 's' - 'a', n = 0, cp = -1, map[MESH_MAX_AXES];
+    /* the context axis goes after the data axis, else after the pipeline,
+     * else first: outside tp, as the searcher lays out dp_cp */
+    int seq = 's' - 'a', n = 0, cp = 0, map[MESH_MAX_AXES], dp = strategy_axis(s, "dp");
+    int at = dp >= 0 ? dp + 1 : s->pp_axis >= 0 ? s->pp_axis + 1 : 0;
     const char *names[MESH_MAX_AXES];
     int sizes[MESH_MAX_AXES];
-    for (int a = 0; a < s->naxes; a++) {
-        map[a] = n;
-        names[n] = s->axis_name[a];
-        sizes[n++] = s->axis_size[a];
-        /* after the data axis, or after the pipeline when there is none */
-        bool last_before = strcmp(s->axis_name[a], "dp") == 0 ||
-                           (a == s->pp_axis && strategy_axis(s, "dp") < 0);
-        if (last_before || (cp < 0 && a == 0 && s->pp_axis < 0 && strategy_axis(s, "dp") < 0)) {
+    for (int a = 0; a <= s->naxes; a++) {
+        if (a == at) {
             cp = n;
             names[n] = "dp_cp";
             sizes[n++] = Q;
         }
-    }
-    if (cp < 0) {                   /* a mesh of one axis, tp: the context axis first */
-        for (int a = s->naxes - 1; a >= 0; a--) {
-            names[a + 1] = names[a];
-            sizes[a + 1] = sizes[a];
-            map[a]++;
-        }
-        cp = 0;
-        names[0] = "dp_cp";
-        sizes[0] = Q;
+        if (a == s->naxes) break;
+        map[a] = n;
+        names[n] = s->axis_name[a];
+        sizes[n++] = s->axis_size[a];
     }
     Strategy *q = strategy_new(g, n, names, sizes, err);
     if (!q) return NULL;
