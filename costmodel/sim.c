@@ -122,11 +122,24 @@ typedef struct {
     double ready, start, end;       /* NAN until known */
 } Meet;
 
+/* A collective's time, remembered by what it depends on besides the group
+ * (compile_body: a layer's collectives repeat layer after layer). */
+typedef struct {
+    int64_t bytes;
+    int32_t tensor;                 /* PowerSGD's sizes; -1 otherwise */
+    uint8_t kind, compress, algo, used;
+    double t;
+} CollTime;
+
+#define COLL_TIMES 4
+
 typedef struct {
     Meet *v;
     int n, cap;
     int *ranks, nranks;             /* the representative's group */
     int *members, nmembers;         /* distinct classes in it */
+    CollTime times[COLL_TIMES];
+    int next_time;
 } MeetList;
 
 /* A point-to-point message between two classes, matched in order. */
@@ -135,6 +148,15 @@ typedef struct {
     int send_class;
     int32_t send_instr;
 } Msg;
+
+/* The messages from one class to another with one tag, in order (a line);
+ * the transfers a class has made with one peer rank and tag are counted
+ * on a channel. A body resolves its lines and channels once
+ * (compile_body), so a pass run whole finds its messages by index. */
+typedef struct {
+    Msg *v;
+    int n, cap;
+} Line;
 
 /* An update set aside: it runs once its dependencies are done and the
  * interpreter's clock has passed their end. Until then the dependency last
@@ -189,10 +211,12 @@ typedef struct {
     LinkModel *own_links;
     CState *cs;
     AxisMask live;
-    Map p2p_count;                  /* (class, peer rank, tag, 0) -> occurrences so far */
-    Map msg_at;                     /* (src class, dst class, tag, n) -> index into msgs */
-    Msg *msgs;
-    int nmsgs, cap_msgs;
+    Map chan_at;                    /* (class, peer rank, tag, 0) -> channel */
+    int *chan_n;                    /* per channel: its transfers so far, from -1 */
+    int nchan, cap_chan;
+    Map line_at;                    /* (src class, dst class, tag, 0) -> line */
+    Line *lines;
+    int nlines, cap_lines;
     double *op_time;                /* [(device * nops + op) * PH_COUNT + phase], NAN: not yet */
     double calib[3];                /* the op model's calibration (opmodel_calibration) */
     SimResult *r;
@@ -524,6 +548,24 @@ static double compressed_time(const Sim *S, const CState *c, const Instr *in, co
                S->calib[1] + extra * S->calib[0];
 }
 
+/* compressed_time, remembered in the meet list (per class and group). */
+static double coll_time(const Sim *S, const CState *c, const Instr *in, MeetList *ml)
+{
+    CollTime x = { .bytes = in->bytes, .kind = in->kind, .compress = in->compress,
+                   .algo = (uint8_t)algo_of(S, in), .used = 1,
+                   .tensor = in->compress == COMPRESS_POWERSGD ? in->tensor : -1 };
+    for (int k = 0; k < COLL_TIMES; k++) {
+        const CollTime *y = &ml->times[k];
+        if (y->used && y->bytes == x.bytes && y->tensor == x.tensor && y->kind == x.kind &&
+            y->compress == x.compress && y->algo == x.algo)
+            return y->t;
+    }
+    x.t = compressed_time(S, c, in, ml);
+    ml->times[ml->next_time] = x;
+    ml->next_time = (ml->next_time + 1) % COLL_TIMES;
+    return x.t;
+}
+
 static bool run_collective(Sim *S, int ci, int32_t i)
 {
     CState *c = &S->cs[ci];
@@ -556,7 +598,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
         }
         double dur = S->o->comm_time ? S->o->comm_time(S->o->ctx, ci, in) : -1;
         if (dur < 0)
-            dur = compressed_time(S, c, in, ml);
+            dur = coll_time(S, c, in, ml);
         if (st == S_MAIN) dur += S->calib[2];
         for (int m = 0; m < ml->nmembers; m++) {
             Meet *o = meet_at(&S->cs[ml->members[m]].meet[key], c->seq[i]);
@@ -573,25 +615,58 @@ static int peer_rank(const Sim *S, const CState *c, const Instr *in)
     return rank_at(S->s, c->coord, in->axes & S->live, in->peer);
 }
 
+static int line_of(Sim *S, int src, int dst, int64_t tag)
+{
+    Slot *sl = map_at(&S->line_at, src, dst, tag, 0);
+    if (sl->v < 0) {
+        if (S->nlines == S->cap_lines) {
+            S->cap_lines = S->cap_lines ? S->cap_lines * 2 : 64;
+            S->lines = xrealloc(S->lines, sizeof *S->lines * S->cap_lines);
+        }
+        S->lines[S->nlines] = (Line){ 0 };
+        sl->v = S->nlines++;
+    }
+    return sl->v;
+}
+
+/* Message n of line l (its pointer holds until the line grows). */
+static Msg *line_msg(Sim *S, int l, int n)
+{
+    Line *L = &S->lines[l];
+    if (n >= L->n) {
+        if (n >= L->cap) {
+            while (L->cap <= n) L->cap = L->cap ? 2 * L->cap : 64;
+            L->v = xrealloc(L->v, sizeof *L->v * L->cap);
+        }
+        for (; L->n <= n; L->n++) L->v[L->n] = (Msg){ NAN, NAN, NAN, -1, -1 };
+    }
+    return &L->v[n];
+}
+
 static Msg *msg_for(Sim *S, int src, int dst, int64_t tag, int n)
 {
-    Slot *sl = map_at(&S->msg_at, src, dst, tag, n);
+    return line_msg(S, line_of(S, src, dst, tag), n);
+}
+
+static int chan_of(Sim *S, int ci, int peer, int64_t tag)
+{
+    Slot *sl = map_at(&S->chan_at, ci, peer, tag, 0);
     if (sl->v < 0) {
-        if (S->nmsgs == S->cap_msgs) {
-            S->cap_msgs = S->cap_msgs ? S->cap_msgs * 2 : 256;
-            S->msgs = xrealloc(S->msgs, sizeof *S->msgs * S->cap_msgs);
+        if (S->nchan == S->cap_chan) {
+            S->cap_chan = S->cap_chan ? S->cap_chan * 2 : 64;
+            S->chan_n = xrealloc(S->chan_n, sizeof *S->chan_n * S->cap_chan);
         }
-        S->msgs[S->nmsgs] = (Msg){ NAN, NAN, NAN, -1, -1 };
-        sl->v = S->nmsgs++;
+        S->chan_n[S->nchan] = -1;
+        sl->v = S->nchan++;
     }
-    return &S->msgs[sl->v];
+    return sl->v;
 }
 
 /* The next occurrence number of a message to or from `peer` with `tag`. */
 static int next_seq(Sim *S, int ci, int peer, int64_t tag)
 {
-    Slot *sl = map_at(&S->p2p_count, ci, peer, tag, 0);
-    return ++sl->v;      /* created at -1 */
+    int ch = chan_of(S, ci, peer, tag);     /* first: it may move chan_n */
+    return ++S->chan_n[ch];
 }
 
 static double p2p_time(const Sim *S, const CState *c, const Instr *in, int peer)
@@ -955,6 +1030,7 @@ typedef struct {
     int16_t *streams;
     int np2p, nrecv;                /* its sends and receives, in order; how many receive */
     int32_t *p2p;
+    int32_t *chan, *line;           /* per send or receive: its channel and line */
     int next;                       /* dependencies on other passes: (instruction, dependency) */
     int32_t (*ext)[2];
     int nexp;                       /* its exports: (instruction, slot) */
@@ -1024,6 +1100,8 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->regular = B->kind != BODY_TAIL;
     k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
     k->p2p = xmalloc(sizeof *k->p2p * n);
+    k->chan = xmalloc(sizeof *k->chan * n);
+    k->line = xmalloc(sizeof *k->line * n);
     int nd = 1;
     for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
     k->ext = xmalloc(sizeof *k->ext * nd);
@@ -1056,20 +1134,25 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             k->add.flops += in->flops;
             if (in->recompute) k->add.recompute += k->dur[x];
         } else if (in->kind == I_SEND || in->kind == I_RECV) {
+            k->peer[x] = peer_rank(S, c, in);
+            int64_t tag = tag_of(in);
+            int other = S->p->rank_class[k->peer[x]];
+            k->chan[k->np2p] = chan_of(S, ci, k->peer[x], tag);
+            k->line[k->np2p] = in->kind == I_SEND ? line_of(S, ci, other, tag)
+                                                  : line_of(S, other, ci, tag);
             k->p2p[k->np2p++] = x;
             k->nrecv += in->kind == I_RECV;
             if (in->why == WHY_PS) k->regular = false;
-            k->peer[x] = peer_rank(S, c, in);
             k->dur[x] = p2p_time(S, c, in, k->peer[x]);
             /* earlier transfers of the body with the same peer and tag */
-            k->nth[x] = ++map_at(&seen, k->peer[x], tag_of(in), 0, 0)->v;
+            k->nth[x] = ++map_at(&seen, k->peer[x], tag, 0, 0)->v;
         } else {
             if (in->why == WHY_TIED || in->why == WHY_PS) k->regular = false;
             MeetList *ml = meet_list(S, ci, in, key_of(S, in));
             /* a tied sum (never in a pass run whole) joins stages, not twins */
             for (int m = 0; m < ml->nmembers && ml->nmembers > 1 && in->why != WHY_TIED; m++)
                 add_twin(S, k, ml->members[m]);
-            k->dur[x] = ml->nranks < 2 ? 0 : compressed_time(S, c, in, ml);
+            k->dur[x] = ml->nranks < 2 ? 0 : coll_time(S, c, in, ml);
             if (code == S_MAIN) k->dur[x] += S->calib[2];
         }
         if (in->kind != I_COMPUTE && in->kind != I_SEND) {
@@ -1097,13 +1180,16 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     }
 }
 
-/* The message a send or receive of the body will be, without taking it. */
-static Msg *p2p_msg(Sim *S, int ci, const Compiled *k, const Instr *in, int x)
+/* The message send or receive q of the body will be, without taking it. */
+static Msg *p2p_msg(Sim *S, const Compiled *k, int q)
 {
-    int64_t tag = tag_of(in);
-    int n = map_at(&S->p2p_count, ci, k->peer[x], tag, 0)->v + 1 + k->nth[x];
-    int other = S->p->rank_class[k->peer[x]];
-    return in->kind == I_SEND ? msg_for(S, ci, other, tag, n) : msg_for(S, other, ci, tag, n);
+    return line_msg(S, k->line[q], S->chan_n[k->chan[q]] + 1 + k->nth[k->p2p[q]]);
+}
+
+/* The message send or receive q of the body is, taking it. */
+static Msg *p2p_take(Sim *S, const Compiled *k, int q)
+{
+    return line_msg(S, k->line[q], ++S->chan_n[k->chan[q]]);
 }
 
 /* Has every message the pass receives been posted? */
@@ -1118,7 +1204,7 @@ static bool pass_ready(Sim *S, int ci, Passes *P, int pass)
     const Body *B = &cp->bodies[b];
     for (int q = 0; q < k->np2p; q++) {
         const Instr *in = &cp->instrs[B->i0 + k->p2p[q]];
-        if (in->kind == I_RECV && isnan(p2p_msg(S, ci, k, in, k->p2p[q])->send_t)) return false;
+        if (in->kind == I_RECV && isnan(p2p_msg(S, k, q)->send_t)) return false;
     }
     return true;
 }
@@ -1210,9 +1296,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             break;
         }
         case I_SEND: {
-            int64_t tag = tag_of(in);
-            Msg *m = msg_for(S, ci, S->p->rank_class[k->peer[x]], tag,
-                             next_seq(S, ci, k->peer[x], tag));
+            Msg *m = p2p_take(S, k, np);
             m->send_t = t;
             m->send_class = ci;
             m->send_instr = -1;
@@ -1227,9 +1311,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             break;
         }
         case I_RECV: {
-            int64_t tag = tag_of(in);
-            int n = next_seq(S, ci, k->peer[x], tag);
-            Msg *m = msg_for(S, S->p->rank_class[k->peer[x]], ci, tag, n);
+            Msg *m = p2p_take(S, k, np);
             if (isnan(m->recv_ready)) m->recv_ready = t;
             s1 = fmax(m->send_t, t);
             e1 = s1 + dur + (code == S_MAIN ? S->calib[2] : 0);
@@ -1272,24 +1354,20 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
     const Compiled *k = &P->cb[cp->sched[pass].body];
     for (int q = 0; q < k->np2p; q++) {
         const Instr *in = &cp->instrs[B->i0 + k->p2p[q]];
-        if (in->kind == I_SEND && !isnan(p2p_msg(S, ci, k, in, k->p2p[q])->recv_ready)) return false;
+        if (in->kind == I_SEND && !isnan(p2p_msg(S, k, q)->recv_ready)) return false;
     }
     const double *o_p2p = me->out + k->nstream, *o_recv_end = o_p2p + k->np2p;
     int nr = 0;
     for (int q = 0; q < k->np2p; q++) {
         int x = k->p2p[q];
         const Instr *in = &cp->instrs[B->i0 + x];
-        int64_t tag = tag_of(in);
-        int n = next_seq(S, ci, k->peer[x], tag);
-        int other = S->p->rank_class[k->peer[x]];
+        Msg *m = p2p_take(S, k, q);
         if (in->kind == I_SEND) {
-            Msg *m = msg_for(S, ci, other, tag, n);
             m->send_t = T0 + o_p2p[q];
             m->send_class = ci;
             m->send_instr = -1;
             continue;
         }
-        Msg *m = msg_for(S, other, ci, tag, n);
         double e1 = T0 + o_recv_end[nr++];
         if (isnan(m->recv_ready)) m->recv_ready = T0 + o_p2p[q];
         message_done(S, m, e1 - k->dur[x], e1, k->dur[x]);
@@ -1325,7 +1403,7 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     for (int x = 0; x < k->nstream; x++) key[nk++] = quantum(c->afree[k->streams[x]] - T0, q);
     for (int x = 0; x < k->np2p; x++) {
         const Instr *in = &cp->instrs[B->i0 + k->p2p[x]];
-        if (in->kind == I_RECV) key[nk++] = quantum(p2p_msg(S, ci, k, in, k->p2p[x])->send_t - T0, q);
+        if (in->kind == I_RECV) key[nk++] = quantum(p2p_msg(S, k, x)->send_t - T0, q);
     }
     for (int x = 0; x < k->next; x++) {
         int slot = ext_slot(c, P, pass, k->ext[x][1]);
@@ -1592,6 +1670,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->nth);
             free(k->streams);
             free(k->p2p);
+            free(k->chan);
+            free(k->line);
             free(k->ext);
             free(k->exp);
             free(k->twins);
@@ -1893,9 +1973,11 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     free(rest);
     free(S.cs);
     free(S.op_time);
-    free(S.msgs);
-    map_free(&S.p2p_count);
-    map_free(&S.msg_at);
+    for (int l = 0; l < S.nlines; l++) free(S.lines[l].v);
+    free(S.lines);
+    free(S.chan_n);
+    map_free(&S.chan_at);
+    map_free(&S.line_at);
     opmodel_free(S.own_ops);
     linkmodel_free(S.own_links);
     double lb = r->lower_bound;

@@ -966,29 +966,44 @@ static cJSON *axes_json(const Strategy *s, AxisMask m)
     return a;
 }
 
+/* Keys in sorted order (see strategy_canonicalize). */
 static cJSON *sync_json(const ParamPolicy *p)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", method_names[p->method]);
     if (p->method == SYNC_ALLREDUCE) {
         cJSON_AddStringToObject(o, "algo", algo_names[p->algo]);
+        cJSON_AddNumberToObject(o, "bucket_mb", p->bucket_bytes / MIB);
         char c[32];
         if (p->compress == COMPRESS_POWERSGD)
             snprintf(c, sizeof c, "powersgd:%d", p->powersgd_rank);
         else
             snprintf(c, sizeof c, "%s", compress_names[p->compress]);
         cJSON_AddStringToObject(o, "compress", c);
-        cJSON_AddNumberToObject(o, "bucket_mb", p->bucket_bytes / MIB);
-    } else if (p->method == SYNC_PS) {
-        cJSON_AddNumberToObject(o, "shards", p->ps_shards);
+    }
+    cJSON_AddStringToObject(o, "method", method_names[p->method]);
+    if (p->method == SYNC_PS) {
         cJSON *pl = cJSON_AddArrayToObject(o, "placement");
         for (int k = 0; k < p->ps_shards; k++)
             cJSON_AddItemToArray(pl, cJSON_CreateNumber(p->ps_placement[k]));
+        cJSON_AddNumberToObject(o, "shards", p->ps_shards);
         cJSON_AddNumberToObject(o, "staleness", p->staleness);
     }
     return o;
 }
 
+typedef struct {
+    const char *name;
+    int i;
+} Named;
+
+static int cmp_named(const void *a, const void *b)
+{
+    return strcmp(((const Named *)a)->name, ((const Named *)b)->name);
+}
+
+/* The canonical form is written in its sorted order directly (keys sorted
+ * as json_sorted sorts them, ops and params by name), so it needs neither
+ * a second tree nor a sort of one; test_strategy holds it to json_sorted. */
 void strategy_canonicalize(Strategy *s, const Graph *g)
 {
     if (s->canonical) return;
@@ -996,17 +1011,13 @@ void strategy_canonicalize(Strategy *s, const Graph *g)
     cJSON *mesh = cJSON_AddObjectToObject(j, "mesh");
     for (int a = 0; a < s->naxes; a++)
         cJSON_AddNumberToObject(mesh, s->axis_name[a], s->axis_size[a]);
-    cJSON *pipe = cJSON_AddObjectToObject(j, "pipeline");
-    cJSON *cuts = cJSON_AddArrayToObject(pipe, "cuts");
-    for (int i = 0; i < s->nchunks - 1; i++)
-        cJSON_AddItemToArray(cuts, cJSON_CreateNumber(s->cuts[i]));
-    cJSON_AddNumberToObject(pipe, "microbatches", s->microbatches);
-    cJSON_AddStringToObject(pipe, "schedule", sched_names[s->schedule]);
-    if (s->schedule == SCHED_INTERLEAVED) cJSON_AddNumberToObject(pipe, "virtual", s->virtual_stages);
-    cJSON_AddStringToObject(j, "optimizer", opt_names[s->optimizer]);
 
+    Named *by = xmalloc(sizeof *by * (size_t)((g->nops > g->ntensors ? g->nops : g->ntensors) + 1));
+    for (int i = 0; i < g->nops; i++) by[i] = (Named){ g->ops[i].name, i };
+    qsort(by, g->nops, sizeof *by, cmp_named);
     cJSON *ops = cJSON_AddObjectToObject(j, "ops");
-    for (int i = 0; i < g->nops; i++) {
+    for (int n = 0; n < g->nops; n++) {
+        int i = by[n].i;
         const Op *op = &g->ops[i];
         cJSON *o = cJSON_AddObjectToObject(ops, op->name);
         cJSON_AddBoolToObject(o, "recompute", s->ops[i].recompute);
@@ -1018,16 +1029,29 @@ void strategy_canonicalize(Strategy *s, const Graph *g)
                 cJSON_AddItemToObject(sp, k, axes_json(s, s->ops[i].split[l]));
             }
     }
+    cJSON_AddStringToObject(j, "optimizer", opt_names[s->optimizer]);
+
+    int np = 0;
+    for (int t = 0; t < g->ntensors; t++)
+        if (g->tensors[t].role == ROLE_PARAM) by[np++] = (Named){ g->tensors[t].name, t };
+    qsort(by, np, sizeof *by, cmp_named);
     cJSON *params = cJSON_AddObjectToObject(j, "params");
-    for (int t = 0; t < g->ntensors; t++) {
-        if (g->tensors[t].role != ROLE_PARAM) continue;
+    for (int n = 0; n < np; n++) {
+        int t = by[n].i;
         cJSON *o = cJSON_AddObjectToObject(params, g->tensors[t].name);
         cJSON_AddStringToObject(o, "shard", shard_names[s->params[t].shard]);
         cJSON_AddItemToObject(o, "sync", sync_json(&s->params[t]));
     }
-    static const char *const keep[] = {"mesh", NULL};
-    s->canonical = json_sorted(j, keep);
-    cJSON_Delete(j);
+    free(by);
+
+    cJSON *pipe = cJSON_AddObjectToObject(j, "pipeline");
+    cJSON *cuts = cJSON_AddArrayToObject(pipe, "cuts");
+    for (int i = 0; i < s->nchunks - 1; i++)
+        cJSON_AddItemToArray(cuts, cJSON_CreateNumber(s->cuts[i]));
+    cJSON_AddNumberToObject(pipe, "microbatches", s->microbatches);
+    cJSON_AddStringToObject(pipe, "schedule", sched_names[s->schedule]);
+    if (s->schedule == SCHED_INTERLEAVED) cJSON_AddNumberToObject(pipe, "virtual", s->virtual_stages);
+    s->canonical = j;
     json_hash(s->canonical, s->id);
 }
 
