@@ -126,6 +126,15 @@ void linkmodel_free(LinkModel *m);
  * factor where the group size differs). */
 int linkmodel_add_fit(LinkModel *m, const char *collective, int group_size, const char *level,
                       double alpha_s, double beta_s, Err *err);
+/* One measured size of that fit's collective, group size and level (the
+ * fit must have been added): with two or more, a group of exactly that
+ * size is priced from the measured times themselves, piecewise linear
+ * between sizes (an alpha and beta per segment: bandwidth that rises and
+ * falls with size, as caches and protocols make it, which one line
+ * cannot follow), by the largest segment's beta beyond them and the
+ * smallest size's time below them. */
+int linkmodel_add_point(LinkModel *m, const char *collective, int group_size, const char *level,
+                        int64_t bytes, double time_s, Err *err);
 /* linkmodel_time's kind for the all-reduce of a gradient compressed to
  * fp16: priced by the profile's "all_reduce_f16" fits where it has them
  * (the backend's half reduction is not the float one), else as an

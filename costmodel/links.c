@@ -18,7 +18,11 @@
  * and level) replace the analytical cost of a group that spans that level
  * (an fp16-compressed all-reduce takes the half-precision fits);
  * a group size the profile did not measure is scaled from the nearest one by
- * the algorithm's factors.
+ * the algorithm's factors. A group size it did measure is priced from the
+ * measured sizes themselves where they were given (linkmodel_add_point):
+ * one line through sizes from 4 B to 256 MB misses by 30-60% at either end
+ * where caches (on CPUs) or protocols (NCCL's) make the bandwidth rise and
+ * fall with the size.
  *
  * Legend: B = bytes (nccl-tests size), n = group size, f[l] = members of the
  * group per item of level l (fan-out), bw/alpha = a level's figures.
@@ -38,6 +42,8 @@ typedef struct {
     int group_size;
     int level;              /* index into the cluster's levels */
     double alpha, beta;
+    double (*pt)[2];        /* measured (bytes, seconds), ascending in bytes */
+    int npt;
 } Fit;
 
 struct LinkModel {
@@ -68,6 +74,8 @@ LinkModel *linkmodel_from_cluster(const Cluster *c, Err *err)
 
 void linkmodel_free(LinkModel *m)
 {
+    if (!m) return;
+    for (int i = 0; i < m->nfits; i++) free(m->fits[i].pt);
     free(m);
 }
 
@@ -98,10 +106,48 @@ int linkmodel_add_fit(LinkModel *m, const char *collective, int group_size, cons
         return err_set(err, "fit of %s over %d ranks at %s: alpha %g s, beta %g s/B is not a "
                        "usable line", collective, group_size, level, alpha_s, beta_s);
     if (m->nfits == LINK_MAX_FITS) return err_set(err, "more than %d link fits", LINK_MAX_FITS);
-    m->fits[m->nfits++] = (Fit){ k, group_size, l, alpha_s, beta_s };
+    m->fits[m->nfits++] = (Fit){ .coll = k, .group_size = group_size, .level = l,
+                                 .alpha = alpha_s, .beta = beta_s };
     snprintf(m->describe, sizeof m->describe,
              "profile alpha-beta fits (%d; analytic from cluster %s where none)", m->nfits,
              m->c->name);
+    return 0;
+}
+
+int linkmodel_add_point(LinkModel *m, const char *collective, int group_size, const char *level,
+                        int64_t bytes, double time_s, Err *err)
+{
+    int k = coll_parse(collective), l = 0;
+    while (l < m->c->nlevels && strcmp(m->c->levels[l].name, level)) l++;
+    Fit *f = NULL;
+    for (int i = 0; i < m->nfits && !f; i++)
+        if (m->fits[i].coll == k && m->fits[i].group_size == group_size && m->fits[i].level == l)
+            f = &m->fits[i];
+    if (k < 0 || l == m->c->nlevels || !f)
+        return err_set(err, "point of %s over %d ranks at %s: no fit of it to add to", collective,
+                       group_size, level);
+    if (bytes <= 0 || !(time_s > 0) || !isfinite(time_s))
+        return err_set(err, "point of %s over %d ranks at %s: %lld bytes in %g s is not a "
+                       "measurement", collective, group_size, level, (long long)bytes, time_s);
+    int j = f->npt;
+    f->pt = xrealloc(f->pt, sizeof *f->pt * (size_t)(f->npt + 1));
+    while (j > 0 && f->pt[j - 1][0] > (double)bytes) {
+        f->pt[j][0] = f->pt[j - 1][0];
+        f->pt[j][1] = f->pt[j - 1][1];
+        j--;
+    }
+    if (j > 0 && f->pt[j - 1][0] == (double)bytes) {
+        /* the same size again: keep the mean (undo the shift) */
+        f->pt[j - 1][1] = 0.5 * (f->pt[j - 1][1] + time_s);
+        memmove(&f->pt[j], &f->pt[j + 1], sizeof *f->pt * (size_t)(f->npt - j));
+        return 0;
+    }
+    f->pt[j][0] = (double)bytes;
+    f->pt[j][1] = time_s;
+    f->npt++;
+    snprintf(m->describe, sizeof m->describe,
+             "profile fits (%d) with their measured sizes; analytic from cluster %s where none",
+             m->nfits, m->c->name);
     return 0;
 }
 
@@ -187,8 +233,24 @@ static const Fit *fit_of(const LinkModel *m, InstrKind k, int level, int n)
     return f || k != LINK_ALLREDUCE_F16 ? f : find_fit(m, I_ALLREDUCE, level, n);
 }
 
+/* The measured times of f at B bytes, piecewise linear (see
+ * linkmodel_add_point). */
+static double from_points(const Fit *f, double B)
+{
+    const double (*p)[2] = f->pt;
+    int n = f->npt;
+    if (B <= p[0][0]) return p[0][1];
+    int j = 1;
+    while (j < n - 1 && p[j][0] < B) j++;
+    double beta = (p[j][1] - p[j - 1][1]) / (p[j][0] - p[j - 1][0]);
+    if (B > p[n - 1][0])            /* on from the largest (its own bandwidth if noise fell) */
+        return p[n - 1][1] + (beta > 0 ? beta : p[n - 1][1] / p[n - 1][0]) * (B - p[n - 1][0]);
+    return fmax(p[j - 1][1] + beta * (B - p[j - 1][0]), p[0][1]);
+}
+
 static double from_fit(const Fit *f, InstrKind k, SyncAlgo algo, double B, int n)
 {
+    if (f->group_size == n && f->npt >= 2) return from_points(f, B);
     if (f->group_size == n) return f->alpha + f->beta * B;
     double hs = hops(k, algo, n) / fmax(1, hops(k, algo, f->group_size));
     double bs = bus_factor(k, n) / fmax(1e-9, bus_factor(k, f->group_size));

@@ -47,17 +47,23 @@ static int add_fits(Db *db, int64_t id, Predictor *pd)
 {
     DbProfile prof;
     DbProfileFit *fits = NULL;
-    int nfits = 0, used = 0;
+    DbProfileLink *links = NULL;
+    int nfits = 0, nlinks = 0, used = 0;
     Err ignore = { { 0 } };
     LinkModel *m = pd->links;
-    if (db_profile_get(db, id, &prof, NULL, NULL, NULL, NULL, &fits, &nfits, &ignore)) return 0;
+    if (db_profile_get(db, id, &prof, NULL, NULL, &links, &nlinks, &fits, &nfits, &ignore))
+        return 0;
     build_check_profile(prof.build_json, (long long)id, pd->warning, sizeof pd->warning);
     for (int k = 0; k < nfits; k++)
         if (linkmodel_add_fit(m, fits[k].collective, fits[k].group_size, fits[k].level,
                               fits[k].alpha_s, fits[k].beta_s, &ignore) == 0)
             used++;
+    /* and the sizes they were fitted to (a level this cluster lacks has no fit) */
+    for (int k = 0; k < nlinks; k++)
+        linkmodel_add_point(m, links[k].collective, links[k].group_size, links[k].level,
+                            links[k].bytes, links[k].time_s, &ignore);
     db_profile_free(&prof);
-    db_profile_samples_free(NULL, 0, NULL, 0, fits, nfits);
+    db_profile_samples_free(NULL, 0, links, nlinks, fits, nfits);
     return used;
 }
 
@@ -106,8 +112,9 @@ int predictor_load(const char *db_path, const char *costmodel_id, int64_t profil
     pd->profile_id = profile_id;
     int used = profile_id > 0 ? add_fits(db, profile_id, pd) : 0;
     if (used)
-        snprintf(pd->link_model, sizeof pd->link_model, "profile %lld alpha-beta fits (%d; "
-                 "analytic from cluster %s where none)", (long long)profile_id, used, c->name);
+        snprintf(pd->link_model, sizeof pd->link_model, "profile %lld link sweeps (%d; "
+                 "piecewise over their measured sizes; analytic from cluster %s where none)",
+                 (long long)profile_id, used, c->name);
     db_close(db);
     return 0;
 }

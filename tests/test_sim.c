@@ -582,6 +582,34 @@ static void test_link_formulas(void **state)
     assert_int_equal(linkmodel_add_fit(m, "all_reduce", 8, "rack", 5e-6, 1e-10, &err), -1);
     assert_non_null(strstr(err.msg, "rack"));
     assert_int_equal(linkmodel_add_fit(m, "gossip", 8, "gpu", 5e-6, 1e-10, &err), -1);
+
+    /* the measured sizes of a fit price its group size piecewise: 1 KB in
+     * 10 us, 1 MB in 20 us, 64 MB in 10 ms (bandwidth falling) */
+    assert_int_equal(linkmodel_add_fit(m, "all_gather", 8, "gpu", 1e-5, 1e-10, &err), 0);
+    assert_int_equal(linkmodel_add_point(m, "all_gather", 8, "gpu", 1 << 20, 2e-5, &err), 0);
+    double ag1 = linkmodel_time(m, I_ALLGATHER, ALGO_RING, 1 << 20, r8, 8);
+    assert_true(fabs(ag1 - (1e-5 + 1e-10 * (1 << 20))) < 1e-15);    /* one point: the fit */
+    assert_int_equal(linkmodel_add_point(m, "all_gather", 8, "gpu", 64 << 20, 1e-2, &err), 0);
+    assert_int_equal(linkmodel_add_point(m, "all_gather", 8, "gpu", 1024, 1e-5, &err), 0);
+    assert_true(fabs(linkmodel_time(m, I_ALLGATHER, ALGO_RING, 1 << 20, r8, 8) - 2e-5) < 1e-15);
+    assert_true(fabs(linkmodel_time(m, I_ALLGATHER, ALGO_RING, 64 << 20, r8, 8) - 1e-2) < 1e-15);
+    /* between sizes: on the segment; below the smallest: its time */
+    double mid = linkmodel_time(m, I_ALLGATHER, ALGO_RING, (1 << 20) + (63 << 19), r8, 8);
+    assert_true(fabs(mid - (2e-5 + 1e-2) / 2) < 1e-12);
+    assert_true(fabs(linkmodel_time(m, I_ALLGATHER, ALGO_RING, 4, r8, 8) - 1e-5) < 1e-15);
+    /* beyond the largest: the last segment's beta */
+    double seg = (1e-2 - 2e-5) / (double)((64 << 20) - (1 << 20));
+    double big = linkmodel_time(m, I_ALLGATHER, ALGO_RING, 128 << 20, r8, 8);
+    assert_true(fabs(big - (1e-2 + seg * (64 << 20))) < 1e-12);
+    /* a group size it did not measure: the fit, scaled */
+    int r4[4] = { 0, 1, 2, 3 };
+    double ag4 = linkmodel_time(m, I_ALLGATHER, ALGO_RING, 64 << 20, r4, 4);
+    assert_true(fabs(ag4 - (1e-5 * 3 / 7 + 1e-10 * (64 << 20) * (3.0 / 4) / (7.0 / 8))) < 1e-12);
+    /* a point with no fit to go with, or no measurement */
+    assert_int_equal(linkmodel_add_point(m, "broadcast", 8, "gpu", 1024, 1e-5, &err), -1);
+    assert_non_null(strstr(err.msg, "no fit"));
+    assert_int_equal(linkmodel_add_point(m, "all_gather", 8, "gpu", 1024, -1, &err), -1);
+    assert_non_null(strstr(err.msg, "not a measurement"));
     linkmodel_free(m);
     cluster_free(c);
 
