@@ -20,6 +20,7 @@ static const OptSpec VALIDATE_OPTS[] = {
     { "suite", 0, true, "default|FILE  the plans to run (default: the built-in suite)" },
     { "np", 0, true, "N  run the plans of at most N ranks (default 2)" },
     { "steps", 0, true, "N  steps per run, the first a warm-up (default 6)" },
+    { "repeats", 0, true, "N  runs per plan, in rounds over the suite; the measured step is their median (default 1)" },
     { "timeout", 0, true, "S  stop a run still going after S seconds (default 600)" },
     { "profile", 0, true, "ID  the profile whose cluster and threads to use (default: newest)" },
     { "costmodel", 0, true, "ID  the cost model (default: newest trained on the profile)" },
@@ -37,11 +38,12 @@ static void human_s(double t, char *out, int n)
 
 static void progress(void *ctx, int i, int n, const ValidateRow *r)
 {
-    (void)ctx;
+    int repeats = *(const int *)ctx;
     if (r->error[0]) {
         fprintf(stderr, "[%2d/%d] %-20s %s\n", i + 1, n, r->name, r->error);
         return;
     }
+    if (repeats > 1) fprintf(stderr, "round %d/%d ", r->rounds, repeats);
     char p[32], m[32];
     human_s(r->predicted_s, p, sizeof p);
     human_s(r->measured_s, m, sizeof m);
@@ -72,13 +74,14 @@ int cmd_validate(int argc, char **argv)
     if (args_has(&a, "help") || a.npos) {
         FILE *f = args_has(&a, "help") ? stdout : stderr;
         fprintf(f, "usage: strata validate [--suite default|FILE] [--np N] [--steps N] "
-                   "[--timeout S] [--profile ID] [--costmodel ID] [--db PATH] [--json]\n\n"
+                   "[--repeats N] [--timeout S] [--profile ID] [--costmodel ID] [--db PATH] [--json]\n\n"
                    "options:\n");
         args_usage(f, VALIDATE_OPTS);
         return args_has(&a, "help") ? 0 : EXIT_USAGE;
     }
-    int64_t np = 2, steps = 6, profile = 0, timeout = 600;
+    int64_t np = 2, steps = 6, profile = 0, timeout = 600, repeats = 1;
     if (args_int(&a, "np", 1, 4096, &np, &err) || args_int(&a, "steps", 2, 100000, &steps, &err) ||
+        args_int(&a, "repeats", 1, 63, &repeats, &err) ||
         args_int(&a, "timeout", 1, 7 * 86400, &timeout, &err) ||
         args_int(&a, "profile", 1, INT64_MAX, &profile, &err)) {
         fprintf(stderr, "strata validate: %s\n", err.msg);
@@ -91,6 +94,7 @@ int cmd_validate(int argc, char **argv)
     }
     ValidateOpts o = { .db_path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
                        .suite = args_get(&a, "suite"), .np = (int)np, .steps = (int)steps,
+                       .repeats = (int)repeats, .ctx = &(int){ (int)repeats },
                        .timeout_s = (double)timeout,
                        .profile_id = profile, .costmodel_id = args_get(&a, "costmodel"),
                        .strata_bin = self, .progress = progress };

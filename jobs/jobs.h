@@ -107,6 +107,7 @@ typedef struct {
     double predicted_s, measured_s;
     double predicted_mem, measured_mem;
     bool feasible;
+    int rounds;                    /* runs measured so far (the measured step: their median) */
     char error[1100];              /* "" when run and predicted */
 } ValidateRow;
 
@@ -115,11 +116,14 @@ typedef struct {
     const char *suite;             /* "default" (NULL too) or a suite file */
     int np;                        /* plans of at most this many ranks (default 2) */
     int steps;                     /* steps per run (default 6; the first is warm-up) */
+    int repeats;                   /* runs per plan, in rounds over the suite (default 1, at
+                                      most 63); the measured step is their median */
     double timeout_s;              /* a run still going after this long is stopped (default 600) */
     int64_t profile_id;            /* 0: the newest complete profile */
     const char *costmodel_id;      /* NULL: the newest trained on that profile, else analytic */
     const char *strata_bin;        /* the strata executable that runs the plans */
-    /* after each plan (progress); row->error says when it failed */
+    /* after each plan's prediction when it failed, and after each of its
+     * runs (progress); row->error says when it failed */
     void (*progress)(void *ctx, int i, int n, const ValidateRow *row);
     void *ctx;
 } ValidateOpts;

@@ -343,6 +343,8 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     if (o.np <= 0) o.np = 2;
     if (!(o.timeout_s > 0)) o.timeout_s = 600;
     if (o.steps <= 0) o.steps = 6;
+    if (o.repeats <= 0) o.repeats = 1;
+    if (o.repeats > 63) o.repeats = 63;
     if (!o.strata_bin) return err_set(err, "validate: no strata executable to run plans with");
     const char *suite_name = o.suite && strcmp(o.suite, "default") ? o.suite : "default";
 
@@ -390,6 +392,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
     if (!cj) err_set(err, "profile %lld: its stored cluster is not JSON", (long long)prof.id);
     Predictor pd;
     bool have_pd = false;
+    int *index = NULL;
     char dir[] = "/tmp/strata-validate-XXXXXX";
     bool have_dir = false;
     if (!c) goto fail;
@@ -410,10 +413,13 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
 
     int n = cJSON_GetArraySize(plans);
     v->rows = xcalloc(n, sizeof *v->rows);
+    index = xcalloc(n + 1, sizeof *index);          /* row -> the plan's index in the suite */
+    /* every plan predicted first, its model and strategy kept for its runs */
     for (int i = 0; i < n; i++) {
         const cJSON *pl = cJSON_GetArrayItem(plans, i);
         ValidateRow *row = &v->rows[v->nrows];
         memset(row, 0, sizeof *row);
+        index[v->nrows] = i;
         char path[64], mp[80], sp[80];
         snprintf(path, sizeof path, "plans[%d]", i);
         snprintf(mp, sizeof mp, "%s.model", path);
@@ -452,18 +458,56 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
             memcpy(row->plan_id, est.plan_id, 17);
             estimate_free(&est);
             char mpath[64], spath[64];
-            snprintf(mpath, sizeof mpath, "%s/model.json", dir);
-            snprintf(spath, sizeof spath, "%s/strategy.json", dir);
-            if (graph_save(g, mpath, &e2) || json_save(s->canonical, spath, &e2) ||
-                run_plan(&o, mpath, spath, cpath, threads, row->run_id, &e2) ||
-                measured(o.db_path, row->run_id, &row->measured_s, &row->measured_mem, &e2))
+            snprintf(mpath, sizeof mpath, "%s/model-%d.json", dir, i);
+            snprintf(spath, sizeof spath, "%s/strategy-%d.json", dir, i);
+            if (graph_save(g, mpath, &e2) || json_save(s->canonical, spath, &e2))
                 snprintf(row->error, sizeof row->error, "run: %s", e2.msg);
         }
         v->nrows++;
-        if (o.progress) o.progress(o.ctx, i, n, row);
+        if (row->error[0] && o.progress) o.progress(o.ctx, i, n, row);
         strategy_free(s);
         graph_free(g);
     }
+    /* then the runs, round after round over the suite (so a slow spell of
+     * a shared machine falls on every plan alike): a plan's measured step
+     * is the median of its rounds' */
+    double *mt_r = xcalloc((size_t)v->nrows * o.repeats + 1, sizeof *mt_r);
+    double *mm_r = xcalloc((size_t)v->nrows * o.repeats + 1, sizeof *mm_r);
+    char (*id_r)[17] = xcalloc((size_t)v->nrows * o.repeats + 1, sizeof *id_r);
+    for (int round = 0; round < o.repeats; round++)
+        for (int k = 0; k < v->nrows; k++) {
+            ValidateRow *row = &v->rows[k];
+            if (row->error[0] || !row->plan_id[0]) continue;
+            int i = index[k];
+            char mpath[64], spath[64];
+            snprintf(mpath, sizeof mpath, "%s/model-%d.json", dir, i);
+            snprintf(spath, sizeof spath, "%s/strategy-%d.json", dir, i);
+            Err e2 = { { 0 } };
+            size_t at = (size_t)k * o.repeats;
+            if (run_plan(&o, mpath, spath, cpath, threads, id_r[at + round], &e2) ||
+                measured(o.db_path, id_r[at + round], &mt_r[at + round], &mm_r[at + round], &e2)) {
+                snprintf(row->error, sizeof row->error, "run: %s", e2.msg);
+            } else {
+                /* the median of the rounds so far, and its run */
+                int order[64], m = round + 1 < 64 ? round + 1 : 64;
+                for (int q = 0; q < m; q++) order[q] = q;
+                for (int q = 1; q < m; q++)
+                    for (int w = q; w > 0 && mt_r[at + order[w]] < mt_r[at + order[w - 1]]; w--) {
+                        int t = order[w];
+                        order[w] = order[w - 1];
+                        order[w - 1] = t;
+                    }
+                int med = order[(m - 1) / 2];
+                row->measured_s = mt_r[at + med];
+                row->measured_mem = mm_r[at + med];
+                memcpy(row->run_id, id_r[at + med], 17);
+                row->rounds = m;
+            }
+            if (o.progress) o.progress(o.ctx, i, n, row);
+        }
+    free(mt_r);
+    free(mm_r);
+    free(id_r);
 
     /* the figures over the plans with both numbers */
     double *pt = xcalloc(v->nrows + 1, sizeof *pt), *mt = xcalloc(v->nrows + 1, sizeof *mt);
@@ -531,6 +575,8 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
         cJSON_AddItemToArray(cJSON_AddArrayToObject(v->json, "warnings"),
                              cJSON_CreateString(v->warning));
     cJSON_AddNumberToObject(v->json, "threads_per_rank", threads);
+    cJSON_AddNumberToObject(v->json, "steps", o.steps);
+    cJSON_AddNumberToObject(v->json, "repeats", o.repeats);
     cJSON_AddNumberToObject(v->json, "plans", v->nok);
     cJSON_AddNumberToObject(v->json, "mape_step_time", v->mape_time);
     if (isfinite(v->mape_mem)) cJSON_AddNumberToObject(v->json, "mape_peak_mem", v->mape_mem);
@@ -550,6 +596,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
         } else {
             cJSON_AddNumberToObject(x, "measured_s", r->measured_s);
             cJSON_AddNumberToObject(x, "measured_mem_bytes", r->measured_mem);
+            cJSON_AddNumberToObject(x, "rounds", r->rounds);
         }
         cJSON_AddItemToArray(arr, x);
     }
@@ -560,13 +607,16 @@ fail:
 out:
     if (have_dir) {
         char p[96];
-        const char *files[] = { "cluster.json", "model.json", "strategy.json" };
-        for (int k = 0; k < 3; k++) {
-            snprintf(p, sizeof p, "%s/%s", dir, files[k]);
-            unlink(p);
-        }
+        snprintf(p, sizeof p, "%s/cluster.json", dir);
+        unlink(p);
+        for (int i = 0; i < cJSON_GetArraySize(plans); i++)
+            for (int k = 0; k < 2; k++) {
+                snprintf(p, sizeof p, "%s/%s-%d.json", dir, k ? "strategy" : "model", i);
+                unlink(p);
+            }
         rmdir(dir);
     }
+    free(index);
     if (have_pd) predictor_free(&pd);
     cluster_free(c);
     cJSON_Delete(cj);

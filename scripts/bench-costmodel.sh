@@ -3,7 +3,7 @@
 # profile, ~13 minutes on 2 cores; STRATA_BENCH_QUICK=1 for the quick one,
 # ~1 minute), train the operator model on that profile and print its held-out
 # error per op kind beside the analytical and roofline baselines, then run
-# the default validation suite (predicted against measured step time and
+# the default validation suite, three rounds (predicted against measured step time and
 # peak memory, MAPE and Kendall tau), then close the loop (train again with
 # --runs on what validate measured) and validate once more with the
 # calibrated model on fresh runs. Last, the searcher in the same closed loop
@@ -21,10 +21,10 @@ echo "cost model on this machine (profile ${quick:-full}):"
 profile=$("$strata" profile list --db "$db" | awk 'NR == 2 { print $1 }')
 "$strata" costmodel train --profile "$profile" --db "$db" --quiet
 echo
-"$strata" validate --db "$db" 2>&1
+"$strata" validate --repeats 3 --db "$db" 2>&1
 echo
 "$strata" costmodel train --profile "$profile" --runs --db "$db" --quiet | grep -E "closed loop|costmodel show"
 echo
-"$strata" validate --db "$db" 2>/dev/null
+"$strata" validate --repeats 3 --db "$db" 2>/dev/null
 echo
 sh scripts/bench-search-loop.sh "$strata" "$db" "$out/this-machine.json"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The searcher in a closed loop on this machine: for three small models, a
+# The searcher in a closed loop on this machine: for four small models, a
 # search for 2 ranks with this machine's newest cost model, then the found
 # plan and the best baseline each run for real 5 times, alternately (A B A B
 # ..., so that a noisy moment of a shared machine falls on both), with
@@ -30,7 +30,8 @@ plan_of() { sed -n "s/.*\"$1\":[[:space:]]*\"\([0-9a-f]\{16\}\)\".*/\1/p" | head
 
 for spec in "gpt-2x128:gpt --layers 2 --hidden 128 --heads 4 --seq 64 --vocab 512 --batch 8" \
             "mlp-4x512:mlp --layers 4 --hidden 512 --input 256 --batch 64" \
-            "cnn-vgg-small:vgg16 --width 8 --fc 64 --image 32 --classes 10 --batch 8"; do
+            "cnn-vgg-small:vgg16 --width 8 --fc 64 --image 32 --classes 10 --batch 8" \
+            "dlrm-8x50k:dlrm --tables 8 --rows 50000 --dim 64 --batch 256"; do
     name=${spec%%:*}
     # shellcheck disable=SC2086
     "$strata" model build ${spec#*:} -o "$out/$name.json" >/dev/null 2>&1

@@ -239,6 +239,24 @@ static void test_validate_small_suite(void **state)
     EXPECT_ERR(&t, "slow", "did not finish within 2 s");
     res_free(&t);
 
+    /* --repeats: rounds over the suite, the measured step their median */
+    const char *one = tp("one-suite.json");
+    write_file(one, "{\"plans\":[{\"name\":\"mlp-1\",\"model\":{\"kind\":\"mlp\",\"layers\":2,"
+                    "\"hidden\":256,\"batch\":32},\"strategy\":{\"build\":\"dp\",\"world\":1}},"
+                    "{\"name\":\"mlp-dp2\",\"model\":{\"kind\":\"mlp\",\"layers\":2,\"hidden\":256,"
+                    "\"batch\":32},\"strategy\":{\"build\":\"dp\",\"world\":2}}]}");
+    STRATA(&t, "validate", "--suite", one, "--db", db, "--steps", "3", "--repeats", "3", "--json");
+    EXPECT_RC(&t, 0);
+    EXPECT_ERR(&t, "round 1/3", "round 3/3");
+    /* round by round: the second plan's first run comes before the first's second */
+    const char *a1 = strstr(t.err, "round 1/3 [ 2/2]"), *b2 = strstr(t.err, "round 2/3 [ 1/2]");
+    assert_true(a1 && b2 && a1 < b2);
+    cJSON *tj = JSON_OUT(&t);
+    assert_int_equal((int)JNUM(tj, "repeats"), 3);
+    const cJSON *tr = JARR(tj, "rows");
+    for (int k = 0; k < 2; k++) assert_int_equal((int)JNUM(cJSON_GetArrayItem(tr, k), "rounds"), 3);
+    res_free(&t);
+
     Err err = {0};
     Db *d = db_open_existing(db, &err);
     DbValidation v;
@@ -273,6 +291,9 @@ static void test_validate_bad_input(void **state)
     STRATA(&r, "validate", "--np", "zero");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--np");
+    STRATA(&r, "validate", "--repeats", "0");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--repeats");
     STRATA(&r, "validate", "--timeout", "0");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--timeout");
