@@ -92,13 +92,20 @@ static int coll_parse(const char *s)
     return -1;
 }
 
+/* Index of the cluster's level called `name`; nlevels when none is. */
+static int level_of(const LinkModel *m, const char *name)
+{
+    int l = 0;
+    while (l < m->c->nlevels && strcmp(m->c->levels[l].name, name)) l++;
+    return l;
+}
+
 int linkmodel_add_fit(LinkModel *m, const char *collective, int group_size, const char *level,
                       double alpha_s, double beta_s, Err *err)
 {
     int k = coll_parse(collective);
     if (k < 0) return err_set(err, "fit: unknown collective \"%s\"", collective);
-    int l = 0;
-    while (l < m->c->nlevels && strcmp(m->c->levels[l].name, level)) l++;
+    int l = level_of(m, level);
     if (l == m->c->nlevels)
         return err_set(err, "fit of %s: level \"%s\" is not a level of cluster %s", collective,
                        level, m->c->name);
@@ -117,8 +124,7 @@ int linkmodel_add_fit(LinkModel *m, const char *collective, int group_size, cons
 int linkmodel_add_point(LinkModel *m, const char *collective, int group_size, const char *level,
                         int64_t bytes, double time_s, Err *err)
 {
-    int k = coll_parse(collective), l = 0;
-    while (l < m->c->nlevels && strcmp(m->c->levels[l].name, level)) l++;
+    int k = coll_parse(collective), l = level_of(m, level);
     Fit *f = NULL;
     for (int i = 0; i < m->nfits && !f; i++)
         if (m->fits[i].coll == k && m->fits[i].group_size == group_size && m->fits[i].level == l)

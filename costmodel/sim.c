@@ -508,7 +508,7 @@ static bool run_compute(Sim *S, int ci, int32_t i)
  * engines and SMs of its own. */
 static bool cpu_shares(const CState *c, int code)
 {
-    return !c->dev.gpu && code != S_MAIN && code >= S_GROUPS;
+    return !c->dev.gpu && code >= S_GROUPS;
 }
 
 /* A transfer or collective of class ci held its stream from start to end;

@@ -12,10 +12,10 @@
  *     measured ~ a C + b X + c N + I
  * is fitted by least squares on relative errors (every plan weighs alike),
  * under a prior that keeps what the runs cannot tell apart from noise at
- * the profile's own figures, and (a, b, c) become the model's calibration. The report gives the
- * suite's step-time MAPE before and after (simulated again with the
- * calibration), and leave-one-out: each plan predicted by a fit on the
- * others, which is what a new plan can expect.
+ * the profile's own figures, and (a, b, c) become the model's calibration.
+ * The report gives the suite's step-time MAPE before and after (simulated
+ * again with the calibration), and leave-one-out: each plan predicted by a
+ * fit on the others, which is what a new plan can expect.
  *
  * Legend: a, b = compute and communication scales, c = seconds per
  * instruction, y = measured step, MAPE = mean |predicted - y| / y.

@@ -300,6 +300,13 @@ static int measured(const char *db_path, const char *run_id, double *t, double *
     return *t > 0 ? 0 : err_set(err, "run %s has no step times", run_id);
 }
 
+/* The model and strategy files of suite plan i, kept in dir for its runs. */
+static void plan_files(const char *dir, int i, char mpath[64], char spath[64])
+{
+    snprintf(mpath, 64, "%s/model-%d.json", dir, i);
+    snprintf(spath, 64, "%s/strategy-%d.json", dir, i);
+}
+
 static int write_text(const char *path, const cJSON *j, Err *err)
 {
     return json_save(j, path, err);
@@ -458,8 +465,7 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
             memcpy(row->plan_id, est.plan_id, 17);
             estimate_free(&est);
             char mpath[64], spath[64];
-            snprintf(mpath, sizeof mpath, "%s/model-%d.json", dir, i);
-            snprintf(spath, sizeof spath, "%s/strategy-%d.json", dir, i);
+            plan_files(dir, i, mpath, spath);
             if (graph_save(g, mpath, &e2) || json_save(s->canonical, spath, &e2))
                 snprintf(row->error, sizeof row->error, "run: %s", e2.msg);
         }
@@ -480,24 +486,19 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
             if (row->error[0] || !row->plan_id[0]) continue;
             int i = index[k];
             char mpath[64], spath[64];
-            snprintf(mpath, sizeof mpath, "%s/model-%d.json", dir, i);
-            snprintf(spath, sizeof spath, "%s/strategy-%d.json", dir, i);
+            plan_files(dir, i, mpath, spath);
             Err e2 = { { 0 } };
             size_t at = (size_t)k * o.repeats;
             if (run_plan(&o, mpath, spath, cpath, threads, id_r[at + round], &e2) ||
                 measured(o.db_path, id_r[at + round], &mt_r[at + round], &mm_r[at + round], &e2)) {
                 snprintf(row->error, sizeof row->error, "run: %s", e2.msg);
             } else {
-                /* the median of the rounds so far, and its run */
-                int order[64], m = round + 1 < 64 ? round + 1 : 64;
-                for (int q = 0; q < m; q++) order[q] = q;
-                for (int q = 1; q < m; q++)
-                    for (int w = q; w > 0 && mt_r[at + order[w]] < mt_r[at + order[w - 1]]; w--) {
-                        int t = order[w];
-                        order[w] = order[w - 1];
-                        order[w - 1] = t;
-                    }
-                int med = order[(m - 1) / 2];
+                /* the median of the rounds so far, and the run that measured it */
+                double sorted[64];
+                int m = round + 1, med = 0;
+                memcpy(sorted, &mt_r[at], sizeof *sorted * m);
+                qsort(sorted, m, sizeof *sorted, cmp_double);
+                while (mt_r[at + med] != sorted[(m - 1) / 2]) med++;
                 row->measured_s = mt_r[at + med];
                 row->measured_mem = mm_r[at + med];
                 memcpy(row->run_id, id_r[at + med], 17);
@@ -609,11 +610,12 @@ out:
         char p[96];
         snprintf(p, sizeof p, "%s/cluster.json", dir);
         unlink(p);
-        for (int i = 0; i < cJSON_GetArraySize(plans); i++)
-            for (int k = 0; k < 2; k++) {
-                snprintf(p, sizeof p, "%s/%s-%d.json", dir, k ? "strategy" : "model", i);
-                unlink(p);
-            }
+        for (int i = 0; i < cJSON_GetArraySize(plans); i++) {
+            char mpath[64], spath[64];
+            plan_files(dir, i, mpath, spath);
+            unlink(mpath);
+            unlink(spath);
+        }
         rmdir(dir);
     }
     free(index);
