@@ -258,32 +258,122 @@ void kernel_half_sum(const uint16_t *a, uint16_t *b, int64_t n)
  * the sum of the decoded values tracks the sum of the inputs within one
  * quantum. e may be NULL (no feedback). */
 
+/* The largest |x + e| of a run (e may be NULL), in eight lanes so that the
+ * loop vectorises; a maximum is exact, so the lanes change nothing. A NaN
+ * never wins (as in a plain `if (a > m) m = a`). */
+K_FAST float vec_absmax(const float *restrict x, const float *restrict e, int64_t n)
+{
+    float m[8] = { 0 };
+    int64_t i = 0;
+    if (e) {
+        for (const int64_t n8 = n & ~(int64_t)7; i < n8; i += 8)
+            for (int j = 0; j < 8; j++) {
+                float a = fabsf(x[i + j] + e[i + j]);
+                m[j] = a > m[j] ? a : m[j];
+            }
+    } else {
+        for (const int64_t n8 = n & ~(int64_t)7; i < n8; i += 8)
+            for (int j = 0; j < 8; j++) {
+                float a = fabsf(x[i + j]);
+                m[j] = a > m[j] ? a : m[j];
+            }
+    }
+    for (; i < n; i++) {
+        float a = fabsf(x[i] + (e ? e[i] : 0));
+        m[0] = a > m[0] ? a : m[0];
+    }
+    float r = m[0];
+    for (int j = 1; j < 8; j++) r = m[j] > r ? m[j] : r;
+    return r;
+}
+
+/* y / scale rounded to the nearest integer (ties to even, as lrintf in the
+ * default rounding mode) and held to [-127, 127]: the magnitude is clamped
+ * on the float's bits (integer compares, which cannot trap, so the loop
+ * vectorises; an infinity is +-127, a NaN -127), then rounded by adding
+ * and taking away 1.5 * 2^23, which leaves a float of magnitude below 2^22
+ * at its nearest integer. Rounding is monotone and the bounds are
+ * integers, so clamping first changes no code. */
+static inline float int8_code(float y, float scale)
+{
+    union { float f; int32_t i; } v = { .f = y / scale };
+    int32_t mag = v.i & 0x7fffffff, sgn = v.i & (int32_t)0x80000000;
+    sgn = mag > 0x7f800000 ? (int32_t)0x80000000 : sgn;
+    mag = mag < 0x42fe0000 ? mag : 0x42fe0000;      /* 127.0f */
+    v.i = sgn | mag;
+    return (v.f + 12582912.0f) - 12582912.0f;
+}
+
+/* Codes of a run, the error fed back (e) or not; the main loops take 32 at
+ * a time, a vector of codes. */
+K_FAST void vec_int8_encode_fed(const float *restrict x, float *restrict e, int8_t *restrict q,
+                                float scale, int64_t n)
+{
+    int64_t i = 0;
+    for (const int64_t n32 = n & ~(int64_t)31; i < n32; i++) {
+        float y = x[i] + e[i], r = int8_code(y, scale);
+        q[i] = (int8_t)(int32_t)r;
+        e[i] = y - r * scale;
+    }
+    for (; i < n; i++) {
+        float y = x[i] + e[i], r = int8_code(y, scale);
+        q[i] = (int8_t)(int32_t)r;
+        e[i] = y - r * scale;
+    }
+}
+
+K_FAST void vec_int8_encode(const float *restrict x, int8_t *restrict q, float scale, int64_t n)
+{
+    int64_t i = 0;
+    for (const int64_t n32 = n & ~(int64_t)31; i < n32; i++)
+        q[i] = (int8_t)(int32_t)int8_code(x[i], scale);
+    for (; i < n; i++) q[i] = (int8_t)(int32_t)int8_code(x[i], scale);
+}
+
+K_FAST void vec_int8_decode(const int8_t *restrict q, float scale, float *restrict x, int64_t n)
+{
+    int64_t i = 0;
+    for (const int64_t n32 = n & ~(int64_t)31; i < n32; i++) x[i] = (float)q[i] * scale;
+    for (; i < n; i++) x[i] = (float)q[i] * scale;
+}
+
 float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n)
 {
-    /* the largest magnitude is the same whichever thread finds it */
-    float amax = 0;
-#pragma omp parallel for schedule(static) reduction(max : amax) if (n >= 2 * K_PIECE)
-    for (int64_t i = 0; i < n; i++) {
-        float a = fabsf(x[i] + (e ? e[i] : 0));
-        if (a > amax) amax = a;
+    const int64_t pieces = k_pieces(n);
+    float part[64] = { 0 }, amax = 0;
+    /* each piece's maximum, then theirs: the same whichever thread finds it */
+    for (int64_t k0 = 0; k0 < pieces; k0 += 64) {
+        int64_t np = pieces - k0 < 64 ? pieces - k0 : 64;
+#pragma omp parallel for schedule(static) if (np > 1)
+        for (int64_t k = 0; k < np; k++) {
+            int64_t o = (k0 + k) * K_PIECE;
+            part[k] = vec_absmax(x + o, e ? e + o : NULL, k_piece_len(n, k0 + k));
+        }
+        for (int64_t k = 0; k < np; k++) amax = part[k] > amax ? part[k] : amax;
     }
     float scale = amax / 127;
-#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
-    for (int64_t i = 0; i < n; i++) {
-        float y = x[i] + (e ? e[i] : 0);
-        long r = scale > 0 ? lrintf(y / scale) : 0;
-        if (r > 127) r = 127;
-        if (r < -127) r = -127;
-        q[i] = (int8_t)r;
-        if (e) e[i] = y - (float)r * scale;
+    if (!(scale > 0)) {
+        /* nothing to scale by: every code 0, the input kept as the error */
+        if (n > 0) memset(q, 0, (size_t)n);
+        if (e)
+            for (int64_t i = 0; i < n; i++) e[i] = x[i] + e[i];
+        return scale;
+    }
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        int64_t o = k * K_PIECE;
+        if (e) vec_int8_encode_fed(x + o, e + o, q + o, scale, k_piece_len(n, k));
+        else vec_int8_encode(x + o, q + o, scale, k_piece_len(n, k));
     }
     return scale;
 }
 
 void kernel_int8_decode(const int8_t *q, float scale, float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= 2 * K_PIECE)
-    for (int64_t i = 0; i < n; i++) x[i] = (float)q[i] * scale;
+    const int64_t pieces = k_pieces(n);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++)
+        vec_int8_decode(q + k * K_PIECE, scale, x + k * K_PIECE, k_piece_len(n, k));
 }
 
 /* ----------------------------------------------------------------------------

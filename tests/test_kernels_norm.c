@@ -1252,6 +1252,52 @@ static void test_int8_error_feedback(void **state)
     for (int i = 0; i < N; i++) assert_int_equal(q[i], 0);
 }
 
+/* The codes and errors are exactly those of the plain definition: the
+ * largest |x + e| over 127 as the scale, each x + e over it rounded to
+ * the nearest integer (ties to even) and held to [-127, 127], whatever the
+ * length (vector loops, their tails, several threads' pieces) and with
+ * values on rounding ties and at the bounds. */
+static void test_int8_exact(void **state)
+{
+    (void)state;
+    const int64_t lens[] = { 1, 31, 32, 33, 1000, 3 * 16384 + 77 };
+    for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+        int64_t n = lens[l];
+        float *x = malloc(sizeof *x * n), *e = malloc(sizeof *e * n), *e0 = malloc(sizeof *e0 * n);
+        int8_t *q = malloc((size_t)n), *q0 = malloc((size_t)n);
+        assert_non_null(x), assert_non_null(e), assert_non_null(e0), assert_non_null(q), assert_non_null(q0);
+        for (int64_t i = 0; i < n; i++) {
+            /* |x + e| < 127 but for the last, 127: the scale is 1, and every
+             * 15th (no error added) lies on a rounding tie */
+            x[i] = i % 5 == 0 ? (float)(i % 200) - 99.5f : (float)(126 * urand());
+            e[i] = e0[i] = i % 3 ? (float)(0.5 * urand()) : 0;
+        }
+        x[n - 1] = 127.0f;
+        e[n - 1] = e0[n - 1] = 0;
+        float amax = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float a = fabsf(x[i] + e0[i]);
+            if (a > amax) amax = a;
+        }
+        float scale0 = amax / 127;
+        for (int64_t i = 0; i < n; i++) {
+            float y = x[i] + e0[i];
+            long r = lrintf(y / scale0);
+            r = r > 127 ? 127 : r < -127 ? -127 : r;
+            q0[i] = (int8_t)r;
+            e0[i] = y - (float)r * scale0;
+        }
+        assert_true(scale0 == 1.0f);
+        float scale = kernel_int8_encode(x, e, q, n);
+        assert_true(scale == scale0);
+        for (int64_t i = 0; i < n; i++) {
+            assert_int_equal(q[i], q0[i]);
+            assert_true(e[i] == e0[i]);
+        }
+        free(x), free(e), free(e0), free(q), free(q0);
+    }
+}
+
 /* ----------------------------------------------------------------------------
  * orthonormalize */
 
@@ -1751,6 +1797,7 @@ int main(void)
         cmocka_unit_test(test_fp16_round_trip),
         cmocka_unit_test(test_fp16_hardware_matches),
         cmocka_unit_test(test_int8_error_feedback),
+        cmocka_unit_test(test_int8_exact),
         cmocka_unit_test(test_orthonormalize),
         cmocka_unit_test(test_init),
         cmocka_unit_test(test_expf),
