@@ -530,9 +530,21 @@ static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
     span(S, ci, i, start, end);
 }
 
+/* Seconds of one pass of elementwise work over `elems` floats moving
+ * `bytes_per` bytes each (read and written), priced as the op model prices
+ * a gradient sum, the same kind of kernel. */
+static double pass_time(const Sim *S, const CState *c, double elems, double bytes_per)
+{
+    OpShape x = { .kind = CM_KIND_SUM, .phase = PH_UPDATE, .dtype = DT_F32, .flops = elems,
+                  .bytes = elems * bytes_per };
+    x.size[0] = (int64_t)elems;
+    return opmodel_time(S->ops, &c->dev, &x, NULL);
+}
+
 /* A collective as the executor runs it. A compressed gradient all-reduce
- * also pays its coding passes over memory, and int8 codes, which do not add
- * up, are all-gathered and each member's decoded and summed (the executor's
+ * also pays its coding passes, elementwise kernels priced like the op
+ * model's (pass_time), and int8 codes, which do not add up, are
+ * all-gathered and each member's decoded and summed (the executor's
  * algorithm: n times the codes cross the links). PowerSGD's two small
  * all-reduces each come with their matrix products. */
 static double compressed_time(const Sim *S, const CState *c, const Instr *in, const MeetList *ml)
@@ -545,12 +557,14 @@ static double compressed_time(const Sim *S, const CState *c, const Instr *in, co
         double elems = (double)(bytes > 4 ? bytes - 4 : 1);
         kind = I_ALLGATHER;
         bytes = (int64_t)(elems * n);
-        /* encode: gradient and error in, codes and error out; decode and
-         * add: per member codes in, the sum read and written */
-        extra = elems * (4 + 4 + 1 + 4) / bw + n * elems * (1 + 4 + 4) / bw;
+        /* encode: gradient and error read twice (the scale, then the
+         * codes), codes and error written, and the sum cleared; per member
+         * its codes decoded (in, floats out) and added (both in, the sum
+         * out) */
+        extra = pass_time(S, c, elems, 8 + 8 + 1 + 4 + 4) + n * pass_time(S, c, elems, 1 + 4 + 4 + 4 + 4);
     } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_FP16) {
         double elems = (double)bytes / 2;
-        extra = 2 * elems * (4 + 2) / bw;           /* to half and back */
+        extra = 2 * pass_time(S, c, elems, 4 + 2);  /* to half and back */
         kind = LINK_ALLREDUCE_F16;                  /* summed in halves */
     } else if (kind == I_ALLREDUCE && in->compress == COMPRESS_POWERSGD && in->tensor >= 0) {
         /* rows x cols gradient, rank r: P = M Q or Q = M^T P, then (for Q)

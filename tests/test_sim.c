@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "costmodel/costmodel.h"
+#include "costmodel/train.h"
 #include "ir/cluster.h"
 #include "ir/util.h"
 #include "tests/support/lower_fixtures.h"
@@ -684,7 +685,18 @@ static void test_compressed_allreduce_priced_as_run(void **state)
     Err err = {0};
     assert_int_equal(cost_simulate(g, c, s, &h.p, &o, &r, &err), 0);
     double gather = 1e-6 + 0.5 * 2e6 / 100e9;          /* all-gather of 2 x 1e6 bytes */
-    double coding = 1e6 * 13 / 1000e9 + 2 * 1e6 * 9 / 1000e9;
+    /* the coding passes, elementwise kernels priced as the analytical model
+     * prices a gradient sum: encode, in twice (8 + 8), codes and error out
+     * (1 + 4), the sum cleared (4); per member decode (1 + 4) and add
+     * (4 + 4 + 4) */
+    OpDevice dev;
+    op_device_from_group(&c->groups[0], &dev);
+    OpShape enc = { .kind = CM_KIND_SUM, .phase = PH_UPDATE, .dtype = DT_F32, .flops = 1e6,
+                    .bytes = 25e6 }, mem = enc;
+    enc.size[0] = mem.size[0] = 1000000;
+    mem.bytes = 17e6;
+    double coding = opmodel_analytic_time(&dev, &enc) + 2 * opmodel_analytic_time(&dev, &mem);
+    assert_true(coding > 25e6 / 1000e9 / 4);             /* bandwidth-bound passes, not free */
     assert_true(fabs(r.step_time - (gather + coding)) < 1e-12);
     sim_result_free(&r);
 
@@ -697,7 +709,9 @@ static void test_compressed_allreduce_priced_as_run(void **state)
                                        &err), 0);
     o.links = lm;
     assert_int_equal(cost_simulate(g, c, s, &h.p, &o, &r, &err), 0);
-    double convert = 2 * 1e6 * 6 / 1000e9;
+    OpShape cv = enc;
+    cv.bytes = 6e6;                                  /* floats in, halves out, and back */
+    double convert = 2 * opmodel_analytic_time(&dev, &cv);
     assert_true(fabs(r.step_time - (1e-3 + 1e-8 * 2e6 + convert)) < 1e-12);
     sim_result_free(&r);
     linkmodel_free(lm);
