@@ -1392,17 +1392,32 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
     int64_t opt = S->s->optimizer == OPT_ADAM ? (half ? 12 : 8) : (half ? 8 : 4);
     int64_t p = b, g = b, o = elems * opt;
     if (pp->method == SYNC_PS && S->sync_axes[t]) {
-        /* workers keep no optimizer state; a server keeps its shards' */
-        o = 0;
-        int me = group_index(S->s, L->coord, S->sync_axes[t]);
-        for (int k = 0; k < pp->ps_shards; k++)
-            if (pp->ps_placement[k] == me) o += elems * opt / pp->ps_shards;
-        return p + g + o;
+        /* workers keep no optimizer state; a server keeps it for the whole
+         * param (the executor's update indexes it by element) and, per
+         * shard it serves, a gradient of the param's size from each other
+         * worker (sync_ps: the pushed values) */
+        int me = group_index(S->s, L->coord, S->sync_axes[t]), served = 0;
+        for (int k = 0; k < pp->ps_shards; k++) served += pp->ps_placement[k] == me;
+        return p + g + (served ? o + (int64_t)served * (D - 1) * b : 0);
     }
     if (pp->shard >= SHARD_ZERO1) o /= D;
     if (pp->shard >= SHARD_ZERO2) g /= D;
     if (pp->shard >= SHARD_ZERO3) p /= D;
-    return p + g + o;
+    /* what a compressed all-reduce keeps from step to step (the executor's
+     * float buffers): int8, the error fed back; PowerSGD, the error, the
+     * matrix it compresses and its two factors */
+    int64_t keep = 0;
+    if (pp->method == SYNC_ALLREDUCE && S->sync_axes[t] && D > 1) {
+        if (pp->compress == COMPRESS_INT8) keep = elems * 4;
+        if (pp->compress == COMPRESS_POWERSGD) {
+            int64_t rows, cols, r = pp->powersgd_rank;
+            powersgd_dims(S, t, &rows, &cols);
+            if (r > rows) r = rows;
+            if (r > cols) r = cols;
+            keep = 4 * (2 * elems + (rows + cols) * r);
+        }
+    }
+    return p + g + o + keep;
 }
 
 /* The alloc/free walk over instructions [i0, i1): bytes allocated minus

@@ -342,10 +342,32 @@ static void test_parameter_server(void **state)
         assert_int_equal(program_comm_bytes(pr, I_SEND, WHY_PS), want);
         assert_int_equal(program_comm_bytes(pr, I_RECV, WHY_PS), want);
         assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_COUNT), 0);
+        /* memory kept all step: params and gradients; a server (one shard of
+         * every param) also the optimizer state of the whole param, as the
+         * executor keeps it, and the D-1 gradients pushed to it */
+        int64_t opt = s->optimizer == OPT_ADAM ? 2 : 1;
+        bool server = r == 0 || r == 2;
+        assert_int_equal(pr->static_mem, 2 * all + (server ? opt * all + (D - 1) * all : 0));
     }
     plan_free(p);
     strategy_free(s);
     graph_free(g);
+}
+
+/* A 2-rank data-parallel plan's static memory, the params matching
+ * `pattern` synchronised with compression `compress`. */
+static int64_t kept_all_step(const Graph *g, const char *compress, const char *pattern)
+{
+    char js[256];
+    snprintf(js, sizeof js, "{\"mesh\":{\"dp\":2},\"params\":{\"%s\":{\"sync\":"
+             "{\"method\":\"allreduce\",\"compress\":\"%s\"}}}}", pattern, compress);
+    Strategy *s = strat(g, js);
+    Plan *p = lower(g, s);
+    check_plan(p);
+    int64_t m = p->classes[0].static_mem;
+    plan_free(p);
+    strategy_free(s);
+    return m;
 }
 
 /* --- compression shrinks the all-reduce payload exactly */
@@ -359,8 +381,18 @@ static void test_compression(void **state)
     Plan *p = lower(g, s);
     check_plan(p);
     assert_int_equal(program_comm_bytes(&p->classes[0], I_ALLREDUCE, WHY_GRAD_SYNC), param_bytes(g) / 2);
+    int64_t opt = s->optimizer == OPT_ADAM ? 2 : 1, plain = (2 + opt) * param_bytes(g);
+    assert_int_equal(p->classes[0].static_mem, plain);      /* fp16 keeps nothing between steps */
     plan_free(p);
     strategy_free(s);
+    /* int8 keeps the error it feeds back, a float per element; PowerSGD the
+     * error, the matrix it compresses and its two factors */
+    assert_int_equal(kept_all_step(g, "int8", "*"), plain + param_bytes(g));
+    int64_t kept = 0;
+    for (int t = 0; t < g->ntensors; t++)
+        if (strstr(g->tensors[t].name, ".attn.wq")) kept += 2 * tensor_numel(&g->tensors[t]) * 4;
+    assert_true(kept > 0);
+    assert_true(kept_all_step(g, "powersgd:2", "blocks.*.attn.wq") > plain + kept);
     graph_free(g);
 }
 
