@@ -2,7 +2,9 @@
  * bench_estimate.c — how long a prediction takes: lowering plus simulation
  * of GPT-3 175B plans on 1024 A100s, cold (each plan lowered and simulated
  * from nothing), and the rate of estimates over a loop of varied plans
- * (micro-batches, recompute, pipeline depth), per core. The fast path (the
+ * (micro-batches, recompute, pipeline depth), per core: with each
+ * strategy built and read from JSON, and from strategies already built
+ * (as the searcher has its candidates). The fast path (the
  * compact form, regular passes run whole) is timed beside the reference
  * (the full program, instruction by instruction), and the two predictions
  * are compared. Figures, not pass/fail; the targets (2 ms cold, 5,000
@@ -97,14 +99,17 @@ int main(void)
     sim_result_free(&r);
     sim_result_free(&ref);
 
-    /* a loop of varied plans, as a search would ask */
+    /* a loop of varied plans, as a search would ask: timed whole (each
+     * strategy built by strategy_build and read from its JSON, as a user's
+     * would be), and from strategies already built (the searcher builds
+     * its candidates in memory, without JSON) */
     static const struct { int tp, pp, mb; bool rc; } var[] = {
         { 8, 16, 192, true }, { 8, 16, 96, true }, { 8, 8, 96, true }, { 8, 8, 48, false },
         { 4, 16, 96, true }, { 8, 32, 96, true }, { 8, 16, 48, true }, { 8, 8, 32, true },
     };
-    int n = (int)(sizeof var / sizeof var[0]);
+    enum { NVAR = sizeof var / sizeof var[0] };
     double t0 = now_s(), lower = 0, sim = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < NVAR; i++) {
         StrategyOpts o = { .world = 1024, .tp = var[i].tp, .pp = var[i].pp,
                            .microbatches = var[i].mb, .recompute = var[i].rc };
         double a, b;
@@ -114,7 +119,35 @@ int main(void)
     }
     double dt = now_s() - t0;
     printf("  %d varied plans: %.1f estimates/s per core (lower %.0f%%, simulate %.0f%% of "
-           "the time; target 5000/s)\n", n, n / dt, 100 * lower / dt, 100 * sim / dt);
+           "the time, the rest building and reading the strategies' JSON; target 5000/s)\n",
+           NVAR, NVAR / dt, 100 * lower / dt, 100 * sim / dt);
+    Strategy *built[NVAR];
+    for (int i = 0; i < NVAR; i++) {
+        StrategyOpts o = { .world = 1024, .tp = var[i].tp, .pp = var[i].pp,
+                           .microbatches = var[i].mb, .recompute = var[i].rc };
+        cJSON *j = strategy_build("megatron", g, c, &o, &err);
+        built[i] = j ? strategy_from_json(j, g, c, &err) : NULL;
+        cJSON_Delete(j);
+        if (!built[i]) {
+            fprintf(stderr, "bench_estimate: %s\n", err.msg);
+            return 1;
+        }
+    }
+    t0 = now_s();
+    for (int i = 0; i < NVAR; i++) {
+        Plan *p = ir_lower_compact(g, c, built[i], &err);
+        SimResult r;
+        if (!p || cost_simulate(g, c, built[i], p, NULL, &r, &err)) {
+            fprintf(stderr, "bench_estimate: %s\n", err.msg);
+            return 1;
+        }
+        sim_result_free(&r);
+        plan_free(p);
+    }
+    dt = now_s() - t0;
+    printf("  the same plans from strategies already built (as the searcher has them): %.1f "
+           "estimates/s per core\n", NVAR / dt);
+    for (int i = 0; i < NVAR; i++) strategy_free(built[i]);
     cluster_free(c);
     graph_free(g);
     return 0;
