@@ -265,7 +265,7 @@ K_FAST float vec_absmax(const float *restrict x, const float *restrict e, int64_
 {
     float m[8] = { 0 };
     int64_t i = 0;
-    if (e) {
+    if (e) {        /* two loops: gcc vectorises neither with the test inside */
         for (const int64_t n8 = n & ~(int64_t)7; i < n8; i += 8)
             for (int j = 0; j < 8; j++) {
                 float a = fabsf(x[i + j] + e[i + j]);
@@ -340,16 +340,14 @@ K_FAST void vec_int8_decode(const int8_t *restrict q, float scale, float *restri
 float kernel_int8_encode(const float *x, float *e, int8_t *q, int64_t n)
 {
     const int64_t pieces = k_pieces(n);
-    float part[64] = { 0 }, amax = 0;
-    /* each piece's maximum, then theirs: the same whichever thread finds it */
-    for (int64_t k0 = 0; k0 < pieces; k0 += 64) {
-        int64_t np = pieces - k0 < 64 ? pieces - k0 : 64;
-#pragma omp parallel for schedule(static) if (np > 1)
-        for (int64_t k = 0; k < np; k++) {
-            int64_t o = (k0 + k) * K_PIECE;
-            part[k] = vec_absmax(x + o, e ? e + o : NULL, k_piece_len(n, k0 + k));
-        }
-        for (int64_t k = 0; k < np; k++) amax = part[k] > amax ? part[k] : amax;
+    /* a maximum is exact: the same whichever thread finds which piece's
+     * (vec_absmax never returns a NaN) */
+    float amax = 0;
+#pragma omp parallel for schedule(static) reduction(max : amax) if (pieces > 1)
+    for (int64_t k = 0; k < pieces; k++) {
+        int64_t o = k * K_PIECE;
+        float a = vec_absmax(x + o, e ? e + o : NULL, k_piece_len(n, k));
+        amax = a > amax ? a : amax;
     }
     float scale = amax / 127;
     if (!(scale > 0)) {
