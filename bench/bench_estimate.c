@@ -29,19 +29,24 @@ static int cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Lowers (compact or full) and simulates one plan; the two times go to
- * *tl and *ts. */
-static int estimate(const Graph *g, const Cluster *c, StrategyOpts o, bool compact, double *tl,
-                    double *ts, SimResult *out, long *instrs)
+/* The megatron strategy of o, built and read from its JSON as a user's
+ * would be; NULL (said) when it cannot be. */
+static Strategy *build(const Graph *g, const Cluster *c, StrategyOpts o)
 {
     Err err = {0};
     cJSON *j = strategy_build("megatron", g, c, &o, &err);
     Strategy *s = j ? strategy_from_json(j, g, c, &err) : NULL;
     cJSON_Delete(j);
-    if (!s) {
-        fprintf(stderr, "bench_estimate: %s\n", err.msg);
-        return -1;
-    }
+    if (!s) fprintf(stderr, "bench_estimate: %s\n", err.msg);
+    return s;
+}
+
+/* Lowers (compact or full) and simulates the plan of a built strategy; the
+ * two times go to *tl and *ts. */
+static int estimate_built(const Graph *g, const Cluster *c, const Strategy *s, bool compact,
+                          double *tl, double *ts, SimResult *out, long *instrs)
+{
+    Err err = {0};
     double t0 = now_s();
     Plan *p = compact ? ir_lower_compact(g, c, s, &err) : ir_lower(g, c, s, &err);
     double t1 = now_s();
@@ -58,8 +63,30 @@ static int estimate(const Graph *g, const Cluster *c, StrategyOpts o, bool compa
     if (!rc && out) *out = r;
     else if (!rc) sim_result_free(&r);
     plan_free(p);
+    return rc;
+}
+
+/* Builds the strategy of o (untimed), then estimate_built. */
+static int estimate(const Graph *g, const Cluster *c, StrategyOpts o, bool compact, double *tl,
+                    double *ts, SimResult *out, long *instrs)
+{
+    Strategy *s = build(g, c, o);
+    int rc = s ? estimate_built(g, c, s, compact, tl, ts, out, instrs) : -1;
     strategy_free(s);
     return rc;
+}
+
+/* The loop's varied plans (micro-batches, recompute, pipeline depth). */
+static const struct { int tp, pp, mb; bool rc; } VAR[] = {
+    { 8, 16, 192, true }, { 8, 16, 96, true }, { 8, 8, 96, true }, { 8, 8, 48, false },
+    { 4, 16, 96, true }, { 8, 32, 96, true }, { 8, 16, 48, true }, { 8, 8, 32, true },
+};
+enum { NVAR = sizeof VAR / sizeof VAR[0] };
+
+static StrategyOpts varied(int i)
+{
+    return (StrategyOpts){ .world = 1024, .tp = VAR[i].tp, .pp = VAR[i].pp,
+                           .microbatches = VAR[i].mb, .recompute = VAR[i].rc };
 }
 
 int main(void)
@@ -103,17 +130,10 @@ int main(void)
      * strategy built by strategy_build and read from its JSON, as a user's
      * would be), and from strategies already built (the searcher builds
      * its candidates in memory, without JSON) */
-    static const struct { int tp, pp, mb; bool rc; } var[] = {
-        { 8, 16, 192, true }, { 8, 16, 96, true }, { 8, 8, 96, true }, { 8, 8, 48, false },
-        { 4, 16, 96, true }, { 8, 32, 96, true }, { 8, 16, 48, true }, { 8, 8, 32, true },
-    };
-    enum { NVAR = sizeof var / sizeof var[0] };
     double t0 = now_s(), lower = 0, sim = 0;
     for (int i = 0; i < NVAR; i++) {
-        StrategyOpts o = { .world = 1024, .tp = var[i].tp, .pp = var[i].pp,
-                           .microbatches = var[i].mb, .recompute = var[i].rc };
         double a, b;
-        if (estimate(g, c, o, true, &a, &b, NULL, NULL)) return 1;
+        if (estimate(g, c, varied(i), true, &a, &b, NULL, NULL)) return 1;
         lower += a;
         sim += b;
     }
@@ -122,27 +142,12 @@ int main(void)
            "the time, the rest building and reading the strategies' JSON; target 5000/s)\n",
            NVAR, NVAR / dt, 100 * lower / dt, 100 * sim / dt);
     Strategy *built[NVAR];
-    for (int i = 0; i < NVAR; i++) {
-        StrategyOpts o = { .world = 1024, .tp = var[i].tp, .pp = var[i].pp,
-                           .microbatches = var[i].mb, .recompute = var[i].rc };
-        cJSON *j = strategy_build("megatron", g, c, &o, &err);
-        built[i] = j ? strategy_from_json(j, g, c, &err) : NULL;
-        cJSON_Delete(j);
-        if (!built[i]) {
-            fprintf(stderr, "bench_estimate: %s\n", err.msg);
-            return 1;
-        }
-    }
+    for (int i = 0; i < NVAR; i++)
+        if (!(built[i] = build(g, c, varied(i)))) return 1;
     t0 = now_s();
     for (int i = 0; i < NVAR; i++) {
-        Plan *p = ir_lower_compact(g, c, built[i], &err);
-        SimResult r;
-        if (!p || cost_simulate(g, c, built[i], p, NULL, &r, &err)) {
-            fprintf(stderr, "bench_estimate: %s\n", err.msg);
-            return 1;
-        }
-        sim_result_free(&r);
-        plan_free(p);
+        double a, b;
+        if (estimate_built(g, c, built[i], true, &a, &b, NULL, NULL)) return 1;
     }
     dt = now_s() - t0;
     printf("  the same plans from strategies already built (as the searcher has them): %.1f "
