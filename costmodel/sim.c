@@ -4,22 +4,23 @@
  *
  * Each class is simulated through one representative rank (its first): the
  * ranks of a class run the same program, so they reach each point at the
- * same time. Every rank has two in-order streams, compute and comm, as a
- * GPU has a compute stream and NCCL's. An instruction starts when its stream
- * is free and its dependencies have finished; alloc and free take no time
- * and hold no stream.
+ * same time. Every rank has the in-order stream of its interpreter, which
+ * runs compute and every blocking communication, and one per communicator
+ * for the collectives the executor runs behind it (stream_code says which).
+ * An instruction starts when its stream is free and its dependencies have
+ * finished; alloc and free take no time and hold no stream.
  *
  *   collective  the k-th collective a class issues on one group key (its
  *               live mesh axes; tied-param sums have a key of their own, as
  *               they have a communicator of their own) meets the k-th of
  *               every other class with members in the group, as MPI and
  *               NCCL match calls on a communicator in order. It starts when
- *               the last member is ready and holds every member's comm
- *               stream until it ends.
+ *               the last member is ready and holds every member's stream
+ *               until it ends.
  *   send        is posted (it does not hold the stream: the executor posts
  *               sends without waiting) and completes when its bytes have
  *               moved.
- *   recv        holds the comm stream from when it is ready until the
+ *   recv        holds its stream from when it is ready until the
  *               matching send's bytes have arrived. Transfers between two
  *               classes match in order per (peer, tag), as MPI's
  *               non-overtaking rule orders messages.
@@ -41,10 +42,11 @@
 #include "costmodel.h"
 #include "ir/util.h"
 
-/* Streams of a simulated rank: the interpreter's (compute; on a CPU also
- * every blocking communication), point-to-point, then one per collective
- * group (as NCCL runs each communicator on a stream of its own). */
-enum { S_MAIN, S_P2P, S_GROUPS };
+/* Streams of a simulated rank: the interpreter's (compute and every
+ * blocking communication), then one per collective group for the
+ * all-reduces a CPU rank starts without waiting (as MPI progresses each
+ * communicator's requests on their own). */
+enum { S_MAIN, S_GROUPS };
 
 #define KEYS (1 << (MESH_MAX_AXES + 1))     /* axis masks, and the same for tied sums */
 #define TIED_KEY (1 << MESH_MAX_AXES)
@@ -426,25 +428,26 @@ static void span(Sim *S, int ci, int32_t i, double start, double end)
 }
 
 /* The stream an instruction runs on, by how the backend executes the
- * program. A GPU (CUDA + NCCL) queues kernels on a compute stream and
- * collectives and transfers on streams of their own. The CPU executor
- * interprets the program on one thread: every communication blocks it
- * except the gradient all-reduces it starts without waiting (in place,
- * uncompressed) and the sends it posts. */
+ * program. Both executors interpret it on one thread. The CPU one (MPI)
+ * blocks in every communication except the gradient all-reduces it starts
+ * without waiting (in place, uncompressed) and the sends it posts. The GPU
+ * one (NCCL, executor/comm_nccl.c) waits for the device's queued kernels
+ * before each call and for the call to finish, so every collective holds
+ * the interpreter; a send is queued and launched with the next receive,
+ * which holds the interpreter until its bytes arrive (the receive's time is
+ * the pair's), so only the posting is free. Modelling NCCL streams running
+ * beside the compute stream instead predicted Megatron-LM's published
+ * pipelined runs 13-17% fast: their collectives block too. */
 static int stream_code(const Sim *S, const CState *c, const Instr *in)
 {
     if (in->kind == I_ALLOC || in->kind == I_FREE) return -1;
-    if (in->kind == I_COMPUTE) return S_MAIN;
-    bool p2p = in->kind == I_SEND || in->kind == I_RECV;
-    bool async = c->dev.gpu || (in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
-                                (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED));
-    if (!async) return S_MAIN;
-    if (p2p) return S_P2P;
-    return S_GROUPS + key_of(S, in);
+    bool async = !c->dev.gpu && in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
+                 (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED);
+    return async ? S_GROUPS + key_of(S, in) : S_MAIN;
 }
 
 /* The same as a stream of this class's instruction-level loop: the first
- * group met gets the first stream after S_P2P. */
+ * group met gets the first stream after S_MAIN. */
 static int stream_of(const Sim *S, CState *c, const Instr *in)
 {
     int code = stream_code(S, c, in);
@@ -500,15 +503,15 @@ static bool run_compute(Sim *S, int ci, int32_t i)
 }
 
 /* Does a collective on stream code `code` take its time from the
- * interpreter's too? On a CPU rank it does: the executor gives a rank its
- * cores' worth of threads, so the collective it runs behind the
- * interpreter progresses on the same cores, and what it takes the
- * interpreter loses (the bench's all-reduce overlapping a backward was
- * 1.09x slower than in program order). A GPU's NCCL stream has copy
- * engines and SMs of its own. */
+ * interpreter's too? Only a CPU rank runs collectives behind its
+ * interpreter, and they do: the executor gives a rank its cores' worth of
+ * threads, so the collective progresses on the same cores, and what it
+ * takes the interpreter loses (the bench's all-reduce overlapping a
+ * backward was 1.09x slower than in program order). */
 static bool cpu_shares(const CState *c, int code)
 {
-    return !c->dev.gpu && code >= S_GROUPS;
+    (void)c;
+    return code >= S_GROUPS;
 }
 
 /* A transfer or collective of class ci held its stream from start to end;
@@ -1787,7 +1790,6 @@ static void class_init(Sim *S, int ci, const Program *pr)
         if (c->sid[i] != UINT16_MAX) c->list[c->cur[c->sid[i]]++] = i;
     for (int st = 0; st < c->nstreams; st++) c->cur[st] = c->list_off[st];
     c->free_t[S_MAIN] = c->afree[S_MAIN];
-    c->free_t[S_P2P] = c->afree[S_P2P];
     for (int k = 0; k < KEYS; k++)
         if (c->key_stream[k] >= 0) c->free_t[c->key_stream[k]] = c->afree[S_GROUPS + k];
     SimClass *o = &c->out;

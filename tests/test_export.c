@@ -189,7 +189,7 @@ static void test_megatron_experts(void **state)
     Res r = { 0 };
     const char *model = tp("moe.json");
     STRATA(&r, "model", "build", "moe", "--layers", "2", "--hidden", "256", "--heads", "4",
-           "--seq", "64", "--vocab", "1024", "--batch", "16", "--experts", "8", "-o", model);
+           "--seq", "64", "--vocab", "1024", "--batch", "64", "--experts", "8", "-o", model);
     EXPECT_RC(&r, 0);
     STRATA(&r, "search", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
            "--nodes", "1", "--algo", "exhaustive", "--db", db, "--json");
