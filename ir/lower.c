@@ -1400,8 +1400,12 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
         for (int k = 0; k < pp->ps_shards; k++) served += pp->ps_placement[k] == me;
         return p + g + (served ? o + (int64_t)served * (D - 1) * b : 0);
     }
+    /* ZeRO as the executor keeps it: the optimizer state of the rank's
+     * shard; the whole gradient (what the micro-batches accumulate into
+     * before each reduce-scatter) beside the shard it is reduced into, so
+     * ZeRO-2 keeps what ZeRO-1 does; ZeRO-3 the param's shard alone */
     if (pp->shard >= SHARD_ZERO1) o /= D;
-    if (pp->shard >= SHARD_ZERO2) g /= D;
+    if (L->pshard_val[t] >= 0) g += L->pr->values[L->pshard_val[t]].bytes;
     if (pp->shard >= SHARD_ZERO3) p /= D;
     /* what a compressed all-reduce keeps from step to step (the executor's
      * float buffers): int8, the error fed back; PowerSGD, the error, the
