@@ -702,6 +702,20 @@ static int micro_next(const Space *sp, const Cand *x, int d)
     return at + d >= 0 && at + d < n ? opts[at + d] : 0;
 }
 
+#define REPAIRS 4      /* at most, of one candidate (repairs) */
+
+/* y (a copy of x) on another mesh, its micro-batches as large as x's: a
+ * mesh with 8x the pipeline stages and 1/8 of the data ranks keeps the
+ * step's per-device work with 8x the micro-batches, and changing one
+ * without the other is two moves, the first of them usually uphill (a
+ * deep pipeline with few micro-batches is mostly bubble). */
+static void move_mesh(const Space *sp, const Cand *x, Cand *y, int mesh)
+{
+    int64_t from = space_batch_ranks(sp, x->mesh), to = space_batch_ranks(sp, mesh);
+    y->micro = (int)((int64_t)x->micro * from / to > 0 ? (int64_t)x->micro * from / to : 1);
+    cand_set_mesh(y, sp, mesh);
+}
+
 /* A local move from x into y (a copy of x changed in one decision). */
 static void propose(Ctx *C, const Cand *x, Cand *y)
 {
@@ -750,7 +764,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
             if (m == x->mesh) break;
             const int *b = sp->mesh[m];
-            cand_set_mesh(y, sp, m);
+            move_mesh(sp, x, y, m);
             for (int q = 0; q < sp->ngroups; q++)
                 if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
             return;
@@ -764,7 +778,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
                 if (k != x->mesh && a[0] == b[0] && a[1] == b[1] && a[2] == b[2]) alt[na++] = k;
             }
             if (!na) break;
-            cand_set_mesh(y, sp, alt[rng_int(C, na)]);
+            move_mesh(sp, x, y, alt[rng_int(C, na)]);
             memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);   /* the same stages */
             return;
         }
@@ -818,9 +832,11 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
 
 /* Ways to make x, which does not fit in memory, fit: copies of x with its
  * state sharded one ZeRO stage further, with the next micro-batch count up
- * (smaller micro-batches), with recompute on for every block kind. Writes
- * those that differ from x into out; returns how many. */
-static int repairs(const Space *sp, const Cand *x, Cand out[3])
+ * (smaller micro-batches), with recompute on for every block kind, with
+ * the sequence split over twice as many of the data ranks (activations
+ * halved, as context parallelism does). Writes those that differ from x
+ * into out; returns how many. */
+static int repairs(const Space *sp, const Cand *x, Cand out[REPAIRS])
 {
     int n = 0, up = micro_next(sp, x, 1);
     if (shard_further(sp, x, &out[n])) n++;
@@ -834,15 +850,28 @@ static int repairs(const Space *sp, const Cand *x, Cand out[3])
         cand_copy(&out[n], x, sp);
         memset(out[n++].recompute, 1, sp->nkinds);
     }
+    const int *a = sp->mesh[x->mesh];
+    int want = a[4] == INNER_SEQUENCE ? 2 * a[3] : a[3] > 1 ? 0 : 2;
+    for (int m = 0; m < sp->nmesh && want; m++) {
+        const int *b = sp->mesh[m];
+        if (b[0] == a[0] && b[1] == a[1] && b[2] == a[2] && b[4] == INNER_SEQUENCE && b[3] == want) {
+            cand_copy(&out[n], x, sp);
+            move_mesh(sp, x, &out[n], m);
+            memcpy(out[n].cuts, x->cuts, sizeof *out[n].cuts * x->ncuts);   /* the same stages */
+            n++;
+            break;
+        }
+    }
     return n;
 }
 
 /* The k-th move tried around a new best: recompute of every block kind
  * turned the other way (k = 0), the next micro-batch count up (1) and down
  * (2), then every other inner data axis on the same mesh (3, ...: the
- * sequence or the experts over another number of data ranks, or none).
- * Returns 1 when y is that move, 0 when it changes nothing, -1 past the
- * last. */
+ * sequence or the experts over another number of data ranks, or none),
+ * then a factor of 2 traded between the data and the tensor degrees (the
+ * pipeline and the inner axis kept). Returns 1 when y is that move, 0 when
+ * it changes nothing, -1 past the last. */
 static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
 {
     cand_copy(y, x, sp);
@@ -857,24 +886,119 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
         return y->micro > 0;
     }
     const int *a = sp->mesh[x->mesh];
-    for (int m = 0, n = 3; m < sp->nmesh; m++) {
+    int n = 3;
+    for (int m = 0; m < sp->nmesh; m++) {
         const int *b = sp->mesh[m];
         if (m == x->mesh || a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) continue;
         if (n++ < k) continue;
-        cand_set_mesh(y, sp, m);
+        move_mesh(sp, x, y, m);
         memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);   /* the same stages */
+        return 1;
+    }
+    for (int m = 0; m < sp->nmesh; m++) {
+        const int *b = sp->mesh[m];
+        bool trade = (b[1] == 2 * a[1] && 2 * b[2] == a[2]) || (2 * b[1] == a[1] && b[2] == 2 * a[2]);
+        if (a[0] != b[0] || a[3] != b[3] || a[4] != b[4] || !trade) continue;
+        if (n++ < k) continue;
+        move_mesh(sp, x, y, m);
+        memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);
+        for (int q = 0; q < sp->ngroups; q++)
+            if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
         return 1;
     }
     return -1;
 }
 
+#define SCAN_KEEP 6     /* meshes a scan re-tunes */
+
+/* Every other mesh once, from x (its micro-batches as large, its other
+ * decisions kept where the mesh allows them; where that does not fit, its
+ * best repair); this chain's share of them when several run. The SCAN_KEEP
+ * fastest are then re-tuned where a mesh changes what pays most: every
+ * param group to one sync choice (each in turn), recompute all or none.
+ * A deep pipeline over few data ranks is several mesh moves from a shallow
+ * one, each uphill alone while the decisions tuned for one mesh are kept;
+ * one evaluation a mesh, most stopped at their lower bound, costs about a
+ * second of a 175B search. Returns the fastest found that beats `than` in
+ * *x (its step in *step), or false. */
+static bool scan_meshes(Ctx *C, Cand *x, double than, double *step)
+{
+    const Space *sp = C->sp;
+    int share = C->o->threads > 1 ? C->o->threads : 1;
+    Cand y, keep[SCAN_KEEP], fix[REPAIRS];
+    double ks[SCAN_KEEP];
+    cand_init(&y, sp);
+    for (int k = 0; k < SCAN_KEEP; k++) {
+        cand_init(&keep[k], sp);
+        ks[k] = INFINITY;
+    }
+    for (int k = 0; k < REPAIRS; k++) cand_init(&fix[k], sp);
+    for (int m = C->chain % share; m < sp->nmesh && !done(C); m += share) {
+        if (m == x->mesh) continue;
+        cand_copy(&y, x, sp);
+        move_mesh(sp, x, &y, m);
+        for (int q = 0; q < sp->ngroups; q++)
+            if (!split_ok(sp, q, y.split[q], sp->mesh[m][2])) y.split[q] = 0;
+        /* bounded by the slowest kept: what cannot be kept need not finish */
+        double sy, e = judge(C, &y, isfinite(ks[SCAN_KEEP - 1]) ? ks[SCAN_KEEP - 1] : 0, &sy);
+        int nr = isfinite(e) && e >= INFEASIBLE_E ? repairs(sp, &y, fix) : 0;
+        for (int k = 0; k < nr && !done(C); k++) {
+            double s2;
+            judge(C, &fix[k], isfinite(ks[SCAN_KEEP - 1]) ? ks[SCAN_KEEP - 1] : 0, &s2);
+            if (s2 < sy) {
+                cand_copy(&y, &fix[k], sp);
+                sy = s2;
+            }
+        }
+        for (int k = 0; k < SCAN_KEEP; k++)
+            if (sy < ks[k]) {
+                for (int j = SCAN_KEEP - 1; j > k; j--) {
+                    cand_copy(&keep[j], &keep[j - 1], sp);
+                    ks[j] = ks[j - 1];
+                }
+                cand_copy(&keep[k], &y, sp);
+                ks[k] = sy;
+                break;
+            }
+    }
+    double sbest = than;
+    for (int k = 0; k < SCAN_KEEP && isfinite(ks[k]); k++) {
+        if (ks[k] < sbest) {
+            sbest = ks[k];
+            cand_copy(x, &keep[k], sp);
+        }
+        for (int v = 0; v < sp->nsync + 2 && !done(C); v++) {
+            cand_copy(&y, &keep[k], sp);
+            if (v < sp->nsync) {
+                for (int p = 0; p < sp->npgroups; p++)
+                    y.sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> v & 1u ? v : 0);
+                if (!memcmp(y.sync, keep[k].sync, sp->npgroups)) continue;
+            } else {
+                memset(y.recompute, v == sp->nsync, sp->nkinds);
+                if (!sp->nkinds || !memcmp(y.recompute, keep[k].recompute, sp->nkinds)) continue;
+            }
+            double sy;
+            judge(C, &y, sbest, &sy);
+            if (sy < sbest) {
+                sbest = sy;
+                cand_copy(x, &y, sp);
+            }
+        }
+    }
+    cand_free(&y);
+    for (int k = 0; k < SCAN_KEEP; k++) cand_free(&keep[k]);
+    for (int k = 0; k < REPAIRS; k++) cand_free(&fix[k]);
+    if (sbest < than) *step = sbest;
+    return sbest < than;
+}
+
 static void run_mcmc(Ctx *C, const Cand *start)
 {
     const Space *sp = C->sp;
-    Cand cur, y, fix[3];
+    Cand cur, y, fix[REPAIRS];
     cand_init(&cur, sp);
     cand_init(&y, sp);
-    for (int k = 0; k < 3; k++) cand_init(&fix[k], sp);
+    for (int k = 0; k < REPAIRS; k++) cand_init(&fix[k], sp);
     cand_copy(&cur, start, sp);
     double step, ecur = judge(C, &cur, 0, &step);
     if (isnan(ecur)) ecur = INFINITY;
@@ -885,6 +1009,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
     const double T0 = log(1 + 0.1 / pow(4, C->chain)), Tmin = fmin(T0, log(1.001));
     double T = T0, ebest = isfinite(C->best.step) ? log(C->best.step) : INFINITY;
     long since = 0;
+    bool scanned = false;           /* the meshes scanned from the best (scan_meshes) */
     int polish = 0;                 /* the next move to try around the best (polish_move;
                                        -1: none), the start's first */
     while (!done(C)) {
@@ -927,7 +1052,21 @@ static void run_mcmc(Ctx *C, const Cand *start)
             ebest = ecur;
             since = 0;
             polish = 0;
-        } else if (++since >= 400 && isfinite(C->best.step)) {
+        } else if (!scanned && ++since >= 30 && isfinite(C->best.step)) {
+            /* stalled the first time: every other mesh from the best */
+            scanned = true;
+            since = 0;
+            double sx = INFINITY;
+            cand_copy(&y, &C->best.x, sp);
+            if (scan_meshes(C, &y, C->best.step, &sx)) {
+                Cand t = cur;
+                cur = y;
+                y = t;
+                ecur = log(sx);
+                C->current = sx;
+                polish = 0;
+            }
+        } else if (scanned && ++since >= 400 && isfinite(C->best.step)) {
             /* restart from the best, hot again */
             cand_copy(&cur, &C->best.x, sp);
             ecur = log(C->best.step);
@@ -938,7 +1077,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
     }
     cand_free(&cur);
     cand_free(&y);
-    for (int k = 0; k < 3; k++) cand_free(&fix[k]);
+    for (int k = 0; k < REPAIRS; k++) cand_free(&fix[k]);
 }
 
 /* ----------------------------------------------------------------------------

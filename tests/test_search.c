@@ -680,7 +680,7 @@ static void test_mcmc_rl_reach_optimum(void **state)
     static const struct { const char *kind, *opts; int world; } spaces[] = {
         { "gpt", "layers=4 hidden=128 heads=8 seq=32 vocab=256 batch=16", 8 },
         { "mlp", "batch=32 layers=2 hidden=2048 input=2048", 4 },
-        { "mlp", "batch=16 layers=3 hidden=4096 input=4096", 4 },
+        { "moe", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=64 experts=8", 8 },
         { "gpt", "layers=2 hidden=256 heads=8 seq=64 vocab=50000 batch=16", 8 },
         { "moe", "layers=2 hidden=256 heads=4 seq=64 vocab=1024 batch=16 experts=8", 8 },
         { "mlp", "batch=16 layers=4 hidden=8192 input=1024", 8 },
