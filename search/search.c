@@ -909,7 +909,7 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
     return -1;
 }
 
-#define SCAN_KEEP 6     /* meshes a scan re-tunes */
+#define SCAN_KEEP 12    /* meshes a scan re-tunes */
 
 /* Every other mesh once, from x (its micro-batches as large, its other
  * decisions kept where the mesh allows them; where that does not fit, its
