@@ -508,9 +508,8 @@ static bool run_compute(Sim *S, int ci, int32_t i)
  * threads, so the collective progresses on the same cores, and what it
  * takes the interpreter loses (the bench's all-reduce overlapping a
  * backward was 1.09x slower than in program order). */
-static bool cpu_shares(const CState *c, int code)
+static bool cpu_shares(int code)
 {
-    (void)c;
     return code >= S_GROUPS;
 }
 
@@ -526,7 +525,7 @@ static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
     c->out.busy_comm += end - start;
     if (st == S_MAIN) c->out.main_instrs++;
     if (st == S_MAIN) c->out.exposed_comm += end - start;
-    if (cpu_shares(c, st)) {
+    if (cpu_shares(st)) {
         c->free_t[S_MAIN] = fmax(c->free_t[S_MAIN], start) + (end - start);
         c->out.exposed_comm += end - start;
     }
@@ -1357,7 +1356,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
         default:
             e1 = t + dur;
             fr[code] = e1;
-            if (cpu_shares(c, code)) {
+            if (cpu_shares(code)) {
                 fr[S_MAIN] = fmax(fr[S_MAIN], t) + dur;
                 *exposed += dur;
             }

@@ -708,12 +708,15 @@ static int micro_next(const Space *sp, const Cand *x, int d)
  * mesh with 8x the pipeline stages and 1/8 of the data ranks keeps the
  * step's per-device work with 8x the micro-batches, and changing one
  * without the other is two moves, the first of them usually uphill (a
- * deep pipeline with few micro-batches is mostly bubble). */
+ * deep pipeline with few micro-batches is mostly bubble). An op group's
+ * split the new tensor degree cannot take becomes none. */
 static void move_mesh(const Space *sp, const Cand *x, Cand *y, int mesh)
 {
     int64_t from = space_batch_ranks(sp, x->mesh), to = space_batch_ranks(sp, mesh);
     y->micro = (int)((int64_t)x->micro * from / to > 0 ? (int64_t)x->micro * from / to : 1);
     cand_set_mesh(y, sp, mesh);
+    for (int q = 0; q < sp->ngroups; q++)
+        if (!split_ok(sp, q, y->split[q], sp->mesh[mesh][2])) y->split[q] = 0;
 }
 
 /* A local move from x into y (a copy of x changed in one decision). */
@@ -763,10 +766,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
             }
             int m = nn && rng_unit(C) < 0.8 ? near[rng_int(C, nn)] : rng_int(C, sp->nmesh);
             if (m == x->mesh) break;
-            const int *b = sp->mesh[m];
             move_mesh(sp, x, y, m);
-            for (int q = 0; q < sp->ngroups; q++)
-                if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
             return;
         }
         case 10: {  /* only the inner data axis: another degree or kind (experts or the
@@ -901,9 +901,7 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
         if (a[0] != b[0] || a[3] != b[3] || a[4] != b[4] || !trade) continue;
         if (n++ < k) continue;
         move_mesh(sp, x, y, m);
-        memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);
-        for (int q = 0; q < sp->ngroups; q++)
-            if (!split_ok(sp, q, y->split[q], b[2])) y->split[q] = 0;
+        memcpy(y->cuts, x->cuts, sizeof *y->cuts * x->ncuts);   /* the same stages */
         return 1;
     }
     return -1;
@@ -918,8 +916,8 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
  * param group to one sync choice (each in turn), recompute all or none.
  * A deep pipeline over few data ranks is several mesh moves from a shallow
  * one, each uphill alone while the decisions tuned for one mesh are kept;
- * one evaluation a mesh, most stopped at their lower bound, costs about a
- * second of a 175B search. Returns the fastest found that beats `than` in
+ * one evaluation a mesh (most stopped at their lower bound) and the
+ * re-tuning cost 2-4 s of a 10 s 175B search. Returns the fastest found that beats `than` in
  * *x (its step in *step), or false. */
 static bool scan_meshes(Ctx *C, Cand *x, double than, double *step)
 {
@@ -937,14 +935,13 @@ static bool scan_meshes(Ctx *C, Cand *x, double than, double *step)
         if (m == x->mesh) continue;
         cand_copy(&y, x, sp);
         move_mesh(sp, x, &y, m);
-        for (int q = 0; q < sp->ngroups; q++)
-            if (!split_ok(sp, q, y.split[q], sp->mesh[m][2])) y.split[q] = 0;
         /* bounded by the slowest kept: what cannot be kept need not finish */
-        double sy, e = judge(C, &y, isfinite(ks[SCAN_KEEP - 1]) ? ks[SCAN_KEEP - 1] : 0, &sy);
+        double bound = isfinite(ks[SCAN_KEEP - 1]) ? ks[SCAN_KEEP - 1] : 0;
+        double sy, e = judge(C, &y, bound, &sy);
         int nr = isfinite(e) && e >= INFEASIBLE_E ? repairs(sp, &y, fix) : 0;
         for (int k = 0; k < nr && !done(C); k++) {
             double s2;
-            judge(C, &fix[k], isfinite(ks[SCAN_KEEP - 1]) ? ks[SCAN_KEEP - 1] : 0, &s2);
+            judge(C, &fix[k], bound, &s2);
             if (s2 < sy) {
                 cand_copy(&y, &fix[k], sp);
                 sy = s2;
