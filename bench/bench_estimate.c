@@ -120,6 +120,36 @@ int main(void)
     printf("    fast (compact, %ld instrs in its bodies): lower %.2f ms + simulate %.2f ms = %.2f ms "
            "(median of 5; %.0fx faster; target 2 ms)\n", cinstrs, tl[2] * 1e3, ts[2] * 1e3,
            tt[2] * 1e3, (rl + rs) / tt[2]);
+    {
+        /* the lowering's share of it: classes alike copied, or each lowered */
+        Strategy *s = build(g, c, base);
+        if (!s) return 1;
+        double te[5], tc[5];
+        int copies = 0, nclasses = 0;
+        for (int rep = 0; rep < 5; rep++) {
+            double t0 = now_s();
+            Plan *pe = ir_lower_compact_each(g, c, s, &err);
+            double t1 = now_s();
+            Plan *pc = ir_lower_compact(g, c, s, &err);
+            double t2 = now_s();
+            if (!pe || !pc) {
+                fprintf(stderr, "bench_estimate: %s\n", err.msg);
+                return 1;
+            }
+            te[rep] = t1 - t0;
+            tc[rep] = t2 - t1;
+            copies = 0;
+            nclasses = pc->nclasses;
+            for (int k = 0; k < pc->nclasses; k++) copies += pc->classes[k].like >= 0;
+            plan_free(pe);
+            plan_free(pc);
+        }
+        qsort(te, 5, sizeof *te, cmp);
+        qsort(tc, 5, sizeof *tc, cmp);
+        printf("    its lowering: %d of %d classes copied from alike ones, %.2f ms; every class "
+               "lowered itself, %.2f ms\n", copies, nclasses, tc[2] * 1e3, te[2] * 1e3);
+        strategy_free(s);
+    }
     printf("    predicted step %.4f s (reference %.4f s, %+.2e relative), %.0f samples/s, MFU %.1f%%, "
            "bubble %.1f%%, %s\n", r.step_time, ref.step_time, r.step_time / ref.step_time - 1,
            r.samples_per_s, 100 * r.mfu, 100 * r.bubble, r.feasible ? "fits" : r.why_infeasible);

@@ -225,6 +225,7 @@ typedef struct {
     bool trace;
     bool release;                   /* nothing moved: set aside what waits_async cannot tell */
     bool bounded;                   /* the lower bound reached SimOpts.bound */
+    struct Passes_ *passes;         /* per class, while the passes run whole (run_passes) */
     Err *err;
 } Sim;
 
@@ -1072,7 +1073,7 @@ typedef struct {
     int memo_next;
 } Compiled;
 
-typedef struct {
+typedef struct Passes_ {
     Compiled *cb;                   /* per body, compiled on first use */
     int *export_slot;               /* per body instruction: its export index, -1 */
     int *nexports;                  /* per body */
@@ -1139,6 +1140,12 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->ext = xmalloc(sizeof *k->ext * nd);
     bool used[S_GROUPS + KEYS] = { false };
     Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
+    /* a class copied from an alike one (Program.like) on the same device
+     * runs the same ops renumbered: their times are that class's */
+    const Compiled *twin = NULL;
+    if (cp->like >= 0 && !S->o->compute_time && S->cs[cp->like].device == c->device &&
+        S->passes[cp->like].cb[b].code)
+        twin = &S->passes[cp->like].cb[b];
     for (int x = 0; x < B->i1 - B->i0; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
         int code = stream_code(S, c, in);
@@ -1156,7 +1163,12 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         if (in->kind == I_COMPUTE) {
             if (in->op < 0 && in->phase == PH_UPDATE) k->regular = false;
             CostSource src = CM_SRC_ANALYTIC;
-            k->dur[x] = op_time(S, c, in, &src);
+            if (twin) {
+                k->dur[x] = twin->dur[x];
+                src = (CostSource)twin->src[x];
+            } else {
+                k->dur[x] = op_time(S, c, in, &src);
+            }
             k->src[x] = (uint8_t)src;
             k->op_count[src]++;
             if (src == CM_SRC_ANALYTIC)
@@ -1620,6 +1632,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
 {
     int nc = S->p->nclasses;
     Passes *P = xcalloc(nc, sizeof *P);
+    S->passes = P;
     int *next = xcalloc(nc, sizeof *next);
     int scratch = 1;
     for (int ci = 0; ci < nc; ci++) {
@@ -1729,6 +1742,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
     free(grp_off);
     free(grp_n);
     free(P);
+    S->passes = NULL;
     free(next);
 }
 

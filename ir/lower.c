@@ -1536,9 +1536,48 @@ static void low_free(Low *L)
     free(L->pgrad);
 }
 
-/* Sets up the lowering of the class of `rank`: its stage's ops by chunk and
- * the values that live for the whole step. Caller frees the StageOps. */
-static StageOps *class_begin(Low *L, Program *pr, int rank)
+/* The ops of one stage by chunk (its v-th chunk, model chunk v * P +
+ * stage, holds ops[off[v] .. off[v+1]), in graph order). Caller frees
+ * with stage_ops_free. */
+static StageOps *stage_ops(const Strategy *s, int nops_graph, int stage)
+{
+    int V = s->virtual_stages, P = s->nstages;
+    StageOps *so = xcalloc(1, sizeof *so + sizeof *so->off * (V + 1));
+    int *ops = so->ops = xmalloc(sizeof *ops * (nops_graph + 1)), nops = 0;
+    for (int i = 0; i < nops_graph; i++)
+        if (s->op_stage[i] == stage) so->off[s->op_chunk[i] / P + 1]++;
+    for (int v = 0; v < V; v++) so->off[v + 1] += so->off[v];
+    for (int i = 0; i < nops_graph; i++)
+        if (s->op_stage[i] == stage) {
+            ops[so->off[s->op_chunk[i] / P]++] = i;
+            nops++;
+        }
+    for (int v = V; v > 0; v--) so->off[v] = so->off[v - 1];
+    so->off[0] = 0;
+    return so;
+}
+
+static void stage_ops_free(StageOps *so)
+{
+    if (so) free(so->ops);
+    free(so);
+}
+
+/* The memory of the smallest device of the class (on a heterogeneous
+ * cluster the class must fit it); 0 without a cluster. */
+static double class_device_mem(const Cluster *c, const Program *pr)
+{
+    double mem = 0;
+    for (int k = 0; c && k < pr->nranks; k++) {
+        double m = cluster_device(c, pr->ranks[k])->mem_bytes;
+        if (k == 0 || m < mem) mem = m;
+    }
+    return mem;
+}
+
+/* Sets up the lowering of the class of `rank`, whose stage's ops are so:
+ * the values that live for the whole step. */
+static void class_begin(Low *L, Program *pr, int rank, const StageOps *so)
 {
     const Shared *S = L->S;
     const Graph *g = S->g;
@@ -1553,28 +1592,11 @@ static StageOps *class_begin(Low *L, Program *pr, int rank)
     L->ncontribs = 0;
     L->ntied = 0;
     pr->stage = L->stage;
-    /* on a heterogeneous cluster the class must fit its smallest device */
-    pr->device_mem = 0;
-    for (int k = 0; S->c && k < pr->nranks; k++) {
-        double m = cluster_device(S->c, pr->ranks[k])->mem_bytes;
-        if (k == 0 || m < pr->device_mem) pr->device_mem = m;
-    }
+    pr->device_mem = class_device_mem(S->c, pr);
 
-    /* only this stage's tensors and ops are ever touched; they are bucketed
-     * by chunk (chunk c is the stage's (c / P)-th) */
-    int V = s->virtual_stages, P = s->nstages;
-    StageOps *so = xcalloc(1, sizeof *so + sizeof *so->off * (V + 1));
-    int *ops = so->ops = xmalloc(sizeof *ops * (g->nops + 1)), nops = 0;
-    for (int i = 0; i < g->nops; i++)
-        if (s->op_stage[i] == L->stage) so->off[s->op_chunk[i] / P + 1]++;
-    for (int v = 0; v < V; v++) so->off[v + 1] += so->off[v];
-    for (int i = 0; i < g->nops; i++)
-        if (s->op_stage[i] == L->stage) {
-            ops[so->off[s->op_chunk[i] / P]++] = i;
-            nops++;
-        }
-    for (int v = V; v > 0; v--) so->off[v] = so->off[v - 1];
-    so->off[0] = 0;
+    /* only this stage's tensors and ops are ever touched */
+    const int *ops = so->ops;
+    int nops = so->off[s->virtual_stages];
     for (int x = 0; x < nops; x++) {
         const Op *op = &g->ops[ops[x]];
         for (int sl = 0; sl < L->nslot; sl++) {     /* each micro-batch lowered */
@@ -1601,24 +1623,16 @@ static StageOps *class_begin(Low *L, Program *pr, int rank)
         if (ax && pp->method != SYNC_SFB && pp->method != SYNC_PS && pp->shard >= SHARD_ZERO1)
             L->pshard_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], ax);
     }
-    return so;
-}
-
-static void class_end(StageOps *so)
-{
-    free(so->ops);
-    free(so);
 }
 
 /* The full program: every pass of the schedule, then the sums of tied
  * params. */
-static void lower_class(Low *L, Program *pr, int rank)
+static void lower_class(Low *L, Program *pr, int rank, const StageOps *so)
 {
-    StageOps *so = class_begin(L, pr, rank);
+    class_begin(L, pr, rank, so);
     run_schedule(L, so, lower_pass);
     sync_tied(L);
     account_memory(L);
-    class_end(so);
 }
 
 /* ----------------------------------------------------------------------------
@@ -1689,29 +1703,19 @@ static int body_of(const Program *pr, int kind, int v, int mb)
     return -1;
 }
 
-static void lower_class_compact(Low *L, Program *pr, int rank)
+/* The compact program's schedule (the body each pass of the class's stage
+ * runs) and its memory: the static state, then the alloc/free walk over
+ * the passes. The bodies are in place. */
+static void compact_schedule(Low *L, Program *pr, int64_t static_mem)
 {
     const Strategy *s = L->S->s;
-    int m = s->microbatches, V = s->virtual_stages;
-    StageOps *so = class_begin(L, pr, rank);
-    pr->nhead = pr->nvalues;
     struct SchedList sl = { 0 };
     L->sched = &sl;
-    run_schedule(L, so, record_pass);
-
-    int reps[2], nreps = 0;
-    for (int mb = 0; mb < m; mb++)
-        if (L->slot[mb] >= 0) reps[nreps++] = mb;
-    for (int r = 0; r < nreps; r++)
-        for (int v = 0; v < V; v++) body_pass(L, so, BODY_FWD, v, reps[r]);
-    for (int r = 0; r < nreps; r++)
-        for (int v = V - 1; v >= 0; v--) body_pass(L, so, BODY_BWD, v, reps[r]);
-    body_pass(L, so, BODY_TAIL, 0, 0);          /* the sums of tied params */
-
+    run_schedule(L, NULL, record_pass);
     pr->nsched = sl.n;
     pr->sched = xmalloc(sizeof *pr->sched * (sl.n ? sl.n : 1));
-    pr->nmicro = m;
-    pr->nchunks = V;
+    pr->nmicro = s->microbatches;
+    pr->nchunks = s->virtual_stages;
     for (int k = 0; k < sl.n; k++) {
         const SchedPass *q = &sl.v[k];
         int rep = L->slot[q->mb] >= 0 ? q->mb : 0;     /* lowered itself, or stood for by 0 */
@@ -1720,8 +1724,7 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
     free(sl.v);
     L->sched = NULL;
 
-    /* memory: the static state, then the alloc/free walk over the passes */
-    pr->static_mem = static_state(L);
+    pr->static_mem = static_mem;
     int64_t cur = 0, peak = 0;
     for (int k = 0; k < pr->nsched; k++) {
         const Body *b = &pr->bodies[pr->sched[k].body];
@@ -1731,11 +1734,178 @@ static void lower_class_compact(Low *L, Program *pr, int rank)
     const Body *tail = &pr->bodies[pr->nbodies - 1];
     if (cur + tail->mem_peak > peak) peak = cur + tail->mem_peak;
     pr->peak_mem = pr->static_mem + peak;
-    class_end(so);
+}
+
+static void lower_class_compact(Low *L, Program *pr, int rank, const StageOps *so)
+{
+    const Strategy *s = L->S->s;
+    int m = s->microbatches, V = s->virtual_stages;
+    class_begin(L, pr, rank, so);
+    pr->nhead = pr->nvalues;
+    int reps[2], nreps = 0;
+    for (int mb = 0; mb < m; mb++)
+        if (L->slot[mb] >= 0) reps[nreps++] = mb;
+    for (int r = 0; r < nreps; r++)
+        for (int v = 0; v < V; v++) body_pass(L, so, BODY_FWD, v, reps[r]);
+    for (int r = 0; r < nreps; r++)
+        for (int v = V - 1; v >= 0; v--) body_pass(L, so, BODY_BWD, v, reps[r]);
+    body_pass(L, so, BODY_TAIL, 0, 0);          /* the sums of tied params */
+    compact_schedule(L, pr, static_state(L));
+}
+
+/* ----------------------------------------------------------------------------
+ * Classes alike
+ *
+ * The middle stages of a model of repeated blocks do the same work on
+ * other ops: stage b's ops are stage a's shifted by a constant in the
+ * graph's numbering, and so are the tensors they touch, the ops on either
+ * side of them and the stages those run on. Such a class is not lowered
+ * again: its bodies are a's with ops, tensors and pipeline peers
+ * renumbered (translate_class), instruction for instruction what lowering
+ * it would give. shift_of decides, comparing everything a pass's lowering
+ * reads of the ops and tensors it touches; where anything differs, or a
+ * rank's place in its data group matters (parameter servers) or a param is
+ * summed across stages (tied), the class is lowered itself. */
+
+typedef struct {
+    int dop, dt, dstage, dblock;
+} Shift;
+
+static bool tensor_alike(const Shared *S, int t, const Shift *d)
+{
+    const Graph *g = S->g;
+    int u = t + d->dt;
+    if (u < 0 || u >= g->ntensors) return false;
+    const Tensor *a = &g->tensors[t], *b = &g->tensors[u];
+    if (a->ndim != b->ndim || a->dtype != b->dtype || a->role != b->role ||
+        a->batch_dim != b->batch_dim || a->needs_grad != b->needs_grad ||
+        memcmp(a->shape, b->shape, sizeof *a->shape * a->ndim) ||
+        (a->producer < 0 ? b->producer >= 0 : b->producer != a->producer + d->dop))
+        return false;
+    int n = S->cons_off[t + 1] - S->cons_off[t];
+    if (n != S->cons_off[u + 1] - S->cons_off[u]) return false;
+    for (int k = 0; k < n; k++)
+        if (S->cons[S->cons_off[u] + k] != S->cons[S->cons_off[t] + k] + d->dop) return false;
+    if (a->role != ROLE_PARAM) return true;
+    const ParamPolicy *p = &S->s->params[t], *q = &S->s->params[u];
+    uint64_t st = S->stages_using[t];
+    return !(st & (st - 1)) && S->stages_using[u] == st << d->dstage &&
+           p->method == q->method && p->method != SYNC_PS && p->algo == q->algo &&
+           p->compress == q->compress && p->powersgd_rank == q->powersgd_rank &&
+           p->bucket_bytes == q->bucket_bytes && p->staleness == q->staleness &&
+           p->shard == q->shard && S->sync_axes[t] == S->sync_axes[u] &&
+           !memcmp(&S->home[t], &S->home[u], sizeof S->home[t]);
+}
+
+/* Op i and op i + dop, as the lowering of stage sa reads them (an op of
+ * another stage: what a transfer to or from it needs, its recompute
+ * flag aside). */
+static bool op_alike(const Shared *S, int i, const Shift *d, int sa)
+{
+    const Graph *g = S->g;
+    const Strategy *s = S->s;
+    int j = i + d->dop;
+    if (j < 0 || j >= g->nops) return false;
+    const Op *a = &g->ops[i], *b = &g->ops[j];
+    if (a->kind != b->kind || a->nin != b->nin || strcmp(a->spec, b->spec) ||
+        b->out != a->out + d->dt || (a->block < 0 ? b->block >= 0 : b->block != a->block + d->dblock) ||
+        a->reduce_mask != b->reduce_mask || a->gather_mask != b->gather_mask ||
+        a->stride != b->stride || a->pad != b->pad || a->window != b->window ||
+        a->causal != b->causal || a->scale != b->scale || a->pool_avg != b->pool_avg ||
+        a->batch_letter != b->batch_letter || memcmp(a->size, b->size, sizeof a->size) ||
+        memcmp(s->ops[i].split, s->ops[j].split, sizeof s->ops[i].split) ||
+        (s->op_stage[i] == sa && s->ops[i].recompute != s->ops[j].recompute) ||
+        s->op_stage[j] != s->op_stage[i] + d->dstage || s->op_chunk[j] != s->op_chunk[i] + d->dstage ||
+        memcmp(S->local[i], S->local[j], sizeof S->local[i]))
+        return false;
+    for (int k = 0; k < a->nin; k++)
+        if (b->in[k] != a->in[k] + d->dt) return false;
+    return true;
+}
+
+/* The shift that carries stage sa's work onto stage sb (ops soa and sob),
+ * or false when there is none. */
+static bool shift_of(const Shared *S, const StageOps *soa, int sa, const StageOps *sob, int sb,
+                     Shift *d)
+{
+    const Graph *g = S->g;
+    int V = S->s->virtual_stages, n = soa->off[V];
+    for (int v = 0; v <= V; v++)
+        if (soa->off[v] != sob->off[v]) return false;
+    if (!n) return false;
+    int first = soa->ops[0];
+    *d = (Shift){ sob->ops[0] - first, g->ops[sob->ops[0]].out - g->ops[first].out, sb - sa, 0 };
+    for (int x = 0; x < n; x++) {
+        const Op *op = &g->ops[soa->ops[x]];
+        if (sob->ops[x] != soa->ops[x] + d->dop) return false;
+        if (op->block >= 0 && g->ops[sob->ops[x]].block >= 0 && !d->dblock)
+            d->dblock = g->ops[sob->ops[x]].block - op->block;
+    }
+    for (int x = 0; x < n; x++) {
+        int i = soa->ops[x];
+        const Op *op = &g->ops[i];
+        if (!op_alike(S, i, d, sa) || !tensor_alike(S, op->out, d)) return false;
+        /* the ops on either side: consumers of what it makes, producers of
+         * what it reads (pipeline transfers name them and their stages) */
+        for (int c = S->cons_off[op->out]; c < S->cons_off[op->out + 1]; c++)
+            if (!op_alike(S, S->cons[c], d, sa)) return false;
+        for (int k = 0; k < op->nin; k++) {
+            int t = op->in[k];
+            if (!tensor_alike(S, t, d)) return false;
+            if (g->tensors[t].producer >= 0 && !op_alike(S, g->tensors[t].producer, d, sa))
+                return false;
+        }
+    }
+    return true;
+}
+
+static void *dup(const void *p, size_t n)
+{
+    void *q = xmalloc(n ? n : 1);
+    if (n) memcpy(q, p, n);
+    return q;
+}
+
+/* dst's instructions, dependencies, arguments and values: copies of src's. */
+static void copy_code(Program *dst, const Program *src)
+{
+    dst->ninstrs = dst->cap_instrs = src->ninstrs;
+    dst->ndeps = dst->cap_deps = src->ndeps;
+    dst->nargs = dst->cap_args = src->nargs;
+    dst->nvalues = dst->cap_values = src->nvalues;
+    dst->instrs = dup(src->instrs, sizeof *src->instrs * src->ninstrs);
+    dst->deps = dup(src->deps, sizeof *src->deps * src->ndeps);
+    dst->args = dup(src->args, sizeof *src->args * src->nargs);
+    dst->values = dup(src->values, sizeof *src->values * src->nvalues);
+}
+
+/* Class pr (stage sb) as class from's bodies renumbered by d; the
+ * schedule and memory walk are its own. */
+static void translate_class(Low *L, Program *pr, const Program *from, int like, int sb,
+                            const Shift *d)
+{
+    pr->stage = sb;
+    pr->device_mem = class_device_mem(L->S->c, pr);
+    copy_code(pr, from);
+    pr->nbodies = pr->cap_bodies = from->nbodies;
+    pr->bodies = dup(from->bodies, sizeof *from->bodies * from->nbodies);
+    pr->nhead = from->nhead;
+    for (int i = 0; i < pr->ninstrs; i++) {
+        Instr *in = &pr->instrs[i];
+        if (in->op >= 0) in->op += d->dop;
+        if (in->tensor >= 0) in->tensor += d->dt;
+        if (in->kind == I_SEND || in->kind == I_RECV) in->peer += d->dstage;
+    }
+    for (int v = 0; v < pr->nvalues; v++)
+        if (pr->values[v].tensor >= 0) pr->values[v].tensor += d->dt;
+    L->pr = pr;
+    L->stage = sb;
+    compact_schedule(L, pr, from->static_mem);
+    pr->like = like;
 }
 
 static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, bool compact,
-                        double deadline, Err *err)
+                        bool share, double deadline, Err *err)
 {
     if (s->nops != g->nops || s->ntensors != g->ntensors) {
         err_set(err, "strategy was resolved against another model (%d ops, model has %d)",
@@ -1791,9 +1961,25 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
     Low L;
     low_alloc(&L, &S, compact);
     L.err = err;
+    StageOps **so = xcalloc(p->nclasses, sizeof *so);
     for (int k = 0; k < p->nclasses; k++) {
-        /* classes of one plan are alike in size: reserve what the last one took */
         Program *pr = &p->classes[k];
+        pr->like = -1;
+        if (deadline > 0 && now_s() > deadline) {
+            err_set(err, LOWER_LATE);
+            L.failed = true;
+            break;
+        }
+        so[k] = stage_ops(s, g->nops, class_stage[k]);
+        Shift d;
+        int like = -1;
+        for (int a = k - 1; a >= 0 && compact && share && !any_ps && like < 0; a--)
+            if (shift_of(&S, so[a], class_stage[a], so[k], class_stage[k], &d)) like = a;
+        if (like >= 0) {
+            translate_class(&L, pr, &p->classes[like], like, class_stage[k], &d);
+            continue;
+        }
+        /* classes of one plan are alike in size: reserve what the last one took */
         if (k > 0) {
             pr->cap_instrs = p->classes[k - 1].ninstrs + p->classes[k - 1].ninstrs / 16 + 64;
             pr->cap_deps = p->classes[k - 1].ndeps + p->classes[k - 1].ndeps / 16 + 64;
@@ -1804,14 +1990,11 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
             pr->args = grow(NULL, sizeof *pr->args * pr->cap_args);
             pr->values = grow(NULL, sizeof *pr->values * pr->cap_values);
         }
-        if (deadline > 0 && now_s() > deadline) {
-            err_set(err, LOWER_LATE);
-            L.failed = true;
-            break;
-        }
-        if (compact) lower_class_compact(&L, pr, first_rank[k]);
-        else lower_class(&L, pr, first_rank[k]);
+        if (compact) lower_class_compact(&L, pr, first_rank[k], so[k]);
+        else lower_class(&L, pr, first_rank[k], so[k]);
     }
+    for (int k = 0; k < p->nclasses; k++) stage_ops_free(so[k]);
+    free(so);
     low_free(&L);
     if (L.failed) {
         free(first_rank);
@@ -1831,18 +2014,23 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
 
 Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
 {
-    return lower_plan(g, c, s, false, 0, err);
+    return lower_plan(g, c, s, false, false, 0, err);
 }
 
 Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
 {
-    return lower_plan(g, c, s, true, 0, err);
+    return lower_plan(g, c, s, true, true, 0, err);
+}
+
+Plan *ir_lower_compact_each(const Graph *g, const Cluster *c, const Strategy *s, Err *err)
+{
+    return lower_plan(g, c, s, true, false, 0, err);
 }
 
 Plan *ir_lower_compact_until(const Graph *g, const Cluster *c, const Strategy *s,
                              double deadline, Err *err)
 {
-    return lower_plan(g, c, s, true, deadline, err);
+    return lower_plan(g, c, s, true, true, deadline, err);
 }
 
 /* ----------------------------------------------------------------------------
@@ -1978,6 +2166,7 @@ void program_expand_from(const Program *cp, int first, Program *out,
 {
     memset(out, 0, sizeof *out);
     out->stage = cp->stage;
+    out->like = -1;
     out->nranks = cp->nranks;
     out->ranks = xmalloc(sizeof *out->ranks * (cp->nranks ? cp->nranks : 1));
     memcpy(out->ranks, cp->ranks, sizeof *out->ranks * cp->nranks);
@@ -2003,13 +2192,6 @@ void program_expand(const Program *cp, Program *out)
     program_expand_from(cp, 0, out, NULL, NULL);
 }
 
-static void *dup(const void *p, size_t n)
-{
-    void *q = xmalloc(n ? n : 1);
-    if (n) memcpy(q, p, n);
-    return q;
-}
-
 Plan *plan_expand(const Plan *p)
 {
     Plan *q = xcalloc(1, sizeof *q);
@@ -2030,14 +2212,7 @@ Plan *plan_expand(const Plan *p)
         }
         *dst = *src;
         dst->ranks = dup(src->ranks, sizeof *src->ranks * src->nranks);
-        dst->instrs = dup(src->instrs, sizeof *src->instrs * src->ninstrs);
-        dst->deps = dup(src->deps, sizeof *src->deps * src->ndeps);
-        dst->args = dup(src->args, sizeof *src->args * src->nargs);
-        dst->values = dup(src->values, sizeof *src->values * src->nvalues);
-        dst->cap_instrs = src->ninstrs;
-        dst->cap_deps = src->ndeps;
-        dst->cap_args = src->nargs;
-        dst->cap_values = src->nvalues;
+        copy_code(dst, src);
     }
     return q;
 }

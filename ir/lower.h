@@ -16,6 +16,9 @@
  * synchronised as its `sync` and `shard` say.
  *
  * Ranks that do the same work form a class; one program is lowered per class.
+ * In the compact form, a class whose stage does what an earlier one does on
+ * other ops (the middle stages of a model of repeated blocks) is that
+ * class's program renumbered, not lowered again.
  * A class is one pipeline stage (and parameter-server role); under the
  * interleaved schedule its program runs the passes of all of the stage's
  * model chunks, in Megatron-LM's order.
@@ -163,6 +166,8 @@ typedef struct {
     int nsched;
     PassRef *sched;                /* every pass of the step, in order */
     int nmicro, nchunks;
+    int like;                      /* compact form: the earlier class whose bodies these are,
+                                      renumbered to this stage's ops (classes alike), or -1 */
 } Program;
 
 typedef struct {
@@ -187,6 +192,9 @@ Plan *ir_lower(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
  * once, with the schedule; peak_mem and static_mem as the full program's.
  * Costs about what a few micro-batches do, whatever the micro-batch count. */
 Plan *ir_lower_compact(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
+/* The same with every class lowered itself, none copied from an alike
+ * one (the reference the copies are held to). */
+Plan *ir_lower_compact_each(const Graph *g, const Cluster *c, const Strategy *s, Err *err);
 /* The same, giving up (err LOWER_LATE) when now_s() passes deadline
  * between two classes (0: never): a search's time budget. */
 #define LOWER_LATE "lower: stopped at its deadline"

@@ -132,6 +132,34 @@ static void check_simulation(const Graph *g, const Strategy *s, const Plan *full
     }
 }
 
+/* The compact plan with classes copied from alike ones (cp) is the one
+ * with every class lowered itself, field for field; returns how many
+ * classes were copies. */
+static int expect_same_compact(const Graph *g, const Strategy *s, const Plan *cp, const char *what)
+{
+    Err err = { 0 };
+    Plan *each = ir_lower_compact_each(g, NULL, s, &err);
+    if (!each) fail_msg("%s (each class lowered): %s", what, err.msg);
+    assert_int_equal(each->nclasses, cp->nclasses);
+    int copies = 0;
+    for (int k = 0; k < cp->nclasses; k++) {
+        const Program *a = &each->classes[k], *b = &cp->classes[k];
+        assert_int_equal(a->like, -1);
+        if (b->like >= 0) {
+            copies++;
+            assert_true(b->like < k);
+        }
+        expect_same_program(a, b, what, k);
+        if (a->nbodies != b->nbodies || a->nsched != b->nsched || a->nhead != b->nhead ||
+            a->stage != b->stage || a->device_mem != b->device_mem ||
+            memcmp(a->bodies, b->bodies, sizeof *a->bodies * a->nbodies) ||
+            memcmp(a->sched, b->sched, sizeof *a->sched * a->nsched))
+            fail_msg("%s class %d (a copy of class %d): bodies or schedule differ", what, k, b->like);
+    }
+    plan_free(each);
+    return copies;
+}
+
 /* Lowers the strategy both ways and compares every class; returns the
  * compact form's body count summed over classes. */
 static int check_plan(const Graph *g, const char *json)
@@ -148,6 +176,7 @@ static int check_plan(const Graph *g, const char *json)
     assert_string_equal(late.msg, LOWER_LATE);
     for (int k = 0; k < cp->nclasses; k++) assert_true(program_is_compact(&cp->classes[k]));
     assert_int_equal(cp->nclasses, full->nclasses);
+    expect_same_compact(g, s, cp, json);
     int bodies = 0;
     Plan *ex = plan_expand(cp);
     for (int k = 0; k < full->nclasses; k++) {
@@ -338,6 +367,64 @@ static void test_twins(void **state)
     graph_free(g);
 }
 
+/* Classes alike: the middle stages of an 8-stage pipeline over 16 blocks
+ * are copies of the first of them, under every family of policy, and
+ * field for field what lowering each gives; the first and last stages
+ * (embedding, head) and a stage whose blocks a policy singles out are
+ * lowered themselves. */
+static void test_alike(void **state)
+{
+    (void)state;
+    GptShape x = { 16, 32, 4, 16, 64, 16, false };
+    Graph *g = gpt(x);
+    const char *policies[] = {
+        "",
+        ",\"ops\":{\"blocks.*\":{\"recompute\":true}}",
+        ",\"params\":{\"*\":{\"shard\":\"zero1\"}}",
+        ",\"params\":{\"*\":{\"shard\":\"zero3\"}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"int8\"}}}",
+        ",\"params\":{\"blocks.*.mlp.w*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"powersgd:2\"}}}",
+        ",\"params\":{\"blocks.*.mlp.w1\":{\"sync\":{\"method\":\"sfb\"}}}",
+        TP_OPS,
+    };
+    const char *pipes[] = { "\"schedule\":\"1f1b\"", "\"schedule\":\"gpipe\"",
+                            "\"schedule\":\"interleaved\",\"virtual\":2" };
+    for (size_t e = 0; e < sizeof policies / sizeof *policies; e++)
+        for (int pi = 0; pi < 3; pi++) {
+            char js[1024];
+            snprintf(js, sizeof js, "{\"mesh\":{\"pp\":8,\"%s\":2},\"pipeline\":"
+                     "{\"microbatches\":8,%s}%s}", strstr(policies[e], "\"tp\"") ? "tp" : "dp",
+                     pipes[pi], policies[e]);
+            Strategy *s = strat(g, js);
+            Err err = { 0 };
+            Plan *cp = ir_lower_compact(g, NULL, s, &err);
+            if (!cp) fail_msg("%s: %s", js, err.msg);
+            int copies = expect_same_compact(g, s, cp, js);
+            /* stages 1..6 hold blocks alike; interleaved, each stage's two
+             * chunks hold the embedding's or the head's neighbours */
+            if (pi < 2 && copies != 5) fail_msg("%s: %d classes copied, want 5", js, copies);
+            assert_int_equal(cp->classes[0].like, -1);
+            assert_int_equal(cp->classes[1].like, -1);
+            assert_int_equal(cp->classes[7].like, -1);
+            plan_free(cp);
+            strategy_free(s);
+        }
+    /* recompute on blocks 6 and 7 alone (stage 3): stage 3 is lowered
+     * itself, stages 4-6 copy stage 2 */
+    const char *js = "{\"mesh\":{\"pp\":8,\"dp\":2},\"pipeline\":{\"microbatches\":4},"
+                     "\"ops\":{\"blocks.6.*\":{\"recompute\":true},\"blocks.7.*\":{\"recompute\":true}}}";
+    Strategy *s = strat(g, js);
+    Err err = { 0 };
+    Plan *cp = ir_lower_compact(g, NULL, s, &err);
+    if (!cp) fail_msg("%s: %s", js, err.msg);
+    assert_int_equal(expect_same_compact(g, s, cp, js), 4);
+    assert_int_equal(cp->classes[3].like, -1);
+    assert_int_equal(cp->classes[4].like, 2);
+    plan_free(cp);
+    strategy_free(s);
+    graph_free(g);
+}
+
 /* The compact form holds a fixed number of bodies whatever M is: two
  * forward and two backward per chunk (the first micro-batch's, standing for
  * all but the last, and the last's), and the tail. */
@@ -378,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_size),
         cmocka_unit_test(test_twins),
+        cmocka_unit_test(test_alike),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
