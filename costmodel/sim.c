@@ -1030,17 +1030,18 @@ static int advance(Sim *S, int ci)
 /* A pass run once, remembered: its inputs and outputs relative to when
  * its interpreter's stream was free (T0). Times shift with T0 (every rule
  * is a max of sums), so a pass meeting the same relative inputs again
- * yields the same outputs shifted. Inputs are compared quantised to q,
- * 2^-36 of the body's own busy time (or a few units in the last place of
- * T0, if more): a hit is off by at most q, and errors do not grow through
+ * yields the same outputs shifted. Inputs match when each lies within q
+ * of the remembered one, q being 2^-36 of the body's own busy time (or a
+ * few hundred units in the last place of T0, if more: what rounding moves
+ * as T0 grows): a hit is off by at most q, and errors do not grow through
  * max and plus, so a step of N passes is off by at most N q. */
 #define MEMO_WAYS 4
 
 typedef struct {
-    int64_t *key;                   /* quantised inputs, nkey */
+    double *key;                    /* inputs relative to T0, nkey (NAN: none yet;
+                                       INFINITY: done before T0, cannot bind) */
     double *out;                    /* outputs: streams after, p2p times, exports, latest end */
     double exposed;                 /* exposed communication of the pass */
-    double q;                       /* the quantum the key was taken with */
     bool used;
 } Memo;
 
@@ -1061,6 +1062,7 @@ typedef struct {
     /* inputs and outputs of a run, for the memo */
     int nstream;                    /* stream codes the body uses */
     int16_t *streams;
+    double *busy;                   /* per stream used: its instructions end to end (lower_bound) */
     int np2p, nrecv;                /* its sends and receives, in order; how many receive */
     int32_t *p2p;
     int32_t *chan, *line;           /* per send or receive: its channel and line */
@@ -1078,7 +1080,7 @@ typedef struct Passes_ {
     int *export_slot;               /* per body instruction: its export index, -1 */
     int *nexports;                  /* per body */
     double *start, *end;            /* scratch: the pass being run */
-    int64_t *key;                   /* scratch: its memo key */
+    double *key;                    /* scratch: its memo key */
     Map alike;                      /* (body, other class, its body, 0) -> alike (1) or not */
 } Passes;
 
@@ -1104,6 +1106,13 @@ static void find_exports(const Program *cp, Passes *P)
         for (int i = cp->bodies[b].i0; i < cp->bodies[b].i1; i++)
             P->export_slot[i] = read[i] ? P->nexports[b]++ : -1;
     free(read);
+}
+
+static int *dup_ints(const int *v, int n)
+{
+    int *d = xmalloc(sizeof *d * (n ? n : 1));
+    memcpy(d, v, sizeof *d * n);
+    return d;
 }
 
 /* Adds class m to the body's twins (kept ascending, without repeats). */
@@ -1132,13 +1141,15 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->nth = xcalloc(n, sizeof *k->nth);
     k->regular = B->kind != BODY_TAIL;
     k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
+    k->busy = xmalloc(sizeof *k->busy * (S_GROUPS + KEYS));
     k->p2p = xmalloc(sizeof *k->p2p * n);
     k->chan = xmalloc(sizeof *k->chan * n);
     k->line = xmalloc(sizeof *k->line * n);
     int nd = 1;
     for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
     k->ext = xmalloc(sizeof *k->ext * nd);
-    bool used[S_GROUPS + KEYS] = { false };
+    int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
+    memset(at, -1, sizeof at);
     Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
     /* a class copied from an alike one (Program.like) on the same device
      * runs the same ops renumbered: their times are that class's */
@@ -1151,8 +1162,11 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         int code = stream_code(S, c, in);
         k->code[x] = (int16_t)code;
         if (code < 0) continue;
-        if (!used[code]) k->streams[k->nstream++] = (int16_t)code;
-        used[code] = true;
+        if (at[code] < 0) {
+            at[code] = (int16_t)k->nstream;
+            k->busy[k->nstream] = 0;
+            k->streams[k->nstream++] = (int16_t)code;
+        }
         for (int q = 0; q < in->ndeps; q++) {
             int32_t d = cp->deps[in->dep0 + q];
             if (d < B->i0 || d >= B->i1) {
@@ -1206,6 +1220,14 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
                 k->add.main_instrs++;
                 k->add.exposed_comm += own;
             }
+        }
+        /* the lower bound's share: sends take no time of their stream,
+         * a stale pull none */
+        if (in->kind != I_SEND) {
+            double d = k->dur[x];
+            if (in->kind == I_RECV)
+                d = (stale_pull(S, cp, in) ? 0 : d) + (code == S_MAIN ? S->calib[2] : 0);
+            k->busy[at[code]] += d;
         }
     }
     map_free(&seen);
@@ -1272,9 +1294,19 @@ static int ext_slot(const CState *c, const Passes *P, int pass, int32_t d)
     return export_at(c, P, op, loc);
 }
 
-static int64_t quantum(double v, double q)
+/* Do two memo keys match: every input within q of the other, the
+ * unknown and the unbinding ones exactly alike? */
+static bool keys_match(const double *a, const double *b, int n, double q)
 {
-    return isnan(v) ? INT64_MIN : llround(v / q);
+    for (int x = 0; x < n; x++) {
+        double d = a[x] - b[x];
+        if (d == d) {
+            if (fabs(d) > q) return false;
+        } else if (!(a[x] == b[x] || (isnan(a[x]) && isnan(b[x])))) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Evaluates the pass instruction by instruction, by the rules of the loop
@@ -1446,23 +1478,23 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     int bin;
     frexp(fmax(T0, 1e-300), &bin);
     double q = fmax(k->scale * 0x1p-36, ldexp(1.0, bin - 52 + 8));
-    int64_t *key = P->key;
+    double *key = P->key;
     int nk = 0;
-    for (int x = 0; x < k->nstream; x++) key[nk++] = quantum(c->afree[k->streams[x]] - T0, q);
+    for (int x = 0; x < k->nstream; x++) key[nk++] = c->afree[k->streams[x]] - T0;
     for (int x = 0; x < k->np2p; x++) {
         const Instr *in = &cp->instrs[B->i0 + k->p2p[x]];
-        if (in->kind == I_RECV) key[nk++] = quantum(p2p_msg(S, k, x)->send_t - T0, q);
+        if (in->kind == I_RECV) key[nk++] = p2p_msg(S, k, x)->send_t - T0;
     }
     for (int x = 0; x < k->next; x++) {
         int slot = ext_slot(c, P, pass, k->ext[x][1]);
         if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
             /* done before the interpreter's stream is free: it cannot bind */
-            key[nk++] = INT64_MAX;
-            key[nk++] = INT64_MAX;
+            key[nk++] = INFINITY;
+            key[nk++] = INFINITY;
             continue;
         }
-        key[nk++] = quantum(c->xend[slot] - T0, q);
-        key[nk++] = quantum(c->xstart[slot] - T0, q);
+        key[nk++] = c->xend[slot] - T0;
+        key[nk++] = c->xstart[slot] - T0;
     }
     *T0p = T0;
     *qp = q;
@@ -1478,18 +1510,17 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     Compiled *k = &P->cb[c->cp->sched[pass].body];
     double T0, q;
     int nk = pass_key(S, ci, P, pass, &T0, &q);
-    const int64_t *key = P->key;
+    const double *key = P->key;
     bool done = false;
     for (int w = 0; w < MEMO_WAYS && !done; w++) {
         const Memo *me = &k->memo[w];
-        if (me->used && me->q == q && !memcmp(me->key, key, sizeof *key * nk))
+        if (me->used && keys_match(me->key, key, nk, q))
             done = replay_pass(S, ci, P, pass, T0, me);
     }
     if (!done) {
         Memo *me = &k->memo[k->memo_next];
         if (eval_pass(S, ci, P, pass, T0, me->out, &me->exposed)) {
             memcpy(me->key, key, sizeof *key * nk);
-            me->q = q;
             me->used = true;
             k->memo_next = (k->memo_next + 1) % MEMO_WAYS;
         } else {
@@ -1554,9 +1585,9 @@ static bool run_twins(Sim *S, Passes *P, int *next, int ci, int pass, const int 
         double T1, q1;
         if (m != ci && !(next[m] == pass && pass < pm->nsched && pass_ready(S, m, &P[m], pass) &&
                          bodies_alike(S, P, ci, b, m, pm->sched[pass].body) &&
-                         pass_key(S, m, &P[m], pass, &T1, &q1) == nk && q1 == q &&
-                         quantum(T1, q) == quantum(T0, q) &&
-                         !memcmp(P[m].key, P[ci].key, sizeof *P[ci].key * nk)))
+                         pass_key(S, m, &P[m], pass, &T1, &q1) == nk &&
+                         fabs(T1 - T0) <= fmin(q, q1) &&
+                         keys_match(P[m].key, P[ci].key, nk, fmin(q, q1))))
             return false;
     }
     for (int g = 0; g < n; g++) run_pass(S, grp[g], &P[grp[g]], next[grp[g]]++);
@@ -1599,7 +1630,7 @@ static int32_t outside_dep(void *ctx, int pass, int32_t local)
 static double lower_bound(Sim *S, Passes *P)
 {
     double lb = 0;
-    double body[S_GROUPS + KEYS], busy[S_GROUPS + KEYS];
+    double busy[S_GROUPS + KEYS];
     for (int ci = 0; ci < S->p->nclasses && !late(S); ci++) {
         CState *c = &S->cs[ci];
         const Program *cp = c->cp;
@@ -1610,17 +1641,7 @@ static double lower_bound(Sim *S, Passes *P)
             if (!runs[b]) continue;
             if (!P[ci].cb[b].code) compile_body(S, ci, &P[ci], b);
             const Compiled *k = &P[ci].cb[b];
-            const Body *B = &cp->bodies[b];
-            memset(body, 0, sizeof body);
-            for (int x = 0; x < B->i1 - B->i0; x++) {
-                const Instr *in = &cp->instrs[B->i0 + x];
-                int code = k->code[x];
-                if (code < 0 || in->kind == I_SEND) continue;
-                double d = k->dur[x];
-                if (in->kind == I_RECV) d = (stale_pull(S, cp, in) ? 0 : d) + (code == S_MAIN ? S->calib[2] : 0);
-                body[code] += d;
-            }
-            for (int q = 0; q < S_GROUPS + KEYS; q++) busy[q] += runs[b] * body[q];
+            for (int q = 0; q < k->nstream; q++) busy[k->streams[q]] += runs[b] * k->busy[q];
         }
         for (int q = 0; q < S_GROUPS + KEYS; q++) lb = fmax(lb, busy[q]);
         free(runs);
@@ -1639,7 +1660,14 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         CState *c = &S->cs[ci];
         const Program *cp = c->cp = &S->p->classes[ci];
         c->pass_at = program_pass_index(cp);
-        find_exports(cp, &P[ci]);
+        if (cp->like >= 0 && cp->like < ci) {
+            /* a copy of an earlier class has its dependencies, so its exports */
+            const Passes *from = &P[cp->like];
+            P[ci].export_slot = dup_ints(from->export_slot, cp->ninstrs ? cp->ninstrs : 1);
+            P[ci].nexports = dup_ints(from->nexports, cp->nbodies);
+        } else {
+            find_exports(cp, &P[ci]);
+        }
         P[ci].cb = xcalloc(cp->nbodies, sizeof *P[ci].cb);
         c->xoff = xmalloc(sizeof *c->xoff * (cp->nsched + 2));
         c->xoff[0] = 0;
@@ -1718,6 +1746,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->peer);
             free(k->nth);
             free(k->streams);
+            free(k->busy);
             free(k->p2p);
             free(k->chan);
             free(k->line);

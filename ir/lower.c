@@ -2106,6 +2106,9 @@ static int32_t relocate(const Expand *E, int pass, int32_t x, int by)
     if (x < 0) return x;
     if (by && x < cp->nhead) return x;
     const Body *b = pass_body(cp, pass);
+    /* most references stay in the pass's own body, expanded at its base */
+    if (by ? x >= b->v0 && x < b->v1 : x >= b->i0 && x < b->i1)
+        return by ? E->vbase[pass] + (x - b->v0) : E->ibase[pass] + (x - b->i0);
     const Body *o = body_holding(cp, x, by);
     int q = E->pass_at[pass_slot(cp, o, pass_micro(cp, pass) + o->micro - b->micro)];
     if (E->ibase[q] < 0)
