@@ -1068,6 +1068,7 @@ typedef struct {
     int32_t *chan, *line;           /* per send or receive: its channel and line */
     int next;                       /* dependencies on other passes: (instruction, dependency) */
     int32_t (*ext)[2];
+    int32_t *xbase;                 /* per dependency: program_ref_base */
     int nexp;                       /* its exports: (instruction, slot) */
     int32_t (*exp)[2];
     int nkey, nout;
@@ -1148,6 +1149,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     int nd = 1;
     for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
     k->ext = xmalloc(sizeof *k->ext * nd);
+    k->xbase = xmalloc(sizeof *k->xbase * nd);
     int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
     memset(at, -1, sizeof at);
     Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
@@ -1170,6 +1172,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         for (int q = 0; q < in->ndeps; q++) {
             int32_t d = cp->deps[in->dep0 + q];
             if (d < B->i0 || d >= B->i1) {
+                k->xbase[k->next] = program_ref_base(cp, b, d);
                 k->ext[k->next][0] = x;
                 k->ext[k->next++][1] = d;
             }
@@ -1485,8 +1488,10 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
         const Instr *in = &cp->instrs[B->i0 + k->p2p[x]];
         if (in->kind == I_RECV) key[nk++] = p2p_msg(S, k, x)->send_t - T0;
     }
+    int micro = cp->sched[pass].micro;
     for (int x = 0; x < k->next; x++) {
-        int slot = ext_slot(c, P, pass, k->ext[x][1]);
+        /* ext_slot, with the pass resolved as compiled */
+        int slot = c->xoff[c->pass_at[k->xbase[x] + micro]] + P->export_slot[k->ext[x][1]];
         if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
             /* done before the interpreter's stream is free: it cannot bind */
             key[nk++] = INFINITY;
@@ -1751,6 +1756,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->chan);
             free(k->line);
             free(k->ext);
+            free(k->xbase);
             free(k->exp);
             free(k->twins);
             for (int w = 0; w < MEMO_WAYS; w++) {

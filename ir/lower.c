@@ -2097,6 +2097,12 @@ int program_pass_of(const Program *cp, const int32_t *pass_at, int pass, int32_t
     return pass_at[pass_slot(cp, o, pass_micro(cp, pass) + o->micro - b->micro)];
 }
 
+int32_t program_ref_base(const Program *cp, int body, int32_t x)
+{
+    const Body *b = &cp->bodies[body], *o = body_holding(cp, x, 0);
+    return (int32_t)pass_slot(cp, o, 0) + o->micro - b->micro;
+}
+
 /* Instruction (by = 0) or value (by = 1) x of the body of `pass`, in the
  * expanded program. Outside the expanded range: what E->outside says of an
  * instruction, -1 for a value. */

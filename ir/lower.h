@@ -217,6 +217,10 @@ int32_t *program_pass_index(const Program *compact);
  * (*local) its index within that pass's body. */
 int program_pass_of(const Program *compact, const int32_t *pass_index, int pass, int32_t x,
                     int32_t *local);
+/* The same for a dependency x of body `body` on an instruction of another
+ * body, resolved once for every run of the body: as the body runs
+ * micro-batch m, that instruction's pass is pass_index[base + m]. */
+int32_t program_ref_base(const Program *compact, int body, int32_t x);
 /* A full plan from a compact one (classes already full are copied). */
 Plan *plan_expand(const Plan *p);
 /* Expands class k of a compact plan in place (a rank runs only its own
