@@ -1074,6 +1074,7 @@ typedef struct {
     int nkey, nout;
     Memo memo[MEMO_WAYS];
     int memo_next;
+    int memo_last;                  /* the way that last matched: tried first */
 } Compiled;
 
 typedef struct Passes_ {
@@ -1517,10 +1518,13 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     int nk = pass_key(S, ci, P, pass, &T0, &q);
     const double *key = P->key;
     bool done = false;
-    for (int w = 0; w < MEMO_WAYS && !done; w++) {
+    for (int x = 0; x < MEMO_WAYS && !done; x++) {
+        int w = (k->memo_last + x) % MEMO_WAYS;
         const Memo *me = &k->memo[w];
-        if (me->used && keys_match(me->key, key, nk, q))
+        if (me->used && keys_match(me->key, key, nk, q)) {
             done = replay_pass(S, ci, P, pass, T0, me);
+            k->memo_last = w;
+        }
     }
     if (!done) {
         Memo *me = &k->memo[k->memo_next];

@@ -409,6 +409,20 @@ static void test_alike(void **state)
             plan_free(cp);
             strategy_free(s);
         }
+    /* uneven cuts: stages of other sizes are lowered themselves; the
+     * two of two blocks each after the first copy it */
+    {
+        const char *cut = "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4,"
+                          "\"cuts\":[5,7,9]}}";
+        Strategy *su = strat(g, cut);
+        Err e = { 0 };
+        Plan *pu = ir_lower_compact(g, NULL, su, &e);
+        if (!pu) fail_msg("%s: %s", cut, e.msg);
+        assert_int_equal(expect_same_compact(g, su, pu, cut), 1);
+        assert_int_equal(pu->classes[2].like, 1);
+        plan_free(pu);
+        strategy_free(su);
+    }
     /* recompute on blocks 6 and 7 alone (stage 3): stage 3 is lowered
      * itself, stages 4-6 copy stage 2 */
     const char *js = "{\"mesh\":{\"pp\":8,\"dp\":2},\"pipeline\":{\"microbatches\":4},"
@@ -423,6 +437,32 @@ static void test_alike(void **state)
     plan_free(cp);
     strategy_free(s);
     graph_free(g);
+
+    /* other families on four stages: a mixture of experts (dense and
+     * expert blocks) and VGG-16 (every stage's convolutions of their own
+     * sizes), each class held to the one lowered itself */
+    struct {
+        const char *kind, *keys[2], *vals[2], *json;
+    } fam[] = {
+        { "moe", { "layers", "batch" }, { "8", "16" },
+          "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4},"
+          "\"ops\":{\"blocks.*.moe.fc*\":{\"split\":{\"b\":null,\"e\":\"dp\"}},"
+          "\"blocks.*.moe.gelu\":{\"split\":{\"b\":null,\"e\":\"dp\"}}}}" },
+        { "vgg16", { "batch", "image" }, { "8", "32" },
+          "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4}}" },
+    };
+    for (size_t f = 0; f < sizeof fam / sizeof *fam; f++) {
+        Graph *gf = zoo_build(fam[f].kind, 2, fam[f].keys, fam[f].vals, &err);
+        if (!gf) fail_msg("%s: %s", fam[f].kind, err.msg);
+        Strategy *sf = strat(gf, fam[f].json);
+        Plan *pf = ir_lower_compact(gf, NULL, sf, &err);
+        if (!pf) fail_msg("%s: %s", fam[f].json, err.msg);
+        int copies = expect_same_compact(gf, sf, pf, fam[f].json);
+        printf("  %s on 4 stages: %d of %d classes copied\n", fam[f].kind, copies, pf->nclasses);
+        plan_free(pf);
+        strategy_free(sf);
+        graph_free(gf);
+    }
 }
 
 /* The compact form holds a fixed number of bodies whatever M is: two
