@@ -272,6 +272,9 @@ static int parse_pipeline(Ctx *x, const cJSON *j)
     int nb = x->g->nblocks;
     static const char *const keys[] = {"cuts", "microbatches", "schedule", "virtual", NULL};
     int P = s->nstages = s->pp_axis >= 0 ? s->axis_size[s->pp_axis] : 1;
+    if (P > MAX_STAGES)
+        return err_set(err, "mesh.%s: %d pipeline stages; strata runs at most %d",
+                       s->axis_name[s->pp_axis], P, MAX_STAGES);
     s->microbatches = P;
     s->schedule = SCHED_1F1B;
     s->virtual_stages = 1;
@@ -1173,6 +1176,8 @@ int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err)
                        c->name, c->ndevices);
     int P = s->nstages, V = s->virtual_stages, nb = g->nblocks;
     bool inter = s->schedule == SCHED_INTERLEAVED;
+    if (P > MAX_STAGES)
+        return err_set(err, "mesh: %d pipeline stages; strata runs at most %d", P, MAX_STAGES);
     if (V < 1 || (!inter && V != 1) || (inter && P < 2) || s->nchunks != P * V)
         return err_set(err, "pipeline: %d stages x %d model chunks each is not a pipeline the "
                             "%s schedule runs", P, V, sched_names[s->schedule]);

@@ -41,6 +41,8 @@
 
 #define MESH_MAX_AXES 8
 #define PS_MAX_SHARDS 64
+#define MAX_STAGES 64                /* pipeline stages: the stages that use a param are a
+                                        64-bit set (lowering, executor) */
 
 typedef uint16_t AxisMask;           /* bit a: mesh axis a */
 

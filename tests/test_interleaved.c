@@ -377,10 +377,13 @@ static void test_validation(void **state)
     expect_invalid(g, "{\"mesh\":{\"pp\":4},\"pipeline\":{\"microbatches\":4,"
                       "\"schedule\":\"interleaved\",\"virtual\":3}}",
                    "pipeline.virtual", "12 model chunks", "8 block(s)", NULL);
-    /* P*V beyond int: refused by count, not overflowed */
+    /* the most stages and chunks there can be: refused by count */
+    expect_invalid(g, "{\"mesh\":{\"pp\":64},\"pipeline\":{\"microbatches\":64,"
+                      "\"schedule\":\"interleaved\",\"virtual\":65536}}",
+                   "pipeline.virtual", "4194304 model chunks", NULL);
     expect_invalid(g, "{\"mesh\":{\"pp\":1000000},\"pipeline\":{\"microbatches\":4,"
                       "\"schedule\":\"interleaved\",\"virtual\":65536}}",
-                   "pipeline.virtual", "65536000000 model chunks", NULL);
+                   "mesh.pp", "1000000 pipeline stages", "at most 64", NULL);
     /* no pipeline to interleave */
     expect_invalid(g, "{\"mesh\":{\"dp\":2},\"pipeline\":{\"microbatches\":2,"
                       "\"schedule\":\"interleaved\",\"virtual\":2}}",

@@ -693,6 +693,17 @@ static void test_errors_pipeline(void **state)
     bad(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"cuts\":\"even\"}}",
         "pipeline.cuts: expected an array");
     bad(g, "{\"mesh\":{\"pp\":8}}", "mesh.pp: 8 stages but the model has 4 block(s)");
+    /* the stages that use a param are a 64-bit set */
+    bad(g, "{\"mesh\":{\"pp\":65}}", "mesh.pp: 65 pipeline stages; strata runs at most 64");
+    Err err = {0};
+    const char *names[] = {"pp"};
+    int sizes[] = {65};
+    Strategy *s = strategy_new(g, 1, names, sizes, &err);
+    if (s) {
+        assert_int_equal(strategy_finish(s, g, NULL, &err), -1);
+        strategy_free(s);
+    }
+    assert_non_null(strstr(err.msg, "65 pipeline stages; strata runs at most 64"));
     graph_free(g);
 }
 
