@@ -1110,13 +1110,6 @@ static void find_exports(const Program *cp, Passes *P)
     free(read);
 }
 
-static int *dup_ints(const int *v, int n)
-{
-    int *d = xmalloc(sizeof *d * (n ? n : 1));
-    memcpy(d, v, sizeof *d * n);
-    return d;
-}
-
 /* Adds class m to the body's twins (kept ascending, without repeats). */
 static void add_twin(const Sim *S, Compiled *k, int m)
 {
@@ -1672,8 +1665,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         if (cp->like >= 0 && cp->like < ci) {
             /* a copy of an earlier class has its dependencies, so its exports */
             const Passes *from = &P[cp->like];
-            P[ci].export_slot = dup_ints(from->export_slot, cp->ninstrs ? cp->ninstrs : 1);
-            P[ci].nexports = dup_ints(from->nexports, cp->nbodies);
+            P[ci].export_slot = xmemdup(from->export_slot, sizeof *from->export_slot * cp->ninstrs);
+            P[ci].nexports = xmemdup(from->nexports, sizeof *from->nexports * cp->nbodies);
         } else {
             find_exports(cp, &P[ci]);
         }

@@ -1859,13 +1859,6 @@ static bool shift_of(const Shared *S, const StageOps *soa, int sa, const StageOp
     return true;
 }
 
-static void *dup(const void *p, size_t n)
-{
-    void *q = xmalloc(n ? n : 1);
-    if (n) memcpy(q, p, n);
-    return q;
-}
-
 /* dst's instructions, dependencies, arguments and values: copies of src's. */
 static void copy_code(Program *dst, const Program *src)
 {
@@ -1873,10 +1866,10 @@ static void copy_code(Program *dst, const Program *src)
     dst->ndeps = dst->cap_deps = src->ndeps;
     dst->nargs = dst->cap_args = src->nargs;
     dst->nvalues = dst->cap_values = src->nvalues;
-    dst->instrs = dup(src->instrs, sizeof *src->instrs * src->ninstrs);
-    dst->deps = dup(src->deps, sizeof *src->deps * src->ndeps);
-    dst->args = dup(src->args, sizeof *src->args * src->nargs);
-    dst->values = dup(src->values, sizeof *src->values * src->nvalues);
+    dst->instrs = xmemdup(src->instrs, sizeof *src->instrs * src->ninstrs);
+    dst->deps = xmemdup(src->deps, sizeof *src->deps * src->ndeps);
+    dst->args = xmemdup(src->args, sizeof *src->args * src->nargs);
+    dst->values = xmemdup(src->values, sizeof *src->values * src->nvalues);
 }
 
 /* Class pr (stage sb) as class from's bodies renumbered by d; the
@@ -1888,7 +1881,7 @@ static void translate_class(Low *L, Program *pr, const Program *from, int like, 
     pr->device_mem = class_device_mem(L->S->c, pr);
     copy_code(pr, from);
     pr->nbodies = pr->cap_bodies = from->nbodies;
-    pr->bodies = dup(from->bodies, sizeof *from->bodies * from->nbodies);
+    pr->bodies = xmemdup(from->bodies, sizeof *from->bodies * from->nbodies);
     pr->nhead = from->nhead;
     for (int i = 0; i < pr->ninstrs; i++) {
         Instr *in = &pr->instrs[i];
@@ -2220,7 +2213,7 @@ Plan *plan_expand(const Plan *p)
             continue;
         }
         *dst = *src;
-        dst->ranks = dup(src->ranks, sizeof *src->ranks * src->nranks);
+        dst->ranks = xmemdup(src->ranks, sizeof *src->ranks * src->nranks);
         copy_code(dst, src);
     }
     return q;

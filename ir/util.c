@@ -330,6 +330,13 @@ char *xstrdup_(const char *s, const char *file, int line)
     return p;
 }
 
+void *xmemdup_(const void *p, size_t n, const char *file, int line)
+{
+    void *q = xmalloc_(n ? n : 1, file, line);
+    if (n) memcpy(q, p, n);
+    return q;
+}
+
 void random_id(char out[17])
 {
     uint64_t x = (uint64_t)time(NULL) * 6364136223846793005ULL ^

@@ -61,10 +61,13 @@ void *xmalloc_(size_t n, const char *file, int line);
 void *xcalloc_(size_t n, size_t m, const char *file, int line);
 void *xrealloc_(void *p, size_t n, const char *file, int line);
 char *xstrdup_(const char *s, const char *file, int line);
+void *xmemdup_(const void *p, size_t n, const char *file, int line);
 #define xmalloc(n) xmalloc_((n), __FILE__, __LINE__)
 #define xcalloc(n, m) xcalloc_((n), (m), __FILE__, __LINE__)
 #define xrealloc(p, n) xrealloc_((p), (n), __FILE__, __LINE__)
 #define xstrdup(s) xstrdup_((s), __FILE__, __LINE__)
+/* A copy of the n bytes at p (n may be 0: a valid pointer to free). */
+#define xmemdup(p, n) xmemdup_((p), (n), __FILE__, __LINE__)
 
 /* a*b into *out; false on int64 overflow. */
 static inline bool mul_ok(int64_t a, int64_t b, int64_t *out)

@@ -19,9 +19,9 @@ for name in "$@"; do
     [ -f fuzz/$name.dict ] && dict="-dict=fuzz/$name.dict"
     # The router's server has worker threads whose allocations outlive the
     # input that queued them, so libFuzzer's per-input leak check would
-    # rerun most inputs looking for leaks that are not there (a tenth of
-    # the executions); leaks are still checked at exit (LSan) and by the
-    # sanitizer test suite, which replays every kept input.
+    # rerun most inputs looking for leaks that are not there (the harness
+    # ran at a tenth of its speed); leaks are still checked at exit (LSan)
+    # and by the sanitizer test suite, which replays every kept input.
     extra=""
     [ "$name" = router ] && extra="-detect_leaks=0"
     log=build/fuzz/$name.log

@@ -367,6 +367,19 @@ static void test_twins(void **state)
     graph_free(g);
 }
 
+/* The compact plan of json (strategy *s, caller frees both), held to
+ * the one with every class lowered itself; *copies: how many classes
+ * were copies. */
+static Plan *lower_alike(const Graph *g, const char *json, Strategy **s, int *copies)
+{
+    *s = strat(g, json);
+    Err err = { 0 };
+    Plan *cp = ir_lower_compact(g, NULL, *s, &err);
+    if (!cp) fail_msg("%s: %s", json, err.msg);
+    *copies = expect_same_compact(g, *s, cp, json);
+    return cp;
+}
+
 /* Classes alike: the middle stages of an 8-stage pipeline over 16 blocks
  * are copies of the first of them, under every family of policy, and
  * field for field what lowering each gives; the first and last stages
@@ -395,11 +408,9 @@ static void test_alike(void **state)
             snprintf(js, sizeof js, "{\"mesh\":{\"pp\":8,\"%s\":2},\"pipeline\":"
                      "{\"microbatches\":8,%s}%s}", strstr(policies[e], "\"tp\"") ? "tp" : "dp",
                      pipes[pi], policies[e]);
-            Strategy *s = strat(g, js);
-            Err err = { 0 };
-            Plan *cp = ir_lower_compact(g, NULL, s, &err);
-            if (!cp) fail_msg("%s: %s", js, err.msg);
-            int copies = expect_same_compact(g, s, cp, js);
+            Strategy *s;
+            int copies;
+            Plan *cp = lower_alike(g, js, &s, &copies);
             /* stages 1..6 hold blocks alike; interleaved, each stage's two
              * chunks hold the embedding's or the head's neighbours */
             if (pi < 2 && copies != 5) fail_msg("%s: %d classes copied, want 5", js, copies);
@@ -411,27 +422,20 @@ static void test_alike(void **state)
         }
     /* uneven cuts: stages of other sizes are lowered themselves; the
      * two of two blocks each after the first copy it */
-    {
-        const char *cut = "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4,"
-                          "\"cuts\":[5,7,9]}}";
-        Strategy *su = strat(g, cut);
-        Err e = { 0 };
-        Plan *pu = ir_lower_compact(g, NULL, su, &e);
-        if (!pu) fail_msg("%s: %s", cut, e.msg);
-        assert_int_equal(expect_same_compact(g, su, pu, cut), 1);
-        assert_int_equal(pu->classes[2].like, 1);
-        plan_free(pu);
-        strategy_free(su);
-    }
+    Strategy *s;
+    int copies;
+    Plan *cp = lower_alike(g, "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4,"
+                              "\"cuts\":[5,7,9]}}", &s, &copies);
+    assert_int_equal(copies, 1);
+    assert_int_equal(cp->classes[2].like, 1);
+    plan_free(cp);
+    strategy_free(s);
     /* recompute on blocks 6 and 7 alone (stage 3): stage 3 is lowered
      * itself, stages 4-6 copy stage 2 */
-    const char *js = "{\"mesh\":{\"pp\":8,\"dp\":2},\"pipeline\":{\"microbatches\":4},"
-                     "\"ops\":{\"blocks.6.*\":{\"recompute\":true},\"blocks.7.*\":{\"recompute\":true}}}";
-    Strategy *s = strat(g, js);
-    Err err = { 0 };
-    Plan *cp = ir_lower_compact(g, NULL, s, &err);
-    if (!cp) fail_msg("%s: %s", js, err.msg);
-    assert_int_equal(expect_same_compact(g, s, cp, js), 4);
+    cp = lower_alike(g, "{\"mesh\":{\"pp\":8,\"dp\":2},\"pipeline\":{\"microbatches\":4},"
+                        "\"ops\":{\"blocks.6.*\":{\"recompute\":true},"
+                        "\"blocks.7.*\":{\"recompute\":true}}}", &s, &copies);
+    assert_int_equal(copies, 4);
     assert_int_equal(cp->classes[3].like, -1);
     assert_int_equal(cp->classes[4].like, 2);
     plan_free(cp);
@@ -452,12 +456,11 @@ static void test_alike(void **state)
           "{\"mesh\":{\"pp\":4,\"dp\":2},\"pipeline\":{\"microbatches\":4}}" },
     };
     for (size_t f = 0; f < sizeof fam / sizeof *fam; f++) {
+        Err err = { 0 };
         Graph *gf = zoo_build(fam[f].kind, 2, fam[f].keys, fam[f].vals, &err);
         if (!gf) fail_msg("%s: %s", fam[f].kind, err.msg);
-        Strategy *sf = strat(gf, fam[f].json);
-        Plan *pf = ir_lower_compact(gf, NULL, sf, &err);
-        if (!pf) fail_msg("%s: %s", fam[f].json, err.msg);
-        int copies = expect_same_compact(gf, sf, pf, fam[f].json);
+        Strategy *sf;
+        Plan *pf = lower_alike(gf, fam[f].json, &sf, &copies);
         printf("  %s on 4 stages: %d of %d classes copied\n", fam[f].kind, copies, pf->nclasses);
         plan_free(pf);
         strategy_free(sf);
