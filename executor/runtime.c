@@ -56,6 +56,8 @@ typedef struct {
     int64_t n;               /* elements finish moves */
     float *zero;             /* zeroed once finished (a gradient sent in place), nzero floats */
     int64_t nzero;
+    float *owned;            /* released once finished: a value freed while the backend
+                              * still had it (free_later) */
 } Inflight;
 
 struct Runtime {
@@ -301,6 +303,13 @@ static void drelease(Runtime *rt, void *p)
 {
     int64_t bytes = mem_remove(rt, p);
     if (bytes >= 0) pool_release(rt->pool, p, (size_t)bytes);
+}
+
+/* Does value V live for the whole run: a param, or a gradient the step
+ * accumulates (not one a ZeRO-2/3 pass makes and frees)? */
+static bool step_long(const Value *V)
+{
+    return (V->kind == VAL_PARAM || V->kind == VAL_PARAM_GRAD) && V->micro < 0;
 }
 
 /* The buffer of value v, zeroed when first asked for; NULL with err. */
@@ -587,7 +596,8 @@ static int warm_up(Runtime *rt, Err *err)
     const Program *pr = rt->pr;
     int rc = 0;
     for (int v = 0; v < pr->nvalues && !rc; v++)
-        if (pr->values[v].kind == VAL_PARAM_GRAD && !val(rt, v, err)) rc = -1;
+        if (step_long(&pr->values[v]) && pr->values[v].kind == VAL_PARAM_GRAD && !val(rt, v, err))
+            rc = -1;
     /* the state first: made after the walk, it would push the walk's cached
      * blocks out of the pool's bound */
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
@@ -777,6 +787,7 @@ static int fly_finish(Runtime *rt, const Inflight *f, Err *err)
     if (!rc && f->zero) rc = dv->ops->zero(dv, f->zero, sizeof(float) * (size_t)f->nzero, err);
     drelease(rt, f->send);
     drelease(rt, f->recv);
+    drelease(rt, f->owned);
     return rc;
 }
 
@@ -1076,7 +1087,7 @@ static int free_value(Runtime *rt, int32_t v, Err *err)
     const CommOps *o = rt->comm->ops;
     int rc = 0, w = 0, last = -1;
     float *b = rt->buf[v];
-    bool param = rt->pr->values[v].kind == VAL_PARAM || rt->pr->values[v].kind == VAL_PARAM_GRAD;
+    bool param = step_long(&rt->pr->values[v]);
     pthread_mutex_lock(&rt->lk);
     for (int i = 0; i < rt->npend; i++) {
         Pending q = rt->pend[i];
@@ -1138,6 +1149,24 @@ static int wait_inflight(Runtime *rt, int32_t i, Err *err)
         if (fly_finish(rt, &f, rc ? NULL : err)) rc = -1;
     }
     rt->nfly = w;
+    pthread_mutex_unlock(&rt->lk);
+    return rc;
+}
+
+/* Finishes the collectives in flight that the backend is done with, from
+ * the first started up to one it is not (the order wait_inflight keeps):
+ * what they hold goes back to the pool before the program needs them. */
+static int reap_done(Runtime *rt, Err *err)
+{
+    int rc = 0, k = 0;
+    pthread_mutex_lock(&rt->lk);
+    while (k < rt->nfly && rt->fly[k].done) {
+        if (rt->comm->ops->wait(rt->fly[k].req, rc ? NULL : err)) rc = -1;
+        if (fly_finish(rt, &rt->fly[k], rc ? NULL : err)) rc = -1;
+        k++;
+    }
+    memmove(rt->fly, rt->fly + k, sizeof *rt->fly * (size_t)(rt->nfly - k));
+    rt->nfly -= k;
     pthread_mutex_unlock(&rt->lk);
     return rc;
 }
@@ -1381,6 +1410,34 @@ fail:
     return NULL;
 }
 
+/* Frees value v, a step's own (not a param's), without waiting for the
+ * collectives in flight: one that still reads or writes it takes the
+ * buffer and lets go of it when it finishes (a ZeRO-2 gradient freed
+ * after its reduce-scatter, which the backward goes on past). Returns
+ * false, having done nothing, when several do. */
+static bool free_later(Runtime *rt, int32_t v)
+{
+    float *b = rt->buf[v];
+    int n = 0, at = -1;
+    pthread_mutex_lock(&rt->lk);
+    for (int k = 0; k < rt->nfly; k++)
+        if (rt->fly[k].busy[0] == v || rt->fly[k].busy[1] == v) n++, at = k;
+    for (int k = 0; k < rt->npend && n < 2; k++) n += rt->pend[k].val == v ? 2 : 0;
+    if (n == 1 && b && !rt->fly[at].owned) {
+        Inflight *f = &rt->fly[at];
+        if (f->zero == b) f->zero = NULL;       /* it goes away: no need to clear it */
+        f->busy[f->busy[0] == v ? 0 : 1] = -1;
+        f->owned = b;
+        rt->buf[v] = NULL;
+    }
+    pthread_mutex_unlock(&rt->lk);
+    if (n == 0 && b) {
+        drelease(rt, b);
+        rt->buf[v] = NULL;
+    }
+    return n == 0 || !rt->buf[v];
+}
+
 /* Runs instruction i, first waiting for the all-reduces in flight it depends on. */
 static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
 {
@@ -1388,6 +1445,11 @@ static int exec_instr(Runtime *rt, int i, StepStat *st, Err *err)
     int rc = 0;
     const Instr *in = &pr->instrs[i];
     double a = now_s(), synced = rt->synced_s;
+    if (in->kind == I_FREE && rt->nfly && !step_long(&pr->values[pr->args[in->arg0]])) {
+        progress(rt);
+        if (reap_done(rt, err)) return -1;
+        if (free_later(rt, pr->args[in->arg0])) return 0;
+    }
     if (rt->nfly) {
         rc = wait_inflight(rt, i, err);
         double waited = now_s() - a;
@@ -1524,7 +1586,7 @@ static int step_body(Runtime *rt, int step, StepStat *st, Err *err)
     int rc = 0;
     for (int v = 0; v < pr->nvalues && !rc; v++) {
         const Value *V = &pr->values[v];
-        if (V->kind == VAL_PARAM_GRAD && rt->buf[v])
+        if (V->kind == VAL_PARAM_GRAD && step_long(V) && rt->buf[v])
             rc = rt->dev->ops->zero(rt->dev, rt->buf[v], sizeof(float) * (size_t)rt->numel[v], err);
         if (V->kind == VAL_DATA && !rc) rc = load_data(rt, v, err);
     }

@@ -571,6 +571,31 @@ static bool zero3(const Shared *S, int t)
            S->sync_axes[t];
 }
 
+/* ZeRO-2 and -3 reduce-scatter a param's gradient every micro-batch into
+ * the rank's shard, so the whole gradient lives only from the backward
+ * that makes it to its reduce-scatter: a value of that pass (pass_grad),
+ * not one of the step. */
+static bool grad_per_pass(const Shared *S, int t)
+{
+    const ParamPolicy *pp = &S->s->params[t];
+    return S->g->tensors[t].role == ROLE_PARAM && S->sync_axes[t] && pp->shard >= SHARD_ZERO2 &&
+           pp->method != SYNC_SFB && pp->method != SYNC_PS;
+}
+
+/* The value param t's gradient accumulates into in this pass: the step's,
+ * or (grad_per_pass) one made for the pass when first written, zeroed then;
+ * *fresh says it was made now (the caller allocates it after its writer). */
+static int32_t pass_grad(Low *L, int t, int mb, bool *fresh)
+{
+    *fresh = false;
+    if (!grad_per_pass(L->S, t) || L->pgrad_pass[t] == L->pass) return L->pgrad_val[t];
+    L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, mb, &L->S->home[t], 0);
+    L->pgrad_pass[t] = L->pass;
+    L->pgrad[t] = -1;
+    *fresh = true;
+    return L->pgrad_val[t];
+}
+
 /* A param as op i needs it: ZeRO-3 gathers it for this use (the copy is
  * freed after the use); a use in another layout converts it. */
 static Ref param_use(Low *L, int i, int k, int mb, Phase ph, bool *gathered)
@@ -956,9 +981,15 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     const ParamPolicy *pp = &s->params[t];
     AxisMask ax = S->sync_axes[t];
     int64_t b = local_bytes(S, t, &S->home[t]);
+    bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
+    if (grad_per_pass(S, t)) {
+        /* no backward of this pass wrote it: reduce-scatter zeros */
+        bool fresh;
+        int32_t v = pass_grad(L, t, mb, &fresh);
+        if (fresh) emit_mem(L, I_ALLOC, v, -1);
+    }
     Ref last = { grad, L->pgrad_val[t] };
     int32_t upd_grad = L->pgrad_val[t];
-    bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
 
     if (pp->method == SYNC_SFB) {
         if (!final) return;     /* factor all-gathers in backward made the whole gradient */
@@ -972,6 +1003,7 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
         last = emit_coll(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                          compressed(S, t, b), last, L->pshard_val[t]);
         L->pr->instrs[last.instr].compress = pp->compress;
+        if (grad_per_pass(S, t)) emit_mem(L, I_FREE, L->pgrad_val[t], last.instr);
         upd_grad = L->pshard_val[t];
         if (!final) return;
     } else if (ax) {
@@ -1139,14 +1171,17 @@ static void backward_op(Low *L, int i, int mb)
     if (f->has_param && f->cost.flops[COST_BWD_WEIGHT] + f->cost.bytes[COST_BWD_WEIGHT] > 0) {
         double flops = f->cost.flops[COST_BWD_WEIGHT];
         int32_t wargs[2 + 2 * IR_MAX_INPUTS], wdeps[2 * IR_MAX_INPUTS + 2], sfb_vals[4];
-        int nw = 0, nsfb = 0;
+        int32_t made[IR_MAX_INPUTS];    /* gradients made for this pass (pass_grad) */
+        int nw = 0, nsfb = 0, nmade = 0;
         memcpy(wargs, args, sizeof wargs);
         for (int k = 0; k < nin; k++) wargs[2 + nin + k] = -1;
         for (int e = 0; e < nd; e++) wdeps[nw++] = deps[e];
         for (int k = 0; k < nin; k++) {
             int t = op->in[k];
             if (g->tensors[t].role != ROLE_PARAM) continue;
-            wargs[2 + nin + k] = L->pgrad_val[t];
+            bool fresh;
+            wargs[2 + nin + k] = pass_grad(L, t, mb, &fresh);
+            if (fresh) made[nmade++] = wargs[2 + nin + k];
             if (S->s->params[t].method != SYNC_SFB || !S->sync_axes[t]) continue;
             /* sufficient factors: all-gather the input and the output gradient over
              * the data group, then rebuild the whole weight gradient locally */
@@ -1175,6 +1210,7 @@ static void backward_op(Low *L, int i, int mb)
         int32_t w = emit_compute(L, i, t_out, PH_BWD_WEIGHT, mb, flops,
                                  f->cost.bytes[COST_BWD_WEIGHT], false, wdeps, nw, wargs, 2 + 2 * nin);
         for (int k = 0; k < nsfb; k++) emit_mem(L, I_FREE, sfb_vals[k], w);
+        for (int k = 0; k < nmade; k++) emit_mem(L, I_ALLOC, made[k], w);
         for (int k = 0; k < nin; k++) {
             int t = op->in[k];
             if (g->tensors[t].role != ROLE_PARAM) continue;
@@ -1400,11 +1436,13 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
         for (int k = 0; k < pp->ps_shards; k++) served += pp->ps_placement[k] == me;
         return p + g + (served ? o + (int64_t)served * (D - 1) * b : 0);
     }
-    /* ZeRO as the executor keeps it: the optimizer state of the rank's
-     * shard; the whole gradient (what the micro-batches accumulate into
-     * before each reduce-scatter) beside the shard it is reduced into, so
-     * ZeRO-2 keeps what ZeRO-1 does; ZeRO-3 the param's shard alone */
+    /* ZeRO: the optimizer state of the rank's shard and the gradient's
+     * shard the reduce-scatters fill. ZeRO-1 also keeps the whole gradient
+     * the micro-batches accumulate into; under ZeRO-2 and -3 it lives from
+     * each backward to its reduce-scatter (grad_per_pass: the alloc/free
+     * walk counts it); ZeRO-3 keeps the param's shard alone */
     if (pp->shard >= SHARD_ZERO1) o /= D;
+    if (grad_per_pass(S, t)) g = 0;
     if (L->pshard_val[t] >= 0) g += L->pr->values[L->pshard_val[t]].bytes;
     if (pp->shard >= SHARD_ZERO3) p /= D;
     /* what a compressed all-reduce keeps from step to step (the executor's
@@ -1619,7 +1657,7 @@ static void class_begin(Low *L, Program *pr, int rank, const StageOps *so)
         const ParamPolicy *pp = &s->params[t];
         AxisMask ax = S->sync_axes[t];
         L->param_val[t] = new_value(L, VAL_PARAM, t, -1, &S->home[t], zero3(S, t) ? ax : 0);
-        L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
+        if (!grad_per_pass(S, t)) L->pgrad_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], 0);
         if (ax && pp->method != SYNC_SFB && pp->method != SYNC_PS && pp->shard >= SHARD_ZERO1)
             L->pshard_val[t] = new_value(L, VAL_PARAM_GRAD, t, -1, &S->home[t], ax);
     }

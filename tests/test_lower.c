@@ -300,14 +300,28 @@ static void test_zero(void **state)
                 assert_int_equal(program_comm_bytes(pr, I_ALLREDUCE, WHY_COUNT), 0);
                 assert_int_equal(program_comm_bytes(pr, I_REDUCE_SCATTER, WHY_GRAD_SYNC), rs);
                 assert_int_equal(program_comm_bytes(pr, I_ALLGATHER, WHY_COUNT), ag);
-                /* memory, as the executor keeps it: the param (ZeRO-3: its
-                 * shard), the whole gradient the micro-batches accumulate
-                 * into and the shard it is reduced into, the optimizer
-                 * state's shard (Adam: 8 bytes an element). The paper's
-                 * table has stage 2 keep the gradient's shard alone. */
+                /* memory held all step: the param (ZeRO-3: its shard), the
+                 * gradient's shard the reduce-scatters fill (ZeRO-1 also the
+                 * whole gradient the micro-batches accumulate into), the
+                 * optimizer state's shard (Adam: 8 bytes an element), as
+                 * the paper's table has it */
                 int64_t e = psi / 4;
-                int64_t want = (stage == 3 ? 4 * e / D : 4 * e) + 4 * e + (4 * e + 8 * e) / D;
+                int64_t want = (stage == 3 ? 4 * e / D : 4 * e) + (stage == 1 ? 4 * e : 0) +
+                               (4 * e + 8 * e) / D;
                 assert_true(llabs(pr->static_mem - want) <= 64 * nparams(g));
+                /* stages 2 and 3: each micro-batch's backward allocates the
+                 * whole gradient and frees it after its reduce-scatter */
+                int64_t made = 0, freed = 0;
+                for (int i = 0; i < pr->ninstrs; i++) {
+                    const Instr *in = &pr->instrs[i];
+                    if (in->kind != I_ALLOC && in->kind != I_FREE) continue;
+                    const Value *v = &pr->values[pr->args[in->arg0]];
+                    if (v->kind != VAL_PARAM_GRAD) continue;
+                    assert_true(v->micro >= 0);
+                    *(in->kind == I_ALLOC ? &made : &freed) += in->bytes;
+                }
+                assert_int_equal(made, stage == 1 ? 0 : m * psi);
+                assert_int_equal(freed, made);
                 plan_free(p);
                 strategy_free(s);
                 graph_free(g);

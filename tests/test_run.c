@@ -11,7 +11,7 @@
  * mlp tensor-parallel strategies below).
  *
  * Matrix: mlp and GPT under data parallel, Megatron tensor parallel, GPipe and
- * 1F1B (2 stages, 4 micro-batches), ZeRO-1, ZeRO-3, a synchronous parameter
+ * 1F1B (2 stages, 4 micro-batches), ZeRO-1, -2 (GPT: 2 micro-batches) and -3, a synchronous parameter
  * server, fp16-compressed all-reduce, dp2 x tp2 and pp2 x dp2; the interleaved
  * 1F1B schedule (2 stages x 2 chunks of a 4-block mlp alone, of a 4-block GPT
  * with dp2 and with tp2); a VGG-style CNN
@@ -162,6 +162,7 @@ static const RunCase CASES[] = {
     { "mlp-1f1b", M_MLP, { "megatron", "--world", "2", "--tp", "1", "--pp", "2", "--microbatches",
       "4" }, NULL, 2, EXACT },
     { "mlp-zero1", M_MLP, { "zero1", "--world", "4" }, NULL, 4, EXACT },
+    { "mlp-zero2", M_MLP, { "zero2", "--world", "4" }, NULL, 4, EXACT },
     { "mlp-zero3", M_MLP, { "zero3", "--world", "4" }, NULL, 4, EXACT },
     { "mlp-ps", M_MLP, { "ps", "--world", "4" }, NULL, 4, EXACT },
     { "mlp-dp-fp16", M_MLP, { "dp", "--world", "4", "--compress", "fp16" }, NULL, 4,
@@ -178,6 +179,7 @@ static const RunCase CASES[] = {
     { "gpt-1f1b", M_GPT, { "megatron", "--world", "2", "--tp", "1", "--pp", "2", "--microbatches",
       "4" }, NULL, 2, EXACT },
     { "gpt-zero1", M_GPT, { "zero1", "--world", "4" }, NULL, 4, EXACT },
+    { "gpt-zero2", M_GPT, { "zero2", "--world", "4", "--microbatches", "2" }, NULL, 4, EXACT },
     { "gpt-zero3", M_GPT, { "zero3", "--world", "4" }, NULL, 4, EXACT },
     { "gpt-ps", M_GPT, { "ps", "--world", "4" }, NULL, 4, EXACT },
     { "gpt-dp-fp16", M_GPT, { "dp", "--world", "4", "--compress", "fp16" }, NULL, 4,
