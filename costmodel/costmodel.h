@@ -192,6 +192,7 @@ typedef struct {
     uint32_t analytic_kinds;        /* bit k: kind k answered by the analytical model */
     int64_t passes, passes_whole;   /* a compact plan: passes of the step over its classes,
                                        and how many of them the simulator ran whole */
+    int64_t passes_evaluated;       /* of those, how many it evaluated (not replayed) */
     /* with SimOpts.trace: per class, its spans (caller frees through sim_result_free) */
     SimSpan **spans;
     int *nspans;

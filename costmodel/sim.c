@@ -99,7 +99,7 @@ static Slot *map_at(Map *m, int64_t a, int64_t b, int64_t c, int64_t d)
 static void map_grow(Map *m)
 {
     Map old = *m;
-    m->cap = m->cap ? m->cap * 2 : 256;
+    m->cap = m->cap ? m->cap * 2 : 16;
     m->slots = xcalloc(m->cap, sizeof *m->slots);
     m->n = 0;
     for (int i = 0; i < old.cap; i++) {
@@ -142,6 +142,7 @@ typedef struct {
     int *members, nmembers;         /* distinct classes in it */
     CollTime times[COLL_TIMES];
     int next_time;
+    int key;                        /* its group key (key_of) */
 } MeetList;
 
 /* A point-to-point message between two classes, matched in order. */
@@ -185,7 +186,8 @@ typedef struct {
     int32_t *list;                  /* instructions by stream, in order (CSR by list_off) */
     int *list_off, *cur;            /* per stream: start in list, next to run (absolute) */
     double *free_t;                 /* per stream: when it is free */
-    MeetList meet[KEYS];
+    MeetList **meet;                /* the groups it meets in, by key (meet_get) */
+    int nmeet, cap_meet;
     SimClass out;
     SetAside *later;                /* updates set aside, in order (see main_step) */
     int nlater;
@@ -200,6 +202,11 @@ typedef struct {
     double *xstart, *xend;          /* per export slot of a pass run whole */
     int16_t *xcode;                 /* its stream code (stream_code) */
 } CState;
+
+typedef struct {
+    double t;
+    uint8_t src;                    /* CostSource */
+} SmallTime;
 
 typedef struct {
     const Graph *g;
@@ -220,6 +227,9 @@ typedef struct {
     Line *lines;
     int nlines, cap_lines;
     double *op_time;                /* [(device * nops + op) * PH_COUNT + phase], NAN: not yet */
+    Map small_at;                   /* (device and phase, dtype, FLOPs, bytes) -> small */
+    SmallTime *small;               /* the times of updates and sums (op_time) */
+    int nsmall, cap_small;
     double calib[3];                /* the op model's calibration (opmodel_calibration) */
     SimResult *r;
     bool trace;
@@ -281,9 +291,28 @@ static double op_time(Sim *S, CState *c, const Instr *in, CostSource *src)
         S->op_time[k] = opmodel_time(S->ops, &c->dev, &x, src) * S->calib[0] + S->calib[2];
         return S->op_time[k];
     }
+    /* an update or a gradient sum: its shape is its phase, dtype and
+     * sizes, and the params of a model's layers repeat them */
+    DType dt = in->tensor >= 0 ? S->g->tensors[in->tensor].dtype : DT_F32;
+    int64_t fb, mb;
+    double fl = in->flops, mem = in->mem_bytes;
+    memcpy(&fb, &fl, sizeof fb);
+    memcpy(&mb, &mem, sizeof mb);
+    Slot *sl = map_at(&S->small_at, (int64_t)c->device * PH_COUNT + in->phase, dt, fb, mb);
+    if (sl->v >= 0) {
+        *src = (CostSource)S->small[sl->v].src;
+        return S->small[sl->v].t;
+    }
     OpShape x;
     opshape_of_instr(S->g, S->s, S->p, in, &x);
-    return opmodel_time(S->ops, &c->dev, &x, src) * S->calib[0] + S->calib[2];
+    double t = opmodel_time(S->ops, &c->dev, &x, src) * S->calib[0] + S->calib[2];
+    if (S->nsmall == S->cap_small) {
+        S->cap_small = S->cap_small ? 2 * S->cap_small : 64;
+        S->small = xrealloc(S->small, sizeof *S->small * S->cap_small);
+    }
+    S->small[S->nsmall] = (SmallTime){ t, (uint8_t)*src };
+    sl->v = S->nsmall++;
+    return t;
 }
 
 /* ----------------------------------------------------------------------------
@@ -303,29 +332,44 @@ static int rank_at(const Strategy *s, const int coord[MESH_MAX_AXES], AxisMask m
     return strategy_rank(s, c);
 }
 
+/* Class c's meet list of group key `key`, made (empty) when first asked
+ * for: a class meets in a few groups of the KEYS there could be. */
+static MeetList *meet_get(CState *c, int key)
+{
+    for (int k = 0; k < c->nmeet; k++)
+        if (c->meet[k]->key == key) return c->meet[k];
+    if (c->nmeet == c->cap_meet) {
+        c->cap_meet = c->cap_meet ? 2 * c->cap_meet : 4;
+        c->meet = xrealloc(c->meet, sizeof *c->meet * c->cap_meet);
+    }
+    MeetList *ml = xcalloc(1, sizeof *ml);
+    ml->key = key;
+    return c->meet[c->nmeet++] = ml;
+}
+
 static MeetList *meet_list(Sim *S, int ci, const Instr *in, int key)
 {
     CState *c = &S->cs[ci];
-    MeetList *ml = &c->meet[key];
+    MeetList *ml = meet_get(c, key);
     if (ml->ranks) return ml;
     AxisMask ax = (AxisMask)(key & (TIED_KEY - 1));
     int n = strategy_group_size(S->s, ax);
     ml->ranks = xmalloc(sizeof *ml->ranks * (n ? n : 1));
     ml->members = xmalloc(sizeof *ml->members * (n ? n : 1));
+    /* a tied sum runs among the stages that use the param (read from the
+     * graph, as the executor does: any number of stages, at most
+     * MAX_STAGES) */
+    uint64_t using = 0;
+    for (int i = 0; i < S->g->nops && (key & TIED_KEY); i++)
+        for (int q = 0; q < S->g->ops[i].nin; q++)
+            if (S->g->ops[i].in[q] == in->tensor && S->s->op_stage[i] < 64)
+                using |= 1ull << S->s->op_stage[i];
     for (int k = 0; k < n; k++) {
         int r = rank_at(S->s, c->coord, ax, k);
         if (key & TIED_KEY) {
-            /* a tied sum runs among the stages that use the param (read
-             * from the graph, as the executor does: any number of stages) */
             int co[MESH_MAX_AXES];
             strategy_coords(S->s, r, co);
-            bool uses = false;
-            for (int i = 0; i < S->g->nops && !uses; i++) {
-                const Op *op = &S->g->ops[i];
-                for (int q = 0; q < op->nin && !uses; q++)
-                    uses = op->in[q] == in->tensor && S->s->op_stage[i] == co[S->s->pp_axis];
-            }
-            if (!uses) continue;
+            if (!(using >> co[S->s->pp_axis] & 1)) continue;
         }
         ml->ranks[ml->nranks++] = r;
         int cls = S->p->rank_class[r], j = 0;
@@ -625,7 +669,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
     if (isnan(me->end)) {
         double start = 0;
         for (int m = 0; m < ml->nmembers; m++) {
-            MeetList *other = &S->cs[ml->members[m]].meet[key];
+            MeetList *other = meet_get(&S->cs[ml->members[m]], key);
             if (other->n <= c->seq[i] || isnan(other->v[c->seq[i]].ready)) return false;
             start = fmax(start, other->v[c->seq[i]].ready);
         }
@@ -634,7 +678,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
             dur = coll_time(S, c, in, ml);
         if (st == S_MAIN) dur += S->calib[2];
         for (int m = 0; m < ml->nmembers; m++) {
-            Meet *o = meet_at(&S->cs[ml->members[m]].meet[key], c->seq[i]);
+            Meet *o = meet_at(meet_get(&S->cs[ml->members[m]], key), c->seq[i]);
             o->start = start;
             o->end = start + dur;
         }
@@ -1046,6 +1090,12 @@ typedef struct {
 } Memo;
 
 typedef struct {
+    Memo memo[MEMO_WAYS];
+    int next;
+    int last;                       /* the way that last matched: tried first */
+} MemoSet;
+
+typedef struct {
     bool regular;
     int *twins, ntwins;             /* classes it meets in collectives, itself included,
                                        ascending; ntwins > 1: runs whole only with them */
@@ -1072,9 +1122,9 @@ typedef struct {
     int nexp;                       /* its exports: (instruction, slot) */
     int32_t (*exp)[2];
     int nkey, nout;
-    Memo memo[MEMO_WAYS];
-    int memo_next;
-    int memo_last;                  /* the way that last matched: tried first */
+    MemoSet own;
+    MemoSet *ms;                    /* &own, or the memo of the body of the class this
+                                       one copies, when the two are alike (share_memo) */
 } Compiled;
 
 typedef struct Passes_ {
@@ -1120,6 +1170,37 @@ static void add_twin(const Sim *S, Compiled *k, int m)
     memmove(&k->twins[j + 1], &k->twins[j], sizeof *k->twins * (k->ntwins - j));
     k->twins[j] = m;
     k->ntwins++;
+}
+
+/* Do two compiled bodies of n instructions each run alike: the same
+ * streams, costs, transfers and, by position only, dependencies on other
+ * passes (they name instructions of each class's own program; the memo's
+ * key compares their times)? */
+static bool compiled_alike(const Compiled *ka, const Compiled *kb, int n)
+{
+    bool same = ka->regular == kb->regular && ka->nstream == kb->nstream &&
+                ka->np2p == kb->np2p && ka->next == kb->next && ka->nexp == kb->nexp &&
+                ka->nkey == kb->nkey && ka->nout == kb->nout && ka->scale == kb->scale &&
+                !memcmp(ka->streams, kb->streams, sizeof *ka->streams * ka->nstream) &&
+                !memcmp(ka->p2p, kb->p2p, sizeof *ka->p2p * ka->np2p) &&
+                !memcmp(ka->code, kb->code, sizeof *ka->code * n) &&
+                !memcmp(ka->dur, kb->dur, sizeof *ka->dur * n);
+    for (int x = 0; same && x < ka->next; x++) same = ka->ext[x][0] == kb->ext[x][0];
+    return same;
+}
+
+/* A class copied from an alike one (Program.like: its instructions and
+ * dependencies are that class's renumbered) whose body b also runs alike
+ * (the same costs: the middle stages of a pipeline) meets in it what that
+ * class met: the two share one memo, since an entry is relative to the
+ * pass's start and names instructions by their place in the body. */
+static void share_memo(Sim *S, int ci, int b)
+{
+    const Program *cp = S->cs[ci].cp;
+    int src = cp->like;
+    if (src < 0 || src >= ci || !S->passes[src].cb[b].code) return;
+    Compiled *k = &S->passes[ci].cb[b], *from = &S->passes[src].cb[b];
+    if (compiled_alike(k, from, cp->bodies[b].i1 - cp->bodies[b].i0)) k->ms = from->ms;
 }
 
 static void compile_body(Sim *S, int ci, Passes *P, int b)
@@ -1177,6 +1258,11 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             if (twin) {
                 k->dur[x] = twin->dur[x];
                 src = (CostSource)twin->src[x];
+                /* and the op's own, for the rest of the step run
+                 * instruction by instruction (op_time) */
+                if (in->op >= 0)
+                    S->op_time[((size_t)c->device * S->g->nops + in->op) * PH_COUNT + in->phase] =
+                        k->dur[x];
             } else {
                 k->dur[x] = op_time(S, c, in, &src);
             }
@@ -1238,9 +1324,11 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->nkey = k->nstream + k->nrecv + 2 * k->next;
     k->nout = k->nstream + k->np2p + k->nrecv + 3 * k->nexp + 1;
     for (int w = 0; w < MEMO_WAYS; w++) {
-        k->memo[w].key = xmalloc(sizeof *k->memo[w].key * (k->nkey ? k->nkey : 1));
-        k->memo[w].out = xmalloc(sizeof *k->memo[w].out * k->nout);
+        k->own.memo[w].key = xmalloc(sizeof *k->own.memo[w].key * (k->nkey ? k->nkey : 1));
+        k->own.memo[w].out = xmalloc(sizeof *k->own.memo[w].out * k->nout);
     }
+    k->ms = &k->own;
+    share_memo(S, ci, b);
 }
 
 /* The message send or receive q of the body will be, without taking it. */
@@ -1511,20 +1599,22 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     int nk = pass_key(S, ci, P, pass, &T0, &q);
     const double *key = P->key;
     bool done = false;
+    MemoSet *ms = k->ms;
     for (int x = 0; x < MEMO_WAYS && !done; x++) {
-        int w = (k->memo_last + x) % MEMO_WAYS;
-        const Memo *me = &k->memo[w];
+        int w = (ms->last + x) % MEMO_WAYS;
+        const Memo *me = &ms->memo[w];
         if (me->used && keys_match(me->key, key, nk, q)) {
             done = replay_pass(S, ci, P, pass, T0, me);
-            k->memo_last = w;
+            ms->last = w;
         }
     }
     if (!done) {
-        Memo *me = &k->memo[k->memo_next];
+        Memo *me = &ms->memo[ms->next];
+        S->r->passes_evaluated++;
         if (eval_pass(S, ci, P, pass, T0, me->out, &me->exposed)) {
             memcpy(me->key, key, sizeof *key * nk);
             me->used = true;
-            k->memo_next = (k->memo_next + 1) % MEMO_WAYS;
+            ms->next = (ms->next + 1) % MEMO_WAYS;
         } else {
             me->used = false;
         }
@@ -1549,17 +1639,8 @@ static bool bodies_alike(Sim *S, Passes *P, int ci, int ba, int cj, int bb)
     if (sl->v >= 0) return sl->v == 1;
     const Program *pa = S->cs[ci].cp, *pb = S->cs[cj].cp;
     const Body *A = &pa->bodies[ba], *B = &pb->bodies[bb];
-    const Compiled *ka = &P[ci].cb[ba], *kb = &P[cj].cb[bb];
     int n = A->i1 - A->i0;
-    /* dependencies on other passes by position only: they name
-     * instructions of each class's own program (the key compares times) */
-    bool same = n == B->i1 - B->i0 && ka->regular == kb->regular &&
-                ka->nstream == kb->nstream && ka->np2p == kb->np2p && ka->next == kb->next &&
-                !memcmp(ka->streams, kb->streams, sizeof *ka->streams * ka->nstream) &&
-                !memcmp(ka->p2p, kb->p2p, sizeof *ka->p2p * ka->np2p) &&
-                !memcmp(ka->code, kb->code, sizeof *ka->code * n) &&
-                !memcmp(ka->dur, kb->dur, sizeof *ka->dur * n);
-    for (int x = 0; same && x < ka->next; x++) same = ka->ext[x][0] == kb->ext[x][0];
+    bool same = n == B->i1 - B->i0 && compiled_alike(&P[ci].cb[ba], &P[cj].cb[bb], n);
     for (int x = 0; same && x < n; x++) {
         const Instr *a = &pa->instrs[A->i0 + x], *b = &pb->instrs[B->i0 + x];
         same = a->kind == b->kind && a->ndeps == b->ndeps;
@@ -1757,8 +1838,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->exp);
             free(k->twins);
             for (int w = 0; w < MEMO_WAYS; w++) {
-                free(k->memo[w].key);
-                free(k->memo[w].out);
+                free(k->own.memo[w].key);
+                free(k->own.memo[w].out);
             }
         }
         free(P[ci].cb);
@@ -1862,11 +1943,13 @@ static void class_free(CState *c)
     free(c->xstart);
     free(c->xend);
     free(c->xcode);
-    for (int k = 0; k < KEYS; k++) {
-        free(c->meet[k].v);
-        free(c->meet[k].ranks);
-        free(c->meet[k].members);
+    for (int k = 0; k < c->nmeet; k++) {
+        free(c->meet[k]->v);
+        free(c->meet[k]->ranks);
+        free(c->meet[k]->members);
+        free(c->meet[k]);
     }
+    free(c->meet);
 }
 
 static void gib(double b, char *out, int n)
@@ -2059,6 +2142,8 @@ int cost_simulate(const Graph *g, const Cluster *c, const Strategy *s, const Pla
     free(S.chan_n);
     map_free(&S.chan_at);
     map_free(&S.line_at);
+    map_free(&S.small_at);
+    free(S.small);
     opmodel_free(S.own_ops);
     linkmodel_free(S.own_links);
     double lb = r->lower_bound;
