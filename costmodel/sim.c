@@ -1221,19 +1221,30 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->p2p = xmalloc(sizeof *k->p2p * n);
     k->chan = xmalloc(sizeof *k->chan * n);
     k->line = xmalloc(sizeof *k->line * n);
-    int nd = 1;
-    for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
-    k->ext = xmalloc(sizeof *k->ext * nd);
-    k->xbase = xmalloc(sizeof *k->xbase * nd);
     int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
     memset(at, -1, sizeof at);
     Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
     /* a class copied from an alike one (Program.like) on the same device
-     * runs the same ops renumbered: their times are that class's */
+     * runs the same ops renumbered: their times are that class's, and its
+     * dependencies on other passes and its exports are that class's too
+     * (the same bodies, the same instructions and dependencies) */
     const Compiled *twin = NULL;
     if (cp->like >= 0 && !S->o->compute_time && S->cs[cp->like].device == c->device &&
         S->passes[cp->like].cb[b].code)
         twin = &S->passes[cp->like].cb[b];
+    int nd = 1;
+    if (twin) {
+        nd += twin->next;
+    } else {
+        for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
+    }
+    k->ext = xmalloc(sizeof *k->ext * nd);
+    k->xbase = xmalloc(sizeof *k->xbase * nd);
+    if (twin) {
+        k->next = twin->next;
+        memcpy(k->ext, twin->ext, sizeof *k->ext * twin->next);
+        memcpy(k->xbase, twin->xbase, sizeof *k->xbase * twin->next);
+    }
     for (int x = 0; x < B->i1 - B->i0; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
         int code = stream_code(S, c, in);
@@ -1244,7 +1255,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             k->busy[k->nstream] = 0;
             k->streams[k->nstream++] = (int16_t)code;
         }
-        for (int q = 0; q < in->ndeps; q++) {
+        for (int q = 0; q < in->ndeps && !twin; q++) {
             int32_t d = cp->deps[in->dep0 + q];
             if (d < B->i0 || d >= B->i1) {
                 k->xbase[k->next] = program_ref_base(cp, b, d);
@@ -1315,7 +1326,11 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     }
     map_free(&seen);
     k->exp = xmalloc(sizeof *k->exp * n);
-    for (int x = 0; x < B->i1 - B->i0; x++)
+    if (twin) {
+        k->nexp = twin->nexp;
+        memcpy(k->exp, twin->exp, sizeof *k->exp * twin->nexp);
+    }
+    for (int x = 0; x < B->i1 - B->i0 && !twin; x++)
         if (P->export_slot[B->i0 + x] >= 0) {
             k->exp[k->nexp][0] = x;
             k->exp[k->nexp++][1] = P->export_slot[B->i0 + x];

@@ -58,7 +58,8 @@ typedef struct {
     int m;                                 /* micro-batches */
     int gsize[1 << MESH_MAX_AXES];         /* group size of each axis mask */
     int64_t (*local)[IR_LETTERS];
-    OpFacts *of;
+    OpFacts *of;                           /* per op, made when first asked for (facts) */
+    bool *of_made;
     int *cons_off, *cons;                  /* consumers of each tensor, ascending (CSR) */
     /* params */
     Layout *home;                          /* layout the param is stored in */
@@ -108,8 +109,8 @@ static uint32_t letters_of(const char *letters)
 static AxisMask axes_of_letters(const Strategy *s, int op, uint32_t letters)
 {
     AxisMask m = 0;
-    for (int l = 0; l < IR_LETTERS; l++)
-        if (letters & (1u << l)) m |= s->ops[op].split[l];
+    for (uint32_t rest = letters & ((1ull << IR_LETTERS) - 1); rest; rest &= rest - 1)
+        m |= s->ops[op].split[__builtin_ctz(rest)];
     return m & live_axes(s);
 }
 
@@ -125,6 +126,38 @@ static void stat_counts(OpKind k, int *fwd, int *bwd, int *per_fwd, int *per_bwd
     *per_fwd = *per_bwd = 1;
     if (k == OP_CROSS_ENTROPY) { *fwd = 3; *bwd = 2; }
     if (k == OP_BATCHNORM) { *fwd = 1; *bwd = 1; *per_fwd = 2; *per_bwd = 4; }
+}
+
+/* The facts of op i: the layouts its operands arrive in and its output
+ * leaves in, what its gradients are partial over, its statistics and its
+ * cost, for one micro-batch on its shard. Made on first use: a plan whose
+ * stages repeat lowers a few of them, and copies the rest (shift_of). */
+static const OpFacts *facts(const Shared *S, int i)
+{
+    OpFacts *f = &S->of[i];
+    if (S->of_made[i]) return f;
+    const Graph *g = S->g;
+    const Strategy *s = S->s;
+    const Op *op = &g->ops[i];
+    memset(f, 0, sizeof *f);
+    for (int k = 0; k < op->nin; k++) {
+        f->in[k] = operand_layout(s, i, op->in_letters[k]);
+        const Tensor *T = &g->tensors[op->in[k]];
+        if (T->role == ROLE_PARAM) f->has_param = true;
+        f->grad_partial[k] =
+            axes_of_letters(s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
+    }
+    f->has_bwd = g->tensors[op->out].needs_grad;
+    f->out = operand_layout(s, i, op->out_letters);
+    uint32_t summed = op->letters_mask & ~letters_of(op->out_letters) & ~op->reduce_mask;
+    f->out.partial = axes_of_letters(s, i, summed);
+    f->stat_axes = axes_of_letters(s, i, op->reduce_mask);
+    f->stat_elems = 1;
+    for (const char *p = op->in_letters[0]; *p; p++)
+        if (!(op->reduce_mask & (1u << (*p - 'a')))) f->stat_elems *= S->local[i][*p - 'a'];
+    graph_op_cost(g, i, S->local[i], &f->cost);
+    S->of_made[i] = true;
+    return f;
 }
 
 static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -163,12 +196,12 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
     S->cons_off[g->ntensors] = w;
     free(fill);
 
-    /* per-op facts */
+    /* per-op local sizes; the rest of the facts when first asked for */
     S->local = xcalloc(g->nops, sizeof *S->local);
-    S->of = xcalloc(g->nops, sizeof *S->of);
+    S->of = xmalloc(sizeof *S->of * (g->nops ? g->nops : 1));
+    S->of_made = xcalloc(g->nops ? g->nops : 1, sizeof *S->of_made);
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
-        OpFacts *f = &S->of[i];
         for (int l = 0; l < IR_LETTERS; l++) {
             int64_t n = op->size[l];
             if (!n) continue;
@@ -176,22 +209,6 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
             n /= S->gsize[s->ops[i].split[l]];
             S->local[i][l] = n > 0 ? n : 1;
         }
-        for (int k = 0; k < op->nin; k++) {
-            f->in[k] = operand_layout(s, i, op->in_letters[k]);
-            const Tensor *T = &g->tensors[op->in[k]];
-            if (T->role == ROLE_PARAM) f->has_param = true;
-            f->grad_partial[k] =
-                axes_of_letters(s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
-        }
-        f->has_bwd = g->tensors[op->out].needs_grad;
-        f->out = operand_layout(s, i, op->out_letters);
-        uint32_t summed = op->letters_mask & ~letters_of(op->out_letters) & ~op->reduce_mask;
-        f->out.partial = axes_of_letters(s, i, summed);
-        f->stat_axes = axes_of_letters(s, i, op->reduce_mask);
-        f->stat_elems = 1;
-        for (const char *p = op->in_letters[0]; *p; p++)
-            if (!(op->reduce_mask & (1u << (*p - 'a')))) f->stat_elems *= S->local[i][*p - 'a'];
-        graph_op_cost(g, i, S->local[i], &f->cost);
     }
 
     /* params: home layout = first consumer's; sync axes = its gradient's partial axes */
@@ -206,13 +223,13 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
             if (s->op_stage[i] < 64) S->stages_using[t] |= 1ull << s->op_stage[i];
             for (int k = 0; k < g->ops[i].nin; k++) {
                 if (g->ops[i].in[k] != t) continue;
-                AxisMask p = S->of[i].grad_partial[k];
+                AxisMask p = facts(S, i)->grad_partial[k];
                 if (first) {
-                    S->home[t] = S->of[i].in[k];
+                    S->home[t] = facts(S, i)->in[k];
                     S->sync_axes[t] = p;
                     first = false;
                 } else if (p != S->sync_axes[t] ||
-                           !layout_eq(&S->home[t], &S->of[i].in[k], g->tensors[t].ndim)) {
+                           !layout_eq(&S->home[t], &facts(S, i)->in[k], g->tensors[t].ndim)) {
                     char a[64], b[64];
                     return err_set(err,
                         "param %s: ops %s and %s split it differently (its gradient would be "
@@ -241,6 +258,7 @@ static void shared_free(Shared *S)
     free(S->cons_off);
     free(S->cons);
     free(S->of);
+    free(S->of_made);
     free(S->home);
     free(S->sync_axes);
     free(S->stages_using);
@@ -602,7 +620,7 @@ static Ref param_use(Low *L, int i, int k, int mb, Phase ph, bool *gathered)
 {
     const Shared *S = L->S;
     int t = S->g->ops[i].in[k];
-    const Layout *need = &S->of[i].in[k];
+    const Layout *need = &facts(S, i)->in[k];
     Ref v = { -1, L->param_val[t] };
     *gathered = false;
     if (zero3(S, t)) {
@@ -624,7 +642,7 @@ static Ref input_value(Low *L, int i, int k, int mb)
     const Graph *g = S->g;
     int t = g->ops[i].in[k];
     const Tensor *T = &g->tensors[t];
-    const Layout *need = &S->of[i].in[k];
+    const Layout *need = &facts(S, i)->in[k];
 
     if (T->role == ROLE_PARAM) {
         bool gathered;
@@ -677,7 +695,7 @@ static void forward_op(Low *L, int i, int mb, bool recompute)
     const Shared *S = L->S;
     const Graph *g = S->g;
     const Op *op = &g->ops[i];
-    const OpFacts *f = &S->of[i];
+    const OpFacts *f = facts(S, i);
     int32_t deps[IR_MAX_INPUTS], args[IR_MAX_INPUTS + 1], gathered[IR_MAX_INPUTS];
     int ng = 0;
     L->ncopy[at(L, i, mb)] = 0;
@@ -730,7 +748,7 @@ static void send_forward(Low *L, int i, int mb)
         int st = S->s->op_stage[j];
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
-        const Layout *need = &S->of[j].in[k];
+        const Layout *need = &facts(S, j)->in[k];
         Ref v = convert(L, t, mb, L->val_layout[t], need, L->fwd_val[at(L, t, mb)], VAL_ACT, j,
                         PH_FWD, WHY_RESHARD);
         int32_t sd = emit(L, I_SEND, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
@@ -753,7 +771,7 @@ static void recv_forward(Low *L, int i, int mb)
         if (S->s->op_chunk[T->producer] == L->chunk || L->fwd_val[at(L, t, mb)].val >= 0)
             continue;
         /* the first consumer in this chunk fixes the layout it travels in */
-        const Layout *l = &S->of[i].in[k];
+        const Layout *l = &facts(S, i)->in[k];
         int32_t v = new_value(L, VAL_ACT, t, mb, l, 0);
         int32_t r = emit(L, I_RECV, PH_FWD, WHY_PIPELINE, 1 << S->s->pp_axis, i, t, mb,
                          local_bytes(S, t, l), NULL, 0, &v, 1);
@@ -804,12 +822,12 @@ static Ref gradient_value(Low *L, int t, int mb, const Layout *want)
         int st = S->s->op_stage[j];
         int k = 0;
         while (g->ops[j].in[k] != t) k++;
-        int32_t v = new_value(L, VAL_GRAD, t, mb, &S->of[j].in[k], 0);
+        int32_t v = new_value(L, VAL_GRAD, t, mb, &facts(S, j)->in[k], 0);
         int32_t r = emit(L, I_RECV, PH_BWD_DATA, WHY_PIPELINE, 1 << S->s->pp_axis, j, t, mb,
                          L->pr->values[v].bytes, NULL, 0, &v, 1);
         L->pr->instrs[r].peer = st;
         emit_mem(L, I_ALLOC, v, r);
-        add_contrib(L, t, (Ref){ r, v }, &S->of[j].in[k], false);
+        add_contrib(L, t, (Ref){ r, v }, &facts(S, j)->in[k], false);
     }
     if (L->contrib_pass[t] != L->pass) return NOREF;
 
@@ -1099,7 +1117,7 @@ static void backward_op(Low *L, int i, int mb)
     const Shared *S = L->S;
     const Graph *g = S->g;
     const Op *op = &g->ops[i];
-    const OpFacts *f = &S->of[i];
+    const OpFacts *f = facts(S, i);
     int t_out = op->out, nin = op->nin;
     const int32_t *fa = &L->fwd_args[at(L, i, mb) * (IR_MAX_INPUTS + 1)];
 
@@ -1917,18 +1935,29 @@ static void translate_class(Low *L, Program *pr, const Program *from, int like, 
 {
     pr->stage = sb;
     pr->device_mem = class_device_mem(L->S->c, pr);
-    copy_code(pr, from);
-    pr->nbodies = pr->cap_bodies = from->nbodies;
-    pr->bodies = xmemdup(from->bodies, sizeof *from->bodies * from->nbodies);
-    pr->nhead = from->nhead;
+    pr->ninstrs = pr->cap_instrs = from->ninstrs;
+    pr->ndeps = pr->cap_deps = from->ndeps;
+    pr->nargs = pr->cap_args = from->nargs;
+    pr->nvalues = pr->cap_values = from->nvalues;
+    pr->deps = xmemdup(from->deps, sizeof *from->deps * from->ndeps);
+    pr->args = xmemdup(from->args, sizeof *from->args * from->nargs);
+    /* instructions and values renumbered as they are copied: one pass */
+    pr->instrs = xmalloc(sizeof *pr->instrs * (from->ninstrs ? from->ninstrs : 1));
     for (int i = 0; i < pr->ninstrs; i++) {
         Instr *in = &pr->instrs[i];
+        *in = from->instrs[i];
         if (in->op >= 0) in->op += d->dop;
         if (in->tensor >= 0) in->tensor += d->dt;
         if (in->kind == I_SEND || in->kind == I_RECV) in->peer += d->dstage;
     }
-    for (int v = 0; v < pr->nvalues; v++)
+    pr->values = xmalloc(sizeof *pr->values * (from->nvalues ? from->nvalues : 1));
+    for (int v = 0; v < pr->nvalues; v++) {
+        pr->values[v] = from->values[v];
         if (pr->values[v].tensor >= 0) pr->values[v].tensor += d->dt;
+    }
+    pr->nbodies = pr->cap_bodies = from->nbodies;
+    pr->bodies = xmemdup(from->bodies, sizeof *from->bodies * from->nbodies);
+    pr->nhead = from->nhead;
     L->pr = pr;
     L->stage = sb;
     compact_schedule(L, pr, from->static_mem);
@@ -2191,13 +2220,20 @@ static void expand_pass(Expand *E, int pass)
         x->micro = remicro(x->micro, b, mb);
         x->dep0 = o->ndeps;
         x->arg0 = o->nargs;
+        /* relocate, with the pass's own body (most references) inline */
         for (int d = 0; d < src->ndeps; d++) {
-            int32_t r = relocate(E, pass, cp->deps[src->dep0 + d], 0);
+            int32_t y = cp->deps[src->dep0 + d];
+            int32_t r = y >= b->i0 && y < b->i1 ? E->ibase[pass] + (y - b->i0)
+                                                : relocate(E, pass, y, 0);
             if (r != -1) o->deps[o->ndeps++] = r;
         }
         x->ndeps = o->ndeps - x->dep0;
-        for (int a = 0; a < src->nargs; a++)
-            o->args[o->nargs++] = relocate(E, pass, cp->args[src->arg0 + a], 1);
+        for (int a = 0; a < src->nargs; a++) {
+            int32_t y = cp->args[src->arg0 + a];
+            o->args[o->nargs++] = y >= b->v0 && y < b->v1 && y >= cp->nhead
+                                      ? E->vbase[pass] + (y - b->v0)
+                                      : relocate(E, pass, y, 1);
+        }
     }
 }
 
