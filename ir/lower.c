@@ -1915,17 +1915,34 @@ static bool shift_of(const Shared *S, const StageOps *soa, int sa, const StageOp
     return true;
 }
 
-/* dst's instructions, dependencies, arguments and values: copies of src's. */
-static void copy_code(Program *dst, const Program *src)
+/* dst's instructions, dependencies, arguments and values: copies of src's,
+ * renumbered by d as they are copied when d is given (one pass). */
+static void copy_code(Program *dst, const Program *src, const Shift *d)
 {
     dst->ninstrs = dst->cap_instrs = src->ninstrs;
     dst->ndeps = dst->cap_deps = src->ndeps;
     dst->nargs = dst->cap_args = src->nargs;
     dst->nvalues = dst->cap_values = src->nvalues;
-    dst->instrs = xmemdup(src->instrs, sizeof *src->instrs * src->ninstrs);
     dst->deps = xmemdup(src->deps, sizeof *src->deps * src->ndeps);
     dst->args = xmemdup(src->args, sizeof *src->args * src->nargs);
-    dst->values = xmemdup(src->values, sizeof *src->values * src->nvalues);
+    if (!d) {
+        dst->instrs = xmemdup(src->instrs, sizeof *src->instrs * src->ninstrs);
+        dst->values = xmemdup(src->values, sizeof *src->values * src->nvalues);
+        return;
+    }
+    dst->instrs = xmalloc(sizeof *dst->instrs * (src->ninstrs ? src->ninstrs : 1));
+    for (int i = 0; i < dst->ninstrs; i++) {
+        Instr *in = &dst->instrs[i];
+        *in = src->instrs[i];
+        if (in->op >= 0) in->op += d->dop;
+        if (in->tensor >= 0) in->tensor += d->dt;
+        if (in->kind == I_SEND || in->kind == I_RECV) in->peer += d->dstage;
+    }
+    dst->values = xmalloc(sizeof *dst->values * (src->nvalues ? src->nvalues : 1));
+    for (int v = 0; v < dst->nvalues; v++) {
+        dst->values[v] = src->values[v];
+        if (dst->values[v].tensor >= 0) dst->values[v].tensor += d->dt;
+    }
 }
 
 /* Class pr (stage sb) as class from's bodies renumbered by d; the
@@ -1935,26 +1952,7 @@ static void translate_class(Low *L, Program *pr, const Program *from, int like, 
 {
     pr->stage = sb;
     pr->device_mem = class_device_mem(L->S->c, pr);
-    pr->ninstrs = pr->cap_instrs = from->ninstrs;
-    pr->ndeps = pr->cap_deps = from->ndeps;
-    pr->nargs = pr->cap_args = from->nargs;
-    pr->nvalues = pr->cap_values = from->nvalues;
-    pr->deps = xmemdup(from->deps, sizeof *from->deps * from->ndeps);
-    pr->args = xmemdup(from->args, sizeof *from->args * from->nargs);
-    /* instructions and values renumbered as they are copied: one pass */
-    pr->instrs = xmalloc(sizeof *pr->instrs * (from->ninstrs ? from->ninstrs : 1));
-    for (int i = 0; i < pr->ninstrs; i++) {
-        Instr *in = &pr->instrs[i];
-        *in = from->instrs[i];
-        if (in->op >= 0) in->op += d->dop;
-        if (in->tensor >= 0) in->tensor += d->dt;
-        if (in->kind == I_SEND || in->kind == I_RECV) in->peer += d->dstage;
-    }
-    pr->values = xmalloc(sizeof *pr->values * (from->nvalues ? from->nvalues : 1));
-    for (int v = 0; v < pr->nvalues; v++) {
-        pr->values[v] = from->values[v];
-        if (pr->values[v].tensor >= 0) pr->values[v].tensor += d->dt;
-    }
+    copy_code(pr, from, d);
     pr->nbodies = pr->cap_bodies = from->nbodies;
     pr->bodies = xmemdup(from->bodies, sizeof *from->bodies * from->nbodies);
     pr->nhead = from->nhead;
@@ -2288,7 +2286,7 @@ Plan *plan_expand(const Plan *p)
         }
         *dst = *src;
         dst->ranks = xmemdup(src->ranks, sizeof *src->ranks * src->nranks);
-        copy_code(dst, src);
+        copy_code(dst, src, NULL);
     }
     return q;
 }
