@@ -7,7 +7,8 @@
  *   \n
  *   body
  * against a server whose store holds a model and a cluster, so that valid
- * ids are reachable (the dictionary fuzz/router.dict names them).
+ * ids are reachable (the dictionary fuzz/router.dict names them), started
+ * afresh every RESET_EVERY inputs.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -22,29 +23,25 @@ static Server *S;
  * being tested, and syncing each to a disk would cap the executions */
 static char dir[64], db[200];
 
-/* At exit: the workers joined before anything they use goes away; the
- * store removed. */
+enum { RESET_EVERY = 2000 };
+
+/* The server stopped (its workers joined before anything they use goes
+ * away) and its store removed. */
 static void stop(void)
 {
     server_stop(S);
+    S = NULL;
     static const char *const ext[] = { "", "-wal", "-shm" };
     for (int i = 0; i < 3; i++) {
         char p[256];
         snprintf(p, sizeof p, "%s%s", db, ext[i]);
         unlink(p);
     }
-    rmdir(dir);
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+/* A server on a fresh store holding the model and cluster the seeds use. */
+static void start(void)
 {
-    (void)argc;
-    (void)argv;
-    snprintf(dir, sizeof dir, "%s/strata-fuzz-router-XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    if (!mkdtemp(dir)) return 1;
-    snprintf(db, sizeof db, "%s/fuzz.db", dir);
     Err err = {0};
     ServeOpts o = { .listen = "127.0.0.1:0", .db_path = db, .workers = 1, .queue = 2,
                     .max_body = 1 << 16, .strata_bin = "/bin/false" };
@@ -53,7 +50,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fprintf(stderr, "fuzz_router: %s\n", err.msg);
         exit(1);
     }
-    atexit(stop);
     /* model d0ec0f0c809605f7 and cluster dbd5601b060c63a6 (the seeds use them) */
     static const char model[] = "{\"zoo\": \"mlp\", \"options\": {\"batch\": 8}}";
     static const char cluster[] =
@@ -66,6 +62,25 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fprintf(stderr, "fuzz_router: cannot store the model and cluster the seeds use\n");
         exit(1);
     }
+}
+
+static void at_exit(void)
+{
+    stop();
+    rmdir(dir);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    snprintf(dir, sizeof dir, "%s/strata-fuzz-router-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    if (!mkdtemp(dir)) return 1;
+    snprintf(db, sizeof db, "%s/fuzz.db", dir);
+    start();
+    atexit(at_exit);
     return 0;
 }
 
@@ -119,5 +134,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     }
     api_handle(S, method, path, (const char *const (*)[2])q, nq, (const char *const (*)[2])h, nh,
                p, (size_t)(end - p));
+    /* A fresh store every so many inputs: what they stored (models,
+     * estimates, queued searches) would otherwise grow without bound, and
+     * every list and lookup with it, until the store's size and not the
+     * router set the pace (from thousands of inputs a second to hundreds). */
+    static unsigned count;
+    if (++count % RESET_EVERY == 0) {
+        stop();
+        start();
+    }
     return 0;
 }
