@@ -1411,10 +1411,11 @@ fail:
 }
 
 /* Frees value v, a step's own (not a param's), without waiting for the
- * collectives in flight: one that still reads or writes it takes the
- * buffer and lets go of it when it finishes (a ZeRO-2 gradient freed
- * after its reduce-scatter, which the backward goes on past). Returns
- * false, having done nothing, when several do. */
+ * collective in flight that still reads or writes it: that collective
+ * takes the buffer and lets go of it when it finishes (a ZeRO-2 gradient
+ * freed after its reduce-scatter, which the backward goes on past).
+ * Returns false, having done nothing, unless exactly one collective and no
+ * send holds v; the program's own free then runs. */
 static bool free_later(Runtime *rt, int32_t v)
 {
     float *b = rt->buf[v];
@@ -1423,7 +1424,8 @@ static bool free_later(Runtime *rt, int32_t v)
     for (int k = 0; k < rt->nfly; k++)
         if (rt->fly[k].busy[0] == v || rt->fly[k].busy[1] == v) n++, at = k;
     for (int k = 0; k < rt->npend && n < 2; k++) n += rt->pend[k].val == v ? 2 : 0;
-    if (n == 1 && b && !rt->fly[at].owned) {
+    bool taken = n == 1 && b && !rt->fly[at].owned;
+    if (taken) {
         Inflight *f = &rt->fly[at];
         if (f->zero == b) f->zero = NULL;       /* it goes away: no need to clear it */
         f->busy[f->busy[0] == v ? 0 : 1] = -1;
@@ -1431,11 +1433,7 @@ static bool free_later(Runtime *rt, int32_t v)
         rt->buf[v] = NULL;
     }
     pthread_mutex_unlock(&rt->lk);
-    if (n == 0 && b) {
-        drelease(rt, b);
-        rt->buf[v] = NULL;
-    }
-    return n == 0 || !rt->buf[v];
+    return taken;
 }
 
 /* Runs instruction i, first waiting for the all-reduces in flight it depends on. */

@@ -1000,7 +1000,8 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
     AxisMask ax = S->sync_axes[t];
     int64_t b = local_bytes(S, t, &S->home[t]);
     bool per_micro = pp->shard == SHARD_ZERO2 || pp->shard == SHARD_ZERO3;
-    if (grad_per_pass(S, t)) {
+    bool own = grad_per_pass(S, t);
+    if (own) {
         /* no backward of this pass wrote it: reduce-scatter zeros */
         bool fresh;
         int32_t v = pass_grad(L, t, mb, &fresh);
@@ -1021,7 +1022,7 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
         last = emit_coll(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                          compressed(S, t, b), last, L->pshard_val[t]);
         L->pr->instrs[last.instr].compress = pp->compress;
-        if (grad_per_pass(S, t)) emit_mem(L, I_FREE, L->pgrad_val[t], last.instr);
+        if (own) emit_mem(L, I_FREE, L->pgrad_val[t], last.instr);
         upd_grad = L->pshard_val[t];
         if (!final) return;
     } else if (ax) {
