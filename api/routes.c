@@ -69,11 +69,12 @@ static cJSON *body_object(Req *r, enum MHD_Result *out)
         *out = reply_error(r, 400, "", "the request needs a JSON object as its body");
         return NULL;
     }
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(r->body, r->len, &end, false);
+    size_t at;
+    Err err = { { 0 } };
+    cJSON *j = json_parse_strict(r->body, r->len, &at, &err);
     if (!j) {
-        size_t at = end && end >= r->body ? (size_t)(end - r->body) : 0;
-        *out = reply_error(r, 400, "", "the body is not JSON (near byte %zu)", at);
+        *out = reply_error(r, 400, "", "the body is not one JSON value (near byte %zu): %s", at,
+                           err.msg);
         return NULL;
     }
     if (!cJSON_IsObject(j)) {
@@ -468,7 +469,7 @@ static enum MHD_Result h_searches_post(Req *r)
     if (opt_str(r, body, "algo", &algo, &out) || opt_str(r, body, "costmodel", &cm, &out) ||
         opt_int(r, body, "seed", 0, INT64_MAX / 2, &seed, &out) ||
         opt_int(r, body, "threads", 1, 64, &threads, &out) ||
-        opt_int(r, body, "devices", 1, 1 << 24, &devices, &out) ||
+        opt_int(r, body, "devices", 1, 1 << 20, &devices, &out) ||
         opt_bool(r, body, "allow_lossy", &lossy, &out))
         goto fail;
     if (algo && search_algo_parse(algo, &j->search.algo)) {

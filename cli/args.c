@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "args.h"
 
@@ -101,4 +103,43 @@ void args_usage(FILE *f, const OptSpec *spec)
             snprintf(head, sizeof head, "    --%s", spec->name);
         fprintf(f, "  %-26s %s\n", head, spec->help ? spec->help : "");
     }
+}
+
+/* Are paths a and b one file: the same name, or (both there) the same inode? */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat x, y;
+    if (strcmp(a, b) == 0) return true;
+    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err)
+{
+    const char *path = args_get(a, key);
+    if (!path) return 0;
+    if (!*path) return err_set(err, "%s: the path is empty", flag);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return err_set(err, "%s %s: is a directory; give a file", flag, path);
+    static const char *const ext[] = { "", "-wal", "-shm", "-journal" };
+    for (int i = 0; db && i < 4; i++) {
+        char f[4096];
+        snprintf(f, sizeof f, "%s%s", db, ext[i]);
+        if (same_file(path, f))
+            return err_set(err, "%s %s: is the store%s (--db %s); writing it would destroy what "
+                           "it holds: give another file", flag, path, *ext[i] ? "'s journal" : "",
+                           db);
+    }
+    /* its directory: there and writable */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return err_set(err, "%s %s: directory %s is not there", flag, path, dir);
+    if (access(dir, W_OK) != 0 || (access(path, F_OK) == 0 && access(path, W_OK) != 0))
+        return err_set(err, "%s %s: cannot write there: %s", flag, path, strerror(errno));
+    return 0;
 }

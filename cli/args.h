@@ -39,5 +39,10 @@ bool args_has(const Args *a, const char *key);
 /* An integer option in [lo, hi]; absent leaves *out as it is. */
 int args_int(const Args *a, const char *key, int64_t lo, int64_t hi, int64_t *out, Err *err);
 void args_usage(FILE *f, const OptSpec *spec);
+/* An output file option (`flag` as the user writes it: "--log", "-o"),
+ * checked before any work: not empty, not a directory, in a directory that
+ * is there and writable, and not the store `db` (nor its -wal, -shm or
+ * -journal file), which writing would destroy. Absent is fine. */
+int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err);
 
 #endif

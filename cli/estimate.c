@@ -101,7 +101,9 @@ int cmd_estimate(int argc, char **argv)
         args_usage(f, ESTIMATE_OPTS);
         return args_has(&a, "help") ? 0 : EXIT_USAGE;
     }
-    if (check_model_cluster(&a, true, "strategy", &err)) {
+    if (check_model_cluster(&a, true, "strategy", &err) ||
+        args_out_file(&a, "svg", "--svg", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
+                      &err)) {
         fprintf(stderr, "strata estimate: %s\n", err.msg);
         return EXIT_USAGE;
     }

@@ -70,8 +70,21 @@ static void cannot(const char *sub, int world)
                     "`mpirun -np %d strata %s ...` yourself\n", sub, strerror(errno), world, sub);
 }
 
+/* Ranks per core past which a launch on this one machine is refused: each
+ * rank holds its own copy of its share of the model and threads of its own,
+ * so a plan of hundreds of ranks forks hundreds of processes that thrash. */
+#define MAX_RANKS_PER_CORE 8
+
 int launch_exec(int world, const char *sub, int argc, char **argv)
 {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && world > MAX_RANKS_PER_CORE * cores) {
+        fprintf(stderr, "strata %s: the plan has %d ranks, and strata %s starts them all on this "
+                "machine (%ld cores, at most %ld ranks): to run it over several machines, start "
+                "`mpirun -np %d --hostfile FILE strata %s ...` yourself\n", sub, world, sub, cores,
+                MAX_RANKS_PER_CORE * cores, world, sub);
+        return 1;
+    }
     Argv a;
     if (build(&a, world, sub, argc, argv)) return 1;
     execvp("mpirun", a.av);

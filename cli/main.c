@@ -4,6 +4,7 @@
  * Thin: every subcommand parses its options, calls the library (ir/, db/)
  * and prints. Exit status: 0 success, 1 failure, 2 bad usage.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -771,6 +772,7 @@ static int cmd_plans_export(int argc, char **argv)
         return usage_error("plans export", &err);
     }
     const char *db = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
+    if (args_out_file(&a, "output", "-o", db, &err)) return usage_error("plans export", &err);
     Export x;
     if (job_export(db, a.pos[0], to, &x, &err)) return fail(&err);
     int rc = 0;
@@ -783,7 +785,7 @@ static int cmd_plans_export(int argc, char **argv)
         const char *out = args_get(&a, "output");
         FILE *f = out ? fopen(out, "w") : stdout;
         if (!f) {
-            err_set(&err, "-o %s: cannot write it", out);
+            err_set(&err, "-o %s: cannot write it: %s", out, strerror(errno));
             export_free(&x);
             return fail(&err);
         }

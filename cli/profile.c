@@ -143,6 +143,7 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     o->links = !args_has(a, "no-links");
     o->db_path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
     o->out_path = args_get(a, "output");
+    if (args_out_file(a, "output", "-o", o->db_path, err)) return -1;
     o->kinds = args_get(a, "kinds");
     if (o->kinds && valid_kinds(o->kinds, err)) return -1;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -7,6 +7,7 @@
  * shell). Every rank lowers the same plan, runs its class's program, and
  * rank 0 prints, checks (--verify) and stores the run.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <math.h>
@@ -188,7 +189,13 @@ static int load_inputs(const Args *a, Graph **g, Cluster **c, Strategy **s, Err 
             *s = strategy_load(args_get(a, "strategy"), *g, *c, err);
         if (*s && !*c) *c = local_cluster((*s)->world, err);
     }
-    if (*s && *c) return 0;
+    bool loss = false;
+    for (int i = 0; *g && i < (*g)->nops; i++) loss |= op_kind_is_loss((*g)->ops[i].kind);
+    if (*s && *c && !loss)
+        err_set(err, "model %s has no loss op (cross_entropy or mse): there is nothing to train",
+                (*g)->name);
+    else if (*s && *c)
+        return 0;
     strategy_free(*s);
     cluster_free(*c);
     graph_free(*g);
@@ -733,11 +740,46 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "strata run: %s\n", err.msg);
         return EXIT_USAGE;
     }
-    const char *rid = args_get(&a, "run-id");
-    if (rid && (strlen(rid) != 16 || strspn(rid, "0123456789abcdef") != 16)) {
-        fprintf(stderr, "strata run: --run-id: '%s' is not 16 lowercase hex digits\n", rid);
+    /* ids are stored in lower case and looked up in either (the value is
+     * argv's own: the ranks mpirun starts get it lowered too) */
+    char *rid = (char *)args_get(&a, "run-id");
+    if (rid && (strlen(rid) != 16 || strspn(rid, "0123456789abcdefABCDEF") != 16)) {
+        fprintf(stderr, "strata run: --run-id: '%s' is not 16 hex digits\n", rid);
         return EXIT_USAGE;
     }
+    for (char *p = rid; p && *p; p++) *p = (char)tolower((unsigned char)*p);
+    /* the store, and that the id is free, before any rank starts: a run
+     * that trained for an hour must not then fail to be kept */
+    if (!launch_under_mpirun() && !args_has(&a, "no-store")) {
+        const char *path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
+        if (access(path, F_OK) != 0) {
+            /* no store yet: the run makes it, in a directory that must be there */
+            if (args_out_file(&a, "db", "--db", NULL, &err)) {
+                fprintf(stderr, "strata run: %s\n", err.msg);
+                return EXIT_USAGE;
+            }
+            goto checked;
+        }
+        Db *db = db_open_existing(path, &err);
+        DbRun old;
+        DbRunStep *ost = NULL;
+        int nost = 0, found = db && rid ? db_run_get(db, rid, &old, &ost, &nost, &err) : 1;
+        if (found == 0) {
+            db_run_free(&old);
+            free(ost);
+        }
+        db_close(db);
+        if (!db || found < 0) {
+            fprintf(stderr, "strata run: %s\n", err.msg);
+            return 1;
+        }
+        if (found == 0) {
+            fprintf(stderr, "strata run: --run-id %s: a run with this id is already stored in "
+                    "%s\n", rid, path);
+            return EXIT_USAGE;
+        }
+    }
+checked:
     if (nodes && !args_get(&a, "cluster")) {
         fprintf(stderr, "strata run: --nodes needs --cluster\n");
         return EXIT_USAGE;

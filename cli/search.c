@@ -170,7 +170,7 @@ int cmd_search(int argc, char **argv)
     if (args_int(&a, "seed", 0, INT64_MAX, &v, &err)) goto usage;
     o.search.seed = (uint64_t)v;
     v = 0;
-    if (args_int(&a, "devices", 1, 1 << 24, &v, &err)) goto usage;
+    if (args_int(&a, "devices", 1, 1 << 20, &v, &err)) goto usage;
     o.search.world = (int)v;
     v = 1;
     if (args_int(&a, "threads", 1, 256, &v, &err)) goto usage;
@@ -186,6 +186,9 @@ int cmd_search(int argc, char **argv)
         err_set(&err, "--policy-from starts an rl search: give --algo rl");
         goto usage;
     }
+    if (args_out_file(&a, "log", "--log", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
+                      &err))
+        goto usage;
 
     Graph *g = NULL;
     Cluster *c = NULL;

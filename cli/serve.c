@@ -14,6 +14,7 @@
 #include "args.h"
 #include "commands.h"
 #include "api/api.h"
+#include "ir/util.h"
 
 static const OptSpec SERVE_OPTS[] = {
     { "listen", 0, true, "HOST:PORT  address to listen on (default 127.0.0.1:8080; port 0: any "
@@ -32,27 +33,31 @@ static const OptSpec SERVE_OPTS[] = {
 static const char *USAGE = "strata serve [--listen HOST:PORT] [--db PATH] [--workers N] "
                            "[--queue N] [--token-file F] [--max-body BYTES]";
 
-/* The token: the file's first line, without its newline; at least 16 bytes. */
+/* The token: the file's first line, without its line end; 16 to 4096
+ * characters, printable, no spaces (a client sends it in a header). */
 static char *read_token(const char *path, Err *err)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        err_set(err, "--token-file %s: %s", path, strerror(errno));
+    size_t n;
+    char *text = file_read(path, &n, err);
+    if (!text) {
+        err_prefix(err, "--token-file");
         return NULL;
     }
-    char buf[512];
-    char *line = fgets(buf, sizeof buf, f);
-    fclose(f);
-    if (!line) {
-        err_set(err, "--token-file %s: the file is empty", path);
+    size_t len = strcspn(text, "\r\n");
+    text[len] = 0;
+    const char *why = NULL;
+    if (len == 0) why = n ? "its first line is empty" : "the file is empty";
+    else if (len < 16) why = "the token must be at least 16 characters";
+    else if (len > 4096) why = "the token must be at most 4096 characters";
+    for (size_t i = 0; i < len && !why; i++)
+        if ((unsigned char)text[i] <= ' ' || text[i] == 0x7f)
+            why = "the token must be printable characters without spaces";
+    if (why) {
+        err_set(err, "--token-file %s: %s", path, why);
+        free(text);
         return NULL;
     }
-    buf[strcspn(buf, "\r\n")] = 0;
-    if (strlen(buf) < 16) {
-        err_set(err, "--token-file %s: the token must be at least 16 characters", path);
-        return NULL;
-    }
-    return strdup(buf);
+    return text;
 }
 
 int cmd_serve(int argc, char **argv)

@@ -434,8 +434,9 @@ static Db *open_db(const char *path, bool create, Err *err)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, configure_sqlite);
-    if (!path) {
-        err_set(err, "no database path given");
+    if (!path || !*path) {
+        /* SQLite would open a private temporary database for "" */
+        err_set(err, "%s", path ? "the database path is empty (--db): give a file" : "no database path given");
         return NULL;
     }
     if (!create && !is_memory_path(path) && access(path, F_OK) != 0) {

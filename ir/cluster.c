@@ -18,18 +18,25 @@
 
 #include "util.h"
 
-#define MAX_DEVICES (1 << 24)
+/* a million devices: five times the largest GPU clusters built so far; a
+ * plan keeps lists per rank, so each is that long */
+#define MAX_DEVICES (1 << 20)
 #define GIB 1073741824.0
 
 static const char *const dtype_keys[DT_COUNT] = {"f32", "bf16", "f16", NULL};
 
-/* A number that must be > 0 (json_get_number only knows closed ranges). */
-static int get_positive(const cJSON *obj, const char *path, const char *key,
-                        double *out, Err *err)
+/* A figure within [lo, hi] in the unit the file gives it in: the bounds
+ * keep it, once converted to SI units, finite and its results printable
+ * (a 1e300 TFLOP/s device overflows to infinity; a 1e-300 GiB one makes a
+ * step of 1e290 seconds). */
+static int get_figure(const cJSON *obj, const char *path, const char *key, double lo, double hi,
+                      double *out, Err *err)
 {
     double v;
     if (json_get_number(obj, path, key, true, -1e300, 1e300, &v, err)) return -1;
     if (!(v > 0)) return err_set(err, "%s.%s: must be > 0, got %g", path, key, v);
+    if (v < lo || v > hi)
+        return err_set(err, "%s.%s: %g is out of range [%g, %g]", path, key, v, lo, hi);
     *out = v;
     return 0;
 }
@@ -80,19 +87,19 @@ static int parse_group(const cJSON *d, const char *path, bool need_count,
     if (!pk || cJSON_IsNull(pk))
         return err_set(err, "%s: missing (required)", sub);
     if (json_check_keys(pk, sub, dtype_keys, err)) return -1;
-    if (get_positive(pk, sub, "f32", &g->peak_flops[DT_F32], err)) return -1;
+    if (get_figure(pk, sub, "f32", 1e-6, 1e6, &g->peak_flops[DT_F32], err)) return -1;
     for (int t = DT_BF16; t < DT_I32; t++) {
         /* a dtype without its own figure runs at the f32 rate (emulated) */
         g->peak_flops[t] = g->peak_flops[DT_F32];
         if (cJSON_GetObjectItemCaseSensitive(pk, dtype_keys[t]) &&
-            get_positive(pk, sub, dtype_keys[t], &g->peak_flops[t], err))
+            get_figure(pk, sub, dtype_keys[t], 1e-6, 1e6, &g->peak_flops[t], err))
             return -1;
     }
     for (int t = 0; t < DT_COUNT; t++)
         if (t != DT_I32) g->peak_flops[t] *= 1e12;
-    if (get_positive(d, path, "memory_gib", &g->mem_bytes, err)) return -1;
+    if (get_figure(d, path, "memory_gib", 1e-6, 1e6, &g->mem_bytes, err)) return -1;
     g->mem_bytes *= GIB;
-    if (get_positive(d, path, "memory_bw_gbps", &g->mem_bw, err)) return -1;
+    if (get_figure(d, path, "memory_bw_gbps", 1e-3, 1e7, &g->mem_bw, err)) return -1;
     g->mem_bw *= 1e9;
     return 0;
 }
@@ -111,9 +118,9 @@ static int parse_level(const cJSON *l, const char *path, Level *lv, Err *err)
     int64_t n;
     if (json_get_int(l, path, "count", true, 1, MAX_DEVICES, &n, err)) return -1;
     lv->count = (int)n;
-    if (get_positive(l, path, "bw_gbps", &lv->bw, err)) return -1;
+    if (get_figure(l, path, "bw_gbps", 1e-6, 1e7, &lv->bw, err)) return -1;
     lv->bw *= 1e9;
-    if (get_positive(l, path, "latency_us", &lv->latency, err)) return -1;
+    if (get_figure(l, path, "latency_us", 1e-6, 1e9, &lv->latency, err)) return -1;
     lv->latency /= 1e6;
     return 0;
 }

@@ -790,6 +790,10 @@ Graph *graph_from_json(const cJSON *j, Err *err)
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "tensors")) {
         if (parse_tensor(g, i++, it, &tix, err)) goto err;
     }
+    if (no == 0) {
+        err_set(err, "ops: empty; a model needs at least one op");
+        goto err;
+    }
     i = 0;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "ops")) {
         if (parse_op(g, i++, it, &tix, &oix, err)) goto err;

@@ -2297,20 +2297,9 @@ cJSON *onnx_import(const uint8_t *data, size_t n, const OnnxOpts *o, Err *err)
 
 cJSON *onnx_import_file(const char *path, const OnnxOpts *o, Err *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        err_set(err, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    uint8_t *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) buf = xrealloc(buf, cap = cap ? 2 * cap : 1 << 20);
-        size_t k = fread(buf + n, 1, cap - n, f);
-        if (!k) break;
-        n += k;
-    }
-    fclose(f);
+    size_t n;
+    uint8_t *buf = (uint8_t *)file_read(path, &n, err);     /* says a directory is one */
+    if (!buf) return NULL;
     cJSON *j = onnx_import(buf, n, o, err);
     free(buf);
     if (!j) err_prefix(err, "%s", path);

@@ -26,7 +26,7 @@
 
 #include "util.h"
 
-#define MAX_WORLD (1 << 24)
+#define MAX_WORLD (1 << 20)     /* as a cluster's devices (ir/cluster.c) */
 #define MAX_MICRO (1 << 20)
 #define MAX_CHUNKS (1 << 16)
 #define MIB 1048576.0

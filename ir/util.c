@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,7 +33,7 @@ static int find(const cJSON *obj, const char *path, const char *key, bool requir
     *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (*v && !cJSON_IsNull(*v)) return 0;
     if (!required) return 1;
-    return err_set(err, "%s.%s: missing (required)", path, key);
+    return err_set(err, "%s.%s: %s (required)", path, key, *v ? "null" : "missing");
 }
 
 int json_get_string(const cJSON *obj, const char *path, const char *key,
@@ -45,6 +46,20 @@ int json_get_string(const cJSON *obj, const char *path, const char *key,
         return err_set(err, "%s.%s: expected a string, got %s", path, key, type_name(v));
     if (!v->valuestring[0])
         return err_set(err, "%s.%s: must not be empty", path, key);
+    /* what is printed back to a terminal: UTF-8 text without control codes */
+    const unsigned char *c = (const unsigned char *)v->valuestring;
+    for (size_t i = 0; c[i];) {
+        int more = c[i] < 0x80 ? 0 : (c[i] & 0xe0) == 0xc0 ? 1 : (c[i] & 0xf0) == 0xe0 ? 2
+                 : (c[i] & 0xf8) == 0xf0 ? 3 : -1;
+        if (c[i] < 0x20 || c[i] == 0x7f)
+            return err_set(err, "%s.%s: holds a control character (byte %zu, 0x%02x)", path, key,
+                           i, c[i]);
+        for (int k = 1; k <= more; k++)
+            if ((c[i + k] & 0xc0) != 0x80) more = -1;
+        if (more < 0 || (more == 1 && c[i] < 0xc2))
+            return err_set(err, "%s.%s: is not UTF-8 text (byte %zu)", path, key, i);
+        i += (size_t)more + 1;
+    }
     *out = v->valuestring;
     return 0;
 }
@@ -60,6 +75,10 @@ int json_get_int(const cJSON *obj, const char *path, const char *key,
     double d = v->valuedouble;
     if (!isfinite(d) || d != floor(d))
         return err_set(err, "%s.%s: expected an integer, got %g", path, key, d);
+    /* a bound only a caller's own check narrows is not said */
+    if (d > (double)hi && lo <= INT_MIN)
+        return err_set(err, "%s.%s: %.0f is out of range (at most %lld)", path, key, d,
+                       (long long)hi);
     if (d < (double)lo || d > (double)hi)
         return err_set(err, "%s.%s: %.0f is out of range [%lld, %lld]", path, key, d,
                        (long long)lo, (long long)hi);
@@ -76,6 +95,8 @@ int json_get_number(const cJSON *obj, const char *path, const char *key,
     if (!cJSON_IsNumber(v))
         return err_set(err, "%s.%s: expected a number, got %s", path, key, type_name(v));
     double d = v->valuedouble;
+    if (d > hi && lo <= -1e300)
+        return err_set(err, "%s.%s: %g is out of range (at most %g)", path, key, d, hi);
     if (!isfinite(d) || d < lo || d > hi)
         return err_set(err, "%s.%s: %g is out of range [%g, %g]", path, key, d, lo, hi);
     *out = d;
@@ -150,21 +171,104 @@ char *file_read(const char *path, size_t *len, Err *err)
     return buf;
 }
 
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key given twice in one object under j (path: j's JSON path),
+ * said in err; 0 when there is none. */
+static int no_twice(const cJSON *j, char *path, size_t len, size_t cap, Err *err)
+{
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return 0;
+    int n = cJSON_GetArraySize(j), i = 0;
+    if (cJSON_IsObject(j) && n > 1) {
+        const char **k = xmalloc(sizeof *k * (size_t)n);
+        for (const cJSON *c = j->child; c; c = c->next) k[i++] = c->string ? c->string : "";
+        qsort(k, (size_t)n, sizeof *k, cmp_cstr);
+        for (i = 1; i < n && strcmp(k[i], k[i - 1]); i++) {}
+        if (i < n) err_set(err, "%s%s\"%s\" is given twice in one object", path,
+                           len ? ": " : "", k[i]);
+        free(k);
+        if (i < n) return -1;
+    }
+    i = 0;
+    for (const cJSON *c = j->child; c; c = c->next, i++) {
+        int w = cJSON_IsObject(j) ? snprintf(path + len, cap - len, "%s%s", len ? "." : "", c->string)
+                                  : snprintf(path + len, cap - len, "[%d]", i);
+        size_t at = w > 0 && (size_t)w < cap - len ? len + (size_t)w : len;
+        if (no_twice(c, path, at, cap, err)) return -1;
+        path[len] = 0;
+    }
+    return 0;
+}
+
+cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err)
+{
+    *at = 0;
+    /* \u0000 inside a string: cJSON would end the string there */
+    bool in = false;
+    for (size_t i = 0; i < n; i++) {
+        if (text[i] == '"') in = !in;
+        else if (in && text[i] == '\\' && i + 1 < n) {
+            if (text[i + 1] == 'u' && i + 5 < n && !strncmp(text + i + 2, "0000", 4)) {
+                *at = i;
+                err_set(err, "a string holds \\u0000 (a NUL character)");
+                return NULL;
+            }
+            i++;
+        }
+    }
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
+    if (!j) {
+        *at = end && end >= text ? (size_t)(end - text) : 0;
+        if (*at > n) *at = n;
+        /* cJSON points at the very start when it could not finish the
+         * outermost value: a bracket or string still open at the end is the
+         * better answer then */
+        int depth = 0;
+        in = false;
+        for (size_t i = 0; i < n; i++) {
+            if (text[i] == '"') in = !in;
+            else if (in && text[i] == '\\') i++;
+            else if (!in && (text[i] == '{' || text[i] == '[')) depth++;
+            else if (!in && (text[i] == '}' || text[i] == ']')) depth--;
+        }
+        if (*at == 0 && (in || depth > 0)) *at = n;
+        err_set(err, "%s", *at >= n ? "invalid JSON: it ends before the value does" : "invalid JSON");
+        return NULL;
+    }
+    size_t k = end && end >= text ? (size_t)(end - text) : n;
+    while (k < n && (text[k] == ' ' || text[k] == '\t' || text[k] == '\n' || text[k] == '\r')) k++;
+    if (k < n) {
+        *at = k;
+        cJSON_Delete(j);
+        err_set(err, "more after the JSON value (one value is expected)");
+        return NULL;
+    }
+    char path[512] = "";
+    if (no_twice(j, path, 0, sizeof path, err)) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
 cJSON *json_load(const char *path, Err *err)
 {
     size_t n;
     char *text = file_read(path, &n, err);
     if (!text) return NULL;
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
+    size_t at;
+    Err why = { { 0 } };
+    cJSON *j = json_parse_strict(text, n, &at, &why);
     if (!j) {
-        size_t at = end ? (size_t)(end - text) : 0;
-        if (at > n) at = n;
         int line = 1, col = 1;
         for (size_t i = 0; i < at; i++) {
             if (text[i] == '\n') { line++; col = 1; } else col++;
         }
-        err_set(err, "%s:%d:%d: invalid JSON", path, line, col);
+        err_set(err, "%s:%d:%d: %s", path, line, col, why.msg);
     }
     free(text);
     return j;

@@ -32,6 +32,11 @@ int json_check_keys(const cJSON *obj, const char *path, const char *const *allow
 char *file_read(const char *path, size_t *len, Err *err);
 /* Parses a JSON file; errors give the file name and the position. */
 cJSON *json_load(const char *path, Err *err);
+/* Parses text[0, n) as one JSON value, strictly: nothing but white space
+ * after it, no key twice in one object, no \u0000 in a string (a C string
+ * would end there). NULL on failure, with the byte offset of the fault in
+ * *at and the reason, naming the JSON path where there is one, in err. */
+cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err);
 /* Writes JSON (formatted) to path, or to stdout when path is NULL or "-". */
 int json_save(const cJSON *j, const char *path, Err *err);
 

@@ -40,10 +40,37 @@ int job_store_plan(const char *db_path, const Graph *g, const Cluster *c, const 
 /* The analytical model's mean error on Megatron-LM's Table 1 (bench_megatron). */
 #define ANALYTIC_ERROR 0.10
 
+/* Warns (into pd->warning, after what is there) when the predictor's
+ * trained op model meets devices other than the profiled one: another kind,
+ * or a peak or bandwidth off by more than 2x. The network then extrapolates
+ * beyond what it was trained on. */
+static void check_devices(const DbProfile *prof, const Cluster *c, Predictor *pd)
+{
+    if (!pd->cost_model_id[0]) return;
+    bool gpu = prof->backend && strcmp(prof->backend, "cuda") == 0;
+    for (int k = 0; k < c->ngroups; k++) {
+        const DeviceGroup *d = &c->groups[k];
+        double rf = prof->peak_flops > 0 ? d->peak_flops[DT_F32] / prof->peak_flops : 1;
+        double rb = prof->mem_bw > 0 ? d->mem_bw / prof->mem_bw : 1;
+        if ((strcmp(d->kind, "gpu") == 0) == gpu && rf <= 2 && rf >= 0.5 && rb <= 2 && rb >= 0.5)
+            continue;
+        size_t at = strlen(pd->warning);
+        snprintf(pd->warning + at, sizeof pd->warning - at,
+                 "%scost model %s was trained on profile %lld (%s, %.3g TFLOP/s, %.3g GB/s); "
+                 "cluster %s's \"%s\" devices (%s, %.3g TFLOP/s f32, %.3g GB/s) are other hardware, "
+                 "where it extrapolates: without --costmodel the analytical model answers",
+                 at ? "; " : "", pd->cost_model_id, (long long)prof->id, gpu ? "gpu" : "cpu",
+                 prof->peak_flops / 1e12, prof->mem_bw / 1e9, c->name, d->name, d->kind,
+                 d->peak_flops[DT_F32] / 1e12, d->mem_bw / 1e9);
+        return;
+    }
+}
+
 /* Adds the link fits of profile id to the predictor, for the levels its
  * cluster shares with the profiled machine; returns how many. Warns when the
- * profile came from another build of the kernels. */
-static int add_fits(Db *db, int64_t id, Predictor *pd)
+ * profile came from another build of the kernels, or the cost model meets
+ * other devices (check_devices). */
+static int add_fits(Db *db, int64_t id, const Cluster *c, Predictor *pd)
 {
     DbProfile prof;
     DbProfileFit *fits = NULL;
@@ -54,6 +81,7 @@ static int add_fits(Db *db, int64_t id, Predictor *pd)
     if (db_profile_get(db, id, &prof, NULL, NULL, &links, &nlinks, &fits, &nfits, &ignore))
         return 0;
     build_check_profile(prof.build_json, (long long)id, pd->warning, sizeof pd->warning);
+    check_devices(&prof, c, pd);
     for (int k = 0; k < nfits; k++)
         if (linkmodel_add_fit(m, fits[k].collective, fits[k].group_size, fits[k].level,
                               fits[k].alpha_s, fits[k].beta_s, &ignore) == 0)
@@ -110,7 +138,7 @@ int predictor_load(const char *db_path, const char *costmodel_id, int64_t profil
         pd->ops = opmodel_analytic();
     }
     pd->profile_id = profile_id;
-    int used = profile_id > 0 ? add_fits(db, profile_id, pd) : 0;
+    int used = profile_id > 0 ? add_fits(db, profile_id, c, pd) : 0;
     if (used)
         snprintf(pd->link_model, sizeof pd->link_model, "profile %lld link sweeps (%d; "
                  "piecewise over their measured sizes; analytic from cluster %s where none)",

@@ -41,7 +41,7 @@ typedef struct {
     double error;
     /* not empty when the profile behind it was measured by another build of
      * the kernels, or does not say (executor/build.h) */
-    char warning[400];
+    char warning[1024];
 } Predictor;
 
 /* costmodel_id NULL: the analytical op model. Link fits come from the cost
@@ -133,7 +133,7 @@ typedef struct {
     int64_t profile_id;
     char cost_model_id[17];        /* "" for the analytical model */
     char op_model[160];
-    char warning[400];             /* the predictor's (Predictor.warning) */
+    char warning[1024];             /* the predictor's (Predictor.warning) */
     int nrows;
     ValidateRow *rows;
     int nok;                       /* rows with both figures */

@@ -28,6 +28,10 @@ int job_parse_budget(const char *s, double *secs, long *evals, Err *err)
     else
         return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
                             "evaluation count (20000evals)", s);
+    /* a day, as the REST API allows: longer than any search needs (the
+     * exhaustive one of GPT-3 on 1024 GPUs takes an hour); a longer figure
+     * is a typo, and 1e308h an endless search */
+    if (*secs > 86400) return err_set(err, "\"%s\": at most a day (24h)", s);
     return 0;
 }
 

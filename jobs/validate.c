@@ -170,8 +170,9 @@ static Strategy *suite_strategy(const cJSON *j, const Graph *g, const Cluster *c
 static int spec_world(const cJSON *j)
 {
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "world");
-    if (cJSON_IsNumber(w))
-        return w->valuedouble >= 0 && w->valuedouble <= INT_MAX ? (int)w->valuedouble : INT_MAX;
+    if (cJSON_IsNumber(w))      /* -1: not a device count (said by the caller) */
+        return w->valuedouble >= 1 && w->valuedouble <= (1 << 20) &&
+                       w->valuedouble == floor(w->valuedouble) ? (int)w->valuedouble : -1;
     const cJSON *mesh = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "json"),
                                                          "mesh");
     if (!cJSON_IsObject(mesh)) return 0;
@@ -434,7 +435,16 @@ int job_validate(const ValidateOpts *o0, Validation *v, Err *err)
         const cJSON *nm = cJSON_GetObjectItemCaseSensitive(pl, "name");
         snprintf(row->name, sizeof row->name, "%s", cJSON_IsString(nm) ? nm->valuestring : path);
         const cJSON *sj = cJSON_GetObjectItemCaseSensitive(pl, "strategy");
-        if (spec_world(sj) > o.np) continue;      /* not for this many ranks */
+        int sw = spec_world(sj);
+        if (sw < 0) {
+            snprintf(row->error, sizeof row->error, "%s.world: %g is not a device count (an "
+                     "integer from 1 to 1048576)", sp,
+                     cJSON_GetObjectItemCaseSensitive(sj, "world")->valuedouble);
+            v->nrows++;
+            if (o.progress) o.progress(o.ctx, i, n, row);
+            continue;
+        }
+        if (sw > o.np) continue;      /* not for this many ranks */
         Err e2 = { { 0 } };
         Graph *g = suite_model(cJSON_GetObjectItemCaseSensitive(pl, "model"), mp, &e2);
         Strategy *s = g ? suite_strategy(sj, g, c, sp, &e2) : NULL;

@@ -135,6 +135,12 @@ static void m_duplicate_op(cJSON *j) { set(at(j, "ops", 1), "name", cJSON_Create
 static void m_ops_not_array(cJSON *j) { set(j, "ops", cJSON_CreateString("fc1")); }
 static void m_param_output(cJSON *j) { set(at(j, "tensors", 8), "role", cJSON_CreateString("param")); }
 static void m_bad_dtype(cJSON *j) { set(at(j, "tensors", 0), "dtype", cJSON_CreateString("f64")); }
+static void m_escape_name(cJSON *j) { set(j, "name", cJSON_CreateString("x\x1b[31mred")); }
+static void m_no_ops(cJSON *j)
+{
+    set(j, "ops", cJSON_CreateArray());
+    set(j, "tensors", cJSON_CreateArray());
+}
 
 /* local-cpu: devices[0] count 2, levels[0] core x2. */
 static void c_count_mismatch(cJSON *j) { set(at(j, "levels", 0), "count", cJSON_CreateNumber(3)); }
@@ -596,6 +602,7 @@ static const BadCase BAD_MODELS[] = {
     { "bad-ops.json", m_ops_not_array, "ops", "expected an array" },
     { "bad-role.json", m_param_output, "ops[0].output", "role param" },
     { "bad-dtype.json", m_bad_dtype, "tensors[0].dtype", "\"f64\"" },
+    { "bad-no-ops.json", m_no_ops, "ops", "at least one op" },
 };
 
 static void test_bad_model_files(void **state)
@@ -628,6 +635,38 @@ static void test_bad_model_files(void **state)
     char want[PATH_MAX + 16];
     snprintf(want, sizeof want, "%s:4:3", inv);
     EXPECT_ERR(&r, want, "invalid JSON");
+
+    /* one value, each key once, no NUL in a string: the rest would be
+     * silently dropped or cut */
+    const char *more = tp("two-values.json");
+    write_file(more, "{\"mesh\": {\"dp\": 2}}\n  }}}garbage\n");
+    STRATA(&r, "strategy", "show", more, "--model", rp("models/tiny-mlp.json"));
+    EXPECT_RC(&r, 1);
+    snprintf(want, sizeof want, "%s:2:3", more);
+    EXPECT_ERR(&r, want, "more after the JSON value");
+    const char *twice = tp("twice.json");
+    write_file(twice, "{\"name\": \"x\", \"ops\": [{\"kind\": \"matmul\", \"kind\": \"add\"}]}");
+    STRATA(&r, "model", "show", twice);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "ops[0]: \"kind\" is given twice");
+    const char *nul = tp("nul.json");
+    write_file(nul, "{\"name\": \"x\\u0000y\"}");
+    STRATA(&r, "model", "show", nul);
+    EXPECT_RC(&r, 1);
+    snprintf(want, sizeof want, "%s:1:12", nul);
+    EXPECT_ERR(&r, want, "\\u0000");
+
+    /* names are printed back: no terminal escapes, UTF-8 only */
+    const char *esc = tp("escape.json");
+    write_mutated("models/tiny-mlp.json", esc, m_escape_name);
+    STRATA(&r, "model", "show", esc);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "model.name: holds a control character (byte 1, 0x1b)");
+    const char *latin = tp("latin1.json");
+    write_file(latin, "{\"name\": \"caf\xe9\", \"tensors\": [], \"ops\": []}");
+    STRATA(&r, "model", "show", latin);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "model.name: is not UTF-8 text (byte 3)");
 
     const char *empty = tp("empty.json");
     write_file(empty, "");
@@ -744,10 +783,13 @@ static void test_cluster_bad_files(void **state)
     STRATA(&r, "cluster", "show", tp("no-such-cluster.json"));
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "no-such-cluster.json", "cannot open");
-    /* the largest --nodes is accepted: 1048576 nodes x 8 GPUs */
-    STRATA(&r, "cluster", "show", rp("clusters/dgx-a100-80gb.json"), "--nodes", "1048576");
+    /* the largest cluster is accepted: 131072 nodes x 8 GPUs; one node more is refused */
+    STRATA(&r, "cluster", "show", rp("clusters/dgx-a100-80gb.json"), "--nodes", "131072");
     EXPECT_RC(&r, 0);
-    EXPECT_OUT(&r, "8388608 devices");
+    EXPECT_OUT(&r, "1048576 devices");
+    STRATA(&r, "cluster", "show", rp("clusters/dgx-a100-80gb.json"), "--nodes", "131073");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "nodes: 131073", "more than 1048576 devices");
     res_free(&r);
 }
 
@@ -1184,6 +1226,45 @@ static void test_db_unwritable(void **state)
     STRATA(&r, "model", "list", "--db", harness_dir());
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, harness_dir(), "is a directory");
+    /* an empty path: SQLite would open a private temporary database */
+    STRATA(&r, "plans", "list", "--db", "");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "database path is empty");
+    res_free(&r);
+}
+
+/* A token file is read whole and its token checked before the server
+ * listens: never cut to a buffer's size. */
+static void test_serve_token_file(void **state)
+{
+    (void)state;
+    Res r = {0};
+    const char *f = tp("token.txt");
+    static const struct { const char *text, *why; } BAD[] = {
+        { "", "the file is empty" },
+        { "\nsecret-token-0123456789\n", "its first line is empty" },
+        { "short\n", "at least 16 characters" },
+        { "secret token with spaces\n", "without spaces" },
+    };
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
+        write_file(f, BAD[i].text);
+        STRATA(&r, "serve", "--listen", "127.0.0.1:0", "--db", tp("serve.db"), "--token-file", f);
+        EXPECT_RC(&r, 2);
+        EXPECT_ERR(&r, "--token-file", BAD[i].why);
+    }
+    char *big = malloc(5001);
+    assert_non_null(big);
+    memset(big, 'x', 5000);
+    big[5000] = 0;
+    write_file(f, big);
+    free(big);
+    STRATA(&r, "serve", "--listen", "127.0.0.1:0", "--db", tp("serve.db"), "--token-file", f);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--token-file", "at most 4096 characters");
+    STRATA(&r, "serve", "--listen", "127.0.0.1:0", "--db", tp("serve.db"), "--token-file",
+           harness_dir());
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--token-file", "is a directory");
     res_free(&r);
 }
 
@@ -1317,6 +1398,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lower_json_dp_allreduce_bytes, harness_release_all),
         cmocka_unit_test_teardown(test_lower_store_and_plans, harness_release_all),
         cmocka_unit_test_teardown(test_db_unwritable, harness_release_all),
+        cmocka_unit_test_teardown(test_serve_token_file, harness_release_all),
         cmocka_unit_test_teardown(test_db_not_a_database, harness_release_all),
         /* regressions: each of these was a defect once */
         cmocka_unit_test_teardown(test_help_on_stdout, harness_release_all),

@@ -120,12 +120,34 @@ static void test_run_plan(void **state)
     cJSON *j = JSON_OUT(&r);
     char pid[17];
     snprintf(pid, sizeof pid, "%s", JSTR(j, "plan_id"));
-    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--verify", "--db", db);
+    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--verify", "--db", db, "--run-id",
+           "00000000000000AA");
     EXPECT_RC(&r, 0);
     EXPECT_OUT(&r, "verify: OK", pid);
     STRATA(&r, "runs", "list", "--db", db, "--json");
     EXPECT_RC(&r, 0);
-    EXPECT_OUT(&r, pid);
+    EXPECT_OUT(&r, pid, "00000000000000aa");
+    /* the id taken: refused before any rank starts, the stored run kept */
+    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--db", db, "--run-id", "00000000000000aa");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--run-id 00000000000000aa", "already stored");
+    STRATA(&r, "runs", "show", "00000000000000aa", "--db", db);
+    EXPECT_RC(&r, 0);
+
+    /* a model without a loss has nothing to train: refused, not run */
+    const char *noloss = tp("noloss.json"), *dp1 = tp("dp1.json");
+    write_file(noloss, "{\"name\": \"noloss\", \"tensors\": ["
+               "{\"name\": \"x\", \"shape\": [8, 16], \"dtype\": \"f32\", \"role\": \"input\"},"
+               "{\"name\": \"w\", \"shape\": [16, 4], \"dtype\": \"f32\", \"role\": \"param\"},"
+               "{\"name\": \"y\", \"shape\": [8, 4], \"dtype\": \"f32\", \"role\": \"activation\"}],"
+               "\"ops\": [{\"name\": \"fc\", \"kind\": \"matmul\", \"spec\": \"bi,io->bo\","
+               "\"inputs\": [\"x\", \"w\"], \"output\": \"y\"}]}");
+    write_file(dp1, "{\"mesh\": {\"dp\": 1}}");
+    STRATA(&r, "model", "show", noloss);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "run", "--model", noloss, "--strategy", dp1, "--steps", "1", "--no-store");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "noloss", "no loss op");
 
     STRATA(&r, "run", "--plan", pid, "--model", rp("models/tiny-mlp.json"), "--db", db);
     EXPECT_RC(&r, 2);
@@ -194,6 +216,12 @@ static void test_search_bad_input(void **state)
     STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "0s", "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--budget");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--log", db, "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--log", "is the store");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "1e308h", "--db", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--budget", "at most a day");
     STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "soon", "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--budget", "soon");

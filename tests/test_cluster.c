@@ -243,6 +243,16 @@ static void test_validation(void **state)
     expect_mutation("{\"f32\":15.7}", "{\"f32\":-1}", 0,
                     "devices[1].peak_tflops.f32: must be > 0");
     expect_mutation("\"bf16\":312", "\"bf16\":0", 0, "devices[0].peak_tflops.bf16: must be > 0");
+    /* figures that would overflow, or make absurd results, once in SI units */
+    expect_mutation("{\"f32\":15.7}", "{\"f32\":1e300}", 0,
+                    "devices[1].peak_tflops.f32: 1e+300 is out of range [1e-06, 1e+06]");
+    expect_mutation("\"memory_gib\":32", "\"memory_gib\":1e-300", 0,
+                    "devices[1].memory_gib: 1e-300 is out of range");
+    expect_mutation("\"memory_bw_gbps\":900", "\"memory_bw_gbps\":1e300", 0,
+                    "devices[1].memory_bw_gbps: 1e+300 is out of range");
+    expect_mutation("\"bw_gbps\":16", "\"bw_gbps\":1e300", 0, "levels[1].bw_gbps: 1e+300 is out of range");
+    expect_mutation("\"latency_us\":10", "\"latency_us\":1e300", 0,
+                    "levels[2].latency_us: 1e+300 is out of range");
     expect_mutation("\"f32\":15.7}", "\"f32\":\"fast\"}", 0,
                     "devices[1].peak_tflops.f32: expected a number");
     expect_mutation(",\"peak_tflops\":{\"f32\":15.7}", "", 0, "devices[1].peak_tflops: missing");

@@ -53,6 +53,13 @@ static void test_estimate_prints_and_stores(void **state)
     char plan[17];
     id_after(r.out, "stored as plan ", plan);
 
+    /* a timeline written over the store would destroy it: refused before
+     * anything is done (the store is read below) */
+    STRATA(&r, "estimate", "--model", small_gpt(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--nodes", "2", "--strategy", s, "--db", db, "--svg", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--svg", "is the store");
+
     /* the same as JSON; the prediction is stored with the plan */
     STRATA(&r, "estimate", "--model", small_gpt(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
            "--nodes", "2", "--strategy", s, "--db", db, "--json");
@@ -161,8 +168,12 @@ static void test_estimate_bad_input(void **state)
     /* an unwritable timeline */
     STRATA(&r, "estimate", "--model", small_gpt(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
            "--nodes", "2", "--strategy", s, "--no-store", "--svg", "/nonexistent/dir/t.svg");
-    EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, "/nonexistent/dir/t.svg");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "/nonexistent/dir/t.svg", "is not there");
+    STRATA(&r, "estimate", "--model", small_gpt(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--nodes", "2", "--strategy", s, "--no-store", "--svg", "/tmp");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--svg /tmp", "is a directory");
     res_free(&r);
 }
 
@@ -207,11 +218,14 @@ static void test_validate_small_suite(void **state)
                "{\"name\":\"too-big\",\"model\":{\"kind\":\"mlp\",\"layers\":2,\"hidden\":256,\"batch\":32},"
                " \"strategy\":{\"build\":\"dp\",\"world\":4}},"
                "{\"name\":\"broken\",\"model\":{\"kind\":\"nosuchmodel\"},"
-               " \"strategy\":{\"build\":\"dp\",\"world\":1}}]}");
+               " \"strategy\":{\"build\":\"dp\",\"world\":1}},"
+               "{\"name\":\"bad-world\",\"model\":{\"kind\":\"mlp\"},"
+               " \"strategy\":{\"build\":\"dp\",\"world\":-1}}]}");
     Res r = {0};
     STRATA(&r, "validate", "--suite", suite, "--db", db, "--steps", "3", "--json");
     EXPECT_RC(&r, 0);
-    EXPECT_ERR(&r, "mlp-1", "mlp-dp2", "predicted", "measured", "broken", "nosuchmodel");
+    EXPECT_ERR(&r, "mlp-1", "mlp-dp2", "predicted", "measured", "broken", "nosuchmodel",
+               "plans[4].strategy.world: -1 is not a device count");
     cJSON *j = JSON_OUT(&r);
     assert_int_equal((int)JNUM(j, "plans"), 2);
     assert_null(cJSON_GetObjectItem(j, "warnings"));     /* the profile is this build's */
@@ -219,7 +233,7 @@ static void test_validate_small_suite(void **state)
     assert_true(JNUM(j, "mape_step_time") >= 0);
     assert_true(JNUM(j, "kendall_tau") >= -1 && JNUM(j, "kendall_tau") <= 1);
     const cJSON *rows = JARR(j, "rows");
-    assert_int_equal(cJSON_GetArraySize(rows), 3);        /* the 4-rank plan is not for -np 2 */
+    assert_int_equal(cJSON_GetArraySize(rows), 4);        /* the 4-rank plan is not for -np 2 */
     for (int k = 0; k < 2; k++) {
         const cJSON *x = cJSON_GetArrayItem(rows, k);
         assert_true(JNUM(x, "measured_s") > 0 && JNUM(x, "predicted_s") > 0);
@@ -229,6 +243,7 @@ static void test_validate_small_suite(void **state)
         assert_true(pm > 0.5 * mm && pm < 1.5 * mm);
     }
     assert_non_null(cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 2), "error"));
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 3), "error"));
     double vid = JNUM(j, "validation_id");
 
     /* a run that outlives --timeout is stopped, and the plan reported as such */

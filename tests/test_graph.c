@@ -533,6 +533,41 @@ static void test_validation_errors(void **state)
     }
 }
 
+/* json_parse_strict: one value, each key once, no NUL in a string; the
+ * offset of the fault and its reason */
+static void test_strict_json(void **state)
+{
+    (void)state;
+    static const struct { const char *text; size_t at; const char *why; } BAD[] = {
+        { "{\"a\": 1} x", 9, "more after the JSON value" },
+        { "[1] [2]", 4, "more after the JSON value" },
+        { "{\"a\": 1, \"b\": {\"c\": 2, \"c\": 3}}", 0, "b: \"c\" is given twice" },
+        { "[{\"k\": 1}, {\"k\": 2, \"k\": 2}]", 0, "[1]: \"k\" is given twice" },
+        { "{\"a\": 1, \"a\": 1}", 0, "\"a\" is given twice" },
+        { "{\"n\": \"x\\u0000\"}", 8, "\\u0000" },
+        { "{", 1, "ends before the value does" },
+    };
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
+        size_t at = 99;
+        Err err = {0};
+        cJSON *j = json_parse_strict(BAD[i].text, strlen(BAD[i].text), &at, &err);
+        if (j || !strstr(err.msg, BAD[i].why) || (BAD[i].at && at != BAD[i].at))
+            fail_msg("case %zu: %s at %zu, want \"%s\" at %zu", i, err.msg, at, BAD[i].why,
+                     BAD[i].at);
+    }
+    /* white space after the value; an escaped backslash before u0000; the
+     * same key in two objects */
+    static const char *const GOOD[] = { "{\"a\": 1}\n\t \r\n", "{\"n\": \"x\\\\u0000\"}",
+                                        "[{\"k\": 1}, {\"k\": 2}]" };
+    for (size_t i = 0; i < sizeof GOOD / sizeof GOOD[0]; i++) {
+        size_t at;
+        Err err = {0};
+        cJSON *j = json_parse_strict(GOOD[i], strlen(GOOD[i]), &at, &err);
+        if (!j) fail_msg("good case %zu: %s", i, err.msg);
+        cJSON_Delete(j);
+    }
+}
+
 static void test_accepts_minimal(void **state)
 {
     (void)state;
@@ -767,6 +802,7 @@ static void test_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_strict_json),
         cmocka_unit_test(test_round_trip_files),
         cmocka_unit_test(test_round_trip_attrs),
         cmocka_unit_test(test_concat_mse),

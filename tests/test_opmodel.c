@@ -28,6 +28,7 @@
 #include "costmodel/costmodel.h"
 #include "costmodel/train.h"
 #include "db/db.h"
+#include "executor/build.h"
 #include "ir/util.h"
 #include "tests/support/cli_harness.h"
 
@@ -783,6 +784,50 @@ static void test_blob_other_build(void **state)
     free(b);
 }
 
+/* A cost model met with other hardware than it was trained on says so: a
+ * CPU's network asked for A100 times extrapolates. */
+static void test_costmodel_other_device_warns(void **state)
+{
+    (void)state;
+    trained();
+    const char *db = tp("device.db");
+    Err err = {0};
+    Db *h = db_open(db, &err);
+    assert_non_null(h);
+    char *cj = track(slurp(rp("clusters/local-cpu.json"), NULL));
+    char build[128];
+    snprintf(build, sizeof build, "{\"kernels\":\"%s\",\"threads\":1}", build_kernels_id());
+    DbProfile p = { .host = "test", .device = "test cpu", .backend = "cpu", .ranks = 2,
+                    .notes = "1 BLAS thread per device", .build_json = build };
+    int64_t id = 0;
+    assert_int_equal(db_profile_begin(h, &p, &id, &err), 0);
+    assert_int_equal(db_profile_set_device(h, id, "test cpu", 1.45e11, 1e10, 12e9,
+                                           "1 BLAS thread per device", &err), 0);
+    assert_int_equal(db_profile_finish(h, id, 1, "complete", NULL, 0, cj, &err), 0);
+    DbCostModel cm = { .profile_id = id, .kind = "mlp", .weights = T.r.blob, .nweights = T.r.nblob,
+                       .heldout_error = 0.1, .device = "test cpu", .seed = 7 };
+    hash_hex(T.r.blob, T.r.nblob, cm.id);
+    if (db_costmodel_put(h, &cm, &err)) fail_msg("%s", err.msg);
+    db_close(h);
+    Res r = {0};
+    const char *model = tp("device-mlp.json"), *strat = tp("device-dp.json");
+    STRATA(&r, "model", "build", "mlp", "-o", model);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "-o", strat);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "estimate", "--model", model, "--cluster", rp("clusters/dgx-a100-80gb.json"),
+           "--strategy", strat, "--db", db, "--costmodel", cm.id, "--no-store");
+    EXPECT_RC(&r, 0);
+    EXPECT_ERR(&r, "warning: cost model", "was trained on profile", "\"a100-80gb\" devices",
+               "other hardware");
+    /* the machine it was trained on: no warning */
+    STRATA(&r, "estimate", "--model", model, "--cluster", rp("clusters/local-cpu.json"),
+           "--strategy", strat, "--db", db, "--costmodel", cm.id, "--no-store");
+    EXPECT_RC(&r, 0);
+    assert_null(strstr(r.err, "warning"));
+    res_free(&r);
+}
+
 static void test_prediction_speed(void **state)
 {
     (void)state;
@@ -1025,6 +1070,7 @@ int main(void)
         cmocka_unit_test_teardown(test_cli_train_list_show, harness_release_all),
         cmocka_unit_test_teardown(test_cli_profiles_in_every_state, harness_release_all),
         cmocka_unit_test_teardown(test_cli_bad_input, harness_release_all),
+        cmocka_unit_test_teardown(test_costmodel_other_device_warns, harness_release_all),
         cmocka_unit_test_teardown(test_cli_empty_list, harness_release_all),
     };
     return cmocka_run_group_tests(tests, group_setup, teardown_all);
