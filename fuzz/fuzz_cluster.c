@@ -6,12 +6,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cjson/cJSON.h>
+#include "ir/util.h"
 #include "ir/cluster.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 {
-    cJSON *j = cJSON_ParseWithLength((const char *)data, n);
+    /* as a file is read (json_load): one value, each key once */
+    size_t at;
+    cJSON *j = json_parse_strict((const char *)data, n, &at, &(Err){ { 0 } });
     if (!j) return 0;
     for (int nodes = 0; nodes <= 3; nodes += 3) {
         Err err = {0};

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <cjson/cJSON.h>
+#include "ir/util.h"
 #include "ir/cluster.h"
 #include "ir/graph.h"
 #include "ir/lower.h"
@@ -39,7 +40,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 {
-    cJSON *j = cJSON_ParseWithLength((const char *)data, n);
+    /* as a file is read (json_load): one value, each key once */
+    size_t at;
+    cJSON *j = json_parse_strict((const char *)data, n, &at, &(Err){ { 0 } });
     if (!j) return 0;
     Err err = {0};
     Strategy *s = strategy_from_json(j, g, c, &err);
