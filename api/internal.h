@@ -116,6 +116,14 @@ const char *req_header(const Req *r, const char *name);
 /* Queues a job (the caller allocated it); false when the queue is full or
  * the server stops (the job is not taken). */
 bool server_enqueue(Server *S, Job *j);
+/* A place in the queue taken ahead (false: full, or stopping), then filled
+ * by server_enqueue_reserved or given back by server_unreserve: a request
+ * that stores a row before it queues the job leaves none behind on a 429. */
+bool server_reserve(Server *S);
+void server_enqueue_reserved(Server *S, Job *j);
+void server_unreserve(Server *S);
+/* Takes a queued job off the queue (S->mu held). */
+void server_unqueue(Server *S, Job *j);
 /* The job of this process with this id, or NULL; under S->mu. */
 Job *server_find(Server *S, const char *id);
 /* A connection to the store from the server's pool (opened when the pool

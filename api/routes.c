@@ -17,6 +17,7 @@
 #include "internal.h"
 #include "db/db.h"
 #include "ir/util.h"
+#include "profiler/profile.h"
 #include "ir/onnx.h"
 #include "ir/zoo.h"
 #include "jobs/jobs.h"
@@ -83,6 +84,26 @@ static cJSON *body_object(Req *r, enum MHD_Result *out)
         return NULL;
     }
     return j;
+}
+
+/* Every member of a request object is one of `keys` (NULL-terminated): a
+ * typo is a 400 naming it, not a default silently used. 0, or -1 after
+ * answering. */
+static int known_fields(Req *r, const cJSON *o, const char *const *keys, enum MHD_Result *out)
+{
+    for (const cJSON *c = o ? o->child : NULL; c; c = c->next) {
+        int i = 0;
+        while (keys[i] && strcmp(c->string, keys[i])) i++;
+        if (keys[i]) continue;
+        char list[256] = "";
+        for (i = 0; keys[i]; i++) {
+            size_t at = strlen(list);
+            snprintf(list + at, sizeof list - at, "%s%s", i ? ", " : "", keys[i]);
+        }
+        *out = reply_error(r, 400, c->string, "%s: unknown field (known: %s)", c->string, list);
+        return -1;
+    }
+    return 0;
 }
 
 /* Optional members of a request object, checked: 0 ok (absent leaves *v), -1
@@ -463,7 +484,9 @@ static enum MHD_Result h_searches_post(Req *r)
     int64_t seed = 1, threads = 1, devices = 0;
     bool lossy = false;
     Err err = {0};
-    if (!db) goto fail;
+    static const char *const keys[] = { "model", "cluster", "algo", "budget", "seed", "threads",
+                                        "devices", "allow_lossy", "costmodel", NULL };
+    if (!db || known_fields(r, body, keys, &out)) goto fail;
     if (!(g = stored_model(r, db, body, j->model_id, &out))) goto fail;
     if (!(c = stored_cluster(r, db, body, j->cluster_id, &out))) goto fail;
     if (opt_str(r, body, "algo", &algo, &out) || opt_str(r, body, "costmodel", &cm, &out) ||
@@ -480,7 +503,7 @@ static enum MHD_Result h_searches_post(Req *r)
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(body, "budget");
     if (cJSON_IsNumber(b)) {
         if (!(b->valuedouble > 0) || !isfinite(b->valuedouble) || b->valuedouble > 86400) {
-            out = reply_error(r, 400, "budget", "budget: seconds from 0 to 86400, or a text "
+            out = reply_error(r, 400, "budget", "budget: seconds, more than 0 and at most 86400, or a text "
                               "such as \"30s\" or \"20000evals\"");
             goto fail;
         }
@@ -511,10 +534,7 @@ static enum MHD_Result h_searches_post(Req *r)
     j->search.world = (int)devices;
     j->search.lossy = lossy;
     /* a place in the queue first, so a full queue leaves no row behind */
-    pthread_mutex_lock(&r->S->mu);
-    bool full = r->S->stopping || r->S->queued >= r->S->o.queue;
-    pthread_mutex_unlock(&r->S->mu);
-    if (full) {
+    if (!server_reserve(r->S)) {
         out = reply_error(r, 429, "", "the job queue is full (%d waiting); try again later",
                           r->S->o.queue);
         goto fail;
@@ -522,15 +542,11 @@ static enum MHD_Result h_searches_post(Req *r)
     SearchJobOpts jo = { .db_path = r->S->db_path, .search = j->search,
                          .budget_text = j->budget_text };
     if (job_search_queue(g, c, &jo, j->id, &err)) {
+        server_unreserve(r->S);
         out = bad(r, "", &err);
         goto fail;
     }
-    if (!server_enqueue(r->S, j)) {
-        db_search_finish(db, j->id, "failed", NULL, NULL, &err);
-        out = reply_error(r, 429, "", "the job queue is full (%d waiting); try again later",
-                          r->S->o.queue);
-        goto fail;
-    }
+    server_enqueue_reserved(r->S, j);
     cJSON *res = cJSON_CreateObject();
     cJSON_AddStringToObject(res, "id", j->id);
     cJSON_AddStringToObject(res, "status", "queued");
@@ -588,11 +604,16 @@ static enum MHD_Result h_search_delete(Req *r)
     if (j && j->kind == JOB_SEARCH) {
         snprintf(status, sizeof status, "%s", j->status);
         j->stop = 1;
+        /* a queued one leaves the queue now: its place is free, and a
+         * second cancel finds it cancelled */
+        if (!strcmp(status, "queued")) {
+            server_unqueue(S, j);
+            snprintf(j->status, sizeof j->status, "cancelled");
+        }
     }
     pthread_mutex_unlock(&S->mu);
     enum MHD_Result out;
     if (!strcmp(status, "queued")) {
-        /* taken off the queue by the worker that finds it stopped */
         Db *db = open_db(r, &out);
         if (!db) return out;
         Err err = {0};
@@ -676,8 +697,12 @@ static enum MHD_Result h_search_resume(Req *r)
             if (cJSON_IsObject(pt)) j->resume = cJSON_PrintUnformatted(pt);
             cJSON_Delete(e);
         }
-    if (db_search_set_status(db, x.id, "queued", &err)) {
-        out = reply_error(r, 500, "", "%s", err.msg);
+    /* one resume wins: the status moves from what was read, or another
+     * request moved it first */
+    rc = db_search_move_status(db, x.id, x.status, "queued", &err);
+    if (rc) {
+        out = rc > 0 ? reply_error(r, 409, "", "search %s is being resumed already", x.id)
+                     : reply_error(r, 500, "", "%s", err.msg);
         goto done;
     }
     if (!server_enqueue(r->S, j)) {
@@ -916,7 +941,8 @@ static enum MHD_Result h_estimate(Req *r)
     Predictor pd;
     bool have_pd = false;
     Err err = {0};
-    if (!db || !(g = stored_model(r, db, body, mid, &out)) ||
+    static const char *const keys[] = { "model", "cluster", "strategy", "costmodel", NULL };
+    if (!db || known_fields(r, body, keys, &out) || !(g = stored_model(r, db, body, mid, &out)) ||
         !(c = stored_cluster(r, db, body, cid, &out)) || opt_str(r, body, "costmodel", &cm, &out))
         goto done;
     close_db(r, db);
@@ -1161,7 +1187,8 @@ static enum MHD_Result h_plan_runs_post(Req *r)
     if (!body) return out;
     int64_t steps = 5, np = 0;
     bool verify = false;
-    if (opt_int(r, body, "steps", 1, 100000, &steps, &out) ||
+    static const char *const keys[] = { "steps", "np", "verify", NULL };
+    if (known_fields(r, body, keys, &out) || opt_int(r, body, "steps", 1, 100000, &steps, &out) ||
         opt_int(r, body, "np", 1, 4096, &np, &out) || opt_bool(r, body, "verify", &verify, &out)) {
         cJSON_Delete(body);
         return out;
@@ -1308,18 +1335,19 @@ static enum MHD_Result h_profiles_post(Req *r)
     bool quick = true, no_links = false;
     int64_t ranks = 0, seconds = 0;
     const char *kinds = NULL;
-    if (opt_bool(r, body, "quick", &quick, &out) || opt_bool(r, body, "no_links", &no_links, &out) ||
+    static const char *const keys[] = { "quick", "no_links", "ranks", "seconds", "kinds", NULL };
+    if (known_fields(r, body, keys, &out) || opt_bool(r, body, "quick", &quick, &out) ||
+        opt_bool(r, body, "no_links", &no_links, &out) ||
         opt_int(r, body, "ranks", 1, 1024, &ranks, &out) ||
         opt_int(r, body, "seconds", 1, 86400, &seconds, &out) ||
         opt_str(r, body, "kinds", &kinds, &out)) {
         cJSON_Delete(body);
         return out;
     }
-    if (kinds && (strlen(kinds) >= sizeof ((Job *)0)->kinds ||
-                  strspn(kinds, "abcdefghijklmnopqrstuvwxyz_0123456789,") != strlen(kinds))) {
+    Err kerr = { { 0 } };
+    if (kinds && (strlen(kinds) >= sizeof ((Job *)0)->kinds || opgrid_kinds_check(kinds, &kerr))) {
         cJSON_Delete(body);
-        return reply_error(r, 400, "kinds", "kinds: a comma-separated list of op kinds "
-                           "(matmul,...,adam)");
+        return reply_error(r, 400, "kinds", "kinds: %s", kerr.msg[0] ? kerr.msg : "too long a list");
     }
     Job *j = xcalloc(1, sizeof *j);
     j->kind = JOB_PROFILE;

@@ -87,14 +87,35 @@ static struct MHD_Response *error_response(int status, const char *path, const c
     return json_response(j);
 }
 
+/* s with every byte that is not part of valid UTF-8 (or is a control code)
+ * made '?': an error quoting what a client sent stays valid JSON text. */
+static void clean_text(char *s)
+{
+    unsigned char *c = (unsigned char *)s;
+    for (size_t i = 0; c[i];) {
+        int more = c[i] < 0x80 ? 0 : (c[i] & 0xe0) == 0xc0 && c[i] >= 0xc2 ? 1
+                 : (c[i] & 0xf0) == 0xe0 ? 2 : (c[i] & 0xf8) == 0xf0 && c[i] < 0xf5 ? 3 : -1;
+        for (int k = 1; k <= more; k++)
+            if ((c[i + k] & 0xc0) != 0x80) more = -1;
+        if (more < 0 || c[i] < 0x20 || c[i] == 0x7f) {
+            c[i++] = '?';
+            continue;
+        }
+        i += (size_t)more + 1;
+    }
+}
+
 enum MHD_Result reply_error(Req *r, int status, const char *path, const char *fmt, ...)
 {
-    char msg[1200];
+    char msg[1200], where[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    struct MHD_Response *resp = error_response(status, path, msg);
+    snprintf(where, sizeof where, "%s", path ? path : "");
+    clean_text(msg);
+    clean_text(where);
+    struct MHD_Response *resp = error_response(status, path ? where : NULL, msg);
     if (!resp) return MHD_NO;
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (status == 429) MHD_add_response_header(resp, "Retry-After", "5");
@@ -172,8 +193,8 @@ static enum MHD_Result method_not_allowed(Req *r, const Route *rt)
 /* Constant time in the token's length: every byte is compared. */
 static bool token_ok(const Server *S, const char *auth)
 {
-    static const char bearer[] = "Bearer ";
-    if (!auth || strncmp(auth, bearer, sizeof bearer - 1)) return false;
+    static const char bearer[] = "Bearer ";     /* the scheme in any case (RFC 7235) */
+    if (!auth || strncasecmp(auth, bearer, sizeof bearer - 1)) return false;
     const char *got = auth + sizeof bearer - 1;
     size_t n = strlen(S->token), m = strlen(got);
     unsigned char diff = (unsigned char)(n != m);
@@ -186,8 +207,11 @@ static enum MHD_Result dispatch(Req *r)
     Server *S = r->S;
     char path[1024];
     snprintf(path, sizeof path, "%s", r->url);
-    if (S->token && !(strcmp(path, "/healthz") == 0 && !strcmp(r->method, "GET")) &&
-        !token_ok(S, req_header(r, "Authorization")))
+    /* open without the token: the health check, and the page, which holds
+     * no data and asks for the token before it reads any */
+    bool open = (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) &&
+                (!strcmp(path, "/healthz") || !strcmp(path, "/"));
+    if (S->token && !open && !token_ok(S, req_header(r, "Authorization")))
         return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
     r->route = match(r, path);
     if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
@@ -366,24 +390,67 @@ char *server_metrics(Server *S, size_t *n)
 /* ----------------------------------------------------------------------------
  * The queue */
 
+/* Appends j to the queue, whose place is already counted (S->mu held). */
+static void append(Server *S, Job *j)
+{
+    snprintf(j->status, sizeof j->status, "queued");
+    j->queued_at = now_s();
+    j->next = NULL;
+    if (S->tail) S->tail->next = j;
+    else S->head = j;
+    S->tail = j;
+    j->next_all = S->all;
+    S->all = j;
+    pthread_cond_signal(&S->work);
+}
+
+bool server_reserve(Server *S)
+{
+    pthread_mutex_lock(&S->mu);
+    bool ok = !S->stopping && S->queued < S->o.queue;
+    if (ok) S->queued++;
+    pthread_mutex_unlock(&S->mu);
+    return ok;
+}
+
+void server_unreserve(Server *S)
+{
+    pthread_mutex_lock(&S->mu);
+    S->queued--;
+    pthread_mutex_unlock(&S->mu);
+}
+
+void server_enqueue_reserved(Server *S, Job *j)
+{
+    pthread_mutex_lock(&S->mu);
+    append(S, j);
+    pthread_mutex_unlock(&S->mu);
+}
+
 bool server_enqueue(Server *S, Job *j)
 {
     pthread_mutex_lock(&S->mu);
     bool ok = !S->stopping && S->queued < S->o.queue;
     if (ok) {
-        snprintf(j->status, sizeof j->status, "queued");
-        j->queued_at = now_s();
-        j->next = NULL;
-        if (S->tail) S->tail->next = j;
-        else S->head = j;
-        S->tail = j;
         S->queued++;
-        j->next_all = S->all;
-        S->all = j;
-        pthread_cond_signal(&S->work);
+        append(S, j);
     }
     pthread_mutex_unlock(&S->mu);
     return ok;
+}
+
+void server_unqueue(Server *S, Job *j)
+{
+    Job **at = &S->head, *prev = NULL;
+    while (*at && *at != j) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    if (!*at) return;
+    *at = j->next;
+    if (S->tail == j) S->tail = prev;
+    j->next = NULL;
+    S->queued--;
 }
 
 Db *server_db(Server *S, Err *err)

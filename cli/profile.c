@@ -114,27 +114,6 @@ static int parse_size(const char *s, int64_t *out, Err *err)
     return 0;
 }
 
-static int valid_kinds(const char *list, Err *err)
-{
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", list);
-    if (!*buf) return err_set(err, "--kinds: empty list");
-    for (char *w = strtok(buf, ","); w; w = strtok(NULL, ",")) {
-        OpKind k;
-        if (strcmp(w, "sgd") && strcmp(w, "adam") && op_kind_parse(w, &k)) {
-            char kinds[256] = "";
-            for (int i = 0; i < OP_KIND_COUNT; i++) {
-                size_t at = strlen(kinds);
-                snprintf(kinds + at, sizeof kinds - at, "%s%s", i ? ", " : "",
-                         op_kind_name((OpKind)i));
-            }
-            return err_set(err, "--kinds: \"%s\" is not an op kind (%s) or optimizer (sgd, adam)",
-                           w, kinds);
-        }
-    }
-    return 0;
-}
-
 static int parse_opts(const Args *a, Opts *o, Err *err)
 {
     memset(o, 0, sizeof *o);
@@ -145,7 +124,7 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     o->out_path = args_get(a, "output");
     if (args_out_file(a, "output", "-o", o->db_path, err)) return -1;
     o->kinds = args_get(a, "kinds");
-    if (o->kinds && valid_kinds(o->kinds, err)) return -1;
+    if (o->kinds && opgrid_kinds_check(o->kinds, err)) return err_prefix(err, "--kinds");
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t r = cores > 0 ? cores : 1;
     if (args_int(a, "ranks", 1, 4096, &r, err)) return -1;

@@ -192,6 +192,12 @@ static double flat(const Level *L, InstrKind k, SyncAlgo algo, double B, int n)
     return hops(k, algo, n) * L->latency + factor * B / L->bw;
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 /* Fan-out of the group per level: f[l] members (l = 0) or level-(l-1) items
  * (l > 0) inside the first member's level-l item. Returns the outermost
  * level with f > 1 (-1 for a group of one). */
@@ -204,15 +210,13 @@ static int fanout(const Cluster *c, const int *ranks, int n, int f[CLUSTER_MAX_L
         int64_t below = span;      /* devices in one level-(l-1) item (1 at l = 0) */
         span *= c->levels[l].count;
         int64_t item = ranks[0] / span;
-        /* distinct sub-items of the first member's level-l item */
-        int nseen = 0;
-        for (int i = 0; i < n; i++) {
-            if (ranks[i] / span != item) continue;
-            int64_t sub = ranks[i] / below;
-            int j = 0;
-            while (j < nseen && seen[j] != sub) j++;
-            if (j == nseen) seen[nseen++] = sub;
-        }
+        /* distinct sub-items of the first member's level-l item, counted
+         * sorted (a group of a million ranks: not a million squared) */
+        int nsub = 0, nseen = 0;
+        for (int i = 0; i < n; i++)
+            if (ranks[i] / span == item) seen[nsub++] = ranks[i] / below;
+        qsort(seen, (size_t)nsub, sizeof *seen, cmp_i64);
+        for (int i = 0; i < nsub; i++) nseen += i == 0 || seen[i] != seen[i - 1];
         f[l] = nseen > 0 ? nseen : 1;
         if (f[l] > 1) outer = l;
     }

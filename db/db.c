@@ -2167,8 +2167,9 @@ int db_search_finish(Db *db, const char *id, const char *status, const char *bes
 {
     sqlite3_stmt *st = NULL;
     SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "UPDATE searches SET status = ?, best_plan_id = ?, result_json = ?, finished = " NOW
-        " WHERE id = ?", -1, &st, NULL));
+        "UPDATE searches SET status = ?, best_plan_id = COALESCE(?, best_plan_id),"
+        " result_json = COALESCE(?, result_json), finished = " NOW " WHERE id = ?", -1, &st,
+        NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, best_plan_id && best_plan_id[0] ? best_plan_id : NULL, -1,
                                 SQLITE_STATIC));
@@ -2194,6 +2195,22 @@ int db_search_set_status(Db *db, const char *id, const char *status, Err *err)
     sqlite3_finalize(st);
     if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
     return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "setting the status of search %s", id);
+}
+
+int db_search_move_status(Db *db, const char *id, const char *from, const char *to, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET status = ? WHERE id = ? AND status = ?",
+                                 -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, to, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, from, -1, SQLITE_STATIC));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return sqlite3_changes(db->h) == 1 ? 0 : 1;
 err:
     sqlite3_finalize(st);
     return err_prefix(err, "setting the status of search %s", id);

@@ -307,8 +307,13 @@ typedef struct {
 /* The model and cluster must be stored first. */
 int db_search_put(Db *db, const DbSearch *x, Err *err);
 int db_search_event(Db *db, const char *id, int seq, const char *json, Err *err);
+/* Its end: status, and the best plan and result when there are new ones (a
+ * resumed search that ends without one keeps those it had). */
 int db_search_finish(Db *db, const char *id, const char *status, const char *best_plan_id,
                      const char *result_json, Err *err);
+/* Status `from` becomes `to`, in one statement: 1 (nothing changed) when the
+ * search's status is not `from`, as when another request moved it first. */
+int db_search_move_status(Db *db, const char *id, const char *from, const char *to, Err *err);
 /* A search queued to run later starts: status "running". */
 int db_search_set_status(Db *db, const char *id, const char *status, Err *err);
 /* After a restart: every search still "queued" or "running" belonged to a

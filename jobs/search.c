@@ -24,10 +24,10 @@ int job_parse_budget(const char *s, double *secs, long *evals, Err *err)
     if (strcmp(end, "s") == 0) *secs = v;
     else if (strcmp(end, "m") == 0) *secs = v * 60;
     else if (strcmp(end, "h") == 0) *secs = v * 3600;
-    else if (strcmp(end, "evals") == 0 && v == floor(v) && v <= 1e12) *evals = (long)v;
+    else if (strcmp(end, "evals") == 0 && v == floor(v) && v <= 1e9) *evals = (long)v;
     else
         return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
-                            "evaluation count (20000evals)", s);
+                            "evaluation count (20000evals, at most 1e9)", s);
     /* a day, as the REST API allows: longer than any search needs (the
      * exhaustive one of GPT-3 on 1024 GPUs takes an hour); a longer figure
      * is a typo, and 1e308h an endless search */

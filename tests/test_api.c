@@ -480,6 +480,9 @@ static void test_search_refusals(void **state)
         { "\"threads\": 0", "threads" },
         { "\"allow_lossy\": \"yes\"", "allow_lossy" },
         { "\"devices\": 100000", "" },
+        { "\"budgt\": \"2s\"", "budgt" },           /* a typo is not the default */
+        { "\"budget\": \"1e308h\"", "budget" },
+        { "\"budget\": 1, \"budget\": 2", "" },       /* a key twice */
     };
     Http h;
     http(port, "GET", "/v1/searches", NULL, NULL, &h);
@@ -579,6 +582,12 @@ static void test_profiles(void **state)
     expect_error(&h, 400, "ranks");
     http(port, "POST", "/v1/profiles", NULL, "{\"kinds\": \"add; rm -rf /\"}", &h);
     expect_error(&h, 400, "kinds");
+    http(port, "POST", "/v1/profiles", NULL, "{\"kinds\": \"\"}", &h);
+    expect_error(&h, 400, "kinds");
+    http(port, "POST", "/v1/profiles", NULL, "{\"kinds\": \"nosuchkind\"}", &h);
+    expect_error(&h, 400, "kinds");
+    http(port, "POST", "/v1/profiles", NULL, "{\"quick\": true, \"kind\": \"add\"}", &h);
+    expect_error(&h, 400, "kind");
     http(port, "POST", "/v1/profiles", NULL,
          "{\"quick\": true, \"kinds\": \"add\", \"seconds\": 2, \"no_links\": true}", &h);
     expect(&h, 202);
@@ -668,8 +677,18 @@ static void test_token(void **state)
     expect_error(&h, 401, "");
     http(p, "GET", "/v1/models", "Authorization: Bearer s3cret-token-0123456789\r\n", NULL, &h);
     expect(&h, 200);
+    http(p, "GET", "/v1/models", "Authorization: bearer s3cret-token-0123456789\r\n", NULL, &h);
+    expect(&h, 200);                  /* the scheme in any case */
     http(p, "GET", "/healthz", NULL, NULL, &h);
     expect(&h, 200);
+    http(p, "HEAD", "/healthz", NULL, NULL, &h);
+    expect(&h, 200);
+    /* the page holds no data: it loads, and asks for the token */
+    http(p, "GET", "/", NULL, NULL, &h);
+    expect(&h, 200);
+    assert_non_null(strstr(h.body, "needs its token"));
+    http(p, "GET", "/metrics", NULL, NULL, &h);
+    expect_error(&h, 401, "");
     server_stop(s);
 }
 
@@ -698,10 +717,13 @@ static void test_limits(void **state)
     snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"budget\": \"120s\", "
              "\"algo\": \"mcmc\"}", mid, cid);
     int accepted = 0, refused = 0;
+    char queued[17] = "";
     for (int i = 0; i < 4; i++) {
         http(p, "POST", "/v1/searches", NULL, body, &h);
-        if (h.status == 202) accepted++;
-        else {
+        if (h.status == 202) {
+            accepted++;
+            snprintf(queued, sizeof queued, "%s", jstr(body_json(&h), "id"));
+        } else {
             expect_error(&h, 429, "");
             assert_non_null(strcasestr(h.head, "Retry-After:"));
             refused++;
@@ -710,6 +732,19 @@ static void test_limits(void **state)
     }
     assert_true(accepted >= 2 && accepted <= 3);
     assert_true(refused >= 1);
+    /* the waiting one cancelled: its place is free at once, and a second
+     * cancel finds nothing to cancel */
+    char qpath[64];
+    snprintf(qpath, sizeof qpath, "/v1/searches/%s", queued);
+    http(p, "DELETE", qpath, NULL, NULL, &h);
+    expect(&h, 200);
+    assert_string_equal(jstr(body_json(&h), "status"), "cancelled");
+    http(p, "GET", "/healthz", NULL, NULL, &h);
+    assert_int_equal((int)jnum(body_json(&h), "queued"), 0);
+    http(p, "DELETE", qpath, NULL, NULL, &h);
+    expect_error(&h, 409, "");
+    http(p, "POST", "/v1/searches", NULL, body, &h);
+    expect(&h, 202);
     server_stop(s);     /* stops the running search, which keeps its best */
     sqlite3 *db;
     assert_int_equal(sqlite3_open(harness_tmp_path("limits.db"), &db), SQLITE_OK);
@@ -728,7 +763,7 @@ static void test_limits(void **state)
     sqlite3_close(db);
     assert_int_equal(stopped, 1);
     assert_int_equal(interrupted, accepted - 1);
-    assert_int_equal(other, 0);
+    assert_int_equal(other, 1);       /* the one cancelled */
 }
 
 /* `strata serve` as a child on port `p`; stderr into a file. */
@@ -876,12 +911,27 @@ static void test_kill9_restart(void **state)
     j = wait_done_on(p2, path, 60);
     assert_string_equal(jstr(j, "status"), "stopped");
     assert_int_equal(strlen(jstr(j, "best_plan_id")), 16);
+    char best[17];
+    snprintf(best, sizeof best, "%s", jstr(j, "best_plan_id"));
     char epath[160];
     snprintf(epath, sizeof epath, "/v1/searches/%s/events?after=%d", id, before);
     http(p2, "GET", epath, NULL, NULL, &h);
     expect(&h, 200);
     assert_non_null(strstr(h.body, "\"event\":\"resume\",") );
     assert_non_null(strstr(h.body, "\"step_s\":"));
+
+    /* resumed again behind a busy worker and cancelled while it waits: the
+     * best it had stays */
+    char other[17];
+    long_search(p2, other);
+    http(p2, "POST", rpath, NULL, NULL, &h);
+    expect(&h, 202);
+    http(p2, "DELETE", path, NULL, NULL, &h);
+    expect(&h, 200);
+    http(p2, "GET", path, NULL, NULL, &h);
+    j = body_json(&h);
+    assert_string_equal(jstr(j, "status"), "cancelled");
+    assert_string_equal(jstr(j, "best_plan_id"), best);
     server_stop(s);
 }
 
