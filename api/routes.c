@@ -51,9 +51,22 @@ static bool is_id(const char *s)
 static void err_path(const char *prefix, const char *msg, char *path, size_t n)
 {
     size_t k = strspn(msg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[]");
-    if (k > 0 && msg[k] == ':' && msg[k + 1] == ' ')
-        snprintf(path, n, "%s%s%.*s", prefix, prefix[0] ? "." : "", (int)k, msg);
-    else snprintf(path, n, "%s", prefix);
+    if (!(k > 0 && msg[k] == ':' && msg[k + 1] == ' ')) {
+        snprintf(path, n, "%s", prefix);
+        return;
+    }
+    /* the readers name the document they read ("model.name"); here the
+     * document is the body, or the member `prefix` of it */
+    static const char *const roots[] = { "model", "cluster", "strategy" };
+    for (int i = 0; i < 3; i++) {
+        size_t m = strlen(roots[i]);
+        if (k >= m && !strncmp(msg, roots[i], m) && (k == m || msg[m] == '.')) {
+            msg += k == m ? m : m + 1;
+            k -= k == m ? m : m + 1;
+            break;
+        }
+    }
+    snprintf(path, n, "%s%s%.*s", prefix, prefix[0] && k ? "." : "", (int)k, msg);
 }
 
 static enum MHD_Result bad(Req *r, const char *prefix, const Err *err)

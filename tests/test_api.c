@@ -263,6 +263,9 @@ static void test_models_and_clusters(void **state)
     expect_error(&h, 400, "options.layers");
     http(port, "POST", "/v1/models", NULL, "{\"name\": \"x\", \"ops\": []}", &h);
     expect_error(&h, 400, "tensors");
+    /* the body is the model: its fields are named from the body's root */
+    http(port, "POST", "/v1/models", NULL, "{\"name\": \"\", \"tensors\": [], \"ops\": []}", &h);
+    expect_error(&h, 400, "name");
     http_body(port, "POST", "/v1/models", NULL, "\x0a\x03junk", 6, "application/onnx", &h);
     expect_error(&h, 400, "");
     assert_non_null(strstr(h.body, "ONNX"));
