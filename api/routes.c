@@ -17,7 +17,6 @@
 #include "internal.h"
 #include "db/db.h"
 #include "ir/util.h"
-#include "profiler/profile.h"
 #include "ir/onnx.h"
 #include "ir/zoo.h"
 #include "jobs/jobs.h"
@@ -1358,7 +1357,7 @@ static enum MHD_Result h_profiles_post(Req *r)
         return out;
     }
     Err kerr = { { 0 } };
-    if (kinds && (strlen(kinds) >= sizeof ((Job *)0)->kinds || opgrid_kinds_check(kinds, &kerr))) {
+    if (kinds && (strlen(kinds) >= sizeof ((Job *)0)->kinds || op_kinds_check(kinds, &kerr))) {
         cJSON_Delete(body);
         return reply_error(r, 400, "kinds", "kinds: %s", kerr.msg[0] ? kerr.msg : "too long a list");
     }

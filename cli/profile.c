@@ -124,7 +124,7 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     o->out_path = args_get(a, "output");
     if (args_out_file(a, "output", "-o", o->db_path, err)) return -1;
     o->kinds = args_get(a, "kinds");
-    if (o->kinds && opgrid_kinds_check(o->kinds, err)) return err_prefix(err, "--kinds");
+    if (o->kinds && op_kinds_check(o->kinds, err)) return err_prefix(err, "--kinds");
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t r = cores > 0 ? cores : 1;
     if (args_int(a, "ranks", 1, 4096, &r, err)) return -1;

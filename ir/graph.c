@@ -17,6 +17,7 @@
 #include "graph.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "util.h"
@@ -1143,4 +1144,27 @@ void graph_stats_free(GraphStats *st)
     free(st->block_flops);
     free(st->block_act_bytes);
     st->block_params = st->block_flops = st->block_act_bytes = NULL;
+}
+
+int op_kinds_check(const char *list, Err *err)
+{
+    char buf[512];
+    if (strlen(list) >= sizeof buf) return err_set(err, "too long a list");
+    snprintf(buf, sizeof buf, "%s", list);
+    if (!*buf) return err_set(err, "an empty list; name op kinds, or leave it out for all");
+    char *save = NULL;
+    for (char *w = strtok_r(buf, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+        OpKind k;
+        if (strcmp(w, "sgd") && strcmp(w, "adam") && op_kind_parse(w, &k)) {
+            char kinds[256] = "";
+            for (int i = 0; i < OP_KIND_COUNT; i++) {
+                size_t at = strlen(kinds);
+                snprintf(kinds + at, sizeof kinds - at, "%s%s", i ? ", " : "",
+                         op_kind_name((OpKind)i));
+            }
+            return err_set(err, "\"%s\" is not an op kind (%s) or optimizer (sgd, adam)", w,
+                           kinds);
+        }
+    }
+    return 0;
 }

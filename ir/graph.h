@@ -155,6 +155,10 @@ int op_kind_parse(const char *s, OpKind *out);
 /* cross_entropy and mse: a scalar mean over the whole batch (summed over
  * micro-batches), whose gradient the step starts from. */
 bool op_kind_is_loss(OpKind k);
+/* A list of kinds to measure or model ("matmul,adam"): not empty, each an
+ * op kind or an optimizer (sgd, adam); the first that is not is said in
+ * err. */
+int op_kinds_check(const char *list, Err *err);
 /* The letter of operand k (k == nin: the output) along which a concat lays
  * its inputs end to end, as 0..25; -1 for any other kind. */
 int op_concat_letter(const Op *op, int k);

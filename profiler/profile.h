@@ -78,9 +78,6 @@ typedef struct {
  * for one measurement are left out, and the rest thinned evenly within each
  * kind and phase to fit the budget. Caller frees with opgrid_free. */
 OpGrid *opgrid_new(const OpGridOpts *o, const ProfDevice *d, Err *err);
-/* A list of kinds to profile ("matmul,adam"): not empty, each an op kind
- * or optimizer; the first that is not said in err. */
-int opgrid_kinds_check(const char *list, Err *err);
 void opgrid_free(OpGrid *g);
 int opgrid_count(const OpGrid *g);
 double opgrid_estimate(const OpGrid *g, int i);   /* seconds */
