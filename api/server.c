@@ -93,15 +93,9 @@ static void clean_text(char *s)
 {
     unsigned char *c = (unsigned char *)s;
     for (size_t i = 0; c[i];) {
-        int more = c[i] < 0x80 ? 0 : (c[i] & 0xe0) == 0xc0 && c[i] >= 0xc2 ? 1
-                 : (c[i] & 0xf0) == 0xe0 ? 2 : (c[i] & 0xf8) == 0xf0 && c[i] < 0xf5 ? 3 : -1;
-        for (int k = 1; k <= more; k++)
-            if ((c[i + k] & 0xc0) != 0x80) more = -1;
-        if (more < 0 || c[i] < 0x20 || c[i] == 0x7f) {
-            c[i++] = '?';
-            continue;
-        }
-        i += (size_t)more + 1;
+        int n = utf8_char_len(c + i);
+        if (!n) c[i++] = '?';
+        else i += (size_t)n;
     }
 }
 

@@ -49,16 +49,12 @@ int json_get_string(const cJSON *obj, const char *path, const char *key,
     /* what is printed back to a terminal: UTF-8 text without control codes */
     const unsigned char *c = (const unsigned char *)v->valuestring;
     for (size_t i = 0; c[i];) {
-        int more = c[i] < 0x80 ? 0 : (c[i] & 0xe0) == 0xc0 ? 1 : (c[i] & 0xf0) == 0xe0 ? 2
-                 : (c[i] & 0xf8) == 0xf0 ? 3 : -1;
-        if (c[i] < 0x20 || c[i] == 0x7f)
+        int n = utf8_char_len(c + i);
+        if (!n && (c[i] < 0x20 || c[i] == 0x7f))
             return err_set(err, "%s.%s: holds a control character (byte %zu, 0x%02x)", path, key,
                            i, c[i]);
-        for (int k = 1; k <= more; k++)
-            if ((c[i + k] & 0xc0) != 0x80) more = -1;
-        if (more < 0 || (more == 1 && c[i] < 0xc2))
-            return err_set(err, "%s.%s: is not UTF-8 text (byte %zu)", path, key, i);
-        i += (size_t)more + 1;
+        if (!n) return err_set(err, "%s.%s: is not UTF-8 text (byte %zu)", path, key, i);
+        i += (size_t)n;
     }
     *out = v->valuestring;
     return 0;
@@ -169,6 +165,16 @@ char *file_read(const char *path, size_t *len, Err *err)
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+int utf8_char_len(const unsigned char *c)
+{
+    if (c[0] < 0x20 || c[0] == 0x7f) return 0;
+    int more = c[0] < 0x80 ? 0 : (c[0] & 0xe0) == 0xc0 && c[0] >= 0xc2 ? 1
+             : (c[0] & 0xf0) == 0xe0 ? 2 : (c[0] & 0xf8) == 0xf0 && c[0] < 0xf5 ? 3 : -1;
+    for (int k = 1; k <= more; k++)       /* stops at the string's end: 0 is no continuation */
+        if ((c[k] & 0xc0) != 0x80) return 0;
+    return more + 1;
 }
 
 static int cmp_cstr(const void *a, const void *b)

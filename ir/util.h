@@ -32,6 +32,9 @@ int json_check_keys(const cJSON *obj, const char *path, const char *const *allow
 char *file_read(const char *path, size_t *len, Err *err);
 /* Parses a JSON file; errors give the file name and the position. */
 cJSON *json_load(const char *path, Err *err);
+/* The length in bytes (1-4) of the UTF-8 character at c, 0 when the bytes
+ * there are not valid UTF-8 or are a control code (below 0x20, or 0x7f). */
+int utf8_char_len(const unsigned char *c);
 /* Parses text[0, n) as one JSON value, strictly: nothing but white space
  * after it, no key twice in one object, no \u0000 in a string (a C string
  * would end there). NULL on failure, with the byte offset of the fault in
