@@ -96,6 +96,8 @@ typedef struct {
     double t0;
     const char *params[4];         /* the {id}s of the route, in order */
     char pbuf[4][80];
+    const char *in;                /* the body member the field readers are in ("strategy"),
+                                      NULL: the body itself; for their error paths */
     /* a request made in memory (api_handle, con NULL): its query and headers */
     const char *const (*query)[2], *const (*headers)[2];
     int nquery, nheaders;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -75,9 +76,34 @@ static enum MHD_Result bad(Req *r, const char *prefix, const Err *err)
     return reply_error(r, 400, path, "%s", err->msg);
 }
 
-/* The body as a JSON object; NULL after answering 400. */
+/* The largest seed a JSON number holds exactly, and none past it rounds
+ * to (2^53 - 1, JavaScript's MAX_SAFE_INTEGER). */
+#define SEED_MAX (((int64_t)1 << 53) - 1)
+
+/* Is the request's Content-Type one a JSON body may come with: none,
+ * application/json or a +json type, or curl's default for -d (which sends
+ * the bytes as they are)? */
+static bool json_content_type(const Req *r)
+{
+    const char *t = req_header(r, "Content-Type");
+    if (!t) return true;
+    size_t n = strcspn(t, "; \t");
+    static const char *const ok[] = { "application/json", "application/x-www-form-urlencoded" };
+    for (int i = 0; i < 2; i++)
+        if (n == strlen(ok[i]) && !strncasecmp(t, ok[i], n)) return true;
+    return n > 17 && !strncasecmp(t, "application/", 12) && !strncasecmp(t + n - 5, "+json", 5);
+}
+
+/* The body as a JSON object; NULL after answering 400 (415 for a body
+ * declared as something else). */
 static cJSON *body_object(Req *r, enum MHD_Result *out)
 {
+    if (!json_content_type(r)) {
+        const char *t = req_header(r, "Content-Type");
+        *out = reply_error(r, 415, "", "Content-Type %.*s: this body is read as JSON (send "
+                           "application/json)", (int)strcspn(t, ";"), t);
+        return NULL;
+    }
     if (!r->body || !r->len) {
         *out = reply_error(r, 400, "", "the request needs a JSON object as its body");
         return NULL;
@@ -98,6 +124,12 @@ static cJSON *body_object(Req *r, enum MHD_Result *out)
     return j;
 }
 
+/* The JSON path of member key of the object being read (Req.in). */
+static void field_path(const Req *r, const char *key, char *path, size_t n)
+{
+    snprintf(path, n, "%s%s%s", r->in ? r->in : "", r->in ? "." : "", key);
+}
+
 /* Every member of a request object is one of `keys` (NULL-terminated): a
  * typo is a 400 naming it, not a default silently used. 0, or -1 after
  * answering. */
@@ -107,12 +139,13 @@ static int known_fields(Req *r, const cJSON *o, const char *const *keys, enum MH
         int i = 0;
         while (keys[i] && strcmp(c->string, keys[i])) i++;
         if (keys[i]) continue;
-        char list[256] = "";
+        char list[256] = "", path[160];
         for (i = 0; keys[i]; i++) {
             size_t at = strlen(list);
             snprintf(list + at, sizeof list - at, "%s%s", i ? ", " : "", keys[i]);
         }
-        *out = reply_error(r, 400, c->string, "%s: unknown field (known: %s)", c->string, list);
+        field_path(r, c->string, path, sizeof path);
+        *out = reply_error(r, 400, path, "%s: unknown field (known: %s)", path, list);
         return -1;
     }
     return 0;
@@ -127,7 +160,9 @@ static int opt_int(Req *r, const cJSON *o, const char *key, int64_t lo, int64_t 
     if (!x) return 0;
     if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < lo ||
         x->valuedouble > hi) {
-        *out = reply_error(r, 400, key, "%s: expected an integer from %lld to %lld", key,
+        char path[160];
+        field_path(r, key, path, sizeof path);
+        *out = reply_error(r, 400, path, "%s: expected an integer from %lld to %lld", path,
                            (long long)lo, (long long)hi);
         return -1;
     }
@@ -140,7 +175,9 @@ static int opt_str(Req *r, const cJSON *o, const char *key, const char **v, enum
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!x) return 0;
     if (!cJSON_IsString(x)) {
-        *out = reply_error(r, 400, key, "%s: expected a string", key);
+        char path[160];
+        field_path(r, key, path, sizeof path);
+        *out = reply_error(r, 400, path, "%s: expected a string", path);
         return -1;
     }
     *v = x->valuestring;
@@ -152,7 +189,9 @@ static int opt_bool(Req *r, const cJSON *o, const char *key, bool *v, enum MHD_R
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!x) return 0;
     if (!cJSON_IsBool(x)) {
-        *out = reply_error(r, 400, key, "%s: expected true or false", key);
+        char path[160];
+        field_path(r, key, path, sizeof path);
+        *out = reply_error(r, 400, path, "%s: expected true or false", path);
         return -1;
     }
     *v = cJSON_IsTrue(x);
@@ -332,7 +371,18 @@ static Graph *zoo_model(Req *r, const cJSON *body, enum MHD_Result *out)
     }
     Err err = {0};
     g = zoo_build(kind, n, keys, (const char *const *)vals, &err);
-    if (!g) *out = bad(r, "options", &err);
+    if (!g) {
+        /* the zoo names an option as the command line spells it ("option --heads") */
+        const char *at = strstr(err.msg, "option --");
+        char path[160] = "options";
+        if (at) {
+            at += strlen("option --");
+            snprintf(path, sizeof path, "options.%.*s", (int)strcspn(at, " :"), at);
+        } else if (!strncmp(err.msg, "zoo: unknown model kind", 23)) {
+            snprintf(path, sizeof path, "zoo");
+        }
+        *out = reply_error(r, 400, path, "%s", err.msg);
+    }
 out:
     for (int i = 0; i < n; i++) {
         if (vals[i] && cJSON_IsString(cJSON_GetArrayItem(opts, i))) free(vals[i]);
@@ -502,7 +552,7 @@ static enum MHD_Result h_searches_post(Req *r)
     if (!(g = stored_model(r, db, body, j->model_id, &out))) goto fail;
     if (!(c = stored_cluster(r, db, body, j->cluster_id, &out))) goto fail;
     if (opt_str(r, body, "algo", &algo, &out) || opt_str(r, body, "costmodel", &cm, &out) ||
-        opt_int(r, body, "seed", 0, INT64_MAX / 2, &seed, &out) ||
+        opt_int(r, body, "seed", 0, SEED_MAX, &seed, &out) ||
         opt_int(r, body, "threads", 1, 64, &threads, &out) ||
         opt_int(r, body, "devices", 1, 1 << 20, &devices, &out) ||
         opt_bool(r, body, "allow_lossy", &lossy, &out))
@@ -914,20 +964,31 @@ static Strategy *body_strategy(Req *r, const cJSON *body, const Graph *g, const 
             return NULL;
         }
         StrategyOpts o = {0};
-        int64_t v[6] = { 0, 0, 0, 0, 0, 0 };
+        enum { NINT = 8 };
+        int64_t v[NINT] = { 0 };
         static const char *const keys[] = { "tp", "pp", "dp", "microbatches", "virtual_stages",
-                                             "zero" };
-        for (int i = 0; i < 6; i++)
-            if (opt_int(r, sj, keys[i], 0, 1 << 20, &v[i], out)) return NULL;
-        bool rc = false;
-        if (opt_bool(r, sj, "recompute", &rc, out)) return NULL;
+                                             "zero", "ps_shards", "staleness", "kind", "recompute",
+                                             "sequence_parallel", "compress", NULL };
+        bool rc = false, sp = false;
+        r->in = "strategy";
+        int bad_field = known_fields(r, sj, keys, out);
+        for (int i = 0; i < NINT && !bad_field; i++)
+            bad_field = opt_int(r, sj, keys[i], 0, 1 << 20, &v[i], out);
+        if (!bad_field) bad_field = opt_bool(r, sj, "recompute", &rc, out);
+        if (!bad_field) bad_field = opt_bool(r, sj, "sequence_parallel", &sp, out);
+        if (!bad_field) bad_field = opt_str(r, sj, "compress", &o.compress, out);
+        r->in = NULL;
+        if (bad_field) return NULL;
         o.tp = (int)v[0];
         o.pp = (int)v[1];
         o.dp = (int)v[2];
         o.microbatches = (int)v[3];
         o.virtual_stages = (int)v[4];
         o.zero = (int)v[5];
+        o.ps_shards = (int)v[6];
+        o.staleness = (int)v[7];
         o.recompute = rc;
+        o.sequence_parallel = sp;
         cJSON *built = strategy_build(kind->valuestring, g, c, &o, &err);
         Strategy *s = built ? strategy_from_json(built, g, c, &err) : NULL;
         cJSON_Delete(built);

@@ -4,6 +4,7 @@
  * What each route does is in routes.c.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
@@ -196,18 +197,28 @@ static bool token_ok(const Server *S, const char *auth)
     return diff == 0;
 }
 
+/* May the request go on: the server has no token, it brings the token, or
+ * it asks for what is open without one (the health check, and the page,
+ * which holds no data and asks for the token before it reads any)? */
+static bool authorized(const Req *r)
+{
+    const Server *S = r->S;
+    bool open = (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) &&
+                (!strcmp(r->url, "/healthz") || !strcmp(r->url, "/"));
+    return !S->token || open || token_ok(S, req_header(r, "Authorization"));
+}
+
+static enum MHD_Result unauthorized(Req *r)
+{
+    return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
+}
+
 static enum MHD_Result dispatch(Req *r)
 {
-    Server *S = r->S;
     char path[1024];
     snprintf(path, sizeof path, "%s", r->url);
-    /* open without the token: the health check, and the page, which holds
-     * no data and asks for the token before it reads any */
-    bool open = (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) &&
-                (!strcmp(path, "/healthz") || !strcmp(path, "/"));
-    if (S->token && !open && !token_ok(S, req_header(r, "Authorization")))
-        return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
-    r->route = match(r, path);
+    r->route = match(r, path);      /* counted by route, even when refused */
+    if (!authorized(r)) return unauthorized(r);
     if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
     const Route *rt = &ROUTES[r->route];
     Handler h = !strcmp(r->method, "GET") || !strcmp(r->method, "HEAD") ? rt->get
@@ -216,6 +227,38 @@ static enum MHD_Result dispatch(Req *r)
     if (!h) return method_not_allowed(r, rt);
     if (rt->post && h == rt->post && r->body) r->body[r->len] = 0;
     return h(r);
+}
+
+/* Percent-decoding of the path and the query, in place: as the standard's,
+ * except that %00 stays as it is. Decoded, it would end the C string
+ * early, and "/v1/models/<id>%00junk" would name the model <id>. */
+static size_t unescape(void *cls, struct MHD_Connection *con, char *s)
+{
+    (void)cls;
+    (void)con;
+    char *w = s;
+    for (const char *p = s; *p;) {
+        if (p[0] == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
+            !(p[1] == '0' && p[2] == '0')) {
+            char hex[3] = { p[1], p[2], 0 };
+            *w++ = (char)strtol(hex, NULL, 16);
+            p += 3;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    *w = 0;
+    return (size_t)(w - s);
+}
+
+/* MHD_get_connection_values' iterator: counts the Content-Length headers. */
+static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    (void)value;
+    if (!strcasecmp(key, "Content-Length")) ++*(int *)cls;
+    return MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
@@ -234,9 +277,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         r->method = xstrdup(method);
         r->url = xstrdup(url);
         *con_cls = r;
+        int ncl = 0;
+        MHD_get_connection_values(con, MHD_HEADER_KIND, count_length, &ncl);
+        if (ncl > 1) {
+            /* which one a proxy in front of this server believed is unknowable */
+            r->route = match(r, r->url);
+            return reply_error(r, 400, "", "the request has %d Content-Length headers; one at "
+                               "most (RFC 9112)", ncl);
+        }
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > S->o.max_body) {
             r->too_big = true;
+            r->route = match(r, r->url);
+            /* a stranger learns nothing of the server, its limits included */
+            if (!authorized(r)) return unauthorized(r);
             return reply_error(r, 413, "", "the request body is %s bytes; this server takes at "
                                "most %zu (--max-body)", cl, S->o.max_body);
         }
@@ -257,9 +311,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         return MHD_YES;
     }
     if (r->status) return MHD_YES;     /* answered already (413 before the body) */
-    if (r->too_big)
+    if (r->too_big) {
+        r->route = match(r, r->url);
+        if (!authorized(r)) return unauthorized(r);
         return reply_error(r, 413, "", "the request body is larger than %zu bytes (--max-body)",
                            S->o.max_body);
+    }
     return dispatch(r);
 }
 
@@ -271,8 +328,9 @@ int api_handle(Server *S, const char *method, const char *path, const char *cons
               .query = query, .nquery = nquery, .headers = headers, .nheaders = nheaders,
               .t0 = now_s() };
     if (len > S->o.max_body) {
-        reply_error(&r, 413, "", "the request body is larger than %zu bytes (--max-body)",
-                    S->o.max_body);
+        if (!authorized(&r)) unauthorized(&r);
+        else reply_error(&r, 413, "", "the request body is larger than %zu bytes (--max-body)",
+                         S->o.max_body);
         return r.status;
     }
     if (len) {
@@ -667,6 +725,7 @@ Server *server_start(const ServeOpts *o, Err *err)
     S->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, S,
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
+                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                  MHD_OPTION_THREAD_POOL_SIZE, pool,
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,

@@ -251,21 +251,33 @@ static void test_models_and_clusters(void **state)
     assert_int_equal(cJSON_GetArraySize(body_json(&h)), 2);
 
     /* bad input, each named */
-    http(port, "POST", "/v1/models", NULL, "{\"name\": ", &h);
-    expect_error(&h, 400, "");
-    http(port, "POST", "/v1/models", NULL, "[1, 2]", &h);
-    expect_error(&h, 400, "");
-    http(port, "POST", "/v1/models", NULL, "", &h);
-    expect_error(&h, 400, "");
-    http(port, "POST", "/v1/models", NULL, "{\"zoo\": \"gpt\", \"options\": {\"preset\": \"huge\"}}", &h);
-    expect_error(&h, 400, "options");
-    http(port, "POST", "/v1/models", NULL, "{\"zoo\": \"gpt\", \"options\": {\"layers\": [1]}}", &h);
-    expect_error(&h, 400, "options.layers");
-    http(port, "POST", "/v1/models", NULL, "{\"name\": \"x\", \"ops\": []}", &h);
-    expect_error(&h, 400, "tensors");
-    /* the body is the model: its fields are named from the body's root */
-    http(port, "POST", "/v1/models", NULL, "{\"name\": \"\", \"tensors\": [], \"ops\": []}", &h);
-    expect_error(&h, 400, "name");
+    static const struct { const char *body, *path; } bad_models[] = {
+        { "{\"name\": ", "" },
+        { "[1, 2]", "" },
+        { "", "" },
+        { "{\"zoo\": \"gpt\", \"options\": {\"preset\": \"huge\"}}", "options.preset" },
+        { "{\"zoo\": \"gpt\", \"options\": {\"layrs\": 2}}", "options.layrs" },
+        { "{\"zoo\": \"gpt\", \"options\": {\"layers\": [1]}}", "options.layers" },
+        { "{\"zoo\": \"gtp\"}", "zoo" },
+        { "{\"name\": \"x\", \"ops\": []}", "tensors" },
+        /* the body is the model: its fields are named from the body's root */
+        { "{\"name\": \"\", \"tensors\": [], \"ops\": []}", "name" },
+    };
+    for (size_t i = 0; i < sizeof bad_models / sizeof bad_models[0]; i++) {
+        http(port, "POST", "/v1/models", NULL, bad_models[i].body, &h);
+        expect_error(&h, 400, bad_models[i].path);
+    }
+    /* JSON under another name is refused; curl's default for -d is taken */
+    http_body(port, "POST", "/v1/models", NULL, "{}", 2, "text/plain", &h);
+    expect_error(&h, 415, "");
+    const char *tiny = file_text("models/tiny-mlp.json");
+    static const char *const json_types[] = { "application/x-www-form-urlencoded",
+                                              "Application/JSON; charset=utf-8" };
+    for (int i = 0; i < 2; i++) {
+        http_body(port, "POST", "/v1/models", NULL, tiny, strlen(tiny), json_types[i], &h);
+        expect(&h, 201);
+        assert_string_equal(jstr(body_json(&h), "id"), model_id);
+    }
     http_body(port, "POST", "/v1/models", NULL, "\x0a\x03junk", 6, "application/onnx", &h);
     expect_error(&h, 400, "");
     assert_non_null(strstr(h.body, "ONNX"));
@@ -278,6 +290,14 @@ static void test_models_and_clusters(void **state)
     http(port, "GET", "/v1/models/0123456789abcdef", NULL, NULL, &h);
     expect_error(&h, 404, "");
     http(port, "GET", "/v1/clusters/'%20OR%201=1", NULL, NULL, &h);
+    expect_error(&h, 400, "id");
+    /* a request that says its length twice */
+    http(port, "POST", "/v1/models", "Content-Length: 2\r\nContent-Length: 200\r\n", NULL, &h);
+    expect_error(&h, 400, "");
+    assert_non_null(strstr(h.body, "Content-Length"));
+    /* an id does not end at an encoded NUL */
+    snprintf(path, sizeof path, "/v1/models/%s%%00junk", model_id);
+    http(port, "GET", path, NULL, NULL, &h);
     expect_error(&h, 400, "id");
     http(port, "PUT", "/v1/models", NULL, "{}", &h);
     expect_error(&h, 405, "");
@@ -310,10 +330,20 @@ static void test_estimate(void **state)
     expect_error(&h, 400, NULL);
     assert_non_null(strstr(jstr(cJSON_GetObjectItemCaseSensitive(body_json(&h), "error"), "path"),
                            "strategy"));
-    snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": 7}",
-             model_id, cluster_id);
-    http(port, "POST", "/v1/estimate", NULL, body, &h);
-    expect_error(&h, 400, "strategy");
+    /* the shorthand's members are named inside it, typos included */
+    static const struct { const char *strategy, *path; } bad[] = {
+        { "{\"kind\": \"megatron\", \"tp\": -1}", "strategy.tp" },
+        { "{\"kind\": \"megatron\", \"tpp\": 2}", "strategy.tpp" },
+        { "{\"kind\": \"megatron\", \"recompute\": 1}", "strategy.recompute" },
+        { "{\"kind\": 1}", "strategy.kind" },
+        { "7", "strategy" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": %s}",
+                 model_id, cluster_id, bad[i].strategy);
+        http(port, "POST", "/v1/estimate", NULL, body, &h);
+        expect_error(&h, 400, bad[i].path);
+    }
     snprintf(body, sizeof body, "{\"model\": \"0123456789abcdef\", \"cluster\": \"%s\", "
              "\"strategy\": {\"kind\": \"dp\"}}", cluster_id);
     http(port, "POST", "/v1/estimate", NULL, body, &h);
@@ -480,6 +510,7 @@ static void test_search_refusals(void **state)
         { "\"budget\": -3", "budget" },
         { "\"seed\": -1", "seed" },
         { "\"seed\": 1.5", "seed" },
+        { "\"seed\": 9007199254740993", "seed" },   /* past what a JSON number holds */
         { "\"threads\": 0", "threads" },
         { "\"allow_lossy\": \"yes\"", "allow_lossy" },
         { "\"devices\": 100000", "" },
@@ -692,6 +723,16 @@ static void test_token(void **state)
     assert_non_null(strstr(h.body, "needs its token"));
     http(p, "GET", "/metrics", NULL, NULL, &h);
     expect_error(&h, 401, "");
+    /* a body over the cap: a stranger is not told the cap */
+    http(p, "POST", "/v1/models", "Content-Length: 2000000\r\n", NULL, &h);
+    expect_error(&h, 401, "");
+    http(p, "POST", "/v1/models", "Content-Length: 2000000\r\n"
+         "Authorization: Bearer s3cret-token-0123456789\r\n", NULL, &h);
+    expect_error(&h, 413, "");
+    /* refusals are counted by the route they asked for */
+    http(p, "GET", "/metrics", "Authorization: Bearer s3cret-token-0123456789\r\n", NULL, &h);
+    expect(&h, 200);
+    assert_non_null(strstr(h.body, "strata_http_requests_total{route=\"/v1/models\",status=\"401\"} 4"));
     server_stop(s);
 }
 
