@@ -182,6 +182,12 @@ Cluster *cluster_from_json(const cJSON *j, int nodes, Err *err)
         int i = c->ngroups++;
         snprintf(path, sizeof path, "devices[%d]", i);
         if (parse_group(it, path, ng > 1, &c->groups[i], err)) goto fail;
+        for (int k = 0; k < i; k++)
+            if (strcmp(c->groups[k].name, c->groups[i].name) == 0) {
+                err_set(err, "%s.name: \"%s\" is already the name of devices[%d]", path,
+                        c->groups[i].name, k);
+                goto fail;
+            }
         if (c->groups[i].count == 0) c->groups[i].count = (int)total;
         sum += c->groups[i].count;
     }

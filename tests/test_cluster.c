@@ -261,6 +261,8 @@ static void test_validation(void **state)
     expect_mutation("\"memory_bw_gbps\":900", "\"memory_bw_gbps\":-900", 0,
                     "devices[1].memory_bw_gbps: must be > 0");
     expect_mutation("\"name\":\"v100\",", "", 0, "devices[1].name: missing");
+    expect_mutation("\"name\":\"v100\",", "\"name\":\"a100\",", 0,
+                    "devices[1].name: \"a100\" is already the name of devices[0]");
     expect_mutation("\"memory_bw_gbps\":900}", "\"memory_bw_gbps\":900,\"ecc\":true}", 0,
                     "devices[1]: unknown field \"ecc\"");
     expect_mutation("\"count\":2,\"link\":\"pcie\"", "\"count\":-2,\"link\":\"pcie\"", 0,
