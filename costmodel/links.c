@@ -205,7 +205,9 @@ static int fanout(const Cluster *c, const int *ranks, int n, int f[CLUSTER_MAX_L
 {
     int outer = -1;
     int64_t span = 1;
-    int64_t *seen = xmalloc(sizeof *seen * (size_t)(n > 0 ? n : 1));
+    /* the groups of a plan are small: on the stack, sorted in place */
+    int64_t small[64];
+    int64_t *seen = n <= 64 ? small : xmalloc(sizeof *seen * (size_t)n);
     for (int l = 0; l < c->nlevels; l++) {
         int64_t below = span;      /* devices in one level-(l-1) item (1 at l = 0) */
         span *= c->levels[l].count;
@@ -215,12 +217,21 @@ static int fanout(const Cluster *c, const int *ranks, int n, int f[CLUSTER_MAX_L
         int nsub = 0, nseen = 0;
         for (int i = 0; i < n; i++)
             if (ranks[i] / span == item) seen[nsub++] = ranks[i] / below;
-        qsort(seen, (size_t)nsub, sizeof *seen, cmp_i64);
+        if (nsub <= 64) {
+            for (int i = 1; i < nsub; i++)
+                for (int j = i; j > 0 && seen[j - 1] > seen[j]; j--) {
+                    int64_t x = seen[j];
+                    seen[j] = seen[j - 1];
+                    seen[j - 1] = x;
+                }
+        } else {
+            qsort(seen, (size_t)nsub, sizeof *seen, cmp_i64);
+        }
         for (int i = 0; i < nsub; i++) nseen += i == 0 || seen[i] != seen[i - 1];
         f[l] = nseen > 0 ? nseen : 1;
         if (f[l] > 1) outer = l;
     }
-    free(seen);
+    if (seen != small) free(seen);
     return outer;
 }
 

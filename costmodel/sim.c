@@ -483,10 +483,17 @@ static void span(Sim *S, int ci, int32_t i, double start, double end)
  * the pair's), so only the posting is free. Modelling NCCL streams running
  * beside the compute stream instead predicted Megatron-LM's published
  * pipelined runs 13-17% fast: their collectives block too. */
+/* Does the class's interpreter ever leave a collective in flight behind
+ * it? Only a CPU rank's does (the GPU executor waits for every call). */
+static bool runs_behind(const CState *c)
+{
+    return !c->dev.gpu;
+}
+
 static int stream_code(const Sim *S, const CState *c, const Instr *in)
 {
     if (in->kind == I_ALLOC || in->kind == I_FREE) return -1;
-    bool async = !c->dev.gpu && in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
+    bool async = runs_behind(c) && in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
                  (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED);
     return async ? S_GROUPS + key_of(S, in) : S_MAIN;
 }
@@ -1049,8 +1056,9 @@ static int advance(Sim *S, int ci)
  * Passes
  *
  * A compact program (ir_lower_compact) lists the passes of the step and the
- * body each runs. A pass with no optimizer update, no collective shared
- * with another class, no parameter-server traffic and no tied sum is
+ * body each runs. A pass with no optimizer update the interpreter may
+ * set aside (waits_async: only where collectives run behind it), no
+ * collective shared with another class, no parameter-server traffic and no tied sum is
  * regular: once every message it receives has been posted, its times follow
  * from its streams' free times, those messages and the instructions of
  * earlier passes it reads, by the very rules of the instruction-level loop
@@ -1264,7 +1272,10 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             }
         }
         if (in->kind == I_COMPUTE) {
-            if (in->op < 0 && in->phase == PH_UPDATE) k->regular = false;
+            /* an update may be set aside for an all-reduce in flight
+             * (waits_async); with nothing ever in flight it runs in its
+             * place, like any op */
+            if (in->op < 0 && in->phase == PH_UPDATE && runs_behind(c)) k->regular = false;
             CostSource src = CM_SRC_ANALYTIC;
             if (twin) {
                 k->dur[x] = twin->dur[x];
