@@ -2031,11 +2031,7 @@ static void summarise(Sim *S)
     r->bubble = staged ? bubble / staged : 0;
     r->hw_flops = hw;
 
-    GraphStats st;
-    if (graph_stats(S->g, &st, NULL) == 0) {
-        r->model_flops = st.train_flops;
-        graph_stats_free(&st);
-    }
+    r->model_flops = S->g->train_flops;
     DType dt = model_dtype(S->g);
     r->peak_flops = 0;
     for (int rk = 0; rk < s->world; rk++)

@@ -809,6 +809,11 @@ Graph *graph_from_json(const cJSON *j, Err *err)
                     "that computes it, or give it another role)", i, g->tensors[i].name);
             goto err;
         }
+    for (i = 0; i < no; i++) {
+        OpCost c;
+        graph_op_cost(g, i, g->ops[i].size, &c);
+        g->train_flops += c.flops[COST_FWD] + c.flops[COST_BWD_DATA] + c.flops[COST_BWD_WEIGHT];
+    }
     index_free(&tix);
     index_free(&oix);
     return g;

@@ -100,6 +100,8 @@ typedef struct {
     Op *ops;                                   /* in a valid topological order */
     int nops;
     int nblocks;                               /* 1 + the largest block id */
+    double train_flops;                        /* one step: forward and backward of every
+                                                  op (graph_stats' train_flops, kept) */
 } Graph;
 
 /* Work and traffic of one op phase. Bytes are those read plus written. */

@@ -766,6 +766,7 @@ static void test_stats(void **state)
     assert_close(st.fwd_flops, 31200, 0);
     /* fc1 2x, fc2 and head 3x, biases fwd+2fwd+wgrad, relus 3x, loss 3x */
     assert_close(st.train_flops, 16384 + 1024 + 768 + 49152 + 1024 + 768 + 15360 + 320 + 1200, 0);
+    assert_close(g->train_flops, st.train_flops, 0);     /* kept from loading */
     assert_close(st.act_bytes, (6 * 256 + 2 * 80 + 1) * 4.0, 0);
     assert_int_equal(st.nblocks, 2);
     assert_close(st.block_params[0], 544, 0);

@@ -115,6 +115,7 @@ static void check_megatron(const char *args, double l, double h, double s, doubl
     double F = 72 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h));
     if (st.params != P) fail_msg("%s: %.0f params, Megatron's formula gives %.0f", args, st.params, P);
     assert_rel(st.train_flops, F, 0.01);
+    assert_true(g->train_flops == st.train_flops);
     assert_true(st.fwd_flops < st.train_flops / 2.9 && st.fwd_flops > st.train_flops / 3.1);
     assert_int_equal(g->nblocks, (int)l);
     print_message("%-22s %6d ops  %.0f params  train %.4g FLOPs (%+.3f%% vs closed form)  built in %.3f s\n",
