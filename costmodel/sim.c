@@ -133,7 +133,9 @@ typedef struct {
     double t;
 } CollTime;
 
-#define COLL_TIMES 4
+/* enough for a layer's distinct gradient sizes (the last backward's
+ * all-reduces, param by param) and its activations' */
+#define COLL_TIMES 16
 
 typedef struct {
     Meet *v;
