@@ -13,8 +13,8 @@
 #include <cmocka.h>
 
 #include "db/db.h"
-#include "executor/build.h"
 #include "tests/support/cli_harness.h"
+#include "tests/support/store_fixtures.h"
 
 static const char *small_gpt(void)
 {
@@ -188,19 +188,9 @@ static const char *profiled_db(const char *name)
     Err err = {0};
     Db *d = db_open(db, &err);
     assert_non_null(d);
-    char *cj = track(slurp(rp("clusters/local-cpu.json"), NULL));
-    assert_non_null(cj);
-    char build[128];             /* measured by this build */
-    snprintf(build, sizeof build, "{\"kernels\":\"%s\",\"threads\":1}", build_kernels_id());
-    DbProfile p = { .host = "test", .device = "test cpu", .backend = "cpu", .ranks = 2,
-                    .notes = "1 BLAS thread per device", .build_json = build };
-    int64_t id = 0;
-    assert_int_equal(db_profile_begin(d, &p, &id, &err), 0);
-    assert_int_equal(db_profile_set_device(d, id, "test cpu", 1.45e11, 1e10, 12e9,
-                                           "1 BLAS thread per device", &err), 0);
     DbProfileFit fit = { .collective = "all_reduce", .group_size = 2, .level = "core",
                          .alpha_s = 5e-6, .beta_s = 2.5e-10, .n = 10 };
-    assert_int_equal(db_profile_finish(d, id, 1, "complete", &fit, 1, cj, &err), 0);
+    fixture_cpu_profile(d, &fit, 1);
     db_close(d);
     return db;
 }

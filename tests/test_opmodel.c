@@ -28,9 +28,9 @@
 #include "costmodel/costmodel.h"
 #include "costmodel/train.h"
 #include "db/db.h"
-#include "executor/build.h"
 #include "ir/util.h"
 #include "tests/support/cli_harness.h"
+#include "tests/support/store_fixtures.h"
 
 /* training runs ~1 s here, several times that under the sanitizers */
 #define DEADLINE_S 300
@@ -794,16 +794,7 @@ static void test_costmodel_other_device_warns(void **state)
     Err err = {0};
     Db *h = db_open(db, &err);
     assert_non_null(h);
-    char *cj = track(slurp(rp("clusters/local-cpu.json"), NULL));
-    char build[128];
-    snprintf(build, sizeof build, "{\"kernels\":\"%s\",\"threads\":1}", build_kernels_id());
-    DbProfile p = { .host = "test", .device = "test cpu", .backend = "cpu", .ranks = 2,
-                    .notes = "1 BLAS thread per device", .build_json = build };
-    int64_t id = 0;
-    assert_int_equal(db_profile_begin(h, &p, &id, &err), 0);
-    assert_int_equal(db_profile_set_device(h, id, "test cpu", 1.45e11, 1e10, 12e9,
-                                           "1 BLAS thread per device", &err), 0);
-    assert_int_equal(db_profile_finish(h, id, 1, "complete", NULL, 0, cj, &err), 0);
+    int64_t id = fixture_cpu_profile(h, NULL, 0);
     DbCostModel cm = { .profile_id = id, .kind = "mlp", .weights = T.r.blob, .nweights = T.r.nblob,
                        .heldout_error = 0.1, .device = "test cpu", .seed = 7 };
     hash_hex(T.r.blob, T.r.nblob, cm.id);
