@@ -474,17 +474,6 @@ static void span(Sim *S, int ci, int32_t i, double start, double end)
     r->nspans[ci] = n + 1;
 }
 
-/* The stream an instruction runs on, by how the backend executes the
- * program. Both executors interpret it on one thread. The CPU one (MPI)
- * blocks in every communication except the gradient all-reduces it starts
- * without waiting (in place, uncompressed) and the sends it posts. The GPU
- * one (NCCL, executor/comm_nccl.c) waits for the device's queued kernels
- * before each call and for the call to finish, so every collective holds
- * the interpreter; a send is queued and launched with the next receive,
- * which holds the interpreter until its bytes arrive (the receive's time is
- * the pair's), so only the posting is free. Modelling NCCL streams running
- * beside the compute stream instead predicted Megatron-LM's published
- * pipelined runs 13-17% fast: their collectives block too. */
 /* Does the class's interpreter ever leave a collective in flight behind
  * it? Only a CPU rank's does (the GPU executor waits for every call). */
 static bool runs_behind(const CState *c)
@@ -492,6 +481,20 @@ static bool runs_behind(const CState *c)
     return !c->dev.gpu;
 }
 
+/* The stream an instruction runs on, by how the backend executes the
+ * program. Both executors interpret it on one thread. The CPU one (MPI)
+ * blocks in every communication except the gradient all-reduces it starts
+ * without waiting (in place, uncompressed) and the sends it posts. (It
+ * also starts ZeRO's reduce-scatters and all-gathers without waiting,
+ * which this model does not yet follow: they hold the interpreter here.)
+ * The GPU
+ * one (NCCL, executor/comm_nccl.c) waits for the device's queued kernels
+ * before each call and for the call to finish, so every collective holds
+ * the interpreter; a send is queued and launched with the next receive,
+ * which holds the interpreter until its bytes arrive (the receive's time is
+ * the pair's), so only the posting is free. Modelling NCCL streams running
+ * beside the compute stream instead predicted Megatron-LM's published
+ * pipelined runs 13-17% fast: their collectives block too. */
 static int stream_code(const Sim *S, const CState *c, const Instr *in)
 {
     if (in->kind == I_ALLOC || in->kind == I_FREE) return -1;
@@ -1060,14 +1063,15 @@ static int advance(Sim *S, int ci)
  * A compact program (ir_lower_compact) lists the passes of the step and the
  * body each runs. A pass with no optimizer update the interpreter may
  * set aside (waits_async: only where collectives run behind it), no
- * collective shared with another class, no parameter-server traffic and no tied sum is
- * regular: once every message it receives has been posted, its times follow
- * from its streams' free times, those messages and the instructions of
- * earlier passes it reads, by the very rules of the instruction-level loop
- * above, in one sweep over the body in program order. Passes run whole
- * that way, class after class, as long as some class can; the rest of the
- * step (the last micro-batch's backward with its synchronisation, the tail)
- * then runs instruction by instruction, from where the streams stand. Only
+ * collective shared with another class, no parameter-server traffic and
+ * no tied sum is regular: once every message it receives has been posted,
+ * its times follow from its streams' free times, those messages and the
+ * instructions of earlier passes it reads, by the very rules of the
+ * instruction-level loop above, in one sweep over the body in program
+ * order. Passes run whole that way, class after class, as long as some
+ * class can; the rest of the step (the tail, and on a CPU rank the last
+ * micro-batch's backward with its updates) then runs instruction by
+ * instruction, from where the streams stand. Only
  * instructions another pass reads keep their times (the exports).
  *
  * A collective shared with other classes starts when the last of them is
