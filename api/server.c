@@ -229,6 +229,21 @@ static enum MHD_Result dispatch(Req *r)
     return h(r);
 }
 
+/* A body over --max-body (declared: its Content-Length, NULL when it grew
+ * past the cap while arriving): 413, counted under the route asked for;
+ * to a client without the token a 401, since a stranger learns nothing of
+ * the server, its limits included. */
+static enum MHD_Result too_big(Req *r, const char *declared)
+{
+    size_t cap = r->S->o.max_body;
+    r->route = match(r, r->url);
+    if (!authorized(r)) return unauthorized(r);
+    if (declared)
+        return reply_error(r, 413, "", "the request body is %s bytes; this server takes at most "
+                           "%zu (--max-body)", declared, cap);
+    return reply_error(r, 413, "", "the request body is larger than %zu bytes (--max-body)", cap);
+}
+
 /* Percent-decoding of the path and the query, in place: as the standard's,
  * except that %00 stays as it is. Decoded, it would end the C string
  * early, and "/v1/models/<id>%00junk" would name the model <id>. */
@@ -288,11 +303,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > S->o.max_body) {
             r->too_big = true;
-            r->route = match(r, r->url);
-            /* a stranger learns nothing of the server, its limits included */
-            if (!authorized(r)) return unauthorized(r);
-            return reply_error(r, 413, "", "the request body is %s bytes; this server takes at "
-                               "most %zu (--max-body)", cl, S->o.max_body);
+            return too_big(r, cl);
         }
         return MHD_YES;
     }
@@ -311,12 +322,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         return MHD_YES;
     }
     if (r->status) return MHD_YES;     /* answered already (413 before the body) */
-    if (r->too_big) {
-        r->route = match(r, r->url);
-        if (!authorized(r)) return unauthorized(r);
-        return reply_error(r, 413, "", "the request body is larger than %zu bytes (--max-body)",
-                           S->o.max_body);
-    }
+    if (r->too_big) return too_big(r, NULL);
     return dispatch(r);
 }
 
@@ -328,9 +334,7 @@ int api_handle(Server *S, const char *method, const char *path, const char *cons
               .query = query, .nquery = nquery, .headers = headers, .nheaders = nheaders,
               .t0 = now_s() };
     if (len > S->o.max_body) {
-        if (!authorized(&r)) unauthorized(&r);
-        else reply_error(&r, 413, "", "the request body is larger than %zu bytes (--max-body)",
-                         S->o.max_body);
+        too_big(&r, NULL);
         return r.status;
     }
     if (len) {
