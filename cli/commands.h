@@ -13,11 +13,12 @@
 #define CLI_DEFAULT_DB "strata.db"
 
 /* For a command that reads the store: parses argv (--db, --json, --help and
- * npos positional arguments), answers --help or a usage mistake, and opens the
+ * npos positional arguments), answers --help or a usage mistake (a malformed
+ * id of an id_noun row, when id_noun is given, among them), and opens the
  * database, which must exist. Returns NULL with *rc the exit status when the
  * command is done already; else the caller closes the Db. */
-Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos, Args *a,
-                   int *rc);
+Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos,
+                   const char *id_noun, Args *a, int *rc);
 
 /* --model and --cluster (when need_cluster) given, and --also when not NULL;
  * --nodes only with --cluster. */

@@ -380,7 +380,7 @@ int cmd_costmodel_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "costmodel list", "strata costmodel list [--db PATH] [--json]",
-                            0, &a, &rc);
+                            0, NULL, &a, &rc);
     if (!db) return rc;
     DbCostModel *rows = NULL;
     int n = 0;
@@ -420,7 +420,8 @@ int cmd_costmodel_show(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "costmodel show",
-                            "strata costmodel show ID [--db PATH] [--json]", 1, &a, &rc);
+                            "strata costmodel show ID [--db PATH] [--json]", 1, "cost model",
+                            &a, &rc);
     if (!db) return rc;
     DbCostModel c;
     int got = db_costmodel_get(db, a.pos[0], &c, &err);

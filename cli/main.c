@@ -120,8 +120,8 @@ static const OptSpec DB_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
-Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos, Args *a,
-                   int *rc)
+Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos,
+                   const char *id_noun, Args *a, int *rc)
 {
     Err err = {0};
     if (args_parse(argc, argv, DB_OPTS, false, a, &err)) {
@@ -130,6 +130,10 @@ Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, in
     }
     if (args_has(a, "help") || a->npos != npos) {
         *rc = usage_for(a, usage, DB_OPTS);
+        return NULL;
+    }
+    if (id_noun && db_id_check(id_noun, a->pos[0], &err)) {
+        *rc = usage_error(cmd, &err);
         return NULL;
     }
     const char *path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
@@ -307,7 +311,7 @@ static int cmd_model_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "model list", "strata model list [--db PATH] [--json]", 0,
-                            &a, &rc);
+                            NULL, &a, &rc);
     if (!db) return rc;
     DbModel *rows;
     int n;
@@ -668,7 +672,7 @@ static int cmd_plans_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "plans list", "strata plans list [--db PATH] [--json]", 0,
-                            &a, &rc);
+                            NULL, &a, &rc);
     if (!db) return rc;
     const char *path = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
     DbPlan *rows;
@@ -706,7 +710,7 @@ static int cmd_plans_show(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "plans show", "strata plans show ID [--db PATH] [--json]",
-                            1, &a, &rc);
+                            1, "plan", &a, &rc);
     if (!db) return rc;
     DbPlan p;
     rc = db_plan_get(db, a.pos[0], &p, &err);
@@ -764,6 +768,7 @@ static int cmd_plans_export(int argc, char **argv)
     Err err = {0};
     if (args_parse(argc, argv, OPTS, false, &a, &err)) return usage_error("plans export", &err);
     if (args_has(&a, "help") || a.npos != 1) return usage_for(&a, line, OPTS);
+    if (db_id_check("plan", a.pos[0], &err)) return usage_error("plans export", &err);
     ExportTarget to;
     if (!args_get(&a, "to") || export_target_parse(args_get(&a, "to"), &to)) {
         err_set(&err, "--to: %s%s%s (one of: megatron, deepspeed, torchtitan)",

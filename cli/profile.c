@@ -686,7 +686,7 @@ int cmd_profile_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "profile list", "strata profile list [--db PATH] [--json]",
-                            0, &a, &rc);
+                            0, NULL, &a, &rc);
     if (!db) return rc;
     DbProfile *rows = NULL;
     int n = 0;
@@ -833,7 +833,7 @@ int cmd_profile_show(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "profile show", "strata profile show ID [--db PATH] [--json]",
-                            1, &a, &rc);
+                            1, NULL, &a, &rc);
     if (!db) return rc;
     char *end;
     errno = 0;

@@ -725,6 +725,10 @@ int cmd_run(int argc, char **argv)
                         "or give --model and --strategy\n");
         return EXIT_USAGE;
     }
+    if (args_get(&a, "plan") && db_id_check("plan", args_get(&a, "plan"), &err)) {
+        fprintf(stderr, "strata run: --plan: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
     if (!args_get(&a, "plan") && !args_get(&a, "model")) strcat(missing, " --model");
     if (!args_get(&a, "plan") && !args_get(&a, "strategy")) strcat(missing, " --strategy");
     if (missing[0]) {
@@ -836,7 +840,7 @@ int cmd_runs_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "runs list", "strata runs list [--db PATH] [--json]", 0,
-                            &a, &rc);
+                            NULL, &a, &rc);
     if (!db) return rc;
     DbRun *rows = NULL;
     int n = 0;
@@ -874,7 +878,7 @@ int cmd_runs_show(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "runs show", "strata runs show ID [--db PATH] [--json]", 1,
-                            &a, &rc);
+                            "run", &a, &rc);
     if (!db) return rc;
     DbRun r;
     DbRunStep *st = NULL;

@@ -261,7 +261,8 @@ int cmd_searches_list(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "searches list",
-                            "strata searches list [--db PATH] [--json]", 0, &a, &rc);
+                            "strata searches list [--db PATH] [--json]", 0, NULL, &a,
+                            &rc);
     if (!db) return rc;
     DbSearch *rows;
     int n;
@@ -303,7 +304,8 @@ int cmd_searches_show(int argc, char **argv)
     Err err = {0};
     int rc;
     Db *db = cli_open_store(argc, argv, "searches show",
-                            "strata searches show ID [--db PATH] [--json]", 1, &a, &rc);
+                            "strata searches show ID [--db PATH] [--json]", 1, "search",
+                            &a, &rc);
     if (!db) return rc;
     DbSearch x;
     rc = db_search_get(db, a.pos[0], &x, &err);
@@ -377,6 +379,10 @@ int cmd_searches_events(int argc, char **argv)
         return 0;
     }
     int64_t after = 0;
+    if (db_id_check("search", a.pos[0], &err)) {
+        fprintf(stderr, "strata searches events: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
     if (args_int(&a, "after", 0, INT32_MAX, &after, &err)) {
         fprintf(stderr, "strata searches events: %s\n", err.msg);
         return EXIT_USAGE;

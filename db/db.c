@@ -467,6 +467,12 @@ static Db *open_db(const char *path, bool create, Err *err)
     if (query_int(db, "PRAGMA user_version", &version, err)) goto err;
     if (query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", &tables, err))
         goto err;
+    if (!create && !is_memory_path(path) && version == 0 && tables == 0) {
+        /* an empty file: a command that only reads leaves it empty */
+        err_set(err, "%s: no strata database here: the file is empty (`strata lower` creates one)",
+                path);
+        goto fail;
+    }
     if (version == 0 && tables > 0) {
         err_set(err, "%s: is a SQLite database of something else (it has %d table%s and no "
                 "strata schema); give strata a file of its own", path, tables,
@@ -565,28 +571,38 @@ static int check_id(const char *id, const char *what, Err *err)
 /* Turns a full id or a unique prefix of at least 4 hex digits into the full
  * id of a row of `table`. Returns 0, 1 when nothing matches, -1 on bad input,
  * an ambiguous prefix or an SQL error. `table` is one of ours, never input. */
-static int resolve_id(Db *db, const char *table, const char *noun, const char *in,
-                      char out[17], Err *err)
+int db_id_check(const char *noun, const char *in, Err *err)
 {
-    sqlite3_stmt *st = NULL;
     if (!in || !in[0]) return err_set(err, "no %s id given", noun);
     size_t n = strlen(in);
     if (n > 16)
         return err_set(err, "%s id '%.40s%s' is too long (ids are 16 hex digits)",
                        noun, in, n > 40 ? "..." : "");
-    char lo[17], hi[18];
     for (size_t i = 0; i < n; i++) {
         int c = (unsigned char)in[i];
         if (c >= 'A' && c <= 'F') c += 'a' - 'A';
         if (!is_hex(c))
             return err_set(err, "%s id '%s' has a character that is not a hex digit; "
                            "ids are made of 0-9 and a-f", noun, in);
-        lo[i] = (char)c;
     }
-    lo[n] = '\0';
     if (n < 4)
         return err_set(err, "%s id prefix '%s' is too short; give at least 4 hex digits",
                        noun, in);
+    return 0;
+}
+
+static int resolve_id(Db *db, const char *table, const char *noun, const char *in,
+                      char out[17], Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (db_id_check(noun, in, err)) return -1;
+    size_t n = strlen(in);
+    char lo[17], hi[18];
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)in[i];
+        lo[i] = (char)(c >= 'A' && c <= 'F' ? c + 'a' - 'A' : c);
+    }
+    lo[n] = '\0';
     snprintf(hi, sizeof hi, "%sg", lo);
 
     char sql[128];

@@ -91,6 +91,11 @@ int db_cluster_put(Db *db, const DbCluster *c, Err *err);
 /* The plan's model and cluster must be stored first (foreign keys). */
 int db_plan_put(Db *db, const DbPlan *p, Err *err);
 
+/* Is `in` a well-formed id of a `noun` row, or prefix of one (4 to 16 hex
+ * digits)? 0, or -1 with err saying what is wrong: what every lookup by id
+ * checks before it reads the store, for a caller to check first. */
+int db_id_check(const char *noun, const char *in, Err *err);
+
 /* Gets by id or by a unique id prefix (at least 4 hex digits). Returns 0,
  * 1 when not found (err says so), -1 on error (an ambiguous prefix too). */
 int db_model_get(Db *db, const char *id, DbModel *out, Err *err);

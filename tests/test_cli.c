@@ -1198,13 +1198,13 @@ static void test_lower_store_and_plans(void **state)
     EXPECT_ERR(&r, "no plan", "deadbeefdeadbeef");
     assert_string_equal(r.out, "");
     STRATA(&r, "plans", "show", "5", "--db", db);
-    EXPECT_RC(&r, 1);
+    EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "'5'", "at least 4");
     STRATA(&r, "plans", "show", "xyz!", "--db", db);
-    EXPECT_RC(&r, 1);
+    EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "'xyz!'", "hex");
     STRATA(&r, "plans", "show", "0123456789abcdef0", "--db", db);
-    EXPECT_RC(&r, 1);
+    EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "too long");
     res_free(&r);
 }
@@ -1363,6 +1363,41 @@ static void test_read_commands_create_no_db(void **state)
     res_free(&r);
 }
 
+/* A malformed id is a mistyped argument, exit 2 wherever an id is taken,
+ * said before the store is opened; a well-formed one that matches nothing
+ * is a failed lookup, exit 1. A command that only reads leaves an empty
+ * file empty. */
+static void test_malformed_ids_are_usage(void **state)
+{
+    (void)state;
+    Res r = {0};
+    const char *path = tp("empty.db");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    const char *cmds[][3] = { { "plans", "show", "x1" },     { "runs", "show", "-1" },
+                              { "searches", "show", "abc" }, { "searches", "events", "zz" },
+                              { "costmodel", "show", "q" },  { "plans", "export", "0123456789abcdef0" } };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (!strcmp(cmds[i][1], "export"))
+            STRATA(&r, cmds[i][0], cmds[i][1], cmds[i][2], "--to", "megatron", "--db", path);
+        else
+            STRATA(&r, cmds[i][0], cmds[i][1], cmds[i][2], "--db", path);
+        EXPECT_RC(&r, 2);
+        EXPECT_ERR(&r, "id");
+    }
+    STRATA(&r, "run", "--plan", "ab!d", "--db", path);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--plan", "not a hex digit");
+    STRATA(&r, "plans", "show", "abcd", "--db", path);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "the file is empty");
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    res_free(&r);
+}
+
 /* ----------------------------------------------------------------------------
  * main */
 
@@ -1398,6 +1433,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lower_json_dp_allreduce_bytes, harness_release_all),
         cmocka_unit_test_teardown(test_lower_store_and_plans, harness_release_all),
         cmocka_unit_test_teardown(test_db_unwritable, harness_release_all),
+        cmocka_unit_test_teardown(test_malformed_ids_are_usage, harness_release_all),
         cmocka_unit_test_teardown(test_serve_token_file, harness_release_all),
         cmocka_unit_test_teardown(test_db_not_a_database, harness_release_all),
         /* regressions: each of these was a defect once */

@@ -300,6 +300,36 @@ static void test_not_a_database_rejected(void **state)
     assert_int_equal(sb.st_size, 100 * 36);
 }
 
+/* A command that only reads does not make a strata store of a file that
+ * is not one: missing or empty, it is an error and stays as it was; a
+ * command that writes makes it one. */
+static void test_open_existing_leaves_files_alone(void **state)
+{
+    Fx *fx = *state;
+    char path[400];
+    snprintf(path, sizeof path, "%s/other.db", fx->dir);
+    assert_null(db_open_existing(path, &fx->err));
+    assert_contains(fx->err.msg, "no strata database here");
+    assert_int_not_equal(access(path, F_OK), 0);
+
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_null(db_open_existing(path, &fx->err));
+    assert_contains(fx->err.msg, path);
+    assert_contains(fx->err.msg, "the file is empty");
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+
+    Db *db = db_open(path, &fx->err);
+    assert_non_null(db);
+    db_close(db);
+    assert_non_null(db = db_open_existing(path, &fx->err));
+    assert_int_equal(db_schema_version(db), LATEST);
+    db_close(db);
+}
+
 static void test_unopenable_paths_rejected(void **state)
 {
     Fx *fx = *state;
@@ -1895,6 +1925,7 @@ int main(void)
         cmocka_unit_test(test_memory_database),
         cmocka_unit_test_setup_teardown(test_newer_schema_rejected, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_database_rejected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_existing_leaves_files_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unopenable_paths_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_list_empty, setup_open, teardown),
