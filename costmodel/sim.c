@@ -483,11 +483,9 @@ static bool runs_behind(const CState *c)
 
 /* The stream an instruction runs on, by how the backend executes the
  * program. Both executors interpret it on one thread. The CPU one (MPI)
- * blocks in every communication except the gradient all-reduces it starts
- * without waiting (in place, uncompressed) and the sends it posts. (It
- * also starts ZeRO's reduce-scatters and all-gathers without waiting,
- * which this model does not yet follow: they hold the interpreter here.)
- * The GPU
+ * blocks in every communication except the collectives it starts without
+ * waiting (Instr.behind: gradient all-reduces in place, ZeRO's
+ * reduce-scatters and all-gathers) and the sends it posts. The GPU
  * one (NCCL, executor/comm_nccl.c) waits for the device's queued kernels
  * before each call and for the call to finish, so every collective holds
  * the interpreter; a send is queued and launched with the next receive,
@@ -498,9 +496,7 @@ static bool runs_behind(const CState *c)
 static int stream_code(const Sim *S, const CState *c, const Instr *in)
 {
     if (in->kind == I_ALLOC || in->kind == I_FREE) return -1;
-    bool async = runs_behind(c) && in->kind == I_ALLREDUCE && in->compress == COMPRESS_NONE &&
-                 (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED);
-    return async ? S_GROUPS + key_of(S, in) : S_MAIN;
+    return runs_behind(c) && in->behind ? S_GROUPS + key_of(S, in) : S_MAIN;
 }
 
 /* The same as a stream of this class's instruction-level loop: the first
@@ -1063,8 +1059,9 @@ static int advance(Sim *S, int ci)
  * A compact program (ir_lower_compact) lists the passes of the step and the
  * body each runs. A pass with no optimizer update the interpreter may
  * set aside (waits_async: only where collectives run behind it), no
- * collective shared with another class, no parameter-server traffic and
- * no tied sum is regular: once every message it receives has been posted,
+ * collective behind a CPU rank's interpreter (cpu_shares), no collective
+ * shared with another class, no parameter-server traffic and no tied sum
+ * is regular: once every message it receives has been posted,
  * its times follow from its streams' free times, those messages and the
  * instructions of earlier passes it reads, by the very rules of the
  * instruction-level loop above, in one sweep over the body in program
@@ -1264,6 +1261,10 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         int code = stream_code(S, c, in);
         k->code[x] = (int16_t)code;
         if (code < 0) continue;
+        /* a collective behind a CPU rank's interpreter takes its core as
+         * the instruction-level loop interleaves the streams, which one
+         * sweep in program order does not follow */
+        if (cpu_shares(code)) k->regular = false;
         if (at[code] < 0) {
             at[code] = (int16_t)k->nstream;
             k->busy[k->nstream] = 0;

@@ -840,8 +840,7 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
     int64_t ns = rt->numel[sv];
     size_t fb = sizeof(float);
 
-    if (in->kind == I_ALLREDUCE && dvl == sv && in->compress == COMPRESS_NONE &&
-        (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED)) {
+    if (in->kind == I_ALLREDUCE && in->behind) {
         /* a gradient sync runs behind the rest of the backward: started here,
          * waited for by the first instruction that depends on it */
         CommReq *req = NULL;
@@ -857,7 +856,7 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
 
     int rc = -1;
     float *send = NULL, *recv = NULL;
-    if (in->kind == I_REDUCE_SCATTER && D->shard) {
+    if (in->kind == I_REDUCE_SCATTER && in->behind) {
         /* ZeRO: the flat gradient, padded to G parts, summed part-wise into
          * this rank's shard; the whole gradient restarts from zero. Unpadded,
          * the gradient itself is sent, and zeroed once the backend is done
@@ -877,7 +876,7 @@ static int exec_coll(Runtime *rt, const Instr *in, Err *err)
                                             .send = send, .recv = recv, .dst = dst, .n = chunk,
                                             .zero = padded ? NULL : src, .nzero = ns }, err);
     }
-    if (in->kind == I_ALLGATHER && (S->shard || (dvl == sv && D->kind == VAL_PARAM))) {
+    if (in->kind == I_ALLGATHER && in->behind) {
         /* ZeRO: flat shards of the param gathered into the whole: straight
          * into it when the shards tile it exactly, else through a padded
          * buffer */

@@ -451,7 +451,28 @@ static int32_t emit(Low *L, InstrKind kind, Phase ph, Why why, AxisMask axes, in
     in->arg0 = pr->nargs;
     for (int i = 0; i < nargs; i++) pr->args[pr->nargs++] = args[i];
     in->nargs = (uint8_t)nargs;
+    in->behind = instr_may_run_behind(pr, in);
     return pr->ninstrs++;
+}
+
+bool instr_may_run_behind(const Program *pr, const Instr *in)
+{
+    if (in->nargs < 2) return false;
+    const int32_t *a = &pr->args[in->arg0];
+    int32_t dst = a[0], src = a[1];
+    if (dst < 0 || src < 0) return false;
+    const Value *D = &pr->values[dst], *S = &pr->values[src];
+    switch ((InstrKind)in->kind) {
+    case I_ALLREDUCE:
+        return dst == src && in->compress == COMPRESS_NONE &&
+               (in->why == WHY_GRAD_SYNC || in->why == WHY_TIED);
+    case I_REDUCE_SCATTER:
+        return D->shard != 0;
+    case I_ALLGATHER:
+        return S->shard != 0 || (dst == src && D->kind == VAL_PARAM);
+    default:
+        return false;
+    }
 }
 
 /* A compute instruction; op -1 with a tensor for work outside ops (sums, updates). */
@@ -464,6 +485,14 @@ static int32_t emit_compute(Low *L, int op, int t, Phase ph, int mb, double flop
     L->pr->instrs[i].mem_bytes = (float)bytes;
     L->pr->instrs[i].recompute = recompute;
     return i;
+}
+
+/* Compresses gradient sync i, which can change whether it runs behind. */
+static void set_compress(Low *L, int32_t i, Compress c)
+{
+    Instr *in = &L->pr->instrs[i];
+    in->compress = (uint8_t)c;
+    in->behind = instr_may_run_behind(L->pr, in);
 }
 
 /* A collective from value src into a new value (or in place when dst >= 0). */
@@ -1021,7 +1050,7 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
          * shard and clears the whole gradient for the next micro-batch */
         last = emit_coll(L, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                          compressed(S, t, b), last, L->pshard_val[t]);
-        L->pr->instrs[last.instr].compress = pp->compress;
+        set_compress(L, last.instr, pp->compress);
         if (own) emit_mem(L, I_FREE, L->pgrad_val[t], last.instr);
         upd_grad = L->pshard_val[t];
         if (!final) return;
@@ -1033,14 +1062,14 @@ static void sync_param(Low *L, int t, int mb, int32_t grad, bool final)
             powersgd_dims(S, t, &rows, &cols);
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                              (int64_t)pp->powersgd_rank * rows * 4, last, last.val);
-            L->pr->instrs[last.instr].compress = pp->compress;
+            set_compress(L, last.instr, pp->compress);
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                              (int64_t)pp->powersgd_rank * cols * 4, last, last.val);
         } else {
             last = emit_coll(L, I_ALLREDUCE, PH_BWD_WEIGHT, WHY_GRAD_SYNC, ax, -1, t, mb,
                              compressed(S, t, b), last, last.val);
         }
-        L->pr->instrs[last.instr].compress = pp->compress;
+        set_compress(L, last.instr, pp->compress);
     } else if (!final) {
         return;
     }

@@ -63,7 +63,8 @@ typedef struct {
     uint8_t recompute;     /* compute: forward rerun in backward */
     uint8_t compress;      /* Compress of a gradient sync */
     uint8_t nargs;         /* values it touches: Program.args[arg0 .. arg0+nargs) */
-    uint8_t pad_;
+    uint8_t behind;        /* a collective an interpreter may start and leave in flight
+                              (instr_may_run_behind) */
     AxisMask axes;         /* collective group / peer axis */
     int16_t part, nparts;  /* a flat part of the value (PS shards): part k of nparts; 0, 0: whole */
     int16_t pad2_;
@@ -236,6 +237,17 @@ void plan_free(Plan *p);
 cJSON *plan_summary_json(const Plan *p, const Strategy *s);
 /* The same as text, for people. */
 void plan_summary_print(const Plan *p, const Strategy *s, FILE *f);
+
+/* Can an interpreter start collective `in` of pr and go on without waiting
+ * for it, until an instruction that needs it (one that depends on it, or
+ * touches a value it reads or writes)? The gradient all-reduces in place,
+ * uncompressed; ZeRO's reduce-scatters into a shard; its all-gathers of a
+ * shard, or of a param in place. Everything else needs the collective's
+ * result at once or is transformed around it. A CPU rank (MPI's
+ * non-blocking calls) leaves these behind it; the GPU executor waits for
+ * every call. Set on every instruction as it is lowered (Instr.behind), so
+ * the executor and the simulator read one answer. */
+bool instr_may_run_behind(const Program *pr, const Instr *in);
 
 /* Total payload bytes of one class by instruction kind (I_ALLREDUCE..I_RECV),
  * optionally restricted to one reason (WHY_COUNT = all). */

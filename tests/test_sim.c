@@ -117,6 +117,11 @@ static int32_t add(Hand *h, int c, InstrKind k, Phase ph, Why why, AxisMask axes
     in->op = -1;
     in->tensor = tensor;
     in->micro = -1;
+    /* what the lowering marks (instr_may_run_behind): gradient syncs in
+     * place, ZeRO's scatters into and gathers of shards */
+    in->behind = (k == I_ALLREDUCE && (why == WHY_GRAD_SYNC || why == WHY_TIED)) ||
+                 (k == I_REDUCE_SCATTER && why == WHY_GRAD_SYNC) ||
+                 (k == I_ALLGATHER && why == WHY_PARAM_GATHER);
     if (k == I_COMPUTE) in->flops = (float)seconds;
     else in->mem_bytes = (float)seconds;
     in->dep0 = pr->ndeps;
@@ -340,6 +345,84 @@ static void test_cpu_interpreter_blocks(void **state)
     hand_free(&h);
     cluster_free(c);
     strategy_free(s);
+    graph_free(g);
+}
+
+/* ZeRO's reduce-scatters go behind a CPU rank's interpreter as its
+ * gradient all-reduces do: a rank ready first goes on with the work that
+ * does not need the scatter while it waits for its group (the collective's
+ * own time still costs its core). On a GPU the call holds the interpreter.
+ * Rank 0: b [0,1], x 2 s, the update 1 s; rank 1: b [0,3], the update.
+ * The scatter (2 s) starts when rank 1 is ready, at 3.
+ *   CPU: rank 0 runs x [1,3], the scatter [3,5] on its core, the update
+ *        [5,6]; rank 1 the scatter [3,5], the update [5,6]: 6.
+ *   GPU: rank 0 waits in the scatter [1,5], x [5,7], the update [7,8]: 8. */
+static void test_cpu_zero_collectives_behind(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    const char *kinds[2] = { "cpu", "gpu" };
+    double want[2] = { 6, 8 };
+    for (int k = 0; k < 2; k++) {
+        Cluster *c = cluster_kind(2, 80, kinds[k]);
+        Strategy *s = strat(g, "{\"mesh\":{\"dp\":2}}");
+        Hand h;
+        hand_init(&h, 2);
+        double work[2] = { 1, 3 };
+        for (int q = 0; q < 2; q++) {
+            int32_t b = add(&h, q, I_COMPUTE, PH_BWD_WEIGHT, WHY_NONE, 0, -1, -1, work[q], -1);
+            int32_t rs = add(&h, q, I_REDUCE_SCATTER, PH_BWD_WEIGHT, WHY_GRAD_SYNC, 1, -1, -1, 2, b, -1);
+            if (q == 0) add(&h, q, I_COMPUTE, PH_BWD_DATA, WHY_NONE, 0, -1, -1, 2, b, -1);
+            add(&h, q, I_COMPUTE, PH_UPDATE, WHY_NONE, 0, -1, -1, 1, rs, -1);
+        }
+        SimResult r;
+        simulate(g, c, s, &h.p, &r);
+        if (fabs(r.step_time - want[k]) > EPS)
+            fail_msg("%s: step %.9g, want %.9g", kinds[k], r.step_time, want[k]);
+        assert_true(fabs(r.classes[0].busy_compute - 4) < EPS);
+        assert_true(fabs(r.classes[1].busy_compute - 4) < EPS);
+        sim_result_free(&r);
+        hand_free(&h);
+        strategy_free(s);
+        cluster_free(c);
+    }
+    graph_free(g);
+}
+
+/* The lowering marks what may run behind: ZeRO-3's scatters and gathers,
+ * never a tensor-parallel layer's all-reduces. */
+static void test_lowering_marks_behind(void **state)
+{
+    (void)state;
+    Graph *g = tiny();
+    Cluster *c = cluster_kind(2, 80, "cpu");
+    const char *js[2] = { "{\"mesh\":{\"dp\":2},\"params\":{\"*\":{\"shard\":\"zero3\"}}}",
+                          "{\"mesh\":{\"tp\":2},\"ops\":{\"*\":{\"split\":{\"n\":\"tp\",\"f\":\"tp\"}}}}" };
+    for (int k = 0; k < 2; k++) {
+        Strategy *s = strat(g, js[k]);
+        Err err = {0};
+        Plan *p = ir_lower(g, c, s, &err);
+        if (!p) fail_msg("lower: %s", err.msg);
+        int n[I_KIND_COUNT][2] = { { 0 } };
+        const Program *pr = &p->classes[0];
+        for (int i = 0; i < pr->ninstrs; i++) {
+            const Instr *in = &pr->instrs[i];
+            n[in->kind][in->behind]++;
+            if (in->behind) assert_true(in->why == WHY_GRAD_SYNC || in->why == WHY_PARAM_GATHER ||
+                                        in->why == WHY_TIED);
+            assert_int_equal(in->behind, instr_may_run_behind(pr, in));
+        }
+        if (k == 0) {
+            assert_true(n[I_REDUCE_SCATTER][1] > 0 && n[I_REDUCE_SCATTER][0] == 0);
+            assert_true(n[I_ALLGATHER][1] > 0 && n[I_ALLGATHER][0] == 0);
+        } else {
+            assert_int_equal(n[I_REDUCE_SCATTER][1] + n[I_ALLGATHER][1] + n[I_ALLREDUCE][1], 0);
+            assert_true(n[I_ALLREDUCE][0] > 0);
+        }
+        plan_free(p);
+        strategy_free(s);
+    }
+    cluster_free(c);
     graph_free(g);
 }
 
@@ -783,6 +866,8 @@ int main(void)
         cmocka_unit_test(test_gpu_collectives_block),
         cmocka_unit_test(test_collective_waits_for_slowest),
         cmocka_unit_test(test_cpu_interpreter_blocks),
+        cmocka_unit_test(test_cpu_zero_collectives_behind),
+        cmocka_unit_test(test_lowering_marks_behind),
         cmocka_unit_test(test_unmatched_receive_is_reported),
         cmocka_unit_test(test_every_strategy_schedules),
         cmocka_unit_test(test_stale_pull_does_not_wait),
