@@ -203,6 +203,8 @@ typedef struct {
     int *xoff;                      /* per pass: its exports' first slot in x* */
     double *xstart, *xend;          /* per export slot of a pass run whole */
     int16_t *xcode;                 /* its stream code (stream_code) */
+    double *xlast;                  /* per pass: its exports' latest end (INFINITY: one
+                                       not known when it ran) */
 } CState;
 
 typedef struct {
@@ -1097,6 +1099,7 @@ typedef struct {
                                        INFINITY: done before T0, cannot bind) */
     double *out;                    /* outputs: streams after, p2p times, exports, latest end */
     double exposed;                 /* exposed communication of the pass */
+    int nk;                         /* the key's length */
     bool used;
 } Memo;
 
@@ -1127,9 +1130,13 @@ typedef struct {
     int np2p, nrecv;                /* its sends and receives, in order; how many receive */
     int32_t *p2p;
     int32_t *chan, *line;           /* per send or receive: its channel and line */
-    int next;                       /* dependencies on other passes: (instruction, dependency) */
+    int next;                       /* dependencies on other passes: (instruction, dependency),
+                                       ordered by the pass they read */
     int32_t (*ext)[2];
     int32_t *xbase;                 /* per dependency: program_ref_base */
+    int ngrp;                       /* runs of ext reading one pass: [grp[g], grp[g + 1]) */
+    int32_t *grp;
+    uint8_t *grp_main;              /* every reader of the run on the interpreter's stream */
     int nexp;                       /* its exports: (instruction, slot) */
     int32_t (*exp)[2];
     int nkey, nout;
@@ -1197,6 +1204,8 @@ static bool compiled_alike(const Compiled *ka, const Compiled *kb, int n)
                 !memcmp(ka->code, kb->code, sizeof *ka->code * n) &&
                 !memcmp(ka->dur, kb->dur, sizeof *ka->dur * n);
     for (int x = 0; same && x < ka->next; x++) same = ka->ext[x][0] == kb->ext[x][0];
+    same = same && ka->ngrp == kb->ngrp &&
+           !memcmp(ka->grp, kb->grp, sizeof *ka->grp * (ka->ngrp + 1));
     return same;
 }
 
@@ -1212,6 +1221,48 @@ static void share_memo(Sim *S, int ci, int b)
     if (src < 0 || src >= ci || !S->passes[src].cb[b].code) return;
     Compiled *k = &S->passes[ci].cb[b], *from = &S->passes[src].cb[b];
     if (compiled_alike(k, from, cp->bodies[b].i1 - cp->bodies[b].i0)) k->ms = from->ms;
+}
+
+/* Orders a body's dependencies on other passes by the pass they read
+ * (their program_ref_base), keeping program order within one. */
+typedef struct {
+    int32_t base, pos, e0, e1;
+} ExtSort;
+
+static int by_base(const void *a, const void *b)
+{
+    const ExtSort *x = a, *y = b;
+    if (x->base != y->base) return x->base < y->base ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+static void sort_exts(Compiled *k)
+{
+    ExtSort *t = xmalloc(sizeof *t * (k->next ? k->next : 1));
+    for (int x = 0; x < k->next; x++) t[x] = (ExtSort){ k->xbase[x], x, k->ext[x][0], k->ext[x][1] };
+    qsort(t, (size_t)k->next, sizeof *t, by_base);
+    for (int x = 0; x < k->next; x++) {
+        k->xbase[x] = t[x].base;
+        k->ext[x][0] = t[x].e0;
+        k->ext[x][1] = t[x].e1;
+    }
+    free(t);
+}
+
+/* The runs of dependencies that read one pass (pass_key). */
+static void group_exts(Compiled *k)
+{
+    k->grp = xmalloc(sizeof *k->grp * (k->next + 1));
+    k->grp_main = xmalloc(k->next ? k->next : 1);
+    k->ngrp = 0;
+    for (int x = 0; x < k->next; x++) {
+        if (x == 0 || k->xbase[x] != k->xbase[x - 1]) {
+            k->grp[k->ngrp] = x;
+            k->grp_main[k->ngrp++] = 1;
+        }
+        if (k->code[k->ext[x][0]] != S_MAIN) k->grp_main[k->ngrp - 1] = 0;
+    }
+    k->grp[k->ngrp] = k->next;
 }
 
 static void compile_body(Sim *S, int ci, Passes *P, int b)
@@ -1353,8 +1404,10 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             k->exp[k->nexp][0] = x;
             k->exp[k->nexp++][1] = P->export_slot[B->i0 + x];
         }
+    if (!twin) sort_exts(k);
+    group_exts(k);
     k->scale = k->add.busy_compute + k->add.busy_comm;
-    k->nkey = k->nstream + k->nrecv + 2 * k->next;
+    k->nkey = k->nstream + k->nrecv + 2 * k->next + k->ngrp;
     k->nout = k->nstream + k->np2p + k->nrecv + 3 * k->nexp + 1;
     for (int w = 0; w < MEMO_WAYS; w++) {
         k->own.memo[w].key = xmalloc(sizeof *k->own.memo[w].key * (k->nkey ? k->nkey : 1));
@@ -1425,6 +1478,13 @@ static bool keys_match(const double *a, const double *b, int n, double q)
         }
     }
     return true;
+}
+
+/* An export of pass `pass` ends at e (NAN: not known yet). */
+static void last_export(CState *c, int pass, double e)
+{
+    if (isnan(e)) e = INFINITY;
+    if (!(c->xlast[pass] >= e)) c->xlast[pass] = e;
 }
 
 /* Evaluates the pass instruction by instruction, by the rules of the loop
@@ -1531,6 +1591,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             c->xstart[c->xoff[pass] + slot] = s1;
             c->xend[c->xoff[pass] + slot] = e1;
             c->xcode[c->xoff[pass] + slot] = (int16_t)code;
+            last_export(c, pass, e1);
             o_x[nx++] = s1 - T0;
             o_x[nx++] = e1 - T0;
             o_x[nx++] = code;
@@ -1575,6 +1636,7 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
         int slot = c->xoff[pass] + k->exp[q][1];
         c->xstart[slot] = T0 + o_x[3 * q];
         c->xend[slot] = T0 + o_x[3 * q + 1];
+        last_export(c, pass, c->xend[slot]);
         c->xcode[slot] = (int16_t)o_x[3 * q + 2];
     }
     for (int q = 0; q < k->nstream; q++) c->afree[k->streams[q]] = T0 + me->out[q];
@@ -1601,20 +1663,37 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     for (int x = 0; x < k->nstream; x++) key[nk++] = c->afree[k->streams[x]] - T0;
     for (int x = 0; x < k->np2p; x++) {
         const Instr *in = &cp->instrs[B->i0 + k->p2p[x]];
-        if (in->kind == I_RECV) key[nk++] = p2p_msg(S, k, x)->send_t - T0;
+        if (in->kind != I_RECV) continue;
+        /* a receive on the interpreter's stream is ready at T0 or later, and
+         * starts at the later of that and its send: a send posted by T0
+         * cannot bind */
+        double s = p2p_msg(S, k, x)->send_t - T0;
+        key[nk++] = s <= 0 && k->code[k->p2p[x]] == S_MAIN ? -INFINITY : s;
     }
     int micro = cp->sched[pass].micro;
-    for (int x = 0; x < k->next; x++) {
-        /* ext_slot, with the pass resolved as compiled */
-        int slot = c->xoff[c->pass_at[k->xbase[x] + micro]] + P->export_slot[k->ext[x][1]];
-        if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
-            /* done before the interpreter's stream is free: it cannot bind */
-            key[nk++] = INFINITY;
+    for (int g = 0; g < k->ngrp; g++) {
+        /* the pass a run of dependencies reads (ext_slot, resolved as
+         * compiled). Each entry is headed by whether the whole run is done
+         * before the interpreter's stream is free and read there, so that
+         * it cannot bind (one INFINITY), or not (-INFINITY, then the run):
+         * keys equal entry for entry then have runs of the same length */
+        int src = c->pass_at[k->xbase[k->grp[g]] + micro];
+        if (k->grp_main[g] && c->xlast[src] <= T0) {
             key[nk++] = INFINITY;
             continue;
         }
-        key[nk++] = c->xend[slot] - T0;
-        key[nk++] = c->xstart[slot] - T0;
+        key[nk++] = -INFINITY;
+        for (int x = k->grp[g]; x < k->grp[g + 1]; x++) {
+            int slot = c->xoff[src] + P->export_slot[k->ext[x][1]];
+            if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
+                /* done before the interpreter's stream is free: it cannot bind */
+                key[nk++] = INFINITY;
+                key[nk++] = INFINITY;
+                continue;
+            }
+            key[nk++] = c->xend[slot] - T0;
+            key[nk++] = c->xstart[slot] - T0;
+        }
     }
     *T0p = T0;
     *qp = q;
@@ -1636,7 +1715,7 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     for (int x = 0; x < MEMO_WAYS && !done; x++) {
         int w = (ms->last + x) % MEMO_WAYS;
         const Memo *me = &ms->memo[w];
-        if (me->used && keys_match(me->key, key, nk, q)) {
+        if (me->used && me->nk == nk && keys_match(me->key, key, nk, q)) {
             done = replay_pass(S, ci, P, pass, T0, me);
             ms->last = w;
         }
@@ -1646,6 +1725,7 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
         S->r->passes_evaluated++;
         if (eval_pass(S, ci, P, pass, T0, me->out, &me->exposed)) {
             memcpy(me->key, key, sizeof *key * nk);
+            me->nk = nk;
             me->used = true;
             ms->next = (ms->next + 1) % MEMO_WAYS;
         } else {
@@ -1795,6 +1875,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         c->xstart = xmalloc(sizeof *c->xstart * nx);
         c->xend = xmalloc(sizeof *c->xend * nx);
         c->xcode = xcalloc(nx, sizeof *c->xcode);
+        c->xlast = xmalloc(sizeof *c->xlast * (cp->nsched + 1));
+        for (int x = 0; x <= cp->nsched; x++) c->xlast[x] = NAN;
         for (int x = 0; x < nx; x++) c->xstart[x] = c->xend[x] = NAN;
         for (int b = 0; b < cp->nbodies; b++)
             if (cp->bodies[b].i1 - cp->bodies[b].i0 > scratch) scratch = cp->bodies[b].i1 - cp->bodies[b].i0;
@@ -1802,7 +1884,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
     for (int ci = 0; ci < nc && whole; ci++) {
         P[ci].start = xmalloc(sizeof *P[ci].start * scratch);
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
-        P[ci].key = xmalloc(sizeof *P[ci].key * (2 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
+        P[ci].key = xmalloc(sizeof *P[ci].key * (3 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
     }
     if (whole) {
         S->r->lower_bound = lower_bound(S, P);
@@ -1868,6 +1950,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->line);
             free(k->ext);
             free(k->xbase);
+            free(k->grp);
+            free(k->grp_main);
             free(k->exp);
             free(k->twins);
             for (int w = 0; w < MEMO_WAYS; w++) {
@@ -1976,6 +2060,7 @@ static void class_free(CState *c)
     free(c->xstart);
     free(c->xend);
     free(c->xcode);
+    free(c->xlast);
     for (int k = 0; k < c->nmeet; k++) {
         free(c->meet[k]->v);
         free(c->meet[k]->ranks);
