@@ -100,6 +100,28 @@ static void clean_text(char *s)
     }
 }
 
+/* A server error names the store by its path (the store's own messages
+ * do, for the person at the command line): a client is told "the store".
+ * msg holds cap bytes. */
+static void hide_store_path(char *msg, size_t cap, const char *db)
+{
+    size_t n = db ? strlen(db) : 0;
+    if (!n) return;
+    for (char *at = strstr(msg, db); at; at = strstr(at, db)) {
+        char *rest = at + n;
+        const char *with = "the store";
+        if (!strncmp(rest, ": ", 2)) {     /* "PATH: what" -> "what" */
+            rest += 2;
+            with = "";
+        }
+        size_t wl = strlen(with), len = strlen(msg);
+        if (len - (size_t)(rest - at) + wl >= cap) return;
+        memmove(at + wl, rest, strlen(rest) + 1);
+        memcpy(at, with, wl);
+        at += wl;
+    }
+}
+
 enum MHD_Result reply_error(Req *r, int status, const char *path, const char *fmt, ...)
 {
     char msg[1200], where[256];
@@ -108,12 +130,15 @@ enum MHD_Result reply_error(Req *r, int status, const char *path, const char *fm
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(where, sizeof where, "%s", path ? path : "");
+    if (status >= 500 && r->S) hide_store_path(msg, sizeof msg, r->S->db_path);
+    if (status == 500 && strstr(msg, DB_BUSY)) status = 503;     /* passing: try again */
     clean_text(msg);
     clean_text(where);
     struct MHD_Response *resp = error_response(status, path ? where : NULL, msg);
     if (!resp) return MHD_NO;
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (status == 429) MHD_add_response_header(resp, "Retry-After", "5");
+    if (status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     return reply_response(r, status, resp);
 }
 
@@ -348,7 +373,7 @@ int api_handle(Server *S, const char *method, const char *path, const char *cons
 }
 
 /* The statuses counted apart; anything else is counted as the last. */
-static const int STATUSES[] = { 200, 201, 202, 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 0 };
+static const int STATUSES[] = { 200, 201, 202, 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 503, 0 };
 #define NSTATUS ((int)(sizeof STATUSES / sizeof STATUSES[0]))
 
 static void count(Server *S, int route, int status, double dt)

@@ -283,11 +283,31 @@ static const char *const migrations[] = {
  * Error checks. Both macros need `Db *db`, `Err *err` and an `err:` label in
  * scope; they record the failing code and turn it into "FILE:LINE: message". */
 
+/* What a failed statement means to the person who gave the store's path,
+ * then SQLite's own words and where, for whoever debugs it. */
 static void sql_fail(Db *db, int rc, Err *err, const char *file, int line)
 {
     db->rc = rc;
     const char *msg = db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc);
-    err_set(err, "%s:%d: %s", file, line, msg);
+    const char *what;
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        what = DB_BUSY ": another process held it for writing longer than 5 s; try again";
+        break;
+    case SQLITE_FULL: what = "the disk holding the store is full"; break;
+    case SQLITE_IOERR: what = "reading or writing the store failed (an I/O error)"; break;
+    case SQLITE_READONLY: what = "the store cannot be written (read-only file or directory)"; break;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        what = "the store is damaged (`sqlite3 FILE 'PRAGMA integrity_check'` says where)";
+        break;
+    case SQLITE_CANTOPEN: what = "the store's file (or its -wal beside it) cannot be opened"; break;
+    case SQLITE_CONSTRAINT: what = "the store refused a row"; break;
+    default: what = "the store failed"; break;
+    }
+    err_set(err, "%s: %s (SQLite: %s; %s:%d)", db->path ? db->path : "database", what, msg, file,
+            line);
 }
 
 #define SQL_CHECK(call)                                                  \
@@ -516,8 +536,8 @@ err:
         err_set(err, "%s: cannot write the database or its -wal and -shm files beside it "
                 "(%s); the file and its directory must be writable", path,
                 sqlite3_errstr(db->rc));
-    else
-        err_prefix(err, "%s", path);
+    else if (err && strncmp(err->msg, path, strlen(path)) != 0)
+        err_prefix(err, "%s", path);        /* sql_fail's messages name it already */
 fail:
     db_close(db);
     return NULL;

@@ -91,6 +91,11 @@ int db_cluster_put(Db *db, const DbCluster *c, Err *err);
 /* The plan's model and cluster must be stored first (foreign keys). */
 int db_plan_put(Db *db, const DbPlan *p, Err *err);
 
+/* How a failure begins when another process held the store for writing
+ * longer than the wait (5 s): a caller may say "try again" its own way (the
+ * API answers 503). */
+#define DB_BUSY "the store is busy"
+
 /* Is `in` a well-formed id of a `noun` row, or prefix of one (4 to 16 hex
  * digits)? 0, or -1 with err saying what is wrong: what every lookup by id
  * checks before it reads the store, for a caller to check first. */

@@ -736,6 +736,29 @@ static void test_token(void **state)
     server_stop(s);
 }
 
+/* Another process holding the store for writing past the wait (5 s): a
+ * 503 to try again, naming the store but not its path; then the same
+ * request goes through. */
+static void test_store_busy(void **state)
+{
+    (void)state;
+    const char *db = harness_tmp_path("api.db");
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    const char *body = "{\"zoo\": \"mlp\", \"options\": {\"layers\": 3}}";
+    Http r;
+    http(port, "POST", "/v1/models", NULL, body, &r);
+    sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(h);
+    expect_error(&r, 503, "");
+    assert_non_null(strcasestr(r.head, "Retry-After: 1"));
+    assert_non_null(strstr(r.body, "the store is busy"));
+    assert_null(strstr(r.body, db));
+    http(port, "POST", "/v1/models", NULL, body, &r);
+    expect(&r, 201);
+}
+
 static void test_limits(void **state)
 {
     (void)state;
@@ -1013,7 +1036,7 @@ int main(void)
         T(test_health_page_metrics), T(test_models_and_clusters), T(test_estimate),
         T(test_search_followed), T(test_search_refusals), T(test_cancel),
         T(test_run_from_the_api), T(test_profiles), T(test_onnx_upload), T(test_token),
-        T(test_limits),
+        T(test_limits), T(test_store_busy),
         T(test_sigterm_keeps_the_best), T(test_kill9_restart),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -212,6 +212,9 @@ static void test_foreign_keys_enforced(void **state)
     assert_int_equal(db_plan_put(fx->db, &p, &fx->err), -1);
     assert_contains(fx->err.msg, "FOREIGN KEY constraint failed");
     assert_contains(fx->err.msg, "store them before the plan");
+    /* what the failure means, on which store, before SQLite's own words */
+    assert_contains(fx->err.msg, fx->path);
+    assert_contains(fx->err.msg, "the store refused a row (SQLite: ");
 }
 
 static void test_reopen_keeps_data(void **state)
