@@ -100,25 +100,19 @@ static void clean_text(char *s)
     }
 }
 
-/* A server error names the store by its path (the store's own messages
- * do, for the person at the command line): a client is told "the store".
- * msg holds cap bytes. */
-static void hide_store_path(char *msg, size_t cap, const char *db)
+/* The store's own messages name it by its path, heading the message or a
+ * part of it ("PATH: what"), for the person at the command line; a client
+ * is not told where the server keeps it. Removes those heads. */
+static void hide_store_path(char *msg, const char *db)
 {
     size_t n = db ? strlen(db) : 0;
     if (!n) return;
     for (char *at = strstr(msg, db); at; at = strstr(at, db)) {
-        char *rest = at + n;
-        const char *with = "the store";
-        if (!strncmp(rest, ": ", 2)) {     /* "PATH: what" -> "what" */
-            rest += 2;
-            with = "";
-        }
-        size_t wl = strlen(with), len = strlen(msg);
-        if (len - (size_t)(rest - at) + wl >= cap) return;
-        memmove(at + wl, rest, strlen(rest) + 1);
-        memcpy(at, with, wl);
-        at += wl;
+        bool head = at == msg || (at - msg >= 2 && at[-2] == ':' && at[-1] == ' ');
+        if (head && !strncmp(at + n, ": ", 2))
+            memmove(at, at + n + 2, strlen(at + n + 2) + 1);
+        else
+            at += n;
     }
 }
 
@@ -130,8 +124,9 @@ enum MHD_Result reply_error(Req *r, int status, const char *path, const char *fm
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(where, sizeof where, "%s", path ? path : "");
-    if (status >= 500 && r->S) hide_store_path(msg, sizeof msg, r->S->db_path);
-    if (status == 500 && strstr(msg, DB_BUSY)) status = 503;     /* passing: try again */
+    /* a busy store is passing, whatever the work was: try again */
+    if (status >= 400 && strstr(msg, DB_BUSY)) status = 503;
+    if (r->S) hide_store_path(msg, r->S->db_path);
     clean_text(msg);
     clean_text(where);
     struct MHD_Response *resp = error_response(status, path ? where : NULL, msg);

@@ -764,7 +764,7 @@ int cmd_run(int argc, char **argv)
             }
             goto checked;
         }
-        Db *db = db_open_existing(path, &err);
+        Db *db = db_open(path, &err);       /* the run writes it: an empty file becomes one */
         DbRun old;
         DbRunStep *ost = NULL;
         int nost = 0, found = db && rid ? db_run_get(db, rid, &old, &ost, &nost, &err) : 1;

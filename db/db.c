@@ -292,9 +292,9 @@ static void sql_fail(Db *db, int rc, Err *err, const char *file, int line)
     const char *what;
     switch (rc & 0xff) {
     case SQLITE_BUSY:
-    case SQLITE_LOCKED:
         what = DB_BUSY ": another process held it for writing longer than 5 s; try again";
         break;
+    case SQLITE_LOCKED: what = DB_BUSY ": a table was locked by another statement; try again"; break;
     case SQLITE_FULL: what = "the disk holding the store is full"; break;
     case SQLITE_IOERR: what = "reading or writing the store failed (an I/O error)"; break;
     case SQLITE_READONLY: what = "the store cannot be written (read-only file or directory)"; break;
@@ -536,7 +536,8 @@ err:
         err_set(err, "%s: cannot write the database or its -wal and -shm files beside it "
                 "(%s); the file and its directory must be writable", path,
                 sqlite3_errstr(db->rc));
-    else if (err && strncmp(err->msg, path, strlen(path)) != 0)
+    else if (err && !(strncmp(err->msg, path, strlen(path)) == 0 &&
+                      strncmp(err->msg + strlen(path), ": ", 2) == 0))
         err_prefix(err, "%s", path);        /* sql_fail's messages name it already */
 fail:
     db_close(db);

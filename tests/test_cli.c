@@ -1389,6 +1389,22 @@ static void test_malformed_ids_are_usage(void **state)
     STRATA(&r, "run", "--plan", "ab!d", "--db", path);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--plan", "not a hex digit");
+    /* and an id given to an option */
+    const char *m = rp("models/tiny-mlp.json"), *c = rp("clusters/local-cpu.json");
+    STRATA(&r, "estimate", "--model", m, "--cluster", c, "--strategy", dp4_strategy(),
+           "--costmodel", "zz!", "--db", path);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--costmodel", "not a hex digit");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--costmodel", "12", "--db", path);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--costmodel", "at least 4");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--algo", "rl", "--policy-from", "x",
+           "--db", path);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--policy-from", "not a hex digit");
+    STRATA(&r, "validate", "--costmodel", "x", "--db", path);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--costmodel", "not a hex digit");
     STRATA(&r, "plans", "show", "abcd", "--db", path);
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "the file is empty");

@@ -148,6 +148,15 @@ static void test_run_plan(void **state)
     STRATA(&r, "run", "--model", noloss, "--strategy", dp1, "--steps", "1", "--no-store");
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "noloss", "no loss op");
+    /* a run writes the store: an empty file given as one becomes one */
+    const char *empty = tp("empty-run.db");
+    write_file(empty, "");
+    STRATA(&r, "run", "--model", rp("models/tiny-mlp.json"), "--strategy", dp1, "--steps", "1",
+           "--db", empty);
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "runs", "list", "--db", empty);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "tiny");
 
     STRATA(&r, "run", "--plan", pid, "--model", rp("models/tiny-mlp.json"), "--db", db);
     EXPECT_RC(&r, 2);

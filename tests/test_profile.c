@@ -238,7 +238,11 @@ static void test_small_profile(void **state)
         assert_float_equal(JNUM(f, "alpha_s"), ab.alpha, 1e-9 * (ab.alpha + 1e-12) + 1e-15);
         assert_float_equal(JNUM(f, "beta_s"), ab.beta, 1e-9 * ab.beta + 1e-21);
         assert_float_equal(JNUM(f, "rms_rel_err"), ab.rms_rel_err, 1e-9);
-        assert_true(JNUM(f, "beta_s") > 0 && JNUM(f, "alpha_s") >= 0);
+        /* the fit's constraints; its values are measurements: on a loaded
+         * machine the times of sizes up to 64 KiB need not grow with the
+         * size, and beta is then held at 0 */
+        assert_true(JNUM(f, "beta_s") >= 0 && JNUM(f, "alpha_s") >= 0 &&
+                    JNUM(f, "alpha_s") + JNUM(f, "beta_s") > 0);
         /* a single alpha-beta over 4 B .. 64 KiB is rough, not absurd */
         assert_true(JNUM(f, "rms_rel_err") < 1.0);
     }
