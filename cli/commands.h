@@ -20,6 +20,10 @@
 Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos,
                    const char *id_noun, Args *a, int *rc);
 
+/* The id a `noun` row given to option opt, when given, is well formed
+ * (db_id_check): 0, or -1 with err naming the option. */
+int check_id_option(const Args *a, const char *opt, const char *noun, Err *err);
+
 /* --model and --cluster (when need_cluster) given, and --also when not NULL;
  * --nodes only with --cluster. */
 int check_model_cluster(const Args *a, bool need_cluster, const char *also, Err *err);

@@ -104,8 +104,7 @@ int cmd_estimate(int argc, char **argv)
     if (check_model_cluster(&a, true, "strategy", &err) ||
         args_out_file(&a, "svg", "--svg", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
                       &err) ||
-        (args_get(&a, "costmodel") && db_id_check("cost model", args_get(&a, "costmodel"), &err) &&
-         err_prefix(&err, "--costmodel"))) {
+        check_id_option(&a, "costmodel", "cost model", &err)) {
         fprintf(stderr, "strata estimate: %s\n", err.msg);
         return EXIT_USAGE;
     }

@@ -120,6 +120,13 @@ static const OptSpec DB_OPTS[] = {
     { NULL, 0, false, NULL },
 };
 
+int check_id_option(const Args *a, const char *opt, const char *noun, Err *err)
+{
+    const char *id = args_get(a, opt);
+    if (!id || !db_id_check(noun, id, err)) return 0;
+    return err_prefix(err, "--%s", opt);
+}
+
 Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos,
                    const char *id_noun, Args *a, int *rc)
 {

@@ -725,8 +725,8 @@ int cmd_run(int argc, char **argv)
                         "or give --model and --strategy\n");
         return EXIT_USAGE;
     }
-    if (args_get(&a, "plan") && db_id_check("plan", args_get(&a, "plan"), &err)) {
-        fprintf(stderr, "strata run: --plan: %s\n", err.msg);
+    if (check_id_option(&a, "plan", "plan", &err)) {
+        fprintf(stderr, "strata run: %s\n", err.msg);
         return EXIT_USAGE;
     }
     if (!args_get(&a, "plan") && !args_get(&a, "model")) strcat(missing, " --model");

@@ -186,10 +186,8 @@ int cmd_search(int argc, char **argv)
         err_set(&err, "--policy-from starts an rl search: give --algo rl");
         goto usage;
     }
-    if ((o.policy_from && db_id_check("search", o.policy_from, &err) &&
-         err_prefix(&err, "--policy-from")) ||
-        (args_get(&a, "costmodel") && db_id_check("cost model", args_get(&a, "costmodel"), &err) &&
-         err_prefix(&err, "--costmodel")))
+    if (check_id_option(&a, "policy-from", "search", &err) ||
+        check_id_option(&a, "costmodel", "cost model", &err))
         goto usage;
     if (args_out_file(&a, "log", "--log", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
                       &err))

@@ -1095,8 +1095,9 @@ static int advance(Sim *S, int ci)
 #define MEMO_WAYS 4
 
 typedef struct {
-    double *key;                    /* inputs relative to T0, nkey (NAN: none yet;
-                                       INFINITY: done before T0, cannot bind) */
+    double *key;                    /* inputs relative to T0, nk of them (NAN: none yet;
+                                       +-INFINITY: sentinels of pass_key, inputs that
+                                       cannot bind or a run's head) */
     double *out;                    /* outputs: streams after, p2p times, exports, latest end */
     double exposed;                 /* exposed communication of the pass */
     int nk;                         /* the key's length */

@@ -281,7 +281,7 @@ static const char *const migrations[] = {
 
 /* ----------------------------------------------------------------------------
  * Error checks. Both macros need `Db *db`, `Err *err` and an `err:` label in
- * scope; they record the failing code and turn it into "FILE:LINE: message". */
+ * scope; they record the failing code and turn it into a message (sql_fail). */
 
 /* What a failed statement means to the person who gave the store's path,
  * then SQLite's own words and where, for whoever debugs it. */

@@ -653,12 +653,10 @@ static int warm_collectives(Runtime *rt, Err *err)
     int n = 0, rc = 0;
     for (int i = 0; i < pr->ninstrs && !rc; i++) {
         const Instr *in = &pr->instrs[i];
-        if (in->kind != I_ALLREDUCE || in->compress != COMPRESS_NONE ||
-            (in->why != WHY_GRAD_SYNC && in->why != WHY_TIED))
-            continue;
+        /* the all-reduces exec_coll starts behind the step */
+        if (in->kind != I_ALLREDUCE || !in->behind) continue;
         int32_t v = pr->args[in->arg0];
-        if (pr->args[in->arg0 + 1] != v || pr->values[v].kind != VAL_PARAM_GRAD || !rt->buf[v])
-            continue;
+        if (pr->values[v].kind != VAL_PARAM_GRAD || !rt->buf[v]) continue;
         CommGroup *gr = group_of(rt, in, err);
         if (!gr || rt->comm->ops->iallreduce(gr, rt->buf[v], rt->numel[v], CT_F32, RED_SUM,
                                              &reqs[n++], err))
