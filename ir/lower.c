@@ -66,6 +66,9 @@ typedef struct {
     AxisMask *sync_axes;                   /* its gradient is partial over these */
     uint64_t *stages_using;                /* bit s: stage s consumes it */
     double *dt_bytes;                      /* per tensor: bytes of one element */
+    /* shift_of: the ops and tensors found alike under the shift being
+     * tried (stamped with its number), each asked about several times */
+    int *op_seen, *t_seen, tries;
 } Shared;
 
 static int64_t local_bytes(const Shared *S, int t, const Layout *l)
@@ -160,6 +163,21 @@ static const OpFacts *facts(const Shared *S, int i)
     return f;
 }
 
+/* The layout operand k of op i arrives in and the axes its gradient is
+ * partial over (OpFacts.in, .grad_partial), without the op's other facts:
+ * every param's consumers are asked, most of them on stages copied from
+ * another (shift_of) whose ops are never lowered. */
+static Layout operand_of(const Shared *S, int i, int k, AxisMask *grad_partial)
+{
+    if (S->of_made[i]) {
+        *grad_partial = S->of[i].grad_partial[k];
+        return S->of[i].in[k];
+    }
+    const Op *op = &S->g->ops[i];
+    *grad_partial = axes_of_letters(S->s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
+    return operand_layout(S->s, i, op->in_letters[k]);
+}
+
 static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strategy *s, Err *err)
 {
     memset(S, 0, sizeof *S);
@@ -223,13 +241,14 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
             if (s->op_stage[i] < 64) S->stages_using[t] |= 1ull << s->op_stage[i];
             for (int k = 0; k < g->ops[i].nin; k++) {
                 if (g->ops[i].in[k] != t) continue;
-                AxisMask p = facts(S, i)->grad_partial[k];
+                AxisMask p;
+                Layout in = operand_of(S, i, k, &p);
                 if (first) {
-                    S->home[t] = facts(S, i)->in[k];
+                    S->home[t] = in;
                     S->sync_axes[t] = p;
                     first = false;
                 } else if (p != S->sync_axes[t] ||
-                           !layout_eq(&S->home[t], &facts(S, i)->in[k], g->tensors[t].ndim)) {
+                           !layout_eq(&S->home[t], &in, g->tensors[t].ndim)) {
                     char a[64], b[64];
                     return err_set(err,
                         "param %s: ops %s and %s split it differently (its gradient would be "
@@ -262,6 +281,8 @@ static void shared_free(Shared *S)
     free(S->home);
     free(S->sync_axes);
     free(S->stages_using);
+    free(S->op_seen);
+    free(S->t_seen);
     /* S->local moves into the plan */
 }
 
@@ -1857,7 +1878,7 @@ typedef struct {
     int dop, dt, dstage, dblock;
 } Shift;
 
-static bool tensor_alike(const Shared *S, int t, const Shift *d)
+static bool tensor_alike_once(const Shared *S, int t, const Shift *d)
 {
     const Graph *g = S->g;
     int u = t + d->dt;
@@ -1886,7 +1907,7 @@ static bool tensor_alike(const Shared *S, int t, const Shift *d)
 /* Op i and op i + dop, as the lowering of stage sa reads them (an op of
  * another stage: what a transfer to or from it needs, its recompute
  * flag aside). */
-static bool op_alike(const Shared *S, int i, const Shift *d, int sa)
+static bool op_alike_once(const Shared *S, int i, const Shift *d, int sa)
 {
     const Graph *g = S->g;
     const Strategy *s = S->s;
@@ -1909,9 +1930,28 @@ static bool op_alike(const Shared *S, int i, const Shift *d, int sa)
     return true;
 }
 
+/* The same, each op and tensor decided once per shift tried: a shift
+ * fails at the first op or tensor that differs, so only those found alike
+ * are remembered. */
+static bool tensor_alike(Shared *S, int t, const Shift *d)
+{
+    if (S->t_seen[t] == S->tries) return true;
+    if (!tensor_alike_once(S, t, d)) return false;
+    S->t_seen[t] = S->tries;
+    return true;
+}
+
+static bool op_alike(Shared *S, int i, const Shift *d, int sa)
+{
+    if (S->op_seen[i] == S->tries) return true;
+    if (!op_alike_once(S, i, d, sa)) return false;
+    S->op_seen[i] = S->tries;
+    return true;
+}
+
 /* The shift that carries stage sa's work onto stage sb (ops soa and sob),
  * or false when there is none. */
-static bool shift_of(const Shared *S, const StageOps *soa, int sa, const StageOps *sob, int sb,
+static bool shift_of(Shared *S, const StageOps *soa, int sa, const StageOps *sob, int sb,
                      Shift *d)
 {
     const Graph *g = S->g;
@@ -1919,6 +1959,11 @@ static bool shift_of(const Shared *S, const StageOps *soa, int sa, const StageOp
     for (int v = 0; v <= V; v++)
         if (soa->off[v] != sob->off[v]) return false;
     if (!n) return false;
+    if (!S->op_seen) {
+        S->op_seen = xcalloc(g->nops, sizeof *S->op_seen);
+        S->t_seen = xcalloc(g->ntensors, sizeof *S->t_seen);
+    }
+    S->tries++;
     int first = soa->ops[0];
     *d = (Shift){ sob->ops[0] - first, g->ops[sob->ops[0]].out - g->ops[first].out, sb - sa, 0 };
     for (int x = 0; x < n; x++) {
