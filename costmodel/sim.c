@@ -1130,6 +1130,8 @@ typedef struct {
     double *busy;                   /* per stream used: its instructions end to end (lower_bound) */
     int np2p, nrecv;                /* its sends and receives, in order; how many receive */
     int32_t *p2p;
+    int ncoll;                      /* its collectives, in order */
+    int32_t *coll;
     int32_t *chan, *line;           /* per send or receive: its channel and line */
     int next;                       /* dependencies on other passes: (instruction, dependency),
                                        ordered by the pass they read */
@@ -1266,6 +1268,76 @@ static void group_exts(Compiled *k)
     k->grp[k->ngrp] = k->next;
 }
 
+/* Instruction x of a body, a send or a receive: its peer, channel, line,
+ * time and place among the body's transfers. */
+static void compile_p2p(Sim *S, int ci, Compiled *k, Map *seen, int x, const Instr *in)
+{
+    k->peer[x] = peer_rank(S, &S->cs[ci], in);
+    int64_t tag = tag_of(in);
+    int other = S->p->rank_class[k->peer[x]];
+    k->chan[k->np2p] = chan_of(S, ci, k->peer[x], tag);
+    k->line[k->np2p] = in->kind == I_SEND ? line_of(S, ci, other, tag) : line_of(S, other, ci, tag);
+    k->p2p[k->np2p++] = x;
+    k->nrecv += in->kind == I_RECV;
+    k->dur[x] = p2p_time(S, &S->cs[ci], in, k->peer[x]);
+    /* earlier transfers of the body with the same peer and tag */
+    k->nth[x] = ++map_at(seen, k->peer[x], tag, 0, 0)->v;
+}
+
+/* Instruction x of a body, a collective on stream `code`: the classes it
+ * meets, its time. */
+static void compile_coll(Sim *S, int ci, Compiled *k, int x, const Instr *in, int code)
+{
+    MeetList *ml = meet_list(S, ci, in, key_of(S, in));
+    /* a tied sum (never in a pass run whole) joins stages, not twins */
+    for (int m = 0; m < ml->nmembers && ml->nmembers > 1 && in->why != WHY_TIED; m++)
+        add_twin(S, k, ml->members[m]);
+    k->dur[x] = ml->nranks < 2 ? 0 : coll_time(S, &S->cs[ci], in, ml);
+    if (code == S_MAIN) k->dur[x] += S->calib[2];
+    k->coll[k->ncoll++] = x;
+}
+
+/* Body k of a class copied from an alike one on the same device
+ * (Program.like), compiled from that class's body tw: the same streams and
+ * op times, so only its transfers and collectives, which name other ranks,
+ * are compiled again. False when one of those takes another time than
+ * tw's (a pipeline neighbour over another link, a group spanning other
+ * levels): the body's sums are then its own, made instruction by
+ * instruction. */
+static bool compile_from_twin(Sim *S, int ci, Compiled *k, const Compiled *tw, const Body *B,
+                              int n)
+{
+    const Program *cp = S->cs[ci].cp;
+    memcpy(k->code, tw->code, sizeof *k->code * n);
+    memcpy(k->dur, tw->dur, sizeof *k->dur * n);
+    memcpy(k->src, tw->src, sizeof *k->src * n);
+    bool same = true;
+    Map seen = { 0 };
+    for (int q = 0; q < tw->np2p; q++) {
+        int x = tw->p2p[q];
+        compile_p2p(S, ci, k, &seen, x, &cp->instrs[B->i0 + x]);
+        same = same && k->dur[x] == tw->dur[x];
+    }
+    map_free(&seen);
+    for (int q = 0; q < tw->ncoll; q++) {
+        int x = tw->coll[q];
+        compile_coll(S, ci, k, x, &cp->instrs[B->i0 + x], tw->code[x]);
+        same = same && k->dur[x] == tw->dur[x];
+    }
+    if (!same) {
+        k->np2p = k->nrecv = k->ncoll = 0;
+        return false;
+    }
+    k->regular = tw->regular;
+    k->nstream = tw->nstream;
+    memcpy(k->streams, tw->streams, sizeof *k->streams * tw->nstream);
+    memcpy(k->busy, tw->busy, sizeof *k->busy * tw->nstream);
+    k->add = tw->add;
+    memcpy(k->op_count, tw->op_count, sizeof k->op_count);
+    k->analytic_kinds = tw->analytic_kinds;
+    return true;
+}
+
 static void compile_body(Sim *S, int ci, Passes *P, int b)
 {
     CState *c = &S->cs[ci];
@@ -1282,6 +1354,7 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
     k->busy = xmalloc(sizeof *k->busy * (S_GROUPS + KEYS));
     k->p2p = xmalloc(sizeof *k->p2p * n);
+    k->coll = xmalloc(sizeof *k->coll * n);
     k->chan = xmalloc(sizeof *k->chan * n);
     k->line = xmalloc(sizeof *k->line * n);
     int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
@@ -1308,7 +1381,8 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         memcpy(k->ext, twin->ext, sizeof *k->ext * twin->next);
         memcpy(k->xbase, twin->xbase, sizeof *k->xbase * twin->next);
     }
-    for (int x = 0; x < B->i1 - B->i0; x++) {
+    bool copied = twin && compile_from_twin(S, ci, k, twin, B, n);
+    for (int x = 0; x < B->i1 - B->i0 && !copied; x++) {
         const Instr *in = &cp->instrs[B->i0 + x];
         int code = stream_code(S, c, in);
         k->code[x] = (int16_t)code;
@@ -1356,26 +1430,11 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             k->add.flops += in->flops;
             if (in->recompute) k->add.recompute += k->dur[x];
         } else if (in->kind == I_SEND || in->kind == I_RECV) {
-            k->peer[x] = peer_rank(S, c, in);
-            int64_t tag = tag_of(in);
-            int other = S->p->rank_class[k->peer[x]];
-            k->chan[k->np2p] = chan_of(S, ci, k->peer[x], tag);
-            k->line[k->np2p] = in->kind == I_SEND ? line_of(S, ci, other, tag)
-                                                  : line_of(S, other, ci, tag);
-            k->p2p[k->np2p++] = x;
-            k->nrecv += in->kind == I_RECV;
             if (in->why == WHY_PS) k->regular = false;
-            k->dur[x] = p2p_time(S, c, in, k->peer[x]);
-            /* earlier transfers of the body with the same peer and tag */
-            k->nth[x] = ++map_at(&seen, k->peer[x], tag, 0, 0)->v;
+            compile_p2p(S, ci, k, &seen, x, in);
         } else {
             if (in->why == WHY_TIED || in->why == WHY_PS) k->regular = false;
-            MeetList *ml = meet_list(S, ci, in, key_of(S, in));
-            /* a tied sum (never in a pass run whole) joins stages, not twins */
-            for (int m = 0; m < ml->nmembers && ml->nmembers > 1 && in->why != WHY_TIED; m++)
-                add_twin(S, k, ml->members[m]);
-            k->dur[x] = ml->nranks < 2 ? 0 : coll_time(S, c, in, ml);
-            if (code == S_MAIN) k->dur[x] += S->calib[2];
+            compile_coll(S, ci, k, x, in, code);
         }
         if (in->kind != I_COMPUTE && in->kind != I_SEND) {
             double own = k->dur[x] + (in->kind == I_RECV && code == S_MAIN ? S->calib[2] : 0);
@@ -1646,6 +1705,26 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
     return true;
 }
 
+/* 256 units in the last place of t (at least 1e-300), a power of two:
+ * ldexp(1, e - 44) for t = m 2^e, 1/2 <= m < 1, read from t's exponent
+ * bits (frexp and ldexp cost as much as the rest of a memo key). */
+static double ulps256(double t)
+{
+    t = fmax(t, 1e-300);
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    int64_t e = (int64_t)(bits >> 52 & 0x7ff);      /* biased: t = 1.f 2^(e - 1023) */
+    if (e <= 43 || e == 0x7ff) {
+        int bin;
+        frexp(t, &bin);
+        return ldexp(1.0, bin - 52 + 8);
+    }
+    uint64_t q = (uint64_t)(e - 43) << 52;           /* 2^(e - 1023 + 1 - 44) */
+    double r;
+    memcpy(&r, &q, sizeof r);
+    return r;
+}
+
 /* The memo key of pass `pass` of class ci, into P->key; returns its
  * length, with the interpreter's stream's free time *T0 and the quantum *q
  * it was taken with. */
@@ -1656,9 +1735,7 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     const Body *B = &cp->bodies[cp->sched[pass].body];
     const Compiled *k = &P->cb[cp->sched[pass].body];
     double T0 = c->afree[S_MAIN];
-    int bin;
-    frexp(fmax(T0, 1e-300), &bin);
-    double q = fmax(k->scale * 0x1p-36, ldexp(1.0, bin - 52 + 8));
+    double q = fmax(k->scale * 0x1p-36, ulps256(T0));
     double *key = P->key;
     int nk = 0;
     for (int x = 0; x < k->nstream; x++) key[nk++] = c->afree[k->streams[x]] - T0;
@@ -1947,6 +2024,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             free(k->streams);
             free(k->busy);
             free(k->p2p);
+            free(k->coll);
             free(k->chan);
             free(k->line);
             free(k->ext);

@@ -420,6 +420,11 @@ static void test_alike(void **state)
             plan_free(cp);
             strategy_free(s);
         }
+    /* eight stages over two nodes of four: stages 3 and 4, copies of
+     * stage 1, send or receive over the slower link, so their transfers
+     * take other times than stage 1's; the simulation is still the full
+     * program's */
+    check_plan(g, "{\"mesh\":{\"pp\":8},\"pipeline\":{\"microbatches\":8}}");
     /* uneven cuts: stages of other sizes are lowered themselves; the
      * two of two blocks each after the first copy it */
     Strategy *s;
