@@ -65,6 +65,12 @@ typedef struct {
     int cap, n;
 } Map;
 
+/* fmax and fmin as the C library defines them (a NaN argument gives the
+ * other), inline: the simulator's hot loops call them, and the library's
+ * are calls */
+static inline double max2(double a, double b) { return a > b || isnan(b) ? a : b; }
+static inline double min2(double a, double b) { return a < b || isnan(b) ? a : b; }
+
 static uint64_t mix(const int64_t k[4])
 {
     uint64_t h = 0x9e3779b97f4a7c15ULL;
@@ -545,7 +551,7 @@ static bool run_compute(Sim *S, int ci, int32_t i)
     double gap = t - c->free_t[S_MAIN];
     double moved;
     if (gap > 0 && bind != -1 && on_comm_stream(c, bind, &moved))
-        c->out.exposed_comm += fmin(gap, fmax(0, moved));
+        c->out.exposed_comm += min2(gap, max2(0, moved));
     c->start[i] = t;
     c->end[i] = t + dur;
     c->free_t[S_MAIN] = t + dur;
@@ -581,7 +587,7 @@ static void finish_comm(Sim *S, int ci, int32_t i, double start, double end)
     if (st == S_MAIN) c->out.main_instrs++;
     if (st == S_MAIN) c->out.exposed_comm += end - start;
     if (cpu_shares(st)) {
-        c->free_t[S_MAIN] = fmax(c->free_t[S_MAIN], start) + (end - start);
+        c->free_t[S_MAIN] = max2(c->free_t[S_MAIN], start) + (end - start);
         c->out.exposed_comm += end - start;
     }
     span(S, ci, i, start, end);
@@ -681,7 +687,7 @@ static bool run_collective(Sim *S, int ci, int32_t i)
         for (int m = 0; m < ml->nmembers; m++) {
             MeetList *other = meet_get(&S->cs[ml->members[m]], key);
             if (other->n <= c->seq[i] || isnan(other->v[c->seq[i]].ready)) return false;
-            start = fmax(start, other->v[c->seq[i]].ready);
+            start = max2(start, other->v[c->seq[i]].ready);
         }
         double dur = S->o->comm_time ? S->o->comm_time(S->o->ctx, ci, in) : -1;
         if (dur < 0)
@@ -806,7 +812,7 @@ static void post_for_others(Sim *S, int ci, int32_t i, double t, int rep_dst)
             Msg *m = msg_for(S, dc, ci, tag, n);
             if (isnan(m->recv_ready)) m->recv_ready = t;
             if (!isnan(m->send_t)) {
-                double dur = p2p_time(S, c, in, peer), start = fmax(m->send_t, t);
+                double dur = p2p_time(S, c, in, peer), start = max2(m->send_t, t);
                 message_done(S, m, start, start + dur, dur);
             }
             continue;
@@ -836,7 +842,7 @@ static bool run_send(Sim *S, int ci, int32_t i)
     c->start[i] = t;
     if (!isnan(m->recv_ready)) {
         double dur = p2p_time(S, c, in, peer);
-        m->end = fmax(t, m->recv_ready) + dur;
+        m->end = max2(t, m->recv_ready) + dur;
         c->end[i] = m->end;
         c->out.busy_comm += dur;
         span(S, ci, i, m->end - dur, m->end);
@@ -856,7 +862,7 @@ static void message_done(Sim *S, Msg *m, double start, double end, double dur)
     m->end = end;
     CState *sc = &S->cs[m->send_class];
     if (m->send_instr < 0) {
-        sc->base_end = fmax(sc->base_end, end);
+        sc->base_end = max2(sc->base_end, end);
         sc->out.busy_comm += dur;
     } else if (isnan(sc->end[m->send_instr])) {
         sc->end[m->send_instr] = end;
@@ -890,7 +896,7 @@ static bool run_recv(Sim *S, int ci, int32_t i)
     Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
     if (isnan(m->send_t)) return false;
     double dur = p2p_time(S, c, in, peer);
-    double start = fmax(m->send_t, c->start[i]), end = start + dur;
+    double start = max2(m->send_t, c->start[i]), end = start + dur;
     if (c->sid[i] == S_MAIN) end += S->calib[2];     /* the interpreter's step, as counted */
     message_done(S, m, start, end, dur);
     finish_comm(S, ci, i, start, end);
@@ -940,7 +946,7 @@ static int waits_async(const Sim *S, const CState *c, int32_t i)
 static double later_ready(const CState *c, int k)
 {
     SetAside *a = &c->later[k];
-    if (!isnan(a->t)) return fmax(a->t, c->free_t[S_MAIN]);
+    if (!isnan(a->t)) return max2(a->t, c->free_t[S_MAIN]);
     if (a->wait != -1 && isnan(dep_end(c, a->wait))) return NAN;
     const Instr *in = &c->pr->instrs[a->i];
     double t = 0;
@@ -951,10 +957,10 @@ static double later_ready(const CState *c, int k)
             a->wait = d;
             return NAN;
         }
-        t = fmax(t, e);
+        t = max2(t, e);
     }
     a->t = t;
-    return fmax(t, c->free_t[S_MAIN]);
+    return max2(t, c->free_t[S_MAIN]);
 }
 
 static void later_remove(CState *c, int k)
@@ -1604,7 +1610,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
         switch ((InstrKind)in->kind) {
         case I_COMPUTE: {
             double gap = t - fr[S_MAIN];
-            if (gap > 0 && !isnan(be) && bcode != S_MAIN) *exposed += fmin(gap, fmax(0, be - bs));
+            if (gap > 0 && !isnan(be) && bcode != S_MAIN) *exposed += min2(gap, max2(0, be - bs));
             e1 = t + dur;
             fr[S_MAIN] = e1;
             break;
@@ -1616,7 +1622,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             m->send_instr = -1;
             e1 = NAN;
             if (!isnan(m->recv_ready)) {
-                m->end = fmax(t, m->recv_ready) + dur;
+                m->end = max2(t, m->recv_ready) + dur;
                 e1 = m->end;
                 c->out.busy_comm += dur;
                 plain = false;
@@ -1627,7 +1633,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
         case I_RECV: {
             Msg *m = p2p_take(S, k, np);
             if (isnan(m->recv_ready)) m->recv_ready = t;
-            s1 = fmax(m->send_t, t);
+            s1 = max2(m->send_t, t);
             e1 = s1 + dur + (code == S_MAIN ? S->calib[2] : 0);
             message_done(S, m, s1, e1, dur);
             o_p2p[np++] = t - T0;
@@ -1639,13 +1645,13 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             e1 = t + dur;
             fr[code] = e1;
             if (cpu_shares(code)) {
-                fr[S_MAIN] = fmax(fr[S_MAIN], t) + dur;
+                fr[S_MAIN] = max2(fr[S_MAIN], t) + dur;
                 *exposed += dur;
             }
         }
         st[x] = s1;
         en[x] = e1;
-        if (!isnan(e1)) last = fmax(last, e1);
+        if (!isnan(e1)) last = max2(last, e1);
         int slot = P->export_slot[i];
         if (slot >= 0) {
             c->xstart[c->xoff[pass] + slot] = s1;
@@ -1659,7 +1665,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
     }
     for (int q = 0; q < k->nstream; q++) out[q] = fr[k->streams[q]] - T0;
     out[k->nout - 1] = last - T0;
-    if (last > -INFINITY) c->base_end = fmax(c->base_end, last);
+    if (last > -INFINITY) c->base_end = max2(c->base_end, last);
     return plain;
 }
 
@@ -1700,7 +1706,7 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
         c->xcode[slot] = (int16_t)o_x[3 * q + 2];
     }
     for (int q = 0; q < k->nstream; q++) c->afree[k->streams[q]] = T0 + me->out[q];
-    if (me->out[k->nout - 1] > -INFINITY) c->base_end = fmax(c->base_end, T0 + me->out[k->nout - 1]);
+    if (me->out[k->nout - 1] > -INFINITY) c->base_end = max2(c->base_end, T0 + me->out[k->nout - 1]);
     c->out.exposed_comm += me->exposed;
     return true;
 }
@@ -1710,7 +1716,7 @@ static bool replay_pass(Sim *S, int ci, Passes *P, int pass, double T0, const Me
  * bits (frexp and ldexp cost as much as the rest of a memo key). */
 static double ulps256(double t)
 {
-    t = fmax(t, 1e-300);
+    t = max2(t, 1e-300);
     uint64_t bits;
     memcpy(&bits, &t, sizeof bits);
     int64_t e = (int64_t)(bits >> 52 & 0x7ff);      /* biased: t = 1.f 2^(e - 1023) */
@@ -1735,7 +1741,7 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     const Body *B = &cp->bodies[cp->sched[pass].body];
     const Compiled *k = &P->cb[cp->sched[pass].body];
     double T0 = c->afree[S_MAIN];
-    double q = fmax(k->scale * 0x1p-36, ulps256(T0));
+    double q = max2(k->scale * 0x1p-36, ulps256(T0));
     double *key = P->key;
     int nk = 0;
     for (int x = 0; x < k->nstream; x++) key[nk++] = c->afree[k->streams[x]] - T0;
@@ -1860,8 +1866,8 @@ static bool run_twins(Sim *S, Passes *P, int *next, int ci, int pass, const int 
         if (m != ci && !(next[m] == pass && pass < pm->nsched && pass_ready(S, m, &P[m], pass) &&
                          bodies_alike(S, P, ci, b, m, pm->sched[pass].body) &&
                          pass_key(S, m, &P[m], pass, &T1, &q1) == nk &&
-                         fabs(T1 - T0) <= fmin(q, q1) &&
-                         keys_match(P[m].key, P[ci].key, nk, fmin(q, q1))))
+                         fabs(T1 - T0) <= min2(q, q1) &&
+                         keys_match(P[m].key, P[ci].key, nk, min2(q, q1))))
             return false;
     }
     for (int g = 0; g < n; g++) run_pass(S, grp[g], &P[grp[g]], next[grp[g]]++);
@@ -1917,7 +1923,7 @@ static double lower_bound(Sim *S, Passes *P)
             const Compiled *k = &P[ci].cb[b];
             for (int q = 0; q < k->nstream; q++) busy[k->streams[q]] += runs[b] * k->busy[q];
         }
-        for (int q = 0; q < S_GROUPS + KEYS; q++) lb = fmax(lb, busy[q]);
+        for (int q = 0; q < S_GROUPS + KEYS; q++) lb = max2(lb, busy[q]);
         free(runs);
     }
     return lb;
@@ -2182,7 +2188,7 @@ static void summarise(Sim *S)
     r->feasible = true;
     for (int ci = 0; ci < r->nclasses; ci++) {
         SimClass *o = &S->cs[ci].out;
-        o->idle = fmax(0, step - o->busy_compute - o->exposed_comm);
+        o->idle = max2(0, step - o->busy_compute - o->exposed_comm);
         r->classes[ci] = *o;
         hw += o->flops * o->nranks;
         if (s->nstages > 1) {
