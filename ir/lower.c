@@ -131,6 +131,17 @@ static void stat_counts(OpKind k, int *fwd, int *bwd, int *per_fwd, int *per_bwd
     if (k == OP_BATCHNORM) { *fwd = 1; *bwd = 1; *per_fwd = 2; *per_bwd = 4; }
 }
 
+/* The layout operand k of op i arrives in, and the axes its gradient is
+ * partial over (the letters of the op that operand lacks): part of its
+ * facts, and all a param's consumers are asked in shared_init (most of
+ * them on stages copied from another, whose ops are never lowered). */
+static Layout operand_arrival(const Shared *S, int i, int k, AxisMask *grad_partial)
+{
+    const Op *op = &S->g->ops[i];
+    *grad_partial = axes_of_letters(S->s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
+    return operand_layout(S->s, i, op->in_letters[k]);
+}
+
 /* The facts of op i: the layouts its operands arrive in and its output
  * leaves in, what its gradients are partial over, its statistics and its
  * cost, for one micro-batch on its shard. Made on first use: a plan whose
@@ -144,11 +155,8 @@ static const OpFacts *facts(const Shared *S, int i)
     const Op *op = &g->ops[i];
     memset(f, 0, sizeof *f);
     for (int k = 0; k < op->nin; k++) {
-        f->in[k] = operand_layout(s, i, op->in_letters[k]);
-        const Tensor *T = &g->tensors[op->in[k]];
-        if (T->role == ROLE_PARAM) f->has_param = true;
-        f->grad_partial[k] =
-            axes_of_letters(s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
+        f->in[k] = operand_arrival(S, i, k, &f->grad_partial[k]);
+        if (g->tensors[op->in[k]].role == ROLE_PARAM) f->has_param = true;
     }
     f->has_bwd = g->tensors[op->out].needs_grad;
     f->out = operand_layout(s, i, op->out_letters);
@@ -161,21 +169,6 @@ static const OpFacts *facts(const Shared *S, int i)
     graph_op_cost(g, i, S->local[i], &f->cost);
     S->of_made[i] = true;
     return f;
-}
-
-/* The layout operand k of op i arrives in and the axes its gradient is
- * partial over (OpFacts.in, .grad_partial), without the op's other facts:
- * every param's consumers are asked, most of them on stages copied from
- * another (shift_of) whose ops are never lowered. */
-static Layout operand_of(const Shared *S, int i, int k, AxisMask *grad_partial)
-{
-    if (S->of_made[i]) {
-        *grad_partial = S->of[i].grad_partial[k];
-        return S->of[i].in[k];
-    }
-    const Op *op = &S->g->ops[i];
-    *grad_partial = axes_of_letters(S->s, i, op->letters_mask & ~letters_of(op->in_letters[k]));
-    return operand_layout(S->s, i, op->in_letters[k]);
 }
 
 static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strategy *s, Err *err)
@@ -242,7 +235,7 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
             for (int k = 0; k < g->ops[i].nin; k++) {
                 if (g->ops[i].in[k] != t) continue;
                 AxisMask p;
-                Layout in = operand_of(S, i, k, &p);
+                Layout in = operand_arrival(S, i, k, &p);
                 if (first) {
                     S->home[t] = in;
                     S->sync_axes[t] = p;
