@@ -1351,11 +1351,21 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     const Body *B = &cp->bodies[b];
     Compiled *k = &P->cb[b];
     int n = B->i1 - B->i0 ? B->i1 - B->i0 : 1;
+    /* a class copied from an alike one (Program.like) on the same device
+     * runs the same ops renumbered: their times are that class's, and its
+     * dependencies on other passes and its exports are that class's too
+     * (the same bodies, the same instructions and dependencies) */
+    const Compiled *twin = NULL;
+    if (cp->like >= 0 && !S->o->compute_time && S->cs[cp->like].device == c->device &&
+        S->passes[cp->like].cb[b].code)
+        twin = &S->passes[cp->like].cb[b];
+    /* a copy's code, times and sources come whole from its twin; a
+     * transfer's peer and count are read for transfers only */
     k->code = xmalloc(sizeof *k->code * n);
-    k->dur = xcalloc(n, sizeof *k->dur);
-    k->src = xcalloc(n, sizeof *k->src);
-    k->peer = xcalloc(n, sizeof *k->peer);
-    k->nth = xcalloc(n, sizeof *k->nth);
+    k->dur = twin ? xmalloc(sizeof *k->dur * n) : xcalloc(n, sizeof *k->dur);
+    k->src = twin ? xmalloc(sizeof *k->src * n) : xcalloc(n, sizeof *k->src);
+    k->peer = xmalloc(sizeof *k->peer * n);
+    k->nth = xmalloc(sizeof *k->nth * n);
     k->regular = B->kind != BODY_TAIL;
     k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
     k->busy = xmalloc(sizeof *k->busy * (S_GROUPS + KEYS));
@@ -1366,14 +1376,6 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
     memset(at, -1, sizeof at);
     Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
-    /* a class copied from an alike one (Program.like) on the same device
-     * runs the same ops renumbered: their times are that class's, and its
-     * dependencies on other passes and its exports are that class's too
-     * (the same bodies, the same instructions and dependencies) */
-    const Compiled *twin = NULL;
-    if (cp->like >= 0 && !S->o->compute_time && S->cs[cp->like].device == c->device &&
-        S->passes[cp->like].cb[b].code)
-        twin = &S->passes[cp->like].cb[b];
     int nd = 1;
     if (twin) {
         nd += twin->next;
