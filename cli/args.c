@@ -116,7 +116,7 @@ static bool same_file(const char *a, const char *b)
 int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err)
 {
     const char *path = args_get(a, key);
-    if (!path) return 0;
+    if (!path || !strcmp(path, "-")) return 0;     /* "-": standard output */
     if (!*path) return err_set(err, "%s: the path is empty", flag);
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
@@ -130,6 +130,23 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
                            "it holds: give another file", flag, path, *ext[i] ? "'s journal" : "",
                            db);
     }
+    /* nor a file the command reads (an input option or argument), nor any
+     * store: writing over a model or a database destroys it */
+    for (int i = 0; i < a->n + a->npos; i++) {
+        const char *in = i < a->n ? a->val[i] : a->pos[i - a->n];
+        if (i < a->n && (!in || !strcmp(a->key[i], key))) continue;
+        if (in && *in && same_file(path, in))
+            return err_set(err, "%s %s: is also %s%s, which this command reads: give another "
+                           "file", flag, path, i < a->n ? "--" : "an argument", i < a->n ? a->key[i] : "");
+    }
+    FILE *f = fopen(path, "rb");
+    char head[16] = "";
+    bool store = f && fread(head, 1, sizeof head, f) == sizeof head &&
+                 !memcmp(head, "SQLite format 3", 16);
+    if (f) fclose(f);
+    if (store)
+        return err_set(err, "%s %s: is a SQLite database (a store?); writing it would destroy "
+                       "what it holds: give another file", flag, path);
     /* its directory: there and writable */
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);

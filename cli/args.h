@@ -42,7 +42,9 @@ void args_usage(FILE *f, const OptSpec *spec);
 /* An output file option (`flag` as the user writes it: "--log", "-o"),
  * checked before any work: not empty, not a directory, in a directory that
  * is there and writable, and not the store `db` (nor its -wal, -shm or
- * -journal file), which writing would destroy. Absent is fine. */
+ * -journal file), any other SQLite database, or a file the command reads
+ * (another option's value or an argument), which writing would destroy.
+ * Absent, or "-" (standard output), is fine. */
 int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err);
 
 #endif

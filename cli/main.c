@@ -161,6 +161,7 @@ static int cmd_model_build(int argc, char **argv)
         zoo_usage(f);
         return args_has(&a, "help") ? 0 : EXIT_USAGE;
     }
+    if (args_out_file(&a, "output", "-o", NULL, &err)) return usage_error("model build", &err);
     const char *keys[ARGS_MAX], *vals[ARGS_MAX];
     int n = 0;
     for (int i = 0; i < a.n; i++) {
@@ -204,7 +205,9 @@ static int cmd_model_import(int argc, char **argv)
         return usage_for(&a, "strata model import FILE.onnx [--batch N] [--name NAME] "
                              "[--loss cross_entropy|mse] [-o model.json]", OPTS);
     int64_t batch = 0;
-    if (args_int(&a, "batch", 1, 1 << 30, &batch, &err)) return usage_error("model import", &err);
+    if (args_int(&a, "batch", 1, 1 << 30, &batch, &err) ||
+        args_out_file(&a, "output", "-o", NULL, &err))
+        return usage_error("model import", &err);
     OnnxOpts o = { .batch = batch, .name = args_get(&a, "name"), .loss = args_get(&a, "loss") };
     cJSON *j = onnx_import_file(a.pos[0], &o, &err);
     Graph *g = j ? graph_from_json(j, &err) : NULL;
@@ -518,6 +521,8 @@ static int cmd_strategy_build(int argc, char **argv)
     }
     o.recompute = args_has(&a, "recompute");
     o.sequence_parallel = args_has(&a, "sequence-parallel");
+    if (args_out_file(&a, "output", "-o", NULL, &err))
+        return usage_error("strategy build", &err);
     const char *kind = a.pos[0];
     Graph *g;
     Cluster *c;
@@ -690,7 +695,7 @@ static int cmd_plans_list(int argc, char **argv)
     }
     if (args_has(&a, "json")) {
         cJSON *arr = cJSON_CreateArray();
-        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_plan(&rows[i], false));
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_plan(db, &rows[i], false));
         print_json(arr);
         cJSON_Delete(arr);
     } else {
@@ -721,13 +726,13 @@ static int cmd_plans_show(int argc, char **argv)
     if (!db) return rc;
     DbPlan p;
     rc = db_plan_get(db, a.pos[0], &p, &err);
+    cJSON *view = rc || !args_has(&a, "json") ? NULL : view_plan(db, &p, true);
     db_close(db);
     if (rc) return fail(&err);
     cJSON *strategy = cJSON_Parse(p.strategy_json), *summary = cJSON_Parse(p.summary_json);
-    if (args_has(&a, "json")) {
-        cJSON *j = view_plan(&p, true);
-        print_json(j);
-        cJSON_Delete(j);
+    if (view) {
+        print_json(view);
+        cJSON_Delete(view);
     } else {
         printf("plan %s: model %s (%s) on cluster %s (%s), %d %s, strategy %s, stored %s\n",
                p.id, p.model_name, p.model_id, p.cluster_name, p.cluster_id, p.world,

@@ -147,10 +147,23 @@ char *file_read(const char *path, size_t *len, Err *err)
         err_set(err, "%s: is a directory, not a file", path);
         return NULL;
     }
+    /* a pipe or a device (/dev/zero) may never end: it is read up to a
+     * bound, past which it is refused rather than filling the memory */
+    bool regular = fstat(fileno(f), &stt) == 0 && S_ISREG(stt.st_mode);
+    const size_t stream_max = (size_t)256 << 20;
     size_t cap = 1 << 16, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
-        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        if (n + 1 >= cap) {
+            if (!regular && cap >= stream_max) {
+                free(buf);
+                fclose(f);
+                err_set(err, "%s: more than %zu MiB from a pipe or device; give a regular file",
+                        path, stream_max >> 20);
+                return NULL;
+            }
+            buf = xrealloc(buf, cap *= 2);
+        }
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;

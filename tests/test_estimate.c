@@ -59,6 +59,17 @@ static void test_estimate_prints_and_stores(void **state)
            "--nodes", "2", "--strategy", s, "--db", db, "--svg", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--svg", "is the store");
+    /* nor does a command without --db write over a store, or over its input */
+    STRATA(&r, "strategy", "build", "dp", "--model", small_gpt(), "-o", db);
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "-o", "SQLite database");
+    STRATA(&r, "strategy", "build", "dp", "--model", small_gpt(), "-o", small_gpt());
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "-o", "is also --model");
+    /* an input that never ends is refused, not read into all the memory */
+    STRATA(&r, "model", "show", "/dev/zero");
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "/dev/zero", "pipe or device");
 
     /* the same as JSON; the prediction is stored with the plan */
     STRATA(&r, "estimate", "--model", small_gpt(), "--cluster", rp("clusters/dgx-a100-80gb.json"),
