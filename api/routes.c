@@ -67,6 +67,16 @@ static void err_path(const char *prefix, const char *msg, char *path, size_t n)
         }
     }
     snprintf(path, n, "%s%s%.*s", prefix, prefix[0] && k ? "." : "", (int)k, msg);
+    /* a reader's 'PATH: unknown field "KEY"' is about the field PATH.KEY */
+    static const char unknown[] = ": unknown field \"";
+    const char *key = msg + k;
+    if (!strncmp(key, unknown, sizeof unknown - 1)) {
+        key += sizeof unknown - 1;
+        size_t m = strspn(key, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+        size_t used = strlen(path);
+        if (m > 0 && key[m] == '"' && used + 1 + m < n)
+            snprintf(path + used, n - used, "%s%.*s", used ? "." : "", (int)m, key);
+    }
 }
 
 static enum MHD_Result bad(Req *r, const char *prefix, const Err *err)
@@ -207,7 +217,10 @@ static int query_int(Req *r, const char *key, int64_t lo, int64_t hi, int64_t *v
     char *end;
     errno = 0;
     long long x = strtoll(s, &end, 10);
-    if (errno || end == s || *end || x < lo || x > hi) {
+    /* digits, with a leading '-' at most: no blanks or '+', which strtoll
+     * would skip */
+    bool plain = isdigit((unsigned char)s[0]) || (s[0] == '-' && isdigit((unsigned char)s[1]));
+    if (!plain || errno || end == s || *end || x < lo || x > hi) {
         *out = reply_error(r, 400, key, "query %s=%s: expected an integer from %lld to %lld", key,
                            s, (long long)lo, (long long)hi);
         return -1;
@@ -343,7 +356,8 @@ static enum MHD_Result h_model_get(Req *r)
 static Graph *zoo_model(Req *r, const cJSON *body, enum MHD_Result *out)
 {
     const char *kind = NULL;
-    if (opt_str(r, body, "zoo", &kind, out)) return NULL;
+    static const char *const fields[] = { "zoo", "options", NULL };
+    if (known_fields(r, body, fields, out) || opt_str(r, body, "zoo", &kind, out)) return NULL;
     if (!kind) {
         *out = reply_error(r, 400, "zoo", "zoo: expected the name of a zoo model");
         return NULL;
@@ -591,6 +605,11 @@ static enum MHD_Result h_searches_post(Req *r)
         db_costmodel_free(&m);
         snprintf(j->costmodel_id, sizeof j->costmodel_id, "%s", cm);
     }
+    if (devices > c->ndevices) {
+        out = reply_error(r, 400, "devices", "devices: %lld asked for, cluster %s has %d",
+                          (long long)devices, c->name, c->ndevices);
+        goto fail;
+    }
     j->search.seed = (uint64_t)seed;
     j->search.threads = (int)threads;
     j->search.world = (int)devices;
@@ -605,7 +624,8 @@ static enum MHD_Result h_searches_post(Req *r)
                          .budget_text = j->budget_text };
     if (job_search_queue(g, c, &jo, j->id, &err)) {
         server_unreserve(r->S);
-        out = bad(r, "", &err);
+        /* what is left is about the model and cluster together, no one field */
+        out = reply_error(r, 400, "", "%s", err.msg);
         goto fail;
     }
     server_enqueue_reserved(r->S, j);
@@ -945,6 +965,42 @@ static enum MHD_Result h_search_events(Req *r)
 /* ----------------------------------------------------------------------------
  * Estimates and plans */
 
+/* The field of a strategy shorthand a builder's message is about, into
+ * path: "megatron: tp 3 does not divide world 8" is strategy.tp; an
+ * unknown kind is strategy.kind; anything else the strategy as a whole. */
+static void shorthand_path(const char *msg, const char *const *keys, char *path, size_t n)
+{
+    snprintf(path, n, "strategy");
+    if (!strncmp(msg, "unknown strategy kind", 21)) {
+        snprintf(path, n, "strategy.kind");
+        return;
+    }
+    const char *w = strstr(msg, ": ");
+    if (!w) return;
+    w += 2;
+    /* the built strategy's own path ("pipeline.microbatches: ...",
+     * "params[\"*\"].sync.compress: ...") names the option by its last part */
+    size_t tok = strcspn(w, ": ");
+    const char *last = w;
+    for (size_t i = 0; w[tok] == ':' && i < tok; i++)
+        if (w[i] == '.') last = w + i + 1;
+    w = last;
+    size_t k = strspn(w, "abcdefghijklmnopqrstuvwxyz_");
+    static const struct { const char *word, *key; } alias[] = {
+        { "virtual", "virtual_stages" }, { "sequence", "sequence_parallel" },
+    };
+    for (size_t a = 0; a < sizeof alias / sizeof alias[0]; a++)
+        if (k == strlen(alias[a].word) && !strncmp(w, alias[a].word, k)) {
+            snprintf(path, n, "strategy.%s", alias[a].key);
+            return;
+        }
+    for (int i = 0; keys[i]; i++)
+        if (k == strlen(keys[i]) && !strncmp(w, keys[i], k)) {
+            snprintf(path, n, "strategy.%s", keys[i]);
+            return;
+        }
+}
+
 /* The strategy member: a strategy JSON, or {"kind": "megatron", "options"...}
  * as `strata strategy build` takes it. */
 static Strategy *body_strategy(Req *r, const cJSON *body, const Graph *g, const Cluster *c,
@@ -990,9 +1046,19 @@ static Strategy *body_strategy(Req *r, const cJSON *body, const Graph *g, const 
         o.recompute = rc;
         o.sequence_parallel = sp;
         cJSON *built = strategy_build(kind->valuestring, g, c, &o, &err);
-        Strategy *s = built ? strategy_from_json(built, g, c, &err) : NULL;
+        if (!built) {
+            char path[64];
+            shorthand_path(err.msg, keys, path, sizeof path);
+            *out = reply_error(r, 400, path, "%s", err.msg);
+            return NULL;
+        }
+        Strategy *s = strategy_from_json(built, g, c, &err);
         cJSON_Delete(built);
-        if (!s) *out = bad(r, "strategy", &err);
+        if (!s) {
+            char path[64];
+            shorthand_path(err.msg, keys, path, sizeof path);
+            *out = reply_error(r, 400, path, "%s", err.msg);
+        }
         return s;
     }
     Strategy *s = strategy_from_json(sj, g, c, &err);
@@ -1088,16 +1154,11 @@ static enum MHD_Result h_plans_list(Req *r)
         const DbPlan *p = &rows[i];
         if (model && strcmp(model, p->model_id) && strcmp(model, p->model_name)) continue;
         if (cluster && strcmp(cluster, p->cluster_id) && strcmp(cluster, p->cluster_name)) continue;
-        DbEstimate *e;
-        int ne = 0;
-        items[k].step = INFINITY;
-        items[k].item = view_plan(p, false);
-        if (!db_estimate_list(db, p->id, &e, &ne, &err) && ne > 0) {
-            if (e[0].feasible) items[k].step = e[0].step_time_s;
-            cJSON_AddNumberToObject(items[k].item, "step_time_s", e[0].step_time_s);
-            cJSON_AddBoolToObject(items[k].item, "feasible", e[0].feasible);
-        }
-        if (ne >= 0) db_estimate_list_free(e, ne);
+        items[k].item = view_plan(db, p, false);
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(items[k].item, "step_time_s");
+        items[k].step = st && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(items[k].item,
+                                                                               "feasible"))
+                      ? st->valuedouble : INFINITY;
         k++;
     }
     close_db(r, db);
@@ -1127,25 +1188,7 @@ static enum MHD_Result h_plan_get(Req *r)
         return rc > 0 ? reply_error(r, 404, "", "no plan with id %s", r->params[0])
                       : reply_error(r, 500, "", "%s", err.msg);
     }
-    cJSON *j = view_plan(&p, true);
-    DbEstimate *e;
-    int ne = 0;
-    cJSON *arr = cJSON_AddArrayToObject(j, "estimates");
-    if (!db_estimate_list(db, p.id, &e, &ne, &err)) {
-        for (int i = 0; i < ne; i++) cJSON_AddItemToArray(arr, view_estimate(&e[i]));
-        db_estimate_list_free(e, ne);
-    }
-    /* the search that found it: its table against the baselines */
-    DbSearch x;
-    if (db_search_of_plan(db, p.id, &x, &err) == 0) {
-        cJSON *res = x.result_json ? cJSON_Parse(x.result_json) : NULL;
-        cJSON *found = cJSON_AddObjectToObject(j, "search");
-        cJSON_AddStringToObject(found, "id", x.id);
-        cJSON *bl = cJSON_DetachItemFromObjectCaseSensitive(res, "baselines");
-        cJSON_AddItemToObject(found, "baselines", bl ? bl : cJSON_CreateArray());
-        cJSON_Delete(res);
-        db_search_free(&x);
-    }
+    cJSON *j = view_plan(db, &p, true);
     close_db(r, db);
     db_plan_free(&p);
     return reply_json(r, 200, j);

@@ -169,12 +169,15 @@ static int match(Req *r, const char *path)
         while (ok && *p && *u) {
             if (p[0] == '{' && p[1] == '}') {
                 size_t n = strcspn(u, "/");
-                if (n == 0 || n >= sizeof r->pbuf[0] || np == 4) {
+                if (n == 0 || np == 4) {
                     ok = false;
                     break;
                 }
-                memcpy(r->pbuf[np], u, n);
-                r->pbuf[np][n] = 0;
+                /* a segment longer than any id is kept cut, with "...": the
+                 * route still matches and its handler refuses the id */
+                size_t keep = n < sizeof r->pbuf[0] ? n : sizeof r->pbuf[0] - 4;
+                memcpy(r->pbuf[np], u, keep);
+                strcpy(r->pbuf[np] + keep, n == keep ? "" : "...");
                 r->params[np] = r->pbuf[np];
                 np++;
                 p += 2;
@@ -233,6 +236,51 @@ static enum MHD_Result unauthorized(Req *r)
     return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
 }
 
+/* The query's arguments, for query_bad: each key once, with a value. */
+typedef struct {
+    const char *keys[32];
+    int n;
+    const char *bad, *why;
+} QueryCheck;
+
+static void query_arg(QueryCheck *q, const char *key, const char *value)
+{
+    if (q->bad) return;
+    if (!value || !value[0]) {
+        q->bad = key;
+        q->why = "has no value";
+        return;
+    }
+    for (int i = 0; i < q->n; i++)
+        if (!strcmp(q->keys[i], key)) {
+            q->bad = key;
+            q->why = "is given more than once";
+            return;
+        }
+    if (q->n < (int)(sizeof q->keys / sizeof q->keys[0])) q->keys[q->n++] = key;
+}
+
+static enum MHD_Result query_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    (void)kind;
+    query_arg(cls, key, value);
+    return MHD_YES;
+}
+
+/* A query argument given twice, or without a value: its key, with why;
+ * NULL when every argument is given once with a value. (Each handler
+ * reads one value per key, and would otherwise take the first silently.) */
+static const char *query_bad(const Req *r, const char **why)
+{
+    QueryCheck q = { .n = 0 };
+    if (r->con) MHD_get_connection_values(r->con, MHD_GET_ARGUMENT_KIND, query_iter, &q);
+    else
+        for (int i = 0; i < r->nquery; i++) query_arg(&q, r->query[i][0], r->query[i][1]);
+    *why = q.why;
+    return q.bad;
+}
+
 static enum MHD_Result dispatch(Req *r)
 {
     char path[1024];
@@ -245,6 +293,8 @@ static enum MHD_Result dispatch(Req *r)
               : !strcmp(r->method, "POST") ? rt->post
               : !strcmp(r->method, "DELETE") ? rt->del : NULL;
     if (!h) return method_not_allowed(r, rt);
+    const char *why, *bad = query_bad(r, &why);
+    if (bad) return reply_error(r, 400, bad, "query %s %s", bad, why);
     if (rt->post && h == rt->post && r->body) r->body[r->len] = 0;
     return h(r);
 }
@@ -265,8 +315,10 @@ static enum MHD_Result too_big(Req *r, const char *declared)
 }
 
 /* Percent-decoding of the path and the query, in place: as the standard's,
- * except that %00 stays as it is. Decoded, it would end the C string
- * early, and "/v1/models/<id>%00junk" would name the model <id>. */
+ * except that %00 and %2F stay as they are. Decoded, %00 would end the C
+ * string early ("/v1/models/<id>%00junk" would name the model <id>), and
+ * %2F would split a segment in two: an encoded slash is part of its
+ * segment, never a separator between routes' segments. */
 static size_t unescape(void *cls, struct MHD_Connection *con, char *s)
 {
     (void)cls;
@@ -274,7 +326,7 @@ static size_t unescape(void *cls, struct MHD_Connection *con, char *s)
     char *w = s;
     for (const char *p = s; *p;) {
         if (p[0] == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
-            !(p[1] == '0' && p[2] == '0')) {
+            !(p[1] == '0' && p[2] == '0') && !(p[1] == '2' && (p[2] == 'f' || p[2] == 'F'))) {
             char hex[3] = { p[1], p[2], 0 };
             *w++ = (char)strtol(hex, NULL, 16);
             p += 3;

@@ -245,7 +245,10 @@ void export_free(Export *x);
  * the row as a list shows it. Caller deletes. */
 cJSON *view_model(const DbModel *m, bool full);
 cJSON *view_cluster(const DbCluster *c, bool full);
-cJSON *view_plan(const DbPlan *p, bool full);
+/* A plan: with its latest prediction (step_time_s, feasible) where the
+ * store db holds one; full adds every prediction and the search that
+ * found it, with its baselines. */
+cJSON *view_plan(Db *db, const DbPlan *p, bool full);
 cJSON *view_estimate(const DbEstimate *e);
 cJSON *view_search(const DbSearch *x, bool full);
 cJSON *view_run(const DbRun *r, const DbRunStep *steps, int nsteps, bool full);

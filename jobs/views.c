@@ -56,7 +56,7 @@ cJSON *view_cluster(const DbCluster *c, bool full)
     return o;
 }
 
-cJSON *view_plan(const DbPlan *p, bool full)
+cJSON *view_plan(Db *db, const DbPlan *p, bool full)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", p->id);
@@ -67,9 +67,35 @@ cJSON *view_plan(const DbPlan *p, bool full)
     cJSON_AddStringToObject(o, "strategy_id", p->strategy_id);
     cJSON_AddNumberToObject(o, "world", p->world);
     add_str(o, "created", p->created);
+    /* the latest prediction, and with the whole plan every one and the
+     * search that found it (its table against the baselines) */
+    DbEstimate *e;
+    int ne = 0;
+    Err err = {0};
+    if (db && !db_estimate_list(db, p->id, &e, &ne, &err)) {
+        if (ne > 0) {
+            cJSON_AddNumberToObject(o, "step_time_s", e[0].step_time_s);
+            cJSON_AddBoolToObject(o, "feasible", e[0].feasible);
+        }
+        if (full) {
+            cJSON *arr = cJSON_AddArrayToObject(o, "estimates");
+            for (int i = 0; i < ne; i++) cJSON_AddItemToArray(arr, view_estimate(&e[i]));
+        }
+        db_estimate_list_free(e, ne);
+    }
     if (full) {
         add_raw(o, "strategy", p->strategy_json);
         add_raw(o, "summary", p->summary_json);
+    }
+    DbSearch x;
+    if (db && full && db_search_of_plan(db, p->id, &x, &err) == 0) {
+        cJSON *res = x.result_json ? cJSON_Parse(x.result_json) : NULL;
+        cJSON *found = cJSON_AddObjectToObject(o, "search");
+        cJSON_AddStringToObject(found, "id", x.id);
+        cJSON *bl = cJSON_DetachItemFromObjectCaseSensitive(res, "baselines");
+        cJSON_AddItemToObject(found, "baselines", bl ? bl : cJSON_CreateArray());
+        cJSON_Delete(res);
+        db_search_free(&x);
     }
     return o;
 }
@@ -111,8 +137,11 @@ cJSON *view_search(const DbSearch *x, bool full)
     if (cJSON_IsNumber(st) && isfinite(st->valuedouble))
         cJSON_AddNumberToObject(o, "step_time_s", st->valuedouble);
     add_str(o, "created", x->created);
-    add_str(o, "finished", x->finished);
-    if (full && res) cJSON_AddItemToObject(o, "result", res);
+    /* a search queued or running again (resumed) has not ended: its last
+     * end and result stay in the row, its best so far above */
+    bool ended = x->status && strcmp(x->status, "queued") && strcmp(x->status, "running");
+    if (ended) add_str(o, "finished", x->finished);
+    if (full && res && ended) cJSON_AddItemToObject(o, "result", res);
     else cJSON_Delete(res);
     return o;
 }

@@ -259,6 +259,9 @@ static void test_models_and_clusters(void **state)
         { "{\"zoo\": \"gpt\", \"options\": {\"layrs\": 2}}", "options.layrs" },
         { "{\"zoo\": \"gpt\", \"options\": {\"layers\": [1]}}", "options.layers" },
         { "{\"zoo\": \"gtp\"}", "zoo" },
+        { "{\"zoo\": \"mlp\", \"optoins\": {\"layers\": 3}}", "optoins" },
+        /* a reader's unknown field is named itself, not its object */
+        { "{\"name\": \"x\", \"tensors\": [], \"ops\": [], \"bogus\": 1}", "bogus" },
         { "{\"name\": \"x\", \"ops\": []}", "tensors" },
         /* the body is the model: its fields are named from the body's root */
         { "{\"name\": \"\", \"tensors\": [], \"ops\": []}", "name" },
@@ -295,10 +298,28 @@ static void test_models_and_clusters(void **state)
     http(port, "POST", "/v1/models", "Content-Length: 2\r\nContent-Length: 200\r\n", NULL, &h);
     expect_error(&h, 400, "");
     assert_non_null(strstr(h.body, "Content-Length"));
-    /* an id does not end at an encoded NUL */
+    /* an id does not end at an encoded NUL, an encoded slash separates no
+     * segments, and an id of any length is refused as one */
     snprintf(path, sizeof path, "/v1/models/%s%%00junk", model_id);
     http(port, "GET", path, NULL, NULL, &h);
     expect_error(&h, 400, "id");
+    snprintf(path, sizeof path, "/v1/models%%2F%s", model_id);
+    http(port, "GET", path, NULL, NULL, &h);
+    expect_error(&h, 404, "");
+    snprintf(path, sizeof path, "/v1/models/%s%s%s%s%s%s", model_id, model_id, model_id, model_id,
+             model_id, model_id);
+    http(port, "GET", path, NULL, NULL, &h);
+    expect_error(&h, 400, "id");
+    /* a query argument is given once, with a value, as plain digits */
+    static const char *const bad_queries[] = { "/v1/plans?limit=1&limit=abc", "/v1/plans?limit",
+                                               "/v1/plans?limit=%201", "/v1/plans?limit=%2B1" };
+    for (int i = 0; i < 4; i++) {
+        http(port, "GET", bad_queries[i], NULL, NULL, &h);
+        expect_error(&h, 400, "limit");
+    }
+    http(port, "POST", "/v1/clusters?nodes=2&nodes=abc", NULL,
+         file_text("clusters/dgx-a100-80gb.json"), &h);
+    expect_error(&h, 400, "nodes");
     http(port, "PUT", "/v1/models", NULL, "{}", &h);
     expect_error(&h, 405, "");
     assert_non_null(strcasestr(h.head, "Allow: GET, HEAD, POST"));
@@ -337,6 +358,13 @@ static void test_estimate(void **state)
         { "{\"kind\": \"megatron\", \"recompute\": 1}", "strategy.recompute" },
         { "{\"kind\": 1}", "strategy.kind" },
         { "7", "strategy" },
+        /* a builder's refusal names the option it is about */
+        { "{\"kind\": \"megatron\", \"tp\": 3}", "strategy.tp" },
+        { "{\"kind\": \"zero\", \"zero\": 7}", "strategy.zero" },
+        { "{\"kind\": \"gpipe\", \"pp\": 2, \"microbatches\": 3}", "strategy.microbatches" },
+        { "{\"kind\": \"dp\", \"compress\": \"zzz\"}", "strategy.compress" },
+        { "{\"kind\": \"dpp\"}", "strategy.kind" },
+        { "{\"mesh\": {\"dp\": 1}, \"bogus\": 1}", "strategy.bogus" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": %s}",
@@ -467,6 +495,9 @@ static void test_search_followed(void **state)
     expect(&h, 200);
     cJSON *p = body_json(&h);
     assert_true(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "strategy")));
+    /* the plan as the list shows it, and more */
+    assert_true(jnum(p, "step_time_s") > 0);
+    assert_true(cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(p, "feasible")));
     assert_true(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(p, "estimates")) >= 1);
     const cJSON *sr = cJSON_GetObjectItemCaseSensitive(p, "search");
     assert_string_equal(jstr(sr, "id"), id);
@@ -513,7 +544,7 @@ static void test_search_refusals(void **state)
         { "\"seed\": 9007199254740993", "seed" },   /* past what a JSON number holds */
         { "\"threads\": 0", "threads" },
         { "\"allow_lossy\": \"yes\"", "allow_lossy" },
-        { "\"devices\": 100000", "" },
+        { "\"devices\": 100000", "devices" },
         { "\"budgt\": \"2s\"", "budgt" },           /* a typo is not the default */
         { "\"budget\": \"1e308h\"", "budget" },
         { "\"budget\": 1, \"budget\": 2", "" },       /* a key twice */
@@ -981,6 +1012,11 @@ static void test_kill9_restart(void **state)
         http(p2, "GET", path, NULL, NULL, &h);
         if (jnum(body_json(&h), "events") > before + 2) break;
         usleep(100000);
+    }
+    /* running again: its last end and result are not shown as this run's */
+    if (!strcmp(jstr(body_json(&h), "status"), "running")) {
+        assert_null(cJSON_GetObjectItemCaseSensitive(body_json(&h), "finished"));
+        assert_null(cJSON_GetObjectItemCaseSensitive(body_json(&h), "result"));
     }
     http(p2, "DELETE", path, NULL, NULL, &h);
     expect(&h, 202);
