@@ -41,6 +41,10 @@ typedef struct Server Server;
  * "interrupted"), starts the workers and listens. NULL with err when the
  * address is not loopback without a token, cannot be bound, or the store
  * cannot be opened. */
+/* The options' own faults (the address, loopback without a token, the
+ * limits), before anything is opened: what server_start would refuse
+ * them for. */
+int server_check(const ServeOpts *o, Err *err);
 Server *server_start(const ServeOpts *o, Err *err);
 int server_port(const Server *s);
 /* Stops accepting connections, asks running searches to stop (each stores

@@ -746,20 +746,29 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, Err *err)
     return 0;
 }
 
+/* The address to listen on, into *ss, with what it may be given. */
+static int listen_address(const ServeOpts *o, struct sockaddr_storage *ss, Err *err)
+{
+    if (parse_listen(o->listen ? o->listen : "127.0.0.1:8080", ss, err)) return -1;
+    if (!o->token && !loopback((struct sockaddr *)ss))
+        return err_set(err, "--listen %s: without --token-file this server listens on loopback "
+                       "addresses only (127.0.0.0/8, ::1); give it a token to listen further",
+                       o->listen);
+    if (o->workers < 1 || o->queue < 1 || o->max_body < 1)
+        return err_set(err, "serve: workers, queue and max body must be at least 1");
+    return 0;
+}
+
+int server_check(const ServeOpts *o, Err *err)
+{
+    struct sockaddr_storage ss;
+    return listen_address(o, &ss, err);
+}
+
 Server *server_start(const ServeOpts *o, Err *err)
 {
     struct sockaddr_storage ss;
-    if (parse_listen(o->listen ? o->listen : "127.0.0.1:8080", &ss, err)) return NULL;
-    if (!o->token && !loopback((struct sockaddr *)&ss)) {
-        err_set(err, "--listen %s: without --token-file this server listens on loopback "
-                "addresses only (127.0.0.0/8, ::1); give it a token to listen further",
-                o->listen);
-        return NULL;
-    }
-    if (o->workers < 1 || o->queue < 1 || o->max_body < 1) {
-        err_set(err, "serve: workers, queue and max body must be at least 1");
-        return NULL;
-    }
+    if (listen_address(o, &ss, err)) return NULL;
     Db *db = db_open(o->db_path, err);
     int nint = 0;
     if (!db || db_search_interrupt_unfinished(db, &nint, err)) {

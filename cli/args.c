@@ -49,12 +49,22 @@ int args_parse(int argc, char **argv, const OptSpec *spec, bool open, Args *a, E
             continue;
         }
         bool takes = o ? o->takes_value : true;
-        if (takes && !val) {
+        /* the next argument is the value, unless it is an option itself
+         * ("--model --json" names no model). An unknown one in an open
+         * list may lack it: its reader says whether it is known at all */
+        bool next_is_option = i + 1 < argc && !strncmp(argv[i + 1], "--", 2) && argv[i + 1][2];
+        if (takes && !val && (i + 1 >= argc || next_is_option) && !o) {
+            /* open: recorded without a value */
+        } else if (takes && !val) {
             if (i + 1 >= argc) return err_set(err, "option --%s needs a value", key);
+            if (next_is_option)
+                return err_set(err, "option --%s needs a value (%s is another option)", key,
+                               argv[i + 1]);
             val = argv[++i];
         } else if (!takes && val) {
             return err_set(err, "option --%s takes no value", key);
         }
+        if (takes && val && !*val) return err_set(err, "option --%s: the value is empty", key);
         if (a->n == ARGS_MAX) return err_set(err, "too many options");
         a->key[a->n] = o ? o->name : key;
         a->val[a->n] = val;
@@ -84,8 +94,11 @@ int args_int(const Args *a, const char *key, int64_t lo, int64_t hi, int64_t *ou
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end)
+    if (end == v || *end || (errno && errno != ERANGE))
         return err_set(err, "--%s: '%s' is not an integer", key, v);
+    if (errno == ERANGE)
+        return err_set(err, "--%s: %s is out of range [%lld, %lld]", key, v, (long long)lo,
+                       (long long)hi);
     if (x < lo || x > hi)
         return err_set(err, "--%s: %lld is out of range [%lld, %lld]", key, x, (long long)lo,
                        (long long)hi);
@@ -136,8 +149,9 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
         const char *in = i < a->n ? a->val[i] : a->pos[i - a->n];
         if (i < a->n && (!in || !strcmp(a->key[i], key))) continue;
         if (in && *in && same_file(path, in))
-            return err_set(err, "%s %s: is also %s%s, which this command reads: give another "
-                           "file", flag, path, i < a->n ? "--" : "an argument", i < a->n ? a->key[i] : "");
+            return err_set(err, "%s %s: is also given as %s%s: one file cannot be both; give "
+                           "another", flag, path, i < a->n ? "--" : "an argument",
+                           i < a->n ? a->key[i] : "");
     }
     FILE *f = fopen(path, "rb");
     char head[16] = "";
@@ -159,4 +173,11 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
     if (access(dir, W_OK) != 0 || (access(path, F_OK) == 0 && access(path, W_OK) != 0))
         return err_set(err, "%s %s: cannot write there: %s", flag, path, strerror(errno));
     return 0;
+}
+
+int args_store(const Args *a, Err *err)
+{
+    const char *path = args_get(a, "db");
+    if (!path || access(path, F_OK) == 0) return 0;     /* there: opening it judges it */
+    return args_out_file(a, "db", "--db", NULL, err);
 }

@@ -104,7 +104,8 @@ int cmd_estimate(int argc, char **argv)
     if (check_model_cluster(&a, true, "strategy", &err) ||
         args_out_file(&a, "svg", "--svg", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
                       &err) ||
-        check_id_option(&a, "costmodel", "cost model", &err)) {
+        check_id_option(&a, "costmodel", "cost model", &err) ||
+        (!args_has(&a, "no-store") && args_store(&a, &err))) {
         fprintf(stderr, "strata estimate: %s\n", err.msg);
         return EXIT_USAGE;
     }

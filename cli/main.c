@@ -209,6 +209,11 @@ static int cmd_model_import(int argc, char **argv)
         args_out_file(&a, "output", "-o", NULL, &err))
         return usage_error("model import", &err);
     OnnxOpts o = { .batch = batch, .name = args_get(&a, "name"), .loss = args_get(&a, "loss") };
+    if (onnx_check_opts(&o, &err)) {
+        Err e = {0};
+        err_set(&e, "--%s", err.msg);
+        return usage_error("model import", &e);
+    }
     cJSON *j = onnx_import_file(a.pos[0], &o, &err);
     Graph *g = j ? graph_from_json(j, &err) : NULL;
     if (!g) {

@@ -122,7 +122,7 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
     o->links = !args_has(a, "no-links");
     o->db_path = args_get(a, "db") ? args_get(a, "db") : CLI_DEFAULT_DB;
     o->out_path = args_get(a, "output");
-    if (args_out_file(a, "output", "-o", o->db_path, err)) return -1;
+    if (args_out_file(a, "output", "-o", o->db_path, err) || args_store(a, err)) return -1;
     o->kinds = args_get(a, "kinds");
     if (o->kinds && op_kinds_check(o->kinds, err)) return err_prefix(err, "--kinds");
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

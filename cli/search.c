@@ -181,6 +181,7 @@ int cmd_search(int argc, char **argv)
     o.search.lossy = args_has(&a, "allow-lossy");
     o.search.untie = args_has(&a, "untie");
     o.budget_text = args_get(&a, "budget") ? args_get(&a, "budget") : "30s";
+    o.costmodel_id = args_get(&a, "costmodel");
     o.policy_from = args_get(&a, "policy-from");
     if (o.policy_from && o.search.algo != SEARCH_RL) {
         err_set(&err, "--policy-from starts an rl search: give --algo rl");
@@ -190,7 +191,7 @@ int cmd_search(int argc, char **argv)
         check_id_option(&a, "costmodel", "cost model", &err))
         goto usage;
     if (args_out_file(&a, "log", "--log", args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB,
-                      &err))
+                      &err) || args_store(&a, &err))
         goto usage;
 
     Graph *g = NULL;
@@ -206,6 +207,7 @@ int cmd_search(int argc, char **argv)
     if (o.search.world > c->ndevices) {
         err_set(&err, "--devices %d: cluster %s has %d devices", o.search.world, c->name,
                 c->ndevices);
+        rc = EXIT_USAGE;    /* the option's fault, as a range is */
         goto out;
     }
     if (predictor_load(db, args_get(&a, "costmodel"), 0, c, &pd, &err)) goto out;

@@ -102,6 +102,11 @@ int cmd_serve(int argc, char **argv)
     ServeOpts o = { .listen = listen, .db_path = db, .workers = (int)workers,
                     .queue = (int)queue, .token = token, .max_body = (size_t)max_body,
                     .strata_bin = self, .log = args_has(&a, "quiet") ? NULL : stderr };
+    if (server_check(&o, &err) || args_store(&a, &err)) {
+        fprintf(stderr, "strata serve: %s\n", err.msg);
+        free(token);
+        return 2;
+    }
     Server *S = server_start(&o, &err);
     if (!S) {
         fprintf(stderr, "strata serve: %s\n", err.msg);

@@ -84,7 +84,7 @@ int cmd_validate(int argc, char **argv)
         args_int(&a, "repeats", 1, 63, &repeats, &err) ||
         args_int(&a, "timeout", 1, 7 * 86400, &timeout, &err) ||
         args_int(&a, "profile", 1, INT64_MAX, &profile, &err) ||
-        check_id_option(&a, "costmodel", "cost model", &err)) {
+        check_id_option(&a, "costmodel", "cost model", &err) || args_store(&a, &err)) {
         fprintf(stderr, "strata validate: %s\n", err.msg);
         return EXIT_USAGE;
     }

@@ -2264,14 +2264,20 @@ static cJSON *import_graph(Imp *m, const Onnx__GraphProto *G, const OnnxOpts *o)
     return j;
 }
 
+int onnx_check_opts(const OnnxOpts *o, Err *err)
+{
+    if (o->loss && strcmp(o->loss, "cross_entropy") && strcmp(o->loss, "ce") && strcmp(o->loss, "mse"))
+        return err_set(err, "loss: \"%s\" is not a loss strata adds (cross_entropy, ce or mse)",
+                       o->loss);
+    if (o->name && !o->name[0]) return err_set(err, "name: the model's name is empty");
+    return 0;
+}
+
 cJSON *onnx_import(const uint8_t *data, size_t n, const OnnxOpts *o, Err *err)
 {
     static const OnnxOpts none = { 0 };
     if (!o) o = &none;
-    if (o->loss && strcmp(o->loss, "cross_entropy") && strcmp(o->loss, "ce") && strcmp(o->loss, "mse")) {
-        err_set(err, "--loss %s: strata adds cross_entropy (ce) or mse", o->loss);
-        return NULL;
-    }
+    if (onnx_check_opts(o, err)) return NULL;
     Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, n, data);
     if (!mp || !mp->graph) {
         if (mp) onnx__model_proto__free_unpacked(mp, NULL);

@@ -68,6 +68,9 @@ typedef struct {
 
 /* The model JSON (graph_from_json accepts it), or NULL with err. Caller
  * deletes. */
+/* The options' own faults (an unknown loss, an empty name), named as the
+ * fields they are ("loss: ..."), before any model is read. */
+int onnx_check_opts(const OnnxOpts *o, Err *err);
 cJSON *onnx_import(const uint8_t *data, size_t n, const OnnxOpts *o, Err *err);
 cJSON *onnx_import_file(const char *path, const OnnxOpts *o, Err *err);
 

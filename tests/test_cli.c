@@ -739,7 +739,8 @@ static void test_cluster_bad_nodes(void **state)
     const char *dgx = rp("clusters/dgx-a100-80gb.json");
     const char *bad[][2] = {
         { "0", "out of range" }, { "-1", "out of range" }, { "abc", "not an integer" },
-        { "4x", "not an integer" }, { "", "not an integer" }, { "99999999999", "out of range" },
+        { "4x", "not an integer" }, { "", "the value is empty" }, { "99999999999", "out of range" },
+        { "99999999999999999999", "out of range" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         STRATA(&r, "cluster", "show", dgx, "--nodes", bad[i][0]);
@@ -1228,8 +1229,8 @@ static void test_db_unwritable(void **state)
     EXPECT_ERR(&r, harness_dir(), "is a directory");
     /* an empty path: SQLite would open a private temporary database */
     STRATA(&r, "plans", "list", "--db", "");
-    EXPECT_RC(&r, 1);
-    EXPECT_ERR(&r, "database path is empty");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--db", "the value is empty");
     res_free(&r);
 }
 
@@ -1265,6 +1266,19 @@ static void test_serve_token_file(void **state)
            harness_dir());
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--token-file", "is a directory");
+    /* the address and the store's place are the options' faults, known
+     * before anything opens */
+    static const char *const listens[][2] = { { "bogus", "host:port" },
+                                              { "127.0.0.1:99999", "not a port" },
+                                              { "0.0.0.0:0", "loopback" } };
+    for (int i = 0; i < 3; i++) {
+        STRATA(&r, "serve", "--listen", listens[i][0], "--db", tp("serve.db"));
+        EXPECT_RC(&r, 2);
+        EXPECT_ERR(&r, "--listen", listens[i][1]);
+    }
+    STRATA(&r, "serve", "--listen", "127.0.0.1:0", "--db", "/proc/nonexistent/s.db");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--db", "is not there");
     res_free(&r);
 }
 

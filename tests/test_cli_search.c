@@ -240,7 +240,7 @@ static void test_search_bad_input(void **state)
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--model");
     STRATA(&r, "search", "--model", m, "--cluster", c, "--devices", "64", "--db", db);
-    EXPECT_RC(&r, 1);
+    EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--devices 64");
     STRATA(&r, "search", "--model", m, "--cluster", c, "--algo", "exhaustive", "--limit", "5",
            "--db", db);

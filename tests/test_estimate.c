@@ -65,7 +65,7 @@ static void test_estimate_prints_and_stores(void **state)
     EXPECT_ERR(&r, "-o", "SQLite database");
     STRATA(&r, "strategy", "build", "dp", "--model", small_gpt(), "-o", small_gpt());
     EXPECT_RC(&r, 2);
-    EXPECT_ERR(&r, "-o", "is also --model");
+    EXPECT_ERR(&r, "-o", "is also given as --model");
     /* an input that never ends is refused, not read into all the memory */
     STRATA(&r, "model", "show", "/dev/zero");
     EXPECT_RC(&r, 1);
