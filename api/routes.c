@@ -413,13 +413,15 @@ static enum MHD_Result h_models_post(Req *r)
     enum MHD_Result out;
     Err err = {0};
     Graph *g = NULL;
-    if (type && strncmp(type, "application/onnx", 16) == 0) {
+    /* application/onnx, in any case, with parameters or not */
+    if (type && strcspn(type, "; \t") == 16 && !strncasecmp(type, "application/onnx", 16)) {
         /* an ONNX model: imported as `strata model import` does */
         int64_t batch = 0;
         if (query_int(r, "batch", 1, 1 << 30, &batch, &out)) return out;
         if (!r->body || !r->len) return reply_error(r, 400, "", "the request needs the ONNX "
                                                     "model as its body");
         OnnxOpts o = { .batch = batch, .name = req_query(r, "name"), .loss = req_query(r, "loss") };
+        if (onnx_check_opts(&o, &err)) return bad(r, "", &err);     /* names loss or name */
         cJSON *j = onnx_import((const uint8_t *)r->body, r->len, &o, &err);
         g = j ? graph_from_json(j, &err) : NULL;
         cJSON_Delete(j);
@@ -621,7 +623,7 @@ static enum MHD_Result h_searches_post(Req *r)
         goto fail;
     }
     SearchJobOpts jo = { .db_path = r->S->db_path, .search = j->search,
-                         .budget_text = j->budget_text };
+                         .budget_text = j->budget_text, .costmodel_id = cm };
     if (job_search_queue(g, c, &jo, j->id, &err)) {
         server_unreserve(r->S);
         /* what is left is about the model and cluster together, no one field */
@@ -770,6 +772,16 @@ static enum MHD_Result h_search_resume(Req *r)
     snprintf(j->budget_text, sizeof j->budget_text, "%.63s", asked ? asked : "30s");
     cJSON_Delete(b);
     if (j->search.budget_s <= 0 && j->search.budget_evals <= 0) j->search.budget_s = 30;
+    /* and the options it searched with: the same space, the same cost model */
+    cJSON *opts = x.options_json ? cJSON_Parse(x.options_json) : NULL;
+    j->search.lossy = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(opts, "allow_lossy"));
+    j->search.untie = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(opts, "untie"));
+    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(opts, "threads")) &&
+        v->valuedouble >= 1 && v->valuedouble <= 64)
+        j->search.threads = (int)v->valuedouble;
+    const char *cmid = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(opts, "costmodel"));
+    if (cmid && is_id(cmid)) snprintf(j->costmodel_id, sizeof j->costmodel_id, "%s", cmid);
+    cJSON_Delete(opts);
     /* the best point its events recorded, the latest first */
     if (db_search_events(db, x.id, 0, &ev, &n, &err) == 0)
         for (int i = n - 1; i >= 0 && !j->resume; i--) {

@@ -304,12 +304,16 @@ static bool all_ranks(bool mine)
     return all != 0;
 }
 
+/* Now, as the store writes its times: UTC to the millisecond. */
 static void iso_now(char *buf, int n)
 {
-    time_t t = time(NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    gmtime_r(&ts.tv_sec, &tm);
+    char sec[32];
+    strftime(sec, sizeof sec, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, (size_t)n, "%.20s.%03dZ", sec, (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
 static int cmp_double(const void *a, const void *b)

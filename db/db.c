@@ -275,6 +275,10 @@ static const char *const migrations[] = {
     /* 5: the build of the kernels and the thread layout a profile measured
      * (executor/build.h), so that estimates can tell when it is stale */
     "ALTER TABLE profiles ADD COLUMN build_json TEXT;",
+
+    /* 6: a search's options beside its budget (lossy, threads, untied,
+     * the cost model), so that a resumed search searches the same space */
+    "ALTER TABLE searches ADD COLUMN options_json TEXT;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -2164,7 +2168,7 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
     if (check_id(x->id, "search", err)) return err_prefix(err, "storing search");
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "INSERT INTO searches (id, model_id, cluster_id, method, status, budget_json, devices,"
-        " seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+        " seed, options_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, x->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, x->model_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, x->cluster_id, -1, SQLITE_STATIC));
@@ -2173,6 +2177,7 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
     SQL_CHECK(sqlite3_bind_text(st, 6, x->budget_json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 7, x->devices));
     SQL_CHECK(sqlite3_bind_int64(st, 8, x->seed));
+    SQL_CHECK(sqlite3_bind_text(st, 9, x->options_json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
     sqlite3_finalize(st);
     return 0;
@@ -2271,7 +2276,8 @@ err:
 #define SEARCH_SELECT                                                                    \
     "SELECT x.id, x.model_id, x.cluster_id, x.method, x.status, x.budget_json,"          \
     " x.best_plan_id, x.result_json, x.devices, x.seed, x.created, x.finished, m.name,"  \
-    " c.name, (SELECT count(*) FROM search_events e WHERE e.search_id = x.id)"           \
+    " c.name, (SELECT count(*) FROM search_events e WHERE e.search_id = x.id),"          \
+    " x.options_json"                                                                    \
     " FROM searches x JOIN models m ON m.id = x.model_id JOIN clusters c ON c.id = x.cluster_id"
 
 static void read_search(sqlite3_stmt *st, void *out)
@@ -2293,6 +2299,7 @@ static void read_search(sqlite3_stmt *st, void *out)
     x->model_name = col_str(st, 12);
     x->cluster_name = col_str(st, 13);
     x->nevents = sqlite3_column_int(st, 14);
+    x->options_json = col_str(st, 15);
 }
 
 static void free_search_row(void *r) { db_search_free(r); }
@@ -2363,11 +2370,12 @@ void db_search_free(DbSearch *x)
     free(x->status);
     free(x->budget_json);
     free(x->result_json);
+    free(x->options_json);
     free(x->created);
     free(x->finished);
     free(x->model_name);
     free(x->cluster_name);
-    x->method = x->status = x->budget_json = x->result_json = NULL;
+    x->method = x->status = x->budget_json = x->result_json = x->options_json = NULL;
     x->created = x->finished = x->model_name = x->cluster_name = NULL;
 }
 

@@ -305,6 +305,8 @@ typedef struct {
     char *status;                  /* "queued", "running", "done", "stopped", "no plan",
                                       "failed", "interrupted" (its process ended mid-search) */
     char *budget_json;
+    char *options_json;            /* {"allow_lossy", "threads", "untie", "costmodel"}; NULL in
+                                      rows stored before it was kept */
     char best_plan_id[17];         /* "" without one */
     char *result_json;             /* NULL until finished */
     int devices;

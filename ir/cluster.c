@@ -33,7 +33,14 @@ static int get_figure(const cJSON *obj, const char *path, const char *key, doubl
                       double *out, Err *err)
 {
     double v;
-    if (json_get_number(obj, path, key, true, -1e300, 1e300, &v, err)) return -1;
+    /* a figure past its bounds (infinity included) is told its own range */
+    if (json_get_number(obj, path, key, true, -1e300, 1e300, &v, err)) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(obj, key);
+        if (!cJSON_IsNumber(x) || (isfinite(x->valuedouble) && fabs(x->valuedouble) <= 1e300))
+            return -1;
+        return err_set(err, "%s.%s: %g is out of range [%g, %g]", path, key, x->valuedouble, lo,
+                       hi);
+    }
     if (!(v > 0)) return err_set(err, "%s.%s: must be > 0, got %g", path, key, v);
     if (v < lo || v > hi)
         return err_set(err, "%s.%s: %g is out of range [%g, %g]", path, key, v, lo, hi);

@@ -485,6 +485,7 @@ static int parse_ops(Ctx *x, const cJSON *j)
             snprintf(lpath, sizeof lpath, "%s.split.%c", path, ls[0]);
             AxisMask mask;
             if (parse_axes(x, lv, lpath, &mask)) goto out;
+            int used = 0;
             for (int k = 0; k < n; k++) {
                 const Op *op = &g->ops[idx[k]];
                 if (!has_letter(op, l)) {
@@ -495,6 +496,13 @@ static int parse_ops(Ctx *x, const cJSON *j)
                 }
                 s->ops[idx[k]].split[l] = mask;
                 x->split_from[idx[k] * IR_LETTERS + l] = key;
+                used++;
+            }
+            if (n > 0 && !used) {
+                /* ... but one that splits nothing is a typo, not a choice */
+                err_set(err, "%s: none of the %d op%s \"%s\" matches has letter %c", lpath, n,
+                        n == 1 ? "" : "s", key, ls[0]);
+                goto out;
             }
         }
     }

@@ -246,13 +246,24 @@ cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err)
         /* cJSON points at the very start when it could not finish the
          * outermost value: a bracket or string still open at the end is the
          * better answer then */
-        int depth = 0;
+        int depth = 0, deepest = 0;
+        size_t deepest_at = 0;
         in = false;
         for (size_t i = 0; i < n; i++) {
             if (text[i] == '"') in = !in;
             else if (in && text[i] == '\\') i++;
-            else if (!in && (text[i] == '{' || text[i] == '[')) depth++;
-            else if (!in && (text[i] == '}' || text[i] == ']')) depth--;
+            else if (!in && (text[i] == '{' || text[i] == '[')) {
+                if (++depth > deepest && deepest <= CJSON_NESTING_LIMIT) {
+                    deepest = depth;
+                    deepest_at = i;
+                }
+            } else if (!in && (text[i] == '}' || text[i] == ']')) depth--;
+        }
+        if (deepest > CJSON_NESTING_LIMIT) {
+            /* well formed or not, cJSON stops at its nesting limit */
+            *at = deepest_at;
+            err_set(err, "nested deeper than %d arrays and objects", CJSON_NESTING_LIMIT);
+            return NULL;
         }
         if (*at == 0 && (in || depth > 0)) *at = n;
         err_set(err, "%s", *at >= n ? "invalid JSON: it ends before the value does" : "invalid JSON");

@@ -482,6 +482,10 @@ static int tf_read(const Opts *o, Tf *c, Err *err)
     if (opt_index(o->kind, "experts") >= 0) {
         c->e = opt_i(o, "experts");
         c->every = opt_i(o, "every");
+        if (c->every > c->l)
+            return err_set(err, "zoo %s: option --every: %lld is more than --layers %lld, so no "
+                           "block would have experts", o->kind->name, (long long)c->every,
+                           (long long)c->l);
         c->cap = (int64_t)ceil(opt_n(o, "capacity-factor") * (double)c->s / (double)c->e);
         if (c->cap < 1) c->cap = 1;
     }

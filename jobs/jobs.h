@@ -179,6 +179,8 @@ typedef struct {
     const Predictor *pred;         /* NULL: analytical */
     SearchOpts search;             /* its event and ctx are the job's own */
     const char *budget_text;       /* the budget as asked, stored with the search */
+    const char *costmodel_id;      /* the cost model asked for (pred's), stored with the
+                                      search's options; NULL: the latest or analytical */
     const char *policy_from;       /* rl: start from the policy this stored search trained */
     const char *row_id;            /* the search's row exists already ("queued", stored with
                                       its model and cluster by job_search_queue): run it */

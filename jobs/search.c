@@ -87,7 +87,8 @@ static void sink(void *ctx, const cJSON *ev)
 }
 
 /* The row of a search about to be stored (a new random id); returns the
- * budget's JSON text, which row points to, for the caller to free. */
+ * budget's JSON text, which row points to, for the caller to free with
+ * row->options_json. */
 static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *status,
                         DbSearch *row)
 {
@@ -101,6 +102,13 @@ static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *st
     char *btext = cJSON_PrintUnformatted(budget);
     cJSON_Delete(budget);
     row->budget_json = btext;
+    cJSON *opts = cJSON_CreateObject();
+    cJSON_AddBoolToObject(opts, "allow_lossy", o->search.lossy);
+    cJSON_AddNumberToObject(opts, "threads", o->search.threads > 1 ? o->search.threads : 1);
+    cJSON_AddBoolToObject(opts, "untie", o->search.untie);
+    if (o->costmodel_id) cJSON_AddStringToObject(opts, "costmodel", o->costmodel_id);
+    row->options_json = cJSON_PrintUnformatted(opts);
+    cJSON_Delete(opts);
     row->devices = o->search.world > 0 ? o->search.world : c->ndevices;
     random_id(row->id);
     return btext;
@@ -121,6 +129,7 @@ int job_search_queue(const Graph *g, const Cluster *c, const SearchJobOpts *o, c
     if (!rc) memcpy(id, row.id, 17);
     db_close(db);
     cJSON_free(btext);
+    cJSON_free(row.options_json);
     return rc;
 }
 
@@ -227,6 +236,7 @@ int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJ
 out:
     mlp_free(policy);
     cJSON_free(btext);
+    cJSON_free(row.options_json);
     db_close(db);
     if (rc) search_job_free(j);
     return rc;

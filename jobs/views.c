@@ -130,6 +130,7 @@ cJSON *view_search(const DbSearch *x, bool full)
     cJSON_AddNumberToObject(o, "seed", (double)x->seed);
     add_str(o, "status", x->status);
     add_parsed(o, "budget", x->budget_json);
+    add_parsed(o, "options", x->options_json);
     cJSON_AddNumberToObject(o, "events", x->nevents);
     if (x->best_plan_id[0]) cJSON_AddStringToObject(o, "best_plan_id", x->best_plan_id);
     cJSON *res = x->result_json ? cJSON_Parse(x->result_json) : NULL;

@@ -717,6 +717,10 @@ static void test_onnx_upload(void **state)
     assert_true(fabs(jnum(j, "params") / 1e6 - 143.7) < 0.7);
     http_body(port, "POST", "/v1/models?batch=0", NULL, model, n, "application/onnx", &h);
     expect_error(&h, 400, "batch");
+    http_body(port, "POST", "/v1/models?loss=hinge", NULL, model, n, "application/onnx", &h);
+    expect_error(&h, 400, "loss");
+    http_body(port, "POST", "/v1/models", NULL, model, n, "application/onnxish", &h);
+    expect_error(&h, 415, "");
 }
 
 /* ----------------------------------------------------------------------------
@@ -923,7 +927,7 @@ static void long_search(int p, char id[17])
     http(p, "POST", "/v1/clusters", NULL, file_text("clusters/dgx-a100-80gb.json"), &h);
     snprintf(cid, sizeof cid, "%s", jstr(body_json(&h), "id"));
     snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"budget\": \"300s\", "
-             "\"algo\": \"mcmc\"}", mid, cid);
+             "\"algo\": \"mcmc\", \"allow_lossy\": true}", mid, cid);
     http(p, "POST", "/v1/searches", NULL, body, &h);
     expect(&h, 202);
     snprintf(id, 17, "%s", jstr(body_json(&h), "id"));
@@ -1013,6 +1017,10 @@ static void test_kill9_restart(void **state)
         if (jnum(body_json(&h), "events") > before + 2) break;
         usleep(100000);
     }
+    /* with the options it was asked for, kept for the resume */
+    const cJSON *opts = cJSON_GetObjectItemCaseSensitive(body_json(&h), "options");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(opts, "allow_lossy")));
+    assert_true(jnum(opts, "threads") == 1);
     /* running again: its last end and result are not shown as this run's */
     if (!strcmp(jstr(body_json(&h), "status"), "running")) {
         assert_null(cJSON_GetObjectItemCaseSensitive(body_json(&h), "finished"));

@@ -226,6 +226,9 @@ static void test_validation(void **state)
     expect_error("{\"name\":\"x\",\"levels\":[{\"name\":\"l\",\"count\":1,\"link\":\"l\","
                  "\"bw_gbps\":1,\"latency_us\":1}]}", 0, "devices: missing");
     expect_mutation("\"devices\":", "\"devs\":", 0, "unknown field \"devs\"");
+    /* a figure past every bound is told its own range, not the reader's */
+    expect_mutation("\"memory_gib\":80,", "\"memory_gib\":1e308,", 0, "[1e-06, 1e+06]");
+    expect_mutation("\"latency_us\":2}", "\"latency_us\":1e400}", 0, "[1e-06, 1e+09]");
     expect_mutation("\"kind\":\"gpu\",\"count\":4,", "\"kind\":\"tpu\",\"count\":4,", 0,
                     "devices[0].kind: \"tpu\" is not a device kind");
     expect_mutation("{\"name\":\"v100\",\"kind\":\"gpu\",\"count\":4,",

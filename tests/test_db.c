@@ -26,7 +26,7 @@
 #include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 5
+#define LATEST 6
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1087,10 +1087,20 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* Takes migration 5 back out of a database at version 5, by hand, leaving
- * it at version 4. */
+/* Takes migration 6 back out of a database at version 6, by hand, leaving
+ * it at version 5. */
+static void take_back_v6(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE searches DROP COLUMN options_json;"
+        "PRAGMA user_version = 5;");
+}
+
+/* Takes migrations 6 and 5 back out of a database at version 6, by hand,
+ * leaving it at version 4. */
 static void take_back_v5(sqlite3 *h)
 {
+    take_back_v6(h);
     raw_exec(h,
         "ALTER TABLE profiles DROP COLUMN build_json;"
         "PRAGMA user_version = 4;");
@@ -1258,7 +1268,7 @@ static void test_search_put_events_finish(void **state)
     put_plans(fx);
     DbSearch x = {.id = "5e00000000000001", .model_id = M1, .cluster_id = C1, .method = "auto",
                   .status = "running", .budget_json = "{\"seconds\":30}", .devices = 8,
-                  .seed = 7};
+                  .seed = 7, .options_json = "{\"allow_lossy\":true}"};
     assert_int_equal(db_search_put(fx->db, &x, &fx->err), 0);
     /* the model must be stored */
     DbSearch bad = x;
@@ -1286,6 +1296,7 @@ static void test_search_put_events_finish(void **state)
     assert_int_equal(db_search_get(fx->db, "5e00", &got, &fx->err), 0);
     assert_string_equal(got.status, "running");
     assert_string_equal(got.best_plan_id, "");
+    assert_string_equal(got.options_json, "{\"allow_lossy\":true}");
     assert_null(got.result_json);
     assert_null(got.finished);
     assert_int_equal(got.nevents, 5);
@@ -1886,6 +1897,30 @@ static void test_migration_from_v2(void **state)
 
 /* A profile stored before migration 5 reads back with no build, and an
  * estimate from it warns that nothing says which kernels measured it. */
+/* A store of version 5 (searches without their options) opens at the
+ * latest version, its searches there with no options (NULL). */
+static void test_migration_from_v5(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    DbSearch x = {.id = "5e00000000000005", .model_id = M1, .cluster_id = C1, .method = "mcmc",
+                  .status = "interrupted", .devices = 8, .seed = 3};
+    assert_int_equal(db_search_put(fx->db, &x, &fx->err), 0);
+    db_close(fx->db);
+    fx->db = NULL;
+    sqlite3 *h = raw_open(fx->path);
+    take_back_v6(h);
+    sqlite3_close(h);
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+    assert_int_equal(db_schema_version(fx->db), LATEST);
+    DbSearch got;
+    assert_int_equal(db_search_get(fx->db, x.id, &got, &fx->err), 0);
+    assert_string_equal(got.method, "mcmc");
+    assert_null(got.options_json);
+    db_search_free(&got);
+}
+
 static void test_migration_from_v4(void **state)
 {
     Fx *fx = *state;
@@ -1953,6 +1988,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v2, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_from_v5, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v4, setup_open, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -555,6 +555,15 @@ static void test_strict_json(void **state)
             fail_msg("case %zu: %s at %zu, want \"%s\" at %zu", i, err.msg, at, BAD[i].why,
                      BAD[i].at);
     }
+    /* well formed but deeper than the parser goes: said so, where */
+    char deep[2 * 1200 + 1];
+    for (int i = 0; i < 1200; i++) deep[i] = '[', deep[1200 + i] = ']';
+    deep[2400] = 0;
+    size_t at;
+    Err err = {0};
+    assert_null(json_parse_strict(deep, 2400, &at, &err));
+    assert_non_null(strstr(err.msg, "nested deeper than"));
+    assert_int_equal(at, 1000);
     /* white space after the value; an escaped backslash before u0000; the
      * same key in two objects */
     static const char *const GOOD[] = { "{\"a\": 1}\n\t \r\n", "{\"n\": \"x\\\\u0000\"}",

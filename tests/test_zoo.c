@@ -553,6 +553,7 @@ static void test_option_errors(void **state)
     expect_error("dlrm", "--bottom 64,x", "option --bottom: \"64,x\" is not a comma-separated list of integers");
     expect_error("dlrm", "--top 64,0", "option --top: 0 is out of range");
     expect_error("mlp", "--layers", "zoo mlp: option --layers needs a value");
+    expect_error("moe", "--layers 2 --every 5", "zoo moe: option --every: 5 is more than --layers 2");
     expect_error("gpt", "--batch 100000 --vocab 1000000000 --seq 100000", "overflows int64");
 
     /* the preset applies first, options override it, the last one wins */
