@@ -91,6 +91,7 @@ typedef struct {
     char *body;
     size_t len;
     bool too_big;
+    bool encoded_slash;            /* its path as sent had %2F: it names no route */
     int status;                    /* the answer's */
     int route;                     /* index into the route table, -1 unmatched */
     double t0;

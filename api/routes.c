@@ -86,6 +86,10 @@ static enum MHD_Result bad(Req *r, const char *prefix, const Err *err)
     return reply_error(r, 400, path, "%s", err->msg);
 }
 
+/* The most threads this server gives one search (the command line's
+ * bound is SEARCH_THREADS_MAX: a server is shared). */
+#define API_THREADS_MAX 64
+
 /* The largest seed a JSON number holds exactly, and none past it rounds
  * to (2^53 - 1, JavaScript's MAX_SAFE_INTEGER). */
 #define SEED_MAX (((int64_t)1 << 53) - 1)
@@ -569,7 +573,7 @@ static enum MHD_Result h_searches_post(Req *r)
     if (!(c = stored_cluster(r, db, body, j->cluster_id, &out))) goto fail;
     if (opt_str(r, body, "algo", &algo, &out) || opt_str(r, body, "costmodel", &cm, &out) ||
         opt_int(r, body, "seed", 0, SEED_MAX, &seed, &out) ||
-        opt_int(r, body, "threads", 1, 64, &threads, &out) ||
+        opt_int(r, body, "threads", 1, API_THREADS_MAX, &threads, &out) ||
         opt_int(r, body, "devices", 1, 1 << 20, &devices, &out) ||
         opt_bool(r, body, "allow_lossy", &lossy, &out))
         goto fail;
@@ -776,9 +780,10 @@ static enum MHD_Result h_search_resume(Req *r)
     cJSON *opts = x.options_json ? cJSON_Parse(x.options_json) : NULL;
     j->search.lossy = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(opts, "allow_lossy"));
     j->search.untie = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(opts, "untie"));
+    /* threads as it had them, up to what this server gives a search */
     if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(opts, "threads")) &&
-        v->valuedouble >= 1 && v->valuedouble <= 64)
-        j->search.threads = (int)v->valuedouble;
+        v->valuedouble >= 1 && v->valuedouble <= SEARCH_THREADS_MAX)
+        j->search.threads = v->valuedouble > API_THREADS_MAX ? API_THREADS_MAX : (int)v->valuedouble;
     const char *cmid = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(opts, "costmodel"));
     if (cmid && is_id(cmid)) snprintf(j->costmodel_id, sizeof j->costmodel_id, "%s", cmid);
     cJSON_Delete(opts);

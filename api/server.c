@@ -285,7 +285,7 @@ static enum MHD_Result dispatch(Req *r)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s", r->url);
-    r->route = match(r, path);      /* counted by route, even when refused */
+    r->route = r->encoded_slash ? -1 : match(r, path);  /* by route, even when refused */
     if (!authorized(r)) return unauthorized(r);
     if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
     const Route *rt = &ROUTES[r->route];
@@ -293,7 +293,7 @@ static enum MHD_Result dispatch(Req *r)
               : !strcmp(r->method, "POST") ? rt->post
               : !strcmp(r->method, "DELETE") ? rt->del : NULL;
     if (!h) return method_not_allowed(r, rt);
-    const char *why, *bad = query_bad(r, &why);
+    const char *why, *bad = strcmp(rt->pattern, "/") ? query_bad(r, &why) : NULL;  /* the page reads none */
     if (bad) return reply_error(r, 400, bad, "query %s %s", bad, why);
     if (rt->post && h == rt->post && r->body) r->body[r->len] = 0;
     return h(r);
@@ -315,10 +315,9 @@ static enum MHD_Result too_big(Req *r, const char *declared)
 }
 
 /* Percent-decoding of the path and the query, in place: as the standard's,
- * except that %00 and %2F stay as they are. Decoded, %00 would end the C
- * string early ("/v1/models/<id>%00junk" would name the model <id>), and
- * %2F would split a segment in two: an encoded slash is part of its
- * segment, never a separator between routes' segments. */
+ * except that %00 stays as it is. Decoded, it would end the C string early
+ * ("/v1/models/<id>%00junk" would name the model <id>). (An encoded slash
+ * in the path is seen before decoding: on_uri.) */
 static size_t unescape(void *cls, struct MHD_Connection *con, char *s)
 {
     (void)cls;
@@ -326,7 +325,7 @@ static size_t unescape(void *cls, struct MHD_Connection *con, char *s)
     char *w = s;
     for (const char *p = s; *p;) {
         if (p[0] == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) &&
-            !(p[1] == '0' && p[2] == '0') && !(p[1] == '2' && (p[2] == 'f' || p[2] == 'F'))) {
+            !(p[1] == '0' && p[2] == '0')) {
             char hex[3] = { p[1], p[2], 0 };
             *w++ = (char)strtol(hex, NULL, 16);
             p += 3;
@@ -348,15 +347,29 @@ static enum MHD_Result count_length(void *cls, enum MHD_ValueKind kind, const ch
     return MHD_YES;
 }
 
+/* MHD_OPTION_URI_LOG_CALLBACK: a request's state, made while its URI is
+ * still as sent. An encoded slash (%2F) in its path would, decoded, split
+ * a segment in two and reach another route ("/v1/models%2F<id>" the
+ * model): it names no route. In a query value it is a slash as usual. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *con)
+{
+    (void)cls;
+    (void)con;
+    Req *r = xcalloc(1, sizeof *r);
+    size_t n = strcspn(uri, "?");
+    for (size_t i = 0; i + 2 < n && !r->encoded_slash; i++)
+        r->encoded_slash = uri[i] == '%' && uri[i + 1] == '2' && (uri[i + 2] | 0x20) == 'f';
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
                                   const char *method, const char *version,
                                   const char *upload, size_t *upload_size, void **con_cls)
 {
     (void)version;
     Server *S = cls;
-    Req *r = *con_cls;
-    if (!r) {
-        r = xcalloc(1, sizeof *r);
+    Req *r = *con_cls;             /* made by on_uri */
+    if (!r->S) {
         r->S = S;
         r->con = con;
         r->t0 = now_s();
@@ -443,6 +456,11 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
     Server *S = cls;
     Req *r = *con_cls;
     if (!r) return;
+    if (!r->S) {                   /* answered by libmicrohttpd itself */
+        free(r);
+        *con_cls = NULL;
+        return;
+    }
     double dt = now_s() - r->t0;
     count(S, r->route, r->status, dt);
     if (S->o.log) {
@@ -811,6 +829,7 @@ Server *server_start(const ServeOpts *o, Err *err)
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
                                  MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                                 MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                  MHD_OPTION_THREAD_POOL_SIZE, pool,
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,

@@ -143,21 +143,30 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
                            "it holds: give another file", flag, path, *ext[i] ? "'s journal" : "",
                            db);
     }
-    /* nor a file the command reads (an input option or argument), nor any
-     * store: writing over a model or a database destroys it */
-    for (int i = 0; i < a->n + a->npos; i++) {
+    /* nor a file the command is given otherwise (an input, by another
+     * option or as an argument), nor any store: writing over a model or a
+     * database destroys it. Only files that are there can be one: by
+     * inode, since an option's value may be a word ("-o megatron") */
+    struct stat out_st, in_st;
+    bool there = stat(path, &out_st) == 0;
+    for (int i = 0; there && i < a->n + a->npos; i++) {
         const char *in = i < a->n ? a->val[i] : a->pos[i - a->n];
         if (i < a->n && (!in || !strcmp(a->key[i], key))) continue;
-        if (in && *in && same_file(path, in))
+        if (in && *in && stat(in, &in_st) == 0 && in_st.st_dev == out_st.st_dev &&
+            in_st.st_ino == out_st.st_ino)
             return err_set(err, "%s %s: is also given as %s%s: one file cannot be both; give "
                            "another", flag, path, i < a->n ? "--" : "an argument",
                            i < a->n ? a->key[i] : "");
     }
-    FILE *f = fopen(path, "rb");
-    char head[16] = "";
-    bool store = f && fread(head, 1, sizeof head, f) == sizeof head &&
-                 !memcmp(head, "SQLite format 3", 16);
-    if (f) fclose(f);
+    /* a regular file's first bytes (a pipe's or a terminal's would block) */
+    bool store = false;
+    if (there && S_ISREG(out_st.st_mode)) {
+        FILE *f = fopen(path, "rb");
+        char head[16] = "";
+        store = f && fread(head, 1, sizeof head, f) == sizeof head &&
+                !memcmp(head, "SQLite format 3", 16);
+        if (f) fclose(f);
+    }
     if (store)
         return err_set(err, "%s %s: is a SQLite database (a store?); writing it would destroy "
                        "what it holds: give another file", flag, path);

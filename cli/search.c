@@ -173,7 +173,7 @@ int cmd_search(int argc, char **argv)
     if (args_int(&a, "devices", 1, 1 << 20, &v, &err)) goto usage;
     o.search.world = (int)v;
     v = 1;
-    if (args_int(&a, "threads", 1, 256, &v, &err)) goto usage;
+    if (args_int(&a, "threads", 1, SEARCH_THREADS_MAX, &v, &err)) goto usage;
     o.search.threads = (int)v;
     v = 0;
     if (args_int(&a, "limit", 1, INT64_MAX, &v, &err)) goto usage;
@@ -181,7 +181,6 @@ int cmd_search(int argc, char **argv)
     o.search.lossy = args_has(&a, "allow-lossy");
     o.search.untie = args_has(&a, "untie");
     o.budget_text = args_get(&a, "budget") ? args_get(&a, "budget") : "30s";
-    o.costmodel_id = args_get(&a, "costmodel");
     o.policy_from = args_get(&a, "policy-from");
     if (o.policy_from && o.search.algo != SEARCH_RL) {
         err_set(&err, "--policy-from starts an rl search: give --algo rl");
@@ -212,6 +211,8 @@ int cmd_search(int argc, char **argv)
     }
     if (predictor_load(db, args_get(&a, "costmodel"), 0, c, &pd, &err)) goto out;
     have_pd = true;
+    /* kept with the search, whole, for a resume: the id as resolved */
+    o.costmodel_id = pd.cost_model_id[0] ? pd.cost_model_id : NULL;
     if (pd.warning[0]) fprintf(stderr, "strata search: warning: %s\n", pd.warning);
     if (args_get(&a, "log") && !(log = fopen(args_get(&a, "log"), "w"))) {
         err_set(&err, "--log %s: cannot write it", args_get(&a, "log"));

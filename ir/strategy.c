@@ -498,8 +498,10 @@ static int parse_ops(Ctx *x, const cJSON *j)
                 x->split_from[idx[k] * IR_LETTERS + l] = key;
                 used++;
             }
-            if (n > 0 && !used) {
-                /* ... but one that splits nothing is a typo, not a choice */
+            if (n > 0 && !used && strcmp(key, "*")) {
+                /* ... but a narrower one that splits nothing is a typo, not
+                 * a choice ("*" alone is the model-wide default, written for
+                 * any model) */
                 err_set(err, "%s: none of the %d op%s \"%s\" matches has letter %c", lpath, n,
                         n == 1 ? "" : "s", key, ls[0]);
                 goto out;

@@ -23,7 +23,8 @@
  * Entries of ops/params apply in the order written; a later entry overrides
  * the fields (and split letters) it names. A pattern is a name with `*`
  * wildcards; a pattern skips split letters a matched op lacks, an exact name
- * does not. Whatever no entry names takes the defaults: the batch letter split
+ * does not, and a pattern other than "*" alone must match at least one op
+ * that has each letter it splits (else it is a typo). Whatever no entry names takes the defaults: the batch letter split
  * over the data axes, no recompute, ring all-reduce without compression, no
  * sharding.
  *

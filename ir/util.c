@@ -309,9 +309,17 @@ int json_save(const cJSON *j, const char *path, Err *err)
     char *text = cJSON_Print(j);
     if (!text) return err_set(err, "out of memory printing JSON");
     int rc = 0;
+    struct stat st;
     if (!path || strcmp(path, "-") == 0) {
         fputs(text, stdout);
         fputc('\n', stdout);
+    } else if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* a link, a pipe, a terminal, a device (/dev/stdout): written
+         * through as it is; renaming a file over it would replace it */
+        FILE *f = fopen(path, "w");
+        bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+        if (f && fclose(f) != 0) ok = false;
+        if (!ok) rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
     } else {
         /* write beside, then rename: a failed write never leaves half a file */
         size_t n = strlen(path) + 8;

@@ -72,15 +72,13 @@ cJSON *view_plan(Db *db, const DbPlan *p, bool full)
     DbEstimate *e;
     int ne = 0;
     Err err = {0};
+    cJSON *arr = full ? cJSON_AddArrayToObject(o, "estimates") : NULL;
     if (db && !db_estimate_list(db, p->id, &e, &ne, &err)) {
         if (ne > 0) {
             cJSON_AddNumberToObject(o, "step_time_s", e[0].step_time_s);
             cJSON_AddBoolToObject(o, "feasible", e[0].feasible);
         }
-        if (full) {
-            cJSON *arr = cJSON_AddArrayToObject(o, "estimates");
-            for (int i = 0; i < ne; i++) cJSON_AddItemToArray(arr, view_estimate(&e[i]));
-        }
+        for (int i = 0; arr && i < ne; i++) cJSON_AddItemToArray(arr, view_estimate(&e[i]));
         db_estimate_list_free(e, ne);
     }
     if (full) {

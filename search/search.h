@@ -186,6 +186,9 @@ typedef enum { SEARCH_AUTO, SEARCH_EXHAUSTIVE, SEARCH_MCMC, SEARCH_RL, SEARCH_BA
 const char *search_algo_name(SearchAlgo a);
 int search_algo_parse(const char *s, SearchAlgo *a);    /* -1: unknown */
 
+/* The most threads (chains) a search is given, from either front-end. */
+#define SEARCH_THREADS_MAX 256
+
 typedef struct {
     SearchAlgo algo;
     int world;                      /* devices to plan for; 0: the cluster's */

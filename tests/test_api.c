@@ -317,6 +317,12 @@ static void test_models_and_clusters(void **state)
         http(port, "GET", bad_queries[i], NULL, NULL, &h);
         expect_error(&h, 400, "limit");
     }
+    /* in a query value an encoded slash is a slash; the page reads no query */
+    http(port, "GET", "/v1/plans?model=team%2Fgpt", NULL, NULL, &h);
+    expect(&h, 200);
+    assert_int_equal(cJSON_GetArraySize(body_json(&h)), 0);
+    http(port, "GET", "/?search=", NULL, NULL, &h);
+    expect(&h, 200);
     http(port, "POST", "/v1/clusters?nodes=2&nodes=abc", NULL,
          file_text("clusters/dgx-a100-80gb.json"), &h);
     expect_error(&h, 400, "nodes");

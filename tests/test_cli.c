@@ -485,6 +485,19 @@ static void test_model_build_dtype_and_stdout(void **state)
     cJSON *j = JSON_OUT(&r);
     assert_true(JNUM(j, "param_bytes") == 2 * JNUM(j, "params"));   /* bf16: 2 bytes */
     release(j);
+
+    /* -o through a link (as /dev/stdout is one) writes where it points and
+     * leaves the link a link */
+    const char *target = tp("target.json"), *link = tp("link.json");
+    write_file(target, "");
+    assert_int_equal(symlink(target, link), 0);
+    STRATA(&r, "model", "build", "mlp", "-o", link);
+    EXPECT_RC(&r, 0);
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    STRATA(&r, "model", "show", target, "--json");
+    EXPECT_RC(&r, 0);
     res_free(&r);
 }
 

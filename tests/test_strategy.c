@@ -560,8 +560,10 @@ static void test_errors_structure(void **state)
     bad(g, "{\"ops\":[]}", "ops: expected an object");
     bad(g, "{\"params\":3}", "params: expected an object");
     bad(g, "{\"ops\":{\"*\":{\"splt\":{}}}}", "ops[\"*\"]: unknown field \"splt\"");
-    bad(g, "{\"mesh\":{\"dp\":2},\"ops\":{\"*\":{\"split\":{\"q\":\"dp\"}}}}",
-        "ops[\"*\"].split.q: none of the");
+    bad(g, "{\"mesh\":{\"dp\":2},\"ops\":{\"*.*\":{\"split\":{\"q\":\"dp\"}}}}",
+        "ops[\"*.*\"].split.q: none of the");
+    /* "*" alone is the model-wide default, written for any model */
+    strategy_free(ok(g, "{\"mesh\":{\"dp\":2},\"ops\":{\"*\":{\"split\":{\"q\":\"dp\"}}}}"));
     bad(g, "{\"ops\":{\"*\":{\"split\":[\"b\"]}}}", "ops[\"*\"].split: expected an object");
     bad(g, "{\"ops\":{\"*\":{\"recompute\":1}}}", "ops[\"*\"].recompute: expected true or false");
     bad(g, "{\"params\":{\"*\":{\"shard\":\"zero4\"}}}",
