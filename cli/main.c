@@ -526,7 +526,7 @@ static int cmd_strategy_build(int argc, char **argv)
     }
     o.recompute = args_has(&a, "recompute");
     o.sequence_parallel = args_has(&a, "sequence-parallel");
-    if (args_out_file(&a, "output", "-o", NULL, &err))
+    if (args_out_file(&a, "output", "-o", NULL, &err) || strategy_opts_check(a.pos[0], &o, &err))
         return usage_error("strategy build", &err);
     const char *kind = a.pos[0];
     Graph *g;

@@ -165,6 +165,10 @@ typedef struct {
     bool sequence_parallel;   /* megatron: split s on tp outside attention/MLP */
 } StrategyOpts;
 
+/* The options' own faults for a kind (an unknown kind, an option the kind
+ * does not take, a negative size), before any model is read: what
+ * strategy_build refuses first. */
+int strategy_opts_check(const char *kind, const StrategyOpts *o, Err *err);
 cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
                       const StrategyOpts *o, Err *err);
 

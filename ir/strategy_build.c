@@ -121,67 +121,81 @@ static void add_param_sync(cJSON *params, const char *key, cJSON *sync)
     cJSON_AddItemToObject(params, key, e);
 }
 
-cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
-                      const StrategyOpts *opts, Err *err)
+/* The kinds table's entry of kind, or -1 (said). */
+static int kind_index(const char *kind, Err *err)
+{
+    for (int i = 0; i < NKINDS; i++)
+        if (strcmp(kind, kinds[i].name) == 0) return i;
+    err_set(err, "unknown strategy kind \"%s\" (one of: dp, zero, zero1, zero2, zero3, "
+                 "megatron, gpipe, ps, parallax, sfb)", kind);
+    return -1;
+}
+
+int strategy_opts_check(const char *kind, const StrategyOpts *opts, Err *err)
 {
     StrategyOpts o = {0};
     if (opts) o = *opts;
-    int ki = -1;
-    for (int i = 0; i < NKINDS && ki < 0; i++)
-        if (strcmp(kind, kinds[i].name) == 0) ki = i;
-    if (ki < 0) {
-        err_set(err, "unknown strategy kind \"%s\" (one of: dp, zero, zero1, zero2, zero3, "
-                     "megatron, gpipe, ps, parallax, sfb)", kind);
-        return NULL;
-    }
+    int ki = kind_index(kind, err);
+    if (ki < 0) return -1;
     Kind k = kinds[ki].kind;
-
-    /* --- options that do not fit the kind are errors, not silently ignored */
+    /* options that do not fit the kind are errors, not silently ignored */
     if (o.world < 0 || o.tp < 0 || o.pp < 0 || o.dp < 0 || o.microbatches < 0 ||
         o.ps_shards < 0 || o.staleness < 0 || o.virtual_stages < 0) {
         err_set(err, "%s: world, tp, pp, dp, microbatches, virtual, ps_shards and staleness "
                      "must be >= 0", kind);
-        return NULL;
+        return -1;
     }
     if (o.virtual_stages > 1 && k != K_MEGATRON) {
         err_set(err, "%s: virtual %d: only megatron interleaves its pipeline stages (use "
                      "--strategy megatron)", kind, o.virtual_stages);
-        return NULL;
+        return -1;
     }
     if (o.tp > 1 && k != K_MEGATRON) {
         err_set(err, "%s: tp %d: only megatron splits tensors (use --strategy megatron)", kind,
                 o.tp);
-        return NULL;
+        return -1;
     }
     if (o.pp > 1 && k != K_MEGATRON && k != K_GPIPE) {
         err_set(err, "%s: pp %d: only megatron and gpipe are pipelined", kind, o.pp);
-        return NULL;
+        return -1;
     }
     int zero = kinds[ki].zero;
     if (o.zero && k != K_ZERO) {
         err_set(err, "%s: zero %d applies to the zero strategy only", kind, o.zero);
-        return NULL;
+        return -1;
     }
     if (k == K_ZERO) {
         if (o.zero && (o.zero > 3 || (zero && o.zero != zero))) {
             err_set(err, "%s: zero %d: the stage must be 1, 2 or 3%s", kind, o.zero,
                     zero ? " and match the kind's" : "");
-            return NULL;
+            return -1;
         }
-        if (!zero) zero = o.zero ? o.zero : 3;
     }
     if ((o.ps_shards || o.staleness) && k != K_PS && k != K_PARALLAX) {
         err_set(err, "%s: ps_shards and staleness apply to ps and parallax only", kind);
-        return NULL;
+        return -1;
     }
     if (o.sequence_parallel && k != K_MEGATRON) {
         err_set(err, "%s: sequence parallelism is a megatron option", kind);
-        return NULL;
+        return -1;
     }
     if (o.compress && k == K_PS) {
         err_set(err, "ps: compress applies to all-reduce; with ps no param is all-reduced");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
+                      const StrategyOpts *opts, Err *err)
+{
+    StrategyOpts o = {0};
+    if (opts) o = *opts;
+    if (strategy_opts_check(kind, &o, err)) return NULL;
+    int ki = kind_index(kind, err);
+    Kind k = kinds[ki].kind;
+    int zero = kinds[ki].zero;
+    if (k == K_ZERO && !zero) zero = o.zero ? o.zero : 3;
 
     /* --- mesh sizes */
     int W = o.world;

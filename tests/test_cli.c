@@ -932,9 +932,13 @@ static void test_strategy_builder_errors(void **state)
            rp("clusters/local-cpu.json"), "--world", "4");
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "world 4", "2 devices", "local-cpu");
+    /* an option the kind does not take is the options' fault: a usage error */
     STRATA(&r, "strategy", "build", "ps", "--model", model, "--world", "2", "--compress", "fp16");
-    EXPECT_RC(&r, 1);
+    EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "compress");
+    STRATA(&r, "strategy", "build", "dp", "--model", model, "--tp", "2");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "tp 2", "only megatron");
     STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "--compress", "zip");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "compress", "\"zip\"", "powersgd:R");
