@@ -269,6 +269,14 @@ static void test_unknown_command_subcommand_option(void **state)
     STRATA(&r, "strategy", "build", "dp", "--model", gpt_model(), "--world");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--world", "needs a value");
+    /* another option where a value belongs is not taken as the value */
+    STRATA(&r, "strategy", "build", "dp", "--model", "--json");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--model", "needs a value", "--json is another option");
+    /* the zoo's options are open, but one it does not know is named as such */
+    STRATA(&r, "model", "build", "mlp", "--bogus");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "unknown option --bogus", "--layers");
 
     STRATA(&r, "strategy", "build", "dp", "--model", gpt_model(), "--world", "eight");
     EXPECT_RC(&r, 2);

@@ -732,6 +732,9 @@ static void test_store_run(void **state)
     assert_int_equal((int)JNUM(row, "world"), 4);
     assert_int_equal((int)JNUM(row, "steps"), 3);
     assert_string_equal(JSTR(row, "status"), "ok");
+    /* its start to the millisecond, as every time in the store */
+    const char *started = JSTR(row, "started");
+    assert_true(strlen(started) == 24 && started[19] == '.' && started[23] == 'Z');
     release(j);
 
     /* runs show: one row per rank and step, 4 x 3 */
