@@ -1063,13 +1063,7 @@ static Strategy *body_strategy(Req *r, const cJSON *body, const Graph *g, const 
         o.recompute = rc;
         o.sequence_parallel = sp;
         cJSON *built = strategy_build(kind->valuestring, g, c, &o, &err);
-        if (!built) {
-            char path[64];
-            shorthand_path(err.msg, keys, path, sizeof path);
-            *out = reply_error(r, 400, path, "%s", err.msg);
-            return NULL;
-        }
-        Strategy *s = strategy_from_json(built, g, c, &err);
+        Strategy *s = built ? strategy_from_json(built, g, c, &err) : NULL;
         cJSON_Delete(built);
         if (!s) {
             char path[64];

@@ -118,12 +118,17 @@ void args_usage(FILE *f, const OptSpec *spec)
     }
 }
 
+/* Are paths a and b, both there, one file (the same inode)? */
+static bool same_inode(const char *a, const char *b)
+{
+    struct stat x, y;
+    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
 /* Are paths a and b one file: the same name, or (both there) the same inode? */
 static bool same_file(const char *a, const char *b)
 {
-    struct stat x, y;
-    if (strcmp(a, b) == 0) return true;
-    return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+    return strcmp(a, b) == 0 || same_inode(a, b);
 }
 
 int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err)
@@ -132,7 +137,8 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
     if (!path || !strcmp(path, "-")) return 0;     /* "-": standard output */
     if (!*path) return err_set(err, "%s: the path is empty", flag);
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    bool there = stat(path, &st) == 0;
+    if (there && S_ISDIR(st.st_mode))
         return err_set(err, "%s %s: is a directory; give a file", flag, path);
     static const char *const ext[] = { "", "-wal", "-shm", "-journal" };
     for (int i = 0; db && i < 4; i++) {
@@ -147,20 +153,17 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
      * option or as an argument), nor any store: writing over a model or a
      * database destroys it. Only files that are there can be one: by
      * inode, since an option's value may be a word ("-o megatron") */
-    struct stat out_st, in_st;
-    bool there = stat(path, &out_st) == 0;
     for (int i = 0; there && i < a->n + a->npos; i++) {
         const char *in = i < a->n ? a->val[i] : a->pos[i - a->n];
         if (i < a->n && (!in || !strcmp(a->key[i], key))) continue;
-        if (in && *in && stat(in, &in_st) == 0 && in_st.st_dev == out_st.st_dev &&
-            in_st.st_ino == out_st.st_ino)
+        if (in && *in && same_inode(path, in))
             return err_set(err, "%s %s: is also given as %s%s: one file cannot be both; give "
                            "another", flag, path, i < a->n ? "--" : "an argument",
                            i < a->n ? a->key[i] : "");
     }
     /* a regular file's first bytes (a pipe's or a terminal's would block) */
     bool store = false;
-    if (there && S_ISREG(out_st.st_mode)) {
+    if (there && S_ISREG(st.st_mode)) {
         FILE *f = fopen(path, "rb");
         char head[16] = "";
         store = f && fread(head, 1, sizeof head, f) == sizeof head &&

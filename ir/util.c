@@ -309,32 +309,25 @@ int json_save(const cJSON *j, const char *path, Err *err)
     char *text = cJSON_Print(j);
     if (!text) return err_set(err, "out of memory printing JSON");
     int rc = 0;
-    struct stat st;
     if (!path || strcmp(path, "-") == 0) {
         fputs(text, stdout);
         fputc('\n', stdout);
-    } else if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-        /* a link, a pipe, a terminal, a device (/dev/stdout): written
-         * through as it is; renaming a file over it would replace it */
-        FILE *f = fopen(path, "w");
-        bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        if (f && fclose(f) != 0) ok = false;
-        if (!ok) rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
     } else {
-        /* write beside, then rename: a failed write never leaves half a file */
+        /* written beside, then renamed: a failed write never leaves half a
+         * file. A link, a pipe, a terminal, a device (/dev/stdout) is
+         * written through as it is: a file renamed over it would replace it */
+        struct stat st;
+        bool through = lstat(path, &st) == 0 && !S_ISREG(st.st_mode);
         size_t n = strlen(path) + 8;
         char *tmp = xmalloc(n);
         snprintf(tmp, n, "%s.tmp", path);
-        FILE *f = fopen(tmp, "wb");
-        if (!f) {
+        FILE *f = fopen(through ? path : tmp, "wb");
+        bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+        if (f && fclose(f) != 0) ok = false;
+        if (ok && !through && rename(tmp, path) != 0) ok = false;
+        if (!ok) {
             rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
-        } else {
-            bool ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-            ok = (fclose(f) == 0) && ok;
-            if (!ok || rename(tmp, path) != 0) {
-                rc = err_set(err, "%s: cannot write: %s", path, strerror(errno));
-                remove(tmp);
-            }
+            if (f && !through) remove(tmp);
         }
         free(tmp);
     }

@@ -86,11 +86,10 @@ static void sink(void *ctx, const cJSON *ev)
     if (k->o->event) k->o->event(k->o->ctx, ev);
 }
 
-/* The row of a search about to be stored (a new random id); returns the
- * budget's JSON text, which row points to, for the caller to free with
- * row->options_json. */
-static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *status,
-                        DbSearch *row)
+/* The row of a search about to be stored (a new random id); its budget
+ * and options texts are the caller's to free (search_row_free). */
+static void search_row(const Cluster *c, const SearchJobOpts *o, const char *status,
+                       DbSearch *row)
 {
     *row = (DbSearch){ .method = (char *)search_algo_name(o->search.algo),
                        .status = (char *)status, .seed = (int64_t)o->search.seed };
@@ -99,9 +98,8 @@ static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *st
     if (o->search.budget_s > 0) cJSON_AddNumberToObject(budget, "seconds", o->search.budget_s);
     if (o->search.budget_evals > 0)
         cJSON_AddNumberToObject(budget, "evaluations", (double)o->search.budget_evals);
-    char *btext = cJSON_PrintUnformatted(budget);
+    row->budget_json = cJSON_PrintUnformatted(budget);
     cJSON_Delete(budget);
-    row->budget_json = btext;
     cJSON *opts = cJSON_CreateObject();
     cJSON_AddBoolToObject(opts, "allow_lossy", o->search.lossy);
     cJSON_AddNumberToObject(opts, "threads", o->search.threads > 1 ? o->search.threads : 1);
@@ -111,7 +109,12 @@ static char *search_row(const Cluster *c, const SearchJobOpts *o, const char *st
     cJSON_Delete(opts);
     row->devices = o->search.world > 0 ? o->search.world : c->ndevices;
     random_id(row->id);
-    return btext;
+}
+
+static void search_row_free(DbSearch *row)
+{
+    cJSON_free(row->budget_json);
+    cJSON_free(row->options_json);
 }
 
 int job_search_queue(const Graph *g, const Cluster *c, const SearchJobOpts *o, char id[17],
@@ -122,14 +125,13 @@ int job_search_queue(const Graph *g, const Cluster *c, const SearchJobOpts *o, c
     if (o->policy_from && o->search.algo != SEARCH_RL)
         return err_set(err, "search: a policy starts an rl search only (--algo rl)");
     DbSearch row;
-    char *btext = search_row(c, o, "queued", &row);
+    search_row(c, o, "queued", &row);
     Db *db = NULL;
     int rc = job_store_model_cluster(o->db_path, g, c, row.model_id, row.cluster_id, err);
     if (!rc) rc = (db = db_open(o->db_path, err)) ? db_search_put(db, &row, err) : -1;
     if (!rc) memcpy(id, row.id, 17);
     db_close(db);
-    cJSON_free(btext);
-    cJSON_free(row.options_json);
+    search_row_free(&row);
     return rc;
 }
 
@@ -159,7 +161,7 @@ int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJ
         return -1;
     }
     DbSearch row;
-    char *btext = search_row(c, o, "running", &row);
+    search_row(c, o, "running", &row);
     memcpy(j->id, o->row_id ? o->row_id : row.id, 17);
     Db *db = NULL;
     int rc = -1;
@@ -235,8 +237,7 @@ int job_search(const Graph *g, const Cluster *c, const SearchJobOpts *o, SearchJ
     rc = 0;
 out:
     mlp_free(policy);
-    cJSON_free(btext);
-    cJSON_free(row.options_json);
+    search_row_free(&row);
     db_close(db);
     if (rc) search_job_free(j);
     return rc;
