@@ -153,9 +153,10 @@ int main(void)
     printf("    predicted step %.4f s (reference %.4f s, %+.2e relative), %.0f samples/s, MFU %.1f%%, "
            "bubble %.1f%%, %s\n", r.step_time, ref.step_time, r.step_time / ref.step_time - 1,
            r.samples_per_s, 100 * r.mfu, 100 * r.bubble, r.feasible ? "fits" : r.why_infeasible);
-    printf("    its passes: %lld over the classes, %lld run whole, %lld of those evaluated (the "
-           "rest replayed from the memo)\n", (long long)r.passes, (long long)r.passes_whole,
-           (long long)r.passes_evaluated);
+    printf("    its passes: %lld over the classes, %lld run whole: %lld of those evaluated, %lld "
+           "stepped over (a steady state repeating), the rest replayed from the memo\n",
+           (long long)r.passes, (long long)r.passes_whole, (long long)r.passes_evaluated,
+           (long long)r.passes_skipped);
     sim_result_free(&r);
     sim_result_free(&ref);
 

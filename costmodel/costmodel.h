@@ -193,6 +193,8 @@ typedef struct {
     int64_t passes, passes_whole;   /* a compact plan: passes of the step over its classes,
                                        and how many of them the simulator ran whole */
     int64_t passes_evaluated;       /* of those, how many it evaluated (not replayed) */
+    int64_t passes_skipped;         /* of those, how many it neither evaluated nor replayed:
+                                       periods of a steady state repeating, stepped over */
     /* with SimOpts.trace: per class, its spans (caller frees through sim_result_free) */
     SimSpan **spans;
     int *nspans;
@@ -212,6 +214,8 @@ typedef struct {
                                        fails, its error saying so (a search's time budget) */
     double bound;                   /* a step time the caller has no use for a plan at or
                                        above (0: none); see SIM_BOUND */
+    bool every_pass;                /* run every pass of a steady state, none stepped over
+                                       (the reference the stepping is held to) */
 } SimOpts;
 
 /* Simulates one step of the plan. Memory is checked first: a class whose

@@ -245,6 +245,8 @@ typedef struct {
     bool trace;
     bool release;                   /* nothing moved: set aside what waits_async cannot tell */
     bool bounded;                   /* the lower bound reached SimOpts.bound */
+    int skip_tries;                 /* attempts to skip a steady state that went as far
+                                       as the schedule (try_skip) */
     struct Passes_ *passes;         /* per class, while the passes run whole (run_passes) */
     Err *err;
 } Sim;
@@ -1107,6 +1109,8 @@ typedef struct {
     double *out;                    /* outputs: streams after, p2p times, exports, latest end */
     double exposed;                 /* exposed communication of the pass */
     int nk;                         /* the key's length */
+    uint32_t gen;                   /* times the entry was written (a pass that replayed
+                                       it names it by its address and this) */
     bool used;
 } Memo;
 
@@ -1161,6 +1165,18 @@ typedef struct Passes_ {
     double *start, *end;            /* scratch: the pass being run */
     double *key;                    /* scratch: its memo key */
     Map alike;                      /* (body, other class, its body, 0) -> alike (1) or not */
+    /* per pass run whole (see "Skipping a steady state"): the free time of
+     * the interpreter's stream it started from (T0), and the memo entry it
+     * replayed with that entry's generation (NULL: evaluated) */
+    double *h_t0;
+    const Memo **h_memo;
+    uint32_t *h_gen;
+    int32_t *h_from;                /* a pass skipped: the pass run whole it repeats, else -1 */
+    double *h_shift;                /* and how much later */
+    int h_run;                      /* passes from here on were run (none skipped) */
+    int w_need;                     /* the passes the last try needed to repeat (Steady.W) */
+    int s_from, s_L, s_E, s_D;      /* the last scan of the schedule: from pass s_from with
+                                       period s_L, it repeats up to s_E, reading s_D back */
 } Passes;
 
 /* Numbers, body by body, every instruction a pass other than its own
@@ -1798,17 +1814,24 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
     const double *key = P->key;
     bool done = false;
     MemoSet *ms = k->ms;
+    P->h_t0[pass] = T0;
+    P->h_memo[pass] = NULL;
     for (int x = 0; x < MEMO_WAYS && !done; x++) {
         int w = (ms->last + x) % MEMO_WAYS;
         const Memo *me = &ms->memo[w];
         if (me->used && me->nk == nk && keys_match(me->key, key, nk, q)) {
             done = replay_pass(S, ci, P, pass, T0, me);
             ms->last = w;
+            if (done) {
+                P->h_memo[pass] = me;
+                P->h_gen[pass] = me->gen;
+            }
         }
     }
     if (!done) {
         Memo *me = &ms->memo[ms->next];
         S->r->passes_evaluated++;
+        me->gen++;
         if (eval_pass(S, ci, P, pass, T0, me->out, &me->exposed)) {
             memcpy(me->key, key, sizeof *key * nk);
             me->nk = nk;
@@ -1876,6 +1899,304 @@ static bool run_twins(Sim *S, Passes *P, int *next, int ci, int pass, const int 
     return true;
 }
 
+/* ----------------------------------------------------------------------------
+ * Skipping a steady state
+ *
+ * Between a pipeline's warm-up and its drain (1F1B's steady state) every
+ * class repeats a period of L passes: each pass replays the memo entry
+ * the pass L before it replayed, and starts a time d after it, the same d
+ * for every class (the stages are coupled, so all move at the pace of the
+ * slowest). A pass's inputs are its class's streams, the messages it
+ * receives and the exports of its class's passes up to D passes back;
+ * every rule is a max of sums. So when every class's last D + L passes
+ * each repeat the one L before them, shifted by d, and every message in
+ * flight was sent by one of them, the next period's inputs are this
+ * one's shifted by d, and so on by induction for as long as the schedule
+ * repeats (the same bodies, reading passes the same distance back). K
+ * such periods are then stepped over at once: every class's passes,
+ * channels and messages in flight move on by K periods and its times by
+ * K d, and what a period adds (busy time, FLOPs, instructions, exposed
+ * communication, the senders' share of the messages received) is added K
+ * times. A skipped pass's exports are written only when something reads
+ * them (a pass after the skipped ones, or the rest of the step run
+ * instruction by instruction): the exports of the pass whole periods
+ * before it, shifted. The tests hold the result to the instruction-level
+ * simulation of the full program; SimResult.passes_skipped counts what
+ * was stepped over. */
+
+/* the longest period looked for, in passes */
+#define SKIP_MAX_PERIOD 16
+/* full attempts (periods found, the schedule and messages examined) that
+ * may fail before skipping is given up for the step */
+#define SKIP_TRIES 16
+
+typedef struct {
+    int n;                          /* the class's next pass */
+    int L;                          /* its period, in passes */
+    int W;                          /* the passes before n that must repeat: D + L */
+    int E;                          /* the first pass from n on that does not repeat */
+} Steady;
+
+/* Did passes x and y replay the same memo entry, unchanged between? */
+static bool replayed_alike(const Passes *Q, int x, int y)
+{
+    return Q->h_memo[x] && Q->h_memo[x] == Q->h_memo[y] && Q->h_gen[x] == Q->h_gen[y];
+}
+
+/* Does each of the passes [from, n) repeat the pass L before it, d later
+ * (to tol)? */
+static bool repeats(const Program *cp, const Passes *Q, int from, int n, int L, double d,
+                    double tol)
+{
+    if (from - L < Q->h_run) return false;
+    for (int x = from; x < n; x++)
+        if (!replayed_alike(Q, x, x - L) || cp->sched[x].body != cp->sched[x - L].body ||
+            !(fabs(Q->h_t0[x] - Q->h_t0[x - L] - d) <= tol))
+            return false;
+    return true;
+}
+
+/* The period of class ci standing at pass n (its length, and the time *d
+ * it takes), or false when its last passes do not repeat. */
+static bool period_of(const Sim *S, const Passes *Q, int ci, int n, int *L, double *d)
+{
+    const Program *cp = S->cs[ci].cp;
+    if (n >= cp->nsched || n < 3) return false;
+    double tol = ulps256(Q->h_t0[n - 1]);
+    for (int l = 1; l <= SKIP_MAX_PERIOD && n - 3 * l >= Q->h_run; l++) {
+        if (!Q->h_memo[n - 1 - l]) continue;
+        double dl = Q->h_t0[n - 1] - Q->h_t0[n - 1 - l];
+        if (dl > 0 && repeats(cp, Q, n - 2 * l, n, l, dl, tol)) {
+            *L = l;
+            *d = dl;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* How far the schedule of class ci repeats from pass n on with period L
+ * (st->E), and how far back its passes read there (st->W = D + L); then
+ * whether its last W passes repeat. */
+static bool steady_class(Sim *S, Passes *Q, int ci, double d, Steady *st)
+{
+    CState *c = &S->cs[ci];
+    const Program *cp = c->cp;
+    int n = st->n, L = st->L, D = 0, x;
+    if (Q->s_L == L && Q->s_from <= n && n <= Q->s_E) {
+        /* scanned before from an earlier pass: the same end, and at most
+         * the same reach back */
+        st->E = Q->s_E;
+        st->W = Q->w_need = Q->s_D + L;
+        return repeats(cp, Q, n - st->W, n, L, d, ulps256(Q->h_t0[n - 1]));
+    }
+    for (x = n; x < cp->nsched; x++) {
+        int b = cp->sched[x].body;
+        if (b != cp->sched[x - L].body) break;
+        const Compiled *k = &Q->cb[b];      /* compiled: it ran L passes before */
+        int m = cp->sched[x].micro, m0 = cp->sched[x - L].micro;
+        bool same = true;
+        for (int g = 0; g < k->ngrp && same; g++) {
+            int base = k->xbase[k->grp[g]];
+            int src = c->pass_at[base + m], src0 = c->pass_at[base + m0];
+            same = src - x == src0 - (x - L);
+            if (x - src > D) D = x - src;
+        }
+        if (!same) break;
+    }
+    st->E = Q->s_E = x;
+    st->W = Q->w_need = D + L;
+    Q->s_L = L;
+    Q->s_D = D;
+    Q->s_from = n;
+    return repeats(cp, Q, n - st->W, n, L, d, ulps256(Q->h_t0[n - 1]));
+}
+
+/* Writes the exports of pass y, if it was skipped: those of the pass it
+ * repeats, shifted. */
+static void fill_pass(CState *c, const Passes *Q, int y)
+{
+    int y0 = Q->h_from[y];
+    if (y0 < 0) return;
+    double sh = Q->h_shift[y];
+    int a = c->xoff[y], a0 = c->xoff[y0], n = c->xoff[y + 1] - a;
+    for (int s = 0; s < n; s++) {
+        c->xstart[a + s] = c->xstart[a0 + s] + sh;
+        c->xend[a + s] = c->xend[a0 + s] + sh;
+        c->xcode[a + s] = c->xcode[a0 + s];
+    }
+    c->xlast[y] = c->xlast[y0] + sh;
+}
+
+/* Per line and channel, what one period of every class does with them. */
+typedef struct {
+    int *sends, *recvs;             /* per line: messages a period sends, receives */
+    int *schan, *rchan;             /* per line: the sender's and the receiver's channel */
+    int *src;                       /* per line: the sending class */
+    int *per_chan;                  /* per channel: transfers a period makes */
+    int *line_of;                   /* per channel: the one line it serves */
+} Traffic;
+
+/* Steps over K periods of every class when all of them stand in a steady
+ * state together (see above); false when they do not. */
+static bool try_skip(Sim *S, Passes *P, int *next)
+{
+    int nc = S->p->nclasses;
+    Steady *st = xmalloc(sizeof *st * nc);
+    Traffic T = { 0 };
+    bool ok = true, skipped = false;
+    double d = NAN, tol = 0;
+    for (int ci = 0; ci < nc && ok; ci++) {
+        double dc;
+        st[ci].n = next[ci];
+        ok = period_of(S, &P[ci], ci, next[ci], &st[ci].L, &dc);
+        if (ok && isnan(d)) {
+            d = dc;
+            tol = ulps256(P[ci].h_t0[next[ci] - 1]);
+        }
+        /* the passes it needed to repeat last time, if known, repeat now */
+        ok = ok && fabs(dc - d) <= tol &&
+             repeats(S->cs[ci].cp, &P[ci], next[ci] - P[ci].w_need, next[ci], st[ci].L, dc, tol);
+    }
+    if (!ok || S->skip_tries++ >= SKIP_TRIES) goto out;
+    /* every class examined, even after one fails: each then knows how
+     * many passes it must have repeated before the next try */
+    int K = INT32_MAX;
+    for (int ci = 0; ci < nc; ci++) {
+        ok = steady_class(S, &P[ci], ci, d, &st[ci]) && ok;
+        if ((st[ci].E - st[ci].n) / st[ci].L < K) K = (st[ci].E - st[ci].n) / st[ci].L;
+    }
+    if (!ok || K < 1) goto out;
+
+    /* the messages: each line a period sends on, received as often, by
+     * one channel a side, and every message in flight sent within the
+     * sender's passes that repeat */
+    T.sends = xcalloc(S->nlines + 1, sizeof *T.sends);
+    T.recvs = xcalloc(S->nlines + 1, sizeof *T.recvs);
+    T.schan = xmalloc(sizeof *T.schan * (S->nlines + 1));
+    T.rchan = xmalloc(sizeof *T.rchan * (S->nlines + 1));
+    T.src = xmalloc(sizeof *T.src * (S->nlines + 1));
+    T.per_chan = xcalloc(S->nchan + 1, sizeof *T.per_chan);
+    T.line_of = xmalloc(sizeof *T.line_of * (S->nchan + 1));
+    for (int ch = 0; ch < S->nchan; ch++) T.line_of[ch] = -1;
+    for (int l = 0; l < S->nlines; l++) T.schan[l] = T.rchan[l] = T.src[l] = -1;
+    for (int ci = 0; ci < nc && ok; ci++) {
+        const Program *cp = S->cs[ci].cp;
+        for (int x = st[ci].n - st[ci].L; x < st[ci].n && ok; x++) {
+            const Compiled *k = &P[ci].cb[cp->sched[x].body];
+            const Body *B = &cp->bodies[cp->sched[x].body];
+            for (int q = 0; q < k->np2p && ok; q++) {
+                int l = k->line[q], ch = k->chan[q];
+                bool send = cp->instrs[B->i0 + k->p2p[q]].kind == I_SEND;
+                int *own = send ? T.schan : T.rchan;
+                ok = (own[l] < 0 || own[l] == ch) && (T.line_of[ch] < 0 || T.line_of[ch] == l);
+                own[l] = ch;
+                T.line_of[ch] = l;
+                if (send) {
+                    T.sends[l]++;
+                    T.src[l] = ci;
+                } else {
+                    T.recvs[l]++;
+                }
+                T.per_chan[ch]++;
+            }
+        }
+    }
+    for (int l = 0; l < S->nlines && ok; l++) {
+        if (!T.sends[l] && !T.recvs[l]) continue;
+        ok = T.sends[l] == T.recvs[l];
+        if (!ok) break;
+        /* the periods of the sender that sent what is in flight repeat too */
+        int s = T.src[l], flight = S->chan_n[T.schan[l]] - S->chan_n[T.rchan[l]];
+        int back = (flight + T.sends[l] - 1) / T.sends[l] * st[s].L;
+        ok = flight >= 0 && repeats(S->cs[s].cp, &P[s], st[s].n - back, st[s].n, st[s].L, d, tol);
+    }
+    if (!ok) goto out;
+
+    /* step over K periods */
+    double shift = K * d;
+    double *sender_busy = xcalloc(nc, sizeof *sender_busy);
+    for (int ci = 0; ci < nc; ci++) {
+        CState *c = &S->cs[ci];
+        Passes *Q = &P[ci];
+        const Program *cp = c->cp;
+        int n = st[ci].n, L = st[ci].L;
+        SimClass add = { 0 };
+        int ops[CM_SRC_COUNT] = { 0 };
+        bool used[S_GROUPS + KEYS] = { false };
+        for (int x = n - L; x < n; x++) {
+            const Compiled *k = &Q->cb[cp->sched[x].body];
+            const Body *B = &cp->bodies[cp->sched[x].body];
+            add.busy_compute += k->add.busy_compute;
+            add.busy_comm += k->add.busy_comm;
+            add.exposed_comm += k->add.exposed_comm + Q->h_memo[x]->exposed;
+            add.main_instrs += k->add.main_instrs;
+            add.flops += k->add.flops;
+            add.recompute += k->add.recompute;
+            for (int q = 0; q < CM_SRC_COUNT; q++) ops[q] += k->op_count[q];
+            for (int q = 0; q < k->nstream; q++) used[k->streams[q]] = true;
+            for (int q = 0; q < k->np2p; q++) {
+                int xi = k->p2p[q];
+                if (cp->instrs[B->i0 + xi].kind == I_RECV) sender_busy[T.src[k->line[q]]] += k->dur[xi];
+            }
+        }
+        c->out.busy_compute += K * add.busy_compute;
+        c->out.busy_comm += K * add.busy_comm;
+        c->out.exposed_comm += K * add.exposed_comm;
+        c->out.main_instrs += K * add.main_instrs;
+        c->out.flops += K * add.flops;
+        c->out.recompute += K * add.recompute;
+        for (int q = 0; q < CM_SRC_COUNT; q++) S->r->op_count[q] += K * ops[q];
+        for (int q = 0; q < S_GROUPS + KEYS; q++)
+            if (used[q]) c->afree[q] += shift;
+        c->base_end += shift;
+        for (int y = n; y < n + K * L; y++) {
+            int j = (y - n) / L + 1, y0 = y - j * L;
+            Q->h_from[y] = y0;
+            Q->h_shift[y] = j * d;
+            Q->h_t0[y] = Q->h_t0[y0] + j * d;
+            Q->h_memo[y] = Q->h_memo[y0];
+            Q->h_gen[y] = Q->h_gen[y0];
+        }
+        next[ci] = n + K * L;
+        Q->h_run = next[ci];
+        S->r->passes_skipped += K * L;
+        /* the exports the passes after the skipped ones read */
+        for (int x = next[ci]; x < cp->nsched; x++) {
+            int b = cp->sched[x].body;
+            if (!Q->cb[b].code) compile_body(S, ci, Q, b);
+            const Compiled *k = &Q->cb[b];
+            for (int g = 0; g < k->ngrp; g++) fill_pass(c, Q, c->pass_at[k->xbase[k->grp[g]] + cp->sched[x].micro]);
+        }
+    }
+    for (int ci = 0; ci < nc; ci++) S->cs[ci].out.busy_comm += K * sender_busy[ci];
+    free(sender_busy);
+    /* the messages in flight, K periods on */
+    for (int l = 0; l < S->nlines; l++) {
+        if (!T.sends[l]) continue;
+        int by = K * T.sends[l], cs = S->chan_n[T.schan[l]], cr = S->chan_n[T.rchan[l]];
+        for (int i = cs; i > cr; i--) {
+            Msg m = *line_msg(S, l, i);
+            m.send_t += shift;
+            m.recv_ready += shift;
+            m.end += shift;
+            *line_msg(S, l, i + by) = m;
+        }
+    }
+    for (int ch = 0; ch < S->nchan; ch++) S->chan_n[ch] += K * T.per_chan[ch];
+    skipped = true;
+out:
+    free(st);
+    free(T.sends);
+    free(T.recvs);
+    free(T.schan);
+    free(T.rchan);
+    free(T.src);
+    free(T.per_chan);
+    free(T.line_of);
+    return skipped;
+}
+
 /* Is SimOpts.deadline past? */
 static bool late(const Sim *S)
 {
@@ -1899,6 +2220,7 @@ typedef struct {
 static int32_t outside_dep(void *ctx, int pass, int32_t local)
 {
     const Outside *o = ctx;
+    fill_pass(o->c, o->P, pass);
     int slot = export_at(o->c, o->P, pass, local);
     return slot < 0 ? -1 : -2 - slot;
 }
@@ -1968,6 +2290,13 @@ static void run_passes(Sim *S, Program *rest, bool whole)
             if (cp->bodies[b].i1 - cp->bodies[b].i0 > scratch) scratch = cp->bodies[b].i1 - cp->bodies[b].i0;
     }
     for (int ci = 0; ci < nc && whole; ci++) {
+        int ns = S->cs[ci].cp->nsched + 1;
+        P[ci].h_t0 = xmalloc(sizeof *P[ci].h_t0 * ns);
+        P[ci].h_memo = xcalloc(ns, sizeof *P[ci].h_memo);
+        P[ci].h_gen = xmalloc(sizeof *P[ci].h_gen * ns);
+        P[ci].h_from = xmalloc(sizeof *P[ci].h_from * ns);
+        P[ci].h_shift = xmalloc(sizeof *P[ci].h_shift * ns);
+        for (int x = 0; x < ns; x++) P[ci].h_from[x] = -1;
         P[ci].start = xmalloc(sizeof *P[ci].start * scratch);
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
         P[ci].key = xmalloc(sizeof *P[ci].key * (3 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));
@@ -2014,6 +2343,8 @@ static void run_passes(Sim *S, Program *rest, bool whole)
                 }
                 moved = true;
             }
+        /* twins run together, which a skip of whole periods does not follow */
+        if (moved && !shared_stage && !S->o->every_pass) try_skip(S, P, next);
     }
     for (int ci = 0; ci < nc; ci++) {
         CState *c = &S->cs[ci];
@@ -2052,6 +2383,11 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         free(P[ci].start);
         free(P[ci].end);
         free(P[ci].key);
+        free(P[ci].h_t0);
+        free(P[ci].h_memo);
+        free(P[ci].h_gen);
+        free(P[ci].h_from);
+        free(P[ci].h_shift);
     }
     for (int ci = 0; ci < nc; ci++) map_free(&P[ci].alike);
     free(up);

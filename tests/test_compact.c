@@ -473,6 +473,103 @@ static void test_alike(void **state)
     }
 }
 
+/* The simulation of json's compact plan on GPUs, held to the one that
+ * runs every pass (SimOpts.every_pass): the same figures, to rounding, and
+ * the same passes evaluated (a pass after the skipped ones meets the inputs
+ * it would have met, so it replays what it would have replayed). */
+static SimResult steady_against_every_pass(const Graph *g, const char *js)
+{
+    Strategy *s = strat(g, js);
+    Err err = { 0 };
+    Plan *cp = ir_lower_compact(g, NULL, s, &err);
+    Cluster *c = cluster8("gpu");
+    SimResult r, a;
+    SimOpts every = { .every_pass = true };
+    if (!cp || cost_simulate(g, c, s, cp, NULL, &r, &err) ||
+        cost_simulate(g, c, s, cp, &every, &a, &err))
+        fail_msg("%s: %s", js, err.msg);
+    assert_int_equal(a.passes_skipped, 0);
+    assert_true(r.passes_skipped <= r.passes_whole - r.passes_evaluated);
+    assert_int_equal(r.passes_whole, a.passes_whole);
+    if (r.passes_evaluated != a.passes_evaluated)
+        fail_msg("%s: %lld passes evaluated, %lld running every pass", js,
+                 (long long)r.passes_evaluated, (long long)a.passes_evaluated);
+    for (int q = 0; q < CM_SRC_COUNT; q++) assert_int_equal(r.op_count[q], a.op_count[q]);
+    const double tight = 1e-12;
+    struct { const char *what; double a, b; } f[] = {
+        { "step time", a.step_time, r.step_time }, { "bubble", a.bubble, r.bubble },
+    };
+    for (size_t k = 0; k < sizeof f / sizeof *f; k++)
+        if (fabs(f[k].a - f[k].b) > tight * fabs(f[k].a))
+            fail_msg("%s: %s %.17g running every pass, %.17g skipping", js, f[k].what, f[k].a, f[k].b);
+    for (int k = 0; k < a.nclasses; k++) {
+        const SimClass *x = &a.classes[k], *y = &r.classes[k];
+        struct { const char *what; double a, b; } h[] = {
+            { "busy compute", x->busy_compute, y->busy_compute },
+            { "busy comm", x->busy_comm, y->busy_comm },
+            { "exposed comm", x->exposed_comm, y->exposed_comm },
+            { "recompute", x->recompute, y->recompute },
+            { "flops", x->flops, y->flops },
+            { "instructions", (double)x->main_instrs, (double)y->main_instrs },
+        };
+        for (size_t q = 0; q < sizeof h / sizeof *h; q++)
+            if (fabs(h[q].a - h[q].b) > tight * fabs(h[q].a))
+                fail_msg("%s: class %d %s %.17g running every pass, %.17g skipping", js, k,
+                         h[q].what, h[q].a, h[q].b);
+    }
+    sim_result_free(&a);
+    cluster_free(c);
+    plan_free(cp);
+    strategy_free(s);
+    return r;
+}
+
+/* A long steady state: with many more micro-batches than stages, 1F1B
+ * repeats one forward and one backward per stage for most of the step,
+ * and the simulator steps over those periods instead of running them.
+ * The result is still the instruction-level simulation of the full
+ * program (check_plan), under every family of policy and on both kinds
+ * of device; interleaving and GPipe are held to it too, skipping or not. */
+static void test_steady(void **state)
+{
+    (void)state;
+    const char *policies[] = {
+        "",
+        ",\"ops\":{\"blocks.*\":{\"recompute\":true}}",
+        ",\"params\":{\"blocks.*\":{\"shard\":\"zero1\"}}",
+        ",\"params\":{\"*\":{\"sync\":{\"method\":\"allreduce\",\"compress\":\"fp16\"}}}",
+        TP_OPS,
+    };
+    /* 1F1B balanced, with the last stage and with the first the slowest
+     * (the stages upstream wait for gradients, or those downstream for
+     * activations), interleaved, GPipe */
+    const char *pipes[] = { "\"schedule\":\"1f1b\"", "\"schedule\":\"1f1b\",\"cuts\":[1,2,3]",
+                            "\"schedule\":\"1f1b\",\"cuts\":[5,6,7]",
+                            "\"schedule\":\"interleaved\",\"virtual\":2", "\"schedule\":\"gpipe\"" };
+    for (int tied = 0; tied < 2; tied++) {
+        GptShape x = { 8, 32, 4, 16, 64, 64, tied };
+        Graph *g = gpt(x);
+        for (size_t e = 0; e < sizeof policies / sizeof *policies; e++)
+            for (int pi = 0; pi < 5; pi++)
+                for (int M = 16; M <= 32; M *= 2) {
+                    bool tp = strstr(policies[e], "\"tp\"") != NULL;
+                    char js[1024];
+                    snprintf(js, sizeof js, "{\"mesh\":{\"pp\":4,\"%s\":2},\"pipeline\":"
+                             "{\"microbatches\":%d,%s}%s}", tp ? "tp" : "dp", M, pipes[pi],
+                             policies[e]);
+                    check_plan(g, js);
+                    if (pi > 2) continue;
+                    /* 1F1B on GPUs: passes stepped over, half of them at M 32 */
+                    SimResult r = steady_against_every_pass(g, js);
+                    if (r.passes_skipped * (M == 16 ? 4 : 2) < r.passes)
+                        fail_msg("%s: %lld of %lld passes skipped", js,
+                                 (long long)r.passes_skipped, (long long)r.passes);
+                    sim_result_free(&r);
+                }
+        graph_free(g);
+    }
+}
+
 /* The compact form holds a fixed number of bodies whatever M is: two
  * forward and two backward per chunk (the first micro-batch's, standing for
  * all but the last, and the last's), and the tail. */
@@ -514,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_size),
         cmocka_unit_test(test_twins),
         cmocka_unit_test(test_alike),
+        cmocka_unit_test(test_steady),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
