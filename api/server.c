@@ -236,7 +236,8 @@ static enum MHD_Result unauthorized(Req *r)
     return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
 }
 
-/* The query's arguments, for query_bad: each key once, with a value. */
+/* The query's arguments, for query_bad: each key once, with a value, at
+ * most 32 keys. */
 typedef struct {
     const char *keys[32];
     int n;
@@ -257,7 +258,13 @@ static void query_arg(QueryCheck *q, const char *key, const char *value)
             q->why = "is given more than once";
             return;
         }
-    if (q->n < (int)(sizeof q->keys / sizeof q->keys[0])) q->keys[q->n++] = key;
+    if (q->n == (int)(sizeof q->keys / sizeof q->keys[0])) {
+        /* no route reads so many: refused rather than left unchecked */
+        q->bad = key;
+        q->why = "is past the 32 distinct arguments a query may have";
+        return;
+    }
+    q->keys[q->n++] = key;
 }
 
 static enum MHD_Result query_iter(void *cls, enum MHD_ValueKind kind, const char *key,
