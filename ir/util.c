@@ -195,29 +195,54 @@ static int cmp_cstr(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* The first key given twice in one object under j (path: j's JSON path),
- * said in err; 0 when there is none. */
-static int no_twice(const cJSON *j, char *path, size_t len, size_t cap, Err *err)
+/* Where a value sits, for no_twice: its parent's place and its own key
+ * (or index in an array); the path is written only for a message. */
+typedef struct Place {
+    const struct Place *up;
+    const cJSON *node;
+    int index;
+} Place;
+
+/* j's JSON path ("a.b[2].c"), as far as cap holds. */
+static size_t place_path(const Place *p, char *out, size_t cap)
 {
+    if (!p || !p->up) {
+        out[0] = 0;
+        return 0;
+    }
+    size_t len = place_path(p->up, out, cap);
+    int w = cJSON_IsObject(p->up->node)
+                ? snprintf(out + len, cap - len, "%s%s", len ? "." : "", p->node->string)
+                : snprintf(out + len, cap - len, "[%d]", p->index);
+    if (w > 0 && (size_t)w < cap - len) return len + (size_t)w;
+    out[len] = 0;
+    return len;
+}
+
+/* The first key given twice in one object under the value at p, said in
+ * err with the object's JSON path; 0 when there is none. */
+static int no_twice(const Place *p, Err *err)
+{
+    const cJSON *j = p->node;
     if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return 0;
-    int n = cJSON_GetArraySize(j), i = 0;
-    if (cJSON_IsObject(j) && n > 1) {
+    if (cJSON_IsObject(j) && j->child && j->child->next) {
+        int n = cJSON_GetArraySize(j), i = 0;
         const char **k = xmalloc(sizeof *k * (size_t)n);
         for (const cJSON *c = j->child; c; c = c->next) k[i++] = c->string ? c->string : "";
         qsort(k, (size_t)n, sizeof *k, cmp_cstr);
         for (i = 1; i < n && strcmp(k[i], k[i - 1]); i++) {}
-        if (i < n) err_set(err, "%s%s\"%s\" is given twice in one object", path,
-                           len ? ": " : "", k[i]);
+        if (i < n) {
+            char path[512];
+            size_t len = place_path(p, path, sizeof path);
+            err_set(err, "%s%s\"%s\" is given twice in one object", path, len ? ": " : "", k[i]);
+        }
         free(k);
         if (i < n) return -1;
     }
-    i = 0;
+    int i = 0;
     for (const cJSON *c = j->child; c; c = c->next, i++) {
-        int w = cJSON_IsObject(j) ? snprintf(path + len, cap - len, "%s%s", len ? "." : "", c->string)
-                                  : snprintf(path + len, cap - len, "[%d]", i);
-        size_t at = w > 0 && (size_t)w < cap - len ? len + (size_t)w : len;
-        if (no_twice(c, path, at, cap, err)) return -1;
-        path[len] = 0;
+        Place q = { p, c, i };
+        if (no_twice(&q, err)) return -1;
     }
     return 0;
 }
@@ -277,8 +302,8 @@ cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err)
         err_set(err, "more after the JSON value (one value is expected)");
         return NULL;
     }
-    char path[512] = "";
-    if (no_twice(j, path, 0, sizeof path, err)) {
+    Place root = { NULL, j, 0 };
+    if (no_twice(&root, err)) {
         cJSON_Delete(j);
         return NULL;
     }

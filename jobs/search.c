@@ -48,7 +48,7 @@ int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *
     cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
     char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
     DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
-    graph_id(g, m.id);
+    hash_hex(gtext, strlen(gtext), m.id);     /* graph_id, of the text already printed */
     DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
     cluster_id(c, dc.id);
     int rc = db_model_put(db, &m, err);
