@@ -44,7 +44,8 @@ ifeq ($(HAVE_CUDA),1)
     CFLAGS  += -DHAVE_NCCL
     CUDA_LIBS := -lnccl $(CUDA_LIBS)
   endif
-  LDLIBS  += -L$(CUDA_HOME)/lib64 $(CUDA_LIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
+  # only the CUDA backend's library and the GPU tests link these (see GPU_LIB)
+  CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 $(CUDA_LIBS) -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 
 # CUDA kernels (executor/cuda/*.cu): nvcc, for Ampere (sm_80) and Hopper
@@ -54,7 +55,11 @@ NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[
 NVFLAGS   := -O2 -g -std=c++17 -I. $(NVCC_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP
 
 # --- sources ----------------------------------------------------------------
-LIB_SRC  := $(wildcard ir/*.c db/*.c executor/*.c profiler/*.c costmodel/*.c search/*.c jobs/*.c api/*.c)
+# The CUDA backend (executor/gpu.h) is a library of its own, loaded by strata
+# only when a GPU is asked for; its C files stay out of libstrata.a.
+GPU_SRC  := executor/device_cuda.c executor/comm_nccl.c
+LIB_SRC  := $(filter-out $(GPU_SRC),$(wildcard ir/*.c db/*.c executor/*.c profiler/*.c \
+              costmodel/*.c search/*.c jobs/*.c api/*.c))
 CU_SRC   := $(if $(filter 1,$(HAVE_CUDA)),$(wildcard executor/cuda/*.cu))
 CLI_SRC  := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -65,7 +70,9 @@ SUPPORT_SRC := $(wildcard tests/support/*.c)
 BENCH_SRC:= $(wildcard bench/bench_*.c)
 MPI_BENCH_SRC := $(if $(filter 1,$(HAVE_MPI)),$(wildcard bench/mpi_*.c))
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o) $(BUILD)/gen/onnx.pb-c.o
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/onnx.pb-c.o
+GPU_C_OBJ:= $(GPU_SRC:%.c=$(BUILD)/%.o)
+GPU_OBJ  := $(GPU_C_OBJ) $(CU_SRC:%.cu=$(BUILD)/%.o)
 
 # The ONNX protobuf schema, compiled by protobuf-c at build time (ir/onnx.c
 # reads models with it). The schema comes from Debian's python3-onnx (ONNX
@@ -100,9 +107,14 @@ BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 MPI_BENCHES := $(MPI_BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libstrata.a
 STRATA   := $(BUILD)/strata
+ifeq ($(HAVE_CUDA),1)
+  GPU_LIB := $(BUILD)/libstrata-cuda.so
+endif
+# the tests of the CUDA kernels and of NCCL link the backend itself
+GPU_TESTS := $(filter $(BUILD)/tests/test_cuk_% $(BUILD)/tests/test_comm_nccl,$(TEST_SRC:tests/%.c=$(BUILD)/tests/%))
 
 .PHONY: all setup demo test check bench clean features fuzz
-all: features $(STRATA)
+all: features $(STRATA) $(GPU_LIB)
 
 features:
 	@echo "strata build: $(FEATURES) SAN=$(or $(SAN),0)"
@@ -125,12 +137,19 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# -rdynamic: the CUDA backend, loaded later, calls back into strata's code
 $(STRATA): $(CLI_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+	$(CC) $(LDFLAGS) -rdynamic -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+
+$(GPU_C_OBJ): CFLAGS += -fPIC
+$(GPU_LIB): $(GPU_OBJ)
+	$(CC) $(LDFLAGS) -shared -o $@ $(GPU_OBJ) $(CUDA_LDLIBS)
 
 # a static pattern: only the test programs, never build/tests/support/*.o
+$(GPU_TESTS): $(GPU_OBJ)
+$(GPU_TESTS): TEST_EXTRA = $(GPU_OBJ) $(CUDA_LDLIBS)
 $(TESTS) $(MPI_TESTS): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(SUPPORT_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(TEST_EXTRA) $(LIB) $(LDLIBS) -lcmocka
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)

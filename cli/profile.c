@@ -31,6 +31,7 @@
 #include "executor/blas.h"
 #include "executor/build.h"
 #include "executor/comm.h"
+#include "executor/device.h"
 #include "ir/cluster.h"
 #include "ir/graph.h"
 #include "ir/util.h"
@@ -40,9 +41,6 @@
 
 #ifdef HAVE_MPI
 #include <mpi.h>
-#endif
-#ifdef HAVE_CUDA
-#include <cuda_runtime_api.h>
 #endif
 
 #define EXIT_USAGE 2
@@ -151,19 +149,13 @@ static int parse_opts(const Args *a, Opts *o, Err *err)
  * is not built; says so, or that there is no GPU at all. */
 static int cuda_refusal(Err *err)
 {
-#ifdef HAVE_CUDA
-    int n = 0;
-    cudaError_t rc = cudaGetDeviceCount(&n);
-    if (rc != cudaSuccess || n == 0)
-        return err_set(err, "--backend cuda: no CUDA device found (%s)",
-                       rc != cudaSuccess ? cudaGetErrorString(rc) : "0 devices");
+    if (cuda_device_count(err) < 0) {
+        err_prefix(err, "--backend cuda");
+        return -1;
+    }
     return err_set(err, "--backend cuda: the profiler's CUDA backend is not built yet (the "
                    "executor runs on the GPU, but its kernels and NCCL are not timed here); use "
                    "--backend cpu");
-#else
-    return err_set(err, "--backend cuda: strata was built without CUDA (no %s)",
-                   "/usr/local/cuda/bin/nvcc at build time");
-#endif
 }
 
 /* ----------------------------------------------------------------------------

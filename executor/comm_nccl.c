@@ -1,6 +1,7 @@
 /*
  * comm_nccl.c — the NCCL backend of comm.h: device buffers, NCCL collectives
- * on the CUDA device that is current when comm_nccl_new is called.
+ * on the CUDA device that is current when comm_nccl_open is called (part of
+ * libstrata-cuda.so, gpu.h).
  *
  * A group is one NCCL communicator over the given world ranks in the given
  * order: member 0 draws the ncclUniqueId, an MPI communicator of the same
@@ -9,7 +10,7 @@
  * call enqueues its work there and waits for it (cudaStreamSynchronize), so
  * calls are blocking, like the MPI backend's, and buffers may be reused at
  * once. Overlapping comm with compute is the caller's business (a second
- * thread; only comm_nccl_new and group_new make MPI calls).
+ * thread; only comm_nccl_open and group_new make MPI calls).
  *
  * NCCL has no tags: sends and recvs between two members match in the order
  * they are posted. The tag is checked (>= 0) and otherwise unused. A send to
@@ -35,7 +36,7 @@
  * Legend: n = group size, me = this process's group index, count = elements
  * per block, esize = bytes per element.
  */
-#include "executor/comm.h"
+#include "executor/gpu.h"
 
 #if defined(HAVE_NCCL) && defined(HAVE_CUDA) && defined(HAVE_MPI)
 
@@ -618,7 +619,7 @@ static void nccl_destroy(Comm *c)
     free(c);
 }
 
-Comm *comm_nccl_new(Err *err)
+Comm *comm_nccl_open(Err *err)
 {
     int init = 0, fin = 0, ndev = 0;
     cudaError_t rc = cudaGetDeviceCount(&ndev);
@@ -635,7 +636,7 @@ Comm *comm_nccl_new(Err *err)
     MPI_Finalized(&fin);
     if (!init || fin) {
         err_set(err, "comm nccl: MPI is %s: NCCL bootstraps over MPI, so call "
-                     "MPI_Init_thread(..., MPI_THREAD_SERIALIZED, ...) before comm_nccl_new",
+                     "MPI_Init_thread(..., MPI_THREAD_SERIALIZED, ...) before comm_nccl_open",
                 fin ? "already finalised" : "not initialised");
         return NULL;
     }
@@ -666,7 +667,7 @@ fail:
 
 #elif defined(HAVE_NCCL) && defined(HAVE_CUDA)
 
-Comm *comm_nccl_new(Err *err)
+Comm *comm_nccl_open(Err *err)
 {
     err_set(err, "strata was built without MPI, which NCCL needs to bootstrap: install openmpi-bin "
                  "and libopenmpi-dev, then rebuild");
@@ -675,7 +676,7 @@ Comm *comm_nccl_new(Err *err)
 
 #else
 
-Comm *comm_nccl_new(Err *err)
+Comm *comm_nccl_open(Err *err)
 {
     err_set(err, "strata was built without NCCL (no CUDA toolkit found at build time)");
     return NULL;

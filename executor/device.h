@@ -91,6 +91,9 @@ Device *device_cpu_new(Err *err);
  * GPU). NCCL wants one GPU per rank. NULL with err when strata was built
  * without CUDA, there is no device, or too few. */
 Device *device_cuda_new(int local_rank, int local_size, Err *err);
+/* The CUDA devices this machine shows; -1 with err when there are none,
+ * or strata was built without CUDA. (Both load the CUDA backend, gpu.h.) */
+int cuda_device_count(Err *err);
 void device_free(Device *d);
 
 #endif

@@ -1,10 +1,10 @@
 /*
  * device_cuda.c — the CUDA backend of device.h: device memory and the
  * kernels of executor/cuda/ (cuk.h), every call queued on the context's one
- * stream, in order. Built only with the CUDA toolkit; otherwise
- * device_cuda_new says so.
+ * stream, in order. Part of libstrata-cuda.so (gpu.h); built only with
+ * the CUDA toolkit, otherwise device_cuda_open says so.
  */
-#include "executor/device.h"
+#include "executor/gpu.h"
 
 #ifdef HAVE_CUDA
 
@@ -168,15 +168,20 @@ static const DeviceOps cuda_ops = {
     .destroy = g_destroy,
 };
 
-Device *device_cuda_new(int local_rank, int local_size, Err *err)
+int cuda_count_devices(Err *err)
 {
-    int n = 0, index = local_rank;
+    int n = 0;
     cudaError_t rc = cudaGetDeviceCount(&n);
-    if (rc != cudaSuccess || n < 1) {
-        err_set(err, "no CUDA device found (%s)",
-                rc != cudaSuccess ? cudaGetErrorString(rc) : "cudaGetDeviceCount found none");
-        return NULL;
-    }
+    if (rc != cudaSuccess || n < 1)
+        return err_set(err, "no CUDA device found (%s)",
+                       rc != cudaSuccess ? cudaGetErrorString(rc) : "cudaGetDeviceCount found none");
+    return n;
+}
+
+Device *device_cuda_open(int local_rank, int local_size, Err *err)
+{
+    int n = cuda_count_devices(err), index = local_rank;
+    if (n < 1) return NULL;
     if (n < local_size) {
         if (n == 1 && getenv("CUDA_VISIBLE_DEVICES")) {
             index = 0;
@@ -186,7 +191,8 @@ Device *device_cuda_new(int local_rank, int local_size, Err *err)
             return NULL;
         }
     }
-    if ((rc = cudaSetDevice(index)) != cudaSuccess) {
+    cudaError_t rc = cudaSetDevice(index);
+    if (rc != cudaSuccess) {
         err_set(err, "cudaSetDevice(%d) failed: %s", index, cudaGetErrorString(rc));
         return NULL;
     }
@@ -205,11 +211,16 @@ Device *device_cuda_new(int local_rank, int local_size, Err *err)
 
 #else
 
-Device *device_cuda_new(int local_rank, int local_size, Err *err)
+Device *device_cuda_open(int local_rank, int local_size, Err *err)
 {
     (void)local_rank, (void)local_size;
     err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
     return NULL;
+}
+
+int cuda_count_devices(Err *err)
+{
+    return err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
 }
 
 #endif

@@ -47,7 +47,8 @@ export LD_LIBRARY_PATH="$libpath:${LD_LIBRARY_PATH:-}"
 
 say "programs"
 bin=build; tests=build/tests
-if [ "${STRATA_USE_PACK:-0}" = 1 ] || [ ! -x build/strata ] || ldd build/strata | grep -q 'not found'; then
+if [ "${STRATA_USE_PACK:-0}" = 1 ] || [ ! -x build/strata ] ||
+   ldd build/strata build/libstrata-cuda.so 2>&1 | grep -q 'not found'; then
     if [ -f .gpu/pack.tar.xz ]; then
         rm -rf .gpu/x && mkdir -p .gpu/x && tar -C .gpu/x -xJf .gpu/pack.tar.xz
         bin=.gpu/x/bin; tests=.gpu/x/bin
@@ -58,7 +59,8 @@ if [ "${STRATA_USE_PACK:-0}" = 1 ] || [ ! -x build/strata ] || ldd build/strata 
         echo "build/strata does not load here and there is no .gpu/pack.tar.xz"
     fi
 fi
-ldd "$bin/strata" | grep -E 'not found|cublas|cudnn|nccl|cudart|mpi'
+# strata loads its CUDA backend (libstrata-cuda.so, beside it) when a GPU is asked for
+ldd "$bin/strata" "$bin/libstrata-cuda.so" | grep -E 'not found|cublas|cudnn|nccl|cudart|mpi|:$'
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export STRATA_BIN="$PWD/$bin/strata" STRATA_ROOT="$PWD"
 S="$bin/strata"

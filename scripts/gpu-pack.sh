@@ -1,6 +1,7 @@
 #!/bin/sh
 # Packs what a GPU machine without strata's dependencies needs to run the GPU
-# checks (scripts/gpu-check.sh): the strata binary and the GPU test programs,
+# checks (scripts/gpu-check.sh): the strata binary with its CUDA backend
+# (libstrata-cuda.so, which it loads from its own directory) and the GPU test programs,
 # built here, with the shared libraries they load that are not part of the
 # C runtime or the CUDA toolkit, and Open MPI (its plugins and orted, laid
 # out under usr/ so that OPAL_PREFIX relocates it). Everything goes into one
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 make --no-print-directory all build/tests/test_comm_nccl \
     $(ls tests/test_cuk_*.c 2>/dev/null | sed 's#tests/\(.*\)\.c#build/tests/\1#') >/dev/null
 rm -rf .gpu/stage && mkdir -p .gpu/stage/bin .gpu/stage/lib .gpu/stage/usr/bin
-cp build/strata build/tests/test_comm_nccl .gpu/stage/bin/
+cp build/strata build/libstrata-cuda.so build/tests/test_comm_nccl .gpu/stage/bin/
 for t in build/tests/test_cuk_*; do
     case "$t" in *.o|*.d) ;; *) cp "$t" .gpu/stage/bin/ ;; esac
 done

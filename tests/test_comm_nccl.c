@@ -6,8 +6,8 @@
  * that must return the data unchanged (a sum over one member is the member).
  * Started under mpirun with one GPU per rank, the same checks hold their
  * closed forms over the whole world. Without a GPU, or in a build without
- * NCCL, the GPU tests are skipped with a message and comm_nccl_new must say
- * why it cannot work.
+ * NCCL, the GPU tests are skipped with a message and comm_nccl_open (the
+ * backend itself, gpu.h) must say why it cannot work.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "executor/comm.h"
+#include "executor/gpu.h"
 
 #if defined(HAVE_NCCL) && defined(HAVE_CUDA) && defined(HAVE_MPI)
 #define BUILT 1
@@ -32,13 +32,13 @@
 
 static char no_gpu[512];   /* why the GPU tests are skipped; empty when they run */
 
-/* comm_nccl_new names what is missing: NCCL in the build, or a device. */
+/* comm_nccl_open names what is missing: NCCL in the build, or a device. */
 static void test_unavailable_says_why(void **state)
 {
     (void)state;
     if (!no_gpu[0]) skip();
     Err err = {{0}};
-    Comm *c = comm_nccl_new(&err);
+    Comm *c = comm_nccl_open(&err);
     assert_null(c);
     if (!BUILT)
         assert_string_equal(err.msg, "strata was built without NCCL (no CUDA toolkit found at build time)");
@@ -95,8 +95,8 @@ static void test_collectives(void **state)
         skip();
     }
     Err err = {{0}};
-    Comm *c = comm_nccl_new(&err);
-    if (!c) fail_msg("comm_nccl_new: %s", err.msg);
+    Comm *c = comm_nccl_open(&err);
+    if (!c) fail_msg("comm_nccl_open: %s", err.msg);
     assert_string_equal(c->ops->name, "nccl");
     assert_int_equal(c->rank, rank);
     assert_int_equal(c->world, world);
