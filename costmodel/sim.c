@@ -1177,6 +1177,7 @@ typedef struct Passes_ {
     int w_need;                     /* the passes the last try needed to repeat (Steady.W) */
     int s_from, s_L, s_E, s_D;      /* the last scan of the schedule: from pass s_from with
                                        period s_L, it repeats up to s_E, reading s_D back */
+    int s_period;                   /* schedule_period */
 } Passes;
 
 /* Numbers, body by body, every instruction a pass other than its own
@@ -1768,9 +1769,10 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
         if (in->kind != I_RECV) continue;
         /* a receive on the interpreter's stream is ready at T0 or later, and
          * starts at the later of that and its send: a send posted by T0
-         * cannot bind */
+         * cannot bind (nor, to the quantum, one posted by T0 + q: so that
+         * a time a rounding away from T0 keys alike) */
         double s = p2p_msg(S, k, x)->send_t - T0;
-        key[nk++] = s <= 0 && k->code[k->p2p[x]] == S_MAIN ? -INFINITY : s;
+        key[nk++] = s <= q && k->code[k->p2p[x]] == S_MAIN ? -INFINITY : s;
     }
     int micro = cp->sched[pass].micro;
     for (int g = 0; g < k->ngrp; g++) {
@@ -1780,15 +1782,16 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
          * it cannot bind (one INFINITY), or not (-INFINITY, then the run):
          * keys equal entry for entry then have runs of the same length */
         int src = c->pass_at[k->xbase[k->grp[g]] + micro];
-        if (k->grp_main[g] && c->xlast[src] <= T0) {
+        if (k->grp_main[g] && c->xlast[src] <= T0 + q) {
             key[nk++] = INFINITY;
             continue;
         }
         key[nk++] = -INFINITY;
         for (int x = k->grp[g]; x < k->grp[g + 1]; x++) {
             int slot = c->xoff[src] + P->export_slot[k->ext[x][1]];
-            if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0) {
-                /* done before the interpreter's stream is free: it cannot bind */
+            if (k->code[k->ext[x][0]] == S_MAIN && c->xend[slot] <= T0 + q) {
+                /* done before the interpreter's stream is free (to the
+                 * quantum): it cannot bind */
                 key[nk++] = INFINITY;
                 key[nk++] = INFINITY;
                 continue;
@@ -1924,8 +1927,6 @@ static bool run_twins(Sim *S, Passes *P, int *next, int ci, int pass, const int 
  * simulation of the full program; SimResult.passes_skipped counts what
  * was stepped over. */
 
-/* the longest period looked for, in passes */
-#define SKIP_MAX_PERIOD 16
 /* full attempts (periods found, the schedule and messages examined) that
  * may fail before skipping is given up for the step */
 #define SKIP_TRIES 16
@@ -1961,18 +1962,27 @@ static bool repeats(const Program *cp, const Passes *Q, int from, int n, int L, 
 static bool period_of(const Sim *S, const Passes *Q, int ci, int n, int *L, double *d)
 {
     const Program *cp = S->cs[ci].cp;
-    if (n >= cp->nsched || n < 3) return false;
-    double tol = ulps256(Q->h_t0[n - 1]);
-    for (int l = 1; l <= SKIP_MAX_PERIOD && n - 3 * l >= Q->h_run; l++) {
-        if (!Q->h_memo[n - 1 - l]) continue;
-        double dl = Q->h_t0[n - 1] - Q->h_t0[n - 1 - l];
-        if (dl > 0 && repeats(cp, Q, n - 2 * l, n, l, dl, tol)) {
-            *L = l;
-            *d = dl;
-            return true;
-        }
+    int l = Q->s_period;
+    if (n >= cp->nsched || !l || n - 3 * l < Q->h_run || !Q->h_memo[n - 1 - l]) return false;
+    double dl = Q->h_t0[n - 1] - Q->h_t0[n - 1 - l];
+    if (!(dl > 0) || !repeats(cp, Q, n - 2 * l, n, l, dl, ulps256(Q->h_t0[n - 1]))) return false;
+    *L = l;
+    *d = dl;
+    return true;
+}
+
+/* The period of a class's schedule, in passes: the shortest with which
+ * the bodies of its middle half repeat (1F1B's steady state: a forward
+ * and a backward; interleaved, 2 V P), or 0 when none does. */
+static int schedule_period(const Program *cp)
+{
+    int a = cp->nsched / 4, b = cp->nsched - cp->nsched / 4;
+    for (int l = 1; 3 * l <= cp->nsched && l <= a; l++) {
+        int x = a;
+        while (x < b && cp->sched[x].body == cp->sched[x - l].body) x++;
+        if (x == b) return l;
     }
-    return false;
+    return 0;
 }
 
 /* How far the schedule of class ci repeats from pass n on with period L
@@ -2051,8 +2061,10 @@ static bool try_skip(Sim *S, Passes *P, int *next)
         st[ci].n = next[ci];
         ok = period_of(S, &P[ci], ci, next[ci], &st[ci].L, &dc);
         if (ok && isnan(d)) {
+            /* replays of the same entries: the periods agree but for
+             * rounding, a few units in the last place of the time */
             d = dc;
-            tol = ulps256(P[ci].h_t0[next[ci] - 1]);
+            tol = ulps256(P[ci].h_t0[next[ci] - 1]) / 16;
         }
         /* the passes it needed to repeat last time, if known, repeat now */
         ok = ok && fabs(dc - d) <= tol &&
@@ -2071,6 +2083,9 @@ static bool try_skip(Sim *S, Passes *P, int *next)
     /* the messages: each line a period sends on, received as often, by
      * one channel a side, and every message in flight sent within the
      * sender's passes that repeat */
+    /* the lines and channels known now: compiling a body below may add
+     * others, which no period uses */
+    int nlines = S->nlines, nchan = S->nchan;
     T.sends = xcalloc(S->nlines + 1, sizeof *T.sends);
     T.recvs = xcalloc(S->nlines + 1, sizeof *T.recvs);
     T.schan = xmalloc(sizeof *T.schan * (S->nlines + 1));
@@ -2102,7 +2117,7 @@ static bool try_skip(Sim *S, Passes *P, int *next)
             }
         }
     }
-    for (int l = 0; l < S->nlines && ok; l++) {
+    for (int l = 0; l < nlines && ok; l++) {
         if (!T.sends[l] && !T.recvs[l]) continue;
         ok = T.sends[l] == T.recvs[l];
         if (!ok) break;
@@ -2172,7 +2187,7 @@ static bool try_skip(Sim *S, Passes *P, int *next)
     for (int ci = 0; ci < nc; ci++) S->cs[ci].out.busy_comm += K * sender_busy[ci];
     free(sender_busy);
     /* the messages in flight, K periods on */
-    for (int l = 0; l < S->nlines; l++) {
+    for (int l = 0; l < nlines; l++) {
         if (!T.sends[l]) continue;
         int by = K * T.sends[l], cs = S->chan_n[T.schan[l]], cr = S->chan_n[T.rchan[l]];
         for (int i = cs; i > cr; i--) {
@@ -2183,7 +2198,7 @@ static bool try_skip(Sim *S, Passes *P, int *next)
             *line_msg(S, l, i + by) = m;
         }
     }
-    for (int ch = 0; ch < S->nchan; ch++) S->chan_n[ch] += K * T.per_chan[ch];
+    for (int ch = 0; ch < nchan; ch++) S->chan_n[ch] += K * T.per_chan[ch];
     skipped = true;
 out:
     free(st);
@@ -2297,6 +2312,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         P[ci].h_from = xmalloc(sizeof *P[ci].h_from * ns);
         P[ci].h_shift = xmalloc(sizeof *P[ci].h_shift * ns);
         for (int x = 0; x < ns; x++) P[ci].h_from[x] = -1;
+        P[ci].s_period = schedule_period(S->cs[ci].cp);
         P[ci].start = xmalloc(sizeof *P[ci].start * scratch);
         P[ci].end = xmalloc(sizeof *P[ci].end * scratch);
         P[ci].key = xmalloc(sizeof *P[ci].key * (3 * S->cs[ci].cp->ndeps + S_GROUPS + KEYS + scratch));

@@ -473,16 +473,20 @@ static void test_alike(void **state)
     }
 }
 
-/* The simulation of json's compact plan on GPUs, held to the one that
- * runs every pass (SimOpts.every_pass): the same figures, to rounding, and
- * the same passes evaluated (a pass after the skipped ones meets the inputs
- * it would have met, so it replays what it would have replayed). */
-static SimResult steady_against_every_pass(const Graph *g, const char *js)
+/* The simulation of json's compact plan on devices of `kind`, held to the
+ * one that runs every pass (SimOpts.every_pass): the same figures, to
+ * rounding, and no more passes evaluated. A pass after the skipped ones
+ * meets the inputs it would have met, so it replays what it would have
+ * replayed; an input left stale by the skip would miss the memo instead.
+ * (Fewer is possible: a steady state that drifts by less than the memo's
+ * quantum per period is taken as repeating, where running every pass
+ * meets the drift's sum and evaluates again.) */
+static SimResult steady_against_every_pass(const Graph *g, const char *js, const char *kind)
 {
     Strategy *s = strat(g, js);
     Err err = { 0 };
     Plan *cp = ir_lower_compact(g, NULL, s, &err);
-    Cluster *c = cluster8("gpu");
+    Cluster *c = cluster8(kind);
     SimResult r, a;
     SimOpts every = { .every_pass = true };
     if (!cp || cost_simulate(g, c, s, cp, NULL, &r, &err) ||
@@ -491,8 +495,8 @@ static SimResult steady_against_every_pass(const Graph *g, const char *js)
     assert_int_equal(a.passes_skipped, 0);
     assert_true(r.passes_skipped <= r.passes_whole - r.passes_evaluated);
     assert_int_equal(r.passes_whole, a.passes_whole);
-    if (r.passes_evaluated != a.passes_evaluated)
-        fail_msg("%s: %lld passes evaluated, %lld running every pass", js,
+    if (r.passes_evaluated > a.passes_evaluated)
+        fail_msg("%s (%s): %lld passes evaluated, %lld running every pass", js, kind,
                  (long long)r.passes_evaluated, (long long)a.passes_evaluated);
     for (int q = 0; q < CM_SRC_COUNT; q++) assert_int_equal(r.op_count[q], a.op_count[q]);
     const double tight = 1e-12;
@@ -528,8 +532,10 @@ static SimResult steady_against_every_pass(const Graph *g, const char *js)
  * repeats one forward and one backward per stage for most of the step,
  * and the simulator steps over those periods instead of running them.
  * The result is still the instruction-level simulation of the full
- * program (check_plan), under every family of policy and on both kinds
- * of device; interleaving and GPipe are held to it too, skipping or not. */
+ * program (check_plan) and the simulation running every pass, under every
+ * family of policy and on both kinds of device; interleaving (which skips
+ * less: its period is 2 V P passes) and GPipe (which never repeats with
+ * every stage at once) are held to them too. */
 static void test_steady(void **state)
 {
     (void)state;
@@ -558,10 +564,12 @@ static void test_steady(void **state)
                              "{\"microbatches\":%d,%s}%s}", tp ? "tp" : "dp", M, pipes[pi],
                              policies[e]);
                     check_plan(g, js);
-                    if (pi > 2) continue;
+                    if (pi > 3) continue;
+                    SimResult r = steady_against_every_pass(g, js, "cpu");
+                    sim_result_free(&r);
+                    r = steady_against_every_pass(g, js, "gpu");
                     /* 1F1B on GPUs: passes stepped over, half of them at M 32 */
-                    SimResult r = steady_against_every_pass(g, js);
-                    if (r.passes_skipped * (M == 16 ? 4 : 2) < r.passes)
+                    if (pi < 3 && r.passes_skipped * (M == 16 ? 4 : 2) < r.passes)
                         fail_msg("%s: %lld of %lld passes skipped", js,
                                  (long long)r.passes_skipped, (long long)r.passes);
                     sim_result_free(&r);
