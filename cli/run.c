@@ -266,7 +266,7 @@ static int reference_run(const Loaded *par, Comm *world, const RunConfig *cfg, i
     cJSON_AddNumberToObject(cJSON_AddObjectToObject(j, "pipeline"), "microbatches",
                             par->s->microbatches);
     cJSON_AddStringToObject(j, "optimizer", par->s->optimizer == OPT_ADAM ? "adam" : "sgd");
-    Strategy *s = strategy_from_json(j, par->g, NULL, err);
+    Strategy *s = strategy_parse(j, par->g, NULL, err);
     cJSON_Delete(j);
     if (!s) return -1;
     Plan *p = ir_lower(par->g, NULL, s, err);

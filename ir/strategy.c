@@ -1100,6 +1100,13 @@ static void alloc_policies(Strategy *s, const Graph *g)
 
 Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, Err *err)
 {
+    Strategy *s = strategy_parse(j, g, c, err);
+    if (s) strategy_canonicalize(s, g);
+    return s;
+}
+
+Strategy *strategy_parse(const cJSON *j, const Graph *g, const Cluster *c, Err *err)
+{
     static const char *const keys[] = {"mesh", "pipeline", "ops", "params", "optimizer",
                                        "notes", NULL};
     Strategy *s = xcalloc(1, sizeof *s);
@@ -1122,7 +1129,6 @@ Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, E
     for (int t = 0; t < g->ntensors; t++) x.pw[t].p = s->params[t];
     if (parse_params(&x, j)) goto fail;
     if (resolve(&x)) goto fail;
-    strategy_canonicalize(s, g);
     free(x.split_from);
     free(x.pw);
     return s;

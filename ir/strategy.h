@@ -110,6 +110,10 @@ typedef struct {
  * mesh larger than the cluster, ...). cluster may be NULL (no size check).
  * Caller frees with strategy_free. */
 Strategy *strategy_from_json(const cJSON *j, const Graph *g, const Cluster *c, Err *err);
+/* The same without the canonical form and its id (strategy_canonicalize
+ * makes them later if wanted): for a caller that only checks a strategy,
+ * since for a large model the JSON costs more than the rest. */
+Strategy *strategy_parse(const cJSON *j, const Graph *g, const Cluster *c, Err *err);
 Strategy *strategy_load(const char *path, const Graph *g, const Cluster *c, Err *err);
 void strategy_free(Strategy *s);
 

@@ -366,7 +366,7 @@ cJSON *strategy_build(const char *kind, const Graph *g, const Cluster *c,
     if (params->child) cJSON_AddItemToObject(j, "params", params);
     else cJSON_Delete(params);
 
-    Strategy *s = strategy_from_json(j, g, c, err);
+    Strategy *s = strategy_parse(j, g, c, err);
     if (!s) {
         if (err) {
             char old[sizeof err->msg];

@@ -309,7 +309,7 @@ static void add_model(OpGrid *g, int m, const Cluster *cl)
                             .microbatches = ss->micro, .sequence_parallel = ss->sp };
         Err e = {0};
         cJSON *j = strategy_build(ss->kind, gr, cl, &so, &e);
-        Strategy *s = j ? strategy_from_json(j, gr, cl, &e) : NULL;
+        Strategy *s = j ? strategy_parse(j, gr, cl, &e) : NULL;
         Plan *p = s ? ir_lower(gr, cl, s, &e) : NULL;
         if (p) {
             char *from = g->from[m * NSTRATS + si];
