@@ -65,6 +65,7 @@ static const OptSpec RUN_OPTS[] = {
 static const char *USAGE = "strata run (--model FILE --strategy FILE [--cluster FILE] | --plan ID) "
                            "[--steps N] [--backend cpu|cuda] [--verify] [--db PATH]";
 
+#ifdef HAVE_MPI
 /* One row of the op profile. */
 typedef struct {
     char what[48];
@@ -143,6 +144,7 @@ static void print_op_times(Runtime *rt, int rank, int world, int steps, const St
     free(rows);
     free(every);
 }
+#endif
 
 /* A cluster of this machine: one CPU device per rank. */
 static Cluster *local_cluster(int world, Err *err)

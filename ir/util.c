@@ -215,8 +215,18 @@ static size_t place_path(const Place *p, char *out, size_t cap)
                 ? snprintf(out + len, cap - len, "%s%s", len ? "." : "", p->node->string)
                 : snprintf(out + len, cap - len, "[%d]", p->index);
     if (w > 0 && (size_t)w < cap - len) return len + (size_t)w;
-    out[len] = 0;
+    /* cut short: the text stays, and what is below it is written over it */
+    if (w < 0) out[len] = 0;
     return len;
+}
+
+/* Says in err that key k is given twice in the object at p. Apart from
+ * no_twice, so that its path buffer is not in every frame of the descent. */
+static __attribute__((noinline)) int twice(const Place *p, const char *k, Err *err)
+{
+    char path[512];
+    size_t len = place_path(p, path, sizeof path);
+    return err_set(err, "%s%s\"%s\" is given twice in one object", path, len ? ": " : "", k);
 }
 
 /* The first key given twice in one object under the value at p, said in
@@ -231,11 +241,7 @@ static int no_twice(const Place *p, Err *err)
         for (const cJSON *c = j->child; c; c = c->next) k[i++] = c->string ? c->string : "";
         qsort(k, (size_t)n, sizeof *k, cmp_cstr);
         for (i = 1; i < n && strcmp(k[i], k[i - 1]); i++) {}
-        if (i < n) {
-            char path[512];
-            size_t len = place_path(p, path, sizeof path);
-            err_set(err, "%s%s\"%s\" is given twice in one object", path, len ? ": " : "", k[i]);
-        }
+        if (i < n) twice(p, k[i], err);
         free(k);
         if (i < n) return -1;
     }

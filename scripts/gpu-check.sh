@@ -47,7 +47,7 @@ export LD_LIBRARY_PATH="$libpath:${LD_LIBRARY_PATH:-}"
 
 say "programs"
 bin=build; tests=build/tests
-if [ "${STRATA_USE_PACK:-0}" = 1 ] || [ ! -x build/strata ] ||
+if [ "${STRATA_USE_PACK:-0}" = 1 ] || [ ! -x build/strata ] || [ ! -f build/libstrata-cuda.so ] ||
    ldd build/strata build/libstrata-cuda.so 2>&1 | grep -q 'not found'; then
     if [ -f .gpu/pack.tar.xz ]; then
         rm -rf .gpu/x && mkdir -p .gpu/x && tar -C .gpu/x -xJf .gpu/pack.tar.xz
