@@ -444,13 +444,10 @@ static enum MHD_Result h_models_post(Req *r)
         graph_free(g);
         return bad(r, "", &err);
     }
-    cJSON *gj = graph_to_json(g);
-    char *text = cJSON_PrintUnformatted(gj);
-    DbModel m = { .name = g->name, .json = text, .params = st.params,
-                  .train_flops = st.train_flops };
-    graph_id(g, m.id);
+    DbModel m = { .name = g->name, .params = st.params, .train_flops = st.train_flops };
+    char *text = graph_text(g, m.id);
+    m.json = text;
     graph_stats_free(&st);
-    cJSON_Delete(gj);
     Db *db = open_db(r, &out);
     int rc = db ? db_model_put(db, &m, &err) : -1;
     DbModel got;

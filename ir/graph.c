@@ -952,11 +952,18 @@ int graph_save(const Graph *g, const char *path, Err *err)
     return rc;
 }
 
-void graph_id(const Graph *g, char out[17])
+char *graph_text(const Graph *g, char id[17])
 {
     cJSON *j = graph_to_json(g);
-    json_hash(j, out);
+    char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
+    hash_hex(text, strlen(text), id);
+    return text;
+}
+
+void graph_id(const Graph *g, char out[17])
+{
+    cJSON_free(graph_text(g, out));
 }
 
 /* ----------------------------------------------------------------------------

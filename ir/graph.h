@@ -138,6 +138,9 @@ int graph_find_op(const Graph *g, const char *name);
 bool graph_read_by(const Graph *g, int t, OpKind kind);
 /* Stable 16-hex-digit id of the graph's canonical JSON. */
 void graph_id(const Graph *g, char out[17]);
+/* The canonical JSON on one line (the text a store keeps) and its id, from
+ * one print. Caller frees the text with cJSON_free. */
+char *graph_text(const Graph *g, char id[17]);
 
 /* Cost of an op with the given letter sizes (op->size for the whole op, or a
  * rank's local sizes). Phases that do not exist (no input needs a gradient,

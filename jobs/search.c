@@ -45,10 +45,11 @@ int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *
         db_close(db);
         return -1;
     }
-    cJSON *gj = graph_to_json(g), *cj = cluster_to_json(c);
-    char *gtext = cJSON_PrintUnformatted(gj), *ctext = cJSON_PrintUnformatted(cj);
-    DbModel m = { .name = g->name, .json = gtext, .params = st.params, .train_flops = st.train_flops };
-    hash_hex(gtext, strlen(gtext), m.id);     /* graph_id, of the text already printed */
+    DbModel m = { .name = g->name, .params = st.params, .train_flops = st.train_flops };
+    char *gtext = graph_text(g, m.id);
+    m.json = gtext;
+    cJSON *cj = cluster_to_json(c);
+    char *ctext = cJSON_PrintUnformatted(cj);
     DbCluster dc = { .name = c->name, .json = ctext, .ndevices = c->ndevices };
     cluster_id(c, dc.id);
     int rc = db_model_put(db, &m, err);
@@ -57,7 +58,6 @@ int job_store_model_cluster(const char *db_path, const Graph *g, const Cluster *
     memcpy(cluster_out, dc.id, 17);
     cJSON_free(gtext);
     cJSON_free(ctext);
-    cJSON_Delete(gj);
     cJSON_Delete(cj);
     graph_stats_free(&st);
     db_close(db);
