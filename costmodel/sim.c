@@ -1174,9 +1174,10 @@ typedef struct Passes_ {
     int32_t *h_from;                /* a pass skipped: the pass run whole it repeats, else -1 */
     double *h_shift;                /* and how much later */
     int h_run;                      /* passes from here on were run (none skipped) */
-    int w_need;                     /* the passes the last try needed to repeat (Steady.W) */
     int s_from, s_L, s_E, s_D;      /* the last scan of the schedule: from pass s_from with
-                                       period s_L, it repeats up to s_E, reading s_D back */
+                                       period s_L (0: none yet), it repeats up to s_E,
+                                       reading s_D back (so a try needs s_D + s_L passes
+                                       repeated: Steady.W) */
     int s_period;                   /* schedule_period */
 } Passes;
 
@@ -1805,6 +1806,19 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     return nk;
 }
 
+/* Adds n runs of what a body (or a period of them) adds to a class's
+ * figures: busy compute and communication, exposed communication,
+ * instructions, FLOPs, recompute. */
+static void add_runs(SimClass *o, const SimClass *a, int64_t n)
+{
+    o->busy_compute += n * a->busy_compute;
+    o->busy_comm += n * a->busy_comm;
+    o->exposed_comm += n * a->exposed_comm;
+    o->main_instrs += n * a->main_instrs;
+    o->flops += n * a->flops;
+    o->recompute += n * a->recompute;
+}
+
 /* Runs pass `pass` of class ci whole (it is regular and ready, with its
  * twins if it has any): replayed when it meets inputs it has met before,
  * else evaluated and remembered. */
@@ -1846,12 +1860,7 @@ static void run_pass(Sim *S, int ci, Passes *P, int pass)
         c->out.exposed_comm += me->exposed;
     }
     /* what every run of the body adds */
-    c->out.busy_compute += k->add.busy_compute;
-    c->out.busy_comm += k->add.busy_comm;
-    c->out.exposed_comm += k->add.exposed_comm;
-    c->out.main_instrs += k->add.main_instrs;
-    c->out.flops += k->add.flops;
-    c->out.recompute += k->add.recompute;
+    add_runs(&c->out, &k->add, 1);
     for (int x = 0; x < CM_SRC_COUNT; x++) S->r->op_count[x] += k->op_count[x];
     S->r->analytic_kinds |= k->analytic_kinds;
 }
@@ -1997,7 +2006,7 @@ static bool steady_class(Sim *S, Passes *Q, int ci, double d, Steady *st)
         /* scanned before from an earlier pass: the same end, and at most
          * the same reach back */
         st->E = Q->s_E;
-        st->W = Q->w_need = Q->s_D + L;
+        st->W = Q->s_D + L;
         return repeats(cp, Q, n - st->W, n, L, d, ulps256(Q->h_t0[n - 1]));
     }
     for (x = n; x < cp->nsched; x++) {
@@ -2015,7 +2024,7 @@ static bool steady_class(Sim *S, Passes *Q, int ci, double d, Steady *st)
         if (!same) break;
     }
     st->E = Q->s_E = x;
-    st->W = Q->w_need = D + L;
+    st->W = D + L;
     Q->s_L = L;
     Q->s_D = D;
     Q->s_from = n;
@@ -2067,8 +2076,9 @@ static bool try_skip(Sim *S, Passes *P, int *next)
             tol = ulps256(P[ci].h_t0[next[ci] - 1]) / 16;
         }
         /* the passes it needed to repeat last time, if known, repeat now */
+        int need = P[ci].s_L ? P[ci].s_D + P[ci].s_L : 0;
         ok = ok && fabs(dc - d) <= tol &&
-             repeats(S->cs[ci].cp, &P[ci], next[ci] - P[ci].w_need, next[ci], st[ci].L, dc, tol);
+             repeats(S->cs[ci].cp, &P[ci], next[ci] - need, next[ci], st[ci].L, dc, tol);
     }
     if (!ok || S->skip_tries++ >= SKIP_TRIES) goto out;
     /* every class examined, even after one fails: each then knows how
@@ -2082,19 +2092,18 @@ static bool try_skip(Sim *S, Passes *P, int *next)
 
     /* the messages: each line a period sends on, received as often, by
      * one channel a side, and every message in flight sent within the
-     * sender's passes that repeat */
-    /* the lines and channels known now: compiling a body below may add
-     * others, which no period uses */
+     * sender's passes that repeat. The lines and channels known now:
+     * compiling a body below may add others, which no period uses */
     int nlines = S->nlines, nchan = S->nchan;
-    T.sends = xcalloc(S->nlines + 1, sizeof *T.sends);
-    T.recvs = xcalloc(S->nlines + 1, sizeof *T.recvs);
-    T.schan = xmalloc(sizeof *T.schan * (S->nlines + 1));
-    T.rchan = xmalloc(sizeof *T.rchan * (S->nlines + 1));
-    T.src = xmalloc(sizeof *T.src * (S->nlines + 1));
-    T.per_chan = xcalloc(S->nchan + 1, sizeof *T.per_chan);
-    T.line_of = xmalloc(sizeof *T.line_of * (S->nchan + 1));
-    for (int ch = 0; ch < S->nchan; ch++) T.line_of[ch] = -1;
-    for (int l = 0; l < S->nlines; l++) T.schan[l] = T.rchan[l] = T.src[l] = -1;
+    T.sends = xcalloc(nlines + 1, sizeof *T.sends);
+    T.recvs = xcalloc(nlines + 1, sizeof *T.recvs);
+    T.schan = xmalloc(sizeof *T.schan * (nlines + 1));
+    T.rchan = xmalloc(sizeof *T.rchan * (nlines + 1));
+    T.src = xmalloc(sizeof *T.src * (nlines + 1));
+    T.per_chan = xcalloc(nchan + 1, sizeof *T.per_chan);
+    T.line_of = xmalloc(sizeof *T.line_of * (nchan + 1));
+    for (int ch = 0; ch < nchan; ch++) T.line_of[ch] = -1;
+    for (int l = 0; l < nlines; l++) T.schan[l] = T.rchan[l] = T.src[l] = -1;
     for (int ci = 0; ci < nc && ok; ci++) {
         const Program *cp = S->cs[ci].cp;
         for (int x = st[ci].n - st[ci].L; x < st[ci].n && ok; x++) {
@@ -2142,12 +2151,8 @@ static bool try_skip(Sim *S, Passes *P, int *next)
         for (int x = n - L; x < n; x++) {
             const Compiled *k = &Q->cb[cp->sched[x].body];
             const Body *B = &cp->bodies[cp->sched[x].body];
-            add.busy_compute += k->add.busy_compute;
-            add.busy_comm += k->add.busy_comm;
-            add.exposed_comm += k->add.exposed_comm + Q->h_memo[x]->exposed;
-            add.main_instrs += k->add.main_instrs;
-            add.flops += k->add.flops;
-            add.recompute += k->add.recompute;
+            add_runs(&add, &k->add, 1);
+            add.exposed_comm += Q->h_memo[x]->exposed;
             for (int q = 0; q < CM_SRC_COUNT; q++) ops[q] += k->op_count[q];
             for (int q = 0; q < k->nstream; q++) used[k->streams[q]] = true;
             for (int q = 0; q < k->np2p; q++) {
@@ -2155,12 +2160,7 @@ static bool try_skip(Sim *S, Passes *P, int *next)
                 if (cp->instrs[B->i0 + xi].kind == I_RECV) sender_busy[T.src[k->line[q]]] += k->dur[xi];
             }
         }
-        c->out.busy_compute += K * add.busy_compute;
-        c->out.busy_comm += K * add.busy_comm;
-        c->out.exposed_comm += K * add.exposed_comm;
-        c->out.main_instrs += K * add.main_instrs;
-        c->out.flops += K * add.flops;
-        c->out.recompute += K * add.recompute;
+        add_runs(&c->out, &add, K);
         for (int q = 0; q < CM_SRC_COUNT; q++) S->r->op_count[q] += K * ops[q];
         for (int q = 0; q < S_GROUPS + KEYS; q++)
             if (used[q]) c->afree[q] += shift;
