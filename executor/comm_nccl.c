@@ -678,7 +678,7 @@ Comm *comm_nccl_open(Err *err)
 
 Comm *comm_nccl_open(Err *err)
 {
-    err_set(err, "strata was built without NCCL (no CUDA toolkit found at build time)");
+    err_set(err, "%s", GPU_NO_NCCL);
     return NULL;
 }
 

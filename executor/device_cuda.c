@@ -214,13 +214,13 @@ Device *device_cuda_open(int local_rank, int local_size, Err *err)
 Device *device_cuda_open(int local_rank, int local_size, Err *err)
 {
     (void)local_rank, (void)local_size;
-    err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
+    err_set(err, "%s", GPU_NO_CUDA);
     return NULL;
 }
 
 int cuda_count_devices(Err *err)
 {
-    return err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
+    return err_set(err, "%s", GPU_NO_CUDA);
 }
 
 #endif

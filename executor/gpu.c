@@ -99,19 +99,19 @@ int cuda_device_count(Err *err)
 Device *device_cuda_new(int local_rank, int local_size, Err *err)
 {
     (void)local_rank, (void)local_size;
-    err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
+    err_set(err, "%s", GPU_NO_CUDA);
     return NULL;
 }
 
 Comm *comm_nccl_new(Err *err)
 {
-    err_set(err, "strata was built without NCCL (no CUDA toolkit found at build time)");
+    err_set(err, "%s", GPU_NO_NCCL);
     return NULL;
 }
 
 int cuda_device_count(Err *err)
 {
-    return err_set(err, "strata was built without CUDA (no nvcc under CUDA_HOME at build time)");
+    return err_set(err, "%s", GPU_NO_CUDA);
 }
 
 #endif

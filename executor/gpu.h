@@ -24,4 +24,8 @@ int cuda_count_devices(Err *err);
  * $STRATA_CUDA_LIB). */
 #define GPU_LIB_NAME "libstrata-cuda.so"
 
+/* What a build without the CUDA toolkit says, with or without the library. */
+#define GPU_NO_CUDA "strata was built without CUDA (no nvcc under CUDA_HOME at build time)"
+#define GPU_NO_NCCL "strata was built without NCCL (no CUDA toolkit found at build time)"
+
 #endif
