@@ -1327,41 +1327,47 @@ static enum MHD_Result h_plan_runs_post(Req *r)
     if (rc > 0) return reply_error(r, 404, "", "no plan with id %s", r->params[0]);
     if (rc) return reply_error(r, 500, "", "%s", err.msg);
     int world = p.world;
+    char plan_id[17];
+    memcpy(plan_id, p.id, 17);
     db_plan_free(&p);
     if (np && np != world)
         return reply_error(r, 400, "np", "np: the plan runs on %d ranks, not %lld", world,
                            (long long)np);
+    if (!server_reserve(r->S))
+        return reply_error(r, 429, "", "the job queue is full (%d waiting); try again later",
+                           r->S->o.queue);
     Job *j = xcalloc(1, sizeof *j);
     j->kind = JOB_RUN;
     random_id(j->id);
-    memcpy(j->plan_id, r->params[0], 17);
+    memcpy(j->plan_id, plan_id, 17);
     j->steps = (int)steps;
     j->world = world;
     j->verify = verify;
-    if (!server_enqueue(r->S, j)) {
+    /* the run is a row from now on: queued, running, then what it stored
+     * or why it did not */
+    DbRun row = { .backend = "cpu", .world = world, .steps = j->steps };
+    memcpy(row.id, j->id, 17);
+    memcpy(row.plan_id, j->plan_id, 17);
+    db = open_db(r, &out);
+    rc = db ? db_run_submit(db, &row, &err) : -1;
+    if (db) close_db(r, db);
+    if (rc) {
+        server_unreserve(r->S);
         free(j);
-        return reply_error(r, 429, "", "the job queue is full (%d waiting); try again later",
-                           r->S->o.queue);
+        return db ? reply_error(r, 500, "", "%s", err.msg) : out;
     }
-    cJSON *res = cJSON_CreateObject();
-    cJSON_AddStringToObject(res, "id", j->id);
-    cJSON_AddStringToObject(res, "plan_id", r->params[0]);
-    cJSON_AddStringToObject(res, "status", "queued");
+    server_enqueue_reserved(r->S, j);
+    db = open_db(r, &out);
+    DbRun x;
+    DbRunStep *st = NULL;
+    int n = 0;
+    rc = db ? db_run_get(db, j->id, &x, &st, &n, &err) : -1;
+    if (db) close_db(r, db);
+    if (rc) return db ? reply_error(r, 500, "", "%s", err.msg) : out;
+    cJSON *res = view_run(&x, st, n, false);
+    free(st);
+    db_run_free(&x);
     return reply_json(r, 202, res);
-}
-
-/* A run of this process that has no row yet (queued, running, or failed
- * before storing one). */
-static cJSON *job_run_view(const Job *j)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", j->id);
-    cJSON_AddStringToObject(o, "plan_id", j->plan_id);
-    cJSON_AddNumberToObject(o, "world", j->world);
-    cJSON_AddNumberToObject(o, "steps", j->steps);
-    cJSON_AddStringToObject(o, "status", j->status);
-    if (j->error[0]) cJSON_AddStringToObject(o, "error", j->error);
-    return o;
 }
 
 static enum MHD_Result h_runs_list(Req *r)
@@ -1376,14 +1382,6 @@ static enum MHD_Result h_runs_list(Req *r)
     close_db(r, db);
     if (rc) return reply_error(r, 500, "", "%s", err.msg);
     cJSON *arr = cJSON_CreateArray();
-    pthread_mutex_lock(&r->S->mu);
-    for (Job *j = r->S->all; j; j = j->next_all) {
-        if (j->kind != JOB_RUN) continue;
-        bool stored = false;
-        for (int i = 0; i < n && !stored; i++) stored = !strcmp(rows[i].id, j->id);
-        if (!stored) cJSON_AddItemToArray(arr, job_run_view(j));
-    }
-    pthread_mutex_unlock(&r->S->mu);
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, view_run(&rows[i], NULL, 0, false));
     db_run_list_free(rows, n);
     return reply_json(r, 200, arr);
@@ -1409,11 +1407,6 @@ static enum MHD_Result h_run_get(Req *r)
         return reply_json(r, 200, j);
     }
     if (rc < 0) return reply_error(r, 500, "", "%s", err.msg);
-    pthread_mutex_lock(&r->S->mu);
-    Job *j = server_find(r->S, r->params[0]);
-    cJSON *v = j && j->kind == JOB_RUN ? job_run_view(j) : NULL;
-    pthread_mutex_unlock(&r->S->mu);
-    if (v) return reply_json(r, 200, v);
     return reply_error(r, 404, "", "no run with id %s", r->params[0]);
 }
 
@@ -1696,7 +1689,24 @@ static void run_plan(Server *S, Job *j)
     argv[k++] = j->id;
     if (j->verify) argv[k++] = "--verify";
     argv[k] = NULL;
+    Err err = {0};
+    Db *db = server_db(S, &err);
+    if (db) db_run_mark(db, j->id, "running", NULL, &err);
+    server_db_put(S, db);
     spawn_strata(S, j, argv);
+    /* the run stores its row when it ends well; otherwise it is said here
+     * (a row the run completed itself is left as it is) */
+    pthread_mutex_lock(&S->mu);
+    bool stopping = S->stopping;
+    char status[sizeof j->status], why[sizeof j->error];
+    snprintf(status, sizeof status, "%s", j->status);
+    snprintf(why, sizeof why, "%s", j->error);
+    pthread_mutex_unlock(&S->mu);
+    if (!strcmp(status, "ok")) return;
+    if (!(db = server_db(S, &err))) return;
+    db_run_mark(db, j->id, stopping ? "interrupted" : "failed",
+                stopping ? "the server stopped before the run ended" : why, &err);
+    server_db_put(S, db);
 }
 
 /* `strata profile` of this machine, stored in the server's store. */

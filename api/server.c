@@ -795,8 +795,9 @@ Server *server_start(const ServeOpts *o, Err *err)
     struct sockaddr_storage ss;
     if (listen_address(o, &ss, err)) return NULL;
     Db *db = db_open(o->db_path, err);
-    int nint = 0;
-    if (!db || db_search_interrupt_unfinished(db, &nint, err)) {
+    int nint = 0, nrun = 0;
+    if (!db || db_search_interrupt_unfinished(db, &nint, err) ||
+        db_run_interrupt_unfinished(db, &nrun, err)) {
         db_close(db);
         return NULL;
     }
@@ -804,6 +805,9 @@ Server *server_start(const ServeOpts *o, Err *err)
     if (nint && o->log)
         fprintf(o->log, "{\"note\":\"%d search%s left unfinished by an earlier server marked "
                 "interrupted\"}\n", nint, nint == 1 ? "" : "es");
+    if (nrun && o->log)
+        fprintf(o->log, "{\"note\":\"%d run%s left unfinished by an earlier server marked "
+                "interrupted\"}\n", nrun, nrun == 1 ? "" : "s");
     Server *S = xcalloc(1, sizeof *S);
     S->o = *o;
     S->db_path = xstrdup(o->db_path);
@@ -877,10 +881,13 @@ void server_stop(Server *S)
         if (fd != MHD_INVALID_SOCKET) close(fd);
     }
     for (int i = 0; i < S->nthreads; i++) pthread_join(S->threads[i], NULL);
-    /* searches queued but never started */
+    /* searches and runs queued but never started */
     Db *db = db_open(S->db_path, &(Err){ { 0 } });
     int n;
-    if (db) db_search_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+    if (db) {
+        db_search_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+        db_run_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+    }
     db_close(db);
     if (S->daemon) MHD_stop_daemon(S->daemon);
     for (int i = 0; i < S->npool; i++) db_close(S->pool[i]);

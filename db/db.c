@@ -279,6 +279,11 @@ static const char *const migrations[] = {
     /* 6: a search's options beside its budget (lossy, threads, untied,
      * the cost model), so that a resumed search searches the same space */
     "ALTER TABLE searches ADD COLUMN options_json TEXT;",
+
+    /* 7: a run submitted to the server is a row from the start (queued,
+     * running, then what the run stored, or why it failed or was
+     * interrupted), so a server killed mid-run leaves it said */
+    "ALTER TABLE runs ADD COLUMN error TEXT;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1003,6 +1008,11 @@ void db_plan_list_free(DbPlan *rows, int n)
 /* ----------------------------------------------------------------------------
  * Runs */
 
+/* A run not yet ended by the run itself: queued or running under a server,
+ * or interrupted with it (a run that goes on after its server was killed
+ * still stores what it measured). */
+#define RUN_PENDING "('queued', 'running', 'interrupted')"
+
 int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err)
 {
     sqlite3_stmt *st = NULL;
@@ -1010,9 +1020,16 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
         return err_prefix(err, "storing run %.16s", r->id);
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    /* a row the server wrote at submission is completed, never another */
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "INSERT INTO runs (id, plan_id, backend, world, steps, status, started, finished,"
-        " verify_json) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "), ?)", -1, &st, NULL));
+        " verify_json) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "), ?)"
+        " ON CONFLICT (id) DO UPDATE SET backend = excluded.backend, world = excluded.world,"
+        " steps = excluded.steps, status = excluded.status,"
+        " started = coalesce(excluded.started, runs.started), finished = excluded.finished,"
+        " verify_json = excluded.verify_json, error = NULL"
+        " WHERE runs.plan_id = excluded.plan_id AND runs.status IN " RUN_PENDING,
+        -1, &st, NULL));
     SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
@@ -1025,6 +1042,10 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
     SQL_STEP_DONE(st);
     sqlite3_finalize(st);
     st = NULL;
+    if (sqlite3_changes(db->h) == 0) {
+        err_set(err, "a run with id %s is already stored", r->id);
+        goto err;
+    }
     SQL_CHECK(sqlite3_prepare_v2(db->h,
         "INSERT INTO run_steps (run_id, step, rank, loss, step_s, compute_s, comm_s, idle_s,"
         " peak_mem_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
@@ -1054,9 +1075,77 @@ err:
     return err_prefix(err, "storing run %s", r->id);
 }
 
+int db_run_submit(Db *db, const DbRun *r, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (check_id(r->id, "run", err) || check_id(r->plan_id, "plan", err))
+        return err_prefix(err, "submitting run %.16s", r->id);
+    db->rc = 0;
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "INSERT INTO runs (id, plan_id, backend, world, steps, status)"
+        " VALUES (?, ?, ?, ?, ?, 'queued')", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 4, r->world));
+    SQL_CHECK(sqlite3_bind_int(st, 5, r->steps));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
+        err_prefix(err, "plan %s is not stored", r->plan_id);
+    return err_prefix(err, "submitting run %s", r->id);
+}
+
+int db_run_mark(Db *db, const char *id, const char *status, const char *error, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    bool running = !strcmp(status, "running");
+    SQL_CHECK(sqlite3_prepare_v2(db->h,
+        "UPDATE runs SET status = ?2, error = ?3,"
+        " started = CASE WHEN ?4 THEN " NOW " ELSE started END,"
+        " finished = CASE WHEN ?4 THEN NULL ELSE " NOW " END"
+        " WHERE id = ?1 AND status IN ('queued', 'running')", -1, &st, NULL));
+    SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 3, error && *error ? error : NULL, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int(st, 4, running));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return err_prefix(err, "marking run %s %s", id, status);
+}
+
+/* Runs one statement without parameters; *n: the rows it changed. */
+static int exec_counted(Db *db, const char *sql, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL;
+    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_STEP_DONE(st);
+    sqlite3_finalize(st);
+    *n = sqlite3_changes(db->h);
+    return 0;
+err:
+    sqlite3_finalize(st);
+    return -1;
+}
+
+int db_run_interrupt_unfinished(Db *db, int *n, Err *err)
+{
+    if (exec_counted(db, "UPDATE runs SET status = 'interrupted', finished = " NOW ","
+                     " error = 'the server stopped before the run ended'"
+                     " WHERE status IN ('queued', 'running')", n, err))
+        return err_prefix(err, "marking unfinished runs interrupted");
+    return 0;
+}
+
 #define RUN_SELECT                                                                  \
     "SELECT r.id, r.plan_id, r.backend, r.world, r.steps, r.status, r.started,"     \
-    " r.finished, r.verify_json, m.name FROM runs r JOIN plans p ON p.id = r.plan_id" \
+    " r.finished, r.verify_json, m.name, r.error FROM runs r JOIN plans p ON p.id = r.plan_id" \
     " JOIN models m ON m.id = p.model_id"
 
 static void read_run(sqlite3_stmt *st, void *out)
@@ -1073,6 +1162,7 @@ static void read_run(sqlite3_stmt *st, void *out)
     r->finished = col_str(st, 7);
     r->verify_json = col_str(st, 8);
     r->model_name = col_str(st, 9);
+    r->error = col_str(st, 10);
 }
 
 int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nsteps, Err *err)
@@ -1119,7 +1209,7 @@ err:
 int db_run_list(Db *db, DbRun **rows, int *n, Err *err)
 {
     void *a;
-    int rc = list_rows(db, RUN_SELECT " ORDER BY r.finished DESC, r.rowid DESC",
+    int rc = list_rows(db, RUN_SELECT " ORDER BY r.finished IS NOT NULL, r.finished DESC, r.rowid DESC",
                        sizeof **rows, read_run, free_run_row, "runs", &a, n, err);
     *rows = a;
     return rc;
@@ -1134,7 +1224,9 @@ void db_run_free(DbRun *r)
     free(r->finished);
     free(r->verify_json);
     free(r->model_name);
+    free(r->error);
     r->backend = r->status = r->started = r->finished = r->verify_json = r->model_name = NULL;
+    r->error = NULL;
 }
 
 void db_run_list_free(DbRun *rows, int n)
@@ -2260,17 +2352,10 @@ err:
 
 int db_search_interrupt_unfinished(Db *db, int *n, Err *err)
 {
-    sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "UPDATE searches SET status = 'interrupted', finished = " NOW
-        " WHERE status IN ('queued', 'running')", -1, &st, NULL));
-    SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
-    *n = sqlite3_changes(db->h);
+    if (exec_counted(db, "UPDATE searches SET status = 'interrupted', finished = " NOW
+                     " WHERE status IN ('queued', 'running')", n, err))
+        return err_prefix(err, "marking unfinished searches interrupted");
     return 0;
-err:
-    sqlite3_finalize(st);
-    return err_prefix(err, "marking unfinished searches interrupted");
 }
 
 #define SEARCH_SELECT                                                                    \

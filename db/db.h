@@ -67,15 +67,29 @@ typedef struct {
     char plan_id[17];
     char *backend;         /* "cpu", "cuda" */
     int world, steps;
-    char *status;          /* "ok", "verify failed", "failed" */
+    char *status;          /* "ok", "verify failed", "failed"; under a server also
+                              "queued", "running", "interrupted" */
     char *started, *finished;
     char *verify_json;     /* NULL without --verify */
     char *model_name;      /* filled by get/list */
+    char *error;           /* filled by get/list: why it failed or was interrupted, or NULL */
 } DbRun;
 
 /* Stores a run and its per-step, per-rank measurements in one transaction.
- * The plan must be stored first. */
+ * The plan must be stored first. A row of the same id that a server
+ * submitted (queued, running or interrupted) is completed; any other is an
+ * error. */
 int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err);
+/* A run submitted to a server: its row, queued (id, plan_id, backend,
+ * world and steps of r), before anything runs. */
+int db_run_submit(Db *db, const DbRun *r, Err *err);
+/* Moves a queued or running run to `status` ("running": started now;
+ * otherwise finished now, with `error`, may be NULL); a run that stored
+ * itself meanwhile is left as it is. */
+int db_run_mark(Db *db, const char *id, const char *status, const char *error, Err *err);
+/* What a server does as it starts and stops: runs still queued or running
+ * are interrupted (*n of them). */
+int db_run_interrupt_unfinished(Db *db, int *n, Err *err);
 /* Gets a run by id or unique prefix, with its steps (*steps: *nsteps rows,
  * caller frees with free). Returns 1 when not found. */
 int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nsteps, Err *err);

@@ -157,6 +157,7 @@ cJSON *view_run(const DbRun *r, const DbRunStep *st, int nsteps, bool full)
     add_str(o, "status", r->status);
     add_str(o, "started", r->started);
     add_str(o, "finished", r->finished);
+    add_str(o, "error", r->error);
     if (!full) return o;
     add_parsed(o, "verify", r->verify_json);
     cJSON *arr = cJSON_AddArrayToObject(o, "measurements");

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -637,7 +638,13 @@ static void test_run_from_the_api(void **state)
     expect(&h, 202);
     char id[17];
     snprintf(id, sizeof id, "%s", jstr(body_json(&h), "id"));
+    const char *st0 = jstr(body_json(&h), "status");
+    if (strcmp(st0, "queued") && strcmp(st0, "running")) fail_msg("a new run is %s", st0);
+    /* a row from the start, listed and read like any run */
     snprintf(path, sizeof path, "/v1/runs/%s", id);
+    http(port, "GET", path, NULL, NULL, &h);
+    expect(&h, 200);
+    assert_string_equal(jstr(body_json(&h), "plan_id"), plan);
     cJSON *r = wait_done(path, 240);
     if (strcmp(jstr(r, "status"), "ok"))
         fail_msg("run: %s", cJSON_PrintUnformatted(r));
@@ -1073,6 +1080,78 @@ static void test_kill9_restart(void **state)
     server_stop(s);
 }
 
+/* Kills (SIGKILL) every process whose command line holds `word`: what a
+ * killed server left running. */
+static void kill_holding(const char *word)
+{
+    DIR *d = opendir("/proc");
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char path[300], buf[4096];
+        if (strspn(e->d_name, "0123456789") != strlen(e->d_name)) continue;
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i++)
+            if (!buf[i]) buf[i] = ' ';
+        buf[n] = 0;
+        if (strstr(buf, word)) kill(atoi(e->d_name), SIGKILL);
+    }
+    closedir(d);
+}
+
+/* A server killed while a run it started trains: the run's row says so
+ * once a server opens the store again, and says why. */
+static void test_kill9_mid_run(void **state)
+{
+    (void)state;
+    const char *db = harness_tmp_path("killrun.db");
+    int p = free_port();
+    pid_t pid = serve_child(db, p);
+    Http h;
+    char body[256], path[160];
+    http(p, "POST", "/v1/models", NULL, file_text("models/tiny-mlp.json"), &h);
+    expect(&h, 201);
+    char mid[17], cid[17], plan[17], id[17];
+    snprintf(mid, sizeof mid, "%s", jstr(body_json(&h), "id"));
+    http(p, "POST", "/v1/clusters", NULL, file_text("clusters/local-cpu.json"), &h);
+    snprintf(cid, sizeof cid, "%s", jstr(body_json(&h), "id"));
+    snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": "
+             "{\"kind\": \"dp\"}}", mid, cid);
+    http(p, "POST", "/v1/estimate", NULL, body, &h);
+    expect(&h, 200);
+    snprintf(plan, sizeof plan, "%s", jstr(body_json(&h), "plan_id"));
+    snprintf(path, sizeof path, "/v1/plans/%s/runs", plan);
+    http(p, "POST", path, NULL, "{\"steps\": 100000}", &h);
+    expect(&h, 202);
+    snprintf(id, sizeof id, "%s", jstr(body_json(&h), "id"));
+    snprintf(path, sizeof path, "/v1/runs/%s", id);
+    bool running = false;
+    for (int i = 0; i < 300 && !running; i++) {
+        http(p, "GET", path, NULL, NULL, &h);
+        running = !strcmp(jstr(body_json(&h), "status"), "running");
+        if (!running) usleep(100000);
+    }
+    assert_true(running);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    kill_holding(id);                   /* the run it started, left going */
+    Server *s = start(db, NULL, 1, 1, 1 << 20);
+    http(server_port(s), "GET", path, NULL, NULL, &h);
+    expect(&h, 200);
+    cJSON *j = body_json(&h);
+    assert_string_equal(jstr(j, "status"), "interrupted");
+    assert_non_null(strstr(jstr(j, "error"), "server stopped"));
+    assert_non_null(jstr(j, "finished"));
+    http(server_port(s), "GET", "/v1/runs", NULL, NULL, &h);
+    expect(&h, 200);
+    assert_non_null(strstr(h.body, id));
+    server_stop(s);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1108,7 +1187,7 @@ int main(void)
         T(test_search_followed), T(test_search_refusals), T(test_cancel),
         T(test_run_from_the_api), T(test_profiles), T(test_onnx_upload), T(test_token),
         T(test_limits), T(test_store_busy),
-        T(test_sigterm_keeps_the_best), T(test_kill9_restart),
+        T(test_sigterm_keeps_the_best), T(test_kill9_restart), T(test_kill9_mid_run),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

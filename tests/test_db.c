@@ -26,7 +26,7 @@
 #include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 6
+#define LATEST 7
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1087,10 +1087,20 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* Takes migration 6 back out of a database at version 6, by hand, leaving
- * it at version 5. */
+/* Takes migration 7 back out of a database at version 7, by hand, leaving
+ * it at version 6. */
+static void take_back_v7(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE runs DROP COLUMN error;"
+        "PRAGMA user_version = 6;");
+}
+
+/* Takes migrations 7 and 6 back out of a database at version 7, by hand,
+ * leaving it at version 5. */
 static void take_back_v6(sqlite3 *h)
 {
+    take_back_v7(h);
     raw_exec(h,
         "ALTER TABLE searches DROP COLUMN options_json;"
         "PRAGMA user_version = 5;");
@@ -1612,6 +1622,99 @@ static void test_run_step_peak_mem(void **state)
     db_run_free(&r);
 }
 
+/* A run a server submits: a row at once (queued), running, then the row
+ * the run stores itself completes it, once; a run that does not store
+ * itself is failed or interrupted, with why. */
+static void test_run_submitted(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    DbRun q = {.backend = "cpu", .world = 2, .steps = 3};
+    memcpy(q.id, R1, 17);
+    memcpy(q.plan_id, P1, 17);
+    assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
+    assert_int_equal(db_run_submit(fx->db, &q, &fx->err), -1);      /* one row per id */
+    DbRun r;
+    DbRunStep *got;
+    int n;
+    assert_int_equal(db_run_get(fx->db, R1, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "queued");
+    assert_null(r.started);
+    assert_null(r.finished);
+    assert_int_equal(n, 0);
+    db_run_free(&r);
+    free(got);
+    assert_int_equal(db_run_mark(fx->db, R1, "running", NULL, &fx->err), 0);
+    assert_int_equal(db_run_get(fx->db, R1, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "running");
+    assert_non_null(r.started);
+    assert_null(r.finished);
+    db_run_free(&r);
+    free(got);
+    /* in a listing, unfinished runs come first */
+    put_run(fx, "7000000000000002", P1, NULL, 0);
+    DbRun *rows;
+    assert_int_equal(db_run_list(fx->db, &rows, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].id, R1);
+    db_run_list_free(rows, n);
+    /* the run's own row completes the submitted one */
+    const DbRunStep steps[] = { {0, 0, 2.5, 0.5, 0.25, 0.125, 0.125, 0} };
+    DbRun done = {.backend = "cpu", .world = 2, .steps = 3, .status = "ok"};
+    memcpy(done.id, R1, 17);
+    memcpy(done.plan_id, P1, 17);
+    assert_int_equal(db_run_put(fx->db, &done, steps, 1, &fx->err), 0);
+    assert_int_equal(db_run_get(fx->db, R1, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "ok");
+    assert_non_null(r.started);                 /* kept from when it started */
+    assert_non_null(r.finished);
+    assert_null(r.error);
+    assert_int_equal(n, 1);
+    db_run_free(&r);
+    free(got);
+    /* once: the same id again, or a mark after it ended, changes nothing */
+    assert_int_equal(db_run_put(fx->db, &done, steps, 1, &fx->err), -1);
+    assert_non_null(strstr(fx->err.msg, "already stored"));
+    assert_int_equal(db_run_mark(fx->db, R1, "failed", "late", &fx->err), 0);
+    assert_int_equal(db_run_get(fx->db, R1, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "ok");
+    assert_int_equal(n, 1);
+    db_run_free(&r);
+    free(got);
+    /* a run of another plan cannot take the row */
+    memcpy(q.id, "7000000000000003", 17);
+    assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
+    DbRun other = done;
+    memcpy(other.id, q.id, 17);
+    memcpy(other.plan_id, P2, 17);
+    assert_int_equal(db_run_put(fx->db, &other, NULL, 0, &fx->err), -1);
+    /* failed with why; a server that stops interrupts what is left */
+    assert_int_equal(db_run_mark(fx->db, q.id, "failed", "mpirun: not found", &fx->err), 0);
+    assert_int_equal(db_run_get(fx->db, q.id, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "failed");
+    assert_string_equal(r.error, "mpirun: not found");
+    assert_non_null(r.finished);
+    db_run_free(&r);
+    free(got);
+    memcpy(q.id, "7000000000000004", 17);
+    assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
+    assert_int_equal(db_run_interrupt_unfinished(fx->db, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(db_run_get(fx->db, q.id, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "interrupted");
+    assert_non_null(r.error);
+    db_run_free(&r);
+    free(got);
+    /* and the run, had it gone on after its server was killed, still stores itself */
+    memcpy(done.id, q.id, 17);
+    assert_int_equal(db_run_put(fx->db, &done, steps, 1, &fx->err), 0);
+    assert_int_equal(db_run_get(fx->db, q.id, &r, &got, &n, &fx->err), 0);
+    assert_string_equal(r.status, "ok");
+    assert_null(r.error);
+    db_run_free(&r);
+    free(got);
+}
+
 /* Three rows: one with its estimate and run, one with neither and an
  * unknown measurement, one on the first plan again. */
 static void validation_rows(DbValidationPlan rows[3], int64_t est)
@@ -1985,6 +2088,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_estimate_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_run_step_peak_mem, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_search_put_events_finish, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_run_submitted, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v2, setup_open, teardown),
