@@ -32,11 +32,61 @@
 
 #include "../ir/util.h"
 
+/* Statements compiled once per connection and kept: compiling one costs
+ * more than running most of what strata asks (a server answers the same
+ * few lookups all day). Keyed by the SQL's text; one use at a time. */
+#define STMT_CACHE 48
+
+typedef struct {
+    char *sql;          /* NULL: a free slot */
+    sqlite3_stmt *st;
+    bool busy;
+} Stmt;
+
 struct Db {
     sqlite3 *h;
     char *path;
     int rc;             /* extended code of the last failed call (for diagnosis) */
+    Stmt stmts[STMT_CACHE];
 };
+
+/* sqlite3_prepare_v2 of a whole text, for the connection's cache: a kept statement of the
+ * same text, ready, or a new one, kept while there is room. */
+static int stmt_prepare(Db *db, const char *sql, sqlite3_stmt **st)
+{
+    Stmt *free_slot = NULL;
+    for (int k = 0; k < STMT_CACHE; k++) {
+        Stmt *x = &db->stmts[k];
+        if (!x->sql) {
+            if (!free_slot) free_slot = x;
+        } else if (!x->busy && !strcmp(x->sql, sql)) {
+            x->busy = true;
+            *st = x->st;
+            return SQLITE_OK;
+        }
+    }
+    int rc = sqlite3_prepare_v3(db->h, sql, -1, free_slot ? SQLITE_PREPARE_PERSISTENT : 0, st,
+                                NULL);
+    if (rc == SQLITE_OK && free_slot && *st)
+        *free_slot = (Stmt){ xstrdup(sql), *st, true };
+    return rc;
+}
+
+/* sqlite3_finalize for stmt_prepare's statements: a kept one is reset,
+ * its parameters cleared, for the next use. NULL does nothing. */
+static void stmt_done(Db *db, sqlite3_stmt *st)
+{
+    if (!st) return;
+    for (int k = 0; k < STMT_CACHE; k++)
+        if (db->stmts[k].st == st && db->stmts[k].sql) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            db->stmts[k].busy = false;
+            return;
+        }
+    sqlite3_finalize(st);
+}
+
 
 /* ----------------------------------------------------------------------------
  * Schema. Timestamps are UTC ISO 8601 with milliseconds, so text order is
@@ -361,7 +411,7 @@ static void col_id(sqlite3_stmt *st, int i, char out[17])
 static int query_int(Db *db, const char *sql, int *out, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, sql, &st));
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {      /* a pragma the build omits answers no row */
         err_set(err, "%s:%d: '%s' returned nothing", __FILE__, __LINE__, sql);
@@ -372,10 +422,10 @@ static int query_int(Db *db, const char *sql, int *out, Err *err)
         goto err;
     }
     *out = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -509,16 +559,16 @@ static Db *open_db(const char *path, bool create, Err *err)
         goto fail;
     }
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "PRAGMA journal_mode = WAL", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, "PRAGMA journal_mode = WAL", &st));
     rc = sqlite3_step(st);
     if (rc != SQLITE_ROW) {
         sql_fail(db, rc, err, __FILE__, __LINE__);
-        sqlite3_finalize(st);
+        stmt_done(db, st);
         goto err;
     }
     char mode[17];
     col_id(st, 0, mode);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (!is_memory_path(path) && strcmp(mode, "wal") != 0) {
         err_set(err, "%s: could not switch to WAL journal mode (got '%s'); "
                 "is it on a network file system?", path, mode);
@@ -566,6 +616,11 @@ Db *db_open_existing(const char *path, Err *err)
 void db_close(Db *db)
 {
     if (!db) return;
+    for (int k = 0; k < STMT_CACHE; k++)
+        if (db->stmts[k].sql) {
+            sqlite3_finalize(db->stmts[k].st);
+            free(db->stmts[k].sql);
+        }
     sqlite3_close(db->h);     /* every statement is finalized, so this succeeds */
     free(db->path);
     free(db);
@@ -637,7 +692,7 @@ static int resolve_id(Db *db, const char *table, const char *noun, const char *i
 
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT count(*), min(id) FROM %s WHERE id >= ? AND id < ?", table);
-    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, sql, &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC));
     int rc = sqlite3_step(st);
@@ -647,7 +702,7 @@ static int resolve_id(Db *db, const char *table, const char *noun, const char *i
     }
     int64_t count = sqlite3_column_int64(st, 0);
     col_id(st, 1, out);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (count == 0) {
         err_set(err, "no %s with id '%s'", noun, in);
         return 1;
@@ -657,7 +712,7 @@ static int resolve_id(Db *db, const char *table, const char *noun, const char *i
                        in, (long long)count, noun);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -687,11 +742,11 @@ static int get_row(Db *db, const char *table, const char *noun, const char *id,
     sqlite3_stmt *st = NULL;
     int r = resolve_id(db, table, noun, id, full, err);
     if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, select, &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {                  /* deleted since resolve_id */
-        sqlite3_finalize(st);
+        stmt_done(db, st);
         err_set(err, "no %s with id '%s'", noun, id);
         return 1;
     }
@@ -700,10 +755,10 @@ static int get_row(Db *db, const char *table, const char *noun, const char *id,
         goto err;
     }
     read(st, out);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "reading %s %s", noun, id);
 }
 
@@ -735,12 +790,12 @@ static int read_rows(Db *db, sqlite3_stmt *st, size_t size, RowReader read, RowF
         sql_fail(db, rc, err, __FILE__, __LINE__);
         goto err;
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     *rows = a;
     *n = cnt;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     for (int i = 0; i < cnt; i++) free_row(a + (size_t)i * size);
     free(a);
     return -1;
@@ -753,11 +808,11 @@ static int list_rows(Db *db, const char *select, size_t size, RowReader read, Ro
     sqlite3_stmt *st = NULL;
     *rows = NULL;
     *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, select, &st));
     if (read_rows(db, st, size, read, free_row, rows, n, err)) goto fail;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
 fail:
     return err_prefix(err, "listing %s", what);
 }
@@ -770,9 +825,9 @@ int db_model_put(Db *db, const DbModel *m, Err *err)
     if (check_id(m->id, "model", err)) return -1;
     if (!m->name || !m->json)
         return err_set(err, "model %s: name and json are required", m->id);
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO models (" MODEL_COLS ") VALUES (?, ?, ?, ?, ?, coalesce(?, " NOW "))"
-        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+        " ON CONFLICT (id) DO NOTHING", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, m->name, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, m->json, -1, SQLITE_STATIC));
@@ -780,10 +835,10 @@ int db_model_put(Db *db, const DbModel *m, Err *err)
     SQL_CHECK(sqlite3_bind_double(st, 5, m->train_flops));
     SQL_CHECK(sqlite3_bind_text(st, 6, m->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "storing model %s", m->id);
 }
 
@@ -830,19 +885,19 @@ int db_cluster_put(Db *db, const DbCluster *c, Err *err)
     if (check_id(c->id, "cluster", err)) return -1;
     if (!c->name || !c->json)
         return err_set(err, "cluster %s: name and json are required", c->id);
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO clusters (" CLUSTER_COLS ") VALUES (?, ?, ?, ?, coalesce(?, " NOW "))"
-        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+        " ON CONFLICT (id) DO NOTHING", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, c->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, c->name, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, c->json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 4, c->ndevices));
     SQL_CHECK(sqlite3_bind_text(st, 5, c->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "storing cluster %s", c->id);
 }
 
@@ -933,22 +988,22 @@ int db_plan_put(Db *db, const DbPlan *p, Err *err)
     db->rc = 0;
 
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO strategies (id, json, created) VALUES (?, ?, coalesce(?, " NOW "))"
-        " ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+        " ON CONFLICT (id) DO NOTHING", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->strategy_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->strategy_json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, p->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
 
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO plans (id, model_id, cluster_id, strategy_id, world, summary_json, created)"
         " VALUES (?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))"
         /* the plan is content-addressed, its summary is what this strata's
          * lowering makes of it: lowering again refreshes the summary */
-        " ON CONFLICT (id) DO UPDATE SET summary_json = excluded.summary_json", -1, &st, NULL));
+        " ON CONFLICT (id) DO UPDATE SET summary_json = excluded.summary_json", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->model_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, p->cluster_id, -1, SQLITE_STATIC));
@@ -957,13 +1012,13 @@ int db_plan_put(Db *db, const DbPlan *p, Err *err)
     SQL_CHECK(sqlite3_bind_text(st, 6, p->summary_json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 7, p->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
 
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     tx_rollback(db);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "model %s or cluster %s is not stored; store them before the plan",
@@ -1021,15 +1076,14 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
     /* a row the server wrote at submission is completed, never another */
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO runs (id, plan_id, backend, world, steps, status, started, finished,"
         " verify_json) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "), ?)"
         " ON CONFLICT (id) DO UPDATE SET backend = excluded.backend, world = excluded.world,"
         " steps = excluded.steps, status = excluded.status,"
         " started = coalesce(excluded.started, runs.started), finished = excluded.finished,"
         " verify_json = excluded.verify_json, error = NULL"
-        " WHERE runs.plan_id = excluded.plan_id AND runs.status IN " RUN_PENDING,
-        -1, &st, NULL));
+        " WHERE runs.plan_id = excluded.plan_id AND runs.status IN " RUN_PENDING, &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
@@ -1040,15 +1094,15 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
     SQL_CHECK(sqlite3_bind_text(st, 8, r->finished, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 9, r->verify_json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     if (sqlite3_changes(db->h) == 0) {
         err_set(err, "a run with id %s is already stored", r->id);
         goto err;
     }
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO run_steps (run_id, step, rank, loss, step_s, compute_s, comm_s, idle_s,"
-        " peak_mem_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+        " peak_mem_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", &st));
     for (int i = 0; i < nsteps; i++) {
         const DbRunStep *x = &steps[i];
         SQL_CHECK(sqlite3_reset(st));
@@ -1063,12 +1117,12 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
         SQL_CHECK(sqlite3_bind_double(st, 9, x->peak_mem_bytes));
         SQL_STEP_DONE(st);
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     tx_rollback(db);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "plan %s is not stored; store it before its runs", r->plan_id);
@@ -1081,19 +1135,19 @@ int db_run_submit(Db *db, const DbRun *r, Err *err)
     if (check_id(r->id, "run", err) || check_id(r->plan_id, "plan", err))
         return err_prefix(err, "submitting run %.16s", r->id);
     db->rc = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO runs (id, plan_id, backend, world, steps, status)"
-        " VALUES (?, ?, ?, ?, ?, 'queued')", -1, &st, NULL));
+        " VALUES (?, ?, ?, ?, ?, 'queued')", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 4, r->world));
     SQL_CHECK(sqlite3_bind_int(st, 5, r->steps));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "plan %s is not stored", r->plan_id);
     return err_prefix(err, "submitting run %s", r->id);
@@ -1103,20 +1157,20 @@ int db_run_mark(Db *db, const char *id, const char *status, const char *error, E
 {
     sqlite3_stmt *st = NULL;
     bool running = !strcmp(status, "running");
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "UPDATE runs SET status = ?2, error = ?3,"
         " started = CASE WHEN ?4 THEN " NOW " ELSE started END,"
         " finished = CASE WHEN ?4 THEN NULL ELSE " NOW " END"
-        " WHERE id = ?1 AND status IN ('queued', 'running')", -1, &st, NULL));
+        " WHERE id = ?1 AND status IN ('queued', 'running')", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, error && *error ? error : NULL, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 4, running));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "marking run %s %s", id, status);
 }
 
@@ -1124,13 +1178,13 @@ err:
 static int exec_counted(Db *db, const char *sql, int *n, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, sql, &st));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     *n = sqlite3_changes(db->h);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -1177,9 +1231,9 @@ int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nstep
     int r = get_row(db, "runs", "run", id, RUN_SELECT " WHERE r.id = ?", read_run,
                     out, full, err);
     if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "SELECT step, rank, loss, step_s, compute_s, comm_s, idle_s, peak_mem_bytes"
-        " FROM run_steps WHERE run_id = ? ORDER BY step, rank", -1, &st, NULL));
+        " FROM run_steps WHERE run_id = ? ORDER BY step, rank", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (cnt == cap) {
@@ -1195,12 +1249,12 @@ int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nstep
         sql_fail(db, rc, err, __FILE__, __LINE__);
         goto err;
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     *steps = a;
     *nsteps = cnt;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     free(a);
     db_run_free(out);
     return err_prefix(err, "reading run %s", id);
@@ -1351,12 +1405,11 @@ static int profile_tx_begin(Db *db, int64_t id, Err *err)
     sqlite3_stmt *st = NULL;
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT finished, status FROM profiles WHERE id = ?",
-                                 -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, "SELECT finished, status FROM profiles WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        sqlite3_finalize(st);
+        stmt_done(db, st);
         return err_set(err, "no profile with id %lld", (long long)id);
     }
     if (rc != SQLITE_ROW) {
@@ -1368,10 +1421,10 @@ static int profile_tx_begin(Db *db, int64_t id, Err *err)
                 "start a new profile", sqlite3_column_text(st, 0), sqlite3_column_text(st, 1));
         goto err;
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -1392,10 +1445,9 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
     if (p->ranks < 1)
         return err_set(err, "starting a profile: ranks is %d; at least 1 process measures",
                        p->ranks);
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO profiles (host, device, backend, ranks, quick, notes, build_json)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        -1, &st, NULL));
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->host, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->device, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, p->backend, -1, SQLITE_STATIC));
@@ -1404,11 +1456,11 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
     SQL_CHECK(sqlite3_bind_text(st, 6, p->notes, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 7, p->build_json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     *id = sqlite3_last_insert_rowid(db->h);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "starting a profile on %s", p->host);
 }
 
@@ -1421,9 +1473,9 @@ int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_fl
     if (!device) return err_set(err, "setting the device of profile %lld: device is required",
                                 (long long)id);
     if (profile_tx_begin(db, id, err)) goto err;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "UPDATE profiles SET device = ?, peak_flops = ?, mem_bw = ?, mem_bytes = ?,"
-        " notes = coalesce(?, notes) WHERE id = ?", -1, &st, NULL));
+        " notes = coalesce(?, notes) WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_double(st, 2, peak_flops));
     SQL_CHECK(sqlite3_bind_double(st, 3, mem_bw));
@@ -1431,19 +1483,18 @@ int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_fl
     SQL_CHECK(sqlite3_bind_text(st, 5, notes, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int64(st, 6, id));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE profile_ops SET device = ? WHERE profile_id = ?",
-                                 -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, "UPDATE profile_ops SET device = ? WHERE profile_id = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int64(st, 2, id));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     tx_rollback(db);
     return err_prefix(err, "setting the device of profile %lld", (long long)id);
 }
@@ -1459,17 +1510,17 @@ static int insert_rows(Db *db, int64_t id, const char *sql, const void *rows, in
                        size_t size, RowBind bind, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, sql, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, sql, &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     for (int i = 0; i < n; i++) {
         SQL_CHECK(sqlite3_reset(st));
         if (bind(db, st, (const char *)rows + (size_t)i * size, i, err)) goto err;
         SQL_STEP_DONE(st);
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -1583,20 +1634,20 @@ int db_profile_finish(Db *db, int64_t id, int complete, const char *status,
             " rms_rel_err, max_rel_err, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             fits, nfits, sizeof *fits, bind_profile_fit, err))
         goto err;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "UPDATE profiles SET finished = " NOW ", complete = ?, status = ?, cluster_json = ?"
-        " WHERE id = ?", -1, &st, NULL));
+        " WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_int(st, 1, complete));
     SQL_CHECK(sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, cluster_json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int64(st, 4, id));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     tx_rollback(db);
     if (db->rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         err_prefix(err, "two fits have the same collective, group_size and level");
@@ -1612,11 +1663,11 @@ static int profile_samples(Db *db, int64_t id, const char *select, size_t size,
     if (!rows) return 0;
     *rows = NULL;
     *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, select, &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     return read_rows(db, st, size, read, free_row, rows, n, err);
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return -1;
 }
 
@@ -1633,7 +1684,7 @@ int db_profile_get(Db *db, int64_t id, DbProfile *out, DbProfileOp **ops, int *n
     if (links) { *links = NULL; *nlinks = 0; }
     if (fits) { *fits = NULL; *nfits = 0; }
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN", NULL, NULL, NULL));
-    SQL_CHECK(sqlite3_prepare_v2(db->h, PROFILE_SELECT " WHERE p.id = ?", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, PROFILE_SELECT " WHERE p.id = ?", &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     if (read_rows(db, st, sizeof *out, read_profile, free_profile_row, &a, &n, err)) goto fail;
     if (n == 0) {
@@ -1664,7 +1715,7 @@ int db_profile_get(Db *db, int64_t id, DbProfile *out, DbProfileOp **ops, int *n
     if (fits) { *fits = f; *nfits = nf; }
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
 fail:
     tx_rollback(db);
     db_profile_free(out);
@@ -1744,7 +1795,7 @@ static int one_row(Db *db, sqlite3_stmt *st, RowReader read, void *out, Err *err
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) read(st, out);
     else if (rc != SQLITE_DONE) sql_fail(db, rc, err, __FILE__, __LINE__);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? 1 : -1;
 }
 
@@ -1754,13 +1805,13 @@ static int get_by_rowid(Db *db, const char *noun, int64_t id, const char *select
                         RowReader read, void *out, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, select, -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, select, &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     int r = one_row(db, st, read, out, err);
     if (r == 1) err_set(err, "no %s with id %lld", noun, (long long)id);
     return r < 0 ? err_prefix(err, "reading %s %lld", noun, (long long)id) : r;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "reading %s %lld", noun, (long long)id);
 }
 
@@ -1806,10 +1857,10 @@ int db_costmodel_put(Db *db, const DbCostModel *m, Err *err)
     if (!m->kind || !m->weights || m->nweights == 0)
         return err_set(err, "cost model %s: kind and weights are required", m->id);
     db->rc = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO cost_models (id, profile_id, kind, weights, heldout_error, metrics_json,"
         " device, seed, with_runs, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " coalesce(?, " NOW ")) ON CONFLICT (id) DO NOTHING", -1, &st, NULL));
+        " coalesce(?, " NOW ")) ON CONFLICT (id) DO NOTHING", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC));
     SQL_CHECK(bind_ref(st, 2, m->profile_id));
     SQL_CHECK(sqlite3_bind_text(st, 3, m->kind, -1, SQLITE_STATIC));
@@ -1822,10 +1873,10 @@ int db_costmodel_put(Db *db, const DbCostModel *m, Err *err)
     SQL_CHECK(sqlite3_bind_int(st, 9, m->with_runs != 0));
     SQL_CHECK(sqlite3_bind_text(st, 10, m->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "profile %lld is not stored; store it before its cost models",
                    (long long)m->profile_id);
@@ -1844,9 +1895,9 @@ int db_costmodel_latest(Db *db, int64_t profile_id, DbCostModel *out, Err *err)
 {
     sqlite3_stmt *st = NULL;
     memset(out, 0, sizeof *out);
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         COSTMODEL_SELECT " WHERE ?1 = 0 OR profile_id = ?1 ORDER BY created DESC, rowid DESC"
-        " LIMIT 1", -1, &st, NULL));
+        " LIMIT 1", &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, profile_id));
     int r = one_row(db, st, read_costmodel, out, err);
     if (r == 1 && profile_id)
@@ -1855,7 +1906,7 @@ int db_costmodel_latest(Db *db, int64_t profile_id, DbCostModel *out, Err *err)
         err_set(err, "no cost model stored");
     return r < 0 ? err_prefix(err, "finding the newest cost model") : r;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "finding the newest cost model");
 }
 
@@ -1923,10 +1974,9 @@ int db_estimate_put(Db *db, const DbEstimate *e, int64_t *id, Err *err)
         return err_set(err, "storing an estimate of plan %s: feasible is %d; give 0 or 1",
                        e->plan_id, e->feasible);
     db->rc = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO estimates (plan_id, cost_model_id, profile_id, step_time_s, peak_mem_bytes,"
-        " feasible, json, created) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))",
-        -1, &st, NULL));
+        " feasible, json, created) VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, e->plan_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, e->cost_model_id, -1, SQLITE_STATIC));
     SQL_CHECK(bind_ref(st, 3, e->profile_id));
@@ -1936,11 +1986,11 @@ int db_estimate_put(Db *db, const DbEstimate *e, int64_t *id, Err *err)
     SQL_CHECK(sqlite3_bind_text(st, 7, e->json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 8, e->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (id) *id = sqlite3_last_insert_rowid(db->h);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "plan %s, cost model %s or profile %lld is not stored; store them "
                    "before the estimate", e->plan_id,
@@ -1963,15 +2013,15 @@ int db_estimate_list(Db *db, const char *plan_id, DbEstimate **rows, int *n, Err
     *n = 0;
     if (!plan_id) return err_set(err, "listing estimates: no plan id given");
     if (check_id(plan_id, "plan", err)) goto fail;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        ESTIMATE_SELECT " WHERE plan_id = ? ORDER BY created DESC, id DESC", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db,
+        ESTIMATE_SELECT " WHERE plan_id = ? ORDER BY created DESC, id DESC", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, plan_id, -1, SQLITE_STATIC));
     if (read_rows(db, st, sizeof **rows, read_estimate, free_estimate_row, &a, n, err))
         goto fail;
     *rows = a;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
 fail:
     return err_prefix(err, "listing the estimates of plan %.16s", plan_id);
 }
@@ -2066,10 +2116,9 @@ int db_validation_put(Db *db, const DbValidation *v, const DbValidationPlan *row
                         : err_prefix(err, "storing a validation");
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO validations (suite, np, steps, profile_id, cost_model_id, mape_time,"
-        " mape_mem, kendall_tau, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))",
-        -1, &st, NULL));
+        " mape_mem, kendall_tau, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, " NOW "))", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, v->suite, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 2, v->np));
     SQL_CHECK(sqlite3_bind_int(st, 3, v->steps));
@@ -2080,14 +2129,14 @@ int db_validation_put(Db *db, const DbValidation *v, const DbValidationPlan *row
     SQL_CHECK(sqlite3_bind_double(st, 8, v->kendall_tau));
     SQL_CHECK(sqlite3_bind_text(st, 9, v->created, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     int64_t vid = sqlite3_last_insert_rowid(db->h);
 
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO validation_plans (validation_id, seq, name, plan_id, estimate_id, run_id,"
         " predicted_s, measured_s, predicted_mem, measured_mem)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", &st));
     for (i = 0; i < n; i++) {
         const DbValidationPlan *r = &rows[i];
         SQL_CHECK(sqlite3_reset(st));
@@ -2103,13 +2152,13 @@ int db_validation_put(Db *db, const DbValidation *v, const DbValidationPlan *row
         SQL_CHECK(sqlite3_bind_double(st, 10, r->measured_mem));
         SQL_STEP_DONE(st);
     }
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     st = NULL;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     if (id) *id = vid;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     tx_rollback(db);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY && i < 0)
         err_prefix(err, "profile %lld or cost model %s is not stored; store them before the "
@@ -2136,7 +2185,7 @@ int db_validation_get(Db *db, int64_t id, DbValidation *out, DbValidationPlan **
         *n = 0;
     }
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN", NULL, NULL, NULL));
-    SQL_CHECK(sqlite3_prepare_v2(db->h, VALIDATION_SELECT " WHERE v.id = ?", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, VALIDATION_SELECT " WHERE v.id = ?", &st));
     SQL_CHECK(sqlite3_bind_int64(st, 1, id));
     int r = one_row(db, st, read_validation, out, err);
     st = NULL;
@@ -2147,10 +2196,9 @@ int db_validation_get(Db *db, int64_t id, DbValidation *out, DbValidationPlan **
         return 1;
     }
     if (rows) {
-        SQL_CHECK(sqlite3_prepare_v2(db->h,
+        SQL_CHECK(stmt_prepare(db,
             "SELECT name, plan_id, estimate_id, run_id, predicted_s, measured_s, predicted_mem,"
-            " measured_mem FROM validation_plans WHERE validation_id = ? ORDER BY seq",
-            -1, &st, NULL));
+            " measured_mem FROM validation_plans WHERE validation_id = ? ORDER BY seq", &st));
         SQL_CHECK(sqlite3_bind_int64(st, 1, id));
         int rc = read_rows(db, st, sizeof **rows, read_validation_plan, free_validation_plan_row,
                            &a, &cnt, err);
@@ -2164,7 +2212,7 @@ int db_validation_get(Db *db, int64_t id, DbValidation *out, DbValidationPlan **
     }
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
 fail:
     tx_rollback(db);
     db_validation_free(out);
@@ -2209,16 +2257,15 @@ void db_validation_plans_free(DbValidationPlan *rows, int n)
 int db_search_set_policy(Db *db, const char *id, const uint8_t *blob, size_t n, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET policy = ? WHERE id = ?", -1, &st,
-                                 NULL));
+    SQL_CHECK(stmt_prepare(db, "UPDATE searches SET policy = ? WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_blob(st, 1, blob, (int)n, SQLITE_TRANSIENT));
     SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "storing the policy of search %s", id);
 }
 
@@ -2230,7 +2277,7 @@ int db_search_policy(Db *db, const char *id, uint8_t **blob, size_t *n, Err *err
     *n = 0;
     int r = resolve_id(db, "searches", "search", id, full, err);
     if (r) return r;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "SELECT policy FROM searches WHERE id = ?", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, "SELECT policy FROM searches WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, full, -1, SQLITE_STATIC));
     int rc = sqlite3_step(st);
     if (rc != SQLITE_ROW) {
@@ -2240,17 +2287,17 @@ int db_search_policy(Db *db, const char *id, uint8_t **blob, size_t *n, Err *err
     const void *b = sqlite3_column_blob(st, 0);
     int len = sqlite3_column_bytes(st, 0);
     if (!b || len <= 0) {
-        sqlite3_finalize(st);
+        stmt_done(db, st);
         err_set(err, "search %s kept no policy (only an rl search trains one)", full);
         return 1;
     }
     *blob = xmalloc((size_t)len);
     memcpy(*blob, b, (size_t)len);
     *n = (size_t)len;
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "reading the policy of search %s", id);
 }
 
@@ -2258,9 +2305,9 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
 {
     sqlite3_stmt *st = NULL;
     if (check_id(x->id, "search", err)) return err_prefix(err, "storing search");
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "INSERT INTO searches (id, model_id, cluster_id, method, status, budget_json, devices,"
-        " seed, options_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL));
+        " seed, options_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, x->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, x->model_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, x->cluster_id, -1, SQLITE_STATIC));
@@ -2271,10 +2318,10 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
     SQL_CHECK(sqlite3_bind_int64(st, 8, x->seed));
     SQL_CHECK(sqlite3_bind_text(st, 9, x->options_json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (db->rc == SQLITE_CONSTRAINT_FOREIGNKEY)
         err_prefix(err, "model %s or cluster %s is not stored", x->model_id, x->cluster_id);
     return err_prefix(err, "storing search %s", x->id);
@@ -2283,16 +2330,16 @@ err:
 int db_search_event(Db *db, const char *id, int seq, const char *json, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "INSERT INTO search_events (search_id, seq, json) VALUES (?, ?, ?)", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db,
+        "INSERT INTO search_events (search_id, seq, json) VALUES (?, ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 2, seq));
     SQL_CHECK(sqlite3_bind_text(st, 3, json, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "storing event %d of search %s", seq, id);
 }
 
@@ -2300,53 +2347,50 @@ int db_search_finish(Db *db, const char *id, const char *status, const char *bes
                      const char *result_json, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
+    SQL_CHECK(stmt_prepare(db,
         "UPDATE searches SET status = ?, best_plan_id = COALESCE(?, best_plan_id),"
-        " result_json = COALESCE(?, result_json), finished = " NOW " WHERE id = ?", -1, &st,
-        NULL));
+        " result_json = COALESCE(?, result_json), finished = " NOW " WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, best_plan_id && best_plan_id[0] ? best_plan_id : NULL, -1,
                                 SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, result_json, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 4, id, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "finishing search %s", id);
 }
 
 int db_search_set_status(Db *db, const char *id, const char *status, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET status = ? WHERE id = ?", -1, &st,
-                                 NULL));
+    SQL_CHECK(stmt_prepare(db, "UPDATE searches SET status = ? WHERE id = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     if (sqlite3_changes(db->h) != 1) return err_set(err, "no search with id '%s'", id);
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "setting the status of search %s", id);
 }
 
 int db_search_move_status(Db *db, const char *id, const char *from, const char *to, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, "UPDATE searches SET status = ? WHERE id = ? AND status = ?",
-                                 -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, "UPDATE searches SET status = ? WHERE id = ? AND status = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, to, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, from, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return sqlite3_changes(db->h) == 1 ? 0 : 1;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "setting the status of search %s", id);
 }
 
@@ -2403,8 +2447,8 @@ int db_search_of_plan(Db *db, const char *plan_id, DbSearch *out, Err *err)
     memset(out, 0, sizeof *out);
     void *rows = NULL;
     int n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h, SEARCH_SELECT " WHERE x.best_plan_id = ?"
-                                 " ORDER BY x.created DESC, x.rowid DESC LIMIT 1", -1, &st, NULL));
+    SQL_CHECK(stmt_prepare(db, SEARCH_SELECT " WHERE x.best_plan_id = ?"
+                                 " ORDER BY x.created DESC, x.rowid DESC LIMIT 1", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, plan_id, -1, SQLITE_STATIC));
     if (read_rows(db, st, sizeof *out, read_search, free_search_row, &rows, &n, err))
         return err_prefix(err, "the search of plan %s", plan_id);
@@ -2412,7 +2456,7 @@ int db_search_of_plan(Db *db, const char *plan_id, DbSearch *out, Err *err)
     free(rows);
     return n ? 0 : 1;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "the search of plan %s", plan_id);
 }
 
@@ -2434,9 +2478,8 @@ int db_search_events(Db *db, const char *id, int after, char ***json, int *n, Er
     void *a = NULL;
     *json = NULL;
     *n = 0;
-    SQL_CHECK(sqlite3_prepare_v2(db->h,
-        "SELECT json FROM search_events WHERE search_id = ? AND seq > ? ORDER BY seq", -1, &st,
-        NULL));
+    SQL_CHECK(stmt_prepare(db,
+        "SELECT json FROM search_events WHERE search_id = ? AND seq > ? ORDER BY seq", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 2, after));
     if (read_rows(db, st, sizeof(char *), read_event, free_event_row, &a, n, err))
@@ -2444,7 +2487,7 @@ int db_search_events(Db *db, const char *id, int after, char ***json, int *n, Er
     *json = a;
     return 0;
 err:
-    sqlite3_finalize(st);
+    stmt_done(db, st);
     return err_prefix(err, "reading events of search %s", id);
 }
 
