@@ -1121,6 +1121,7 @@ typedef struct {
 } MemoSet;
 
 typedef struct {
+    void *block;                    /* the arrays below but twins and the memo's, in one */
     bool regular;
     int *twins, ntwins;             /* classes it meets in collectives, itself included,
                                        ascending; ntwins > 1: runs whole only with them */
@@ -1279,8 +1280,6 @@ static void sort_exts(Compiled *k)
 /* The runs of dependencies that read one pass (pass_key). */
 static void group_exts(Compiled *k)
 {
-    k->grp = xmalloc(sizeof *k->grp * (k->next + 1));
-    k->grp_main = xmalloc(k->next ? k->next : 1);
     k->ngrp = 0;
     for (int x = 0; x < k->next; x++) {
         if (x == 0 || k->xbase[x] != k->xbase[x - 1]) {
@@ -1377,31 +1376,50 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     if (cp->like >= 0 && !S->o->compute_time && S->cs[cp->like].device == c->device &&
         S->passes[cp->like].cb[b].code)
         twin = &S->passes[cp->like].cb[b];
-    /* a copy's code, times and sources come whole from its twin; a
-     * transfer's peer and count are read for transfers only */
-    k->code = xmalloc(sizeof *k->code * n);
-    k->dur = twin ? xmalloc(sizeof *k->dur * n) : xcalloc(n, sizeof *k->dur);
-    k->src = twin ? xmalloc(sizeof *k->src * n) : xcalloc(n, sizeof *k->src);
-    k->peer = xmalloc(sizeof *k->peer * n);
-    k->nth = xmalloc(sizeof *k->nth * n);
-    k->regular = B->kind != BODY_TAIL;
-    k->streams = xmalloc(sizeof *k->streams * (S_GROUPS + KEYS));
-    k->busy = xmalloc(sizeof *k->busy * (S_GROUPS + KEYS));
-    k->p2p = xmalloc(sizeof *k->p2p * n);
-    k->coll = xmalloc(sizeof *k->coll * n);
-    k->chan = xmalloc(sizeof *k->chan * n);
-    k->line = xmalloc(sizeof *k->line * n);
-    int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
-    memset(at, -1, sizeof at);
-    Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
     int nd = 1;
     if (twin) {
         nd += twin->next;
     } else {
         for (int x = B->i0; x < B->i1; x++) nd += cp->instrs[x].ndeps;
     }
-    k->ext = xmalloc(sizeof *k->ext * nd);
-    k->xbase = xmalloc(sizeof *k->xbase * nd);
+    /* its arrays in one block (Compiled.block), widest first: per
+     * instruction, per stream code, per dependency on another pass */
+    size_t ns = S_GROUPS + KEYS;
+    size_t bytes = sizeof *k->dur * n + sizeof *k->busy * ns + sizeof *k->ext * nd +
+                   sizeof *k->exp * n + sizeof(int32_t) * (6 * (size_t)n + 2 * nd + 1) +
+                   sizeof *k->code * n + sizeof *k->streams * ns + (size_t)n + nd;
+    char *m = k->block = xmalloc(bytes);
+    k->dur = (double *)m;
+    m += sizeof *k->dur * n;
+    k->busy = (double *)m;
+    m += sizeof *k->busy * ns;
+    k->ext = (int32_t (*)[2])m;
+    m += sizeof *k->ext * nd;
+    k->exp = (int32_t (*)[2])m;
+    m += sizeof *k->exp * n;
+    int32_t *w = (int32_t *)m;
+    k->peer = w, w += n;
+    k->nth = w, w += n;
+    k->p2p = w, w += n;
+    k->coll = w, w += n;
+    k->chan = w, w += n;
+    k->line = w, w += n;
+    k->xbase = w, w += nd;
+    k->grp = w, w += nd + 1;
+    k->code = (int16_t *)w;
+    k->streams = k->code + n;
+    k->src = (uint8_t *)(k->streams + ns);
+    k->grp_main = k->src + n;
+    /* a copy's code, times and sources come whole from its twin; a
+     * transfer's peer and count are read for transfers only */
+    if (!twin) {
+        memset(k->dur, 0, sizeof *k->dur * n);
+        memset(k->src, 0, (size_t)n);
+    }
+    k->regular = B->kind != BODY_TAIL;
+    int16_t at[S_GROUPS + KEYS];     /* stream code -> its place in k->streams, -1: unused */
+    memset(at, -1, sizeof at);
+    Map seen = { 0 };               /* (peer, tag) -> transfers so far, from -1 */
     if (twin) {
         k->next = twin->next;
         memcpy(k->ext, twin->ext, sizeof *k->ext * twin->next);
@@ -1480,7 +1498,6 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
         }
     }
     map_free(&seen);
-    k->exp = xmalloc(sizeof *k->exp * n);
     if (twin) {
         k->nexp = twin->nexp;
         memcpy(k->exp, twin->exp, sizeof *k->exp * twin->nexp);
@@ -2371,22 +2388,7 @@ static void run_passes(Sim *S, Program *rest, bool whole)
         if (!S->bounded && !late(S)) program_expand_from(c->cp, c->first, &rest[ci], outside_dep, &o);
         for (int b = 0; b < c->cp->nbodies; b++) {
             Compiled *k = &P[ci].cb[b];
-            free(k->code);
-            free(k->dur);
-            free(k->src);
-            free(k->peer);
-            free(k->nth);
-            free(k->streams);
-            free(k->busy);
-            free(k->p2p);
-            free(k->coll);
-            free(k->chan);
-            free(k->line);
-            free(k->ext);
-            free(k->xbase);
-            free(k->grp);
-            free(k->grp_main);
-            free(k->exp);
+            free(k->block);
             free(k->twins);
             for (int w = 0; w < MEMO_WAYS; w++) {
                 free(k->own.memo[w].key);

@@ -1637,24 +1637,37 @@ static void low_free(Low *L)
 }
 
 /* The ops of one stage by chunk (its v-th chunk, model chunk v * P +
- * stage, holds ops[off[v] .. off[v+1]), in graph order). Caller frees
- * with stage_ops_free. */
-static StageOps *stage_ops(const Strategy *s, int nops_graph, int stage)
+ * stage, holds ops[off[v] .. off[v+1]), in graph order), from the stage's
+ * n ops `mine` in graph order. Caller frees with stage_ops_free. */
+static StageOps *stage_ops(const Strategy *s, const int *mine, int n)
 {
     int V = s->virtual_stages, P = s->nstages;
     StageOps *so = xcalloc(1, sizeof *so + sizeof *so->off * (V + 1));
-    int *ops = so->ops = xmalloc(sizeof *ops * (nops_graph + 1)), nops = 0;
-    for (int i = 0; i < nops_graph; i++)
-        if (s->op_stage[i] == stage) so->off[s->op_chunk[i] / P + 1]++;
+    int *ops = so->ops = xmalloc(sizeof *ops * (n + 1));
+    for (int x = 0; x < n; x++) so->off[s->op_chunk[mine[x]] / P + 1]++;
     for (int v = 0; v < V; v++) so->off[v + 1] += so->off[v];
-    for (int i = 0; i < nops_graph; i++)
-        if (s->op_stage[i] == stage) {
-            ops[so->off[s->op_chunk[i] / P]++] = i;
-            nops++;
-        }
+    for (int x = 0; x < n; x++) ops[so->off[s->op_chunk[mine[x]] / P]++] = mine[x];
     for (int v = V; v > 0; v--) so->off[v] = so->off[v - 1];
     so->off[0] = 0;
     return so;
+}
+
+/* Every op by stage, in graph order within one (stage st's are
+ * by[at[st] .. at[st + 1])): one pass over the model, not one a class. */
+static int *ops_by_stage(const Strategy *s, int nops, int **at)
+{
+    int P = s->nstages > 0 ? s->nstages : 1;
+    int *off = *at = xcalloc((size_t)P + 1, sizeof *off);
+    int *by = xmalloc(sizeof *by * (nops ? nops : 1));
+    for (int i = 0; i < nops; i++)
+        if (s->op_stage[i] >= 0 && s->op_stage[i] < P) off[s->op_stage[i] + 1]++;
+    for (int st = 0; st < P; st++) off[st + 1] += off[st];
+    int *fill = xmalloc(sizeof *fill * P);
+    memcpy(fill, off, sizeof *fill * P);
+    for (int i = 0; i < nops; i++)
+        if (s->op_stage[i] >= 0 && s->op_stage[i] < P) by[fill[s->op_stage[i]]++] = i;
+    free(fill);
+    return by;
 }
 
 static void stage_ops_free(StageOps *so)
@@ -2088,6 +2101,7 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
     low_alloc(&L, &S, compact);
     L.err = err;
     StageOps **so = xcalloc(p->nclasses, sizeof *so);
+    int *stage_at, *by_stage = ops_by_stage(s, g->nops, &stage_at);
     for (int k = 0; k < p->nclasses; k++) {
         Program *pr = &p->classes[k];
         pr->like = -1;
@@ -2096,7 +2110,8 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
             L.failed = true;
             break;
         }
-        so[k] = stage_ops(s, g->nops, class_stage[k]);
+        int st = class_stage[k];
+        so[k] = stage_ops(s, by_stage + stage_at[st], stage_at[st + 1] - stage_at[st]);
         Shift d;
         int like = -1;
         for (int a = k - 1; a >= 0 && compact && share && !any_ps && like < 0; a--)
@@ -2121,6 +2136,8 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
     }
     for (int k = 0; k < p->nclasses; k++) stage_ops_free(so[k]);
     free(so);
+    free(by_stage);
+    free(stage_at);
     low_free(&L);
     if (L.failed) {
         free(first_rank);
