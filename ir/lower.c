@@ -1524,9 +1524,33 @@ static int64_t param_state_bytes(const Shared *S, int t, const Low *L)
     return p + g + o + keep;
 }
 
+/* The buffers of its own that a ZeRO collective left in flight holds
+ * while it runs (the executor's, for a reduce-scatter: the shard it
+ * receives into before adding it to the rank's; for an all-gather: the
+ * shard it sends; either way, the whole padded to a multiple of the group
+ * when the group does not divide it). 0 for anything else. */
+static int64_t inflight_scratch(const Shared *S, const Program *pr, const Instr *in)
+{
+    if (!in->behind || (in->kind != I_REDUCE_SCATTER && in->kind != I_ALLGATHER) ||
+        in->tensor < 0)
+        return 0;
+    AxisMask sh = in->axes;
+    if (in->kind == I_ALLGATHER && in->nargs > 0 && pr->values[pr->args[in->arg0]].shard)
+        sh = pr->values[pr->args[in->arg0]].shard;
+    int64_t eb = dtype_bytes(S->g->tensors[in->tensor].dtype), G = S->gsize[sh];
+    if (eb < 1 || G < 1) return 0;
+    int64_t elems = in->bytes / eb, chunk = (elems + G - 1) / G;
+    return eb * (chunk + (chunk * G != elems ? chunk * G : 0));
+}
+
 /* The alloc/free walk over instructions [i0, i1): bytes allocated minus
- * freed, and the highest that reaches (0 at least). */
-static void mem_walk(const Program *pr, int i0, int i1, int64_t *net, int64_t *peak)
+ * freed, and the highest that reaches (0 at least). A ZeRO collective left
+ * in flight counts its own buffers where it starts (inflight_scratch), and
+ * the value it writes that the program allocates just after it (the
+ * executor has both when it starts the collective, and lets go of the
+ * scratch once it is done, which is no earlier). */
+static void mem_walk(const Shared *S, const Program *pr, int i0, int i1, int64_t *net,
+                     int64_t *peak)
 {
     int64_t cur = 0;
     *peak = 0;
@@ -1534,9 +1558,30 @@ static void mem_walk(const Program *pr, int i0, int i1, int64_t *net, int64_t *p
         const Instr *in = &pr->instrs[i];
         if (in->kind == I_ALLOC) cur += in->bytes;
         else if (in->kind == I_FREE) cur -= in->bytes;
-        if (cur > *peak) *peak = cur;
+        int64_t at = cur, extra = inflight_scratch(S, pr, in);
+        if (extra) {
+            at += extra;
+            const Instr *nx = i + 1 < i1 ? &pr->instrs[i + 1] : NULL;
+            for (int a = 0; nx && nx->kind == I_ALLOC && nx->nargs && a < in->nargs; a++)
+                if (pr->args[in->arg0 + a] == pr->args[nx->arg0]) {
+                    at += nx->bytes;
+                    break;
+                }
+        }
+        if (at > *peak) *peak = at;
     }
     *net = cur;
+}
+
+/* The bytes of the data (inputs and labels) among values [v0, v1): the
+ * executor loads every micro-batch's as the step starts and keeps it all
+ * step, under everything the walk counts. */
+static int64_t data_bytes(const Program *pr, int v0, int v1)
+{
+    int64_t b = 0;
+    for (int v = v0; v < v1; v++)
+        if (pr->values[v].kind == VAL_DATA) b += pr->values[v].bytes;
+    return b;
 }
 
 /* Params, gradients and optimizer state this class holds all step. */
@@ -1557,9 +1602,9 @@ static void account_memory(Low *L)
     Program *pr = L->pr;
     int64_t st = static_state(L);
     int64_t net, peak;
-    mem_walk(pr, 0, pr->ninstrs, &net, &peak);
+    mem_walk(L->S, pr, 0, pr->ninstrs, &net, &peak);
     pr->static_mem = st;
-    pr->peak_mem = st + peak;
+    pr->peak_mem = st + data_bytes(pr, 0, pr->nvalues) + peak;
 }
 
 /* ----------------------------------------------------------------------------
@@ -1804,7 +1849,7 @@ static void body_pass(Low *L, const StageOps *so, BodyKind kind, int v, int mb)
     else sync_tied(L);
     b->i1 = pr->ninstrs;
     b->v1 = pr->nvalues;
-    mem_walk(pr, b->i0, b->i1, &b->mem_net, &b->mem_peak);
+    mem_walk(L->S, pr, b->i0, b->i1, &b->mem_net, &b->mem_peak);
     pr->nbodies++;
 }
 
@@ -1814,6 +1859,19 @@ static int body_of(const Program *pr, int kind, int v, int mb)
         if (pr->bodies[k].kind == kind && pr->bodies[k].chunk == v && pr->bodies[k].micro == mb)
             return k;
     return -1;
+}
+
+/* data_bytes of a compact program: every pass's, as the full program has
+ * them. */
+static int64_t compact_data_bytes(const Program *pr)
+{
+    int64_t data = data_bytes(pr, 0, pr->nhead);
+    for (int k = 0; k < pr->nsched; k++) {
+        const Body *b = &pr->bodies[pr->sched[k].body];
+        data += data_bytes(pr, b->v0, b->v1);
+    }
+    const Body *tail = &pr->bodies[pr->nbodies - 1];
+    return data + data_bytes(pr, tail->v0, tail->v1);
 }
 
 /* The compact program's schedule (the body each pass of the class's stage
@@ -1846,7 +1904,7 @@ static void compact_schedule(Low *L, Program *pr, int64_t static_mem)
     }
     const Body *tail = &pr->bodies[pr->nbodies - 1];
     if (cur + tail->mem_peak > peak) peak = cur + tail->mem_peak;
-    pr->peak_mem = pr->static_mem + peak;
+    pr->peak_mem = pr->static_mem + compact_data_bytes(pr) + peak;
 }
 
 static void lower_class_compact(Low *L, Program *pr, int rank, const StageOps *so)
