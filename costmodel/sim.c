@@ -98,7 +98,7 @@ static Slot *map_at(Map *m, int64_t a, int64_t b, int64_t c, int64_t d)
             m->n++;
             return s;
         }
-        if (!memcmp(s->k, k, sizeof k)) return s;
+        if (s->k[0] == a && s->k[1] == b && s->k[2] == c && s->k[3] == d) return s;
     }
 }
 

@@ -1611,14 +1611,14 @@ static void account_memory(Low *L)
  * Classes */
 
 /* The parameter-server shards a rank serves: ranks of one stage that serve
- * the same shards run the same program. */
-static uint64_t ps_role(const Shared *S, const int coord[MESH_MAX_AXES])
+ * the same shards run the same program. `ps` lists the n params a server
+ * keeps (synchronised by parameter servers over some axis). */
+static uint64_t ps_role(const Shared *S, const int *ps, int n, const int coord[MESH_MAX_AXES])
 {
     uint64_t h = 1469598103934665603ULL;
-    for (int t = 0; t < S->g->ntensors; t++) {
+    for (int x = 0; x < n; x++) {
+        int t = ps[x];
         const ParamPolicy *pp = &S->s->params[t];
-        if (S->g->tensors[t].role != ROLE_PARAM || pp->method != SYNC_PS || !S->sync_axes[t])
-            continue;
         int me = group_index(S->s, coord, S->sync_axes[t]);
         for (int k = 0; k < pp->ps_shards; k++)
             if (pp->ps_placement[k] == me)
@@ -1865,13 +1865,13 @@ static int body_of(const Program *pr, int kind, int v, int mb)
  * them. */
 static int64_t compact_data_bytes(const Program *pr)
 {
-    int64_t data = data_bytes(pr, 0, pr->nhead);
-    for (int k = 0; k < pr->nsched; k++) {
-        const Body *b = &pr->bodies[pr->sched[k].body];
-        data += data_bytes(pr, b->v0, b->v1);
-    }
-    const Body *tail = &pr->bodies[pr->nbodies - 1];
-    return data + data_bytes(pr, tail->v0, tail->v1);
+    int64_t *per = xmalloc(sizeof *per * (pr->nbodies ? pr->nbodies : 1));
+    for (int b = 0; b < pr->nbodies; b++)
+        per[b] = data_bytes(pr, pr->bodies[b].v0, pr->bodies[b].v1);
+    int64_t data = data_bytes(pr, 0, pr->nhead) + per[pr->nbodies - 1];
+    for (int k = 0; k < pr->nsched; k++) data += per[pr->sched[k].body];
+    free(per);
+    return data;
 }
 
 /* The compact program's schedule (the body each pass of the class's stage
@@ -2127,8 +2127,12 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
 
     /* class key: (stage, parameter-server role) */
     bool any_ps = false;
-    for (int t = 0; t < g->ntensors; t++)
-        any_ps |= g->tensors[t].role == ROLE_PARAM && s->params[t].method == SYNC_PS;
+    int *ps = xmalloc(sizeof *ps * (g->ntensors ? g->ntensors : 1)), nps = 0;
+    for (int t = 0; t < g->ntensors; t++) {
+        bool is_ps = g->tensors[t].role == ROLE_PARAM && s->params[t].method == SYNC_PS;
+        any_ps |= is_ps;
+        if (is_ps && S.sync_axes[t]) ps[nps++] = t;
+    }
     int *first_rank = xmalloc(sizeof *first_rank * s->world);
     int *class_stage = xmalloc(sizeof *class_stage * s->world);
     uint64_t *class_role = xmalloc(sizeof *class_role * s->world);
@@ -2136,7 +2140,7 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
     for (int r = 0; r < s->world; r++) {
         strategy_coords(s, r, coord);
         int st = s->pp_axis >= 0 ? coord[s->pp_axis] : 0;
-        uint64_t role = any_ps ? ps_role(&S, coord) : 0;
+        uint64_t role = any_ps ? ps_role(&S, ps, nps, coord) : 0;
         int k = 0;
         while (k < p->nclasses && (class_stage[k] != st || class_role[k] != role)) k++;
         if (k == p->nclasses) {
@@ -2146,6 +2150,7 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
         }
         p->rank_class[r] = k;
     }
+    free(ps);
     p->classes = xcalloc(p->nclasses, sizeof *p->classes);
     for (int k = 0; k < p->nclasses; k++) {
         Program *pr = &p->classes[k];

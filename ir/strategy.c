@@ -1094,7 +1094,7 @@ static void alloc_policies(Strategy *s, const Graph *g)
         if (g->ops[i].batch_letter >= 0)
             s->ops[i].split[g->ops[i].batch_letter] = s->data_axes;
     s->ntensors = g->ntensors;
-    s->params = xcalloc(g->ntensors ? g->ntensors : 1, sizeof *s->params);
+    s->params = xmalloc(sizeof *s->params * (g->ntensors ? g->ntensors : 1));
     for (int t = 0; t < g->ntensors; t++) param_default(&s->params[t]);
 }
 
@@ -1208,16 +1208,16 @@ int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err)
                        s->microbatches, sched_names[s->schedule]);
     Ctx x = {.g = g, .c = c, .s = s, .err = err};
     /* messages name the op or param itself: there are no entries to point at */
-    x.split_from = xcalloc((size_t)(g->nops ? g->nops : 1) * IR_LETTERS, sizeof *x.split_from);
+    x.split_from = xmalloc(sizeof *x.split_from * (size_t)(g->nops ? g->nops : 1) * IR_LETTERS);
     for (int i = 0; i < g->nops; i++)
         for (int l = 0; l < IR_LETTERS; l++)
-            if (l != g->ops[i].batch_letter) x.split_from[i * IR_LETTERS + l] = g->ops[i].name;
-    x.pw = xcalloc(g->ntensors ? g->ntensors : 1, sizeof *x.pw);
+            x.split_from[i * IR_LETTERS + l] = l != g->ops[i].batch_letter ? g->ops[i].name : NULL;
+    x.pw = xmalloc(sizeof *x.pw * (g->ntensors ? g->ntensors : 1));
     for (int t = 0; t < g->ntensors; t++) {
         x.pw[t].p = s->params[t];
         x.pw[t].sync_from = x.pw[t].shard_from = g->tensors[t].name;
-        if (s->params[t].method == SYNC_PS && s->params[t].ps_placed)
-            x.pw[t].nplace = s->params[t].ps_shards;
+        x.pw[t].nplace = s->params[t].method == SYNC_PS && s->params[t].ps_placed
+                             ? s->params[t].ps_shards : 0;
     }
     int rc = resolve(&x);
     free(x.split_from);
