@@ -916,6 +916,7 @@ int cmd_runs_show(int argc, char **argv)
                    st[i].loss, st[i].step_s * 1e3, st[i].compute_s * 1e3, st[i].comm_s * 1e3,
                    st[i].idle_s * 1e3);
         if (r.verify_json) printf("  verify: %s\n", r.verify_json);
+        if (r.error) printf("  error: %s\n", r.error);
     }
     free(st);
     db_run_free(&r);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db/db.h"
 #include "tests/support/cli_harness.h"
 
 static void test_search_stores_and_replays(void **state)
@@ -133,6 +134,30 @@ static void test_run_plan(void **state)
     EXPECT_ERR(&r, "--run-id 00000000000000aa", "already stored");
     STRATA(&r, "runs", "show", "00000000000000aa", "--db", db);
     EXPECT_RC(&r, 0);
+
+    /* a run a server took and lost (killed while it was queued): shown with
+     * why, and the run itself, given its id, completes the row */
+    Err err = { { 0 } };
+    Db *h = db_open(db, &err);
+    assert_non_null(h);
+    DbRun q = { .backend = "cpu", .world = 2, .steps = 2 };
+    memcpy(q.id, "00000000000000bb", 17);
+    memcpy(q.plan_id, pid, 17);
+    int n = 0;
+    assert_int_equal(db_run_submit(h, &q, &err), 0);
+    assert_int_equal(db_run_interrupt_unfinished(h, &n, &err), 0);
+    assert_int_equal(n, 1);
+    db_close(h);
+    STRATA(&r, "runs", "show", "00000000000000bb", "--db", db);
+    EXPECT_RC(&r, 0);
+    EXPECT_OUT(&r, "interrupted", "error: the server stopped before the run ended");
+    STRATA(&r, "run", "--plan", pid, "--steps", "2", "--db", db, "--run-id", "00000000000000bb");
+    EXPECT_RC(&r, 0);
+    STRATA(&r, "runs", "show", "00000000000000bb", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    cJSON *done = JSON_OUT(&r);
+    assert_string_equal(JSTR(done, "status"), "ok");
+    assert_null(cJSON_GetObjectItemCaseSensitive(done, "error"));
 
     /* a model without a loss has nothing to train: refused, not run */
     const char *noloss = tp("noloss.json"), *dp1 = tp("dp1.json");
