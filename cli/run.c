@@ -776,9 +776,7 @@ int cmd_run(int argc, char **argv)
         int nost = 0, found = db && rid ? db_run_get(db, rid, &old, &ost, &nost, &err) : 1;
         if (found == 0) {
             /* a row a server submitted is this run's to complete */
-            static const char *const pending[] = { "queued", "running", "interrupted" };
-            for (int k = 0; k < 3; k++)
-                if (old.status && !strcmp(old.status, pending[k]) && nost == 0) found = 1;
+            if (db_run_status_pending(old.status) && nost == 0) found = 1;
             db_run_free(&old);
             free(ost);
         }

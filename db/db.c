@@ -1065,8 +1065,17 @@ void db_plan_list_free(DbPlan *rows, int n)
 
 /* A run not yet ended by the run itself: queued or running under a server,
  * or interrupted with it (a run that goes on after its server was killed
- * still stores what it measured). */
+ * still stores what it measured). The same list twice: as SQL, and for
+ * db_run_status_pending. */
 #define RUN_PENDING "('queued', 'running', 'interrupted')"
+static const char *const run_pending[] = { "queued", "running", "interrupted" };
+
+bool db_run_status_pending(const char *status)
+{
+    for (size_t k = 0; status && k < sizeof run_pending / sizeof *run_pending; k++)
+        if (!strcmp(status, run_pending[k])) return true;
+    return false;
+}
 
 int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err)
 {

@@ -9,6 +9,7 @@
 #ifndef STRATA_DB_H
 #define STRATA_DB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "../ir/err.h"
@@ -80,6 +81,9 @@ typedef struct {
  * submitted (queued, running or interrupted) is completed; any other is an
  * error. */
 int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *err);
+/* Is a run of this status one the run itself is still to complete
+ * (db_run_put completes it): queued, running or interrupted? */
+bool db_run_status_pending(const char *status);
 /* A run submitted to a server: its row, queued (id, plan_id, backend,
  * world and steps of r), before anything runs. */
 int db_run_submit(Db *db, const DbRun *r, Err *err);

@@ -1681,19 +1681,36 @@ static void low_free(Low *L)
     free(L->pgrad);
 }
 
+/* Items [0, n) of `items` (NULL: the numbers 0 .. n-1) grouped by
+ * k = key[item] / div, in their order within a group: group k is
+ * out[off[k] .. off[k + 1]) (off has nk + 1 entries). Items whose key is
+ * negative or whose k is nk or more are left out. */
+static void group_by(const int *items, int n, const int *key, int div, int nk, int *out,
+                     int *off)
+{
+    memset(off, 0, sizeof *off * ((size_t)nk + 1));
+    for (int x = 0; x < n; x++) {
+        int v = key[items ? items[x] : x];
+        if (v >= 0 && v / div < nk) off[v / div + 1]++;
+    }
+    for (int k = 0; k < nk; k++) off[k + 1] += off[k];
+    for (int x = 0; x < n; x++) {
+        int i = items ? items[x] : x, v = key[i];
+        if (v >= 0 && v / div < nk) out[off[v / div]++] = i;
+    }
+    for (int k = nk; k > 0; k--) off[k] = off[k - 1];
+    off[0] = 0;
+}
+
 /* The ops of one stage by chunk (its v-th chunk, model chunk v * P +
  * stage, holds ops[off[v] .. off[v+1]), in graph order), from the stage's
  * n ops `mine` in graph order. Caller frees with stage_ops_free. */
 static StageOps *stage_ops(const Strategy *s, const int *mine, int n)
 {
-    int V = s->virtual_stages, P = s->nstages;
+    int V = s->virtual_stages;
     StageOps *so = xcalloc(1, sizeof *so + sizeof *so->off * (V + 1));
-    int *ops = so->ops = xmalloc(sizeof *ops * (n + 1));
-    for (int x = 0; x < n; x++) so->off[s->op_chunk[mine[x]] / P + 1]++;
-    for (int v = 0; v < V; v++) so->off[v + 1] += so->off[v];
-    for (int x = 0; x < n; x++) ops[so->off[s->op_chunk[mine[x]] / P]++] = mine[x];
-    for (int v = V; v > 0; v--) so->off[v] = so->off[v - 1];
-    so->off[0] = 0;
+    so->ops = xmalloc(sizeof *so->ops * (n + 1));
+    group_by(mine, n, s->op_chunk, s->nstages, V, so->ops, so->off);
     return so;
 }
 
@@ -1702,16 +1719,9 @@ static StageOps *stage_ops(const Strategy *s, const int *mine, int n)
 static int *ops_by_stage(const Strategy *s, int nops, int **at)
 {
     int P = s->nstages > 0 ? s->nstages : 1;
-    int *off = *at = xcalloc((size_t)P + 1, sizeof *off);
+    *at = xmalloc(sizeof **at * ((size_t)P + 1));
     int *by = xmalloc(sizeof *by * (nops ? nops : 1));
-    for (int i = 0; i < nops; i++)
-        if (s->op_stage[i] >= 0 && s->op_stage[i] < P) off[s->op_stage[i] + 1]++;
-    for (int st = 0; st < P; st++) off[st + 1] += off[st];
-    int *fill = xmalloc(sizeof *fill * P);
-    memcpy(fill, off, sizeof *fill * P);
-    for (int i = 0; i < nops; i++)
-        if (s->op_stage[i] >= 0 && s->op_stage[i] < P) by[fill[s->op_stage[i]]++] = i;
-    free(fill);
+    group_by(NULL, nops, s->op_stage, 1, P, by, *at);
     return by;
 }
 
@@ -1850,6 +1860,7 @@ static void body_pass(Low *L, const StageOps *so, BodyKind kind, int v, int mb)
     b->i1 = pr->ninstrs;
     b->v1 = pr->nvalues;
     mem_walk(L->S, pr, b->i0, b->i1, &b->mem_net, &b->mem_peak);
+    b->mem_data = data_bytes(pr, b->v0, b->v1);
     pr->nbodies++;
 }
 
@@ -1865,12 +1876,8 @@ static int body_of(const Program *pr, int kind, int v, int mb)
  * them. */
 static int64_t compact_data_bytes(const Program *pr)
 {
-    int64_t *per = xmalloc(sizeof *per * (pr->nbodies ? pr->nbodies : 1));
-    for (int b = 0; b < pr->nbodies; b++)
-        per[b] = data_bytes(pr, pr->bodies[b].v0, pr->bodies[b].v1);
-    int64_t data = data_bytes(pr, 0, pr->nhead) + per[pr->nbodies - 1];
-    for (int k = 0; k < pr->nsched; k++) data += per[pr->sched[k].body];
-    free(per);
+    int64_t data = data_bytes(pr, 0, pr->nhead) + pr->bodies[pr->nbodies - 1].mem_data;
+    for (int k = 0; k < pr->nsched; k++) data += pr->bodies[pr->sched[k].body].mem_data;
     return data;
 }
 

@@ -136,6 +136,7 @@ typedef struct {
     int32_t i0, i1;                /* its instructions */
     int32_t v0, v1;                /* the values it makes */
     int64_t mem_net, mem_peak;     /* bytes: alloc minus free over it, and the highest prefix */
+    int64_t mem_data;              /* bytes of the data (inputs, labels) among its values */
 } Body;
 
 typedef struct {

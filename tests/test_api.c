@@ -188,12 +188,18 @@ static Server *start(const char *db, const char *token, int workers, int queue, 
     return s;
 }
 
-static const char *post_id(const char *path, const char *body)
+/* POSTs body to the server on port p; the id the 201 gives. */
+static const char *post_id_on(int p, const char *path, const char *body)
 {
     Http h;
-    http(port, "POST", path, NULL, body, &h);
+    http(p, "POST", path, NULL, body, &h);
     expect(&h, 201);
     return jstr(body_json(&h), "id");
+}
+
+static const char *post_id(const char *path, const char *body)
+{
+    return post_id_on(port, path, body);
 }
 
 static void test_health_page_metrics(void **state)
@@ -945,12 +951,10 @@ static void long_search(int p, char id[17])
 {
     Http h;
     char body[256], path[128];
-    http(p, "POST", "/v1/models", NULL, file_text("models/tiny-mlp.json"), &h);
-    expect(&h, 201);
     char mid[17], cid[17];
-    snprintf(mid, sizeof mid, "%s", jstr(body_json(&h), "id"));
-    http(p, "POST", "/v1/clusters", NULL, file_text("clusters/dgx-a100-80gb.json"), &h);
-    snprintf(cid, sizeof cid, "%s", jstr(body_json(&h), "id"));
+    snprintf(mid, sizeof mid, "%s", post_id_on(p, "/v1/models", file_text("models/tiny-mlp.json")));
+    snprintf(cid, sizeof cid, "%s",
+             post_id_on(p, "/v1/clusters", file_text("clusters/dgx-a100-80gb.json")));
     snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"budget\": \"300s\", "
              "\"algo\": \"mcmc\", \"allow_lossy\": true}", mid, cid);
     http(p, "POST", "/v1/searches", NULL, body, &h);
@@ -1113,12 +1117,10 @@ static void test_kill9_mid_run(void **state)
     pid_t pid = serve_child(db, p);
     Http h;
     char body[256], path[160];
-    http(p, "POST", "/v1/models", NULL, file_text("models/tiny-mlp.json"), &h);
-    expect(&h, 201);
     char mid[17], cid[17], plan[17], id[17];
-    snprintf(mid, sizeof mid, "%s", jstr(body_json(&h), "id"));
-    http(p, "POST", "/v1/clusters", NULL, file_text("clusters/local-cpu.json"), &h);
-    snprintf(cid, sizeof cid, "%s", jstr(body_json(&h), "id"));
+    snprintf(mid, sizeof mid, "%s", post_id_on(p, "/v1/models", file_text("models/tiny-mlp.json")));
+    snprintf(cid, sizeof cid, "%s",
+             post_id_on(p, "/v1/clusters", file_text("clusters/local-cpu.json")));
     snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": "
              "{\"kind\": \"dp\"}}", mid, cid);
     http(p, "POST", "/v1/estimate", NULL, body, &h);

@@ -1634,6 +1634,9 @@ static void test_run_submitted(void **state)
     memcpy(q.plan_id, P1, 17);
     assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
     assert_int_equal(db_run_submit(fx->db, &q, &fx->err), -1);      /* one row per id */
+    assert_true(db_run_status_pending("queued") && db_run_status_pending("interrupted"));
+    assert_false(db_run_status_pending("ok") || db_run_status_pending("failed") ||
+                 db_run_status_pending(NULL));
     DbRun r;
     DbRunStep *got;
     int n;
