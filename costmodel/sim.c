@@ -1338,13 +1338,15 @@ static bool compile_from_twin(Sim *S, int ci, Compiled *k, const Compiled *tw, c
     Map seen = { 0 };
     for (int q = 0; q < tw->np2p; q++) {
         int x = tw->p2p[q];
-        compile_p2p(S, ci, k, &seen, x, &cp->instrs[B->i0 + x]);
+        Instr in = program_instr(cp, B->i0 + x);
+        compile_p2p(S, ci, k, &seen, x, &in);
         same = same && k->dur[x] == tw->dur[x];
     }
     map_free(&seen);
     for (int q = 0; q < tw->ncoll; q++) {
         int x = tw->coll[q];
-        compile_coll(S, ci, k, x, &cp->instrs[B->i0 + x], tw->code[x]);
+        Instr in = program_instr(cp, B->i0 + x);
+        compile_coll(S, ci, k, x, &in, tw->code[x]);
         same = same && k->dur[x] == tw->dur[x];
     }
     if (!same) {
@@ -1427,7 +1429,13 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     }
     bool copied = twin && compile_from_twin(S, ci, k, twin, B, n);
     for (int x = 0; x < B->i1 - B->i0 && !copied; x++) {
+        /* as this class runs it (a shared copy's renumbered) */
+        Instr ins;
         const Instr *in = &cp->instrs[B->i0 + x];
+        if (cp->shared) {
+            program_instr_at(cp, B->i0 + x, &ins);
+            in = &ins;
+        }
         int code = stream_code(S, c, in);
         k->code[x] = (int16_t)code;
         if (code < 0) continue;

@@ -766,6 +766,62 @@ static int count_array(const cJSON *j, const char *key, int *n, Err *err)
     return 0;
 }
 
+/* Tensors alike in everything but name and producer, and ops alike in
+ * everything but name, operands and block: each names the first of its
+ * kind (Tensor.form, Op.form), found by hashing and checked field by
+ * field. */
+static bool tensors_alike(const Tensor *a, const Tensor *b)
+{
+    return a->ndim == b->ndim && a->dtype == b->dtype && a->role == b->role &&
+           a->batch_dim == b->batch_dim && a->needs_grad == b->needs_grad &&
+           !memcmp(a->shape, b->shape, sizeof *a->shape * (size_t)a->ndim);
+}
+
+static bool ops_alike(const Op *a, const Op *b)
+{
+    return a->kind == b->kind && a->nin == b->nin && !strcmp(a->spec, b->spec) &&
+           a->reduce_mask == b->reduce_mask && a->gather_mask == b->gather_mask &&
+           a->stride == b->stride && a->pad == b->pad && a->window == b->window &&
+           a->causal == b->causal && a->scale == b->scale && a->pool_avg == b->pool_avg &&
+           a->batch_letter == b->batch_letter && !memcmp(a->size, b->size, sizeof a->size);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t k = 0; k < n; k++) h = (h ^ c[k]) * 1099511628211ULL;
+    return h;
+}
+
+static void find_forms(Graph *g)
+{
+    int n = g->ntensors > g->nops ? g->ntensors : g->nops, cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    int *slot = xmalloc(sizeof *slot * (size_t)cap);
+    for (int k = 0; k < cap; k++) slot[k] = -1;
+    for (int t = 0; t < g->ntensors; t++) {
+        const Tensor *a = &g->tensors[t];
+        uint64_t h = fnv(14695981039346656037ULL, a->shape, sizeof *a->shape * (size_t)a->ndim);
+        h = fnv(h, &a->role, sizeof a->role) ^ (uint64_t)(a->ndim * 131 + a->dtype * 17 +
+                                                          a->batch_dim * 5 + a->needs_grad);
+        size_t k = (size_t)(h * 0x9e3779b97f4a7c15ULL >> 32) & (size_t)(cap - 1);
+        while (slot[k] >= 0 && !tensors_alike(&g->tensors[slot[k]], a)) k = (k + 1) & (size_t)(cap - 1);
+        if (slot[k] < 0) slot[k] = t;
+        g->tensors[t].form = slot[k];
+    }
+    for (int k = 0; k < cap; k++) slot[k] = -1;
+    for (int i = 0; i < g->nops; i++) {
+        const Op *a = &g->ops[i];
+        uint64_t h = fnv(14695981039346656037ULL, a->spec, strlen(a->spec));
+        h = fnv(h, a->size, sizeof a->size) ^ (uint64_t)a->kind;
+        size_t k = (size_t)(h * 0x9e3779b97f4a7c15ULL >> 32) & (size_t)(cap - 1);
+        while (slot[k] >= 0 && !ops_alike(&g->ops[slot[k]], a)) k = (k + 1) & (size_t)(cap - 1);
+        if (slot[k] < 0) slot[k] = i;
+        g->ops[i].form = slot[k];
+    }
+    free(slot);
+}
+
 Graph *graph_from_json(const cJSON *j, Err *err)
 {
     static const char *const keys[] = {"name", "tensors", "ops", NULL};
@@ -814,6 +870,7 @@ Graph *graph_from_json(const cJSON *j, Err *err)
         graph_op_cost(g, i, g->ops[i].size, &c);
         g->train_flops += c.flops[COST_FWD] + c.flops[COST_BWD_DATA] + c.flops[COST_BWD_WEIGHT];
     }
+    find_forms(g);
     index_free(&tix);
     index_free(&oix);
     return g;

@@ -37,6 +37,8 @@ typedef struct {
     int producer;                  /* op index, -1 for inputs, labels, params */
     int batch_dim;                 /* dim that carries the batch, -1 if none */
     bool needs_grad;               /* a param, or an activation that depends on one */
+    int form;                      /* the first tensor alike in all above but name and
+                                      producer (the lowering compares repeated blocks by it) */
 } Tensor;
 
 /*
@@ -91,6 +93,8 @@ typedef struct {
     uint32_t concat_mask;                      /* concat: each input's own letter, the output's */
     int64_t size[IR_LETTERS];                  /* letter sizes (spatial: output size) */
     int batch_letter;                          /* 0..25, or -1 if the op sees no batch */
+    int form;                                  /* the first op alike in all but its name,
+                                                  operands and block */
 } Op;
 
 typedef struct {

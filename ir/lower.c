@@ -208,17 +208,20 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
     free(fill);
 
     /* per-op local sizes; the rest of the facts when first asked for */
-    S->local = xcalloc(g->nops, sizeof *S->local);
+    S->local = xmalloc(sizeof *S->local * (g->nops ? g->nops : 1));
     S->of = xmalloc(sizeof *S->of * (g->nops ? g->nops : 1));
     S->of_made = xcalloc(g->nops ? g->nops : 1, sizeof *S->of_made);
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
+        /* the op's sizes, divided where a letter is (most are not) */
+        int64_t *n = S->local[i];
+        memcpy(n, op->size, sizeof op->size);
+        const AxisMask *split = s->ops[i].split;
         for (int l = 0; l < IR_LETTERS; l++) {
-            int64_t n = op->size[l];
-            if (!n) continue;
-            if (l == op->batch_letter) n /= S->m;
-            n /= S->gsize[s->ops[i].split[l]];
-            S->local[i][l] = n > 0 ? n : 1;
+            if (!n[l] || (l != op->batch_letter && !split[l])) continue;
+            if (l == op->batch_letter) n[l] /= S->m;
+            if (split[l]) n[l] /= S->gsize[split[l]];
+            if (n[l] < 1) n[l] = 1;
         }
     }
 
@@ -1955,9 +1958,7 @@ static bool tensor_alike_once(const Shared *S, int t, const Shift *d)
     int u = t + d->dt;
     if (u < 0 || u >= g->ntensors) return false;
     const Tensor *a = &g->tensors[t], *b = &g->tensors[u];
-    if (a->ndim != b->ndim || a->dtype != b->dtype || a->role != b->role ||
-        a->batch_dim != b->batch_dim || a->needs_grad != b->needs_grad ||
-        memcmp(a->shape, b->shape, sizeof *a->shape * a->ndim) ||
+    if (a->form != b->form ||
         (a->producer < 0 ? b->producer >= 0 : b->producer != a->producer + d->dop))
         return false;
     int n = S->cons_off[t + 1] - S->cons_off[t];
@@ -1985,16 +1986,12 @@ static bool op_alike_once(const Shared *S, int i, const Shift *d, int sa)
     int j = i + d->dop;
     if (j < 0 || j >= g->nops) return false;
     const Op *a = &g->ops[i], *b = &g->ops[j];
-    if (a->kind != b->kind || a->nin != b->nin || strcmp(a->spec, b->spec) ||
-        b->out != a->out + d->dt || (a->block < 0 ? b->block >= 0 : b->block != a->block + d->dblock) ||
-        a->reduce_mask != b->reduce_mask || a->gather_mask != b->gather_mask ||
-        a->stride != b->stride || a->pad != b->pad || a->window != b->window ||
-        a->causal != b->causal || a->scale != b->scale || a->pool_avg != b->pool_avg ||
-        a->batch_letter != b->batch_letter || memcmp(a->size, b->size, sizeof a->size) ||
+    /* (the same form and split: the same local sizes too) */
+    if (a->form != b->form || b->out != a->out + d->dt ||
+        (a->block < 0 ? b->block >= 0 : b->block != a->block + d->dblock) ||
         memcmp(s->ops[i].split, s->ops[j].split, sizeof s->ops[i].split) ||
         (s->op_stage[i] == sa && s->ops[i].recompute != s->ops[j].recompute) ||
-        s->op_stage[j] != s->op_stage[i] + d->dstage || s->op_chunk[j] != s->op_chunk[i] + d->dstage ||
-        memcmp(S->local[i], S->local[j], sizeof S->local[i]))
+        s->op_stage[j] != s->op_stage[i] + d->dstage || s->op_chunk[j] != s->op_chunk[i] + d->dstage)
         return false;
     for (int k = 0; k < a->nin; k++)
         if (b->in[k] != a->in[k] + d->dt) return false;
@@ -2061,9 +2058,9 @@ static bool shift_of(Shared *S, const StageOps *soa, int sa, const StageOps *sob
     return true;
 }
 
-/* dst's instructions, dependencies, arguments and values: copies of src's,
- * renumbered by d as they are copied when d is given (one pass). */
-static void copy_code(Program *dst, const Program *src, const Shift *d)
+/* dst's instructions, dependencies, arguments and values: copies of src's
+ * as src runs them (a shared copy's renumbered), dst's own. */
+static void copy_code(Program *dst, const Program *src)
 {
     dst->ninstrs = dst->cap_instrs = src->ninstrs;
     dst->ndeps = dst->cap_deps = src->ndeps;
@@ -2071,34 +2068,33 @@ static void copy_code(Program *dst, const Program *src, const Shift *d)
     dst->nvalues = dst->cap_values = src->nvalues;
     dst->deps = xmemdup(src->deps, sizeof *src->deps * src->ndeps);
     dst->args = xmemdup(src->args, sizeof *src->args * src->nargs);
-    if (!d) {
-        dst->instrs = xmemdup(src->instrs, sizeof *src->instrs * src->ninstrs);
-        dst->values = xmemdup(src->values, sizeof *src->values * src->nvalues);
-        return;
-    }
     dst->instrs = xmalloc(sizeof *dst->instrs * (src->ninstrs ? src->ninstrs : 1));
-    for (int i = 0; i < dst->ninstrs; i++) {
-        Instr *in = &dst->instrs[i];
-        *in = src->instrs[i];
-        if (in->op >= 0) in->op += d->dop;
-        if (in->tensor >= 0) in->tensor += d->dt;
-        if (in->kind == I_SEND || in->kind == I_RECV) in->peer += d->dstage;
-    }
+    for (int i = 0; i < src->ninstrs; i++) program_instr_at(src, i, &dst->instrs[i]);
     dst->values = xmalloc(sizeof *dst->values * (src->nvalues ? src->nvalues : 1));
-    for (int v = 0; v < dst->nvalues; v++) {
-        dst->values[v] = src->values[v];
-        if (dst->values[v].tensor >= 0) dst->values[v].tensor += d->dt;
-    }
+    for (int v = 0; v < src->nvalues; v++) program_value_at(src, v, &dst->values[v]);
+    dst->shared = false;
+    dst->shift = (ProgramShift){ 0, 0, 0 };
 }
 
-/* Class pr (stage sb) as class from's bodies renumbered by d; the
+/* Class pr (stage sb) as class from's bodies renumbered by d: it shares
+ * the instructions from shares (or has), its shift d further on; the
  * schedule and memory walk are its own. */
 static void translate_class(Low *L, Program *pr, const Program *from, int like, int sb,
                             const Shift *d)
 {
     pr->stage = sb;
     pr->device_mem = class_device_mem(L->S->c, pr);
-    copy_code(pr, from, d);
+    pr->ninstrs = from->ninstrs;
+    pr->ndeps = from->ndeps;
+    pr->nargs = from->nargs;
+    pr->nvalues = from->nvalues;
+    pr->instrs = from->instrs;
+    pr->deps = from->deps;
+    pr->args = from->args;
+    pr->values = from->values;
+    pr->shared = true;
+    pr->shift = (ProgramShift){ from->shift.op + d->dop, from->shift.tensor + d->dt,
+                                from->shift.peer + d->dstage };
     pr->nbodies = pr->cap_bodies = from->nbodies;
     pr->bodies = xmemdup(from->bodies, sizeof *from->bodies * from->nbodies);
     pr->nhead = from->nhead;
@@ -2143,20 +2139,33 @@ static Plan *lower_plan(const Graph *g, const Cluster *c, const Strategy *s, boo
     int *first_rank = xmalloc(sizeof *first_rank * s->world);
     int *class_stage = xmalloc(sizeof *class_stage * s->world);
     uint64_t *class_role = xmalloc(sizeof *class_role * s->world);
+    /* per stage, its classes (one without parameter servers) chained
+     * through next_class, newest first */
+    int *stage_class = xmalloc(sizeof *stage_class * s->nstages);
+    int *next_class = xmalloc(sizeof *next_class * s->world);
+    for (int st = 0; st < s->nstages; st++) stage_class[st] = -1;
     int coord[MESH_MAX_AXES];
     for (int r = 0; r < s->world; r++) {
-        strategy_coords(s, r, coord);
-        int st = s->pp_axis >= 0 ? coord[s->pp_axis] : 0;
-        uint64_t role = any_ps ? ps_role(&S, ps, nps, coord) : 0;
-        int k = 0;
-        while (k < p->nclasses && (class_stage[k] != st || class_role[k] != role)) k++;
-        if (k == p->nclasses) {
+        int st = s->pp_axis >= 0 ? r / s->axis_stride[s->pp_axis] % s->axis_size[s->pp_axis] : 0;
+        uint64_t role = 0;
+        if (any_ps) {
+            strategy_coords(s, r, coord);
+            role = ps_role(&S, ps, nps, coord);
+        }
+        int k = stage_class[st];
+        while (k >= 0 && class_role[k] != role) k = next_class[k];
+        if (k < 0) {
+            k = p->nclasses++;
             class_stage[k] = st;
             class_role[k] = role;
-            first_rank[p->nclasses++] = r;
+            first_rank[k] = r;
+            next_class[k] = stage_class[st];
+            stage_class[st] = k;
         }
         p->rank_class[r] = k;
     }
+    free(stage_class);
+    free(next_class);
     free(ps);
     p->classes = xcalloc(p->nclasses, sizeof *p->classes);
     for (int k = 0; k < p->nclasses; k++) {
@@ -2360,7 +2369,7 @@ static void expand_pass(Expand *E, int pass)
     o->values = reserve(o->values, &o->cap_values, o->nvalues + nv, sizeof *o->values);
     for (int v = b->v0; v < b->v1; v++) {
         Value *x = &o->values[o->nvalues++];
-        *x = cp->values[v];
+        program_value_at(cp, v, x);
         x->micro = remicro(x->micro, b, mb);
     }
     o->instrs = reserve(o->instrs, &o->cap_instrs, o->ninstrs + ni, sizeof *o->instrs);
@@ -2369,7 +2378,7 @@ static void expand_pass(Expand *E, int pass)
         o->deps = reserve(o->deps, &o->cap_deps, o->ndeps + src->ndeps, sizeof *o->deps);
         o->args = reserve(o->args, &o->cap_args, o->nargs + src->nargs, sizeof *o->args);
         Instr *x = &o->instrs[o->ninstrs++];
-        *x = *src;
+        program_instr_at(cp, i, x);
         x->micro = remicro(x->micro, b, mb);
         x->dep0 = o->ndeps;
         x->arg0 = o->nargs;
@@ -2407,7 +2416,7 @@ void program_expand_from(const Program *cp, int first, Program *out,
                  xmalloc(sizeof *E.vbase * (cp->nsched + 1)), outside, ctx };
     for (int k = 0; k <= cp->nsched; k++) E.ibase[k] = E.vbase[k] = -1;
     out->values = reserve(NULL, &out->cap_values, cp->nhead + 1, sizeof *out->values);
-    memcpy(out->values, cp->values, sizeof *out->values * cp->nhead);
+    for (int v = 0; v < cp->nhead; v++) program_value_at(cp, v, &out->values[v]);
     out->nvalues = cp->nhead;
     for (int k = first; k < cp->nsched; k++) expand_pass(&E, k);
     expand_pass(&E, cp->nsched);
@@ -2441,27 +2450,37 @@ Plan *plan_expand(const Plan *p)
         }
         *dst = *src;
         dst->ranks = xmemdup(src->ranks, sizeof *src->ranks * src->nranks);
-        copy_code(dst, src, NULL);
+        copy_code(dst, src);
     }
     return q;
 }
 
 void plan_expand_class(Plan *p, int k)
 {
-    Program full;
-    if (!program_is_compact(&p->classes[k])) return;
-    program_expand(&p->classes[k], &full);
-    program_free(&p->classes[k]);
-    p->classes[k] = full;
+    Program full, *pr = &p->classes[k];
+    if (!program_is_compact(pr)) return;
+    /* the copies that share its instructions get their own first */
+    for (int j = 0; j < p->nclasses && !pr->shared; j++) {
+        Program *q = &p->classes[j];
+        if (j != k && q->shared && q->instrs == pr->instrs) {
+            Program was = *q;
+            copy_code(q, &was);
+        }
+    }
+    program_expand(pr, &full);
+    program_free(pr);
+    *pr = full;
 }
 
 void program_free(Program *pr)
 {
     free(pr->ranks);
-    free(pr->instrs);
-    free(pr->deps);
-    free(pr->args);
-    free(pr->values);
+    if (!pr->shared) {
+        free(pr->instrs);
+        free(pr->deps);
+        free(pr->args);
+        free(pr->values);
+    }
     free(pr->bodies);
     free(pr->sched);
     memset(pr, 0, sizeof *pr);

@@ -18,7 +18,8 @@
  * Ranks that do the same work form a class; one program is lowered per class.
  * In the compact form, a class whose stage does what an earlier one does on
  * other ops (the middle stages of a model of repeated blocks) is that
- * class's program renumbered, not lowered again.
+ * class's program renumbered, not lowered again: it shares that class's
+ * instructions and reads them shifted (Program.shared).
  * A class is one pipeline stage (and parameter-server role); under the
  * interleaved schedule its program runs the passes of all of the stage's
  * model chunks, in Megatron-LM's order.
@@ -28,7 +29,9 @@
 #ifndef STRATA_LOWER_H
 #define STRATA_LOWER_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include "cluster.h"
 #include "err.h"
 #include "graph.h"
@@ -144,6 +147,12 @@ typedef struct {
     int32_t micro;
 } PassRef;
 
+/* How far a copied class's ops, tensors and pipeline peers lie from the
+ * instructions it shares (Program.shift). */
+typedef struct {
+    int32_t op, tensor, peer;
+} ProgramShift;
+
 typedef struct {
     int stage;
     int nranks;
@@ -170,6 +179,13 @@ typedef struct {
     int nmicro, nchunks;
     int like;                      /* compact form: the earlier class whose bodies these are,
                                       renumbered to this stage's ops (classes alike), or -1 */
+    /* such a copy shares instrs, deps, args and values with the class it was
+     * first copied from (they are not its own to free) and reads them
+     * renumbered: ops, tensors and pipeline peers `shift` further on.
+     * program_instr and program_value give them renumbered; the kinds,
+     * dependencies, arguments, bytes and streams read as they are */
+    bool shared;
+    ProgramShift shift;
 } Program;
 
 typedef struct {
@@ -229,6 +245,28 @@ Plan *plan_expand(const Plan *p);
  * class; the others stay compact). */
 void plan_expand_class(Plan *p, int k);
 static inline bool program_is_compact(const Program *pr) { return pr->nbodies > 0; }
+/* Instruction i of pr, and value v, as this class runs them (a shared
+ * copy's renumbered; Program.shared), byte for byte. */
+static inline void program_instr_at(const Program *pr, int i, Instr *out)
+{
+    memcpy(out, &pr->instrs[i], sizeof *out);
+    if (pr->shared) {
+        if (out->op >= 0) out->op += pr->shift.op;
+        if (out->tensor >= 0) out->tensor += pr->shift.tensor;
+        if (out->kind == I_SEND || out->kind == I_RECV) out->peer += pr->shift.peer;
+    }
+}
+static inline void program_value_at(const Program *pr, int v, Value *out)
+{
+    memcpy(out, &pr->values[v], sizeof *out);
+    if (pr->shared && out->tensor >= 0) out->tensor += pr->shift.tensor;
+}
+static inline Instr program_instr(const Program *pr, int i)
+{
+    Instr in;
+    program_instr_at(pr, i, &in);
+    return in;
+}
 void program_free(Program *pr);
 void plan_free(Plan *p);
 

@@ -37,7 +37,9 @@ static void expect_same_program(const Program *want, const Program *got, const c
                  want->ninstrs, want->nvalues, want->ndeps, want->nargs, got->ninstrs,
                  got->nvalues, got->ndeps, got->nargs);
     for (int i = 0; i < want->ninstrs; i++) {
-        const Instr *a = &want->instrs[i], *b = &got->instrs[i];
+        Instr bi;
+        program_instr_at(got, i, &bi);          /* a shared copy's, renumbered */
+        const Instr *a = &want->instrs[i], *b = &bi;
         bool same = !memcmp(a, b, sizeof *a) &&
                     !memcmp(&want->deps[a->dep0], &got->deps[b->dep0],
                             sizeof *want->deps * a->ndeps) &&
@@ -50,11 +52,14 @@ static void expect_same_program(const Program *want, const Program *got, const c
                      instr_kind_name((InstrKind)b->kind), b->micro, b->tensor, b->op,
                      a->ndeps, b->ndeps);
     }
-    for (int v = 0; v < want->nvalues; v++)
-        if (memcmp(&want->values[v], &got->values[v], sizeof want->values[v]))
+    for (int v = 0; v < want->nvalues; v++) {
+        Value gv;
+        program_value_at(got, v, &gv);
+        if (memcmp(&want->values[v], &gv, sizeof gv))
             fail_msg("%s class %d: value %d differs (tensor %d micro %d, expanded %d micro %d)",
-                     what, k, v, want->values[v].tensor, want->values[v].micro,
-                     got->values[v].tensor, got->values[v].micro);
+                     what, k, v, want->values[v].tensor, want->values[v].micro, gv.tensor,
+                     gv.micro);
+    }
     if (want->peak_mem != got->peak_mem || want->static_mem != got->static_mem)
         fail_msg("%s class %d: peak %lld static %lld, compact says %lld %lld", what, k,
                  (long long)want->peak_mem, (long long)want->static_mem,
@@ -148,6 +153,12 @@ static int expect_same_compact(const Graph *g, const Strategy *s, const Plan *cp
         if (b->like >= 0) {
             copies++;
             assert_true(b->like < k);
+            /* a copy shares its instructions, not copies them */
+            assert_true(b->shared);
+            assert_ptr_equal(b->instrs, cp->classes[b->like].instrs);
+            assert_ptr_equal(b->values, cp->classes[b->like].values);
+        } else {
+            assert_false(b->shared);
         }
         expect_same_program(a, b, what, k);
         if (a->nbodies != b->nbodies || a->nsched != b->nsched || a->nhead != b->nhead ||
@@ -207,6 +218,12 @@ static int check_plan(const Graph *g, const char *json)
         assert_int_equal(cost_simulate(g, c, s, cp, NULL, &r, &e), -1);
         assert_non_null(strstr(e.msg, "expanded"));
         cluster_free(c);
+    }
+    /* and the rest, the classes others share first: those copies then
+     * have instructions of their own, expanded as before */
+    for (int k = 0; k < last; k++) {
+        plan_expand_class(cp, k);
+        expect_same_program(&full->classes[k], &cp->classes[k], json, k);
     }
     /* expanding a full plan copies it */
     Plan *copy = plan_expand(full);

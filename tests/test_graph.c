@@ -17,6 +17,7 @@
 
 #include "ir/graph.h"
 #include "ir/util.h"
+#include "ir/zoo.h"
 
 /* ----------------------------------------------------------------------------
  * Helpers */
@@ -648,6 +649,52 @@ static void test_derived(void **state)
     graph_free(g);
 }
 
+/* Ops and tensors alike but for names, operands and blocks share a form:
+ * the first of them. */
+static void test_forms(void **state)
+{
+    (void)state;
+    const char *k[] = { "layers", "hidden", "heads", "seq", "vocab", "batch" };
+    const char *v[] = { "3", "64", "4", "16", "100", "2" };
+    Err err = { 0 };
+    Graph *g = zoo_build("gpt", 6, k, v, &err);
+    if (!g) fail_msg("%s", err.msg);
+    int q0 = op_index(g, "blocks.0.attn.q"), q2 = op_index(g, "blocks.2.attn.q");
+    int f0 = op_index(g, "blocks.0.mlp.fc1"), f1 = op_index(g, "blocks.1.mlp.fc1");
+    int h0 = op_index(g, "blocks.0.mlp.fc2");
+    assert_int_equal(g->ops[q2].form, q0);
+    assert_int_equal(g->ops[f1].form, f0);
+    assert_int_equal(g->tensors[g->ops[q2].out].form, g->tensors[g->ops[q0].out].form);
+    assert_int_equal(g->tensors[g->ops[q2].in[1]].form, g->tensors[g->ops[q0].in[1]].form);
+    /* a matmul of other sizes: fc1 (h -> 4h), fc2 (4h -> h) */
+    assert_int_equal(g->ops[f0].kind, g->ops[h0].kind);
+    assert_int_not_equal(g->ops[f0].form, g->ops[h0].form);
+    assert_int_not_equal(g->tensors[g->ops[f0].in[1]].form, g->tensors[g->ops[h0].in[1]].form);
+    assert_int_not_equal(g->ops[op_index(g, "embed")].form, g->ops[q0].form);
+    for (int i = 0; i < g->nops; i++) {
+        const Op *a = &g->ops[i], *b = &g->ops[a->form];
+        assert_true(a->form <= i);
+        assert_int_equal(b->form, a->form);
+        assert_int_equal(a->kind, b->kind);
+        assert_string_equal(a->spec, b->spec);
+        assert_memory_equal(a->size, b->size, sizeof a->size);
+        /* and no earlier op alike has another form */
+        for (int j = 0; j < i; j++)
+            if (g->ops[j].kind == a->kind && !strcmp(g->ops[j].spec, a->spec) &&
+                !memcmp(g->ops[j].size, a->size, sizeof a->size) &&
+                g->ops[j].scale == a->scale && g->ops[j].causal == a->causal)
+                assert_int_equal(g->ops[j].form, a->form);
+    }
+    for (int t = 0; t < g->ntensors; t++) {
+        const Tensor *a = &g->tensors[t], *b = &g->tensors[a->form];
+        assert_true(a->form <= t);
+        assert_int_equal(a->ndim, b->ndim);
+        assert_int_equal(a->role, b->role);
+        assert_memory_equal(a->shape, b->shape, sizeof *a->shape * (size_t)a->ndim);
+    }
+    graph_free(g);
+}
+
 /* ----------------------------------------------------------------------------
  * Costs, checked by hand */
 
@@ -820,6 +867,7 @@ int main(void)
         cmocka_unit_test(test_validation_errors),
         cmocka_unit_test(test_accepts_minimal),
         cmocka_unit_test(test_derived),
+        cmocka_unit_test(test_forms),
         cmocka_unit_test(test_cost_matmul),
         cmocka_unit_test(test_cost_conv),
         cmocka_unit_test(test_cost_embedding),
