@@ -1153,6 +1153,15 @@ typedef struct {
     uint8_t *grp_main;              /* every reader of the run on the interpreter's stream */
     int nexp;                       /* its exports: (instruction, slot) */
     int32_t (*exp)[2];
+    /* the sweep of eval_pass: the instructions on a stream (an alloc or
+     * free is on none), each with its kind and its dependencies that can
+     * bind: on an instruction of the body (its place), or on one of
+     * another pass (~e: that pass is pass_at[xdep[e][0] + micro], the
+     * instruction its export xdep[e][1]). A copy's are its twin's. */
+    int nrun;
+    int32_t *run, *rdep, *rdeps;    /* rdep[r] .. rdep[r + 1]: run[r]'s, in rdeps */
+    uint8_t *rkind;
+    int32_t (*xdep)[2];
     int nkey, nout;
     MemoSet own;
     MemoSet *ms;                    /* &own, or the memo of the body of the class this
@@ -1363,6 +1372,33 @@ static bool compile_from_twin(Sim *S, int ci, Compiled *k, const Compiled *tw, c
     return true;
 }
 
+/* The sweep of body b (Compiled.run): its code is compiled. A
+ * dependency on an alloc or free never binds (they are on no stream). */
+static void compile_sweep(const Program *cp, const Passes *P, int b, Compiled *k)
+{
+    const Body *B = &cp->bodies[b];
+    int nr = 0, nq = 0, ne = 0;
+    for (int x = 0; x < B->i1 - B->i0; x++) {
+        if (k->code[x] < 0) continue;
+        const Instr *in = &cp->instrs[B->i0 + x];
+        k->run[nr] = x;
+        k->rkind[nr] = in->kind;
+        k->rdep[nr++] = nq;
+        for (int q = 0; q < in->ndeps; q++) {
+            int32_t d = cp->deps[in->dep0 + q];
+            if (d >= B->i0 && d < B->i1) {
+                if (k->code[d - B->i0] >= 0) k->rdeps[nq++] = d - B->i0;
+                continue;
+            }
+            k->xdep[ne][0] = program_ref_base(cp, b, d);
+            k->xdep[ne][1] = P->export_slot[d];
+            k->rdeps[nq++] = ~ne++;
+        }
+    }
+    k->rdep[nr] = nq;
+    k->nrun = nr;
+}
+
 static void compile_body(Sim *S, int ci, Passes *P, int b)
 {
     CState *c = &S->cs[ci];
@@ -1387,9 +1423,12 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     /* its arrays in one block (Compiled.block), widest first: per
      * instruction, per stream code, per dependency on another pass */
     size_t ns = S_GROUPS + KEYS;
+    size_t nr = twin ? 0 : (size_t)n;           /* the sweep's (a copy's are its twin's) */
+    size_t nrd = twin ? 0 : (size_t)nd;
     size_t bytes = sizeof *k->dur * n + sizeof *k->busy * ns + sizeof *k->ext * nd +
-                   sizeof *k->exp * n + sizeof(int32_t) * (6 * (size_t)n + 2 * nd + 1) +
-                   sizeof *k->code * n + sizeof *k->streams * ns + (size_t)n + nd;
+                   sizeof *k->exp * n + sizeof *k->xdep * nrd +
+                   sizeof(int32_t) * (6 * (size_t)n + 2 * nd + 1 + 2 * nr + 1 + nrd) +
+                   sizeof *k->code * n + sizeof *k->streams * ns + (size_t)n + nd + nr;
     char *m = k->block = xmalloc(bytes);
     k->dur = (double *)m;
     m += sizeof *k->dur * n;
@@ -1399,6 +1438,8 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     m += sizeof *k->ext * nd;
     k->exp = (int32_t (*)[2])m;
     m += sizeof *k->exp * n;
+    k->xdep = (int32_t (*)[2])m;
+    m += sizeof *k->xdep * nrd;
     int32_t *w = (int32_t *)m;
     k->peer = w, w += n;
     k->nth = w, w += n;
@@ -1408,10 +1449,14 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
     k->line = w, w += n;
     k->xbase = w, w += nd;
     k->grp = w, w += nd + 1;
+    k->run = w, w += nr;
+    k->rdep = w, w += nr + 1;
+    k->rdeps = w, w += nrd;
     k->code = (int16_t *)w;
     k->streams = k->code + n;
     k->src = (uint8_t *)(k->streams + ns);
     k->grp_main = k->src + n;
+    k->rkind = k->grp_main + nd;
     /* a copy's code, times and sources come whole from its twin; a
      * transfer's peer and count are read for transfers only */
     if (!twin) {
@@ -1515,7 +1560,17 @@ static void compile_body(Sim *S, int ci, Passes *P, int b)
             k->exp[k->nexp][0] = x;
             k->exp[k->nexp++][1] = P->export_slot[B->i0 + x];
         }
-    if (!twin) sort_exts(k);
+    if (twin) {
+        k->nrun = twin->nrun;
+        k->run = twin->run;
+        k->rdep = twin->rdep;
+        k->rdeps = twin->rdeps;
+        k->rkind = twin->rkind;
+        k->xdep = twin->xdep;
+    } else {
+        compile_sweep(cp, P, b, k);
+        sort_exts(k);
+    }
     group_exts(k);
     k->scale = k->add.busy_compute + k->add.busy_comm;
     k->nkey = k->nstream + k->nrecv + 2 * k->next + k->ngrp;
@@ -1567,15 +1622,6 @@ static int export_at(const CState *c, const Passes *P, int pass, int32_t local)
     return slot < 0 ? -1 : c->xoff[pass] + slot;
 }
 
-/* Slot in c->x* of the instruction of another pass that dependency d of
- * pass `pass` names. */
-static int ext_slot(const CState *c, const Passes *P, int pass, int32_t d)
-{
-    int32_t loc;
-    int op = program_pass_of(c->cp, c->pass_at, pass, d, &loc);
-    return export_at(c, P, op, loc);
-}
-
 /* Do two memo keys match: every input within q of the other, the
  * unknown and the unbinding ones exactly alike? */
 static bool keys_match(const double *a, const double *b, int n, double q)
@@ -1619,27 +1665,24 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
      * receive: ready) then per receive its end; then per export start, end,
      * code; then the latest end */
     double *o_recv_end = o_p2p + k->np2p, *o_x = o_recv_end + k->nrecv;
-    int nr = 0;
-    for (int x = 0; x < B->i1 - B->i0; x++) {
-        int i = B->i0 + x;
-        const Instr *in = &cp->instrs[i];
-        st[x] = en[x] = NAN;
+    int nr = 0, micro = cp->sched[pass].micro;
+    for (int r = 0; r < k->nrun; r++) {
+        int x = k->run[r], i = B->i0 + x;
         int code = k->code[x];
-        if (code < 0) continue;
         /* ready: the stream, then every dependency (the first latest binds) */
         double t = fr[code], bs = NAN, be = NAN;
         int bcode = S_MAIN;
-        for (int q = 0; q < in->ndeps; q++) {
-            int32_t d = cp->deps[in->dep0 + q];
+        for (int q = k->rdep[r]; q < k->rdep[r + 1]; q++) {
+            int32_t d = k->rdeps[q];
             double e, s0;
             int dc;
-            if (d >= B->i0 && d < B->i1) {
-                int loc = d - B->i0;
-                e = en[loc];
-                s0 = st[loc];
-                dc = k->code[loc];
+            if (d >= 0) {
+                e = en[d];
+                s0 = st[d];
+                dc = k->code[d];
             } else {
-                int slot = ext_slot(c, P, pass, d);
+                const int32_t *xd = k->xdep[~d];
+                int slot = c->xoff[c->pass_at[xd[0] + micro]] + xd[1];
                 e = c->xend[slot];
                 s0 = c->xstart[slot];
                 dc = c->xcode[slot];
@@ -1652,7 +1695,7 @@ static bool eval_pass(Sim *S, int ci, Passes *P, int pass, double T0, double *ou
             }
         }
         double dur = k->dur[x], s1 = t, e1;
-        switch ((InstrKind)in->kind) {
+        switch ((InstrKind)k->rkind[r]) {
         case I_COMPUTE: {
             double gap = t - fr[S_MAIN];
             if (gap > 0 && !isnan(be) && bcode != S_MAIN) *exposed += min2(gap, max2(0, be - bs));
@@ -1802,7 +1845,7 @@ static int pass_key(Sim *S, int ci, Passes *P, int pass, double *T0p, double *qp
     }
     int micro = cp->sched[pass].micro;
     for (int g = 0; g < k->ngrp; g++) {
-        /* the pass a run of dependencies reads (ext_slot, resolved as
+        /* the pass a run of dependencies reads (as eval_pass resolves it,
          * compiled). Each entry is headed by whether the whole run is done
          * before the interpreter's stream is free and read there, so that
          * it cannot bind (one INFINITY), or not (-INFINITY, then the run):
