@@ -793,6 +793,31 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
     return h;
 }
 
+static void find_consumers(Graph *g)
+{
+    g->cons_off = xcalloc((size_t)g->ntensors + 1, sizeof *g->cons_off);
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++) g->cons_off[g->ops[i].in[k] + 1]++;
+    for (int t = 0; t < g->ntensors; t++) g->cons_off[t + 1] += g->cons_off[t];
+    g->cons = xmalloc(sizeof *g->cons * ((size_t)g->cons_off[g->ntensors] + 1));
+    int *fill = xcalloc((size_t)g->ntensors + 1, sizeof *fill);
+    for (int i = 0; i < g->nops; i++)
+        for (int k = 0; k < g->ops[i].nin; k++) {
+            int t = g->ops[i].in[k];
+            g->cons[g->cons_off[t] + fill[t]++] = i;
+        }
+    /* ascending already (ops in order); a second read by one op dropped */
+    int w = 0;
+    for (int t = 0; t < g->ntensors; t++) {
+        int lo = g->cons_off[t], hi = lo + fill[t];
+        g->cons_off[t] = w;
+        for (int x = lo; x < hi; x++)
+            if (x == lo || g->cons[x] != g->cons[x - 1]) g->cons[w++] = g->cons[x];
+    }
+    g->cons_off[g->ntensors] = w;
+    free(fill);
+}
+
 static void find_forms(Graph *g)
 {
     int n = g->ntensors > g->nops ? g->ntensors : g->nops, cap = 16;
@@ -870,6 +895,7 @@ Graph *graph_from_json(const cJSON *j, Err *err)
         graph_op_cost(g, i, g->ops[i].size, &c);
         g->train_flops += c.flops[COST_FWD] + c.flops[COST_BWD_DATA] + c.flops[COST_BWD_WEIGHT];
     }
+    find_consumers(g);
     find_forms(g);
     index_free(&tix);
     index_free(&oix);
@@ -907,6 +933,8 @@ void graph_free(Graph *g)
     free(g->tensors);
     free(g->ops);
     free(g->name);
+    free(g->cons_off);
+    free(g->cons);
     free(g);
 }
 

@@ -106,6 +106,10 @@ typedef struct {
     int nblocks;                               /* 1 + the largest block id */
     double train_flops;                        /* one step: forward and backward of every
                                                   op (graph_stats' train_flops, kept) */
+    /* derived on load: the ops that read tensor t, ascending, each once
+     * (an op reading it twice, "bth,buh", counts once):
+     * cons[cons_off[t] .. cons_off[t + 1]) */
+    int *cons_off, *cons;
 } Graph;
 
 /* Work and traffic of one op phase. Bytes are those read plus written. */

@@ -60,7 +60,7 @@ typedef struct {
     int64_t (*local)[IR_LETTERS];
     OpFacts *of;                           /* per op, made when first asked for (facts) */
     bool *of_made;
-    int *cons_off, *cons;                  /* consumers of each tensor, ascending (CSR) */
+    const int *cons_off, *cons;            /* consumers of each tensor, ascending (the graph's) */
     /* params */
     Layout *home;                          /* layout the param is stored in */
     AxisMask *sync_axes;                   /* its gradient is partial over these */
@@ -185,27 +185,9 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
         S->gsize[mask] = n;
     }
 
-    /* consumers, ascending; an op reading a tensor twice ("bth,buh") counts once */
-    S->cons_off = xcalloc(g->ntensors + 1, sizeof *S->cons_off);
-    for (int i = 0; i < g->nops; i++)
-        for (int k = 0; k < g->ops[i].nin; k++) S->cons_off[g->ops[i].in[k] + 1]++;
-    for (int t = 0; t < g->ntensors; t++) S->cons_off[t + 1] += S->cons_off[t];
-    S->cons = xmalloc(sizeof *S->cons * (S->cons_off[g->ntensors] + 1));
-    int *fill = xcalloc(g->ntensors, sizeof *fill);
-    for (int i = 0; i < g->nops; i++)
-        for (int k = 0; k < g->ops[i].nin; k++) {
-            int t = g->ops[i].in[k];
-            S->cons[S->cons_off[t] + fill[t]++] = i;
-        }
-    int w = 0;
-    for (int t = 0; t < g->ntensors; t++) {
-        int lo = S->cons_off[t], hi = lo + fill[t];
-        S->cons_off[t] = w;
-        for (int x = lo; x < hi; x++)
-            if (x == lo || S->cons[x] != S->cons[x - 1]) S->cons[w++] = S->cons[x];
-    }
-    S->cons_off[g->ntensors] = w;
-    free(fill);
+    /* consumers: the graph's */
+    S->cons_off = g->cons_off;
+    S->cons = g->cons;
 
     /* per-op local sizes; the rest of the facts when first asked for */
     S->local = xmalloc(sizeof *S->local * (g->nops ? g->nops : 1));
@@ -213,10 +195,15 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
     S->of_made = xcalloc(g->nops ? g->nops : 1, sizeof *S->of_made);
     for (int i = 0; i < g->nops; i++) {
         const Op *op = &g->ops[i];
-        /* the op's sizes, divided where a letter is (most are not) */
         int64_t *n = S->local[i];
-        memcpy(n, op->size, sizeof op->size);
         const AxisMask *split = s->ops[i].split;
+        /* an op alike an earlier one and split as it is: the same sizes */
+        if (op->form < i && !memcmp(split, s->ops[op->form].split, sizeof s->ops[i].split)) {
+            memcpy(n, S->local[op->form], sizeof S->local[i]);
+            continue;
+        }
+        /* the op's sizes, divided where a letter is (most are not) */
+        memcpy(n, op->size, sizeof op->size);
         for (int l = 0; l < IR_LETTERS; l++) {
             if (!n[l] || (l != op->batch_letter && !split[l])) continue;
             if (l == op->batch_letter) n[l] /= S->m;
@@ -270,8 +257,6 @@ static int shared_init(Shared *S, const Graph *g, const Cluster *c, const Strate
 
 static void shared_free(Shared *S)
 {
-    free(S->cons_off);
-    free(S->cons);
     free(S->of);
     free(S->of_made);
     free(S->home);
