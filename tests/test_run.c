@@ -187,6 +187,11 @@ static const RunCase CASES[] = {
     { "gpt-dp2-tp2", M_GPT, { "megatron", "--world", "4", "--tp", "2" }, NULL, 4, EXACT },
     { "gpt-pp2-dp2", M_GPT, { "megatron", "--world", "4", "--tp", "1", "--pp", "2",
       "--microbatches", "4" }, NULL, 4, EXACT },
+    /* four stages of one block each: the third stage's class is the
+     * second's program renumbered (shared, not lowered again), and the
+     * second's rank gives it instructions of its own as it expands */
+    { "gpt4-pp4", M_GPT4, { "megatron", "--world", "4", "--tp", "1", "--pp", "4",
+      "--microbatches", "4" }, NULL, 4, EXACT },
 
     { "vgg-dp", M_VGG, { "dp", "--world", "4" }, NULL, 4, EXACT },
     /* data-parallel convolutions (the batch over all 4 ranks), tensor-parallel
