@@ -2,8 +2,8 @@
  * page.c — the one page `GET /` serves: models, searches and plans from the
  * API itself, a chosen search's best-so-far drawn live from its event
  * stream, a chosen plan's timeline and its table against the baselines. No
- * external assets; with a token, the page asks for it once and sends it as
- * the API wants it.
+ * external assets; with a token, the page takes it from a link's fragment
+ * (#token=...) or asks for it once, and sends it as the API wants it.
  */
 #include "internal.h"
 
@@ -32,6 +32,14 @@ const char PAGE_HTML[] =
 "<script>\n"
 "'use strict';\n"
 "let token = sessionStorage.getItem('strata-token');\n"
+"/* a link may carry the token in its fragment (never sent to the server):\n"
+" * #token=T is kept for the tab and taken out of the address bar */\n"
+"const linked = /(?:^|&)token=([^&]*)/.exec(location.hash.slice(1));\n"
+"if (linked) {\n"
+"  token = decodeURIComponent(linked[1]);\n"
+"  sessionStorage.setItem('strata-token', token);\n"
+"  history.replaceState(null, '', location.pathname + location.search);\n"
+"}\n"
 "function hdrs() { return token ? {Authorization: 'Bearer ' + token} : {}; }\n"
 "async function api(path) {\n"
 "  let r = await fetch(path, {headers: hdrs()});\n"
