@@ -1372,8 +1372,10 @@ static bool compile_from_twin(Sim *S, int ci, Compiled *k, const Compiled *tw, c
     return true;
 }
 
-/* The sweep of body b (Compiled.run): its code is compiled. A
- * dependency on an alloc or free never binds (they are on no stream). */
+/* The sweep of body b (Compiled.run): its code is compiled, and its
+ * dependencies on other passes are listed in k->ext and k->xbase in the
+ * order this walk meets them (before sort_exts). A dependency on an alloc
+ * or free never binds (they are on no stream). */
 static void compile_sweep(const Program *cp, const Passes *P, int b, Compiled *k)
 {
     const Body *B = &cp->bodies[b];
@@ -1390,7 +1392,7 @@ static void compile_sweep(const Program *cp, const Passes *P, int b, Compiled *k
                 if (k->code[d - B->i0] >= 0) k->rdeps[nq++] = d - B->i0;
                 continue;
             }
-            k->xdep[ne][0] = program_ref_base(cp, b, d);
+            k->xdep[ne][0] = k->xbase[ne];
             k->xdep[ne][1] = P->export_slot[d];
             k->rdeps[nq++] = ~ne++;
         }

@@ -182,7 +182,7 @@ typedef struct {
     /* such a copy shares instrs, deps, args and values with the class it was
      * first copied from (they are not its own to free) and reads them
      * renumbered: ops, tensors and pipeline peers `shift` further on.
-     * program_instr and program_value give them renumbered; the kinds,
+     * program_instr_at and program_value_at give them renumbered; the kinds,
      * dependencies, arguments, bytes and streams read as they are */
     bool shared;
     ProgramShift shift;
