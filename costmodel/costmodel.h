@@ -56,6 +56,8 @@ typedef struct {
     uint32_t in0, in1, out;         /* letters of the first two operands and the output:
                                        a contraction's M, N, K and batch follow from them */
     int64_t size[IR_LETTERS];       /* local letter sizes; CM_KIND_*: size[0] = elements */
+    bool causal;                    /* a causal softmax: each row weighs only its unmasked
+                                       prefix, about half the work of the same shape unmasked */
 } OpShape;
 
 /* The device an op runs on: what the analytical model and the MLP's

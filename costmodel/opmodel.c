@@ -233,9 +233,10 @@ double opmodel_roofline_floor(const OpDevice *d, const OpShape *x)
  *   7..12  log of the 6 largest local letter sizes, sorted (0 = none)
  *   13 number of letters                14 log d (the GEMM harmonic size)
  *   15 log P          16 log W          17 gpu (0/1)
- *   18..43 log of each letter's size, a..z (0 when absent: which letters an
+ *   18 a causal softmax (0/1): the same shape as an unmasked one, half the work
+ *   19..44 log of each letter's size, a..z (0 when absent: which letters an
  *      op has says what it is, as the zoo names them consistently)
- *   44..47 log M, N, K, batch of a two-operand op (0 otherwise)
+ *   45..48 log M, N, K, batch of the GEMM a two-operand op's phase runs (0 otherwise)
  *   then one-hots of kind, phase, dtype
  */
 
@@ -275,17 +276,25 @@ void opmodel_features(const OpDevice *d, const OpShape *x, double f[OPMODEL_NFEA
     f[15] = lg(p > 0 ? p : 1);
     f[16] = lg(d->mem_bw > 0 ? d->mem_bw : 1);
     f[17] = d->gpu ? 1 : 0;
-    int o = 18;
+    f[18] = x->causal ? 1 : 0;
+    int o = 19;
     for (int l = 0; l < IR_LETTERS; l++)
         if ((x->letters >> l & 1) && x->size[l] > 1) f[o + l] = log((double)x->size[l]);
     o += IR_LETTERS;
-    /* a contraction's M, N, K and batch: what a GEMM's efficiency depends on */
+    /* a contraction's M, N, K and batch: what a GEMM's efficiency depends on,
+     * as the phase runs it. The backward of out[M,N] = in0[M,K] in1[K,N] is
+     * two other GEMMs: d in0[M,K] = d out[M,N] in1^T (N contracted) and
+     * d in1[K,N] = in0^T d out (M contracted); a skinny forward (M a few
+     * rows) is a long thin contraction in bwd_weight. */
     if (x->in0 && x->in1) {
         double m, n, k, b;
         opshape_gemm_dims(x, &m, &n, &k, &b);
-        f[o] = log(m);
-        f[o + 1] = log(n);
-        f[o + 2] = log(k);
+        double g[3] = { m, n, k };
+        if (x->phase == PH_BWD_DATA) g[1] = k, g[2] = n;
+        else if (x->phase == PH_BWD_WEIGHT) g[0] = k, g[2] = m;
+        f[o] = log(g[0]);
+        f[o + 1] = log(g[1]);
+        f[o + 2] = log(g[2]);
         f[o + 3] = log(b);
     }
     o += 4;

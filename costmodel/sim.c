@@ -269,6 +269,7 @@ void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const In
         x->in0 = cm_letter_mask(op->in_letters[0]);
         x->in1 = op->nin > 1 ? cm_letter_mask(op->in_letters[1]) : 0;
         x->out = cm_letter_mask(op->out_letters);
+        x->causal = op->kind == OP_SOFTMAX && op->causal;
         memcpy(x->size, p->local[in->op], sizeof x->size);
         return;
     }

@@ -108,6 +108,12 @@ int opshape_from_sample(const DbProfileOp *s, OpShape *x, Err *err)
         err_set(err, "shape_json.spec \"%s\" has no letters", spec->valuestring);
         goto done;
     }
+    const cJSON *causal = cJSON_GetObjectItemCaseSensitive(j, "causal");
+    if (causal && !cJSON_IsBool(causal)) {
+        err_set(err, "shape_json.causal: expected true or false");
+        goto done;
+    }
+    x->causal = x->kind == OP_SOFTMAX && cJSON_IsTrue(causal);
     /* operand letters: "bsh,hf->bsf" */
     {
         const char *sp = spec->valuestring, *arrow = strstr(sp, "->"), *comma = strchr(sp, ',');

@@ -310,6 +310,15 @@ static void test_features(void **state)
     OpDevice g = gpu_dev();
     opmodel_features(&g, &x, b);
     assert_memory_not_equal(a, b, sizeof a);
+    /* a causal softmax differs from the same shape unmasked in one feature */
+    OpShape sm = elementwise(OP_SOFTMAX, 4 * 128 * 128, DT_F32), smc = sm;
+    smc.causal = true;
+    opmodel_features(&d, &sm, a);
+    opmodel_features(&d, &smc, b);
+    int differ = 0;
+    for (int i = 0; i < OPMODEL_NFEAT; i++) differ += a[i] != b[i];
+    assert_int_equal(differ, 1);
+    assert_true(a[18] == 0 && b[18] == 1);
     /* degenerate shapes still give finite features */
     OpShape z = { .kind = CM_KIND_SUM, .phase = PH_BWD_WEIGHT, .dtype = DT_F32 };
     opmodel_features(&d, &z, b);
@@ -334,6 +343,17 @@ static void test_opshape_from_sample(void **state)
     assert_int_equal(x.size['s' - 'a'], 128);
     assert_int_equal(x.size['f' - 'a'], 1024);
     assert_int_equal(__builtin_popcount(x.letters), 4);
+    assert_false(x.causal);
+    DbProfileOp sm = { .kind = "softmax", .phase = "fwd", .dtype = "f32",
+                       .shape_json = "{\"spec\":\"bnst->bnst\",\"sizes\":{\"b\":2,\"n\":4,"
+                                     "\"s\":64,\"t\":64},\"causal\":true}",
+                       .flops = 5.0 * 2 * 4 * 64 * 64, .bytes = 1e5, .median_s = 1e-4 };
+    assert_int_equal(opshape_from_sample(&sm, &x, &err), 0);
+    assert_true(x.causal);
+    sm.shape_json = "{\"spec\":\"bnst->bnst\",\"sizes\":{\"b\":2,\"n\":4,\"s\":64,\"t\":64},"
+                    "\"causal\":1}";
+    assert_int_equal(opshape_from_sample(&sm, &x, &err), -1);
+    assert_non_null(strstr(err.msg, "shape_json.causal"));
     DbProfileOp u = { .kind = "adam", .phase = "update", .dtype = "f32",
                       .shape_json = "{\"from\":\"mlp\",\"n\":4096}", .flops = 1, .bytes = 1 };
     assert_int_equal(opshape_from_sample(&u, &x, &err), 0);
