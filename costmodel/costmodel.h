@@ -56,9 +56,14 @@ typedef struct {
     uint32_t in0, in1, out;         /* letters of the first two operands and the output:
                                        a contraction's M, N, K and batch follow from them */
     int64_t size[IR_LETTERS];       /* local letter sizes; CM_KIND_*: size[0] = elements */
-    bool causal;                    /* a causal softmax: each row weighs only its unmasked
-                                       prefix, about half the work of the same shape unmasked */
+    double unmasked;                /* a causal softmax: the share of elements its mask leaves
+                                       (opshape_unmasked); 0 or 1: every element */
 } OpShape;
+
+/* The share of a causal softmax's elements left unmasked, its last two input
+ * letters s and t of local sizes ns and nt from offset 0 (row i weighs its
+ * first min(i + 1, nt) elements): (ns + 1) / 2nt when ns <= nt. */
+double opshape_unmasked(int64_t ns, int64_t nt);
 
 /* The device an op runs on: what the analytical model and the MLP's
  * features need. */

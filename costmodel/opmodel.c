@@ -177,6 +177,15 @@ void opshape_gemm_dims(const OpShape *x, double *m, double *n, double *k, double
     *batch = v[3];
 }
 
+double opshape_unmasked(int64_t ns, int64_t nt)
+{
+    if (ns < 1 || nt < 1) return 1;
+    double s = (double)ns, t = (double)nt;
+    /* rows 0 .. min(s, t) - 1 weigh i + 1 elements; any rows after, all t */
+    double m = s < t ? s : t;
+    return (m * (m + 1) / 2 + (s - m) * t) / (s * t);
+}
+
 /* d = 3 / (1/M + 1/N + 1/K) from F = 2MNK and B = eb (MK + KN + MN). */
 static double gemm_size(const OpShape *x)
 {
@@ -233,7 +242,8 @@ double opmodel_roofline_floor(const OpDevice *d, const OpShape *x)
  *   7..12  log of the 6 largest local letter sizes, sorted (0 = none)
  *   13 number of letters                14 log d (the GEMM harmonic size)
  *   15 log P          16 log W          17 gpu (0/1)
- *   18 a causal softmax (0/1): the same shape as an unmasked one, half the work
+ *   18 log of the share of a causal softmax's elements unmasked (0: all): the
+ *      same shape as an unmasked softmax, a fraction of its work
  *   19..44 log of each letter's size, a..z (0 when absent: which letters an
  *      op has says what it is, as the zoo names them consistently)
  *   45..48 log M, N, K, batch of the GEMM a two-operand op's phase runs (0 otherwise)
@@ -276,7 +286,7 @@ void opmodel_features(const OpDevice *d, const OpShape *x, double f[OPMODEL_NFEA
     f[15] = lg(p > 0 ? p : 1);
     f[16] = lg(d->mem_bw > 0 ? d->mem_bw : 1);
     f[17] = d->gpu ? 1 : 0;
-    f[18] = x->causal ? 1 : 0;
+    f[18] = x->unmasked > 0 && x->unmasked < 1 ? log(x->unmasked) : 0;
     int o = 19;
     for (int l = 0; l < IR_LETTERS; l++)
         if ((x->letters >> l & 1) && x->size[l] > 1) f[o + l] = log((double)x->size[l]);

@@ -269,8 +269,13 @@ void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const In
         x->in0 = cm_letter_mask(op->in_letters[0]);
         x->in1 = op->nin > 1 ? cm_letter_mask(op->in_letters[1]) : 0;
         x->out = cm_letter_mask(op->out_letters);
-        x->causal = op->kind == OP_SOFTMAX && op->causal;
         memcpy(x->size, p->local[in->op], sizeof x->size);
+        if (op->kind == OP_SOFTMAX && op->causal) {
+            /* the graph holds s and t the last two input letters */
+            const char *l = op->in_letters[0];
+            size_t n = strlen(l);
+            x->unmasked = opshape_unmasked(x->size[l[n - 2] - 'a'], x->size[l[n - 1] - 'a']);
+        }
         return;
     }
     x->dtype = in->tensor >= 0 ? g->tensors[in->tensor].dtype : DT_F32;

@@ -113,7 +113,16 @@ int opshape_from_sample(const DbProfileOp *s, OpShape *x, Err *err)
         err_set(err, "shape_json.causal: expected true or false");
         goto done;
     }
-    x->causal = x->kind == OP_SOFTMAX && cJSON_IsTrue(causal);
+    if (x->kind == OP_SOFTMAX && cJSON_IsTrue(causal)) {
+        /* masked: its last two input letters s and t (the graph checks) */
+        const char *sp = spec->valuestring, *end = strstr(sp, "->");
+        size_t n = end ? (size_t)(end - sp) : strlen(sp);
+        if (n < 2 || sp[n - 2] < 'a' || sp[n - 2] > 'z' || sp[n - 1] < 'a' || sp[n - 1] > 'z') {
+            err_set(err, "shape_json.spec \"%s\": a causal softmax needs two letters to mask", sp);
+            goto done;
+        }
+        x->unmasked = opshape_unmasked(x->size[sp[n - 2] - 'a'], x->size[sp[n - 1] - 'a']);
+    }
     /* operand letters: "bsh,hf->bsf" */
     {
         const char *sp = spec->valuestring, *arrow = strstr(sp, "->"), *comma = strchr(sp, ',');

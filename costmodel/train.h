@@ -31,8 +31,8 @@
 /* Bumped whenever a feature, its order, the target, the op kinds (their
  * one-hot is a feature) or the analytical constants (one feature is the
  * analytical model's efficiency) change: a stored model of another version
- * is refused on load. 3: concat and mse joined the op kinds. 4: the causal
- * mask of a softmax; M, N, K as each phase's GEMM has them. */
+ * is refused on load. 3: concat and mse joined the op kinds. 4: the share a
+ * softmax's causal mask leaves; M, N, K as each phase's GEMM has them. */
 #define OPMODEL_FEAT_VERSION 4
 #define OPMODEL_SIZES 6                 /* the largest letter sizes, sorted */
 #define OPMODEL_NFEAT (19 + IR_LETTERS + 4 + CM_KIND_COUNT + PH_COUNT + DT_COUNT)

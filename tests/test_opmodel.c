@@ -310,15 +310,22 @@ static void test_features(void **state)
     OpDevice g = gpu_dev();
     opmodel_features(&g, &x, b);
     assert_memory_not_equal(a, b, sizeof a);
-    /* a causal softmax differs from the same shape unmasked in one feature */
+    /* a causal softmax differs from the same shape unmasked in one
+     * feature: the share its mask leaves, by hand for s = t = 4 (rows
+     * weigh 1, 2, 3, 4 of 4), s = 2 < t = 4 (1, 2 of 4) and s = 4 > t = 2
+     * (1, 2, 2, 2 of 2) */
+    assert_true(fabs(opshape_unmasked(4, 4) - 10.0 / 16) < 1e-15);
+    assert_true(fabs(opshape_unmasked(2, 4) - 3.0 / 8) < 1e-15);
+    assert_true(fabs(opshape_unmasked(4, 2) - 7.0 / 8) < 1e-15);
+    assert_true(opshape_unmasked(1, 1) == 1 && opshape_unmasked(0, 5) == 1);
     OpShape sm = elementwise(OP_SOFTMAX, 4 * 128 * 128, DT_F32), smc = sm;
-    smc.causal = true;
+    smc.unmasked = opshape_unmasked(128, 128);
     opmodel_features(&d, &sm, a);
     opmodel_features(&d, &smc, b);
     int differ = 0;
     for (int i = 0; i < OPMODEL_NFEAT; i++) differ += a[i] != b[i];
     assert_int_equal(differ, 1);
-    assert_true(a[18] == 0 && b[18] == 1);
+    assert_true(a[18] == 0 && fabs(b[18] - log(129.0 / 256)) < 1e-12);
     /* degenerate shapes still give finite features */
     OpShape z = { .kind = CM_KIND_SUM, .phase = PH_BWD_WEIGHT, .dtype = DT_F32 };
     opmodel_features(&d, &z, b);
@@ -343,13 +350,17 @@ static void test_opshape_from_sample(void **state)
     assert_int_equal(x.size['s' - 'a'], 128);
     assert_int_equal(x.size['f' - 'a'], 1024);
     assert_int_equal(__builtin_popcount(x.letters), 4);
-    assert_false(x.causal);
+    assert_true(x.unmasked == 0);
     DbProfileOp sm = { .kind = "softmax", .phase = "fwd", .dtype = "f32",
                        .shape_json = "{\"spec\":\"bnst->bnst\",\"sizes\":{\"b\":2,\"n\":4,"
                                      "\"s\":64,\"t\":64},\"causal\":true}",
                        .flops = 5.0 * 2 * 4 * 64 * 64, .bytes = 1e5, .median_s = 1e-4 };
     assert_int_equal(opshape_from_sample(&sm, &x, &err), 0);
-    assert_true(x.causal);
+    assert_true(fabs(x.unmasked - 65.0 / 128) < 1e-15);
+    sm.shape_json = "{\"spec\":\"bnst->bnst\",\"sizes\":{\"b\":2,\"n\":4,\"s\":32,\"t\":64},"
+                    "\"causal\":true}";
+    assert_int_equal(opshape_from_sample(&sm, &x, &err), 0);
+    assert_true(fabs(x.unmasked - 33.0 / 128) < 1e-15);
     sm.shape_json = "{\"spec\":\"bnst->bnst\",\"sizes\":{\"b\":2,\"n\":4,\"s\":64,\"t\":64},"
                     "\"causal\":1}";
     assert_int_equal(opshape_from_sample(&sm, &x, &err), -1);
