@@ -365,6 +365,10 @@ static void test_opshape_from_sample(void **state)
                     "\"causal\":1}";
     assert_int_equal(opshape_from_sample(&sm, &x, &err), -1);
     assert_non_null(strstr(err.msg, "shape_json.causal"));
+    sm.shape_json = "{\"spec\":\"t->t\",\"sizes\":{\"t\":64},\"causal\":true}";
+    assert_int_equal(opshape_from_sample(&sm, &x, &err), -1);
+    assert_non_null(strstr(err.msg, "shape_json.spec"));
+    assert_non_null(strstr(err.msg, "two letters to mask"));
     DbProfileOp u = { .kind = "adam", .phase = "update", .dtype = "f32",
                       .shape_json = "{\"from\":\"mlp\",\"n\":4096}", .flops = 1, .bytes = 1 };
     assert_int_equal(opshape_from_sample(&u, &x, &err), 0);
