@@ -556,6 +556,7 @@ typedef struct {
     double *wt;                     /* W_l^T at W_l's offset, for the forward product */
     double *grad;                   /* laid out as theta */
     double *block;
+    double huber;                   /* 0: squared error; else its delta (MlpTrainOpts) */
 } Batch;
 
 static int batch_init(Batch *bt, const Mlp *m, int cap)
@@ -615,7 +616,22 @@ static void batch_sync(const Mlp *m, Batch *bt)
     }
 }
 
-/* Returns sum (z - t)^2 over the batch. */
+/* The loss of one error e = z - t: e^2, or with a Huber delta h, e^2 up to
+ * |e| = h and 2h|e| - h^2 beyond (the same slope where they meet), so an
+ * outlier pulls by a constant, not by its size. */
+static inline double loss_of(double e, double h)
+{
+    double a = fabs(e);
+    return h > 0 && a > h ? h * (2 * a - h) : e * e;
+}
+
+/* Its derivative. */
+static inline double dloss_of(double e, double h)
+{
+    return h > 0 && fabs(e) > h ? (e > 0 ? 2 * h : -2 * h) : 2 * e;
+}
+
+/* Returns the sum of the loss over the batch. */
 static double batch_forward(const Mlp *m, Batch *bt, int rows)
 {
     int L = m->nlayers, nout = nout_of(m);
@@ -628,19 +644,17 @@ static double batch_forward(const Mlp *m, Batch *bt, int rows)
         if (l < L - 1) act_apply(m->act, h, bt->g[l], (size_t)rows * no);
     }
     double ss = 0;
-    for (size_t i = 0; i < (size_t)rows * nout; i++) {
-        double e = bt->z[i] - bt->t[i];
-        ss += e * e;
-    }
+    for (size_t i = 0; i < (size_t)rows * nout; i++) ss += loss_of(bt->z[i] - bt->t[i], bt->huber);
     return ss;
 }
 
-/* Adds the gradient of sum over rows of mean_o (z - t)^2 to bt->grad. */
+/* Adds the gradient of sum over rows of mean_o loss(z - t) to bt->grad. */
 static void batch_backward(const Mlp *m, Batch *bt, int rows)
 {
     int nout = nout_of(m);
     double *d = bt->d[0], *du = bt->d[1];
-    for (size_t i = 0; i < (size_t)rows * nout; i++) d[i] = 2.0 * (bt->z[i] - bt->t[i]) / nout;
+    for (size_t i = 0; i < (size_t)rows * nout; i++)
+        d[i] = dloss_of(bt->z[i] - bt->t[i], bt->huber) / nout;
     for (int l = m->nlayers - 1; l >= 0; l--) {
         int ni = m->w[l], no = m->w[l + 1];
         double *gW = bt->grad + m->woff[l], *gb = gW + (size_t)no * ni;
@@ -660,7 +674,7 @@ static void batch_backward(const Mlp *m, Batch *bt, int rows)
     }
 }
 
-/* Mean over rows and outputs of (z - t)^2 for the n rows in idx. */
+/* Mean over rows and outputs of loss(z - t) for the n rows in idx. */
 static double batch_loss(const Mlp *m, Batch *bt, const double *X, const double *Y, const int *idx,
                          int n)
 {
@@ -716,6 +730,8 @@ static int check_opts(const MlpTrainOpts *o, const MlpAdam *a, Err *err)
         return err_set(err, "adam.beta1 = %g, beta2 = %g: each must be in (0, 1)", a->beta1,
                        a->beta2);
     if (!(a->eps > 0)) return err_set(err, "adam.eps = %g: must be > 0", a->eps);
+    if (!(o->huber >= 0) || !isfinite(o->huber))
+        return err_set(err, "huber = %g: must be >= 0 (0: squared error)", o->huber);
     if (!(a->weight_decay >= 0) || !isfinite(a->weight_decay))
         return err_set(err, "adam.weight_decay = %g: must be >= 0", a->weight_decay);
     return 0;
@@ -793,6 +809,7 @@ int mlp_train(Mlp *m, const double *X, const double *Y, int n, const MlpTrainOpt
         err_set(err, "out of memory (batch of %d rows)", o.batch);
         goto err;
     }
+    bt.huber = o.huber;
     if (nval > 0) {
         best.block = malloc(3 * (size_t)m->nparams * sizeof(double));
         if (!best.block) {

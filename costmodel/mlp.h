@@ -83,6 +83,8 @@ typedef struct {
     int patience;           /* stop after this many epochs without a better validation
                                loss, keeping the best weights (default 20 when 0) */
     uint64_t seed;          /* split and batch order */
+    double huber;           /* 0: squared error; > 0: Huber loss with this delta, in
+                               standardised units (quadratic within it, linear beyond) */
     bool fit_scaling;       /* first set the scaling from the training rows */
     /* called after every epoch (1, 2, ...) with the mean loss over that epoch's
      * mini-batches and the validation loss (NAN without validation rows); a
@@ -96,13 +98,14 @@ typedef struct {
     int best_epoch;         /* the epoch whose weights were kept (0: the weights given,
                                when no epoch improved the validation loss; without
                                validation rows, the last epoch) */
-    double train_loss;      /* mean over rows and outputs of (z - t)^2, t the standardised
-                               target, of the kept weights on the training rows */
+    double train_loss;      /* mean over rows and outputs of (z - t)^2 (or its Huber
+                               loss), t the standardised target, of the kept weights on
+                               the training rows */
     double val_loss;        /* the same on the validation rows (NAN without any) */
     int ntrain, nval;
 } MlpTrainResult;
 
-/* Minimises the mean squared error of z against the standardised Y over
+/* Minimises the mean squared error (or Huber loss) of z against the standardised Y over
  * X (n x nin) and Y (n x nout), with Adam on mini-batches. Deterministic for
  * opts->seed. Returns 0, or -1 with err (n < 1, a non-finite value, a
  * validation set that takes every row). */

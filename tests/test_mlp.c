@@ -263,12 +263,16 @@ static void test_train_matches_pieces(void **state)
     const double xmean[NIN] = { 1, 0.5, -1, 2 }, xstd[NIN] = { 3, 2, 1.5, 0.7 };
     const double ymean[NOUT] = { -4, 1 }, ystd[NOUT] = { 6, 0.5 };
 
-    for (int act = MLP_RELU; act <= MLP_GELU; act++) {
+    /* squared error, then a Huber delta that the errors (up to ~10 standard
+     * units here) cross both ways */
+    for (int run = 0; run < 2 * (MLP_GELU + 1); run++) {
+        int act = run % (MLP_GELU + 1);
+        double huber = run > MLP_GELU ? 0.3 : 0;
         Mlp *m = new_or_fail(NIN, hidden, 2, NOUT, (MlpAct)act, 9);
         mlp_set_scaling(m, xmean, xstd, ymean, ystd);
         Mlp *ref = mlp_clone(m);
         MlpTrainOpts o = { .adam = { .lr = 0.01, .weight_decay = 0.1 },
-                           .epochs = EPOCHS, .batch = 1000, .seed = 5 };
+                           .epochs = EPOCHS, .batch = 1000, .seed = 5, .huber = huber };
         MlpTrainResult r;
         Err err = { { 0 } };
         assert_int_equal(mlp_train(m, X, Y, N, &o, &r, &err), 0);
@@ -283,9 +287,13 @@ static void test_train_matches_pieces(void **state)
             for (int i = 0; i < N; i++) {
                 double y[NOUT], dy[NOUT];
                 mlp_forward(ref, w, X + i * NIN, y);
-                /* L = mean_o (z - t)^2 with z, t standardised: dL/dy = 2 (y - Y) / (nout ystd^2) */
-                for (int o2 = 0; o2 < NOUT; o2++)
-                    dy[o2] = 2.0 * (y[o2] - Y[i * NOUT + o2]) / (NOUT * ystd[o2] * ystd[o2]);
+                /* L = mean_o (z - t)^2 with z, t standardised: dL/dy = 2 (y - Y) / (nout ystd^2);
+                 * Huber: the slope 2e clipped to +-2 delta, e = (y - Y) / ystd */
+                for (int o2 = 0; o2 < NOUT; o2++) {
+                    double e = (y[o2] - Y[i * NOUT + o2]) / ystd[o2];
+                    double g = huber > 0 && fabs(e) > huber ? copysign(2 * huber, e) : 2 * e;
+                    dy[o2] = g / (NOUT * ystd[o2]);
+                }
                 mlp_backward(ref, w, dy);
             }
             mlp_adam_step(ref, w, &o.adam, 1.0 / N);
@@ -300,7 +308,7 @@ static void test_train_matches_pieces(void **state)
             mlp_predict(m, X + i * NIN, y);
             for (int o2 = 0; o2 < NOUT; o2++) {
                 double e = (y[o2] - Y[i * NOUT + o2]) / ystd[o2];
-                want += e * e;
+                want += huber > 0 && fabs(e) > huber ? huber * (2 * fabs(e) - huber) : e * e;
             }
         }
         NEAR_REL(r.train_loss, want / (N * NOUT), 1e-10);
@@ -375,6 +383,38 @@ static void test_learns_linear(void **state)
     NEAR_TOL(y[0], 3 * 12.0 + 2 * 9.0 + 0.5 * 3.5 + 7, 0, 1e-6);
     NEAR_TOL(y[1], -12.0 + 4 * 0.25 - 1, 0, 1e-6);
     mlp_free(m);
+}
+
+/* A line through points of which one in ten is a gross outlier: squared
+ * error is pulled off it, the Huber loss (linear beyond delta) is not. */
+static void test_huber_outliers(void **state)
+{
+    (void)state;
+    enum { N = 400 };
+    double X[N], Y[N];
+    uint64_t s = 41;
+    for (int i = 0; i < N; i++) {
+        X[i] = 4.0 * rng_sym(&s);
+        Y[i] = 2 * X[i] + 1 + (i % 10 == 3 ? 40.0 : 0.0);
+    }
+    double miss[2];
+    for (int k = 0; k < 2; k++) {
+        Mlp *m = new_or_fail(1, NULL, 0, 1, MLP_RELU, 4);
+        MlpTrainOpts o = { .adam = { .lr = 1e-2 }, .epochs = 300, .batch = 32, .seed = 3,
+                           .fit_scaling = true, .huber = k ? 0.05 : 0 };
+        Err err = { { 0 } };
+        assert_int_equal(mlp_train(m, X, Y, N, &o, NULL, &err), 0);
+        miss[k] = 0;
+        for (int t = -3; t <= 3; t++) {
+            double x = t, y;
+            mlp_predict(m, &x, &y);
+            miss[k] = fmax(miss[k], fabs(y - (2 * x + 1)));
+        }
+        mlp_free(m);
+    }
+    /* squared error: the line lifted by about the outliers' mean, 4 */
+    if (!(miss[0] > 2)) fail_msg("squared error off the line by %.3f: expected > 2", miss[0]);
+    if (!(miss[1] < 0.5)) fail_msg("Huber off the line by %.3f: expected < 0.5", miss[1]);
 }
 
 /* --- save and load ---------------------------------------------------------- */
@@ -812,6 +852,11 @@ static void test_bad_input(void **state)
     v = o;
     v.batch = -1;
     REFUSED_TRAIN(X, Y, N, &v, "batch");
+    v = o;
+    v.huber = -0.1;
+    REFUSED_TRAIN(X, Y, N, &v, "huber");
+    v.huber = NAN;
+    REFUSED_TRAIN(X, Y, N, &v, "huber");
     REFUSED_TRAIN(X, NULL, N, &o, "NULL");
 
     /* one row, no validation: fine */
@@ -925,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_train_matches_pieces),
         cmocka_unit_test(test_learns_nonlinear),
         cmocka_unit_test(test_learns_linear),
+        cmocka_unit_test(test_huber_outliers),
         cmocka_unit_test(test_save_load_roundtrip),
         cmocka_unit_test(test_load_rejects),
         cmocka_unit_test(test_determinism),
