@@ -188,6 +188,8 @@ typedef struct {
     OpDevice dev;
     double *start, *end;            /* per instruction */
     int32_t *seq;                   /* comm: occurrence index once registered, else -1 */
+    int32_t *line;                  /* a receive registered (seq >= 0): its message line,
+                                       so polling it until its send is posted costs no lookup */
     int nstreams;
     int16_t key_stream[KEYS];       /* collective group key -> its stream, -1: none yet */
     uint16_t *sid;                  /* per instruction: its stream */
@@ -896,13 +898,13 @@ static bool run_recv(Sim *S, int ci, int32_t i)
         c->seq[i] = next_seq(S, ci, peer, tag);
         post_for_others(S, ci, i, t, S->p->rank_class[peer]);
         c->start[i] = t;
-        Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
+        c->line[i] = line_of(S, S->p->rank_class[peer], ci, tag);
+        Msg *m = line_msg(S, c->line[i], c->seq[i]);
         if (isnan(m->recv_ready)) m->recv_ready = t;
     }
-    int peer = peer_rank(S, c, in);
-    int64_t tag = tag_of(in);
-    Msg *m = msg_for(S, S->p->rank_class[peer], ci, tag, c->seq[i]);
+    Msg *m = line_msg(S, c->line[i], c->seq[i]);
     if (isnan(m->send_t)) return false;
+    int peer = peer_rank(S, c, in);
     double dur = p2p_time(S, c, in, peer);
     double start = max2(m->send_t, c->start[i]), end = start + dur;
     if (c->sid[i] == S_MAIN) end += S->calib[2];     /* the interpreter's step, as counted */
@@ -2507,6 +2509,7 @@ static void class_init(Sim *S, int ci, const Program *pr)
     c->start = xmalloc(sizeof *c->start * n);
     c->end = xmalloc(sizeof *c->end * n);
     c->seq = xmalloc(sizeof *c->seq * n);
+    c->line = xmalloc(sizeof *c->line * n);
     c->sid = xmalloc(sizeof *c->sid * n);
     c->list = xmalloc(sizeof *c->list * n);
     c->later = xmalloc(sizeof *c->later * n);
@@ -2549,6 +2552,7 @@ static void class_free(CState *c)
     free(c->start);
     free(c->end);
     free(c->seq);
+    free(c->line);
     free(c->sid);
     free(c->later);
     free(c->list);
