@@ -29,6 +29,7 @@
 #include "costmodel/costmodel.h"
 #include "costmodel/mlp.h"
 #include "costmodel/train.h"
+#include "executor/kernels.h"
 #include "ir/util.h"
 
 /* The trained part: an ensemble of nets of one shape over one scaling,
@@ -247,6 +248,8 @@ double opmodel_roofline_floor(const OpDevice *d, const OpShape *x)
  *   19..44 log of each letter's size, a..z (0 when absent: which letters an
  *      op has says what it is, as the zoo names them consistently)
  *   45..48 log M, N, K, batch of the GEMM a two-operand op's phase runs (0 otherwise)
+ *   49 1 when the CPU executor runs that contraction as plain loops, too
+ *      small a GEMM for SGEMM's call to pay (kernel_contract_loops)
  *   then one-hots of kind, phase, dtype
  */
 
@@ -306,8 +309,9 @@ void opmodel_features(const OpDevice *d, const OpShape *x, double f[OPMODEL_NFEA
         f[o + 1] = log(g[1]);
         f[o + 2] = log(g[2]);
         f[o + 3] = log(b);
+        f[o + 4] = kernel_contract_loops(m, n, k);
     }
-    o += 4;
+    o += 5;
     if (x->kind >= 0 && x->kind < CM_KIND_COUNT) f[o + x->kind] = 1;
     o += CM_KIND_COUNT;
     if (x->phase >= 0 && x->phase < PH_COUNT) f[o + x->phase] = 1;

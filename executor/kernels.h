@@ -122,6 +122,12 @@ void kernel_init_fill_int(int32_t *buf, uint64_t seed, const char *name, int ndi
                           const int64_t *shape, const int64_t *offset, const int64_t *local,
                           int32_t hi);
 
+/* Whether k_contract2 runs a contraction of m x n x k multiply-adds per GEMM
+ * call (the batch letters outside) as plain loops instead of calling SGEMM:
+ * the two paths differ several times in speed, so the cost model's features
+ * say which one an op takes. */
+bool kernel_contract_loops(double m, double n, double k);
+
 #ifdef __cplusplus
 }
 #endif

@@ -326,6 +326,19 @@ static void test_features(void **state)
     for (int i = 0; i < OPMODEL_NFEAT; i++) differ += a[i] != b[i];
     assert_int_equal(differ, 1);
     assert_true(a[18] == 0 && fabs(b[18] - log(129.0 / 256)) < 1e-12);
+    /* a contraction too small for SGEMM is flagged (the CPU executor runs it
+     * as plain loops), whichever phase: 8 x 8 x 8 is, the GEMM above is not */
+    assert_true(a[49] == 0 || a[49] == 1);
+    OpShape sx = matmul(8, 8, 8, DT_F32, PH_BWD_WEIGHT), lx = matmul(64, 64, 64, DT_F32, PH_FWD);
+    OpShape *ops[3] = { &sx, &lx, &x };
+    for (int i = 0; i < 3; i++) {
+        ops[i]->in0 = cm_letter_mask("bh");
+        ops[i]->in1 = cm_letter_mask("hf");
+        ops[i]->out = cm_letter_mask("bf");
+        opmodel_features(&d, ops[i], b);
+        assert_true(b[45] > 0 && b[46] > 0 && b[47] > 0);
+        assert_true(b[49] == (i == 0));
+    }
     /* degenerate shapes still give finite features */
     OpShape z = { .kind = CM_KIND_SUM, .phase = PH_BWD_WEIGHT, .dtype = DT_F32 };
     opmodel_features(&d, &z, b);
