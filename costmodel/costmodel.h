@@ -65,6 +65,12 @@ typedef struct {
  * first min(i + 1, nt) elements): (ns + 1) / 2nt when ns <= nt. */
 double opshape_unmasked(int64_t ns, int64_t nt);
 
+/* Marks x a causal softmax over s and t of local sizes ns and nt: its
+ * unmasked share, and its work and traffic scaled by it (both kernels,
+ * forward and backward, stop at each row's mask), so the roofline and the
+ * analytical model price what runs. */
+void opshape_set_causal(OpShape *x, int64_t ns, int64_t nt);
+
 /* The device an op runs on: what the analytical model and the MLP's
  * features need. */
 typedef struct {

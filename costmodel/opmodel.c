@@ -187,6 +187,13 @@ double opshape_unmasked(int64_t ns, int64_t nt)
     return (m * (m + 1) / 2 + (s - m) * t) / (s * t);
 }
 
+void opshape_set_causal(OpShape *x, int64_t ns, int64_t nt)
+{
+    x->unmasked = opshape_unmasked(ns, nt);
+    x->flops *= x->unmasked;
+    x->bytes *= x->unmasked;
+}
+
 /* d = 3 / (1/M + 1/N + 1/K) from F = 2MNK and B = eb (MK + KN + MN). */
 static double gemm_size(const OpShape *x)
 {

@@ -276,7 +276,7 @@ void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const In
             /* the graph holds s and t the last two input letters */
             const char *l = op->in_letters[0];
             size_t n = strlen(l);
-            x->unmasked = opshape_unmasked(x->size[l[n - 2] - 'a'], x->size[l[n - 1] - 'a']);
+            opshape_set_causal(x, x->size[l[n - 2] - 'a'], x->size[l[n - 1] - 'a']);
         }
         return;
     }

@@ -121,7 +121,7 @@ int opshape_from_sample(const DbProfileOp *s, OpShape *x, Err *err)
             err_set(err, "shape_json.spec \"%s\": a causal softmax needs two letters to mask", sp);
             goto done;
         }
-        x->unmasked = opshape_unmasked(x->size[sp[n - 2] - 'a'], x->size[sp[n - 1] - 'a']);
+        opshape_set_causal(x, x->size[sp[n - 2] - 'a'], x->size[sp[n - 1] - 'a']);
     }
     /* operand letters: "bsh,hf->bsf" */
     {

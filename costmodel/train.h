@@ -33,7 +33,7 @@
  * analytical model's efficiency) change: a stored model of another version
  * is refused on load. 3: concat and mse joined the op kinds. 4: the share a
  * softmax's causal mask leaves; M, N, K as each phase's GEMM has them. */
-#define OPMODEL_FEAT_VERSION 5
+#define OPMODEL_FEAT_VERSION 6
 #define OPMODEL_SIZES 6                 /* the largest letter sizes, sorted */
 #define OPMODEL_NFEAT (19 + IR_LETTERS + 5 + CM_KIND_COUNT + PH_COUNT + DT_COUNT)
 

@@ -326,6 +326,16 @@ static void test_features(void **state)
     for (int i = 0; i < OPMODEL_NFEAT; i++) differ += a[i] != b[i];
     assert_int_equal(differ, 1);
     assert_true(a[18] == 0 && fabs(b[18] - log(129.0 / 256)) < 1e-12);
+    /* marked causal, its work and traffic are the share the kernels run:
+     * the roofline and the analytical model price that */
+    OpShape smk = sm;
+    opshape_set_causal(&smk, 128, 128);
+    assert_true(smk.unmasked == smc.unmasked);
+    assert_true(fabs(smk.flops - sm.flops * 129.0 / 256) < 1e-9 * sm.flops);
+    assert_true(fabs(smk.bytes - sm.bytes * 129.0 / 256) < 1e-9 * sm.bytes);
+    assert_true(fabs(opmodel_roofline(&d, &smk) - opmodel_roofline(&d, &sm) * 129.0 / 256) <
+                1e-9 * opmodel_roofline(&d, &sm));
+    assert_true(opmodel_analytic_time(&d, &smk) < opmodel_analytic_time(&d, &sm));
     /* a contraction too small for SGEMM is flagged (the CPU executor runs it
      * as plain loops), whichever phase: 8 x 8 x 8 is, the GEMM above is not */
     assert_true(a[49] == 0 || a[49] == 1);
