@@ -131,9 +131,14 @@ static void print_model(const DbCostModel *c, const cJSON *m)
            (int)jnum(m, "samples", 0), (int)jnum(m, "train_samples", 0),
            (int)jnum(m, "val_samples", 0), (int)jnum(m, "heldout_samples", 0),
            (int)jnum(m, "skipped", 0));
-    printf("  %d net%s of %s (ReLU), %d epochs, %.1f s; training-set MAPE %.1f%%\n",
+    /* the loss: a Huber delta (standardised units) or, stored by builds
+     * before it, the squared error */
+    double delta = jnum(m, "huber_delta", 0);
+    char loss[48] = "squared error";
+    if (delta > 0) snprintf(loss, sizeof loss, "Huber loss, delta %g", delta);
+    printf("  %d net%s of %s (ReLU, %s), %d epochs, %.1f s; training-set MAPE %.1f%%\n",
            (int)jnum(m, "nets", 1), (int)jnum(m, "nets", 1) == 1 ? "" : "s",
-           shape[0] ? shape : "?", (int)jnum(m, "epochs", 0), jnum(m, "train_seconds", 0),
+           shape[0] ? shape : "?", loss, (int)jnum(m, "epochs", 0), jnum(m, "train_seconds", 0),
            100 * jnum(m, "train_mape", 0));
     print_table(m);
 }

@@ -487,6 +487,7 @@ int costmodel_train(const OpDevice *d, const DbProfileOp *ops, int n, const Trai
     for (int i = 0; i < NHIDDEN; i++) cJSON_AddItemToArray(hid, cJSON_CreateNumber(HIDDEN[i]));
     cJSON_AddNumberToObject(mj, "nets", nnets);
     cJSON_AddNumberToObject(mj, "epochs", epochs);
+    cJSON_AddNumberToObject(mj, "huber_delta", HUBER);
     cJSON_AddNumberToObject(mj, "train_mape", ntrain_eval ? train_ape / ntrain_eval : 0);
     cJSON *dj = cJSON_AddObjectToObject(mj, "device");
     cJSON_AddNumberToObject(dj, "peak_flops", d->peak_flops[DT_F32]);
