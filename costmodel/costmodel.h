@@ -66,9 +66,9 @@ typedef struct {
 double opshape_unmasked(int64_t ns, int64_t nt);
 
 /* Marks x a causal softmax over s and t of local sizes ns and nt: its
- * unmasked share, and its work and traffic scaled by it (both kernels,
- * forward and backward, stop at each row's mask), so the roofline and the
- * analytical model price what runs. */
+ * unmasked share and, in the forward, its work and traffic scaled by it
+ * (the forward kernels stop at each row's mask; the backward runs whole
+ * rows), so the roofline and the analytical model price what runs. */
 void opshape_set_causal(OpShape *x, int64_t ns, int64_t nt);
 
 /* The device an op runs on: what the analytical model and the MLP's

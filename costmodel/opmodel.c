@@ -190,6 +190,7 @@ double opshape_unmasked(int64_t ns, int64_t nt)
 void opshape_set_causal(OpShape *x, int64_t ns, int64_t nt)
 {
     x->unmasked = opshape_unmasked(ns, nt);
+    if (x->phase != PH_FWD) return;     /* the backward runs whole rows */
     x->flops *= x->unmasked;
     x->bytes *= x->unmasked;
 }

@@ -799,9 +799,7 @@ int k_softmax_fwd(const KernelShape *ks, const void *const *in, float *out, Err 
     return 0;
 }
 
-/* dx = scale * y * (dy - sum(dy * y)), from the forward output y. Where the
- * forward masked, y is 0 and so is what dx would gain: a causal row stops at
- * its unmasked prefix, as the forward does (half the work of a square mask). */
+/* dx = scale * y * (dy - sum(dy * y)), from the forward output y. */
 int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out,
                   const float *dout, float *const *din, Err *err)
 {
@@ -815,9 +813,7 @@ int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out
 #pragma omp parallel for schedule(static) if (k_par(r.rows, n))
         for (int64_t i = 0; i < r.rows; i++) {
             const float *yr = out + i * n, *dyr = dout + i * n;
-            int64_t lim = softmax_limit(ks, n, i);
-            softmax_dx(din[0] + i * n, yr, dyr, lim, (float)op->scale,
-                       (float)row_dot(yr, dyr, lim));
+            softmax_dx(din[0] + i * n, yr, dyr, n, (float)op->scale, (float)row_dot(yr, dyr, n));
         }
         return 0;
     }
@@ -826,10 +822,9 @@ int k_softmax_bwd(const KernelShape *ks, const void *const *in, const float *out
     for (int64_t i = 0; i < w.nouter; i++) {
         const float *yr = out + w.outer[1][i], *dyr = dout + w.outer[1][i];
         float *dxr = din[0] + w.outer[0][i];
-        int64_t lim = softmax_limit(ks, w.ninner, i);
         double dot = 0;
-        for (int64_t j = 0; j < lim; j++) dot += (double)yr[w.inner[1][j]] * dyr[w.inner[1][j]];
-        for (int64_t j = 0; j < lim; j++) {
+        for (int64_t j = 0; j < w.ninner; j++) dot += (double)yr[w.inner[1][j]] * dyr[w.inner[1][j]];
+        for (int64_t j = 0; j < w.ninner; j++) {
             double y = yr[w.inner[1][j]];
             dxr[w.inner[0][j]] += (float)(op->scale * y * (dyr[w.inner[1][j]] - dot));
         }

@@ -425,13 +425,10 @@ static int emu_softmax_bwd(int nl, const KernelShape *ks, const float *out, cons
     if (!din[0]) return 0;
     NbGeo g;
     nb_geo_of(&g, ks, 2);
-    SmMask mk = sm_mask(ks);
     for (int64_t i = 0; i < g.rows; i++) {
-        int64_t lim = sm_limit(&mk, g.n, i);
         double dot = 0;
-        for (int l = 0; l < nl; l++) dot += sm_lane_dot(&g, out, dout, i, lim, l, nl);
-        for (int l = 0; l < nl; l++)
-            sm_lane_dx(&g, out, dout, din[0], i, lim, ks->op->scale, dot, l, nl);
+        for (int l = 0; l < nl; l++) dot += sm_lane_dot(&g, out, dout, i, l, nl);
+        for (int l = 0; l < nl; l++) sm_lane_dx(&g, out, dout, din[0], i, ks->op->scale, dot, l, nl);
     }
     return 0;
 }

@@ -336,6 +336,11 @@ static void test_features(void **state)
     assert_true(fabs(opmodel_roofline(&d, &smk) - opmodel_roofline(&d, &sm) * 129.0 / 256) <
                 1e-9 * opmodel_roofline(&d, &sm));
     assert_true(opmodel_analytic_time(&d, &smk) < opmodel_analytic_time(&d, &sm));
+    /* the backward runs whole rows: its share is a feature, its work whole */
+    OpShape smb = sm;
+    smb.phase = PH_BWD_DATA;
+    opshape_set_causal(&smb, 128, 128);
+    assert_true(smb.unmasked == smc.unmasked && smb.flops == sm.flops && smb.bytes == sm.bytes);
     /* a contraction too small for SGEMM is flagged (the CPU executor runs it
      * as plain loops), whichever phase: 8 x 8 x 8 is, the GEMM above is not */
     assert_true(a[49] == 0 || a[49] == 1);

@@ -494,13 +494,12 @@ sm_fwd_k(const __grid_constant__ NbGeo g, SmMask mk, float scale, const float *x
 
 template <int G>
 __global__ void __launch_bounds__(G == 32 ? CUK_THREADS : G)
-sm_bwd_k(const __grid_constant__ NbGeo g, SmMask mk, double scale, const float *y,
-         const float *dy, float *dx)
+sm_bwd_k(const __grid_constant__ NbGeo g, double scale, const float *y, const float *dy,
+         float *dx)
 {
     FOR_ROWS(G, g.rows, i, lane) {
-        int64_t lim = sm_limit(&mk, g.n, i);
-        double dot = group_sum<G>(sm_lane_dot(&g, y, dy, i, lim, lane, G));
-        sm_lane_dx(&g, y, dy, dx, i, lim, scale, dot, lane, G);
+        double dot = group_sum<G>(sm_lane_dot(&g, y, dy, i, lane, G));
+        sm_lane_dx(&g, y, dy, dx, i, scale, dot, lane, G);
     }
 }
 
@@ -533,8 +532,7 @@ int cuk_softmax_fwd(CuCtx *c, const KernelShape *ks, const void *const *in, floa
     return 0;
 }
 
-/* dx += scale y (dy - sum(dy y)), from the forward output y; a causal row
- * only over its unmasked prefix (y is 0 beyond it), as the forward. */
+/* dx += scale y (dy - sum(dy y)), from the forward output y. */
 int cuk_softmax_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, const float *out,
                     const float *dout, float *const *din, Err *err)
 {
@@ -545,7 +543,7 @@ int cuk_softmax_bwd(CuCtx *c, const KernelShape *ks, const void *const *in, cons
     NbGeo g;
     nb_geo_of(&g, ks, 2);
     RowLaunch rl = row_launch(c, g.rows, g.n);
-    LAUNCH_ROWS(rl, sm_bwd_k, g, sm_mask(ks), op->scale, out, dout, din[0]);
+    LAUNCH_ROWS(rl, sm_bwd_k, g, op->scale, out, dout, din[0]);
     CUK_LAUNCHED();
     return 0;
 }

@@ -365,26 +365,25 @@ CUK_FN void sm_lane_out(const NbGeo *g, const float *x, float *y, int64_t i, int
         y[yo + nb_inner(g, 1, j)] = j < lim ? expf(x[xo + nb_inner(g, 0, j)] * scale - m) * inv : 0;
 }
 
-/* sum of y * dy over a lane's part of row i below lim (y, dy: operand 1's
- * layout; y is 0 from lim on) */
-CUK_FN double sm_lane_dot(const NbGeo *g, const float *y, const float *dy, int64_t i,
-                          int64_t lim, int lane, int nl)
+/* sum of y * dy over a lane's part of row i (y, dy: operand 1's layout) */
+CUK_FN double sm_lane_dot(const NbGeo *g, const float *y, const float *dy, int64_t i, int lane,
+                          int nl)
 {
     int64_t yo = nb_outer(g, 1, i);
     double s = 0;
-    for (int64_t j = lane; j < lim; j += nl) {
+    for (int64_t j = lane; j < g->n; j += nl) {
         int64_t yj = yo + nb_inner(g, 1, j);
         s += (double)y[yj] * dy[yj];
     }
     return s;
 }
 
-/* dx += scale y (dy - dot) below lim (from lim on y is 0: dx gains nothing) */
+/* dx += scale y (dy - dot) */
 CUK_FN void sm_lane_dx(const NbGeo *g, const float *y, const float *dy, float *dx, int64_t i,
-                       int64_t lim, double scale, double dot, int lane, int nl)
+                       double scale, double dot, int lane, int nl)
 {
     int64_t yo = nb_outer(g, 1, i), xo = nb_outer(g, 0, i);
-    for (int64_t j = lane; j < lim; j += nl) {
+    for (int64_t j = lane; j < g->n; j += nl) {
         int64_t yj = yo + nb_inner(g, 1, j);
         double yv = y[yj];
         dx[xo + nb_inner(g, 0, j)] += (float)(scale * yv * (dy[yj] - dot));
