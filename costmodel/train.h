@@ -32,7 +32,10 @@
  * one-hot is a feature) or the analytical constants (one feature is the
  * analytical model's efficiency) change: a stored model of another version
  * is refused on load. 3: concat and mse joined the op kinds. 4: the share a
- * softmax's causal mask leaves; M, N, K as each phase's GEMM has them. */
+ * softmax's causal mask leaves; M, N, K as each phase's GEMM has them.
+ * 5: whether the CPU executor runs a contraction as plain loops. 6: a causal
+ * softmax's forward FLOPs and bytes scaled by that share (the target's
+ * roofline moves with them). */
 #define OPMODEL_FEAT_VERSION 6
 #define OPMODEL_SIZES 6                 /* the largest letter sizes, sorted */
 #define OPMODEL_NFEAT (19 + IR_LETTERS + 5 + CM_KIND_COUNT + PH_COUNT + DT_COUNT)
