@@ -212,15 +212,30 @@ static int measure_ops(const Opts *o, const ProfDevice *d, OpBatch *b, Err *err)
         fprintf(stderr, "ops: %d cases (kinds x phases x shapes), about %.0f s planned\n", n, total);
     Progress pr;
     progress_begin(&pr, "ops", total, o->quiet);
-    for (int i = 0; i < n && !stop_flag; i++) {
-        DbProfileOp s;
-        progress_add(&pr, 0, opgrid_label(g, i));
-        if (opgrid_measure(g, i, &s, err) || ops_add(b, &s, err)) {
-            rc = -1;
-            break;
+    /* round by round over the whole grid; a case is stored once its last
+     * round is timed (or, stopped early, with the rounds it has) */
+    int rounds = opgrid_rounds(g);
+    bool *stored = xcalloc((size_t)(n ? n : 1), sizeof *stored);
+    char label[96];
+    for (int r = 0; r < rounds && !rc && !stop_flag; r++)
+        for (int i = 0; i < n && !stop_flag; i++) {
+            DbProfileOp s;
+            snprintf(label, sizeof label, "%s, round %d of %d", opgrid_label(g, i), r + 1, rounds);
+            progress_add(&pr, 0, label);
+            if (opgrid_measure(g, i, r, err) ||
+                (r == rounds - 1 && (opgrid_sample(g, i, &s) || ops_add(b, &s, err)))) {
+                rc = -1;
+                break;
+            }
+            stored[i] = r == rounds - 1;
+            progress_add(&pr, opgrid_estimate(g, i) / rounds, NULL);
         }
-        progress_add(&pr, opgrid_estimate(g, i), NULL);
+    /* stopped: what the earlier rounds timed of the cases the last did not reach */
+    for (int i = 0; i < n && !rc && stop_flag; i++) {
+        DbProfileOp s;
+        if (!stored[i] && opgrid_sample(g, i, &s) == 0 && ops_add(b, &s, err)) rc = -1;
     }
+    free(stored);
     if (!rc) progress_end(&pr, stop_flag);
     opgrid_free(g);
     if (ops_flush(b, rc ? NULL : err)) rc = -1;

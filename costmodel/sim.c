@@ -272,12 +272,8 @@ void opshape_of_instr(const Graph *g, const Strategy *s, const Plan *p, const In
         x->in1 = op->nin > 1 ? cm_letter_mask(op->in_letters[1]) : 0;
         x->out = cm_letter_mask(op->out_letters);
         memcpy(x->size, p->local[in->op], sizeof x->size);
-        if (op->kind == OP_SOFTMAX && op->causal) {
-            /* the graph holds s and t the last two input letters */
-            const char *l = op->in_letters[0];
-            size_t n = strlen(l);
-            opshape_set_causal(x, x->size[l[n - 2] - 'a'], x->size[l[n - 1] - 'a']);
-        }
+        int s, t;
+        if (op_causal_letters(op, &s, &t) == 0) opshape_set_causal(x, x->size[s], x->size[t]);
         return;
     }
     x->dtype = in->tensor >= 0 ? g->tensors[in->tensor].dtype : DT_F32;

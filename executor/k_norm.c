@@ -716,10 +716,8 @@ int k_batchnorm_bwd(const KernelShape *ks, const void *const *in, const float *o
 /* Unmasked prefix of row i: elements j < limit. */
 static int64_t softmax_limit(const KernelShape *ks, int64_t ninner, int64_t i)
 {
-    const Op *op = ks->op;
-    if (!op->causal) return ninner;
-    int n = (int)strlen(op->in_letters[0]);
-    int s = op->in_letters[0][n - 2] - 'a', t = op->in_letters[0][n - 1] - 'a';
+    int s, t;
+    if (op_causal_letters(ks->op, &s, &t)) return ninner;
     /* s is the last outer letter: its local index cycles fastest in i */
     int64_t sg = ks->off[s] + (ks->size[s] ? i % ks->size[s] : 0);
     int64_t lim = sg - ks->off[t] + 1;

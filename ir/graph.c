@@ -47,6 +47,17 @@ int op_concat_letter(const Op *op, int k)
     return -1;
 }
 
+int op_causal_letters(const Op *op, int *s, int *t)
+{
+    if (op->kind != OP_SOFTMAX || !op->causal) return -1;
+    const char *l = op->in_letters[0];
+    size_t n = strlen(l);
+    if (n < 2) return -1;
+    *s = l[n - 2] - 'a';
+    *t = l[n - 1] - 'a';
+    return 0;
+}
+
 int dtype_parse(const char *s, DType *out)
 {
     for (int i = 0; i < DT_COUNT; i++)

@@ -175,6 +175,10 @@ int op_kinds_check(const char *list, Err *err);
 /* The letter of operand k (k == nin: the output) along which a concat lays
  * its inputs end to end, as 0..25; -1 for any other kind. */
 int op_concat_letter(const Op *op, int k);
+/* The letters a causal softmax masks, as 0..25: element (s, t) is masked
+ * where t's position exceeds s's; s and t are its input's last two letters
+ * (the graph checks). 0 with both set; -1 for any other op. */
+int op_causal_letters(const Op *op, int *s, int *t);
 const char *role_name(Role r);
 
 #endif

@@ -34,6 +34,7 @@
 #include "profiler/stats.h"
 
 enum { UPD_SGD, UPD_ADAM };
+#define ROUNDS 3                   /* rounds each case is timed in: see the timing policy */
 static const char *const UPD_NAME[] = { "sgd", "adam" };
 
 typedef struct {
@@ -45,8 +46,13 @@ typedef struct {
     int upd;                       /* update: UPD_* */
     bool random;
     const char *from;              /* "gpt dp4": where the shape was first seen */
-    double flops, bytes, est;
+    double flops, bytes;
+    double one, est;               /* seconds: one run, and every round with its warm-ups */
     char *key;                     /* identity, for deduplication */
+    double *t;                     /* the runs timed so far, over the rounds */
+    int nt;
+    double med[ROUNDS];        /* each round's median */
+    int nmed;
 } OpCase;
 
 typedef struct {
@@ -113,6 +119,14 @@ struct OpGrid {
 
 /* --- timing policy ------------------------------------------------------------ */
 
+/* Each case is timed in ROUNDS rounds, every case of the grid in one round
+ * before any in the next, so a case's rounds lie minutes apart. Its time is
+ * the median of its rounds' medians: on a shared machine the load moves in
+ * bursts of seconds to minutes (two full profiles of one machine taken one
+ * after the other differed by 17.6% on the same cases, whole kinds by 20-30%
+ * as the runs of each fell into a busy or a quiet spell), and a burst now
+ * moves one round of a case rather than its time. */
+
 typedef struct {
     int min_reps, max_reps;
     double min_time;       /* keep repeating until this much was timed */
@@ -120,11 +134,21 @@ typedef struct {
     double max_mem;        /* ... or needing more bytes than this */
 } Policy;
 
+/* The policy of one round: the case's runs and time shared over the rounds. */
 static Policy policy(bool quick)
 {
-    return quick ? (Policy){ 3, 20, 0.02, 0.25, 512.0 * (1 << 20) }
-                 : (Policy){ 5, 100, 0.1, 2.0, 2048.0 * (1 << 20) };
+    Policy p = quick ? (Policy){ 3, 20, 0.02, 0.25, 512.0 * (1 << 20) }
+                     : (Policy){ 5, 100, 0.1, 2.0, 2048.0 * (1 << 20) };
+    p.min_reps = (p.min_reps + ROUNDS - 1) / ROUNDS;
+    p.max_reps = (p.max_reps + ROUNDS - 1) / ROUNDS;
+    p.min_time /= ROUNDS;
+    return p;
 }
+
+/* A run this long needs no warm-up of its own in the later rounds: what a
+ * cold cache costs it is below its noise (the first round's warm-up has
+ * touched its pages). */
+#define WARM_ONCE_ABOVE 0.01
 
 /* per-call overhead of a kernel that the peaks do not cover */
 #define CALL_OVERHEAD 20e-6
@@ -134,12 +158,19 @@ static double est_one(const OpGrid *g, double flops, double bytes)
     return fmax(flops / g->d.peak_flops, bytes / g->d.mem_bw) + CALL_OVERHEAD;
 }
 
-static double est_total(const Policy *p, double one)
+static int round_reps(const Policy *p, double one)
 {
     double reps = ceil(p->min_time / one);
     if (reps < p->min_reps) reps = p->min_reps;
     if (reps > p->max_reps) reps = p->max_reps;
-    return one * (reps + 1);    /* + the warm-up */
+    return (int)reps;
+}
+
+/* Every round with its warm-ups. */
+static double est_total(const Policy *p, double one)
+{
+    int warm = one > WARM_ONCE_ABOVE ? 1 : ROUNDS;
+    return one * (ROUNDS * round_reps(p, one) + warm);
 }
 
 /* --- the cases ---------------------------------------------------------------- */
@@ -496,8 +527,9 @@ OpGrid *opgrid_new(const OpGridOpts *o, const ProfDevice *d, Err *err)
             free(c->key);
             continue;
         }
-        /* + filling the inputs, about half the buffers, at memory speed */
-        c->est = est_total(&pol, one) + 0.5 * case_mem(g, c) / g->d.mem_bw;
+        /* + filling the inputs each round, about half the buffers, at memory speed */
+        c->one = one;
+        c->est = est_total(&pol, one) + ROUNDS * 0.5 * case_mem(g, c) / g->d.mem_bw;
         g->cases[k++] = *c;
     }
     g->n = k;
@@ -517,7 +549,10 @@ fail:
 void opgrid_free(OpGrid *g)
 {
     if (!g) return;
-    for (int i = 0; i < g->n; i++) free(g->cases[i].key);
+    for (int i = 0; i < g->n; i++) {
+        free(g->cases[i].key);
+        free(g->cases[i].t);
+    }
     free(g->cases);
     for (int m = 0; m < NMODELS; m++) graph_free(g->graphs[m]);
     free(g->shape);
@@ -526,6 +561,7 @@ void opgrid_free(OpGrid *g)
 }
 
 int opgrid_count(const OpGrid *g) { return g->n; }
+int opgrid_rounds(const OpGrid *g) { (void)g; return ROUNDS; }
 double opgrid_estimate(const OpGrid *g, int i) { return g->cases[i].est; }
 
 const char *opgrid_label(const OpGrid *g, int i)
@@ -675,26 +711,53 @@ static int bench_run(Bench *b, int rep, Err *err)
     return kernel_backward(&b->ks, (const void *const *)b->in, b->out, b->dout, b->din, err);
 }
 
-int opgrid_measure(OpGrid *g, int i, DbProfileOp *out, Err *err)
+int opgrid_measure(OpGrid *g, int i, int round, Err *err)
 {
-    const OpCase *c = &g->cases[i];
+    OpCase *c = &g->cases[i];
+    if (round < 0 || round >= ROUNDS || c->nmed > round)
+        return err_set(err, "round %d of case %d: the rounds are 0 .. %d, each once", round, i,
+                       ROUNDS - 1);
     Policy pol = policy(g->o.quick);
     Bench b;
-    double *t = NULL;
     int rc = -1;
     bench_setup(g, c, &b);
-    if (bench_run(&b, 0, err)) goto done;         /* warm-up: pages, caches, BLAS threads */
-    t = xmalloc((size_t)pol.max_reps * sizeof *t);
+    /* warm-up: pages, caches, BLAS threads */
+    if ((round == 0 || c->one <= WARM_ONCE_ABOVE) && bench_run(&b, 0, err)) goto done;
+    if (!c->t) c->t = xmalloc((size_t)(ROUNDS * pol.max_reps) * sizeof *c->t);
+    double *t = c->t + c->nt, sum = 0;
     int n = 0;
-    double sum = 0;
     while (n < pol.max_reps && (n < pol.min_reps || sum < pol.min_time)) {
         double t0 = prof_now();
-        if (bench_run(&b, n + 1, err)) goto done;
+        if (bench_run(&b, c->nt + n + 1, err)) goto done;
         t[n] = prof_now() - t0;
         sum += t[n++];
     }
+    c->nt += n;
+    double *sorted = xmalloc((size_t)n * sizeof *sorted);
+    memcpy(sorted, t, (size_t)n * sizeof *sorted);
     TimeStats st;
-    stats_summarize(t, n, &st);
+    stats_summarize(sorted, n, &st);     /* sorts its copy */
+    c->med[c->nmed++] = st.median;
+    free(sorted);
+    rc = 0;
+done:
+    if (rc && c->op >= 0)
+        err_prefix(err, "timing %s", g->graphs[c->model]->ops[c->op].name);
+    return rc;
+}
+
+int opgrid_sample(OpGrid *g, int i, DbProfileOp *out)
+{
+    OpCase *c = &g->cases[i];
+    if (!c->nmed) return 1;
+    double med[ROUNDS];
+    memcpy(med, c->med, sizeof med);
+    TimeStats rounds, st;
+    stats_summarize(med, c->nmed, &rounds);
+    double *t = xmalloc((size_t)c->nt * sizeof *t);
+    memcpy(t, c->t, (size_t)c->nt * sizeof *t);
+    stats_summarize(t, c->nt, &st);
+    free(t);
     free(g->shape);
     g->shape = shape_json(g, c);
     *out = (DbProfileOp){ .kind = (char *)case_kind(g, c),
@@ -702,11 +765,7 @@ int opgrid_measure(OpGrid *g, int i, DbProfileOp *out, Err *err)
                           .shape_json = g->shape, .dtype = "f32",
                           .source = c->random ? "random" : "zoo",
                           .flops = c->flops, .bytes = c->bytes,
-                          .median_s = st.median, .p10_s = st.p10, .p90_s = st.p90, .reps = n };
-    rc = 0;
-done:
-    if (rc && c->op >= 0)
-        err_prefix(err, "timing %s", g->graphs[c->model]->ops[c->op].name);
-    free(t);
-    return rc;
+                          .median_s = rounds.median, .p10_s = st.p10,
+                          .p90_s = st.p90, .reps = c->nt };
+    return 0;
 }

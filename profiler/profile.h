@@ -82,9 +82,17 @@ void opgrid_free(OpGrid *g);
 int opgrid_count(const OpGrid *g);
 double opgrid_estimate(const OpGrid *g, int i);   /* seconds */
 const char *opgrid_label(const OpGrid *g, int i); /* "matmul bwd_weight" */
-/* Times case i (warm-up, then repeated runs) into *out (strings owned by the
- * grid, valid until opgrid_free). */
-int opgrid_measure(OpGrid *g, int i, DbProfileOp *out, Err *err);
+/* Each case is timed in opgrid_rounds() rounds, meant to lie apart: every
+ * case in round 0, then every case in round 1, and so on, so a spell of load
+ * on the machine moves one round of a case, not its time. */
+int opgrid_rounds(const OpGrid *g);
+/* Times round `round` of case i (a warm-up where it needs one, then repeated
+ * runs); each round once, in order. */
+int opgrid_measure(OpGrid *g, int i, int round, Err *err);
+/* Case i over the rounds timed so far into *out: its time the median of the
+ * rounds' medians, p10 and p90 over every run (strings owned by the grid,
+ * valid until the next call or opgrid_free). 1 when no round was timed. */
+int opgrid_sample(OpGrid *g, int i, DbProfileOp *out);
 
 /* --- links ----------------------------------------------------------------- */
 typedef struct {

@@ -356,8 +356,14 @@ static void test_grid(void **state)
     for (int i = 1; i < n; i++)
         if (opgrid_estimate(g, i) < opgrid_estimate(g, best)) best = i;
     DbProfileOp s;
-    assert_int_equal(opgrid_measure(g, best, &s, &err), 0);
+    assert_int_equal(opgrid_sample(g, best, &s), 1);         /* nothing timed yet */
+    for (int r = 0; r < opgrid_rounds(g); r++) assert_int_equal(opgrid_measure(g, best, r, &err), 0);
+    /* each round once */
+    assert_int_equal(opgrid_measure(g, best, 0, &err), -1);
+    assert_non_null(strstr(err.msg, "each once"));
+    assert_int_equal(opgrid_sample(g, best, &s), 0);
     assert_true(s.median_s > 0 && s.reps >= 3);
+    assert_true(s.p10_s <= s.median_s && s.median_s <= s.p90_s);
     cJSON *sh = cJSON_Parse(s.shape_json);
     assert_non_null(sh);
     assert_non_null(cJSON_GetObjectItem(sh, "in_hw"));
@@ -389,7 +395,8 @@ static void test_grid(void **state)
         assert_true(best >= 0);
         done[best] = true;
         DbProfileOp m;
-        if (opgrid_measure(g, best, &m, &err)) fail_msg("%s", err.msg);
+        if (opgrid_measure(g, best, 0, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(opgrid_sample(g, best, &m), 0);     /* one round of three */
         measured[strcmp(m.source, "random") == 0]++;
         assert_true(m.median_s > 0);
         cJSON *sh = cJSON_Parse(m.shape_json);

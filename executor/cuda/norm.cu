@@ -508,10 +508,9 @@ static SmMask sm_mask(const KernelShape *ks)
     const Op *op = ks->op;
     SmMask mk;
     memset(&mk, 0, sizeof mk);
-    mk.causal = op->causal;
+    int s, t;
+    mk.causal = op_causal_letters(op, &s, &t) == 0;
     if (mk.causal) {
-        int n = (int)strlen(op->in_letters[0]);
-        int s = op->in_letters[0][n - 2] - 'a', t = op->in_letters[0][n - 1] - 'a';
         mk.s_size = ks->size[s];
         mk.s_off = ks->off[s];
         mk.t_off = ks->off[t];
