@@ -47,11 +47,11 @@ typedef struct {
     bool random;
     const char *from;              /* "gpt dp4": where the shape was first seen */
     double flops, bytes;
-    double one, est;               /* seconds: one run, and every round with its warm-ups */
+    double est;                    /* seconds: every round with its warm-ups */
     char *key;                     /* identity, for deduplication */
     double *t;                     /* the runs timed so far, over the rounds */
     int nt;
-    double med[ROUNDS];        /* each round's median */
+    double med[ROUNDS];            /* each round's median */
     int nmed;
 } OpCase;
 
@@ -528,7 +528,6 @@ OpGrid *opgrid_new(const OpGridOpts *o, const ProfDevice *d, Err *err)
             continue;
         }
         /* + filling the inputs each round, about half the buffers, at memory speed */
-        c->one = one;
         c->est = est_total(&pol, one) + ROUNDS * 0.5 * case_mem(g, c) / g->d.mem_bw;
         g->cases[k++] = *c;
     }
@@ -714,15 +713,16 @@ static int bench_run(Bench *b, int rep, Err *err)
 int opgrid_measure(OpGrid *g, int i, int round, Err *err)
 {
     OpCase *c = &g->cases[i];
-    if (round < 0 || round >= ROUNDS || c->nmed > round)
-        return err_set(err, "round %d of case %d: the rounds are 0 .. %d, each once", round, i,
-                       ROUNDS - 1);
+    if (round < 0 || round >= ROUNDS || c->nmed != round)
+        return err_set(err, "round %d of case %d: the rounds are 0 .. %d, each once, in order",
+                       round, i, ROUNDS - 1);
     Policy pol = policy(g->o.quick);
     Bench b;
     int rc = -1;
     bench_setup(g, c, &b);
     /* warm-up: pages, caches, BLAS threads */
-    if ((round == 0 || c->one <= WARM_ONCE_ABOVE) && bench_run(&b, 0, err)) goto done;
+    bool warm = round == 0 || est_one(g, c->flops, c->bytes) <= WARM_ONCE_ABOVE;
+    if (warm && bench_run(&b, 0, err)) goto done;
     if (!c->t) c->t = xmalloc((size_t)(ROUNDS * pol.max_reps) * sizeof *c->t);
     double *t = c->t + c->nt, sum = 0;
     int n = 0;

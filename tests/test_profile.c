@@ -357,6 +357,7 @@ static void test_grid(void **state)
         if (opgrid_estimate(g, i) < opgrid_estimate(g, best)) best = i;
     DbProfileOp s;
     assert_int_equal(opgrid_sample(g, best, &s), 1);         /* nothing timed yet */
+    assert_int_equal(opgrid_measure(g, best, 1, &err), -1);  /* in order */
     for (int r = 0; r < opgrid_rounds(g); r++) assert_int_equal(opgrid_measure(g, best, r, &err), 0);
     /* each round once */
     assert_int_equal(opgrid_measure(g, best, 0, &err), -1);
