@@ -138,6 +138,12 @@ static double triad_rate(int64_t n, int threads, int reps)
     return best;
 }
 
+/* The triad's arrays: 3 of 128 MiB (32 MiB with --quick), far beyond any cache. */
+static int64_t triad_elems(bool quick)
+{
+    return quick ? (int64_t)8 << 20 : (int64_t)32 << 20;
+}
+
 int prof_device_cpu(ProfDevice *d, int devices_per_node, bool quick, Err *err)
 {
     memset(d, 0, sizeof *d);
@@ -168,7 +174,14 @@ int prof_device_cpu(ProfDevice *d, int devices_per_node, bool quick, Err *err)
             d->peak_n = sizes[i];
         }
     }
-    /* 3 arrays of 128 MiB (32 MiB with --quick): far beyond any cache */
-    d->mem_bw = triad_rate(quick ? (int64_t)8 << 20 : (int64_t)32 << 20, d->threads, quick ? 3 : 5);
+    d->mem_bw = triad_rate(triad_elems(quick), d->threads, quick ? 3 : 5);
     return 0;
+}
+
+void prof_device_again(ProfDevice *d, bool quick, double *flops, double *bw)
+{
+    *flops = sgemm_rate(d->peak_n, quick ? 3 : 5);
+    *bw = triad_rate(triad_elems(quick), d->threads, quick ? 3 : 5);
+    if (*flops > d->peak_flops) d->peak_flops = *flops;
+    if (*bw > d->mem_bw) d->mem_bw = *bw;
 }

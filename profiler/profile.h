@@ -59,6 +59,11 @@ typedef struct {
 /* Measures this machine's CPU as devices_per_node devices, each with
  * cores/devices_per_node BLAS threads (as `strata run` gives each rank). */
 int prof_device_cpu(ProfDevice *d, int devices_per_node, bool quick, Err *err);
+/* Measures d's rates again (the SGEMM at peak_n, the triad) into *flops and
+ * *bw, and raises d's peak_flops and mem_bw to them where they are higher:
+ * load on the machine only lowers a rate, so the best of measurements taken
+ * minutes apart is what the device does with the machine to itself. */
+void prof_device_again(ProfDevice *d, bool quick, double *flops, double *bw);
 
 /* --- ops ------------------------------------------------------------------- */
 typedef struct OpGrid OpGrid;

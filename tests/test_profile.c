@@ -166,6 +166,28 @@ static void test_small_profile(void **state)
     assert_true(peak > 1e8 && peak < 1e14);
     assert_true(bw > 1e8 && bw < 1e13);
     assert_true(JNUM(dev, "mem_bytes") > 1e8);
+    /* the device measured at the start and after each of the three rounds,
+     * the best kept: the rates stored are the highest the notes list */
+    const char *notes = JSTR(dev, "notes"), *at = strstr(notes, "the best of 4 measurements");
+    assert_non_null(at);
+    const char *gf = strstr(at, "GFLOP/s"), *gb = strstr(at, "GB/s");
+    assert_non_null(gf);
+    assert_non_null(gb);
+    double best_gf = 0, best_gb = 0;
+    char *end = (char *)gf + strlen("GFLOP/s");
+    for (int k = 0; k < 4; k++) {
+        double v = strtod(end + (k ? 1 : 0), &end);
+        assert_true(v > 0);
+        best_gf = fmax(best_gf, v);
+    }
+    end = (char *)gb + strlen("GB/s");
+    for (int k = 0; k < 4; k++) {
+        double v = strtod(end + (k ? 1 : 0), &end);
+        assert_true(v > 0);
+        best_gb = fmax(best_gb, v);
+    }
+    assert_float_equal(peak / 1e9, best_gf, 0.051);
+    assert_float_equal(bw / 1e9, best_gb, 0.051);
 
     /* ops: only the kinds asked for, every phase they have, sane statistics */
     static const char *const kinds[] = { "matmul", "layernorm", "adam", NULL };
