@@ -557,6 +557,8 @@ typedef struct {
     double *grad;                   /* laid out as theta */
     double *block;
     double huber;                   /* 0: squared error; else its delta (MlpTrainOpts) */
+    const double *row_weight;       /* per row of X, or NULL: 1 (MlpTrainOpts) */
+    double *rw;                     /* the batch's rows' weights: cap */
 } Batch;
 
 static int batch_init(Batch *bt, const Mlp *m, int cap)
@@ -567,7 +569,7 @@ static int batch_init(Batch *bt, const Mlp *m, int cap)
     for (int l = 0; l <= L; l++) widest = m->w[l] > widest ? m->w[l] : widest;
     for (int l = 0; l < L; l++) n += (size_t)cap * m->w[l];
     n += (size_t)cap * m->ng + 2 * (size_t)cap * nout_of(m) + 2 * (size_t)cap * widest;
-    n += 2 * (size_t)m->nparams;
+    n += 2 * (size_t)m->nparams + (size_t)cap;
     bt->block = malloc(n * sizeof(double));
     if (!bt->block) return -1;
     double *p = bt->block;
@@ -585,7 +587,8 @@ static int batch_init(Batch *bt, const Mlp *m, int cap)
     bt->d[0] = p, p += (size_t)cap * widest;
     bt->d[1] = p, p += (size_t)cap * widest;
     bt->wt = p, p += m->nparams;
-    bt->grad = p;
+    bt->grad = p, p += m->nparams;
+    bt->rw = p;
     memset(bt->grad, 0, (size_t)m->nparams * sizeof(double));
     return 0;
 }
@@ -598,6 +601,7 @@ static void batch_gather(const Mlp *m, Batch *bt, const double *X, const double 
     for (int r = 0; r < rows; r++) {
         const double *x = X + (size_t)idx[r] * nin, *y = Y + (size_t)idx[r] * nout;
         double *u = bt->u[0] + (size_t)r * nin, *t = bt->t + (size_t)r * nout;
+        bt->rw[r] = bt->row_weight ? bt->row_weight[idx[r]] : 1;
         for (int k = 0; k < nin; k++) u[k] = (x[k] - m->xmean[k]) / m->xstd[k];
         for (int o = 0; o < nout; o++) t[o] = (y[o] - m->ymean[o]) / m->ystd[o];
     }
@@ -631,7 +635,7 @@ static inline double dloss_of(double e, double h)
     return h > 0 && fabs(e) > h ? (e > 0 ? 2 * h : -2 * h) : 2 * e;
 }
 
-/* Returns the sum of the loss over the batch. */
+/* Returns the sum of the loss over the batch, each row's times its weight. */
 static double batch_forward(const Mlp *m, Batch *bt, int rows)
 {
     int L = m->nlayers, nout = nout_of(m);
@@ -644,17 +648,19 @@ static double batch_forward(const Mlp *m, Batch *bt, int rows)
         if (l < L - 1) act_apply(m->act, h, bt->g[l], (size_t)rows * no);
     }
     double ss = 0;
-    for (size_t i = 0; i < (size_t)rows * nout; i++) ss += loss_of(bt->z[i] - bt->t[i], bt->huber);
+    for (size_t i = 0; i < (size_t)rows * nout; i++)
+        ss += bt->rw[i / nout] * loss_of(bt->z[i] - bt->t[i], bt->huber);
     return ss;
 }
 
-/* Adds the gradient of sum over rows of mean_o loss(z - t) to bt->grad. */
+/* Adds the gradient of the sum over rows of weight times mean_o loss(z - t) to
+ * bt->grad. */
 static void batch_backward(const Mlp *m, Batch *bt, int rows)
 {
     int nout = nout_of(m);
     double *d = bt->d[0], *du = bt->d[1];
     for (size_t i = 0; i < (size_t)rows * nout; i++)
-        d[i] = dloss_of(bt->z[i] - bt->t[i], bt->huber) / nout;
+        d[i] = bt->rw[i / nout] * dloss_of(bt->z[i] - bt->t[i], bt->huber) / nout;
     for (int l = m->nlayers - 1; l >= 0; l--) {
         int ni = m->w[l], no = m->w[l + 1];
         double *gW = bt->grad + m->woff[l], *gb = gW + (size_t)no * ni;
@@ -674,7 +680,8 @@ static void batch_backward(const Mlp *m, Batch *bt, int rows)
     }
 }
 
-/* Mean over rows and outputs of loss(z - t) for the n rows in idx. */
+/* Mean over rows and outputs of loss(z - t), each row's times its weight, for
+ * the n rows in idx. */
 static double batch_loss(const Mlp *m, Batch *bt, const double *X, const double *Y, const int *idx,
                          int n)
 {
@@ -737,6 +744,15 @@ static int check_opts(const MlpTrainOpts *o, const MlpAdam *a, Err *err)
     return 0;
 }
 
+/* Row weights, where given: each finite and >= 0. */
+static int check_weights(const double *w, int n, Err *err)
+{
+    for (int i = 0; w && i < n; i++)
+        if (!(w[i] >= 0) || !isfinite(w[i]))
+            return err_set(err, "row_weight[%d] = %g: must be finite and >= 0", i, w[i]);
+    return 0;
+}
+
 /* Puts the training rows in idx[0..ntrain) and the validation rows after
  * them, each part in row order, so the split does not depend on how it was
  * drawn. The validation rows are the mask's, or the first round(val_frac n)
@@ -783,7 +799,7 @@ int mlp_train(Mlp *m, const double *X, const double *Y, int n, const MlpTrainOpt
     if (n < 1) return err_set(err, "mlp_train: n = %d rows: need at least one", n);
     if (!X || !Y) return err_set(err, "mlp_train: X or Y is NULL");
     if (check_opts(&o, &adam, err) < 0 || check_finite(X, n, nin, "X", err) < 0 ||
-        check_finite(Y, n, nout, "Y", err) < 0)
+        check_finite(Y, n, nout, "Y", err) < 0 || check_weights(o.row_weight, n, err) < 0)
         return err_prefix(err, "mlp_train");
     if (o.epochs == 0) o.epochs = 200;
     if (o.batch == 0) o.batch = 64;
@@ -810,6 +826,7 @@ int mlp_train(Mlp *m, const double *X, const double *Y, int n, const MlpTrainOpt
         goto err;
     }
     bt.huber = o.huber;
+    bt.row_weight = o.row_weight;
     if (nval > 0) {
         best.block = malloc(3 * (size_t)m->nparams * sizeof(double));
         if (!best.block) {

@@ -85,6 +85,8 @@ typedef struct {
     uint64_t seed;          /* split and batch order */
     double huber;           /* 0: squared error; > 0: Huber loss with this delta, in
                                standardised units (quadratic within it, linear beyond) */
+    const double *row_weight; /* per row of X: how much its loss counts (finite, >= 0;
+                               NULL: 1 each), in training and in the validation loss */
     bool fit_scaling;       /* first set the scaling from the training rows */
     /* called after every epoch (1, 2, ...) with the mean loss over that epoch's
      * mini-batches and the validation loss (NAN without validation rows); a
@@ -99,8 +101,9 @@ typedef struct {
                                when no epoch improved the validation loss; without
                                validation rows, the last epoch) */
     double train_loss;      /* mean over rows and outputs of (z - t)^2 (or its Huber
-                               loss), t the standardised target, of the kept weights on
-                               the training rows */
+                               loss; times the row's weight, with row_weight), t the
+                               standardised target, of the kept weights on the
+                               training rows */
     double val_loss;        /* the same on the validation rows (NAN without any) */
     int ntrain, nval;
 } MlpTrainResult;

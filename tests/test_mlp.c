@@ -385,36 +385,79 @@ static void test_learns_linear(void **state)
     mlp_free(m);
 }
 
-/* A line through points of which one in ten is a gross outlier: squared
- * error is pulled off it, the Huber loss (linear beyond delta) is not. */
-static void test_huber_outliers(void **state)
+/* A line y = 2x + 1 through N points of which one in ten (i % 10 == 3) is
+ * a gross outlier, 40 above it. */
+enum { LINE_N = 400 };
+
+static void outlier_line(double *X, double *Y)
 {
-    (void)state;
-    enum { N = 400 };
-    double X[N], Y[N];
     uint64_t s = 41;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < LINE_N; i++) {
         X[i] = 4.0 * rng_sym(&s);
         Y[i] = 2 * X[i] + 1 + (i % 10 == 3 ? 40.0 : 0.0);
     }
-    double miss[2];
-    for (int k = 0; k < 2; k++) {
-        Mlp *m = new_or_fail(1, NULL, 0, 1, MLP_RELU, 4);
-        MlpTrainOpts o = { .adam = { .lr = 1e-2 }, .epochs = 300, .batch = 32, .seed = 3,
-                           .fit_scaling = true, .huber = k ? 0.05 : 0 };
-        Err err = { { 0 } };
-        assert_int_equal(mlp_train(m, X, Y, N, &o, NULL, &err), 0);
-        miss[k] = 0;
-        for (int t = -3; t <= 3; t++) {
-            double x = t, y;
-            mlp_predict(m, &x, &y);
-            miss[k] = fmax(miss[k], fabs(y - (2 * x + 1)));
-        }
-        mlp_free(m);
+}
+
+/* A one-layer net trained on the line with o's loss and weights (epochs,
+ * batch, step size and seed set here); *miss its largest distance from the
+ * line over x = -3..3. Caller frees. */
+static Mlp *fit_line(const double *X, const double *Y, MlpTrainOpts o, double *miss)
+{
+    Mlp *m = new_or_fail(1, NULL, 0, 1, MLP_RELU, 4);
+    o.adam = (MlpAdam){ .lr = 1e-2 };
+    o.epochs = 300;
+    o.batch = 32;
+    o.seed = 3;
+    o.fit_scaling = true;
+    Err err = { { 0 } };
+    assert_int_equal(mlp_train(m, X, Y, LINE_N, &o, NULL, &err), 0);
+    *miss = 0;
+    for (int t = -3; t <= 3; t++) {
+        double x = t, y;
+        mlp_predict(m, &x, &y);
+        *miss = fmax(*miss, fabs(y - (2 * x + 1)));
     }
+    return m;
+}
+
+/* Squared error is pulled off the line by the outliers, the Huber loss
+ * (linear beyond delta) is not. */
+static void test_huber_outliers(void **state)
+{
+    (void)state;
+    double X[LINE_N], Y[LINE_N], miss[2];
+    outlier_line(X, Y);
+    for (int k = 0; k < 2; k++)
+        mlp_free(fit_line(X, Y, (MlpTrainOpts){ .huber = k ? 0.05 : 0 }, &miss[k]));
     /* squared error: the line lifted by about the outliers' mean, 4 */
     if (!(miss[0] > 2)) fail_msg("squared error off the line by %.3f: expected > 2", miss[0]);
     if (!(miss[1] < 0.5)) fail_msg("Huber off the line by %.3f: expected < 0.5", miss[1]);
+}
+
+/* The same under the squared error with the outliers given weight 0: the
+ * fit is the line's, as if they were not there; and a weight of 2 on every
+ * row gives the same fit as 1 (the loss doubled, Adam's steps the same). */
+static void test_row_weights(void **state)
+{
+    (void)state;
+    double X[LINE_N], Y[LINE_N], w[LINE_N], two[LINE_N], miss[2];
+    outlier_line(X, Y);
+    for (int i = 0; i < LINE_N; i++) {
+        w[i] = i % 10 == 3 ? 0 : 1;
+        two[i] = 2 * w[i];
+    }
+    Mlp *one = fit_line(X, Y, (MlpTrainOpts){ .row_weight = w }, &miss[0]);
+    Mlp *dbl = fit_line(X, Y, (MlpTrainOpts){ .row_weight = two }, &miss[1]);
+    /* (the scaling is fitted on every row, outliers too: a small offset) */
+    if (!(miss[0] < 0.5)) fail_msg("weighted fit off the line by %.3f: expected < 0.5", miss[0]);
+    for (int t = -3; t <= 3; t++) {
+        double x = t, y0, y1;
+        mlp_predict(one, &x, &y0);
+        mlp_predict(dbl, &x, &y1);
+        NEAR_TOL(y0, y1, 1e-6, 1e-6);
+    }
+    mlp_free(one);
+    mlp_free(dbl);
 }
 
 /* --- save and load ---------------------------------------------------------- */
@@ -858,6 +901,16 @@ static void test_bad_input(void **state)
     v.huber = NAN;
     REFUSED_TRAIN(X, Y, N, &v, "huber");
     REFUSED_TRAIN(X, NULL, N, &o, "NULL");
+    double rw[N];
+    for (int i = 0; i < N; i++) rw[i] = 1;
+    v = o;
+    v.row_weight = rw;
+    rw[7] = -1;
+    REFUSED_TRAIN(X, Y, N, &v, "row_weight[7]");
+    rw[7] = INFINITY;
+    REFUSED_TRAIN(X, Y, N, &v, "row_weight[7]");
+    rw[7] = 0;
+    assert_int_equal(mlp_train(m, X, Y, N, &v, NULL, &err), 0);
 
     /* one row, no validation: fine */
     assert_int_equal(mlp_train(m, X, Y, 1, &o, NULL, &err), 0);
@@ -971,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_learns_nonlinear),
         cmocka_unit_test(test_learns_linear),
         cmocka_unit_test(test_huber_outliers),
+        cmocka_unit_test(test_row_weights),
         cmocka_unit_test(test_save_load_roundtrip),
         cmocka_unit_test(test_load_rejects),
         cmocka_unit_test(test_determinism),
