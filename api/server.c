@@ -795,9 +795,9 @@ Server *server_start(const ServeOpts *o, Err *err)
     struct sockaddr_storage ss;
     if (listen_address(o, &ss, err)) return NULL;
     Db *db = db_open(o->db_path, err);
-    int nint = 0, nrun = 0;
+    int nint = 0, nrun = 0, nprof = 0;
     if (!db || db_search_interrupt_unfinished(db, &nint, err) ||
-        db_run_interrupt_unfinished(db, &nrun, err)) {
+        db_run_interrupt_unfinished(db, &nrun, err) || db_profile_interrupt_dead(db, &nprof, err)) {
         db_close(db);
         return NULL;
     }
@@ -808,6 +808,9 @@ Server *server_start(const ServeOpts *o, Err *err)
     if (nrun && o->log)
         fprintf(o->log, "{\"note\":\"%d run%s left unfinished by an earlier server marked "
                 "interrupted\"}\n", nrun, nrun == 1 ? "" : "s");
+    if (nprof && o->log)
+        fprintf(o->log, "{\"note\":\"%d profile%s whose process ended before closing %s "
+                "marked interrupted\"}\n", nprof, nprof == 1 ? "" : "s", nprof == 1 ? "it" : "them");
     Server *S = xcalloc(1, sizeof *S);
     S->o = *o;
     S->db_path = xstrdup(o->db_path);

@@ -20,6 +20,11 @@
 Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, int npos,
                    const char *id_noun, Args *a, int *rc);
 
+/* Marks the profiles whose process ended before closing them (killed)
+ * interrupted, saying so on stderr; a store too busy to write is only
+ * warned about. For the commands that read a profile's status. */
+void cli_settle_profiles(Db *db);
+
 /* The id a `noun` row given to option opt, when given, is well formed
  * (db_id_check): 0, or -1 with err naming the option. */
 int check_id_option(const Args *a, const char *opt, const char *noun, Err *err);

@@ -247,6 +247,7 @@ int cmd_costmodel_train(int argc, char **argv)
         fprintf(stderr, "strata: %s\n", err.msg);
         return 1;
     }
+    cli_settle_profiles(db);
     DbProfile p;
     DbProfileOp *ops = NULL;
     int nops = 0, rc = 1;

@@ -149,6 +149,18 @@ Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, in
     return db;
 }
 
+void cli_settle_profiles(Db *db)
+{
+    Err err = {0};
+    int n = 0;
+    if (db_profile_interrupt_dead(db, &n, &err))
+        fprintf(stderr, "strata: warning: %s\n", err.msg);
+    else if (n)
+        fprintf(stderr, "strata: %d profile%s whose process ended before closing %s marked "
+                "interrupted (what %s measured is kept)\n", n, n == 1 ? "" : "s",
+                n == 1 ? "it" : "them", n == 1 ? "it" : "they");
+}
+
 static int cmd_model_build(int argc, char **argv)
 {
     Args a;

@@ -12,7 +12,11 @@
  *
  * Ctrl-C (SIGINT) or SIGTERM stop after the current measurement: what was
  * measured stays stored and the profile is closed as "interrupted", never
- * complete. Samples are stored in batches, each batch in one transaction.
+ * complete. Samples are stored in batches, each batch in one transaction,
+ * each case after every round it is timed in; the row records this
+ * process's pid, so a profile killed outright is closed as interrupted by
+ * the next command that reads profiles on this host
+ * (db_profile_interrupt_dead).
  */
 #include <errno.h>
 #include <math.h>
@@ -171,7 +175,7 @@ typedef struct {
 
 static int ops_flush(OpBatch *b, Err *err)
 {
-    int rc = b->n ? db_profile_add_ops(b->db, b->id, b->ops, b->n, err) : 0;
+    int rc = b->n ? db_profile_put_ops(b->db, b->id, b->ops, b->n, err) : 0;
     for (int i = 0; i < b->n; i++) free(b->ops[i].shape_json);
     b->n = 0;
     b->last = prof_now();
@@ -229,22 +233,20 @@ static int measure_ops(const Opts *o, const ProfDevice *d, ProfDevice *best, Rat
         fprintf(stderr, "ops: %d cases (kinds x phases x shapes), about %.0f s planned\n", n, total);
     Progress pr;
     progress_begin(&pr, "ops", total, o->quiet);
-    /* round by round over the whole grid; a case is stored once its last
-     * round is timed (or, stopped early, with the rounds it has) */
+    /* round by round over the whole grid; a case is stored after each round
+     * with the rounds it has so far (the last write its whole sample), so a
+     * profile stopped or killed keeps what it measured */
     int rounds = opgrid_rounds(g);
-    bool *stored = xcalloc((size_t)(n ? n : 1), sizeof *stored);
     char label[96];
     for (int r = 0; r < rounds && !rc && !stop_flag; r++) {
         for (int i = 0; i < n && !stop_flag; i++) {
             DbProfileOp s;
             snprintf(label, sizeof label, "%s, round %d of %d", opgrid_label(g, i), r + 1, rounds);
             progress_add(&pr, 0, label);
-            if (opgrid_measure(g, i, r, err) ||
-                (r == rounds - 1 && (opgrid_sample(g, i, &s) || ops_add(b, &s, err)))) {
+            if (opgrid_measure(g, i, r, err) || opgrid_sample(g, i, &s) || ops_add(b, &s, err)) {
                 rc = -1;
                 break;
             }
-            stored[i] = r == rounds - 1;
             progress_add(&pr, opgrid_estimate(g, i) / rounds, NULL);
         }
         if (rc || stop_flag) break;
@@ -253,12 +255,6 @@ static int measure_ops(const Opts *o, const ProfDevice *d, ProfDevice *best, Rat
         prof_device_again(best, o->quick, &f, &w);
         rates_add(rates, f, w);
     }
-    /* stopped: what the earlier rounds timed of the cases the last did not reach */
-    for (int i = 0; i < n && !rc && stop_flag; i++) {
-        DbProfileOp s;
-        if (!stored[i] && opgrid_sample(g, i, &s) == 0 && ops_add(b, &s, err)) rc = -1;
-    }
-    free(stored);
     if (!rc) progress_end(&pr, stop_flag);
     opgrid_free(g);
     if (ops_flush(b, rc ? NULL : err)) rc = -1;
@@ -581,7 +577,7 @@ static int profile_ranks(const Opts *o)
         if (!rc && !env) {
             char *build = build_text(per_node);
             DbProfile p = { .host = host, .device = "cpu", .backend = "cpu", .ranks = world,
-                            .quick = o->quick, .build_json = build };
+                            .quick = o->quick, .build_json = build, .pid = getpid() };
             rc = db_profile_begin(db, &p, &id, &err);
             cJSON_free(build);
             if (!rc && !o->quiet) fprintf(stderr, "profile %lld: %d ranks\n", (long long)id, world);
@@ -709,7 +705,7 @@ int cmd_profile(int argc, char **argv)
     host_name(host, sizeof host);
     char *build = build_text(o.ranks);
     DbProfile p = { .host = host, .device = "cpu", .backend = "cpu", .ranks = o.ranks,
-                    .quick = o.quick, .build_json = build };
+                    .quick = o.quick, .build_json = build, .pid = getpid() };
     int64_t id = 0;
     int begun = db_profile_begin(db, &p, &id, &err);
     cJSON_free(build);
@@ -754,6 +750,7 @@ int cmd_profile_list(int argc, char **argv)
     Db *db = cli_open_store(argc, argv, "profile list", "strata profile list [--db PATH] [--json]",
                             0, NULL, &a, &rc);
     if (!db) return rc;
+    cli_settle_profiles(db);
     DbProfile *rows = NULL;
     int n = 0;
     rc = db_profile_list(db, &rows, &n, &err);
@@ -910,6 +907,7 @@ int cmd_profile_show(int argc, char **argv)
         db_close(db);
         return EXIT_USAGE;
     }
+    cli_settle_profiles(db);
     DbProfile p;
     DbProfileOp *ops = NULL;
     DbProfileLink *l = NULL;

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -334,6 +335,10 @@ static const char *const migrations[] = {
      * running, then what the run stored, or why it failed or was
      * interrupted), so a server killed mid-run leaves it said */
     "ALTER TABLE runs ADD COLUMN error TEXT;",
+
+    /* 8: the process measuring a profile, so that one killed before it
+     * could close its row is found out (db_profile_interrupt_dead) */
+    "ALTER TABLE profiles ADD COLUMN pid INTEGER;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1455,8 +1460,8 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
         return err_set(err, "starting a profile: ranks is %d; at least 1 process measures",
                        p->ranks);
     SQL_CHECK(stmt_prepare(db,
-        "INSERT INTO profiles (host, device, backend, ranks, quick, notes, build_json)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)", &st));
+        "INSERT INTO profiles (host, device, backend, ranks, quick, notes, build_json, pid)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, p->host, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, p->device, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, p->backend, -1, SQLITE_STATIC));
@@ -1464,6 +1469,7 @@ int db_profile_begin(Db *db, const DbProfile *p, int64_t *id, Err *err)
     SQL_CHECK(sqlite3_bind_int(st, 5, p->quick != 0));
     SQL_CHECK(sqlite3_bind_text(st, 6, p->notes, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 7, p->build_json, -1, SQLITE_STATIC));
+    SQL_CHECK(p->pid > 0 ? sqlite3_bind_int64(st, 8, p->pid) : sqlite3_bind_null(st, 8));
     SQL_STEP_DONE(st);
     stmt_done(db, st);
     *id = sqlite3_last_insert_rowid(db->h);
@@ -1608,6 +1614,56 @@ int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *e
 err:
     tx_rollback(db);
     return err_prefix(err, "adding %d op samples to profile %lld", n, (long long)id);
+}
+
+/* Ends the open transaction of a write that used statements a and b (either
+ * may be NULL), releasing them: commits it when ok, else (or when the commit
+ * fails) rolls it back. 0 once committed. */
+static int tx_end(Db *db, sqlite3_stmt *a, sqlite3_stmt *b, bool ok, Err *err)
+{
+    stmt_done(db, a);
+    stmt_done(db, b);
+    if (ok) {
+        SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+        return 0;
+    }
+err:
+    tx_rollback(db);
+    return -1;
+}
+
+int db_profile_put_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err)
+{
+    sqlite3_stmt *up = NULL, *in = NULL;
+    if (check_batch(ops, n, err))
+        return err_prefix(err, "storing op samples of profile %lld", (long long)id);
+    if (profile_tx_begin(db, id, err)) goto err;
+    /* the same parameters as the INSERT's, so one binding serves both */
+    SQL_CHECK(stmt_prepare(db,
+        "UPDATE profile_ops SET source = ?6, flops = ?7, bytes = ?8, median_s = ?9,"
+        " p10_s = ?10, p90_s = ?11, reps = ?12 WHERE profile_id = ?1 AND kind = ?2"
+        " AND phase = ?3 AND shape_json = ?4 AND dtype = ?5", &up));
+    SQL_CHECK(stmt_prepare(db,
+        "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
+        " flops, bytes, median_s, p10_s, p90_s, reps) VALUES (?1,"
+        " (SELECT device FROM profiles WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
+        " ?12)", &in));
+    SQL_CHECK(sqlite3_bind_int64(up, 1, id));
+    SQL_CHECK(sqlite3_bind_int64(in, 1, id));
+    for (int i = 0; i < n; i++) {
+        SQL_CHECK(sqlite3_reset(up));
+        if (bind_profile_op(db, up, &ops[i], i, err)) goto err;
+        SQL_STEP_DONE(up);
+        if (sqlite3_changes(db->h) > 0) continue;
+        SQL_CHECK(sqlite3_reset(in));
+        if (bind_profile_op(db, in, &ops[i], i, err)) goto err;
+        SQL_STEP_DONE(in);
+    }
+    if (!tx_end(db, up, in, true, err)) return 0;
+    up = in = NULL;
+err:
+    tx_end(db, up, in, false, err);
+    return err_prefix(err, "storing %d op samples of profile %lld", n, (long long)id);
 }
 
 int db_profile_add_links(Db *db, int64_t id, const DbProfileLink *links, int n, Err *err)
@@ -2401,6 +2457,59 @@ int db_search_move_status(Db *db, const char *id, const char *from, const char *
 err:
     stmt_done(db, st);
     return err_prefix(err, "setting the status of search %s", id);
+}
+
+/* Whether process pid has ended: no such process, or a zombie (ended, not
+ * yet reaped: its parent was killed with it, and a container's first
+ * process may never reap it). A pid reused since reads as alive. */
+static bool process_ended(int64_t pid)
+{
+    if (pid <= 0 || pid > INT32_MAX) return false;
+    if (kill((pid_t)pid, 0) != 0) return errno == ESRCH;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[got] = 0;
+    /* "pid (comm) S ...": the state follows the last ')' */
+    const char *c = strrchr(buf, ')');
+    return c && c[1] == ' ' && (c[2] == 'Z' || c[2] == 'X');
+}
+
+int db_profile_interrupt_dead(Db *db, int *n, Err *err)
+{
+    sqlite3_stmt *st = NULL, *up = NULL;
+    char host[256];
+    *n = 0;
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = 0;
+    db->rc = 0;
+    SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+    SQL_CHECK(stmt_prepare(db, "SELECT id, pid FROM profiles WHERE finished IS NULL AND host = ?"
+                           " AND pid IS NOT NULL", &st));
+    SQL_CHECK(stmt_prepare(db, "UPDATE profiles SET status = 'interrupted', complete = 0,"
+                           " finished = " NOW " WHERE id = ? AND finished IS NULL", &up));
+    SQL_CHECK(sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC));
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!process_ended(sqlite3_column_int64(st, 1))) continue;
+        SQL_CHECK(sqlite3_reset(up));
+        SQL_CHECK(sqlite3_bind_int64(up, 1, sqlite3_column_int64(st, 0)));
+        SQL_STEP_DONE(up);
+        *n += sqlite3_changes(db->h);
+    }
+    if (rc != SQLITE_DONE) {
+        sql_fail(db, rc, err, __FILE__, __LINE__);
+        goto err;
+    }
+    if (!tx_end(db, st, up, true, err)) return 0;
+    st = up = NULL;
+err:
+    tx_end(db, st, up, false, err);
+    *n = 0;
+    return err_prefix(err, "marking profiles whose process has ended interrupted");
 }
 
 int db_search_interrupt_unfinished(Db *db, int *n, Err *err)

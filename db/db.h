@@ -163,6 +163,7 @@ typedef struct {
                             * (executor/build.h); NULL for profiles made before
                             * builds were recorded */
     int nops, nlinks, nfits;   /* sample counts, filled by get and list */
+    int64_t pid;           /* the process measuring it, on host (0: not recorded) */
 } DbProfile;
 
 typedef struct {
@@ -204,6 +205,15 @@ int db_profile_set_device(Db *db, int64_t id, const char *device, double peak_fl
 /* Add samples, all or none; refused when the profile is finished or absent.
  * An op sample's device is the profile's. */
 int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err);
+/* The same, a sample of the same kind, phase, shape and dtype as one stored
+ * replacing it (its source, work and times): a case stored after each
+ * round it is timed in. */
+int db_profile_put_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err);
+/* Closes as "interrupted" (complete 0) every running profile begun on this
+ * host whose process has ended without closing it (killed, or the machine
+ * restarted); *n says how many. Their samples stay, as an interrupted
+ * profile's do. */
+int db_profile_interrupt_dead(Db *db, int *n, Err *err);
 int db_profile_add_links(Db *db, int64_t id, const DbProfileLink *links, int n, Err *err);
 /* Closes a running profile: stores the fits, cluster_json (may be NULL), the
  * status and complete, and the finish time, in one transaction. Refused when

@@ -750,6 +750,9 @@ int opgrid_sample(OpGrid *g, int i, DbProfileOp *out)
 {
     OpCase *c = &g->cases[i];
     if (!c->nmed) return 1;
+    /* (rounds with more runs weigh more in the pooled percentiles than in
+     * the median of medians, which may then lie outside them: the interval
+     * is widened to hold it) */
     double med[ROUNDS];
     memcpy(med, c->med, sizeof med);
     TimeStats rounds, st;
@@ -765,7 +768,7 @@ int opgrid_sample(OpGrid *g, int i, DbProfileOp *out)
                           .shape_json = g->shape, .dtype = "f32",
                           .source = c->random ? "random" : "zoo",
                           .flops = c->flops, .bytes = c->bytes,
-                          .median_s = rounds.median, .p10_s = st.p10,
-                          .p90_s = st.p90, .reps = c->nt };
+                          .median_s = rounds.median, .p10_s = fmin(st.p10, rounds.median),
+                          .p90_s = fmax(st.p90, rounds.median), .reps = c->nt };
     return 0;
 }

@@ -95,7 +95,8 @@ int opgrid_rounds(const OpGrid *g);
  * runs); each round once, in order. */
 int opgrid_measure(OpGrid *g, int i, int round, Err *err);
 /* Case i over the rounds timed so far into *out: its time the median of the
- * rounds' medians, p10 and p90 over every run (strings owned by the grid,
+ * rounds' medians, p10 and p90 over every run, widened to hold it where
+ * rounds of unequal runs put it outside (strings owned by the grid,
  * valid until the next call or opgrid_free). 1 when no round was timed. */
 int opgrid_sample(OpGrid *g, int i, DbProfileOp *out);
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -26,7 +27,7 @@
 #include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 7
+#define LATEST 8
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1087,16 +1088,112 @@ static void test_profile_interrupted(void **state)
     assert_contains(fx->err.msg, "status 'interrupted'");
 }
 
-/* Takes migration 7 back out of a database at version 7, by hand, leaving
- * it at version 6. */
+/* A running profile whose process has ended (killed before it could
+ * close its row) is marked interrupted, its samples kept; one whose process
+ * is alive, one begun on another host, and one without a pid are left. */
+static void test_profile_dead_process(void **state)
+{
+    Fx *fx = *state;
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    assert_true(child > 0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    char host[256];
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = 0;
+    DbProfile p = profile_row();
+    p.host = host;
+    int64_t dead, alive, other, none;
+    p.pid = child;
+    assert_int_equal(db_profile_begin(fx->db, &p, &dead, &fx->err), 0);
+    assert_int_equal(db_profile_add_ops(fx->db, dead, OPS, 2, &fx->err), 0);
+    p.pid = getpid();
+    assert_int_equal(db_profile_begin(fx->db, &p, &alive, &fx->err), 0);
+    p.pid = 0;
+    assert_int_equal(db_profile_begin(fx->db, &p, &none, &fx->err), 0);
+    p.pid = child;
+    p.host = "another-host-entirely";
+    assert_int_equal(db_profile_begin(fx->db, &p, &other, &fx->err), 0);
+
+    int n = -1;
+    assert_int_equal(db_profile_interrupt_dead(fx->db, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    DbProfile got;
+    assert_int_equal(db_profile_get(fx->db, dead, &got, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_string_equal(got.status, "interrupted");
+    assert_int_equal(got.complete, 0);
+    assert_non_null(got.finished);
+    assert_int_equal(got.nops, 2);
+    db_profile_free(&got);
+    const int64_t left[] = { alive, none, other };
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(db_profile_get(fx->db, left[k], &got, NULL, NULL, NULL, NULL, NULL,
+                                        NULL, &fx->err), 0);
+        assert_string_equal(got.status, "running");
+        assert_null(got.finished);
+        db_profile_free(&got);
+    }
+    /* once is enough */
+    assert_int_equal(db_profile_interrupt_dead(fx->db, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+}
+
+/* A sample put again (same kind, phase, shape and dtype) replaces the
+ * stored one; a new one is added. */
+static void test_profile_put_ops(void **state)
+{
+    Fx *fx = *state;
+    int64_t id = begin_profile(fx);
+    assert_int_equal(db_profile_put_ops(fx->db, id, OPS, 2, &fx->err), 0);
+    DbProfileOp again[2] = { OPS[1], OPS[2] };
+    again[0].median_s = 7e-6;
+    again[0].p10_s = 6e-6;
+    again[0].p90_s = 9e-6;
+    again[0].reps = 150;
+    assert_int_equal(db_profile_put_ops(fx->db, id, again, 2, &fx->err), 0);
+    DbProfile got;
+    DbProfileOp *ops = NULL;
+    int nops = 0;
+    assert_int_equal(db_profile_get(fx->db, id, &got, &ops, &nops, NULL, NULL, NULL, NULL,
+                                    &fx->err), 0);
+    assert_int_equal(nops, 3);
+    int seen = 0;
+    for (int i = 0; i < nops; i++) {
+        const DbProfileOp *want = !strcmp(ops[i].kind, "adam") ? &again[0]
+                                : strstr(ops[i].shape_json, "512") ? &OPS[0] : &OPS[2];
+        assert_op_equal(&ops[i], want);
+        seen |= want == &again[0] ? 1 : want == &OPS[0] ? 2 : 4;
+    }
+    assert_int_equal(seen, 7);
+    db_profile_free(&got);
+    db_profile_samples_free(ops, nops, NULL, 0, NULL, 0);
+    /* a finished profile takes no more */
+    assert_int_equal(db_profile_finish(fx->db, id, 1, "complete", NULL, 0, NULL, &fx->err), 0);
+    assert_int_equal(db_profile_put_ops(fx->db, id, OPS, 1, &fx->err), -1);
+    assert_contains(fx->err.msg, "takes no more writes");
+}
+
+/* Takes migration 8 back out of a database at version 8, by hand, leaving
+ * it at version 7. */
+static void take_back_v8(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE profiles DROP COLUMN pid;"
+        "PRAGMA user_version = 7;");
+}
+
+/* Takes migrations 8 and 7 back out of a database at version 8, by hand,
+ * leaving it at version 6. */
 static void take_back_v7(sqlite3 *h)
 {
+    take_back_v8(h);
     raw_exec(h,
         "ALTER TABLE runs DROP COLUMN error;"
         "PRAGMA user_version = 6;");
 }
 
-/* Takes migrations 7 and 6 back out of a database at version 7, by hand,
+/* Takes migrations 8 to 6 back out of a database at version 8, by hand,
  * leaving it at version 5. */
 static void take_back_v6(sqlite3 *h)
 {
@@ -1106,7 +1203,7 @@ static void take_back_v6(sqlite3 *h)
         "PRAGMA user_version = 5;");
 }
 
-/* Takes migrations 6 and 5 back out of a database at version 6, by hand,
+/* Takes migrations 8 to 5 back out of a database at version 8, by hand,
  * leaving it at version 4. */
 static void take_back_v5(sqlite3 *h)
 {
@@ -2085,6 +2182,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_profile_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_finished_refuses_writes, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_batch_all_or_nothing, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_dead_process, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_profile_put_ops, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_interrupted, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_profile_migration_from_v1, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_costmodel_put_get_list, setup_open, teardown),

@@ -351,6 +351,53 @@ static void test_interrupted(void **state)
     res_free(&r);
 }
 
+/* Killed outright (SIGKILL: nothing closes the row) well into its op
+ * grid: what the rounds timed so far is stored, and the next command that
+ * reads profiles finds the process gone and marks the profile interrupted,
+ * which a cost model can then be trained on. */
+static void test_killed(void **state)
+{
+    (void)state;
+    Res r = {0};
+    const char *db = tp("killed.db");
+    RunOpts o = { .prog = "timeout", .may_be_killed = true };
+    RUNO(&r, &o, "-s", "KILL", "14", harness_bin(), "profile", "--quick", "--kinds", "relu,bias",
+         "--seconds", "24", "--no-links", "--quiet", "--db", db);
+    EXPECT_RC(&r, 137);
+    /* timeout, killed with its group, returns as the kill reaches the
+     * profile, whose exit (unmapping its memory) takes a moment more: until
+     * then it is alive and its row stays running */
+    for (int t = 0; t < 100; t++) {
+        STRATA(&r, "profile", "list", "--db", db, "--json");
+        EXPECT_RC(&r, 0);
+        if (strstr(r.err, "marked interrupted")) break;
+        usleep(100 * 1000);
+    }
+    EXPECT_ERR(&r, "1 profile whose process ended before closing it marked interrupted");
+    cJSON *j = JSON_OUT(&r);
+    const cJSON *p = cJSON_GetArrayItem(j, 0);
+    assert_non_null(p);
+    assert_string_equal(JSTR(p, "status"), "interrupted");
+    assert_true(cJSON_IsFalse(item(p, "complete")));
+    STRATA(&r, "profile", "show", "1", "--db", db, "--json");
+    EXPECT_RC(&r, 0);
+    j = JSON_OUT(&r);
+    const cJSON *ops = JARR(j, "ops"), *op;
+    int n = 0;
+    cJSON_ArrayForEach(op, ops) {
+        n++;
+        double med = JNUM(op, "median_s");
+        assert_true(med > 0 && JNUM(op, "p10_s") <= med && med <= JNUM(op, "p90_s"));
+        assert_true(JNUM(op, "reps") >= 1);
+    }
+    if (n < 10) fail_msg("%d op samples kept from a profile killed after 14 s: expected 10 or more", n);
+    /* again: nothing left to mark */
+    STRATA(&r, "profile", "list", "--db", db);
+    EXPECT_RC(&r, 0);
+    assert_null(strstr(r.err, "marked interrupted"));
+    res_free(&r);
+}
+
 /* ----------------------------------------------------------------------------
  * The op grid through the library */
 
@@ -469,6 +516,7 @@ int main(void)
         cmocka_unit_test_teardown(test_small_profile, harness_release_all),
         cmocka_unit_test_teardown(test_one_device, harness_release_all),
         cmocka_unit_test_teardown(test_interrupted, harness_release_all),
+        cmocka_unit_test_teardown(test_killed, harness_release_all),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
