@@ -218,10 +218,9 @@ static void rates_add(Rates *r, double flops, double bw)
     r->bw[r->n++] = bw;
 }
 
-/* d (the grid is planned with its first measurement) is measured again
- * after each round into *best. */
-static int measure_ops(const Opts *o, const ProfDevice *d, ProfDevice *best, Rates *rates,
-                       OpBatch *b, Err *err)
+/* The grid is planned with d as measured at the start (opgrid_new keeps a
+ * copy); d is measured again after each round, keeping the best rates. */
+static int measure_ops(const Opts *o, ProfDevice *d, Rates *rates, OpBatch *b, Err *err)
 {
     OpGridOpts go = { .quick = o->quick, .budget_s = o->seconds, .kinds = o->kinds, .seed = 1 };
     OpGrid *g = opgrid_new(&go, d, err);
@@ -252,7 +251,7 @@ static int measure_ops(const Opts *o, const ProfDevice *d, ProfDevice *best, Rat
         if (rc || stop_flag) break;
         double f, w;
         progress_add(&pr, 0, "device: matmul rate and memory bandwidth again");
-        prof_device_again(best, o->quick, &f, &w);
+        prof_device_again(d, o->quick, &f, &w);
         rates_add(rates, f, w);
     }
     if (!rc) progress_end(&pr, stop_flag);
@@ -303,8 +302,7 @@ static int measure_device_ops(const Opts *o, Db *db, int64_t id, int devices_per
     int rc = measure_device(o, db, id, devices_per_node, d, &rates, err);
     if (rc || stop_flag) return rc;
     OpBatch b = { .db = db, .id = id, .last = prof_now() };
-    ProfDevice first = *d;
-    rc = measure_ops(o, &first, d, &rates, &b, err);
+    rc = measure_ops(o, d, &rates, &b, err);
     free(b.ops);
     if (rates.n > 1) {
         if (!o->quiet)
@@ -513,12 +511,6 @@ static char *build_text(int per_node)
     return text;
 }
 
-static void host_name(char *buf, int n)
-{
-    if (gethostname(buf, (size_t)n) != 0) snprintf(buf, n, "localhost");
-    buf[n - 1] = 0;
-}
-
 static void say_done(const Opts *o, Db *db, int64_t id, bool complete, const char *status)
 {
     DbProfile p;
@@ -566,7 +558,7 @@ static int profile_ranks(const Opts *o)
     bool stopped = false;
     ProfDevice d = {0};
     char host[128];
-    host_name(host, sizeof host);
+    this_host(host, sizeof host);
     const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
     int per_node = ls && atoi(ls) > 0 ? atoi(ls) : world;
     int nodes = world / per_node > 0 ? world / per_node : 1;
@@ -702,7 +694,7 @@ int cmd_profile(int argc, char **argv)
         return 1;
     }
     char host[128];
-    host_name(host, sizeof host);
+    this_host(host, sizeof host);
     char *build = build_text(o.ranks);
     DbProfile p = { .host = host, .device = "cpu", .backend = "cpu", .ranks = o.ranks,
                     .quick = o.quick, .build_json = build, .pid = getpid() };

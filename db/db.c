@@ -1598,16 +1598,19 @@ err:
     return -1;
 }
 
+/* The INSERT of one op sample, its parameters as bind_profile_op binds them. */
+#define PROFILE_OP_INSERT                                                                   \
+    "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"  \
+    " flops, bytes, median_s, p10_s, p90_s, reps) VALUES (?1,"                              \
+    " (SELECT device FROM profiles WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11," \
+    " ?12)"
+
 int db_profile_add_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *err)
 {
     if (check_batch(ops, n, err))
         return err_prefix(err, "adding op samples to profile %lld", (long long)id);
     if (profile_tx_begin(db, id, err) ||
-        insert_rows(db, id,
-            "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
-            " flops, bytes, median_s, p10_s, p90_s, reps) VALUES (?1,"
-            " (SELECT device FROM profiles WHERE id = ?1), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ops, n, sizeof *ops, bind_profile_op, err))
+        insert_rows(db, id, PROFILE_OP_INSERT, ops, n, sizeof *ops, bind_profile_op, err))
         goto err;
     SQL_CHECK(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
     return 0;
@@ -1643,11 +1646,7 @@ int db_profile_put_ops(Db *db, int64_t id, const DbProfileOp *ops, int n, Err *e
         "UPDATE profile_ops SET source = ?6, flops = ?7, bytes = ?8, median_s = ?9,"
         " p10_s = ?10, p90_s = ?11, reps = ?12 WHERE profile_id = ?1 AND kind = ?2"
         " AND phase = ?3 AND shape_json = ?4 AND dtype = ?5", &up));
-    SQL_CHECK(stmt_prepare(db,
-        "INSERT INTO profile_ops (profile_id, device, kind, phase, shape_json, dtype, source,"
-        " flops, bytes, median_s, p10_s, p90_s, reps) VALUES (?1,"
-        " (SELECT device FROM profiles WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-        " ?12)", &in));
+    SQL_CHECK(stmt_prepare(db, PROFILE_OP_INSERT, &in));
     SQL_CHECK(sqlite3_bind_int64(up, 1, id));
     SQL_CHECK(sqlite3_bind_int64(in, 1, id));
     for (int i = 0; i < n; i++) {
@@ -2483,8 +2482,7 @@ int db_profile_interrupt_dead(Db *db, int *n, Err *err)
     sqlite3_stmt *st = NULL, *up = NULL;
     char host[256];
     *n = 0;
-    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
-    host[sizeof host - 1] = 0;
+    this_host(host, sizeof host);
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
     SQL_CHECK(stmt_prepare(db, "SELECT id, pid FROM profiles WHERE finished IS NULL AND host = ?"

@@ -437,6 +437,12 @@ double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+void this_host(char *buf, int n)
+{
+    if (gethostname(buf, (size_t)n) != 0) snprintf(buf, n, "localhost");
+    buf[n - 1] = 0;
+}
+
 bool glob_match(const char *p, const char *s)
 {
     const char *star = NULL, *resume = NULL;

@@ -53,6 +53,9 @@ void hash_hex(const void *data, size_t n, char out[17]);
 
 /* Seconds on the monotonic clock (for measuring intervals). */
 double now_s(void);
+/* This machine's name (gethostname; "localhost" when it has none), NUL-
+ * terminated in buf: the host a profile is recorded on. */
+void this_host(char *buf, int n);
 /* 16 hex digits from the clock and the process id, for rows that are not
  * content (runs, searches). */
 void random_id(char out[17]);

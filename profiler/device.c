@@ -138,6 +138,12 @@ static double triad_rate(int64_t n, int threads, int reps)
     return best;
 }
 
+/* Timed runs of the SGEMM and of the triad, each time the rates are measured. */
+static int rate_reps(bool quick)
+{
+    return quick ? 3 : 5;
+}
+
 /* The triad's arrays: 3 of 128 MiB (32 MiB with --quick), far beyond any cache. */
 static int64_t triad_elems(bool quick)
 {
@@ -168,20 +174,20 @@ int prof_device_cpu(ProfDevice *d, int devices_per_node, bool quick, Err *err)
     const int64_t sizes[] = { 256, 512, 1024, 2048, 3072 };
     int nsz = quick ? 4 : 5;
     for (int i = 0; i < nsz; i++) {
-        double r = sgemm_rate(sizes[i], quick ? 3 : 5);
+        double r = sgemm_rate(sizes[i], rate_reps(quick));
         if (r > d->peak_flops) {
             d->peak_flops = r;
             d->peak_n = sizes[i];
         }
     }
-    d->mem_bw = triad_rate(triad_elems(quick), d->threads, quick ? 3 : 5);
+    d->mem_bw = triad_rate(triad_elems(quick), d->threads, rate_reps(quick));
     return 0;
 }
 
 void prof_device_again(ProfDevice *d, bool quick, double *flops, double *bw)
 {
-    *flops = sgemm_rate(d->peak_n, quick ? 3 : 5);
-    *bw = triad_rate(triad_elems(quick), d->threads, quick ? 3 : 5);
+    *flops = sgemm_rate(d->peak_n, rate_reps(quick));
+    *bw = triad_rate(triad_elems(quick), d->threads, rate_reps(quick));
     if (*flops > d->peak_flops) d->peak_flops = *flops;
     if (*bw > d->mem_bw) d->mem_bw = *bw;
 }
