@@ -27,7 +27,6 @@
 #include "util.h"
 
 #define MAX_WORLD (1 << 20)     /* as a cluster's devices (ir/cluster.c) */
-#define MAX_MICRO (1 << 20)
 #define MAX_CHUNKS (1 << 16)
 #define MIB 1048576.0
 #define DEFAULT_BUCKET_MB 25.0
@@ -359,7 +358,8 @@ static int parse_pipeline(Ctx *x, const cJSON *j)
 
     if (p) {
         int64_t mb;
-        int rc = json_get_int(p, "pipeline", "microbatches", false, 1, MAX_MICRO, &mb, err);
+        int rc = json_get_int(p, "pipeline", "microbatches", false, 1, STRATEGY_MAX_MICRO, &mb,
+                              err);
         if (rc < 0) return -1;
         if (rc == 0) s->microbatches = (int)mb;
     }
@@ -1073,12 +1073,29 @@ void strategy_canonicalize(Strategy *s, const Graph *g)
 
 /* Resolution after the entries have applied: the params' final policies, the
  * ops checked, the stages assigned. */
+/* Every axis but the pipeline's splits some op: the ranks along one that
+ * splits none would each repeat the others' work. */
+static int check_axes_used(const Strategy *s, const Graph *g, Err *err)
+{
+    AxisMask want = 0, used = 0;
+    for (int a = 0; a < s->naxes; a++)
+        if (a != s->pp_axis && s->axis_size[a] > 1) want |= (AxisMask)(1u << a);
+    for (int i = 0; i < g->nops && (used & want) != want; i++)
+        for (int l = 0; l < IR_LETTERS; l++) used |= s->ops[i].split[l];
+    for (int a = 0; a < s->naxes; a++)
+        if ((want & ~used) >> a & 1u)
+            return err_set(err, "mesh.%s: its %d ranks split no op, so each would repeat the "
+                           "others' work (split a letter over it in ops, or leave it out)",
+                           s->axis_name[a], s->axis_size[a]);
+    return 0;
+}
+
 static int resolve(Ctx *x)
 {
     Strategy *s = x->s;
     if (finish_params(x)) return -1;
     for (int t = 0; t < x->g->ntensors; t++) s->params[t] = x->pw[t].p;
-    if (check_ops(x)) return -1;
+    if (check_ops(x) || check_axes_used(s, x->g, x->err)) return -1;
     return assign_stages(x);
 }
 
@@ -1203,7 +1220,8 @@ int strategy_finish(Strategy *s, const Graph *g, const Cluster *c, Err *err)
                                 "and leave every %s at least one of the model's %d blocks", i,
                            s->cuts[i], i ? s->cuts[i - 1] : 0, nb, inter ? "chunk" : "stage",
                            nb);
-    if (s->microbatches < 1 || s->microbatches > MAX_MICRO || (inter && s->microbatches % P))
+    if (s->microbatches < 1 || s->microbatches > STRATEGY_MAX_MICRO ||
+        (inter && s->microbatches % P))
         return err_set(err, "pipeline.microbatches: %d is not a count the %s schedule runs",
                        s->microbatches, sched_names[s->schedule]);
     Ctx x = {.g = g, .c = c, .s = s, .err = err};

@@ -54,6 +54,9 @@ typedef enum { SHARD_NONE, SHARD_ZERO1, SHARD_ZERO2, SHARD_ZERO3 } Shard;
 typedef enum { SCHED_GPIPE, SCHED_1F1B, SCHED_INTERLEAVED } Schedule;
 typedef enum { OPT_ADAM, OPT_SGD } Optimizer;
 
+/* The most micro-batches a pipeline step may run. */
+#define STRATEGY_MAX_MICRO (1 << 20)
+
 typedef struct {
     AxisMask split[IR_LETTERS];      /* letter -> axes it is split over (0: whole) */
     bool recompute;
@@ -86,7 +89,7 @@ typedef struct {
     int virtual_stages;              /* V: model chunks per pipeline rank (interleaved), else 1 */
     int nchunks;                     /* nstages * virtual_stages model chunks */
     int *cuts;                       /* nchunks-1 block indices: chunk k+1 starts at cuts[k] */
-    int microbatches;
+    int microbatches;                /* 1 .. STRATEGY_MAX_MICRO */
     Schedule schedule;
     Optimizer optimizer;
 

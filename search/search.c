@@ -715,8 +715,16 @@ static void move_mesh(const Space *sp, const Cand *x, Cand *y, int mesh)
     int64_t from = space_batch_ranks(sp, x->mesh), to = space_batch_ranks(sp, mesh);
     y->micro = (int)((int64_t)x->micro * from / to > 0 ? (int64_t)x->micro * from / to : 1);
     cand_set_mesh(y, sp, mesh);
-    for (int q = 0; q < sp->ngroups; q++)
-        if (!split_ok(sp, q, y->split[q], sp->mesh[mesh][2])) y->split[q] = 0;
+    int T = sp->mesh[mesh][2];
+    bool any = false;
+    for (int q = 0; q < sp->ngroups; q++) {
+        if (!split_ok(sp, q, y->split[q], T)) y->split[q] = 0;
+        any |= y->split[q] > 0;
+    }
+    /* a tensor axis that would split nothing (from a mesh without one)
+     * splits as Megatron-LM does, where the degree allows */
+    for (int q = 0; q < sp->ngroups && T > 1 && !any; q++)
+        if (split_ok(sp, q, sp->group_megatron[q], T)) y->split[q] = (uint8_t)sp->group_megatron[q];
 }
 
 /* A local move from x into y (a copy of x changed in one decision). */
@@ -1332,7 +1340,8 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
         }
         x->recompute[k] = (uint8_t)rl_choose(R, e, d, f ? f->recompute[k] != 0 : -1);
     }
-    /* splits: none for all, Megatron-LM's for all, or one decision a group */
+    /* splits: Megatron-LM's for all, or one decision a group (none for all
+     * is no plan: the tensor axis would split nothing) */
     memset(x->split, 0, sp->ngroups);
     bool per_group = false;
     if (T > 1 && sp->ngroups) {
@@ -1344,10 +1353,10 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
                 meg &= f->split[q] == (split_ok(sp, q, sp->group_megatron[q], T)
                                        ? sp->group_megatron[q] : 0);
             }
-            want = none ? 0 : meg ? 1 : 2;
+            want = none ? -1 : meg ? 0 : 1;
         }
         d = ep_decision(e);
-        for (int k = 0; k < 3; k++, d->nopt++) {
+        for (int k = 1; k < 3; k++, d->nopt++) {
             double *r = ep_row(e);
             r[F_SPLIT] = 1;
             r[F_GLOBAL] = k < 2;
@@ -1355,7 +1364,7 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
             r[F_NONE] = k == 0;
             r[F_MATMUL] = k == 1;
         }
-        int k = rl_choose(R, e, d, want);
+        int k = 1 + rl_choose(R, e, d, want);
         per_group = k == 2;
         for (int q = 0; q < sp->ngroups && k == 1; q++)
             x->split[q] = (uint8_t)(split_ok(sp, q, sp->group_megatron[q], T)

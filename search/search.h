@@ -79,6 +79,7 @@ typedef struct {
 
 #define SPACE_MAX_SYNC 24
 #define SPACE_MAX_MESHES 1024
+#define SPACE_MAX_MICRO_OPTS 256   /* the smallest micro-batch counts a mesh offers */
 
 typedef struct {
     const Graph *g;
@@ -92,6 +93,12 @@ typedef struct {
      * data axis of that kind (X = 1: none) */
     int nmesh;
     int (*mesh)[5];
+    /* micro-batch counts (space_micro_options), per distinct count of
+     * batch ranks among the meshes: micro_d[k] ranks, micro_n[k] counts in
+     * micro_opt[k] */
+    int nmicro_d;
+    int *micro_d, *micro_n;
+    int (*micro_opt)[SPACE_MAX_MICRO_OPTS];
     int inner_letter[INNER_KINDS];  /* the letter each kind splits, -1: the model has none */
     bool *op_inner[INNER_KINDS];    /* per op: it splits that letter over the inner axis */
     bool inner_all[INNER_KINDS];    /* every op with a batch splits it: none splits the batch
@@ -154,8 +161,10 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err);
 /* "pp16 dp8 tp8, 1f1b m192, recompute" into buf. */
 const char *cand_describe(const Cand *x, const Space *sp, char *buf, int n);
 
-/* Micro-batch counts valid for D data ranks: M divides B and D divides B/M.
- * Fills out (at most max) in increasing order; returns how many. */
+/* Micro-batch counts valid for D data ranks (those of a mesh of the space):
+ * M divides B and D divides B/M, M at most STRATEGY_MAX_MICRO. Fills out
+ * (the smallest, at most max and SPACE_MAX_MICRO_OPTS) in increasing order;
+ * returns how many. */
 int space_micro_options(const Space *sp, int D, int *out, int max);
 /* The data ranks of mesh m the batch is split over: D, or D over the inner
  * axis when every op splits that axis's letter instead. */

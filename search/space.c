@@ -93,6 +93,48 @@ static void add_ps(Space *sp, int shards, const char *name)
     sp->sync[sp->nsync - 1].ps_shards = shards;
 }
 
+/* The micro-batch counts for D batch ranks into out (at most max), the
+ * smallest first: M divides B / D, so that the batch splits into M
+ * micro-batches each split over the D ranks, and M is at most `most`. The
+ * divisors come in pairs (i, B/D/i) around the square root, so this takes
+ * at most min(most, sqrt(B/D)) steps: 2^20 for a batch of 2^40, where
+ * counting up to B took forever. */
+static int micro_counts(int64_t B, int D, int64_t most, int *out, int max)
+{
+    if (D < 1 || B % D) return 0;
+    int64_t q = B / D, n = 0, nhigh = 0;
+    int64_t *high = xmalloc(sizeof *high * (size_t)max);     /* the pairs' large halves */
+    for (int64_t i = 1; i <= most && i <= q / i && n < max; i++) {
+        if (q % i) continue;
+        out[n++] = (int)i;
+        int64_t j = q / i;
+        if (j != i && j <= most && nhigh < max) high[nhigh++] = j;
+    }
+    /* the large halves, ascending, after the small ones (each small one is
+     * at most the square root, each large one above it) */
+    for (int64_t k = nhigh - 1; k >= 0 && n < max; k--) out[n++] = (int)high[k];
+    free(high);
+    return (int)n;
+}
+
+static void micro_init(Space *sp)
+{
+    /* batch norm's statistics are per micro-batch: more than one changes
+     * the model's mathematics, which only lossy changes may */
+    int64_t most = sp->batchnorm && !sp->lossy ? 1 : STRATEGY_MAX_MICRO;
+    sp->micro_d = xmalloc(sizeof *sp->micro_d * (size_t)sp->nmesh);
+    sp->micro_n = xmalloc(sizeof *sp->micro_n * (size_t)sp->nmesh);
+    sp->micro_opt = xmalloc(sizeof *sp->micro_opt * (size_t)sp->nmesh);
+    for (int m = 0; m < sp->nmesh; m++) {
+        int D = space_batch_ranks(sp, m), k = 0;
+        while (k < sp->nmicro_d && sp->micro_d[k] != D) k++;
+        if (k < sp->nmicro_d) continue;
+        sp->micro_d[k] = D;
+        sp->micro_n[k] = micro_counts(sp->batch, D, most, sp->micro_opt[k], SPACE_MAX_MICRO_OPTS);
+        sp->nmicro_d++;
+    }
+}
+
 int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool lossy, bool untie,
                Err *err)
 {
@@ -167,6 +209,7 @@ int space_init(Space *sp, const Graph *g, const Cluster *c, int world, bool loss
         return err_set(err, "search: no mesh of %d devices divides the batch %lld", W,
                        (long long)sp->batch);
     }
+    micro_init(sp);
 
     /* block kinds, by the signatures of their ops in order */
     int nb = g->nblocks;
@@ -315,6 +358,9 @@ void space_free(Space *sp)
 {
     if (!sp) return;
     free(sp->mesh);
+    free(sp->micro_d);
+    free(sp->micro_n);
+    free(sp->micro_opt);
     for (int k = 0; k < INNER_KINDS; k++) free(sp->op_inner[k]);
     free(sp->op_group);
     free(sp->group_nopt);
@@ -331,13 +377,13 @@ void space_free(Space *sp)
 
 int space_micro_options(const Space *sp, int D, int *out, int max)
 {
-    int n = 0;
-    /* batch norm's statistics are per micro-batch: more than one changes
-     * the model's mathematics, which only lossy changes may */
-    int64_t most = sp->batchnorm && !sp->lossy ? 1 : sp->batch;
-    for (int64_t M = 1; M <= most && n < max; M++)
-        if (sp->batch % M == 0 && (sp->batch / M) % D == 0) out[n++] = (int)M;
-    return n;
+    for (int k = 0; k < sp->nmicro_d; k++)
+        if (sp->micro_d[k] == D) {
+            int n = sp->micro_n[k] < max ? sp->micro_n[k] : max;
+            memcpy(out, sp->micro_opt[k], sizeof *out * (size_t)n);
+            return n;
+        }
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------
@@ -546,6 +592,16 @@ Strategy *cand_strategy(const Cand *x, const Space *sp, Err *err)
         tp = n;
         names[n] = "tp";
         sizes[n++] = T;
+    }
+    /* a tensor axis that splits no op would have its ranks repeat each
+     * other's work: a plan on fewer devices, not one on these (strategy
+     * build refuses it too) */
+    bool splits = false;
+    for (int q = 0; q < sp->ngroups && T > 1 && !splits; q++)
+        splits = x->split[q] > 0 && x->split[q] < sp->group_nopt[q];
+    if (T > 1 && !splits) {
+        err_set(err, "tp %d splits no op: its ranks would each repeat the same work", T);
+        return NULL;
     }
     Strategy *s = strategy_new(g, n, names, sizes, err);
     if (!s) return NULL;

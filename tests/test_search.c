@@ -91,6 +91,10 @@ static void test_space_counts(void **state)
     assert_int_equal(space_micro_options(&sp, 1, ms, 16), 4);
     assert_int_equal(space_micro_options(&sp, 2, ms, 16), 3);
     assert_int_equal(space_micro_options(&sp, 4, ms, 16), 2);
+    assert_true(ms[0] == 1 && ms[1] == 2);
+    assert_int_equal(space_micro_options(&sp, 2, ms, 2), 2);    /* the smallest first */
+    assert_true(ms[0] == 1 && ms[1] == 2);
+    assert_int_equal(space_micro_options(&sp, 3, ms, 16), 0);   /* no mesh has 3 */
     /* coarse: M x schedules (P>1) x patterns (T>1) x recompute 2 x syncs 11 (D>1):
      * (1,1,4) 4*2*2 = 16, (1,2,2) 3*2*2*11 = 132, (1,4,1) 2*2*11 = 44,
      * (2,1,2) 4*2*2*2 = 32, (2,2,1) 3*2*2*11 = 132 */
@@ -142,6 +146,41 @@ static void test_space_counts(void **state)
     assert_true(dup < n / 2);
     free(h);
     cand_free(&x);
+    space_free(&sp);
+    graph_free(g);
+
+    /* a batch of 2^40: the counts are its divisors up to
+     * the most a pipeline runs, found without counting to the batch */
+    cJSON *j = cJSON_Parse(
+        "{\"name\":\"wide\",\"tensors\":["
+        "{\"name\":\"x\",\"shape\":[1099511627776,2],\"role\":\"input\"},"
+        "{\"name\":\"labels\",\"shape\":[1099511627776],\"dtype\":\"i32\",\"role\":\"label\"},"
+        "{\"name\":\"w\",\"shape\":[2,2],\"role\":\"param\"},"
+        "{\"name\":\"h\",\"shape\":[1099511627776,2],\"role\":\"activation\"},"
+        "{\"name\":\"loss\",\"shape\":[],\"role\":\"activation\"}],\"ops\":["
+        "{\"name\":\"fc\",\"kind\":\"matmul\",\"spec\":\"bi,ik->bk\",\"inputs\":[\"x\",\"w\"],"
+        "\"output\":\"h\"},"
+        "{\"name\":\"loss\",\"kind\":\"cross_entropy\",\"spec\":\"bk,b->\","
+        "\"inputs\":[\"h\",\"labels\"],\"output\":\"loss\",\"reduce\":\"k\"}]}");
+    g = graph_from_json(j, &err);
+    cJSON_Delete(j);
+    if (!g) fail_msg("%s", err.msg);
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    int big[SPACE_MAX_MICRO_OPTS];
+    assert_int_equal(space_micro_options(&sp, 4, big, SPACE_MAX_MICRO_OPTS), 21);
+    for (int k = 0; k < 21; k++) assert_int_equal(big[k], 1 << k);
+    space_free(&sp);
+    graph_free(g);
+    g = zoo("mlp", "batch=36 input=4 hidden=4 classes=2 layers=1");
+    assert_int_equal(space_init(&sp, g, c, 4, false, false, &err), 0);
+    const int d36[] = { 1, 2, 3, 4, 6, 9, 12, 18, 36 }, d18[] = { 1, 2, 3, 6, 9, 18 },
+              d9[] = { 1, 3, 9 };
+    assert_int_equal(space_micro_options(&sp, 1, ms, 16), 9);
+    assert_memory_equal(ms, d36, sizeof d36);
+    assert_int_equal(space_micro_options(&sp, 2, ms, 16), 6);
+    assert_memory_equal(ms, d18, sizeof d18);
+    assert_int_equal(space_micro_options(&sp, 4, ms, 16), 3);
+    assert_memory_equal(ms, d9, sizeof d9);
     space_free(&sp);
     graph_free(g);
 

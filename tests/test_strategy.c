@@ -368,7 +368,8 @@ static void test_mesh_coords(void **state)
 {
     (void)state;
     Graph *g = tiny_graph();
-    Strategy *s = ok(g, "{\"mesh\":{\"pp\":2,\"dp\":2,\"tp\":4}}");
+    Strategy *s = ok(g, "{\"mesh\":{\"pp\":2,\"dp\":2,\"tp\":4},"
+                        "\"ops\":{\"*\":{\"split\":{\"f\":\"tp\"}}}}");
     assert_int_equal(s->world, 16);
     assert_int_equal(s->pp_axis, 0);
     assert_int_equal(s->axis_stride[0], 8);
@@ -552,6 +553,10 @@ static void test_errors_structure(void **state)
     bad(g, "{\"mesh\":{\"t p\":2}}", "mesh: \"t p\" is not an axis name");
     bad(g, "{\"mesh\":{\"dp\":2,\"dp\":2}}", "mesh.dp: axis named twice");
     bad(g, "{\"mesh\":{\"dp\":8192,\"tp\":8192}}", "mesh.tp: the mesh has more than");
+    /* an axis that splits nothing (not a data axis, no op split over it) */
+    bad(g, "{\"mesh\":{\"data\":2}}", "mesh.data: its 2 ranks split no op",
+        "repeat the others' work");
+    bad(g, "{\"mesh\":{\"dp\":2,\"tp\":2}}", "mesh.tp: its 2 ranks split no op");
     bad(g, "{\"optimizer\":\"lamb\"}", "strategy.optimizer: unknown value \"lamb\"");
     bad(g, "{\"pipeline\":{\"stages\":2}}", "pipeline: unknown field \"stages\"");
     bad(g, "{\"pipeline\":{\"microbatches\":0}}", "pipeline.microbatches: 0 is out of range");
@@ -793,7 +798,8 @@ static void test_canonical(void **state)
             "{\"mesh\":{\"dp\":4},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\",\"placement\":[0,2]}}}}");
     /* different strategies, different ids */
     diff_id(g, "{\"mesh\":{\"dp\":2}}", "{\"mesh\":{\"dp\":4}}");
-    diff_id(g, "{\"mesh\":{\"dp\":2,\"tp\":2}}", "{\"mesh\":{\"tp\":2,\"dp\":2}}");   /* placement */
+    diff_id(g, "{\"mesh\":{\"dp\":2,\"tp\":2},\"ops\":{\"*\":{\"split\":{\"f\":\"tp\"}}}}",
+            "{\"mesh\":{\"tp\":2,\"dp\":2},\"ops\":{\"*\":{\"split\":{\"f\":\"tp\"}}}}");   /* placement */
     diff_id(g, "{\"mesh\":{\"dp\":2}}", "{\"mesh\":{\"dp\":2},\"ops\":{\"head\":{\"recompute\":true}}}");
     diff_id(g, "{\"mesh\":{\"dp\":2}}", "{\"mesh\":{\"dp\":2},\"ops\":{\"head\":{\"split\":{\"b\":null}}}}");
     diff_id(g, "{\"mesh\":{\"dp\":2}}", "{\"mesh\":{\"dp\":2},\"params\":{\"wte\":{\"sync\":{\"bucket_mb\":24}}}}");
