@@ -883,6 +883,22 @@ Graph *graph_from_json(const cJSON *j, Err *err)
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "tensors")) {
         if (parse_tensor(g, i++, it, &tix, err)) goto err;
     }
+    /* memory is counted in bytes in 64-bit integers, as sums and multiples
+     * of the tensors' (a param's gradient and optimizer state, every
+     * micro-batch's activations): 2^56 bytes in all leaves that room */
+    double total = 0;
+    for (i = 0; i < nt; i++) {
+        const Tensor *t = &g->tensors[i];
+        double b = (double)dtype_bytes(t->dtype);
+        for (int d = 0; d < t->ndim; d++) b *= (double)t->shape[d];
+        total += b;
+        if (total > 0x1p56) {
+            err_set(err, "tensors[%d].shape: with \"%s\" (%.3g bytes) the model's tensors hold "
+                    "%.3g bytes, more than the 2^56 (64 PiB) strata's memory accounting takes",
+                    i, t->name, b, total);
+            goto err;
+        }
+    }
     if (no == 0) {
         err_set(err, "ops: empty; a model needs at least one op");
         goto err;
@@ -894,6 +910,24 @@ Graph *graph_from_json(const cJSON *j, Err *err)
     for (i = 0; i < no; i++) {
         if (check_op(g, i, err)) goto err;
         if (g->ops[i].block + 1 > g->nblocks) g->nblocks = g->ops[i].block + 1;
+    }
+    /* blocks are numbered 0, 1, 2, ...: a pipeline cuts between them, and
+     * a number no op has would be a stage of no work */
+    if (g->nblocks) {
+        bool *has = xcalloc((size_t)g->nblocks, sizeof *has);
+        for (i = 0; i < no; i++)
+            if (g->ops[i].block >= 0) has[g->ops[i].block] = true;
+        int gap = 0;
+        while (gap < g->nblocks && has[gap]) gap++;
+        free(has);
+        if (gap < g->nblocks) {
+            int after = -1;
+            for (i = 0; i < no && after < 0; i++)
+                if (g->ops[i].block > gap) after = i;
+            err_set(err, "ops[%d].block: %d, but no op is in block %d; blocks are numbered 0, 1, "
+                    "2, ... without gaps", after, g->ops[after].block, gap);
+            goto err;
+        }
     }
     for (i = 0; i < nt; i++)
         if (g->tensors[i].role == ROLE_ACT && g->tensors[i].producer < 0) {

@@ -253,20 +253,70 @@ static int no_twice(const Place *p, Err *err)
     return 0;
 }
 
+/* The end of the number that starts at text[i], as RFC 8259 writes one
+ * (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?) and a double holds;
+ * 0 with *why when it is not one. cJSON alone takes "007", "2." and
+ * "1e999" (as infinity). */
+static size_t number_end(const char *t, size_t n, size_t i, const char **why)
+{
+#define DIGIT(k) ((k) < n && t[k] >= '0' && t[k] <= '9')
+    size_t k = i + (t[i] == '-');
+    if (!DIGIT(k)) return *why = "a minus sign without a number after it", 0;
+    if (t[k] == '0' && DIGIT(k + 1)) return *why = "a number with a leading zero", 0;
+    while (DIGIT(k)) k++;
+    if (k < n && t[k] == '.') {
+        if (!DIGIT(k + 1)) return *why = "a number that ends at its decimal point", 0;
+        for (k++; DIGIT(k); k++) {}
+    }
+    if (k < n && (t[k] == 'e' || t[k] == 'E')) {
+        k += 1 + (k + 1 < n && (t[k + 1] == '+' || t[k + 1] == '-'));
+        if (!DIGIT(k)) return *why = "an exponent without digits", 0;
+        while (DIGIT(k)) k++;
+    }
+#undef DIGIT
+    char buf[400];
+    if (k - i < sizeof buf) {
+        memcpy(buf, t + i, k - i);
+        buf[k - i] = 0;
+        if (!isfinite(strtod(buf, NULL))) return *why = "a number too large for a double", 0;
+    }
+    return k;
+}
+
 cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err)
 {
     *at = 0;
-    /* \u0000 inside a string: cJSON would end the string there */
+    /* what cJSON would take and JSON is not: a NUL byte (it ends the text
+     * or a string there, as \\u0000 does), a raw control character in a
+     * string, a number not in JSON's form or past a double's range */
     bool in = false;
     for (size_t i = 0; i < n; i++) {
-        if (text[i] == '"') in = !in;
-        else if (in && text[i] == '\\' && i + 1 < n) {
-            if (text[i + 1] == 'u' && i + 5 < n && !strncmp(text + i + 2, "0000", 4)) {
-                *at = i;
-                err_set(err, "a string holds \\u0000 (a NUL character)");
-                return NULL;
+        unsigned char ch = (unsigned char)text[i];
+        const char *why = NULL;
+        if (ch == 0) {
+            why = "a NUL byte";
+        } else if (in) {
+            if (ch == '"') {
+                in = false;
+            } else if (ch < 0x20) {
+                why = "a string holds a raw control character (write it escaped: \\n, \\t, "
+                      "\\u00XX)";
+            } else if (ch == '\\' && i + 1 < n) {
+                if (text[i + 1] == 'u' && i + 5 < n && !strncmp(text + i + 2, "0000", 4))
+                    why = "a string holds \\u0000 (a NUL character)";
+                else
+                    i++;
             }
-            i++;
+        } else if (ch == '"') {
+            in = true;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            size_t k = number_end(text, n, i, &why);
+            if (k) i = k - 1;
+        }
+        if (why) {
+            *at = i;
+            err_set(err, "%s", why);
+            return NULL;
         }
     }
     const char *end = NULL;
@@ -349,10 +399,23 @@ int json_save(const cJSON *j, const char *path, Err *err)
          * written through as it is: a file renamed over it would replace it */
         struct stat st;
         bool through = lstat(path, &st) == 0 && !S_ISREG(st.st_mode);
+        /* the file beside is a new one (mkstemp: never a file or link that
+         * was there), with the mode a new file gets */
         size_t n = strlen(path) + 8;
         char *tmp = xmalloc(n);
-        snprintf(tmp, n, "%s.tmp", path);
-        FILE *f = fopen(through ? path : tmp, "wb");
+        snprintf(tmp, n, "%s.XXXXXX", path);
+        FILE *f = NULL;
+        if (through) {
+            f = fopen(path, "wb");
+        } else {
+            int fd = mkstemp(tmp);
+            mode_t mask = umask(0);
+            umask(mask);
+            if (fd >= 0 && (fchmod(fd, 0666 & ~mask) != 0 || !(f = fdopen(fd, "wb")))) {
+                close(fd);
+                remove(tmp);
+            }
+        }
         bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
         if (f && fclose(f) != 0) ok = false;
         if (ok && !through && rename(tmp, path) != 0) ok = false;

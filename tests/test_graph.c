@@ -390,9 +390,20 @@ static const struct { const char *json, *want1, *want2; } bad[] = {
      "ops[0].spec: letter 'i' has size 16 in input 0 but 8 in input 1", NULL},
     {M(X "," W ",{'name':'h','shape':[8,33],'role':'activation'}", FC),
      "ops[0].spec: letter 'h' has size 32 in input 1 but 33 in the output", NULL},
-    {M("{'name':'x','shape':[2147483648,2147483648],'role':'input'},{'name':'w','shape':[2147483648,4],'role':'param'},"
-       "{'name':'h','shape':[2147483648,4],'role':'activation'}", FC),
+    {M("{'name':'x','shape':[1048576,1048576],'role':'input'},{'name':'w','shape':[1048576,16777216],'role':'param'},"
+       "{'name':'h','shape':[1048576,16777216],'role':'activation'}", FC),
      "ops[0]: the iteration space", "overflows int64"},
+    /* bytes past what memory is counted in: one tensor, and the sum */
+    {M("{'name':'x','shape':[1073741824,1073741824],'role':'input'}," W "," H, FC),
+     "tensors[0].shape: with \"x\"", "more than the 2^56 (64 PiB)"},
+    {M("{'name':'x','shape':[8,33554432,33554432],'role':'input'},{'name':'y','shape':[8,33554432,33554432],'role':'input'},"
+       "{'name':'z','shape':[8,33554432,33554432],'role':'input'}", FC),
+     "tensors[2].shape: with \"z\" (3.6e+16 bytes) the model's tensors hold 1.08e+17 bytes", NULL},
+    /* blocks without gaps */
+    {M(X "," W "," H ",{'name':'y','shape':[8,32],'role':'activation'}",
+       "{'name':'fc','kind':'matmul','spec':'bi,ih->bh','inputs':['x','w'],'output':'h','block':0},"
+       "{'name':'r','kind':'relu','spec':'bh->bh','inputs':['h'],'output':'y','block':2}"),
+     "ops[1].block: 2, but no op is in block 1; blocks are numbered 0, 1, 2, ... without gaps", NULL},
 
     /* dtypes */
     {M(TOK("f32") "," WTE "," EMB, "{'name':'e','kind':'embedding','spec':'bs,vh->bsh','inputs':['tok','wte'],'output':'emb','gather':'v'}"),
@@ -547,6 +558,18 @@ static void test_strict_json(void **state)
         { "{\"a\": 1, \"a\": 1}", 0, "\"a\" is given twice" },
         { "{\"n\": \"x\\u0000\"}", 8, "\\u0000" },
         { "{", 1, "ends before the value does" },
+        /* what cJSON alone takes: numbers not in JSON's form or past a
+         * double, raw control characters in strings */
+        { "{\"a\": 007}", 6, "leading zero" },
+        { "[1, 2.]", 4, "decimal point" },
+        { "[-]", 1, "minus sign" },
+        { "[1e]", 1, "exponent without digits" },
+        { "[1e+]", 1, "exponent without digits" },
+        { "{\"a\": 1e999}", 6, "too large for a double" },
+        { "[-1e400]", 1, "too large for a double" },
+        { "{\"a\": \"x\ty\"}", 8, "raw control character" },
+        { "{\"a\": \"x\ny\"}", 8, "raw control character" },
+        { "{\"a\": \"x\001\"}", 8, "raw control character" },
     };
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         size_t at = 99;
@@ -565,10 +588,20 @@ static void test_strict_json(void **state)
     assert_null(json_parse_strict(deep, 2400, &at, &err));
     assert_non_null(strstr(err.msg, "nested deeper than"));
     assert_int_equal(at, 1000);
+    /* a NUL byte anywhere (the text goes on after it) */
+    static const char nul[] = "{\"name\": \"x\0junk\"}";
+    assert_null(json_parse_strict(nul, sizeof nul - 1, &at, &err));
+    assert_non_null(strstr(err.msg, "a NUL byte"));
+    assert_int_equal(at, 11);
+    static const char nul2[] = "{\"a\": 1}\0";
+    assert_null(json_parse_strict(nul2, sizeof nul2 - 1, &at, &err));
+    assert_int_equal(at, 8);
     /* white space after the value; an escaped backslash before u0000; the
      * same key in two objects */
     static const char *const GOOD[] = { "{\"a\": 1}\n\t \r\n", "{\"n\": \"x\\\\u0000\"}",
-                                        "[{\"k\": 1}, {\"k\": 2}]" };
+                                        "[{\"k\": 1}, {\"k\": 2}]",
+                                        "[0, -0, 0.5, -12.25e-3, 1E+2, 3e0, 1.7976931348623157e308]",
+                                        "{\"t\": \"a\\tb\\n\\u0001\\\"\"}" };
     for (size_t i = 0; i < sizeof GOOD / sizeof GOOD[0]; i++) {
         size_t at;
         Err err = {0};
