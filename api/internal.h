@@ -72,6 +72,8 @@ struct Server {
     Job *head, *tail, *all;
     int queued, running;
     bool stopping;
+    bool streams_end;              /* stopped: event streams send what is left and end */
+    int open_streams;              /* follow=1 event streams not yet freed (under mu) */
     struct Db *pool[32];           /* open connections to the store, idle (under mu) */
     int npool;
     pthread_t *threads;
@@ -91,6 +93,8 @@ typedef struct {
     char *body;
     size_t len;
     bool too_big;
+    bool close;                    /* answer with "Connection: close" (the request's end
+                                      is unknown) */
     bool encoded_slash;            /* its path as sent had %2F: it names no route */
     int status;                    /* the answer's */
     int route;                     /* index into the route table, -1 unmatched */

@@ -50,7 +50,23 @@ static bool is_id(const char *s)
  * prefix, into path; the path is prefix alone when the message has none. */
 static void err_path(const char *prefix, const char *msg, char *path, size_t n)
 {
-    size_t k = strspn(msg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[]");
+    /* names, dots, [index] and ["key"] (a strategy's op or param pattern) */
+    size_t k = 0;
+    for (;;) {
+        size_t w = strspn(msg + k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.");
+        k += w;
+        if (msg[k] == '[' && msg[k + 1] == '"') {
+            const char *q = strchr(msg + k + 2, '"');
+            if (!q || q[1] != ']') break;
+            k = (size_t)(q + 2 - msg);
+        } else if (msg[k] == '[' && msg[k + 1] >= '0' && msg[k + 1] <= '9') {
+            size_t d = strspn(msg + k + 1, "0123456789");
+            if (msg[k + 1 + d] != ']') break;
+            k += d + 2;
+        } else if (!w) {
+            break;
+        }
+    }
     if (!(k > 0 && msg[k] == ':' && msg[k + 1] == ' ')) {
         snprintf(path, n, "%s", prefix);
         return;
@@ -831,6 +847,7 @@ typedef struct {
     char id[17];
     int after;
     bool sse, done;
+    bool counted;                  /* in Server.open_streams */
     char *buf;
     size_t len, off;
     double last_write;
@@ -895,11 +912,11 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
         if (st->done) return MHD_CONTENT_READER_END_OF_STREAM;
         pthread_mutex_lock(&S->mu);
         uint64_t gen = S->news_gen;
-        bool stopping = S->stopping;
+        bool end = S->streams_end;
         pthread_mutex_unlock(&S->mu);
         stream_fill(st);
         if (st->len || st->done) continue;
-        if (stopping) {
+        if (end) {
             st->done = true;
             continue;
         }
@@ -920,6 +937,12 @@ static void stream_free(void *cls)
 {
     EventStream *st = cls;
     if (st->w.con) server_forget(st->S, &st->w);
+    if (st->counted) {
+        pthread_mutex_lock(&st->S->mu);
+        st->S->open_streams--;
+        pthread_cond_broadcast(&st->S->tick);
+        pthread_mutex_unlock(&st->S->mu);
+    }
     free(st->buf);
     free(st);
 }
@@ -966,6 +989,10 @@ static enum MHD_Result h_search_events(Req *r)
         stream_free(st);
         return reply_text(r, 200, type, text, n);
     }
+    pthread_mutex_lock(&r->S->mu);
+    r->S->open_streams++;
+    st->counted = true;
+    pthread_mutex_unlock(&r->S->mu);
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
                                                                   stream_read, st, stream_free);
     if (!resp) {
@@ -1632,9 +1659,26 @@ static void spawn_strata(Server *S, Job *j, char **argv)
         posix_spawn_file_actions_adddup2(&fa, fd, 1);
         posix_spawn_file_actions_adddup2(&fa, fd, 2);
     }
+    /* the child starts with no signal blocked and SIGTERM, SIGINT and
+     * SIGPIPE as they are by default: the server's threads block the first
+     * two (cli/serve.c takes them with sigwait) and ignore the last, and a
+     * child would inherit both, so that stopping the server could not stop
+     * it */
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    sigset_t none, dflt;
+    sigemptyset(&none);
+    sigemptyset(&dflt);
+    sigaddset(&dflt, SIGTERM);
+    sigaddset(&dflt, SIGINT);
+    sigaddset(&dflt, SIGPIPE);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &dflt);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid;
-    int rc = posix_spawn(&pid, S->bin, &fa, NULL, argv, environ);
+    int rc = posix_spawn(&pid, S->bin, &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
     const char *status = "failed";
     char why[600] = "";
     if (rc) {

@@ -38,6 +38,7 @@ enum MHD_Result reply_response(Req *r, int status, struct MHD_Response *resp)
         return MHD_YES;
     }
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ok = MHD_queue_response(r->con, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ok;
@@ -208,13 +209,18 @@ static enum MHD_Result method_not_allowed(Req *r, const Route *rt)
     return reply_response(r, 405, resp);
 }
 
-/* Constant time in the token's length: every byte is compared. */
+/* Constant time in the token's length: every byte is compared. The
+ * scheme in any case, then the token between optional white space (RFC
+ * 9110's "Bearer" 1*SP token, and OWS around a field's value). */
 static bool token_ok(const Server *S, const char *auth)
 {
-    static const char bearer[] = "Bearer ";     /* the scheme in any case (RFC 7235) */
+    static const char bearer[] = "Bearer";
     if (!auth || strncasecmp(auth, bearer, sizeof bearer - 1)) return false;
     const char *got = auth + sizeof bearer - 1;
+    if (*got != ' ') return false;
+    while (*got == ' ' || *got == '\t') got++;
     size_t n = strlen(S->token), m = strlen(got);
+    while (m && (got[m - 1] == ' ' || got[m - 1] == '\t')) m--;
     unsigned char diff = (unsigned char)(n != m);
     for (size_t i = 0; i < n; i++) diff |= (unsigned char)(S->token[i] ^ (i < m ? got[i] : 0));
     return diff == 0;
@@ -223,17 +229,74 @@ static bool token_ok(const Server *S, const char *auth)
 /* May the request go on: the server has no token, it brings the token, or
  * it asks for what is open without one (the health check, and the page,
  * which holds no data and asks for the token before it reads any)? */
+static bool open_route(const Req *r)
+{
+    return (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) &&
+           (!strcmp(r->url, "/healthz") || !strcmp(r->url, "/"));
+}
+
 static bool authorized(const Req *r)
 {
     const Server *S = r->S;
-    bool open = (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) &&
-                (!strcmp(r->url, "/healthz") || !strcmp(r->url, "/"));
-    return !S->token || open || token_ok(S, req_header(r, "Authorization"));
+    return !S->token || open_route(r) || token_ok(S, req_header(r, "Authorization"));
 }
 
 static enum MHD_Result unauthorized(Req *r)
 {
     return reply_error(r, 401, "", "this server needs \"Authorization: Bearer <token>\"");
+}
+
+/* Does Host name the loopback: localhost, 127.x.x.x or [::1], with or
+ * without a port? */
+static bool loopback_host(const char *h)
+{
+    size_t n = strlen(h);
+    if (h[0] == '[') {
+        const char *e = strchr(h, ']');
+        return e && e - h == 4 && !strncmp(h, "[::1]", 5) && (!e[1] || e[1] == ':');
+    }
+    const char *colon = strchr(h, ':');
+    if (colon) n = (size_t)(colon - h);
+    if (n == 9 && !strncasecmp(h, "localhost", 9)) return true;
+    if (n < 7 || strncmp(h, "127.", 4)) return false;
+    int dots = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] == '.') dots++;
+        else if (h[i] < '0' || h[i] > '9') return false;
+    }
+    return dots == 3;
+}
+
+/* A request a page of another site made a browser send, refused (403)
+ * when the server has no token: nothing else would tell it from the
+ * user's own. A page anywhere may post to a server on the user's loopback
+ * (a form or a fetch needs no permission to send), or have its own name
+ * resolve to 127.0.0.1 and read the answers (DNS rebinding). So the Host
+ * must name the loopback, and a POST or DELETE that says where it comes
+ * from (Origin, Sec-Fetch-Site) must come from this server's own page;
+ * clients outside a browser (curl) send neither. The open routes (the
+ * health check, the page) hold no data and are not checked. With a token,
+ * which such a page cannot add, the token is the check. Returns why, or
+ * NULL. */
+static const char *cross_site(const Req *r, bool open, char *why, size_t cap)
+{
+    if (r->S->token || open) return NULL;
+    const char *host = req_header(r, "Host");
+    if (host && !loopback_host(host)) {
+        snprintf(why, cap, "Host %.200s: without a token this server answers requests to a "
+                 "loopback name only (localhost, 127.0.0.1, [::1])", host);
+        return why;
+    }
+    if (!strcmp(r->method, "GET") || !strcmp(r->method, "HEAD")) return NULL;
+    const char *origin = req_header(r, "Origin"), *site = req_header(r, "Sec-Fetch-Site");
+    bool same = !origin || (host && !strncasecmp(origin, "http://", 7) &&
+                            !strcasecmp(origin + 7, host));
+    if (site && strcasecmp(site, "same-origin") && strcasecmp(site, "none")) same = false;
+    if (same) return NULL;
+    snprintf(why, cap, "a %s from %.200s: without a token this server takes changes from its "
+             "own page and from clients outside a browser only", r->method,
+             origin ? origin : "another site");
+    return why;
 }
 
 /* The query's arguments, for query_bad: each key once, with a value, at
@@ -291,9 +354,16 @@ static const char *query_bad(const Req *r, const char **why)
 static enum MHD_Result dispatch(Req *r)
 {
     char path[1024];
+    size_t n = strlen(r->url);
     snprintf(path, sizeof path, "%s", r->url);
-    r->route = r->encoded_slash ? -1 : match(r, path);  /* by route, even when refused */
+    /* by route, even when refused; a path longer than any route's is none */
+    r->route = r->encoded_slash || n >= sizeof path ? -1 : match(r, path);
     if (!authorized(r)) return unauthorized(r);
+    if (n >= sizeof path)
+        return reply_error(r, 404, "", "no such resource: a path of %zu bytes", n);
+    char foreign[512];
+    if (cross_site(r, open_route(r), foreign, sizeof foreign))
+        return reply_error(r, 403, "", "%s", foreign);
     if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
     const Route *rt = &ROUTES[r->route];
     Handler h = !strcmp(r->method, "GET") || !strcmp(r->method, "HEAD") ? rt->get
@@ -393,6 +463,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                                "most (RFC 9112)", ncl);
         }
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
+        if (cl && MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Transfer-Encoding")) {
+            /* where this body ends and the next request begins depends on
+             * which header is believed: refused, and the connection closed
+             * (RFC 9112, 6.1) */
+            r->route = match(r, r->url);
+            r->close = true;
+            return reply_error(r, 400, "", "the request has both Content-Length and "
+                               "Transfer-Encoding; one at most (RFC 9112)");
+        }
         if (cl && strtoull(cl, NULL, 10) > S->o.max_body) {
             r->too_big = true;
             return too_big(r, cl);
@@ -440,7 +519,8 @@ int api_handle(Server *S, const char *method, const char *path, const char *cons
 }
 
 /* The statuses counted apart; anything else is counted as the last. */
-static const int STATUSES[] = { 200, 201, 202, 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 503, 0 };
+static const int STATUSES[] = { 200, 201, 202, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429,
+                                500, 503, 0 };
 #define NSTATUS ((int)(sizeof STATUSES / sizeof STATUSES[0]))
 
 static void count(Server *S, int route, int status, double dt)
@@ -661,7 +741,7 @@ void server_news(Server *S)
 bool server_wait(Server *S, Waiter *w, uint64_t gen)
 {
     pthread_mutex_lock(&S->mu);
-    bool wait = !S->stopping && S->news_gen == gen;
+    bool wait = !S->streams_end && S->news_gen == gen;
     if (wait) {
         w->next = S->waiting;
         S->waiting = w;
@@ -687,7 +767,7 @@ static void *ticker(void *arg)
 {
     Server *S = arg;
     pthread_mutex_lock(&S->mu);
-    while (!S->stopping) {
+    while (!S->streams_end) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
@@ -796,15 +876,15 @@ Server *server_start(const ServeOpts *o, Err *err)
     if (listen_address(o, &ss, err)) return NULL;
     Db *db = db_open(o->db_path, err);
     int nint = 0, nrun = 0, nprof = 0;
-    if (!db || db_search_interrupt_unfinished(db, &nint, err) ||
+    if (!db || db_search_interrupt(db, false, &nint, err) ||
         db_run_interrupt_unfinished(db, &nrun, err) || db_profile_interrupt_dead(db, &nprof, err)) {
         db_close(db);
         return NULL;
     }
     db_close(db);
     if (nint && o->log)
-        fprintf(o->log, "{\"note\":\"%d search%s left unfinished by an earlier server marked "
-                "interrupted\"}\n", nint, nint == 1 ? "" : "es");
+        fprintf(o->log, "{\"note\":\"%d search%s whose process ended before %s did marked "
+                "interrupted\"}\n", nint, nint == 1 ? "" : "es", nint == 1 ? "it" : "they");
     if (nrun && o->log)
         fprintf(o->log, "{\"note\":\"%d run%s left unfinished by an earlier server marked "
                 "interrupted\"}\n", nrun, nrun == 1 ? "" : "s");
@@ -871,14 +951,11 @@ void server_stop(Server *S)
     S->stopping = true;
     for (Job *j = S->all; j; j = j->next_all) {
         j->stop = 1;
-        if (j->kind == JOB_RUN && j->pid > 0) kill(j->pid, SIGTERM);
+        if (j->pid > 0) kill(j->pid, SIGTERM);     /* a run's or a profile's child */
     }
     pthread_cond_broadcast(&S->work);
     pthread_cond_broadcast(&S->tick);
-    Waiter *w = take_waiting(S);
     pthread_mutex_unlock(&S->mu);
-    resume_all(w);
-    pthread_join(S->ticker, NULL);
     if (S->daemon) {
         MHD_socket fd = MHD_quiesce_daemon(S->daemon);
         if (fd != MHD_INVALID_SOCKET) close(fd);
@@ -888,10 +965,27 @@ void server_stop(Server *S)
     Db *db = db_open(S->db_path, &(Err){ { 0 } });
     int n;
     if (db) {
-        db_search_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+        db_search_interrupt(db, true, &n, &(Err){ { 0 } });
         db_run_interrupt_unfinished(db, &n, &(Err){ { 0 } });
     }
     db_close(db);
+    /* the searches have stored their last events: the streams following
+     * them send what is left (an SSE stream its end) and close, for a
+     * while at most, before the connections go */
+    pthread_mutex_lock(&S->mu);
+    S->streams_end = true;
+    pthread_cond_broadcast(&S->tick);
+    Waiter *w = take_waiting(S);
+    pthread_mutex_unlock(&S->mu);
+    resume_all(w);
+    pthread_join(S->ticker, NULL);
+    pthread_mutex_lock(&S->mu);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    while (S->open_streams > 0 &&
+           pthread_cond_timedwait(&S->tick, &S->mu, &until) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&S->mu);
     if (S->daemon) MHD_stop_daemon(S->daemon);
     for (int i = 0; i < S->npool; i++) db_close(S->pool[i]);
     Job *j = S->all;

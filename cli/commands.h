@@ -24,6 +24,8 @@ Db *cli_open_store(int argc, char **argv, const char *cmd, const char *usage, in
  * interrupted, saying so on stderr; a store too busy to write is only
  * warned about. For the commands that read a profile's status. */
 void cli_settle_profiles(Db *db);
+/* The same for searches whose process ended before them (db_search_interrupt). */
+void cli_settle_searches(Db *db);
 
 /* The id a `noun` row given to option opt, when given, is well formed
  * (db_id_check): 0, or -1 with err naming the option. */

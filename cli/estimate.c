@@ -60,7 +60,8 @@ static void print_estimate(const Estimate *e, const Graph *g, const Cluster *c, 
     printf("   (lowered in %s, simulated in %s)\n", a, b);
     printf("throughput    %.4g samples/s", r->samples_per_s);
     if (r->tokens_per_s > 0) printf(", %.4g tokens/s", r->tokens_per_s);
-    printf("\nMFU           %.1f%%  (HFU %.1f%% with recompute; %.3g model FLOP per step)\n",
+    printf("\nMFU           %.1f%%  (HFU %.1f%% with recompute and updates; %.3g model FLOP per "
+           "step)\n",
            100 * r->mfu, 100 * r->hfu, r->model_flops);
     if (s->nstages > 1)
         printf("bubble        %.1f%% of the step, averaged over the stages\n", 100 * r->bubble);

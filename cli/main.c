@@ -161,6 +161,18 @@ void cli_settle_profiles(Db *db)
                 n == 1 ? "it" : "them", n == 1 ? "it" : "they");
 }
 
+void cli_settle_searches(Db *db)
+{
+    Err err = {0};
+    int n = 0;
+    if (db_search_interrupt(db, false, &n, &err))
+        fprintf(stderr, "strata: warning: %s\n", err.msg);
+    else if (n)
+        fprintf(stderr, "strata: %d search%s whose process ended before %s did marked "
+                "interrupted (`strata serve` resumes %s from %s best)\n", n, n == 1 ? "" : "es",
+                n == 1 ? "it" : "they", n == 1 ? "it" : "them", n == 1 ? "its" : "their");
+}
+
 static int cmd_model_build(int argc, char **argv)
 {
     Args a;
@@ -807,6 +819,11 @@ static int cmd_plans_export(int argc, char **argv)
     }
     const char *db = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
     if (args_out_file(&a, "output", "-o", db, &err)) return usage_error("plans export", &err);
+    if (args_get(&a, "output") && args_has(&a, "json")) {
+        err_set(&err, "-o and --json: -o writes the configuration alone, --json prints it with "
+                "what does not map and the notes; give one");
+        return usage_error("plans export", &err);
+    }
     Export x;
     if (job_export(db, a.pos[0], to, &x, &err)) return fail(&err);
     int rc = 0;
@@ -823,8 +840,13 @@ static int cmd_plans_export(int argc, char **argv)
             export_free(&x);
             return fail(&err);
         }
-        fputs(x.text, f);
-        if (out && fclose(f)) rc = EXIT_FAILURE;
+        bool ok = fputs(x.text, f) >= 0;
+        if (out && fclose(f)) ok = false;
+        if (out && !ok) {
+            err_set(&err, "-o %s: cannot write it: %s", out, strerror(errno));
+            export_free(&x);
+            return fail(&err);
+        }
         if (out) fprintf(stderr, "wrote the %s configuration of plan %s to %s\n",
                          export_target_name(to), x.plan_id, out);
         for (int i = 0; i < x.nnotes; i++) fprintf(stderr, "note: %s\n", x.notes[i]);
@@ -912,6 +934,15 @@ static void usage(FILE *f)
     }
 }
 
+/* rc, unless what the command printed could not all be written (a full
+ * disk, a closed pipe's reader gone): then the command failed, said so. */
+static int written(int rc)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout)) return rc;
+    fprintf(stderr, "strata: writing the output: %s\n", errno ? strerror(errno) : "failed");
+    return rc ? rc : EXIT_FAILURE;
+}
+
 int main(int argc, char **argv)
 {
     blas_fix_coretype(argv);
@@ -924,9 +955,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < NCOMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].group) != 0) continue;
         group_known = true;
-        if (!COMMANDS[i].verb) return COMMANDS[i].fn(argc - 2, argv + 2);
+        if (!COMMANDS[i].verb) return written(COMMANDS[i].fn(argc - 2, argv + 2));
         if (argc >= 3 && strcmp(argv[2], COMMANDS[i].verb) == 0)
-            return COMMANDS[i].fn(argc - 3, argv + 3);
+            return written(COMMANDS[i].fn(argc - 3, argv + 3));
     }
     if (group_known && argc >= 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
         for (int i = 0; i < NCOMMANDS; i++)

@@ -7,6 +7,7 @@
  * plan; 1 when no plan fits (the message says what the least hungry one
  * needs) or something could not be read or stored; 2 on a usage mistake.
  */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,11 +63,30 @@ static double num(const cJSON *o, const char *k)
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
-/* One live line on a terminal. */
+/* Where the events go: the live line on stderr, and --log, opened at the
+ * first event (so a search refused before it starts leaves the file as it
+ * was). */
+typedef struct {
+    bool live;
+    const char *log_path;
+    FILE *log;
+} Progress;
+
 static void on_event(void *ctx, const cJSON *ev)
 {
-    bool *live = ctx;
-    if (!*live) return;
+    Progress *pg = ctx;
+    if (pg->log_path && !pg->log && !(pg->log = fopen(pg->log_path, "w"))) {
+        fprintf(stderr, "strata search: warning: --log %s: cannot write it: %s\n", pg->log_path,
+                strerror(errno));
+        pg->log_path = NULL;
+    }
+    if (pg->log) {
+        char *text = cJSON_PrintUnformatted(ev);
+        fprintf(pg->log, "%s\n", text);
+        fflush(pg->log);
+        cJSON_free(text);
+    }
+    if (!pg->live) return;
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(ev, "event");
     if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "progress")) return;
     char best[32], cur[32];
@@ -196,12 +216,12 @@ int cmd_search(int argc, char **argv)
     Graph *g = NULL;
     Cluster *c = NULL;
     Predictor pd;
-    bool have_pd = false, live = isatty(2) && !args_has(&a, "json");
+    bool have_pd = false;
+    Progress pg = { .live = isatty(2) && !args_has(&a, "json"), .log_path = args_get(&a, "log") };
     SearchJob j;
     memset(&j, 0, sizeof j);
     int rc = EXIT_FAILURE;
     const char *db = args_get(&a, "db") ? args_get(&a, "db") : CLI_DEFAULT_DB;
-    FILE *log = NULL;
     if (load_model_cluster(&a, &g, &c, &err)) goto out;
     if (o.search.world > c->ndevices) {
         err_set(&err, "--devices %d: cluster %s has %d devices", o.search.world, c->name,
@@ -214,15 +234,17 @@ int cmd_search(int argc, char **argv)
     /* kept with the search, whole, for a resume: the id as resolved */
     o.costmodel_id = pd.cost_model_id[0] ? pd.cost_model_id : NULL;
     if (pd.warning[0]) fprintf(stderr, "strata search: warning: %s\n", pd.warning);
-    if (args_get(&a, "log") && !(log = fopen(args_get(&a, "log"), "w"))) {
-        err_set(&err, "--log %s: cannot write it", args_get(&a, "log"));
+    /* writable (created when missing, not emptied yet: on_event) */
+    FILE *probe = pg.log_path ? fopen(pg.log_path, "a") : NULL;
+    if (pg.log_path && !probe) {
+        err_set(&err, "--log %s: cannot write it: %s", pg.log_path, strerror(errno));
         goto out;
     }
+    if (probe) fclose(probe);
     o.db_path = db;
     o.pred = &pd;
-    o.log = log;
     o.event = on_event;
-    o.ctx = &live;
+    o.ctx = &pg;
     o.search.stop = &stop_flag;
     struct sigaction sa = { .sa_handler = on_signal };
     sigemptyset(&sa.sa_mask);
@@ -231,7 +253,7 @@ int cmd_search(int argc, char **argv)
     int jrc = job_search(g, c, &o, &j, &err);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (live) fprintf(stderr, "\n");
+    if (pg.live) fprintf(stderr, "\n");
     if (jrc) goto out;
     if (args_has(&a, "json")) {
         char *text = cJSON_Print(j.json);
@@ -247,7 +269,7 @@ int cmd_search(int argc, char **argv)
     rc = 0;
 out:
     if (rc) fprintf(stderr, "strata: %s\n", err.msg);
-    if (log) fclose(log);
+    if (pg.log) fclose(pg.log);
     search_job_free(&j);
     if (have_pd) predictor_free(&pd);
     cluster_free(c);
@@ -272,6 +294,7 @@ int cmd_searches_list(int argc, char **argv)
     if (!db) return rc;
     DbSearch *rows;
     int n;
+    cli_settle_searches(db);
     rc = db_search_list(db, &rows, &n, &err);
     db_close(db);
     if (rc) {
@@ -314,6 +337,7 @@ int cmd_searches_show(int argc, char **argv)
                             &a, &rc);
     if (!db) return rc;
     DbSearch x;
+    cli_settle_searches(db);
     rc = db_search_get(db, a.pos[0], &x, &err);
     db_close(db);
     if (rc) {

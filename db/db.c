@@ -339,6 +339,12 @@ static const char *const migrations[] = {
     /* 8: the process measuring a profile, so that one killed before it
      * could close its row is found out (db_profile_interrupt_dead) */
     "ALTER TABLE profiles ADD COLUMN pid INTEGER;",
+
+    /* 9: the process running a search (the command line's, or the
+     * server's that runs it), so that another process tells a live search
+     * from one whose process was killed (db_search_interrupt) */
+    "ALTER TABLE searches ADD COLUMN host TEXT;"
+    "ALTER TABLE searches ADD COLUMN pid INTEGER;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -2371,7 +2377,7 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
     if (check_id(x->id, "search", err)) return err_prefix(err, "storing search");
     SQL_CHECK(stmt_prepare(db,
         "INSERT INTO searches (id, model_id, cluster_id, method, status, budget_json, devices,"
-        " seed, options_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", &st));
+        " seed, options_json, host, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, x->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, x->model_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, x->cluster_id, -1, SQLITE_STATIC));
@@ -2381,6 +2387,11 @@ int db_search_put(Db *db, const DbSearch *x, Err *err)
     SQL_CHECK(sqlite3_bind_int(st, 7, x->devices));
     SQL_CHECK(sqlite3_bind_int64(st, 8, x->seed));
     SQL_CHECK(sqlite3_bind_text(st, 9, x->options_json, -1, SQLITE_STATIC));
+    /* the process storing it runs it */
+    char host[256];
+    this_host(host, sizeof host);
+    SQL_CHECK(sqlite3_bind_text(st, 10, host, -1, SQLITE_TRANSIENT));
+    SQL_CHECK(sqlite3_bind_int64(st, 11, getpid()));
     SQL_STEP_DONE(st);
     stmt_done(db, st);
     return 0;
@@ -2446,10 +2457,16 @@ err:
 int db_search_move_status(Db *db, const char *id, const char *from, const char *to, Err *err)
 {
     sqlite3_stmt *st = NULL;
-    SQL_CHECK(stmt_prepare(db, "UPDATE searches SET status = ? WHERE id = ? AND status = ?", &st));
+    /* the process that moves it (a server resuming it) runs it from now on */
+    char host[256];
+    this_host(host, sizeof host);
+    SQL_CHECK(stmt_prepare(db, "UPDATE searches SET status = ?, host = ?, pid = ?"
+                           " WHERE id = ? AND status = ?", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, to, -1, SQLITE_STATIC));
-    SQL_CHECK(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
-    SQL_CHECK(sqlite3_bind_text(st, 3, from, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 2, host, -1, SQLITE_TRANSIENT));
+    SQL_CHECK(sqlite3_bind_int64(st, 3, getpid()));
+    SQL_CHECK(sqlite3_bind_text(st, 4, id, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_text(st, 5, from, -1, SQLITE_STATIC));
     SQL_STEP_DONE(st);
     stmt_done(db, st);
     return sqlite3_changes(db->h) == 1 ? 0 : 1;
@@ -2477,7 +2494,29 @@ static bool process_ended(int64_t pid)
     return c && c[1] == ' ' && (c[2] == 'Z' || c[2] == 'X');
 }
 
-int db_profile_interrupt_dead(Db *db, int *n, Err *err)
+/* Whose unfinished rows interrupt_gone takes: those of a process that has
+ * ended on this host (a row naming no process is left); the same, and rows
+ * naming this process or none (for a caller that runs none itself, so that
+ * its pid there is an earlier process's); or this process's own. */
+typedef enum { GONE_ENDED, GONE_ENDED_SELF_UNSAID, GONE_SELF } GoneRule;
+
+static bool row_gone(GoneRule rule, const char *row_host, int64_t pid, const char *host)
+{
+    bool here = row_host && !strcmp(row_host, host), mine = here && pid == getpid();
+    switch (rule) {
+    case GONE_SELF: return mine;
+    case GONE_ENDED_SELF_UNSAID:
+        if (!row_host || pid <= 0) return true;
+        return mine || (here && process_ended(pid));
+    default: return here && pid > 0 && process_ended(pid);
+    }
+}
+
+/* Runs `update` (its one parameter the row's id) on each row `select`
+ * lists as (id, host, pid) that the rule takes, in one transaction; *n:
+ * how many it changed. */
+static int interrupt_gone(Db *db, const char *select, const char *update, GoneRule rule, int *n,
+                          Err *err)
 {
     sqlite3_stmt *st = NULL, *up = NULL;
     char host[256];
@@ -2485,16 +2524,15 @@ int db_profile_interrupt_dead(Db *db, int *n, Err *err)
     this_host(host, sizeof host);
     db->rc = 0;
     SQL_CHECK(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
-    SQL_CHECK(stmt_prepare(db, "SELECT id, pid FROM profiles WHERE finished IS NULL AND host = ?"
-                           " AND pid IS NOT NULL", &st));
-    SQL_CHECK(stmt_prepare(db, "UPDATE profiles SET status = 'interrupted', complete = 0,"
-                           " finished = " NOW " WHERE id = ? AND finished IS NULL", &up));
-    SQL_CHECK(sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC));
+    SQL_CHECK(stmt_prepare(db, select, &st));
+    SQL_CHECK(stmt_prepare(db, update, &up));
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!process_ended(sqlite3_column_int64(st, 1))) continue;
+        if (!row_gone(rule, (const char *)sqlite3_column_text(st, 1),
+                      sqlite3_column_int64(st, 2), host))
+            continue;
         SQL_CHECK(sqlite3_reset(up));
-        SQL_CHECK(sqlite3_bind_int64(up, 1, sqlite3_column_int64(st, 0)));
+        SQL_CHECK(sqlite3_bind_value(up, 1, sqlite3_column_value(st, 0)));
         SQL_STEP_DONE(up);
         *n += sqlite3_changes(db->h);
     }
@@ -2507,14 +2545,26 @@ int db_profile_interrupt_dead(Db *db, int *n, Err *err)
 err:
     tx_end(db, st, up, false, err);
     *n = 0;
-    return err_prefix(err, "marking profiles whose process has ended interrupted");
+    return -1;
 }
 
-int db_search_interrupt_unfinished(Db *db, int *n, Err *err)
+int db_profile_interrupt_dead(Db *db, int *n, Err *err)
 {
-    if (exec_counted(db, "UPDATE searches SET status = 'interrupted', finished = " NOW
-                     " WHERE status IN ('queued', 'running')", n, err))
-        return err_prefix(err, "marking unfinished searches interrupted");
+    if (interrupt_gone(db, "SELECT id, host, pid FROM profiles WHERE finished IS NULL",
+                       "UPDATE profiles SET status = 'interrupted', complete = 0, finished = " NOW
+                       " WHERE id = ? AND finished IS NULL", GONE_ENDED, n, err))
+        return err_prefix(err, "marking profiles whose process has ended interrupted");
+    return 0;
+}
+
+int db_search_interrupt(Db *db, bool own, int *n, Err *err)
+{
+    if (interrupt_gone(db, "SELECT id, host, pid FROM searches"
+                       " WHERE status IN ('queued', 'running')",
+                       "UPDATE searches SET status = 'interrupted', finished = " NOW
+                       " WHERE id = ? AND status IN ('queued', 'running')",
+                       own ? GONE_SELF : GONE_ENDED_SELF_UNSAID, n, err))
+        return err_prefix(err, "marking searches whose process has ended interrupted");
     return 0;
 }
 

@@ -356,9 +356,13 @@ int db_search_finish(Db *db, const char *id, const char *status, const char *bes
 int db_search_move_status(Db *db, const char *id, const char *from, const char *to, Err *err);
 /* A search queued to run later starts: status "running". */
 int db_search_set_status(Db *db, const char *id, const char *status, Err *err);
-/* After a restart: every search still "queued" or "running" belonged to a
- * process that is gone; they become "interrupted". *n: how many. */
-int db_search_interrupt_unfinished(Db *db, int *n, Err *err);
+/* Searches still "queued" or "running" become "interrupted" (*n: how
+ * many): with own, those this process runs (a server stopping); else those
+ * whose process has ended (gone, or a zombie), on this host, or that say
+ * no process. A process that runs no search itself asks the latter (a
+ * server at start, the command line before it lists), so a row naming its
+ * own pid is an earlier process's. */
+int db_search_interrupt(Db *db, bool own, int *n, Err *err);
 /* By id or unique prefix; 1 when not found. */
 int db_search_get(Db *db, const char *id, DbSearch *out, Err *err);
 int db_search_list(Db *db, DbSearch **rows, int *n, Err *err);     /* newest first */

@@ -79,6 +79,8 @@ typedef struct {
     char split_why[300];            /* when not: the first op that differs */
     bool even_cuts;                 /* the blocks cut evenly over P x V chunks */
     int64_t layers, hidden, heads, ffn, seq, vocab;   /* transformer shape (0: unknown) */
+    bool untied;                    /* the output layer has a weight of its own, not the
+                                       embedding table's */
     double bucket_bytes;
 } Reading;
 
@@ -330,6 +332,13 @@ static void read_plan(const Graph *g, const Cluster *c, const Strategy *s, Readi
         rd->ffn = letter_size(g, 'f');
         rd->seq = letter_size(g, 's');
         rd->vocab = letter_size(g, 'v');
+        /* tied: the embedding table is read by another op too (the output
+         * layer's matmul), as Megatron-LM ties them unless told */
+        rd->untied = true;
+        for (int t = 0; t < g->ntensors; t++)
+            if (g->tensors[t].role == ROLE_PARAM && graph_read_by(g, t, OP_EMBEDDING) &&
+                graph_read_by(g, t, OP_MATMUL))
+                rd->untied = false;
         /* switch experts: which layers route, over how many experts, with what capacity */
         for (int i = 0; i < g->nops; i++) {
             const Op *op = &g->ops[i];
@@ -413,6 +422,7 @@ static char *megatron_args(const Reading *rd, const LoadedPlan *lp, char ***un, 
         add_line(&fl, &nf, "--seq-length %lld", (long long)rd->seq);
         add_line(&fl, &nf, "--max-position-embeddings %lld", (long long)rd->seq);
         add_line(&fl, &nf, "--padded-vocab-size %lld", (long long)rd->vocab);
+        if (rd->untied) add_line(&fl, &nf, "--untie-embeddings-and-output-weights");
         if (rd->experts) {
             /* top-1 routing to capacity slots, as Switch Transformer; the
              * MoE layers as a list (Megatron-LM's integer N puts them at

@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -84,8 +85,10 @@ static void http_body(int port, const char *method, const char *path, const char
     char *req = NULL;
     size_t rn = 0;
     FILE *f = open_memstream(&req, &rn);
-    fprintf(f, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
-            extra ? extra : "");
+    /* Host: 127.0.0.1 unless extra says its own */
+    bool host = extra && (!strncasecmp(extra, "Host:", 5) || strcasestr(extra, "\r\nHost:"));
+    fprintf(f, "%s %s HTTP/1.1\r\n%sConnection: close\r\n%s", method, path,
+            host ? "" : "Host: 127.0.0.1\r\n", extra ? extra : "");
     if (body) fprintf(f, "Content-Type: %s\r\nContent-Length: %zu\r\n", type, bl);
     fprintf(f, "\r\n");
     if (body) fwrite(body, 1, bl, f);
@@ -390,6 +393,12 @@ static void test_estimate(void **state)
         { "{\"kind\": \"dp\", \"compress\": \"zzz\"}", "strategy.compress" },
         { "{\"kind\": \"dpp\"}", "strategy.kind" },
         { "{\"mesh\": {\"dp\": 1}, \"bogus\": 1}", "strategy.bogus" },
+        /* a path with an op or param pattern in it */
+        { "{\"mesh\": {\"dp\": 2}, \"ops\": {\"blocks.*\": {\"split\": {\"q\": \"dp\"}}}}",
+          "strategy.ops[\"blocks.*\"]" },
+        { "{\"mesh\": {\"dp\": 2}, \"params\": {\"*\": {\"sync\": {\"method\": \"ps\", "
+          "\"shards\": 0}}}}", "strategy.params[\"*\"].sync.shards" },
+        { "{\"mesh\": {\"dp\": 2, \"tp\": 2}}", "strategy.mesh.tp" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(body, sizeof body, "{\"model\": \"%s\", \"cluster\": \"%s\", \"strategy\": %s}",
@@ -779,6 +788,15 @@ static void test_token(void **state)
     expect(&h, 200);
     http(p, "GET", "/v1/models", "Authorization: bearer s3cret-token-0123456789\r\n", NULL, &h);
     expect(&h, 200);                  /* the scheme in any case */
+    http(p, "GET", "/v1/models", "Authorization: Bearer   s3cret-token-0123456789 \t\r\n", NULL,
+         &h);
+    expect(&h, 200);                  /* white space around the token */
+    http(p, "GET", "/v1/models", "Authorization: Bearers3cret-token-0123456789\r\n", NULL, &h);
+    expect_error(&h, 401, "");
+    /* with a token, the token is the check: any Host, any Origin */
+    http(p, "POST", "/v1/models", "Host: strata.example:80\r\nOrigin: http://elsewhere.example\r\n"
+         "Authorization: Bearer s3cret-token-0123456789\r\n", "{\"zoo\": \"mlp\"}", &h);
+    expect(&h, 201);
     http(p, "GET", "/healthz", NULL, NULL, &h);
     expect(&h, 200);
     http(p, "HEAD", "/healthz", NULL, NULL, &h);
@@ -798,8 +816,59 @@ static void test_token(void **state)
     /* refusals are counted by the route they asked for */
     http(p, "GET", "/metrics", "Authorization: Bearer s3cret-token-0123456789\r\n", NULL, &h);
     expect(&h, 200);
-    assert_non_null(strstr(h.body, "strata_http_requests_total{route=\"/v1/models\",status=\"401\"} 4"));
+    assert_non_null(strstr(h.body, "strata_http_requests_total{route=\"/v1/models\",status=\"401\"} 5"));
     server_stop(s);
+}
+
+/* Without a token, what another site's page makes a browser send is
+ * refused: a Host that is not a loopback name (DNS rebinding), a POST or
+ * DELETE from another Origin or a cross-site fetch. curl-like clients
+ * (neither header) and the server's own page pass. */
+static void test_cross_site(void **state)
+{
+    (void)state;
+    Http h;
+    const char *mlp = "{\"zoo\": \"mlp\"}";
+    http(port, "GET", "/v1/models", "Host: rebound.example:8080\r\n", NULL, &h);
+    expect_error(&h, 403, "");
+    assert_non_null(strstr(jstr(cJSON_GetObjectItemCaseSensitive(body_json(&h), "error"),
+                                "message"), "Host rebound.example:8080"));
+    http(port, "GET", "/v1/models", "Host: 127.0.0.1.rebound.example\r\n", NULL, &h);
+    expect_error(&h, 403, "");
+    http(port, "GET", "/v1/models", "Host: 127.0.0\r\n", NULL, &h);
+    expect_error(&h, 403, "");
+    const char *loop[] = { "Host: localhost:1\r\n", "Host: LOCALHOST\r\n", "Host: [::1]:80\r\n",
+                           "Host: 127.0.0.1\r\n", "Host: 127.1.2.3:9\r\n" };
+    for (int k = 0; k < 5; k++) {
+        http(port, "GET", "/v1/models", loop[k], NULL, &h);
+        expect(&h, 200);
+    }
+    /* the open routes hold nothing to read */
+    http(port, "GET", "/healthz", "Host: rebound.example\r\n", NULL, &h);
+    expect(&h, 200);
+    http(port, "POST", "/v1/models", "Origin: http://elsewhere.example\r\n", mlp, &h);
+    expect_error(&h, 403, "");
+    assert_non_null(strstr(h.body, "http://elsewhere.example"));
+    http(port, "POST", "/v1/models", "Origin: null\r\n", mlp, &h);
+    expect_error(&h, 403, "");
+    http(port, "DELETE", "/v1/searches/0123456789abcdef", "Origin: http://elsewhere.example\r\n",
+         NULL, &h);
+    expect_error(&h, 403, "");
+    http(port, "POST", "/v1/models", "Sec-Fetch-Site: cross-site\r\n", mlp, &h);
+    expect_error(&h, 403, "");
+    /* a form's body, from another site: refused before it is read */
+    http_body(port, "POST", "/v1/searches", "Origin: http://elsewhere.example\r\n", "a=b", 3,
+              "application/x-www-form-urlencoded", &h);
+    expect_error(&h, 403, "");
+    /* the page (its own origin) and clients outside a browser */
+    http(port, "POST", "/v1/models", "Origin: http://127.0.0.1\r\nSec-Fetch-Site: same-origin\r\n",
+         mlp, &h);
+    expect(&h, 201);
+    http(port, "POST", "/v1/models", NULL, mlp, &h);
+    expect(&h, 201);
+    /* refusals are counted */
+    http(port, "GET", "/metrics", NULL, NULL, &h);
+    assert_non_null(strstr(h.body, "status=\"403\"}"));
 }
 
 /* Another process holding the store for writing past the wait (5 s): a
@@ -847,6 +916,18 @@ static void test_limits(void **state)
     big[9999] = 0;
     http(p, "POST", "/v1/models", NULL, big, &h);
     expect_error(&h, 413, "");
+    /* a path longer than any route's names none (not a cut copy of it) */
+    char longpath[1100] = "/v1/models";
+    memset(longpath + 10, '/', 1050);
+    longpath[1060] = 0;
+    http(p, "DELETE", longpath, NULL, NULL, &h);
+    expect_error(&h, 404, "");
+    assert_non_null(strstr(h.body, "a path of 1060 bytes"));
+    /* a body framed two ways: refused, the connection closed */
+    http(p, "POST", "/v1/models", "Transfer-Encoding: chunked\r\n", "{\"zoo\": \"mlp\"}", &h);
+    expect_error(&h, 400, "");
+    assert_non_null(strstr(h.body, "both Content-Length and Transfer-Encoding"));
+    assert_non_null(strcasestr(h.head, "Connection: close"));
     /* the queue: one worker busy, one job waiting, the next refused */
     char *m = file_text("models/tiny-mlp.json"), *c = file_text("clusters/dgx-a100-80gb.json");
     http(p, "POST", "/v1/models", NULL, m, &h);
@@ -983,6 +1064,22 @@ static int wait_exit(pid_t pid, int seconds)
     return -1;
 }
 
+/* A client following a search's events (SSE) until the server closes it. */
+typedef struct {
+    int port;
+    char path[160];
+    Http h;
+} Follow;
+
+static void *follow_events(void *arg)
+{
+    Follow *f = arg;
+    http(f->port, "GET", f->path, "Accept: text/event-stream\r\n", NULL, &f->h);
+    return NULL;
+}
+
+/* SIGTERM mid-search: the search stores its best, and a client following
+ * its events gets every one the search stored, then the end. */
 static void test_sigterm_keeps_the_best(void **state)
 {
     (void)state;
@@ -991,8 +1088,14 @@ static void test_sigterm_keeps_the_best(void **state)
     pid_t pid = serve_child(db, p);
     char id[17];
     long_search(p, id);
+    Follow f = { .port = p };
+    snprintf(f.path, sizeof f.path, "/v1/searches/%s/events?follow=1", id);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, follow_events, &f), 0);
+    usleep(300000);
     kill(pid, SIGTERM);
     assert_int_equal(wait_exit(pid, 60), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
     Server *s = start(db, NULL, 1, 1, 1 << 20);
     Http h;
     char path[128];
@@ -1001,6 +1104,10 @@ static void test_sigterm_keeps_the_best(void **state)
     cJSON *j = body_json(&h);
     assert_string_equal(jstr(j, "status"), "stopped");
     assert_int_equal(strlen(jstr(j, "best_plan_id")), 16);
+    int stored = (int)jnum(j, "events"), got = 0;
+    for (const char *q = f.h.body; (q = strstr(q, "event: search\n")); q++) got++;
+    if (got != stored) fail_msg("the follower got %d of the %d events stored", got, stored);
+    assert_non_null(strstr(f.h.body, "event: end\ndata: {\"status\":\"stopped\"}"));
     server_stop(s);
 }
 
@@ -1107,17 +1214,73 @@ static void kill_holding(const char *word)
     closedir(d);
 }
 
-/* A server killed while a run it started trains: the run's row says so
- * once a server opens the store again, and says why. */
-static void test_kill9_mid_run(void **state)
+/* A search the command line runs on the store a server then opens is
+ * left running (its process lives); killed, the next `searches list` says
+ * it was interrupted, and a server can resume it. */
+static void test_cli_search_beside_server(void **state)
 {
     (void)state;
-    const char *db = harness_tmp_path("killrun.db");
+    const char *db = harness_tmp_path("beside.db");
+    char model[512], cluster[512];
+    snprintf(model, sizeof model, "%s", harness_root_path("models/tiny-mlp.json"));
+    snprintf(cluster, sizeof cluster, "%s", harness_root_path("clusters/dgx-a100-80gb.json"));
+    pid_t cli = fork();
+    assert_true(cli >= 0);
+    if (cli == 0) {
+        FILE *o = freopen("/dev/null", "w", stdout);
+        FILE *e = freopen("/dev/null", "w", stderr);
+        (void)o;
+        (void)e;
+        execl(harness_bin(), "strata", "search", "--model", model, "--cluster", cluster,
+              "--budget", "300s", "--algo", "mcmc", "--db", db, (char *)NULL);
+        _exit(127);
+    }
+    /* its row, with a few events */
+    char id[17] = "";
+    for (int i = 0; i < 300 && !id[0]; i++) {
+        usleep(100000);
+        sqlite3 *h = NULL;
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+            sqlite3_prepare_v2(h, "SELECT x.id FROM searches x WHERE (SELECT count(*) FROM "
+                               "search_events e WHERE e.search_id = x.id) > 1", -1, &st,
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+        sqlite3_close(h);
+    }
+    assert_int_equal(strlen(id), 16);
+    Server *s = start(db, NULL, 1, 1, 1 << 20);
+    Http h;
+    char path[128];
+    snprintf(path, sizeof path, "/v1/searches/%s", id);
+    http(server_port(s), "GET", path, NULL, NULL, &h);
+    assert_string_equal(jstr(body_json(&h), "status"), "running");
+    snprintf(path, sizeof path, "/v1/searches/%s/resume", id);
+    http(server_port(s), "POST", path, NULL, NULL, &h);
+    expect_error(&h, 409, "");
+    server_stop(s);
+    kill(cli, SIGKILL);
+    waitpid(cli, NULL, 0);
+    char cmd[1024], out[4096];
+    snprintf(cmd, sizeof cmd, "'%s' searches list --db '%s' 2>&1", harness_bin(), db);
+    FILE *f = popen(cmd, "r");
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = 0;
+    assert_int_equal(pclose(f), 0);
+    assert_non_null(strstr(out, "1 search whose process ended before it did marked interrupted"));
+    assert_non_null(strstr(out, "interrupted"));
+}
+
+/* A server on a fresh store (db) as a child on a free port, running a
+ * long run of tiny-mlp: the child's pid, the run's id and its path. */
+static pid_t serve_long_run(const char *db, char id[17], char path[160])
+{
     int p = free_port();
     pid_t pid = serve_child(db, p);
     Http h;
-    char body[256], path[160];
-    char mid[17], cid[17], plan[17], id[17];
+    char body[256], mid[17], cid[17], plan[17];
     snprintf(mid, sizeof mid, "%s", post_id_on(p, "/v1/models", file_text("models/tiny-mlp.json")));
     snprintf(cid, sizeof cid, "%s",
              post_id_on(p, "/v1/clusters", file_text("clusters/local-cpu.json")));
@@ -1126,11 +1289,11 @@ static void test_kill9_mid_run(void **state)
     http(p, "POST", "/v1/estimate", NULL, body, &h);
     expect(&h, 200);
     snprintf(plan, sizeof plan, "%s", jstr(body_json(&h), "plan_id"));
-    snprintf(path, sizeof path, "/v1/plans/%s/runs", plan);
+    snprintf(path, 160, "/v1/plans/%s/runs", plan);
     http(p, "POST", path, NULL, "{\"steps\": 100000}", &h);
     expect(&h, 202);
-    snprintf(id, sizeof id, "%s", jstr(body_json(&h), "id"));
-    snprintf(path, sizeof path, "/v1/runs/%s", id);
+    snprintf(id, 17, "%s", jstr(body_json(&h), "id"));
+    snprintf(path, 160, "/v1/runs/%s", id);
     bool running = false;
     for (int i = 0; i < 300 && !running; i++) {
         http(p, "GET", path, NULL, NULL, &h);
@@ -1138,6 +1301,41 @@ static void test_kill9_mid_run(void **state)
         if (!running) usleep(100000);
     }
     assert_true(running);
+    return pid;
+}
+
+/* SIGTERM while a run the server started trains: the run is stopped too
+ * (the server's children start with its signals as they are by default,
+ * not blocked as the server's threads have them), the server exits soon,
+ * and the run's row says it was interrupted. */
+static void test_sigterm_mid_run(void **state)
+{
+    (void)state;
+    const char *db = harness_tmp_path("termrun.db");
+    char id[17], path[160];
+    pid_t pid = serve_long_run(db, id, path);
+    Http h;
+    usleep(500000);                     /* into its steps */
+    kill(pid, SIGTERM);
+    assert_int_equal(wait_exit(pid, 30), 0);
+    Server *s = start(db, NULL, 1, 1, 1 << 20);
+    http(server_port(s), "GET", path, NULL, NULL, &h);
+    expect(&h, 200);
+    cJSON *j = body_json(&h);
+    assert_string_equal(jstr(j, "status"), "interrupted");
+    server_stop(s);
+    kill_holding(id);                   /* nothing, unless the run outlived its server */
+}
+
+/* A server killed while a run it started trains: the run's row says so
+ * once a server opens the store again, and says why. */
+static void test_kill9_mid_run(void **state)
+{
+    (void)state;
+    const char *db = harness_tmp_path("killrun.db");
+    char id[17], path[160];
+    pid_t pid = serve_long_run(db, id, path);
+    Http h;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     kill_holding(id);                   /* the run it started, left going */
@@ -1188,8 +1386,9 @@ int main(void)
         T(test_health_page_metrics), T(test_models_and_clusters), T(test_estimate),
         T(test_search_followed), T(test_search_refusals), T(test_cancel),
         T(test_run_from_the_api), T(test_profiles), T(test_onnx_upload), T(test_token),
-        T(test_limits), T(test_store_busy),
+        T(test_limits), T(test_store_busy), T(test_cross_site),
         T(test_sigterm_keeps_the_best), T(test_kill9_restart), T(test_kill9_mid_run),
+        T(test_sigterm_mid_run), T(test_cli_search_beside_server),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

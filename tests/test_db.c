@@ -27,7 +27,7 @@
 #include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 8
+#define LATEST 9
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1174,10 +1174,20 @@ static void test_profile_put_ops(void **state)
     assert_contains(fx->err.msg, "takes no more writes");
 }
 
-/* Takes migration 8 back out of a database at version 8, by hand, leaving
- * it at version 7. */
+/* Takes migration 9 back out of a database at version 9, by hand, leaving
+ * it at version 8. */
+static void take_back_v9(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE searches DROP COLUMN host;"
+        "ALTER TABLE searches DROP COLUMN pid;"
+        "PRAGMA user_version = 8;");
+}
+
+/* Takes migrations 9 and 8 back out, leaving version 7. */
 static void take_back_v8(sqlite3 *h)
 {
+    take_back_v9(h);
     raw_exec(h,
         "ALTER TABLE profiles DROP COLUMN pid;"
         "PRAGMA user_version = 7;");
@@ -1719,6 +1729,72 @@ static void test_run_step_peak_mem(void **state)
     db_run_free(&r);
 }
 
+/* The searches whose process has ended (a dead child's, one stored before
+ * searches said their process) are marked interrupted; a live process's
+ * and another host's are left. With own, only this process's. */
+static void test_search_dead_process(void **state)
+{
+    Fx *fx = *state;
+    put_plans(fx);
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    assert_true(child > 0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    const char *ids[] = { "5e00000000000001", "5e00000000000002", "5e00000000000003",
+                          "5e00000000000004", "5e00000000000005", "5e00000000000006" };
+    for (int k = 0; k < 6; k++) {
+        DbSearch x = {.model_id = M1, .cluster_id = C1, .method = "mcmc",
+                      .status = k == 5 ? "done" : "running", .devices = 8, .seed = 1};
+        snprintf(x.id, sizeof x.id, "%s", ids[k]);
+        assert_int_equal(db_search_put(fx->db, &x, &fx->err), 0);
+    }
+    db_close(fx->db);
+    fx->db = NULL;
+    sqlite3 *h = raw_open(fx->path);
+    /* 1: stored by this process; 2: a dead child's; 3: a live process's
+     * (this one's parent); 4: another host's; 5: no process said; 6: done */
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "UPDATE searches SET pid = %d WHERE id = '%s';"
+             "UPDATE searches SET pid = %d WHERE id = '%s';"
+             "UPDATE searches SET host = 'another-host-entirely' WHERE id = '%s';"
+             "UPDATE searches SET host = NULL, pid = NULL WHERE id = '%s';"
+             "UPDATE searches SET pid = %d WHERE id = '%s';",
+             (int)child, ids[1], (int)getppid(), ids[2], ids[3], ids[4], (int)child, ids[5]);
+    raw_exec(h, sql);
+    sqlite3_close(h);
+    fx->db = db_open(fx->path, &fx->err);
+    if (!fx->db) fail_msg("%s", fx->err.msg);
+
+    int n = -1;
+    assert_int_equal(db_search_interrupt(fx->db, true, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    const char *want[] = { "interrupted", "running", "running", "running", "running", "done" };
+    for (int k = 0; k < 6; k++) {
+        DbSearch got;
+        assert_int_equal(db_search_get(fx->db, ids[k], &got, &fx->err), 0);
+        assert_string_equal(got.status, want[k]);
+        db_search_free(&got);
+    }
+    assert_int_equal(db_search_interrupt(fx->db, false, &n, &fx->err), 0);
+    assert_int_equal(n, 2);
+    const char *then[] = { "interrupted", "interrupted", "running", "running", "interrupted",
+                           "done" };
+    for (int k = 0; k < 6; k++) {
+        DbSearch got;
+        assert_int_equal(db_search_get(fx->db, ids[k], &got, &fx->err), 0);
+        assert_string_equal(got.status, then[k]);
+        db_search_free(&got);
+    }
+    /* resuming makes this process the one running it */
+    assert_int_equal(db_search_move_status(fx->db, ids[1], "interrupted", "queued", &fx->err), 0);
+    assert_int_equal(db_search_interrupt(fx->db, false, &n, &fx->err), 0);
+    assert_int_equal(n, 1);     /* ... which a process that runs none takes for an earlier one */
+    assert_int_equal(db_search_move_status(fx->db, ids[1], "interrupted", "queued", &fx->err), 0);
+    assert_int_equal(db_search_interrupt(fx->db, true, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+}
+
 /* A run a server submits: a row at once (queued), running, then the row
  * the run stores itself completes it, once; a run that does not store
  * itself is failed or interrupted, with why. */
@@ -2190,6 +2266,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_estimate_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_run_step_peak_mem, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_search_put_events_finish, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_search_dead_process, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_run_submitted, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_put_get_list, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_validation_all_or_nothing, setup_open, teardown),

@@ -28,7 +28,8 @@ static const char *const MEGATRON_FLAGS[] = {
     "--fp16", "--accumulate-allreduce-grads-in-fp32", "--optimizer", "--num-layers",
     "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--seq-length",
     "--max-position-embeddings", "--padded-vocab-size", "--num-experts", "--moe-layer-freq",
-    "--moe-router-topk", "--moe-expert-capacity-factor", "--context-parallel-size", NULL,
+    "--moe-router-topk", "--moe-expert-capacity-factor", "--context-parallel-size",
+    "--untie-embeddings-and-output-weights", NULL,
 };
 
 /* DeepSpeed v0.19.5 (tag cf443004), docs/_pages/config-json.md and
@@ -159,9 +160,22 @@ static void test_megatron(void **state)
     expect_flag(r.out, "--num-attention-heads 16 \\");
     expect_flag(r.out, "--padded-vocab-size 51200");
     assert_null(strstr(r.out, "--sequence-parallel"));
+    assert_null(strstr(r.out, "--untie"));      /* tied, as Megatron-LM's default */
     /* the last line ends the command */
     size_t n = strlen(r.out);
     assert_true(n > 2 && r.out[n - 1] == '\n' && r.out[n - 2] != '\\');
+
+    /* an output layer of its own: said, or Megatron-LM would tie it */
+    const char *untied = tp("gpt13-untied.json");
+    STRATA(&r, "model", "build", "gpt", "--preset", "gpt3-1.3b", "--batch", "512", "--tied", "0",
+           "-o", untied);
+    EXPECT_RC(&r, 0);
+    plan(untied, 4, id, "megatron", "--tp", "4", "--pp", "2", "--microbatches", "16",
+         (char *)NULL);
+    STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
+    EXPECT_RC(&r, 0);
+    check_megatron(r.out);
+    expect_flag(r.out, "--untie-embeddings-and-output-weights");
 
     /* interleaved, sequence parallel, the distributed optimizer: each named */
     plan(gpt13(), 4, id, "megatron", "--tp", "2", "--pp", "2", "--virtual", "3",
