@@ -93,8 +93,11 @@ int args_int(const Args *a, const char *key, int64_t lo, int64_t hi, int64_t *ou
     if (!v) return 0;
     char *end;
     errno = 0;
+    /* digits, with a minus sign at most: strtoll alone takes blanks and a
+     * plus sign before them */
+    bool digits = (v[0] >= '0' && v[0] <= '9') || (v[0] == '-' && v[1] >= '0' && v[1] <= '9');
     long long x = strtoll(v, &end, 10);
-    if (end == v || *end || (errno && errno != ERANGE))
+    if (!digits || end == v || *end || (errno && errno != ERANGE))
         return err_set(err, "--%s: '%s' is not an integer", key, v);
     if (errno == ERANGE)
         return err_set(err, "--%s: %s is out of range [%lld, %lld]", key, v, (long long)lo,

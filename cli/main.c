@@ -522,11 +522,12 @@ static int cmd_strategy_build(int argc, char **argv)
     StrategyOpts o = {0};
     int64_t v;
     struct { const char *k; int *dst; int64_t lo, hi; } ints[] = {
-        { "world", &o.world, 1, 1 << 24 }, { "tp", &o.tp, 1, 1 << 16 }, { "pp", &o.pp, 1, 1 << 16 },
-        { "dp", &o.dp, 1, 1 << 24 }, { "microbatches", &o.microbatches, 1, 1 << 20 },
+        { "world", &o.world, 1, STRATEGY_MAX_WORLD }, { "tp", &o.tp, 1, 1 << 16 },
+        { "pp", &o.pp, 1, 1 << 16 }, { "dp", &o.dp, 1, STRATEGY_MAX_WORLD },
+        { "microbatches", &o.microbatches, 1, STRATEGY_MAX_MICRO },
         { "virtual", &o.virtual_stages, 1, 1 << 16 },
         { "zero", &o.zero, 1, 3 }, { "ps-shards", &o.ps_shards, 1, PS_MAX_SHARDS },
-        { "staleness", &o.staleness, 0, 1000 },
+        { "staleness", &o.staleness, 0, STRATEGY_MAX_STALENESS },
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         v = 0;
@@ -540,10 +541,11 @@ static int cmd_strategy_build(int argc, char **argv)
         char tail;
         bool ok = strcmp(o.compress, "none") == 0 || strcmp(o.compress, "fp16") == 0 ||
                   strcmp(o.compress, "int8") == 0 ||
-                  (sscanf(o.compress, "powersgd:%d%c", &r, &tail) == 1 && r >= 1);
+                  (sscanf(o.compress, "powersgd:%d%c", &r, &tail) == 1 && r >= 1 &&
+                   r <= STRATEGY_MAX_POWERSGD_RANK);
         if (!ok) {
-            err_set(&err, "--compress: \"%s\" is not none, fp16, int8 or powersgd:R (R >= 1)",
-                    o.compress);
+            err_set(&err, "--compress: \"%s\" is not none, fp16, int8 or powersgd:R (R in [1, "
+                    "%d])", o.compress, STRATEGY_MAX_POWERSGD_RANK);
             return usage_error("strategy build", &err);
         }
         if (strcmp(o.compress, "none") == 0) o.compress = NULL;

@@ -327,6 +327,11 @@ int cmd_searches_list(int argc, char **argv)
     return 0;
 }
 
+static const char *text_or(const char *s)
+{
+    return s ? s : "?";
+}
+
 int cmd_searches_show(int argc, char **argv)
 {
     Args a;
@@ -357,18 +362,19 @@ int cmd_searches_show(int argc, char **argv)
                x.nevents, x.created, x.finished ? ", finished " : "", x.finished ? x.finished : "");
         if (x.best_plan_id[0]) printf("  best plan %s\n", x.best_plan_id);
         const cJSON *best = cJSON_GetObjectItemCaseSensitive(res, "best"), *it;
+        /* the stored result is read as it is: a field missing prints as "?" */
+#define TEXT(o, k) text_or(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, k)))
         if (best) {
             char t[32];
             cli_seconds(num(best, "step_s"), t, sizeof t);
-            printf("  best: %s, %s per step\n",
-                   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(best, "name")), t);
+            printf("  best: %s, %s per step\n", TEXT(best, "name"), t);
         }
         printf("  %-70s %11s %9s\n", "baseline", "step", "vs best");
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(res, "baselines")) {
             char t[32];
             cli_seconds(num(it, "step_s"), t, sizeof t);
             const char *why = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "why"));
-            printf("  %-70.70s %11s", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name")), t);
+            printf("  %-70.70s %11s", TEXT(it, "name"), t);
             if (isfinite(num(it, "best_speedup"))) printf(" %8.2fx", num(it, "best_speedup"));
             printf("%s%s\n", why ? "  " : "", why ? why : "");
         }
@@ -378,10 +384,10 @@ int cmd_searches_show(int argc, char **argv)
             char t[32];
             cli_seconds(num(it, "step_s"), t, sizeof t);
             bool close = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "within_model_error"));
-            printf("%s%-70.70s %11s %8.3fx\n", close ? "~ " : "  ",
-                   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(it, "name")), t,
+            printf("%s%-70.70s %11s %8.3fx\n", close ? "~ " : "  ", TEXT(it, "name"), t,
                    num(it, "best_speedup"));
         }
+#undef TEXT
     }
     cJSON_Delete(res);
     db_search_free(&x);

@@ -26,7 +26,6 @@
 
 #include "util.h"
 
-#define MAX_WORLD (1 << 20)     /* as a cluster's devices (ir/cluster.c) */
 #define MAX_CHUNKS (1 << 16)
 #define MIB 1048576.0
 #define DEFAULT_BUCKET_MB 25.0
@@ -229,12 +228,14 @@ static int parse_mesh(Ctx *x, const cJSON *j)
                 if (strcmp(s->axis_name[a], name) == 0)
                     return err_set(err, "mesh.%s: axis named twice", name);
             int64_t size;
-            if (json_get_int(m, "mesh", name, true, 1, MAX_WORLD, &size, err)) return -1;
+            if (json_get_int(m, "mesh", name, true, 1, STRATEGY_MAX_WORLD, &size, err))
+                return -1;
             int a = s->naxes++;
             s->axis_name[a] = xstrdup(name);
             s->axis_size[a] = (int)size;
-            if ((int64_t)s->world * size > MAX_WORLD)
-                return err_set(err, "mesh.%s: the mesh has more than %d ranks", name, MAX_WORLD);
+            if ((int64_t)s->world * size > STRATEGY_MAX_WORLD)
+                return err_set(err, "mesh.%s: the mesh has more than %d ranks", name,
+                               STRATEGY_MAX_WORLD);
             s->world *= (int)size;
             if (strcmp(name, "pp") == 0) s->pp_axis = a;
             if (strncmp(name, "dp", 2) == 0) s->data_axes |= (AxisMask)(1u << a);
@@ -529,9 +530,9 @@ static int parse_compress(const char *str, const char *path, Compress *c, int *r
     if (strncmp(str, "powersgd:", 9) == 0) {
         char *end;
         long r = strtol(str + 9, &end, 10);
-        if (end == str + 9 || *end || r < 1 || r > 1024)
+        if (end == str + 9 || *end || r < 1 || r > STRATEGY_MAX_POWERSGD_RANK)
             return err_set(err, "%s: \"%s\": the rank R of powersgd:R must be an integer in "
-                                "[1, 1024]", path, str);
+                                "[1, %d]", path, str, STRATEGY_MAX_POWERSGD_RANK);
         *c = COMPRESS_POWERSGD;
         *rank = (int)r;
         return 0;
@@ -588,7 +589,7 @@ static int parse_sync(const cJSON *o, const char *path, SyncPatch *sp, Err *err)
         sp->shards = true;
         sp->v.ps_shards = (int)n;
     }
-    if ((rc = json_get_int(o, path, "staleness", false, 0, 1000000, &n, err)) < 0) return -1;
+    if ((rc = json_get_int(o, path, "staleness", false, 0, STRATEGY_MAX_STALENESS, &n, err)) < 0) return -1;
     if (rc == 0) {
         sp->staleness = true;
         sp->v.staleness = (int)n;
@@ -1168,9 +1169,9 @@ Strategy *strategy_new(const Graph *g, int naxes, const char *const names[], con
     s->world = 1;
     for (int a = 0; a < naxes; a++) {
         if (!axis_name_ok(names[a]) || sizes[a] < 1 || strategy_axis(s, names[a]) >= 0 ||
-            (int64_t)s->world * sizes[a] > MAX_WORLD) {
+            (int64_t)s->world * sizes[a] > STRATEGY_MAX_WORLD) {
             err_set(err, "mesh.%s: a distinct axis name and a size in [1, %d] are needed",
-                    names[a], MAX_WORLD);
+                    names[a], STRATEGY_MAX_WORLD);
             strategy_free(s);
             return NULL;
         }

@@ -54,8 +54,13 @@ typedef enum { SHARD_NONE, SHARD_ZERO1, SHARD_ZERO2, SHARD_ZERO3 } Shard;
 typedef enum { SCHED_GPIPE, SCHED_1F1B, SCHED_INTERLEAVED } Schedule;
 typedef enum { OPT_ADAM, OPT_SGD } Optimizer;
 
-/* The most micro-batches a pipeline step may run. */
+/* The most micro-batches a pipeline step may run; the most ranks a mesh has
+ * (as a cluster's devices); a parameter server's staleness bound; PowerSGD's
+ * rank. */
 #define STRATEGY_MAX_MICRO (1 << 20)
+#define STRATEGY_MAX_WORLD (1 << 20)
+#define STRATEGY_MAX_STALENESS 1000000
+#define STRATEGY_MAX_POWERSGD_RANK 1024
 
 typedef struct {
     AxisMask split[IR_LETTERS];      /* letter -> axes it is split over (0: whole) */

@@ -592,7 +592,8 @@ static char *torchtitan_toml(const Reading *rd, const LoadedPlan *lp, char ***un
  * recompute, then with more micro-batches and recompute (so that one fits
  * where the plan's activations would not). Those that build go to out. */
 #define MAX_CANDIDATES 80
-static int candidates(const LoadedPlan *lp, const Reading *rd, ExportTarget to, Strategy **out)
+static int candidates(const LoadedPlan *lp, const Reading *rd, ExportTarget to, Strategy **out,
+                      Err *why)
 {
     const Graph *g = lp->g;
     int n = 0;
@@ -628,6 +629,8 @@ static int candidates(const LoadedPlan *lp, const Reading *rd, ExportTarget to, 
                 cJSON_Delete(j);
             }
         }
+    /* none could be made: the last reason why */
+    if (!n) *why = e;
     return n;
 }
 
@@ -667,7 +670,8 @@ int job_export(const char *db_path, const char *plan_id, ExportTarget to, Export
         estimate_free(&a);
     }
     Strategy *cand[MAX_CANDIDATES] = { 0 }, *cs = NULL;
-    int nc = candidates(&lp, &rd, to, cand);
+    Err none = {0};
+    int nc = candidates(&lp, &rd, to, cand, &none);
     for (int k = 0; k < nc; k++) {
         if (!cand[k] || job_estimate(lp.g, lp.c, cand[k], &(EstimateOpts){ 0 }, &a, &e)) continue;
         if (a.sim.feasible && a.sim.step_time < x->closest_step_s) {
@@ -680,7 +684,10 @@ int job_export(const char *db_path, const char *plan_id, ExportTarget to, Export
         memcpy(x->closest_plan_id, a.plan_id, 17);
         estimate_free(&a);
     }
-    if (!x->closest_plan_id[0])
+    if (!x->closest_plan_id[0] && !nc)
+        snprintf(x->closest_why, sizeof x->closest_why, "no plan of the framework's forms could "
+                 "be made here: %.300s", none.msg);
+    else if (!x->closest_plan_id[0])
         snprintf(x->closest_why, sizeof x->closest_why, "%.400s",
                  e.msg[0] ? e.msg : "none of the candidates fits the devices' memory");
     for (int k = 0; k < nc; k++) strategy_free(cand[k]);

@@ -15,16 +15,22 @@
 int job_parse_budget(const char *s, double *secs, long *evals, Err *err)
 {
     char *end;
-    double v = strtod(s, &end);
+    /* a plain decimal (digits, a fraction at most): strtod alone takes
+     * blanks, signs, hex and exponents */
+    size_t d = strspn(s, "0123456789");
+    bool frac = d && s[d] == '.' && s[d + 1] >= '0' && s[d + 1] <= '9';
+    if (frac) d += 1 + strspn(s + d + 1, "0123456789");
+    double v = d ? strtod(s, &end) : 0;
+    if (d) end = (char *)s + d;
     *secs = 0;
     *evals = 0;
-    if (end == s || !(v > 0) || !isfinite(v))
+    if (!d || !(v > 0) || !isfinite(v))
         return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
                             "evaluation count (20000evals)", s);
     if (strcmp(end, "s") == 0) *secs = v;
     else if (strcmp(end, "m") == 0) *secs = v * 60;
     else if (strcmp(end, "h") == 0) *secs = v * 3600;
-    else if (strcmp(end, "evals") == 0 && v == floor(v) && v <= 1e9) *evals = (long)v;
+    else if (strcmp(end, "evals") == 0 && !frac && v <= 1e9) *evals = (long)v;
     else
         return err_set(err, "\"%s\": expected a positive time (30s, 2m, 1h) or "
                             "evaluation count (20000evals, at most 1e9)", s);

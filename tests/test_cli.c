@@ -365,6 +365,14 @@ static void test_nodes_errors_are_usage_everywhere(void **state)
     STRATA(&r, "strategy", "build", "dp", "--model", gpt_model(), "--cluster", c, "--nodes", "0");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--nodes", "out of range");
+    /* an integer option is digits, a minus sign at most */
+    const char *loose[] = { "+2", " 2", "2 ", "0x2", "2.0" };
+    for (int k = 0; k < 5; k++) {
+        STRATA(&r, "strategy", "build", "dp", "--model", gpt_model(), "--cluster", c, "--nodes",
+               loose[k]);
+        EXPECT_RC(&r, 2);
+        EXPECT_ERR(&r, "--nodes", "is not an integer");
+    }
     STRATA(&r, "strategy", "build", "dp", "--model", gpt_model(), "--nodes", "2");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--nodes", "--cluster");
@@ -950,6 +958,14 @@ static void test_strategy_builder_errors(void **state)
     STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "--compress", "zip");
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "compress", "\"zip\"", "powersgd:R");
+    /* the options' ranges are the strategy reader's: refused as options */
+    STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "--compress",
+           "powersgd:2000");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--compress", "[1, 1024]");
+    STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "16777216");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--world");
     STRATA(&r, "strategy", "build", "dp", "--model", model, "--world", "2", "-o",
            "/proc/nonexistent/s.json");
     EXPECT_RC(&r, 2);

@@ -253,9 +253,16 @@ static void test_search_bad_input(void **state)
     STRATA(&r, "search", "--model", m, "--cluster", c, "--log", db, "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--log", "is the store");
-    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "1e308h", "--db", db);
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "25h", "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--budget", "at most a day");
+    /* a plain decimal only: no exponent, hex, sign or blank */
+    const char *loose[] = { "1e308h", "0x1s", "+5s", " 5s", "1.s", ".5s", "5.0evals" };
+    for (int k = 0; k < 7; k++) {
+        STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", loose[k], "--db", db);
+        EXPECT_RC(&r, 2);
+        EXPECT_ERR(&r, "--budget", "expected a positive time");
+    }
     STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "soon", "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--budget", "soon");

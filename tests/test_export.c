@@ -402,6 +402,16 @@ static void test_refused_with_the_closest(void **state)
     STRATA(&r, "plans", "export", id, "--to", "deepspeed", "--db", db);
     EXPECT_RC(&r, 1);
     EXPECT_ERR(&r, "tensor parallelism of degree 8");
+    /* a batch too small for any DeepSpeed plan over these devices: said so,
+     * not blamed on memory */
+    const char *small = tp("gpt-b4.json");
+    STRATA(&r, "model", "build", "gpt", "--batch", "4", "-o", small);
+    EXPECT_RC(&r, 0);
+    plan(small, 1, id, "megatron", "--tp", "2", "--pp", "2", (char *)NULL);
+    STRATA(&r, "plans", "export", id, "--to", "deepspeed", "--db", db);
+    EXPECT_RC(&r, 1);
+    EXPECT_ERR(&r, "could be made here", "does not divide the batch");
+    assert_null(strstr(r.err, "memory"));
     /* GPipe is not Megatron-LM's */
     plan(gpt13(), 1, id, "gpipe", "--pp", "2", "--microbatches", "4", (char *)NULL);
     STRATA(&r, "plans", "export", id, "--to", "megatron", "--db", db);
