@@ -180,7 +180,8 @@ FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -I. -MMD -MP -fsanitize=address,un
                 -fno-sanitize-recover=undefined
 FUZZ_SECONDS ?= 60
 FUZZERS      := model cluster strategy router onnx
-FUZZ_LIB_SRC := $(wildcard ir/*.c db/*.c costmodel/*.c search/*.c jobs/*.c api/*.c) executor/build.c
+FUZZ_LIB_SRC := $(wildcard ir/*.c db/*.c costmodel/*.c search/*.c jobs/*.c api/*.c) executor/build.c \
+                executor/k_paths.c
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/gen/onnx.pb-c.o
 FUZZ_BINS    := $(FUZZERS:%=build/fuzz/fuzz_%)
 # kept between runs (pattern-rule objects are otherwise deleted as intermediates)

@@ -31,14 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t k_gemm_min_work = 4096;
-int64_t k_gemm_min_run = 64;
-
-bool kernel_contract_loops(double m, double n, double k)
-{
-    return m * n * k < (double)k_gemm_min_work;
-}
-
 /* ----------------------------------------------------------------------------
  * Letters and masks (bit l = letter 'a' + l; only letters longer than 1 count,
  * since a letter of size 1 changes no offset) */
