@@ -193,6 +193,9 @@ int args_out_file(const Args *a, const char *key, const char *flag, const char *
 int args_store(const Args *a, Err *err)
 {
     const char *path = args_get(a, "db");
+    if (path && !strcmp(path, "-"))
+        return err_set(err, "--db -: a store is a file (SQLite), not standard output; give its "
+                       "path");
     if (!path || access(path, F_OK) == 0) return 0;     /* there: opening it judges it */
     return args_out_file(a, "db", "--db", NULL, err);
 }

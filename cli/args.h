@@ -46,9 +46,10 @@ void args_usage(FILE *f, const OptSpec *spec);
  * (another option's value or an argument), which writing would destroy.
  * Absent, or "-" (standard output), is fine. */
 int args_out_file(const Args *a, const char *key, const char *flag, const char *db, Err *err);
-/* --db of a command that writes the store: a path not there yet must be
- * one args_out_file takes (its directory there and writable), so that the
- * store can be made. One that is there is judged when it is opened. */
+/* --db of a command that writes the store: never "-" (a store is a file),
+ * and a path not there yet must be one args_out_file takes (its directory
+ * there and writable), so that the store can be made. One that is there is
+ * judged when it is opened. */
 int args_store(const Args *a, Err *err);
 
 #endif

@@ -253,6 +253,9 @@ static void test_search_bad_input(void **state)
     STRATA(&r, "search", "--model", m, "--cluster", c, "--log", db, "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--log", "is the store");
+    STRATA(&r, "search", "--model", m, "--cluster", c, "--db", "-");
+    EXPECT_RC(&r, 2);
+    EXPECT_ERR(&r, "--db -", "not standard output");
     STRATA(&r, "search", "--model", m, "--cluster", c, "--budget", "25h", "--db", db);
     EXPECT_RC(&r, 2);
     EXPECT_ERR(&r, "--budget", "at most a day");
