@@ -51,9 +51,10 @@ static bool is_id(const char *s)
 static void err_path(const char *prefix, const char *msg, char *path, size_t n)
 {
     /* names, dots, [index] and ["key"] (a strategy's op or param pattern) */
+    static const char name[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.";
     size_t k = 0;
     for (;;) {
-        size_t w = strspn(msg + k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.");
+        size_t w = strspn(msg + k, name);
         k += w;
         if (msg[k] == '[' && msg[k + 1] == '"') {
             const char *q = strchr(msg + k + 2, '"');

@@ -278,9 +278,9 @@ static bool loopback_host(const char *h)
  * health check, the page) hold no data and are not checked. With a token,
  * which such a page cannot add, the token is the check. Returns why, or
  * NULL. */
-static const char *cross_site(const Req *r, bool open, char *why, size_t cap)
+static const char *cross_site(const Req *r, char *why, size_t cap)
 {
-    if (r->S->token || open) return NULL;
+    if (r->S->token || open_route(r)) return NULL;
     const char *host = req_header(r, "Host");
     if (host && !loopback_host(host)) {
         snprintf(why, cap, "Host %.200s: without a token this server answers requests to a "
@@ -362,7 +362,7 @@ static enum MHD_Result dispatch(Req *r)
     if (n >= sizeof path)
         return reply_error(r, 404, "", "no such resource: a path of %zu bytes", n);
     char foreign[512];
-    if (cross_site(r, open_route(r), foreign, sizeof foreign))
+    if (cross_site(r, foreign, sizeof foreign))
         return reply_error(r, 403, "", "%s", foreign);
     if (r->route < 0) return reply_error(r, 404, "", "no such resource: %s", path);
     const Route *rt = &ROUTES[r->route];
@@ -890,7 +890,8 @@ Server *server_start(const ServeOpts *o, Err *err)
                 "interrupted\"}\n", nrun, nrun == 1 ? "" : "s");
     if (nprof && o->log)
         fprintf(o->log, "{\"note\":\"%d profile%s whose process ended before closing %s "
-                "marked interrupted\"}\n", nprof, nprof == 1 ? "" : "s", nprof == 1 ? "it" : "them");
+                "marked interrupted\"}\n", nprof, nprof == 1 ? "" : "s",
+                nprof == 1 ? "it" : "them");
     Server *S = xcalloc(1, sizeof *S);
     S->o = *o;
     S->db_path = xstrdup(o->db_path);

@@ -537,18 +537,11 @@ static int cmd_strategy_build(int argc, char **argv)
     }
     o.compress = args_get(&a, "compress");
     if (o.compress) {
-        int r = 0;
-        char tail;
-        bool ok = strcmp(o.compress, "none") == 0 || strcmp(o.compress, "fp16") == 0 ||
-                  strcmp(o.compress, "int8") == 0 ||
-                  (sscanf(o.compress, "powersgd:%d%c", &r, &tail) == 1 && r >= 1 &&
-                   r <= STRATEGY_MAX_POWERSGD_RANK);
-        if (!ok) {
-            err_set(&err, "--compress: \"%s\" is not none, fp16, int8 or powersgd:R (R in [1, "
-                    "%d])", o.compress, STRATEGY_MAX_POWERSGD_RANK);
+        Compress c;
+        int r;
+        if (strategy_parse_compress(o.compress, "--compress", &c, &r, &err))
             return usage_error("strategy build", &err);
-        }
-        if (strcmp(o.compress, "none") == 0) o.compress = NULL;
+        if (c == COMPRESS_NONE) o.compress = NULL;
     }
     o.recompute = args_has(&a, "recompute");
     o.sequence_parallel = args_has(&a, "sequence-parallel");

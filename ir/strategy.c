@@ -524,7 +524,7 @@ typedef struct {
     int nplace;
 } SyncPatch;
 
-static int parse_compress(const char *str, const char *path, Compress *c, int *rank, Err *err)
+int strategy_parse_compress(const char *str, const char *path, Compress *c, int *rank, Err *err)
 {
     *rank = 0;
     if (strncmp(str, "powersgd:", 9) == 0) {
@@ -573,7 +573,8 @@ static int parse_sync(const cJSON *o, const char *path, SyncPatch *sp, Err *err)
     if (rc == 0) {
         char cpath[800];
         snprintf(cpath, sizeof cpath, "%s.compress", path);
-        if (parse_compress(str, cpath, &sp->v.compress, &sp->v.powersgd_rank, err)) return -1;
+        if (strategy_parse_compress(str, cpath, &sp->v.compress, &sp->v.powersgd_rank, err))
+            return -1;
         sp->compress = true;
     }
     double mb;
@@ -589,7 +590,8 @@ static int parse_sync(const cJSON *o, const char *path, SyncPatch *sp, Err *err)
         sp->shards = true;
         sp->v.ps_shards = (int)n;
     }
-    if ((rc = json_get_int(o, path, "staleness", false, 0, STRATEGY_MAX_STALENESS, &n, err)) < 0) return -1;
+    if ((rc = json_get_int(o, path, "staleness", false, 0, STRATEGY_MAX_STALENESS, &n, err)) < 0)
+        return -1;
     if (rc == 0) {
         sp->staleness = true;
         sp->v.staleness = (int)n;
@@ -1072,8 +1074,6 @@ void strategy_canonicalize(Strategy *s, const Graph *g)
 /* ----------------------------------------------------------------------------
  * Entry points */
 
-/* Resolution after the entries have applied: the params' final policies, the
- * ops checked, the stages assigned. */
 /* Every axis but the pipeline's splits some op: the ranks along one that
  * splits none would each repeat the others' work. */
 static int check_axes_used(const Strategy *s, const Graph *g, Err *err)
@@ -1091,6 +1091,8 @@ static int check_axes_used(const Strategy *s, const Graph *g, Err *err)
     return 0;
 }
 
+/* Resolution after the entries have applied: the params' final policies, the
+ * ops checked (and the axes used), the stages assigned. */
 static int resolve(Ctx *x)
 {
     Strategy *s = x->s;

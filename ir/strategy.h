@@ -112,6 +112,11 @@ typedef struct {
     char id[17];                     /* stable hash of the canonical form ("" without one) */
 } Strategy;
 
+/* A gradient compression as written ("none", "fp16", "int8", "powersgd:R"
+ * with R in [1, STRATEGY_MAX_POWERSGD_RANK]) into *c and *rank (0 but for
+ * PowerSGD); an error naming path otherwise. */
+int strategy_parse_compress(const char *str, const char *path, Compress *c, int *rank, Err *err);
+
 /* Parses, resolves against the graph and cluster, and validates. Errors name
  * the JSON path and the reason (a split letter the op lacks, an axis size that
  * does not divide the dim, stages that do not cover the blocks in order, a

@@ -14,14 +14,13 @@
 
 int job_parse_budget(const char *s, double *secs, long *evals, Err *err)
 {
-    char *end;
-    /* a plain decimal (digits, a fraction at most): strtod alone takes
-     * blanks, signs, hex and exponents */
+    /* a plain decimal (digits, a fraction at most), then the unit: strtod
+     * alone takes blanks, signs, hex and exponents */
     size_t d = strspn(s, "0123456789");
     bool frac = d && s[d] == '.' && s[d + 1] >= '0' && s[d + 1] <= '9';
     if (frac) d += 1 + strspn(s + d + 1, "0123456789");
-    double v = d ? strtod(s, &end) : 0;
-    if (d) end = (char *)s + d;
+    const char *end = s + d;
+    double v = d ? strtod(s, NULL) : 0;
     *secs = 0;
     *evals = 0;
     if (!d || !(v > 0) || !isfinite(v))
