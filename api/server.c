@@ -877,7 +877,7 @@ Server *server_start(const ServeOpts *o, Err *err)
     Db *db = db_open(o->db_path, err);
     int nint = 0, nrun = 0, nprof = 0;
     if (!db || db_search_interrupt(db, false, &nint, err) ||
-        db_run_interrupt_unfinished(db, &nrun, err) || db_profile_interrupt_dead(db, &nprof, err)) {
+        db_run_interrupt(db, false, &nrun, err) || db_profile_interrupt_dead(db, &nprof, err)) {
         db_close(db);
         return NULL;
     }
@@ -886,8 +886,8 @@ Server *server_start(const ServeOpts *o, Err *err)
         fprintf(o->log, "{\"note\":\"%d search%s whose process ended before %s did marked "
                 "interrupted\"}\n", nint, nint == 1 ? "" : "es", nint == 1 ? "it" : "they");
     if (nrun && o->log)
-        fprintf(o->log, "{\"note\":\"%d run%s left unfinished by an earlier server marked "
-                "interrupted\"}\n", nrun, nrun == 1 ? "" : "s");
+        fprintf(o->log, "{\"note\":\"%d run%s whose server ended before %s did marked "
+                "interrupted\"}\n", nrun, nrun == 1 ? "" : "s", nrun == 1 ? "it" : "they");
     if (nprof && o->log)
         fprintf(o->log, "{\"note\":\"%d profile%s whose process ended before closing %s "
                 "marked interrupted\"}\n", nprof, nprof == 1 ? "" : "s",
@@ -967,7 +967,7 @@ void server_stop(Server *S)
     int n;
     if (db) {
         db_search_interrupt(db, true, &n, &(Err){ { 0 } });
-        db_run_interrupt_unfinished(db, &n, &(Err){ { 0 } });
+        db_run_interrupt(db, true, &n, &(Err){ { 0 } });
     }
     db_close(db);
     /* the searches have stored their last events: the streams following

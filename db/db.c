@@ -345,6 +345,12 @@ static const char *const migrations[] = {
      * from one whose process was killed (db_search_interrupt) */
     "ALTER TABLE searches ADD COLUMN host TEXT;"
     "ALTER TABLE searches ADD COLUMN pid INTEGER;",
+
+    /* 10: the server that took a run, so that a server starting or
+     * stopping beside another on the same store interrupts only the runs
+     * of a server that has gone, or its own (db_run_interrupt) */
+    "ALTER TABLE runs ADD COLUMN host TEXT;"
+    "ALTER TABLE runs ADD COLUMN pid INTEGER;",
 };
 
 #define DB_LATEST ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1152,17 +1158,21 @@ err:
 int db_run_submit(Db *db, const DbRun *r, Err *err)
 {
     sqlite3_stmt *st = NULL;
+    char host[256];
+    this_host(host, sizeof host);
     if (check_id(r->id, "run", err) || check_id(r->plan_id, "plan", err))
         return err_prefix(err, "submitting run %.16s", r->id);
     db->rc = 0;
     SQL_CHECK(stmt_prepare(db,
-        "INSERT INTO runs (id, plan_id, backend, world, steps, status)"
-        " VALUES (?, ?, ?, ?, ?, 'queued')", &st));
+        "INSERT INTO runs (id, plan_id, backend, world, steps, status, host, pid)"
+        " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)", &st));
     SQL_CHECK(sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 2, r->plan_id, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_text(st, 3, r->backend, -1, SQLITE_STATIC));
     SQL_CHECK(sqlite3_bind_int(st, 4, r->world));
     SQL_CHECK(sqlite3_bind_int(st, 5, r->steps));
+    SQL_CHECK(sqlite3_bind_text(st, 6, host, -1, SQLITE_STATIC));
+    SQL_CHECK(sqlite3_bind_int64(st, 7, getpid()));
     SQL_STEP_DONE(st);
     stmt_done(db, st);
     return 0;
@@ -1192,29 +1202,6 @@ int db_run_mark(Db *db, const char *id, const char *status, const char *error, E
 err:
     stmt_done(db, st);
     return err_prefix(err, "marking run %s %s", id, status);
-}
-
-/* Runs one statement without parameters; *n: the rows it changed. */
-static int exec_counted(Db *db, const char *sql, int *n, Err *err)
-{
-    sqlite3_stmt *st = NULL;
-    SQL_CHECK(stmt_prepare(db, sql, &st));
-    SQL_STEP_DONE(st);
-    stmt_done(db, st);
-    *n = sqlite3_changes(db->h);
-    return 0;
-err:
-    stmt_done(db, st);
-    return -1;
-}
-
-int db_run_interrupt_unfinished(Db *db, int *n, Err *err)
-{
-    if (exec_counted(db, "UPDATE runs SET status = 'interrupted', finished = " NOW ","
-                     " error = 'the server stopped before the run ended'"
-                     " WHERE status IN ('queued', 'running')", n, err))
-        return err_prefix(err, "marking unfinished runs interrupted");
-    return 0;
 }
 
 #define RUN_SELECT                                                                  \
@@ -2554,6 +2541,17 @@ int db_profile_interrupt_dead(Db *db, int *n, Err *err)
                        "UPDATE profiles SET status = 'interrupted', complete = 0, finished = " NOW
                        " WHERE id = ? AND finished IS NULL", GONE_ENDED, n, err))
         return err_prefix(err, "marking profiles whose process has ended interrupted");
+    return 0;
+}
+
+int db_run_interrupt(Db *db, bool own, int *n, Err *err)
+{
+    if (interrupt_gone(db, "SELECT id, host, pid FROM runs WHERE status IN ('queued', 'running')",
+                       "UPDATE runs SET status = 'interrupted', finished = " NOW ","
+                       " error = 'the server stopped before the run ended'"
+                       " WHERE id = ? AND status IN ('queued', 'running')",
+                       own ? GONE_SELF : GONE_ENDED_SELF_UNSAID, n, err))
+        return err_prefix(err, "marking unfinished runs interrupted");
     return 0;
 }
 

@@ -85,15 +85,18 @@ int db_run_put(Db *db, const DbRun *r, const DbRunStep *steps, int nsteps, Err *
  * (db_run_put completes it): queued, running or interrupted? */
 bool db_run_status_pending(const char *status);
 /* A run submitted to a server: its row, queued (id, plan_id, backend,
- * world and steps of r), before anything runs. */
+ * world and steps of r, and this process as the server that took it),
+ * before anything runs. */
 int db_run_submit(Db *db, const DbRun *r, Err *err);
 /* Moves a queued or running run to `status` ("running": started now;
  * otherwise finished now, with `error`, may be NULL); a run that stored
  * itself meanwhile is left as it is. */
 int db_run_mark(Db *db, const char *id, const char *status, const char *error, Err *err);
-/* What a server does as it starts and stops: runs still queued or running
- * are interrupted (*n of them). */
-int db_run_interrupt_unfinished(Db *db, int *n, Err *err);
+/* Runs still "queued" or "running" become "interrupted" (*n: how many):
+ * with own, those this server took (it is stopping); else those whose
+ * server has ended, on this host, or that name none (a server starting).
+ * A run that goes on after its server was killed still stores itself. */
+int db_run_interrupt(Db *db, bool own, int *n, Err *err);
 /* Gets a run by id or unique prefix, with its steps (*steps: *nsteps rows,
  * caller frees with free). Returns 1 when not found. */
 int db_run_get(Db *db, const char *id, DbRun *out, DbRunStep **steps, int *nsteps, Err *err);

@@ -145,7 +145,7 @@ static void test_run_plan(void **state)
     memcpy(q.plan_id, pid, 17);
     int n = 0;
     assert_int_equal(db_run_submit(h, &q, &err), 0);
-    assert_int_equal(db_run_interrupt_unfinished(h, &n, &err), 0);
+    assert_int_equal(db_run_interrupt(h, true, &n, &err), 0);
     assert_int_equal(n, 1);
     db_close(h);
     STRATA(&r, "runs", "show", "00000000000000bb", "--db", db);

@@ -27,7 +27,7 @@
 #include "executor/build.h"
 
 /* The number of migrations in db.c; bump it with each new migration. */
-#define LATEST 9
+#define LATEST 10
 
 /* Model, cluster and strategy ids used throughout. */
 #define M1 "1111111111111111"
@@ -1174,10 +1174,19 @@ static void test_profile_put_ops(void **state)
     assert_contains(fx->err.msg, "takes no more writes");
 }
 
-/* Takes migration 9 back out of a database at version 9, by hand, leaving
- * it at version 8. */
+/* Takes migration 10 back out, leaving version 9. */
+static void take_back_v10(sqlite3 *h)
+{
+    raw_exec(h,
+        "ALTER TABLE runs DROP COLUMN host;"
+        "ALTER TABLE runs DROP COLUMN pid;"
+        "PRAGMA user_version = 9;");
+}
+
+/* Takes migrations 10 and 9 back out, leaving version 8. */
 static void take_back_v9(sqlite3 *h)
 {
+    take_back_v10(h);
     raw_exec(h,
         "ALTER TABLE searches DROP COLUMN host;"
         "ALTER TABLE searches DROP COLUMN pid;"
@@ -1874,13 +1883,32 @@ static void test_run_submitted(void **state)
     free(got);
     memcpy(q.id, "7000000000000004", 17);
     assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
-    assert_int_equal(db_run_interrupt_unfinished(fx->db, &n, &fx->err), 0);
+    /* taken by a live server (this process's parent): neither a server
+     * starting beside it nor one stopping interrupts it */
+    char sql[160];
+    snprintf(sql, sizeof sql, "UPDATE runs SET pid = %d WHERE id = '%s'", (int)getppid(), q.id);
+    sqlite3 *h = raw_open(fx->path);
+    raw_exec(h, sql);
+    assert_int_equal(db_run_interrupt(fx->db, false, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(db_run_interrupt(fx->db, true, &n, &fx->err), 0);
+    assert_int_equal(n, 0);
+    /* a row that names no server is an earlier one's */
+    raw_exec(h, "UPDATE runs SET pid = NULL WHERE id = '7000000000000004'");
+    sqlite3_close(h);
+    assert_int_equal(db_run_interrupt(fx->db, false, &n, &fx->err), 0);
     assert_int_equal(n, 1);
     assert_int_equal(db_run_get(fx->db, q.id, &r, &got, &n, &fx->err), 0);
     assert_string_equal(r.status, "interrupted");
     assert_non_null(r.error);
     db_run_free(&r);
     free(got);
+    /* a server stopping interrupts its own */
+    memcpy(q.id, "7000000000000005", 17);
+    assert_int_equal(db_run_submit(fx->db, &q, &fx->err), 0);
+    assert_int_equal(db_run_interrupt(fx->db, true, &n, &fx->err), 0);
+    assert_int_equal(n, 1);
+    memcpy(q.id, "7000000000000004", 17);
     /* and the run, had it gone on after its server was killed, still stores itself */
     memcpy(done.id, q.id, 17);
     assert_int_equal(db_run_put(fx->db, &done, steps, 1, &fx->err), 0);
