@@ -190,11 +190,6 @@ int utf8_char_len(const unsigned char *c)
     return more + 1;
 }
 
-static int cmp_cstr(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 /* Where a value sits, for no_twice: its parent's place and its own key
  * (or index in an array); the path is written only for a message. */
 typedef struct Place {
@@ -229,26 +224,104 @@ static __attribute__((noinline)) int twice(const Place *p, const char *k, Err *e
     return err_set(err, "%s%s\"%s\" is given twice in one object", path, len ? ": " : "", k);
 }
 
+/* Walking text that is known to be JSON: past white space, past one
+ * string, past one value. */
+static size_t past_ws(const char *t, size_t n, size_t i)
+{
+    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r')) i++;
+    return i;
+}
+
+static size_t past_string(const char *t, size_t n, size_t i)
+{
+    for (i++; i < n && t[i] != '"'; i++)
+        if (t[i] == '\\') i++;
+    return i + 1;
+}
+
+static size_t past_value(const char *t, size_t n, size_t i)
+{
+    if (i >= n) return n;
+    if (t[i] == '"') return past_string(t, n, i);
+    if (t[i] != '{' && t[i] != '[') {
+        while (i < n && !strchr(",]} \t\n\r", t[i])) i++;
+        return i;
+    }
+    int depth = 0;
+    for (; i < n; i++) {
+        if (t[i] == '"') i = past_string(t, n, i) - 1;
+        else if (t[i] == '{' || t[i] == '[') depth++;
+        else if ((t[i] == '}' || t[i] == ']') && --depth == 0) return i + 1;
+    }
+    return n;
+}
+
+/* Where, in text, the value at p starts; with key, where the key of the
+ * member at p does (p in an object). */
+static size_t place_offset(const Place *p, const char *t, size_t n, bool key)
+{
+    if (!p->up) return past_ws(t, n, 0);
+    bool obj = cJSON_IsObject(p->up->node);
+    size_t i = place_offset(p->up, t, n, false) + 1;
+    for (int m = 0;; m++) {
+        i = past_ws(t, n, i);
+        if (obj) {
+            if (m == p->index && key) return i;
+            i = past_ws(t, n, past_string(t, n, i));
+            i = past_ws(t, n, i + 1);                   /* the colon */
+        }
+        if (m == p->index || i >= n) return i;
+        i = past_ws(t, n, past_value(t, n, i)) + 1;     /* the comma */
+    }
+}
+
+/* A key of an object and where it stands among the object's members. */
+typedef struct {
+    const char *k;
+    int index;
+} Key;
+
+static int cmp_key(const void *a, const void *b)
+{
+    const Key *x = a, *y = b;
+    int c = strcmp(x->k, y->k);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
 /* The first key given twice in one object under the value at p, said in
- * err with the object's JSON path; 0 when there is none. */
-static int no_twice(const Place *p, Err *err)
+ * err with the object's JSON path, *at its second place in text; 0 when
+ * there is none. */
+static int no_twice(const Place *p, const char *text, size_t n, size_t *at, Err *err)
 {
     const cJSON *j = p->node;
     if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) return 0;
     if (cJSON_IsObject(j) && j->child && j->child->next) {
-        int n = cJSON_GetArraySize(j), i = 0;
-        const char **k = xmalloc(sizeof *k * (size_t)n);
-        for (const cJSON *c = j->child; c; c = c->next) k[i++] = c->string ? c->string : "";
-        qsort(k, (size_t)n, sizeof *k, cmp_cstr);
-        for (i = 1; i < n && strcmp(k[i], k[i - 1]); i++) {}
-        if (i < n) twice(p, k[i], err);
+        int nk = cJSON_GetArraySize(j), i = 0;
+        Key *k = xmalloc(sizeof *k * (size_t)nk);
+        for (const cJSON *c = j->child; c; c = c->next, i++)
+            k[i] = (Key){ c->string ? c->string : "", i };
+        qsort(k, (size_t)nk, sizeof *k, cmp_key);
+        int second = -1;                /* the first repeat, in the text's order */
+        const char *name = NULL;
+        for (i = 1; i < nk; i++)
+            if (!strcmp(k[i].k, k[i - 1].k) && (second < 0 || k[i].index < second)) {
+                second = k[i].index;
+                name = k[i].k;
+            }
+        if (second >= 0) {
+            const cJSON *c = j->child;
+            for (i = 0; i < second; i++) c = c->next;
+            Place q = { p, c, second };
+            *at = place_offset(&q, text, n, true);
+            twice(p, name, err);
+        }
         free(k);
-        if (i < n) return -1;
+        if (second >= 0) return -1;
     }
     int i = 0;
     for (const cJSON *c = j->child; c; c = c->next, i++) {
         Place q = { p, c, i };
-        if (no_twice(&q, err)) return -1;
+        if (no_twice(&q, text, n, at, err)) return -1;
     }
     return 0;
 }
@@ -359,7 +432,7 @@ cJSON *json_parse_strict(const char *text, size_t n, size_t *at, Err *err)
         return NULL;
     }
     Place root = { NULL, j, 0 };
-    if (no_twice(&root, err)) {
+    if (no_twice(&root, text, n, at, err)) {
         cJSON_Delete(j);
         return NULL;
     }

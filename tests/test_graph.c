@@ -553,9 +553,12 @@ static void test_strict_json(void **state)
     static const struct { const char *text; size_t at; const char *why; } BAD[] = {
         { "{\"a\": 1} x", 9, "more after the JSON value" },
         { "[1] [2]", 4, "more after the JSON value" },
-        { "{\"a\": 1, \"b\": {\"c\": 2, \"c\": 3}}", 0, "b: \"c\" is given twice" },
-        { "[{\"k\": 1}, {\"k\": 2, \"k\": 2}]", 0, "[1]: \"k\" is given twice" },
-        { "{\"a\": 1, \"a\": 1}", 0, "\"a\" is given twice" },
+        /* a key given twice: where it is given the second time */
+        { "{\"a\": 1, \"b\": {\"c\": 2, \"c\": 3}}", 23, "b: \"c\" is given twice" },
+        { "[{\"k\": 1}, {\"k\": 2, \"k\": 2}]", 20, "[1]: \"k\" is given twice" },
+        { "{\"a\": 1, \"a\": 1}", 9, "\"a\" is given twice" },
+        { "{\"x\": \"}\\\"{\", \"y\": [], \"x\": 1}", 23, "\"x\" is given twice" },
+        { "{\"b\": 1, \"a\": {}, \"a\": 2, \"b\": 3}", 18, "\"a\" is given twice" },
         { "{\"n\": \"x\\u0000\"}", 8, "\\u0000" },
         { "{", 1, "ends before the value does" },
         /* what cJSON alone takes: numbers not in JSON's form or past a
