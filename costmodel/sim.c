@@ -830,8 +830,30 @@ static void post_for_others(Sim *S, int ci, int32_t i, double t, int rep_dst)
     }
 }
 
-/* A send is posted when its stream reaches it and holds nothing: the
- * stream moves on, and the send completes when its bytes have moved. */
+/* The executor sends a copy of a param or a param's gradient (a parameter
+ * server's push and pull): they change before a slow receiver takes them.
+ * The copy holds its stream; it is priced as the gradient sum that moves
+ * the same bytes (a sum reads two words and writes one an element, a copy
+ * one and one). 0 for a value sent as it is, and where the caller prices
+ * instructions itself (SimOpts.compute_time, .comm_time: the send's price
+ * is all of it). */
+static double stage_time(Sim *S, CState *c, const Instr *in)
+{
+    if (S->o->compute_time || S->o->comm_time || in->nargs < 1 || c->pr->args[in->arg0] < 0)
+        return 0;
+    const Value *v = &c->pr->values[c->pr->args[in->arg0]];
+    if (v->kind != VAL_PARAM && v->kind != VAL_PARAM_GRAD) return 0;
+    int eb = dtype_bytes(in->tensor >= 0 ? S->g->tensors[in->tensor].dtype : DT_F32);
+    Instr sum = { .kind = I_COMPUTE, .phase = PH_BWD_WEIGHT, .op = -1, .tensor = in->tensor };
+    sum.mem_bytes = (float)(2 * in->bytes);
+    sum.flops = (float)(2 * in->bytes / (3 * eb));
+    CostSource src;
+    return op_time(S, c, &sum, &src);
+}
+
+/* A send is posted when its stream reaches it (and has made its copy, if
+ * it sends one) and holds nothing more: the stream moves on, and the send
+ * completes when its bytes have moved. */
 static bool run_send(Sim *S, int ci, int32_t i)
 {
     CState *c = &S->cs[ci];
@@ -839,6 +861,14 @@ static bool run_send(Sim *S, int ci, int32_t i)
     int32_t bind;
     double t = ready_at(c, i, c->sid[i], &bind);
     if (isnan(t)) return false;
+    double copy = stage_time(S, c, in);
+    if (copy > 0) {
+        c->free_t[c->sid[i]] = t + copy;
+        c->out.busy_comm += copy;
+        if (c->sid[i] == S_MAIN) c->out.exposed_comm += copy;
+        span(S, ci, i, t, t + copy);            /* the copy, then (below) the transfer */
+        t += copy;
+    }
     int peer = peer_rank(S, c, in);
     int64_t tag = tag_of(in);
     Msg *m = msg_for(S, ci, S->p->rank_class[peer], tag, next_seq(S, ci, peer, tag));

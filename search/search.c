@@ -875,11 +875,14 @@ static int repairs(const Space *sp, const Cand *x, Cand out[REPAIRS])
 
 /* The k-th move tried around a new best: recompute of every block kind
  * turned the other way (k = 0), the next micro-batch count up (1) and down
- * (2), then every other inner data axis on the same mesh (3, ...: the
- * sequence or the experts over another number of data ranks, or none),
- * then a factor of 2 traded between the data and the tensor degrees (the
- * pipeline and the inner axis kept). Returns 1 when y is that move, 0 when
- * it changes nothing, -1 past the last. */
+ * (2), every param group to one sync choice (3, ...: each choice in turn,
+ * where it applies; plans whose syncs differ by under a percent are many
+ * single-group moves apart, each too small a gain to lead a chain there),
+ * then every other inner data axis on the same mesh (the sequence or the
+ * experts over another number of data ranks, or none), then a factor of 2
+ * traded between the data and the tensor degrees (the pipeline and the
+ * inner axis kept). Returns 1 when y is that move, 0 when it changes
+ * nothing, -1 past the last. */
 static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
 {
     cand_copy(y, x, sp);
@@ -894,7 +897,13 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
         return y->micro > 0;
     }
     const int *a = sp->mesh[x->mesh];
-    int n = 3;
+    if (k < 3 + sp->nsync) {
+        if (a[1] < 2 || !sp->npgroups) return 0;
+        for (int p = 0; p < sp->npgroups; p++)
+            y->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> (k - 3) & 1u ? k - 3 : 0);
+        return memcmp(y->sync, x->sync, sp->npgroups) != 0;
+    }
+    int n = 3 + sp->nsync;
     for (int m = 0; m < sp->nmesh; m++) {
         const int *b = sp->mesh[m];
         if (m == x->mesh || a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) continue;
@@ -1071,7 +1080,7 @@ static void run_mcmc(Ctx *C, const Cand *start)
                 C->current = sx;
                 polish = 0;
             }
-        } else if (scanned && ++since >= 400 && isfinite(C->best.step)) {
+        } else if (scanned && ++since >= 150 && isfinite(C->best.step)) {
             /* restart from the best, hot again */
             cand_copy(&cur, &C->best.x, sp);
             ecur = log(C->best.step);

@@ -712,7 +712,10 @@ static void test_exhaustive_is_optimum(void **state)
 /* Metropolis-Hastings and RL, each within 800 evaluations, reach the
  * exhaustive optimum of the coarse space (or better: they search the whole
  * space) on small spaces where that optimum beats every baseline, so that
- * starting from the best baseline is not enough. */
+ * starting from the best baseline is not enough. One seed each: over seeds
+ * 1-8 RL reached it in all 48 searches and MCMC in 41 (it misses by 0.3-6%
+ * on the two MLPs, whose optimum is a two-stage pipeline mixing ring and
+ * SFB syncs, several moves from the data-parallel plans it stops at). */
 static void test_mcmc_rl_reach_optimum(void **state)
 {
     (void)state;

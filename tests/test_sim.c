@@ -544,6 +544,61 @@ static void test_stale_pull_does_not_wait(void **state)
     graph_free(g);
 }
 
+/* A parameter server's push and pull send a copy of the gradient or the
+ * param (the executor copies them before posting): the copy holds the
+ * sender's interpreter for the price of the gradient sum that moves the
+ * same bytes, then the transfer follows. */
+static void test_ps_send_copies(void **state)
+{
+    (void)state;
+    Graph *g = gpt((GptShape){ .l = 2, .h = 32, .n = 4, .s = 16, .V = 64, .B = 8 });
+    Cluster *c = cluster_kind(2, 80, "cpu");
+    Strategy *s = strat(g, "{\"mesh\":{\"dp\":2},\"params\":{\"*\":{\"sync\":{\"method\":\"ps\","
+                           "\"shards\":1,\"placement\":[0]}}}}");
+    Plan *p = lower_c(g, c, s);
+    SimResult r;
+    Err err = {0};
+    SimOpts o = { .trace = true };
+    if (cost_simulate(g, c, s, p, &o, &r, &err)) fail_msg("%s", err.msg);
+    OpModel *m = opmodel_analytic();
+    OpDevice dev;
+    op_device_from_group(&c->groups[0], &dev);
+    int copies = 0;
+    for (int ci = 0; ci < p->nclasses; ci++) {
+        const Program *pr = &p->classes[ci];
+        for (int k = 0; k < r.nspans[ci]; k++) {
+            const SimSpan *a = &r.spans[ci][k];
+            const Instr *in = &pr->instrs[a->instr];
+            if (in->kind != I_SEND) continue;
+            int kind = pr->values[pr->args[in->arg0]].kind;
+            bool staged = kind == VAL_PARAM || kind == VAL_PARAM_GRAD;
+            assert_true(staged);            /* every send of this plan is a push or a pull */
+            /* the copy's span, then the transfer's, of the same send */
+            assert_true(k + 1 < r.nspans[ci]);
+            const SimSpan *b = NULL;
+            for (int j = k + 1; j < r.nspans[ci] && !b; j++)
+                if (r.spans[ci][j].instr == a->instr) b = &r.spans[ci][j];
+            assert_non_null(b);
+            OpShape x = { .kind = CM_KIND_SUM, .phase = PH_BWD_WEIGHT, .dtype = DT_F32 };
+            x.bytes = 2.0 * (double)in->bytes;
+            x.size[0] = 2 * in->bytes / (3 * 4);
+            x.flops = (double)x.size[0];
+            double want = opmodel_time(m, &dev, &x, NULL);
+            assert_true(fabs((a->end - a->start) - want) <= 1e-9 * want + 1e-15);
+            assert_true(b->start >= a->end - 1e-15);
+            copies++;
+            k = (int)(b - r.spans[ci]);     /* past the transfer */
+        }
+    }
+    assert_true(copies > 0);
+    opmodel_free(m);
+    sim_result_free(&r);
+    plan_free(p);
+    strategy_free(s);
+    cluster_free(c);
+    graph_free(g);
+}
+
 static void test_infeasible_plan(void **state)
 {
     (void)state;
@@ -871,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_unmatched_receive_is_reported),
         cmocka_unit_test(test_every_strategy_schedules),
         cmocka_unit_test(test_stale_pull_does_not_wait),
+        cmocka_unit_test(test_ps_send_copies),
         cmocka_unit_test(test_infeasible_plan),
         cmocka_unit_test(test_deterministic_trace_deadline),
         cmocka_unit_test(test_cluster_without_links),
