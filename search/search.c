@@ -812,9 +812,7 @@ static void propose(Ctx *C, const Cand *x, Cand *y)
          * what the tied space decides at once */
         case 7: {   /* every param group to one sync choice (where it applies) */
             if (D < 2 || !sp->npgroups) break;
-            int k = rng_int(C, sp->nsync);
-            for (int p = 0; p < sp->npgroups; p++)
-                y->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> k & 1u ? k : 0);
+            cand_sync_all(y, sp, rng_int(C, sp->nsync));
             if (!memcmp(y->sync, x->sync, sp->npgroups)) break;
             return;
         }
@@ -899,8 +897,7 @@ static int polish_move(const Space *sp, const Cand *x, Cand *y, int k)
     const int *a = sp->mesh[x->mesh];
     if (k < 3 + sp->nsync) {
         if (a[1] < 2 || !sp->npgroups) return 0;
-        for (int p = 0; p < sp->npgroups; p++)
-            y->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> (k - 3) & 1u ? k - 3 : 0);
+        cand_sync_all(y, sp, k - 3);
         return memcmp(y->sync, x->sync, sp->npgroups) != 0;
     }
     int n = 3 + sp->nsync;
@@ -984,8 +981,7 @@ static bool scan_meshes(Ctx *C, Cand *x, double than, double *step)
         for (int v = 0; v < sp->nsync + 2 && !done(C); v++) {
             cand_copy(&y, &keep[k], sp);
             if (v < sp->nsync) {
-                for (int p = 0; p < sp->npgroups; p++)
-                    y.sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> v & 1u ? v : 0);
+                cand_sync_all(&y, sp, v);
                 if (!memcmp(y.sync, keep[k].sync, sp->npgroups)) continue;
             } else {
                 memset(y.recompute, v == sp->nsync, sp->nkinds);
@@ -1415,8 +1411,7 @@ static void rl_episode(Rl *R, Episode *e, Cand *x, const Cand *f)
         }
         int k = rl_choose(R, e, d, want);
         per_group = k == sp->nsync;
-        for (int p = 0; p < sp->npgroups && !per_group; p++)
-            x->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> k & 1u ? k : 0);
+        if (!per_group) cand_sync_all(x, sp, k);
     }
     for (int p = 0; p < sp->npgroups && D > 1 && per_group; p++) {
         int opts[16], n = 0;

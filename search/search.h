@@ -152,6 +152,9 @@ void cand_free(Cand *x);
 cJSON *cand_to_json(const Cand *x, const Space *sp);
 int cand_from_json(const cJSON *j, const Space *sp, Cand *x, Err *err);
 uint64_t cand_hash(const Cand *x, const Space *sp);
+/* Every param group to sync choice k where the group takes it, to the
+ * first choice (ring) elsewhere: the coarse space's one sync decision. */
+void cand_sync_all(Cand *x, const Space *sp, int k);
 /* Sets the mesh and, to match it, balanced cuts and the micro-batch count
  * nearest to the old one that divides the batch. */
 void cand_set_mesh(Cand *x, const Space *sp, int mesh);

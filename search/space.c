@@ -755,8 +755,11 @@ void space_coarse_point(const Space *sp, int64_t k, Cand *x)
         k /= 2;
     }
     for (int kd = 0; kd < sp->nkinds; kd++) x->recompute[kd] = (uint8_t)rec;
-    int sync = 0;
-    if (D > 1) sync = (int)(k % sp->nsync);
+    cand_sync_all(x, sp, D > 1 ? (int)(k % sp->nsync) : 0);
+}
+
+void cand_sync_all(Cand *x, const Space *sp, int k)
+{
     for (int p = 0; p < sp->npgroups; p++)
-        x->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> sync & 1u ? sync : 0);
+        x->sync[p] = (uint8_t)(sp->pgroup_syncs[p] >> k & 1u ? k : 0);
 }
