@@ -830,19 +830,15 @@ static void post_for_others(Sim *S, int ci, int32_t i, double t, int rep_dst)
     }
 }
 
-/* The executor sends a copy of a param or a param's gradient (a parameter
- * server's push and pull): they change before a slow receiver takes them.
- * The copy holds its stream; it is priced as the gradient sum that moves
+/* The copy a send makes first (instr_sends_copy: a parameter server's push
+ * and pull) holds its stream; it is priced as the gradient sum that moves
  * the same bytes (a sum reads two words and writes one an element, a copy
  * one and one). 0 for a value sent as it is, and where the caller prices
  * instructions itself (SimOpts.compute_time, .comm_time: the send's price
  * is all of it). */
 static double stage_time(Sim *S, CState *c, const Instr *in)
 {
-    if (S->o->compute_time || S->o->comm_time || in->nargs < 1 || c->pr->args[in->arg0] < 0)
-        return 0;
-    const Value *v = &c->pr->values[c->pr->args[in->arg0]];
-    if (v->kind != VAL_PARAM && v->kind != VAL_PARAM_GRAD) return 0;
+    if (S->o->compute_time || S->o->comm_time || !instr_sends_copy(c->pr, in)) return 0;
     int eb = dtype_bytes(in->tensor >= 0 ? S->g->tensors[in->tensor].dtype : DT_F32);
     Instr sum = { .kind = I_COMPUTE, .phase = PH_BWD_WEIGHT, .op = -1, .tensor = in->tensor };
     sum.mem_bytes = (float)(2 * in->bytes);

@@ -1026,7 +1026,7 @@ static int exec_p2p(Runtime *rt, const Instr *in, Err *err)
     /* params and their gradients change before a slow receiver takes them:
      * send a copy */
     float *stage = NULL;
-    if (V->kind == VAL_PARAM || V->kind == VAL_PARAM_GRAD) {
+    if (instr_sends_copy(rt->pr, in)) {
         if (!(stage = dalloc(rt, len, err)) ||
             rt->dev->ops->copy(rt->dev, stage, b, sizeof(float) * (size_t)len, err)) {
             drelease(rt, stage);

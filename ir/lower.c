@@ -477,6 +477,13 @@ bool instr_may_run_behind(const Program *pr, const Instr *in)
     }
 }
 
+bool instr_sends_copy(const Program *pr, const Instr *in)
+{
+    if (in->kind != I_SEND || in->nargs < 1 || pr->args[in->arg0] < 0) return false;
+    int kind = pr->values[pr->args[in->arg0]].kind;
+    return kind == VAL_PARAM || kind == VAL_PARAM_GRAD;
+}
+
 /* A compute instruction; op -1 with a tensor for work outside ops (sums, updates). */
 static int32_t emit_compute(Low *L, int op, int t, Phase ph, int mb, double flops, double bytes,
                             bool recompute, const int32_t *deps, int ndeps, const int32_t *args,

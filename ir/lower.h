@@ -288,6 +288,13 @@ void plan_summary_print(const Plan *p, const Strategy *s, FILE *f);
  * the executor and the simulator read one answer. */
 bool instr_may_run_behind(const Program *pr, const Instr *in);
 
+/* Does send `in` send a copy of its value? A param or a param's gradient
+ * (a parameter server's pull and push) changes before a slow receiver
+ * takes it, so the executor copies it and posts the copy; other values
+ * (activations between stages) are sent as they are. The simulator
+ * charges the copy. */
+bool instr_sends_copy(const Program *pr, const Instr *in);
+
 /* Total payload bytes of one class by instruction kind (I_ALLREDUCE..I_RECV),
  * optionally restricted to one reason (WHY_COUNT = all). */
 int64_t program_comm_bytes(const Program *pr, InstrKind kind, Why why);

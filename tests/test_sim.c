@@ -571,8 +571,8 @@ static void test_ps_send_copies(void **state)
             const Instr *in = &pr->instrs[a->instr];
             if (in->kind != I_SEND) continue;
             int kind = pr->values[pr->args[in->arg0]].kind;
-            bool staged = kind == VAL_PARAM || kind == VAL_PARAM_GRAD;
-            assert_true(staged);            /* every send of this plan is a push or a pull */
+            assert_true(kind == VAL_PARAM || kind == VAL_PARAM_GRAD);  /* pushes and pulls */
+            assert_true(instr_sends_copy(pr, in));
             /* the copy's span, then the transfer's, of the same send */
             assert_true(k + 1 < r.nspans[ci]);
             const SimSpan *b = NULL;
@@ -591,6 +591,19 @@ static void test_ps_send_copies(void **state)
         }
     }
     assert_true(copies > 0);
+    /* a pipeline's sends carry activations, sent as they are */
+    Strategy *s2 = strat(g, "{\"mesh\":{\"pp\":2},\"pipeline\":{\"microbatches\":2}}");
+    Plan *p2 = lower_c(g, c, s2);
+    int sends = 0;
+    for (int ci = 0; ci < p2->nclasses; ci++)
+        for (int i = 0; i < p2->classes[ci].ninstrs; i++)
+            if (p2->classes[ci].instrs[i].kind == I_SEND) {
+                assert_false(instr_sends_copy(&p2->classes[ci], &p2->classes[ci].instrs[i]));
+                sends++;
+            }
+    assert_true(sends > 0);
+    plan_free(p2);
+    strategy_free(s2);
     opmodel_free(m);
     sim_result_free(&r);
     plan_free(p);
